@@ -1,0 +1,488 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Endpoint(_message.Message):
+    __slots__ = ("host", "rtp_port", "rtcp_port")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    RTP_PORT_FIELD_NUMBER: _ClassVar[int]
+    RTCP_PORT_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    rtp_port: int
+    rtcp_port: int
+    def __init__(self, host: _Optional[str] = ..., rtp_port: _Optional[int] = ..., rtcp_port: _Optional[int] = ...) -> None: ...
+
+class Track(_message.Message):
+    __slots__ = ("index", "kind", "control", "clock_rate", "encoding")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_RATE_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    kind: str
+    control: str
+    clock_rate: int
+    encoding: str
+    def __init__(self, index: _Optional[int] = ..., kind: _Optional[str] = ..., control: _Optional[str] = ..., clock_rate: _Optional[int] = ..., encoding: _Optional[str] = ...) -> None: ...
+
+class Status(_message.Message):
+    __slots__ = ("code", "reason")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    reason: str
+    def __init__(self, code: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class StubRegister(_message.Message):
+    __slots__ = ("stub_id", "node", "pod", "namespace", "pod_ip", "can_open_upstream")
+    STUB_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    POD_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    POD_IP_FIELD_NUMBER: _ClassVar[int]
+    CAN_OPEN_UPSTREAM_FIELD_NUMBER: _ClassVar[int]
+    stub_id: str
+    node: str
+    pod: str
+    namespace: str
+    pod_ip: str
+    can_open_upstream: bool
+    def __init__(self, stub_id: _Optional[str] = ..., node: _Optional[str] = ..., pod: _Optional[str] = ..., namespace: _Optional[str] = ..., pod_ip: _Optional[str] = ..., can_open_upstream: _Optional[bool] = ...) -> None: ...
+
+class DescribeRequest(_message.Message):
+    __slots__ = ("url", "viewer_host")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    VIEWER_HOST_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    viewer_host: str
+    def __init__(self, url: _Optional[str] = ..., viewer_host: _Optional[str] = ...) -> None: ...
+
+class DescribeReply(_message.Message):
+    __slots__ = ("stream_id", "sdp", "tracks")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    SDP_FIELD_NUMBER: _ClassVar[int]
+    TRACKS_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    sdp: str
+    tracks: _containers.RepeatedCompositeFieldContainer[Track]
+    def __init__(self, stream_id: _Optional[str] = ..., sdp: _Optional[str] = ..., tracks: _Optional[_Iterable[_Union[Track, _Mapping]]] = ...) -> None: ...
+
+class SetupRequest(_message.Message):
+    __slots__ = ("url", "stream_id", "track_index", "session_id", "destination", "viewer_host")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    VIEWER_HOST_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    stream_id: str
+    track_index: int
+    session_id: str
+    destination: Endpoint
+    viewer_host: str
+    def __init__(self, url: _Optional[str] = ..., stream_id: _Optional[str] = ..., track_index: _Optional[int] = ..., session_id: _Optional[str] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., viewer_host: _Optional[str] = ...) -> None: ...
+
+class SetupReply(_message.Message):
+    __slots__ = ("stream_id", "track_index", "source", "ssrc")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SSRC_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    track_index: int
+    source: Endpoint
+    ssrc: int
+    def __init__(self, stream_id: _Optional[str] = ..., track_index: _Optional[int] = ..., source: _Optional[_Union[Endpoint, _Mapping]] = ..., ssrc: _Optional[int] = ...) -> None: ...
+
+class SessionRequest(_message.Message):
+    __slots__ = ("stream_id", "session_id", "track_indexes")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACK_INDEXES_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    session_id: str
+    track_indexes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, stream_id: _Optional[str] = ..., session_id: _Optional[str] = ..., track_indexes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SessionReply(_message.Message):
+    __slots__ = ("range",)
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    range: str
+    def __init__(self, range: _Optional[str] = ...) -> None: ...
+
+class StubRequest(_message.Message):
+    __slots__ = ("request_id", "describe", "setup", "play", "pause", "teardown")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DESCRIBE_FIELD_NUMBER: _ClassVar[int]
+    SETUP_FIELD_NUMBER: _ClassVar[int]
+    PLAY_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_FIELD_NUMBER: _ClassVar[int]
+    TEARDOWN_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    describe: DescribeRequest
+    setup: SetupRequest
+    play: SessionRequest
+    pause: SessionRequest
+    teardown: SessionRequest
+    def __init__(self, request_id: _Optional[int] = ..., describe: _Optional[_Union[DescribeRequest, _Mapping]] = ..., setup: _Optional[_Union[SetupRequest, _Mapping]] = ..., play: _Optional[_Union[SessionRequest, _Mapping]] = ..., pause: _Optional[_Union[SessionRequest, _Mapping]] = ..., teardown: _Optional[_Union[SessionRequest, _Mapping]] = ...) -> None: ...
+
+class ControlReply(_message.Message):
+    __slots__ = ("request_id", "status", "describe", "setup", "session")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIBE_FIELD_NUMBER: _ClassVar[int]
+    SETUP_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    status: Status
+    describe: DescribeReply
+    setup: SetupReply
+    session: SessionReply
+    def __init__(self, request_id: _Optional[int] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., describe: _Optional[_Union[DescribeReply, _Mapping]] = ..., setup: _Optional[_Union[SetupReply, _Mapping]] = ..., session: _Optional[_Union[SessionReply, _Mapping]] = ...) -> None: ...
+
+class OpenUpstream(_message.Message):
+    __slots__ = ("stream_id", "url", "transport")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    url: str
+    transport: str
+    def __init__(self, stream_id: _Optional[str] = ..., url: _Optional[str] = ..., transport: _Optional[str] = ...) -> None: ...
+
+class SetupUpstream(_message.Message):
+    __slots__ = ("stream_id", "track_indexes", "destinations")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACK_INDEXES_FIELD_NUMBER: _ClassVar[int]
+    DESTINATIONS_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    track_indexes: _containers.RepeatedScalarFieldContainer[int]
+    destinations: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    def __init__(self, stream_id: _Optional[str] = ..., track_indexes: _Optional[_Iterable[int]] = ..., destinations: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
+
+class PlayUpstream(_message.Message):
+    __slots__ = ("stream_id",)
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    def __init__(self, stream_id: _Optional[str] = ...) -> None: ...
+
+class CloseUpstream(_message.Message):
+    __slots__ = ("stream_id",)
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    def __init__(self, stream_id: _Optional[str] = ...) -> None: ...
+
+class ControlCommand(_message.Message):
+    __slots__ = ("command_id", "open", "setup", "play", "close")
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    SETUP_FIELD_NUMBER: _ClassVar[int]
+    PLAY_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
+    command_id: int
+    open: OpenUpstream
+    setup: SetupUpstream
+    play: PlayUpstream
+    close: CloseUpstream
+    def __init__(self, command_id: _Optional[int] = ..., open: _Optional[_Union[OpenUpstream, _Mapping]] = ..., setup: _Optional[_Union[SetupUpstream, _Mapping]] = ..., play: _Optional[_Union[PlayUpstream, _Mapping]] = ..., close: _Optional[_Union[CloseUpstream, _Mapping]] = ...) -> None: ...
+
+class CommandResult(_message.Message):
+    __slots__ = ("command_id", "status", "sdp", "tracks")
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SDP_FIELD_NUMBER: _ClassVar[int]
+    TRACKS_FIELD_NUMBER: _ClassVar[int]
+    command_id: int
+    status: Status
+    sdp: str
+    tracks: _containers.RepeatedCompositeFieldContainer[Track]
+    def __init__(self, command_id: _Optional[int] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., sdp: _Optional[str] = ..., tracks: _Optional[_Iterable[_Union[Track, _Mapping]]] = ...) -> None: ...
+
+class UpstreamEvent(_message.Message):
+    __slots__ = ("stream_id", "state", "detail")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        UNKNOWN: _ClassVar[UpstreamEvent.State]
+        CONNECTING: _ClassVar[UpstreamEvent.State]
+        PLAYING: _ClassVar[UpstreamEvent.State]
+        DOWN: _ClassVar[UpstreamEvent.State]
+    UNKNOWN: UpstreamEvent.State
+    CONNECTING: UpstreamEvent.State
+    PLAYING: UpstreamEvent.State
+    DOWN: UpstreamEvent.State
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    state: UpstreamEvent.State
+    detail: str
+    def __init__(self, stream_id: _Optional[str] = ..., state: _Optional[_Union[UpstreamEvent.State, str]] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class StubMessage(_message.Message):
+    __slots__ = ("register", "request", "result", "event", "viewer_gone")
+    REGISTER_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    VIEWER_GONE_FIELD_NUMBER: _ClassVar[int]
+    register: StubRegister
+    request: StubRequest
+    result: CommandResult
+    event: UpstreamEvent
+    viewer_gone: ViewerGone
+    def __init__(self, register: _Optional[_Union[StubRegister, _Mapping]] = ..., request: _Optional[_Union[StubRequest, _Mapping]] = ..., result: _Optional[_Union[CommandResult, _Mapping]] = ..., event: _Optional[_Union[UpstreamEvent, _Mapping]] = ..., viewer_gone: _Optional[_Union[ViewerGone, _Mapping]] = ...) -> None: ...
+
+class ViewerGone(_message.Message):
+    __slots__ = ("session_id", "reason")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    reason: str
+    def __init__(self, session_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ControlMessage(_message.Message):
+    __slots__ = ("reply", "command")
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    reply: ControlReply
+    command: ControlCommand
+    def __init__(self, reply: _Optional[_Union[ControlReply, _Mapping]] = ..., command: _Optional[_Union[ControlCommand, _Mapping]] = ...) -> None: ...
+
+class ProxyHello(_message.Message):
+    __slots__ = ("node", "dataplane_address", "media_host", "proxy_id")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    DATAPLANE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_HOST_FIELD_NUMBER: _ClassVar[int]
+    PROXY_ID_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    dataplane_address: str
+    media_host: str
+    proxy_id: str
+    def __init__(self, node: _Optional[str] = ..., dataplane_address: _Optional[str] = ..., media_host: _Optional[str] = ..., proxy_id: _Optional[str] = ...) -> None: ...
+
+class ProxyMessage(_message.Message):
+    __slots__ = ("hello", "heartbeat")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    hello: ProxyHello
+    heartbeat: Heartbeat
+    def __init__(self, hello: _Optional[_Union[ProxyHello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("seq",)
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    def __init__(self, seq: _Optional[int] = ...) -> None: ...
+
+class ProxyAck(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    def __init__(self, message: _Optional[str] = ...) -> None: ...
+
+class ListStreamsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ViewerInfo(_message.Message):
+    __slots__ = ("session_id", "host", "playing", "legs")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PLAYING_FIELD_NUMBER: _ClassVar[int]
+    LEGS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    host: str
+    playing: bool
+    legs: _containers.RepeatedCompositeFieldContainer[LegStats]
+    def __init__(self, session_id: _Optional[str] = ..., host: _Optional[str] = ..., playing: _Optional[bool] = ..., legs: _Optional[_Iterable[_Union[LegStats, _Mapping]]] = ...) -> None: ...
+
+class TrackStats(_message.Message):
+    __slots__ = ("track", "flow")
+    TRACK_FIELD_NUMBER: _ClassVar[int]
+    FLOW_FIELD_NUMBER: _ClassVar[int]
+    track: Track
+    flow: FlowStats
+    def __init__(self, track: _Optional[_Union[Track, _Mapping]] = ..., flow: _Optional[_Union[FlowStats, _Mapping]] = ...) -> None: ...
+
+class StreamInfo(_message.Message):
+    __slots__ = ("stream_id", "name", "upstream_url", "upstream_state", "viewers", "tracks", "upstream_sessions_opened")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_URL_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_STATE_FIELD_NUMBER: _ClassVar[int]
+    VIEWERS_FIELD_NUMBER: _ClassVar[int]
+    TRACKS_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_SESSIONS_OPENED_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    name: str
+    upstream_url: str
+    upstream_state: str
+    viewers: _containers.RepeatedCompositeFieldContainer[ViewerInfo]
+    tracks: _containers.RepeatedCompositeFieldContainer[TrackStats]
+    upstream_sessions_opened: int
+    def __init__(self, stream_id: _Optional[str] = ..., name: _Optional[str] = ..., upstream_url: _Optional[str] = ..., upstream_state: _Optional[str] = ..., viewers: _Optional[_Iterable[_Union[ViewerInfo, _Mapping]]] = ..., tracks: _Optional[_Iterable[_Union[TrackStats, _Mapping]]] = ..., upstream_sessions_opened: _Optional[int] = ...) -> None: ...
+
+class ListStreamsResponse(_message.Message):
+    __slots__ = ("streams",)
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    streams: _containers.RepeatedCompositeFieldContainer[StreamInfo]
+    def __init__(self, streams: _Optional[_Iterable[_Union[StreamInfo, _Mapping]]] = ...) -> None: ...
+
+class Empty(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AddFlowRequest(_message.Message):
+    __slots__ = ("flow_id", "clock_rate", "bind_host", "splice", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_RATE_FIELD_NUMBER: _ClassVar[int]
+    BIND_HOST_FIELD_NUMBER: _ClassVar[int]
+    SPLICE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    flow_id: str
+    clock_rate: int
+    bind_host: str
+    splice: bool
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, flow_id: _Optional[str] = ..., clock_rate: _Optional[int] = ..., bind_host: _Optional[str] = ..., splice: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class AddFlowReply(_message.Message):
+    __slots__ = ("ingress",)
+    INGRESS_FIELD_NUMBER: _ClassVar[int]
+    ingress: Endpoint
+    def __init__(self, ingress: _Optional[_Union[Endpoint, _Mapping]] = ...) -> None: ...
+
+class RemoveFlowRequest(_message.Message):
+    __slots__ = ("flow_id",)
+    FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    flow_id: str
+    def __init__(self, flow_id: _Optional[str] = ...) -> None: ...
+
+class AddLegRequest(_message.Message):
+    __slots__ = ("flow_id", "leg_id", "destination", "enabled", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    LEG_ID_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    flow_id: str
+    leg_id: str
+    destination: Endpoint
+    enabled: bool
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, flow_id: _Optional[str] = ..., leg_id: _Optional[str] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., enabled: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class UpdateLegRequest(_message.Message):
+    __slots__ = ("flow_id", "leg_id", "enabled")
+    FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    LEG_ID_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    flow_id: str
+    leg_id: str
+    enabled: bool
+    def __init__(self, flow_id: _Optional[str] = ..., leg_id: _Optional[str] = ..., enabled: _Optional[bool] = ...) -> None: ...
+
+class RemoveLegRequest(_message.Message):
+    __slots__ = ("flow_id", "leg_id")
+    FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    LEG_ID_FIELD_NUMBER: _ClassVar[int]
+    flow_id: str
+    leg_id: str
+    def __init__(self, flow_id: _Optional[str] = ..., leg_id: _Optional[str] = ...) -> None: ...
+
+class ListFlowsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WatchStatsRequest(_message.Message):
+    __slots__ = ("interval_seconds",)
+    INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    interval_seconds: float
+    def __init__(self, interval_seconds: _Optional[float] = ...) -> None: ...
+
+class LegStats(_message.Message):
+    __slots__ = ("leg_id", "destination", "enabled", "packets_sent", "bytes_sent", "rtcp_sent", "send_errors", "rtcp_received", "flow_id")
+    LEG_ID_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_SENT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    RTCP_SENT_FIELD_NUMBER: _ClassVar[int]
+    SEND_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    RTCP_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    leg_id: str
+    destination: Endpoint
+    enabled: bool
+    packets_sent: int
+    bytes_sent: int
+    rtcp_sent: int
+    send_errors: int
+    rtcp_received: int
+    flow_id: str
+    def __init__(self, leg_id: _Optional[str] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., enabled: _Optional[bool] = ..., packets_sent: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., rtcp_sent: _Optional[int] = ..., send_errors: _Optional[int] = ..., rtcp_received: _Optional[int] = ..., flow_id: _Optional[str] = ...) -> None: ...
+
+class FlowStats(_message.Message):
+    __slots__ = ("flow_id", "ingress", "packets_received", "bytes_received", "packets_expected", "packets_lost", "jitter_ms", "ssrc", "rtcp_received", "dropped_invalid", "dropped_from_viewers", "source_changes", "bitrate_bps", "legs", "reordered", "duplicates")
+    FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_EXPECTED_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_LOST_FIELD_NUMBER: _ClassVar[int]
+    JITTER_MS_FIELD_NUMBER: _ClassVar[int]
+    SSRC_FIELD_NUMBER: _ClassVar[int]
+    RTCP_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_INVALID_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FROM_VIEWERS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_CHANGES_FIELD_NUMBER: _ClassVar[int]
+    BITRATE_BPS_FIELD_NUMBER: _ClassVar[int]
+    LEGS_FIELD_NUMBER: _ClassVar[int]
+    REORDERED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    flow_id: str
+    ingress: Endpoint
+    packets_received: int
+    bytes_received: int
+    packets_expected: int
+    packets_lost: int
+    jitter_ms: float
+    ssrc: int
+    rtcp_received: int
+    dropped_invalid: int
+    dropped_from_viewers: int
+    source_changes: int
+    bitrate_bps: float
+    legs: _containers.RepeatedCompositeFieldContainer[LegStats]
+    reordered: int
+    duplicates: int
+    def __init__(self, flow_id: _Optional[str] = ..., ingress: _Optional[_Union[Endpoint, _Mapping]] = ..., packets_received: _Optional[int] = ..., bytes_received: _Optional[int] = ..., packets_expected: _Optional[int] = ..., packets_lost: _Optional[int] = ..., jitter_ms: _Optional[float] = ..., ssrc: _Optional[int] = ..., rtcp_received: _Optional[int] = ..., dropped_invalid: _Optional[int] = ..., dropped_from_viewers: _Optional[int] = ..., source_changes: _Optional[int] = ..., bitrate_bps: _Optional[float] = ..., legs: _Optional[_Iterable[_Union[LegStats, _Mapping]]] = ..., reordered: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
+
+class ListFlowsReply(_message.Message):
+    __slots__ = ("flows", "node")
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    flows: _containers.RepeatedCompositeFieldContainer[FlowStats]
+    node: str
+    def __init__(self, flows: _Optional[_Iterable[_Union[FlowStats, _Mapping]]] = ..., node: _Optional[str] = ...) -> None: ...
