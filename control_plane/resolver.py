@@ -1,0 +1,81 @@
+"""Resolve the URL a viewer asked for to the upstream stream it names."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*(/[A-Za-z0-9._~-]+)*$")
+
+
+class RouteError(ValueError):
+    """A route definition is invalid (bad name or URL)."""
+
+
+class NotFound(LookupError):
+    """No route matches the requested URL."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    name: str                # path viewers use: rtsp://<mesh>/<name>
+    url: str                 # upstream RTSP URL
+    transport: str = ""      # "udp", "tcp" or "" (udp, falling back to tcp)
+    node: str = ""           # node the source lives on ("" = any)
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise RouteError(f"invalid route name {self.name!r}")
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("rtsp", "rtsps") or not parts.hostname:
+            raise RouteError(f"route {self.name}: not an rtsp:// URL: {self.url!r}")
+        try:
+            parts.port  # noqa: B018 - validates the port
+        except ValueError as exc:
+            raise RouteError(f"route {self.name}: bad port in {self.url!r}") from exc
+        if self.transport not in ("", "udp", "tcp"):
+            raise RouteError(f"route {self.name}: transport must be udp or tcp, not {self.transport!r}")
+
+
+def parse_route(text: str) -> Route:
+    """Parse ``name=rtsp://host:port/path[#transport=tcp]`` (the CLI form)."""
+    name, sep, url = text.partition("=")
+    if not sep or not name or not url:
+        raise RouteError(f"route must look like NAME=rtsp://host:port/path, got {text!r}")
+    transport = ""
+    if "#" in url:
+        url, _, fragment = url.partition("#")
+        key, _, value = fragment.partition("=")
+        if key != "transport":
+            raise RouteError(f"route {name}: unknown option {fragment!r} (only transport=udp|tcp)")
+        transport = value
+    return Route(name=name.strip().strip("/"), url=url.strip(), transport=transport)
+
+
+def stream_name(url: str) -> str:
+    """The stream name a viewer URL addresses: its path, without slashes at the ends."""
+    return urlsplit(url).path.strip("/")
+
+
+class Resolver(Protocol):
+    async def resolve(self, url: str) -> Route: ...
+
+
+class StaticResolver:
+    """Routes given by flags or the config file."""
+
+    def __init__(self, routes: Mapping[str, Route] | None = None) -> None:
+        self.routes: dict[str, Route] = dict(routes or {})
+
+    def add(self, route: Route) -> None:
+        self.routes[route.name] = route
+
+    async def resolve(self, url: str) -> Route:
+        name = stream_name(url)
+        route = self.routes.get(name)
+        if route is None:
+            raise NotFound(f"no route for {name!r}")
+        return route

@@ -1,0 +1,225 @@
+"""The proxy's DataPlane gRPC service and its registration with the control plane."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from protos import msm_pb2 as pb
+from protos import msm_pb2_grpc as pb_grpc
+
+from .flows import Flow, FlowTable, Leg, PortRangeExhausted
+
+log = logging.getLogger(__name__)
+
+
+def flow_stats(flow: Flow) -> pb.FlowStats:
+    host, port = flow.ingress
+    stats = flow.stats
+    return pb.FlowStats(
+        flow_id=flow.flow_id,
+        ingress=pb.Endpoint(host=host, rtp_port=port, rtcp_port=port + 1),
+        packets_received=flow.packets_received,
+        bytes_received=flow.bytes_received,
+        packets_expected=flow.packets_expected,
+        packets_lost=flow.packets_lost,
+        jitter_ms=flow.jitter_ms,
+        ssrc=flow.ssrc or 0,
+        rtcp_received=flow.rtcp_received,
+        dropped_invalid=flow.dropped_invalid,
+        dropped_from_viewers=flow.dropped_from_viewers,
+        source_changes=flow.source_changes,
+        bitrate_bps=flow.bitrate_bps,
+        reordered=stats.reordered if stats else 0,
+        duplicates=stats.duplicates if stats else 0,
+        legs=[
+            pb.LegStats(
+                leg_id=leg.leg_id,
+                flow_id=flow.flow_id,
+                destination=pb.Endpoint(host=leg.rtp_addr[0], rtp_port=leg.rtp_addr[1],
+                                        rtcp_port=leg.rtcp_addr[1]),
+                enabled=leg.enabled,
+                packets_sent=leg.packets_sent,
+                bytes_sent=leg.bytes_sent,
+                rtcp_sent=leg.rtcp_sent,
+                send_errors=leg.send_errors,
+                rtcp_received=leg.rtcp_received,
+            )
+            for leg in flow.legs.values()
+        ],
+    )
+
+
+class DataPlaneService(pb_grpc.DataPlaneServicer):
+    """gRPC front of a :class:`FlowTable`. Errors are gRPC statuses, never tracebacks."""
+
+    def __init__(self, table: FlowTable, node: str) -> None:
+        self.table = table
+        self.node = node
+
+    def _flow(self, flow_id: str) -> Flow:
+        flow = self.table.flows.get(flow_id)
+        if flow is None:
+            raise KeyError(flow_id)
+        return flow
+
+    async def AddFlow(self, request: pb.AddFlowRequest, context: grpc.aio.ServicerContext) -> pb.AddFlowReply:
+        if not request.flow_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "flow_id is required")
+        try:
+            flow = await self.table.add_flow(
+                request.flow_id, clock_rate=request.clock_rate, splice=request.splice,
+                labels=dict(request.labels), bind_host=request.bind_host)
+        except PortRangeExhausted as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except OSError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot bind: {exc}")
+        host, port = flow.ingress
+        return pb.AddFlowReply(ingress=pb.Endpoint(host=host, rtp_port=port, rtcp_port=port + 1))
+
+    async def RemoveFlow(self, request: pb.RemoveFlowRequest, context: grpc.aio.ServicerContext) -> pb.Empty:
+        self.table.remove_flow(request.flow_id)  # idempotent
+        return pb.Empty()
+
+    async def AddLeg(self, request: pb.AddLegRequest, context: grpc.aio.ServicerContext) -> pb.Empty:
+        dest = request.destination
+        if not dest.host or not 0 < dest.rtp_port < 65536 or not 0 < dest.rtcp_port < 65536:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "destination host and ports are required")
+        try:
+            flow = self._flow(request.flow_id)
+        except KeyError:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no flow {request.flow_id!r}")
+        flow.set_leg(Leg(request.leg_id, (dest.host, dest.rtp_port), (dest.host, dest.rtcp_port),
+                         enabled=request.enabled, labels=dict(request.labels)))
+        log.info("flow %s: leg %s -> %s:%d-%d (%s)", flow.flow_id, request.leg_id, dest.host,
+                 dest.rtp_port, dest.rtcp_port, "enabled" if request.enabled else "disabled")
+        return pb.Empty()
+
+    async def UpdateLeg(self, request: pb.UpdateLegRequest, context: grpc.aio.ServicerContext) -> pb.Empty:
+        try:
+            self._flow(request.flow_id).enable_leg(request.leg_id, request.enabled)
+        except KeyError:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"no leg {request.leg_id!r} on flow {request.flow_id!r}")
+        return pb.Empty()
+
+    async def RemoveLeg(self, request: pb.RemoveLegRequest, context: grpc.aio.ServicerContext) -> pb.Empty:
+        flow = self.table.flows.get(request.flow_id)
+        if flow is not None:
+            flow.remove_leg(request.leg_id)
+        return pb.Empty()
+
+    def snapshot(self) -> pb.ListFlowsReply:
+        self.table.sample_rates()
+        return pb.ListFlowsReply(node=self.node, flows=[flow_stats(f) for f in self.table.flows.values()])
+
+    async def ListFlows(self, request: pb.ListFlowsRequest, context: grpc.aio.ServicerContext) -> pb.ListFlowsReply:
+        return self.snapshot()
+
+    async def WatchStats(self, request: pb.WatchStatsRequest,
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ListFlowsReply]:
+        interval = request.interval_seconds if request.interval_seconds > 0 else 1.0
+        interval = min(max(interval, 0.1), 60.0)
+        while True:
+            yield self.snapshot()
+            await asyncio.sleep(interval)
+
+
+class ProxyAgent:
+    """Keeps this proxy registered with the control plane, reconnecting with back-off.
+
+    Forwarding never depends on this link: if the control plane goes away the
+    flows keep running, and the agent keeps trying to come back.
+    """
+
+    def __init__(self, control_address: str, *, node: str, dataplane_address: str, media_host: str,
+                 heartbeat: float = 5.0) -> None:
+        self.control_address = control_address
+        self.hello = pb.ProxyHello(node=node, dataplane_address=dataplane_address,
+                                   media_host=media_host, proxy_id=uuid.uuid4().hex)
+        self.heartbeat = heartbeat
+        self.registered = asyncio.Event()
+
+    async def run(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                async with grpc.aio.insecure_channel(self.control_address) as channel:
+                    stub = pb_grpc.ControlPlaneStub(channel)
+                    call = stub.RegisterProxy(self._messages())
+                    async for ack in call:
+                        if not self.registered.is_set():
+                            log.info("proxy registered with control plane %s: %s",
+                                     self.control_address, ack.message)
+                        self.registered.set()
+                        delay = 0.2
+            except grpc.aio.AioRpcError as exc:
+                log.warning("control plane %s unreachable (%s); retrying in %.1fs",
+                            self.control_address, exc.code().name, delay)
+            self.registered.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _messages(self) -> AsyncIterator[pb.ProxyMessage]:
+        yield pb.ProxyMessage(hello=self.hello)
+        seq = 0
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            seq += 1
+            yield pb.ProxyMessage(heartbeat=pb.Heartbeat(seq=seq))
+
+
+class RtpProxy:
+    """A whole proxy: flow table + DataPlane gRPC server + registration agent."""
+
+    def __init__(self, *, node: str = "local", media_host: str = "127.0.0.1",
+                 grpc_listen: str = "127.0.0.1:9001", control_address: str | None = None,
+                 port_range: tuple[int, int] = (30000, 39999)) -> None:
+        self.node = node
+        self.media_host = media_host
+        self.grpc_listen = grpc_listen
+        self.control_address = control_address
+        self.table = FlowTable(host=media_host, port_range=port_range)
+        self.service = DataPlaneService(self.table, node)
+        self.server: grpc.aio.Server | None = None
+        self.address = ""
+        self.agent: ProxyAgent | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self.server = grpc.aio.server()
+        pb_grpc.add_DataPlaneServicer_to_server(self.service, self.server)
+        port = self.server.add_insecure_port(self.grpc_listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {self.grpc_listen} (in use?)")
+        await self.server.start()
+        host = self.grpc_listen.rsplit(":", 1)[0]
+        self.address = f"{host}:{port}"
+        log.info("rtp proxy %s: DataPlane gRPC on %s, media on %s, ports %d-%d", self.node,
+                 self.address, self.media_host, *self.table.port_range)
+        self._tasks.append(asyncio.create_task(self._sample_rates(), name="proxy-rates"))
+        if self.control_address:
+            self.agent = ProxyAgent(self.control_address, node=self.node,
+                                    dataplane_address=self.address, media_host=self.media_host)
+            self._tasks.append(asyncio.create_task(self.agent.run(), name="proxy-agent"))
+
+    async def _sample_rates(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.table.sample_rates()
+
+    async def stop(self, grace: float = 1.0) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self.server is not None:
+            await self.server.stop(grace)
+        self.table.close()

@@ -1,0 +1,75 @@
+"""Bridges between RTP over UDP and RTP interleaved in an RTSP TCP connection.
+
+A :class:`UdpPair` is a pair of UDP sockets (RTP, RTCP) with a peer. The stub
+uses one per TCP-interleaved track, in either direction:
+
+* viewer side: the proxy sends the viewer's RTP/RTCP to the pair; each datagram
+  becomes a ``$``-frame on the viewer's connection; the viewer's RTCP frames go
+  back to the proxy from the pair's RTCP socket;
+* upstream side: frames from an upstream server that only speaks TCP become
+  datagrams to the proxy's ingress; RTCP the proxy sends back becomes frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+
+Address = tuple[str, int]
+OnDatagram = Callable[[bytes], None]
+
+
+class _Socket(asyncio.DatagramProtocol):
+    def __init__(self, on_datagram: OnDatagram, pair: UdpPair) -> None:
+        self.on_datagram = on_datagram
+        self.pair = pair
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:  # type: ignore[override]
+        self.on_datagram(data)
+
+    def error_received(self, exc: Exception) -> None:
+        self.pair.errors += 1
+
+
+class UdpPair:
+    def __init__(self) -> None:
+        self.rtp: asyncio.DatagramTransport | None = None
+        self.rtcp: asyncio.DatagramTransport | None = None
+        self.peer_rtp: Address | None = None
+        self.peer_rtcp: Address | None = None
+        self.errors = 0
+
+    @classmethod
+    async def open(cls, host: str, on_rtp: OnDatagram, on_rtcp: OnDatagram) -> UdpPair:
+        pair = cls()
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        pair.rtp, _ = await loop.create_datagram_endpoint(
+            lambda: _Socket(on_rtp, pair), local_addr=(host, 0), family=family)
+        pair.rtcp, _ = await loop.create_datagram_endpoint(
+            lambda: _Socket(on_rtcp, pair), local_addr=(host, 0), family=family)
+        return pair
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        assert self.rtp is not None and self.rtcp is not None
+        return self.rtp.get_extra_info("sockname")[1], self.rtcp.get_extra_info("sockname")[1]
+
+    def set_peer(self, host: str, rtp_port: int, rtcp_port: int) -> None:
+        self.peer_rtp = (host, rtp_port)
+        self.peer_rtcp = (host, rtcp_port)
+
+    def send_rtp(self, data: bytes) -> None:
+        if self.rtp is not None and self.peer_rtp is not None:
+            self.rtp.sendto(data, self.peer_rtp)
+
+    def send_rtcp(self, data: bytes) -> None:
+        if self.rtcp is not None and self.peer_rtcp is not None:
+            self.rtcp.sendto(data, self.peer_rtcp)
+
+    def close(self) -> None:
+        for transport in (self.rtp, self.rtcp):
+            if transport is not None:
+                transport.close()
+        self.rtp = self.rtcp = None

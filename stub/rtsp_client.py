@@ -1,0 +1,139 @@
+"""A small asyncio RTSP client connection over the sans-IO ``sdk.rtsp`` reader.
+
+One request at a time (RTSP servers answer in order anyway); interleaved frames
+are handed to a callback; requests from the server (some send GET_PARAMETER or
+ANNOUNCE) get a polite answer so the connection stays healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from urllib.parse import urlsplit
+
+from sdk.errors import RtspError
+from sdk.rtsp import Headers, InterleavedFrame, Request, Response, RtspReader
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "msm-stub/0.1"
+# A server streaming interleaved media may send faster than we forward; past
+# this many bytes queued towards it (our requests) something is wrong.
+MAX_WRITE_BACKLOG = 1 << 20
+
+
+class RtspClientError(Exception):
+    """The upstream could not be reached or answered with an error.
+
+    ``status`` is the RTSP status to pass on to viewers (503 when unreachable).
+    """
+
+    def __init__(self, message: str, status: int = 503) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RtspClientConnection:
+    def __init__(self, url: str, *, on_frame: Callable[[int, bytes], None] | None = None,
+                 timeout: float = 5.0) -> None:
+        parts = urlsplit(url)
+        if not parts.hostname:
+            raise RtspClientError(f"bad upstream URL {url!r}", 400)
+        self.host = parts.hostname
+        self.port = parts.port or 554
+        self.url = url
+        self.on_frame = on_frame
+        self.timeout = timeout
+        self.reader_task: asyncio.Task[None] | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.closed = asyncio.Event()
+        self.local_host = ""
+        self._cseq = 0
+        self._lock = asyncio.Lock()
+        self._pending: asyncio.Future[Response] | None = None
+
+    async def connect(self) -> None:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), self.timeout)
+        except (OSError, TimeoutError) as exc:
+            raise RtspClientError(f"cannot connect to {self.host}:{self.port}: {exc or 'timeout'}") from exc
+        self.writer = writer
+        self.local_host = writer.get_extra_info("sockname")[0]
+        self.reader_task = asyncio.create_task(self._read(reader), name=f"rtsp-client-{self.host}")
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        parser = RtspReader(max_body=1 << 20)
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                parser.feed(data)
+                while (event := parser.next_event()) is not None:
+                    if isinstance(event, InterleavedFrame):
+                        if self.on_frame is not None:
+                            self.on_frame(event.channel, event.payload)
+                    elif isinstance(event, Response):
+                        if self._pending is not None and not self._pending.done():
+                            self._pending.set_result(event)
+                    else:
+                        self._answer_server(event)
+        except RtspError as exc:
+            log.warning("upstream %s:%d sent bad RTSP: %s", self.host, self.port, exc)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            log.info("upstream %s:%d connection lost: %s", self.host, self.port, exc)
+        finally:
+            self.closed.set()
+            if self._pending is not None and not self._pending.done():
+                self._pending.set_exception(RtspClientError("upstream closed the connection"))
+            if self.writer is not None:
+                self.writer.close()
+
+    def _answer_server(self, request: Request) -> None:
+        status = 200 if request.method in ("OPTIONS", "GET_PARAMETER") else 501
+        headers = [("CSeq", str(request.cseq or 0))]
+        self._write(bytes(Response(status=status, headers=Headers(headers))))
+
+    def _write(self, data: bytes) -> None:
+        if self.writer is None or self.writer.is_closing():
+            raise RtspClientError("upstream connection is closed")
+        if self.writer.transport.get_write_buffer_size() > MAX_WRITE_BACKLOG:
+            raise RtspClientError("upstream is not reading")
+        self.writer.write(data)
+
+    def send_frame(self, channel: int, payload: bytes) -> None:
+        """Send an interleaved frame (e.g. RTCP) to the server; dropped if it cannot keep up."""
+        with contextlib.suppress(RtspClientError):
+            self._write(bytes(InterleavedFrame(channel=channel, payload=payload)))
+
+    async def request(self, method: str, url: str, headers: Mapping[str, str] | None = None,
+                      *, timeout: float | None = None) -> Response:
+        async with self._lock:
+            if self.closed.is_set():
+                raise RtspClientError("upstream connection is closed")
+            self._cseq += 1
+            all_headers = [("CSeq", str(self._cseq)), ("User-Agent", USER_AGENT)]
+            all_headers += list((headers or {}).items())
+            self._pending = asyncio.get_running_loop().create_future()
+            self._write(bytes(Request(method=method, uri=url, headers=Headers(all_headers))))
+            try:
+                return await asyncio.wait_for(self._pending, timeout or self.timeout)
+            except TimeoutError:
+                raise RtspClientError(f"{method} {url}: no answer in {timeout or self.timeout:.0f}s",
+                                      504) from None
+            finally:
+                self._pending = None
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(OSError, ConnectionError):
+                await self.writer.wait_closed()
+        if self.reader_task is not None:
+            self.reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reader_task
+        self.closed.set()

@@ -1,0 +1,340 @@
+"""Upstream sessions: the stub's RTSP client side, one session per stream.
+
+The control plane tells the stub next to a source to open (DESCRIBE), set up
+(SETUP every track towards the proxy's ingress ports), play and close. The
+session keeps itself alive (GET_PARAMETER/OPTIONS at half the session timeout)
+and, when the upstream drops or restarts, reconnects with back-off and restores
+the same SETUPs and PLAY, so viewers never have to reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from protos import msm_pb2 as pb
+from sdk.errors import RtspError, SdpError
+from sdk.rtsp import (
+    Response,
+    TransportSpec,
+    parse_public,
+    parse_session,
+    parse_transport,
+)
+from sdk.sdp import SessionDescription, resolve_control
+
+from .bridge import UdpPair
+from .rtsp_client import RtspClientConnection, RtspClientError
+
+log = logging.getLogger(__name__)
+
+BACKOFF_FIRST = 0.25   # seconds before the first reconnect attempt
+BACKOFF_MAX = 2.0      # cap: an upstream back after a restart is re-played within ~2 s
+
+EventSink = Callable[[pb.UpstreamEvent], None]
+
+
+@dataclass
+class UpstreamTrack:
+    index: int
+    kind: str
+    control: str
+    clock_rate: int
+    encoding: str
+
+    def to_pb(self) -> pb.Track:
+        return pb.Track(index=self.index, kind=self.kind, control=self.control,
+                        clock_rate=self.clock_rate, encoding=self.encoding)
+
+
+def tracks_of(sdp: SessionDescription, base: str) -> list[UpstreamTrack]:
+    tracks = []
+    for index, media in enumerate(sdp.media):
+        pt = int(media.formats[0]) if media.formats and media.formats[0].isdigit() else -1
+        rtpmap = media.rtpmap(pt) if pt >= 0 else None
+        encoding = f"{rtpmap.encoding}/{rtpmap.clock_rate}" if rtpmap else ""
+        tracks.append(UpstreamTrack(index=index, kind=media.kind,
+                                    control=resolve_control(base, media.control),
+                                    clock_rate=media.clock_rate or 0, encoding=encoding))
+    return tracks
+
+
+class UpstreamSession:
+    def __init__(self, stream_id: str, url: str, *, transport: str = "", on_event: EventSink,
+                 request_timeout: float = 5.0, keepalive: float | None = None) -> None:
+        self.stream_id = stream_id
+        self.url = url
+        self.transport = transport          # "", "udp" or "tcp"
+        self.use_tcp = transport == "tcp"
+        self.on_event = on_event
+        self.request_timeout = request_timeout
+        self.keepalive_override = keepalive
+        self.conn: RtspClientConnection | None = None
+        self.sdp_text = ""
+        self.tracks: list[UpstreamTrack] = []
+        self.aggregate_url = url
+        self.session_id: str | None = None
+        self.session_timeout = 60
+        self.public: frozenset[str] = frozenset()
+        self.destinations: dict[int, pb.Endpoint] = {}
+        self.bridges: dict[int, UdpPair] = {}
+        self.want_play = False
+        self.closing = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self._keepalive: asyncio.Task[None] | None = None
+
+    # -- commands from the control plane -------------------------------------------------
+    async def open(self) -> tuple[str, list[UpstreamTrack]]:
+        await self._connect_and_describe()
+        self._supervisor = asyncio.create_task(self._supervise(), name=f"upstream-{self.stream_id}")
+        return self.sdp_text, self.tracks
+
+    async def setup(self, destinations: dict[int, pb.Endpoint]) -> None:
+        self.destinations = dict(destinations)
+        await self._setup_all()
+
+    async def play(self) -> None:
+        self.want_play = True
+        await self._play()
+
+    async def close(self) -> None:
+        self.closing = True
+        for task in (self._supervisor, self._keepalive):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.conn is not None and self.session_id is not None and not self.conn.closed.is_set():
+            with contextlib.suppress(RtspClientError):
+                await self.conn.request("TEARDOWN", self.aggregate_url, {"Session": self.session_id},
+                                        timeout=2.0)
+        await self._drop_connection()
+
+    # -- RTSP steps ------------------------------------------------------------------------
+    async def _connect_and_describe(self) -> None:
+        conn = RtspClientConnection(self.url, on_frame=self._on_frame, timeout=self.request_timeout)
+        await conn.connect()
+        self.conn = conn
+        self.session_id = None
+        options = await conn.request("OPTIONS", self.url)
+        if options.status == 200:
+            with contextlib.suppress(RtspError):
+                self.public = parse_public(options.headers.get("Public") or "")
+        reply = await conn.request("DESCRIBE", self.url, {"Accept": "application/sdp"})
+        self._check(reply, "DESCRIBE")
+        try:
+            sdp = SessionDescription.parse(reply.body)
+        except SdpError as exc:
+            raise RtspClientError(f"upstream SDP is malformed: {exc}", 502) from exc
+        if not sdp.media:
+            raise RtspClientError("upstream SDP has no media", 502)
+        base = reply.headers.get("Content-Base") or reply.headers.get("Content-Location") or self.url
+        self.sdp_text = reply.body.decode("utf-8", "replace")
+        self.tracks = tracks_of(sdp, base)
+        self.aggregate_url = resolve_control(base, sdp.control)
+
+    def _check(self, reply: Response, what: str) -> None:
+        if reply.status != 200:
+            raise RtspClientError(f"upstream {what}: {reply.status} {reply.reason}", reply.status)
+
+    async def _setup_all(self) -> None:
+        for index in sorted(self.destinations):
+            try:
+                await self._setup_track(index)
+            except RtspClientError as exc:
+                if exc.status != 461 or self.transport or self.use_tcp:
+                    raise
+                log.info("stream %s: upstream refused UDP (461), switching to TCP", self.stream_id)
+                self.use_tcp = True
+                await self._setup_track(index)
+
+    async def _setup_track(self, index: int) -> None:
+        assert self.conn is not None
+        track = self.tracks[index]
+        dest = self.destinations[index]
+        if self.use_tcp:
+            bridge = self.bridges.get(index)
+            if bridge is None:
+                bridge = await UdpPair.open(
+                    self.conn.local_host or "127.0.0.1", lambda data: None,
+                    lambda data, ch=2 * index + 1: self._rtcp_to_upstream(ch, data))
+                self.bridges[index] = bridge
+            bridge.set_peer(dest.host, dest.rtp_port, dest.rtcp_port)
+            spec = TransportSpec(protocol="RTP/AVP/TCP", interleaved=(2 * index, 2 * index + 1))
+        else:
+            destination = dest.host if dest.host not in (self.conn.local_host, "") else None
+            spec = TransportSpec(client_port=(dest.rtp_port, dest.rtcp_port), destination=destination)
+        headers = {"Transport": str(spec)}
+        if self.session_id:
+            headers["Session"] = self.session_id
+        reply = await self.conn.request("SETUP", track.control, headers)
+        self._check(reply, f"SETUP {track.control}")
+        session = reply.headers.get("Session")
+        if session:
+            try:
+                self.session_id, timeout = parse_session(session)
+            except RtspError as exc:
+                raise RtspClientError(f"upstream Session header is malformed: {exc}", 502) from exc
+            self.session_timeout = timeout or 60
+        if not self.use_tcp:
+            with contextlib.suppress(RtspError):
+                chosen = parse_transport(reply.headers.get("Transport") or "")
+                if chosen and chosen[0].lower_transport == "TCP":
+                    raise RtspClientError("upstream answered a UDP SETUP with TCP", 461)
+
+    async def _play(self) -> None:
+        assert self.conn is not None
+        headers = {"Range": "npt=0.000-"}
+        if self.session_id:
+            headers["Session"] = self.session_id
+        reply = await self.conn.request("PLAY", self.aggregate_url, headers)
+        self._check(reply, "PLAY")
+        self._emit(pb.UpstreamEvent.PLAYING)
+        if self._keepalive is None or self._keepalive.done():
+            self._keepalive = asyncio.create_task(self._keep_alive(), name=f"keepalive-{self.stream_id}")
+
+    # -- media over TCP ---------------------------------------------------------------------
+    def _on_frame(self, channel: int, payload: bytes) -> None:
+        bridge = self.bridges.get(channel // 2)
+        if bridge is None:
+            return
+        if channel % 2 == 0:
+            bridge.send_rtp(payload)
+        else:
+            bridge.send_rtcp(payload)
+
+    def _rtcp_to_upstream(self, channel: int, data: bytes) -> None:
+        if self.conn is not None:
+            self.conn.send_frame(channel, data)
+
+    # -- liveness -----------------------------------------------------------------------------
+    async def _keep_alive(self) -> None:
+        while True:
+            interval = self.keepalive_override or max(self.session_timeout / 2, 1.0)
+            await asyncio.sleep(interval)
+            conn = self.conn
+            if conn is None or conn.closed.is_set():
+                return
+            method = "GET_PARAMETER" if "GET_PARAMETER" in self.public else "OPTIONS"
+            headers = {"Session": self.session_id} if self.session_id else {}
+            try:
+                await conn.request(method, self.aggregate_url, headers)
+            except RtspClientError as exc:
+                log.warning("stream %s: keep-alive failed (%s); reconnecting", self.stream_id, exc)
+                await conn.close()
+                return
+
+    async def _supervise(self) -> None:
+        while not self.closing:
+            conn = self.conn
+            if conn is not None:
+                await conn.closed.wait()
+            if self.closing:
+                return
+            log.warning("stream %s: upstream %s lost; reconnecting", self.stream_id, self.url)
+            self._emit(pb.UpstreamEvent.DOWN, "connection lost")
+            await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        delay = BACKOFF_FIRST
+        attempt = 0
+        while not self.closing:
+            attempt += 1
+            await self._drop_connection(keep_bridges=True)
+            self._emit(pb.UpstreamEvent.CONNECTING, f"attempt {attempt}")
+            try:
+                old_tracks = [(t.kind, t.encoding) for t in self.tracks]
+                await self._connect_and_describe()
+                if [(t.kind, t.encoding) for t in self.tracks] != old_tracks:
+                    log.warning("stream %s: upstream tracks changed after reconnect", self.stream_id)
+                if self.destinations:
+                    await self._setup_all()
+                if self.want_play:
+                    await self._play()
+                log.info("stream %s: upstream recovered after %d attempt(s)", self.stream_id, attempt)
+                self._emit(pb.UpstreamEvent.PLAYING if self.want_play else pb.UpstreamEvent.CONNECTING,
+                           "reconnected")
+                return
+            except (RtspClientError, IndexError, KeyError) as exc:
+                log.info("stream %s: reconnect attempt %d failed: %s; next in %.2fs",
+                         self.stream_id, attempt, exc, delay)
+            await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _drop_connection(self, keep_bridges: bool = False) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        if self.conn is not None:
+            await self.conn.close()
+            self.conn = None
+        if not keep_bridges:
+            for bridge in self.bridges.values():
+                bridge.close()
+            self.bridges.clear()
+
+    def _emit(self, state: pb.UpstreamEvent.State.ValueType, detail: str = "") -> None:
+        self.on_event(pb.UpstreamEvent(stream_id=self.stream_id, state=state, detail=detail))
+
+
+class UpstreamManager:
+    """Executes the control plane's upstream commands for this stub."""
+
+    def __init__(self, on_event: EventSink, *, request_timeout: float = 5.0) -> None:
+        self.sessions: dict[str, UpstreamSession] = {}
+        self.on_event = on_event
+        self.request_timeout = request_timeout
+
+    async def handle(self, command: pb.ControlCommand) -> pb.CommandResult:
+        result = pb.CommandResult(command_id=command.command_id, status=pb.Status(code=200, reason="OK"))
+        kind = command.WhichOneof("kind")
+        try:
+            if kind == "open":
+                await self._open(command.open, result)
+            elif kind == "setup":
+                session = self._session(command.setup.stream_id)
+                await session.setup(dict(zip(command.setup.track_indexes, command.setup.destinations,
+                                             strict=True)))
+            elif kind == "play":
+                await self._session(command.play.stream_id).play()
+            elif kind == "close":
+                session = self.sessions.pop(command.close.stream_id, None)
+                if session is not None:
+                    await session.close()
+            else:
+                result.status.code, result.status.reason = 501, f"unknown command {kind}"
+        except RtspClientError as exc:
+            log.warning("upstream command %s failed: %s", kind, exc)
+            result.status.code, result.status.reason = exc.status, str(exc)
+        except ValueError as exc:
+            result.status.code, result.status.reason = 400, str(exc)
+        return result
+
+    def _session(self, stream_id: str) -> UpstreamSession:
+        session = self.sessions.get(stream_id)
+        if session is None:
+            raise RtspClientError(f"no upstream session for {stream_id}", 454)
+        return session
+
+    async def _open(self, command: pb.OpenUpstream, result: pb.CommandResult) -> None:
+        old = self.sessions.pop(command.stream_id, None)
+        if old is not None:
+            await old.close()
+        session = UpstreamSession(command.stream_id, command.url, transport=command.transport,
+                                  on_event=self.on_event, request_timeout=self.request_timeout)
+        try:
+            sdp, tracks = await session.open()
+        except BaseException:
+            await session.close()
+            raise
+        self.sessions[command.stream_id] = session
+        result.sdp = sdp
+        result.tracks.extend(t.to_pb() for t in tracks)
+
+    async def close(self) -> None:
+        for stream_id in list(self.sessions):
+            await self.sessions.pop(stream_id).close()
