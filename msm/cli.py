@@ -1,0 +1,333 @@
+"""The ``msm`` command: ``msm up`` (a local mesh) and ``msm streams`` (what flows through it).
+
+Configuration comes from flags, then ``MSM_*`` environment variables, then a
+YAML file (``--config``), then defaults, in that order of precedence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from control_plane.resolver import Route, RouteError, parse_route
+
+from .mesh import LocalMesh, MeshConfig, MeshError
+
+log = logging.getLogger("msm")
+
+DEFAULTS: dict[str, Any] = {
+    "rtsp_listen": "127.0.0.1:8554",
+    "control_listen": "127.0.0.1:9000",
+    "proxy_listen": "127.0.0.1:9001",
+    "media_host": "127.0.0.1",
+    "port_range": "30000-39999",
+    "linger": 5.0,
+    "session_timeout": 60,
+    "log_level": "info",
+    "control": "127.0.0.1:9000",
+}
+
+
+class UsageError(Exception):
+    """A bad flag, environment variable or config file: a one-line message, exit 2."""
+
+
+def _host_port(value: str, what: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise UsageError(f"{what} must be HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _port_range(value: str) -> tuple[int, int]:
+    low, sep, high = value.partition("-")
+    if not sep or not low.isdigit() or not high.isdigit() or not 1024 <= int(low) < int(high) < 65536:
+        raise UsageError(f"port range must be LOW-HIGH within 1024-65535, got {value!r}")
+    return int(low), int(high)
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read config {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"config {path} must be a mapping of settings")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def settings(opts: argparse.Namespace, keys: Sequence[str]) -> dict[str, Any]:
+    """Merge flags > MSM_* env > config file > defaults for ``keys``."""
+    file_values = load_config_file(opts.config) if getattr(opts, "config", None) else {}
+    merged: dict[str, Any] = {}
+    for key in keys:
+        flag = getattr(opts, key, None)
+        env = os.environ.get(f"MSM_{key.upper()}")
+        if flag is not None:
+            merged[key] = flag
+        elif env is not None:
+            merged[key] = env
+        elif key in file_values:
+            merged[key] = file_values[key]
+        else:
+            merged[key] = DEFAULTS.get(key)
+    merged["_file"] = file_values
+    return merged
+
+
+def _routes(opts: argparse.Namespace, file_values: dict[str, Any]) -> list[Route]:
+    routes: dict[str, Route] = {}
+    raw = file_values.get("routes") or {}
+    if isinstance(raw, dict):
+        for name, value in raw.items():
+            if isinstance(value, dict):
+                routes[str(name)] = Route(name=str(name), url=str(value.get("url", "")),
+                                          transport=str(value.get("transport", "")))
+            else:
+                routes[str(name)] = parse_route(f"{name}={value}")
+    elif isinstance(raw, list):
+        for item in raw:
+            route = parse_route(str(item))
+            routes[route.name] = route
+    else:
+        raise UsageError("config 'routes' must be a mapping NAME: URL or a list of NAME=URL")
+    env = os.environ.get("MSM_ROUTES")
+    for item in (env.split(",") if env else []):
+        if item.strip():
+            route = parse_route(item.strip())
+            routes[route.name] = route
+    for item in opts.route or []:
+        route = parse_route(item)
+        routes[route.name] = route
+    return list(routes.values())
+
+
+def _setup_logging(level: str) -> None:
+    numeric = logging.getLevelName(str(level).upper())
+    if not isinstance(numeric, int):
+        raise UsageError(f"unknown log level {level!r} (debug, info, warning, error)")
+    logging.basicConfig(level=numeric, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    # gRPC's own chatter is not ours to show at info.
+    logging.getLogger("grpc").setLevel(max(numeric, logging.WARNING))
+
+
+# -- msm up ---------------------------------------------------------------------------------------
+def cmd_up(opts: argparse.Namespace) -> int:
+    keys = ["rtsp_listen", "control_listen", "proxy_listen", "media_host", "port_range", "linger",
+            "session_timeout", "log_level"]
+    values = settings(opts, keys)
+    _setup_logging(values["log_level"])
+    rtsp_host, rtsp_port = _host_port(str(values["rtsp_listen"]), "--rtsp-listen")
+    _host_port(str(values["control_listen"]), "--control-listen")
+    _host_port(str(values["proxy_listen"]), "--proxy-listen")
+    try:
+        linger = float(values["linger"])
+        session_timeout = int(values["session_timeout"])
+    except ValueError as exc:
+        raise UsageError(f"bad number: {exc}") from exc
+    demo = bool(opts.demo or values["_file"].get("demo") or os.environ.get("MSM_DEMO") == "1")
+    config = MeshConfig(
+        rtsp_host=rtsp_host, rtsp_port=rtsp_port, control_listen=str(values["control_listen"]),
+        proxy_listen=str(values["proxy_listen"]), media_host=str(values["media_host"]),
+        port_range=_port_range(str(values["port_range"])), routes=_routes(opts, values["_file"]),
+        demo=demo, linger=linger, session_timeout=session_timeout)
+    if not config.routes and not config.demo:
+        raise UsageError("nothing to serve: give --demo and/or --route NAME=rtsp://host:port/path")
+    return asyncio.run(_run_up(config))
+
+
+async def _run_up(config: MeshConfig) -> int:
+    mesh = LocalMesh(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await mesh.start()
+    except MeshError as exc:
+        print(f"msm: error: {exc}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        print("msm: error: components did not come up within 10 s", file=sys.stderr)
+        return 1
+    assert mesh.control is not None and mesh.proxy is not None
+    lines = [
+        "msm local mesh is up",
+        f"  rtsp     {mesh.rtsp_base}/<name>",
+        f"  control  {mesh.control.address} (gRPC)",
+        f"  proxy    {mesh.proxy.address} (gRPC); RTP/RTCP ports {config.port_range[0]}-"
+        f"{config.port_range[1]} on {config.media_host}",
+        "  streams:",
+    ]
+    for name, route in sorted(mesh.resolver.routes.items()):
+        lines.append(f"    {mesh.url(name):40s} <- {route.url}")
+    if "demo" in mesh.resolver.routes:
+        lines.append(f"  try: ffplay -rtsp_transport tcp {mesh.url('demo')}")
+    lines.append("  watch: msm streams --watch" +
+                 ("" if mesh.control.address == DEFAULTS["control"] else f" --control {mesh.control.address}"))
+    lines.append("Ctrl+C stops.")
+    print("\n".join(lines), flush=True)
+    await stop.wait()
+    print("msm: stopping", file=sys.stderr, flush=True)
+    await mesh.stop()
+    return 0
+
+
+# -- msm streams ------------------------------------------------------------------------------------
+def _fmt_rate(bps: float) -> str:
+    if bps >= 1e6:
+        return f"{bps / 1e6:.2f} Mbit/s"
+    return f"{bps / 1e3:.0f} kbit/s"
+
+
+def stream_rows(response: Any) -> list[dict[str, Any]]:
+    rows = []
+    for stream in response.streams:
+        playing = sum(1 for v in stream.viewers if v.playing)
+        for ts in stream.tracks or [None]:
+            flow = ts.flow if ts is not None else None
+            expected = flow.packets_expected if flow else 0
+            loss = (100.0 * max(flow.packets_lost, 0) / expected) if flow and expected else 0.0
+            rows.append({
+                "stream": stream.name,
+                "upstream": stream.upstream_url,
+                "state": stream.upstream_state,
+                "viewers": len(stream.viewers),
+                "playing": playing,
+                "track": f"{ts.track.index}:{ts.track.kind}" if ts is not None else "-",
+                "encoding": ts.track.encoding if ts is not None else "",
+                "packets": flow.packets_received if flow else 0,
+                "bitrate_bps": flow.bitrate_bps if flow else 0.0,
+                "loss_percent": round(loss, 3),
+                "lost": flow.packets_lost if flow else 0,
+                "jitter_ms": round(flow.jitter_ms, 3) if flow else 0.0,
+            })
+    return rows
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no streams (open rtsp://<mesh>/<name> in a player to start one)"
+    header = ["STREAM", "UPSTREAM", "STATE", "VIEWERS", "TRACK", "PACKETS", "BITRATE", "LOSS", "JITTER"]
+    table = [header] + [[
+        r["stream"], r["upstream"], r["state"], f"{r['playing']}/{r['viewers']}", r["track"],
+        str(r["packets"]), _fmt_rate(r["bitrate_bps"]), f"{r['loss_percent']:.2f}%",
+        f"{r['jitter_ms']:.2f} ms",
+    ] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+                     for row in table)
+
+
+def cmd_streams(opts: argparse.Namespace) -> int:
+    import grpc
+
+    from protos import msm_pb2 as pb
+    from protos import msm_pb2_grpc as pb_grpc
+
+    values = settings(opts, ["control"])
+    address = str(values["control"])
+    _host_port(address, "--control")
+    with grpc.insecure_channel(address) as channel:
+        api = pb_grpc.ControlPlaneStub(channel)
+        while True:
+            try:
+                response = api.ListStreams(pb.ListStreamsRequest(), timeout=5.0)
+            except grpc.RpcError as exc:
+                print(f"msm: error: control plane {address} unreachable ({exc.code().name}); "
+                      "is `msm up` running?", file=sys.stderr)
+                return 1
+            rows = stream_rows(response)
+            if opts.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                if opts.watch:
+                    print("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S") + f"  {address}\n", end="")
+                print(render_table(rows), flush=True)
+            if not opts.watch:
+                return 0
+            time.sleep(opts.watch)
+
+
+# -- parser -----------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="msm", description="msm: a media streaming mesh for RTSP/RTP.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    up = sub.add_parser("up", help="run a local mesh (control plane, RTP proxy, gateway stub)",
+                        description="Run the control plane, one RTP proxy and a gateway stub on this "
+                        "machine, relaying RTSP sources at rtsp://HOST:8554/NAME. Every setting can "
+                        "also come from MSM_<SETTING> (e.g. MSM_RTSP_LISTEN, MSM_ROUTES=a=url,b=url) "
+                        "or from a YAML file given with --config.")
+    up.add_argument("--demo", action="store_true", default=None,
+                    help="serve the built-in test source as 'demo' (H.264 test pattern + audio)")
+    up.add_argument("--route", action="append", metavar="NAME=URL",
+                    help="relay an upstream RTSP URL as NAME (repeatable); append #transport=tcp "
+                    "to force TCP towards the upstream")
+    up.add_argument("--config", metavar="FILE", help="YAML file with settings and a 'routes' mapping")
+    up.add_argument("--rtsp-listen", metavar="HOST:PORT", help="viewer-facing RTSP (default 127.0.0.1:8554)")
+    up.add_argument("--control-listen", metavar="HOST:PORT", help="control plane gRPC (default 127.0.0.1:9000)")
+    up.add_argument("--proxy-listen", metavar="HOST:PORT", help="proxy DataPlane gRPC (default 127.0.0.1:9001)")
+    up.add_argument("--media-host", metavar="ADDR", help="address RTP sockets bind to (default 127.0.0.1)")
+    up.add_argument("--port-range", metavar="LOW-HIGH", help="RTP/RTCP ports of the proxy (default 30000-39999)")
+    up.add_argument("--linger", metavar="SECONDS", help="keep an upstream open this long after its last "
+                    "viewer leaves (default 5)")
+    up.add_argument("--session-timeout", metavar="SECONDS", help="RTSP session timeout (default 60)")
+    up.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error (default info)")
+    up.set_defaults(func=cmd_up)
+
+    streams = sub.add_parser("streams", help="show live streams, viewers and their statistics",
+                             description="Print a table of the mesh's streams: upstream, viewers "
+                             "(playing/all), packets, bitrate, loss and jitter per track.")
+    streams.add_argument("--control", metavar="HOST:PORT", help="control plane gRPC (default 127.0.0.1:9000)")
+    streams.add_argument("--watch", nargs="?", type=float, const=1.0, metavar="SECONDS",
+                         help="refresh every SECONDS (default 1) until Ctrl+C")
+    streams.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    streams.add_argument("--config", metavar="FILE", help="YAML file (its 'control' setting)")
+    streams.set_defaults(func=cmd_streams)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        opts = parser.parse_args(argv)
+        if not getattr(opts, "func", None):
+            parser.print_help()
+            return 2
+        return int(opts.func(opts))
+    except (UsageError, RouteError) as exc:
+        print(f"msm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,173 @@
+"""The local mesh: control plane, one RTP proxy and a gateway stub in one process.
+
+They are wired exactly as in a cluster, over loopback gRPC; nothing here takes
+a shortcut between components.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from control_plane.resolver import Route, StaticResolver
+from control_plane.server import ControlPlaneServer
+from rtp_proxy.service import RtpProxy
+from stub.app import Stub, StubConfig
+
+log = logging.getLogger(__name__)
+
+GST_SOURCE = Path(__file__).with_name("gst_source.py")
+SYSTEM_PYTHON = "/usr/bin/python3"   # Debian's, which has GStreamer's `gi` bindings
+
+
+class MeshError(Exception):
+    """The mesh cannot start (a port in use, a missing dependency); the message says why."""
+
+
+@dataclass(slots=True, kw_only=True)
+class MeshConfig:
+    rtsp_host: str = "127.0.0.1"
+    rtsp_port: int = 8554
+    control_listen: str = "127.0.0.1:9000"
+    proxy_listen: str = "127.0.0.1:9001"
+    media_host: str = "127.0.0.1"
+    port_range: tuple[int, int] = (30000, 39999)
+    routes: list[Route] = field(default_factory=list)
+    demo: bool = False
+    linger: float = 5.0
+    session_timeout: int = 60
+
+
+class DemoSource:
+    """The built-in test source: GStreamer's RTSP server with an H.264 + audio test pattern."""
+
+    def __init__(self, path: str = "/demo") -> None:
+        self.path = path
+        self.process: asyncio.subprocess.Process | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://127.0.0.1:{self.port}{self.path}"
+
+    async def start(self, timeout: float = 15.0) -> None:
+        if not os.access(SYSTEM_PYTHON, os.X_OK):
+            raise MeshError(f"the demo source needs {SYSTEM_PYTHON} with GStreamer (python3-gi)")
+        self.process = await asyncio.create_subprocess_exec(
+            SYSTEM_PYTHON, str(GST_SOURCE), "--port", "0", "--bind", "127.0.0.1", "--path", self.path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert self.process.stdout is not None
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    line = await self.process.stdout.readline()
+                    if not line:
+                        break
+                    text = line.decode(errors="replace").strip()
+                    if text.startswith("READY"):
+                        self.port = int(text.split("port=")[1].split()[0])
+                        break
+        except TimeoutError:
+            pass
+        if not self.port:
+            err = b""
+            if self.process.stderr is not None and self.process.returncode is not None:
+                err = await self.process.stderr.read()
+            await self.stop()
+            hint = " (install gir1.2-gst-rtsp-server-1.0 and GStreamer's plugins)" if err else ""
+            last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no answer"]
+            raise MeshError(f"demo source did not start: {last[0]}{hint}")
+        # Drain its output so the pipe never fills and blocks it.
+        asyncio.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        with contextlib.suppress(Exception):
+            while await self.process.stdout.readline():
+                pass
+
+    async def stop(self) -> None:
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.process.terminate()
+        try:
+            await asyncio.wait_for(self.process.wait(), 5.0)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+
+class LocalMesh:
+    def __init__(self, config: MeshConfig) -> None:
+        self.config = config
+        self.resolver = StaticResolver()
+        for route in config.routes:
+            self.resolver.add(route)
+        self.control: ControlPlaneServer | None = None
+        self.proxy: RtpProxy | None = None
+        self.stub: Stub | None = None
+        self.demo: DemoSource | None = None
+
+    @property
+    def rtsp_base(self) -> str:
+        assert self.stub is not None
+        return f"rtsp://{self.config.rtsp_host}:{self.stub.port}"
+
+    def url(self, name: str) -> str:
+        return f"{self.rtsp_base}/{name}"
+
+    async def start(self) -> None:
+        cfg = self.config
+        try:
+            if cfg.demo:
+                if shutil.which(SYSTEM_PYTHON) is None:
+                    raise MeshError(f"--demo needs {SYSTEM_PYTHON} with GStreamer")
+                self.demo = DemoSource()
+                await self.demo.start()
+                self.resolver.add(Route(name="demo", url=self.demo.url))
+            self.control = ControlPlaneServer(self.resolver, listen=cfg.control_listen, linger=cfg.linger)
+            await _listening(self.control.start(), "control plane", cfg.control_listen)
+            self.proxy = RtpProxy(node="local", media_host=cfg.media_host, grpc_listen=cfg.proxy_listen,
+                                  control_address=self.control.address, port_range=cfg.port_range)
+            await _listening(self.proxy.start(), "RTP proxy", cfg.proxy_listen)
+            self.stub = Stub(StubConfig(control_address=self.control.address, listen_host=cfg.rtsp_host,
+                                        listen_port=cfg.rtsp_port, media_host=cfg.media_host,
+                                        node="local", stub_id="gateway",
+                                        session_timeout=cfg.session_timeout))
+            await _listening(self.stub.start(), "RTSP", f"{cfg.rtsp_host}:{cfg.rtsp_port}")
+            assert self.proxy.agent is not None
+            await asyncio.wait_for(self.proxy.agent.registered.wait(), 10.0)
+            await self.stub.wait_connected()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        if self.stub is not None:
+            await self.stub.stop()
+        if self.proxy is not None:
+            await self.proxy.stop()
+        if self.control is not None:
+            await self.control.stop()
+        if self.demo is not None:
+            await self.demo.stop()
+
+    async def __aenter__(self) -> LocalMesh:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def _listening(start: object, what: str, where: str) -> None:
+    try:
+        await start  # type: ignore[misc]
+    except (OSError, RuntimeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise MeshError(f"cannot listen for {what} on {where}: {reason}") from exc
