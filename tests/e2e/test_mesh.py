@@ -1,0 +1,130 @@
+"""The local mesh against real peers: GStreamer's RTSP server upstream, ffmpeg and aiortsp viewers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from msm.mesh import LocalMesh
+from tests.e2e.conftest import _require_peers, mesh_config
+from tests.peers import FfmpegViewer, GstRtspServer, ffmpeg_frames, ffprobe_streams
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+
+async def test_five_viewers_share_one_upstream_session(gst: GstRtspServer, mesh: LocalMesh) -> None:
+    url = mesh.url("cam")
+    transports = ["udp", "udp", "udp", "tcp", "tcp"]
+    results = await asyncio.gather(*(ffmpeg_frames(url, transport=t, frames=50, timeout=60)
+                                     for t in transports))
+    for transport, result in zip(transports, results, strict=True):
+        assert result.frames >= 50, f"{transport} viewer decoded {result.frames}\n{result.stderr_tail}"
+    # The upstream server saw exactly one RTSP client and one session for all five.
+    assert len(gst.clients) == 1, gst.clients
+    assert gst.max_sessions == 1
+
+
+async def test_stream_table_counts_viewers_and_packets(gst: GstRtspServer, mesh: LocalMesh) -> None:
+    async with FfmpegViewer(mesh.url("cam"), transport="udp") as viewer:
+        await viewer.wait_frames(30, timeout=30)
+        assert mesh.control is not None
+        from protos import msm_pb2 as pb
+
+        response = await mesh.control.control.ListStreams(pb.ListStreamsRequest(), None)
+        (stream,) = response.streams
+        assert stream.name == "cam" and stream.upstream_state == "playing"
+        assert len(stream.viewers) == 1 and stream.viewers[0].playing
+        video = stream.tracks[0]
+        assert video.track.kind == "video" and video.track.clock_rate == 90000
+        assert video.flow.packets_received > 30
+        assert video.flow.legs and video.flow.legs[0].packets_sent > 30
+
+
+async def test_leaving_pausing_and_crashing_viewers_do_not_disturb_others(
+        gst: GstRtspServer, mesh: LocalMesh) -> None:
+    import aiortsp.rtsp.connection as rtsp_conn
+    from aiortsp.rtsp.session import RTSPMediaSession
+    from aiortsp.transport import transport_for_scheme
+
+    url = mesh.url("cam")
+    steady_udp = await FfmpegViewer.start(url, transport="udp")
+    steady_tcp = await FfmpegViewer.start(url, transport="tcp")
+    crasher = await FfmpegViewer.start(url, transport="udp")
+    leaver = await FfmpegViewer.start(url, transport="tcp")
+    try:
+        for viewer in (steady_udp, steady_tcp, crasher, leaver):
+            await viewer.wait_frames(25, timeout=30)
+
+        async def others_advance(by: int = 25) -> None:
+            await asyncio.gather(steady_udp.wait_frames(steady_udp.frames + by, timeout=15),
+                                 steady_tcp.wait_frames(steady_tcp.frames + by, timeout=15))
+
+        crasher.kill()               # no TEARDOWN: the stub notices the closed connection
+        await crasher.stop()
+        await others_advance()
+        await leaver.stop()          # SIGTERM: ffmpeg sends TEARDOWN
+        await others_advance()
+
+        # An aiortsp viewer plays, pauses (its packets stop) and tears down.
+        received = 0
+
+        class Counter:
+            def handle_rtp(self, rtp: object) -> None:
+                nonlocal received
+                received += 1
+
+            def handle_rtcp(self, rtcp: object) -> None:
+                pass
+
+            def handle_closed(self, error: object) -> None:
+                pass
+
+        async with rtsp_conn.RTSPConnection("127.0.0.1", int(url.split(":")[2].split("/")[0])) as conn:
+            transport_class = transport_for_scheme("rtsp")
+            async with transport_class(conn) as transport:
+                transport.subscribe(Counter())
+                async with RTSPMediaSession(conn, url, transport=transport) as session:
+                    await session.play()
+                    await asyncio.sleep(2.0)
+                    assert received > 20, "aiortsp viewer got no RTP"
+                    await session.pause()
+                    await asyncio.sleep(0.5)
+                    paused_at = received
+                    await others_advance()
+                    assert received - paused_at <= 5, "packets kept flowing to a paused viewer"
+                    await session.play()
+                    await asyncio.sleep(1.5)
+                    assert received > paused_at + 10, "no RTP after resuming"
+        await others_advance()
+        assert len(gst.clients) == 1 and gst.max_sessions == 1
+    finally:
+        for viewer in (steady_udp, steady_tcp, crasher, leaver):
+            await viewer.stop()
+
+
+async def test_upstream_restart_is_recovered_without_viewer_action(
+        gst: GstRtspServer, mesh: LocalMesh) -> None:
+    url = mesh.url("cam")
+    async with FfmpegViewer(url, transport="udp") as udp, FfmpegViewer(url, transport="tcp") as tcp:
+        await asyncio.gather(udp.wait_frames(25, timeout=30), tcp.wait_frames(25, timeout=30))
+        await gst.restart()
+        restarted = time.monotonic()
+        before = (udp.frames, tcp.frames)
+        await asyncio.gather(udp.wait_frames(before[0] + 25, timeout=15),
+                             tcp.wait_frames(before[1] + 25, timeout=15))
+        recovered = time.monotonic() - restarted
+        assert recovered < 10.0, f"recovered only after {recovered:.1f}s"
+        assert udp.running and tcp.running
+
+
+async def test_demo_source_decodes_in_ffprobe() -> None:
+    _require_peers()
+    async with LocalMesh(mesh_config(demo=True)) as mesh:
+        streams = await ffprobe_streams(mesh.url("demo"), transport="tcp")
+        codecs = sorted(s.get("codec_name", "") for s in streams)
+        assert "h264" in codecs, streams
+        assert any(s.get("codec_type") == "audio" for s in streams), streams
+        result = await ffmpeg_frames(mesh.url("demo"), transport="udp", frames=25, timeout=30)
+        assert result.frames >= 25, result.stderr_tail

@@ -1,0 +1,108 @@
+"""The msm command line: help everywhere, one-line errors, config precedence."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from msm import cli
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "msm.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["up", "--help"], ["streams", "--help"]])
+def test_help(args: list[str]) -> None:
+    result = run(*args)
+    assert result.returncode == 0
+    assert "usage: msm" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["up", "--route", "cam1"], "NAME=rtsp://"),
+    (["up", "--route", "cam1=http://example/x"], "not an rtsp:// URL"),
+    (["up", "--route", "cam1=rtsp://h:99999/x"], "bad port"),
+    (["up", "--demo", "--rtsp-listen", "nonsense"], "HOST:PORT"),
+    (["up", "--demo", "--port-range", "9-5"], "port range"),
+    (["up"], "nothing to serve"),
+    (["up", "--demo", "--log-level", "loud"], "log level"),
+    (["up", "--bogus"], "unrecognized arguments"),
+    (["streams", "--control", "x"], "HOST:PORT"),
+])
+def test_bad_arguments_are_one_line_errors(args: list[str], message: str) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_config_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routes: [unclosed\n")
+    result = run("up", "--config", str(bad))
+    assert result.returncode == 2 and "not valid YAML" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run("up", "--config", str(tmp_path / "missing.yaml"))
+    assert result.returncode == 2 and "cannot read config" in result.stderr
+
+
+def test_port_in_use_is_a_one_line_error() -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        result = run("up", "--route", "a=rtsp://127.0.0.1:1/x", "--rtsp-listen", f"127.0.0.1:{port}",
+                     "--control-listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0")
+    finally:
+        busy.close()
+    assert result.returncode == 1
+    assert "cannot listen for RTSP" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_streams_without_control_plane() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = run("streams", "--control", f"127.0.0.1:{port}")
+    assert result.returncode == 1 and "unreachable" in result.stderr
+
+
+def test_routes_merge_flags_over_env_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "msm.yaml"
+    config.write_text("linger: 7\nroutes:\n  a: rtsp://file/a\n  b: {url: 'rtsp://file/b', transport: tcp}\n")
+    monkeypatch.setenv("MSM_ROUTES", "b=rtsp://env/b,c=rtsp://env/c")
+    monkeypatch.setenv("MSM_LINGER", "3")
+    opts = cli.build_parser().parse_args(["up", "--config", str(config), "--route", "c=rtsp://flag/c"])
+    values = cli.settings(opts, ["linger", "rtsp_listen"])
+    assert values["linger"] == "3"                      # env beats file
+    assert values["rtsp_listen"] == "127.0.0.1:8554"    # default
+    routes = {r.name: r for r in cli._routes(opts, values["_file"])}
+    assert routes["a"].url == "rtsp://file/a"
+    assert routes["b"].url == "rtsp://env/b"            # env beats file
+    assert routes["c"].url == "rtsp://flag/c"           # flag beats env
+
+
+def test_table_rendering() -> None:
+    from protos import msm_pb2 as pb
+
+    response = pb.ListStreamsResponse()
+    stream = response.streams.add(name="cam", upstream_url="rtsp://u/x", upstream_state="playing")
+    stream.viewers.add(session_id="s1", playing=True)
+    stream.tracks.add(track=pb.Track(index=0, kind="video"),
+                      flow=pb.FlowStats(packets_received=990, packets_expected=1000, packets_lost=10,
+                                        jitter_ms=1.5, bitrate_bps=2_500_000))
+    rows = cli.stream_rows(response)
+    assert rows[0]["loss_percent"] == 1.0 and rows[0]["playing"] == 1
+    table = cli.render_table(rows)
+    assert "cam" in table and "1.00%" in table and "2.50 Mbit/s" in table and "1/1" in table
+    assert "no streams" in cli.render_table([])
