@@ -21,9 +21,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from sdk.errors import RtcpError, RtpError
 from sdk.rtp import ReceiverReport, SenderReport, parse_rtcp, rtp_header
 from sdk.stats import ReceiverStats
+
+from sdk.errors import RtcpError, RtpError
 
 log = logging.getLogger(__name__)
 

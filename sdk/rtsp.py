@@ -139,9 +139,7 @@ class Headers:
     _lower: tuple[str, ...]
 
     def __init__(self, items: Iterable[tuple[str, str]] | Mapping[str, str] = ()) -> None:
-        pairs: Iterable[tuple[str, str]] = (
-            items.items() if isinstance(items, Mapping) else items
-        )
+        pairs: Iterable[tuple[str, str]] = items.items() if isinstance(items, Mapping) else items
         checked: list[tuple[str, str]] = []
         for pair in pairs:
             name, value = pair
@@ -450,19 +448,18 @@ class RtspReader:
     interleaved frame, anything else a request.  Bare ``LF`` line ends and empty
     lines between messages (keep-alives) are tolerated.
 
-    Bounds (each defaults to a few times what real peers send):
+    Bounds, each a generous multiple of what real peers send (``tests/data/rtsp``):
 
-    * ``max_line``: one start or header line.  The longest real lines are SDP-free
-      request URIs and ``Transport``/``RTP-Info`` with several streams, all well under
-      1 KiB; 4 KiB leaves room for long tokens in query strings.  A longer request
-      line is answered 414, any other line 413.
-    * ``max_headers``: header fields per message.  Real clients send 2-12 (GStreamer's
-      RealMedia-compatible OPTIONS is the largest at 10); 64 stops a field flood.
-    * ``max_header_bytes``: the whole head, and so also how much undelimited data is
-      buffered while waiting for the blank line that ends it; 16 KiB is 64 lines of
-      256 bytes.
-    * ``max_body``: ``Content-Length``.  Bodies are SDP and parameter text, a few KiB
-      at most; 64 KiB also fits the largest interleaved frame.
+    * ``max_line`` (4 KiB): one start or header line.  The longest real lines are
+      request URIs and ``Transport``/``RTP-Info`` values, around 100-150 bytes; 4 KiB
+      leaves room for long query strings and many-track ``RTP-Info``.  A longer
+      request line is answered 414, any other line 413.
+    * ``max_headers`` (64): fields per message.  Real peers send 2-10 (GStreamer's
+      RealPlayer-compatible OPTIONS is the largest); 64 stops a field flood early.
+    * ``max_header_bytes`` (16 KiB): the whole head, and so also how much data
+      without a blank line is buffered while waiting for the head to end.
+    * ``max_body`` (64 KiB): ``Content-Length``.  Bodies are SDP and parameter text;
+      GStreamer's one-track SDP is 529 bytes, so 64 KiB fits over a hundred tracks.
 
     Interleaved frames carry a 16-bit length, so they are bounded by the format.  The
     caller keeps the buffer bounded by draining ``next_event`` after every ``feed``:

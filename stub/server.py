@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from sdk.sdp import Connection, SessionDescription
+
 from protos import msm_pb2 as pb
 from sdk.errors import RtspError, SdpError
 from sdk.rtsp import (
@@ -38,7 +40,6 @@ from sdk.rtsp import (
     parse_transport,
 )
 from sdk.rtsp_state import State, next_state
-from sdk.sdp import Connection, SessionDescription
 
 from .bridge import UdpPair
 from .control import ControlClient

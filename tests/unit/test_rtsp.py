@@ -169,8 +169,25 @@ def test_status_reasons_cover_rfc2326() -> None:
     assert STATUS_REASONS[461] == "Unsupported Transport"
     assert STATUS_REASONS[505] == "RTSP Version Not Supported"
     assert STATUS_REASONS[551] == "Option not supported"
-    assert {200, 400, 401, 404, 405, 406, 408, 413, 414, 451, 454, 457, 459, 460, 500, 501,
-            503} <= set(STATUS_REASONS)
+    assert {
+        200,
+        400,
+        401,
+        404,
+        405,
+        406,
+        408,
+        413,
+        414,
+        451,
+        454,
+        457,
+        459,
+        460,
+        500,
+        501,
+        503,
+    } <= set(STATUS_REASONS)
 
 
 @pytest.mark.parametrize(
@@ -231,7 +248,9 @@ def test_interleaved_frame_round_trip() -> None:
     assert InterleavedFrame.parse(bytes(biggest)) == biggest
 
 
-@pytest.mark.parametrize("data", [b"", b"$\x00\x00", b"#\x00\x00\x00", b"$\x00\x00\x02x", FRAME + b"x"])
+@pytest.mark.parametrize(
+    "data", [b"", b"$\x00\x00", b"#\x00\x00\x00", b"$\x00\x00\x02x", FRAME + b"x"]
+)
 def test_interleaved_frame_parse_needs_exactly_one_frame(data: bytes) -> None:
     with pytest.raises(RtspError) as info:
         InterleavedFrame.parse(data)
@@ -454,7 +473,13 @@ def test_gstreamer_rtspsrc_over_tcp_sends_rtcp_interleaved() -> None:
     events = whole(load("rtsp/gst_rtspsrc_tcp.rtsp"))
     kinds = [e.method if isinstance(e, Request) else type(e).__name__ for e in events]
     assert kinds == [
-        "OPTIONS", "DESCRIBE", "SETUP", "PLAY", "InterleavedFrame", "InterleavedFrame", "TEARDOWN"
+        "OPTIONS",
+        "DESCRIBE",
+        "SETUP",
+        "PLAY",
+        "InterleavedFrame",
+        "InterleavedFrame",
+        "TEARDOWN",
     ]
     options = events[0]
     assert isinstance(options, Request)
@@ -537,7 +562,7 @@ def test_parse_transport_alternatives() -> None:
 
 def test_parse_transport_keeps_unknown_parameters_in_order() -> None:
     [spec] = parse_transport(
-        "rtp/avp/udp ; unicast ; client_port = 5000-5001 ; append ; layers=2 ; x-foo=\"a,b\""
+        'rtp/avp/udp ; unicast ; client_port = 5000-5001 ; append ; layers=2 ; x-foo="a,b"'
     )
     assert spec.protocol == "RTP/AVP"
     assert spec.client_port == (5000, 5001)
@@ -642,8 +667,17 @@ def test_session() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["", ";timeout=60", "a b", "abc;timeout=", "abc;timeout=x", "abc;timeout=1;timeout=2",
-              "x" * 257, "abc;timeout=99999999999"]
+    "value",
+    [
+        "",
+        ";timeout=60",
+        "a b",
+        "abc;timeout=",
+        "abc;timeout=x",
+        "abc;timeout=1;timeout=2",
+        "x" * 257,
+        "abc;timeout=99999999999",
+    ],
 )
 def test_session_errors(value: str) -> None:
     with pytest.raises(RtspError) as info:
@@ -660,7 +694,10 @@ def test_format_session_validates() -> None:
 
 def test_public() -> None:
     assert parse_public("OPTIONS, DESCRIBE,SETUP ,, TEARDOWN") == {
-        "OPTIONS", "DESCRIBE", "SETUP", "TEARDOWN"
+        "OPTIONS",
+        "DESCRIBE",
+        "SETUP",
+        "TEARDOWN",
     }
     assert parse_public("") == frozenset()
     with pytest.raises(RtspError):
@@ -684,8 +721,17 @@ def test_rtp_info() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["", "seq=1", "url=", "url=x;seq=abc", "url=x;seq=99999999", "url=x;rtptime=-1",
-              "url=x;seq=1;seq=2", "url=x;seq=1;junk"]
+    "value",
+    [
+        "",
+        "seq=1",
+        "url=",
+        "url=x;seq=abc",
+        "url=x;seq=99999999",
+        "url=x;rtptime=-1",
+        "url=x;seq=1;seq=2",
+        "url=x;seq=1;junk",
+    ],
 )
 def test_rtp_info_errors(value: str) -> None:
     with pytest.raises(RtspError) as info:
@@ -705,8 +751,9 @@ header_items = st.lists(
     max_size=6,
 )
 uris = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x7f"
-                  ).filter(lambda c: ord(c) > 0x20),
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x7f").filter(
+        lambda c: ord(c) > 0x20
+    ),
     min_size=1,
     max_size=30,
 )
@@ -777,8 +824,22 @@ def test_streams_of_events_survive_any_chunking(stream: list[Event], cuts: list[
         st.binary(max_size=300),
         st.lists(
             st.sampled_from(
-                [OPTIONS, SETUP, DESCRIBE_OK, FRAME, b"\r\n", b"\n", b"\r", b"$", b":", b" ",
-                 b"RTSP/1.0 ", b"Content-Length: 5\r\n", b"\x00", b"\xff"]
+                [
+                    OPTIONS,
+                    SETUP,
+                    DESCRIBE_OK,
+                    FRAME,
+                    b"\r\n",
+                    b"\n",
+                    b"\r",
+                    b"$",
+                    b":",
+                    b" ",
+                    b"RTSP/1.0 ",
+                    b"Content-Length: 5\r\n",
+                    b"\x00",
+                    b"\xff",
+                ]
             ),
             max_size=12,
         ).map(b"".join),
@@ -810,8 +871,28 @@ text = st.one_of(
     st.text(max_size=80),
     st.lists(
         st.sampled_from(
-            ["RTP/AVP", "RTP/AVP/TCP", ";", ",", "=", "-", '"', " ", "unicast", "client_port",
-             "interleaved", "ttl", "ssrc", "mode", "timeout", "url", "seq", "0", "65535", "x"]
+            [
+                "RTP/AVP",
+                "RTP/AVP/TCP",
+                ";",
+                ",",
+                "=",
+                "-",
+                '"',
+                " ",
+                "unicast",
+                "client_port",
+                "interleaved",
+                "ttl",
+                "ssrc",
+                "mode",
+                "timeout",
+                "url",
+                "seq",
+                "0",
+                "65535",
+                "x",
+            ]
         ),
         max_size=16,
     ).map("".join),
@@ -846,9 +927,22 @@ specs = st.builds(
     extra=st.lists(
         st.tuples(
             tokens.filter(
-                lambda k: k.lower()
-                not in {"unicast", "multicast", "destination", "source", "client_port",
-                        "server_port", "interleaved", "port", "ttl", "ssrc", "mode"}
+                lambda k: (
+                    k.lower()
+                    not in {
+                        "unicast",
+                        "multicast",
+                        "destination",
+                        "source",
+                        "client_port",
+                        "server_port",
+                        "interleaved",
+                        "port",
+                        "ttl",
+                        "ssrc",
+                        "mode",
+                    }
+                )
             ),
             st.none() | params,
         ),

@@ -48,8 +48,13 @@ def test_method_not_valid_in_state_is_455(state: State, method: str) -> None:
 
 
 def test_named_invalid_cases() -> None:
-    for state, method in [(INIT, "PLAY"), (INIT, "PAUSE"), (INIT, "RECORD"),
-                          (PLAYING, "RECORD"), (RECORDING, "PLAY")]:
+    for state, method in [
+        (INIT, "PLAY"),
+        (INIT, "PAUSE"),
+        (INIT, "RECORD"),
+        (PLAYING, "RECORD"),
+        (RECORDING, "PLAY"),
+    ]:
         with pytest.raises(RtspError) as info:
             next_state(state, method)
         assert info.value.status == 455
