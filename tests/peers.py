@@ -378,10 +378,12 @@ class ViewerResult:
 
 
 def _viewer_command(url: str, transport: str, frames: int | None,
-                    extra_args: Sequence[str]) -> list[str]:
-    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-loglevel", "info",
-           "-progress", "pipe:1", "-stats_period", "0.5",
-           "-rtsp_transport", transport, *extra_args, "-i", url, "-map", "0:v:0"]
+                    extra_args: Sequence[str], interactive: bool) -> list[str]:
+    cmd = ["ffmpeg", "-hide_banner", "-nostats", "-loglevel", "info",
+           "-progress", "pipe:1", "-stats_period", "0.5"]
+    if not interactive:
+        cmd.append("-nostdin")
+    cmd += ["-rtsp_transport", transport, *extra_args, "-i", url, "-map", "0:v:0"]
     if frames is not None:
         cmd += ["-frames:v", str(frames)]
     return cmd + ["-f", "null", "-"]
@@ -392,13 +394,19 @@ class FfmpegViewer:
 
     ``frames`` follows ffmpeg's progress output (every 0.5 s) and is final once
     the process has exited. ``extra_args`` go before ``-i`` (input options).
+
+    :meth:`stop` is graceful: it types ``q`` on ffmpeg's stdin, the one way that
+    reliably makes ffmpeg 5.x send RTSP TEARDOWN (after SIGTERM it often skips
+    it). While the input is stalled ffmpeg does not look at stdin, so ``stop``
+    falls back to SIGTERM and then SIGKILL. :meth:`kill` is a crash: no TEARDOWN.
     """
 
     def __init__(self, url: str, *, transport: str = "udp", frames: int | None = None,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), interactive: bool = True) -> None:
         self.url = url
         self.transport = transport
-        self.cmd = _viewer_command(url, transport, frames, extra_args)
+        self.interactive = interactive
+        self.cmd = _viewer_command(url, transport, frames, extra_args, interactive)
         self.frames = 0
         self.last_advance = 0.0
         self.started_at = 0.0
@@ -474,11 +482,23 @@ class FfmpegViewer:
         if self._proc is not None and self._proc.returncode is None:
             self._proc.kill()
 
-    async def stop(self) -> int | None:
-        """Stop ffmpeg gracefully (SIGTERM, so it sends TEARDOWN; SIGKILL after 5 s)."""
-        if self._proc is None:
+    async def stop(self, grace: float = 2.0) -> int | None:
+        """Stop ffmpeg: ``q`` (TEARDOWN sent), then SIGTERM, then SIGKILL.
+
+        Each escalation waits ``grace`` seconds (SIGTERM: 1.5 x ``grace``).
+        """
+        proc = self._proc
+        if proc is None:
             return None
-        rc = await _terminate(self._proc)
+        if proc.returncode is None and self.interactive and proc.stdin is not None:
+            with contextlib.suppress(OSError, RuntimeError):
+                proc.stdin.write(b"q")
+                await proc.stdin.drain()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), grace)
+        rc = await _terminate(proc, grace * 1.5)
+        if proc.stdin is not None:
+            proc.stdin.close()
         await self._join_readers()
         return rc
 
@@ -490,8 +510,9 @@ class FfmpegViewer:
 
     async def _spawn(self) -> None:
         self.started_at = time.monotonic()
+        stdin = asyncio.subprocess.PIPE if self.interactive else asyncio.subprocess.DEVNULL
         self._proc = await asyncio.create_subprocess_exec(
-            *self.cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            *self.cmd, stdin=stdin, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
         self._tasks = [
@@ -528,7 +549,8 @@ async def ffmpeg_frames(url: str, *, transport: str = "udp", frames: int = 50,
     On timeout ffmpeg is killed and the frames decoded so far are returned with
     ``timed_out=True``.
     """
-    viewer = FfmpegViewer(url, transport=transport, frames=frames, extra_args=extra_args)
+    viewer = FfmpegViewer(url, transport=transport, frames=frames, extra_args=extra_args,
+                          interactive=False)
     await viewer._spawn()
     timed_out = False
     try:

@@ -117,6 +117,11 @@ async def test_upstream_restart_is_recovered_without_viewer_action(
         recovered = time.monotonic() - restarted
         assert recovered < 10.0, f"recovered only after {recovered:.1f}s"
         assert udp.running and tcp.running
+        # It really was a new upstream session that the proxy spliced over.
+        assert gst.starts == 2 and len(gst.clients) == 2, gst.clients
+        assert mesh.proxy is not None
+        video = next(f for f in mesh.proxy.table.flows.values() if f.labels.get("kind") == "video")
+        assert video.source_changes >= 1
 
 
 async def test_demo_source_decodes_in_ffprobe() -> None:

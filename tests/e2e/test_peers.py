@@ -83,16 +83,24 @@ async def test_restart_same_port_and_session_tracking() -> None:
     srv = await GstRtspServer.start(path="/cam", audio=False)
     try:
         port = srv.port
-        viewer = await FfmpegViewer.start(srv.url, transport="udp")
+        # A graceful stop sends TEARDOWN: the session goes at once.
+        async with await FfmpegViewer.start(srv.url, transport="udp") as viewer:
+            await viewer.wait_frames(25, timeout=15)
+            await srv.wait_sessions(1, timeout=5)
+        assert viewer.returncode == 0, viewer.stderr_tail
+        await srv.wait_sessions(0, timeout=3)
+
+        # A crashed viewer (no TEARDOWN) leaves its session until the timeout.
+        viewer = await FfmpegViewer.start(srv.url, transport="tcp")
         try:
             await viewer.wait_frames(25, timeout=15)
             await srv.wait_sessions(1, timeout=5)
-            assert srv.max_sessions == 1
-            # A crashed viewer (no TEARDOWN) leaves a session behind until timeout.
             viewer.kill()
         finally:
             await viewer.stop()
-        assert viewer.returncode is not None and viewer.returncode != 0
+        assert viewer.returncode is not None and viewer.returncode < 0
+        await asyncio.sleep(0.5)
+        assert srv.sessions == 1 and srv.max_sessions == 1
 
         await srv.restart()
         assert srv.port == port and srv.starts == 2
