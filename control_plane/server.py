@@ -470,8 +470,15 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
             log.info("stream %s: upstream %s%s", stream.stream_id, state,
                      f" ({event.detail})" if event.detail else "")
         stream.upstream_state = state
-        if state == "playing" and stream.sdp is not None:
-            stream.opened += 1 if event.detail == "reconnected" else 0
+        if event.detail == "reconnected":
+            stream.opened += 1
+        if state in ("down", "playing"):
+            message = pb.ControlMessage(stream_state=pb.StreamState(
+                stream_id=stream.stream_id, upstream_up=state == "playing"))
+            for stub_id in {v.stub_id for v in stream.viewers.values()}:
+                link = self.stubs.get(stub_id)
+                if link is not None:
+                    link.send(message)
 
     # -- proxies ------------------------------------------------------------------------
     async def RegisterProxy(self, request_iterator: AsyncIterator[pb.ProxyMessage],

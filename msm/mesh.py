@@ -169,5 +169,6 @@ async def _listening(start: object, what: str, where: str) -> None:
     try:
         await start  # type: ignore[misc]
     except (OSError, RuntimeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
+        errno = getattr(exc, "errno", None)
+        reason = os.strerror(errno).lower() if errno else str(exc)
         raise MeshError(f"cannot listen for {what} on {where}: {reason}") from exc

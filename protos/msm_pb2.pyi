@@ -247,13 +247,23 @@ class ViewerGone(_message.Message):
     reason: str
     def __init__(self, session_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class StreamState(_message.Message):
+    __slots__ = ("stream_id", "upstream_up")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_UP_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    upstream_up: bool
+    def __init__(self, stream_id: _Optional[str] = ..., upstream_up: _Optional[bool] = ...) -> None: ...
+
 class ControlMessage(_message.Message):
-    __slots__ = ("reply", "command")
+    __slots__ = ("reply", "command", "stream_state")
     REPLY_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
+    STREAM_STATE_FIELD_NUMBER: _ClassVar[int]
     reply: ControlReply
     command: ControlCommand
-    def __init__(self, reply: _Optional[_Union[ControlReply, _Mapping]] = ..., command: _Optional[_Union[ControlCommand, _Mapping]] = ...) -> None: ...
+    stream_state: StreamState
+    def __init__(self, reply: _Optional[_Union[ControlReply, _Mapping]] = ..., command: _Optional[_Union[ControlCommand, _Mapping]] = ..., stream_state: _Optional[_Union[StreamState, _Mapping]] = ...) -> None: ...
 
 class ProxyHello(_message.Message):
     __slots__ = ("node", "dataplane_address", "media_host", "proxy_id")

@@ -21,10 +21,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from sdk.rtp import ReceiverReport, SenderReport, parse_rtcp, rtp_header
-from sdk.stats import ReceiverStats
-
 from sdk.errors import RtcpError, RtpError
+from sdk.rtp import Bye, ReceiverReport, SenderReport, parse_rtcp, rtp_header, serialize_rtcp
+from sdk.stats import ReceiverStats
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +105,7 @@ class Flow:
         self.dropped_from_viewers = 0
         self.dropped_backlog = 0
         self.rtcp_errors = 0
+        self.rtcp_bye_dropped = 0
         self.socket_errors = 0
         self.source_changes = 0
         self._lost_before = 0      # packets lost by earlier sources
@@ -231,6 +231,15 @@ class Flow:
         for packet in packets:
             if isinstance(packet, SenderReport):
                 self.last_sr = packet
+        if any(isinstance(p, Bye) for p in packets):
+            # The upstream leaving is the mesh's business, not the viewers': a
+            # BYE makes players such as ffmpeg end the stream, while the mesh
+            # reconnects the upstream behind their back.
+            self.rtcp_bye_dropped += 1
+            packets = [p for p in packets if not isinstance(p, Bye)]
+            if not packets:
+                return
+            data = serialize_rtcp(packets)
         if (self.splice and self.out_ssrc is not None and self.ssrc is not None
                 and self.ssrc != self.out_ssrc and packets
                 and isinstance(packets[0], SenderReport) and len(data) >= 20):

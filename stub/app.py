@@ -39,10 +39,15 @@ class Stub:
             stub_id=config.stub_id or f"stub-{uuid.uuid4().hex[:8]}", node=config.node, pod=config.pod,
             namespace=config.namespace, pod_ip=config.pod_ip, can_open_upstream=config.can_open_upstream)
         self.upstreams = UpstreamManager(self._on_upstream_event)
-        self.control = ControlClient(config.control_address, register, self.upstreams.handle)
+        self.control = ControlClient(config.control_address, register, self.upstreams.handle,
+                                     on_stream_state=self._on_stream_state)
         self.server = StubServer(self.control, host=config.listen_host, port=config.listen_port,
                                  media_host=config.media_host, session_timeout=config.session_timeout)
+
         self._control_task: asyncio.Task[None] | None = None
+
+    def _on_stream_state(self, state: pb.StreamState) -> None:
+        self.server.on_stream_state(state)
 
     def _on_upstream_event(self, event: pb.UpstreamEvent) -> None:
         self.control.send(pb.StubMessage(event=event))

@@ -29,10 +29,12 @@ CommandHandler = Callable[[pb.ControlCommand], Awaitable[pb.CommandResult]]
 
 
 class ControlClient:
-    def __init__(self, address: str, register: pb.StubRegister, on_command: CommandHandler) -> None:
+    def __init__(self, address: str, register: pb.StubRegister, on_command: CommandHandler,
+                 on_stream_state: Callable[[pb.StreamState], None] | None = None) -> None:
         self.address = address
         self.register = register
         self.on_command = on_command
+        self.on_stream_state = on_stream_state
         self.connected = asyncio.Event()
         self._outbox: asyncio.Queue[pb.StubMessage] = asyncio.Queue(OUTBOX_LIMIT)
         self._pending: dict[int, asyncio.Future[pb.ControlReply]] = {}
@@ -82,6 +84,9 @@ class ControlClient:
             future = self._pending.pop(message.reply.request_id, None)
             if future is not None and not future.done():
                 future.set_result(message.reply)
+        elif kind == "stream_state":
+            if self.on_stream_state is not None:
+                self.on_stream_state(message.stream_state)
         elif kind == "command":
             task = asyncio.create_task(self._run_command(message.command))
             self._tasks.add(task)

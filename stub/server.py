@@ -24,8 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from sdk.sdp import Connection, SessionDescription
-
 from protos import msm_pb2 as pb
 from sdk.errors import RtspError, SdpError
 from sdk.rtsp import (
@@ -40,6 +38,7 @@ from sdk.rtsp import (
     parse_transport,
 )
 from sdk.rtsp_state import State, next_state
+from sdk.sdp import Connection, SessionDescription
 
 from .bridge import UdpPair
 from .control import ControlClient
@@ -124,7 +123,19 @@ class StubServer:
         self.connections: set[ViewerConnection] = set()
         self.server: asyncio.Server | None = None
         self.frames_dropped = 0
+        self.streams_down: set[str] = set()
         self._reaper: asyncio.Task[None] | None = None
+
+    def on_stream_state(self, state: pb.StreamState) -> None:
+        """Players send no keep-alives while no media arrives: pause their timeouts."""
+        if state.upstream_up:
+            self.streams_down.discard(state.stream_id)
+            now = self.clock()
+            for session in self.sessions.values():
+                if session.stream_id == state.stream_id:
+                    session.last_seen = now
+        else:
+            self.streams_down.add(state.stream_id)
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._accept, self.host, self.port,
@@ -163,6 +174,8 @@ class StubServer:
             await asyncio.sleep(min(5.0, self.session_timeout / 4))
             now = self.clock()
             for session in list(self.sessions.values()):
+                if session.stream_id in self.streams_down:
+                    continue
                 if now - session.last_seen > self.session_timeout:
                     log.info("session %s timed out", session.session_id)
                     await self.end_session(session, "timeout", teardown=False)

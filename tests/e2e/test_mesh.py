@@ -64,7 +64,7 @@ async def test_leaving_pausing_and_crashing_viewers_do_not_disturb_others(
         crasher.kill()               # no TEARDOWN: the stub notices the closed connection
         await crasher.stop()
         await others_advance()
-        await leaver.stop()          # SIGTERM: ffmpeg sends TEARDOWN
+        await leaver.stop()          # "q" on stdin: ffmpeg sends TEARDOWN
         await others_advance()
 
         # An aiortsp viewer plays, pauses (its packets stop) and tears down.
@@ -133,3 +133,19 @@ async def test_demo_source_decodes_in_ffprobe() -> None:
         assert any(s.get("codec_type") == "audio" for s in streams), streams
         result = await ffmpeg_frames(mesh.url("demo"), transport="udp", frames=25, timeout=30)
         assert result.frames >= 25, result.stderr_tail
+
+
+async def test_sessions_do_not_expire_while_the_upstream_is_down(gst: GstRtspServer) -> None:
+    """Players send no keep-alives while no media arrives; an outage longer than the
+    session timeout must not cost them their sessions."""
+    from control_plane.resolver import Route
+
+    config = mesh_config(routes=[Route(name="cam", url=gst.url)], session_timeout=3)
+    async with LocalMesh(config) as mesh, FfmpegViewer(mesh.url("cam"), transport="udp") as viewer:
+        await viewer.wait_frames(25, timeout=30)
+        gst.kill()
+        await asyncio.sleep(6)            # two session timeouts without media
+        assert mesh.stub is not None and len(mesh.stub.server.sessions) == 1
+        await gst.restart()
+        await viewer.wait_frames(viewer.frames + 25, timeout=15)
+        assert len(mesh.stub.server.sessions) == 1

@@ -179,3 +179,20 @@ def test_port_pairs_are_even_odd_and_exhaustion_is_reported() -> None:
         _bind_pair("127.0.0.1", 42000, 42003, 0)
     for s in (*a, *b):
         s.close()
+
+
+async def test_upstream_bye_is_not_relayed_to_viewers(table: FlowTable) -> None:
+    flow = await table.add_flow("s/0", clock_rate=90000)
+    viewer = Sink()
+    flow.set_leg(Leg("v", *viewer.addrs, enabled=True))
+    src = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rr = struct.pack("!BBHI", 0x80, 201, 1, 0x1234)
+    bye = struct.pack("!BBHI", 0x81, 203, 1, 0x1234)
+    rtcp_port = (flow.ingress[0], flow.ingress[1] + 1)
+    src.sendto(rr + bye, rtcp_port)     # compound: the RR goes on, the BYE does not
+    src.sendto(bye, rtcp_port)          # a lone BYE: nothing goes on
+    await settle()
+    assert viewer.drain(viewer.rtcp) == [rr]
+    assert flow.rtcp_bye_dropped == 2
+    viewer.close()
+    src.close()

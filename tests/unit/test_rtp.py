@@ -498,7 +498,7 @@ rtcp_packets: st.SearchStrategy[RtcpPacket] = st.one_of(
 )
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(rtp_packets)
 def test_property_rtp_round_trip(packet: RtpPacket) -> None:
     data = bytes(packet)
@@ -513,7 +513,7 @@ def test_property_rtp_round_trip(packet: RtpPacket) -> None:
     )
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(rtcp_packets, min_size=1, max_size=4))
 def test_property_rtcp_round_trip(packets: list[RtcpPacket]) -> None:
     data = serialize_rtcp(packets)
@@ -524,7 +524,7 @@ def test_property_rtcp_round_trip(packets: list[RtcpPacket]) -> None:
     assert is_rtcp(data) == (192 <= data[1] <= 223)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=128))
 def test_property_any_bytes_rtp(data: bytes) -> None:
     try:
@@ -534,7 +534,7 @@ def test_property_any_bytes_rtp(data: bytes) -> None:
     assert rtp_header(data)[1] == packet.sequence_number
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=128))
 def test_property_any_bytes_rtcp(data: bytes) -> None:
     try:
@@ -543,7 +543,7 @@ def test_property_any_bytes_rtcp(data: bytes) -> None:
         pass
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(
     st.sampled_from([0x80, 0x81, 0x82, 0xA1, 0x9F]),
     st.sampled_from([200, 201, 202, 203, 204, 206]),
@@ -560,7 +560,7 @@ def test_property_rtcp_plausible_headers(first: int, ptype: int, words_: int, bo
     assert packets
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(rtcp_packets, min_size=1, max_size=3), st.data())
 def test_property_rtcp_mutations(packets: list[RtcpPacket], data: st.DataObject) -> None:
     """A valid compound packet with one byte changed parses or raises RtcpError."""

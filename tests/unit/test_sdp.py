@@ -569,7 +569,7 @@ _descriptions = st.builds(
 )
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(_descriptions)
 def test_property_round_trip(sdp: SessionDescription) -> None:
     data = bytes(sdp)
@@ -577,7 +577,7 @@ def test_property_round_trip(sdp: SessionDescription) -> None:
     assert SessionDescription.parse(str(sdp)) == sdp
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300))
 def test_property_any_bytes(data: bytes) -> None:
     try:
@@ -586,7 +586,7 @@ def test_property_any_bytes(data: bytes) -> None:
         pass
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(
     st.lists(
         st.tuples(st.sampled_from("vosiuepcbtrzkamx"), st.text(max_size=30)),

@@ -251,7 +251,7 @@ def test_arguments_validated() -> None:
         stats.update(0, 1 << 32, 0.0)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.integers(0, 0xFFFF), st.lists(st.integers(1, 50), min_size=2, max_size=200))
 def test_property_in_order_loss_count(start: int, steps: list[int]) -> None:
     """In-order packets with gaps: lost is exactly the number of skipped numbers."""
@@ -334,7 +334,7 @@ def test_duplicates_do_not_move_jitter() -> None:
     assert stats.jitter == before
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(
     st.integers(0, 0xFFFFFFFF),
     st.sampled_from([8000, 48000, 90000]),
