@@ -554,7 +554,7 @@ class ControlPlaneServer:
         self.address = ""
 
     async def start(self) -> None:
-        self.server = grpc.aio.server()
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # a busy port is an error
         pb_grpc.add_ControlPlaneServicer_to_server(self.control, self.server)
         port = self.server.add_insecure_port(self.listen)
         if port == 0:

@@ -170,5 +170,10 @@ async def _listening(start: object, what: str, where: str) -> None:
         await start  # type: ignore[misc]
     except (OSError, RuntimeError) as exc:
         errno = getattr(exc, "errno", None)
-        reason = os.strerror(errno).lower() if errno else str(exc)
+        if errno:
+            reason = os.strerror(errno).lower()
+        elif "bind" in str(exc).lower():
+            reason = "address already in use or not available"
+        else:
+            reason = str(exc)
         raise MeshError(f"cannot listen for {what} on {where}: {reason}") from exc

@@ -192,7 +192,7 @@ class RtpProxy:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self.server = grpc.aio.server()
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # a busy port is an error
         pb_grpc.add_DataPlaneServicer_to_server(self.service, self.server)
         port = self.server.add_insecure_port(self.grpc_listen)
         if port == 0:

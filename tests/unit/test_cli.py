@@ -54,19 +54,22 @@ def test_bad_config_file(tmp_path: Path) -> None:
     assert result.returncode == 2 and "cannot read config" in result.stderr
 
 
-def test_port_in_use_is_a_one_line_error() -> None:
+@pytest.mark.parametrize(("flag", "what"), [("--rtsp-listen", "RTSP"), ("--control-listen", "control plane"),
+                                          ("--proxy-listen", "RTP proxy")])
+def test_port_in_use_is_a_one_line_error(flag: str, what: str) -> None:
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     port = busy.getsockname()[1]
+    listen = {"--rtsp-listen": "127.0.0.1:0", "--control-listen": "127.0.0.1:0", "--proxy-listen": "127.0.0.1:0"}
+    listen[flag] = f"127.0.0.1:{port}"
     try:
-        result = run("up", "--route", "a=rtsp://127.0.0.1:1/x", "--rtsp-listen", f"127.0.0.1:{port}",
-                     "--control-listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0")
+        result = run("up", "--route", "a=rtsp://127.0.0.1:1/x", *[x for kv in listen.items() for x in kv])
     finally:
         busy.close()
     assert result.returncode == 1
-    assert "cannot listen for RTSP" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert f"cannot listen for {what}" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 3, result.stderr
 
 
 def test_streams_without_control_plane() -> None:
