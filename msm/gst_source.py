@@ -127,7 +127,9 @@ class DemoServer:
         factory = GstRtspServer.RTSPMediaFactory()
         factory.set_launch(build_launch(args.pattern, args.audio))
         factory.set_shared(args.shared)
-        factory.set_protocols(GstRtsp.RTSPLowerTrans.UDP | GstRtsp.RTSPLowerTrans.TCP)
+        protocols = {"udp": GstRtsp.RTSPLowerTrans.UDP, "tcp": GstRtsp.RTSPLowerTrans.TCP,
+                     "both": GstRtsp.RTSPLowerTrans.UDP | GstRtsp.RTSPLowerTrans.TCP}
+        factory.set_protocols(protocols[args.protocols])
         factory.connect("media-constructed", self._on_media_constructed)
         self.server.get_mount_points().add_factory(args.path, factory)
 
@@ -215,6 +217,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="share one pipeline among all clients (default: shared)")
     parser.add_argument("--pattern", default="ball", choices=PATTERNS,
                         help="videotestsrc pattern (default: ball)")
+    parser.add_argument("--protocols", choices=("both", "udp", "tcp"), default="both",
+                        help="lower transports offered to clients (tcp: answer UDP SETUPs with 461)")
     parser.add_argument("--session-timeout", type=int, default=None, metavar="SECONDS",
                         help="RTSP session timeout announced to clients "
                              "(default: GStreamer's 60 s)")

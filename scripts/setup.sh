@@ -11,6 +11,7 @@ APT_PACKAGES=(
   gstreamer1.0-tools gir1.2-gst-rtsp-server-1.0 gir1.2-gstreamer-1.0
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly                  # x264enc for the demo source
+  gstreamer1.0-libav                         # avdec_h264 for rtspsrc viewers in the tests
   iproute2 nftables
 )
 
