@@ -232,6 +232,9 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
         except grpc.aio.AioRpcError as exc:
             log.warning("request %s: proxy call failed: %s", kind, exc.details())
             reply = pb.ControlReply(status=pb.Status(code=503, reason=f"proxy: {exc.details()}"))
+        except Exception:   # a bug of ours: the viewer gets a 500 at once, not a time-out
+            log.exception("request %s failed", kind)
+            reply = pb.ControlReply(status=pb.Status(code=500, reason="internal error"))
         reply.request_id = request.request_id
         link.send(pb.ControlMessage(reply=reply))
 

@@ -275,6 +275,9 @@ class ViewerConnection:
             return Response(status=exc.status, headers=Headers(headers), body=body)
         except RtspError as exc:   # a bad header inside an otherwise framed request
             return Response(status=exc.status, headers=Headers(headers), body=(str(exc) + "\r\n").encode())
+        except Exception:          # a bug of ours: answer 500, keep the connection and others alive
+            log.exception("viewer %s: %s %s failed", self.peer_host, request.method, request.uri)
+            return Response(status=500, headers=Headers(headers))
         return Response(status=status, headers=Headers(headers + extra), body=body)
 
     def _session(self, request: Request, *, required: bool = True) -> ViewerSession | None:

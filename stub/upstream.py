@@ -16,8 +16,6 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sdk.sdp import SessionDescription, resolve_control
-
 from protos import msm_pb2 as pb
 from sdk.errors import RtspError, SdpError
 from sdk.rtsp import (
@@ -27,6 +25,7 @@ from sdk.rtsp import (
     parse_session,
     parse_transport,
 )
+from sdk.sdp import SessionDescription, resolve_control
 
 from .bridge import UdpPair
 from .rtsp_client import RtspClientConnection, RtspClientError
