@@ -432,7 +432,14 @@ class WatchStatsRequest(_message.Message):
     def __init__(self, interval_seconds: _Optional[float] = ...) -> None: ...
 
 class LegStats(_message.Message):
-    __slots__ = ("leg_id", "destination", "enabled", "packets_sent", "bytes_sent", "rtcp_sent", "send_errors", "rtcp_received", "flow_id")
+    __slots__ = ("leg_id", "destination", "enabled", "packets_sent", "bytes_sent", "rtcp_sent", "send_errors", "rtcp_received", "flow_id", "has_report", "viewer_fraction_lost", "viewer_packets_lost", "viewer_jitter_ms", "rtt_ms", "dropped_backlog", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     LEG_ID_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
@@ -442,6 +449,13 @@ class LegStats(_message.Message):
     SEND_ERRORS_FIELD_NUMBER: _ClassVar[int]
     RTCP_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    HAS_REPORT_FIELD_NUMBER: _ClassVar[int]
+    VIEWER_FRACTION_LOST_FIELD_NUMBER: _ClassVar[int]
+    VIEWER_PACKETS_LOST_FIELD_NUMBER: _ClassVar[int]
+    VIEWER_JITTER_MS_FIELD_NUMBER: _ClassVar[int]
+    RTT_MS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     leg_id: str
     destination: Endpoint
     enabled: bool
@@ -451,10 +465,24 @@ class LegStats(_message.Message):
     send_errors: int
     rtcp_received: int
     flow_id: str
-    def __init__(self, leg_id: _Optional[str] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., enabled: _Optional[bool] = ..., packets_sent: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., rtcp_sent: _Optional[int] = ..., send_errors: _Optional[int] = ..., rtcp_received: _Optional[int] = ..., flow_id: _Optional[str] = ...) -> None: ...
+    has_report: bool
+    viewer_fraction_lost: float
+    viewer_packets_lost: int
+    viewer_jitter_ms: float
+    rtt_ms: float
+    dropped_backlog: int
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, leg_id: _Optional[str] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., enabled: _Optional[bool] = ..., packets_sent: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., rtcp_sent: _Optional[int] = ..., send_errors: _Optional[int] = ..., rtcp_received: _Optional[int] = ..., flow_id: _Optional[str] = ..., has_report: _Optional[bool] = ..., viewer_fraction_lost: _Optional[float] = ..., viewer_packets_lost: _Optional[int] = ..., viewer_jitter_ms: _Optional[float] = ..., rtt_ms: _Optional[float] = ..., dropped_backlog: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class FlowStats(_message.Message):
-    __slots__ = ("flow_id", "ingress", "packets_received", "bytes_received", "packets_expected", "packets_lost", "jitter_ms", "ssrc", "rtcp_received", "dropped_invalid", "dropped_from_viewers", "source_changes", "bitrate_bps", "legs", "reordered", "duplicates")
+    __slots__ = ("flow_id", "ingress", "packets_received", "bytes_received", "packets_expected", "packets_lost", "jitter_ms", "ssrc", "rtcp_received", "dropped_invalid", "dropped_from_viewers", "source_changes", "bitrate_bps", "legs", "reordered", "duplicates", "fraction_lost", "rtcp_errors", "rtcp_bye_dropped", "dropped_backlog", "node", "labels", "clock_rate", "packets_forwarded")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     FLOW_ID_FIELD_NUMBER: _ClassVar[int]
     INGRESS_FIELD_NUMBER: _ClassVar[int]
     PACKETS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
@@ -471,6 +499,14 @@ class FlowStats(_message.Message):
     LEGS_FIELD_NUMBER: _ClassVar[int]
     REORDERED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_LOST_FIELD_NUMBER: _ClassVar[int]
+    RTCP_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    RTCP_BYE_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_RATE_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_FORWARDED_FIELD_NUMBER: _ClassVar[int]
     flow_id: str
     ingress: Endpoint
     packets_received: int
@@ -487,7 +523,15 @@ class FlowStats(_message.Message):
     legs: _containers.RepeatedCompositeFieldContainer[LegStats]
     reordered: int
     duplicates: int
-    def __init__(self, flow_id: _Optional[str] = ..., ingress: _Optional[_Union[Endpoint, _Mapping]] = ..., packets_received: _Optional[int] = ..., bytes_received: _Optional[int] = ..., packets_expected: _Optional[int] = ..., packets_lost: _Optional[int] = ..., jitter_ms: _Optional[float] = ..., ssrc: _Optional[int] = ..., rtcp_received: _Optional[int] = ..., dropped_invalid: _Optional[int] = ..., dropped_from_viewers: _Optional[int] = ..., source_changes: _Optional[int] = ..., bitrate_bps: _Optional[float] = ..., legs: _Optional[_Iterable[_Union[LegStats, _Mapping]]] = ..., reordered: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
+    fraction_lost: float
+    rtcp_errors: int
+    rtcp_bye_dropped: int
+    dropped_backlog: int
+    node: str
+    labels: _containers.ScalarMap[str, str]
+    clock_rate: int
+    packets_forwarded: int
+    def __init__(self, flow_id: _Optional[str] = ..., ingress: _Optional[_Union[Endpoint, _Mapping]] = ..., packets_received: _Optional[int] = ..., bytes_received: _Optional[int] = ..., packets_expected: _Optional[int] = ..., packets_lost: _Optional[int] = ..., jitter_ms: _Optional[float] = ..., ssrc: _Optional[int] = ..., rtcp_received: _Optional[int] = ..., dropped_invalid: _Optional[int] = ..., dropped_from_viewers: _Optional[int] = ..., source_changes: _Optional[int] = ..., bitrate_bps: _Optional[float] = ..., legs: _Optional[_Iterable[_Union[LegStats, _Mapping]]] = ..., reordered: _Optional[int] = ..., duplicates: _Optional[int] = ..., fraction_lost: _Optional[float] = ..., rtcp_errors: _Optional[int] = ..., rtcp_bye_dropped: _Optional[int] = ..., dropped_backlog: _Optional[int] = ..., node: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., clock_rate: _Optional[int] = ..., packets_forwarded: _Optional[int] = ...) -> None: ...
 
 class ListFlowsReply(_message.Message):
     __slots__ = ("flows", "node")
