@@ -22,7 +22,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sdk.errors import RtcpError, RtpError
-from sdk.rtp import Bye, ReceiverReport, SenderReport, parse_rtcp, rtp_header, serialize_rtcp
+from sdk.rtp import (
+    Bye,
+    ReceiverReport,
+    SdesChunk,
+    SenderReport,
+    SourceDescription,
+    ntp_middle32,
+    parse_rtcp,
+    rtp_header,
+    serialize_rtcp,
+)
 from sdk.stats import ReceiverStats
 
 log = logging.getLogger(__name__)
@@ -37,6 +47,13 @@ MAX_SOCKET_BACKLOG = 1 << 20
 
 _U16 = 0xFFFF
 _U32 = 0xFFFFFFFF
+# Sender reports remembered per flow to match viewers' LSR for round-trip time.
+# Players answer within one or two report intervals (5 s here); 16 covers a
+# minute of SRs at GStreamer's pace.
+SR_HISTORY = 16
+# How often the proxy sends its own receiver report upstream (RFC 3550 6.2
+# suggests 5 s as the minimum interval).
+REPORT_INTERVAL = 5.0
 
 
 @dataclass(slots=True)
@@ -52,8 +69,15 @@ class Leg:
     bytes_sent: int = 0
     rtcp_sent: int = 0
     send_errors: int = 0
+    dropped_backlog: int = 0
     rtcp_received: int = 0
     last_report: ReceiverReport | None = None
+    # What the viewer reports about the stream (its last report block).
+    has_report: bool = False
+    viewer_fraction_lost: float = 0.0
+    viewer_packets_lost: int = 0
+    viewer_jitter_ms: float = 0.0
+    rtt_ms: float | None = None
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -108,10 +132,18 @@ class Flow:
         self.rtcp_bye_dropped = 0
         self.socket_errors = 0
         self.source_changes = 0
+        self.packets_forwarded = 0
         self._lost_before = 0      # packets lost by earlier sources
         self._expected_before = 0
         self.upstream_rtcp: Address | None = None
         self.last_sr: SenderReport | None = None
+        self._last_sr_at = 0.0
+        self._sr_forwarded: dict[int, float] = {}   # LSR (middle 32 bits of NTP) -> when relayed
+        self.fraction_lost = 0.0                    # over the last REPORT_INTERVAL
+        self._next_report = clock() + REPORT_INTERVAL
+        # The proxy's own SSRC, for the receiver reports it sends upstream.
+        self.report_ssrc = (hash(flow_id) ^ id(self)) & _U32 or 1
+        self.cname = f"msm-proxy/{flow_id}".encode()[:255]
         # Splicing: what viewers see stays continuous across source changes.
         self.out_ssrc: int | None = None
         self._seq_offset = 0
@@ -210,11 +242,13 @@ class Flow:
         if leg is not None:
             leg.rtcp_received += 1
             try:
-                for packet in parse_rtcp(data):
-                    if isinstance(packet, ReceiverReport):
-                        leg.last_report = packet
+                packets = parse_rtcp(data)
             except RtcpError:
                 self.rtcp_errors += 1
+                return
+            for packet in packets:
+                if isinstance(packet, ReceiverReport | SenderReport):
+                    self._viewer_report(leg, packet)
             return
         if addr in self._viewer_rtp:
             self.dropped_from_viewers += 1
@@ -228,9 +262,12 @@ class Flow:
             # the error is counted so operators see the source misbehaving.
             self.rtcp_errors += 1
             packets = []
+        now = self.clock()
         for packet in packets:
             if isinstance(packet, SenderReport):
                 self.last_sr = packet
+                self._last_sr_at = now
+                self._remember_sr(ntp_middle32(packet.ntp_timestamp), now)
         if any(isinstance(p, Bye) for p in packets):
             # The upstream leaving is the mesh's business, not the viewers': a
             # BYE makes players such as ffmpeg end the stream, while the mesh
@@ -250,12 +287,63 @@ class Flow:
             data = bytes(buf)
         self._send(self.rtcp_transport, data, self._rtp_targets, rtcp=True)
 
+    def _remember_sr(self, lsr: int, now: float) -> None:
+        self._sr_forwarded[lsr] = now
+        while len(self._sr_forwarded) > SR_HISTORY:
+            del self._sr_forwarded[next(iter(self._sr_forwarded))]
+
+    def _viewer_report(self, leg: Leg, report: ReceiverReport | SenderReport) -> None:
+        if isinstance(report, ReceiverReport):
+            leg.last_report = report
+        # The block about what we send: our (spliced) SSRC; else the first one.
+        block = next((b for b in report.reports if b.ssrc == self.out_ssrc), None)
+        if block is None:
+            block = report.reports[0] if report.reports else None
+        if block is None:
+            return   # an empty RR (e.g. ffmpeg's NAT "punch")
+        leg.has_report = True
+        leg.viewer_fraction_lost = block.fraction_lost / 256
+        leg.viewer_packets_lost = block.packets_lost
+        if self.clock_rate:
+            leg.viewer_jitter_ms = block.jitter * 1000.0 / self.clock_rate
+        sent_at = self._sr_forwarded.get(block.lsr) if block.lsr else None
+        if sent_at is not None:
+            # RFC 3550 6.4.1: RTT = A - LSR - DLSR, with A our own clock here.
+            rtt = self.clock() - sent_at - block.dlsr / 65536
+            leg.rtt_ms = max(rtt, 0.0) * 1000.0
+
+    def tick(self, now: float) -> None:
+        """Periodic work: bitrate, and the receiver report sent upstream."""
+        self.sample_rate(now)
+        if now < self._next_report:
+            return
+        self._next_report = now + REPORT_INTERVAL
+        if self.stats is None or self.ssrc is None:
+            return
+        lsr = dlsr = 0
+        if self.last_sr is not None:
+            lsr = ntp_middle32(self.last_sr.ntp_timestamp)
+            dlsr = min(int((now - self._last_sr_at) * 65536), _U32)
+        block = self.stats.report_block(self.ssrc, lsr=lsr, dlsr=dlsr)
+        self.fraction_lost = block.fraction_lost / 256
+        if self.upstream_rtcp is None or self.rtcp_transport is None:
+            return
+        # Viewers' own reports are summarised here rather than relayed one by
+        # one: the upstream sees one receiver, the mesh.
+        report = serialize_rtcp([
+            ReceiverReport(ssrc=self.report_ssrc, reports=(block,)),
+            SourceDescription(chunks=(SdesChunk(ssrc=self.report_ssrc, items=((1, self.cname),)),)),
+        ])
+        self.rtcp_transport.sendto(report, self.upstream_rtcp)
+
     def _send(self, transport: asyncio.DatagramTransport | None, data: bytes,
               legs: tuple[Leg, ...], *, rtcp: bool) -> None:
         if transport is None or not legs:
             return
         if transport.get_write_buffer_size() > MAX_SOCKET_BACKLOG:
             self.dropped_backlog += len(legs)
+            for leg in legs:
+                leg.dropped_backlog += 1
             return
         size = len(data)
         for leg in legs:
@@ -267,6 +355,7 @@ class Flow:
                     transport.sendto(data, leg.rtp_addr)
                     leg.packets_sent += 1
                     leg.bytes_sent += size
+                    self.packets_forwarded += 1
             except OSError:
                 leg.send_errors += 1
 
@@ -370,6 +459,11 @@ class FlowTable:
         now = self.clock()
         for flow in self.flows.values():
             flow.sample_rate(now)
+
+    def tick(self) -> None:
+        now = self.clock()
+        for flow in list(self.flows.values()):
+            flow.tick(now)
 
     def close(self) -> None:
         for flow_id in list(self.flows):

@@ -14,11 +14,12 @@ from protos import msm_pb2 as pb
 from protos import msm_pb2_grpc as pb_grpc
 
 from .flows import Flow, FlowTable, Leg, PortRangeExhausted
+from .metrics import MetricsServer, proxy_registry
 
 log = logging.getLogger(__name__)
 
 
-def flow_stats(flow: Flow) -> pb.FlowStats:
+def flow_stats(flow: Flow, node: str = "") -> pb.FlowStats:
     host, port = flow.ingress
     stats = flow.stats
     return pb.FlowStats(
@@ -37,6 +38,14 @@ def flow_stats(flow: Flow) -> pb.FlowStats:
         bitrate_bps=flow.bitrate_bps,
         reordered=stats.reordered if stats else 0,
         duplicates=stats.duplicates if stats else 0,
+        fraction_lost=flow.fraction_lost,
+        rtcp_errors=flow.rtcp_errors,
+        rtcp_bye_dropped=flow.rtcp_bye_dropped,
+        dropped_backlog=flow.dropped_backlog,
+        node=node,
+        labels=flow.labels,
+        clock_rate=flow.clock_rate,
+        packets_forwarded=flow.packets_forwarded,
         legs=[
             pb.LegStats(
                 leg_id=leg.leg_id,
@@ -49,6 +58,13 @@ def flow_stats(flow: Flow) -> pb.FlowStats:
                 rtcp_sent=leg.rtcp_sent,
                 send_errors=leg.send_errors,
                 rtcp_received=leg.rtcp_received,
+                has_report=leg.has_report,
+                viewer_fraction_lost=leg.viewer_fraction_lost,
+                viewer_packets_lost=leg.viewer_packets_lost,
+                viewer_jitter_ms=leg.viewer_jitter_ms,
+                rtt_ms=leg.rtt_ms,
+                dropped_backlog=leg.dropped_backlog,
+                labels=leg.labels,
             )
             for leg in flow.legs.values()
         ],
@@ -116,7 +132,7 @@ class DataPlaneService(pb_grpc.DataPlaneServicer):
 
     def snapshot(self) -> pb.ListFlowsReply:
         self.table.sample_rates()
-        return pb.ListFlowsReply(node=self.node, flows=[flow_stats(f) for f in self.table.flows.values()])
+        return pb.ListFlowsReply(node=self.node, flows=[flow_stats(f, self.node) for f in self.table.flows.values()])
 
     async def ListFlows(self, request: pb.ListFlowsRequest, context: grpc.aio.ServicerContext) -> pb.ListFlowsReply:
         return self.snapshot()
@@ -179,8 +195,10 @@ class RtpProxy:
 
     def __init__(self, *, node: str = "local", media_host: str = "127.0.0.1",
                  grpc_listen: str = "127.0.0.1:9001", control_address: str | None = None,
-                 port_range: tuple[int, int] = (30000, 39999)) -> None:
+                 port_range: tuple[int, int] = (30000, 39999), metrics_listen: str | None = None) -> None:
         self.node = node
+        self.metrics_listen = metrics_listen
+        self.metrics: MetricsServer | None = None
         self.media_host = media_host
         self.grpc_listen = grpc_listen
         self.control_address = control_address
@@ -202,6 +220,9 @@ class RtpProxy:
         self.address = f"{host}:{port}"
         log.info("rtp proxy %s: DataPlane gRPC on %s, media on %s, ports %d-%d", self.node,
                  self.address, self.media_host, *self.table.port_range)
+        if self.metrics_listen:
+            self.metrics = MetricsServer(proxy_registry(self.table, self.node))
+            await self.metrics.start(self.metrics_listen)
         self._tasks.append(asyncio.create_task(self._sample_rates(), name="proxy-rates"))
         if self.control_address:
             self.agent = ProxyAgent(self.control_address, node=self.node,
@@ -211,7 +232,7 @@ class RtpProxy:
     async def _sample_rates(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            self.table.sample_rates()
+            self.table.tick()
 
     async def stop(self, grace: float = 1.0) -> None:
         for task in self._tasks:
@@ -220,6 +241,8 @@ class RtpProxy:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self.server is not None:
             await self.server.stop(grace)
         self.table.close()

@@ -1,0 +1,141 @@
+"""The control plane's web page: the stream graph with live loss, jitter and bitrate.
+
+A thin aiohttp layer over :meth:`ControlPlane.ListStreams`, the same operator view
+that ``msm streams`` prints. The page itself (``static/``) is plain HTML, JS and
+SVG with no external fetches: it polls ``/api/streams`` and keeps its own short
+history, so the server holds no per-browser state.
+
+Routes::
+
+    GET /             the page
+    GET /static/...   its script and style sheet
+    GET /api/streams  ListStreams as JSON (proto field names); 503 when it cannot be had
+    GET /metrics      Prometheus text of the given registry (404 without one)
+    GET /healthz      liveness, with a few counts
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import grpc
+import prometheus_client
+from aiohttp import web
+from google.protobuf import json_format
+
+from protos import msm_pb2 as pb
+
+from .server import ControlPlane
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).with_name("static")
+# ListStreams asks every proxy with a 2 s timeout each; a page polling every
+# second is better told "unavailable" than left hanging behind a wedged proxy.
+LIST_TIMEOUT = 5.0
+
+CONTROL_KEY: web.AppKey[ControlPlane] = web.AppKey("control", ControlPlane)
+REGISTRY_KEY: web.AppKey[prometheus_client.CollectorRegistry | None] = web.AppKey("registry")
+
+
+def create_app(control: ControlPlane, *,
+               registry: prometheus_client.CollectorRegistry | None = None) -> web.Application:
+    app = web.Application()
+    app[CONTROL_KEY] = control
+    app[REGISTRY_KEY] = registry
+    app.router.add_get("/", _index)
+    app.router.add_get("/api/streams", _streams)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_static("/static/", STATIC_DIR)
+    return app
+
+
+def streams_json(response: pb.ListStreamsResponse) -> dict[str, Any]:
+    """The API's JSON: proto field names, defaults included (int64s are strings, per proto3 JSON)."""
+    return json_format.MessageToDict(response, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message, "status": status}, status=status)
+
+
+async def _index(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def _streams(request: web.Request) -> web.Response:
+    control = request.app[CONTROL_KEY]
+    # The boundary: whatever goes wrong asking the proxies is answered here, once.
+    try:
+        async with asyncio.timeout(LIST_TIMEOUT):
+            response = await control.ListStreams(pb.ListStreamsRequest(), None)  # type: ignore[arg-type]
+    except TimeoutError:
+        return _error(503, f"the proxies did not answer within {LIST_TIMEOUT:g} s")
+    except (grpc.RpcError, grpc.aio.UsageError, OSError) as exc:
+        log.warning("listing streams failed: %s", exc)
+        return _error(503, f"a proxy is unavailable: {type(exc).__name__}")
+    except Exception:
+        log.exception("listing streams failed")
+        return _error(500, "internal error listing streams (see the control plane's log)")
+    return web.json_response(streams_json(response), headers={"Cache-Control": "no-store"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY_KEY]
+    if registry is None:
+        return _error(404, "no metrics registry here")
+    return web.Response(body=prometheus_client.generate_latest(registry),
+                        headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    control = request.app[CONTROL_KEY]
+    return web.json_response({"status": "ok", "streams": len(control.streams),
+                              "proxies": len(control.proxies), "stubs": len(control.stubs)})
+
+
+def _split(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class WebServer:
+    """Serves an app on one TCP address; ``start`` raises OSError when the port is taken."""
+
+    def __init__(self, app: web.Application, *, shutdown_timeout: float = 1.0) -> None:
+        self.app = app
+        self.shutdown_timeout = shutdown_timeout
+        self.runner: web.AppRunner | None = None
+        self.address = ""
+
+    async def start(self, listen: str = "127.0.0.1:8080") -> None:
+        host, port = _split(listen)
+        # No access log: the page polls every second and would drown the mesh's own log.
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self.shutdown_timeout)
+        await runner.setup()
+        try:
+            # reuse_port stays off, so a port someone else listens on is an OSError (EADDRINUSE).
+            await web.TCPSite(runner, host, port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self.runner = runner
+        bound_host, bound_port = runner.addresses[0][:2]
+        self.address = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
+        log.info("web page on http://%s/", self.address)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}/"
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            runner, self.runner = self.runner, None
+            await runner.cleanup()

@@ -1,0 +1,380 @@
+"""How accurate are the proxy's loss and jitter numbers?
+
+One hop with a known impairment: a synthetic RTP source -> the seeded
+impairment relay (``tests/impair.py``) -> a real proxy flow on 127.0.0.1.
+
+* Loss is checked against what the relay actually dropped (it records every
+  datagram), not against the configured probability.
+* Jitter is checked against an independent measurement: the same packets
+  captured on ``lo`` by tshark (its own timestamps, its own RTP dissector) and
+  run through a plain-float RFC 3550 A.8 estimator written here, not
+  ``sdk.stats``. tshark's own ``-z rtp,streams`` summary is printed for the
+  record (run pytest with ``-s`` to see the numbers).
+
+The capture tests need tshark and permission to capture on ``lo`` (root); they
+skip, saying why, without either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from rtp_proxy.flows import Flow, FlowTable
+from tests.impair import Impairment, ImpairmentSchedule, ImpairRelay
+from tests.rtp_source import RtpSource
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+CLOCK_RATE = 90_000
+RATE = 400.0        # packets/s: 2400 packets in 6 s
+PACKETS = 2400
+LOSS_TOLERANCE = 0.005   # 0.5 percentage points
+JITTER_TOLERANCE = 0.20  # relative
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def udp_receive_errors() -> int:
+    """Datagrams the kernel dropped for want of socket buffer (all UDP sockets)."""
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()
+             if line.startswith("Udp:")]
+    fields = dict(zip(lines[0][1:], lines[1][1:], strict=True))
+    return int(fields["RcvbufErrors"])
+
+
+@dataclass
+class Run:
+    flow: Flow
+    relay: ImpairRelay
+    source: RtpSource
+    loopback_drops: int  # kernel UDP receive-buffer drops during the run (any socket)
+
+    def span(self) -> tuple[int, int]:
+        """Relay indices of the first and last packet forwarded (what a receiver can see)."""
+        indices = [f.index for f in self.relay.forwarded]
+        return min(indices), max(indices)
+
+    def dropped_in_span(self) -> int:
+        first, last = self.span()
+        return sum(1 for d in self.relay.dropped if first < d.index < last)
+
+
+@pytest.fixture
+async def flow():
+    table = FlowTable(host="127.0.0.1", port_range=(43000, 43999))
+    flow = await table.add_flow("accuracy/0", clock_rate=CLOCK_RATE)
+    yield flow
+    table.close()
+
+
+async def run_stream(flow: Flow, impairment: Impairment, *, seed: int, packets: int = PACKETS,
+                     **source_options: object) -> Run:
+    host, port = flow.ingress
+    errors_before = udp_receive_errors()
+    async with ImpairRelay((host, port), (host, port + 1), impairment, seed=seed) as relay:
+        async with RtpSource(relay.rtp_addr, relay.rtcp_addr, seed=seed, rate=RATE,
+                             clock_rate=CLOCK_RATE, **source_options) as source:  # type: ignore[arg-type]
+            await source.send(packets)
+            await relay.drain()
+            # The proxy reads in the same event loop: let it catch up.
+            for _ in range(100):
+                if flow.packets_received >= len(relay.forwarded):
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+    return Run(flow, relay, source, udp_receive_errors() - errors_before)
+
+
+def rfc3550_jitter_ms(packets: list[tuple[int, int, int]], clock_rate: int) -> float:
+    """A.8 interarrival jitter over ``(arrival_ns, seq, rtp_timestamp)`` in arrival order.
+
+    Independent of ``sdk.stats``: plain floats, arrival in nanoseconds.
+    """
+    jitter = 0.0
+    previous: tuple[int, int] | None = None
+    for arrival_ns, _seq, timestamp in packets:
+        if previous is not None:
+            last_ns, last_ts = previous
+            transit_arrival = (arrival_ns - last_ns) * clock_rate / 1e9
+            # Signed distance between 32-bit timestamps (they may wrap).
+            transit_sent = (timestamp - last_ts + (1 << 31)) % (1 << 32) - (1 << 31)
+            d = transit_arrival - transit_sent
+            jitter += (abs(d) - jitter) / 16.0
+        previous = (arrival_ns, timestamp)
+    return jitter * 1000.0 / clock_rate
+
+
+# ----------------------------------------------------------------- tshark
+
+
+async def run_tool(*argv: str, timeout: float = 30.0) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{argv[0]} failed ({proc.returncode}): {err.decode(errors='replace')}")
+    return out.decode()
+
+
+class Capture:
+    """tshark capturing the flow's ingress RTP port on ``lo`` into a pcapng file."""
+
+    def __init__(self, port: int, path: Path) -> None:
+        self.port = port
+        self.path = path
+        self._proc: asyncio.subprocess.Process | None = None
+        self.summary = ""
+
+    async def start(self) -> None:
+        tshark = shutil.which("tshark")
+        if tshark is None:
+            pytest.skip("tshark is not installed (Debian package tshark)")
+        # -q: no running packet count on stderr (nobody reads it while capturing).
+        self._proc = await asyncio.create_subprocess_exec(
+            tshark, "-q", "-i", "lo", "-f", f"udp dst port {self.port}", "-w", str(self.path),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+        assert self._proc.stderr is not None
+        said: list[str] = []
+        try:
+            async with asyncio.timeout(15):
+                while True:
+                    line = (await self._proc.stderr.readline()).decode(errors="replace")
+                    if not line:
+                        break
+                    said.append(line.strip())
+                    if "Capturing on" in line:
+                        return
+        except TimeoutError:
+            pass
+        await self.stop()
+        text = " | ".join(said)
+        if re.search(r"permission|not permitted|privileges", text, re.IGNORECASE):
+            pytest.skip(f"not permitted to capture on lo: {text}")
+        raise AssertionError(f"tshark did not start capturing: {text or 'no output'}")
+
+    async def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise
+        self.summary = err.decode(errors="replace").strip()
+
+    async def packets(self) -> list[tuple[int, int, int]]:
+        """``(arrival_ns, seq, rtp_timestamp)`` of every RTP packet captured, in capture order."""
+        out = await run_tool(
+            "tshark", "-r", str(self.path), "-d", f"udp.port=={self.port},rtp",
+            "-Y", "rtp", "-T", "fields", "-E", "separator=,",
+            "-e", "frame.time_epoch", "-e", "rtp.seq", "-e", "rtp.timestamp")
+        packets = []
+        for line in out.splitlines():
+            epoch, seq, timestamp = line.split(",")
+            seconds, _, fraction = epoch.partition(".")
+            arrival_ns = int(seconds) * 1_000_000_000 + int((fraction + "000000000")[:9])
+            packets.append((arrival_ns, int(seq), int(timestamp)))
+        return packets
+
+    async def rtp_streams(self) -> str:
+        return await run_tool("tshark", "-r", str(self.path), "-d", f"udp.port=={self.port},rtp",
+                              "-q", "-z", "rtp,streams")
+
+
+@dataclass(frozen=True)
+class TsharkStream:
+    packets: int
+    lost: int
+    max_jitter_ms: float
+    mean_jitter_ms: float
+
+
+def parse_rtp_streams(text: str, ssrc: int) -> TsharkStream | None:
+    """The row of ``-z rtp,streams`` for ``ssrc``, if it has the layout tshark 3.x/4.x prints."""
+    for line in text.splitlines():
+        if f"0x{ssrc:08x}" not in line.lower():
+            continue
+        match = re.search(
+            r"\s(\d+)\s+(-?\d+)\s+\(-?[\d.]+%\)"       # Pkts, Lost (percent)
+            r"\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)"        # min, mean, max delta (ms)
+            r"\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", line)  # min, mean, max jitter (ms)
+        if match is None:
+            return None
+        return TsharkStream(packets=int(match[1]), lost=int(match[2]),
+                            mean_jitter_ms=float(match[7]), max_jitter_ms=float(match[8]))
+    return None
+
+
+# ----------------------------------------------------------------- the relay itself
+
+
+class _Sink(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.datagrams: list[tuple[bytes, tuple[str, int]]] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        self.datagrams.append((data, addr))
+
+
+async def _sink() -> tuple[_Sink, tuple[str, int]]:
+    loop = asyncio.get_running_loop()
+    transport, sink = await loop.create_datagram_endpoint(_Sink, local_addr=("127.0.0.1", 0))
+    return sink, transport.get_extra_info("sockname")[:2]
+
+
+def test_schedule_is_seeded_and_keeps_order() -> None:
+    impairment = Impairment(loss=0.1, delay_ms=2.0, jitter_ms=8.0)
+    drops = ImpairmentSchedule(impairment, seed=3).drops(20_000)
+    assert drops == ImpairmentSchedule(impairment, seed=3).drops(20_000)
+    assert drops != ImpairmentSchedule(impairment, seed=4).drops(20_000)
+    # The same seed drops the same packets whatever the delays are.
+    assert drops == ImpairmentSchedule(Impairment(loss=0.1), seed=3).drops(20_000)
+    assert abs(len(drops) / 20_000 - 0.1) < 0.01  # 4.7 standard deviations
+
+    in_order = ImpairmentSchedule(impairment, seed=3)
+    dues = [in_order.decide(i * 0.0025) for i in range(2000)]
+    kept = [d for d in dues if d is not None]
+    assert kept == sorted(kept)
+    assert all(due - i * 0.0025 >= 0.002 for i, due in enumerate(dues) if due is not None)
+
+    shuffled = ImpairmentSchedule(Impairment(delay_ms=2.0, jitter_ms=8.0, reorder=True), seed=3)
+    dues = [shuffled.decide(i * 0.0025) for i in range(2000)]
+    assert dues != sorted(dues)  # short delays overtake long ones
+    assert all(d is not None and 0.002 <= d - i * 0.0025 <= 0.010 + 1e-9 for i, d in enumerate(dues))
+
+
+async def test_relay_drops_exactly_its_schedule() -> None:
+    impairment = Impairment(loss=0.1, delay_ms=1.0, jitter_ms=3.0)
+    count = 400
+    expected_drops = ImpairmentSchedule(impairment, seed=11).drops(count)
+    rtp_sink, rtp_target = await _sink()
+    rtcp_sink, rtcp_target = await _sink()
+    loop = asyncio.get_running_loop()
+    sender, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+    async with ImpairRelay(rtp_target, rtcp_target, impairment, seed=11) as relay:
+        for i in range(count):
+            sender.sendto(bytes([0x80, 34]) + i.to_bytes(2, "big") + bytes(8), relay.rtp_addr)
+            if i % 20 == 19:
+                await asyncio.sleep(0.002)  # stay far below the relay's receive buffer
+        sender.sendto(b"rtcp", relay.rtcp_addr)
+        await relay.drain()
+        await asyncio.sleep(0.05)
+        assert rtcp_sink.transport is not None
+        rtcp_sink.transport.sendto(b"report", relay.rtcp_addr)  # the receiver's RR goes back
+        await asyncio.sleep(0.05)
+    sender.close()
+    for sink in (rtp_sink, rtcp_sink):
+        assert sink.transport is not None
+        sink.transport.close()
+
+    assert relay.received == count
+    assert [d.index for d in relay.dropped] == expected_drops
+    assert [d.seq for d in relay.dropped] == expected_drops
+    kept = [i for i in range(count) if i not in set(expected_drops)]
+    assert [f.index for f in relay.forwarded] == kept
+    assert relay.overflowed == []
+    # Forwarded in order, each no earlier than the schedule said and at least the base delay late.
+    assert [int.from_bytes(data[2:4], "big") for data, _ in rtp_sink.datagrams] == kept
+    assert all(f.sent_at >= f.due_at - 0.001 and f.due_at - f.received_at >= 0.001 - 1e-9
+               for f in relay.forwarded)
+    # RTCP is never impaired, and comes back from the target to the sender.
+    assert [data for data, _ in rtcp_sink.datagrams] == [b"rtcp"]
+    assert relay.rtcp_forwarded == 1 and relay.returned == 1
+
+
+# ----------------------------------------------------------------- the proxy
+
+
+@pytest.mark.parametrize(("loss", "seed", "first_seq"), [
+    (0.02, 2, None),
+    (0.10, 10, 65536 - 1200),  # the sequence number wraps mid-stream
+], ids=["2pct", "10pct"])
+async def test_reported_loss_matches_injected(flow: Flow, loss: float, seed: int, first_seq: int | None) -> None:
+    run = await run_stream(flow, Impairment(loss=loss, delay_ms=1.0, jitter_ms=2.0), seed=seed,
+                           first_seq=first_seq)
+    relay = run.relay
+    assert relay.received == PACKETS and relay.overflowed == []
+    injected = len(relay.dropped) / relay.received
+    reported = flow.packets_lost / flow.packets_expected
+    first, last = run.span()
+    print(f"\nloss {loss:.0%} seed {seed}: relay dropped {len(relay.dropped)}/{relay.received} "
+          f"({injected:.3%}), {run.dropped_in_span()} between the first and last forwarded; "
+          f"proxy lost {flow.packets_lost}/{flow.packets_expected} ({reported:.3%}), "
+          f"received {flow.packets_received}; kernel UDP receive drops {run.loopback_drops}")
+    assert abs(reported - injected) <= LOSS_TOLERANCE
+
+    if run.loopback_drops:
+        print("loopback dropped datagrams during the run: exact counts not checked")
+        return
+    assert flow.packets_received == len(relay.forwarded)
+    assert flow.packets_expected == last - first + 1
+    assert flow.packets_lost == run.dropped_in_span()
+
+
+async def test_reported_jitter_matches_capture(flow: Flow, tmp_path: Path) -> None:
+    capture = Capture(flow.ingress[1], tmp_path / "ingress.pcapng")
+    await capture.start()
+    try:
+        # 2..10 ms of delay per packet (uniform), 2% loss, RTP timestamps wrapping.
+        run = await run_stream(flow, Impairment(loss=0.02, delay_ms=2.0, jitter_ms=8.0), seed=5,
+                               first_timestamp=(1 << 32) - 225 * PACKETS // 2)
+    finally:
+        await capture.stop()
+    relay = run.relay
+    captured = await capture.packets()
+    streams = await capture.rtp_streams()
+    print(f"\ntshark capture: {capture.summary}\n{streams}")
+
+    # The capture saw exactly the packets the relay forwarded (so the same ones the proxy did).
+    assert [seq for _, seq, _ in captured] == [f.seq for f in relay.forwarded]
+    independent = rfc3550_jitter_ms(captured, CLOCK_RATE)
+    reported = flow.jitter_ms
+    tshark = parse_rtp_streams(streams, run.source.ssrc)
+    print(f"jitter: proxy {reported:.3f} ms, independent A.8 over the capture {independent:.3f} ms "
+          f"({(reported - independent) / independent:+.1%}); "
+          f"tshark max {tshark.max_jitter_ms if tshark else '?'} ms, "
+          f"mean {tshark.mean_jitter_ms if tshark else '?'} ms; "
+          f"lost: relay {len(relay.dropped)} ({run.dropped_in_span()} in span), "
+          f"proxy {flow.packets_lost}, tshark {tshark.lost if tshark else '?'}")
+    assert independent > 0.5, "the impairment should make jitter of a few milliseconds"
+    assert abs(reported - independent) <= JITTER_TOLERANCE * independent
+    if tshark is not None:
+        assert tshark.packets == len(relay.forwarded)
+        assert tshark.lost == run.dropped_in_span()
+    if not run.loopback_drops:
+        assert flow.packets_lost == run.dropped_in_span()
+
+
+async def test_no_impairment_baseline(flow: Flow) -> None:
+    run = await run_stream(flow, Impairment(), seed=1)
+    relay, source = run.relay, run.source
+    lateness = sorted(s.sent_at - s.due_at for s in source.sent)
+    print(f"\nbaseline: proxy received {flow.packets_received}/{PACKETS}, lost {flow.packets_lost}, "
+          f"jitter {flow.jitter_ms:.3f} ms; source pacing lateness median "
+          f"{lateness[len(lateness) // 2] * 1e3:.3f} ms, max {lateness[-1] * 1e3:.3f} ms; "
+          f"RTCP sent {source.rtcp_sent}, relayed {relay.rtcp_forwarded}, proxy got {flow.rtcp_received}")
+    assert relay.dropped == [] and relay.overflowed == []
+    if not run.loopback_drops:
+        assert flow.packets_received == flow.packets_expected == PACKETS
+    assert flow.packets_lost == 0
+    # Only the event loop's timer granularity (1 ms epoll ticks) is left.
+    assert flow.jitter_ms < 1.0
+    assert source.rtcp_sent >= 5 and flow.rtcp_received == relay.rtcp_forwarded == source.rtcp_sent
