@@ -372,7 +372,8 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
             await ref.proxy.api.AddLeg(pb.AddLegRequest(
                 flow_id=ref.flow_id, leg_id=leg_id, destination=request.destination,
                 enabled=viewer.playing,
-                labels={"session": request.session_id, "viewer": request.viewer_host},
+                labels={"session": request.session_id, "viewer": request.viewer_host,
+                        "namespace": link.info.namespace, "pod": link.info.pod},
             ), timeout=PROXY_TIMEOUT)
             viewer.legs[request.track_index] = leg_id
             log.info("stream %s: viewer %s (%s) set up track %d -> %s:%d", stream.stream_id,

@@ -41,6 +41,7 @@ class MeshConfig:
     demo: bool = False
     linger: float = 5.0
     session_timeout: int = 60
+    metrics_listen: str | None = None   # the proxy's Prometheus /metrics (None: off)
 
 
 class DemoSource:
@@ -133,7 +134,8 @@ class LocalMesh:
             self.control = ControlPlaneServer(self.resolver, listen=cfg.control_listen, linger=cfg.linger)
             await _listening(self.control.start(), "control plane", cfg.control_listen)
             self.proxy = RtpProxy(node="local", media_host=cfg.media_host, grpc_listen=cfg.proxy_listen,
-                                  control_address=self.control.address, port_range=cfg.port_range)
+                                  control_address=self.control.address, port_range=cfg.port_range,
+                                  metrics_listen=cfg.metrics_listen)
             await _listening(self.proxy.start(), "RTP proxy", cfg.proxy_listen)
             self.stub = Stub(StubConfig(control_address=self.control.address, listen_host=cfg.rtsp_host,
                                         listen_port=cfg.rtsp_port, media_host=cfg.media_host,

@@ -259,8 +259,12 @@
       const on = v.playing && legs.some((l) => l.enabled);
       const e = svg("g", { class: `edge ${on ? "live" : "off"}`, "data-edge": "proxy-viewer", "data-viewer": v.session_id });
       e.append(svg("path", { d: edgePath(G.proxy.x + G.proxy.w, mid, G.viewer.x, vy) }));
+      // Labels sit on the side of the edge's end away from the curve: above it when the
+      // viewer is above the proxy's middle (the curve arrives from below), below it otherwise.
+      const below = vy > mid + 1;
       legs.forEach((leg, i) => {
-        e.append(text(G.viewer.x - 10, vy - 8 - (legs.length - 1 - i) * 14,
+        const ly = below ? vy + 16 + i * 14 : vy - 8 - (legs.length - 1 - i) * 14;
+        e.append(text(G.viewer.x - 10, ly,
           `${kindOfFlow.get(leg.flow_id) || "leg"} ${fmtInt(leg.packets_sent)} pkts`,
           { "text-anchor": "end", "data-role": "sent", "data-packets": num(leg.packets_sent) }));
       });
@@ -413,7 +417,7 @@
       render(body, now);
       polls += 1;
       document.body.dataset.polls = String(polls);
-      setStatus("ok", `live · updated ${new Date(now).toLocaleTimeString("en-GB")} · every ${fmtNum(POLL_MS / 1000, POLL_MS % 1000 ? 1 : 0)} s`);
+      setStatus("ok", `live · updated ${new Date(now).toLocaleTimeString("en-GB")} · every ${POLL_MS % 1000 ? `${POLL_MS} ms` : `${POLL_MS / 1000} s`}`);
     } catch (err) {
       setStatus("error", `cannot list streams: ${err.name === "AbortError" ? "timed out" : err.message}`);
     } finally {

@@ -18,9 +18,11 @@ skip, saying why, without either.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import signal
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +63,15 @@ class Run:
         """Relay indices of the first and last packet forwarded (what a receiver can see)."""
         indices = [f.index for f in self.relay.forwarded]
         return min(indices), max(indices)
+
+    def overtaken(self) -> int:
+        """Packets the relay sent after a packet with a higher index (what A.1 calls misordered)."""
+        count, highest = 0, -1
+        for forwarded in self.relay.forwarded:
+            if forwarded.index < highest:
+                count += 1
+            highest = max(highest, forwarded.index)
+        return count
 
     def dropped_in_span(self) -> int:
         first, last = self.span()
@@ -125,24 +136,42 @@ async def run_tool(*argv: str, timeout: float = 30.0) -> str:
 
 
 class Capture:
-    """tshark capturing the flow's ingress RTP port on ``lo`` into a pcapng file."""
+    """tshark capturing the flow's ingress RTP port on ``lo`` into a pcapng file.
+
+    "Capturing on" comes before the capture really starts (packets sent right
+    after it are missed), so :meth:`start` also waits until a probe datagram
+    to a port of our own shows up in tshark's live output. Only the ingress
+    port is read back from the file.
+    """
 
     def __init__(self, port: int, path: Path) -> None:
         self.port = port
         self.path = path
-        self._proc: asyncio.subprocess.Process | None = None
         self.summary = ""
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._probe: socket.socket | None = None
+        self._probe_port = ""
+        self._probes_seen = 0
+        self._probe_seen = asyncio.Event()
 
     async def start(self) -> None:
         tshark = shutil.which("tshark")
         if tshark is None:
             pytest.skip("tshark is not installed (Debian package tshark)")
-        # -q: no running packet count on stderr (nobody reads it while capturing).
+        probe = self._probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", 0))
+        probe.setblocking(False)
+        probe_port = probe.getsockname()[1]
+        self._probe_port = str(probe_port)
+        # -P -l -T fields: one line per captured packet on stdout while writing the file.
         self._proc = await asyncio.create_subprocess_exec(
-            tshark, "-q", "-i", "lo", "-f", f"udp dst port {self.port}", "-w", str(self.path),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            tshark, "-i", "lo", "-f", f"udp dst port {self.port} or udp dst port {probe_port}",
+            "-w", str(self.path), "-P", "-l", "-T", "fields", "-e", "udp.dstport",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)
-        assert self._proc.stderr is not None
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        self._reader = asyncio.create_task(self._read_stdout(self._proc.stdout))
         said: list[str] = []
         try:
             async with asyncio.timeout(15):
@@ -152,34 +181,65 @@ class Capture:
                         break
                     said.append(line.strip())
                     if "Capturing on" in line:
+                        await self.sync()
                         return
         except TimeoutError:
-            pass
+            said.append("(timed out)")
         await self.stop()
         text = " | ".join(said)
         if re.search(r"permission|not permitted|privileges", text, re.IGNORECASE):
             pytest.skip(f"not permitted to capture on lo: {text}")
         raise AssertionError(f"tshark did not start capturing: {text or 'no output'}")
 
+    async def sync(self, timeout: float = 10.0) -> None:
+        """Return once everything sent to ``lo`` before the call has been captured.
+
+        Sends probes until tshark reports one: the kernel hands packets to the
+        capture in order, so what was sent before the probe is in. (Stopping
+        without this loses the packets still in the capture ring buffer.)
+        """
+        assert self._probe is not None
+        seen = self._probes_seen
+        async with asyncio.timeout(timeout):
+            while self._probes_seen == seen:
+                self._probe_seen.clear()
+                self._probe.sendto(b"probe", ("127.0.0.1", int(self._probe_port)))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._probe_seen.wait(), 0.1)
+
+    async def _read_stdout(self, stdout: asyncio.StreamReader) -> None:
+        async for line in stdout:
+            if line.strip().decode() == self._probe_port:
+                self._probes_seen += 1
+                self._probe_seen.set()
+
     async def stop(self) -> None:
         proc, self._proc = self._proc, None
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
         if proc is None:
             return
         if proc.returncode is None:
             proc.send_signal(signal.SIGINT)
+        assert proc.stderr is not None and self._reader is not None
         try:
-            _, err = await asyncio.wait_for(proc.communicate(), 15)
+            async with asyncio.timeout(15):
+                err = await proc.stderr.read()
+                await self._reader
+                await proc.wait()
         except TimeoutError:
             proc.kill()
             await proc.wait()
             raise
-        self.summary = err.decode(errors="replace").strip()
+        self.summary = " | ".join(line.strip() for line in err.decode(errors="replace").splitlines()
+                                  if line.strip())
 
     async def packets(self) -> list[tuple[int, int, int]]:
         """``(arrival_ns, seq, rtp_timestamp)`` of every RTP packet captured, in capture order."""
         out = await run_tool(
             "tshark", "-r", str(self.path), "-d", f"udp.port=={self.port},rtp",
-            "-Y", "rtp", "-T", "fields", "-E", "separator=,",
+            "-Y", f"udp.dstport=={self.port}", "-T", "fields", "-E", "separator=,",
             "-e", "frame.time_epoch", "-e", "rtp.seq", "-e", "rtp.timestamp")
         packets = []
         for line in out.splitlines():
@@ -227,8 +287,7 @@ class _Sink(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
         self.datagrams.append((data, addr))
@@ -303,13 +362,15 @@ async def test_relay_drops_exactly_its_schedule() -> None:
 # ----------------------------------------------------------------- the proxy
 
 
-@pytest.mark.parametrize(("loss", "seed", "first_seq"), [
-    (0.02, 2, None),
-    (0.10, 10, 65536 - 1200),  # the sequence number wraps mid-stream
-], ids=["2pct", "10pct"])
-async def test_reported_loss_matches_injected(flow: Flow, loss: float, seed: int, first_seq: int | None) -> None:
-    run = await run_stream(flow, Impairment(loss=loss, delay_ms=1.0, jitter_ms=2.0), seed=seed,
-                           first_seq=first_seq)
+@pytest.mark.parametrize(("loss", "seed", "first_seq", "reorder"), [
+    (0.02, 2, None, False),
+    (0.10, 10, 65536 - 1200, False),  # the sequence number wraps mid-stream
+    (0.10, 12, None, True),  # up to 8 ms of jitter at 2.5 ms spacing: a few packets overtake
+], ids=["2pct", "10pct", "10pct-reordered"])
+async def test_reported_loss_matches_injected(flow: Flow, loss: float, seed: int, first_seq: int | None,
+                                              reorder: bool) -> None:
+    impairment = Impairment(loss=loss, delay_ms=1.0, jitter_ms=8.0 if reorder else 2.0, reorder=reorder)
+    run = await run_stream(flow, impairment, seed=seed, first_seq=first_seq)
     relay = run.relay
     assert relay.received == PACKETS and relay.overflowed == []
     injected = len(relay.dropped) / relay.received
@@ -318,7 +379,8 @@ async def test_reported_loss_matches_injected(flow: Flow, loss: float, seed: int
     print(f"\nloss {loss:.0%} seed {seed}: relay dropped {len(relay.dropped)}/{relay.received} "
           f"({injected:.3%}), {run.dropped_in_span()} between the first and last forwarded; "
           f"proxy lost {flow.packets_lost}/{flow.packets_expected} ({reported:.3%}), "
-          f"received {flow.packets_received}; kernel UDP receive drops {run.loopback_drops}")
+          f"received {flow.packets_received}, reordered {flow.stats.reordered if flow.stats else '?'} "
+          f"(relay sent {run.overtaken()} out of order); kernel UDP receive drops {run.loopback_drops}")
     assert abs(reported - injected) <= LOSS_TOLERANCE
 
     if run.loopback_drops:
@@ -327,6 +389,8 @@ async def test_reported_loss_matches_injected(flow: Flow, loss: float, seed: int
     assert flow.packets_received == len(relay.forwarded)
     assert flow.packets_expected == last - first + 1
     assert flow.packets_lost == run.dropped_in_span()
+    assert flow.stats is not None and flow.stats.reordered == run.overtaken()
+    assert (run.overtaken() > 0) == reorder
 
 
 async def test_reported_jitter_matches_capture(flow: Flow, tmp_path: Path) -> None:
@@ -336,6 +400,7 @@ async def test_reported_jitter_matches_capture(flow: Flow, tmp_path: Path) -> No
         # 2..10 ms of delay per packet (uniform), 2% loss, RTP timestamps wrapping.
         run = await run_stream(flow, Impairment(loss=0.02, delay_ms=2.0, jitter_ms=8.0), seed=5,
                                first_timestamp=(1 << 32) - 225 * PACKETS // 2)
+        await capture.sync()
     finally:
         await capture.stop()
     relay = run.relay
