@@ -35,6 +35,8 @@ DEFAULTS: dict[str, Any] = {
     "session_timeout": 60,
     "log_level": "info",
     "control": "127.0.0.1:9000",
+    "metrics_listen": "127.0.0.1:9090",
+    "web_listen": "127.0.0.1:8080",
 }
 
 
@@ -131,12 +133,14 @@ def _setup_logging(level: str) -> None:
 # -- msm up ---------------------------------------------------------------------------------------
 def cmd_up(opts: argparse.Namespace) -> int:
     keys = ["rtsp_listen", "control_listen", "proxy_listen", "media_host", "port_range", "linger",
-            "session_timeout", "log_level"]
+            "session_timeout", "log_level", "metrics_listen", "web_listen"]
     values = settings(opts, keys)
     _setup_logging(values["log_level"])
     rtsp_host, rtsp_port = _host_port(str(values["rtsp_listen"]), "--rtsp-listen")
     _host_port(str(values["control_listen"]), "--control-listen")
     _host_port(str(values["proxy_listen"]), "--proxy-listen")
+    _host_port(str(values["metrics_listen"]), "--metrics-listen")
+    _host_port(str(values["web_listen"]), "--web-listen")
     try:
         linger = float(values["linger"])
         session_timeout = int(values["session_timeout"])
@@ -147,7 +151,8 @@ def cmd_up(opts: argparse.Namespace) -> int:
         rtsp_host=rtsp_host, rtsp_port=rtsp_port, control_listen=str(values["control_listen"]),
         proxy_listen=str(values["proxy_listen"]), media_host=str(values["media_host"]),
         port_range=_port_range(str(values["port_range"])), routes=_routes(opts, values["_file"]),
-        demo=demo, linger=linger, session_timeout=session_timeout)
+        demo=demo, linger=linger, session_timeout=session_timeout,
+        metrics_listen=str(values["metrics_listen"]), web_listen=str(values["web_listen"]))
     if not config.routes and not config.demo:
         raise UsageError("nothing to serve: give --demo and/or --route NAME=rtsp://host:port/path")
     return asyncio.run(_run_up(config))
@@ -180,6 +185,10 @@ async def _run_up(config: MeshConfig) -> int:
         lines.append(f"    {mesh.url(name):40s} <- {route.url}")
     if "demo" in mesh.resolver.routes:
         lines.append(f"  try: ffplay -rtsp_transport tcp {mesh.url('demo')}")
+    if mesh.proxy.metrics is not None:
+        lines.append(f"  metrics  http://{mesh.proxy.metrics.address}/metrics (proxy)")
+    if mesh.web is not None:
+        lines.append(f"  web      http://{mesh.web.address}/  (stream graph; control-plane /metrics)")
     lines.append("  watch: msm streams --watch" +
                  ("" if mesh.control.address == DEFAULTS["control"] else f" --control {mesh.control.address}"))
     lines.append("Ctrl+C stops.")
@@ -296,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--linger", metavar="SECONDS", help="keep an upstream open this long after its last "
                     "viewer leaves (default 5)")
     up.add_argument("--session-timeout", metavar="SECONDS", help="RTSP session timeout (default 60)")
+    up.add_argument("--metrics-listen", metavar="HOST:PORT",
+                    help="the RTP proxy's Prometheus /metrics (default 127.0.0.1:9090)")
+    up.add_argument("--web-listen", metavar="HOST:PORT",
+                    help="the control plane's live page and its /metrics (default 127.0.0.1:8080)")
     up.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error (default info)")
     up.set_defaults(func=cmd_up)
 

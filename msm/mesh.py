@@ -14,8 +14,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from control_plane.metrics import control_registry
 from control_plane.resolver import Route, StaticResolver
 from control_plane.server import ControlPlaneServer
+from control_plane.web import WebServer, create_app
 from rtp_proxy.service import RtpProxy
 from stub.app import Stub, StubConfig
 
@@ -42,6 +44,7 @@ class MeshConfig:
     linger: float = 5.0
     session_timeout: int = 60
     metrics_listen: str | None = None   # the proxy's Prometheus /metrics (None: off)
+    web_listen: str | None = None       # the control plane's page and /metrics (None: off)
 
 
 class DemoSource:
@@ -113,6 +116,7 @@ class LocalMesh:
         self.proxy: RtpProxy | None = None
         self.stub: Stub | None = None
         self.demo: DemoSource | None = None
+        self.web: WebServer | None = None
 
     @property
     def rtsp_base(self) -> str:
@@ -133,10 +137,16 @@ class LocalMesh:
                 self.resolver.add(Route(name="demo", url=self.demo.url))
             self.control = ControlPlaneServer(self.resolver, listen=cfg.control_listen, linger=cfg.linger)
             await _listening(self.control.start(), "control plane", cfg.control_listen)
+            if cfg.web_listen:
+                self.web = WebServer(create_app(self.control.control,
+                                                registry=control_registry(self.control.control)))
+                await _listening(self.web.start(cfg.web_listen), "web page", cfg.web_listen)
             self.proxy = RtpProxy(node="local", media_host=cfg.media_host, grpc_listen=cfg.proxy_listen,
                                   control_address=self.control.address, port_range=cfg.port_range,
                                   metrics_listen=cfg.metrics_listen)
             await _listening(self.proxy.start(), "RTP proxy", cfg.proxy_listen)
+            if cfg.metrics_listen:
+                await _listening(self.proxy.start_metrics(), "proxy metrics", cfg.metrics_listen)
             self.stub = Stub(StubConfig(control_address=self.control.address, listen_host=cfg.rtsp_host,
                                         listen_port=cfg.rtsp_port, media_host=cfg.media_host,
                                         node="local", stub_id="gateway",
@@ -154,6 +164,8 @@ class LocalMesh:
             await self.stub.stop()
         if self.proxy is not None:
             await self.proxy.stop()
+        if self.web is not None:
+            await self.web.stop()
         if self.control is not None:
             await self.control.stop()
         if self.demo is not None:

@@ -220,14 +220,17 @@ class RtpProxy:
         self.address = f"{host}:{port}"
         log.info("rtp proxy %s: DataPlane gRPC on %s, media on %s, ports %d-%d", self.node,
                  self.address, self.media_host, *self.table.port_range)
-        if self.metrics_listen:
-            self.metrics = MetricsServer(proxy_registry(self.table, self.node))
-            await self.metrics.start(self.metrics_listen)
         self._tasks.append(asyncio.create_task(self._sample_rates(), name="proxy-rates"))
         if self.control_address:
             self.agent = ProxyAgent(self.control_address, node=self.node,
                                     dataplane_address=self.address, media_host=self.media_host)
             self._tasks.append(asyncio.create_task(self.agent.run(), name="proxy-agent"))
+
+    async def start_metrics(self) -> None:
+        """Serve Prometheus /metrics on ``metrics_listen`` (separate, so a busy port is named)."""
+        if self.metrics_listen:
+            self.metrics = MetricsServer(proxy_registry(self.table, self.node))
+            await self.metrics.start(self.metrics_listen)
 
     async def _sample_rates(self) -> None:
         while True:
