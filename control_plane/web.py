@@ -56,8 +56,9 @@ def create_app(control: ControlPlane, *,
 
 def streams_json(response: pb.ListStreamsResponse) -> dict[str, Any]:
     """The API's JSON: proto field names, defaults included (int64s are strings, per proto3 JSON)."""
-    return json_format.MessageToDict(response, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True)
+    body: dict[str, Any] = json_format.MessageToDict(response, preserving_proto_field_name=True,
+                                                     always_print_fields_with_no_presence=True)
+    return body
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -73,7 +74,7 @@ async def _streams(request: web.Request) -> web.Response:
     # The boundary: whatever goes wrong asking the proxies is answered here, once.
     try:
         async with asyncio.timeout(LIST_TIMEOUT):
-            response = await control.ListStreams(pb.ListStreamsRequest(), None)  # type: ignore[arg-type]
+            response = await control.ListStreams(pb.ListStreamsRequest(), None)
     except TimeoutError:
         return _error(503, f"the proxies did not answer within {LIST_TIMEOUT:g} s")
     except (grpc.RpcError, grpc.aio.UsageError, OSError) as exc:

@@ -394,6 +394,8 @@
     const el = document.getElementById("status");
     el.dataset.state = state;
     document.getElementById("status-text").textContent = message;
+    // On errors the last drawing stays up, dimmed, so it is not mistaken for live numbers.
+    document.getElementById("streams").classList.toggle("stale", state === "error");
   }
 
   function render(data, now) {

@@ -28,6 +28,7 @@ import aiohttp
 import grpc
 import prometheus_client
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from control_plane.resolver import Route, StaticResolver
@@ -47,7 +48,7 @@ MIN_POINTS = 8
 
 # -- the API, against a control plane with no proxies --------------------------------------------------
 @contextlib.asynccontextmanager
-async def client_for(control: ControlPlane, **kwargs: Any) -> AsyncIterator[TestClient]:
+async def client_for(control: ControlPlane, **kwargs: Any) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     client = TestClient(TestServer(create_app(control, **kwargs)))
     await client.start_server()
     try:
@@ -261,6 +262,7 @@ DRAWN = """(() => {
     source: all('svg.graph[data-stream="cam"] [data-node="source"]').map((n) => n.dataset.state),
     proxy: all('svg.graph[data-stream="cam"] [data-node="proxy"]').map((n) => n.dataset.proxyNode),
     viewers: all('svg.graph[data-stream="cam"] g.node.viewer').map((n) => n.dataset.viewer),
+    playing: all('svg.graph[data-stream="cam"] g.node.viewer').map((n) => n.dataset.playing),
     edges: all('svg.graph[data-stream="cam"] [data-edge="proxy-viewer"]').map((n) => n.dataset.viewer),
     series: all('svg.chart[data-stream="cam"] polyline.series.ingress').map((p) => ({
       track: p.closest("svg").dataset.track, metric: p.dataset.metric, points: Number(p.dataset.points),
@@ -310,7 +312,7 @@ async def test_browser_draws_the_stream_graph_and_live_plots(
         for transport in ("udp", "tcp"):
             viewers.append(await FfmpegViewer.start(mesh.url("cam"), transport=transport))
         await asyncio.gather(*(v.wait_frames(10, timeout=30) for v in viewers))
-        response = await mesh.control.control.ListStreams(pb.ListStreamsRequest(), None)  # type: ignore[arg-type]
+        response = await mesh.control.control.ListStreams(pb.ListStreamsRequest(), None)
         (stream,) = response.streams
         sessions = sorted(v.session_id for v in stream.viewers)
         assert len(sessions) == 2
@@ -324,6 +326,7 @@ async def test_browser_draws_the_stream_graph_and_live_plots(
         assert drawn["streams"] == ["cam"]
         assert drawn["source"] == ["playing"]
         assert drawn["proxy"] == ["local"]
+        assert drawn["playing"] == ["true", "true"]
         assert sorted(drawn["edges"]) == sessions
         # Two tracks (H.264 video, audio), three plots each, every line drawn with all its points.
         assert {(s["track"], s["metric"]) for s in drawn["series"]} == {

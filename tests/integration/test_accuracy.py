@@ -60,22 +60,39 @@ class Run:
     loopback_drops: int  # kernel UDP receive-buffer drops during the run (any socket)
 
     def span(self) -> tuple[int, int]:
-        """Relay indices of the first and last packet forwarded (what a receiver can see)."""
-        indices = [f.index for f in self.relay.forwarded]
-        return min(indices), max(indices)
+        """Relay indices of the first packet forwarded and of the highest forwarded.
+
+        That is the sequence range an RFC 3550 A.1 receiver counts as expected:
+        from the first packet to *arrive* (``base_seq``) to the highest seen.
+        """
+        return self.relay.forwarded[0].index, max(f.index for f in self.relay.forwarded)
+
+    def dropped_in_span(self) -> int:
+        first, last = self.span()
+        return sum(1 for d in self.relay.dropped if first < d.index < last)
+
+    def before_base(self) -> int:
+        """Packets that arrived after the first one but are older than it.
+
+        A.1 counts them as received (misordered) though they are outside the
+        expected range, so each one hides a lost packet; only reordering can
+        make them.
+        """
+        first, _ = self.span()
+        return sum(1 for f in self.relay.forwarded if f.index < first)
+
+    def true_lost(self) -> int:
+        """What an exact A.1 receiver of the forwarded packets must report as lost."""
+        return self.dropped_in_span() - self.before_base()
 
     def overtaken(self) -> int:
-        """Packets the relay sent after a packet with a higher index (what A.1 calls misordered)."""
+        """Packets the relay sent after one with a higher index (A.1's misordered packets)."""
         count, highest = 0, -1
         for forwarded in self.relay.forwarded:
             if forwarded.index < highest:
                 count += 1
             highest = max(highest, forwarded.index)
         return count
-
-    def dropped_in_span(self) -> int:
-        first, last = self.span()
-        return sum(1 for d in self.relay.dropped if first < d.index < last)
 
 
 @pytest.fixture
@@ -87,12 +104,13 @@ async def flow():
 
 
 async def run_stream(flow: Flow, impairment: Impairment, *, seed: int, packets: int = PACKETS,
-                     **source_options: object) -> Run:
+                     first_seq: int | None = None, first_timestamp: int | None = None) -> Run:
     host, port = flow.ingress
     errors_before = udp_receive_errors()
     async with ImpairRelay((host, port), (host, port + 1), impairment, seed=seed) as relay:
         async with RtpSource(relay.rtp_addr, relay.rtcp_addr, seed=seed, rate=RATE,
-                             clock_rate=CLOCK_RATE, **source_options) as source:  # type: ignore[arg-type]
+                             clock_rate=CLOCK_RATE, first_seq=first_seq,
+                             first_timestamp=first_timestamp) as source:
             await source.send(packets)
             await relay.drain()
             # The proxy reads in the same event loop: let it catch up.
@@ -114,10 +132,10 @@ def rfc3550_jitter_ms(packets: list[tuple[int, int, int]], clock_rate: int) -> f
     for arrival_ns, _seq, timestamp in packets:
         if previous is not None:
             last_ns, last_ts = previous
-            transit_arrival = (arrival_ns - last_ns) * clock_rate / 1e9
+            arrival_gap = (arrival_ns - last_ns) * clock_rate / 1e9
             # Signed distance between 32-bit timestamps (they may wrap).
-            transit_sent = (timestamp - last_ts + (1 << 31)) % (1 << 32) - (1 << 31)
-            d = transit_arrival - transit_sent
+            timestamp_gap = (timestamp - last_ts + (1 << 31)) % (1 << 32) - (1 << 31)
+            d = arrival_gap - timestamp_gap
             jitter += (abs(d) - jitter) / 16.0
         previous = (arrival_ns, timestamp)
     return jitter * 1000.0 / clock_rate
@@ -320,6 +338,16 @@ def test_schedule_is_seeded_and_keeps_order() -> None:
     assert all(d is not None and 0.002 <= d - i * 0.0025 <= 0.010 + 1e-9 for i, d in enumerate(dues))
 
 
+def test_independent_jitter_estimator() -> None:
+    step_ns, step_ts = 2_500_000, 225  # 400 packets/s at 90 kHz
+    start = (1 << 32) - 10 * step_ts   # the timestamp wraps after 10 packets
+    steady = [(i * step_ns, i, (start + i * step_ts) % (1 << 32)) for i in range(100)]
+    assert rfc3550_jitter_ms(steady, 90_000) == 0.0
+    # Every other packet 1 ms late: |D| is 1 ms for every pair, so J tends to 1 ms.
+    wobbly = [(t + (i % 2) * 1_000_000, i, ts) for t, i, ts in steady]
+    assert abs(rfc3550_jitter_ms(wobbly, 90_000) - 1.0) < 0.01
+
+
 async def test_relay_drops_exactly_its_schedule() -> None:
     impairment = Impairment(loss=0.1, delay_ms=1.0, jitter_ms=3.0)
     count = 400
@@ -365,7 +393,10 @@ async def test_relay_drops_exactly_its_schedule() -> None:
 @pytest.mark.parametrize(("loss", "seed", "first_seq", "reorder"), [
     (0.02, 2, None, False),
     (0.10, 10, 65536 - 1200, False),  # the sequence number wraps mid-stream
-    (0.10, 12, None, True),  # up to 8 ms of jitter at 2.5 ms spacing: a few packets overtake
+    # Up to 8 ms of jitter at 2.5 ms spacing: packets overtake; with this seed
+    # packet 1 is due 4 ms before packet 0, so the first to arrive is not the
+    # oldest (see Run.before_base).
+    (0.10, 18, None, True),
 ], ids=["2pct", "10pct", "10pct-reordered"])
 async def test_reported_loss_matches_injected(flow: Flow, loss: float, seed: int, first_seq: int | None,
                                               reorder: bool) -> None:
@@ -377,7 +408,8 @@ async def test_reported_loss_matches_injected(flow: Flow, loss: float, seed: int
     reported = flow.packets_lost / flow.packets_expected
     first, last = run.span()
     print(f"\nloss {loss:.0%} seed {seed}: relay dropped {len(relay.dropped)}/{relay.received} "
-          f"({injected:.3%}), {run.dropped_in_span()} between the first and last forwarded; "
+          f"({injected:.3%}), {run.dropped_in_span()} between the first and last forwarded, "
+          f"{run.before_base()} forwarded late from before the first; "
           f"proxy lost {flow.packets_lost}/{flow.packets_expected} ({reported:.3%}), "
           f"received {flow.packets_received}, reordered {flow.stats.reordered if flow.stats else '?'} "
           f"(relay sent {run.overtaken()} out of order); kernel UDP receive drops {run.loopback_drops}")
@@ -388,7 +420,7 @@ async def test_reported_loss_matches_injected(flow: Flow, loss: float, seed: int
         return
     assert flow.packets_received == len(relay.forwarded)
     assert flow.packets_expected == last - first + 1
-    assert flow.packets_lost == run.dropped_in_span()
+    assert flow.packets_lost == run.true_lost()
     assert flow.stats is not None and flow.stats.reordered == run.overtaken()
     assert (run.overtaken() > 0) == reorder
 
@@ -425,7 +457,7 @@ async def test_reported_jitter_matches_capture(flow: Flow, tmp_path: Path) -> No
         assert tshark.packets == len(relay.forwarded)
         assert tshark.lost == run.dropped_in_span()
     if not run.loopback_drops:
-        assert flow.packets_lost == run.dropped_in_span()
+        assert flow.packets_lost == run.true_lost() == run.dropped_in_span()
 
 
 async def test_no_impairment_baseline(flow: Flow) -> None:
