@@ -207,39 +207,76 @@ def _fmt_rate(bps: float) -> str:
 
 
 def stream_rows(response: Any) -> list[dict[str, Any]]:
-    rows = []
+    """One ``ingress`` row per track (upstream -> proxy) and one ``viewer`` row per viewer
+    leg (proxy -> viewer): the hops where loss and jitter can enter."""
+    rows: list[dict[str, Any]] = []
     for stream in response.streams:
         playing = sum(1 for v in stream.viewers if v.playing)
+        viewer_of = {leg.leg_id: v for v in stream.viewers for leg in v.legs}
         for ts in stream.tracks or [None]:
             flow = ts.flow if ts is not None else None
             expected = flow.packets_expected if flow else 0
             loss = (100.0 * max(flow.packets_lost, 0) / expected) if flow and expected else 0.0
+            track = f"{ts.track.index}:{ts.track.kind}" if ts is not None else "-"
             rows.append({
+                "hop": "ingress",
                 "stream": stream.name,
                 "upstream": stream.upstream_url,
+                "node": flow.node if flow else "",
                 "state": stream.upstream_state,
                 "viewers": len(stream.viewers),
                 "playing": playing,
-                "track": f"{ts.track.index}:{ts.track.kind}" if ts is not None else "-",
+                "track": track,
                 "encoding": ts.track.encoding if ts is not None else "",
                 "packets": flow.packets_received if flow else 0,
                 "bitrate_bps": flow.bitrate_bps if flow else 0.0,
                 "loss_percent": round(loss, 3),
                 "lost": flow.packets_lost if flow else 0,
                 "jitter_ms": round(flow.jitter_ms, 3) if flow else 0.0,
+                "rtt_ms": None,
             })
+            for leg in flow.legs if flow else []:
+                viewer = viewer_of.get(leg.leg_id)
+                reported = leg.has_report
+                sent = leg.packets_sent
+                rows.append({
+                    "hop": "viewer",
+                    "stream": stream.name,
+                    "track": track,
+                    "node": flow.node if flow else "",
+                    "viewer": viewer.host if viewer else leg.destination.host,
+                    "session": viewer.session_id if viewer else leg.leg_id,
+                    "state": "playing" if leg.enabled else "paused",
+                    "packets": sent,
+                    "loss_percent": round(100.0 * max(leg.viewer_packets_lost, 0) / sent, 3)
+                    if reported and sent else None,
+                    "lost": leg.viewer_packets_lost if reported else None,
+                    "jitter_ms": round(leg.viewer_jitter_ms, 3) if reported else None,
+                    "rtt_ms": round(leg.rtt_ms, 3) if leg.HasField("rtt_ms") else None,
+                })
     return rows
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no streams (open rtsp://<mesh>/<name> in a player to start one)"
-    header = ["STREAM", "UPSTREAM", "STATE", "VIEWERS", "TRACK", "PACKETS", "BITRATE", "LOSS", "JITTER"]
-    table = [header] + [[
-        r["stream"], r["upstream"], r["state"], f"{r['playing']}/{r['viewers']}", r["track"],
-        str(r["packets"]), _fmt_rate(r["bitrate_bps"]), f"{r['loss_percent']:.2f}%",
-        f"{r['jitter_ms']:.2f} ms",
-    ] for r in rows]
+    header = ["STREAM", "TRACK", "HOP", "STATE", "VIEWERS", "PACKETS", "BITRATE", "LOSS", "JITTER", "RTT"]
+
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else fmt.format(value)
+
+    table = [header]
+    for r in rows:
+        if r["hop"] == "ingress":
+            hop = f"{r['upstream']} -> {r['node'] or 'proxy'}"
+            viewers = f"{r['playing']}/{r['viewers']}"
+            rate = _fmt_rate(r["bitrate_bps"])
+        else:
+            hop = f"  -> {r['viewer']} ({r['session'][:8]})"
+            viewers = rate = ""
+        table.append([r["stream"], r["track"], hop, r["state"], viewers, str(r["packets"]), rate,
+                      num(r["loss_percent"], "{:.2f}%"), num(r["jitter_ms"], "{:.2f} ms"),
+                      num(r["rtt_ms"], "{:.2f} ms")])
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                      for row in table)

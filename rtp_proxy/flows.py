@@ -78,6 +78,7 @@ class Leg:
     viewer_packets_lost: int = 0
     viewer_jitter_ms: float = 0.0
     rtt_ms: float | None = None
+    reporter_ssrc: int | None = None
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -130,6 +131,7 @@ class Flow:
         self.dropped_backlog = 0
         self.rtcp_errors = 0
         self.rtcp_bye_dropped = 0
+        self.ssrc_collisions = 0
         self.socket_errors = 0
         self.source_changes = 0
         self.packets_forwarded = 0
@@ -295,6 +297,13 @@ class Flow:
     def _viewer_report(self, leg: Leg, report: ReceiverReport | SenderReport) -> None:
         if isinstance(report, ReceiverReport):
             leg.last_report = report
+        if report.ssrc and report.ssrc != leg.reporter_ssrc:
+            # RFC 3550 8.2: a viewer reporting with the media's SSRC, or with
+            # another viewer's, is a collision; counted, reports still used.
+            if report.ssrc in (self.ssrc, self.out_ssrc) or any(
+                    other.reporter_ssrc == report.ssrc for other in self.legs.values() if other is not leg):
+                self.ssrc_collisions += 1
+            leg.reporter_ssrc = report.ssrc
         # The block about what we send: our (spliced) SSRC; else the first one.
         block = next((b for b in report.reports if b.ssrc == self.out_ssrc), None)
         if block is None:

@@ -50,6 +50,8 @@ class ProxyCollector(Collector):
         rtcp = counter("msm_ingress_rtcp_packets", "RTCP packets received from the upstream source")
         rtcp_errors = counter("msm_rtcp_errors", "Malformed RTCP packets (from the source or viewers)")
         byes = counter("msm_rtcp_bye_dropped", "Upstream RTCP BYEs kept from viewers")
+        collisions = counter("msm_rtcp_ssrc_collisions", "Viewer reports whose SSRC collides with the "
+                             "media's or another viewer's")
         changes = counter("msm_ingress_source_changes", "Upstream SSRC changes spliced over")
         sent = counter("msm_egress_packets", "RTP packets sent to a viewer leg", LEG_LABELS)
         sent_bytes = counter("msm_egress_bytes", "RTP bytes sent to a viewer leg", LEG_LABELS)
@@ -86,6 +88,7 @@ class ProxyCollector(Collector):
             rtcp.add_metric(base, flow.rtcp_received)
             rtcp_errors.add_metric(base, flow.rtcp_errors)
             byes.add_metric(base, flow.rtcp_bye_dropped)
+            collisions.add_metric(base, flow.ssrc_collisions)
             changes.add_metric(base, flow.source_changes)
             for leg in list(flow.legs.values()):
                 ll = leg.labels
@@ -104,7 +107,7 @@ class ProxyCollector(Collector):
                 if leg.rtt_ms is not None:
                     v_rtt.add_metric(leg_base, leg.rtt_ms / 1000.0)
         yield from (flows, received, octets, expected, lost, fraction, jitter, bitrate, reordered,
-                    duplicates, dropped, rtcp, rtcp_errors, byes, changes, sent, sent_bytes, leg_dropped,
+                    duplicates, dropped, rtcp, rtcp_errors, byes, collisions, changes, sent, sent_bytes, leg_dropped,
                     enabled, v_reports, v_fraction, v_lost, v_jitter, v_rtt)
 
 

@@ -108,8 +108,17 @@ def test_table_rendering() -> None:
     stream.tracks.add(track=pb.Track(index=0, kind="video"),
                       flow=pb.FlowStats(packets_received=990, packets_expected=1000, packets_lost=10,
                                         jitter_ms=1.5, bitrate_bps=2_500_000))
+    flow = stream.tracks[0].flow
+    flow.legs.add(leg_id="s1/0", enabled=True, packets_sent=1000, has_report=True, viewer_packets_lost=20,
+                  viewer_jitter_ms=3.25, rtt_ms=1.5, destination=pb.Endpoint(host="10.1.2.3"))
+    stream.viewers[0].host = "10.1.2.3"
+    stream.viewers[0].legs.add(leg_id="s1/0")
     rows = cli.stream_rows(response)
-    assert rows[0]["loss_percent"] == 1.0 and rows[0]["playing"] == 1
+    assert rows[0]["hop"] == "ingress" and rows[0]["loss_percent"] == 1.0 and rows[0]["playing"] == 1
+    assert rows[1] == {"hop": "viewer", "stream": "cam", "track": "0:video", "node": "", "viewer": "10.1.2.3",
+                       "session": "s1", "state": "playing", "packets": 1000, "loss_percent": 2.0, "lost": 20,
+                       "jitter_ms": 3.25, "rtt_ms": 1.5}
     table = cli.render_table(rows)
     assert "cam" in table and "1.00%" in table and "2.50 Mbit/s" in table and "1/1" in table
+    assert "-> 10.1.2.3 (s1)" in table and "2.00%" in table and "1.50 ms" in table
     assert "no streams" in cli.render_table([])

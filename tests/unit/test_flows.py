@@ -196,3 +196,35 @@ async def test_upstream_bye_is_not_relayed_to_viewers(table: FlowTable) -> None:
     assert flow.rtcp_bye_dropped == 2
     viewer.close()
     src.close()
+
+
+async def test_viewer_reports_give_loss_jitter_rtt_and_collisions_are_counted(table: FlowTable) -> None:
+    from sdk.rtp import ReceiverReport, ReportBlock, SenderReport, ntp_middle32, serialize_rtcp
+
+    now = [100.0]
+    table.clock = lambda: now[0]
+    flow = await table.add_flow("s/0", clock_rate=90000)
+    a, b = Sink(), Sink()
+    flow.set_leg(Leg("a", *a.addrs, enabled=True))
+    flow.set_leg(Leg("b", *b.addrs, enabled=True))
+    src = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    src.sendto(rtp(1, 0, 0x1234), flow.ingress)
+    ntp = (3_900_000_000 << 32) | 0x80000000
+    sr = SenderReport(ssrc=0x1234, ntp_timestamp=ntp, rtp_timestamp=0, packet_count=1, octet_count=100)
+    rtcp_port = (flow.ingress[0], flow.ingress[1] + 1)
+    src.sendto(bytes(sr), rtcp_port)
+    await settle()
+    now[0] += 0.250                 # the viewer answers 250 ms later, having held the SR for 200 ms
+    block = ReportBlock(ssrc=0x1234, fraction_lost=64, packets_lost=12, highest_sequence=1,
+                        jitter=900, lsr=ntp_middle32(ntp), dlsr=int(0.200 * 65536))
+    a.rtcp.sendto(serialize_rtcp([ReceiverReport(ssrc=0xAAAA, reports=(block,))]), rtcp_port)
+    b.rtcp.sendto(serialize_rtcp([ReceiverReport(ssrc=0xAAAA, reports=(block,))]), rtcp_port)  # collides
+    await settle()
+    leg = flow.legs["a"]
+    assert leg.has_report and leg.viewer_fraction_lost == 0.25 and leg.viewer_packets_lost == 12
+    assert leg.viewer_jitter_ms == pytest.approx(10.0)
+    assert leg.rtt_ms == pytest.approx(50.0, abs=0.1)
+    assert flow.ssrc_collisions == 1
+    for s in (a, b):
+        s.close()
+    src.close()
