@@ -13,6 +13,7 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-ugly                  # x264enc for the demo source
   gstreamer1.0-libav                         # avdec_h264 for rtspsrc viewers in the tests
   iproute2 nftables
+  tshark                                     # independent RTP jitter/loss reference in the accuracy tests
   chromium fonts-liberation                  # headless browser test of the live page
 )
 

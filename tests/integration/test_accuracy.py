@@ -467,7 +467,8 @@ async def test_no_impairment_baseline(flow: Flow) -> None:
     print(f"\nbaseline: proxy received {flow.packets_received}/{PACKETS}, lost {flow.packets_lost}, "
           f"jitter {flow.jitter_ms:.3f} ms; source pacing lateness median "
           f"{lateness[len(lateness) // 2] * 1e3:.3f} ms, max {lateness[-1] * 1e3:.3f} ms; "
-          f"RTCP sent {source.rtcp_sent}, relayed {relay.rtcp_forwarded}, proxy got {flow.rtcp_received}")
+          f"RTCP sent {source.rtcp_sent}, relayed {relay.rtcp_forwarded}, proxy got {flow.rtcp_received}, "
+          f"{relay.returned} came back (receiver reports), source got {source.rtcp_received}")
     assert relay.dropped == [] and relay.overflowed == []
     if not run.loopback_drops:
         assert flow.packets_received == flow.packets_expected == PACKETS
