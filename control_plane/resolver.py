@@ -25,6 +25,8 @@ class Route:
     url: str                 # upstream RTSP URL
     transport: str = ""      # "udp", "tcp" or "" (udp, falling back to tcp)
     node: str = ""           # node the source lives on ("" = any)
+    namespace: str = ""      # the source pod, when known: its stub opens the upstream
+    pod: str = ""
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -60,8 +62,32 @@ def stream_name(url: str) -> str:
     return urlsplit(url).path.strip("/")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Asker:
+    """Who asks: the viewer's stub, and where its app was connecting (SO_ORIGINAL_DST)."""
+
+    namespace: str = ""
+    original_dst: str = ""
+
+
 class Resolver(Protocol):
-    async def resolve(self, url: str) -> Route: ...
+    async def resolve(self, url: str, asker: Asker = Asker()) -> Route: ...
+
+
+class ChainResolver:
+    """Try resolvers in order; the first that knows the URL wins."""
+
+    def __init__(self, *resolvers: Resolver) -> None:
+        self.resolvers = list(resolvers)
+
+    async def resolve(self, url: str, asker: Asker = Asker()) -> Route:
+        errors = []
+        for resolver in self.resolvers:
+            try:
+                return await resolver.resolve(url, asker)
+            except NotFound as exc:
+                errors.append(str(exc))
+        raise NotFound("; ".join(errors) or f"no route for {url}")
 
 
 class StaticResolver:
@@ -73,7 +99,7 @@ class StaticResolver:
     def add(self, route: Route) -> None:
         self.routes[route.name] = route
 
-    async def resolve(self, url: str) -> Route:
+    async def resolve(self, url: str, asker: Asker = Asker()) -> Route:
         name = stream_name(url)
         route = self.routes.get(name)
         if route is None:

@@ -21,7 +21,7 @@ import grpc
 from protos import msm_pb2 as pb
 from protos import msm_pb2_grpc as pb_grpc
 
-from .resolver import NotFound, Resolver, Route
+from .resolver import Asker, NotFound, Resolver, Route
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,9 @@ class Viewer:
     session_id: str
     stub_id: str
     host: str
+    node: str = ""
     legs: dict[int, str] = field(default_factory=dict)   # track index -> leg id
+    flows: dict[int, FlowRef] = field(default_factory=dict)   # track index -> flow feeding it
     playing: bool = False
 
 
@@ -123,7 +125,10 @@ class Stream:
     sdp: str | None = None
     tracks: list[pb.Track] = field(default_factory=list)
     upstream_stub: str | None = None
-    flows: dict[int, FlowRef] = field(default_factory=dict)
+    flows: dict[int, FlowRef] = field(default_factory=dict)          # on the source's node
+    # Per other node: one flow per track there, fed by ONE leg from the source
+    # flow; that node's proxy fans out to its own viewers.
+    relays: dict[tuple[str, int], FlowRef] = field(default_factory=dict)
     viewers: dict[str, Viewer] = field(default_factory=dict)
     playing: bool = False
     upstream_state: str = "idle"
@@ -247,8 +252,13 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
 
     def _upstream_link(self, stream: Stream) -> StubLink:
         candidates = [s for s in self.stubs.values() if s.info.can_open_upstream]
-        if stream.route.node:
-            candidates = [s for s in candidates if s.info.node == stream.route.node] or candidates
+        route = stream.route
+        if route.pod:
+            # The stub in the source's own pod reaches it locally (ARCHITECTURE: step 2).
+            candidates = [s for s in candidates
+                          if (s.info.pod, s.info.namespace) == (route.pod, route.namespace)] or candidates
+        if route.node:
+            candidates = [s for s in candidates if s.info.node == route.node] or candidates
         if not candidates:
             raise Reject(503, "no stub can reach the source")
         return candidates[0]
@@ -327,10 +337,11 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
         if link is not None:
             with contextlib.suppress(Reject):
                 await link.command(close=pb.CloseUpstream(stream_id=stream.stream_id))
-        for ref in stream.flows.values():
+        for ref in [*stream.relays.values(), *stream.flows.values()]:
             with contextlib.suppress(grpc.aio.AioRpcError):
                 await ref.proxy.api.RemoveFlow(pb.RemoveFlowRequest(flow_id=ref.flow_id),
                                                timeout=PROXY_TIMEOUT)
+        stream.relays = {}
         stream.sdp = None
         stream.tracks = []
         stream.flows = {}
@@ -340,7 +351,8 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
 
     # -- requests --------------------------------------------------------------------
     async def _describe(self, link: StubLink, request: pb.DescribeRequest) -> pb.ControlReply:
-        route = await self.resolver.resolve(request.url)
+        route = await self.resolver.resolve(
+            request.url, Asker(namespace=link.info.namespace, original_dst=request.original_dst))
         stream = self.streams.get(route.name)
         if stream is None or stream.route != route:
             stream = self.streams[route.name] = Stream(route)
@@ -363,11 +375,11 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
             self._cancel_linger(stream)
             if not stream.flows:
                 await self._setup_upstream(stream)
-            ref = stream.flows[request.track_index]
             viewer = stream.viewers.get(request.session_id)
             if viewer is None:
                 viewer = stream.viewers[request.session_id] = Viewer(
-                    request.session_id, link.stub_id, request.viewer_host)
+                    request.session_id, link.stub_id, request.viewer_host, node=link.info.node)
+            ref = await self._flow_for(stream, request.track_index, viewer.node)
             leg_id = f"{request.session_id}/{request.track_index}"
             await ref.proxy.api.AddLeg(pb.AddLegRequest(
                 flow_id=ref.flow_id, leg_id=leg_id, destination=request.destination,
@@ -376,11 +388,56 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
                         "namespace": link.info.namespace, "pod": link.info.pod},
             ), timeout=PROXY_TIMEOUT)
             viewer.legs[request.track_index] = leg_id
+            viewer.flows[request.track_index] = ref
             log.info("stream %s: viewer %s (%s) set up track %d -> %s:%d", stream.stream_id,
                      request.session_id, request.viewer_host, request.track_index,
                      request.destination.host, request.destination.rtp_port)
             return pb.ControlReply(setup=pb.SetupReply(
                 stream_id=stream.stream_id, track_index=request.track_index, source=ref.ingress))
+
+    async def _flow_for(self, stream: Stream, index: int, node: str) -> FlowRef:
+        """The flow a viewer on ``node`` is fed from: the source flow on the source's
+        node, else a relay flow on the viewer's node (created once per node and track)."""
+        source = stream.flows[index]
+        proxy = self.proxies.get(node)
+        if proxy is None or proxy is source.proxy:
+            return source
+        relay = stream.relays.get((node, index))
+        if relay is not None:
+            return relay
+        track = stream.tracks[index]
+        flow_id = f"{stream.stream_id}/{index}/{stream.generation}@{node}"
+        reply = await proxy.api.AddFlow(pb.AddFlowRequest(
+            flow_id=flow_id, clock_rate=track.clock_rate, splice=True,
+            labels={"stream": stream.stream_id, "track": str(index), "kind": track.kind, "hop": "relay"},
+        ), timeout=PROXY_TIMEOUT)
+        relay = FlowRef(proxy, flow_id, reply.ingress)
+        try:
+            await source.proxy.api.AddLeg(pb.AddLegRequest(
+                flow_id=source.flow_id, leg_id=f"relay@{node}", destination=reply.ingress, enabled=True,
+                labels={"session": f"relay@{node}", "viewer": f"proxy {node}"},
+            ), timeout=PROXY_TIMEOUT)
+        except BaseException:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await proxy.api.RemoveFlow(pb.RemoveFlowRequest(flow_id=flow_id), timeout=PROXY_TIMEOUT)
+            raise
+        stream.relays[(node, index)] = relay
+        log.info("stream %s: track %d relayed %s -> %s", stream.stream_id, index, source.proxy.node, node)
+        return relay
+
+    async def _drop_unused_relays(self, stream: Stream) -> None:
+        used = {(v.node, i) for v in stream.viewers.values() for i in v.legs}
+        for (node, index), relay in list(stream.relays.items()):
+            if (node, index) in used:
+                continue
+            del stream.relays[(node, index)]
+            source = stream.flows.get(index)
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                if source is not None:
+                    await source.proxy.api.RemoveLeg(pb.RemoveLegRequest(
+                        flow_id=source.flow_id, leg_id=f"relay@{node}"), timeout=PROXY_TIMEOUT)
+                await relay.proxy.api.RemoveFlow(pb.RemoveFlowRequest(flow_id=relay.flow_id),
+                                                 timeout=PROXY_TIMEOUT)
 
     def _viewer(self, stream: Stream, session_id: str) -> Viewer:
         viewer = stream.viewers.get(session_id)
@@ -392,7 +449,7 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
         for index, leg_id in viewer.legs.items():
             if tracks and index not in tracks:
                 continue
-            ref = stream.flows.get(index)
+            ref = viewer.flows.get(index)
             if ref is not None:
                 await ref.proxy.api.UpdateLeg(pb.UpdateLegRequest(
                     flow_id=ref.flow_id, leg_id=leg_id, enabled=enabled), timeout=PROXY_TIMEOUT)
@@ -437,7 +494,7 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
             if tracks and index not in tracks:
                 continue
             leg_id = viewer.legs.pop(index)
-            ref = stream.flows.get(index)
+            ref = viewer.flows.pop(index, None)
             if ref is not None:
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     await ref.proxy.api.RemoveLeg(pb.RemoveLegRequest(flow_id=ref.flow_id, leg_id=leg_id),
@@ -446,6 +503,7 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
             stream.viewers.pop(viewer.session_id, None)
             log.info("stream %s: viewer %s left (%d remain)", stream.stream_id, viewer.session_id,
                      len(stream.viewers))
+        await self._drop_unused_relays(stream)
         if not stream.viewers:
             self._schedule_linger(stream)
 
@@ -514,7 +572,7 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
     async def _proxy_restarted(self, old: ProxyLink) -> None:
         for stream in list(self.streams.values()):
             async with stream.lock:
-                if any(ref.proxy is old for ref in stream.flows.values()):
+                if any(ref.proxy is old for ref in [*stream.flows.values(), *stream.relays.values()]):
                     for viewer in list(stream.viewers.values()):
                         viewer.legs.clear()
                     stream.viewers.clear()
@@ -541,7 +599,9 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
             for track in stream.tracks:
                 ref = stream.flows.get(track.index)
                 stats = flows.get(ref.flow_id) if ref else None
-                info.tracks.add(track=track, flow=stats or pb.FlowStats())
+                relays = [flows[r.flow_id] for (_, index), r in sorted(stream.relays.items())
+                          if index == track.index and r.flow_id in flows]
+                info.tracks.add(track=track, flow=stats or pb.FlowStats(), relays=relays)
             for viewer in stream.viewers.values():
                 info.viewers.add(session_id=viewer.session_id, host=viewer.host, playing=viewer.playing,
                                  legs=[legs[leg] for leg in viewer.legs.values() if leg in legs])

@@ -235,7 +235,19 @@ def stream_rows(response: Any) -> list[dict[str, Any]]:
                 "jitter_ms": round(flow.jitter_ms, 3) if flow else 0.0,
                 "rtt_ms": None,
             })
-            for leg in flow.legs if flow else []:
+            relays = list(ts.relays) if ts is not None else []
+            for relay in relays:
+                r_expected = relay.packets_expected
+                rows.append({
+                    "hop": "relay", "stream": stream.name, "track": track, "node": relay.node,
+                    "from_node": flow.node if flow else "", "state": "relaying",
+                    "packets": relay.packets_received, "bitrate_bps": relay.bitrate_bps,
+                    "loss_percent": round(100.0 * max(relay.packets_lost, 0) / r_expected, 3) if r_expected else 0.0,
+                    "lost": relay.packets_lost, "jitter_ms": round(relay.jitter_ms, 3), "rtt_ms": None,
+                })
+            legs = [leg for f in ([flow] if flow else []) + relays for leg in f.legs
+                    if not leg.leg_id.startswith("relay@")]
+            for leg in legs:
                 viewer = viewer_of.get(leg.leg_id)
                 reported = leg.has_report
                 sent = leg.packets_sent
@@ -271,8 +283,12 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             hop = f"{r['upstream']} -> {r['node'] or 'proxy'}"
             viewers = f"{r['playing']}/{r['viewers']}"
             rate = _fmt_rate(r["bitrate_bps"])
+        elif r["hop"] == "relay":
+            hop = f"  {r['from_node']} => {r['node']}"
+            viewers = ""
+            rate = _fmt_rate(r["bitrate_bps"])
         else:
-            hop = f"  -> {r['viewer']} ({r['session'][:8]})"
+            hop = f"  -> {r['viewer']} ({r['session'][:8]}) on {r['node']}"
             viewers = rate = ""
         table.append([r["stream"], r["track"], hop, r["state"], viewers, str(r["packets"]), rate,
                       num(r["loss_percent"], "{:.2f}%"), num(r["jitter_ms"], "{:.2f} ms"),

@@ -56,12 +56,14 @@ class StubRegister(_message.Message):
     def __init__(self, stub_id: _Optional[str] = ..., node: _Optional[str] = ..., pod: _Optional[str] = ..., namespace: _Optional[str] = ..., pod_ip: _Optional[str] = ..., can_open_upstream: _Optional[bool] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
-    __slots__ = ("url", "viewer_host")
+    __slots__ = ("url", "viewer_host", "original_dst")
     URL_FIELD_NUMBER: _ClassVar[int]
     VIEWER_HOST_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_DST_FIELD_NUMBER: _ClassVar[int]
     url: str
     viewer_host: str
-    def __init__(self, url: _Optional[str] = ..., viewer_host: _Optional[str] = ...) -> None: ...
+    original_dst: str
+    def __init__(self, url: _Optional[str] = ..., viewer_host: _Optional[str] = ..., original_dst: _Optional[str] = ...) -> None: ...
 
 class DescribeReply(_message.Message):
     __slots__ = ("stream_id", "sdp", "tracks")
@@ -74,20 +76,22 @@ class DescribeReply(_message.Message):
     def __init__(self, stream_id: _Optional[str] = ..., sdp: _Optional[str] = ..., tracks: _Optional[_Iterable[_Union[Track, _Mapping]]] = ...) -> None: ...
 
 class SetupRequest(_message.Message):
-    __slots__ = ("url", "stream_id", "track_index", "session_id", "destination", "viewer_host")
+    __slots__ = ("original_dst", "url", "stream_id", "track_index", "session_id", "destination", "viewer_host")
+    ORIGINAL_DST_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     TRACK_INDEX_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
     VIEWER_HOST_FIELD_NUMBER: _ClassVar[int]
+    original_dst: str
     url: str
     stream_id: str
     track_index: int
     session_id: str
     destination: Endpoint
     viewer_host: str
-    def __init__(self, url: _Optional[str] = ..., stream_id: _Optional[str] = ..., track_index: _Optional[int] = ..., session_id: _Optional[str] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., viewer_host: _Optional[str] = ...) -> None: ...
+    def __init__(self, original_dst: _Optional[str] = ..., url: _Optional[str] = ..., stream_id: _Optional[str] = ..., track_index: _Optional[int] = ..., session_id: _Optional[str] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., viewer_host: _Optional[str] = ...) -> None: ...
 
 class SetupReply(_message.Message):
     __slots__ = ("stream_id", "track_index", "source", "ssrc")
@@ -314,12 +318,14 @@ class ViewerInfo(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., host: _Optional[str] = ..., playing: _Optional[bool] = ..., legs: _Optional[_Iterable[_Union[LegStats, _Mapping]]] = ...) -> None: ...
 
 class TrackStats(_message.Message):
-    __slots__ = ("track", "flow")
+    __slots__ = ("track", "flow", "relays")
     TRACK_FIELD_NUMBER: _ClassVar[int]
     FLOW_FIELD_NUMBER: _ClassVar[int]
+    RELAYS_FIELD_NUMBER: _ClassVar[int]
     track: Track
     flow: FlowStats
-    def __init__(self, track: _Optional[_Union[Track, _Mapping]] = ..., flow: _Optional[_Union[FlowStats, _Mapping]] = ...) -> None: ...
+    relays: _containers.RepeatedCompositeFieldContainer[FlowStats]
+    def __init__(self, track: _Optional[_Union[Track, _Mapping]] = ..., flow: _Optional[_Union[FlowStats, _Mapping]] = ..., relays: _Optional[_Iterable[_Union[FlowStats, _Mapping]]] = ...) -> None: ...
 
 class StreamInfo(_message.Message):
     __slots__ = ("stream_id", "name", "upstream_url", "upstream_state", "viewers", "tracks", "upstream_sessions_opened")

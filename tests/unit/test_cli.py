@@ -120,5 +120,5 @@ def test_table_rendering() -> None:
                        "jitter_ms": 3.25, "rtt_ms": 1.5}
     table = cli.render_table(rows)
     assert "cam" in table and "1.00%" in table and "2.50 Mbit/s" in table and "1/1" in table
-    assert "-> 10.1.2.3 (s1)" in table and "2.00%" in table and "1.50 ms" in table
+    assert "-> 10.1.2.3 (s1) on" in table and "2.00%" in table and "1.50 ms" in table
     assert "no streams" in cli.render_table([])
