@@ -70,8 +70,11 @@ class Asker:
     original_dst: str = ""
 
 
+NO_ASKER = Asker()
+
+
 class Resolver(Protocol):
-    async def resolve(self, url: str, asker: Asker = Asker()) -> Route: ...
+    async def resolve(self, url: str, asker: Asker = NO_ASKER) -> Route: ...
 
 
 class ChainResolver:
@@ -80,7 +83,7 @@ class ChainResolver:
     def __init__(self, *resolvers: Resolver) -> None:
         self.resolvers = list(resolvers)
 
-    async def resolve(self, url: str, asker: Asker = Asker()) -> Route:
+    async def resolve(self, url: str, asker: Asker = NO_ASKER) -> Route:
         errors = []
         for resolver in self.resolvers:
             try:
@@ -99,7 +102,7 @@ class StaticResolver:
     def add(self, route: Route) -> None:
         self.routes[route.name] = route
 
-    async def resolve(self, url: str, asker: Asker = Asker()) -> Route:
+    async def resolve(self, url: str, asker: Asker = NO_ASKER) -> Route:
         name = stream_name(url)
         route = self.routes.get(name)
         if route is None:

@@ -195,8 +195,10 @@ class RtpProxy:
 
     def __init__(self, *, node: str = "local", media_host: str = "127.0.0.1",
                  grpc_listen: str = "127.0.0.1:9001", control_address: str | None = None,
-                 port_range: tuple[int, int] = (30000, 39999), metrics_listen: str | None = None) -> None:
+                 port_range: tuple[int, int] = (30000, 39999), metrics_listen: str | None = None,
+                 advertise: str = "") -> None:
         self.node = node
+        self.advertise = advertise
         self.metrics_listen = metrics_listen
         self.metrics: MetricsServer | None = None
         self.media_host = media_host
@@ -222,8 +224,12 @@ class RtpProxy:
                  self.address, self.media_host, *self.table.port_range)
         self._tasks.append(asyncio.create_task(self._sample_rates(), name="proxy-rates"))
         if self.control_address:
+            # A wildcard listen address is not dialable: advertise the media host instead.
+            host = self.address.rsplit(":", 1)[0]
+            dial = self.advertise or (self.address if host not in ("0.0.0.0", "[::]", "::")
+                                      else f"{self.media_host}:{self.address.rsplit(':', 1)[1]}")
             self.agent = ProxyAgent(self.control_address, node=self.node,
-                                    dataplane_address=self.address, media_host=self.media_host)
+                                    dataplane_address=dial, media_host=self.media_host)
             self._tasks.append(asyncio.create_task(self.agent.run(), name="proxy-agent"))
 
     async def start_metrics(self) -> None:

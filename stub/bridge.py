@@ -73,3 +73,78 @@ class UdpPair:
             if transport is not None:
                 transport.close()
         self.rtp = self.rtcp = None
+
+
+class _AddrSocket(asyncio.DatagramProtocol):
+    def __init__(self, on_datagram: Callable[[bytes, Address], None]) -> None:
+        self.on_datagram = on_datagram
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:  # type: ignore[override]
+        self.on_datagram(data, (addr[0], addr[1]))
+
+
+class UdpRelay:
+    """RTP/RTCP from an upstream server in this pod, relayed to a proxy elsewhere.
+
+    RTSP servers send media to the RTSP client's own address, so when the
+    proxy is on another host (its node), the stub receives the media on this
+    pair and passes it on; the proxy's receiver reports travel back the same way.
+    """
+
+    def __init__(self) -> None:
+        self.rtp: asyncio.DatagramTransport | None = None
+        self.rtcp: asyncio.DatagramTransport | None = None
+        self.proxy_rtp: Address = ("", 0)
+        self.proxy_rtcp: Address = ("", 0)
+        self.upstream_rtcp: Address | None = None
+        self.relayed = 0
+
+    @classmethod
+    async def open(cls, host: str, proxy_host: str, proxy_rtp: int, proxy_rtcp: int) -> UdpRelay:
+        relay = cls()
+        relay.proxy_rtp = (proxy_host, proxy_rtp)
+        relay.proxy_rtcp = (proxy_host, proxy_rtcp)
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # RTP/RTCP on an even/odd pair: some servers send RTCP to client_port + 1 regardless.
+        for _ in range(64):
+            rtp_t, _ = await loop.create_datagram_endpoint(
+                lambda: _AddrSocket(relay._from_upstream_rtp), local_addr=(host, 0), family=family)
+            port = rtp_t.get_extra_info("sockname")[1]
+            if port % 2 == 0 and port < 65535:
+                try:
+                    rtcp_t, _ = await loop.create_datagram_endpoint(
+                        lambda: _AddrSocket(relay._on_rtcp), local_addr=(host, port + 1), family=family)
+                except OSError:
+                    rtp_t.close()
+                    continue
+                relay.rtp, relay.rtcp = rtp_t, rtcp_t
+                return relay
+            rtp_t.close()
+        raise OSError("no free even/odd UDP port pair for the upstream relay")
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        assert self.rtp is not None and self.rtcp is not None
+        return self.rtp.get_extra_info("sockname")[1], self.rtcp.get_extra_info("sockname")[1]
+
+    def _from_upstream_rtp(self, data: bytes, addr: Address) -> None:
+        if self.rtp is not None and addr != self.proxy_rtp:
+            self.rtp.sendto(data, self.proxy_rtp)
+            self.relayed += 1
+
+    def _on_rtcp(self, data: bytes, addr: Address) -> None:
+        if self.rtcp is None:
+            return
+        if addr == self.proxy_rtcp:
+            if self.upstream_rtcp is not None:
+                self.rtcp.sendto(data, self.upstream_rtcp)
+        else:
+            self.upstream_rtcp = addr
+            self.rtcp.sendto(data, self.proxy_rtcp)
+
+    def close(self) -> None:
+        for transport in (self.rtp, self.rtcp):
+            if transport is not None:
+                transport.close()
+        self.rtp = self.rtcp = None

@@ -18,6 +18,7 @@ import email.utils
 import logging
 import re
 import secrets
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -96,6 +97,33 @@ class ViewerSession:
 class StreamInfo:
     stream_id: str
     tracks: int
+
+
+SO_ORIGINAL_DST = 80   # linux/netfilter_ipv4.h; the same value for IP6T_SO_ORIGINAL_DST
+
+
+def original_destination(sock: object, local: tuple[str, int]) -> str:
+    """Where a connection redirected into the stub (nftables/iptables REDIRECT) was going.
+
+    Returns ``"ip:port"``, or ``""`` when the connection was not redirected.
+    """
+    getsockopt = getattr(sock, "getsockopt", None)
+    if getsockopt is None:
+        return ""
+    try:
+        if ":" in local[0]:
+            raw = getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
+            port = int.from_bytes(raw[2:4], "big")
+            host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+        else:
+            raw = getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+            port = int.from_bytes(raw[2:4], "big")
+            host = socket.inet_ntoa(raw[4:8])
+    except OSError:      # no conntrack entry: a direct connection
+        return ""
+    if (host, port) == (local[0], local[1]):
+        return ""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def split_url(uri: str) -> tuple[str, int | None]:
@@ -207,6 +235,7 @@ class ViewerConnection:
         local = writer.get_extra_info("sockname") or (server.host, server.port)
         self.local_host = local[0]
         self.local_port = local[1]
+        self.original_dst = original_destination(writer.get_extra_info("socket"), local)
         self.sessions: set[str] = set()
         self.streams: dict[str, StreamInfo] = {}
         self.channels: dict[int, tuple[ViewerSession, TrackSetup]] = {}
@@ -302,12 +331,17 @@ class ViewerConnection:
             raise Refused(reply.status.code or 500, reply.status.reason)
         return reply
 
-    def _base_url(self, name: str) -> str:
+    def _base_url(self, uri: str, name: str) -> str:
+        """The stream's URL as the app wrote it (a redirected app keeps ``camera-svc:554``)."""
+        parts = urlsplit(uri)
+        if parts.scheme in ("rtsp", "rtsps") and parts.netloc:
+            return f"{parts.scheme}://{parts.netloc}/{name}"
         host = self.local_host if ":" not in self.local_host else f"[{self.local_host}]"
         return f"rtsp://{host}:{self.local_port}/{name}"
 
     async def _stream(self, uri: str, name: str) -> tuple[StreamInfo, SessionDescription]:
-        reply = await self._reply(describe=pb.DescribeRequest(url=uri, viewer_host=self.peer_host))
+        reply = await self._reply(describe=pb.DescribeRequest(url=uri, viewer_host=self.peer_host,
+                                                              original_dst=self.original_dst))
         try:
             sdp = SessionDescription.parse(reply.describe.sdp)
         except SdpError as exc:
@@ -343,7 +377,7 @@ class ViewerConnection:
         if track is not None or not name:
             raise Refused(404, "DESCRIBE names a stream, not a track")
         _info, sdp = await self._stream(request.uri, name)
-        base = self._base_url(name)
+        base = self._base_url(request.uri, name)
         media = [m.with_control(f"track{i}").with_connection(None).with_port(0)
                  for i, m in enumerate(sdp.media)]
         addrtype = "IP6" if ":" in self.local_host else "IP4"
@@ -373,7 +407,7 @@ class ViewerConnection:
         spec = self._choose_transport(request, session)
         created = session is None
         if session is None:
-            session = ViewerSession(secrets.token_hex(8), info.stream_id, self._base_url(name), self,
+            session = ViewerSession(secrets.token_hex(8), info.stream_id, self._base_url(request.uri, name), self,
                                     last_seen=self.server.clock())
         setup = TrackSetup(track, spec)
         if spec.lower_transport == "TCP":
@@ -390,7 +424,7 @@ class ViewerConnection:
                                       rtcp_port=spec.client_port[1])
         try:
             reply = await self._reply(setup=pb.SetupRequest(
-                url=request.uri, stream_id=info.stream_id, track_index=track,
+                url=request.uri, original_dst=self.original_dst, stream_id=info.stream_id, track_index=track,
                 session_id=session.session_id, destination=destination, viewer_host=self.peer_host))
         except BaseException:
             if setup.bridge is not None:

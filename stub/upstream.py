@@ -27,7 +27,7 @@ from sdk.rtsp import (
 )
 from sdk.sdp import SessionDescription, resolve_control
 
-from .bridge import UdpPair
+from .bridge import UdpPair, UdpRelay
 from .rtsp_client import RtspClientConnection, RtspClientError
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ class UpstreamSession:
         self.public: frozenset[str] = frozenset()
         self.destinations: dict[int, pb.Endpoint] = {}
         self.bridges: dict[int, UdpPair] = {}
+        self.relays: dict[int, UdpRelay] = {}
         self.want_play = False
         self.closing = False
         self._supervisor: asyncio.Task[None] | None = None
@@ -165,9 +166,16 @@ class UpstreamSession:
                 self.bridges[index] = bridge
             bridge.set_peer(dest.host, dest.rtp_port, dest.rtcp_port)
             spec = TransportSpec(protocol="RTP/AVP/TCP", interleaved=(2 * index, 2 * index + 1))
+        elif dest.host in (self.conn.local_host, "") or self._same_host(dest.host):
+            spec = TransportSpec(client_port=(dest.rtp_port, dest.rtcp_port))
         else:
-            destination = dest.host if dest.host not in (self.conn.local_host, "") else None
-            spec = TransportSpec(client_port=(dest.rtp_port, dest.rtcp_port), destination=destination)
+            # The proxy is on another host (its node): servers send media only to
+            # the client's own address, so receive it here and relay it.
+            relay = self.relays.get(index)
+            if relay is None:
+                relay = await UdpRelay.open(self.conn.local_host, dest.host, dest.rtp_port, dest.rtcp_port)
+                self.relays[index] = relay
+            spec = TransportSpec(client_port=relay.ports)
         headers = {"Transport": str(spec)}
         if self.session_id:
             headers["Session"] = self.session_id
@@ -185,6 +193,11 @@ class UpstreamSession:
                 chosen = parse_transport(reply.headers.get("Transport") or "")
                 if chosen and chosen[0].lower_transport == "TCP":
                     raise RtspClientError("upstream answered a UDP SETUP with TCP", 461)
+
+    def _same_host(self, host: str) -> bool:
+        """Loopback addresses all reach this host (local mode binds the proxy to 127.0.0.1)."""
+        assert self.conn is not None
+        return host.startswith("127.") and self.conn.local_host.startswith("127.")
 
     async def _play(self) -> None:
         assert self.conn is not None
@@ -276,6 +289,9 @@ class UpstreamSession:
             for bridge in self.bridges.values():
                 bridge.close()
             self.bridges.clear()
+            for relay in self.relays.values():
+                relay.close()
+            self.relays.clear()
 
     def _emit(self, state: pb.UpstreamEvent.State.ValueType, detail: str = "") -> None:
         self.on_event(pb.UpstreamEvent(stream_id=self.stream_id, state=state, detail=detail))

@@ -1,0 +1,312 @@
+"""Resolve ``rtsp://<service>[.<namespace>]:<port>/<path>`` through the Kubernetes API.
+
+Service name or ClusterIP -> Service -> its EndpointSlices -> a ready endpoint:
+the pod, its IP and its node. Services and EndpointSlices are listed once and
+then *watched*, so resolving never waits on the API server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import re
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypedDict
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+
+from .resolver import NO_ASKER, Asker, NotFound, Route
+
+log = logging.getLogger(__name__)
+
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+# One watch event is one JSON line; an EndpointSlice holds at most 1000
+# endpoints (the API's own cap), a few hundred KiB. Lines past this are refused.
+MAX_EVENT_BYTES = 4 << 20
+_SEGMENT = re.compile(r"[^A-Za-z0-9._~-]+")
+
+
+class KubeError(Exception):
+    """The API server could not be reached or refused us; the message says how."""
+
+
+class ObjectMeta(TypedDict, total=False):
+    name: str
+    namespace: str
+    resourceVersion: str
+    labels: dict[str, str]
+
+
+class ServicePort(TypedDict, total=False):
+    name: str
+    port: int
+    targetPort: int | str
+    protocol: str
+
+
+class Service(TypedDict, total=False):
+    metadata: ObjectMeta
+    spec: dict[str, Any]
+
+
+class EndpointSlice(TypedDict, total=False):
+    metadata: ObjectMeta
+    addressType: str
+    endpoints: list[dict[str, Any]]
+    ports: list[dict[str, Any]]
+
+
+class KubeClient:
+    """The few calls msm makes: GET a list, and watch it."""
+
+    def __init__(self, server: str, *, token: str | None = None, ssl_context: ssl.SSLContext | None = None,
+                 token_file: Path | None = None) -> None:
+        self.server = server.rstrip("/")
+        self.token = token
+        self.token_file = token_file
+        self.ssl_context = ssl_context
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_environment(cls, kubeconfig: str | None = None) -> KubeClient:
+        """In-cluster service account, else the kubeconfig file (``--kubeconfig``/``KUBECONFIG``)."""
+        path = kubeconfig or os.environ.get("KUBECONFIG")
+        if not path and (SERVICE_ACCOUNT / "token").exists():
+            host = os.environ.get("KUBERNETES_SERVICE_HOST", "kubernetes.default.svc")
+            port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+            context = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT / "ca.crt"))
+            return cls(f"https://{host}:{port}", ssl_context=context, token_file=SERVICE_ACCOUNT / "token")
+        if not path:
+            raise KubeError("no kubeconfig: give --kubeconfig or KUBECONFIG, or run in a pod")
+        return cls.from_kubeconfig(path)
+
+    @classmethod
+    def from_kubeconfig(cls, path: str) -> KubeClient:
+        import base64
+        import tempfile
+
+        import yaml
+
+        try:
+            config = yaml.safe_load(Path(path).read_text())
+            current = config.get("current-context") or config["contexts"][0]["name"]
+            context = next(c["context"] for c in config["contexts"] if c["name"] == current)
+            cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
+            user = next((u["user"] for u in config.get("users") or [] if u["name"] == context.get("user")), {})
+        except (OSError, yaml.YAMLError, KeyError, IndexError, StopIteration, TypeError, AttributeError) as exc:
+            raise KubeError(f"cannot use kubeconfig {path}: {exc}") from exc
+        server = cluster["server"]
+        ssl_context = None
+        if server.startswith("https"):
+            ssl_context = ssl.create_default_context()
+            if cluster.get("insecure-skip-tls-verify"):
+                ssl_context.check_hostname = False
+                ssl_context.verify_mode = ssl.CERT_NONE
+            if cluster.get("certificate-authority"):
+                ssl_context.load_verify_locations(cafile=cluster["certificate-authority"])
+            if cluster.get("certificate-authority-data"):
+                ssl_context.load_verify_locations(
+                    cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+            cert, key = user.get("client-certificate"), user.get("client-key")
+            if user.get("client-certificate-data"):
+                # ssl can only load client certificates from files.
+                tmp = Path(tempfile.mkdtemp(prefix="msm-kube-"))
+                cert, key = str(tmp / "tls.crt"), str(tmp / "tls.key")
+                Path(cert).write_bytes(base64.b64decode(user["client-certificate-data"]))
+                Path(key).write_bytes(base64.b64decode(user["client-key-data"]))
+            if cert and key:
+                ssl_context.load_cert_chain(cert, key)
+        token_file = Path(user["tokenFile"]) if user.get("tokenFile") else None
+        return cls(server, token=user.get("token"), ssl_context=ssl_context, token_file=token_file)
+
+    def _headers(self) -> dict[str, str]:
+        token = self.token
+        if self.token_file is not None:
+            with contextlib.suppress(OSError):
+                token = self.token_file.read_text().strip()   # rotated by the kubelet
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self.ssl_context if self.ssl_context else False),
+                read_bufsize=1 << 16, max_line_size=MAX_EVENT_BYTES, max_field_size=8190)
+        return self._session
+
+    async def get(self, path: str) -> dict[str, Any]:
+        try:
+            async with self._client().get(self.server + path, headers=self._headers(),
+                                           timeout=aiohttp.ClientTimeout(total=10)) as response:
+                if response.status != 200:
+                    raise KubeError(f"GET {path}: HTTP {response.status} {(await response.text())[:200]}")
+                data = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
+            raise KubeError(f"GET {path}: {exc or type(exc).__name__}") from exc
+        if not isinstance(data, dict):
+            raise KubeError(f"GET {path}: not a JSON object")
+        return data
+
+    async def watch(self, path: str, resource_version: str) -> AsyncIterator[dict[str, Any]]:
+        sep = "&" if "?" in path else "?"
+        url = f"{self.server}{path}{sep}watch=1&allowWatchBookmarks=true&resourceVersion={quote(resource_version)}"
+        try:
+            async with self._client().get(url, headers=self._headers(),
+                                          timeout=aiohttp.ClientTimeout(total=None, sock_read=300)) as response:
+                if response.status != 200:
+                    raise KubeError(f"watch {path}: HTTP {response.status}")
+                while line := await response.content.readline():
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if isinstance(event, dict):
+                        yield event
+        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError, ValueError) as exc:
+            raise KubeError(f"watch {path}: {exc or type(exc).__name__}") from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def _key(obj: dict[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace", ""), meta.get("name", "")
+
+
+class _Cache:
+    """One resource kind, listed then watched; relists when the watch expires (410)."""
+
+    def __init__(self, client: KubeClient, path: str, on_change: Callable[[], None]) -> None:
+        self.client = client
+        self.path = path
+        self.on_change = on_change
+        self.items: dict[tuple[str, str], dict[str, Any]] = {}
+        self.synced = asyncio.Event()
+
+    async def run(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                listing = await self.client.get(self.path)
+                self.items = {_key(o): o for o in listing.get("items") or [] if isinstance(o, dict)}
+                self.on_change()
+                self.synced.set()
+                version = (listing.get("metadata") or {}).get("resourceVersion", "")
+                delay = 0.5
+                while True:
+                    async for event in self.client.watch(self.path, version):
+                        obj = event.get("object") or {}
+                        kind = event.get("type")
+                        if kind == "ERROR":
+                            raise KubeError(f"watch {self.path}: {obj.get('message', 'expired')}")
+                        version = (obj.get("metadata") or {}).get("resourceVersion", version)
+                        if kind in ("ADDED", "MODIFIED"):
+                            self.items[_key(obj)] = obj
+                        elif kind == "DELETED":
+                            self.items.pop(_key(obj), None)
+                        if kind != "BOOKMARK":
+                            self.on_change()
+            except KubeError as exc:
+                log.warning("kubernetes: %s; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+
+class KubernetesResolver:
+    def __init__(self, client: KubeClient) -> None:
+        self.client = client
+        self.services = _Cache(client, "/api/v1/services", self._reindex)
+        self.slices = _Cache(client, "/apis/discovery.k8s.io/v1/endpointslices", lambda: None)
+        self._by_ip: dict[str, tuple[str, str]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _reindex(self) -> None:
+        by_ip = {}
+        for key, svc in self.services.items.items():
+            spec = svc.get("spec") or {}
+            for ip in [spec.get("clusterIP"), *(spec.get("clusterIPs") or [])]:
+                if ip and ip != "None":
+                    by_ip[ip] = key
+        self._by_ip = by_ip
+
+    async def start(self, timeout: float = 10.0) -> None:
+        self._tasks = [asyncio.create_task(self.services.run(), name="k8s-services"),
+                       asyncio.create_task(self.slices.run(), name="k8s-endpointslices")]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(self.services.synced.wait(), self.slices.synced.wait()),
+                                   timeout)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.client.close()
+
+    def _service_for(self, host: str, asker: Asker) -> tuple[str, str] | None:
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(host)
+            return self._by_ip.get(host)
+        labels = host.split(".")
+        name = labels[0]
+        namespace = labels[1] if len(labels) > 1 and labels[1] != "svc" else (asker.namespace or "default")
+        key = (namespace, name)
+        return key if key in self.services.items else None
+
+    async def resolve(self, url: str, asker: Asker = NO_ASKER) -> Route:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or 554
+        key = self._service_for(host, asker)
+        if key is None and asker.original_dst:
+            ip, _, dst_port = asker.original_dst.rpartition(":")
+            key = self._by_ip.get(ip.strip("[]"))
+            port = int(dst_port) if dst_port.isdigit() else port
+        if key is None:
+            raise NotFound(f"no Kubernetes service for {host or asker.original_dst}")
+        namespace, name = key
+        svc = self.services.items[key]
+        ports: list[ServicePort] = (svc.get("spec") or {}).get("ports") or []
+        svc_port = next((p for p in ports if p.get("port") == port), ports[0] if len(ports) == 1 else None)
+        if svc_port is None:
+            raise NotFound(f"service {namespace}/{name} has no port {port}")
+        for endpoint, endpoint_port in self._endpoints(namespace, name, svc_port):
+            address = endpoint["addresses"][0]
+            target = endpoint.get("targetRef") or {}
+            path = parts.path or "/"
+            query = f"?{parts.query}" if parts.query else ""
+            host_part = f"[{address}]" if ":" in address else address
+            segments = [s for s in (_SEGMENT.sub("_", seg) for seg in path.split("/")) if s]
+            return Route(name="/".join([namespace, name, *segments]),
+                         url=f"{parts.scheme or 'rtsp'}://{host_part}:{endpoint_port}{path}{query}",
+                         node=endpoint.get("nodeName", ""), namespace=target.get("namespace", namespace),
+                         pod=target.get("name", "") if target.get("kind", "Pod") == "Pod" else "")
+        raise NotFound(f"service {namespace}/{name} has no ready endpoint")
+
+    def _endpoints(self, namespace: str, service: str,
+                   svc_port: ServicePort) -> Iterator[tuple[dict[str, Any], int]]:
+        target = svc_port.get("targetPort", svc_port.get("port"))
+        for (ns, _), slice_ in sorted(self.slices.items.items()):
+            labels = (slice_.get("metadata") or {}).get("labels") or {}
+            if ns != namespace or labels.get(SERVICE_NAME_LABEL) != service:
+                continue
+            slice_ports = slice_.get("ports") or []
+            match = next((p for p in slice_ports if p.get("name", "") == svc_port.get("name", "")), None)
+            if match is None and len(slice_ports) == 1:
+                match = slice_ports[0]
+            number = match.get("port") if match else (target if isinstance(target, int) else None)
+            if not isinstance(number, int):
+                continue
+            for endpoint in slice_.get("endpoints") or []:
+                if (endpoint.get("conditions") or {}).get("ready") is False or not endpoint.get("addresses"):
+                    continue
+                yield endpoint, number
