@@ -276,7 +276,7 @@ class KubernetesResolver:
         namespace, name = key
         svc = self.services.items[key]
         ports: list[ServicePort] = (svc.get("spec") or {}).get("ports") or []
-        svc_port = next((p for p in ports if p.get("port") == port), ports[0] if len(ports) == 1 else None)
+        svc_port = next((p for p in ports if p.get("port") == port), None)
         if svc_port is None:
             raise NotFound(f"service {namespace}/{name} has no port {port}")
         for endpoint, endpoint_port in self._endpoints(namespace, name, svc_port):

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import struct
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import ext
 from sdk.errors import RtcpError, RtpError
 from sdk.rtp import (
     Bye,
@@ -120,9 +122,7 @@ class Flow:
         self._rtp_targets: tuple[Leg, ...] = ()
         self._viewer_rtp: frozenset[Address] = frozenset()
         self._viewer_rtcp: dict[Address, Leg] = {}
-        # Statistics of the current upstream source.
-        self.ssrc: int | None = None
-        self.stats: ReceiverStats | None = None
+        self._init_rtp_path()
         self.packets_received = 0
         self.bytes_received = 0
         self.rtcp_received = 0
@@ -135,8 +135,6 @@ class Flow:
         self.socket_errors = 0
         self.source_changes = 0
         self.packets_forwarded = 0
-        self._lost_before = 0      # packets lost by earlier sources
-        self._expected_before = 0
         self.upstream_rtcp: Address | None = None
         self.last_sr: SenderReport | None = None
         self._last_sr_at = 0.0
@@ -146,6 +144,17 @@ class Flow:
         # The proxy's own SSRC, for the receiver reports it sends upstream.
         self.report_ssrc = (hash(flow_id) ^ id(self)) & _U32 or 1
         self.cname = f"msm-proxy/{flow_id}".encode()[:255]
+        # Bitrate over the last sampling period (see FlowTable.sample_rates).
+        self.bitrate_bps = 0.0
+        self._rate_mark = (clock(), 0)
+
+    def _init_rtp_path(self) -> None:
+        """State of the RTP path; the native engine keeps it in C instead (rtp_proxy.native)."""
+        # Statistics of the current upstream source.
+        self.ssrc: int | None = None
+        self.stats: ReceiverStats | None = None
+        self._lost_before = 0      # packets lost by earlier sources
+        self._expected_before = 0
         # Splicing: what viewers see stays continuous across source changes.
         self.out_ssrc: int | None = None
         self._seq_offset = 0
@@ -153,9 +162,6 @@ class Flow:
         self._last_out_seq: int | None = None
         self._last_out_ts = 0
         self._last_arrival = 0.0
-        # Bitrate over the last sampling period (see FlowTable.sample_rates).
-        self.bitrate_bps = 0.0
-        self._rate_mark = (clock(), 0)
 
     # -- legs ---------------------------------------------------------------
     def set_leg(self, leg: Leg) -> None:
@@ -423,16 +429,60 @@ def _bind_pair(host: str, low: int, high: int, start: int) -> tuple[socket.socke
     raise PortRangeExhausted(f"no free RTP/RTCP port pair in {low}-{high} on {host}")
 
 
+#: The data-path engines a FlowTable can run: "native" is the C engine in
+#: ``ext`` (the default where it is built), "python" the reference above.
+ENGINES = ("auto", "native", "python")
+_warned_fallback = False
+
+
+def choose_engine(requested: str = "auto") -> str:
+    """``"native"`` or ``"python"`` for a requested engine.
+
+    ``auto`` (the default) is native unless ``MSM_NO_NATIVE=1`` or the
+    extension is not built, which is logged once as a warning. Asking for
+    ``native`` where it cannot run raises :class:`ext.NativeUnavailable`.
+    """
+    global _warned_fallback
+    if requested not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {requested!r}")
+    if requested == "python":
+        return "python"
+    reason = ext.unavailable_reason()
+    if reason is None:
+        return "native"
+    if requested == "native":
+        raise ext.NativeUnavailable(reason)
+    if not _warned_fallback and os.environ.get("MSM_NO_NATIVE", "") in ("", "0"):
+        log.warning("native data plane unavailable: %s; using the pure-Python data path", reason)
+        _warned_fallback = True
+    return "python"
+
+
 class FlowTable:
-    """Every flow of one proxy, keyed by flow id."""
+    """Every flow of one proxy, keyed by flow id.
+
+    ``engine`` picks the data path once for the whole table (see
+    :func:`choose_engine`); everything above this class is the same either way.
+    """
 
     def __init__(self, *, host: str = "127.0.0.1", port_range: tuple[int, int] = (30000, 39999),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, engine: str = "auto") -> None:
         self.host = host
         self.port_range = port_range
         self.clock = clock
         self.flows: dict[str, Flow] = {}
         self._next = 0
+        self.engine = choose_engine(engine)
+        self._native: ext.Engine | None = None
+
+    @property
+    def engine_features(self) -> frozenset[str]:
+        """What the native engine uses here (``gso``, ``gro``, ``timestamps``); empty for Python."""
+        if self.engine != "native":
+            return frozenset()
+        if self._native is None:
+            self._native = ext.Engine()
+        return self._native.features
 
     async def add_flow(self, flow_id: str, *, clock_rate: int = 0, splice: bool = True,
                        labels: Mapping[str, str] | None = None, bind_host: str = "") -> Flow:
@@ -443,18 +493,46 @@ class FlowTable:
         low, high = self.port_range
         rtp_sock, rtcp_sock = _bind_pair(host, low, high, self._next)
         self._next = (rtp_sock.getsockname()[1] - ((low + 1) & ~1)) // 2 + 1
-        flow = Flow(flow_id, clock_rate=clock_rate, splice=splice, labels=labels, clock=self.clock)
+        ingress = (host, rtp_sock.getsockname()[1])
         loop = asyncio.get_running_loop()
-        rtp_t, _ = await loop.create_datagram_endpoint(
-            lambda: _Endpoint(flow.on_rtp, flow.on_socket_error), sock=rtp_sock)
-        rtcp_t, _ = await loop.create_datagram_endpoint(
-            lambda: _Endpoint(flow.on_rtcp, flow.on_socket_error), sock=rtcp_sock)
-        flow.rtp_transport = rtp_t
+        flow: Flow | None = None
+        try:
+            if self.engine == "native":
+                flow = self._native_flow(flow_id, rtp_sock, clock_rate=clock_rate, splice=splice, labels=labels)
+            else:
+                flow = Flow(flow_id, clock_rate=clock_rate, splice=splice, labels=labels, clock=self.clock)
+                rtp_t, _ = await loop.create_datagram_endpoint(
+                    lambda: _Endpoint(flow.on_rtp, flow.on_socket_error), sock=rtp_sock)
+                flow.rtp_transport = rtp_t
+            rtcp_t, _ = await loop.create_datagram_endpoint(
+                lambda: _Endpoint(flow.on_rtcp, flow.on_socket_error), sock=rtcp_sock)
+        except BaseException:
+            if flow is not None:
+                flow.close()
+            rtp_sock.close()
+            rtcp_sock.close()
+            raise
         flow.rtcp_transport = rtcp_t
-        flow.ingress = (host, rtp_sock.getsockname()[1])
+        flow.ingress = ingress
         self.flows[flow_id] = flow
-        log.info("flow %s: ingress %s:%d-%d", flow_id, host, flow.ingress[1], flow.ingress[1] + 1)
+        log.info("flow %s: ingress %s:%d-%d (%s)", flow_id, host, flow.ingress[1], flow.ingress[1] + 1, self.engine)
         return flow
+
+    def _native_flow(self, flow_id: str, rtp_sock: socket.socket, *, clock_rate: int, splice: bool,
+                     labels: Mapping[str, str] | None) -> Flow:
+        from .native import NativeFlow
+
+        if self._native is None:
+            self._native = ext.Engine()
+        family = rtp_sock.family
+        fd = rtp_sock.detach()   # the engine owns the RTP socket from here on
+        try:
+            handle = self._native.add_flow(fd, clock_rate=clock_rate, splice=splice)
+        except BaseException:
+            os.close(fd)
+            raise
+        return NativeFlow(flow_id, handle=handle, family=family, clock_rate=clock_rate, splice=splice,
+                          labels=labels, clock=self.clock)
 
     def remove_flow(self, flow_id: str) -> bool:
         flow = self.flows.pop(flow_id, None)
@@ -477,3 +555,6 @@ class FlowTable:
     def close(self) -> None:
         for flow_id in list(self.flows):
             self.remove_flow(flow_id)
+        if self._native is not None:
+            self._native.close()
+            self._native = None

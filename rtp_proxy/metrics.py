@@ -67,6 +67,10 @@ class ProxyCollector(Collector):
                       LEG_LABELS)
         flows = GaugeMetricFamily("msm_flows", "Flows on this proxy", labels=["node"])
         flows.add_metric([self.node], len(self.table.flows))
+        engine = GaugeMetricFamily("msm_dataplane_engine", "1 for the data path this proxy runs (native: the C "
+                                   "engine; python: the reference), with the kernel features it uses",
+                                   labels=["node", "engine", "features"])
+        engine.add_metric([self.node, self.table.engine, ",".join(sorted(self.table.engine_features))], 1.0)
 
         for flow in list(self.table.flows.values()):
             lab = flow.labels
@@ -106,7 +110,7 @@ class ProxyCollector(Collector):
                     v_jitter.add_metric(leg_base, leg.viewer_jitter_ms / 1000.0)
                 if leg.rtt_ms is not None:
                     v_rtt.add_metric(leg_base, leg.rtt_ms / 1000.0)
-        yield from (flows, received, octets, expected, lost, fraction, jitter, bitrate, reordered,
+        yield from (flows, engine, received, octets, expected, lost, fraction, jitter, bitrate, reordered,
                     duplicates, dropped, rtcp, rtcp_errors, byes, collisions, changes, sent, sent_bytes, leg_dropped,
                     enabled, v_reports, v_fraction, v_lost, v_jitter, v_rtt)
 

@@ -196,7 +196,7 @@ class RtpProxy:
     def __init__(self, *, node: str = "local", media_host: str = "127.0.0.1",
                  grpc_listen: str = "127.0.0.1:9001", control_address: str | None = None,
                  port_range: tuple[int, int] = (30000, 39999), metrics_listen: str | None = None,
-                 advertise: str = "") -> None:
+                 advertise: str = "", engine: str = "auto") -> None:
         self.node = node
         self.advertise = advertise
         self.metrics_listen = metrics_listen
@@ -204,7 +204,7 @@ class RtpProxy:
         self.media_host = media_host
         self.grpc_listen = grpc_listen
         self.control_address = control_address
-        self.table = FlowTable(host=media_host, port_range=port_range)
+        self.table = FlowTable(host=media_host, port_range=port_range, engine=engine)  # native or python
         self.service = DataPlaneService(self.table, node)
         self.server: grpc.aio.Server | None = None
         self.address = ""

@@ -14,6 +14,7 @@ APT_PACKAGES=(
   gstreamer1.0-libav                         # avdec_h264 for rtspsrc viewers in the tests
   iproute2 nftables
   tshark                                     # independent RTP jitter/loss reference in the accuracy tests
+  containernetworking-plugins openssl        # real CNI plugins (bridge, host-local) and test certificates
   chromium fonts-liberation                  # headless browser test of the live page
 )
 

@@ -175,17 +175,20 @@ class GstRtspServer:
     Use either ``srv = await GstRtspServer.start(...)`` (then ``await srv.stop()``)
     or ``async with GstRtspServer(...) as srv:``. ``clients``, ``max_sessions`` and
     ``events`` accumulate over restarts; ``sessions`` is the current server's count.
+    ``prefix`` goes before the command, e.g. ``["ip", "netns", "exec", "pod-ns"]`` to run
+    the server in a network namespace (``url`` still says 127.0.0.1: reach it from there).
     """
 
     def __init__(self, port: int = 0, path: str = "/test", audio: bool = True, *,
                  shared: bool = True, bind: str = "127.0.0.1",
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), prefix: Sequence[str] = ()) -> None:
         self.requested_port = port
         self.path = path if path.startswith("/") else "/" + path
         self.audio = audio
         self.shared = shared
         self.bind = bind
         self.extra_args = tuple(extra_args)
+        self.prefix = tuple(prefix)
 
         self.port: int = 0
         self.clients: list[str] = []
@@ -301,7 +304,7 @@ class GstRtspServer:
     # internals
 
     def _command(self, port: int) -> list[str]:
-        cmd = [SYSTEM_PYTHON, "-u", str(GST_SOURCE), "--port", str(port),
+        cmd = [*self.prefix, SYSTEM_PYTHON, "-u", str(GST_SOURCE), "--port", str(port),
                "--bind", self.bind, "--path", self.path]
         if not self.audio:
             cmd.append("--no-audio")
@@ -378,8 +381,8 @@ class ViewerResult:
 
 
 def _viewer_command(url: str, transport: str, frames: int | None,
-                    extra_args: Sequence[str], interactive: bool) -> list[str]:
-    cmd = ["ffmpeg", "-hide_banner", "-nostats", "-loglevel", "info",
+                    extra_args: Sequence[str], interactive: bool, prefix: Sequence[str] = ()) -> list[str]:
+    cmd = [*prefix, "ffmpeg", "-hide_banner", "-nostats", "-loglevel", "info",
            "-progress", "pipe:1", "-stats_period", "0.5"]
     if not interactive:
         cmd.append("-nostdin")
@@ -399,14 +402,17 @@ class FfmpegViewer:
     reliably makes ffmpeg 5.x send RTSP TEARDOWN (after SIGTERM it often skips
     it). While the input is stalled ffmpeg does not look at stdin, so ``stop``
     falls back to SIGTERM and then SIGKILL. :meth:`kill` is a crash: no TEARDOWN.
+    ``prefix`` goes before the command (``["ip", "netns", "exec", "pod-ns"]``: a viewer
+    in a network namespace; the prefix must exec ffmpeg so signals reach it).
     """
 
     def __init__(self, url: str, *, transport: str = "udp", frames: int | None = None,
-                 extra_args: Sequence[str] = (), interactive: bool = True) -> None:
+                 extra_args: Sequence[str] = (), interactive: bool = True,
+                 prefix: Sequence[str] = ()) -> None:
         self.url = url
         self.transport = transport
         self.interactive = interactive
-        self.cmd = _viewer_command(url, transport, frames, extra_args, interactive)
+        self.cmd = _viewer_command(url, transport, frames, extra_args, interactive, prefix)
         self.frames = 0
         self.last_advance = 0.0
         self.started_at = 0.0
@@ -418,9 +424,9 @@ class FfmpegViewer:
 
     @classmethod
     async def start(cls, url: str, *, transport: str = "udp",
-                    extra_args: Sequence[str] = (), frames: int | None = None
-                    ) -> FfmpegViewer:
-        viewer = cls(url, transport=transport, frames=frames, extra_args=extra_args)
+                    extra_args: Sequence[str] = (), frames: int | None = None,
+                    prefix: Sequence[str] = ()) -> FfmpegViewer:
+        viewer = cls(url, transport=transport, frames=frames, extra_args=extra_args, prefix=prefix)
         await viewer._spawn()
         return viewer
 
@@ -543,14 +549,15 @@ class FfmpegViewer:
 
 
 async def ffmpeg_frames(url: str, *, transport: str = "udp", frames: int = 50,
-                        timeout: float = 40, extra_args: Sequence[str] = ()) -> ViewerResult:  # noqa: ASYNC109
+                        timeout: float = 40, extra_args: Sequence[str] = (),  # noqa: ASYNC109
+                        prefix: Sequence[str] = ()) -> ViewerResult:
     """Decode ``frames`` video frames from ``url`` with ffmpeg and report the outcome.
 
     On timeout ffmpeg is killed and the frames decoded so far are returned with
     ``timed_out=True``.
     """
     viewer = FfmpegViewer(url, transport=transport, frames=frames, extra_args=extra_args,
-                          interactive=False)
+                          interactive=False, prefix=prefix)
     await viewer._spawn()
     timed_out = False
     try:
@@ -565,11 +572,11 @@ async def ffmpeg_frames(url: str, *, transport: str = "udp", frames: int = 50,
     return result
 
 
-async def ffprobe_streams(url: str, transport: str = "tcp",
-                          timeout: float = 20) -> list[dict[str, Any]]:  # noqa: ASYNC109
+async def ffprobe_streams(url: str, transport: str = "tcp", timeout: float = 20,  # noqa: ASYNC109
+                          prefix: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The ``streams`` list ffprobe reports for ``url``; raises on failure."""
     proc = await asyncio.create_subprocess_exec(
-        "ffprobe", "-v", "error", "-rtsp_transport", transport,
+        *prefix, "ffprobe", "-v", "error", "-rtsp_transport", transport,
         "-show_streams", "-of", "json", url,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+import ext
 from rtp_proxy.flows import Flow, FlowTable
 from tests.impair import Impairment, ImpairmentSchedule, ImpairRelay
 from tests.rtp_source import RtpSource
@@ -95,9 +96,12 @@ class Run:
         return count
 
 
-@pytest.fixture
-async def flow():
-    table = FlowTable(host="127.0.0.1", port_range=(43000, 43999))
+@pytest.fixture(params=["python", "native"])
+async def flow(request: pytest.FixtureRequest):
+    """A proxy flow on each data-path engine: the same accuracy is required of both."""
+    if request.param == "native" and (reason := ext.unavailable_reason()):
+        pytest.skip(f"native engine: {reason}")
+    table = FlowTable(host="127.0.0.1", port_range=(43000, 43999), engine=request.param)
     flow = await table.add_flow("accuracy/0", clock_rate=CLOCK_RATE)
     yield flow
     table.close()

@@ -1,13 +1,19 @@
-"""The proxy's pure-Python data path, over real UDP sockets on loopback."""
+"""The proxy's data path over real UDP sockets on loopback, on both engines.
+
+Every test that takes ``table`` runs twice: on the pure-Python reference and
+on the native engine (``ext``), which must behave the same.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 
 import pytest
 
+import ext
 from rtp_proxy.flows import FlowTable, Leg, PortRangeExhausted, _bind_pair
 
 pytestmark = pytest.mark.timeout(30)
@@ -48,9 +54,19 @@ async def settle() -> None:
     await asyncio.sleep(0.05)
 
 
-@pytest.fixture
-async def table():
-    t = FlowTable(host="127.0.0.1", port_range=(41000, 41999))
+ENGINES = ["python", "native"]
+
+
+def require_engine(engine: str) -> None:
+    if engine == "native" and (reason := ext.unavailable_reason()):
+        pytest.skip(f"native engine: {reason}")
+
+
+@pytest.fixture(params=ENGINES)
+async def table(request: pytest.FixtureRequest):
+    require_engine(request.param)
+    t = FlowTable(host="127.0.0.1", port_range=(41000, 41999), engine=request.param)
+    assert t.engine == request.param
     yield t
     t.close()
 
@@ -227,4 +243,27 @@ async def test_viewer_reports_give_loss_jitter_rtt_and_collisions_are_counted(ta
     assert flow.ssrc_collisions == 1
     for s in (a, b):
         s.close()
+    src.close()
+
+
+async def test_ipv6_flow_forwards_and_drops_viewer_packets(table: FlowTable) -> None:
+    try:
+        rx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        rx.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback: {exc}")
+    rx.setblocking(False)
+    flow = await table.add_flow("s/6", clock_rate=90000, bind_host="::1")
+    flow.set_leg(Leg("v", ("::1", rx.getsockname()[1]), ("::1", 9), enabled=True))
+    src = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    for seq in range(10):
+        src.sendto(rtp(seq, seq * 3000, 0x66), ("::1", flow.ingress[1]))
+    rx.sendto(rtp(0, 0, 0xBEEF, b""), ("::1", flow.ingress[1]))     # a viewer's punch packet
+    await settle()
+    got = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            got.append(rx.recv(2048))
+    assert len(got) == 10 and flow.packets_received == 10 and flow.dropped_from_viewers == 1
+    rx.close()
     src.close()

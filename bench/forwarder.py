@@ -1,0 +1,100 @@
+"""The proxy under test as a process: ``python -m bench.forwarder CONFIG_JSON``.
+
+A real :class:`rtp_proxy.flows.FlowTable` (the proxy's data plane, the one
+``msm up`` runs) with one flow per stream and the given legs, on the chosen
+engine. Prints ``{"ingress": [...], "engine": ..., "features": [...]}``, then
+answers ``stats`` lines on stdin with the flows' counters until ``quit`` or EOF.
+With ``churn`` it keeps adding, enabling and removing an extra leg on every
+flow, as the control plane does while viewers come and go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from typing import Any
+
+from rtp_proxy.flows import FlowTable, Leg
+
+PORT_RANGE = (20000, 29999)
+CHURN_INTERVAL = 0.05   # seconds between leg changes on each flow (20 changes/s/flow)
+
+
+def totals(table: FlowTable) -> dict[str, Any]:
+    out = {"received": 0, "forwarded": 0, "dropped_invalid": 0, "dropped_from_viewers": 0,
+           "dropped_backlog": 0, "send_errors": 0, "sent": 0, "lost": 0, "batches": 0}
+    for flow in table.flows.values():
+        counters = getattr(flow, "engine_counters", None)
+        if counters is not None:
+            out["batches"] += counters()["batches"]
+        out["received"] += flow.packets_received
+        out["forwarded"] += flow.packets_forwarded
+        out["dropped_invalid"] += flow.dropped_invalid
+        out["dropped_from_viewers"] += flow.dropped_from_viewers
+        out["dropped_backlog"] += flow.dropped_backlog
+        out["lost"] += flow.packets_lost
+        for leg in flow.legs.values():
+            out["sent"] += leg.packets_sent
+            out["send_errors"] += leg.send_errors
+    return out
+
+
+async def churn(table: FlowTable, sink_port: int) -> None:
+    n = 0
+    while True:
+        await asyncio.sleep(CHURN_INTERVAL)
+        for flow in list(table.flows.values()):
+            leg_id = "churn"
+            if leg_id in flow.legs:
+                flow.remove_leg(leg_id)
+            else:
+                flow.set_leg(Leg(leg_id, ("127.0.0.1", sink_port), ("127.0.0.1", sink_port + 1), enabled=False))
+                flow.enable_leg(leg_id, n % 2 == 0)
+        n += 1
+
+
+async def serve(cfg: dict[str, Any]) -> None:
+    table = FlowTable(host="127.0.0.1", port_range=PORT_RANGE, engine=cfg.get("engine", "auto"))
+    ingress = []
+    for i, legs in enumerate(cfg["flows"]):
+        flow = await table.add_flow(f"bench/{i}", clock_rate=90000, labels={"stream": f"bench{i}"})
+        for j, port in enumerate(legs):
+            flow.set_leg(Leg(f"v{j}", ("127.0.0.1", int(port)), ("127.0.0.1", int(port) + 1), enabled=True))
+        ingress.append(flow.ingress[1])
+    tasks = []
+    if cfg.get("churn"):
+        tasks.append(asyncio.create_task(churn(table, int(cfg["churn"]))))
+    print(json.dumps({"ingress": ingress, "engine": table.engine, "features": sorted(table.engine_features)}),
+          flush=True)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    try:
+        while True:
+            line = (await reader.readline()).decode().strip()
+            if not line or line == "quit":
+                break
+            if line == "stats":
+                table.tick()
+                print(json.dumps(totals(table)), flush=True)
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        table.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m bench.forwarder CONFIG_JSON", file=sys.stderr)
+        return 2
+    asyncio.run(serve(json.loads(args[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

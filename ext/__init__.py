@@ -1,0 +1,267 @@
+"""The native engine's seam: thin Python handles over ``ext._engine`` (C, cffi API mode).
+
+The engine is optional. :func:`load` either returns the compiled module or
+raises :class:`NativeUnavailable` saying why (not built because no compiler
+was found at install time, ``MSM_NO_NATIVE=1``, not Linux...); callers fall
+back to their pure-Python reference. Nothing here knows about RTSP, flows'
+labels or gRPC: it moves and measures RTP datagrams between file descriptors
+and addresses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import threading
+import weakref
+from types import ModuleType
+from typing import Any
+
+__all__ = ["Engine", "FlowHandle", "LegHandle", "NativeUnavailable", "available", "load", "unavailable_reason"]
+
+FEATURE_GSO = 1
+FEATURE_GRO = 2
+FEATURE_TIMESTAMPS = 4
+_FEATURE_NAMES = {FEATURE_GSO: "gso", FEATURE_GRO: "gro", FEATURE_TIMESTAMPS: "timestamps"}
+
+#: How long closing a flow waits for the engine thread to let go of it. The
+#: thread reaches its quiescent point within one batch (microseconds); this
+#: bound only matters if the thread is wedged, and then the flow is leaked
+#: rather than freed under its feet.
+CLOSE_TIMEOUT_MS = 2000
+
+
+#: The engine's interrupt moderation window (see msm_engine_set_coalesce),
+#: off by default: measured on a 2-vCPU VM, a timed sleep costs about what the
+#: wakeups it saves cost, and it adds its window to the latency.
+#: MSM_ENGINE_COALESCE_US turns it on (e.g. 50 for hosts with cheap timers).
+DEFAULT_COALESCE_US = 0
+
+
+class NativeUnavailable(RuntimeError):
+    """The C engine cannot be used here; the message says why."""
+
+
+_module: ModuleType | None = None
+_error: str | None = None
+_lock = threading.Lock()
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def load() -> ModuleType:
+    """The compiled ``ext._engine`` module, or :class:`NativeUnavailable`."""
+    global _module, _error
+    if _flag("MSM_NO_NATIVE"):
+        raise NativeUnavailable("disabled by MSM_NO_NATIVE=1")
+    with _lock:
+        if _module is None and _error is None:
+            try:
+                from ext import _engine  # type: ignore[attr-defined]
+            except ImportError as exc:
+                _error = (f"ext._engine is not built ({exc}); reinstall with a C compiler "
+                          "(pip install -e .) or run python ext/build.py")
+            else:
+                _module = _engine
+    if _module is None:
+        raise NativeUnavailable(_error or "unknown")
+    return _module
+
+
+def unavailable_reason() -> str | None:
+    try:
+        load()
+    except NativeUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def available() -> bool:
+    return unavailable_reason() is None
+
+
+class Engine:
+    """One engine thread serving many flows. ``close()`` stops it (also on GC)."""
+
+    def __init__(self, *, gso: bool | None = None, gro: bool | None = None, timestamps: bool = True,
+                 coalesce_us: int | None = None) -> None:
+        mod = load()
+        self.ffi: Any = mod.ffi
+        self.lib: Any = mod.lib
+        if gso is None:
+            gso = not _flag("MSM_NO_GSO")
+        if gro is None:
+            gro = not _flag("MSM_NO_GRO")
+        want = (FEATURE_GSO if gso else 0) | (FEATURE_GRO if gro else 0) | (FEATURE_TIMESTAMPS if timestamps else 0)
+        err = self.ffi.new("char[256]")
+        ptr = self.lib.msm_engine_new(want, err, 256)
+        if ptr == self.ffi.NULL:
+            raise NativeUnavailable(f"engine did not start: {self.ffi.string(err).decode(errors='replace')}")
+        # Shared with the finalizer (which must not hold self): once it ran,
+        # every handle of this engine sees it closed and touches no C memory.
+        self._state: dict[str, Any] = {"ptr": ptr}
+        self._finalizer = weakref.finalize(self, _free_engine, self.lib, self._state)
+        if coalesce_us is None:
+            coalesce_us = int(os.environ.get("MSM_ENGINE_COALESCE_US", DEFAULT_COALESCE_US))
+        self.lib.msm_engine_set_coalesce(ptr, max(0, coalesce_us))
+
+    @property
+    def ptr(self) -> Any:
+        ptr = self._state["ptr"]
+        if ptr is None:
+            raise RuntimeError("engine is closed")
+        return ptr
+
+    @property
+    def closed(self) -> bool:
+        return self._state["ptr"] is None
+
+    @property
+    def features(self) -> frozenset[str]:
+        bits = self.lib.msm_engine_features(self.ptr)
+        return frozenset(name for bit, name in _FEATURE_NAMES.items() if bits & bit)
+
+    def info(self) -> dict[str, int]:
+        out = self.ffi.new("msm_engine_info *")
+        self.lib.msm_engine_info_get(self.ptr, out)
+        return {name: int(getattr(out, name))
+                for name in ("loops", "events", "reclaimed", "coalesced", "features", "flows")}
+
+    def add_flow(self, fd: int, *, clock_rate: int = 0, splice: bool = True) -> FlowHandle:
+        """Serve ``fd`` (a bound non-blocking UDP socket); the engine owns it from now on."""
+        ptr = self.lib.msm_flow_new(self.ptr, fd, clock_rate & 0xFFFFFFFF, 1 if splice else 0)
+        if ptr == self.ffi.NULL:
+            errno = self.ffi.errno
+            raise OSError(errno, f"engine cannot serve the socket: {os.strerror(errno)}")
+        return FlowHandle(self, ptr)
+
+    def leg(self, host: str, port: int, family: int) -> LegHandle:
+        return LegHandle(self, host, port, family)
+
+    def close(self) -> None:
+        """Stop the thread and free everything still attached (idempotent)."""
+        self._finalizer()
+
+
+def _free_engine(lib: Any, state: dict[str, Any]) -> None:
+    ptr, state["ptr"] = state["ptr"], None
+    if ptr is not None:
+        lib.msm_engine_free(ptr)
+
+
+def _resolve(host: str, port: int, family: int) -> tuple[int, bytes, int]:
+    """``(family, packed address, scope id)`` of a destination; family 0 if it does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM, 0, socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        try:  # a name: resolved once here, never per packet
+            infos = socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)
+        except (socket.gaierror, UnicodeError):
+            return 0, b"", 0
+    for fam, _type, _proto, _name, sockaddr in infos:
+        if fam == socket.AF_INET:
+            return fam, ipaddress.IPv4Address(sockaddr[0]).packed, 0
+        if fam == socket.AF_INET6:
+            return fam, ipaddress.IPv6Address(sockaddr[0].split("%")[0]).packed, int(sockaddr[3])
+    return 0, b"", 0
+
+
+_LEG_FIELDS = ("packets_sent", "bytes_sent", "send_errors", "dropped_backlog", "gso_sends")
+
+
+class LegHandle:
+    """A destination the engine can send to, with its counters."""
+
+    def __init__(self, engine: Engine, host: str, port: int, family: int) -> None:
+        self.engine = engine
+        fam, packed, scope = _resolve(host, port, family)
+        self.resolved = fam != 0
+        ptr = engine.lib.msm_leg_new(fam, packed or engine.ffi.NULL, port & 0xFFFF, scope)
+        if ptr == engine.ffi.NULL:
+            raise MemoryError("msm_leg_new")
+        self.ptr: Any = ptr
+        self._out = engine.ffi.new("msm_leg_stats *")
+        self._final: dict[str, int] | None = None
+
+    def stats(self) -> dict[str, int]:
+        if self._final is not None:
+            return self._final
+        if self.engine.closed:   # freed with its engine: nothing more was or will be counted
+            self._final = {name: 0 for name in (*_LEG_FIELDS, "gso_disabled")}
+            return self._final
+        self.engine.lib.msm_leg_stats_get(self.ptr, self._out)
+        return {name: int(getattr(self._out, name)) for name in (*_LEG_FIELDS, "gso_disabled")}
+
+    def counter(self, name: str) -> int:
+        if self._final is not None or self.engine.closed:
+            return self.stats()[name]
+        self.engine.lib.msm_leg_stats_get(self.ptr, self._out)
+        return int(getattr(self._out, name))
+
+    def retire(self, *, wait: bool = False) -> None:
+        """Free the C leg (once no published leg set holds it); the counters freeze.
+
+        Without ``wait`` the event loop is never held up: the counters are read
+        now (a packet or two still in flight to the leg may go uncounted) and
+        the engine frees the leg at its next quiescent point.
+        """
+        if self._final is not None:
+            return
+        if self.engine.closed:
+            self._final = {name: 0 for name in (*_LEG_FIELDS, "gso_disabled")}
+        else:
+            self.engine.lib.msm_leg_free(self.engine.ptr, self.ptr, CLOSE_TIMEOUT_MS if wait else 0, self._out)
+            self._final = {name: int(getattr(self._out, name)) for name in (*_LEG_FIELDS, "gso_disabled")}
+        self.ptr = None
+
+
+class FlowHandle:
+    """One ingress socket served by the engine."""
+
+    def __init__(self, engine: Engine, ptr: Any) -> None:
+        self.engine = engine
+        self.ptr: Any = ptr
+        self._out: Any = engine.ffi.new("msm_flow_stats *")
+        self._final: Any = None
+
+    def stats(self) -> Any:
+        """A ``msm_flow_stats`` snapshot (one consistent batch boundary); reused between calls."""
+        if self._final is not None:
+            return self._final
+        if self.engine.closed:
+            self._final = self._out   # the last snapshot read stands
+            return self._final
+        self.engine.lib.msm_flow_stats_get(self.ptr, self._out)
+        return self._out
+
+    def set_legs(self, legs: list[LegHandle], enabled: list[bool]) -> None:
+        if self._final is not None or self.engine.closed:
+            return
+        ffi = self.engine.ffi
+        ptrs = ffi.new("msm_leg *[]", [leg.ptr for leg in legs] or 1)
+        flags = ffi.new("uint8_t[]", [1 if on else 0 for on in enabled] or 1)
+        if self.engine.lib.msm_flow_set_legs(self.engine.ptr, self.ptr, ptrs, flags, len(legs)) != 0:
+            raise MemoryError("msm_flow_set_legs")
+
+    def close(self) -> None:
+        """Stop serving and free the flow; its socket is closed and its counters freeze."""
+        if self._final is not None:
+            return
+        if self.engine.closed:
+            self._final = self._out
+        else:
+            final = self.engine.ffi.new("msm_flow_stats *")
+            self.engine.lib.msm_flow_close(self.engine.ptr, self.ptr, CLOSE_TIMEOUT_MS, final)
+            self._final = final
+        self.ptr = None
+
+
+def rtpstats(clock_rate: int, min_sequential: int = 1) -> tuple[Any, Any]:
+    """``(lib, msm_rtpstats *)``: the engine's RFC 3550 statistics on their own, for tests."""
+    mod = load()
+    stats = mod.ffi.new("msm_rtpstats *")
+    mod.lib.msm_rtpstats_init(stats, clock_rate, min_sequential)
+    return mod.lib, stats

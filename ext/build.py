@@ -1,0 +1,57 @@
+"""cffi (API mode) builder of ``ext._engine``, the native data plane.
+
+setup.py names ``ffibuilder`` in ``cffi_modules``, so pip compiles the engine at
+install time; ``python ext/build.py`` rebuilds it in place for development.
+The declarations are engine.h itself, minus its preprocessor lines.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+
+
+def _cdef(header: str) -> str:
+    keep = []
+    for line in header.splitlines():
+        if line.startswith("#") and not re.match(r"#define MSM_FEATURE_\w+ \d+", line):
+            continue
+        keep.append(re.sub(r"/\*.*?\*/", "", line) if line.startswith("#define") else line)
+    return "\n".join(keep)
+
+
+def _rel(path: Path) -> str:
+    # setuptools wants source paths relative to the project (setup.py's directory).
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(_cdef((HERE / "engine.h").read_text()))
+ffibuilder.set_source(
+    "ext._engine",
+    '#include "engine.h"',
+    sources=[_rel(HERE / "engine.c")],
+    include_dirs=[_rel(HERE)],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-parameter"],
+    libraries=["pthread"],
+    # A build failure (no compiler, no Python headers, not Linux) skips the
+    # extension instead of failing the install: the proxy then runs the
+    # pure-Python data path and says so in its log.
+    optional=True,
+    # The same file name (.abi3.so) whether pip or `python build.py` builds it,
+    # so a development build never shadows an installed one or the reverse.
+    py_limited_api=True,
+)
+
+if __name__ == "__main__":
+    os.chdir(HERE.parent)
+    ffibuilder.compile(verbose="-v" in sys.argv)

@@ -1,0 +1,130 @@
+"""``msm bench``: the data plane's benchmark (the harness is in ``bench/``).
+
+Registered in ``msm.cli`` with :func:`add_parser`; also runnable on its own as
+``python -m msm.bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+SMOKE_DURATION = 0.3   # seconds per run in --smoke: enough for thousands of packets, a few seconds in all
+SMOKE_STREAMS = 50     # the "many streams" case in --smoke (1000 in a full run)
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``bench`` subcommand to an ``add_subparsers()`` object."""
+    p = sub.add_parser(
+        "bench", help="benchmark the RTP data plane against the machine's limit and GStreamer",
+        description="On loopback, with 1316-byte RTP packets: the machine's limit (a C sender to a C "
+        "receiver, recvmmsg/sendmmsg and UDP GSO), the proxy's native and pure-Python engines, and "
+        "GStreamer (udpsrc ! udpsink / multiudpsink); cases 1:1, 1:10, 1:100 fan-out and 1000 low-rate "
+        "streams. Prints a table and the targets; --json and --plot write the results.")
+    configure(p)
+    return p
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--smoke", action="store_true",
+                   help=f"a quick sanity run (about 10 s: {SMOKE_DURATION:g} s per run, fewer cases); "
+                   "checks that it works and the numbers are sane, not that targets are met")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="seconds per run (default 2)")
+    p.add_argument("--cases", metavar="LIST", help="comma-separated: 1:1,1:10,1:100,1000x1 (default all)")
+    p.add_argument("--subjects", metavar="LIST", help="comma-separated: native,python,gstreamer (default all)")
+    p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
+                   help="after the runs, forward 1:1 at half load through the native proxy this long with "
+                   "legs churning, sampling its memory (600 for the 10-minute soak)")
+    p.add_argument("--nice", type=int, default=-10, metavar="N",
+                   help="run every process of the benchmark at this nice level where permitted (default -10; "
+                   "0 to leave priorities alone)")
+    p.add_argument("--json", metavar="FILE", help="write every number to FILE")
+    p.add_argument("--plot", metavar="FILE", help="write a PNG plot (default: next to --json, .png)")
+    p.set_defaults(func=run)
+
+
+def _sane(report: dict[str, Any]) -> list[str]:
+    """What makes a result nonsense (not slow: wrong). A smoke run fails on any of these."""
+    problems = []
+    for r in report["results"]:
+        where = f"{r['case']}/{r['subject']}/{r['load']}"
+        for key in ("pps", "gbps", "loss"):
+            value = r[key]
+            if not isinstance(value, int | float) or math.isnan(value) or value < 0:
+                problems.append(f"{where}: {key} is {value!r}")
+        if not 0.0 <= r["loss"] <= 1.0:
+            problems.append(f"{where}: loss {r['loss']} outside 0..1")
+        if r["delivered"] > r["expected"] * 1.001 + 10:
+            problems.append(f"{where}: delivered {r['delivered']} > expected {r['expected']}")
+        if r["subject"] in ("limit", "direct", "native") and r["delivered"] == 0:
+            problems.append(f"{where}: nothing arrived")
+    if not report["results"]:
+        problems.append("no results")
+    return problems
+
+
+def run(opts: argparse.Namespace) -> int:
+    from bench import harness, report
+
+    settings = harness.Settings()
+    if opts.smoke:
+        settings.smoke = True
+        settings.duration = SMOKE_DURATION
+        settings.cases = ("1:1", "1:10", "1000x1")
+        settings.streams = SMOKE_STREAMS
+    if opts.duration:
+        settings.duration = opts.duration
+    if opts.cases:
+        cases = tuple(c.strip() for c in opts.cases.split(",") if c.strip())
+        unknown = [c for c in cases if c not in harness.CASES]
+        if unknown:
+            print(f"msm bench: unknown case {', '.join(unknown)} (have {', '.join(harness.CASES)})", file=sys.stderr)
+            return 2
+        settings.cases = cases
+    if opts.subjects:
+        subjects = tuple(s.strip() for s in opts.subjects.split(",") if s.strip())
+        unknown = [s for s in subjects if s not in ("native", "python", "gstreamer")]
+        if unknown:
+            print(f"msm bench: unknown subject {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        settings.subjects = subjects
+    settings.soak = opts.soak or 0.0
+    settings.nice = opts.nice
+    try:
+        result = harness.Bench(settings, echo=lambda line: print(line, flush=True)).run()
+    except RuntimeError as exc:
+        print(f"msm bench: {exc}", file=sys.stderr)
+        return 1
+    print()
+    print(report.table(result))
+    print()
+    print(report.targets_text(result))
+    if result["skipped"]:
+        print("\nnot measured: " + "; ".join(f"{k}: {v}" for k, v in result["skipped"].items()))
+    if opts.json:
+        Path(opts.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwrote {opts.json}")
+    plot_path = opts.plot or (str(Path(opts.json).with_suffix(".png")) if opts.json else None)
+    if plot_path:
+        how = report.plot(result, Path(plot_path))
+        print(f"wrote {plot_path} ({how})")
+    problems = _sane(result)
+    if problems:
+        print("msm bench: results are not sane:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="msm bench")
+    configure(parser)
+    opts = parser.parse_args(argv)
+    return int(opts.func(opts))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,243 @@
+"""A stand-in for the Kubernetes API server, serving recorded JSON.
+
+No API server can run on these machines, so tests that need one get this:
+list and watch for Services and EndpointSlices, GET for Pods, bearer-token
+auth, resource versions, and watch events pushed when a test changes an
+object. Objects come from the hand-written fixtures in ``tests/data/k8s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+DATA = Path(__file__).parent / "data" / "k8s"
+
+RESOURCES = {
+    "services": ("/api/v1/services", "ServiceList", "v1"),
+    "endpointslices": ("/apis/discovery.k8s.io/v1/endpointslices", "EndpointSliceList", "discovery.k8s.io/v1"),
+    "pods": ("/api/v1/pods", "PodList", "v1"),
+}
+
+
+def load(name: str) -> Any:
+    return json.loads((DATA / name).read_text())
+
+
+class FakeKube:
+    def __init__(self, token: str = "test-token") -> None:
+        self.token = token
+        self.version = 2000
+        self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {kind: {} for kind in RESOURCES}
+        self.watchers: dict[str, list[asyncio.Queue[dict[str, Any]]]] = {kind: [] for kind in RESOURCES}
+        self.requests: list[str] = []
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    def add_list(self, kind: str, listing: dict[str, Any]) -> None:
+        for item in listing["items"]:
+            self.put(kind, item, notify=False)
+
+    def put(self, kind: str, obj: dict[str, Any], *, notify: bool = True) -> None:
+        obj = copy.deepcopy(obj)
+        self.version += 1
+        obj.setdefault("metadata", {})["resourceVersion"] = str(self.version)
+        key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+        event = "MODIFIED" if key in self.objects[kind] else "ADDED"
+        self.objects[kind][key] = obj
+        if notify:
+            self._notify(kind, event, obj)
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        obj = self.objects[kind].pop((namespace, name))
+        self.version += 1
+        self._notify(kind, "DELETED", obj)
+
+    def _notify(self, kind: str, event: str, obj: dict[str, Any]) -> None:
+        for queue in self.watchers[kind]:
+            queue.put_nowait({"type": event, "object": obj})
+
+    def _authorized(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bearer {self.token}"
+
+    async def _list(self, request: web.Request) -> web.StreamResponse:
+        kind = request.match_info["kind"]
+        self.requests.append(str(request.rel_url))
+        if not self._authorized(request):
+            return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                      "reason": "Unauthorized", "code": 401}, status=401)
+        if request.query.get("watch") in ("1", "true"):
+            return await self._watch(request, kind)
+        _, list_kind, api_version = RESOURCES[kind]
+        return web.json_response({"kind": list_kind, "apiVersion": api_version,
+                                  "metadata": {"resourceVersion": str(self.version)},
+                                  # list items carry no kind/apiVersion (the envelope does)
+                                  "items": [{k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}
+                                            for obj in self.objects[kind].values()]})
+
+    async def _watch(self, request: web.Request, kind: str) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.watchers[kind].append(queue)
+        try:
+            while True:
+                event = await queue.get()
+                await response.write(json.dumps(event).encode() + b"\n")
+        finally:
+            self.watchers[kind].remove(queue)
+
+    async def _pod(self, request: web.Request) -> web.Response:
+        self.requests.append(str(request.rel_url))
+        if not self._authorized(request):
+            return web.json_response({"kind": "Status", "code": 401, "reason": "Unauthorized"}, status=401)
+        key = (request.match_info["namespace"], request.match_info["name"])
+        pod = self.objects["pods"].get(key)
+        if pod is None:
+            return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                      "message": f'pods "{key[1]}" not found', "reason": "NotFound",
+                                      "details": {"name": key[1], "kind": "pods"}, "code": 404}, status=404)
+        return web.json_response(pod)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        app = web.Application()
+        app.router.add_get("/api/v1/namespaces/{namespace}/pods/{name}", self._pod)
+        app.router.add_get("/api/v1/{kind:services|pods}", self._list)
+        app.router.add_get("/apis/discovery.k8s.io/v1/{kind:endpointslices}", self._list)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)  # watches never end
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port)
+        await site.start()
+        bound = self.runner.addresses[0]
+        self.url = f"http://{host}:{bound[1]}"
+
+    def kubeconfig(self, path: Path) -> Path:
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "test",
+            "clusters": [{"name": "test", "cluster": {"server": self.url}}],
+            "users": [{"name": "test", "user": {"token": self.token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+        }))
+        return path
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+# -- as a process -----------------------------------------------------------------------------
+#
+# ``python -m tests.fake_kube --listen HOST:PORT [--token T] [--objects FILE]`` serves the
+# objects in FILE (a JSON list of objects and/or v1 ``*List`` envelopes) and then takes
+# commands on stdin, one JSON object per line, answering each with one JSON line on stdout:
+#
+#   {"op": "put", "object": {...}}                  add or replace (watchers get ADDED/MODIFIED)
+#   {"op": "delete", "kind": "pods", "namespace": "media", "name": "x"}   (watchers get DELETED)
+#   {"op": "status"}                                resource version, objects and open watches
+#
+# Answers are {"ok": true, "version": N, "watchers": {kind: n}, "objects": {kind: n}} or
+# {"ok": false, "error": "..."}. The first line, once listening, is {"ok": true, "listening": URL}.
+# It stops at the end of stdin or on SIGTERM. Tests that run components in other network
+# namespaces (tests/e2e/test_multinode.py) use it this way: the test process cannot reach the
+# API server's address, but it holds the server's stdin.
+
+KINDS = {"Service": "services", "EndpointSlice": "endpointslices", "Pod": "pods"}
+
+
+def _kind_of(obj: dict[str, Any]) -> str:
+    kind = KINDS.get(str(obj.get("kind", "")))
+    if kind is None:
+        raise ValueError(f"cannot serve objects of kind {obj.get('kind')!r} (only {', '.join(KINDS)})")
+    return kind
+
+
+def _objects_in(doc: Any) -> list[dict[str, Any]]:
+    """Objects in a JSON document: one object, a ``*List`` envelope, or a list of either."""
+    if isinstance(doc, list):
+        return [obj for item in doc for obj in _objects_in(item)]
+    if not isinstance(doc, dict):
+        raise ValueError(f"not a Kubernetes object: {doc!r:.80}")
+    kind = str(doc.get("kind", ""))
+    if kind.endswith("List") and isinstance(doc.get("items"), list):
+        item_kind = kind.removesuffix("List")
+        return [{"kind": item_kind, "apiVersion": doc.get("apiVersion", "v1"), **item} for item in doc["items"]]
+    return [doc]
+
+
+def _status(kube: FakeKube) -> dict[str, Any]:
+    return {"ok": True, "version": kube.version,
+            "watchers": {kind: len(queues) for kind, queues in kube.watchers.items()},
+            "objects": {kind: len(objs) for kind, objs in kube.objects.items()}}
+
+
+def _command(kube: FakeKube, line: str) -> dict[str, Any]:
+    try:
+        command = json.loads(line)
+        op = command.get("op")
+        if op == "put":
+            obj = command["object"]
+            kube.put(_kind_of(obj), obj)
+        elif op == "delete":
+            kube.delete(command["kind"], command.get("namespace", ""), command["name"])
+        elif op != "status":
+            raise ValueError(f"unknown op {op!r} (put, delete, status)")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    return _status(kube)
+
+
+async def _serve(listen: str, token: str, objects: list[dict[str, Any]]) -> None:
+    import signal
+    import sys
+    import threading
+
+    kube = FakeKube(token=token)
+    for obj in objects:
+        kube.put(_kind_of(obj), obj, notify=False)
+    host, _, port = listen.rpartition(":")
+    await kube.start(host.strip("[]") or "127.0.0.1", int(port))
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def answer(reply: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+    answer({"ok": True, "listening": kube.url})
+
+    def read_commands() -> None:  # a daemon thread: a blocked readline must not hold up exit
+        for line in sys.stdin:
+            if line.strip():
+                asyncio.run_coroutine_threadsafe(_run(line), loop).result()
+        loop.call_soon_threadsafe(stop.set)
+
+    async def _run(line: str) -> None:
+        answer(_command(kube, line))
+
+    threading.Thread(target=read_commands, name="fake-kube-stdin", daemon=True).start()
+    await stop.wait()
+    await kube.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.fake_kube", description=__doc__)
+    parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to serve on")
+    parser.add_argument("--token", default="test-token", help="the bearer token clients must send")
+    parser.add_argument("--objects", help="JSON file: objects and/or *List envelopes to serve from the start")
+    opts = parser.parse_args(argv)
+    objects = _objects_in(json.loads(Path(opts.objects).read_text())) if opts.objects else []
+    asyncio.run(_serve(opts.listen, opts.token, objects))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

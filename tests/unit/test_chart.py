@@ -1,0 +1,592 @@
+"""The Helm chart (charts/msm), linted and rendered by the real Helm SDK.
+
+Helm itself runs in-process: helm-python-sdk binds Helm v4's Go SDK (libhelm_c.so, shipped
+in its wheel) with ctypes, so `lint` is `helm lint --strict` and `Chart.render` is
+`helm template` (offline: `lookup` finds nothing, so the self-signed certificate is fresh).
+Every rendered object is then checked against the Kubernetes OpenAPI schemas with
+kubernetes-validate in strict mode (unknown fields are errors), for the oldest Kubernetes the
+chart supports and a recent one.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+helm = pytest.importorskip("helm_python", reason="helm-python-sdk (test extra) renders the chart")
+kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (test extra)")
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "msm"
+RELEASE = "msm"
+NAMESPACE = "msm-system"
+# The chart's kubeVersion floor (Chart.yaml) and a recent release (or the newest this
+# kubernetes-validate has strict schemas for, if older).
+RECENT = min("1.34", kubernetes_validate.latest_version(), key=lambda v: tuple(map(int, v.split(".")[:2])))
+KUBE_VERSIONS = ("1.28", RECENT)
+CONTROL_PLANE = f"msm-control-plane.{NAMESPACE}.svc:9000"
+INJECT_KEY = "sidecar.mediastreamingmesh.io/inject"
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "cert-manager-fail": {"certManager": {"enabled": True}, "webhook": {"failurePolicy": "Fail"}},
+}
+
+Obj = dict[str, Any]
+
+
+def render(values: dict[str, Any] | None = None, *, name: str = RELEASE) -> tuple[list[Obj], str]:
+    """`helm template <name> charts/msm -n msm-system -f values`: the objects, and NOTES.txt."""
+    with helm.Chart.load(CHART) as chart:
+        manifests = chart.render(values or {}, name=name, namespace=NAMESPACE, is_install=True)
+    objects: list[Obj] = []
+    notes = ""
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            notes = text
+            continue
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return objects, notes
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[Obj]]:
+    return {config: render(values)[0] for config, values in CONFIGS.items()}
+
+
+@pytest.fixture(scope="module")
+def default(rendered: dict[str, list[Obj]]) -> list[Obj]:
+    return rendered["default"]
+
+
+def find(objects: list[Obj], kind: str, name: str) -> Obj:
+    matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"
+    return matches[0]
+
+
+def container(workload: Obj) -> Obj:
+    containers = workload["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def flag(args: list[str], name: str) -> str:
+    assert name in args, f"{name} missing from {args}"
+    return args[args.index(name) + 1]
+
+
+def env(c: Obj) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
+
+
+def container_ports(c: Obj) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in c["ports"]}
+
+
+def webhook_entry(objects: list[Obj]) -> Obj:
+    (entry,) = find(objects, "MutatingWebhookConfiguration", "msm-webhook")["webhooks"]
+    return entry
+
+
+# --- lint and schema validation ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_helm_lint_strict_is_clean(config: str) -> None:
+    report = helm.lint(CHART, CONFIGS[config], strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSIONS[-1]}.0")
+    assert report["errors"] == []
+    # Severity 1 is informational ("icon is recommended"); warnings and errors fail.
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def check_cert_manager_object(obj: Obj) -> None:
+    """cert-manager's CRDs are not in the core schemas kubernetes-validate ships; check the
+    fields this chart uses against cert-manager.io/v1 by hand."""
+    assert obj["apiVersion"] == "cert-manager.io/v1"
+    assert set(obj) == {"apiVersion", "kind", "metadata", "spec"}
+    assert obj["metadata"]["namespace"] == NAMESPACE
+    spec = obj["spec"]
+    if obj["kind"] == "Issuer":
+        assert spec == {"selfSigned": {}}
+    elif obj["kind"] == "Certificate":
+        assert set(spec) <= {
+            "secretName",
+            "commonName",
+            "dnsNames",
+            "duration",
+            "renewBefore",
+            "privateKey",
+            "usages",
+            "issuerRef",
+        }
+        assert isinstance(spec["secretName"], str) and spec["secretName"]
+        assert all(isinstance(n, str) and n for n in spec["dnsNames"])
+        assert set(spec["issuerRef"]) <= {"name", "kind", "group"} and spec["issuerRef"]["name"]
+        assert spec["privateKey"]["algorithm"] in {"RSA", "ECDSA", "Ed25519"}
+        assert spec["privateKey"]["rotationPolicy"] in {"Never", "Always"}
+        assert set(spec["usages"]) <= {"server auth", "digital signature", "key encipherment"}
+        for field in ("duration", "renewBefore"):
+            assert spec[field].endswith(("h", "m", "s"))
+    else:
+        raise AssertionError(f"unexpected cert-manager kind {obj['kind']}")
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_object_is_valid_kubernetes(rendered: dict[str, list[Obj]], config: str) -> None:
+    objects = rendered[config]
+    assert objects
+    keys = [(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objects]
+    assert len(keys) == len(set(keys)), "duplicate objects"
+    failures = []
+    for obj in objects:
+        if obj["apiVersion"].startswith("cert-manager.io/"):
+            check_cert_manager_object(obj)  # not a core kind: checked structurally instead
+            continue
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                failures.append(f"{obj['kind']}/{obj['metadata']['name']} on {version}: {e.message} at {list(e.path)}")
+    assert failures == []
+
+
+def test_the_validation_is_strict(default: list[Obj]) -> None:
+    """A misspelt field fails validation: the check above is not vacuous."""
+    daemonset = copy.deepcopy(find(default, "DaemonSet", "msm-proxy"))
+    daemonset["spec"]["template"]["spec"]["hostNetwrok"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(daemonset, KUBE_VERSIONS[-1], strict=True)
+
+
+def test_renders_every_component(default: list[Obj]) -> None:
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in default) == sorted(
+        [
+            ("ServiceAccount", "msm-control-plane"),
+            ("ClusterRole", "msm-control-plane"),
+            ("ClusterRoleBinding", "msm-control-plane"),
+            ("Deployment", "msm-control-plane"),
+            ("Service", "msm-control-plane"),
+            ("ServiceAccount", "msm-proxy"),
+            ("DaemonSet", "msm-proxy"),
+            ("ServiceAccount", "msm-webhook"),
+            ("Deployment", "msm-webhook"),
+            ("Service", "msm-webhook"),
+            ("Secret", "msm-webhook-tls"),
+            ("MutatingWebhookConfiguration", "msm-webhook"),
+            ("ServiceAccount", "msm-cni"),
+            ("ClusterRole", "msm-cni"),
+            ("ClusterRoleBinding", "msm-cni"),
+            ("DaemonSet", "msm-cni"),
+        ]
+    )
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"}
+    for obj in default:
+        assert obj["metadata"].get("namespace") == (None if obj["kind"] in cluster_scoped else NAMESPACE)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_standard_labels_and_selectors(rendered: dict[str, list[Obj]], config: str) -> None:
+    for obj in rendered[config]:
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "msm"
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["app.kubernetes.io/part-of"] == "msm"
+        assert labels["app.kubernetes.io/component"] in {"control-plane", "proxy", "webhook", "cni"}
+        if obj["kind"] in {"Deployment", "DaemonSet"}:
+            selector = obj["spec"]["selector"]["matchLabels"]
+            assert selector.items() <= obj["spec"]["template"]["metadata"]["labels"].items()
+            assert "app.kubernetes.io/version" not in selector  # selectors are immutable
+
+
+# --- the components ------------------------------------------------------------------------------
+
+
+def test_control_plane(default: list[Obj]) -> None:
+    deployment = find(default, "Deployment", "msm-control-plane")
+    c = container(deployment)
+    assert c["args"][0] == "msm-control-plane"
+    assert flag(c["args"], "--listen") == "0.0.0.0:9000"
+    assert flag(c["args"], "--web-listen") == "0.0.0.0:8080"
+    assert "--kubernetes" in c["args"]
+    assert flag(c["args"], "--log-level") == "info"
+    assert container_ports(c) == {"grpc": 9000, "http": 8080}
+    assert c["image"] == "msm:0.1.0"
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "msm-control-plane"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    service = find(default, "Service", "msm-control-plane")
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        "grpc": (9000, "grpc"),
+        "http": (8080, "http"),
+    }
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_proxy_daemonset_is_on_the_host_network(default: list[Obj]) -> None:
+    daemonset = find(default, "DaemonSet", "msm-proxy")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["automountServiceAccountToken"] is False  # it never calls the Kubernetes API
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    c = container(daemonset)
+    args = c["args"]
+    assert args[0] == "msm-proxy"
+    assert flag(args, "--node") == "$(MSM_NODE_NAME)"
+    assert flag(args, "--media-host") == "$(MSM_HOST_IP)"
+    assert flag(args, "--listen") == "0.0.0.0:9001"
+    assert flag(args, "--metrics-listen") == "0.0.0.0:9090"
+    assert flag(args, "--control") == CONTROL_PLANE
+    assert flag(args, "--port-range") == "30000-39999"
+    assert flag(args, "--log-level") == "info"
+    variables = env(c)
+    assert variables["MSM_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert variables["MSM_HOST_IP"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
+    assert container_ports(c) == {"grpc": 9001, "metrics": 9090}
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_webhook_configuration(rendered: dict[str, list[Obj]], config: str) -> None:
+    objects = rendered[config]
+    entry = webhook_entry(objects)
+    service_ref = entry["clientConfig"]["service"]
+    assert service_ref == {"name": "msm-webhook", "namespace": NAMESPACE, "path": "/mutate", "port": 443}
+    assert entry["failurePolicy"] == ("Fail" if config == "cert-manager-fail" else "Ignore")
+    assert entry["sideEffects"] == "None"
+    assert entry["admissionReviewVersions"] == ["v1"]
+    (rule,) = entry["rules"]
+    assert rule == {
+        "operations": ["CREATE"],
+        "apiGroups": [""],
+        "apiVersions": ["v1"],
+        "resources": ["pods"],
+        "scope": "Namespaced",
+    }
+    (expression,) = entry["namespaceSelector"]["matchExpressions"]
+    assert expression["key"] == "kubernetes.io/metadata.name"
+    assert expression["operator"] == "NotIn"
+    assert set(expression["values"]) == {"kube-system", NAMESPACE}
+    assert "objectSelector" not in entry
+    (condition,) = entry["matchConditions"]
+    assert INJECT_KEY in condition["expression"]
+
+    # The Service behind it reaches the webhook container's 8443.
+    service = find(objects, "Service", "msm-webhook")
+    (port,) = service["spec"]["ports"]
+    assert (port["port"], port["targetPort"]) == (443, "https")
+    deployment = find(objects, "Deployment", "msm-webhook")
+    c = container(deployment)
+    assert container_ports(c) == {"https": 8443}
+    args = c["args"]
+    assert args[0] == "msm-webhook"
+    assert flag(args, "--port") == "8443"
+    assert flag(args, "--tls-cert") == "/tls/tls.crt"
+    assert flag(args, "--tls-key") == "/tls/tls.key"
+    assert flag(args, "--stub-image") == c["image"]  # the stub comes from the same image
+    assert flag(args, "--control-plane") == CONTROL_PLANE
+    assert flag(args, "--mesh-namespace") == NAMESPACE
+    probe = c["readinessProbe"]["httpGet"]
+    assert (probe["path"], probe["port"], probe["scheme"]) == ("/healthz", "https", "HTTPS")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    (tls_volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert tls_volume["secret"]["secretName"] == "msm-webhook-tls"
+    assert {"name": "tls", "mountPath": "/tls", "readOnly": True} in c["volumeMounts"]
+
+
+def test_self_signed_webhook_tls(default: list[Obj]) -> None:
+    entry = webhook_entry(default)
+    secret = find(default, "Secret", "msm-webhook-tls")
+    assert secret["type"] == "kubernetes.io/tls"
+    data = secret["data"]
+    assert entry["clientConfig"]["caBundle"] == data["ca.crt"]
+    ca_pem = base64.b64decode(data["ca.crt"]).decode()
+    cert_pem = base64.b64decode(data["tls.crt"]).decode()
+    key_pem = base64.b64decode(data["tls.key"]).decode()
+    assert ca_pem.startswith("-----BEGIN CERTIFICATE-----")
+    assert cert_pem.startswith("-----BEGIN CERTIFICATE-----")
+    assert "PRIVATE KEY-----" in key_pem
+    assert ca_pem != cert_pem
+    # The webhook pods restart when the certificate changes.
+    pod_annotations = find(default, "Deployment", "msm-webhook")["spec"]["template"]["metadata"]["annotations"]
+    assert pod_annotations["checksum/tls"] == hashlib.sha256(data["tls.crt"].encode()).hexdigest()
+    assert "cert-manager.io/inject-ca-from" not in find(default, "MutatingWebhookConfiguration", "msm-webhook")[
+        "metadata"
+    ].get("annotations", {})
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_self_signed_certificate_verifies_for_the_service(default: list[Obj], tmp_path: Path) -> None:
+    data = find(default, "Secret", "msm-webhook-tls")["data"]
+    for key in ("ca.crt", "tls.crt"):
+        (tmp_path / key).write_bytes(base64.b64decode(data[key]))
+    name = f"msm-webhook.{NAMESPACE}.svc"
+    verify = subprocess.run(
+        ["openssl", "verify", "-CAfile", "ca.crt", "-purpose", "sslserver", "-verify_hostname", name, "tls.crt"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_cert_manager_mode(rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["cert-manager-fail"]
+    assert not [o for o in objects if o["kind"] == "Secret"]  # cert-manager writes it
+    issuer = find(objects, "Issuer", "msm-webhook-selfsigned")
+    certificate = find(objects, "Certificate", "msm-webhook")
+    spec = certificate["spec"]
+    assert spec["secretName"] == "msm-webhook-tls"
+    assert spec["issuerRef"] == {"name": issuer["metadata"]["name"], "kind": "Issuer", "group": "cert-manager.io"}
+    assert f"msm-webhook.{NAMESPACE}.svc" in spec["dnsNames"]
+    configuration = find(objects, "MutatingWebhookConfiguration", "msm-webhook")
+    annotations = configuration["metadata"]["annotations"]
+    assert annotations["cert-manager.io/inject-ca-from"] == f"{NAMESPACE}/msm-webhook"
+    assert "caBundle" not in webhook_entry(objects)["clientConfig"]  # injected by cainjector
+    pod = find(objects, "Deployment", "msm-webhook")["spec"]["template"]
+    assert "checksum/tls" not in pod["metadata"].get("annotations", {})
+
+
+def test_cert_manager_with_an_existing_issuer() -> None:
+    issuer_ref = {"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    objects, _ = render({"certManager": {"enabled": True, "issuerRef": issuer_ref}})
+    assert not [o for o in objects if o["kind"] == "Issuer"]
+    assert find(objects, "Certificate", "msm-webhook")["spec"]["issuerRef"] == issuer_ref
+
+
+def test_cni_installer(default: list[Obj]) -> None:
+    daemonset = find(default, "DaemonSet", "msm-cni")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["serviceAccountName"] == "msm-cni"
+    c = container(daemonset)
+    assert c["securityContext"]["privileged"] is True
+    assert c["args"][:2] == ["msm-cni", "install"]
+    args = c["args"]
+    # The paths the installer is given end up in files the host reads (the plugin launcher,
+    # the conflist's kubeconfig entry), so each host directory is mounted at its own path.
+    assert flag(args, "--cni-bin-dir") == "/opt/cni/bin"
+    assert flag(args, "--cni-conf-dir") == "/etc/cni/net.d"
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts == host_paths == {"cni-bin-dir": "/opt/cni/bin", "cni-conf-dir": "/etc/cni/net.d"}
+    assert flag(args, "--python") == "/usr/bin/python3"  # a host interpreter, not the image's
+    # Redirect tcp/554 to the stub's 8554, except the stub's own (UID 1337) connections.
+    assert flag(args, "--intercept-ports") == "554"
+    assert flag(args, "--redirect-port") == "8554"
+    assert flag(args, "--proxy-uid") == "1337"
+    assert flag(args, "--redirect-mode") == "nftables"
+    assert flag(args, "--exclude-namespaces") == f"kube-system,{NAMESPACE}"
+
+
+# --- RBAC ----------------------------------------------------------------------------------------
+
+
+def rules_of(objects: list[Obj], name: str) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in find(objects, "ClusterRole", name)["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_rbac_is_least_privilege(rendered: dict[str, list[Obj]], config: str) -> None:
+    objects = rendered[config]
+    for obj in objects:
+        for rule in obj.get("rules", []):
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule.get(field, []), f"{obj['kind']}/{obj['metadata']['name']}: wildcard {field}"
+            assert not rule.get("nonResourceURLs")
+    assert {o["kind"] for o in objects} & {"Role", "RoleBinding"} == set()
+    read = {"get", "list", "watch"}
+    assert rules_of(objects, "msm-control-plane") == {
+        (group, resource, verb)
+        for group, resource in [("", "services"), ("", "pods"), ("", "nodes"), ("discovery.k8s.io", "endpointslices")]
+        for verb in read
+    }
+    assert rules_of(objects, "msm-cni") == {("", "pods", "get")}
+    # Each binding grants its role to its component's own ServiceAccount only.
+    for name in ("msm-control-plane", "msm-cni"):
+        binding = find(objects, "ClusterRoleBinding", name)
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}]
+    bound = {o["metadata"]["name"] for o in objects if o["kind"] == "ClusterRoleBinding"}
+    assert bound == {"msm-control-plane", "msm-cni"}  # proxy and webhook get no API access
+
+
+# --- values --------------------------------------------------------------------------------------
+
+
+def test_values_flow_into_the_objects() -> None:
+    objects, _ = render(
+        {
+            "image": {"repository": "registry.example/msm", "tag": "1.2.3", "pullPolicy": "Always"},
+            "interceptPorts": [554, 8554],
+            "portRange": "40000-40999",
+            "logLevel": "debug",
+            "webhook": {
+                "replicas": 2,
+                "objectSelector": {"matchLabels": {"mesh": "enabled"}},
+                "onlyAnnotatedPods": False,
+                "excludeNamespaces": ["kube-system", "monitoring"],
+                "namespaceSelectorExpressions": [{"key": "media", "operator": "Exists"}],
+            },
+            "proxy": {"ports": {"grpc": 9101, "metrics": 9190}, "nodeSelector": {"media": "true"}},
+        }
+    )
+    for obj in objects:
+        for version in KUBE_VERSIONS[-1:]:
+            kubernetes_validate.validate(obj, version, strict=True)
+    webhook = container(find(objects, "Deployment", "msm-webhook"))
+    assert webhook["image"] == "registry.example/msm:1.2.3"
+    assert flag(webhook["args"], "--stub-image") == "registry.example/msm:1.2.3"
+    assert webhook["imagePullPolicy"] == "Always"
+    assert flag(webhook["args"], "--log-level") == "debug"
+    cni = container(find(objects, "DaemonSet", "msm-cni"))["args"]
+    assert flag(cni, "--intercept-ports") == "554,8554"
+    assert flag(cni, "--exclude-namespaces") == f"kube-system,monitoring,{NAMESPACE}"
+    entry = webhook_entry(objects)
+    assert entry["objectSelector"] == {"matchLabels": {"mesh": "enabled"}}
+    assert "matchConditions" not in entry
+    excluded, extra = entry["namespaceSelector"]["matchExpressions"]
+    assert set(excluded["values"]) == {"kube-system", "monitoring", NAMESPACE}
+    assert extra == {"key": "media", "operator": "Exists"}
+    assert find(objects, "PodDisruptionBudget", "msm-webhook")["spec"]["maxUnavailable"] == 1
+    proxy = find(objects, "DaemonSet", "msm-proxy")
+    args = container(proxy)["args"]
+    assert flag(args, "--port-range") == "40000-40999"
+    assert flag(args, "--listen") == "0.0.0.0:9101"
+    assert container_ports(container(proxy)) == {"grpc": 9101, "metrics": 9190}
+    # Helm merges maps with the defaults (set a key to null to drop it).
+    assert proxy["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux", "media": "true"}
+
+
+def test_release_name_prefixes_every_name() -> None:
+    objects, notes = render(name="edge")
+    names = {o["metadata"]["name"] for o in objects}
+    assert all(n.startswith("edge-msm-") for n in names), names
+    proxy = container(find(objects, "DaemonSet", "edge-msm-proxy"))
+    assert flag(proxy["args"], "--control") == f"edge-msm-control-plane.{NAMESPACE}.svc:9000"
+    assert "edge-msm-control-plane" in notes
+
+
+def test_components_can_be_disabled() -> None:
+    objects, _ = render({"cni": {"enabled": False}, "webhook": {"enabled": False}})
+    components = {o["metadata"]["labels"]["app.kubernetes.io/component"] for o in objects}
+    assert components == {"control-plane", "proxy"}
+
+
+@pytest.mark.parametrize(
+    ("values", "error"),
+    [
+        ({"webhook": {"failurePolicy": "Sometimes"}}, "HelmValuesError"),  # values.schema.json
+        ({"portRange": "1-2"}, "HelmValuesError"),
+        ({"webhook": {"timeoutSeconds": 60}}, "HelmValuesError"),
+        ({"webhok": {}}, "HelmValuesError"),  # a misspelt key is an error, not silently ignored
+        ({"portRange": "39999-30000"}, "HelmRenderError"),  # templates' own checks
+        ({"controlPlane": {"enabled": False}}, "HelmRenderError"),  # stubs need a control plane
+    ],
+)
+def test_bad_values_are_rejected(values: dict[str, Any], error: str) -> None:
+    with pytest.raises(getattr(helm, error)):
+        render(values)
+
+
+def test_notes_explain_how_to_mesh_a_pod() -> None:
+    _, notes = render()
+    assert f'"{INJECT_KEY}":"true"' in notes
+    assert "failurePolicy is Ignore" in notes
+    _, notes = render({"webhook": {"failurePolicy": "Fail"}})
+    assert "failurePolicy is Ignore" not in notes
+
+
+def test_documented_values_match_the_chart() -> None:
+    """Every key of values.yaml appears in the README's values table."""
+    readme = (CHART / "README.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    # Maps passed through to Kubernetes as they are: documented as one key.
+    passthrough = {
+        "resources",
+        "nodeSelector",
+        "affinity",
+        "podAnnotations",
+        "podSecurityContext",
+        "securityContext",
+        "strategy",
+        "updateStrategy",
+        "issuerRef",
+        "objectSelector",
+        "annotations",
+    }
+
+    def keys(prefix: str, node: Any) -> Iterator[str]:
+        for key, child in node.items():
+            path = f"{prefix}.{key}" if prefix else key
+            if isinstance(child, dict) and child and key not in passthrough:
+                yield from keys(path, child)
+            else:
+                yield path
+
+    missing = [key for key in keys("", values) if f"| `{key}` |" not in readme]
+    assert missing == []
+
+
+# --- the command lines against the programs ------------------------------------------------------
+
+
+def test_command_lines_parse_with_the_real_programs(default: list[Obj]) -> None:
+    """Each container's args name an installed console script and parse with its own parser."""
+    from cni_plugin import installer
+    from control_plane import main as control_plane_main
+    from rtp_proxy import main as proxy_main
+    from webhook import main as webhook_main
+    from webhook.review import InjectConfig
+
+    scripts = tomllib.loads((CHART.parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    downward = {"$(MSM_NODE_NAME)": "node-a", "$(MSM_HOST_IP)": "192.0.2.7"}
+    commands = {}
+    for kind, name in [
+        ("Deployment", "msm-control-plane"),
+        ("DaemonSet", "msm-proxy"),
+        ("Deployment", "msm-webhook"),
+        ("DaemonSet", "msm-cni"),
+    ]:
+        program, *args = container(find(default, kind, name))["args"]
+        assert program in scripts
+        commands[program] = [downward.get(a, a) for a in args]
+
+    opts = control_plane_main.parse_args(commands["msm-control-plane"])
+    assert (opts.listen, opts.web_listen, opts.kubernetes) == ("0.0.0.0:9000", "0.0.0.0:8080", True)
+    opts = proxy_main.parse_args(commands["msm-proxy"])
+    assert (opts.node, opts.media_host, opts.control) == ("node-a", "192.0.2.7", CONTROL_PLANE)
+    values = webhook_main.settings(webhook_main.build_parser().parse_args(commands["msm-webhook"]), {})
+    InjectConfig(
+        stub_image=values["stub_image"],
+        control_plane=values["control_plane"],
+        mesh_namespace=values["mesh_namespace"],
+    )
+    assert values["port"] == "8443"
+    action, options, _ = installer.parse_args(commands["msm-cni"])
+    assert action == "install"
+    assert options.plugin_conf["interceptPorts"] == [554]
+    assert options.plugin_conf["redirectPort"] == 8554
+    assert options.plugin_conf["proxyUid"] == 1337
+    assert options.plugin_conf["excludeNamespaces"] == ["kube-system", NAMESPACE]
+    assert str(options.kubeconfig_out).startswith("/etc/cni/net.d/")  # a host path

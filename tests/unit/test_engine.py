@@ -1,0 +1,377 @@
+"""The native engine (``ext``) against the pure-Python reference, and the bad inputs of issue 5.
+
+The behaviour every engine must have is in test_flows.py (run on both);
+here: the C statistics equal ``sdk.stats`` packet for packet, fan-out with
+UDP GSO/GRO, a refused GSO send, leg sets changing under traffic, flows
+removed with packets in flight, unreachable and unresolvable legs, and the
+switch that picks the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import threading
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import ext
+from rtp_proxy import flows as flows_module
+from rtp_proxy.flows import FlowTable, Leg, choose_engine
+from rtp_proxy.metrics import ProxyCollector
+from rtp_proxy.service import flow_stats
+from sdk.stats import ReceiverStats
+
+pytestmark = pytest.mark.timeout(30)
+
+SOL_UDP = 17
+UDP_SEGMENT = 103
+SO_NO_CHECK = 11
+
+native_only = pytest.mark.skipif(not ext.available(), reason=f"native engine: {ext.unavailable_reason()}")
+
+
+def rtp(seq: int, ts: int = 0, ssrc: int = 0x1234, size: int = 200) -> bytes:
+    header = struct.pack("!BBHII", 0x80, 96, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc)
+    return header + bytes((seq + i) & 0xFF for i in range(size - 12))
+
+
+def udp(bind: bool = True) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if bind:
+        s.bind(("127.0.0.1", 0))
+    s.setblocking(False)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+    return s
+
+
+def drain(sock: socket.socket) -> list[bytes]:
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(65536))
+        except BlockingIOError:
+            return out
+
+
+def send_gso(sock: socket.socket, segments: list[bytes], addr: tuple[str, int]) -> None:
+    """One UDP GSO super-datagram: the receiving socket (with UDP_GRO) gets it as one train."""
+    sock.sendmsg([b"".join(segments)], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", len(segments[0])))], 0, addr)
+
+
+async def until(predicate, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def native():
+    if not ext.available():
+        pytest.skip(f"native engine: {ext.unavailable_reason()}")
+    table = FlowTable(host="127.0.0.1", port_range=(44000, 44999), engine="native")
+    yield table
+    table.close()
+
+
+@pytest.fixture(params=["python", "native"])
+async def table(request: pytest.FixtureRequest):
+    if request.param == "native" and not ext.available():
+        pytest.skip(f"native engine: {ext.unavailable_reason()}")
+    t = FlowTable(host="127.0.0.1", port_range=(44000, 44999), engine=request.param)
+    yield t
+    t.close()
+
+
+# ----------------------------------------------------------------------------- statistics, packet for packet
+
+_steps = st.one_of(
+    st.just(1), st.just(1), st.just(1), st.integers(2, 5),   # in order, small gaps
+    st.integers(-99, 0),                                        # duplicates and reordering
+    st.integers(2990, 3010),                                    # around MAX_DROPOUT
+    st.integers(-110, -95),                                     # around MAX_MISORDER
+    st.integers(0, 65535),                                      # anything (restarts, wraps)
+)
+
+
+@native_only
+@given(first=st.integers(0, 65535), steps=st.lists(st.tuples(_steps, st.integers(0, 5_000_000),
+                                                             st.integers(0, 20_000)), max_size=300),
+       min_sequential=st.integers(0, 3), clock_rate=st.sampled_from([0, 8000, 90000]))
+def test_c_statistics_equal_the_reference(first: int, steps: list[tuple[int, int, int]], min_sequential: int,
+                                          clock_rate: int) -> None:
+    lib, c = ext.rtpstats(clock_rate, min_sequential)
+    py = ReceiverStats(clock_rate=clock_rate or None, min_sequential=min_sequential)
+    seq, ts, arrival_ns = first, 1000, 10**12
+    for step, gap_ns, ts_step in steps:
+        seq = (seq + step) & 0xFFFF
+        ts = (ts + ts_step) & 0xFFFFFFFF
+        arrival_ns += gap_ns
+        assert bool(lib.msm_rtpstats_update(c, seq, ts, arrival_ns)) == py.update(seq, ts, arrival_ns / 1e9)
+        assert c.received == py.received
+        assert lib.msm_rtpstats_expected(c) == py.expected
+        assert (c.duplicates, c.reordered, c.restarts) == (py.duplicates, py.reordered, py.restarts)
+        assert c.jitter == pytest.approx(py.jitter, rel=1e-6, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- counters read by the service
+
+async def test_service_and_metrics_read_either_engine(table: FlowTable) -> None:
+    flow = await table.add_flow("s/0", clock_rate=90000, labels={"stream": "s", "track": "0"})
+    viewer = udp()
+    flow.set_leg(Leg("v", viewer.getsockname(), ("127.0.0.1", 9), enabled=True))
+    src = udp()
+    for seq in range(100):
+        if seq % 10 != 3:
+            src.sendto(rtp(seq, seq * 3000), flow.ingress)
+    await until(lambda: flow.packets_received == 90)
+    await asyncio.sleep(0.05)
+    block = flow.stats.report_block(0x1234)
+    assert (block.fraction_lost, block.packets_lost, block.highest_sequence) == (10 * 256 // 100, 10, 99)
+    assert flow.stats.report_block(0x1234).fraction_lost == 0     # a new interval
+    stats = flow_stats(flow, "node")
+    assert (stats.packets_received, stats.packets_expected, stats.packets_lost) == (90, 100, 10)
+    assert stats.legs[0].packets_sent == 90 and stats.legs[0].bytes_sent == 90 * 200
+    assert stats.packets_forwarded == 90 and stats.ssrc == 0x1234
+    families = {m.name: m for m in ProxyCollector(table, "node").collect()}
+    assert families["msm_ingress_packets"].samples[0].value == 90
+    assert families["msm_egress_packets"].samples[0].value == 90
+    assert len(drain(viewer)) == 90
+    src.close()
+    viewer.close()
+
+
+# ----------------------------------------------------------------------------- fan-out, GSO and GRO
+
+@native_only
+async def test_fan_out_to_100_legs_keeps_order_and_bytes(native: FlowTable) -> None:
+    flow = await native.add_flow("fan/0", clock_rate=90000)
+    sinks = [udp() for _ in range(100)]
+    for i, sink in enumerate(sinks):
+        flow.set_leg(Leg(f"v{i}", sink.getsockname(), ("127.0.0.1", 9), enabled=True))
+    src = udp()
+    # Runs of equal sizes with a shorter last one, as video frames make them.
+    sent = [rtp(seq, seq * 90, size=1316 if seq % 7 else 400) for seq in range(300)]
+    got: dict[int, list[bytes]] = {i: [] for i in range(len(sinks))}
+    for i, packet in enumerate(sent):
+        src.sendto(packet, flow.ingress)
+        if i % 50 == 49:
+            await asyncio.sleep(0.002)   # stay inside the receivers' socket buffers
+            for n, sink in enumerate(sinks):
+                got[n] += drain(sink)
+    await until(lambda: flow.packets_forwarded == 300 * 100)
+    await asyncio.sleep(0.05)
+    for n, sink in enumerate(sinks):
+        assert got[n] + drain(sink) == sent
+        sink.close()
+    assert flow.dropped_backlog == 0 and all(leg.send_errors == 0 for leg in flow.legs.values())
+    src.close()
+
+
+@native_only
+async def test_gro_train_is_split_measured_and_sent_as_gso(native: FlowTable) -> None:
+    assert {"gso", "gro"} <= native.engine_features
+    flow = await native.add_flow("gso/0", clock_rate=90000)
+    a, b = udp(), udp()
+    flow.set_leg(Leg("a", a.getsockname(), ("127.0.0.1", 9), enabled=True))
+    flow.set_leg(Leg("b", b.getsockname(), ("127.0.0.1", 9), enabled=True))
+    src = udp()
+    segments = [rtp(seq, seq * 90, size=1000) for seq in range(10)]
+    segments[4] = b"\x00" * 1000                    # not RTP: dropped inside the train, counted
+    segments[-1] = segments[-1][:500]               # the last segment of a train may be shorter
+    send_gso(src, segments, flow.ingress)
+    await until(lambda: flow.packets_forwarded == 18)
+    await asyncio.sleep(0.05)
+    want = [s for i, s in enumerate(segments) if i != 4]
+    assert drain(a) == want and drain(b) == want
+    assert flow.packets_received == 9 and flow.dropped_invalid == 1
+    assert flow.stats is not None and flow.stats.expected == 10 and flow.stats.lost == 1
+    for leg in flow.legs.values():
+        assert leg.handle.stats()["gso_sends"] >= 1    # re-sent as GSO runs, not packet by packet
+    src.close()
+    a.close()
+    b.close()
+
+
+@native_only
+async def test_refused_gso_falls_back_to_single_datagrams() -> None:
+    engine = ext.Engine()
+    try:
+        rx = udp()
+        ingress = udp()
+        # With UDP checksums off the kernel refuses GSO sends (EINVAL).
+        ingress.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+        port = ingress.getsockname()[1]
+        flow = engine.add_flow(ingress.detach(), clock_rate=90000)
+        leg = engine.leg("127.0.0.1", rx.getsockname()[1], socket.AF_INET)
+        flow.set_legs([leg], [True])
+        src = udp()
+        segments = [rtp(seq, size=800) for seq in range(8)]
+        send_gso(src, segments, ("127.0.0.1", port))
+        await until(lambda: leg.stats()["packets_sent"] >= 8)
+        stats = leg.stats()
+        assert stats["packets_sent"] == 8 and stats["gso_disabled"] == 1 and stats["send_errors"] == 0
+        await asyncio.sleep(0.02)
+        assert drain(rx) == segments
+        flow.close()
+        leg.retire()
+        src.close()
+        rx.close()
+    finally:
+        engine.close()
+
+
+# ----------------------------------------------------------------------------- changes under traffic
+
+class Blaster(threading.Thread):
+    """Sends numbered RTP packets to ``addr`` as fast as the socket takes them, until stopped."""
+
+    def __init__(self, addr: tuple[str, int], pace: float = 0.0) -> None:
+        super().__init__(daemon=True)
+        self.addr = addr
+        self.pace = pace
+        self.sent = 0
+        self.stop = threading.Event()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for _ in range(20):
+                try:
+                    self.sock.sendto(rtp(self.sent, self.sent * 90), self.addr)
+                except OSError:
+                    pass
+                self.sent += 1
+            time.sleep(self.pace)
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join(5)
+        self.sock.close()
+
+
+@native_only
+async def test_leg_changes_do_not_disturb_a_stable_leg(native: FlowTable) -> None:
+    flow = await native.add_flow("churn/0", clock_rate=90000)
+    stable = udp()
+    stable.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 23)
+    flow.set_leg(Leg("stable", stable.getsockname(), ("127.0.0.1", 9), enabled=True))
+    others = [udp() for _ in range(4)]
+    blaster = Blaster(flow.ingress, pace=0.001)   # ~20k packets/s
+    blaster.start()
+    got: list[bytes] = []
+    for i in range(300):                          # ~2000 leg-set swaps while packets flow
+        sink = others[i % 4]
+        flow.set_leg(Leg(f"o{i % 4}", sink.getsockname(), ("127.0.0.1", 9), enabled=i % 3 == 0))
+        flow.enable_leg(f"o{i % 4}", True)
+        if i % 5 == 0:
+            flow.remove_leg(f"o{(i + 2) % 4}")
+        got += drain(stable)
+        for other in others:
+            drain(other)
+        await asyncio.sleep(0.001)
+    blaster.finish()
+    await until(lambda: flow.packets_received == blaster.sent)
+    await asyncio.sleep(0.05)
+    got += drain(stable)
+    seqs = [struct.unpack_from("!H", p, 2)[0] for p in got]
+    assert len(seqs) == blaster.sent and seqs == [s & 0xFFFF for s in range(blaster.sent)]
+    assert flow.legs["stable"].packets_sent == blaster.sent
+    for s in (stable, *others):
+        s.close()
+
+
+@native_only
+async def test_flows_removed_with_packets_in_flight(native: FlowTable) -> None:
+    sink = udp()
+    for i in range(30):
+        flow = await native.add_flow(f"gone/{i}", clock_rate=90000)
+        flow.set_leg(Leg("v", sink.getsockname(), ("127.0.0.1", 9), enabled=True))
+        blaster = Blaster(flow.ingress)
+        blaster.start()
+        await asyncio.sleep(0.005)
+        port = flow.ingress[1]
+        assert native.remove_flow(f"gone/{i}")
+        # The engine let go of the socket before remove_flow returned: the port is free.
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", port))
+        probe.close()
+        blaster.finish()
+        counted = flow.packets_received                  # frozen, still readable
+        await asyncio.sleep(0.01)
+        assert flow.packets_received == counted and flow.legs["v"].packets_sent <= counted
+        drain(sink)
+    assert native._native is not None and native._native.info()["flows"] == 0
+    sink.close()
+
+
+# ----------------------------------------------------------------------------- bad destinations
+
+async def test_bad_destinations_do_not_stall_the_others(table: FlowTable) -> None:
+    flow = await table.add_flow("bad/0", clock_rate=90000)
+    good = udp()
+    gone = udp()
+    gone_addr = gone.getsockname()
+    gone.close()                                                   # ICMP port unreachable
+    flow.set_leg(Leg("gone", gone_addr, ("127.0.0.1", 9), enabled=True))
+    flow.set_leg(Leg("bcast", ("255.255.255.255", 9), ("255.255.255.255", 9), enabled=True))  # EACCES
+    flow.set_leg(Leg("good", good.getsockname(), ("127.0.0.1", 9), enabled=True))
+    src = udp()
+    for seq in range(200):
+        src.sendto(rtp(seq), flow.ingress)
+        if seq % 20 == 19:
+            await asyncio.sleep(0.002)
+    await until(lambda: flow.legs["good"].packets_sent == 200)
+    await asyncio.sleep(0.05)
+    assert len(drain(good)) == 200
+    assert flow.packets_received == 200
+    if table.engine == "native":
+        # (asyncio hands the Python path's send errors to error_received, without the leg)
+        assert flow.legs["bcast"].send_errors == 200 and flow.legs["bcast"].packets_sent == 0
+    src.close()
+    good.close()
+
+
+@native_only
+async def test_unresolvable_leg_counts_every_packet_as_a_send_error(native: FlowTable) -> None:
+    flow = await native.add_flow("dns/0", clock_rate=90000)
+    good = udp()
+    flow.set_leg(Leg("nowhere", ("no-such-host.invalid", 5004), ("no-such-host.invalid", 5005), enabled=True))
+    flow.set_leg(Leg("good", good.getsockname(), ("127.0.0.1", 9), enabled=True))
+    src = udp()
+    for seq in range(50):
+        src.sendto(rtp(seq), flow.ingress)
+    await until(lambda: flow.legs["good"].packets_sent == 50)
+    assert flow.legs["nowhere"].send_errors == 50
+    src.close()
+    good.close()
+
+
+# ----------------------------------------------------------------------------- the switch
+
+def test_engine_switch(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(ValueError):
+        choose_engine("fast")
+    assert choose_engine("python") == "python"
+    monkeypatch.setenv("MSM_NO_NATIVE", "1")
+    assert choose_engine("auto") == "python" and FlowTable().engine == "python"
+    with pytest.raises(ext.NativeUnavailable, match="MSM_NO_NATIVE"):
+        choose_engine("native")
+    monkeypatch.delenv("MSM_NO_NATIVE")
+    if ext.available():
+        assert choose_engine("auto") == "native"
+    # Not built (no compiler at install time): a warning, then the reference path.
+    monkeypatch.setattr(ext, "unavailable_reason", lambda: "ext._engine is not built (test)")
+    monkeypatch.setattr(flows_module, "_warned_fallback", False)
+    with caplog.at_level(logging.WARNING, logger="rtp_proxy.flows"):
+        assert choose_engine("auto") == "python"
+    assert "pure-Python" in caplog.text and "not built" in caplog.text
+    with pytest.raises(ext.NativeUnavailable):
+        choose_engine("native")

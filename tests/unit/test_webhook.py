@@ -1,0 +1,481 @@
+"""The admission webhook's decision: AdmissionReview fixtures in, JSONPatch out.
+
+Every patch is applied (``jsonpatch``) and the patched Pod validated against the Kubernetes
+schema (``kubernetes-validate``, strict: unknown fields fail), so a typo in the stub container
+is a failing test here rather than an API server rejection in a cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, cast
+
+import jsonpatch
+import kubernetes_validate
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.datafiles import load
+from webhook import main as webhook_main
+from webhook import review as wr
+from webhook.errors import ConfigError
+from webhook.review import INJECT_KEY, MAX_REVIEW_BYTES, STATUS_KEY, InjectConfig, review
+from webhook.server import create_app
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+K8S_VERSION = "1.30"
+CONFIG = InjectConfig(stub_image="registry.example/msm:0.1.0", control_plane="cp.msm-system.svc:9000")
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def fixture(name: str) -> dict[str, Any]:
+    return json.loads(load(f"k8s/webhook_{name}.json"))  # type: ignore[no-any-return]
+
+
+def encode(document: object) -> bytes:
+    return json.dumps(document).encode()
+
+
+def answer(document: dict[str, Any], config: InjectConfig = CONFIG) -> dict[str, Any]:
+    """The AdmissionResponse for an allowed review (checks status, envelope and uid echo)."""
+    status, reply = review(encode(document), config)
+    body: dict[str, Any] = dict(reply)
+    assert status == 200, body
+    assert body["apiVersion"] == "admission.k8s.io/v1" and body["kind"] == "AdmissionReview"
+    response: dict[str, Any] = body["response"]
+    assert response["uid"] == document["request"]["uid"]
+    assert response["allowed"] is True
+    return response
+
+
+def patch_of(response: dict[str, Any]) -> list[dict[str, Any]]:
+    assert response["patchType"] == "JSONPatch"
+    return json.loads(base64.b64decode(response["patch"], validate=True))  # type: ignore[no-any-return]
+
+
+def injected(document: dict[str, Any], config: InjectConfig = CONFIG) -> dict[str, Any]:
+    """Review, apply the patch, validate the result against the Kubernetes schema; the patched Pod."""
+    response = answer(document, config)
+    assert response["auditAnnotations"] == {"injection": "injected"}
+    pod = document["request"]["object"]
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)  # the fixture itself is a valid Pod
+    patched: dict[str, Any] = jsonpatch.apply_patch(pod, patch_of(response))
+    kubernetes_validate.validate(patched, K8S_VERSION, strict=True)
+    return patched
+
+
+def not_injected(document: dict[str, Any], reason: str, config: InjectConfig = CONFIG) -> None:
+    response = answer(document, config)
+    assert "patch" not in response and "patchType" not in response
+    assert reason in response["auditAnnotations"]["injection"]
+
+
+def rejected(body: bytes) -> str:
+    status, reply = review(body, CONFIG)
+    answer_body: dict[str, Any] = dict(reply)
+    assert status == 400, answer_body
+    assert answer_body["kind"] == "Status" and answer_body["apiVersion"] == "v1"
+    assert answer_body["code"] == 400 and answer_body["reason"] == "BadRequest"
+    message: str = answer_body["message"]
+    assert message and "\n" not in message
+    return message
+
+
+def stub_of(pod: dict[str, Any]) -> dict[str, Any]:
+    stubs = [c for c in pod["spec"]["containers"] if c["name"] == "msm-stub"]
+    assert len(stubs) == 1
+    stub: dict[str, Any] = stubs[0]
+    return stub
+
+
+# -- injection -------------------------------------------------------------------------------------
+def test_annotated_pod_gets_the_stub() -> None:
+    document = fixture("pod_create_annotated")
+    app = copy.deepcopy(document["request"]["object"]["spec"]["containers"][0])
+    pod = injected(document)
+
+    assert pod["metadata"]["annotations"] == {INJECT_KEY: "true", STATUS_KEY: "injected"}
+    assert pod["spec"]["containers"][0] == app  # the app is untouched and still the first container
+    assert stub_of(pod) == {
+        "name": "msm-stub",
+        "image": "registry.example/msm:0.1.0",
+        "command": ["msm-stub"],
+        "args": ["--control", "$(MSM_CONTROL_PLANE)", "--listen", "0.0.0.0:8554"],
+        "env": [
+            {"name": "MSM_CONTROL_PLANE", "value": "cp.msm-system.svc:9000"},
+            {"name": "MSM_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "MSM_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "MSM_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "MSM_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        ],
+        "ports": [{"name": "rtsp-stub", "containerPort": 8554, "protocol": "TCP"}],
+        "readinessProbe": {"tcpSocket": {"port": 8554}, "periodSeconds": 5},
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "securityContext": {"runAsUser": 1337, "runAsGroup": 1337, "runAsNonRoot": True,
+                            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+
+
+def test_annotation_key_is_escaped_in_the_patch_path() -> None:
+    patch = patch_of(answer(fixture("pod_create_annotated")))
+    assert patch[0] == {"op": "add", "path": "/metadata/annotations/sidecar.mediastreamingmesh.io~1status",
+                        "value": "injected"}
+    assert patch[1]["op"] == "add" and patch[1]["path"] == "/spec/containers/-"
+    assert wr.escape_pointer("a/b~c/~1") == "a~1b~0c~1~01"
+
+
+def test_label_on_a_pod_without_annotations_map() -> None:
+    document = fixture("pod_create_deployment_labelled")
+    assert "annotations" not in document["request"]["object"]["metadata"]
+    assert "name" not in document["request"]["object"]["metadata"]  # a Deployment's Pod: generateName only
+    patch = patch_of(answer(document))
+    assert patch[0] == {"op": "add", "path": "/metadata/annotations", "value": {STATUS_KEY: "injected"}}
+    pod = injected(document)
+    assert pod["metadata"]["annotations"] == {STATUS_KEY: "injected"}
+    assert pod["metadata"]["labels"][INJECT_KEY] == "true"
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["viewer", "msm-stub"]
+
+
+def test_null_annotations_are_replaced_by_a_map() -> None:
+    document = fixture("pod_create_deployment_labelled")
+    document["request"]["object"]["metadata"]["annotations"] = None
+    pod = injected(document)
+    assert pod["metadata"]["annotations"] == {STATUS_KEY: "injected"}
+
+
+def test_existing_containers_and_init_containers_are_kept() -> None:
+    document = fixture("pod_create_init_containers")
+    before = copy.deepcopy(document["request"]["object"])
+    pod = injected(document)
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["recorder", "exporter", "msm-stub"]
+    assert pod["spec"]["containers"][:2] == before["spec"]["containers"]
+    assert pod["spec"]["initContainers"] == before["spec"]["initContainers"]
+    assert pod["metadata"]["annotations"] == {**before["metadata"]["annotations"], STATUS_KEY: "injected"}
+    assert pod["spec"]["volumes"] == before["spec"]["volumes"]
+
+
+def test_injection_is_idempotent() -> None:
+    document = fixture("pod_create_annotated")
+    pod = injected(document)
+    document["request"]["object"] = pod
+    not_injected(document, "already injected")
+
+
+def test_flags_reach_the_stub() -> None:
+    config = InjectConfig(stub_image="ghcr.io/acme/msm@sha256:" + "ab" * 32, control_plane="10.0.0.7:9900")
+    stub = stub_of(injected(fixture("pod_create_annotated"), config))
+    assert stub["image"] == config.stub_image
+    assert {"name": "MSM_CONTROL_PLANE", "value": "10.0.0.7:9900"} in stub["env"]
+
+
+# -- pods left alone ---------------------------------------------------------------------------------
+def _annotate(value: str | None, label: str | None = None) -> dict[str, Any]:
+    document = fixture("pod_create_plain")
+    metadata = document["request"]["object"]["metadata"]
+    if value is not None:
+        metadata["annotations"] = {INJECT_KEY: value}
+    if label is not None:
+        metadata["labels"] = {INJECT_KEY: label}
+    return document
+
+
+def _in_namespace(namespace: str) -> dict[str, Any]:
+    document = fixture("pod_create_annotated")
+    document["request"]["namespace"] = namespace
+    document["request"]["object"]["metadata"]["namespace"] = namespace
+    return document
+
+
+def _already(how: str) -> dict[str, Any]:
+    document = fixture("pod_create_init_containers")
+    spec = document["request"]["object"]["spec"]
+    if how == "annotation":
+        document["request"]["object"]["metadata"]["annotations"][STATUS_KEY] = "injected"
+    elif how == "container":
+        spec["containers"].append({"name": "msm-stub", "image": "old/msm:0.0.1"})
+    else:
+        spec["initContainers"].append({"name": "msm-stub", "image": "old/msm:0.0.1"})
+    return document
+
+
+@pytest.mark.parametrize(("document", "reason"), [
+    pytest.param(fixture("pod_create_plain"), "no sidecar.mediastreamingmesh.io/inject", id="no-annotation"),
+    pytest.param(_annotate("false"), "no sidecar.mediastreamingmesh.io/inject", id="annotation-false"),
+    pytest.param(_annotate(""), "no sidecar.mediastreamingmesh.io/inject", id="annotation-empty"),
+    pytest.param(_annotate(None, "false"), "no sidecar.mediastreamingmesh.io/inject", id="label-false"),
+    pytest.param(_annotate("false", "true"), "no sidecar.mediastreamingmesh.io/inject", id="annotation-wins"),
+    pytest.param(_already("annotation"), "already injected", id="status-annotation"),
+    pytest.param(_already("container"), "already injected", id="stub-container"),
+    pytest.param(_already("init"), "already injected", id="stub-init-container"),
+    pytest.param(_in_namespace("kube-system"), "kube-system", id="kube-system"),
+    pytest.param(_in_namespace("msm-system"), "mesh's own", id="mesh-namespace"),
+])
+def test_pods_left_alone(document: dict[str, Any], reason: str) -> None:
+    not_injected(document, reason)
+
+
+def test_annotation_with_label_false_is_injected() -> None:
+    injected(_annotate("true", "false"))
+
+
+def test_mesh_namespace_is_configurable() -> None:
+    config = InjectConfig(stub_image="msm:1", mesh_namespace="mesh")
+    not_injected(_in_namespace("mesh"), "mesh's own", config)
+    injected(_in_namespace("msm-system"), config)
+
+
+def test_namespace_from_the_object_when_the_request_has_none() -> None:
+    document = _in_namespace("kube-system")
+    del document["request"]["namespace"]
+    not_injected(document, "kube-system")
+
+
+# -- not ours: well-formed reviews of something else -------------------------------------------------
+def test_deployment_review_is_allowed_untouched() -> None:
+    not_injected(fixture("deployment_create"), "not a Pod (apps/v1 Deployment)")
+
+
+@pytest.mark.parametrize(("operation", "sub"), [("UPDATE", None), ("DELETE", None), ("CREATE", "status")])
+def test_only_pod_create_is_injected(operation: str, sub: str | None) -> None:
+    document = fixture("pod_create_annotated")
+    document["request"]["operation"] = operation
+    if sub:
+        document["request"]["subResource"] = sub
+    not_injected(document, "only Pod CREATE")
+
+
+# -- bad reviews: 400 with a message, never a 500 ----------------------------------------------------
+def _mutated(change: Any) -> bytes:
+    document = fixture("pod_create_annotated")
+    change(document)
+    return encode(document)
+
+
+def _set(path: str, value: Any) -> Any:
+    *parents, last = path.split(".")
+
+    def change(document: dict[str, Any]) -> None:
+        node = document
+        for key in parents:
+            node = node[key]
+        if value is _DELETE:
+            del node[last]
+        else:
+            node[last] = value
+    return change
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    pytest.param(b"this is not json", "not JSON", id="garbage"),
+    pytest.param(b"", "empty body", id="empty"),
+    pytest.param(b" \r\n\t", "empty body", id="whitespace"),
+    pytest.param(b"\xff\xfe\x00garbage", "not JSON", id="not-utf8"),
+    pytest.param(b"[1, 2]", "body must be a JSON object", id="array"),
+    pytest.param(b"null", "body must be a JSON object", id="null"),
+    pytest.param(b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1"}', "no request",
+                 id="missing-request"),
+    pytest.param(_mutated(_set("request", None)), "no request", id="null-request"),
+    pytest.param(_mutated(_set("request", [])), "request must be a JSON object", id="request-array"),
+    pytest.param(_mutated(_set("apiVersion", "admission.k8s.io/v1beta1")), "apiVersion must be admission.k8s.io/v1",
+                 id="v1beta1"),
+    pytest.param(_mutated(_set("kind", "Pod")), "kind must be AdmissionReview", id="wrong-kind"),
+    pytest.param(_mutated(_set("request.uid", _DELETE)), "request.uid", id="missing-uid"),
+    pytest.param(_mutated(_set("request.uid", "")), "request.uid", id="empty-uid"),
+    pytest.param(_mutated(_set("request.uid", 42)), "request.uid", id="uid-number"),
+    pytest.param(_mutated(_set("request.kind", _DELETE)), "request.kind", id="missing-kind"),
+    pytest.param(_mutated(_set("request.kind", "Pod")), "request.kind", id="kind-string"),
+    pytest.param(_mutated(_set("request.kind.version", None)), "request.kind.version", id="kind-no-version"),
+    pytest.param(_mutated(_set("request.operation", _DELETE)), "request.operation", id="missing-operation"),
+    pytest.param(_mutated(_set("request.namespace", 7)), "request.namespace", id="namespace-number"),
+    pytest.param(_mutated(_set("request.object", None)), "needs request.object", id="null-object"),
+    pytest.param(_mutated(_set("request.object", _DELETE)), "needs request.object", id="missing-object"),
+    pytest.param(encode(fixture("deployment_create") | {"request": fixture("deployment_create")["request"]
+                                                         | {"kind": {"group": "", "version": "v1", "kind": "Pod"}}}),
+                 "request.object is 'apps/v1' 'Deployment'", id="deployment-said-pod"),
+    pytest.param(_mutated(_set("request.object.metadata.annotations", {INJECT_KEY: True})),
+                 "annotations['sidecar.mediastreamingmesh.io/inject'] must be a string", id="annotation-bool"),
+    pytest.param(_mutated(_set("request.object.metadata.labels", ["a"])), "labels must be a JSON object",
+                 id="labels-array"),
+    pytest.param(_mutated(_set("request.object.spec", _DELETE)), "request.object.spec", id="missing-spec"),
+    pytest.param(_mutated(_set("request.object.spec.containers", {})), "containers must be a list",
+                 id="containers-object"),
+    pytest.param(_mutated(_set("request.object.spec.containers", ["app"])), "containers[0] must be a JSON object",
+                 id="container-string"),
+    pytest.param(_mutated(lambda d: [d["request"].pop("namespace"),
+                                     d["request"]["object"]["metadata"].pop("namespace")]),
+                 "needs request.namespace", id="no-namespace"),
+    pytest.param(b"[" * 100_000 + b"]" * 100_000, "nested too deeply", id="deep-nesting"),
+    pytest.param(b'{"kind": "AdmissionReview", "n": ' + b"9" * 5000 + b"}", "not JSON", id="huge-integer"),
+    pytest.param(b" " * MAX_REVIEW_BYTES + b"{}", "too large", id="huge-body"),
+])
+def test_bad_reviews_are_400(body: bytes, message: str) -> None:
+    assert message in rejected(body)
+
+
+def test_body_at_the_limit_is_read() -> None:
+    body = encode(fixture("pod_create_annotated"))
+    padded = body + b" " * (MAX_REVIEW_BYTES - len(body))
+    assert len(padded) == MAX_REVIEW_BYTES
+    assert review(padded, CONFIG)[0] == 200
+    assert "too large" in rejected(padded + b" ")
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(st.binary(max_size=256))
+def test_any_bytes_get_an_answer(body: bytes) -> None:
+    status, answer_body = review(body, CONFIG)
+    assert status in (200, 400)
+
+
+_FIELDS = ["apiVersion", "kind", "request", "request.uid", "request.kind", "request.kind.group", "request.kind.kind",
+           "request.operation", "request.name", "request.namespace", "request.subResource", "request.object",
+           "request.object.kind", "request.object.apiVersion", "request.object.metadata",
+           "request.object.metadata.name", "request.object.metadata.namespace", "request.object.metadata.annotations",
+           "request.object.metadata.labels", "request.object.spec", "request.object.spec.containers",
+           "request.object.spec.initContainers"]
+
+
+@given(path=st.sampled_from(_FIELDS), value=_json)
+def test_any_field_value_gets_an_answer(path: str, value: Any) -> None:
+    status, reply = review(_mutated(_set(path, value)), CONFIG)
+    assert status in (200, 400)
+    if status == 200:
+        response: dict[str, Any] = cast(dict[str, Any], reply)["response"]
+        # The response echoes the request's uid, whatever (valid) uid the request carried.
+        expected = value if path == "request.uid" else fixture("pod_create_annotated")["request"]["uid"]
+        assert response["uid"] == expected
+
+
+# -- configuration ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs", [
+    {"stub_image": ""}, {"stub_image": "msm 1"}, {"stub_image": "msm:1", "control_plane": "cp"},
+    {"stub_image": "msm:1", "control_plane": "cp:0"}, {"stub_image": "msm:1", "control_plane": ":9000"},
+    {"stub_image": "msm:1", "mesh_namespace": "Bad_NS"},
+])
+def test_bad_config(kwargs: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        InjectConfig(**kwargs)
+
+
+# -- the thin HTTP layer (plain HTTP here; HTTPS in tests/e2e/test_webhook_https.py) --------------
+@pytest.fixture
+async def client() -> Any:
+    async with TestClient(TestServer(create_app(CONFIG))) as test_client:
+        yield test_client
+
+
+async def test_http_mutate_and_healthz(client: TestClient[Any, Any]) -> None:
+    document = fixture("pod_create_annotated")
+    response = await client.post("/mutate", data=encode(document), headers={"Content-Type": "application/json"})
+    assert response.status == 200
+    body = await response.json()
+    assert body["response"]["uid"] == document["request"]["uid"] and "patch" in body["response"]
+    health = await client.get("/healthz")
+    assert health.status == 200 and (await health.text()).strip() == "ok"
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", "/mutate", 405), ("PUT", "/mutate", 405), ("POST", "/healthz", 405),
+    ("POST", "/validate", 404), ("GET", "/", 404),
+])
+async def test_http_wrong_method_or_path(client: TestClient[Any, Any], method: str, path: str, status: int) -> None:
+    response = await client.request(method, path, data=b"{}")
+    assert response.status == status
+
+
+async def test_http_bad_bodies(client: TestClient[Any, Any]) -> None:
+    garbage = await client.post("/mutate", data=b"{nope")
+    assert garbage.status == 400 and "not JSON" in (await garbage.json())["message"]
+    empty = await client.post("/mutate")
+    assert empty.status == 400 and "empty body" in (await empty.json())["message"]
+
+
+async def test_http_oversized_body_is_refused_by_its_length(client: TestClient[Any, Any]) -> None:
+    response = await client.post("/mutate", data=io.BytesIO(b"{" + b" " * (4 * MAX_REVIEW_BYTES)))
+    assert response.status == 400
+    assert "too large: 4194305 bytes" in (await response.json())["message"]
+
+
+async def test_http_oversized_chunked_body_is_cut_off(client: TestClient[Any, Any]) -> None:
+    async def chunks() -> Any:
+        for _ in range(64):
+            yield b" " * 65536  # 4 MiB in all, no Content-Length
+
+    response = await client.post("/mutate", data=chunks())
+    assert response.status == 400
+    assert f"the limit is {MAX_REVIEW_BYTES}" in (await response.json())["message"]
+
+
+# -- the command line ---------------------------------------------------------------------------------
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "webhook.main", *args], capture_output=True, text=True,
+                          timeout=30, env=env, cwd=ROOT)
+
+
+def test_cli_help() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for flag in ("--port", "--tls-cert", "--tls-key", "--stub-image", "--control-plane", "--mesh-namespace",
+                 "MSM_STUB_IMAGE", "MSM_CONTROL_PLANE"):
+        assert flag in result.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "--tls-cert (or MSM_TLS_CERT) is required"),
+    (["--tls-cert", "/nonexistent/tls.crt", "--tls-key", "/nonexistent/tls.key", "--stub-image", "msm:1"],
+     "cannot read /nonexistent/tls.crt: No such file or directory"),
+    (["--tls-cert", "/etc/hostname", "--tls-key", "/etc/hostname", "--stub-image", "msm:1"],
+     "/etc/hostname holds no PEM certificate"),
+    (["--tls-cert", "x", "--tls-key", "y"], "--stub-image (or MSM_STUB_IMAGE) is required"),
+    (["--tls-cert", "x", "--tls-key", "y", "--stub-image", "msm:1", "--port", "70000"], "port must be 0-65535"),
+    (["--tls-cert", "x", "--tls-key", "y", "--stub-image", "msm:1", "--control-plane", "nowhere"],
+     "control plane must be HOST:PORT"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_cli_errors_are_one_line(args: list[str], message: str) -> None:
+    result = run(*args, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("msm-webhook: error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_flags_win_over_environment() -> None:
+    parser = webhook_main.build_parser()
+    environ = {"MSM_STUB_IMAGE": "env/msm:1", "MSM_CONTROL_PLANE": "env-cp:9000", "MSM_TLS_CERT": "/env/crt",
+               "MSM_TLS_KEY": "/env/key", "MSM_WEBHOOK_PORT": "9443"}
+    values = webhook_main.settings(parser.parse_args(["--control-plane", "flag-cp:9000", "--port", "0"]), environ)
+    assert values["control_plane"] == "flag-cp:9000" and values["port"] == "0"
+    assert values["stub_image"] == "env/msm:1" and values["tls_cert"] == "/env/crt"
+    assert values["mesh_namespace"] == "msm-system" and values["host"] == "0.0.0.0"
+
+
+def test_the_schema_check_has_teeth() -> None:
+    """A control: the strict schema refuses a stub with a misspelt or mistyped field."""
+    pod = injected(fixture("pod_create_annotated"))
+    broken: dict[str, Any]
+    for broken in ({"readinessprobe": {}}, {"securityContext": {"runAsUser": "1337"}}):
+        bad = copy.deepcopy(pod)
+        stub_of(bad).update(broken)
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(bad, K8S_VERSION, strict=True)

@@ -1,0 +1,142 @@
+"""``msm-webhook``: serve the sidecar-injecting admission webhook over HTTPS.
+
+Every flag has an ``MSM_*`` environment variable; a flag wins over the environment. A bad value
+or an unusable certificate is one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from webhook.errors import CertificateError, ConfigError
+from webhook.review import DEFAULT_CONTROL_PLANE, DEFAULT_MESH_NAMESPACE, InjectConfig
+from webhook.server import ReloadingTLS, WebhookServer
+
+log = logging.getLogger("webhook")
+
+# flag destination -> environment variable
+ENVIRONMENT = {
+    "host": "MSM_WEBHOOK_HOST",
+    "port": "MSM_WEBHOOK_PORT",
+    "tls_cert": "MSM_TLS_CERT",
+    "tls_key": "MSM_TLS_KEY",
+    "stub_image": "MSM_STUB_IMAGE",
+    "control_plane": "MSM_CONTROL_PLANE",
+    "mesh_namespace": "MSM_MESH_NAMESPACE",
+    "log_level": "MSM_LOG_LEVEL",
+}
+DEFAULTS = {
+    "host": "0.0.0.0",
+    "port": "8443",
+    "control_plane": DEFAULT_CONTROL_PLANE,
+    "mesh_namespace": DEFAULT_MESH_NAMESPACE,
+    "log_level": "info",
+}
+
+
+class UsageError(Exception):
+    """A bad command line or environment value."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="msm-webhook",
+        description="Mutating admission webhook (admission.k8s.io/v1) that adds the msm stub sidecar "
+        "to Pods annotated or labelled sidecar.mediastreamingmesh.io/inject: \"true\". Serves "
+        "POST /mutate and GET /healthz over HTTPS and reloads the certificate when its files change.",
+        epilog="Each flag can also be set in the environment: "
+        + ", ".join(f"--{dest.replace('_', '-')}={env}" for dest, env in ENVIRONMENT.items())
+        + ". Flags win over the environment.",
+    )
+    parser.add_argument("--host", metavar="ADDR", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--port", metavar="PORT", help="HTTPS port (default 8443; 0 picks a free one)")
+    parser.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain) to serve (required)")
+    parser.add_argument("--tls-key", metavar="FILE", help="PEM private key of that certificate (required)")
+    parser.add_argument("--stub-image", metavar="IMAGE", help="image of the injected stub container (required)")
+    parser.add_argument("--control-plane", metavar="HOST:PORT",
+                        help=f"control plane gRPC address given to the stub (default {DEFAULT_CONTROL_PLANE})")
+    parser.add_argument("--mesh-namespace", metavar="NAMESPACE",
+                        help=f"the mesh's own namespace, never injected (default {DEFAULT_MESH_NAMESPACE})")
+    parser.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error (default info)")
+    return parser
+
+
+def settings(opts: argparse.Namespace, environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """Flags over environment over defaults; UsageError names whatever is missing."""
+    values: dict[str, str] = {}
+    for dest, env in ENVIRONMENT.items():
+        value = getattr(opts, dest)
+        if value is None:
+            value = environ.get(env) or DEFAULTS.get(dest)
+        if value is None:
+            raise UsageError(f"--{dest.replace('_', '-')} (or {env}) is required")
+        values[dest] = value
+    return values
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise UsageError(f"port must be 0-65535, got {text!r}")
+    return int(text)
+
+
+def _log_level(text: str) -> int:
+    level = logging.getLevelName(text.upper())
+    if text.lower() not in ("debug", "info", "warning", "error") or not isinstance(level, int):
+        raise UsageError(f"log level must be debug, info, warning or error, got {text!r}")
+    return level
+
+
+async def serve(server: WebhookServer, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    await server.start(host, port)
+    log.info("msm-webhook listening on %s", server.url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("msm-webhook stopping")
+        await server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        opts = build_parser().parse_args(argv)
+        values = settings(opts, os.environ)
+        port = _port(values["port"])
+        level = _log_level(values["log_level"])
+        config = InjectConfig(stub_image=values["stub_image"], control_plane=values["control_plane"],
+                              mesh_namespace=values["mesh_namespace"])
+        tls = ReloadingTLS(values["tls_cert"], values["tls_key"])
+    except (UsageError, ConfigError, CertificateError) as exc:
+        print(f"msm-webhook: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(WebhookServer(config, tls), values["host"], port))
+    except OSError as exc:
+        print(f"msm-webhook: error: cannot listen on {values['host']}:{port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
