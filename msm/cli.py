@@ -245,9 +245,9 @@ def stream_rows(response: Any) -> list[dict[str, Any]]:
                     "loss_percent": round(100.0 * max(relay.packets_lost, 0) / r_expected, 3) if r_expected else 0.0,
                     "lost": relay.packets_lost, "jitter_ms": round(relay.jitter_ms, 3), "rtt_ms": None,
                 })
-            legs = [leg for f in ([flow] if flow else []) + relays for leg in f.legs
+            legs = [(f.node, leg) for f in ([flow] if flow else []) + relays for leg in f.legs
                     if not leg.leg_id.startswith("relay@")]
-            for leg in legs:
+            for node, leg in legs:
                 viewer = viewer_of.get(leg.leg_id)
                 reported = leg.has_report
                 sent = leg.packets_sent
@@ -255,7 +255,7 @@ def stream_rows(response: Any) -> list[dict[str, Any]]:
                     "hop": "viewer",
                     "stream": stream.name,
                     "track": track,
-                    "node": flow.node if flow else "",
+                    "node": node,
                     "viewer": viewer.host if viewer else leg.destination.host,
                     "session": viewer.session_id if viewer else leg.leg_id,
                     "state": "playing" if leg.enabled else "paused",

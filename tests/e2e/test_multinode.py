@@ -137,10 +137,9 @@ def sh(*argv: str, check: bool = True, input: str | None = None, timeout: float 
 
 
 def checkout_env() -> dict[str, str]:
-    """The checkout's code, as pytest itself imports it (``pythonpath = ["."]``). The venv's
-    console scripts alone see only the packages its editable install maps (pyproject's
-    ``packages.find``), which at the time of writing leaves out ``ext``."""
-    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    """The components run as installed (the venv's console scripts, no PYTHONPATH), so a
+    package the install leaves out fails here as it would in ``msm up`` or an image."""
+    return {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONUNBUFFERED": "1"}
 
 
 def in_ns(netns: str) -> list[str]:
@@ -712,6 +711,8 @@ async def test_three_viewers_on_two_nodes_share_one_upstream_and_one_cross_node_
         assert (relay_row["from_node"], relay_row["node"]) == (a.name, b.name) and relay_row["packets"] > 0, relay_row
         assert sorted(session_pod[r["session"]] for r in viewer_rows) == sorted(viewers_of), viewer_rows
         assert all(r["packets"] > 0 and r["state"] == "playing" for r in viewer_rows), viewer_rows
+        # Each viewer is shown on the node whose proxy feeds it.
+        assert all(r["node"] == c.pods[session_pod[r["session"]]].node.name for r in viewer_rows), viewer_rows
     assert len(rows) == len(tracks) * 5, rows
 
     # -- and all of it is gone once the viewers have left ------------------------------------------
