@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any, cast
 
 from .errors import DecodeFailure, IncompatibleVersion, InvalidConfig, InvalidEnvironment
@@ -28,6 +29,9 @@ DEFAULT_PROXY_UID = 1337
 DEFAULT_MODE: RedirectMode = "nftables"
 DEFAULT_EXCLUDE_NAMESPACES = ("kube-system",)
 DEFAULT_API_TIMEOUT = 5.0
+#: eBPF mode: where links and maps are pinned (on bpffs); the cgroup the
+#: programs attach to defaults to the cgroup v2 root ("").
+DEFAULT_BPF_PIN_PATH = "/sys/fs/bpf/msm"
 #: A conflist plugin entry is a few hundred bytes; prevResult for a pod with a
 #: handful of interfaces a few KiB. 1 MiB is far beyond any honest config and
 #: keeps a runaway writer from making us buffer without bound.
@@ -73,6 +77,8 @@ class Settings:
     exclude_namespaces: tuple[str, ...] = DEFAULT_EXCLUDE_NAMESPACES
     kubeconfig: str = ""
     api_timeout: float = DEFAULT_API_TIMEOUT
+    cgroup_path: str = ""
+    bpf_pin_path: str = DEFAULT_BPF_PIN_PATH
 
 
 def parse_cni_args(raw: str) -> dict[str, str]:
@@ -140,6 +146,16 @@ def _port(value: object, field: str) -> int:
     return value
 
 
+def _abs_path(raw: dict[str, Any], field: str, default: str) -> str:
+    """An absolute path without ``..`` (normalized), or '' when absent and the default is ''."""
+    value = raw.get(field, default)
+    if value == "" and default == "":
+        return ""
+    if not isinstance(value, str) or not value.startswith("/") or ".." in value.split("/"):
+        raise InvalidConfig(f"invalid {field}", f"expected an absolute path, got {value!r}")
+    return str(PurePosixPath(value))
+
+
 def check_version(version: object) -> str:
     if not isinstance(version, str) or not version:
         raise InvalidConfig("invalid cniVersion", f"expected a version string, got {version!r}")
@@ -186,6 +202,11 @@ def parse_conf(raw: dict[str, Any]) -> tuple[NetConf, Settings]:
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 60:
         raise InvalidConfig("invalid kubernetes.timeoutSeconds", f"expected 0 < seconds <= 60, got {timeout!r}")
 
+    cgroup_path = _abs_path(raw, "cgroupPath", "")
+    pin_path = _abs_path(raw, "bpfPinPath", DEFAULT_BPF_PIN_PATH)
+    if pin_path == "/":
+        raise InvalidConfig("invalid bpfPinPath", "expected a directory on bpffs, got '/'")
+
     prev = raw.get("prevResult")
     if prev is not None and not isinstance(prev, dict):
         raise InvalidConfig("invalid prevResult", f"expected an object, got {type(prev).__name__}")
@@ -198,5 +219,7 @@ def parse_conf(raw: dict[str, Any]) -> tuple[NetConf, Settings]:
         exclude_namespaces=tuple(excluded),
         kubeconfig=kubeconfig,
         api_timeout=float(timeout),
+        cgroup_path=cgroup_path,
+        bpf_pin_path=pin_path,
     )
     return cast(NetConf, raw), settings

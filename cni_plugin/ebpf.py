@@ -1,74 +1,118 @@
 """The eBPF alternative to the nftables redirect (``"redirectMode": "ebpf"``).
 
-Design. Three small cgroup programs, attached once per node to the cgroup v2
-root and pinned under ``/sys/fs/bpf/msm`` (cgroup attachments outlive the
-process that made them, so the short-lived plugin can load them on the first
-ADD and later ADDs only write map entries):
+Where the programs attach. A CNI ADD runs before the pod's containers exist, so
+there is no pod cgroup to attach to yet. Instead three cgroup programs are
+attached ONCE to a cgroup that contains every pod (``cgroupPath``; default the
+root of the cgroup v2 hierarchy, or e.g. the kubelet's ``kubepods`` slice), and
+each decides per socket from the socket's network namespace: map
+``redirect`` is keyed by (netns cookie, destination port), and ADD writes one
+entry per intercepted port for the pod's netns, DEL removes them. A process
+outside every injected pod's netns costs one hash lookup per ``connect()``.
 
-* ``cgroup/connect4`` rewrites ``connect()`` of TCP to an intercepted port into
-  ``127.0.0.1:<redirectPort>`` when the socket's network namespace is an
-  injected pod's (map ``msm_redirect``, keyed by netns cookie and port), the
-  destination is not in 127.0.0.0/8 and the caller is not the stub's UID. The
-  original destination is kept by socket cookie.
-* ``sockops`` (active established) re-keys that by the client's local port, the
-  only thing the stub's accepted socket knows about its peer.
-* ``cgroup/getsockopt`` answers the stub's ``SO_ORIGINAL_DST`` with it, so the
-  stub works unchanged in either mode.
+* ``cgroup/connect4``: a TCP ``connect()`` to an intercepted port, not to
+  127.0.0.0/8 and not by the stub's UID (``proxyUid``, as the kernel sees it in
+  the initial user namespace) is rewritten to ``127.0.0.1:<redirectPort>``. The
+  original destination is kept under the socket's cookie.
+* ``sockops`` (active side established): re-keys it by the client's address
+  (netns cookie, local IPv4, local port), the only thing the stub's accepted
+  socket knows about its peer.
+* ``cgroup/getsockopt``: answers ``getsockopt(SOL_IP, SO_ORIGINAL_DST)`` on that
+  accepted socket with it (``sockaddr_in``), so the stub's
+  ``original_destination()`` works unchanged in either mode. Any other socket
+  gets the kernel's own answer.
 
-ADD finds the pod's netns cookie (``SO_NETNS_COOKIE`` on a socket made inside
-it) and writes one ``msm_redirect`` entry per intercepted port; it records the
-cookie under ``/run/msm-cni`` so DEL can remove exactly those entries even when
-the namespace is already gone.
+Only IPv4 is redirected (no ``connect6`` yet; the nftables mode also does IPv6).
+The stub must be in ``cgroupPath`` too (the getsockopt hook runs for sockets of
+processes in it), which it is when that covers the pods.
 
-The programs are compiled by BCC (Debian's ``python3-bpfcc``) at first load,
-which needs the running kernel's headers (``/lib/modules/$(uname -r)/build``,
-or ``CONFIG_IKHEADERS``). ``preflight`` checks all of that first and refuses
-with ``EbpfUnavailable`` (code 103) saying exactly what is missing, so the mode
-fails cleanly instead of half-installing.
+Lifetime. The programs are attached with BPF links; links and maps are pinned
+under ``bpfPinPath`` (default ``/sys/fs/bpf/msm``), which is what keeps them
+alive after the short-lived plugin exits. The first ADD compiles and attaches
+them (BCC: about 0.7 s for that ADD, 0.15 s for later ones); later ADDs only write map entries. ADD
+re-attaches when the pinned links are missing or attached elsewhere (the cgroup
+was removed, or ``cgroupPath`` changed). When a DEL (or GC) leaves the
+``redirect`` map empty, the links and maps are unpinned, which detaches the
+programs: a node with no injected pod carries nothing. ADD, DEL and GC hold a
+lock (``/run/msm-cni/ebpf.lock``), so concurrent invocations cannot tear down
+what another is installing.
+
+ADD records the pod's netns cookie, ports and pin path in
+``/run/msm-cni/<containerID>-<ifname>.json``, so DEL needs neither the network
+namespace nor the config, and removes only keys no other record still claims.
+
+Requirements (``preflight``; ``EbpfUnavailable``, code 103, names what is
+missing): BCC (Debian's ``python3-bpfcc``) and libbpf, a cgroup v2 hierarchy,
+bpffs (mounted on ``/sys/fs/bpf`` by ADD when it is not), Linux 5.15+, and
+kernel headers for BCC's compiler: ``/lib/modules/$(uname -r)/build`` (and
+``source``), or ``CONFIG_IKHEADERS``. The programs use only the stable UAPI
+(no kprobes, no kernel structs), so another kernel's headers do: on a node
+whose kernel has no headers package, link Debian's ``linux-headers-amd64``
+there (``scripts/setup.sh`` does).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .config import Settings
+from .config import DEFAULT_BPF_PIN_PATH, Settings
 from .errors import CheckFailed, EbpfUnavailable, NetnsGone, RedirectFailed
 from .nft import tool
 
-PIN_DIR = Path("/sys/fs/bpf/msm")
 STATE_DIR = Path("/run/msm-cni")
+BPFFS = Path("/sys/fs/bpf")
+BPF_FS_MAGIC = 0xCAFE4A11
 DEBIAN_DIST_PACKAGES = "/usr/lib/python3/dist-packages"  # where python3-bpfcc installs ``bcc``
 SO_NETNS_COOKIE = 71  # asm-generic/socket.h, Linux 5.14+
 #: Entries: one per (injected pod, intercepted port). A node runs at most a few
 #: hundred pods; 16384 leaves room for many ports each.
 MAX_REDIRECTS = 16384
-#: Connections between connect() and the stub's getsockopt(); LRU, so entries
-#: of connections that never reach the stub age out instead of filling it.
+#: Connections between connect() and the stub's accept(); LRU, so the entries of
+#: connections that never reach the stub age out instead of filling the map.
 MAX_PENDING = 65536
+
+# enum bpf_prog_type / bpf_attach_type (include/uapi/linux/bpf.h; stable ABI).
+PROG_SOCK_OPS = 13
+PROG_CGROUP_SOCK_ADDR = 18
+PROG_CGROUP_SOCKOPT = 25
+ATTACH_CGROUP_SOCK_OPS = 3
+ATTACH_CGROUP_INET4_CONNECT = 10
+ATTACH_CGROUP_GETSOCKOPT = 21
+
+#: (function, program type, attach type, name of its pinned link)
+PROGRAMS = (
+    ("msm_connect4", PROG_CGROUP_SOCK_ADDR, ATTACH_CGROUP_INET4_CONNECT, "link_connect4"),
+    ("msm_sockops", PROG_SOCK_OPS, ATTACH_CGROUP_SOCK_OPS, "link_sockops"),
+    ("msm_getsockopt", PROG_CGROUP_SOCKOPT, ATTACH_CGROUP_GETSOCKOPT, "link_getsockopt"),
+)
+MAPS = ("redirect", "by_socket", "by_peer")
 
 PROGRAM = r"""
 #include <uapi/linux/bpf.h>
 #include <linux/in.h>
 
-#define SOL_IP_ 0
-#define SO_ORIGINAL_DST_ 80
+#define MSM_SOL_IP 0
+#define MSM_SO_ORIGINAL_DST 80
+#define MSM_LOOPBACK 0x7f000001
 
-struct redirect_key { u64 netns; u32 port; u32 pad; };
+struct redirect_key { u64 netns; u32 port; u32 pad; };   /* port in host order */
 struct redirect_val { u32 to_port; u32 proxy_uid; };
-struct orig_dst { u32 ip4; u32 port; };               /* both network byte order */
-struct conn_key { u64 netns; u32 local_port; u32 pad; };
+struct orig_dst { u32 ip4; u32 port; };                  /* both in network order */
+struct peer_key { u64 netns; u32 ip4; u32 port; };       /* ip network, port host order */
 
-BPF_TABLE_PINNED("hash", struct redirect_key, struct redirect_val, msm_redirect, MAX_REDIRECTS,
-                 "PIN_DIR/msm_redirect");
-BPF_TABLE_PINNED("lru_hash", u64, struct orig_dst, msm_by_socket, MAX_PENDING, "PIN_DIR/msm_by_socket");
-BPF_TABLE_PINNED("lru_hash", struct conn_key, struct orig_dst, msm_by_port, MAX_PENDING,
-                 "PIN_DIR/msm_by_port");
+BPF_TABLE_PINNED("hash", struct redirect_key, struct redirect_val, redirect, @MAX_REDIRECTS@,
+                 "@PINS@/redirect");
+BPF_TABLE_PINNED("lru_hash", u64, struct orig_dst, by_socket, @MAX_PENDING@, "@PINS@/by_socket");
+BPF_TABLE_PINNED("lru_hash", struct peer_key, struct orig_dst, by_peer, @MAX_PENDING@, "@PINS@/by_peer");
 
 int msm_connect4(struct bpf_sock_addr *ctx) {
     if (ctx->protocol != IPPROTO_TCP)
@@ -79,18 +123,18 @@ int msm_connect4(struct bpf_sock_addr *ctx) {
     struct redirect_key key = {};
     key.netns = bpf_get_netns_cookie(ctx);
     key.port = bpf_ntohs((u16)ctx->user_port);
-    struct redirect_val *val = msm_redirect.lookup(&key);
-    if (!val)
+    struct redirect_val *how = redirect.lookup(&key);
+    if (!how)
         return 1;
-    if ((u32)bpf_get_current_uid_gid() == val->proxy_uid)
+    if ((u32)bpf_get_current_uid_gid() == how->proxy_uid)
         return 1;
     struct orig_dst orig = {};
     orig.ip4 = dst;
-    orig.port = ctx->user_port;
+    orig.port = (u16)ctx->user_port;
     u64 cookie = bpf_get_socket_cookie(ctx);
-    msm_by_socket.update(&cookie, &orig);
-    ctx->user_ip4 = bpf_htonl(0x7f000001);
-    ctx->user_port = bpf_htons((u16)val->to_port);
+    by_socket.update(&cookie, &orig);
+    ctx->user_ip4 = bpf_htonl(MSM_LOOPBACK);
+    ctx->user_port = bpf_htons((u16)how->to_port);
     return 1;
 }
 
@@ -98,28 +142,30 @@ int msm_sockops(struct bpf_sock_ops *skops) {
     if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
         return 1;
     u64 cookie = bpf_get_socket_cookie(skops);
-    struct orig_dst *orig = msm_by_socket.lookup(&cookie);
+    struct orig_dst *orig = by_socket.lookup(&cookie);
     if (!orig)
         return 1;
-    struct conn_key key = {};
-    key.netns = bpf_get_netns_cookie(skops);
-    key.local_port = skops->local_port;
     struct orig_dst copy = *orig;
-    msm_by_port.update(&key, &copy);
-    msm_by_socket.delete(&cookie);
+    struct peer_key key = {};
+    key.netns = bpf_get_netns_cookie(skops);
+    key.ip4 = skops->local_ip4;
+    key.port = skops->local_port;
+    by_peer.update(&key, &copy);
+    by_socket.delete(&cookie);
     return 1;
 }
 
 int msm_getsockopt(struct bpf_sockopt *ctx) {
-    if (ctx->level != SOL_IP_ || ctx->optname != SO_ORIGINAL_DST_)
+    if (ctx->level != MSM_SOL_IP || ctx->optname != MSM_SO_ORIGINAL_DST)
         return 1;
     struct bpf_sock *sk = ctx->sk;
-    if (!sk)
+    if (!sk || sk->family != AF_INET)
         return 1;
-    struct conn_key key = {};
+    struct peer_key key = {};
     key.netns = bpf_get_netns_cookie(ctx);
-    key.local_port = bpf_ntohs((u16)sk->dst_port);
-    struct orig_dst *orig = msm_by_port.lookup(&key);
+    key.ip4 = sk->dst_ip4;
+    key.port = bpf_ntohs((u16)sk->dst_port);
+    struct orig_dst *orig = by_peer.lookup(&key);
     if (!orig)
         return 1;
     struct sockaddr_in *out = ctx->optval;
@@ -128,7 +174,11 @@ int msm_getsockopt(struct bpf_sockopt *ctx) {
     out->sin_family = AF_INET;
     out->sin_port = (u16)orig->port;
     out->sin_addr.s_addr = orig->ip4;
+    __builtin_memset(out->sin_zero, 0, sizeof(out->sin_zero));
     ctx->optlen = sizeof(*out);
+    /* optlen and retval are separate 32-bit context fields: keep clang from
+       merging the two stores into one 64-bit store the verifier rejects. */
+    asm volatile("" ::: "memory");
     ctx->retval = 0;
     return 1;
 }
@@ -143,14 +193,124 @@ class _RedirectVal(ctypes.Structure):
     _fields_ = [("to_port", ctypes.c_uint32), ("proxy_uid", ctypes.c_uint32)]
 
 
-def _cgroup2_root() -> str:
+class _LinkInfo(ctypes.Structure):
+    """The head of ``struct bpf_link_info`` for a cgroup link."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("prog_id", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("cgroup_id", ctypes.c_uint64),
+        ("attach_type", ctypes.c_uint32),
+        ("pad2", ctypes.c_uint32),
+    ]
+
+
+# -- libbpf (the system's libbpf.so.1, which BCC itself links) ---------------------------
+
+
+class _Libbpf:
+    """The few bpf() operations the plugin needs, through libbpf (returns -errno)."""
+
+    def __init__(self) -> None:
+        # libbpf 1.x: every call returns -errno on failure (0.x did not, hence no fallback to it).
+        try:
+            self.lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+        except OSError as exc:
+            raise EbpfUnavailable(
+                "eBPF redirect mode unavailable", f"libbpf 1.x is missing (apt-get install libbpf1): {exc}"
+            ) from exc
+        c_int, ptr, u32p = ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)
+        signatures: dict[str, list[Any]] = {
+            "bpf_obj_get": [ctypes.c_char_p],
+            "bpf_obj_pin": [c_int, ctypes.c_char_p],
+            "bpf_link_create": [c_int, c_int, c_int, ptr],
+            "bpf_obj_get_info_by_fd": [c_int, ptr, u32p],
+            "bpf_map_update_elem": [c_int, ptr, ptr, ctypes.c_uint64],
+            "bpf_map_lookup_elem": [c_int, ptr, ptr],
+            "bpf_map_delete_elem": [c_int, ptr],
+            "bpf_map_get_next_key": [c_int, ptr, ptr],
+        }
+        for fn, argtypes in signatures.items():
+            getattr(self.lib, fn).argtypes = argtypes
+            getattr(self.lib, fn).restype = c_int
+
+    @staticmethod
+    def _check(ret: int, what: str) -> int:
+        if ret < 0:
+            raise OSError(-ret, f"{what}: {os.strerror(-ret)}")
+        return ret
+
+    def obj_get(self, path: Path) -> int:
+        return self._check(self.lib.bpf_obj_get(str(path).encode()), f"bpf_obj_get {path}")
+
+    def obj_pin(self, fd: int, path: Path) -> None:
+        self._check(self.lib.bpf_obj_pin(fd, str(path).encode()), f"bpf_obj_pin {path}")
+
+    def link_create(self, prog_fd: int, cgroup_fd: int, attach_type: int) -> int:
+        return self._check(self.lib.bpf_link_create(prog_fd, cgroup_fd, attach_type, None), "bpf_link_create")
+
+    def link_cgroup_id(self, fd: int) -> int:
+        info = _LinkInfo()
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        self._check(self.lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "link info")
+        return int(info.cgroup_id)
+
+    def update(self, fd: int, key: ctypes.Structure, value: ctypes.Structure) -> None:
+        self._check(self.lib.bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(value), 0), "map update")
+
+    def lookup(self, fd: int, key: ctypes.Structure, value: ctypes.Structure) -> bool:
+        return int(self.lib.bpf_map_lookup_elem(fd, ctypes.byref(key), ctypes.byref(value))) == 0
+
+    def delete(self, fd: int, key: ctypes.Structure) -> None:
+        self.lib.bpf_map_delete_elem(fd, ctypes.byref(key))  # absent is fine
+
+    def is_empty(self, fd: int) -> bool:
+        first = _RedirectKey()
+        return int(self.lib.bpf_map_get_next_key(fd, None, ctypes.byref(first))) != 0
+
+
+_libbpf: _Libbpf | None = None
+
+
+def _bpf() -> _Libbpf:
+    global _libbpf
+    if _libbpf is None:
+        _libbpf = _Libbpf()
+    return _libbpf
+
+
+# -- node checks ---------------------------------------------------------------------------
+
+
+def _mounts(fstype: str) -> list[str]:
     try:
-        for line in Path("/proc/self/mounts").read_text().splitlines():
-            fields = line.split()
-            if len(fields) > 2 and fields[2] == "cgroup2":
-                return fields[1]
+        lines = Path("/proc/self/mounts").read_text().splitlines()
     except OSError:
-        pass
+        return []
+    return [fields[1] for fields in (line.split() for line in lines) if len(fields) > 2 and fields[2] == fstype]
+
+
+def _cgroup2_root() -> str:
+    roots = _mounts("cgroup2")
+    return roots[0] if roots else ""
+
+
+def kernel_headers() -> str:
+    """Where BCC will find kernel headers ('' if nowhere), by BCC's own rules."""
+    release = os.uname().release
+    if env := os.environ.get("BCC_KERNEL_SOURCE"):
+        candidates = [Path(env)]
+    else:
+        modules = Path("/lib/modules") / release
+        both = (modules / "build").is_dir() and (modules / "source").is_dir()
+        candidates = [modules / ("source" if both else "build")]
+    for path in candidates:
+        if (path / "include/linux/kconfig.h").is_file():
+            return str(path)
+    if Path("/sys/kernel/kheaders.tar.xz").exists():
+        return "/sys/kernel/kheaders.tar.xz"
     return ""
 
 
@@ -174,59 +334,147 @@ def preflight() -> None:
     """Raise ``EbpfUnavailable`` naming every reason eBPF mode cannot work here."""
     release = os.uname().release
     reasons = []
-    headers = Path("/lib/modules") / release / "build"
-    if not headers.is_dir() and not Path("/sys/kernel/kheaders.tar.xz").exists():
+    numbers = [int(n) for n in re.findall(r"\d+", release)[:2]]
+    if numbers < [5, 15]:
+        reasons.append(f"Linux {release} is older than 5.15 (netns cookies in sockops and getsockopt programs)")
+    if not kernel_headers():
         reasons.append(
-            f"BCC compiles against the running kernel's headers and there are none for {release} "
-            f"({headers} is missing and the kernel has no CONFIG_IKHEADERS); "
-            f"install linux-headers-{release} or use redirectMode nftables"
+            f"BCC compiles against kernel headers and there are none for {release} "
+            f"(/lib/modules/{release}/build is missing and the kernel has no CONFIG_IKHEADERS); "
+            f"install linux-headers-{release}, or link /lib/modules/{release}/build and source to another "
+            f"kernel's headers (the programs use only the stable UAPI), or use redirectMode nftables"
         )
     if not _cgroup2_root():
         reasons.append("no cgroup v2 hierarchy is mounted (the connect4 hook attaches to one)")
-    if not Path("/sys/fs/bpf").is_dir() or not os.path.ismount("/sys/fs/bpf"):
-        reasons.append("bpffs is not mounted on /sys/fs/bpf (programs and maps are pinned there)")
+    if not _mounts("bpf") and not BPFFS.is_dir():
+        reasons.append(f"no bpffs is mounted and there is no {BPFFS} to mount it on (links and maps are pinned)")
     if reasons:
         raise EbpfUnavailable("eBPF redirect mode unavailable on this node", "; ".join(reasons))
+    _bpf()
     _import_bcc()
 
 
-def _load_and_attach() -> None:
-    """Compile, attach to the cgroup v2 root and pin, unless already done."""
-    if (PIN_DIR / "msm_connect4").exists():
+def _ensure_bpffs(pins: Path) -> None:
+    """Mount bpffs on /sys/fs/bpf, as systemd does at boot, when nothing holds ``pins``."""
+    if any(pins == Path(m) or Path(m) in pins.parents for m in _mounts("bpf") if m != "/"):
         return
-    bcc = _import_bcc()
-    PIN_DIR.mkdir(parents=True, exist_ok=True)
-    text = (
-        PROGRAM.replace("PIN_DIR", str(PIN_DIR))
-        .replace("MAX_REDIRECTS", str(MAX_REDIRECTS))
-        .replace("MAX_PENDING", str(MAX_PENDING))
-    )
-    root = _cgroup2_root()
+    if BPFFS not in pins.parents:
+        raise EbpfUnavailable("bpfPinPath is not on a bpffs", f"{pins}: no bpf filesystem is mounted above it")
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"bpf", str(BPFFS).encode(), b"bpf", 0, None) != 0:
+        err = ctypes.get_errno()
+        raise EbpfUnavailable(f"cannot mount bpffs on {BPFFS}", os.strerror(err))
+
+
+def _cgroup(settings: Settings) -> Path:
+    path = Path(settings.cgroup_path or _cgroup2_root())
+    if not path.is_dir() or not (path / "cgroup.procs").exists():
+        raise RedirectFailed("cgroupPath is not a cgroup v2 directory", str(path))
+    return path
+
+
+# -- attaching ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _lock() -> Iterator[None]:
+    STATE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(STATE_DIR / "ebpf.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        bpf = bcc.BPF(text=text)
-        progs = [
-            ("msm_connect4", bcc.BPF.CGROUP_SOCK_ADDR, bcc.BPFAttachType.CGROUP_INET4_CONNECT),
-            ("msm_sockops", bcc.BPF.SOCK_OPS, bcc.BPFAttachType.CGROUP_SOCK_OPS),
-            ("msm_getsockopt", bcc.BPFProgType.CGROUP_SOCKOPT, bcc.BPFAttachType.CGROUP_GETSOCKOPT),
-        ]
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """BCC and clang print to fd 1, which is the runtime's result channel."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _attached(pins: Path, cgroup_id: int) -> bool:
+    """Are all three links pinned and attached to the cgroup with this id?"""
+    bpf = _bpf()
+    for *_, link in PROGRAMS:
         try:
-            for name, prog_type, attach_type in progs:
-                fn = bpf.load_func(name, prog_type, attach_type=attach_type)
-                bcc.BPF.attach_func(fn, fd, attach_type, flags=2)  # BPF_F_ALLOW_MULTI
-                if bcc.libbcc.lib.bpf_obj_pin(fn.fd, str(PIN_DIR / name).encode()) != 0:
-                    raise OSError(f"cannot pin {name} under {PIN_DIR}")
+            fd = bpf.obj_get(pins / link)
+        except OSError:
+            return False
+        try:
+            if bpf.link_cgroup_id(fd) != cgroup_id:
+                return False
+        except OSError:
+            return False
         finally:
             os.close(fd)
+    return True
+
+
+def _ensure_attached(pins: Path, cgroup: Path) -> None:
+    """Compile, attach to ``cgroup`` and pin, unless that is done already."""
+    cgroup_id = os.stat(cgroup).st_ino  # a cgroup v2 directory's inode is the cgroup id
+    if _attached(pins, cgroup_id):
+        return
+    for *_, link in PROGRAMS:  # stale or partial: detach what is left and start again
+        with contextlib.suppress(FileNotFoundError):
+            (pins / link).unlink()
+    bcc = _import_bcc()
+    bpf = _bpf()
+    pins.mkdir(mode=0o700, parents=True, exist_ok=True)
+    text = (
+        PROGRAM.replace("@PINS@", str(pins))
+        .replace("@MAX_REDIRECTS@", str(MAX_REDIRECTS))
+        .replace("@MAX_PENDING@", str(MAX_PENDING))
+    )
+    try:
+        cgroup_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise RedirectFailed("cannot open cgroupPath", f"{cgroup}: {exc}") from exc
+    try:
+        with _stdout_to_stderr():
+            module = bcc.BPF(text=text)  # pinned maps that exist are reused, entries and all
+            for name, prog_type, attach_type, link in PROGRAMS:
+                fn = module.load_func(name, prog_type, attach_type=attach_type)
+                link_fd = bpf.link_create(fn.fd, cgroup_fd, attach_type)
+                try:
+                    bpf.obj_pin(link_fd, pins / link)
+                finally:
+                    os.close(link_fd)
+            module.cleanup()
     except Exception as exc:  # BCC reports compile and load failures as bare Exception
-        raise RedirectFailed("cannot load the eBPF redirect programs", str(exc)) from exc
+        for *_, link in PROGRAMS:
+            with contextlib.suppress(FileNotFoundError):
+                (pins / link).unlink()
+        raise RedirectFailed("cannot load the eBPF redirect programs", f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        os.close(cgroup_fd)
 
 
-def _map_fd(bcc: Any) -> int:
-    fd = int(bcc.libbcc.lib.bpf_obj_get(str(PIN_DIR / "msm_redirect").encode()))
-    if fd < 0:
-        raise RedirectFailed("eBPF map msm_redirect is not pinned", str(PIN_DIR / "msm_redirect"))
-    return fd
+def _teardown(pins: Path) -> None:
+    """Unpin links (which detaches the programs) and maps; remove ``pins``."""
+    for name in [link for *_, link in PROGRAMS] + list(MAPS):
+        with contextlib.suppress(FileNotFoundError):
+            (pins / name).unlink()
+    with contextlib.suppress(OSError):
+        pins.rmdir()  # left when someone else put something there
+
+
+def _open_redirect_map(pins: Path) -> int:
+    try:
+        return _bpf().obj_get(pins / "redirect")
+    except OSError as exc:
+        raise RedirectFailed("eBPF map redirect is not pinned", str(exc)) from exc
+
+
+# -- the backend's operations ---------------------------------------------------------------
 
 
 def netns_cookie(netns: str) -> int:
@@ -252,62 +500,109 @@ def _state_file(container_id: str, ifname: str) -> Path:
     return STATE_DIR / f"{container_id}-{ifname}.json"
 
 
+def _records() -> list[tuple[Path, dict[str, Any]]]:
+    out = []
+    with contextlib.suppress(OSError):
+        for path in STATE_DIR.glob("*.json"):
+            with contextlib.suppress(OSError, json.JSONDecodeError):
+                record = json.loads(path.read_text())
+                if isinstance(record, dict):
+                    out.append((path, record))
+    return out
+
+
 def install(netns: str, settings: Settings, container_id: str, ifname: str) -> None:
     preflight()
-    _load_and_attach()
-    bcc = _import_bcc()
+    pins = Path(settings.bpf_pin_path)
     cookie = netns_cookie(netns)
-    fd = _map_fd(bcc)
-    try:
-        for port in settings.intercept_ports:
-            key = _RedirectKey(cookie, port, 0)
-            val = _RedirectVal(settings.redirect_port, settings.proxy_uid)
-            if bcc.libbcc.lib.bpf_update_elem(fd, ctypes.byref(key), ctypes.byref(val), 0) != 0:
-                raise RedirectFailed("cannot write eBPF map msm_redirect", f"port {port}")
-    finally:
-        os.close(fd)
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    _ensure_bpffs(pins)
+    cgroup = _cgroup(settings)
+    bpf = _bpf()
+    state = _state_file(container_id, ifname)
     record = {
         "containerID": container_id,
         "ifname": ifname,
         "netns_cookie": cookie,
         "ports": [*settings.intercept_ports],
+        "pinPath": str(pins),
     }
-    _state_file(container_id, ifname).write_text(json.dumps(record))
+    with _lock():
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            if json.loads(state.read_text()) != record:  # the same attachment, added differently before
+                _remove_recorded(state)
+        _ensure_attached(pins, cgroup)
+        state.write_text(json.dumps(record))  # first, so DEL and GC can undo what follows
+        fd = _open_redirect_map(pins)
+        how = _RedirectVal(settings.redirect_port, settings.proxy_uid)
+        try:
+            for port in settings.intercept_ports:
+                try:
+                    bpf.update(fd, _RedirectKey(cookie, port, 0), how)
+                except OSError as exc:
+                    raise RedirectFailed("cannot write eBPF map redirect", f"port {port}: {exc}") from exc
+        finally:
+            os.close(fd)
 
 
 def remove(container_id: str, ifname: str) -> None:
     """Delete this attachment's map entries; nothing to do without a record."""
-    _remove_recorded(_state_file(container_id, ifname))
+    state = _state_file(container_id, ifname)
+    if not state.exists():  # the common case for nftables-mode pods: no lock, no libbpf
+        return
+    with _lock():
+        _remove_recorded(state)
+
+
+def _keys(record: dict[str, Any]) -> tuple[Path, set[tuple[int, int]]]:
+    """A record's pin directory and (netns cookie, port) keys; no keys if malformed."""
+    pins = Path(str(record.get("pinPath", DEFAULT_BPF_PIN_PATH)))
+    try:
+        cookie = int(record["netns_cookie"])
+        return pins, {(cookie, int(port)) for port in record.get("ports", [])}
+    except (KeyError, TypeError, ValueError):
+        return pins, set()
 
 
 def _remove_recorded(state: Path) -> None:
+    """With the lock held: remove one record's keys (those no other record claims)
+    and, when that empties the map, everything pinned."""
     try:
         record = json.loads(state.read_text())
     except (OSError, json.JSONDecodeError):
+        state.unlink(missing_ok=True)
         return
-    if (PIN_DIR / "msm_redirect").exists():
-        bcc = _import_bcc()
-        fd = _map_fd(bcc)
+    pins, keys = _keys(record if isinstance(record, dict) else {})
+    for path, other in _records():
+        other_pins, other_keys = _keys(other)
+        if path != state and other_pins == pins:
+            keys -= other_keys
+    if (pins / "redirect").exists():
+        bpf = _bpf()
+        fd = _open_redirect_map(pins)
         try:
-            for port in record.get("ports", []):
-                key = _RedirectKey(int(record["netns_cookie"]), int(port), 0)
-                bcc.libbcc.lib.bpf_delete_elem(fd, ctypes.byref(key))  # absent is fine
+            for cookie, port in keys:
+                bpf.delete(fd, _RedirectKey(cookie, port, 0))
+            empty = bpf.is_empty(fd)
         finally:
             os.close(fd)
+        if empty:
+            _teardown(pins)
     state.unlink(missing_ok=True)
 
 
 def verify(netns: str, settings: Settings) -> None:
     preflight()
-    bcc = _import_bcc()
+    pins = Path(settings.bpf_pin_path)
     cookie = netns_cookie(netns)
-    fd = _map_fd(bcc)
+    cgroup = _cgroup(settings)
+    bpf = _bpf()
+    if not _attached(pins, os.stat(cgroup).st_ino):
+        raise CheckFailed("eBPF redirect programs are not attached", f"{cgroup} (links under {pins})")
+    fd = _open_redirect_map(pins)
     try:
         for port in settings.intercept_ports:
-            key = _RedirectKey(cookie, port, 0)
             val = _RedirectVal()
-            if bcc.libbcc.lib.bpf_lookup_elem(fd, ctypes.byref(key), ctypes.byref(val)) != 0:
+            if not bpf.lookup(fd, _RedirectKey(cookie, port, 0), val):
                 raise CheckFailed("eBPF redirect entry missing", f"{netns}: port {port}")
             if val.to_port != settings.redirect_port or val.proxy_uid != settings.proxy_uid:
                 raise CheckFailed("eBPF redirect entry differs from the config", f"{netns}: port {port}")
@@ -317,15 +612,13 @@ def verify(netns: str, settings: Settings) -> None:
 
 def collect_garbage(valid: set[tuple[str, str]]) -> None:
     """GC: remove the entries of every recorded attachment not in ``valid``."""
-    try:
-        records = list(STATE_DIR.glob("*.json"))
-    except OSError:
+    stale = [
+        path
+        for path, record in _records()
+        if (str(record.get("containerID", "")), str(record.get("ifname", ""))) not in valid
+    ]
+    if not stale:
         return
-    for path in records:
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        attachment = (str(record.get("containerID", "")), str(record.get("ifname", "")))
-        if attachment not in valid:
+    with _lock():
+        for path in stale:
             _remove_recorded(path)

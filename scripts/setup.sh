@@ -33,6 +33,36 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Optional: msm-cni's "redirectMode": "ebpf" compiles with BCC (python3-bpfcc),
+# which needs kernel headers under /lib/modules/$(uname -r). A kernel without a
+# headers package (a custom build) gets links to Debian's newest instead: the
+# cgroup programs use only the stable UAPI. Best effort, never fatal.
+kernel_headers_ok() {  # where BCC looks, by its rules
+  local kdir="/lib/modules/$(uname -r)"
+  [ -e "$kdir/source/include/linux/kconfig.h" ] || [ -e "$kdir/build/include/linux/kconfig.h" ]
+}
+setup_ebpf() {
+  local kdir="/lib/modules/$(uname -r)" arch pkgs=(python3-bpfcc bpftool) want=() pkg hdr
+  arch=$(dpkg --print-architecture)
+  kernel_headers_ok || pkgs+=("linux-headers-$arch")
+  for pkg in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || want+=("$pkg")
+  done
+  if [ ${#want[@]} -gt 0 ]; then
+    echo "setup: installing ${want[*]} (eBPF redirect mode)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null || return 1
+  fi
+  kernel_headers_ok && return 0
+  hdr=$(ls -d /usr/src/linux-headers-*-"$arch" 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$hdr" ] && [ -d "${hdr%-"$arch"}-common" ] || return 1
+  mkdir -p "$kdir" && ln -sfn "$hdr" "$kdir/build" && ln -sfn "${hdr%-"$arch"}-common" "$kdir/source" || return 1
+  echo "setup: no headers for $(uname -r); linked $kdir/build and source to $hdr" >&2
+}
+if [ "$(id -u)" -eq 0 ]; then
+  setup_ebpf || echo "setup: eBPF redirect mode prerequisites not set up (optional; continuing)" >&2
+fi
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv" >&2
