@@ -99,6 +99,9 @@ def run(opts: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"msm bench: {exc}", file=sys.stderr)
         return 1
+    m = result["machine"]
+    print(f"\n{m['cpus']} CPUs ({m['cpu_model']}), Linux {m['kernel']}, {m['gstreamer']}; "
+          f"load average {m['loadavg_start'][0]:.2f} at the start, {m['loadavg_end'][0]:.2f} at the end")
     print()
     print(report.table(result))
     print()

@@ -21,6 +21,7 @@ from typing import Any
 
 from control_plane.resolver import Route, RouteError, parse_route
 
+from . import bench as bench_command
 from .mesh import LocalMesh, MeshConfig, MeshError
 
 log = logging.getLogger("msm")
@@ -374,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     streams.add_argument("--json", action="store_true", help="print JSON instead of a table")
     streams.add_argument("--config", metavar="FILE", help="YAML file (its 'control' setting)")
     streams.set_defaults(func=cmd_streams)
+    bench_command.add_parser(sub)
     return parser
 
 

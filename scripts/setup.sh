@@ -68,12 +68,16 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv" >&2
   "$PYTHON" -m venv .venv
 fi
-# Reinstall only when pyproject.toml changed since the last install.
 stamp=.venv/.msm-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# Reinstall (which also rebuilds the C engine) when the packaging or C sources changed.
+changed=0
+for f in pyproject.toml setup.py ext/*.c ext/*.h ext/build.py bench/*.c bench/*.h bench/build.py; do
+  [ -f "$f" ] && [ "$f" -nt "$stamp" ] && changed=1
+done
+if [ ! -f "$stamp" ] || [ "$changed" = 1 ]; then
   echo "setup: installing Python packages into .venv" >&2
   log=.venv/pip-install.log
-  if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e '.[test]'; } >"$log" 2>&1; then
+  if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e '.[test,bench]'; } >"$log" 2>&1; then
     tail -n 30 "$log" >&2
     echo "setup: pip install failed (full log: $log)" >&2
     exit 1
