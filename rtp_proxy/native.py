@@ -19,12 +19,9 @@ from typing import Any
 
 from ext import FlowHandle, LegHandle
 from sdk.rtp import ReportBlock
+from sdk.stats import interval_fraction_lost, reception_report
 
 from .flows import Flow, Leg
-
-_U32 = 0xFFFFFFFF
-_LOST_MAX = (1 << 23) - 1
-_LOST_MIN = -(1 << 23)
 
 
 class _FlowCounter:
@@ -130,31 +127,16 @@ class NativeStats:
     @property
     def fraction_lost(self) -> float:
         _, expected_prior, received_prior = self._priors()
-        expected_interval = self.expected - expected_prior
-        lost_interval = expected_interval - (self.received - received_prior)
-        if expected_interval <= 0 or lost_interval <= 0:
-            return 0.0
-        return lost_interval / expected_interval
+        return interval_fraction_lost(self.expected - expected_prior, self.received - received_prior)
 
     def report_block(self, ssrc: int, *, lsr: int = 0, dlsr: int = 0) -> ReportBlock:
         priors = self._priors()
-        expected_interval = self.expected - priors[1]
-        received_interval = self.received - priors[2]
-        priors[1], priors[2] = self.expected, self.received
-        lost_interval = expected_interval - received_interval
-        if expected_interval <= 0 or lost_interval <= 0:
-            fraction = 0
-        else:
-            fraction = min((lost_interval << 8) // expected_interval, 255)
-        return ReportBlock(
-            ssrc=ssrc,
-            fraction_lost=fraction,
-            packets_lost=max(_LOST_MIN, min(_LOST_MAX, self.lost)),
-            highest_sequence=self.extended_highest_seq & _U32,
-            jitter=min(int(self.jitter), _U32),
-            lsr=lsr,
-            dlsr=dlsr,
-        )
+        expected, received = self.expected, self.received
+        block = reception_report(ssrc, expected=expected, received=received, expected_prior=priors[1],
+                                 received_prior=priors[2], extended_highest_seq=self.extended_highest_seq,
+                                 jitter=self.jitter, lsr=lsr, dlsr=dlsr)
+        priors[1], priors[2] = expected, received
+        return block
 
 
 class NativeFlow(Flow):

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from sdk.rtp import ReportBlock
 
-__all__ = ["MAX_DROPOUT", "MAX_MISORDER", "RTP_SEQ_MOD", "ReceiverStats"]
+__all__ = ["MAX_DROPOUT", "MAX_MISORDER", "RTP_SEQ_MOD", "ReceiverStats", "interval_fraction_lost",
+           "reception_report"]
 
 #: RFC 3550 A.1 constants.
 MAX_DROPOUT = 3000
@@ -229,31 +230,49 @@ class ReceiverStats:
     @property
     def fraction_lost(self) -> float:
         """Fraction (0..1) lost since the last :meth:`report_block`; does not reset it."""
-        expected_interval = self.expected - self._expected_prior
-        lost_interval = expected_interval - (self.received - self._received_prior)
-        if expected_interval <= 0 or lost_interval <= 0:
-            return 0.0
-        return lost_interval / expected_interval
+        return interval_fraction_lost(self.expected - self._expected_prior,
+                                      self.received - self._received_prior)
 
     def report_block(self, ssrc: int, *, lsr: int = 0, dlsr: int = 0) -> ReportBlock:
         """The reception report for this source (A.3); starts a new interval."""
         expected = self.expected
-        expected_interval = expected - self._expected_prior
-        received_interval = self.received - self._received_prior
+        block = reception_report(
+            ssrc, expected=expected, received=self.received, expected_prior=self._expected_prior,
+            received_prior=self._received_prior, extended_highest_seq=self.extended_highest_seq,
+            jitter=self._jitter, lsr=lsr, dlsr=dlsr)
         self._expected_prior = expected
         self._received_prior = self.received
-        lost_interval = expected_interval - received_interval
-        if expected_interval <= 0 or lost_interval <= 0:
-            fraction = 0
-        else:
-            # 256 when nothing arrived in the interval: clamp to the 8-bit field.
-            fraction = min((lost_interval << 8) // expected_interval, 255)
-        return ReportBlock(
-            ssrc=ssrc,
-            fraction_lost=fraction,
-            packets_lost=max(_LOST_MIN, min(_LOST_MAX, expected - self.received)),
-            highest_sequence=self.extended_highest_seq & _U32,
-            jitter=min(int(self._jitter), _U32),
-            lsr=lsr,
-            dlsr=dlsr,
-        )
+        return block
+
+
+def interval_fraction_lost(expected_interval: int, received_interval: int) -> float:
+    """A.3's fraction lost over one interval, as a float 0..1 (0 when nothing was lost)."""
+    lost_interval = expected_interval - received_interval
+    if expected_interval <= 0 or lost_interval <= 0:
+        return 0.0
+    return lost_interval / expected_interval
+
+
+def reception_report(ssrc: int, *, expected: int, received: int, expected_prior: int, received_prior: int,
+                     extended_highest_seq: int, jitter: float, lsr: int = 0, dlsr: int = 0) -> ReportBlock:
+    """RFC 3550 A.3: the report block from a source's counters and the previous interval's.
+
+    Shared by every keeper of receiver statistics (this module's :class:`ReceiverStats`
+    and the native engine's view of its counters), so they report alike.
+    """
+    expected_interval = expected - expected_prior
+    lost_interval = expected_interval - (received - received_prior)
+    if expected_interval <= 0 or lost_interval <= 0:
+        fraction = 0
+    else:
+        # 256 when nothing arrived in the interval: clamp to the 8-bit field.
+        fraction = min((lost_interval << 8) // expected_interval, 255)
+    return ReportBlock(
+        ssrc=ssrc,
+        fraction_lost=fraction,
+        packets_lost=max(_LOST_MIN, min(_LOST_MAX, expected - received)),
+        highest_sequence=extended_highest_seq & _U32,
+        jitter=min(int(jitter), _U32),
+        lsr=lsr,
+        dlsr=dlsr,
+    )
