@@ -292,12 +292,7 @@ class Request:
         if not isinstance(self.uri, str) or not _URI.fullmatch(self.uri):
             raise RtspError(f"invalid request URI {self.uri!r}", status=400)
         _check_encodable(self.uri, "request URI")
-        _check_version(self.version)
-        if not isinstance(self.headers, Headers):
-            raise RtspError("headers must be a Headers", status=400)
-        body = _as_bytes(self.body, "body")
-        object.__setattr__(self, "body", body)
-        object.__setattr__(self, "headers", _check_message_headers(self.headers, body))
+        _validate_message(self)
 
     @property
     def cseq(self) -> int | None:
@@ -335,12 +330,7 @@ class Response:
         _check_encodable(self.reason, "reason phrase")
         if not self.reason:
             object.__setattr__(self, "reason", STATUS_REASONS.get(self.status, "Unknown"))
-        _check_version(self.version)
-        if not isinstance(self.headers, Headers):
-            raise RtspError("headers must be a Headers", status=400)
-        body = _as_bytes(self.body, "body")
-        object.__setattr__(self, "body", body)
-        object.__setattr__(self, "headers", _check_message_headers(self.headers, body))
+        _validate_message(self)
 
     @property
     def cseq(self) -> int | None:
@@ -354,6 +344,16 @@ class Response:
     def parse(cls, data: bytes) -> Response:
         """Parse exactly one whole response."""
         return _parse_one(data, cls)
+
+
+def _validate_message(message: Request | Response) -> None:
+    """What requests and responses share: version, headers, body and Content-Length."""
+    _check_version(message.version)
+    if not isinstance(message.headers, Headers):
+        raise RtspError("headers must be a Headers", status=400)
+    body = _as_bytes(message.body, "body")
+    object.__setattr__(message, "body", body)
+    object.__setattr__(message, "headers", _check_message_headers(message.headers, body))
 
 
 def _check_version(version: object) -> None:
