@@ -292,16 +292,12 @@ def has_msm_table(sandbox: Sandbox) -> bool:
     return "table inet msm" in nft_in(sandbox, "list", "tables")
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    tmp = tmp_path_factory.mktemp("cni")
-    suffix = secrets.token_hex(3)
-    host_ns = f"msmhost-{suffix}"
+def runtime_bin_dir(tmp: Path) -> Path:
+    """A CNI_PATH with Debian's plugins and msm-cni exactly as `msm-cni install` deploys it."""
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
     for plugin in ("loopback", "bridge", "host-local"):
         (bin_dir / plugin).symlink_to(SYSTEM_CNI / plugin)
-    # The plugin exactly as `msm-cni install` deploys it: launcher + package copy.
     installer.install_plugin(
         installer.Options(
             bin_dir=bin_dir,
@@ -311,6 +307,15 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
             plugin_conf={},
         )
     )
+    return bin_dir
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    tmp = tmp_path_factory.mktemp("cni")
+    suffix = secrets.token_hex(3)
+    host_ns = f"msmhost-{suffix}"
+    bin_dir = runtime_bin_dir(tmp)
     api = FakeApi()
     sh("ip", "netns", "add", host_ns)
     try:

@@ -39,17 +39,17 @@ from typing import Any
 
 import pytest
 
-from cni_plugin import ebpf, installer
+from cni_plugin import ebpf
 from cni_plugin.errors import EbpfUnavailable
 from tests.integration.test_cni import (
     APP_UID,
     CLIENT,
     STUB_UID,
-    SYSTEM_CNI,
     SYSTEM_PYTHON,
     FakeApi,
     Node,
     Sandbox,
+    runtime_bin_dir,
     sh,
     write_kubeconfig,
 )
@@ -145,19 +145,7 @@ def enode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EbpfNode]:
     tmp = tmp_path_factory.mktemp("cni-ebpf")
     suffix = secrets.token_hex(3)
     host_ns = f"msmhost-{suffix}"
-    bin_dir = tmp / "bin"
-    bin_dir.mkdir()
-    for plugin in ("loopback", "bridge", "host-local"):
-        (bin_dir / plugin).symlink_to(SYSTEM_CNI / plugin)
-    installer.install_plugin(
-        installer.Options(
-            bin_dir=bin_dir,
-            conf_dir=tmp / "net.d",
-            kubeconfig_out=tmp / "unused",
-            python=sys.executable,
-            plugin_conf={},
-        )
-    )
+    bin_dir = runtime_bin_dir(tmp)
     cgroup = Path(ebpf._cgroup2_root()) / f"msmtest-{suffix}"
     pins = ebpf.BPFFS / f"msmtest-{suffix}"
     api = FakeApi()
