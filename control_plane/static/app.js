@@ -62,6 +62,9 @@
   }
 
   const num = (v) => Number(v ?? 0) || 0;   // proto3 JSON gives 64-bit integers as strings
+  // The source flow feeds each other node through one leg named relay@<node>: a hop, not a viewer.
+  const isRelayLeg = (leg) => String((leg && leg.leg_id) || "").startsWith("relay@");
+  const isRelaySession = (viewer) => String((viewer && viewer.session_id) || "").startsWith("relay@");
 
   function record(data, now) {
     const seenSessions = new Set();
@@ -72,6 +75,7 @@
         const index = num(ts.track && ts.track.index);
         const flow = ts.flow || {};
         if (flow.flow_id) flowTrack.set(flow.flow_id, index);
+        for (const relay of ts.relays || []) if (relay.flow_id) flowTrack.set(relay.flow_id, index);
         const s = series(`${stream.name}\u0000${index}\u0000ingress`);
         const expected = num(flow.packets_expected);
         const lost = num(flow.packets_lost);
@@ -86,7 +90,9 @@
         push(s, now, { bitrate: num(flow.bitrate_bps), loss, jitter: num(flow.jitter_ms) });
       }
       for (const viewer of stream.viewers || []) {
+        if (isRelaySession(viewer)) continue;
         for (const leg of viewer.legs || []) {
+          if (isRelayLeg(leg)) continue;
           const index = flowTrack.has(leg.flow_id) ? flowTrack.get(leg.flow_id) : num(leg.labels && leg.labels.track);
           const s = series(`${stream.name}\u0000${index}\u0000v:${viewer.session_id}`);
           const bytes = num(leg.bytes_sent);
@@ -150,7 +156,7 @@
   }
 
   // -- the stream graph -------------------------------------------------------------------------------
-  const G = { width: 1280, pad: 14, line: 17, head: 40, gap: 14,
+  const G = { width: 1280, pad: 14, line: 17, head: 40, gap: 14, rowGap: 22, trunk: 26,
               src: { x: 10, w: 250 }, proxy: { x: 420, w: 330 }, viewer: { x: 940, w: 330 } };
 
   function nodeHeight(lines) { return G.head + lines * G.line + 8; }
@@ -176,47 +182,98 @@
     return `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`;
   }
 
+  function nodeName(flow) {
+    // A relay flow's id ends in @<node>; FlowStats.node says it too, and wins.
+    const id = String(flow.flow_id || "");
+    return flow.node || (id.includes("@") ? id.slice(id.lastIndexOf("@") + 1) : "?");
+  }
+
+  // Who carries the stream: the source flow's node (one "proxy" box), then each node the source
+  // relays to (one "relay" box per node, for every track relayed there), and the viewers each feeds.
+  function topology(stream) {
+    const tracks = (stream.tracks || []).map((ts) => ({ track: ts.track || {}, flow: ts.flow || {}, relays: ts.relays || [] }));
+    const sourceNodes = [...new Set(tracks.map((t) => t.flow.node).filter(Boolean))];
+    const flows = new Map();   // flow id -> {node, kind}, to place viewer legs
+    const relays = new Map();  // node -> {node, tracks: [{track, flow}]}, in the order the API gives
+    for (const t of tracks) {
+      const kind = t.track.kind || `track ${num(t.track.index)}`;
+      if (t.flow.flow_id) flows.set(t.flow.flow_id, { node: t.flow.node || "", kind, relay: false });
+      for (const flow of t.relays) {
+        const node = nodeName(flow);
+        if (!relays.has(node)) relays.set(node, { node, tracks: [] });
+        relays.get(node).tracks.push({ track: t.track, flow });
+        if (flow.flow_id) flows.set(flow.flow_id, { node, kind, relay: true });
+      }
+    }
+    const source = { node: sourceNodes.join(","), title: sourceNodes.join(", "), tracks, viewers: [] };
+    const groups = [source, ...[...relays.values()].map((r) => ({ ...r, viewers: [] }))];
+    const byNode = new Map(groups.slice(1).map((g) => [g.node, g]));
+    for (const v of stream.viewers || []) {
+      if (isRelaySession(v)) continue;
+      const legs = (v.legs || []).filter((leg) => !isRelayLeg(leg));
+      // The node of the flow holding the viewer's legs feeds it; unknown flows stay on the source node.
+      const fed = legs.map((leg) => flows.get(leg.flow_id)).find((f) => f && f.relay);
+      const group = (fed && byNode.get(fed.node)) || source;
+      const own = legs.map((leg) => flows.get(leg.flow_id)).find(Boolean);
+      group.viewers.push({ v, legs, node: group === source ? (own && own.node) || sourceNodes[0] || "" : group.node });
+    }
+    return { tracks, flows, groups, relayed: groups.length > 1 };
+  }
+
+  // Two lines per track: what it is, then its ingress at this node (bitrate, loss, jitter).
+  function flowLines(tracks) {
+    const lines = [];
+    for (const t of tracks) {
+      const f = t.flow;
+      const loss = pct(num(f.packets_lost), num(f.packets_expected));
+      lines.push({ text: `${num(t.track.index)} · ${t.track.kind || "?"} · ${t.track.encoding || ""}`, cls: "muted" });
+      lines.push({
+        text: `${fmtRate(num(f.bitrate_bps))} · loss ${fmtNum(loss, 2)}% (${fmtInt(f.packets_lost)}) · jitter ${fmtNum(num(f.jitter_ms), 2)} ms`,
+        attrs: { "data-track": num(t.track.index), "data-loss": loss.toFixed(3), "data-jitter": num(f.jitter_ms).toFixed(3), "data-bitrate": Math.round(num(f.bitrate_bps)) },
+      });
+    }
+    return lines;
+  }
+
   function drawGraph(stream) {
-    const tracks = (stream.tracks || []).map((ts) => ({ track: ts.track || {}, flow: ts.flow || {} }));
-    const kindOfFlow = new Map(tracks.map((t) => [t.flow.flow_id, t.track.kind || `track ${num(t.track.index)}`]));
-    const viewers = stream.viewers || [];
-    const proxyNodes = [...new Set(tracks.map((t) => t.flow.node).filter(Boolean))];
+    const { tracks, flows, groups, relayed } = topology(stream);
+    const kindOf = (leg) => (flows.get(leg.flow_id) || {}).kind || "leg";
 
     const srcLines = [
       { text: clip(stream.upstream_url || "", 40), full: stream.upstream_url, attrs: { "data-role": "url" } },
       { text: `upstream opened ${num(stream.upstream_sessions_opened)}×`, cls: "muted" },
     ];
-    const proxyLines = [];
-    for (const t of tracks) {
-      const f = t.flow;
-      const loss = pct(num(f.packets_lost), num(f.packets_expected));
-      proxyLines.push({ text: `${num(t.track.index)} · ${t.track.kind || "?"} · ${t.track.encoding || ""}`, cls: "muted" });
-      proxyLines.push({
-        text: `${fmtRate(num(f.bitrate_bps))} · loss ${fmtNum(loss, 2)}% (${fmtInt(f.packets_lost)}) · jitter ${fmtNum(num(f.jitter_ms), 2)} ms`,
-        attrs: { "data-track": num(t.track.index), "data-loss": loss.toFixed(3), "data-jitter": num(f.jitter_ms).toFixed(3), "data-bitrate": Math.round(num(f.bitrate_bps)) },
-      });
-    }
-    if (!tracks.length) proxyLines.push({ text: "no flows yet", cls: "muted" });
-
-    const viewerBoxes = viewers.map((v) => {
-      const lines = [{ text: `session ${v.session_id}`, cls: "muted" }];
-      for (const leg of v.legs || []) {
-        const kind = kindOfFlow.get(leg.flow_id) || "leg";
-        let report = "no receiver report yet";
-        if (leg.has_report) {
-          report = `loss ${fmtNum(100 * num(leg.viewer_fraction_lost), 2)}% · jitter ${fmtNum(num(leg.viewer_jitter_ms), 2)} ms`;
-          if (leg.rtt_ms !== undefined) report += ` · rtt ${fmtNum(num(leg.rtt_ms), 1)} ms`;
-        }
-        lines.push({ text: `${kind}: ${report}`, attrs: { "data-leg": leg.leg_id } });
-      }
-      return { v, lines, h: nodeHeight(lines.length) };
-    });
-
     const srcH = nodeHeight(srcLines.length);
-    const proxyH = nodeHeight(proxyLines.length);
-    const viewersH = viewerBoxes.reduce((acc, b) => acc + b.h, 0) + G.gap * Math.max(0, viewerBoxes.length - 1);
-    const height = Math.max(srcH, proxyH, viewersH, 70) + 2 * G.pad;
-    const mid = height / 2;
+
+    // One row per proxy node: its box in the middle column, the viewers it feeds to the right.
+    const rows = groups.map((g, i) => {
+      const lines = flowLines(g.tracks);
+      if (!lines.length) lines.push({ text: "no flows yet", cls: "muted" });
+      const boxes = g.viewers.map(({ v, legs, node }) => {
+        const lines = [{ text: relayed ? `session ${v.session_id} · node ${node}` : `session ${v.session_id}`, cls: "muted" }];
+        for (const leg of legs) {
+          let report = "no receiver report yet";
+          if (leg.has_report) {
+            report = `loss ${fmtNum(100 * num(leg.viewer_fraction_lost), 2)}% · jitter ${fmtNum(num(leg.viewer_jitter_ms), 2)} ms`;
+            if (leg.rtt_ms !== undefined) report += ` · rtt ${fmtNum(num(leg.rtt_ms), 1)} ms`;
+          }
+          lines.push({ text: `${kindOf(leg)}: ${report}`, attrs: { "data-leg": leg.leg_id } });
+        }
+        return { v, legs, node, lines, h: nodeHeight(lines.length) };
+      });
+      const boxH = nodeHeight(lines.length);
+      const viewersH = boxes.reduce((acc, b) => acc + b.h, 0) + G.gap * Math.max(0, boxes.length - 1);
+      // The first row also holds the source box, level with the proxy it feeds.
+      const slot = i === 0 ? Math.max(srcH, boxH, viewersH, 70) : Math.max(boxH, viewersH);
+      return { g, lines, boxes, boxH, viewersH, slot };
+    });
+    let top = G.pad;
+    for (const row of rows) {
+      row.mid = top + row.slot / 2;
+      top += row.slot + G.rowGap;
+    }
+    const height = top - G.rowGap + G.pad;
+    const mid = rows[0].mid;
 
     const svgEl = svg("svg", { class: "graph", viewBox: `0 0 ${G.width} ${height}`, "data-stream": stream.name,
                              role: "img", "aria-label": `stream graph of ${stream.name}` });
@@ -224,18 +281,11 @@
     const nodes = svg("g", { class: "nodes" });
     svgEl.append(edges, nodes);
 
-    const srcY = mid - srcH / 2;
-    const proxyY = mid - proxyH / 2;
     const sc = stateClass(stream.upstream_state);
     nodes.append(drawNode({
-      x: G.src.x, y: srcY, w: G.src.w, kind: "source", cls: "source",
+      x: G.src.x, y: mid - srcH / 2, w: G.src.w, kind: "source", cls: "source",
       title: clip(stream.name, 28), badge: stream.upstream_state || "unknown", badgeClass: sc, lines: srcLines,
       attrs: { "data-node": "source", "data-state": stream.upstream_state },
-    }));
-    nodes.append(drawNode({
-      x: G.proxy.x, y: proxyY, w: G.proxy.w, kind: "rtp proxy", cls: "proxy",
-      title: `node ${proxyNodes.join(", ") || "?"}`, lines: proxyLines,
-      attrs: { "data-node": "proxy", "data-proxy-node": proxyNodes.join(",") },
     }));
 
     // source -> proxy, labelled with what each track carries in.
@@ -249,13 +299,56 @@
     });
     edges.append(e1);
 
-    // proxy -> each viewer, labelled with the packets sent on each leg.
-    let y = mid - viewersH / 2;
-    for (const box of viewerBoxes) {
+    const relayEdges = [];
+    rows.forEach((row, i) => {
+      const relay = i > 0;
+      const node = row.g.node;
+      nodes.append(drawNode({
+        x: G.proxy.x, y: row.mid - row.boxH / 2, w: G.proxy.w, kind: relay ? "relay proxy" : "rtp proxy",
+        cls: relay ? "relay" : "proxy", title: `node ${(relay ? node : row.g.title) || "?"}`, titleFull: relay ? `node ${node}, fed by node ${groups[0].node || "?"}` : null,
+        lines: row.lines, attrs: { "data-node": relay ? "relay" : "proxy", "data-proxy-node": node },
+      }));
+      if (relay) relayEdges.push(relayEdge(rows[0], row));
+      drawViewers(edges, nodes, row, kindOf);
+    });
+    // The edges share the trunk: the farthest first, so each nearer one is drawn over it, and the
+    // live ones over the idle ones, so the trunk is lit wherever it carries media.
+    relayEdges.reverse().sort((a, b) => a.live - b.live);
+    edges.prepend(...relayEdges.map((e) => e.g));
+    if (!rows.some((row) => row.boxes.length)) {
+      nodes.append(text(G.viewer.x + 12, mid + 4, "no viewers", { class: "muted", "data-role": "no-viewers" }));
+    }
+    return svgEl;
+  }
+
+  // proxy -> relay: down a trunk left of the proxy column, into the relay box, labelled with what
+  // each relayed track brings in to that node.
+  function relayEdge(from, row) {
+    const x = G.proxy.x;
+    const tx = x - G.trunk;
+    const y1 = from.mid + Math.min(from.boxH / 2 - 12, 24);   // below the source edge arriving at mid
+    const y2 = row.mid;
+    const r = 8;
+    const live = row.g.tracks.some((t) => num(t.flow.bitrate_bps) > 0);
+    const e = svg("g", { class: `edge relay ${live ? "live" : ""}`, "data-edge": "proxy-relay", "data-proxy-node": row.g.node });
+    e.append(svg("path", { d: `M${x},${y1} H${tx + r} Q${tx},${y1} ${tx},${y1 + r} V${y2 - r} Q${tx},${y2} ${tx + r},${y2} H${x - 1}` }));
+    e.append(svg("path", { class: "arrow", d: `M${x - 8},${y2 - 4.5} L${x - 1},${y2} L${x - 8},${y2 + 4.5} Z` }));
+    row.g.tracks.forEach((t, i) => {
+      e.append(text(tx - 8, y2 + 4 + (i - (row.g.tracks.length - 1) / 2) * 14,
+        `${t.track.kind || "?"} ${fmtRate(num(t.flow.bitrate_bps))}`, { "text-anchor": "end", "data-track": num(t.track.index) }));
+    });
+    return { g: e, live };
+  }
+
+  // proxy (or relay) -> each viewer it feeds, labelled with the packets sent on each leg.
+  function drawViewers(edges, nodes, row, kindOf) {
+    const mid = row.mid;
+    let y = mid - row.viewersH / 2;
+    for (const box of row.boxes) {
       const v = box.v;
       const vy = y + box.h / 2;
       const color = colorOf(v.session_id);
-      const legs = v.legs || [];
+      const legs = box.legs;
       const on = v.playing && legs.some((l) => l.enabled);
       const e = svg("g", { class: `edge ${on ? "live" : "off"}`, "data-edge": "proxy-viewer", "data-viewer": v.session_id });
       e.append(svg("path", { d: edgePath(G.proxy.x + G.proxy.w, mid, G.viewer.x, vy) }));
@@ -265,7 +358,7 @@
       legs.forEach((leg, i) => {
         const ly = below ? vy + 16 + i * 14 : vy - 8 - (legs.length - 1 - i) * 14;
         e.append(text(G.viewer.x - 10, ly,
-          `${kindOfFlow.get(leg.flow_id) || "leg"} ${fmtInt(leg.packets_sent)} pkts`,
+          `${kindOf(leg)} ${fmtInt(leg.packets_sent)} pkts`,
           { "text-anchor": "end", "data-role": "sent", "data-packets": num(leg.packets_sent) }));
       });
       edges.append(e);
@@ -273,16 +366,12 @@
         x: G.viewer.x, y, w: G.viewer.w, kind: "viewer", cls: `viewer ${v.playing ? "playing" : "paused"}`,
         title: clip(v.host || "viewer", 30), badge: v.playing ? "playing" : "paused",
         badgeClass: v.playing ? "playing" : "warn", lines: box.lines,
-        attrs: { "data-viewer": v.session_id, "data-playing": String(!!v.playing) },
+        attrs: { "data-viewer": v.session_id, "data-playing": String(!!v.playing), "data-fed-by": box.node },
       });
       node.append(svg("rect", { x: 0, y: 8, width: 3, height: box.h - 16, fill: color }));
       nodes.append(node);
       y += box.h + G.gap;
     }
-    if (!viewerBoxes.length) {
-      nodes.append(text(G.viewer.x + 12, mid + 4, "no viewers", { class: "muted", "data-role": "no-viewers" }));
-    }
-    return svgEl;
   }
 
   // -- the time-series charts ---------------------------------------------------------------------------
@@ -356,7 +445,7 @@
     const flow = ts.flow || {};
     const index = num(track.index);
     const ingress = history.get(`${stream.name}\u0000${index}\u0000ingress`);
-    const viewerSeries = (stream.viewers || [])
+    const viewerSeries = (stream.viewers || []).filter((v) => !isRelaySession(v))
       .map((v) => ({ id: v.session_id, host: v.host, color: colorOf(v.session_id),
                      s: history.get(`${stream.name}\u0000${index}\u0000v:${v.session_id}`) }))
       .filter((v) => v.s);
@@ -366,6 +455,7 @@
         track.encoding, track.clock_rate ? `${fmtNum(num(track.clock_rate) / 1000, 0)} kHz clock` : null,
         `${fmtInt(flow.packets_received)} packets in`, `ssrc ${num(flow.ssrc).toString(16).padStart(8, "0")}`,
         flow.node ? `proxy node ${flow.node}` : null,
+        (ts.relays || []).length ? `relayed to ${(ts.relays || []).map(nodeName).join(", ")}` : null,
       ].filter(Boolean).join(" · ")));
     const charts = h("div", { class: "charts" },
       ...METRICS.map((m) => drawChart(stream.name, index, m, ingress, viewerSeries, now)));
@@ -377,7 +467,7 @@
   }
 
   function drawStream(stream, now) {
-    const viewers = stream.viewers || [];
+    const viewers = (stream.viewers || []).filter((v) => !isRelaySession(v));
     const playing = viewers.filter((v) => v.playing).length;
     const state = stream.upstream_state || "unknown";
     const head = h("div", { class: "stream-head" },

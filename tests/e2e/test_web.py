@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import grpc
@@ -342,6 +342,119 @@ async def test_browser_draws_the_stream_graph_and_live_plots(
     finally:
         for viewer in viewers:
             await viewer.stop()
+        if browser is not None:
+            await browser.close()
+        await web.stop()
+
+
+# -- a multi-node mesh, drawn from a hand-built ListStreams answer (no peers, no proxies) ----------------
+class FakeControl:
+    """Just what the web app asks of the control plane: ListStreams."""
+
+    def __init__(self, response: pb.ListStreamsResponse) -> None:
+        self.response = response
+
+    async def ListStreams(self, request: pb.ListStreamsRequest, context: Any) -> pb.ListStreamsResponse:
+        return self.response
+
+
+def relayed_streams() -> pb.ListStreamsResponse:
+    """Stream cam sourced on node-a: viewer a1 there, node-b fed through leg relay@node-b, viewers b1, b2 on node-b.
+
+    Both tracks are relayed to node-b, so the page must still draw one relay node for it.
+    """
+    def leg(leg_id: str, flow_id: str, packets: int, *, jitter: float | None = None) -> pb.LegStats:
+        stats = pb.LegStats(leg_id=leg_id, flow_id=flow_id, enabled=True, packets_sent=packets,
+                            bytes_sent=packets * 1200, destination=pb.Endpoint(host="10.0.0.9", rtp_port=5000))
+        if jitter is not None:
+            stats.has_report = True
+            stats.viewer_jitter_ms = jitter
+            stats.viewer_fraction_lost = 0.004
+            stats.rtt_ms = 0.8
+        return stats
+
+    def flow(flow_id: str, node: str, bitrate: float, lost: int, jitter: float,
+             legs: list[pb.LegStats]) -> pb.FlowStats:
+        return pb.FlowStats(flow_id=flow_id, node=node, bitrate_bps=bitrate, packets_received=9000 - lost,
+                            packets_expected=9000, packets_lost=lost, jitter_ms=jitter, legs=legs)
+
+    tracks = [pb.Track(index=0, kind="video", clock_rate=90000, encoding="H264/90000"),
+              pb.Track(index=1, kind="audio", clock_rate=8000, encoding="PCMU/8000")]
+    response = pb.ListStreamsResponse()
+    stream = response.streams.add(stream_id="cam-1", name="cam", upstream_url="rtsp://192.0.2.1/live",
+                                  upstream_state="playing", upstream_sessions_opened=1)
+    viewer_legs: dict[str, list[pb.LegStats]] = {"a1": [], "b1": [], "b2": []}
+    for track in tracks:
+        i = track.index
+        source_id, relay_id = f"cam-1/{i}/1", f"cam-1/{i}/1@node-b"
+        a1, b1, b2 = (leg(f"{s}/{i}", source_id if s == "a1" else relay_id, 4000 + 100 * n, jitter=1.5 if n else None)
+                      for n, s in enumerate(("a1", "b1", "b2")))
+        for session, stats in (("a1", a1), ("b1", b1), ("b2", b2)):
+            viewer_legs[session].append(stats)
+        source = flow(source_id, "node-a", 2.4e6 if i == 0 else 64e3, 9, 1.25,
+                      [a1, leg("relay@node-b", source_id, 8500)])
+        relay = flow(relay_id, "node-b", 2.3e6 if i == 0 else 63e3, 27, 3.5, [b1, b2])
+        stream.tracks.add(track=track, flow=source, relays=[relay])
+    for session, host in (("a1", "10.1.0.5"), ("b1", "10.2.0.7"), ("b2", "10.2.0.8")):
+        stream.viewers.add(session_id=session, host=host, playing=True, legs=viewer_legs[session])
+    return response
+
+
+RELAYED = """(() => {
+  const all = (sel) => [...document.querySelectorAll(sel)];
+  if (!document.body || document.body.dataset.polls === "0") return null;
+  const graph = 'svg.graph[data-stream="cam"]';
+  const boxes = all(`${graph} g.node`).map((n) => ({
+    node: n.dataset.node || n.dataset.viewer, r: n.getBoundingClientRect() }));
+  const overlaps = [];
+  boxes.forEach((a, i) => boxes.slice(i + 1).forEach((b) => {
+    if (a.r.left < b.r.right && b.r.left < a.r.right && a.r.top < b.r.bottom && b.r.top < a.r.bottom) {
+      overlaps.push([a.node, b.node]);
+    }
+  }));
+  return {
+    proxy: all(`${graph} [data-node="proxy"]`).map((n) => n.dataset.proxyNode),
+    relays: all(`${graph} [data-node="relay"]`).map((n) => n.dataset.proxyNode),
+    relayEdges: all(`${graph} [data-edge="proxy-relay"]`).map((n) => n.dataset.proxyNode),
+    relayStats: all(`${graph} [data-node="relay"] [data-track]`).map((n) => ({
+      track: n.dataset.track, loss: Number(n.dataset.loss), jitter: Number(n.dataset.jitter),
+      bitrate: Number(n.dataset.bitrate) })),
+    fedBy: Object.fromEntries(all(`${graph} g.node.viewer`).map((n) => [n.dataset.viewer, n.dataset.fedBy])),
+    viewerEdges: all(`${graph} [data-edge="proxy-viewer"]`).map((n) => n.dataset.viewer),
+    viewerCount: document.querySelector('section.stream[data-stream="cam"] [data-role="viewers"]').textContent,
+    overlaps,
+  };
+})()"""
+
+
+@pytest.mark.timeout(60)
+async def test_browser_draws_relay_nodes_and_the_viewers_they_feed(chromium: str) -> None:
+    control = cast(ControlPlane, FakeControl(relayed_streams()))
+    web = WebServer(create_app(control))
+    await web.start("127.0.0.1:0")
+    browser: Chromium | None = None
+    try:
+        browser = await Chromium.start(chromium)
+        await browser.open(f"{web.url}?interval={POLL_MS}")
+        deadline = time.monotonic() + 10
+        while not (drawn := await browser.evaluate(RELAYED)):
+            assert time.monotonic() < deadline, "the page did not draw the stream"
+            await asyncio.sleep(0.1)
+        assert drawn["proxy"] == ["node-a"]
+        assert drawn["relays"] == ["node-b"] and drawn["relayEdges"] == ["node-b"]
+        assert drawn["fedBy"] == {"a1": "node-a", "b1": "node-b", "b2": "node-b"}
+        assert sorted(drawn["viewerEdges"]) == ["a1", "b1", "b2"]   # relay@node-b is a hop, not a viewer
+        assert drawn["viewerCount"] == "3/3"
+        # The relay node shows each relayed track's ingress on node-b: 27 of 9000 lost, 3.5 ms jitter.
+        assert drawn["relayStats"] == [
+            {"track": "0", "loss": 0.3, "jitter": 3.5, "bitrate": 2_300_000},
+            {"track": "1", "loss": 0.3, "jitter": 3.5, "bitrate": 63_000}]
+        assert drawn["overlaps"] == []
+        if os.environ.get("MSM_WEB_SCREENSHOT"):   # written next to it, as <name>-relays.png
+            await wait_drawn(browser, lambda d: d["polls"] >= MIN_POINTS, timeout=10)   # a few plot points
+            shot = Path(os.environ["MSM_WEB_SCREENSHOT"])
+            await browser.screenshot(str(shot.with_name(f"{shot.stem}-relays{shot.suffix}")))
+    finally:
         if browser is not None:
             await browser.close()
         await web.stop()
