@@ -307,8 +307,32 @@ class RtpMap:
         return text if self.channels is None else f"{text}/{self.channels}"
 
 
+class _HasAttributes:
+    """``a=`` lookups shared by the session and media levels.
+
+    At media level ``control`` is usually relative (``trackID=1``, ``stream=0``);
+    at session level it is often ``*``, meaning the Content-Base itself.
+    """
+
+    __slots__ = ()
+    attributes: tuple[Attribute, ...]
+
+    def attribute(self, name: str) -> str | None:
+        """The value of the first ``a=<name>`` (``None`` if absent or a flag)."""
+        return _first(self.attributes, name)
+
+    def attributes_named(self, name: str) -> list[str | None]:
+        """The values of every ``a=<name>``, in order."""
+        return [value for attr_name, value in self.attributes if attr_name == name]
+
+    @property
+    def control(self) -> str | None:
+        """The ``a=control`` URL."""
+        return self.attribute("control")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Media:
+class Media(_HasAttributes):
     """One media description: the ``m=`` line and the lines under it.
 
     ``extra`` keeps lines the model does not have a field for (``k=``, a second
@@ -343,19 +367,6 @@ class Media:
         _bandwidths(self.bandwidths)
         _attributes(self.attributes, "media")
         _raw_lines(self.extra, "vosiuepbtrzma")
-
-    def attribute(self, name: str) -> str | None:
-        """The value of the first ``a=<name>`` (``None`` if absent or a flag)."""
-        return _first(self.attributes, name)
-
-    def attributes_named(self, name: str) -> list[str | None]:
-        """The values of every ``a=<name>``, in order."""
-        return [value for attr_name, value in self.attributes if attr_name == name]
-
-    @property
-    def control(self) -> str | None:
-        """The media's ``a=control`` URL, usually relative (``trackID=1``, ``stream=0``)."""
-        return self.attribute("control")
 
     def rtpmap(self, payload_type: int) -> RtpMap | None:
         """The mapping for ``payload_type``: its ``a=rtpmap``, else the RFC 3551 static entry.
@@ -448,7 +459,7 @@ def _parse_times(value: str) -> tuple[int, int]:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SessionDescription:
+class SessionDescription(_HasAttributes):
     """A whole session description.
 
     ``extra`` keeps the session-level lines without a field (``r=``, ``z=``,
@@ -553,19 +564,6 @@ class SessionDescription:
             yield from media._lines()
 
     # ------------------------------------------------------------------ queries, rewrites
-
-    def attribute(self, name: str) -> str | None:
-        """The value of the first session-level ``a=<name>``."""
-        return _first(self.attributes, name)
-
-    def attributes_named(self, name: str) -> list[str | None]:
-        """The values of every session-level ``a=<name>``, in order."""
-        return [value for attr_name, value in self.attributes if attr_name == name]
-
-    @property
-    def control(self) -> str | None:
-        """The session-level ``a=control`` (often ``*``, meaning the Content-Base itself)."""
-        return self.attribute("control")
 
     def with_control(self, control: str) -> SessionDescription:
         """A copy whose session-level ``a=control`` is ``control``."""
