@@ -24,7 +24,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,7 +169,26 @@ async def _finish_task(task: asyncio.Task[Any] | None, grace: float = 2.0) -> No
 # -- GStreamer RTSP server ---------------------------------------------------------
 
 
-class GstRtspServer:
+class _Child:
+    """What the peers run as subprocesses share: liveness, pid and the stderr tail."""
+
+    _proc: asyncio.subprocess.Process | None
+    _stderr: collections.deque[str]
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def stderr_tail(self) -> str:
+        return "\n".join(self._stderr)
+
+
+class GstRtspServer(_Child):
     """``msm/gst_source.py`` in a subprocess, with its stdout events tracked.
 
     Use either ``srv = await GstRtspServer.start(...)`` (then ``await srv.stop()``)
@@ -228,18 +247,6 @@ class GstRtspServer:
     @property
     def url(self) -> str:
         return f"rtsp://127.0.0.1:{self.port}{self.path}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    @property
-    def stderr_tail(self) -> str:
-        return "\n".join(self._stderr)
 
     def reset_counters(self) -> None:
         """Forget clients, session maximum and events seen so far."""
@@ -392,7 +399,7 @@ def _viewer_command(url: str, transport: str, frames: int | None,
     return cmd + ["-f", "null", "-"]
 
 
-class FfmpegViewer:
+class FfmpegViewer(_Child):
     """A long-running ffmpeg RTSP viewer decoding video to the null muxer.
 
     ``frames`` follows ffmpeg's progress output (every 0.5 s) and is final once
@@ -441,18 +448,6 @@ class FfmpegViewer:
     @property
     def returncode(self) -> int | None:
         return self._proc.returncode if self._proc else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    @property
-    def stderr_tail(self) -> str:
-        return "\n".join(self._stderr)
 
     async def wait_frames(self, n: int, timeout: float) -> int:  # noqa: ASYNC109
         """Wait until at least ``n`` frames are decoded; returns the count.
@@ -593,3 +588,38 @@ async def ffprobe_streams(url: str, transport: str = "tcp", timeout: float = 20,
                            f"{err.decode('utf-8', 'replace').strip()[-2000:]}")
     streams = json.loads(out.decode("utf-8", "replace") or "{}").get("streams", [])
     return list(streams)
+
+
+class RtpCounter:
+    """An aiortsp transport client that counts the RTP packets it is handed."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    def handle_rtp(self, rtp: object) -> None:
+        self.received += 1
+
+    def handle_rtcp(self, rtcp: object) -> None:
+        pass
+
+    def handle_closed(self, error: object) -> None:
+        pass
+
+
+@contextlib.asynccontextmanager
+async def aiortsp_session(url: str) -> AsyncIterator[tuple[Any, RtpCounter]]:
+    """aiortsp as a UDP viewer of ``url`` (set up, not yet playing): ``(session, counter)``.
+
+    aiortsp sends RTCP receiver reports with LSR/DLSR every few seconds; leaving the
+    block sends TEARDOWN.
+    """
+    from aiortsp.rtsp.connection import RTSPConnection
+    from aiortsp.rtsp.session import RTSPMediaSession
+    from aiortsp.transport import transport_for_scheme
+
+    host, port = url.split("/")[2].rsplit(":", 1)
+    counter = RtpCounter()
+    async with RTSPConnection(host, int(port)) as conn, transport_for_scheme("rtsp")(conn) as transport:
+        transport.subscribe(counter)
+        async with RTSPMediaSession(conn, url, transport=transport) as session:
+            yield session, counter

@@ -9,7 +9,7 @@ import pytest
 
 from msm.mesh import LocalMesh
 from tests.e2e.conftest import _require_peers, mesh_config
-from tests.peers import FfmpegViewer, GstRtspServer, ffmpeg_frames, ffprobe_streams
+from tests.peers import FfmpegViewer, GstRtspServer, aiortsp_session, ffmpeg_frames, ffprobe_streams
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -44,10 +44,6 @@ async def test_stream_table_counts_viewers_and_packets(gst: GstRtspServer, mesh:
 
 async def test_leaving_pausing_and_crashing_viewers_do_not_disturb_others(
         gst: GstRtspServer, mesh: LocalMesh) -> None:
-    import aiortsp.rtsp.connection as rtsp_conn
-    from aiortsp.rtsp.session import RTSPMediaSession
-    from aiortsp.transport import transport_for_scheme
-
     url = mesh.url("cam")
     steady_udp = await FfmpegViewer.start(url, transport="udp")
     steady_tcp = await FfmpegViewer.start(url, transport="tcp")
@@ -68,35 +64,18 @@ async def test_leaving_pausing_and_crashing_viewers_do_not_disturb_others(
         await others_advance()
 
         # An aiortsp viewer plays, pauses (its packets stop) and tears down.
-        received = 0
-
-        class Counter:
-            def handle_rtp(self, rtp: object) -> None:
-                nonlocal received
-                received += 1
-
-            def handle_rtcp(self, rtcp: object) -> None:
-                pass
-
-            def handle_closed(self, error: object) -> None:
-                pass
-
-        async with rtsp_conn.RTSPConnection("127.0.0.1", int(url.split(":")[2].split("/")[0])) as conn:
-            transport_class = transport_for_scheme("rtsp")
-            async with transport_class(conn) as transport:
-                transport.subscribe(Counter())
-                async with RTSPMediaSession(conn, url, transport=transport) as session:
-                    await session.play()
-                    await asyncio.sleep(2.0)
-                    assert received > 20, "aiortsp viewer got no RTP"
-                    await session.pause()
-                    await asyncio.sleep(0.5)
-                    paused_at = received
-                    await others_advance()
-                    assert received - paused_at <= 5, "packets kept flowing to a paused viewer"
-                    await session.play()
-                    await asyncio.sleep(1.5)
-                    assert received > paused_at + 10, "no RTP after resuming"
+        async with aiortsp_session(url) as (session, counter):
+            await session.play()
+            await asyncio.sleep(2.0)
+            assert counter.received > 20, "aiortsp viewer got no RTP"
+            await session.pause()
+            await asyncio.sleep(0.5)
+            paused_at = counter.received
+            await others_advance()
+            assert counter.received - paused_at <= 5, "packets kept flowing to a paused viewer"
+            await session.play()
+            await asyncio.sleep(1.5)
+            assert counter.received > paused_at + 10, "no RTP after resuming"
         await others_advance()
         assert len(gst.clients) == 1 and gst.max_sessions == 1
     finally:

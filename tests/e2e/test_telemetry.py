@@ -17,41 +17,18 @@ from control_plane.resolver import Route
 from msm.mesh import LocalMesh
 from protos import msm_pb2 as pb
 from tests.e2e.conftest import mesh_config
-from tests.peers import FfmpegViewer, GstRtspServer
+from tests.peers import FfmpegViewer, GstRtspServer, aiortsp_session
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
 async def aiortsp_viewer(url: str, seconds: float, during: Callable[[], Awaitable[None]]) -> int:
-    """Play ``url`` with aiortsp over UDP for ``seconds``, then run ``during()`` while still playing.
-
-    aiortsp sends RTCP receiver reports with LSR/DLSR every few seconds."""
-    from aiortsp.rtsp.connection import RTSPConnection
-    from aiortsp.rtsp.session import RTSPMediaSession
-    from aiortsp.transport import transport_for_scheme
-
-    received = 0
-
-    class Counter:
-        def handle_rtp(self, rtp: object) -> None:
-            nonlocal received
-            received += 1
-
-        def handle_rtcp(self, rtcp: object) -> None:
-            pass
-
-        def handle_closed(self, error: object) -> None:
-            pass
-
-    host_port = url.split("/")[2]
-    host, port = host_port.rsplit(":", 1)
-    async with RTSPConnection(host, int(port)) as conn, transport_for_scheme("rtsp")(conn) as transport:
-        transport.subscribe(Counter())
-        async with RTSPMediaSession(conn, url, transport=transport) as session:
-            await session.play()
-            await asyncio.sleep(seconds)
-            await during()
-    return received
+    """Play ``url`` with aiortsp for ``seconds``, then run ``during()`` while still playing."""
+    async with aiortsp_session(url) as (session, counter):
+        await session.play()
+        await asyncio.sleep(seconds)
+        await during()
+    return counter.received
 
 
 def scrape(address: str) -> str:
