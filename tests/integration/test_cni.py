@@ -394,11 +394,10 @@ class Listeners:
     """A server process in one namespace; its accepted connections as dicts."""
 
     def __init__(self, sandbox: Sandbox, netns: str, *addresses: str) -> None:
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", netns, SYSTEM_PYTHON, "-c", SERVER, *addresses],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        self._spawn(sandbox, ["ip", "netns", "exec", netns, SYSTEM_PYTHON, "-c", SERVER, *addresses])
+
+    def _spawn(self, sandbox: Sandbox, argv: list[str], cwd: Path | None = None) -> None:
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=cwd)
         sandbox.processes.append(self.proc)
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

@@ -23,14 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
-import queue
 import secrets
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,6 +49,7 @@ from tests.integration.test_cni import (
     sh,
     write_kubeconfig,
 )
+from tests.integration.test_cni import Listeners as CniListeners
 from tests.integration.test_cni import _why_skip as _why_skip_cni
 
 REPO = Path(__file__).resolve().parents[2]
@@ -234,27 +231,11 @@ threading.Event().wait()
 """
 
 
-class Listeners:
+class Listeners(CniListeners):
+    """test_cni's listeners, run inside the pod's cgroup as well as its netns."""
+
     def __init__(self, box: Sandbox, netns: str, cgroup: Path | None, *addresses: str) -> None:
-        self.proc = subprocess.Popen(
-            in_pod(netns, cgroup, sys.executable, "-c", STUB, *addresses),
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-        )
-        box.processes.append(self.proc)
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        assert self.lines.get(timeout=10) == "ready"
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.strip())
-
-    def next(self, timeout: float = 5.0) -> dict[str, Any]:
-        landed: dict[str, Any] = json.loads(self.lines.get(timeout=timeout))
-        return landed
+        self._spawn(box, in_pod(netns, cgroup, sys.executable, "-c", STUB, *addresses), cwd=REPO)
 
     def quiet(self) -> bool:
         return self.lines.empty()
