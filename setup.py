@@ -1,10 +1,10 @@
-"""Only what pyproject.toml cannot say: the cffi extensions, compiled at install time.
+"""Only what pyproject.toml cannot say: the native engine, compiled with cffi at install time.
 
-Both are optional (``optional=True`` in their builders): without a C compiler
-the install still succeeds, the proxy logs a warning and runs its pure-Python
-data path, and ``msm bench`` says it cannot measure the C limit.
+Optional (``optional=True`` in its builder): without a C compiler the install
+still succeeds, the proxy logs a warning and runs its pure-Python data path.
+The benchmark harness and its C blaster are a distribution of their own, in bench/.
 """
 
 from setuptools import setup
 
-setup(cffi_modules=["ext/build.py:ffibuilder", "bench/build.py:ffibuilder"])
+setup(cffi_modules=["ext/build.py:ffibuilder"])

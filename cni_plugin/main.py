@@ -6,7 +6,7 @@ environment, the result JSON on stdout and exit status 0, or the CNI error JSON
 module is the one boundary where the ``errors`` tree becomes that JSON.
 
 As the installer: ``msm-cni install ...`` / ``msm-cni uninstall ...`` (see
-``cni_plugin.installer``).
+``msm.cni_plugin.installer``).
 
 Runtimes start a plugin for every pod, so this module imports only what every
 command needs; HTTP, TLS, YAML and BCC are imported by the code that uses them.

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from protos import msm_pb2 as pb
-from protos import msm_pb2_grpc as pb_grpc
+from msm.protos import msm_pb2 as pb
+from msm.protos import msm_pb2_grpc as pb_grpc
 
 from .resolver import Asker, NotFound, Resolver, Route
 
@@ -532,7 +532,7 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
             log.info("stream %s: upstream %s%s", stream.stream_id, state,
                      f" ({event.detail})" if event.detail else "")
         stream.upstream_state = state
-        if event.detail == "reconnected":
+        if event.cause == pb.UpstreamEvent.RECONNECTED:
             stream.opened += 1
         if state in ("down", "playing"):
             message = pb.ControlMessage(stream_state=pb.StreamState(

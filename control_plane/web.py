@@ -26,7 +26,7 @@ import prometheus_client
 from aiohttp import web
 from google.protobuf import json_format
 
-from protos import msm_pb2 as pb
+from msm.protos import msm_pb2 as pb
 
 from .server import ControlPlane
 

@@ -1,4 +1,4 @@
-"""The native engine's seam: thin Python handles over ``ext._engine`` (C, cffi API mode).
+"""The native engine's seam: thin Python handles over ``msm.ext._engine`` (C, cffi API mode).
 
 The engine is optional. :func:`load` either returns the compiled module or
 raises :class:`NativeUnavailable` saying why (not built because no compiler
@@ -53,16 +53,16 @@ def _flag(name: str) -> bool:
 
 
 def load() -> ModuleType:
-    """The compiled ``ext._engine`` module, or :class:`NativeUnavailable`."""
+    """The compiled ``msm.ext._engine`` module, or :class:`NativeUnavailable`."""
     global _module, _error
     if _flag("MSM_NO_NATIVE"):
         raise NativeUnavailable("disabled by MSM_NO_NATIVE=1")
     with _lock:
         if _module is None and _error is None:
             try:
-                from ext import _engine  # type: ignore[attr-defined]
+                from msm.ext import _engine  # type: ignore[attr-defined]
             except ImportError as exc:
-                _error = (f"ext._engine is not built ({exc}); reinstall with a C compiler "
+                _error = (f"msm.ext._engine is not built ({exc}); reinstall with a C compiler "
                           "(pip install -e .) or run python ext/build.py")
             else:
                 _module = _engine

@@ -1,4 +1,4 @@
-"""cffi (API mode) builder of ``ext._engine``, the native data plane.
+"""cffi (API mode) builder of ``msm.ext._engine``, the native data plane.
 
 setup.py names ``ffibuilder`` in ``cffi_modules``, so pip compiles the engine at
 install time; ``python ext/build.py`` rebuilds it in place for development.
@@ -37,7 +37,7 @@ def _rel(path: Path) -> str:
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef((HERE / "engine.h").read_text()))
 ffibuilder.set_source(
-    "ext._engine",
+    "msm.ext._engine",
     '#include "engine.h"',
     sources=[_rel(HERE / "engine.c")],
     include_dirs=[_rel(HERE)],

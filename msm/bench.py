@@ -68,7 +68,7 @@ def _sane(report: dict[str, Any]) -> list[str]:
 
 
 def run(opts: argparse.Namespace) -> int:
-    from bench import harness, report
+    from msm_bench import harness, report
 
     settings = harness.Settings()
     if opts.smoke:

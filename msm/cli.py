@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from control_plane.resolver import Route, RouteError, parse_route
+from msm.control_plane.resolver import Route, RouteError, parse_route
 
 from . import bench as bench_command
 from .mesh import LocalMesh, MeshConfig, MeshError
@@ -302,8 +302,8 @@ def render_table(rows: list[dict[str, Any]]) -> str:
 def cmd_streams(opts: argparse.Namespace) -> int:
     import grpc
 
-    from protos import msm_pb2 as pb
-    from protos import msm_pb2_grpc as pb_grpc
+    from msm.protos import msm_pb2 as pb
+    from msm.protos import msm_pb2_grpc as pb_grpc
 
     values = settings(opts, ["control"])
     address = str(values["control"])

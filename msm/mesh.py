@@ -14,12 +14,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from control_plane.metrics import control_registry
-from control_plane.resolver import Route, StaticResolver
-from control_plane.server import ControlPlaneServer
-from control_plane.web import WebServer, create_app
-from rtp_proxy.service import RtpProxy
-from stub.app import Stub, StubConfig
+from msm.control_plane.metrics import control_registry
+from msm.control_plane.resolver import Route, StaticResolver
+from msm.control_plane.server import ControlPlaneServer
+from msm.control_plane.web import WebServer, create_app
+from msm.rtp_proxy.service import RtpProxy
+from msm.stub.app import Stub, StubConfig
 
 log = logging.getLogger(__name__)
 

@@ -210,7 +210,7 @@ class CommandResult(_message.Message):
     def __init__(self, command_id: _Optional[int] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., sdp: _Optional[str] = ..., tracks: _Optional[_Iterable[_Union[Track, _Mapping]]] = ...) -> None: ...
 
 class UpstreamEvent(_message.Message):
-    __slots__ = ("stream_id", "state", "detail")
+    __slots__ = ("stream_id", "state", "detail", "cause")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         UNKNOWN: _ClassVar[UpstreamEvent.State]
@@ -221,13 +221,27 @@ class UpstreamEvent(_message.Message):
     CONNECTING: UpstreamEvent.State
     PLAYING: UpstreamEvent.State
     DOWN: UpstreamEvent.State
+    class Cause(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        CAUSE_UNSPECIFIED: _ClassVar[UpstreamEvent.Cause]
+        STARTED: _ClassVar[UpstreamEvent.Cause]
+        CONNECTION_LOST: _ClassVar[UpstreamEvent.Cause]
+        RECONNECT_ATTEMPT: _ClassVar[UpstreamEvent.Cause]
+        RECONNECTED: _ClassVar[UpstreamEvent.Cause]
+    CAUSE_UNSPECIFIED: UpstreamEvent.Cause
+    STARTED: UpstreamEvent.Cause
+    CONNECTION_LOST: UpstreamEvent.Cause
+    RECONNECT_ATTEMPT: UpstreamEvent.Cause
+    RECONNECTED: UpstreamEvent.Cause
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     state: UpstreamEvent.State
     detail: str
-    def __init__(self, stream_id: _Optional[str] = ..., state: _Optional[_Union[UpstreamEvent.State, str]] = ..., detail: _Optional[str] = ...) -> None: ...
+    cause: UpstreamEvent.Cause
+    def __init__(self, stream_id: _Optional[str] = ..., state: _Optional[_Union[UpstreamEvent.State, str]] = ..., detail: _Optional[str] = ..., cause: _Optional[_Union[UpstreamEvent.Cause, str]] = ...) -> None: ...
 
 class StubMessage(_message.Message):
     __slots__ = ("register", "request", "result", "event", "viewer_gone")

@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import ext
-from sdk.errors import RtcpError, RtpError
-from sdk.rtp import (
+from msm import ext
+from msm.sdk.errors import RtcpError, RtpError
+from msm.sdk.rtp import (
     Bye,
     ReceiverReport,
     SdesChunk,
@@ -35,7 +35,7 @@ from sdk.rtp import (
     rtp_header,
     serialize_rtcp,
 )
-from sdk.stats import ReceiverStats
+from msm.sdk.stats import ReceiverStats
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any
 
-from ext import FlowHandle, LegHandle
-from sdk.rtp import ReportBlock
-from sdk.stats import interval_fraction_lost, reception_report
+from msm.ext import FlowHandle, LegHandle
+from msm.sdk.rtp import ReportBlock
+from msm.sdk.stats import interval_fraction_lost, reception_report
 
 from .flows import Flow, Leg
 
@@ -87,7 +87,7 @@ class NativeLeg(Leg):
 
 
 class NativeStats:
-    """The engine's RFC 3550 statistics of the current source, as :class:`sdk.stats.ReceiverStats` shows them.
+    """The engine's RFC 3550 statistics of the current source, as :class:`msm.sdk.stats.ReceiverStats` shows them.
 
     A snapshot: read ``flow.stats`` again for fresh numbers. The interval
     state of :meth:`report_block` (A.3's priors) lives on the flow.

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from protos import msm_pb2 as pb
-from protos import msm_pb2_grpc as pb_grpc
+from msm.protos import msm_pb2 as pb
+from msm.protos import msm_pb2_grpc as pb_grpc
 
 from .flows import Flow, FlowTable, Leg, PortRangeExhausted
 from .metrics import MetricsServer, proxy_registry

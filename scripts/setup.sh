@@ -71,13 +71,14 @@ fi
 stamp=.venv/.msm-installed
 # Reinstall (which also rebuilds the C engine) when the packaging or C sources changed.
 changed=0
-for f in pyproject.toml setup.py ext/*.c ext/*.h ext/build.py bench/*.c bench/*.h bench/build.py; do
+for f in pyproject.toml setup.py ext/*.c ext/*.h ext/build.py bench/pyproject.toml bench/setup.py \
+         bench/build_blast.py bench/msm_bench/*.c bench/msm_bench/*.h; do
   [ -f "$f" ] && [ "$f" -nt "$stamp" ] && changed=1
 done
 if [ ! -f "$stamp" ] || [ "$changed" = 1 ]; then
   echo "setup: installing Python packages into .venv" >&2
   log=.venv/pip-install.log
-  if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e '.[test,bench]'; } >"$log" 2>&1; then
+  if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e ./bench -e '.[test,bench]'; } >"$log" 2>&1; then
     tail -n 30 "$log" >&2
     echo "setup: pip install failed (full log: $log)" >&2
     exit 1

@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/lint-imports
-.venv/bin/mypy sdk
+.venv/bin/mypy msm/sdk
 .venv/bin/python -m pytest -q -ra "$@"

@@ -1,8 +1,8 @@
 """RTP and RTCP packets (RFC 3550), sans-IO.
 
 Every packet type is a frozen value with ``parse(data)`` and ``bytes(packet)``.
-Peer bytes that break the format raise :class:`~sdk.errors.RtpError` or
-:class:`~sdk.errors.RtcpError` (status 400); values built with out-of-range
+Peer bytes that break the format raise :class:`~msm.sdk.errors.RtpError` or
+:class:`~msm.sdk.errors.RtcpError` (status 400); values built with out-of-range
 fields raise the same errors, so a value that exists always serializes.
 
 Proxies that only need to route a datagram use :func:`rtp_header` (one
@@ -23,7 +23,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sdk.errors import RtcpError, RtpError
+from msm.sdk.errors import RtcpError, RtpError
 
 __all__ = [
     "RTCP_APP",

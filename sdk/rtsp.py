@@ -4,7 +4,7 @@ Bytes go into an :class:`RtspReader`, events (:class:`Request`, :class:`Response
 :class:`InterleavedFrame`) come out; messages turn back into bytes with ``bytes(msg)``.
 Nothing here touches a socket or an event loop.
 
-Every fault a peer can cause raises :class:`~sdk.errors.RtspError` carrying the status
+Every fault a peer can cause raises :class:`~msm.sdk.errors.RtspError` carrying the status
 to answer with (400 malformed, 413 too large, 414 request line too long, 461
 unsupported transport, 505 wrong version).  Values built locally are validated the same
 way when the message is built, so a message that exists can always be serialised.
@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from sdk.errors import RtspError
+from msm.sdk.errors import RtspError
 
 __all__ = [
     "RTSP_VERSION",

@@ -11,7 +11,7 @@ import enum
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from sdk.errors import RtspError
+from msm.sdk.errors import RtspError
 
 __all__ = ["TRANSITIONS", "State", "allowed_methods", "next_state"]
 
@@ -61,7 +61,7 @@ _KNOWN_METHODS = frozenset(method for _, method in TRANSITIONS)
 def next_state(state: State, method: str) -> State:
     """The state after the server accepts ``method`` in ``state``.
 
-    Raises :class:`~sdk.errors.RtspError` with 455 when the method is not valid in this
+    Raises :class:`~msm.sdk.errors.RtspError` with 455 when the method is not valid in this
     state and 501 when no state accepts it.  Method names are case-sensitive.
     """
     try:

@@ -15,7 +15,7 @@ be ambiguous:
   are kept raw in ``extra`` and written back;
 * a line that is not ``<letter>=<value>``, a missing ``v=``/``o=``/``s=``, a
   repeated single-valued line or a malformed ``o=``/``c=``/``m=``/``b=``/``t=``
-  raises :class:`~sdk.errors.SdpError` (400).
+  raises :class:`~msm.sdk.errors.SdpError` (400).
 
 Text is decoded as UTF-8 with ``surrogateescape`` so that bytes in some other
 charset (cameras do put Latin-1 in ``s=``) survive a parse/serialize round trip
@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
-from sdk.errors import SdpError
+from msm.sdk.errors import SdpError
 
 __all__ = [
     "MAX_SDP_SIZE",

@@ -15,7 +15,7 @@ arrival time (seconds, from whatever clock it injects).
 
 from __future__ import annotations
 
-from sdk.rtp import ReportBlock
+from msm.sdk.rtp import ReportBlock
 
 __all__ = ["MAX_DROPOUT", "MAX_MISORDER", "RTP_SEQ_MOD", "ReceiverStats", "interval_fraction_lost",
            "reception_report"]

@@ -8,7 +8,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from protos import msm_pb2 as pb
+from msm.protos import msm_pb2 as pb
 
 from .control import ControlClient
 from .server import StubServer

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
-from protos import msm_pb2 as pb
-from protos import msm_pb2_grpc as pb_grpc
+from msm.protos import msm_pb2 as pb
+from msm.protos import msm_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 

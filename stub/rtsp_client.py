@@ -1,4 +1,4 @@
-"""A small asyncio RTSP client connection over the sans-IO ``sdk.rtsp`` reader.
+"""A small asyncio RTSP client connection over the sans-IO ``msm.sdk.rtsp`` reader.
 
 One request at a time (RTSP servers answer in order anyway); interleaved frames
 are handed to a callback; requests from the server (some send GET_PARAMETER or
@@ -13,8 +13,8 @@ import logging
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
-from sdk.errors import RtspError
-from sdk.rtsp import Headers, InterleavedFrame, Request, Response, RtspReader
+from msm.sdk.errors import RtspError
+from msm.sdk.rtsp import Headers, InterleavedFrame, Request, Response, RtspReader
 
 log = logging.getLogger(__name__)
 

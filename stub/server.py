@@ -2,11 +2,11 @@
 
 Every request becomes a typed gRPC request to the control plane; the media
 itself never passes through here for UDP viewers (the proxy sends it straight
-to them). TCP-interleaved viewers get a :class:`~stub.bridge.UdpPair` that turns
+to them). TCP-interleaved viewers get a :class:`~msm.stub.bridge.UdpPair` that turns
 the proxy's datagrams into ``$`` frames on their connection.
 
 Faults are answered, never raised: a peer's malformed request gets the status
-its :class:`~sdk.errors.RtspError` carries and the connection is closed; a
+its :class:`~msm.sdk.errors.RtspError` carries and the connection is closed; a
 viewer that vanishes has its session torn down; other sessions never notice.
 """
 
@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from protos import msm_pb2 as pb
-from sdk.errors import RtspError, SdpError
-from sdk.rtsp import (
+from msm.protos import msm_pb2 as pb
+from msm.sdk.errors import RtspError, SdpError
+from msm.sdk.rtsp import (
     Headers,
     InterleavedFrame,
     Request,
@@ -38,8 +38,8 @@ from sdk.rtsp import (
     parse_session,
     parse_transport,
 )
-from sdk.rtsp_state import State, next_state
-from sdk.sdp import Connection, SessionDescription
+from msm.sdk.rtsp_state import State, next_state
+from msm.sdk.sdp import Connection, SessionDescription
 
 from .bridge import UdpPair
 from .control import ControlClient

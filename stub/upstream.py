@@ -16,16 +16,16 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from protos import msm_pb2 as pb
-from sdk.errors import RtspError, SdpError
-from sdk.rtsp import (
+from msm.protos import msm_pb2 as pb
+from msm.sdk.errors import RtspError, SdpError
+from msm.sdk.rtsp import (
     Response,
     TransportSpec,
     parse_public,
     parse_session,
     parse_transport,
 )
-from sdk.sdp import SessionDescription, resolve_control
+from msm.sdk.sdp import SessionDescription, resolve_control
 
 from .bridge import UdpPair, UdpRelay
 from .rtsp_client import RtspClientConnection, RtspClientError
@@ -206,7 +206,7 @@ class UpstreamSession:
             headers["Session"] = self.session_id
         reply = await self.conn.request("PLAY", self.aggregate_url, headers)
         self._check(reply, "PLAY")
-        self._emit(pb.UpstreamEvent.PLAYING)
+        self._emit(pb.UpstreamEvent.PLAYING, pb.UpstreamEvent.STARTED)
         if self._keepalive is None or self._keepalive.done():
             self._keepalive = asyncio.create_task(self._keep_alive(), name=f"keepalive-{self.stream_id}")
 
@@ -249,7 +249,7 @@ class UpstreamSession:
             if self.closing:
                 return
             log.warning("stream %s: upstream %s lost; reconnecting", self.stream_id, self.url)
-            self._emit(pb.UpstreamEvent.DOWN, "connection lost")
+            self._emit(pb.UpstreamEvent.DOWN, pb.UpstreamEvent.CONNECTION_LOST)
             await self._reconnect()
 
     async def _reconnect(self) -> None:
@@ -258,7 +258,7 @@ class UpstreamSession:
         while not self.closing:
             attempt += 1
             await self._drop_connection(keep_bridges=True)
-            self._emit(pb.UpstreamEvent.CONNECTING, f"attempt {attempt}")
+            self._emit(pb.UpstreamEvent.CONNECTING, pb.UpstreamEvent.RECONNECT_ATTEMPT, f"attempt {attempt}")
             try:
                 old_tracks = [(t.kind, t.encoding) for t in self.tracks]
                 await self._connect_and_describe()
@@ -270,7 +270,7 @@ class UpstreamSession:
                     await self._play()
                 log.info("stream %s: upstream recovered after %d attempt(s)", self.stream_id, attempt)
                 self._emit(pb.UpstreamEvent.PLAYING if self.want_play else pb.UpstreamEvent.CONNECTING,
-                           "reconnected")
+                           pb.UpstreamEvent.RECONNECTED)
                 return
             except (RtspClientError, IndexError, KeyError) as exc:
                 log.info("stream %s: reconnect attempt %d failed: %s; next in %.2fs",
@@ -293,8 +293,9 @@ class UpstreamSession:
                 relay.close()
             self.relays.clear()
 
-    def _emit(self, state: pb.UpstreamEvent.State.ValueType, detail: str = "") -> None:
-        self.on_event(pb.UpstreamEvent(stream_id=self.stream_id, state=state, detail=detail))
+    def _emit(self, state: pb.UpstreamEvent.State.ValueType, cause: pb.UpstreamEvent.Cause.ValueType,
+              detail: str = "") -> None:
+        self.on_event(pb.UpstreamEvent(stream_id=self.stream_id, state=state, cause=cause, detail=detail))
 
 
 class UpstreamManager:

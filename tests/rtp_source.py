@@ -1,4 +1,4 @@
-"""A synthetic, paced RTP sender for tests (RFC 3550 packets built with ``sdk.rtp``).
+"""A synthetic, paced RTP sender for tests (RFC 3550 packets built with ``msm.sdk.rtp``).
 
 Packet ``n`` is due at ``start + n / rate`` on the event loop's clock and
 carries the RTP timestamp ``first_timestamp + n * clock_rate / rate``, as an
@@ -16,7 +16,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from sdk.rtp import RtpPacket, SenderReport, ntp_from_unix
+from msm.sdk.rtp import RtpPacket, SenderReport, ntp_from_unix
 
 Address = tuple[str, int]
 

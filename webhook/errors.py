@@ -13,7 +13,7 @@ bad input without saying who is at fault.
 
 from __future__ import annotations
 
-from sdk.errors import MsmError
+from msm.sdk.errors import MsmError
 
 
 class WebhookError(MsmError):

@@ -14,9 +14,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from webhook.errors import CertificateError, ConfigError
-from webhook.review import DEFAULT_CONTROL_PLANE, DEFAULT_MESH_NAMESPACE, InjectConfig
-from webhook.server import ReloadingTLS, WebhookServer
+from msm.webhook.errors import CertificateError, ConfigError
+from msm.webhook.review import DEFAULT_CONTROL_PLANE, DEFAULT_MESH_NAMESPACE, InjectConfig
+from msm.webhook.server import ReloadingTLS, WebhookServer
 
 log = logging.getLogger("webhook")
 

@@ -1,7 +1,7 @@
 """AdmissionReview in, AdmissionReview (or an error Status) out: the whole decision, as pure functions.
 
 :func:`review` takes the raw request body and returns ``(http_status, json_body)``; the aiohttp
-handler in :mod:`webhook.server` only reads the body and writes the answer. Nothing here does I/O.
+handler in :mod:`msm.webhook.server` only reads the body and writes the answer. Nothing here does I/O.
 
 The rules, in the order they are applied:
 
@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, TypedDict, cast
 
-from webhook.errors import ConfigError, ReviewError
+from msm.webhook.errors import ConfigError, ReviewError
 
 # A real CREATE review carries the Pod once (oldObject is null) and Pods are a few KiB: the API
 # server caps all annotations at 256 KiB and etcd refuses objects over 1.5 MiB by default. 1 MiB is

@@ -1,6 +1,6 @@
-"""The HTTPS side of the webhook: a thin aiohttp app over :func:`webhook.review.review`.
+"""The HTTPS side of the webhook: a thin aiohttp app over :func:`msm.webhook.review.review`.
 
-``POST /mutate`` reads at most :data:`~webhook.review.MAX_REVIEW_BYTES` and answers with what
+``POST /mutate`` reads at most :data:`~msm.webhook.review.MAX_REVIEW_BYTES` and answers with what
 ``review`` returns; ``GET /healthz`` answers ``ok``. Everything else is aiohttp's own 404/405.
 
 The certificate is reloaded without a restart: on every TLS handshake :class:`ReloadingTLS`
@@ -21,8 +21,8 @@ from typing import cast
 
 from aiohttp import web
 
-from webhook.errors import CertificateError, ReviewError
-from webhook.review import (
+from msm.webhook.errors import CertificateError, ReviewError
+from msm.webhook.review import (
     MAX_REVIEW_BYTES,
     AdmissionReview,
     InjectConfig,

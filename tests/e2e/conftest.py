@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from control_plane.resolver import Route
+from msm.control_plane.resolver import Route
 from msm.mesh import LocalMesh, MeshConfig
 from tests.peers import GstRtspServer, gst_available
 

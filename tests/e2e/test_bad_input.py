@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from msm.mesh import LocalMesh
-from sdk.rtsp import Response, RtspReader
+from msm.sdk.rtsp import Response, RtspReader
 from tests.peers import FfmpegViewer, GstRtspServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]

@@ -30,7 +30,7 @@ async def test_stream_table_counts_viewers_and_packets(gst: GstRtspServer, mesh:
     async with FfmpegViewer(mesh.url("cam"), transport="udp") as viewer:
         await viewer.wait_frames(30, timeout=30)
         assert mesh.control is not None
-        from protos import msm_pb2 as pb
+        from msm.protos import msm_pb2 as pb
 
         response = await mesh.control.control.ListStreams(pb.ListStreamsRequest(), None)
         (stream,) = response.streams
@@ -118,7 +118,7 @@ async def test_demo_source_decodes_in_ffprobe() -> None:
 async def test_sessions_do_not_expire_while_the_upstream_is_down(gst: GstRtspServer) -> None:
     """Players send no keep-alives while no media arrives; an outage longer than the
     session timeout must not cost them their sessions."""
-    from control_plane.resolver import Route
+    from msm.control_plane.resolver import Route
 
     config = mesh_config(routes=[Route(name="cam", url=gst.url)], session_timeout=3)
     async with LocalMesh(config) as mesh, FfmpegViewer(mesh.url("cam"), transport="udp") as viewer:

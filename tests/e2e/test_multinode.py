@@ -109,7 +109,7 @@ def _why_skip_peers() -> str:
         return reason
     probe = subprocess.run(
         ["setpriv", f"--reuid={STUB_UID}", f"--regid={STUB_UID}", "--clear-groups",
-         sys.executable, "-c", "import grpc, stub.main"],
+         sys.executable, "-c", "import grpc, msm.stub.main"],
         cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
     )
     if probe.returncode != 0:
@@ -332,7 +332,7 @@ class Cluster:
 
     # -- the CNI chain, as a runtime runs it ------------------------------------------------------
     def install_cni(self) -> None:
-        from cni_plugin import installer
+        from msm.cni_plugin import installer
 
         self.bin_dir.mkdir()
         for plugin in ("loopback", "bridge", "host-local"):
@@ -550,7 +550,7 @@ DUMP = r"""
 import json, sys
 import grpc
 from google.protobuf.json_format import MessageToDict
-from protos import msm_pb2 as pb, msm_pb2_grpc as pb_grpc
+from msm.protos import msm_pb2 as pb, msm_pb2_grpc as pb_grpc
 
 def as_dict(message):
     return MessageToDict(message, preserving_proto_field_name=True)

@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from control_plane.resolver import Route
+from msm.control_plane.resolver import Route
 from msm.mesh import LocalMesh
-from protos import msm_pb2 as pb
+from msm.protos import msm_pb2 as pb
 from tests.e2e.conftest import mesh_config
 from tests.peers import FfmpegViewer, GstRtspServer, aiortsp_session
 

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from control_plane.resolver import Route
+from msm.control_plane.resolver import Route
 from msm.mesh import LocalMesh
 from tests.e2e.conftest import _require_peers, mesh_config
 from tests.peers import GstRtspServer, ffmpeg_frames

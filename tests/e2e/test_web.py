@@ -31,12 +31,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from control_plane.resolver import Route, StaticResolver
-from control_plane.server import ControlPlane, ProxyLink, Stream, Viewer
-from control_plane.web import WebServer, create_app
+from msm.control_plane.resolver import Route, StaticResolver
+from msm.control_plane.server import ControlPlane, ProxyLink, Stream, Viewer
+from msm.control_plane.web import WebServer, create_app
 from msm.mesh import LocalMesh
-from protos import msm_pb2 as pb
-from protos import msm_pb2_grpc as pb_grpc
+from msm.protos import msm_pb2 as pb
+from msm.protos import msm_pb2_grpc as pb_grpc
 from tests.peers import FfmpegViewer, GstRtspServer, free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -26,9 +26,9 @@ import jsonpatch
 import kubernetes_validate
 import pytest
 
+from msm.webhook.review import MAX_REVIEW_BYTES, InjectConfig
+from msm.webhook.server import ReloadingTLS, WebhookServer
 from tests.datafiles import load
-from webhook.review import MAX_REVIEW_BYTES, InjectConfig
-from webhook.server import ReloadingTLS, WebhookServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -225,7 +225,7 @@ async def test_the_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MSM_STUB_IMAGE": "env/msm:1",
            "MSM_TLS_CERT": str(pair.cert), "MSM_TLS_KEY": str(pair.key)}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "webhook.main", "--host", "127.0.0.1", "--port", "0", "--stub-image", "flag/msm:2",
+        sys.executable, "-m", "msm.webhook.main", "--host", "127.0.0.1", "--port", "0", "--stub-image", "flag/msm:2",
         cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE)
     try:
         assert process.stderr is not None

@@ -8,7 +8,7 @@ impairment relay (``tests/impair.py``) -> a real proxy flow on 127.0.0.1.
 * Jitter is checked against an independent measurement: the same packets
   captured on ``lo`` by tshark (its own timestamps, its own RTP dissector) and
   run through a plain-float RFC 3550 A.8 estimator written here, not
-  ``sdk.stats``. tshark's own ``-z rtp,streams`` summary is printed for the
+  ``msm.sdk.stats``. tshark's own ``-z rtp,streams`` summary is printed for the
   record (run pytest with ``-s`` to see the numbers).
 
 The capture tests need tshark and permission to capture on ``lo`` (root); they
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-import ext
-from rtp_proxy.flows import Flow, FlowTable
+from msm import ext
+from msm.rtp_proxy.flows import Flow, FlowTable
 from tests.impair import Impairment, ImpairmentSchedule, ImpairRelay
 from tests.rtp_source import RtpSource
 
@@ -129,7 +129,7 @@ async def run_stream(flow: Flow, impairment: Impairment, *, seed: int, packets: 
 def rfc3550_jitter_ms(packets: list[tuple[int, int, int]], clock_rate: int) -> float:
     """A.8 interarrival jitter over ``(arrival_ns, seq, rtp_timestamp)`` in arrival order.
 
-    Independent of ``sdk.stats``: plain floats, arrival in nanoseconds.
+    Independent of ``msm.sdk.stats``: plain floats, arrival in nanoseconds.
     """
     jitter = 0.0
     previous: tuple[int, int] | None = None

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import ext
-from bench import traffic
-from msm import bench
+from msm import bench, ext
+from msm_bench import traffic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import pytest
 
-from cni_plugin import installer
+from msm.cni_plugin import installer
 from tests.datafiles import load
 
 SYSTEM_CNI = Path("/usr/lib/cni")

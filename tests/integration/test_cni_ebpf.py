@@ -35,8 +35,8 @@ from typing import Any
 
 import pytest
 
-from cni_plugin import ebpf
-from cni_plugin.errors import EbpfUnavailable
+from msm.cni_plugin import ebpf
+from msm.cni_plugin.errors import EbpfUnavailable
 from tests.integration.test_cni import (
     APP_UID,
     CLIENT,
@@ -206,7 +206,7 @@ def in_pod(netns: str, cgroup: Path | None, *argv: str) -> list[str]:
 # The pod side: the stub's own original_destination() on every accepted connection.
 STUB = r"""
 import json, socket, sys, threading
-from stub.server import original_destination
+from msm.stub.server import original_destination
 
 def accept(listener, label):
     while True:

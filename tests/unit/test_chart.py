@@ -553,11 +553,11 @@ def test_documented_values_match_the_chart() -> None:
 
 def test_command_lines_parse_with_the_real_programs(default: list[Obj]) -> None:
     """Each container's args name an installed console script and parse with its own parser."""
-    from cni_plugin import installer
-    from control_plane import main as control_plane_main
-    from rtp_proxy import main as proxy_main
-    from webhook import main as webhook_main
-    from webhook.review import InjectConfig
+    from msm.cni_plugin import installer
+    from msm.control_plane import main as control_plane_main
+    from msm.rtp_proxy import main as proxy_main
+    from msm.webhook import main as webhook_main
+    from msm.webhook.review import InjectConfig
 
     scripts = tomllib.loads((CHART.parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
     downward = {"$(MSM_NODE_NAME)": "node-a", "$(MSM_HOST_IP)": "192.0.2.7"}

@@ -100,7 +100,7 @@ def test_routes_merge_flags_over_env_over_file(tmp_path: Path, monkeypatch: pyte
 
 
 def test_table_rendering() -> None:
-    from protos import msm_pb2 as pb
+    from msm.protos import msm_pb2 as pb
 
     response = pb.ListStreamsResponse()
     stream = response.streams.add(name="cam", upstream_url="rtsp://u/x", upstream_state="playing")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from cni_plugin import installer, kube
+from msm.cni_plugin import installer, kube
 
 PRIMARY = {
     "cniVersion": "1.0.0",
@@ -66,7 +66,7 @@ class Dirs:
     def start(self, *extra: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [
-                sys.executable, "-m", "cni_plugin.main", "install",
+                sys.executable, "-m", "msm.cni_plugin.main", "install",
                 "--cni-bin-dir", str(self.bin), "--cni-conf-dir", str(self.conf),
                 "--kubeconfig-out", str(self.kubeconfig),
                 "--server", "https://10.96.0.1:443", "--token-file", str(self.token), "--ca-file", str(self.ca),
@@ -179,7 +179,7 @@ def test_no_credentials_leaves_nothing_behind(dirs: Dirs) -> None:
     (dirs.conf / "10-primary.conflist").write_text(json.dumps(PRIMARY))
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "cni_plugin.main", "install", "--cni-bin-dir", str(dirs.bin),
+        [sys.executable, "-m", "msm.cni_plugin.main", "install", "--cni-bin-dir", str(dirs.bin),
          "--cni-conf-dir", str(dirs.conf)],
         env=env, capture_output=True, text=True, timeout=10, check=False,
     )  # fmt: skip

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from cni_plugin import config, errors, kube, nft
-from cni_plugin.config import CniEnv, Settings
-from cni_plugin.main import run_plugin
-from cni_plugin.plugin import Plugin
-from cni_plugin.types import Pod
+from msm.cni_plugin import config, errors, kube, nft
+from msm.cni_plugin.config import CniEnv, Settings
+from msm.cni_plugin.main import run_plugin
+from msm.cni_plugin.plugin import Plugin
+from msm.cni_plugin.types import Pod
 from tests.datafiles import load
 
 ADD_ENV = {

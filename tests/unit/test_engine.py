@@ -1,7 +1,7 @@
 """The native engine (``ext``) against the pure-Python reference, and the bad inputs of issue 5.
 
 The behaviour every engine must have is in test_flows.py (run on both);
-here: the C statistics equal ``sdk.stats`` packet for packet, fan-out with
+here: the C statistics equal ``msm.sdk.stats`` packet for packet, fan-out with
 UDP GSO/GRO, a refused GSO send, leg sets changing under traffic, flows
 removed with packets in flight, unreachable and unresolvable legs, and the
 switch that picks the engine.
@@ -20,12 +20,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import ext
-from rtp_proxy import flows as flows_module
-from rtp_proxy.flows import FlowTable, Leg, choose_engine
-from rtp_proxy.metrics import ProxyCollector
-from rtp_proxy.service import flow_stats
-from sdk.stats import ReceiverStats
+from msm import ext
+from msm.rtp_proxy import flows as flows_module
+from msm.rtp_proxy.flows import FlowTable, Leg, choose_engine
+from msm.rtp_proxy.metrics import ProxyCollector
+from msm.rtp_proxy.service import flow_stats
+from msm.sdk.stats import ReceiverStats
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -368,9 +368,9 @@ def test_engine_switch(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptur
     if ext.available():
         assert choose_engine("auto") == "native"
     # Not built (no compiler at install time): a warning, then the reference path.
-    monkeypatch.setattr(ext, "unavailable_reason", lambda: "ext._engine is not built (test)")
+    monkeypatch.setattr(ext, "unavailable_reason", lambda: "msm.ext._engine is not built (test)")
     monkeypatch.setattr(flows_module, "_warned_fallback", False)
-    with caplog.at_level(logging.WARNING, logger="rtp_proxy.flows"):
+    with caplog.at_level(logging.WARNING, logger="msm.rtp_proxy.flows"):
         assert choose_engine("auto") == "python"
     assert "pure-Python" in caplog.text and "not built" in caplog.text
     with pytest.raises(ext.NativeUnavailable):

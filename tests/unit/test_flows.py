@@ -13,8 +13,8 @@ import struct
 
 import pytest
 
-import ext
-from rtp_proxy.flows import FlowTable, Leg, PortRangeExhausted, _bind_pair
+from msm import ext
+from msm.rtp_proxy.flows import FlowTable, Leg, PortRangeExhausted, _bind_pair
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -215,7 +215,7 @@ async def test_upstream_bye_is_not_relayed_to_viewers(table: FlowTable) -> None:
 
 
 async def test_viewer_reports_give_loss_jitter_rtt_and_collisions_are_counted(table: FlowTable) -> None:
-    from sdk.rtp import ReceiverReport, ReportBlock, SenderReport, ntp_middle32, serialize_rtcp
+    from msm.sdk.rtp import ReceiverReport, ReportBlock, SenderReport, ntp_middle32, serialize_rtcp
 
     now = [100.0]
     table.clock = lambda: now[0]

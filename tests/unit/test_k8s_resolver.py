@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.kubernetes import KubeClient, KubeError, KubernetesResolver
-from control_plane.resolver import Asker, NotFound
+from msm.control_plane.kubernetes import KubeClient, KubeError, KubernetesResolver
+from msm.control_plane.resolver import Asker, NotFound
 from tests.fake_kube import FakeKube, load
 
 pytestmark = pytest.mark.timeout(30)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from protos import msm_pb2 as pb
+from msm.protos import msm_pb2 as pb
 
 
 def test_generated_code_is_current() -> None:
-    result = subprocess.run([sys.executable, "-m", "protos.generate", "--check"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "msm.protos.generate", "--check"], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 

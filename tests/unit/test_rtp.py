@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdk.errors import ProtocolError, RtcpError, RtpError
-from sdk.rtp import (
+from msm.sdk.errors import ProtocolError, RtcpError, RtpError
+from msm.sdk.rtp import (
     NTP_UNIX_OFFSET,
     Bye,
     ReceiverReport,

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdk.errors import RtspError
-from sdk.rtsp import (
+from msm.sdk.errors import RtspError
+from msm.sdk.rtsp import (
     RTSP_VERSION,
     STATUS_REASONS,
     Event,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sdk.errors import RtspError
-from sdk.rtsp_state import TRANSITIONS, State, allowed_methods, next_state
+from msm.sdk.errors import RtspError
+from msm.sdk.rtsp_state import TRANSITIONS, State, allowed_methods, next_state
 
 INIT, READY, PLAYING, RECORDING = State.INIT, State.READY, State.PLAYING, State.RECORDING
 

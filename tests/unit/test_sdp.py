@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdk.errors import SdpError
-from sdk.sdp import (
+from msm.sdk.errors import SdpError
+from msm.sdk.sdp import (
     MAX_SDP_SIZE,
     Connection,
     Media,

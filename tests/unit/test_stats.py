@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdk.rtp import ReceiverReport, parse_rtcp
-from sdk.stats import MAX_DROPOUT, MAX_MISORDER, ReceiverStats
+from msm.sdk.rtp import ReceiverReport, parse_rtcp
+from msm.sdk.stats import MAX_DROPOUT, MAX_MISORDER, ReceiverStats
 from tests.datafiles import load
 
 RATE = 8000

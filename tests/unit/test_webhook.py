@@ -23,12 +23,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
+from msm.webhook import main as webhook_main
+from msm.webhook import review as wr
+from msm.webhook.errors import ConfigError
+from msm.webhook.review import INJECT_KEY, MAX_REVIEW_BYTES, STATUS_KEY, InjectConfig, review
+from msm.webhook.server import create_app
 from tests.datafiles import load
-from webhook import main as webhook_main
-from webhook import review as wr
-from webhook.errors import ConfigError
-from webhook.review import INJECT_KEY, MAX_REVIEW_BYTES, STATUS_KEY, InjectConfig, review
-from webhook.server import create_app
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -428,7 +428,7 @@ async def test_http_oversized_chunked_body_is_cut_off(client: TestClient[Any, An
 
 # -- the command line ---------------------------------------------------------------------------------
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "webhook.main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "msm.webhook.main", *args], capture_output=True, text=True,
                           timeout=30, env=env, cwd=ROOT)
 
 

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import traffic
+from msm_bench import traffic
 
 PACKET_SIZE = 1316               # 7 MPEG-TS packets: what RTP/MP2T and most IPTV carry
 STREAM_RATE = 100.0              # packets/s of each of the "1000 concurrent low-rate streams" (~1 Mbit/s)
@@ -44,9 +44,8 @@ SOAK_SAMPLE = 1.0                # seconds between memory samples in the soak
 
 LATENCY_CLIP_US = 20_000         # the receiver's histogram ends here (blast.h BLAST_HIST): "at least 20 ms"
 PYTHON = sys.executable
-# The helper processes import bench/, ext/ and rtp_proxy/ from where this copy lives.
-_ROOT = str(Path(__file__).resolve().parent.parent)
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH", "")) if p))
+# The helper processes import the installed msm_bench and msm packages, as this one does.
+ENV = dict(os.environ)
 
 
 @dataclass(frozen=True)
@@ -132,8 +131,8 @@ class Receiver:
     """The C receiver process with ``n`` sockets, measuring in rounds (one per run)."""
 
     def __init__(self, n: int, *, gro: bool = False) -> None:
-        self.proc = subprocess.Popen([PYTHON, "-m", "bench.traffic", "recv", json.dumps({"sockets": n, "gro": gro})],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV)
+        cmd = [PYTHON, "-m", "msm_bench.traffic", "recv", json.dumps({"sockets": n, "gro": gro})]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV)
         self._fresh = True
         line = self._line()
         self.ports: list[int] = json.loads(line)["ports"]
@@ -193,7 +192,7 @@ def send(ports: list[int], *, duration: float, rate: float = 0.0, gso: int = 0,
          size: int = PACKET_SIZE) -> dict[str, Any]:
     """Run the C sender to completion; its result plus its CPU time (rusage)."""
     cfg = {"ports": ports, "duration": duration, "rate": rate, "gso": gso, "size": size}
-    proc = subprocess.Popen([PYTHON, "-m", "bench.traffic", "send", json.dumps(cfg)],
+    proc = subprocess.Popen([PYTHON, "-m", "msm_bench.traffic", "send", json.dumps(cfg)],
                             stdout=subprocess.PIPE, text=True, env=ENV)
     assert proc.stdout is not None
     out = proc.stdout.read()
@@ -228,12 +227,12 @@ class Forwarder:
 
 
 class ProxyForwarder(Forwarder):
-    """``bench.forwarder``: the proxy's FlowTable on one engine."""
+    """``msm_bench.forwarder``: the proxy's FlowTable on one engine."""
 
     def __init__(self, engine: str, flows: list[list[int]], *, churn: int = 0) -> None:
         self.name = engine
         cfg = {"engine": engine, "flows": flows, "churn": churn}
-        self.proc = subprocess.Popen([PYTHON, "-m", "bench.forwarder", json.dumps(cfg)],
+        self.proc = subprocess.Popen([PYTHON, "-m", "msm_bench.forwarder", json.dumps(cfg)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -538,7 +537,7 @@ class Bench:
             try:
                 rx.begin()
                 cfg = {"ports": fwd.ingress, "duration": seconds, "rate": rate, "size": PACKET_SIZE}
-                proc = subprocess.Popen([PYTHON, "-m", "bench.traffic", "send", json.dumps(cfg)],
+                proc = subprocess.Popen([PYTHON, "-m", "msm_bench.traffic", "send", json.dumps(cfg)],
                                         stdout=subprocess.PIPE, text=True, env=ENV)
                 start = time.monotonic()
                 try:

@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     import json
     import sys
 
-    from bench.harness import targets
+    from msm_bench.harness import targets
 
     args = sys.argv[1:] if argv is None else argv
     if not args:

@@ -21,7 +21,7 @@ PERCENTILES = (50, 90, 99, 99.9)
 
 
 def _blast() -> Any:
-    from bench import _blast  # type: ignore[attr-defined]
+    from msm_bench import _blast  # type: ignore[attr-defined]
 
     return _blast
 
@@ -31,7 +31,7 @@ def available() -> str | None:
     try:
         _blast()
     except ImportError as exc:
-        return f"bench._blast is not built ({exc}); reinstall with a C compiler or run python bench/build.py"
+        return f"msm_bench._blast is not built ({exc}); reinstall with a C compiler or run python bench/build.py"
     return None
 
 

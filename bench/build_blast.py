@@ -1,4 +1,4 @@
-"""cffi (API mode) builder of ``bench._blast``: the benchmark's C sender and receiver.
+"""cffi (API mode) builder of ``msm_bench._blast``: the benchmark's C sender and receiver.
 
 Built at install time like the engine (see setup.py) and optional the same
 way: without it ``msm bench`` still runs but cannot measure the C limit.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cffi import FFI
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent / "msm_bench"
 
 
 def _cdef(header: str) -> str:
@@ -35,7 +35,7 @@ def _rel(path: Path) -> str:
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef((HERE / "blast.h").read_text()))
 ffibuilder.set_source(
-    "bench._blast",
+    "msm_bench._blast",
     '#include "blast.h"',
     sources=[_rel(HERE / "blast.c")],
     include_dirs=[_rel(HERE)],
@@ -47,5 +47,5 @@ ffibuilder.set_source(
 )
 
 if __name__ == "__main__":
-    os.chdir(HERE.parent)
+    os.chdir(HERE.parent)  # bench/, where setup.py lives
     ffibuilder.compile(verbose="-v" in sys.argv)

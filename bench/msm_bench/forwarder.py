@@ -1,6 +1,6 @@
 """The proxy under test as a process: ``python -m bench.forwarder CONFIG_JSON``.
 
-A real :class:`rtp_proxy.flows.FlowTable` (the proxy's data plane, the one
+A real :class:`msm.rtp_proxy.flows.FlowTable` (the proxy's data plane, the one
 ``msm up`` runs) with one flow per stream and the given legs, on the chosen
 engine. Prints ``{"ingress": [...], "engine": ..., "features": [...]}``, then
 answers ``stats`` lines on stdin with the flows' counters until ``quit`` or EOF.
@@ -16,7 +16,7 @@ import json
 import sys
 from typing import Any
 
-from rtp_proxy.flows import FlowTable, Leg
+from msm.rtp_proxy.flows import FlowTable, Leg
 
 PORT_RANGE = (20000, 29999)
 CHURN_INTERVAL = 0.05   # seconds between leg changes on each flow (20 changes/s/flow)
