@@ -502,11 +502,41 @@ def test_components_can_be_disabled() -> None:
         ({"webhok": {}}, "HelmValuesError"),  # a misspelt key is an error, not silently ignored
         ({"portRange": "39999-30000"}, "HelmRenderError"),  # templates' own checks
         ({"controlPlane": {"enabled": False}}, "HelmRenderError"),  # stubs need a control plane
+        ({"controlPlane": {"replicas": 2}}, "HelmRenderError"),  # one in-memory control plane
     ],
 )
 def test_bad_values_are_rejected(values: dict[str, Any], error: str) -> None:
     with pytest.raises(getattr(helm, error)):
         render(values)
+
+
+def test_more_than_one_control_plane_is_refused_with_the_reason() -> None:
+    """The control plane keeps its state in memory in one process: the chart says so rather than
+    render a second replica that would split the stubs between two control planes."""
+    with pytest.raises(helm.HelmRenderError) as refused:
+        render({"controlPlane": {"replicas": 3}})
+    message = str(refused.value)
+    assert "controlPlane.replicas must be 0 or 1" in message
+    assert "in memory" in message
+    for replicas in (0, 1):
+        objects, _ = render({"controlPlane": {"replicas": replicas}})
+        assert find(objects, "Deployment", "msm-control-plane")["spec"]["replicas"] == replicas
+
+
+def test_the_chart_promises_nothing_that_is_not_built() -> None:
+    """No value, template or note offers a store or encryption the mesh does not have (there is
+    no etcd store, no SRTP, no mTLS); the README says plainly what is missing."""
+    said = "\n".join(
+        path.read_text().lower()
+        for path in [CHART / "values.yaml", CHART / "values.schema.json", *sorted((CHART / "templates").iterdir())]
+    )
+    for claim in ("etcd", "embedded store", "srtp", "mtls", "mutual tls"):
+        assert claim not in said, claim
+    readme = " ".join((CHART / "README.md").read_text().split())
+    assert "## What is not there yet" in readme
+    for fact in ("Nothing is authenticated or encrypted", "One control plane replica, state in memory",
+                 "no shared store and no leader election", "No loss repair"):
+        assert fact in readme, fact
 
 
 def test_notes_explain_how_to_mesh_a_pod() -> None:

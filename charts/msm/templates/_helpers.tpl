@@ -175,6 +175,9 @@ Fail early on values that would render a broken mesh.
 {{- if not (has .Values.webhook.failurePolicy (list "Ignore" "Fail")) -}}
 {{- fail (printf "webhook.failurePolicy must be Ignore or Fail, got %q" (toString .Values.webhook.failurePolicy)) -}}
 {{- end -}}
+{{- if gt (int .Values.controlPlane.replicas) 1 -}}
+{{- fail (printf "controlPlane.replicas must be 0 or 1, got %v: the control plane keeps its state in memory in one process (no shared store, no leader election yet); a second replica would split stubs and streams between two control planes" .Values.controlPlane.replicas) -}}
+{{- end -}}
 {{- if and .Values.webhook.enabled (not .Values.controlPlane.enabled) -}}
 {{- fail "webhook.enabled needs controlPlane.enabled: injected stubs connect to the control plane" -}}
 {{- end -}}
