@@ -2,10 +2,13 @@
 
 Run by the installer DaemonSet (host paths mounted) or by hand:
 
-1. the plugin: a launcher script ``<cni-bin-dir>/msm-cni`` and a copy of this
-   package beside it (``<cni-bin-dir>/msm-cni.d/cni_plugin``); the launcher
-   execs ``--python`` (default: the interpreter running the installer) on it,
-   so the plugin needs no virtualenv on the host, only a Python 3.11+;
+1. the plugin: a launcher script ``<cni-bin-dir>/msm-cni`` and beside it, in
+   ``<cni-bin-dir>/msm-cni.d``, the part of the ``msm`` package it runs: this
+   package as ``msm/cni_plugin`` and the error tree as ``msm/sdk/errors.py``
+   (with empty ``__init__.py`` files, so nothing else of msm is imported). The
+   launcher execs ``--python`` (default: the interpreter running the installer)
+   on ``msm.cni_plugin.main``, so the plugin needs no virtualenv on the host,
+   only a Python 3.11+;
 2. its kubeconfig (``--kubeconfig-out``), from the pod's service account
    (token, CA, ``KUBERNETES_SERVICE_HOST/PORT``) or from the override flags;
 3. ``{"type": "msm-cni", ...}`` appended to the ``plugins`` chain of the first
@@ -35,11 +38,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from msm.sdk import errors as sdk_errors
+
 from . import config as cfg
 from .errors import InstallError
 
 PLUGIN_TYPE = "msm-cni"
 PACKAGE_DIR = Path(__file__).resolve().parent
+SDK_ERRORS = Path(sdk_errors.__file__).resolve()
+# What the node's copy holds besides this package: the plugin imports nothing else of msm.
+_COPY_INIT = b'"""The part of msm that msm-cni runs, copied here by `msm-cni install`."""\n'
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
@@ -80,7 +88,7 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> bool:
 
 
 def launcher_script(python: str, lib_dir: Path) -> str:
-    code = f"import sys; sys.path.insert(0, {str(lib_dir)!r}); from cni_plugin.main import main; sys.exit(main())"
+    code = f"import sys; sys.path.insert(0, {str(lib_dir)!r}); from msm.cni_plugin.main import main; sys.exit(main())"
     return (
         "#!/bin/sh\n"
         "# msm-cni launcher, written by `msm-cni install` and removed when it stops.\n"
@@ -94,8 +102,11 @@ def _sh_quote(value: str) -> str:
 
 def install_plugin(options: Options) -> bool:
     lib_dir = options.bin_dir / f"{PLUGIN_TYPE}.d"
-    target = lib_dir / "cni_plugin"
-    changed = False
+    shutil.rmtree(lib_dir / "cni_plugin", ignore_errors=True)  # the layout before the msm package
+    target = lib_dir / "msm" / "cni_plugin"
+    changed = _write_atomic(lib_dir / "msm" / "__init__.py", _COPY_INIT, 0o644)
+    changed |= _write_atomic(lib_dir / "msm" / "sdk" / "__init__.py", _COPY_INIT, 0o644)
+    changed |= _write_atomic(lib_dir / "msm" / "sdk" / "errors.py", SDK_ERRORS.read_bytes(), 0o644)
     for source in sorted(PACKAGE_DIR.glob("*.py")):
         changed |= _write_atomic(target / source.name, source.read_bytes(), 0o644)
     script = launcher_script(options.python, lib_dir).encode()

@@ -3,7 +3,8 @@
 As a plugin (``CNI_COMMAND`` set): the network config on stdin, CNI_* in the
 environment, the result JSON on stdout and exit status 0, or the CNI error JSON
 ``{"cniVersion", "code", "msg", "details"}`` on stdout and exit status 1. This
-module is the one boundary where the ``errors`` tree becomes that JSON.
+module is the one boundary where an error becomes that JSON, by
+``errors.error_json``.
 
 As the installer: ``msm-cni install ...`` / ``msm-cni uninstall ...`` (see
 ``msm.cni_plugin.installer``).
@@ -20,14 +21,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
+from msm.sdk.errors import MsmError
+
 from . import config as cfg
-from .errors import CniError, InternalError, IoFailure
+from .errors import IoFailure, error_json
 from .plugin import Plugin
-from .types import CniErrorJson
-
-
-def _error_json(error: CniError, version: str) -> CniErrorJson:
-    return {"cniVersion": version, "code": error.code, "msg": error.msg, "details": error.details}
 
 
 def _read_stdin(stream: IO[bytes]) -> bytes:
@@ -50,22 +48,19 @@ def run_plugin(environ: Mapping[str, str], stdin: IO[bytes], stdout: IO[str], pl
             if isinstance(asked, str) and asked in cfg.SUPPORTED_VERSIONS:
                 version = asked
         result = (plugin or Plugin.default()).run(env, decoded)
-    except CniError as exc:
-        answer = _error_json(exc, version)
-        status = 1
-    except Exception as exc:  # a bug; the runtime still gets CNI JSON, not a traceback
-        import traceback
+    except Exception as exc:  # the runtime gets CNI JSON, never a traceback on stdout
+        if not isinstance(exc, MsmError):  # a bug: its traceback goes to stderr, for the node's logs
+            import traceback
 
-        traceback.print_exc(file=sys.stderr)
-        answer = _error_json(InternalError("msm-cni internal error", f"{type(exc).__name__}: {exc}"), version)
-        status = 1
-    else:
-        if result is not None:
-            stdout.write(json.dumps(result) + "\n")
-        return 0
-    print(f"msm-cni: {environ.get('CNI_COMMAND', '?')} failed: {answer['msg']}: {answer['details']}", file=sys.stderr)
-    stdout.write(json.dumps(answer) + "\n")
-    return status
+            traceback.print_exc(file=sys.stderr)
+        answer = error_json(exc, version)
+        print(f"msm-cni: {environ.get('CNI_COMMAND', '?')} failed: {answer['msg']}: {answer['details']}",
+              file=sys.stderr)
+        stdout.write(json.dumps(answer) + "\n")
+        return 1
+    if result is not None:
+        stdout.write(json.dumps(result) + "\n")
+    return 0
 
 
 USAGE = """\

@@ -32,6 +32,16 @@ PRIMARY = {
 }
 
 
+# An interpreter that does not have msm installed (the venv's base), like a node's python3.
+BARE_PYTHON = getattr(sys, "_base_executable", sys.executable)
+
+
+def run_launcher(launcher: Path, command: str, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_NETNS": "/proc/1/ns/net", "CNI_IFNAME": "eth0",
+           "CNI_PATH": "/opt/cni/bin", "PATH": "/usr/bin:/bin"}
+    return subprocess.run([str(launcher)], input=stdin, env=env, capture_output=True, timeout=30, check=False)
+
+
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -96,7 +106,8 @@ def test_install_keep_and_undo(dirs: Dirs) -> None:
     second.write_text(json.dumps({**PRIMARY, "name": "other"}))
     untouched = second.read_bytes()
 
-    proc = dirs.start("--intercept-ports", "554,8555")
+    # The launcher runs an interpreter without msm installed, as on a node: the copy must be enough.
+    proc = dirs.start("--intercept-ports", "554,8555", "--python", BARE_PYTHON)
     try:
         wait_for(lambda: has_msm(first), "the conflist entry")
         chain = plugins(first)
@@ -120,15 +131,16 @@ def test_install_keep_and_undo(dirs: Dirs) -> None:
         # The plugin: a launcher that runs the copied package, as a runtime would.
         launcher = dirs.bin / "msm-cni"
         assert os.access(launcher, os.X_OK)
-        assert (dirs.bin / "msm-cni.d" / "cni_plugin" / "main.py").is_file()
-        done = subprocess.run(
-            [str(launcher)],
-            input=b'{"cniVersion": "1.0.0"}',
-            env={"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"},
-            capture_output=True,
-            check=True,
-        )
+        copy = dirs.bin / "msm-cni.d" / "msm"
+        assert (copy / "cni_plugin" / "main.py").is_file() and (copy / "sdk" / "errors.py").is_file()
+        assert "from msm.cni_plugin.main import main" in launcher.read_text()
+        done = run_launcher(launcher, "VERSION", b'{"cniVersion": "1.0.0"}')
+        assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["supportedVersions"][-1] == "1.1.0"
+        # An error answer goes through the copied error tree: CNI JSON, no traceback.
+        broken = run_launcher(launcher, "ADD", b"{")
+        assert broken.returncode == 1 and b"Traceback" not in broken.stderr, broken.stderr
+        assert json.loads(broken.stdout)["code"] == 6  # CNI: failure to decode content
 
         # The primary CNI rewrites its conflist: the entry comes back, once.
         first.write_text(json.dumps(PRIMARY))
