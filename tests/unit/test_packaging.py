@@ -6,10 +6,10 @@ nothing else: no top-level `sdk` or `stub` a user's own code could collide with,
 harness (its own distribution, media-streaming-mesh-bench, behind the `bench` extra), no
 tests. The node image (docker/Dockerfile) is built from exactly this.
 
-The wheel is built once for this module from a copy of the working tree (build/ and the
-.egg-info never land in the repository), offline and without build isolation, with the
-venv's own setuptools and cffi; that compiles the native engine, a few seconds to half a
-minute.
+The wheel is built once for this module from a copy of exactly what docker/Dockerfile copies
+into its build stage (so the image builds without bench/ or tests/, and build/ and the .egg-info
+never land in the repository), offline and without build isolation, with the venv's own
+setuptools and cffi; that compiles the native engine, a few seconds to half a minute.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
 DIST = "media-streaming-mesh"
 COMPONENTS = ("sdk", "protos", "stub", "control_plane", "rtp_proxy", "webhook", "cni_plugin", "ext", "runtime")
 SCRIPTS = {
@@ -66,12 +67,37 @@ class Wheel:
             return zf.read(name).decode()
 
 
+def docker_build_context() -> list[str]:
+    """The repository paths the Dockerfile's build stage COPYs (``COPY <src>... <dest>``)."""
+    sources: list[str] = []
+    for line in DOCKERFILE.read_text().splitlines():
+        words = line.split()
+        if not words or words[0] != "COPY" or any(w.startswith("--from") for w in words):
+            continue
+        sources.extend(w.rstrip("/") for w in words[1:-1] if not w.startswith("--"))
+    return sources
+
+
+def test_the_image_copies_every_component_and_nothing_else() -> None:
+    sources = docker_build_context()
+    links = {p.name for p in (ROOT / "msm").iterdir() if p.is_symlink()}
+    assert links == set(COMPONENTS)
+    assert {os.readlink(ROOT / "msm" / name) for name in links} == {f"../{name}" for name in links}
+    assert set(sources) == {"pyproject.toml", "setup.py", "README.md", "msm", *COMPONENTS}
+    assert len(sources) == len(set(sources))
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Wheel:
     work = tmp_path_factory.mktemp("packaging")
     source = work / "src"
-    # symlinks=True keeps msm/<component> -> ../<component> as links: the build must follow them.
-    shutil.copytree(ROOT, source, symlinks=True, ignore=_IGNORE)
+    source.mkdir()
+    for name in docker_build_context():
+        if (ROOT / name).is_dir():
+            # symlinks=True keeps msm/<component> -> ../<component> as links: the build must follow them.
+            shutil.copytree(ROOT / name, source / name, symlinks=True, ignore=_IGNORE)
+        else:
+            shutil.copy2(ROOT / name, source / name)
     out = work / "wheels"
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INDEX": "1"}
     result = subprocess.run(
