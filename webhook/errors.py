@@ -1,39 +1,34 @@
-"""The webhook's exceptions, in one place.
+"""The webhook's exceptions, in one place: leaves of msm's one tree (``msm.sdk.errors``).
 
 A caller's fault is a :class:`WebhookError` carrying what to tell it; nothing here raises on
-bad input without saying who is at fault.
+bad input without saying who is at fault. The HTTP status that answers an error is the tree's
+``http_status`` (400 for every webhook error unless raised with another ``status``);
+:func:`msm.webhook.review.rejection` is the one function that turns any error into the HTTP
+answer (status and ``v1 Status`` body).
 
-    MsmError                       (sdk.errors)
-    └── WebhookError
-        ├── ReviewError            the API server (or whoever POSTs) sent a bad AdmissionReview;
-        │                          .status is the HTTP status to answer (400)
-        ├── ConfigError            a bad flag or environment value (also a ValueError)
+    MsmError                       (msm.sdk.errors)
+    ├── ConfigError                (msm.sdk.errors, re-exported here) a bad flag, environment
+    │                              value or injection setting: exit status 2
+    └── WebhookError               HTTP 400
+        ├── ReviewError            the API server (or whoever POSTs) sent a bad AdmissionReview
         └── CertificateError       the TLS certificate or key cannot be read or used
 """
 
 from __future__ import annotations
 
-from msm.sdk.errors import MsmError
+from msm.sdk.errors import ConfigError, MsmError
+
+__all__ = ["CertificateError", "ConfigError", "ReviewError", "WebhookError"]
 
 
 class WebhookError(MsmError):
-    """Base class of the webhook's errors."""
+    """Base class of the webhook's own errors: the sender's fault, answered with HTTP 400."""
+
+    status = 400
 
 
 class ReviewError(WebhookError):
-    """A malformed, oversized or unsupported AdmissionReview; answered with ``status``."""
-
-    status: int = 400
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if status is not None:
-            self.status = status
-
-
-class ConfigError(WebhookError, ValueError):
-    """An injection setting that cannot work (empty image, control plane without a port...)."""
+    """A malformed, oversized or unsupported AdmissionReview; answered with its ``http_status``."""
 
 
 class CertificateError(WebhookError):

@@ -14,7 +14,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from msm.webhook.errors import CertificateError, ConfigError
+from msm.sdk.errors import MsmError
+from msm.webhook.errors import ConfigError
 from msm.webhook.review import DEFAULT_CONTROL_PLANE, DEFAULT_MESH_NAMESPACE, InjectConfig
 from msm.webhook.server import ReloadingTLS, WebhookServer
 
@@ -40,14 +41,10 @@ DEFAULTS = {
 }
 
 
-class UsageError(Exception):
-    """A bad command line or environment value."""
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
-        raise UsageError(message)
+        raise ConfigError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,28 +71,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings(opts: argparse.Namespace, environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
-    """Flags over environment over defaults; UsageError names whatever is missing."""
+    """Flags over environment over defaults; ConfigError names whatever is missing."""
     values: dict[str, str] = {}
     for dest, env in ENVIRONMENT.items():
         value = getattr(opts, dest)
         if value is None:
             value = environ.get(env) or DEFAULTS.get(dest)
         if value is None:
-            raise UsageError(f"--{dest.replace('_', '-')} (or {env}) is required")
+            raise ConfigError(f"--{dest.replace('_', '-')} (or {env}) is required")
         values[dest] = value
     return values
 
 
 def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
-        raise UsageError(f"port must be 0-65535, got {text!r}")
+        raise ConfigError(f"port must be 0-65535, got {text!r}")
     return int(text)
 
 
 def _log_level(text: str) -> int:
     level = logging.getLevelName(text.upper())
     if text.lower() not in ("debug", "info", "warning", "error") or not isinstance(level, int):
-        raise UsageError(f"log level must be debug, info, warning or error, got {text!r}")
+        raise ConfigError(f"log level must be debug, info, warning or error, got {text!r}")
     return level
 
 
@@ -123,8 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = InjectConfig(stub_image=values["stub_image"], control_plane=values["control_plane"],
                               mesh_namespace=values["mesh_namespace"])
         tls = ReloadingTLS(values["tls_cert"], values["tls_key"])
-    except (UsageError, ConfigError, CertificateError) as exc:
-        print(f"msm-webhook: error: {exc}", file=sys.stderr)
+    except MsmError as exc:  # ConfigError, CertificateError: one line and exit status 2
+        print(f"msm-webhook: error: {exc.reason}", file=sys.stderr)
         return 2
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

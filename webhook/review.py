@@ -35,6 +35,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, TypedDict, cast
 
+from msm.runtime.hostport import parse_host_port
+from msm.sdk.errors import MsmError
 from msm.webhook.errors import ConfigError, ReviewError
 
 # A real CREATE review carries the Pod once (oldObject is null) and Pods are a few KiB: the API
@@ -175,9 +177,9 @@ class InjectConfig:
     def __post_init__(self) -> None:
         if not self.stub_image or self.stub_image != self.stub_image.strip() or " " in self.stub_image:
             raise ConfigError(f"stub image must be an image reference, got {self.stub_image!r}")
-        host, sep, port = self.control_plane.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"control plane must be HOST:PORT, got {self.control_plane!r}")
+        address = parse_host_port(self.control_plane, what="control plane")
+        if address.port == 0:
+            raise ConfigError(f"control plane must be HOST:PORT, got {self.control_plane!r} (port 0)")
         if not _DNS_LABEL.fullmatch(self.mesh_namespace):
             raise ConfigError(f"mesh namespace must be a namespace name, got {self.mesh_namespace!r}")
 
@@ -198,10 +200,24 @@ def review(body: bytes, config: InjectConfig) -> tuple[int, AdmissionReview | St
     return 200, {"apiVersion": ADMISSION_API_VERSION, "kind": "AdmissionReview", "response": response}
 
 
-def rejection(exc: ReviewError) -> tuple[int, Status]:
-    """The HTTP status and ``v1 Status`` body that answer a bad review."""
-    return exc.status, {"apiVersion": "v1", "kind": "Status", "status": "Failure",
-                        "message": exc.message, "reason": "BadRequest", "code": exc.status}
+# HTTP status -> the v1 Status ``reason`` Kubernetes servers give with it.
+_STATUS_REASONS = {400: "BadRequest", 404: "NotFound", 409: "Conflict", 413: "RequestEntityTooLarge",
+                   429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
+
+
+def rejection(exc: BaseException) -> tuple[int, Status]:
+    """The HTTP status and ``v1 Status`` body that answer ``exc``: the webhook's one HTTP error boundary.
+
+    An :class:`~msm.sdk.errors.MsmError` answers with its ``http_status`` and reason (a bad review
+    is 400); anything else is a bug of ours and answers 500 without details.
+    """
+    if isinstance(exc, MsmError):
+        code, message = exc.http_status, exc.reason
+    else:
+        code, message = 500, "internal error"
+    reason = _STATUS_REASONS.get(code, "BadRequest" if code < 500 else "InternalError")
+    return code, {"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                  "message": message, "reason": reason, "code": code}
 
 
 def check_size(size: int) -> None:

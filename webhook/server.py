@@ -21,7 +21,8 @@ from typing import cast
 
 from aiohttp import web
 
-from msm.webhook.errors import CertificateError, ReviewError
+from msm.sdk.errors import MsmError
+from msm.webhook.errors import CertificateError
 from msm.webhook.review import (
     MAX_REVIEW_BYTES,
     AdmissionReview,
@@ -126,10 +127,12 @@ async def _mutate(request: web.Request) -> web.Response:
         if request.content_length is not None:
             check_size(request.content_length)  # refuse before reading a byte of it
         body = await _read_bounded(request, MAX_REVIEW_BYTES)
-    except ReviewError as exc:
-        status, answer = rejection(exc)
-    else:
         status, answer = review(body, config)
+    except MsmError as exc:
+        status, answer = rejection(exc)
+    except Exception as exc:  # a bug of ours: the API server still gets a v1 Status, not a stack trace
+        log.exception("review failed")
+        status, answer = rejection(exc)
     if status == 200:
         reviewed = cast(AdmissionReview, answer)
         if "response" in reviewed:

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 
 from msm.webhook import main as webhook_main
 from msm.webhook import review as wr
-from msm.webhook.errors import ConfigError
-from msm.webhook.review import INJECT_KEY, MAX_REVIEW_BYTES, STATUS_KEY, InjectConfig, review
+from msm.webhook.errors import ConfigError, ReviewError
+from msm.webhook.review import INJECT_KEY, MAX_REVIEW_BYTES, STATUS_KEY, InjectConfig, rejection, review
 from msm.webhook.server import create_app
 from tests.datafiles import load
 
@@ -370,11 +370,21 @@ def test_any_field_value_gets_an_answer(path: str, value: Any) -> None:
 @pytest.mark.parametrize("kwargs", [
     {"stub_image": ""}, {"stub_image": "msm 1"}, {"stub_image": "msm:1", "control_plane": "cp"},
     {"stub_image": "msm:1", "control_plane": "cp:0"}, {"stub_image": "msm:1", "control_plane": ":9000"},
-    {"stub_image": "msm:1", "mesh_namespace": "Bad_NS"},
+    {"stub_image": "msm:1", "mesh_namespace": "Bad_NS"}, {"stub_image": "msm:1", "control_plane": "::1:9000"},
+    {"stub_image": "msm:1", "control_plane": "c p:9000"}, {"stub_image": "msm:1", "control_plane": "cp:65536"},
 ])
 def test_bad_config(kwargs: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         InjectConfig(**kwargs)
+
+
+def test_rejection_is_the_one_http_answer() -> None:
+    """Any error becomes a v1 Status: a webhook error with its http_status, a bug with a bare 500."""
+    assert InjectConfig(stub_image="msm:1", control_plane="[fd00::1]:9000").control_plane == "[fd00::1]:9000"
+    code, body = rejection(ReviewError("too big", status=413))
+    assert (code, body["code"], body["reason"], body["message"]) == (413, 413, "RequestEntityTooLarge", "too big")
+    code, body = rejection(RuntimeError("secret detail"))
+    assert (code, body["reason"], body["message"]) == (500, "InternalError", "internal error")
 
 
 # -- the thin HTTP layer (plain HTTP here; HTTPS in tests/e2e/test_webhook_https.py) --------------
