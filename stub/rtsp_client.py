@@ -3,6 +3,12 @@
 One request at a time (RTSP servers answer in order anyway); interleaved frames
 are handed to a callback; requests from the server (some send GET_PARAMETER or
 ANNOUNCE) get a polite answer so the connection stays healthy.
+
+Failures are the error tree's (``msm.sdk.errors``), so their RTSP status reaches
+viewers unchanged: an upstream that cannot be reached or drops the connection is
+:class:`Unavailable` (503), one that does not answer in time :class:`TimedOut`
+(504), a bad upstream URL :class:`ConfigError` (400). An error status from the
+server is raised by the caller as :class:`UpstreamError` with that status.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import logging
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
-from msm.sdk.errors import RtspError
+from msm.sdk.errors import ConfigError, RtspError, TimedOut, Unavailable
 from msm.sdk.rtsp import Headers, InterleavedFrame, Request, Response, RtspReader
 
 log = logging.getLogger(__name__)
@@ -24,23 +30,13 @@ USER_AGENT = "msm-stub/0.1"
 MAX_WRITE_BACKLOG = 1 << 20
 
 
-class RtspClientError(Exception):
-    """The upstream could not be reached or answered with an error.
-
-    ``status`` is the RTSP status to pass on to viewers (503 when unreachable).
-    """
-
-    def __init__(self, message: str, status: int = 503) -> None:
-        super().__init__(message)
-        self.status = status
-
 
 class RtspClientConnection:
     def __init__(self, url: str, *, on_frame: Callable[[int, bytes], None] | None = None,
                  timeout: float = 5.0) -> None:
         parts = urlsplit(url)
         if not parts.hostname:
-            raise RtspClientError(f"bad upstream URL {url!r}", 400)
+            raise ConfigError(f"bad upstream URL {url!r}")
         self.host = parts.hostname
         self.port = parts.port or 554
         self.url = url
@@ -59,7 +55,7 @@ class RtspClientConnection:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.port), self.timeout)
         except (OSError, TimeoutError) as exc:
-            raise RtspClientError(f"cannot connect to {self.host}:{self.port}: {exc or 'timeout'}") from exc
+            raise Unavailable(f"cannot connect to {self.host}:{self.port}: {exc or 'timeout'}") from exc
         self.writer = writer
         self.local_host = writer.get_extra_info("sockname")[0]
         self.reader_task = asyncio.create_task(self._read(reader), name=f"rtsp-client-{self.host}")
@@ -88,7 +84,7 @@ class RtspClientConnection:
         finally:
             self.closed.set()
             if self._pending is not None and not self._pending.done():
-                self._pending.set_exception(RtspClientError("upstream closed the connection"))
+                self._pending.set_exception(Unavailable("upstream closed the connection"))
             if self.writer is not None:
                 self.writer.close()
 
@@ -99,21 +95,21 @@ class RtspClientConnection:
 
     def _write(self, data: bytes) -> None:
         if self.writer is None or self.writer.is_closing():
-            raise RtspClientError("upstream connection is closed")
+            raise Unavailable("upstream connection is closed")
         if self.writer.transport.get_write_buffer_size() > MAX_WRITE_BACKLOG:
-            raise RtspClientError("upstream is not reading")
+            raise Unavailable("upstream is not reading")
         self.writer.write(data)
 
     def send_frame(self, channel: int, payload: bytes) -> None:
         """Send an interleaved frame (e.g. RTCP) to the server; dropped if it cannot keep up."""
-        with contextlib.suppress(RtspClientError):
+        with contextlib.suppress(Unavailable):
             self._write(bytes(InterleavedFrame(channel=channel, payload=payload)))
 
     async def request(self, method: str, url: str, headers: Mapping[str, str] | None = None,
                       *, timeout: float | None = None) -> Response:
         async with self._lock:
             if self.closed.is_set():
-                raise RtspClientError("upstream connection is closed")
+                raise Unavailable("upstream connection is closed")
             self._cseq += 1
             all_headers = [("CSeq", str(self._cseq)), ("User-Agent", USER_AGENT)]
             all_headers += list((headers or {}).items())
@@ -122,8 +118,7 @@ class RtspClientConnection:
             try:
                 return await asyncio.wait_for(self._pending, timeout or self.timeout)
             except TimeoutError:
-                raise RtspClientError(f"{method} {url}: no answer in {timeout or self.timeout:.0f}s",
-                                      504) from None
+                raise TimedOut(f"{method} {url}: no answer in {timeout or self.timeout:.0f}s") from None
             finally:
                 self._pending = None
 

@@ -12,12 +12,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from msm.protos import msm_pb2 as pb
-from msm.sdk.errors import RtspError, SdpError
+from msm.protos.status import OK, status_of
+from msm.runtime.backoff import Backoff
+from msm.sdk.errors import (
+    MsmError,
+    NotImplemented_,
+    Refused,
+    RtspError,
+    SdpError,
+    SessionNotFound,
+    UpstreamError,
+)
 from msm.sdk.rtsp import (
     Response,
     TransportSpec,
@@ -28,12 +38,13 @@ from msm.sdk.rtsp import (
 from msm.sdk.sdp import SessionDescription, resolve_control
 
 from .bridge import UdpPair, UdpRelay
-from .rtsp_client import RtspClientConnection, RtspClientError
+from .rtsp_client import RtspClientConnection
 
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 0.25   # seconds before the first reconnect attempt
 BACKOFF_MAX = 2.0      # cap: an upstream back after a restart is re-played within ~2 s
+BACKOFF_JITTER = 0.2   # ±20 %: the sessions of one restarted upstream do not reconnect in step
 
 EventSink = Callable[[pb.UpstreamEvent], None]
 
@@ -110,7 +121,7 @@ class UpstreamSession:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         if self.conn is not None and self.session_id is not None and not self.conn.closed.is_set():
-            with contextlib.suppress(RtspClientError):
+            with contextlib.suppress(MsmError):
                 await self.conn.request("TEARDOWN", self.aggregate_url, {"Session": self.session_id},
                                         timeout=2.0)
         await self._drop_connection()
@@ -130,9 +141,9 @@ class UpstreamSession:
         try:
             sdp = SessionDescription.parse(reply.body)
         except SdpError as exc:
-            raise RtspClientError(f"upstream SDP is malformed: {exc}", 502) from exc
+            raise UpstreamError(f"upstream SDP is malformed: {exc}") from exc
         if not sdp.media:
-            raise RtspClientError("upstream SDP has no media", 502)
+            raise UpstreamError("upstream SDP has no media")
         base = reply.headers.get("Content-Base") or reply.headers.get("Content-Location") or self.url
         self.sdp_text = reply.body.decode("utf-8", "replace")
         self.tracks = tracks_of(sdp, base)
@@ -140,13 +151,13 @@ class UpstreamSession:
 
     def _check(self, reply: Response, what: str) -> None:
         if reply.status != 200:
-            raise RtspClientError(f"upstream {what}: {reply.status} {reply.reason}", reply.status)
+            raise UpstreamError(f"upstream {what}: {reply.status} {reply.reason}", status=reply.status)
 
     async def _setup_all(self) -> None:
         for index in sorted(self.destinations):
             try:
                 await self._setup_track(index)
-            except RtspClientError as exc:
+            except UpstreamError as exc:
                 if exc.status != 461 or self.transport or self.use_tcp:
                     raise
                 log.info("stream %s: upstream refused UDP (461), switching to TCP", self.stream_id)
@@ -161,8 +172,8 @@ class UpstreamSession:
             bridge = self.bridges.get(index)
             if bridge is None:
                 bridge = await UdpPair.open(
-                    self.conn.local_host or "127.0.0.1", lambda data: None,
-                    lambda data, ch=2 * index + 1: self._rtcp_to_upstream(ch, data))
+                    self.conn.local_host or "127.0.0.1", _ignore,
+                    partial(self._rtcp_to_upstream, 2 * index + 1))
                 self.bridges[index] = bridge
             bridge.set_peer(dest.host, dest.rtp_port, dest.rtcp_port)
             spec = TransportSpec(protocol="RTP/AVP/TCP", interleaved=(2 * index, 2 * index + 1))
@@ -186,13 +197,13 @@ class UpstreamSession:
             try:
                 self.session_id, timeout = parse_session(session)
             except RtspError as exc:
-                raise RtspClientError(f"upstream Session header is malformed: {exc}", 502) from exc
+                raise UpstreamError(f"upstream Session header is malformed: {exc}") from exc
             self.session_timeout = timeout or 60
         if not self.use_tcp:
             with contextlib.suppress(RtspError):
                 chosen = parse_transport(reply.headers.get("Transport") or "")
                 if chosen and chosen[0].lower_transport == "TCP":
-                    raise RtspClientError("upstream answered a UDP SETUP with TCP", 461)
+                    raise UpstreamError("upstream answered a UDP SETUP with TCP", status=461)
 
     def _same_host(self, host: str) -> bool:
         """Loopback addresses all reach this host (local mode binds the proxy to 127.0.0.1)."""
@@ -236,7 +247,7 @@ class UpstreamSession:
             headers = {"Session": self.session_id} if self.session_id else {}
             try:
                 await conn.request(method, self.aggregate_url, headers)
-            except RtspClientError as exc:
+            except MsmError as exc:
                 log.warning("stream %s: keep-alive failed (%s); reconnecting", self.stream_id, exc)
                 await conn.close()
                 return
@@ -253,30 +264,32 @@ class UpstreamSession:
             await self._reconnect()
 
     async def _reconnect(self) -> None:
-        delay = BACKOFF_FIRST
-        attempt = 0
+        backoff = Backoff(first=BACKOFF_FIRST, maximum=BACKOFF_MAX, jitter=BACKOFF_JITTER)
         while not self.closing:
-            attempt += 1
+            attempt = backoff.attempt + 1
             await self._drop_connection(keep_bridges=True)
             self._emit(pb.UpstreamEvent.CONNECTING, pb.UpstreamEvent.RECONNECT_ATTEMPT, f"attempt {attempt}")
             try:
-                old_tracks = [(t.kind, t.encoding) for t in self.tracks]
-                await self._connect_and_describe()
-                if [(t.kind, t.encoding) for t in self.tracks] != old_tracks:
-                    log.warning("stream %s: upstream tracks changed after reconnect", self.stream_id)
-                if self.destinations:
-                    await self._setup_all()
-                if self.want_play:
-                    await self._play()
+                await self._restore()
                 log.info("stream %s: upstream recovered after %d attempt(s)", self.stream_id, attempt)
                 self._emit(pb.UpstreamEvent.PLAYING if self.want_play else pb.UpstreamEvent.CONNECTING,
                            pb.UpstreamEvent.RECONNECTED)
                 return
-            except (RtspClientError, IndexError, KeyError) as exc:
+            except (MsmError, IndexError, KeyError) as exc:
                 log.info("stream %s: reconnect attempt %d failed: %s; next in %.2fs",
-                         self.stream_id, attempt, exc, delay)
-            await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
-            delay = min(delay * 2, BACKOFF_MAX)
+                         self.stream_id, attempt, exc, backoff.delay)
+            await backoff.wait()
+
+    async def _restore(self) -> None:
+        """Connect again and replay DESCRIBE, the SETUPs and PLAY as they were."""
+        old_tracks = [(t.kind, t.encoding) for t in self.tracks]
+        await self._connect_and_describe()
+        if [(t.kind, t.encoding) for t in self.tracks] != old_tracks:
+            log.warning("stream %s: upstream tracks changed after reconnect", self.stream_id)
+        if self.destinations:
+            await self._setup_all()
+        if self.want_play:
+            await self._play()
 
     async def _drop_connection(self, keep_bridges: bool = False) -> None:
         if self._keepalive is not None:
@@ -293,8 +306,7 @@ class UpstreamSession:
                 relay.close()
             self.relays.clear()
 
-    def _emit(self, state: pb.UpstreamEvent.State.ValueType, cause: pb.UpstreamEvent.Cause.ValueType,
-              detail: str = "") -> None:
+    def _emit(self, state: pb.UpstreamEvent.State, cause: pb.UpstreamEvent.Cause, detail: str = "") -> None:
         self.on_event(pb.UpstreamEvent(stream_id=self.stream_id, state=state, cause=cause, detail=detail))
 
 
@@ -307,7 +319,8 @@ class UpstreamManager:
         self.request_timeout = request_timeout
 
     async def handle(self, command: pb.ControlCommand) -> pb.CommandResult:
-        result = pb.CommandResult(command_id=command.command_id, status=pb.Status(code=200, reason="OK"))
+        """Run ``command``; a failure goes back in the result's status as the error tree has it."""
+        result = pb.CommandResult(command_id=command.command_id, status=OK)
         kind = command.WhichOneof("kind")
         try:
             if kind == "open":
@@ -319,22 +332,22 @@ class UpstreamManager:
             elif kind == "play":
                 await self._session(command.play.stream_id).play()
             elif kind == "close":
-                session = self.sessions.pop(command.close.stream_id, None)
-                if session is not None:
-                    await session.close()
+                closing = self.sessions.pop(command.close.stream_id, None)
+                if closing is not None:
+                    await closing.close()
             else:
-                result.status.code, result.status.reason = 501, f"unknown command {kind}"
-        except RtspClientError as exc:
+                raise NotImplemented_(f"unknown command {kind}")
+        except MsmError as exc:
             log.warning("upstream command %s failed: %s", kind, exc)
-            result.status.code, result.status.reason = exc.status, str(exc)
-        except ValueError as exc:
-            result.status.code, result.status.reason = 400, str(exc)
+            result.status.CopyFrom(status_of(exc))
+        except ValueError as exc:   # a setup whose track and destination lists differ in length
+            result.status.CopyFrom(status_of(Refused(str(exc), status=400)))
         return result
 
     def _session(self, stream_id: str) -> UpstreamSession:
         session = self.sessions.get(stream_id)
         if session is None:
-            raise RtspClientError(f"no upstream session for {stream_id}", 454)
+            raise SessionNotFound(f"no upstream session for {stream_id}")
         return session
 
     async def _open(self, command: pb.OpenUpstream, result: pb.CommandResult) -> None:
@@ -355,3 +368,7 @@ class UpstreamManager:
     async def close(self) -> None:
         for stream_id in list(self.sessions):
             await self.sessions.pop(stream_id).close()
+
+
+def _ignore(data: bytes) -> None:
+    """RTP from the proxy towards an upstream over TCP: there is none to forward."""
