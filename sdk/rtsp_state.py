@@ -11,7 +11,7 @@ import enum
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from msm.sdk.errors import RtspError
+from msm.sdk.errors import MethodNotValid, NotImplemented_
 
 __all__ = ["TRANSITIONS", "State", "allowed_methods", "next_state"]
 
@@ -61,17 +61,16 @@ _KNOWN_METHODS = frozenset(method for _, method in TRANSITIONS)
 def next_state(state: State, method: str) -> State:
     """The state after the server accepts ``method`` in ``state``.
 
-    Raises :class:`~msm.sdk.errors.RtspError` with 455 when the method is not valid in this
-    state and 501 when no state accepts it.  Method names are case-sensitive.
+    Raises :class:`~msm.sdk.errors.MethodNotValid` (455) when the method is not valid in
+    this state and :class:`~msm.sdk.errors.NotImplemented_` (501) when no state accepts
+    it.  Method names are case-sensitive.
     """
     try:
         return TRANSITIONS[(state, method)]
     except KeyError:
         if method not in _KNOWN_METHODS:
-            raise RtspError(f"method {method!r} is not implemented", status=501) from None
-        raise RtspError(
-            f"method {method} is not valid in state {state.value}", status=455
-        ) from None
+            raise NotImplemented_(f"method {method!r} is not implemented") from None
+        raise MethodNotValid(f"method {method} is not valid in state {state.value}") from None
 
 
 def allowed_methods(state: State) -> frozenset[str]:

@@ -25,7 +25,7 @@ class _Socket(asyncio.DatagramProtocol):
         self.on_datagram = on_datagram
         self.pair = pair
 
-    def datagram_received(self, data: bytes, addr: Address) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: Address) -> None:
         self.on_datagram(data)
 
     def error_received(self, exc: Exception) -> None:
@@ -79,7 +79,7 @@ class _AddrSocket(asyncio.DatagramProtocol):
     def __init__(self, on_datagram: Callable[[bytes, Address], None]) -> None:
         self.on_datagram = on_datagram
 
-    def datagram_received(self, data: bytes, addr: Address) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: Address) -> None:
         self.on_datagram(data, (addr[0], addr[1]))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from msm.sdk.errors import RtspError
+from msm.sdk.errors import MethodNotValid, NotImplemented_
 from msm.sdk.rtsp_state import TRANSITIONS, State, allowed_methods, next_state
 
 INIT, READY, PLAYING, RECORDING = State.INIT, State.READY, State.PLAYING, State.RECORDING
@@ -41,7 +41,7 @@ def test_allowed_transitions(state: State, method: str) -> None:
     [(s, m) for s in State for m in CHANGING if (s, m) not in EXPECTED],
 )
 def test_method_not_valid_in_state_is_455(state: State, method: str) -> None:
-    with pytest.raises(RtspError) as info:
+    with pytest.raises(MethodNotValid) as info:
         next_state(state, method)
     assert info.value.status == 455
     assert method not in allowed_methods(state)
@@ -55,7 +55,7 @@ def test_named_invalid_cases() -> None:
         (PLAYING, "RECORD"),
         (RECORDING, "PLAY"),
     ]:
-        with pytest.raises(RtspError) as info:
+        with pytest.raises(MethodNotValid) as info:
             next_state(state, method)
         assert info.value.status == 455
 
@@ -68,7 +68,7 @@ def test_state_preserving_methods(state: State, method: str) -> None:
 
 @pytest.mark.parametrize("method", ["FOO", "play", "REDIRECT", ""])
 def test_unknown_method_is_501(method: str) -> None:
-    with pytest.raises(RtspError) as info:
+    with pytest.raises(NotImplemented_) as info:
         next_state(READY, method)
     assert info.value.status == 501
 

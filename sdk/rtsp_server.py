@@ -1,0 +1,531 @@
+"""The server side of an RTSP connection, sans-IO: bytes in, events out.
+
+A :class:`ServerConnection` is one viewer's TCP connection.  The application feeds it
+what arrives (:meth:`ServerConnection.receive_data`) and takes events out
+(:meth:`ServerConnection.next_event`) until ``None``:
+
+* :class:`Reply`: the connection answered a request itself (OPTIONS, GET_PARAMETER,
+  SET_PARAMETER, and every refusal: 400, 405, 454, 455, 459, 460, 461, 501, 551...);
+  write ``data``, and close the connection when ``close`` is set (a peer that broke
+  the protocol);
+* :class:`DescribeRequested`, :class:`SetupRequested`, :class:`PlayRequested`,
+  :class:`PauseRequested`, :class:`TeardownRequested`: a valid request the
+  application must act on; it answers with :meth:`ServerConnection.respond` (or the
+  SETUP and DESCRIBE helpers), or :meth:`ServerConnection.fail` with the error, each
+  returning the bytes to write.  Until then no further event comes out, so
+  pipelined requests are answered in order;
+* :class:`FrameReceived`: an interleaved ``$`` frame on a channel of a set-up track.
+
+RTSP sessions outlive connections' requests and are looked up across connections,
+so they live in a :class:`SessionTable` that every connection of a server shares.
+The per-session state machine is :mod:`msm.sdk.rtsp_state`.
+
+:func:`error_response` is the RTSP boundary of the exception tree
+(:mod:`msm.sdk.errors`): every :class:`~msm.sdk.errors.MsmError` becomes a reply with
+its ``status``, its reason as a text body, and (for a refusal) its ``headers``.
+Nothing here touches a socket, a clock of its own or an event loop.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import re
+import secrets
+import struct
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Generic, TypeAlias, TypeVar
+from urllib.parse import urlsplit
+
+from msm.sdk.errors import (
+    MsmError,
+    NotFound,
+    NotImplemented_,
+    OptionNotSupported,
+    Refused,
+    RtspError,
+    SessionNotFound,
+    UnsupportedTransport,
+)
+from msm.sdk.rtsp import (
+    Headers,
+    InterleavedFrame,
+    Request,
+    Response,
+    RtspReader,
+    TransportSpec,
+    format_session,
+    parse_session,
+    parse_transport,
+)
+from msm.sdk.rtsp_state import State, next_state
+from msm.sdk.sdp import Connection, SessionDescription
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "KNOWN_UNSUPPORTED",
+    "SUPPORTED",
+    "DescribeRequested",
+    "FrameReceived",
+    "PauseRequested",
+    "PlayRequested",
+    "Reply",
+    "RtspSession",
+    "ServerConnection",
+    "ServerEvent",
+    "SessionTable",
+    "SetupPlan",
+    "SetupRequested",
+    "TeardownRequested",
+    "error_response",
+    "frame_prefix",
+    "split_url",
+    "viewer_sdp",
+]
+
+SUPPORTED = ("OPTIONS", "DESCRIBE", "SETUP", "PLAY", "PAUSE", "TEARDOWN", "GET_PARAMETER",
+             "SET_PARAMETER")
+# Methods of RFC 2326 a viewer-facing server has no use for: 405 with Allow, not 501.
+KNOWN_UNSUPPORTED = ("ANNOUNCE", "RECORD", "REDIRECT")
+_TRACK = re.compile(r"^track(\d+)$")
+# '$', channel, 16-bit length (RFC 2326 section 10.12); packed per packet on the hot path.
+_FRAME_HEADER = struct.Struct("!BBH")
+# Interleaved channels are one byte; pairs start at even numbers below 254.
+_LAST_PAIR = 254
+
+
+def split_url(uri: str) -> tuple[str, int | None]:
+    """``rtsp://h/cam1/track1`` -> (``cam1``, 1); ``rtsp://h/cam1`` -> (``cam1``, None)."""
+    path = urlsplit(uri).path.strip("/")
+    head, _, last = path.rpartition("/")
+    match = _TRACK.match(last)
+    if match and head:
+        return head, int(match.group(1))
+    return path, None
+
+
+def frame_prefix(channel: int, length: int) -> bytes:
+    """The 4-byte header of an interleaved frame of ``length`` bytes on ``channel``."""
+    return _FRAME_HEADER.pack(0x24, channel, length)
+
+
+def error_response(exc: BaseException, headers: Iterable[tuple[str, str]] = ()) -> Response:
+    """The RTSP reply to ``exc``: the one place an error becomes an RTSP status.
+
+    An :class:`MsmError` answers with its ``status``, its reason as a plain-text body
+    and, for a :class:`Refused`, its extra ``headers``; anything else is a bug of
+    ours and answers 500 without detail.
+    """
+    fields = list(headers)
+    if not isinstance(exc, MsmError):
+        return Response(status=500, headers=Headers(fields))
+    if isinstance(exc, Refused):
+        fields += list(exc.headers.items())
+    body = (exc.reason + "\r\n").encode() if exc.reason else b""
+    if body:
+        fields.append(("Content-Type", "text/plain"))
+    return Response(status=exc.status, headers=Headers(fields), body=body)
+
+
+def viewer_sdp(sdp: SessionDescription, local_host: str) -> bytes:
+    """An upstream's description as viewers get it: ``trackN`` controls, no addresses."""
+    media = [m.with_control(f"track{i}").with_connection(None).with_port(0)
+             for i, m in enumerate(sdp.media)]
+    ipv6 = ":" in local_host
+    anywhere = Connection(addrtype="IP6" if ipv6 else "IP4", address="::" if ipv6 else "0.0.0.0")
+    return bytes(sdp.with_media(media).with_control("*").with_connection(anywhere))
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+@dataclass(eq=False)
+class RtspSession:
+    """One RTSP session: an id, the stream it aggregates and its state.
+
+    ``owner`` is the :class:`ServerConnection` that set it up (only that connection
+    may add tracks to it); ``tracks`` maps a set-up track to its transport.
+    """
+
+    session_id: str
+    stream_id: str
+    owner: object | None = None
+    state: State = State.INIT
+    tracks: dict[int, TransportSpec] = field(default_factory=dict)
+    last_seen: float = 0.0
+
+
+S = TypeVar("S", bound=RtspSession)
+
+
+class SessionTable(Generic[S]):
+    """The sessions of one server, shared by all its connections.
+
+    ``timeout`` (seconds) is announced in every ``Session`` header and is how long a
+    session lives without a request or an RTCP frame; ``clock`` is monotonic seconds.
+    """
+
+    def __init__(self, *, timeout: int = 60, clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout = timeout
+        self.clock = clock
+        self.sessions: dict[str, S] = {}
+
+    @staticmethod
+    def new_id() -> str:
+        return secrets.token_hex(8)
+
+    def find(self, header: str) -> S:
+        """The session a ``Session`` header names, marked as seen; 454 when unknown."""
+        session_id, _ = parse_session(header)
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise SessionNotFound(f"unknown session {session_id}")
+        session.last_seen = self.clock()
+        return session
+
+    def header(self, session: RtspSession) -> tuple[str, str]:
+        return ("Session", format_session(session.session_id, self.timeout))
+
+    def touch_stream(self, stream_id: str) -> None:
+        """Restart the timeout of every session of ``stream_id``."""
+        now = self.clock()
+        for session in self.sessions.values():
+            if session.stream_id == stream_id:
+                session.last_seen = now
+
+    def expired(self, paused_streams: Iterable[str] = ()) -> list[S]:
+        """Sessions past their timeout, except those of ``paused_streams``."""
+        paused = set(paused_streams)
+        now = self.clock()
+        return [s for s in self.sessions.values()
+                if s.stream_id not in paused and now - s.last_seen > self.timeout]
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Bytes the connection produced itself; ``close`` after writing them when set."""
+
+    data: bytes
+    close: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DescribeRequested:
+    request: Request
+    stream: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetupRequested(Generic[S]):
+    """SETUP of ``track`` (``None``: the URL named the stream) of ``stream``.
+
+    ``session`` is the caller's existing session, already checked to belong to this
+    connection.  The application finds the stream, then calls
+    :meth:`ServerConnection.plan_setup` for the track and transport.
+    """
+
+    request: Request
+    stream: str
+    track: int | None
+    session: S | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlayRequested(Generic[S]):
+    request: Request
+    session: S
+
+
+@dataclass(frozen=True, slots=True)
+class PauseRequested(Generic[S]):
+    request: Request
+    session: S
+
+
+@dataclass(frozen=True, slots=True)
+class TeardownRequested(Generic[S]):
+    request: Request
+    session: S
+
+
+@dataclass(frozen=True, slots=True)
+class FrameReceived(Generic[S]):
+    """An interleaved frame on a set-up channel; ``rtcp`` for the second of the track's pair."""
+
+    session: S
+    track: int
+    rtcp: bool
+    payload: bytes
+
+
+ServerEvent: TypeAlias = (Reply | DescribeRequested | SetupRequested[S] | PlayRequested[S]
+                          | PauseRequested[S] | TeardownRequested[S] | FrameReceived[S])
+
+
+@dataclass(frozen=True, slots=True)
+class SetupPlan:
+    """What a SETUP will set up: the track and the transport the server answers."""
+
+    track: int
+    transport: TransportSpec
+
+
+# --------------------------------------------------------------------------- connection
+
+
+class ServerConnection(Generic[S]):
+    """One RTSP connection to a viewer, as a state machine (see the module docstring)."""
+
+    def __init__(self, table: SessionTable[S], *, server_name: str = "msm-stub/0.1",
+                 date: Callable[[], str] = lambda: email.utils.formatdate(usegmt=True),
+                 reader: RtspReader | None = None) -> None:
+        self.table = table
+        self.server_name = server_name
+        self._date = date
+        self._reader = reader or RtspReader()
+        self._pending: Request | None = None
+        self._pending_session: S | None = None
+        # The state a 200 to the pending PLAY or PAUSE moves its session to.
+        self._next_state: State | None = None
+        self._closed = False
+        #: Sessions set up on this connection.
+        self.sessions: set[str] = set()
+        #: Interleaved channel -> (session, track) for the tracks set up over TCP.
+        self.channels: dict[int, tuple[S, int]] = {}
+
+    # -- input -----------------------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the peer; an empty ``data`` is not special (the adapter sees EOF)."""
+        if not self._closed:
+            self._reader.feed(data)
+
+    def next_event(self) -> ServerEvent[S] | None:
+        """The next event, or ``None`` when more data (or an answer) is needed."""
+        while not self._closed and self._pending is None:
+            try:
+                event = self._reader.next_event()
+            except RtspError as exc:
+                return self._fatal(exc)
+            if event is None:
+                return None
+            if isinstance(event, InterleavedFrame):
+                frame = self._frame(event)
+                if frame is None:
+                    continue    # a channel nothing was set up on: ignored
+                return frame
+            if isinstance(event, Response):
+                return self._fatal(RtspError("a viewer must not send responses", status=400))
+            return self._request(event)
+        return None
+
+    def _fatal(self, exc: RtspError) -> Reply:
+        self._closed = True
+        headers = Headers([("Server", self.server_name), ("Connection", "close")])
+        return Reply(bytes(Response(status=exc.status, headers=headers)), close=True)
+
+    def _frame(self, frame: InterleavedFrame) -> FrameReceived[S] | None:
+        entry = self.channels.get(frame.channel)
+        if entry is None:
+            return None
+        session, track = entry
+        session.last_seen = self.table.clock()
+        spec = session.tracks.get(track)
+        rtcp = spec is not None and spec.interleaved is not None and frame.channel == spec.interleaved[1]
+        return FrameReceived(session, track, rtcp, frame.payload)
+
+    def _request(self, request: Request) -> ServerEvent[S] | None:
+        self._pending = request
+        self._pending_session = None
+        self._next_state = None
+        cseq = request.headers.get("CSeq")
+        if cseq is None or not cseq.strip().isdigit():
+            data = bytes(Response(status=400, headers=Headers(self._base_headers()),
+                                  body=b"missing or bad CSeq\r\n"))
+            self._pending = None
+            return Reply(data)
+        try:
+            event = self._dispatch(request)
+        except Exception as exc:   # MsmError: its status; anything else is a bug of ours: 500
+            if not isinstance(exc, MsmError):
+                log.exception("%s %s failed", request.method, request.uri)
+            return Reply(self.fail(exc))
+        if event is not None:
+            return event
+        public = [("Public", ", ".join(SUPPORTED))] if request.method == "OPTIONS" else []
+        return Reply(self.respond(headers=public))
+
+    def _dispatch(self, request: Request) -> ServerEvent[S] | None:
+        """Validate ``request``; ``None`` when the connection answers it with a plain 200."""
+        require = request.headers.get("Require")
+        if require:
+            raise OptionNotSupported("no options supported", headers={"Unsupported": require})
+        method = request.method
+        if method in KNOWN_UNSUPPORTED:
+            raise Refused(f"{method} is not supported", status=405, headers={"Allow": ", ".join(SUPPORTED)})
+        if method not in SUPPORTED:
+            raise NotImplemented_(f"{method} is not implemented")
+        if method in ("OPTIONS", "GET_PARAMETER", "SET_PARAMETER"):
+            self._pending_session = self._session(request, required=False)
+            if method == "SET_PARAMETER" and request.body.strip():
+                raise Refused("no parameters can be set", status=451)
+            return None
+        if method == "DESCRIBE":
+            return self._describe(request)
+        if method == "SETUP":
+            return self._setup(request)
+        session = self._session(request, required=True)
+        assert session is not None
+        self._pending_session = session
+        if method == "TEARDOWN":
+            return TeardownRequested(request, session)
+        self._next_state = next_state(session.state, method)   # 455 before anything is asked of anyone
+        if method == "PLAY":
+            return PlayRequested(request, session)
+        return PauseRequested(request, session)
+
+    def _session(self, request: Request, *, required: bool) -> S | None:
+        value = request.headers.get("Session")
+        if value is None:
+            if required:
+                raise SessionNotFound("Session header required")
+            return None
+        return self.table.find(value)
+
+    @staticmethod
+    def _describe(request: Request) -> DescribeRequested:
+        accept = request.headers.get("Accept")
+        if accept and "application/sdp" not in accept and "*/*" not in accept:
+            raise Refused("only application/sdp descriptions are offered", status=406)
+        stream, track = split_url(request.uri)
+        if track is not None or not stream:
+            raise NotFound("DESCRIBE names a stream, not a track")
+        return DescribeRequested(request, stream)
+
+    def _setup(self, request: Request) -> SetupRequested[S]:
+        stream, track = split_url(request.uri)
+        session = self._session(request, required=False)
+        if session is not None and session.owner is not None and session.owner is not self:
+            raise SessionNotFound("session belongs to another connection")
+        self._pending_session = session
+        return SetupRequested(request, stream, track, session)
+
+    # -- SETUP -------------------------------------------------------------------------
+    def plan_setup(self, event: SetupRequested[S], stream_id: str, tracks: int) -> SetupPlan:
+        """Check a SETUP against its stream (``tracks`` of them) and choose the transport.
+
+        Raises 459 for a session of another stream or a track-less URL of a
+        multi-track stream, 404 for a track the stream lacks, 455 for a state that
+        allows no SETUP and 461 for a transport the mesh cannot serve.
+        """
+        session, track = event.session, event.track
+        if session is not None and session.stream_id != stream_id:
+            raise Refused("a session aggregates one stream only", status=459)
+        if track is None:
+            if tracks != 1:
+                raise Refused("SETUP must name a track of this multi-track stream", status=459)
+            track = 0
+        if track >= tracks:
+            raise NotFound(f"no track {track} in {event.stream}")
+        if session is not None:
+            next_state(session.state, "SETUP")
+        return SetupPlan(track, self._choose_transport(event.request))
+
+    def _choose_transport(self, request: Request) -> TransportSpec:
+        value = request.headers.get("Transport")
+        if not value:
+            raise UnsupportedTransport("Transport header required")
+        used = set(self.channels)
+        for spec in parse_transport(value):
+            if not spec.protocol.startswith("RTP/AVP") or not spec.unicast:
+                continue
+            if spec.lower_transport == "TCP":
+                channels = spec.interleaved
+                if channels is None or channels[0] in used or channels[1] in used:
+                    first = next(c for c in range(0, _LAST_PAIR, 2) if c not in used and c + 1 not in used)
+                    channels = (first, first + 1)
+                return TransportSpec(protocol="RTP/AVP/TCP", interleaved=channels)
+            if spec.client_port is not None and spec.client_port[0] > 0:
+                return TransportSpec(client_port=spec.client_port)
+        raise UnsupportedTransport(
+            "only unicast RTP/AVP over UDP (client_port) or TCP (interleaved) is supported")
+
+    def respond_setup(self, session: S, plan: SetupPlan, answer: TransportSpec) -> bytes:
+        """Answer a SETUP that the application carried out for ``session``.
+
+        A new session (not yet in the table) is added to it and owned by this
+        connection; the track's interleaved channels start routing frames.
+        """
+        created = session.session_id not in self.table.sessions
+        session.tracks[plan.track] = plan.transport
+        session.state = next_state(session.state, "SETUP")
+        if created:
+            session.owner = self
+            session.last_seen = self.table.clock()
+            self.table.sessions[session.session_id] = session
+            self.sessions.add(session.session_id)
+        if plan.transport.interleaved is not None:
+            for channel in plan.transport.interleaved:
+                self.channels[channel] = (session, plan.track)
+        self._pending_session = session
+        return self.respond(headers=[("Transport", str(answer))])
+
+    # -- answers -----------------------------------------------------------------------
+    def respond(self, status: int = 200, headers: Iterable[tuple[str, str]] = (), body: bytes = b"") -> bytes:
+        """Answer the pending request; a 200 to PLAY or PAUSE moves its session's state.
+
+        The reply carries CSeq, Server, Date and (but to TEARDOWN) the session.
+        """
+        request, session = self._take_pending()
+        fields = self._base_headers(request)
+        if session is not None and request.method != "TEARDOWN":
+            fields.append(self.table.header(session))
+        if status == 200 and session is not None and self._next_state is not None:
+            session.state = self._next_state
+        fields += list(headers)
+        return bytes(Response(status=status, headers=Headers(fields), body=body))
+
+    def respond_describe(self, sdp: SessionDescription, base_url: str, local_host: str) -> bytes:
+        """Answer a DESCRIBE with the viewer's view of ``sdp`` (see :func:`viewer_sdp`)."""
+        return self.respond(headers=[("Content-Base", base_url + "/"), ("Content-Type", "application/sdp")],
+                            body=viewer_sdp(sdp, local_host))
+
+    def fail(self, exc: BaseException) -> bytes:
+        """Answer the pending request with the error ``exc`` (see :func:`error_response`)."""
+        request, _ = self._take_pending()
+        return bytes(error_response(exc, self._base_headers(request)))
+
+    def _take_pending(self) -> tuple[Request, S | None]:
+        if self._pending is None:
+            raise RuntimeError("no request is waiting for an answer")
+        request, session = self._pending, self._pending_session
+        self._pending = self._pending_session = None
+        return request, session
+
+    def _base_headers(self, request: Request | None = None) -> list[tuple[str, str]]:
+        request = request or self._pending
+        cseq = request.headers.get("CSeq") if request is not None else None
+        return [("CSeq", cseq or "0"), ("Server", self.server_name), ("Date", self._date())]
+
+    # -- sessions and frames -------------------------------------------------------------
+    def release(self, session: RtspSession) -> None:
+        """Forget ``session`` here: its channels stop routing frames."""
+        self.sessions.discard(session.session_id)
+        for channel in [c for c, (s, _) in self.channels.items() if s is session]:
+            del self.channels[channel]
+
+    @property
+    def pending(self) -> Request | None:
+        """The request waiting for an answer, if any."""
+        return self._pending
+
+    @property
+    def closed(self) -> bool:
+        """The peer broke the protocol: nothing more is read."""
+        return self._closed
+
