@@ -6,9 +6,12 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
+
+from msm.runtime.hostport import parse_host_port
+from msm.runtime.process import setup_logging, stop_event
+from msm.sdk.errors import ConfigError, MsmError
 
 from .kubernetes import KubeClient, KubeError, KubernetesResolver
 from .metrics import control_registry
@@ -47,52 +50,49 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         opts = parse_args(argv)
-    except ValueError as exc:
+        parse_host_port(opts.listen, what="--listen", default_host="0.0.0.0")
+        if opts.web_listen:
+            parse_host_port(opts.web_listen, what="--web-listen", default_host="0.0.0.0")
+        setup_logging(opts.log_level)
+        resolver, kube = build_resolver(opts)
+    except (ValueError, ConfigError, RouteError, KubeError) as exc:
         print(f"msm-control-plane: error: {exc}", file=sys.stderr)
         return 2
-    level = logging.getLevelName(opts.log_level.upper())
-    if not isinstance(level, int):
-        print(f"msm-control-plane: error: unknown log level {opts.log_level!r}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    return asyncio.run(_run(opts, resolver, kube))
+
+
+def build_resolver(opts: argparse.Namespace) -> tuple[Resolver, KubernetesResolver | None]:
+    """Static routes (MSM_ROUTES, then --route), chained with Kubernetes services when asked."""
     static = StaticResolver()
+    env_routes = [r for r in _env("MSM_ROUTES", "").split(",") if r.strip()]
+    for text in env_routes + opts.route:
+        static.add(parse_route(text))
+    kube = KubernetesResolver(KubeClient.from_environment(opts.kubeconfig or None)) if opts.kubernetes else None
+    return (ChainResolver(static, kube) if kube else static), kube
+
+
+async def _run(opts: argparse.Namespace, resolver: Resolver, kube: KubernetesResolver | None) -> int:
+    server = ControlPlaneServer(resolver, listen=opts.listen, linger=opts.linger)
+    web = None
+    stop = stop_event()
     try:
-        env_routes = [r for r in _env("MSM_ROUTES", "").split(",") if r.strip()]
-        for text in env_routes + opts.route:
-            static.add(parse_route(text))
-        kube = KubernetesResolver(KubeClient.from_environment(opts.kubeconfig or None)) if opts.kubernetes else None
-    except (RouteError, KubeError) as exc:
-        print(f"msm-control-plane: error: {exc}", file=sys.stderr)
-        return 2
-    resolver: Resolver = ChainResolver(static, kube) if kube else static
-
-    async def run() -> int:
-        server = ControlPlaneServer(resolver, listen=opts.listen, linger=opts.linger)
-        web = None
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            if kube is not None:
-                await kube.start()
-            await server.start()
-            if opts.web_listen:
-                web = WebServer(create_app(server.control, registry=control_registry(server.control)))
-                await web.start(opts.web_listen)
-        except (OSError, RuntimeError) as exc:
-            print(f"msm-control-plane: error: {exc}", file=sys.stderr)
-            await server.stop()
-            return 1
-        await stop.wait()
-        if web is not None:
-            await web.stop()
-        await server.stop()
         if kube is not None:
-            await kube.stop()
-        return 0
-
-    return asyncio.run(run())
+            await kube.start()
+        await server.start()
+        if opts.web_listen:
+            web = WebServer(create_app(server.control, registry=control_registry(server.control)))
+            await web.start(opts.web_listen)
+    except (OSError, RuntimeError, MsmError) as exc:
+        print(f"msm-control-plane: error: {exc}", file=sys.stderr)
+        await server.stop()
+        return 1
+    await stop.wait()
+    if web is not None:
+        await web.stop()
+    await server.stop()
+    if kube is not None:
+        await kube.stop()
+    return 0
 
 
 if __name__ == "__main__":

@@ -6,9 +6,12 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
+
+from msm.runtime.hostport import parse_host_port
+from msm.runtime.process import setup_logging, stop_event
+from msm.sdk.errors import ConfigError, MsmError
 
 from .service import RtpProxy
 
@@ -39,38 +42,53 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def port_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    if not (low.isascii() and low.isdigit() and high.isascii() and high.isdigit()
+            and 1024 <= int(low) < int(high) < 65536):
+        raise ConfigError(f"bad --port-range {text!r}")
+    return int(low), int(high)
+
+
+def check_addresses(opts: argparse.Namespace) -> None:
+    """Every address this proxy binds or advertises parses (ConfigError names the first that does not).
+
+    --control is a gRPC target (dns:///, unix: and the like are fine) and is left to gRPC.
+    """
+    parse_host_port(opts.listen, what="--listen", default_host="0.0.0.0")
+    if opts.advertise:
+        parse_host_port(opts.advertise, what="--advertise")
+    if opts.metrics_listen:
+        parse_host_port(opts.metrics_listen, what="--metrics-listen", default_host="0.0.0.0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
-    low, _, high = opts.port_range.partition("-")
-    if not (low.isdigit() and high.isdigit() and 1024 <= int(low) < int(high) < 65536):
-        print(f"msm-proxy: error: bad --port-range {opts.port_range!r}", file=sys.stderr)
+    try:
+        ports = port_range(opts.port_range)
+        check_addresses(opts)
+        setup_logging(opts.log_level)
+    except ConfigError as exc:
+        print(f"msm-proxy: error: {exc}", file=sys.stderr)
         return 2
-    level = logging.getLevelName(opts.log_level.upper())
-    if not isinstance(level, int):
-        print(f"msm-proxy: error: unknown log level {opts.log_level!r}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     proxy = RtpProxy(node=opts.node, media_host=opts.media_host, grpc_listen=opts.listen,
-                     control_address=opts.control, port_range=(int(low), int(high)),
+                     control_address=opts.control, port_range=ports,
                      metrics_listen=opts.metrics_listen or None, advertise=opts.advertise)
+    return asyncio.run(_run(proxy))
 
-    async def run() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await proxy.start()
-            await proxy.start_metrics()
-        except (OSError, RuntimeError) as exc:
-            print(f"msm-proxy: error: {exc}", file=sys.stderr)
-            await proxy.stop()
-            return 1
-        await stop.wait()
+
+async def _run(proxy: RtpProxy) -> int:
+    stop = stop_event()
+    try:
+        await proxy.start()
+        await proxy.start_metrics()
+    except (OSError, RuntimeError, MsmError) as exc:
+        print(f"msm-proxy: error: {exc}", file=sys.stderr)
         await proxy.stop()
-        return 0
-
-    return asyncio.run(run())
+        return 1
+    await stop.wait()
+    await proxy.stop()
+    return 0
 
 
 if __name__ == "__main__":

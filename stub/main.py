@@ -11,10 +11,13 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import socket
 import sys
 from collections.abc import Sequence
+
+from msm.runtime.hostport import parse_host_port
+from msm.runtime.process import setup_logging, stop_event
+from msm.sdk.errors import ConfigError, MsmError
 
 from .app import Stub, StubConfig
 
@@ -47,40 +50,40 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         opts = parse_args(argv)
-    except ValueError as exc:
+        config = stub_config(opts)
+        setup_logging(opts.log_level)
+    except (ValueError, ConfigError) as exc:
         print(f"msm-stub: error: {exc}", file=sys.stderr)
         return 2
-    host, sep, port = opts.listen.rpartition(":")
-    if not sep or not port.isdigit():
-        print(f"msm-stub: error: --listen must be HOST:PORT, got {opts.listen!r}", file=sys.stderr)
-        return 2
-    level = logging.getLevelName(opts.log_level.upper())
-    if not isinstance(level, int):
-        print(f"msm-stub: error: unknown log level {opts.log_level!r}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    return asyncio.run(_run(config, opts.listen))
+
+
+def stub_config(opts: argparse.Namespace) -> StubConfig:
+    """The stub's settings from parsed flags (ConfigError names a bad one)."""
+    # --control is a gRPC target (dns:///, unix: and the like are fine), so only
+    # the address this stub binds is parsed here.
+    listen = parse_host_port(opts.listen, what="--listen", default_host="0.0.0.0")
     pod_id = f"{opts.namespace}/{opts.pod}" if opts.pod else socket.gethostname()
-    config = StubConfig(control_address=opts.control, listen_host=host.strip("[]"), listen_port=int(port),
-                        media_host=opts.media_host or opts.pod_ip or "127.0.0.1", node=opts.node,
-                        pod=opts.pod, namespace=opts.namespace, pod_ip=opts.pod_ip,
-                        stub_id=f"stub-{pod_id}", session_timeout=opts.session_timeout)
+    return StubConfig(control_address=opts.control, listen_host=listen.host, listen_port=listen.port,
+                      media_host=opts.media_host or opts.pod_ip or "127.0.0.1", node=opts.node,
+                      pod=opts.pod, namespace=opts.namespace, pod_ip=opts.pod_ip,
+                      stub_id=f"stub-{pod_id}", session_timeout=opts.session_timeout)
 
-    async def run() -> int:
-        stub = Stub(config)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await stub.start()
-        except OSError as exc:
-            print(f"msm-stub: error: cannot listen on {opts.listen}: {exc.strerror or exc}", file=sys.stderr)
-            return 1
-        await stop.wait()
-        await stub.stop()
-        return 0
 
-    return asyncio.run(run())
+async def _run(config: StubConfig, listen: str) -> int:
+    stub = Stub(config)
+    stop = stop_event()
+    try:
+        await stub.start()
+    except OSError as exc:
+        print(f"msm-stub: error: cannot listen on {listen}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except MsmError as exc:
+        print(f"msm-stub: error: {exc}", file=sys.stderr)
+        return 1
+    await stop.wait()
+    await stub.stop()
+    return 0
 
 
 if __name__ == "__main__":
