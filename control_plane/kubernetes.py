@@ -3,6 +3,11 @@
 Service name or ClusterIP -> Service -> its EndpointSlices -> a ready endpoint:
 the pod, its IP and its node. Services and EndpointSlices are listed once and
 then *watched*, so resolving never waits on the API server.
+
+Every failure of the API server (unreachable, an HTTP error, a body that is not
+what the API reference says) and every unusable kubeconfig is a
+:class:`~msm.sdk.errors.KubeError` (re-exported here); a URL no Service answers
+is :class:`~msm.sdk.errors.NotFound`.
 """
 
 from __future__ import annotations
@@ -22,7 +27,13 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from .resolver import NO_ASKER, Asker, NotFound, Route
+from msm.runtime.backoff import Backoff
+from msm.runtime.hostport import parse_host_port
+from msm.sdk.errors import ConfigError, KubeError, NotFound
+
+from .resolver import NO_ASKER, Asker, Route
+
+__all__ = ["KubeClient", "KubeError", "KubernetesResolver"]
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +43,6 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 # endpoints (the API's own cap), a few hundred KiB. Lines past this are refused.
 MAX_EVENT_BYTES = 4 << 20
 _SEGMENT = re.compile(r"[^A-Za-z0-9._~-]+")
-
-
-class KubeError(Exception):
-    """The API server could not be reached or refused us; the message says how."""
 
 
 class ObjectMeta(TypedDict, total=False):
@@ -90,9 +97,7 @@ class KubeClient:
 
     @classmethod
     def from_kubeconfig(cls, path: str) -> KubeClient:
-        import base64
-        import tempfile
-
+        """The client a kubeconfig file describes (its current context); :class:`KubeError` if unusable."""
         import yaml
 
         try:
@@ -100,30 +105,13 @@ class KubeClient:
             current = config.get("current-context") or config["contexts"][0]["name"]
             context = next(c["context"] for c in config["contexts"] if c["name"] == current)
             cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
-            user = next((u["user"] for u in config.get("users") or [] if u["name"] == context.get("user")), {})
-        except (OSError, yaml.YAMLError, KeyError, IndexError, StopIteration, TypeError, AttributeError) as exc:
+            user: dict[str, Any] = next(
+                (u["user"] for u in config.get("users") or [] if u["name"] == context.get("user")), {})
+            server: str = cluster["server"]
+            ssl_context = _tls_context(cluster, user) if server.startswith("https") else None
+        except (OSError, ValueError, yaml.YAMLError, KeyError, IndexError, StopIteration, TypeError,
+                AttributeError) as exc:  # OSError: ssl.SSLError too; ValueError: bad base64 too
             raise KubeError(f"cannot use kubeconfig {path}: {exc}") from exc
-        server = cluster["server"]
-        ssl_context = None
-        if server.startswith("https"):
-            ssl_context = ssl.create_default_context()
-            if cluster.get("insecure-skip-tls-verify"):
-                ssl_context.check_hostname = False
-                ssl_context.verify_mode = ssl.CERT_NONE
-            if cluster.get("certificate-authority"):
-                ssl_context.load_verify_locations(cafile=cluster["certificate-authority"])
-            if cluster.get("certificate-authority-data"):
-                ssl_context.load_verify_locations(
-                    cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
-            cert, key = user.get("client-certificate"), user.get("client-key")
-            if user.get("client-certificate-data"):
-                # ssl can only load client certificates from files.
-                tmp = Path(tempfile.mkdtemp(prefix="msm-kube-"))
-                cert, key = str(tmp / "tls.crt"), str(tmp / "tls.key")
-                Path(cert).write_bytes(base64.b64decode(user["client-certificate-data"]))
-                Path(key).write_bytes(base64.b64decode(user["client-key-data"]))
-            if cert and key:
-                ssl_context.load_cert_chain(cert, key)
         token_file = Path(user["tokenFile"]) if user.get("tokenFile") else None
         return cls(server, token=user.get("token"), ssl_context=ssl_context, token_file=token_file)
 
@@ -148,7 +136,7 @@ class KubeClient:
                 if response.status != 200:
                     raise KubeError(f"GET {path}: HTTP {response.status} {(await response.text())[:200]}")
                 data = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:  # ValueError: not JSON, not UTF-8
             raise KubeError(f"GET {path}: {exc or type(exc).__name__}") from exc
         if not isinstance(data, dict):
             raise KubeError(f"GET {path}: not a JSON object")
@@ -176,6 +164,31 @@ class KubeClient:
             await self._session.close()
 
 
+def _tls_context(cluster: dict[str, Any], user: dict[str, Any]) -> ssl.SSLContext:
+    """The TLS context of a kubeconfig's cluster and user (CA, client certificate)."""
+    import base64
+    import tempfile
+
+    context = ssl.create_default_context()
+    if cluster.get("insecure-skip-tls-verify"):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if cluster.get("certificate-authority"):
+        context.load_verify_locations(cafile=cluster["certificate-authority"])
+    if cluster.get("certificate-authority-data"):
+        context.load_verify_locations(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+    cert, key = user.get("client-certificate"), user.get("client-key")
+    if user.get("client-certificate-data"):
+        # ssl can only load client certificates from files.
+        tmp = Path(tempfile.mkdtemp(prefix="msm-kube-"))
+        cert, key = str(tmp / "tls.crt"), str(tmp / "tls.key")
+        Path(cert).write_bytes(base64.b64decode(user["client-certificate-data"]))
+        Path(key).write_bytes(base64.b64decode(user["client-key-data"]))
+    if cert and key:
+        context.load_cert_chain(cert, key)
+    return context
+
+
 def _key(obj: dict[str, Any]) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
     return meta.get("namespace", ""), meta.get("name", "")
@@ -192,32 +205,35 @@ class _Cache:
         self.synced = asyncio.Event()
 
     async def run(self) -> None:
-        delay = 0.5
+        """List, then watch from the listed version; on any failure back off and list again."""
+        backoff = Backoff(first=0.5, maximum=10.0)
         while True:
             try:
                 listing = await self.client.get(self.path)
                 self.items = {_key(o): o for o in listing.get("items") or [] if isinstance(o, dict)}
                 self.on_change()
                 self.synced.set()
-                version = (listing.get("metadata") or {}).get("resourceVersion", "")
-                delay = 0.5
-                while True:
-                    async for event in self.client.watch(self.path, version):
-                        obj = event.get("object") or {}
-                        kind = event.get("type")
-                        if kind == "ERROR":
-                            raise KubeError(f"watch {self.path}: {obj.get('message', 'expired')}")
-                        version = (obj.get("metadata") or {}).get("resourceVersion", version)
-                        if kind in ("ADDED", "MODIFIED"):
-                            self.items[_key(obj)] = obj
-                        elif kind == "DELETED":
-                            self.items.pop(_key(obj), None)
-                        if kind != "BOOKMARK":
-                            self.on_change()
+                backoff.reset()
+                await self._watch((listing.get("metadata") or {}).get("resourceVersion", ""))
             except KubeError as exc:
-                log.warning("kubernetes: %s; retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                log.warning("kubernetes: %s; retrying in %.1fs", exc, backoff.delay)
+                await backoff.wait()
+
+    async def _watch(self, version: str) -> None:
+        """Apply watch events from ``version`` on, reconnecting after each clean end; KubeError to relist."""
+        while True:
+            async for event in self.client.watch(self.path, version):
+                obj = event.get("object") or {}
+                kind = event.get("type")
+                if kind == "ERROR":
+                    raise KubeError(f"watch {self.path}: {obj.get('message', 'expired')}")
+                version = (obj.get("metadata") or {}).get("resourceVersion", version)
+                if kind in ("ADDED", "MODIFIED"):
+                    self.items[_key(obj)] = obj
+                elif kind == "DELETED":
+                    self.items.pop(_key(obj), None)
+                if kind != "BOOKMARK":
+                    self.on_change()
 
 
 class KubernetesResolver:
@@ -268,9 +284,10 @@ class KubernetesResolver:
         port = parts.port or 554
         key = self._service_for(host, asker)
         if key is None and asker.original_dst:
-            ip, _, dst_port = asker.original_dst.rpartition(":")
-            key = self._by_ip.get(ip.strip("[]"))
-            port = int(dst_port) if dst_port.isdigit() else port
+            with contextlib.suppress(ConfigError):  # not IP:PORT: no Service can be found by it
+                dst = parse_host_port(asker.original_dst, what="original destination")
+                key = self._by_ip.get(dst.host)
+                port = dst.port
         if key is None:
             raise NotFound(f"no Kubernetes service for {host or asker.original_dst}")
         namespace, name = key

@@ -1,4 +1,9 @@
-"""Resolve the URL a viewer asked for to the upstream stream it names."""
+"""Resolve the URL a viewer asked for to the upstream stream it names.
+
+Errors are leaves of msm's one tree (``msm.sdk.errors``): an unknown URL is
+:class:`~msm.sdk.errors.NotFound` (404; re-exported here), a bad route
+definition is :class:`RouteError`, a :class:`~msm.sdk.errors.ConfigError`.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,16 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from msm.sdk.errors import ConfigError, NotFound
+
+__all__ = ["NO_ASKER", "Asker", "ChainResolver", "NotFound", "Resolver", "Route", "RouteError",
+           "StaticResolver", "parse_route", "stream_name"]
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*(/[A-Za-z0-9._~-]+)*$")
 
 
-class RouteError(ValueError):
+class RouteError(ConfigError):
     """A route definition is invalid (bad name or URL)."""
-
-
-class NotFound(LookupError):
-    """No route matches the requested URL."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

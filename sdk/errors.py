@@ -10,8 +10,8 @@ them exactly once, at their boundary, with one function per boundary:
 - RTSP reply to a viewer: ``msm.sdk.rtsp_server`` (the stub's server session);
 - gRPC status: ``msm.runtime.grpcutil`` (servicers) and ``msm.protos.status``
   (the ``Status`` carried inside ``Connect`` replies and command results);
-- CNI error JSON: ``msm.cni_plugin.errors``;
-- HTTP response: ``msm.webhook.review`` and the control plane's web page.
+- CNI error JSON: ``msm.cni_plugin.errors.error_json`` (code 199 for a non-msm exception);
+- HTTP response: ``msm.webhook.review.rejection`` and the control plane's web page.
 
 The tree (component-specific leaves live next to their component and subclass
 one of these; each module says which)::
@@ -35,9 +35,13 @@ one of these; each module says which)::
     │   └── TimedOut              504: a dependency did not answer in time
     ├── ResourceExhausted         453: a bound was reached (port range, sessions, tracks)
     ├── ConfigError               bad settings, flags or files (exit code 2; CNI 7)
+    │   └── RouteError            msm.control_plane.resolver: a bad route definition
     ├── KubeError                 the Kubernetes API failed or answered nonsense (503; CNI 11)
-    ├── CniError                  msm.cni_plugin.errors: one leaf per CNI error code
+    ├── CniError                  msm.cni_plugin.errors: one leaf per CNI error code (cni_code),
+    │                             including NetnsGone (3) and the installer's InstallError
     └── WebhookError              msm.webhook.errors: review and certificate faults (HTTP 400)
+        ├── ReviewError           a bad AdmissionReview; its HTTP status is http_status
+        └── CertificateError      the TLS certificate or key cannot be used
 
 ``Refused(status, reason)`` with any status is allowed where no leaf fits; the
 leaves exist so that code can catch what it means (``except SessionNotFound``).

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from msm.control_plane.kubernetes import KubeClient, KubeError, KubernetesResolver
-from msm.control_plane.resolver import Asker, NotFound
+from msm.control_plane.resolver import Asker, NotFound, RouteError, parse_route
+from msm.sdk import errors
 from tests.fake_kube import FakeKube, load
 
 pytestmark = pytest.mark.timeout(30)
@@ -58,6 +59,18 @@ async def test_short_name_uses_the_askers_namespace(resolver: KubernetesResolver
 async def test_original_destination_when_the_url_host_is_unknown(resolver: KubernetesResolver) -> None:
     route = await resolver.resolve("rtsp://some-alias/live/1", Asker(original_dst="10.96.0.10:554"))
     assert route.url == "rtsp://10.244.0.5:8554/live/1"
+    for garbage in ("10.96.0.10", "10.96.0.10:http", "[10.96.0.10]:554", ""):
+        with pytest.raises(NotFound):
+            await resolver.resolve("rtsp://some-alias/live/1", Asker(original_dst=garbage))
+
+
+def test_errors_are_leaves_of_the_msm_tree() -> None:
+    """The names control_plane imports from here are the tree's classes, with the tree's codes."""
+    assert KubeError is errors.KubeError and NotFound is errors.NotFound
+    assert (NotFound("x").status, NotFound("x").grpc_code) == (404, "NOT_FOUND")
+    with pytest.raises(RouteError) as caught:
+        parse_route("no-url-here")
+    assert isinstance(caught.value, errors.ConfigError) and "NAME=rtsp://" in caught.value.reason
 
 
 async def test_unknown_service_and_port(resolver: KubernetesResolver) -> None:
@@ -103,3 +116,12 @@ async def test_bad_token_and_unreachable_server(kube: FakeKube, tmp_path: Path) 
     (tmp_path / "broken").write_text("clusters: [")
     with pytest.raises(KubeError, match="cannot use kubeconfig"):
         KubeClient.from_kubeconfig(str(tmp_path / "broken"))
+    # Well-formed YAML that is not a usable kubeconfig: a KubeError naming the file, never a traceback.
+    context = "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    for body in ("clusters: [{name: k, cluster: {}}]\n",  # no server
+                 "clusters: [{name: k, cluster: {server: 'https://h', certificate-authority: /nonexistent}}]\n",
+                 "clusters: [{name: k, cluster: {server: 'https://h', certificate-authority-data: '!!'}}]\n",
+                 "- a list\n"):
+        (tmp_path / "odd").write_text(context + body if body[0] != "-" else body)
+        with pytest.raises(KubeError, match="cannot use kubeconfig"):
+            KubeClient.from_kubeconfig(str(tmp_path / "odd"))
