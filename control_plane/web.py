@@ -1,7 +1,7 @@
 """The control plane's web page: the stream graph with live loss, jitter and bitrate.
 
-A thin aiohttp layer over :meth:`ControlPlane.ListStreams`, the same operator view
-that ``msm streams`` prints. The page itself (``static/``) is plain HTML, JS and
+A thin aiohttp layer over the control plane's query API (:class:`StreamQuery`: the
+``ListStreams`` answer ``msm streams`` prints, and a few counts). The page itself (``static/``) is plain HTML, JS and
 SVG with no external fetches: it polls ``/api/streams`` and keeps its own short
 history, so the server holds no per-browser state.
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import prometheus_client
@@ -27,8 +27,8 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from msm.protos import msm_pb2 as pb
-
-from .server import ControlPlane
+from msm.runtime.hostport import format_host_port, parse_host_port
+from msm.sdk.errors import MsmError
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,20 @@ STATIC_DIR = Path(__file__).with_name("static")
 # second is better told "unavailable" than left hanging behind a wedged proxy.
 LIST_TIMEOUT = 5.0
 
-CONTROL_KEY: web.AppKey[ControlPlane] = web.AppKey("control", ControlPlane)
+
+
+class StreamQuery(Protocol):
+    """What the page asks of the control plane (``server.ControlPlane`` answers it)."""
+
+    async def list_streams(self) -> pb.ListStreamsResponse: ...
+    def counts(self) -> dict[str, int]: ...
+
+
+CONTROL_KEY: web.AppKey[StreamQuery] = web.AppKey("control")
 REGISTRY_KEY: web.AppKey[prometheus_client.CollectorRegistry | None] = web.AppKey("registry")
 
 
-def create_app(control: ControlPlane, *,
+def create_app(control: StreamQuery, *,
                registry: prometheus_client.CollectorRegistry | None = None) -> web.Application:
     app = web.Application()
     app[CONTROL_KEY] = control
@@ -74,9 +83,12 @@ async def _streams(request: web.Request) -> web.Response:
     # The boundary: whatever goes wrong asking the proxies is answered here, once.
     try:
         async with asyncio.timeout(LIST_TIMEOUT):
-            response = await control.ListStreams(pb.ListStreamsRequest(), None)
+            response = await control.list_streams()
     except TimeoutError:
         return _error(503, f"the proxies did not answer within {LIST_TIMEOUT:g} s")
+    except MsmError as exc:
+        log.warning("listing streams failed: %s", exc.reason)
+        return _error(exc.http_status, exc.reason)
     except (grpc.RpcError, grpc.aio.UsageError, OSError) as exc:
         log.warning("listing streams failed: %s", exc)
         return _error(503, f"a proxy is unavailable: {type(exc).__name__}")
@@ -96,19 +108,12 @@ async def _metrics(request: web.Request) -> web.Response:
 
 async def _healthz(request: web.Request) -> web.Response:
     control = request.app[CONTROL_KEY]
-    return web.json_response({"status": "ok", "streams": len(control.streams),
-                              "proxies": len(control.proxies), "stubs": len(control.stubs)})
-
-
-def _split(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    return web.json_response({"status": "ok", **control.counts()})
 
 
 class WebServer:
-    """Serves an app on one TCP address; ``start`` raises OSError when the port is taken."""
+    """Serves an app on one TCP address; ``start`` raises OSError when the port is taken
+    (and ConfigError for an address that is not HOST:PORT)."""
 
     def __init__(self, app: web.Application, *, shutdown_timeout: float = 1.0) -> None:
         self.app = app
@@ -117,7 +122,8 @@ class WebServer:
         self.address = ""
 
     async def start(self, listen: str = "127.0.0.1:8080") -> None:
-        host, port = _split(listen)
+        where = parse_host_port(listen, what="the web listen address", default_host="0.0.0.0")
+        host, port = where.host, where.port
         # No access log: the page polls every second and would drown the mesh's own log.
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self.shutdown_timeout)
         await runner.setup()
@@ -129,7 +135,7 @@ class WebServer:
             raise
         self.runner = runner
         bound_host, bound_port = runner.addresses[0][:2]
-        self.address = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
+        self.address = format_host_port(bound_host, bound_port)
         log.info("web page on http://%s/", self.address)
 
     @property

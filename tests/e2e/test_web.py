@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import grpc
@@ -31,12 +31,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from msm.control_plane.links import ProxyLink
 from msm.control_plane.resolver import Route, StaticResolver
-from msm.control_plane.server import ControlPlane, ProxyLink, Stream, Viewer
+from msm.control_plane.server import ControlPlane
+from msm.control_plane.store import StreamRecord, ViewerRecord
+from msm.control_plane.upstream_state import UpstreamState
 from msm.control_plane.web import WebServer, create_app
 from msm.mesh import LocalMesh
 from msm.protos import msm_pb2 as pb
-from msm.protos import msm_pb2_grpc as pb_grpc
 from tests.peers import FfmpegViewer, GstRtspServer, free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -67,10 +69,12 @@ async def test_api_streams_is_empty_without_streams() -> None:
 
 async def test_api_streams_uses_proto_field_names_and_prints_defaults() -> None:
     control = ControlPlane(StaticResolver())
-    stream = Stream(route=Route(name="cam", url="rtsp://192.0.2.1/live"), upstream_state="playing")
+    stream = StreamRecord(route=Route(name="cam", url="rtsp://192.0.2.1/live"),
+                          upstream_state=UpstreamState.PLAYING)
     stream.tracks.append(pb.Track(index=0, kind="video", clock_rate=90000, encoding="H264/90000"))
-    stream.viewers["s1"] = Viewer(session_id="s1", stub_id="gateway", host="192.0.2.9", playing=True)
-    control.streams["cam"] = stream
+    control.planner.store.put_stream(stream)
+    control.planner.store.put_viewer(ViewerRecord(stream_id="cam", session_id="s1", stub_id="gateway",
+                                                  host="192.0.2.9", playing=True))
     async with client_for(control) as client:
         body = await (await client.get("/api/streams")).json()
     (info,) = body["streams"]
@@ -87,8 +91,7 @@ async def test_api_streams_uses_proto_field_names_and_prints_defaults() -> None:
 async def test_api_streams_skips_an_unreachable_proxy() -> None:
     control = ControlPlane(StaticResolver())
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}")
-    control.proxies["n1"] = ProxyLink(hello=pb.ProxyHello(node="n1"), channel=channel,
-                                      api=pb_grpc.DataPlaneStub(channel))
+    control.planner.proxies["n1"] = ProxyLink(pb.ProxyHello(node="n1"), channel)
     try:
         async with client_for(control) as client:
             response = await client.get("/api/streams")
@@ -101,8 +104,7 @@ async def test_api_streams_answers_503_when_a_proxy_link_is_broken() -> None:
     control = ControlPlane(StaticResolver())
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}")
     await channel.close()    # as after the proxy restarted: the old link's channel is closed
-    control.proxies["n1"] = ProxyLink(hello=pb.ProxyHello(node="n1"), channel=channel,
-                                      api=pb_grpc.DataPlaneStub(channel))
+    control.planner.proxies["n1"] = ProxyLink(pb.ProxyHello(node="n1"), channel)
     async with client_for(control) as client:
         response = await client.get("/api/streams")
         assert response.status == 503
@@ -349,13 +351,16 @@ async def test_browser_draws_the_stream_graph_and_live_plots(
 
 # -- a multi-node mesh, drawn from a hand-built ListStreams answer (no peers, no proxies) ----------------
 class FakeControl:
-    """Just what the web app asks of the control plane: ListStreams."""
+    """Just what the web app asks of the control plane: its query API."""
 
     def __init__(self, response: pb.ListStreamsResponse) -> None:
         self.response = response
 
-    async def ListStreams(self, request: pb.ListStreamsRequest, context: Any) -> pb.ListStreamsResponse:
+    async def list_streams(self) -> pb.ListStreamsResponse:
         return self.response
+
+    def counts(self) -> dict[str, int]:
+        return {"streams": len(self.response.streams), "proxies": 0, "stubs": 0}
 
 
 def relayed_streams() -> pb.ListStreamsResponse:
@@ -429,7 +434,7 @@ RELAYED = """(() => {
 
 @pytest.mark.timeout(60)
 async def test_browser_draws_relay_nodes_and_the_viewers_they_feed(chromium: str) -> None:
-    control = cast(ControlPlane, FakeControl(relayed_streams()))
+    control = FakeControl(relayed_streams())
     web = WebServer(create_app(control))
     await web.start("127.0.0.1:0")
     browser: Chromium | None = None

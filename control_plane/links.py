@@ -1,0 +1,192 @@
+"""The gRPC side of the control plane's seams: a connected stub, a registered proxy.
+
+:class:`StubLink` is one stub's ``Connect`` stream: replies, commands and stream
+states queue in its outbox; commands are matched to their results by id
+(``msm.runtime.correlator``). :class:`ProxyLink` is one proxy's ``DataPlane``
+client. Both are where gRPC failures become :class:`~msm.sdk.errors.MsmError`
+s, once: a failed command result raises the error of the status the stub sent
+(an upstream 404 stays a 404), a failed proxy call is ``Unavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
+
+import grpc
+
+from msm.protos import msm_pb2 as pb
+from msm.protos import msm_pb2_grpc as pb_grpc
+from msm.protos.status import error_of
+from msm.runtime.correlator import Correlator
+from msm.runtime.grpcutil import error_from_rpc
+from msm.sdk.errors import Unavailable, UpstreamError
+
+from .ports import LinkClosed, StubInfo
+
+log = logging.getLogger("msm.control_plane.server")
+
+__all__ = ["ProxyLink", "StubLink", "stub_info"]
+
+# Replies and commands queued for one stub. A stub reads them as fast as gRPC
+# delivers; a backlog this deep means the stub is wedged, and we drop the link
+# rather than grow without bound.
+STUB_OUTBOX = 1024
+# Commands waiting for a stub's result: one per stream being opened, set up, played
+# or closed through it at once; past this the stub is not answering.
+STUB_PENDING = 256
+COMMAND_TIMEOUT = 15.0   # an upstream DESCRIBE/SETUP through a stub (connect + reply)
+PROXY_TIMEOUT = 5.0      # one DataPlane call on loopback or the node network
+LIST_TIMEOUT = 2.0       # ListFlows for the operator view: a slow proxy is skipped
+
+T = TypeVar("T")
+
+
+def stub_info(register: pb.StubRegister) -> StubInfo:
+    return StubInfo(stub_id=register.stub_id, node=register.node, namespace=register.namespace,
+                    pod=register.pod, can_open_upstream=register.can_open_upstream)
+
+
+class StubLink:
+    """One stub's control stream (a :class:`~.ports.StubPort`)."""
+
+    def __init__(self, register: pb.StubRegister) -> None:
+        self.register = register
+        self._info = stub_info(register)
+        self.stub_id = register.stub_id
+        self.outbox: asyncio.Queue[pb.ControlMessage | None] = asyncio.Queue(STUB_OUTBOX)
+        self.commands: Correlator[pb.CommandResult] = Correlator(
+            limit=STUB_PENDING, timeout=COMMAND_TIMEOUT, peer=f"stub {self.stub_id}")
+        self.closed = False
+
+    @property
+    def info(self) -> StubInfo:
+        return self._info
+
+    def send(self, message: pb.ControlMessage) -> None:
+        if self.closed:
+            return
+        try:
+            self.outbox.put_nowait(message)
+        except asyncio.QueueFull:
+            log.error("stub %s is not reading its control stream; dropping it", self.stub_id)
+            self.close()
+
+    async def command(self, command: pb.ControlCommand) -> pb.CommandResult:
+        """Send ``command`` (numbered here) and wait for its result; a failed result raises its error."""
+        if self.closed:
+            raise Unavailable(f"stub {self.stub_id} disconnected")
+
+        def send(command_id: int) -> None:
+            numbered = pb.ControlCommand()
+            numbered.CopyFrom(command)
+            numbered.command_id = command_id
+            self.send(pb.ControlMessage(command=numbered))
+
+        result = await self.commands.call(send)
+        if result.status.code == 0:
+            raise UpstreamError(f"stub {self.stub_id} answered a command without a status")
+        if result.status.code >= 300:
+            raise error_of(result.status)
+        return result
+
+    def resolve(self, result: pb.CommandResult) -> None:
+        self.commands.resolve(result.command_id, result)
+
+    async def open(self, stream_id: str, url: str, transport: str) -> tuple[str, list[pb.Track]]:
+        result = await self.command(pb.ControlCommand(
+            open=pb.OpenUpstream(stream_id=stream_id, url=url, transport=transport)))
+        return result.sdp, list(result.tracks)
+
+    async def setup(self, stream_id: str, track_indexes: list[int], destinations: list[pb.Endpoint]) -> None:
+        await self.command(pb.ControlCommand(setup=pb.SetupUpstream(
+            stream_id=stream_id, track_indexes=track_indexes, destinations=destinations)))
+
+    async def play(self, stream_id: str) -> None:
+        await self.command(pb.ControlCommand(play=pb.PlayUpstream(stream_id=stream_id)))
+
+    async def close_upstream(self, stream_id: str) -> None:
+        await self.command(pb.ControlCommand(close=pb.CloseUpstream(stream_id=stream_id)))
+
+    def stream_state(self, stream_id: str, upstream_up: bool) -> None:
+        self.send(pb.ControlMessage(stream_state=pb.StreamState(stream_id=stream_id, upstream_up=upstream_up)))
+
+    def close(self) -> None:
+        """End the link: every waiting command fails, and the writer wakes up to finish."""
+        if self.closed:
+            return
+        self.closed = True
+        self.commands.fail_all(Unavailable(f"stub {self.stub_id} disconnected"))
+        # Wake the writer even when the queue is full.
+        while not self.outbox.empty():
+            self.outbox.get_nowait()
+        self.outbox.put_nowait(None)
+
+
+class ProxyLink:
+    """One proxy's DataPlane API (a :class:`~.ports.DataPlane`)."""
+
+    def __init__(self, hello: pb.ProxyHello, channel: grpc.aio.Channel) -> None:
+        self.hello = hello
+        self.channel = channel
+        # The generated gRPC module has no annotations.
+        self.api = pb_grpc.DataPlaneStub(channel)  # type: ignore[no-untyped-call]
+        self.closed = False
+
+    @classmethod
+    def connect(cls, hello: pb.ProxyHello) -> ProxyLink:
+        return cls(hello, grpc.aio.insecure_channel(hello.dataplane_address))
+
+    @property
+    def node(self) -> str:
+        return self.hello.node
+
+    @property
+    def proxy_id(self) -> str:
+        return self.hello.proxy_id
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        if self.closed:
+            raise LinkClosed(f"the link to the proxy on node {self.node} is closed")
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(f"proxy: {exc.details()}") from None
+        except grpc.aio.UsageError as exc:
+            raise LinkClosed(f"the link to the proxy on node {self.node} is broken: {exc}") from None
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"proxy on node {self.node}") from None
+
+    async def add_flow(self, flow_id: str, clock_rate: int, labels: Mapping[str, str]) -> pb.Endpoint:
+        request = pb.AddFlowRequest(flow_id=flow_id, clock_rate=clock_rate, splice=True, labels=labels)
+        reply: pb.AddFlowReply = await self._call(lambda: self.api.AddFlow(request, timeout=PROXY_TIMEOUT))
+        return reply.ingress
+
+    async def remove_flow(self, flow_id: str) -> None:
+        request = pb.RemoveFlowRequest(flow_id=flow_id)
+        await self._call(lambda: self.api.RemoveFlow(request, timeout=PROXY_TIMEOUT))
+
+    async def add_leg(self, flow_id: str, leg_id: str, destination: pb.Endpoint, *, enabled: bool,
+                      labels: Mapping[str, str]) -> None:
+        request = pb.AddLegRequest(flow_id=flow_id, leg_id=leg_id, destination=destination, enabled=enabled,
+                                   labels=labels)
+        await self._call(lambda: self.api.AddLeg(request, timeout=PROXY_TIMEOUT))
+
+    async def update_leg(self, flow_id: str, leg_id: str, *, enabled: bool) -> None:
+        request = pb.UpdateLegRequest(flow_id=flow_id, leg_id=leg_id, enabled=enabled)
+        await self._call(lambda: self.api.UpdateLeg(request, timeout=PROXY_TIMEOUT))
+
+    async def remove_leg(self, flow_id: str, leg_id: str) -> None:
+        request = pb.RemoveLegRequest(flow_id=flow_id, leg_id=leg_id)
+        await self._call(lambda: self.api.RemoveLeg(request, timeout=PROXY_TIMEOUT))
+
+    async def list_flows(self) -> list[pb.FlowStats]:
+        request = pb.ListFlowsRequest()
+        reply: pb.ListFlowsReply = await self._call(lambda: self.api.ListFlows(request, timeout=LIST_TIMEOUT))
+        return list(reply.flows)
+
+    async def close(self) -> None:
+        self.closed = True
+        await self.channel.close()

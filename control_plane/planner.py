@@ -1,0 +1,478 @@
+"""The control plane's decisions: one pooled upstream per stream, legs per viewer and node.
+
+One upstream session per stream is shared by every viewer: the first DESCRIBE
+opens it (through the stub next to the source), the first SETUP creates the
+proxy flows and SETUPs the upstream towards them, each viewer's SETUP adds a
+*disabled* leg, PLAY enables it, PAUSE disables only that viewer's legs, and the
+last TEARDOWN closes the upstream after a linger. A viewer on another node than
+the source is fed by a relay flow on its own node, itself fed by ONE leg from
+the source flow; the relay goes when the last viewer there leaves.
+
+Everything outside goes through seams (:mod:`.ports`, :mod:`.store`): the
+proxies, the stubs, the durable state and the clock. Nothing here knows gRPC.
+Changes to one stream are serialised by a per-stream lock; records are read
+from the store, changed, and put back under it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from msm.protos import msm_pb2 as pb
+from msm.sdk.errors import MethodNotValid, MsmError, NotFound, SessionNotFound, Unavailable
+
+from .ports import Clock, DataPlane, LoopClock, StubInfo, StubPort, Timer
+from .resolver import Asker, Resolver, Route
+from .store import FlowRef, LegRef, MemoryStore, Store, StreamRecord, ViewerRecord
+from .upstream_state import Trigger, UpstreamState, next_state, trigger_of_event
+
+log = logging.getLogger("msm.control_plane.server")
+
+__all__ = ["Planner"]
+
+
+class Planner:
+    def __init__(self, resolver: Resolver, *, store: Store | None = None, clock: Clock | None = None,
+                 linger: float = 5.0) -> None:
+        self.resolver = resolver
+        self.store: Store = store if store is not None else MemoryStore()
+        self.clock: Clock = clock if clock is not None else LoopClock()
+        self.linger = linger
+        self.stubs: dict[str, StubPort] = {}
+        self.proxies: dict[str, DataPlane] = {}   # node -> its proxy
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._lingers: dict[str, tuple[object, Timer]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- background work ---------------------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def settle(self) -> None:
+        """Wait until no background work (linger, departures, restarts) is left."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        for _, timer in self._lingers.values():
+            timer.cancel()
+        self._lingers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        for proxy in self.proxies.values():
+            await proxy.close()
+
+    def _lock(self, stream_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(stream_id, asyncio.Lock())
+
+    # -- who is connected ----------------------------------------------------------------
+    def stub_connected(self, stub: StubPort) -> StubPort | None:
+        """Register ``stub``; answers the link it replaces (same stub id), if any."""
+        old = self.stubs.get(stub.info.stub_id)
+        self.stubs[stub.info.stub_id] = stub
+        return old
+
+    def stub_disconnected(self, stub: StubPort) -> bool:
+        """``stub``'s link ended: unless a newer link replaced it, its viewers go and so do the
+        upstreams it held. Answers whether it was the current link."""
+        stub_id = stub.info.stub_id
+        if self.stubs.get(stub_id) is not stub:
+            return False
+        del self.stubs[stub_id]
+        self.spawn(self.stub_gone(stub_id), f"stub-gone-{stub_id}")
+        return True
+
+    def proxy_registered(self, proxy: DataPlane) -> None:
+        """A proxy said hello. One that restarted (new id on a known node) lost its flows, and
+        the streams using them are reset: their viewers dropped, their upstream closed."""
+        old = self.proxies.get(proxy.node)
+        self.proxies[proxy.node] = proxy
+        if old is not None and old.proxy_id != proxy.proxy_id:
+            log.warning("proxy on node %s restarted; its streams are reset", proxy.node)
+            self.spawn(self.proxy_restarted(old), f"proxy-restart-{proxy.node}")
+
+    def _proxy_for(self, node: str) -> DataPlane:
+        proxy = self.proxies.get(node) or next(iter(self.proxies.values()), None)
+        if proxy is None:
+            raise Unavailable("no RTP proxy registered")
+        return proxy
+
+    def _dataplane_of(self, ref: FlowRef) -> DataPlane | None:
+        """The proxy a flow lives on; ``None`` when that proxy instance is gone (its flows with it)."""
+        proxy = self.proxies.get(ref.node)
+        return proxy if proxy is not None and proxy.proxy_id == ref.proxy_id else None
+
+    def _upstream_stub(self, route: Route) -> StubPort:
+        candidates = [s for s in self.stubs.values() if s.info.can_open_upstream]
+        if route.pod:
+            # The stub in the source's own pod reaches it locally (ARCHITECTURE: step 2).
+            candidates = [s for s in candidates
+                          if (s.info.pod, s.info.namespace) == (route.pod, route.namespace)] or candidates
+        if route.node:
+            candidates = [s for s in candidates if s.info.node == route.node] or candidates
+        if not candidates:
+            raise Unavailable("no stub can reach the source")
+        return candidates[0]
+
+    def _holder(self, record: StreamRecord) -> StubPort:
+        stub = self.stubs.get(record.upstream_stub or "")
+        if stub is None:
+            raise Unavailable("the stub holding the upstream session is gone")
+        return stub
+
+    # -- records ---------------------------------------------------------------------------
+    def _stream(self, stream_id: str) -> StreamRecord:
+        record = self.store.get_stream(stream_id)
+        if record is None:
+            raise NotFound(f"unknown stream {stream_id!r}")
+        return record
+
+    def _viewer(self, stream_id: str, session_id: str) -> ViewerRecord:
+        viewer = self.store.get_viewer(stream_id, session_id)
+        if viewer is None:
+            raise SessionNotFound(f"session {session_id} is not set up on {stream_id}")
+        return viewer
+
+    def _move(self, record: StreamRecord, trigger: Trigger) -> bool:
+        """Apply ``trigger`` to the record's upstream state (not put); answers whether it applied."""
+        state = next_state(record.upstream_state, trigger)
+        if state is None:
+            log.debug("stream %s: %s ignored in state %s", record.stream_id, trigger.value,
+                      record.upstream_state.value)
+            return False
+        record.upstream_state = state
+        return True
+
+    # -- linger ------------------------------------------------------------------------------
+    def _schedule_linger(self, stream_id: str) -> None:
+        self._cancel_linger(stream_id)
+        token = object()
+
+        def expired() -> None:
+            self.spawn(self._linger_expired(stream_id, token), f"linger-{stream_id}")
+
+        self._lingers[stream_id] = (token, self.clock.call_later(self.linger, expired))
+
+    def _cancel_linger(self, stream_id: str) -> None:
+        entry = self._lingers.pop(stream_id, None)
+        if entry is not None:
+            entry[1].cancel()
+
+    async def _linger_expired(self, stream_id: str, token: object) -> None:
+        async with self._lock(stream_id):
+            entry = self._lingers.get(stream_id)
+            if entry is None or entry[0] is not token:
+                return   # cancelled, or scheduled again, while this waited for the lock
+            del self._lingers[stream_id]
+            record = self.store.get_stream(stream_id)
+            if record is None or record.sdp is None or self.store.viewers(stream_id):
+                return
+            await self._close_stream(record, "no viewers")
+
+    # -- the upstream ------------------------------------------------------------------------------
+    async def _open(self, record: StreamRecord) -> None:
+        stub = self._upstream_stub(record.route)
+        self._move(record, Trigger.OPEN)
+        self.store.put_stream(record)
+        try:
+            sdp, tracks = await stub.open(record.stream_id, record.route.url, record.route.transport)
+        except MsmError:
+            self._move(record, Trigger.OPEN_FAILED)
+            self.store.put_stream(record)
+            raise
+        record.sdp = sdp
+        record.tracks = list(tracks)
+        record.upstream_stub = stub.info.stub_id
+        record.opened += 1
+        record.generation += 1
+        self._move(record, Trigger.OPENED)
+        self.store.put_stream(record)
+        log.info("stream %s: upstream %s opened (%d tracks)", record.stream_id,
+                 record.route.url, len(record.tracks))
+
+    async def _setup_upstream(self, record: StreamRecord) -> None:
+        stub = self._holder(record)
+        proxy = self._proxy_for(stub.info.node)
+        flows: dict[int, FlowRef] = {}
+        try:
+            for track in record.tracks:
+                flow_id = f"{record.stream_id}/{track.index}/{record.generation}"
+                ingress = await proxy.add_flow(flow_id, track.clock_rate, {
+                    "stream": record.stream_id, "track": str(track.index), "kind": track.kind})
+                flows[track.index] = FlowRef(proxy.node, proxy.proxy_id, flow_id, ingress)
+            await stub.setup(record.stream_id, list(flows), [f.ingress for f in flows.values()])
+        except BaseException:
+            for ref in flows.values():
+                await self._remove_flow(ref)
+            raise
+        record.flows = flows
+        self._move(record, Trigger.SET_UP)
+        self.store.put_stream(record)
+
+    async def _remove_flow(self, ref: FlowRef) -> None:
+        proxy = self._dataplane_of(ref)
+        if proxy is not None:
+            with contextlib.suppress(Unavailable):
+                await proxy.remove_flow(ref.flow_id)
+
+    async def _close_stream(self, record: StreamRecord, why: str) -> None:
+        log.info("stream %s: closing upstream (%s)", record.stream_id, why)
+        self._cancel_linger(record.stream_id)
+        stub = self.stubs.get(record.upstream_stub or "")
+        if stub is not None:
+            with contextlib.suppress(MsmError):
+                await stub.close_upstream(record.stream_id)
+        for ref in [*record.relays.values(), *record.flows.values()]:
+            await self._remove_flow(ref)
+        record.relays = {}
+        record.sdp = None
+        record.tracks = []
+        record.flows = {}
+        record.playing = False
+        record.upstream_stub = None
+        self._move(record, Trigger.CLOSE)
+        self.store.put_stream(record)
+
+    # -- requests from a viewer's stub ----------------------------------------------------------
+    async def describe(self, stub: StubInfo, request: pb.DescribeRequest) -> pb.DescribeReply:
+        route = await self.resolver.resolve(
+            request.url, Asker(namespace=stub.namespace, original_dst=request.original_dst))
+        async with self._lock(route.name):
+            record = self.store.get_stream(route.name)
+            if record is not None and record.route != route:
+                await self._replace(record)
+                record = None
+            if record is None:
+                record = StreamRecord(route)
+                self.store.put_stream(record)
+            if record.sdp is None:
+                await self._open(record)
+            if not self.store.viewers(record.stream_id):
+                # A DESCRIBE that is never followed by SETUP must not pin the upstream.
+                self._schedule_linger(record.stream_id)
+            return pb.DescribeReply(stream_id=record.stream_id, sdp=record.sdp or "", tracks=record.tracks)
+
+    async def _replace(self, record: StreamRecord) -> None:
+        """The route of a known stream changed: the old upstream and its viewers go."""
+        log.info("stream %s: route changed to %s", record.stream_id, record.route.url)
+        for viewer in self.store.viewers(record.stream_id):
+            await self._drop_viewer(record, viewer, [], reschedule=False)
+        if record.sdp is not None:
+            await self._close_stream(record, "route changed")
+        self.store.delete_stream(record.stream_id)
+
+    async def setup(self, stub: StubInfo, request: pb.SetupRequest) -> pb.SetupReply:
+        async with self._lock(request.stream_id):
+            record = self._stream(request.stream_id)
+            if record.sdp is None:
+                await self._open(record)
+            if request.track_index >= len(record.tracks):
+                raise NotFound(f"stream {record.stream_id} has no track {request.track_index}")
+            self._cancel_linger(record.stream_id)
+            try:
+                return await self._add_leg(record, stub, request)
+            except BaseException:
+                if not self.store.viewers(record.stream_id):
+                    self._schedule_linger(record.stream_id)
+                raise
+
+    async def _add_leg(self, record: StreamRecord, stub: StubInfo, request: pb.SetupRequest) -> pb.SetupReply:
+        if not record.flows:
+            await self._setup_upstream(record)
+        viewer = self.store.get_viewer(record.stream_id, request.session_id) or ViewerRecord(
+            record.stream_id, request.session_id, stub.stub_id, request.viewer_host, node=stub.node)
+        ref = await self._flow_for(record, request.track_index, viewer.node)
+        proxy = self._dataplane_of(ref)
+        if proxy is None:
+            raise Unavailable(f"the proxy on node {ref.node} restarted")
+        leg_id = f"{request.session_id}/{request.track_index}"
+        await proxy.add_leg(ref.flow_id, leg_id, request.destination, enabled=viewer.playing, labels={
+            "session": request.session_id, "viewer": request.viewer_host,
+            "namespace": stub.namespace, "pod": stub.pod})
+        viewer.legs[request.track_index] = LegRef(leg_id, ref)
+        self.store.put_viewer(viewer)
+        log.info("stream %s: viewer %s (%s) set up track %d -> %s:%d", record.stream_id,
+                 request.session_id, request.viewer_host, request.track_index,
+                 request.destination.host, request.destination.rtp_port)
+        return pb.SetupReply(stream_id=record.stream_id, track_index=request.track_index, source=ref.ingress)
+
+    async def _flow_for(self, record: StreamRecord, index: int, node: str) -> FlowRef:
+        """The flow a viewer on ``node`` is fed from: the source flow on the source's
+        node, else a relay flow on the viewer's node (created once per node and track)."""
+        source = record.flows[index]
+        proxy = self.proxies.get(node)
+        if proxy is None or proxy.node == source.node:
+            return source
+        relay = record.relays.get((node, index))
+        if relay is not None:
+            return relay
+        source_proxy = self._dataplane_of(source)
+        if source_proxy is None:
+            raise Unavailable(f"the proxy on node {source.node} restarted")
+        track = record.tracks[index]
+        flow_id = f"{record.stream_id}/{index}/{record.generation}@{node}"
+        ingress = await proxy.add_flow(flow_id, track.clock_rate, {
+            "stream": record.stream_id, "track": str(index), "kind": track.kind, "hop": "relay"})
+        relay = FlowRef(proxy.node, proxy.proxy_id, flow_id, ingress)
+        try:
+            await source_proxy.add_leg(source.flow_id, f"relay@{node}", ingress, enabled=True, labels={
+                "session": f"relay@{node}", "viewer": f"proxy {node}"})
+        except BaseException:
+            await self._remove_flow(relay)
+            raise
+        record.relays[(node, index)] = relay
+        self.store.put_stream(record)
+        log.info("stream %s: track %d relayed %s -> %s", record.stream_id, index, source.node, node)
+        return relay
+
+    async def play(self, stub: StubInfo, request: pb.SessionRequest) -> pb.SessionReply:
+        async with self._lock(request.stream_id):
+            record = self._stream(request.stream_id)
+            viewer = self._viewer(record.stream_id, request.session_id)
+            if not record.flows:
+                raise MethodNotValid("stream is not set up")
+            await self._enable(viewer, list(request.track_indexes), True)
+            viewer.playing = True
+            self.store.put_viewer(viewer)
+            if not record.playing:
+                await self._holder(record).play(record.stream_id)
+                record.playing = True
+                self._move(record, Trigger.PLAY)
+                self.store.put_stream(record)
+            return pb.SessionReply(range="npt=now-")
+
+    async def pause(self, stub: StubInfo, request: pb.SessionRequest) -> pb.SessionReply:
+        async with self._lock(request.stream_id):
+            viewer = self._viewer(self._stream(request.stream_id).stream_id, request.session_id)
+            await self._enable(viewer, list(request.track_indexes), False)
+            viewer.playing = False
+            self.store.put_viewer(viewer)
+            return pb.SessionReply()
+
+    async def teardown(self, stub: StubInfo, request: pb.SessionRequest) -> pb.SessionReply:
+        async with self._lock(request.stream_id):
+            record = self._stream(request.stream_id)
+            viewer = self.store.get_viewer(record.stream_id, request.session_id)
+            if viewer is not None:
+                await self._drop_viewer(record, viewer, list(request.track_indexes))
+            return pb.SessionReply()
+
+    async def _enable(self, viewer: ViewerRecord, tracks: list[int], enabled: bool) -> None:
+        for index, leg in viewer.legs.items():
+            if tracks and index not in tracks:
+                continue
+            proxy = self._dataplane_of(leg.flow)
+            if proxy is not None:
+                await proxy.update_leg(leg.flow.flow_id, leg.leg_id, enabled=enabled)
+
+    # -- departures -------------------------------------------------------------------------------
+    async def _drop_viewer(self, record: StreamRecord, viewer: ViewerRecord, tracks: list[int], *,
+                           reschedule: bool = True) -> None:
+        """Remove ``viewer``'s legs (of ``tracks``, or all); the viewer goes with its last leg,
+        relays nobody uses any more go too, and the last viewer starts the linger."""
+        for index in list(viewer.legs):
+            if tracks and index not in tracks:
+                continue
+            leg = viewer.legs.pop(index)
+            proxy = self._dataplane_of(leg.flow)
+            if proxy is not None:
+                with contextlib.suppress(Unavailable):
+                    await proxy.remove_leg(leg.flow.flow_id, leg.leg_id)
+        if viewer.legs:
+            self.store.put_viewer(viewer)
+        else:
+            self.store.delete_viewer(record.stream_id, viewer.session_id)
+            log.info("stream %s: viewer %s left (%d remain)", record.stream_id, viewer.session_id,
+                     len(self.store.viewers(record.stream_id)))
+        await self._drop_unused_relays(record)
+        if reschedule and not self.store.viewers(record.stream_id):
+            self._schedule_linger(record.stream_id)
+
+    async def _drop_unused_relays(self, record: StreamRecord) -> None:
+        used = {(v.node, i) for v in self.store.viewers(record.stream_id) for i in v.legs}
+        unused = [key for key in record.relays if key not in used]
+        for node, index in unused:
+            relay = record.relays.pop((node, index))
+            source = record.flows.get(index)
+            source_proxy = self._dataplane_of(source) if source is not None else None
+            if source is not None and source_proxy is not None:
+                with contextlib.suppress(Unavailable):
+                    await source_proxy.remove_leg(source.flow_id, f"relay@{node}")
+            await self._remove_flow(relay)
+        if unused:
+            self.store.put_stream(record)
+
+    async def viewer_gone(self, session_id: str, reason: str) -> None:
+        """A viewer's session ended without TEARDOWN (its stub says so)."""
+        for stream_id in self.store.stream_ids():
+            async with self._lock(stream_id):
+                viewer = self.store.get_viewer(stream_id, session_id)
+                record = self.store.get_stream(stream_id)
+                if viewer is not None and record is not None:
+                    log.info("stream %s: viewer %s gone (%s)", stream_id, session_id, reason)
+                    await self._drop_viewer(record, viewer, [])
+
+    async def stub_gone(self, stub_id: str) -> None:
+        """A stub's link ended: its viewers go, and every upstream it held closes."""
+        for stream_id in self.store.stream_ids():
+            async with self._lock(stream_id):
+                for viewer in self.store.viewers(stream_id):
+                    record = self.store.get_stream(stream_id)
+                    if viewer.stub_id == stub_id and record is not None:
+                        await self._drop_viewer(record, viewer, [])
+                record = self.store.get_stream(stream_id)
+                if record is not None and record.upstream_stub == stub_id and record.sdp is not None:
+                    await self._close_stream(record, f"stub {stub_id} disconnected")
+
+    async def proxy_restarted(self, old: DataPlane) -> None:
+        """Reset every stream with a flow on the ``old`` proxy instance: viewers dropped, upstream closed."""
+        for stream_id in self.store.stream_ids():
+            async with self._lock(stream_id):
+                record = self.store.get_stream(stream_id)
+                refs = [*record.flows.values(), *record.relays.values()] if record is not None else []
+                if record is not None and any((ref.node, ref.proxy_id) == (old.node, old.proxy_id) for ref in refs):
+                    for viewer in self.store.viewers(stream_id):
+                        self.store.delete_viewer(stream_id, viewer.session_id)
+                    await self._close_stream(record, "proxy restarted")
+        await old.close()
+
+    # -- what the upstream's stub reports ------------------------------------------------------------
+    async def upstream_event(self, event: pb.UpstreamEvent) -> None:
+        trigger = trigger_of_event(event)
+        if trigger is None:
+            return
+        async with self._lock(event.stream_id):
+            record = self.store.get_stream(event.stream_id)
+            if record is None:
+                return
+            before = record.upstream_state
+            if not self._move(record, trigger):
+                return
+            if trigger is Trigger.RECONNECTED_PLAYING or trigger is Trigger.RECONNECTED_READY:
+                record.opened += 1
+            self.store.put_stream(record)
+            if record.upstream_state != before:
+                log.info("stream %s: upstream %s%s", record.stream_id, record.upstream_state.value,
+                         f" ({event.detail})" if event.detail else "")
+            if record.upstream_state in (UpstreamState.DOWN, UpstreamState.PLAYING):
+                self._notify_viewers(record)
+
+    def _notify_viewers(self, record: StreamRecord) -> None:
+        up = record.upstream_state is UpstreamState.PLAYING
+        for stub_id in {v.stub_id for v in self.store.viewers(record.stream_id)}:
+            stub = self.stubs.get(stub_id)
+            if stub is not None:
+                stub.stream_state(record.stream_id, up)

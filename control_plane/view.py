@@ -1,0 +1,91 @@
+"""The operator view of the control plane: what ``msm streams``, the web page and metrics read.
+
+:func:`snapshot` is the stored stream graph (no I/O); :func:`list_streams` adds
+every proxy's live flow statistics, as the ``ListStreams`` answer. A proxy that
+does not answer is left out; a link this control plane closed is an error
+(:class:`~.ports.LinkClosed`), for the caller's boundary to answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from msm.protos import msm_pb2 as pb
+from msm.sdk.errors import Unavailable
+
+from .planner import Planner
+from .ports import LinkClosed
+from .resolver import Route
+from .store import Store, StreamRecord, ViewerRecord
+from .upstream_state import UpstreamState
+
+__all__ = ["StreamView", "list_streams", "snapshot"]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamView:
+    """A stream and its viewers as they were when read."""
+
+    stream: StreamRecord
+    viewers: dict[str, ViewerRecord] = field(default_factory=dict)
+
+    @property
+    def stream_id(self) -> str:
+        return self.stream.stream_id
+
+    @property
+    def route(self) -> Route:
+        return self.stream.route
+
+    @property
+    def upstream_state(self) -> UpstreamState:
+        return self.stream.upstream_state
+
+    @property
+    def opened(self) -> int:
+        return self.stream.opened
+
+
+def snapshot(store: Store) -> dict[str, StreamView]:
+    """Every stream and its viewers, by stream id, as stored now."""
+    views: dict[str, StreamView] = {}
+    for stream_id in store.stream_ids():
+        record = store.get_stream(stream_id)
+        if record is not None:
+            views[stream_id] = StreamView(record, {v.session_id: v for v in store.viewers(stream_id)})
+    return views
+
+
+async def _flow_stats(planner: Planner) -> dict[str, pb.FlowStats]:
+    flows: dict[str, pb.FlowStats] = {}
+    for proxy in list(planner.proxies.values()):
+        try:
+            listed = await proxy.list_flows()
+        except LinkClosed:
+            raise
+        except Unavailable:
+            continue
+        flows.update((f.flow_id, f) for f in listed)
+    return flows
+
+
+async def list_streams(planner: Planner) -> pb.ListStreamsResponse:
+    """Every stream with its tracks' flows and relays and its viewers' legs, with live stats."""
+    flows = await _flow_stats(planner)
+    legs = {leg.leg_id: leg for f in flows.values() for leg in f.legs}
+    response = pb.ListStreamsResponse()
+    for view in snapshot(planner.store).values():
+        stream = view.stream
+        info = response.streams.add(
+            stream_id=stream.stream_id, name=stream.route.name, upstream_url=stream.route.url,
+            upstream_state=stream.upstream_state.value, upstream_sessions_opened=stream.opened)
+        for track in stream.tracks:
+            ref = stream.flows.get(track.index)
+            stats = flows.get(ref.flow_id) if ref else None
+            relays = [flows[r.flow_id] for (_, index), r in sorted(stream.relays.items())
+                      if index == track.index and r.flow_id in flows]
+            info.tracks.add(track=track, flow=stats or pb.FlowStats(), relays=relays)
+        for viewer in view.viewers.values():
+            info.viewers.add(session_id=viewer.session_id, host=viewer.host, playing=viewer.playing,
+                             legs=[legs[leg.leg_id] for leg in viewer.legs.values() if leg.leg_id in legs])
+    return response
