@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -12,6 +13,14 @@ from tests.e2e.conftest import _require_peers, mesh_config
 from tests.peers import FfmpegViewer, GstRtspServer, aiortsp_session, ffmpeg_frames, ffprobe_streams
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+
+async def _eventually(condition: Callable[[], bool], message: str, timeout: float = 15.0) -> None:
+    """Poll ``condition`` until it holds; fail with ``message`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        await asyncio.sleep(0.05)
 
 
 async def test_five_viewers_share_one_upstream_session(gst: GstRtspServer, mesh: LocalMesh) -> None:
@@ -66,16 +75,14 @@ async def test_leaving_pausing_and_crashing_viewers_do_not_disturb_others(
         # An aiortsp viewer plays, pauses (its packets stop) and tears down.
         async with aiortsp_session(url) as (session, counter):
             await session.play()
-            await asyncio.sleep(2.0)
-            assert counter.received > 20, "aiortsp viewer got no RTP"
+            await _eventually(lambda: counter.received > 20, "aiortsp viewer got no RTP")
             await session.pause()
-            await asyncio.sleep(0.5)
+            await others_advance()       # packets in flight at the PAUSE have landed by now
             paused_at = counter.received
             await others_advance()
             assert counter.received - paused_at <= 5, "packets kept flowing to a paused viewer"
             await session.play()
-            await asyncio.sleep(1.5)
-            assert counter.received > paused_at + 10, "no RTP after resuming"
+            await _eventually(lambda: counter.received > paused_at + 10, "no RTP after resuming")
         await others_advance()
         assert len(gst.clients) == 1 and gst.max_sessions == 1
     finally:
@@ -123,9 +130,19 @@ async def test_sessions_do_not_expire_while_the_upstream_is_down(gst: GstRtspSer
     config = mesh_config(routes=[Route(name="cam", url=gst.url)], session_timeout=3)
     async with LocalMesh(config) as mesh, FfmpegViewer(mesh.url("cam"), transport="udp") as viewer:
         await viewer.wait_frames(25, timeout=30)
+        assert mesh.stub is not None
+        server = mesh.stub.server
+        # The stub's session clock runs ahead on demand instead of the test waiting it out.
+        real_clock, skew = server.table.clock, 0.0
+        server.table.clock = lambda: real_clock() + skew
         gst.kill()
-        await asyncio.sleep(6)            # two session timeouts without media
-        assert mesh.stub is not None and len(mesh.stub.server.sessions) == 1
+        await _eventually(lambda: bool(server.streams_down), "the stub never heard the upstream is down")
+        skew += 2 * server.session_timeout     # two session timeouts without media
+        await server.reap()
+        assert len(server.sessions) == 1
         await gst.restart()
         await viewer.wait_frames(viewer.frames + 25, timeout=15)
-        assert len(mesh.stub.server.sessions) == 1
+        assert not server.streams_down
+        skew += 2 * server.session_timeout     # the restart restarted the timeouts...
+        await server.reap()
+        assert len(server.sessions) == 0, "...and a session past its timeout is reaped"
