@@ -1,7 +1,7 @@
 """Regenerate the Python gRPC code from ``msm.proto``.
 
-    python -m protos.generate          # rewrite protos/msm_pb2*.py
-    python -m protos.generate --check  # exit 1 if the committed code is stale
+    python -m msm.protos.generate          # rewrite protos/msm_pb2*.py
+    python -m msm.protos.generate --check  # exit 1 if the committed code is stale
 
 Imports in the generated ``_grpc`` module are made package-relative so that
 ``protos`` works as an installed package.
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         generate(Path(tmp))
         stale = [n for n in OUTPUTS if (Path(tmp) / n).read_bytes() != (HERE / n).read_bytes()]
     if stale:
-        print(f"stale generated code: {', '.join(stale)}; run: python -m protos.generate", file=sys.stderr)
+        print(f"stale generated code: {', '.join(stale)}; run: python -m msm.protos.generate", file=sys.stderr)
         return 1
     return 0
 

@@ -1,6 +1,6 @@
 """Two Kubernetes nodes on one machine, built from network namespaces, and a PLAY across them.
 
-The journey of a PLAY (ARCHITECTURE.md) end to end, with every component as its own
+The journey of a PLAY (docs/architecture.md) end to end, with every component as its own
 process, each where it would run in a cluster:
 
 * two *nodes*: network namespaces ``msmA-*`` and ``msmB-*`` joined by a veth pair (the
