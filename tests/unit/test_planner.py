@@ -1,0 +1,535 @@
+"""The control plane's decisions (control_plane.planner) with fake proxies, stubs and clock.
+
+No gRPC, no sockets, no sleeps: each fake records what the planner asked of it,
+and linger runs on a clock the test advances.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import pytest
+
+from msm.control_plane.planner import Planner
+from msm.control_plane.ports import StubInfo
+from msm.control_plane.resolver import Route, StaticResolver
+from msm.control_plane.store import MemoryStore, StreamRecord, ViewerRecord
+from msm.control_plane.upstream_state import TRANSITIONS, Trigger, UpstreamState, next_state, trigger_of_event
+from msm.control_plane.view import list_streams, snapshot
+from msm.protos import msm_pb2 as pb
+from msm.sdk.errors import MethodNotValid, MsmError, NotFound, SessionNotFound, Unavailable
+
+LINGER = 5.0
+TRACKS = [pb.Track(index=0, kind="video", clock_rate=90000, encoding="H264/90000"),
+          pb.Track(index=1, kind="audio", clock_rate=8000, encoding="PCMU/8000")]
+
+
+# -- fakes -------------------------------------------------------------------------------------------
+class FakeTimer:
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[FakeTimer] = []
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> FakeTimer:
+        timer = FakeTimer(self.now + delay, callback)
+        self.timers.append(timer)
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        due = sorted((t for t in self.timers if t.when <= self.now and not t.cancelled), key=lambda t: t.when)
+        self.timers = [t for t in self.timers if t not in due and not t.cancelled]
+        for timer in due:
+            timer.callback()
+
+
+@dataclass
+class FakeFlow:
+    clock_rate: int
+    labels: dict[str, str]
+    legs: dict[str, tuple[pb.Endpoint, bool]] = field(default_factory=dict)   # leg id -> destination, enabled
+
+
+class FakeProxy:
+    _ports = itertools.count(20000, 2)
+
+    def __init__(self, node: str, proxy_id: str = "p1") -> None:
+        self._node = node
+        self._proxy_id = proxy_id
+        self.flows: dict[str, FakeFlow] = {}
+        self.closed = False
+        self.fail: type[MsmError] | None = None
+
+    @property
+    def node(self) -> str:
+        return self._node
+
+    @property
+    def proxy_id(self) -> str:
+        return self._proxy_id
+
+    def _check(self) -> None:
+        if self.fail is not None:
+            raise self.fail(f"proxy on {self._node} fails")
+
+    async def add_flow(self, flow_id: str, clock_rate: int, labels: Mapping[str, str]) -> pb.Endpoint:
+        self._check()
+        assert flow_id not in self.flows
+        self.flows[flow_id] = FakeFlow(clock_rate, dict(labels))
+        return pb.Endpoint(host=f"10.0.0.{len(self._node)}", rtp_port=next(self._ports))
+
+    async def remove_flow(self, flow_id: str) -> None:
+        self._check()
+        del self.flows[flow_id]
+
+    async def add_leg(self, flow_id: str, leg_id: str, destination: pb.Endpoint, *, enabled: bool,
+                      labels: Mapping[str, str]) -> None:
+        self._check()
+        self.flows[flow_id].legs[leg_id] = (destination, enabled)
+
+    async def update_leg(self, flow_id: str, leg_id: str, *, enabled: bool) -> None:
+        self._check()
+        destination, _ = self.flows[flow_id].legs[leg_id]
+        self.flows[flow_id].legs[leg_id] = (destination, enabled)
+
+    async def remove_leg(self, flow_id: str, leg_id: str) -> None:
+        self._check()
+        del self.flows[flow_id].legs[leg_id]
+
+    async def list_flows(self) -> list[pb.FlowStats]:
+        self._check()
+        return [pb.FlowStats(flow_id=fid, node=self._node,
+                             legs=[pb.LegStats(leg_id=lid, flow_id=fid, enabled=en) for lid, (_, en) in f.legs.items()])
+                for fid, f in self.flows.items()]
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def legs(self) -> dict[str, bool]:
+        """Every leg on this proxy: leg id -> enabled."""
+        return {leg: enabled for f in self.flows.values() for leg, (_, enabled) in f.legs.items()}
+
+
+class FakeStub:
+    def __init__(self, stub_id: str, node: str, *, source: bool = False) -> None:
+        self._info = StubInfo(stub_id=stub_id, node=node, namespace="ns", pod=stub_id, can_open_upstream=source)
+        self.commands: list[tuple[str, str]] = []
+        self.states: list[tuple[str, bool]] = []
+        self.open_error: MsmError | None = None
+
+    @property
+    def info(self) -> StubInfo:
+        return self._info
+
+    async def open(self, stream_id: str, url: str, transport: str) -> tuple[str, list[pb.Track]]:
+        self.commands.append(("open", stream_id))
+        if self.open_error is not None:
+            raise self.open_error
+        return "v=0\r\n", list(TRACKS)
+
+    async def setup(self, stream_id: str, track_indexes: list[int], destinations: list[pb.Endpoint]) -> None:
+        assert len(track_indexes) == len(destinations)
+        self.commands.append(("setup", stream_id))
+
+    async def play(self, stream_id: str) -> None:
+        self.commands.append(("play", stream_id))
+
+    async def close_upstream(self, stream_id: str) -> None:
+        self.commands.append(("close", stream_id))
+
+    def stream_state(self, stream_id: str, upstream_up: bool) -> None:
+        self.states.append((stream_id, upstream_up))
+
+    def sent(self, kind: str) -> int:
+        return sum(1 for k, _ in self.commands if k == kind)
+
+
+class Mesh:
+    """A planner with a source stub and proxy on node a, and a viewer stub on nodes a and b."""
+
+    def __init__(self, route: Route | None = None) -> None:
+        route = route or Route(name="cam", url="rtsp://192.0.2.1/live", node="a")
+        self.clock = FakeClock()
+        self.store = MemoryStore()
+        self.planner = Planner(StaticResolver({route.name: route}), store=self.store, clock=self.clock,
+                               linger=LINGER)
+        self.source = FakeStub("src", "a", source=True)
+        self.va = FakeStub("va", "a")
+        self.vb = FakeStub("vb", "b")
+        for stub in (self.source, self.va, self.vb):
+            self.planner.stub_connected(stub)
+        self.pa = FakeProxy("a")
+        self.pb = FakeProxy("b")
+        self.planner.proxy_registered(self.pa)
+        self.planner.proxy_registered(self.pb)
+
+    async def describe(self, stub: FakeStub, name: str = "cam") -> pb.DescribeReply:
+        return await self.planner.describe(stub.info, pb.DescribeRequest(url=f"rtsp://mesh/{name}"))
+
+    async def setup(self, stub: FakeStub, session: str, tracks: tuple[int, ...] = (0, 1)) -> list[pb.SetupReply]:
+        replies = []
+        for index in tracks:
+            replies.append(await self.planner.setup(stub.info, pb.SetupRequest(
+                stream_id="cam", track_index=index, session_id=session, viewer_host=f"host-{session}",
+                destination=pb.Endpoint(host=f"host-{session}", rtp_port=5000 + 2 * index))))
+        return replies
+
+    async def join(self, stub: FakeStub, session: str) -> None:
+        await self.describe(stub)
+        await self.setup(stub, session)
+        await self.play(stub, session)
+
+    async def play(self, stub: FakeStub, session: str) -> pb.SessionReply:
+        return await self.planner.play(stub.info, pb.SessionRequest(stream_id="cam", session_id=session))
+
+    async def pause(self, stub: FakeStub, session: str) -> pb.SessionReply:
+        return await self.planner.pause(stub.info, pb.SessionRequest(stream_id="cam", session_id=session))
+
+    async def teardown(self, stub: FakeStub, session: str) -> pb.SessionReply:
+        return await self.planner.teardown(stub.info, pb.SessionRequest(stream_id="cam", session_id=session))
+
+    def stream(self) -> StreamRecord:
+        record = self.store.get_stream("cam")
+        assert record is not None
+        return record
+
+    def viewers(self) -> list[str]:
+        return sorted(v.session_id for v in self.store.viewers("cam"))
+
+    async def expire_linger(self) -> None:
+        self.clock.advance(LINGER)
+        await self.planner.settle()
+
+
+@pytest.fixture
+async def mesh() -> Mesh:
+    return Mesh()
+
+
+# -- one and several viewers on one upstream ---------------------------------------------------------
+async def test_one_viewer_setup_play_pause_teardown(mesh: Mesh) -> None:
+    described = await mesh.describe(mesh.va)
+    assert described.stream_id == "cam" and len(described.tracks) == 2
+    assert mesh.stream().upstream_state is UpstreamState.DESCRIBED
+
+    replies = await mesh.setup(mesh.va, "s1")
+    assert mesh.source.commands == [("open", "cam"), ("setup", "cam")]
+    assert mesh.stream().upstream_state is UpstreamState.READY
+    # One flow per track on the source's node, its ingress is what the viewer hears from.
+    flows = mesh.stream().flows
+    assert set(flows) == {0, 1} and all(f.node == "a" for f in flows.values())
+    assert [r.source for r in replies] == [flows[0].ingress, flows[1].ingress]
+    assert mesh.pa.legs() == {"s1/0": False, "s1/1": False}   # set up, not playing yet
+
+    await mesh.play(mesh.va, "s1")
+    assert mesh.pa.legs() == {"s1/0": True, "s1/1": True}
+    assert mesh.source.sent("play") == 1 and mesh.stream().upstream_state is UpstreamState.PLAYING
+
+    await mesh.pause(mesh.va, "s1")
+    assert mesh.pa.legs() == {"s1/0": False, "s1/1": False}
+    assert mesh.stream().upstream_state is UpstreamState.PLAYING   # the upstream plays on for others
+
+    await mesh.teardown(mesh.va, "s1")
+    assert mesh.pa.legs() == {} and mesh.viewers() == []
+    assert mesh.source.sent("close") == 0   # not yet: the linger
+    await mesh.expire_linger()
+    assert mesh.source.sent("close") == 1 and mesh.pa.flows == {}
+    record = mesh.stream()
+    assert record.upstream_state is UpstreamState.CLOSED and record.sdp is None and record.flows == {}
+
+
+async def test_viewers_share_one_upstream(mesh: Mesh) -> None:
+    await mesh.join(mesh.va, "s1")
+    await mesh.join(mesh.va, "s2")
+    await mesh.join(mesh.va, "s3")
+    assert mesh.source.sent("open") == 1 and mesh.source.sent("setup") == 1 and mesh.source.sent("play") == 1
+    assert mesh.stream().opened == 1 and len(mesh.pa.flows) == 2
+    assert mesh.viewers() == ["s1", "s2", "s3"]
+    assert all(mesh.pa.legs()[f"{s}/{i}"] for s in ("s1", "s2", "s3") for i in (0, 1))
+
+    await mesh.pause(mesh.va, "s2")   # only that viewer's legs
+    assert mesh.pa.legs() == {"s1/0": True, "s1/1": True, "s2/0": False, "s2/1": False,
+                              "s3/0": True, "s3/1": True}
+    await mesh.teardown(mesh.va, "s1")
+    await mesh.teardown(mesh.va, "s2")
+    mesh.clock.advance(LINGER * 10)
+    await mesh.planner.settle()
+    assert mesh.source.sent("close") == 0   # s3 still watches: no linger runs
+    await mesh.teardown(mesh.va, "s3")
+    await mesh.expire_linger()
+    assert mesh.source.sent("close") == 1
+
+
+async def test_teardown_of_one_track_keeps_the_viewer(mesh: Mesh) -> None:
+    await mesh.join(mesh.va, "s1")
+    await mesh.planner.teardown(mesh.va.info, pb.SessionRequest(stream_id="cam", session_id="s1", track_indexes=[1]))
+    assert mesh.pa.legs() == {"s1/0": True} and mesh.viewers() == ["s1"]
+
+
+# -- linger ----------------------------------------------------------------------------------------------
+async def test_linger_closes_only_after_its_time(mesh: Mesh) -> None:
+    await mesh.join(mesh.va, "s1")
+    await mesh.teardown(mesh.va, "s1")
+    mesh.clock.advance(LINGER - 0.1)
+    await mesh.planner.settle()
+    assert mesh.source.sent("close") == 0
+    mesh.clock.advance(0.1)
+    await mesh.planner.settle()
+    assert mesh.source.sent("close") == 1
+
+
+async def test_a_viewer_during_linger_cancels_it(mesh: Mesh) -> None:
+    await mesh.join(mesh.va, "s1")
+    await mesh.teardown(mesh.va, "s1")
+    mesh.clock.advance(LINGER / 2)
+    await mesh.join(mesh.va, "s2")
+    await mesh.expire_linger()
+    mesh.clock.advance(LINGER * 10)
+    await mesh.planner.settle()
+    assert mesh.source.sent("close") == 0 and mesh.source.sent("open") == 1
+    assert mesh.pa.legs() == {"s2/0": True, "s2/1": True}
+
+
+async def test_a_describe_without_setup_does_not_pin_the_upstream(mesh: Mesh) -> None:
+    await mesh.describe(mesh.va)
+    await mesh.expire_linger()
+    assert mesh.source.commands == [("open", "cam"), ("close", "cam")]
+    # The next viewer opens it again, with new flow ids.
+    await mesh.join(mesh.va, "s1")
+    assert mesh.source.sent("open") == 2 and mesh.stream().opened == 2
+    assert all(fid.endswith("/2") for fid in mesh.pa.flows)
+
+
+async def test_a_timer_that_fired_while_a_viewer_arrived_closes_nothing(mesh: Mesh) -> None:
+    await mesh.describe(mesh.va)
+    mesh.clock.advance(LINGER)   # the linger task is spawned, but has not run yet
+    await mesh.setup(mesh.va, "s1")
+    await mesh.planner.settle()
+    assert mesh.source.sent("close") == 0 and mesh.viewers() == ["s1"]
+
+
+# -- relays across nodes --------------------------------------------------------------------------------
+async def test_a_viewer_on_another_node_gets_one_relay_per_node(mesh: Mesh) -> None:
+    await mesh.join(mesh.va, "a1")
+    await mesh.join(mesh.vb, "b1")
+    record = mesh.stream()
+    assert set(record.relays) == {("b", 0), ("b", 1)}
+    # node a: the source flows feed a1 and one relay leg per track to node b.
+    assert mesh.pa.legs() == {"a1/0": True, "a1/1": True, "relay@b": True}
+    assert all("relay@b" in mesh.pa.flows[record.flows[i].flow_id].legs for i in (0, 1))
+    relay_ingress = {record.relays[("b", i)].ingress.rtp_port for i in (0, 1)}
+    assert {mesh.pa.flows[record.flows[i].flow_id].legs["relay@b"][0].rtp_port for i in (0, 1)} == relay_ingress
+    # node b: its relay flows fan out to b1.
+    assert set(mesh.pb.flows) == {"cam/0/1@b", "cam/1/1@b"}
+    assert mesh.pb.legs() == {"b1/0": True, "b1/1": True}
+
+    await mesh.join(mesh.vb, "b2")   # reuses node b's relays
+    assert len(mesh.pb.flows) == 2 and sum(len(f.legs) for f in mesh.pa.flows.values()) == 4
+    assert mesh.pb.legs() == {"b1/0": True, "b1/1": True, "b2/0": True, "b2/1": True}
+
+    await mesh.teardown(mesh.vb, "b1")
+    assert len(mesh.pb.flows) == 2
+    await mesh.teardown(mesh.vb, "b2")   # the last viewer on b: the relay goes
+    assert mesh.pb.flows == {} and mesh.stream().relays == {}
+    assert mesh.pa.legs() == {"a1/0": True, "a1/1": True}
+
+
+async def test_the_operator_view_shows_relays_and_legs(mesh: Mesh) -> None:
+    await mesh.join(mesh.va, "a1")
+    await mesh.join(mesh.vb, "b1")
+    response = await list_streams(mesh.planner)
+    (stream,) = response.streams
+    assert stream.upstream_state == "playing" and stream.upstream_sessions_opened == 1
+    assert [t.flow.node for t in stream.tracks] == ["a", "a"]
+    assert [[r.node for r in t.relays] for t in stream.tracks] == [["b"], ["b"]]
+    assert {v.session_id: sorted(leg.leg_id for leg in v.legs) for v in stream.viewers} == {
+        "a1": ["a1/0", "a1/1"], "b1": ["b1/0", "b1/1"]}
+    views = snapshot(mesh.store)
+    assert views["cam"].upstream_state == "playing" and sorted(views["cam"].viewers) == ["a1", "b1"]
+
+
+async def test_an_unreachable_proxy_is_left_out_of_the_view(mesh: Mesh) -> None:
+    await mesh.join(mesh.va, "a1")
+    mesh.pa.fail = Unavailable
+    (stream,) = (await list_streams(mesh.planner)).streams
+    assert stream.tracks[0].flow.flow_id == "" and list(stream.viewers[0].legs) == []
+
+
+# -- proxy restart, stub departure ---------------------------------------------------------------------
+async def test_a_restarted_proxy_resets_its_streams(mesh: Mesh) -> None:
+    await mesh.join(mesh.va, "a1")
+    await mesh.join(mesh.vb, "b1")
+    restarted = FakeProxy("a", proxy_id="p2")
+    mesh.planner.proxy_registered(restarted)
+    await mesh.planner.settle()
+    assert mesh.pa.closed and mesh.planner.proxies["a"] is restarted
+    assert mesh.viewers() == [] and mesh.source.sent("close") == 1
+    assert mesh.stream().upstream_state is UpstreamState.CLOSED
+    assert mesh.pb.flows == {}   # the relay on the other node is removed
+    # Viewers come back to a fresh upstream on the new proxy.
+    await mesh.join(mesh.va, "a2")
+    assert len(restarted.flows) == 2 and mesh.source.sent("open") == 2
+
+
+async def test_the_same_proxy_saying_hello_again_changes_nothing(mesh: Mesh) -> None:
+    await mesh.join(mesh.va, "a1")
+    mesh.planner.proxy_registered(FakeProxy("a", proxy_id="p1"))
+    await mesh.planner.settle()
+    assert mesh.viewers() == ["a1"] and mesh.source.sent("close") == 0
+
+
+async def test_a_vanished_viewer_stub_drops_its_viewers_only(mesh: Mesh) -> None:
+    await mesh.join(mesh.va, "a1")
+    await mesh.join(mesh.vb, "b1")
+    assert mesh.planner.stub_disconnected(mesh.vb)
+    await mesh.planner.settle()
+    assert mesh.viewers() == ["a1"] and mesh.pb.flows == {}
+    assert mesh.source.sent("close") == 0 and mesh.stream().upstream_state is UpstreamState.PLAYING
+
+
+async def test_a_vanished_upstream_stub_closes_the_stream(mesh: Mesh) -> None:
+    await mesh.join(mesh.va, "a1")
+    assert mesh.planner.stub_disconnected(mesh.source)
+    await mesh.planner.settle()
+    record = mesh.stream()
+    assert record.upstream_state is UpstreamState.CLOSED and record.upstream_stub is None
+    assert mesh.pa.flows == {}
+    assert mesh.source.sent("close") == 0   # it is gone: nobody to tell
+
+
+async def test_a_replaced_stub_link_is_not_a_departure(mesh: Mesh) -> None:
+    await mesh.join(mesh.va, "a1")
+    newer = FakeStub("va", "a")
+    assert mesh.planner.stub_connected(newer) is mesh.va
+    assert not mesh.planner.stub_disconnected(mesh.va)   # the old link ends after the new one came
+    await mesh.planner.settle()
+    assert mesh.viewers() == ["a1"]
+
+
+async def test_viewer_gone_drops_that_viewer(mesh: Mesh) -> None:
+    await mesh.join(mesh.va, "a1")
+    await mesh.join(mesh.va, "a2")
+    await mesh.planner.viewer_gone("a1", "session timed out")
+    assert mesh.viewers() == ["a2"] and set(mesh.pa.legs()) == {"a2/0", "a2/1"}
+
+
+# -- upstream state ---------------------------------------------------------------------------------------
+def event(cause: pb.UpstreamEvent.Cause.ValueType, state: pb.UpstreamEvent.State.ValueType) -> pb.UpstreamEvent:
+    return pb.UpstreamEvent(stream_id="cam", state=state, cause=cause, detail="free text, never read")
+
+
+async def test_upstream_events_move_the_state_and_tell_the_viewers_stubs(mesh: Mesh) -> None:
+    await mesh.join(mesh.va, "a1")
+    await mesh.join(mesh.vb, "b1")
+    await mesh.planner.upstream_event(event(pb.UpstreamEvent.CONNECTION_LOST, pb.UpstreamEvent.DOWN))
+    assert mesh.stream().upstream_state is UpstreamState.DOWN
+    assert mesh.va.states == [("cam", False)] and mesh.vb.states == [("cam", False)]
+    await mesh.planner.upstream_event(event(pb.UpstreamEvent.RECONNECT_ATTEMPT, pb.UpstreamEvent.CONNECTING))
+    assert mesh.stream().upstream_state is UpstreamState.CONNECTING and len(mesh.va.states) == 1
+    await mesh.planner.upstream_event(event(pb.UpstreamEvent.RECONNECTED, pb.UpstreamEvent.PLAYING))
+    assert mesh.stream().upstream_state is UpstreamState.PLAYING and mesh.stream().opened == 2
+    assert mesh.va.states[-1] == ("cam", True) and mesh.source.states == []
+
+
+async def test_an_event_for_a_closed_upstream_is_ignored(mesh: Mesh) -> None:
+    await mesh.join(mesh.va, "a1")
+    await mesh.teardown(mesh.va, "a1")
+    await mesh.expire_linger()
+    await mesh.planner.upstream_event(event(pb.UpstreamEvent.CONNECTION_LOST, pb.UpstreamEvent.DOWN))
+    await mesh.planner.upstream_event(event(pb.UpstreamEvent.STARTED, pb.UpstreamEvent.PLAYING))
+    assert mesh.stream().upstream_state is UpstreamState.CLOSED
+
+
+def test_the_transition_table() -> None:
+    S, T = UpstreamState, Trigger
+    assert next_state(S.IDLE, T.OPEN) is S.CONNECTING
+    assert next_state(S.CONNECTING, T.OPEN_FAILED) is S.DOWN
+    assert next_state(S.READY, T.STARTED) is S.PLAYING
+    assert next_state(S.PLAYING, T.PLAY) is S.PLAYING   # STARTED arrives before PLAY's result
+    assert next_state(S.CLOSED, T.CONNECTION_LOST) is None
+    assert next_state(S.IDLE, T.PLAY) is None
+    assert all(TRANSITIONS[(s, T.CLOSE)] is S.CLOSED for s in S)
+    assert trigger_of_event(event(pb.UpstreamEvent.RECONNECTED, pb.UpstreamEvent.CONNECTING)) is T.RECONNECTED_READY
+    assert trigger_of_event(event(pb.UpstreamEvent.CAUSE_UNSPECIFIED, pb.UpstreamEvent.DOWN)) is T.CONNECTION_LOST
+    assert trigger_of_event(event(pb.UpstreamEvent.CAUSE_UNSPECIFIED, pb.UpstreamEvent.UNKNOWN)) is None
+
+
+# -- errors -----------------------------------------------------------------------------------------------
+async def test_an_upstream_404_reaches_the_viewer_as_404(mesh: Mesh) -> None:
+    mesh.source.open_error = NotFound("upstream: 404 Not Found")
+    with pytest.raises(NotFound) as caught:
+        await mesh.describe(mesh.va)
+    assert caught.value.status == 404 and caught.value.reason == "upstream: 404 Not Found"
+    assert mesh.stream().upstream_state is UpstreamState.DOWN
+
+
+async def test_requests_for_unknown_things_are_refused(mesh: Mesh) -> None:
+    with pytest.raises(NotFound):
+        await mesh.describe(mesh.va, "nope")
+    with pytest.raises(NotFound):
+        await mesh.play(mesh.va, "s1")   # no stream cam yet
+    await mesh.describe(mesh.va)
+    with pytest.raises(SessionNotFound):
+        await mesh.play(mesh.va, "s1")
+    with pytest.raises(NotFound):
+        await mesh.setup(mesh.va, "s1", tracks=(7,))
+    await mesh.teardown(mesh.va, "never-set-up")   # TEARDOWN of nothing is fine
+
+
+async def test_play_before_the_stream_is_set_up_is_not_valid(mesh: Mesh) -> None:
+    await mesh.describe(mesh.va)
+    mesh.store.put_viewer(ViewerRecord("cam", "s1", "va", "h"))
+    with pytest.raises(MethodNotValid):
+        await mesh.play(mesh.va, "s1")
+
+
+async def test_no_proxy_or_no_source_stub_is_unavailable() -> None:
+    mesh = Mesh()
+    mesh.planner.proxies.clear()
+    await mesh.describe(mesh.va)
+    with pytest.raises(Unavailable, match="no RTP proxy"):
+        await mesh.setup(mesh.va, "s1")
+    # The failed SETUP left no viewer behind, and the linger still closes the upstream.
+    assert mesh.viewers() == []
+    await mesh.expire_linger()
+    assert mesh.source.sent("close") == 1
+
+    lonely = Mesh()
+    lonely.planner.stubs.pop("src")
+    with pytest.raises(Unavailable, match="no stub can reach the source"):
+        await lonely.describe(lonely.va)
+
+
+async def test_a_failing_proxy_call_leaves_no_half_made_flows(mesh: Mesh) -> None:
+    await mesh.describe(mesh.va)
+    mesh.pb.fail = Unavailable
+    await mesh.setup(mesh.va, "a1")
+    with pytest.raises(Unavailable):
+        await mesh.setup(mesh.vb, "b1")
+    assert mesh.pb.flows == {} and mesh.stream().relays == {} and mesh.viewers() == ["a1"]
+
+
+def test_the_memory_store_hands_out_copies() -> None:
+    store = MemoryStore()
+    record = StreamRecord(Route(name="cam", url="rtsp://192.0.2.1/live"))
+    store.put_stream(record)
+    record.opened = 7
+    got = store.get_stream("cam")
+    assert got is not None and got.opened == 0
+    got.tracks.append(TRACKS[0])
+    assert store.get_stream("cam") == StreamRecord(Route(name="cam", url="rtsp://192.0.2.1/live"))
+    store.put_viewer(ViewerRecord("cam", "s1", "va", "h"))
+    store.delete_stream("cam")
+    assert store.stream_ids() == [] and store.viewers("cam") == []
