@@ -48,6 +48,9 @@ kernel headers for BCC's compiler: ``/lib/modules/$(uname -r)/build`` (and
 (no kprobes, no kernel structs), so another kernel's headers do: on a node
 whose kernel has no headers package, link Debian's ``linux-headers-amd64``
 there (``scripts/setup.sh`` does).
+
+The programs' C source is ``ebpf_program.PROGRAM``; the bpf() calls on pinned
+links and maps go through ``libbpf`` (ctypes over the system's libbpf.so.1).
 """
 
 from __future__ import annotations
@@ -65,7 +68,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import DEFAULT_BPF_PIN_PATH, Settings
+from .ebpf_program import PROGRAM
 from .errors import CheckFailed, EbpfUnavailable, NetnsGone, RedirectFailed
+from .libbpf import RedirectKey, RedirectVal
+from .libbpf import get as _bpf
 from .nft import tool
 
 STATE_DIR = Path("/run/msm-cni")
@@ -95,191 +101,6 @@ PROGRAMS = (
     ("msm_getsockopt", PROG_CGROUP_SOCKOPT, ATTACH_CGROUP_GETSOCKOPT, "link_getsockopt"),
 )
 MAPS = ("redirect", "by_socket", "by_peer")
-
-PROGRAM = r"""
-#include <uapi/linux/bpf.h>
-#include <linux/in.h>
-
-#define MSM_SOL_IP 0
-#define MSM_SO_ORIGINAL_DST 80
-#define MSM_LOOPBACK 0x7f000001
-
-struct redirect_key { u64 netns; u32 port; u32 pad; };   /* port in host order */
-struct redirect_val { u32 to_port; u32 proxy_uid; };
-struct orig_dst { u32 ip4; u32 port; };                  /* both in network order */
-struct peer_key { u64 netns; u32 ip4; u32 port; };       /* ip network, port host order */
-
-BPF_TABLE_PINNED("hash", struct redirect_key, struct redirect_val, redirect, @MAX_REDIRECTS@,
-                 "@PINS@/redirect");
-BPF_TABLE_PINNED("lru_hash", u64, struct orig_dst, by_socket, @MAX_PENDING@, "@PINS@/by_socket");
-BPF_TABLE_PINNED("lru_hash", struct peer_key, struct orig_dst, by_peer, @MAX_PENDING@, "@PINS@/by_peer");
-
-int msm_connect4(struct bpf_sock_addr *ctx) {
-    if (ctx->protocol != IPPROTO_TCP)
-        return 1;
-    u32 dst = ctx->user_ip4;
-    if ((bpf_ntohl(dst) >> 24) == 127)
-        return 1;
-    struct redirect_key key = {};
-    key.netns = bpf_get_netns_cookie(ctx);
-    key.port = bpf_ntohs((u16)ctx->user_port);
-    struct redirect_val *how = redirect.lookup(&key);
-    if (!how)
-        return 1;
-    if ((u32)bpf_get_current_uid_gid() == how->proxy_uid)
-        return 1;
-    struct orig_dst orig = {};
-    orig.ip4 = dst;
-    orig.port = (u16)ctx->user_port;
-    u64 cookie = bpf_get_socket_cookie(ctx);
-    by_socket.update(&cookie, &orig);
-    ctx->user_ip4 = bpf_htonl(MSM_LOOPBACK);
-    ctx->user_port = bpf_htons((u16)how->to_port);
-    return 1;
-}
-
-int msm_sockops(struct bpf_sock_ops *skops) {
-    if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
-        return 1;
-    u64 cookie = bpf_get_socket_cookie(skops);
-    struct orig_dst *orig = by_socket.lookup(&cookie);
-    if (!orig)
-        return 1;
-    struct orig_dst copy = *orig;
-    struct peer_key key = {};
-    key.netns = bpf_get_netns_cookie(skops);
-    key.ip4 = skops->local_ip4;
-    key.port = skops->local_port;
-    by_peer.update(&key, &copy);
-    by_socket.delete(&cookie);
-    return 1;
-}
-
-int msm_getsockopt(struct bpf_sockopt *ctx) {
-    if (ctx->level != MSM_SOL_IP || ctx->optname != MSM_SO_ORIGINAL_DST)
-        return 1;
-    struct bpf_sock *sk = ctx->sk;
-    if (!sk || sk->family != AF_INET)
-        return 1;
-    struct peer_key key = {};
-    key.netns = bpf_get_netns_cookie(ctx);
-    key.ip4 = sk->dst_ip4;
-    key.port = bpf_ntohs((u16)sk->dst_port);
-    struct orig_dst *orig = by_peer.lookup(&key);
-    if (!orig)
-        return 1;
-    struct sockaddr_in *out = ctx->optval;
-    if ((void *)(out + 1) > ctx->optval_end)
-        return 1;
-    out->sin_family = AF_INET;
-    out->sin_port = (u16)orig->port;
-    out->sin_addr.s_addr = orig->ip4;
-    __builtin_memset(out->sin_zero, 0, sizeof(out->sin_zero));
-    ctx->optlen = sizeof(*out);
-    /* optlen and retval are separate 32-bit context fields: keep clang from
-       merging the two stores into one 64-bit store the verifier rejects. */
-    asm volatile("" ::: "memory");
-    ctx->retval = 0;
-    return 1;
-}
-"""
-
-
-class _RedirectKey(ctypes.Structure):
-    _fields_ = [("netns", ctypes.c_uint64), ("port", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
-
-
-class _RedirectVal(ctypes.Structure):
-    _fields_ = [("to_port", ctypes.c_uint32), ("proxy_uid", ctypes.c_uint32)]
-
-
-class _LinkInfo(ctypes.Structure):
-    """The head of ``struct bpf_link_info`` for a cgroup link."""
-
-    _fields_ = [
-        ("type", ctypes.c_uint32),
-        ("id", ctypes.c_uint32),
-        ("prog_id", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
-        ("cgroup_id", ctypes.c_uint64),
-        ("attach_type", ctypes.c_uint32),
-        ("pad2", ctypes.c_uint32),
-    ]
-
-
-# -- libbpf (the system's libbpf.so.1, which BCC itself links) ---------------------------
-
-
-class _Libbpf:
-    """The few bpf() operations the plugin needs, through libbpf (returns -errno)."""
-
-    def __init__(self) -> None:
-        # libbpf 1.x: every call returns -errno on failure (0.x did not, hence no fallback to it).
-        try:
-            self.lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
-        except OSError as exc:
-            raise EbpfUnavailable(
-                "eBPF redirect mode unavailable", f"libbpf 1.x is missing (apt-get install libbpf1): {exc}"
-            ) from exc
-        c_int, ptr, u32p = ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)
-        signatures: dict[str, list[Any]] = {
-            "bpf_obj_get": [ctypes.c_char_p],
-            "bpf_obj_pin": [c_int, ctypes.c_char_p],
-            "bpf_link_create": [c_int, c_int, c_int, ptr],
-            "bpf_obj_get_info_by_fd": [c_int, ptr, u32p],
-            "bpf_map_update_elem": [c_int, ptr, ptr, ctypes.c_uint64],
-            "bpf_map_lookup_elem": [c_int, ptr, ptr],
-            "bpf_map_delete_elem": [c_int, ptr],
-            "bpf_map_get_next_key": [c_int, ptr, ptr],
-        }
-        for fn, argtypes in signatures.items():
-            getattr(self.lib, fn).argtypes = argtypes
-            getattr(self.lib, fn).restype = c_int
-
-    @staticmethod
-    def _check(ret: int, what: str) -> int:
-        if ret < 0:
-            raise OSError(-ret, f"{what}: {os.strerror(-ret)}")
-        return ret
-
-    def obj_get(self, path: Path) -> int:
-        return self._check(self.lib.bpf_obj_get(str(path).encode()), f"bpf_obj_get {path}")
-
-    def obj_pin(self, fd: int, path: Path) -> None:
-        self._check(self.lib.bpf_obj_pin(fd, str(path).encode()), f"bpf_obj_pin {path}")
-
-    def link_create(self, prog_fd: int, cgroup_fd: int, attach_type: int) -> int:
-        return self._check(self.lib.bpf_link_create(prog_fd, cgroup_fd, attach_type, None), "bpf_link_create")
-
-    def link_cgroup_id(self, fd: int) -> int:
-        info = _LinkInfo()
-        size = ctypes.c_uint32(ctypes.sizeof(info))
-        self._check(self.lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "link info")
-        return int(info.cgroup_id)
-
-    def update(self, fd: int, key: ctypes.Structure, value: ctypes.Structure) -> None:
-        self._check(self.lib.bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(value), 0), "map update")
-
-    def lookup(self, fd: int, key: ctypes.Structure, value: ctypes.Structure) -> bool:
-        return int(self.lib.bpf_map_lookup_elem(fd, ctypes.byref(key), ctypes.byref(value))) == 0
-
-    def delete(self, fd: int, key: ctypes.Structure) -> None:
-        self.lib.bpf_map_delete_elem(fd, ctypes.byref(key))  # absent is fine
-
-    def is_empty(self, fd: int) -> bool:
-        first = _RedirectKey()
-        return int(self.lib.bpf_map_get_next_key(fd, None, ctypes.byref(first))) != 0
-
-
-_libbpf: _Libbpf | None = None
-
-
-def _bpf() -> _Libbpf:
-    global _libbpf
-    if _libbpf is None:
-        _libbpf = _Libbpf()
-    return _libbpf
-
 
 # -- node checks ---------------------------------------------------------------------------
 
@@ -533,11 +354,11 @@ def install(netns: str, settings: Settings, container_id: str, ifname: str) -> N
         _ensure_attached(pins, cgroup)
         state.write_text(json.dumps(record))  # first, so DEL and GC can undo what follows
         fd = _open_redirect_map(pins)
-        how = _RedirectVal(settings.redirect_port, settings.proxy_uid)
+        how = RedirectVal(settings.redirect_port, settings.proxy_uid)
         try:
             for port in settings.intercept_ports:
                 try:
-                    bpf.update(fd, _RedirectKey(cookie, port, 0), how)
+                    bpf.update(fd, RedirectKey(cookie, port, 0), how)
                 except OSError as exc:
                     raise RedirectFailed("cannot write eBPF map redirect", f"port {port}: {exc}") from exc
         finally:
@@ -581,7 +402,7 @@ def _remove_recorded(state: Path) -> None:
         fd = _open_redirect_map(pins)
         try:
             for cookie, port in keys:
-                bpf.delete(fd, _RedirectKey(cookie, port, 0))
+                bpf.delete(fd, RedirectKey(cookie, port, 0))
             empty = bpf.is_empty(fd)
         finally:
             os.close(fd)
@@ -601,8 +422,8 @@ def verify(netns: str, settings: Settings) -> None:
     fd = _open_redirect_map(pins)
     try:
         for port in settings.intercept_ports:
-            val = _RedirectVal()
-            if not bpf.lookup(fd, _RedirectKey(cookie, port, 0), val):
+            val = RedirectVal()
+            if not bpf.lookup(fd, RedirectKey(cookie, port, 0), val):
                 raise CheckFailed("eBPF redirect entry missing", f"{netns}: port {port}")
             if val.to_port != settings.redirect_port or val.proxy_uid != settings.proxy_uid:
                 raise CheckFailed("eBPF redirect entry differs from the config", f"{netns}: port {port}")
