@@ -11,15 +11,19 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from msm.sdk.errors import ConfigError
+
+if TYPE_CHECKING:
+    from msm_bench import harness
 SMOKE_DURATION = 0.3   # seconds per run in --smoke: enough for thousands of packets, a few seconds in all
 SMOKE_STREAMS = 50     # the "many streams" case in --smoke (1000 in a full run)
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``bench`` subcommand to an ``add_subparsers()`` object."""
-    p = sub.add_parser(
+    p: argparse.ArgumentParser = sub.add_parser(
         "bench", help="benchmark the RTP data plane against the machine's limit and GStreamer",
         description="On loopback, with 1316-byte RTP packets: the machine's limit (a C sender to a C "
         "receiver, recvmmsg/sendmmsg and UDP GSO), the proxy's native and pure-Python engines, and "
@@ -67,8 +71,9 @@ def _sane(report: dict[str, Any]) -> list[str]:
     return problems
 
 
-def run(opts: argparse.Namespace) -> int:
-    from msm_bench import harness, report
+def settings_of(opts: argparse.Namespace) -> harness.Settings:
+    """The harness settings the flags ask for (ConfigError names an unknown case or subject)."""
+    from msm_bench import harness
 
     settings = harness.Settings()
     if opts.smoke:
@@ -82,23 +87,44 @@ def run(opts: argparse.Namespace) -> int:
         cases = tuple(c.strip() for c in opts.cases.split(",") if c.strip())
         unknown = [c for c in cases if c not in harness.CASES]
         if unknown:
-            print(f"msm bench: unknown case {', '.join(unknown)} (have {', '.join(harness.CASES)})", file=sys.stderr)
-            return 2
+            raise ConfigError(f"unknown case {', '.join(unknown)} (have {', '.join(harness.CASES)})")
         settings.cases = cases
     if opts.subjects:
         subjects = tuple(s.strip() for s in opts.subjects.split(",") if s.strip())
         unknown = [s for s in subjects if s not in ("native", "python", "gstreamer")]
         if unknown:
-            print(f"msm bench: unknown subject {', '.join(unknown)}", file=sys.stderr)
-            return 2
+            raise ConfigError(f"unknown subject {', '.join(unknown)}")
         settings.subjects = subjects
     settings.soak = opts.soak or 0.0
     settings.nice = opts.nice
+    return settings
+
+
+def run(opts: argparse.Namespace) -> int:
+    from msm_bench import harness
+
+    try:
+        settings = settings_of(opts)
+    except ConfigError as exc:
+        print(f"msm bench: {exc}", file=sys.stderr)
+        return 2
     try:
         result = harness.Bench(settings, echo=lambda line: print(line, flush=True)).run()
     except RuntimeError as exc:
         print(f"msm bench: {exc}", file=sys.stderr)
         return 1
+    _print_report(result, opts)
+    problems = _sane(result)
+    if problems:
+        print("msm bench: results are not sane:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_report(result: dict[str, Any], opts: argparse.Namespace) -> None:
+    """The table and targets on stdout; --json and --plot files."""
+    from msm_bench import report
+
     m = result["machine"]
     print(f"\n{m['cpus']} CPUs ({m['cpu_model']}), Linux {m['kernel']}, {m['gstreamer']}; "
           f"load average {m['loadavg_start'][0]:.2f} at the start, {m['loadavg_end'][0]:.2f} at the end")
@@ -115,11 +141,6 @@ def run(opts: argparse.Namespace) -> int:
     if plot_path:
         how = report.plot(result, Path(plot_path))
         print(f"wrote {plot_path} ({how})")
-    problems = _sane(result)
-    if problems:
-        print("msm bench: results are not sane:\n  " + "\n  ".join(problems), file=sys.stderr)
-        return 1
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,9 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from msm.control_plane.resolver import Route, RouteError, parse_route
+from msm.runtime.hostport import HostPort, parse_host_port
+from msm.runtime.process import setup_logging
+from msm.sdk.errors import ConfigError, MsmError
 
 from . import bench as bench_command
-from .mesh import LocalMesh, MeshConfig, MeshError
+from .mesh import LocalMesh, MeshConfig
 
 log = logging.getLogger("msm")
 
@@ -41,15 +44,12 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class UsageError(Exception):
+class UsageError(ConfigError):
     """A bad flag, environment variable or config file: a one-line message, exit 2."""
 
 
-def _host_port(value: str, what: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise UsageError(f"{what} must be HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
+def _host_port(value: str, what: str) -> HostPort:
+    return parse_host_port(value, what=what)
 
 
 def _port_range(value: str) -> tuple[int, int]:
@@ -121,27 +121,15 @@ def _routes(opts: argparse.Namespace, file_values: dict[str, Any]) -> list[Route
     return list(routes.values())
 
 
-def _setup_logging(level: str) -> None:
-    numeric = logging.getLevelName(str(level).upper())
-    if not isinstance(numeric, int):
-        raise UsageError(f"unknown log level {level!r} (debug, info, warning, error)")
-    logging.basicConfig(level=numeric, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    # gRPC's own chatter is not ours to show at info.
-    logging.getLogger("grpc").setLevel(max(numeric, logging.WARNING))
-
-
 # -- msm up ---------------------------------------------------------------------------------------
 def cmd_up(opts: argparse.Namespace) -> int:
     keys = ["rtsp_listen", "control_listen", "proxy_listen", "media_host", "port_range", "linger",
             "session_timeout", "log_level", "metrics_listen", "web_listen"]
     values = settings(opts, keys)
-    _setup_logging(values["log_level"])
-    rtsp_host, rtsp_port = _host_port(str(values["rtsp_listen"]), "--rtsp-listen")
-    _host_port(str(values["control_listen"]), "--control-listen")
-    _host_port(str(values["proxy_listen"]), "--proxy-listen")
-    _host_port(str(values["metrics_listen"]), "--metrics-listen")
-    _host_port(str(values["web_listen"]), "--web-listen")
+    setup_logging(str(values["log_level"]))
+    rtsp = _host_port(str(values["rtsp_listen"]), "--rtsp-listen")
+    for key in ("control_listen", "proxy_listen", "metrics_listen", "web_listen"):
+        _host_port(str(values[key]), "--" + key.replace("_", "-"))
     try:
         linger = float(values["linger"])
         session_timeout = int(values["session_timeout"])
@@ -149,7 +137,7 @@ def cmd_up(opts: argparse.Namespace) -> int:
         raise UsageError(f"bad number: {exc}") from exc
     demo = bool(opts.demo or values["_file"].get("demo") or os.environ.get("MSM_DEMO") == "1")
     config = MeshConfig(
-        rtsp_host=rtsp_host, rtsp_port=rtsp_port, control_listen=str(values["control_listen"]),
+        rtsp_host=rtsp.host, rtsp_port=rtsp.port, control_listen=str(values["control_listen"]),
         proxy_listen=str(values["proxy_listen"]), media_host=str(values["media_host"]),
         port_range=_port_range(str(values["port_range"])), routes=_routes(opts, values["_file"]),
         demo=demo, linger=linger, session_timeout=session_timeout,
@@ -167,7 +155,7 @@ async def _run_up(config: MeshConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await mesh.start()
-    except MeshError as exc:
+    except MsmError as exc:
         print(f"msm: error: {exc}", file=sys.stderr)
         return 1
     except TimeoutError:
@@ -212,62 +200,71 @@ def stream_rows(response: Any) -> list[dict[str, Any]]:
     leg (proxy -> viewer): the hops where loss and jitter can enter."""
     rows: list[dict[str, Any]] = []
     for stream in response.streams:
-        playing = sum(1 for v in stream.viewers if v.playing)
         viewer_of = {leg.leg_id: v for v in stream.viewers for leg in v.legs}
         for ts in stream.tracks or [None]:
             flow = ts.flow if ts is not None else None
-            expected = flow.packets_expected if flow else 0
-            loss = (100.0 * max(flow.packets_lost, 0) / expected) if flow and expected else 0.0
             track = f"{ts.track.index}:{ts.track.kind}" if ts is not None else "-"
-            rows.append({
-                "hop": "ingress",
-                "stream": stream.name,
-                "upstream": stream.upstream_url,
-                "node": flow.node if flow else "",
-                "state": stream.upstream_state,
-                "viewers": len(stream.viewers),
-                "playing": playing,
-                "track": track,
-                "encoding": ts.track.encoding if ts is not None else "",
-                "packets": flow.packets_received if flow else 0,
-                "bitrate_bps": flow.bitrate_bps if flow else 0.0,
-                "loss_percent": round(loss, 3),
-                "lost": flow.packets_lost if flow else 0,
-                "jitter_ms": round(flow.jitter_ms, 3) if flow else 0.0,
-                "rtt_ms": None,
-            })
+            rows.append(_ingress_row(stream, ts, track))
             relays = list(ts.relays) if ts is not None else []
-            for relay in relays:
-                r_expected = relay.packets_expected
-                rows.append({
-                    "hop": "relay", "stream": stream.name, "track": track, "node": relay.node,
-                    "from_node": flow.node if flow else "", "state": "relaying",
-                    "packets": relay.packets_received, "bitrate_bps": relay.bitrate_bps,
-                    "loss_percent": round(100.0 * max(relay.packets_lost, 0) / r_expected, 3) if r_expected else 0.0,
-                    "lost": relay.packets_lost, "jitter_ms": round(relay.jitter_ms, 3), "rtt_ms": None,
-                })
+            rows.extend(_relay_row(stream.name, track, flow, relay) for relay in relays)
             legs = [(f.node, leg) for f in ([flow] if flow else []) + relays for leg in f.legs
                     if not leg.leg_id.startswith("relay@")]
-            for node, leg in legs:
-                viewer = viewer_of.get(leg.leg_id)
-                reported = leg.has_report
-                sent = leg.packets_sent
-                rows.append({
-                    "hop": "viewer",
-                    "stream": stream.name,
-                    "track": track,
-                    "node": node,
-                    "viewer": viewer.host if viewer else leg.destination.host,
-                    "session": viewer.session_id if viewer else leg.leg_id,
-                    "state": "playing" if leg.enabled else "paused",
-                    "packets": sent,
-                    "loss_percent": round(100.0 * max(leg.viewer_packets_lost, 0) / sent, 3)
-                    if reported and sent else None,
-                    "lost": leg.viewer_packets_lost if reported else None,
-                    "jitter_ms": round(leg.viewer_jitter_ms, 3) if reported else None,
-                    "rtt_ms": round(leg.rtt_ms, 3) if leg.HasField("rtt_ms") else None,
-                })
+            rows.extend(_viewer_row(stream.name, track, node, leg, viewer_of.get(leg.leg_id))
+                        for node, leg in legs)
     return rows
+
+
+def _ingress_row(stream: Any, ts: Any, track: str) -> dict[str, Any]:
+    flow = ts.flow if ts is not None else None
+    expected = flow.packets_expected if flow else 0
+    loss = (100.0 * max(flow.packets_lost, 0) / expected) if flow and expected else 0.0
+    return {
+        "hop": "ingress",
+        "stream": stream.name,
+        "upstream": stream.upstream_url,
+        "node": flow.node if flow else "",
+        "state": stream.upstream_state,
+        "viewers": len(stream.viewers),
+        "playing": sum(1 for v in stream.viewers if v.playing),
+        "track": track,
+        "encoding": ts.track.encoding if ts is not None else "",
+        "packets": flow.packets_received if flow else 0,
+        "bitrate_bps": flow.bitrate_bps if flow else 0.0,
+        "loss_percent": round(loss, 3),
+        "lost": flow.packets_lost if flow else 0,
+        "jitter_ms": round(flow.jitter_ms, 3) if flow else 0.0,
+        "rtt_ms": None,
+    }
+
+
+def _relay_row(name: str, track: str, flow: Any, relay: Any) -> dict[str, Any]:
+    expected = relay.packets_expected
+    return {
+        "hop": "relay", "stream": name, "track": track, "node": relay.node,
+        "from_node": flow.node if flow else "", "state": "relaying",
+        "packets": relay.packets_received, "bitrate_bps": relay.bitrate_bps,
+        "loss_percent": round(100.0 * max(relay.packets_lost, 0) / expected, 3) if expected else 0.0,
+        "lost": relay.packets_lost, "jitter_ms": round(relay.jitter_ms, 3), "rtt_ms": None,
+    }
+
+
+def _viewer_row(name: str, track: str, node: str, leg: Any, viewer: Any) -> dict[str, Any]:
+    reported = leg.has_report
+    sent = leg.packets_sent
+    return {
+        "hop": "viewer",
+        "stream": name,
+        "track": track,
+        "node": node,
+        "viewer": viewer.host if viewer else leg.destination.host,
+        "session": viewer.session_id if viewer else leg.leg_id,
+        "state": "playing" if leg.enabled else "paused",
+        "packets": sent,
+        "loss_percent": round(100.0 * max(leg.viewer_packets_lost, 0) / sent, 3) if reported and sent else None,
+        "lost": leg.viewer_packets_lost if reported else None,
+        "jitter_ms": round(leg.viewer_jitter_ms, 3) if reported else None,
+        "rtt_ms": round(leg.rtt_ms, 3) if leg.HasField("rtt_ms") else None,
+    }
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
@@ -304,18 +301,24 @@ def cmd_streams(opts: argparse.Namespace) -> int:
 
     from msm.protos import msm_pb2 as pb
     from msm.protos import msm_pb2_grpc as pb_grpc
+    from msm.runtime.grpcutil import error_from_rpc
+    from msm.sdk.errors import Unavailable
 
     values = settings(opts, ["control"])
     address = str(values["control"])
     _host_port(address, "--control")
     with grpc.insecure_channel(address) as channel:
-        api = pb_grpc.ControlPlaneStub(channel)
+        api = pb_grpc.ControlPlaneStub(channel)  # type: ignore[no-untyped-call]
         while True:
             try:
                 response = api.ListStreams(pb.ListStreamsRequest(), timeout=5.0)
             except grpc.RpcError as exc:
-                print(f"msm: error: control plane {address} unreachable ({exc.code().name}); "
-                      "is `msm up` running?", file=sys.stderr)
+                error = error_from_rpc(exc, f"control plane {address}")
+                if isinstance(error, Unavailable):
+                    print(f"msm: error: control plane {address} unreachable ({exc.code().name}); "
+                          "is `msm up` running?", file=sys.stderr)
+                else:
+                    print(f"msm: error: {error}", file=sys.stderr)
                 return 1
             rows = stream_rows(response)
             if opts.json:
@@ -387,9 +390,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         return int(opts.func(opts))
-    except (UsageError, RouteError) as exc:
+    except (ConfigError, RouteError) as exc:
         print(f"msm: error: {exc}", file=sys.stderr)
         return 2
+    except MsmError as exc:
+        print(f"msm: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     finally:

@@ -1,7 +1,8 @@
 """The local mesh: control plane, one RTP proxy and a gateway stub in one process.
 
 They are wired exactly as in a cluster, over loopback gRPC; nothing here takes
-a shortcut between components.
+a shortcut between components. A mesh that cannot start (a port in use, a
+missing dependency) raises :class:`Unavailable` with a one-line message.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,16 +21,14 @@ from msm.control_plane.resolver import Route, StaticResolver
 from msm.control_plane.server import ControlPlaneServer
 from msm.control_plane.web import WebServer, create_app
 from msm.rtp_proxy.service import RtpProxy
+from msm.runtime.grpcserver import ListenError
+from msm.sdk.errors import MsmError, Unavailable
 from msm.stub.app import Stub, StubConfig
 
 log = logging.getLogger(__name__)
 
 GST_SOURCE = Path(__file__).with_name("gst_source.py")
 SYSTEM_PYTHON = "/usr/bin/python3"   # Debian's, which has GStreamer's `gi` bindings
-
-
-class MeshError(Exception):
-    """The mesh cannot start (a port in use, a missing dependency); the message says why."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -54,6 +54,7 @@ class DemoSource:
         self.path = path
         self.process: asyncio.subprocess.Process | None = None
         self.port = 0
+        self._drainer: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -61,7 +62,7 @@ class DemoSource:
 
     async def start(self, timeout: float = 15.0) -> None:
         if not os.access(SYSTEM_PYTHON, os.X_OK):
-            raise MeshError(f"the demo source needs {SYSTEM_PYTHON} with GStreamer (python3-gi)")
+            raise Unavailable(f"the demo source needs {SYSTEM_PYTHON} with GStreamer (python3-gi)")
         self.process = await asyncio.create_subprocess_exec(
             SYSTEM_PYTHON, str(GST_SOURCE), "--port", "0", "--bind", "127.0.0.1", "--path", self.path,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -85,9 +86,9 @@ class DemoSource:
             await self.stop()
             hint = " (install gir1.2-gst-rtsp-server-1.0 and GStreamer's plugins)" if err else ""
             last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no answer"]
-            raise MeshError(f"demo source did not start: {last[0]}{hint}")
+            raise Unavailable(f"demo source did not start: {last[0]}{hint}")
         # Drain its output so the pipe never fills and blocks it.
-        asyncio.create_task(self._drain())
+        self._drainer = asyncio.create_task(self._drain(), name="demo-source-drain")
 
     async def _drain(self) -> None:
         assert self.process is not None and self.process.stdout is not None
@@ -131,7 +132,7 @@ class LocalMesh:
         try:
             if cfg.demo:
                 if shutil.which(SYSTEM_PYTHON) is None:
-                    raise MeshError(f"--demo needs {SYSTEM_PYTHON} with GStreamer")
+                    raise Unavailable(f"--demo needs {SYSTEM_PYTHON} with GStreamer")
                 self.demo = DemoSource()
                 await self.demo.start()
                 self.resolver.add(Route(name="demo", url=self.demo.url))
@@ -179,9 +180,14 @@ class LocalMesh:
         await self.stop()
 
 
-async def _listening(start: object, what: str, where: str) -> None:
+async def _listening(start: Awaitable[None], what: str, where: str) -> None:
+    """Await a component's start; a failed bind becomes one Unavailable naming ``what`` and ``where``."""
     try:
-        await start  # type: ignore[misc]
+        await start
+    except ListenError as exc:
+        raise Unavailable(f"cannot listen for {what} on {where}: {exc.why}") from exc
+    except MsmError:
+        raise
     except (OSError, RuntimeError) as exc:
         errno = getattr(exc, "errno", None)
         if errno:
@@ -190,4 +196,4 @@ async def _listening(start: object, what: str, where: str) -> None:
             reason = "address already in use or not available"
         else:
             reason = str(exc)
-        raise MeshError(f"cannot listen for {what} on {where}: {reason}") from exc
+        raise Unavailable(f"cannot listen for {what} on {where}: {reason}") from exc
