@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -71,15 +72,20 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> bool:
             return False
     except OSError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise InstallError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise InstallError(f"cannot write {path}: {exc.strerror or exc}") from exc
         raise
     return True
 
@@ -115,7 +121,8 @@ def install_plugin(options: Options) -> bool:
 
 
 def remove_plugin(bin_dir: Path) -> None:
-    (bin_dir / PLUGIN_TYPE).unlink(missing_ok=True)
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        (bin_dir / PLUGIN_TYPE).unlink()
     shutil.rmtree(bin_dir / f"{PLUGIN_TYPE}.d", ignore_errors=True)
 
 
@@ -228,7 +235,8 @@ def install_once(options: Options, environ: dict[str, str]) -> Path | None:
 def uninstall(options: Options) -> None:
     remove_from_conflists(options.conf_dir)
     remove_plugin(options.bin_dir)
-    options.kubeconfig_out.unlink(missing_ok=True)
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        options.kubeconfig_out.unlink()
     _log(f"removed {PLUGIN_TYPE} from {options.conf_dir} and {options.bin_dir}")
 
 

@@ -199,6 +199,18 @@ def test_no_credentials_leaves_nothing_behind(dirs: Dirs) -> None:
     assert list(dirs.bin.iterdir()) == [] and plugins(dirs.conf / "10-primary.conflist") == PRIMARY["plugins"]
 
 
+def test_unwritable_bin_dir_is_one_line(dirs: Dirs) -> None:
+    """A --cni-bin-dir that cannot be written: one line and exit status 1, not a traceback."""
+    (dirs.conf / "10-primary.conflist").write_text(json.dumps(PRIMARY))
+    blocker = dirs.bin / "a-file"
+    blocker.write_text("")
+    dirs.bin = blocker / "bin"
+    proc = dirs.start()
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 1 and "cannot write" in err and "Traceback" not in err, err
+    assert plugins(dirs.conf / "10-primary.conflist") == PRIMARY["plugins"]
+
+
 def test_in_cluster_kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sa = tmp_path / "serviceaccount"
     sa.mkdir()
