@@ -164,8 +164,8 @@ def _resolve(host: str, port: int, family: int) -> tuple[int, bytes, int]:
     for fam, _type, _proto, _name, sockaddr in infos:
         if fam == socket.AF_INET:
             return fam, ipaddress.IPv4Address(sockaddr[0]).packed, 0
-        if fam == socket.AF_INET6:
-            return fam, ipaddress.IPv6Address(sockaddr[0].split("%")[0]).packed, int(sockaddr[3])
+        if fam == socket.AF_INET6 and len(sockaddr) == 4:
+            return fam, ipaddress.IPv6Address(str(sockaddr[0]).split("%")[0]).packed, int(sockaddr[3])
     return 0, b"", 0
 
 

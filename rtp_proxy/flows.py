@@ -1,14 +1,17 @@
 """Flows: one ingress RTP/RTCP port pair fanned out to N egress legs.
 
-This is the pure-Python data path (the reference the native engine is held to).
-A :class:`Flow` owns two UDP sockets. RTP arriving from the upstream source is
-measured (RFC 3550 receiver statistics), optionally *spliced* (SSRC, sequence
-and timestamp kept continuous across an upstream restart) and sent from the
-same socket to every enabled leg, so viewers see the proxy's port pair as the
-``server_port`` of their Transport. RTCP from the source is relayed to the legs;
-RTCP from a leg's address (a viewer's receiver report) is counted and kept.
-Packets on the RTP port that come from a viewer (NAT "punch" packets) are
-dropped and counted, never forwarded.
+A :class:`Flow` owns the control side of one ingress port pair: its legs, the
+RTCP socket and what arrives there, the receiver reports it sends upstream, and
+one RTP engine (:class:`msm.rtp_proxy.engine.FlowEngine`: the Python reference
+in :mod:`msm.rtp_proxy.pyengine` or the C engine in :mod:`msm.rtp_proxy.native`,
+picked for the whole table by :func:`choose_engine`). RTCP from the source is
+relayed to the legs; RTCP from a leg's address (a viewer's receiver report) is
+counted and kept. :meth:`Flow.snapshot` reads everything at once for gRPC and
+Prometheus.
+
+Errors: :class:`PortRangeExhausted` is a ``ResourceExhausted``; a bad engine
+name is a ``ConfigError``; ``ext.NativeUnavailable`` is translated here into
+:class:`msm.rtp_proxy.engine.EngineUnavailable` (``ext`` imports nothing of msm).
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from typing import cast
 
 from msm import ext
-from msm.sdk.errors import RtcpError, RtpError
+from msm.sdk.errors import ConfigError, ResourceExhausted, RtcpError
 from msm.sdk.rtp import (
     Bye,
     ReceiverReport,
@@ -32,22 +35,28 @@ from msm.sdk.rtp import (
     SourceDescription,
     ntp_middle32,
     parse_rtcp,
-    rtp_header,
     serialize_rtcp,
 )
-from msm.sdk.stats import ReceiverStats
+
+from .engine import (
+    MAX_SOCKET_BACKLOG,
+    Address,
+    DatagramSocket,
+    Endpoint,
+    EngineUnavailable,
+    FlowEngine,
+    Leg,
+    RtpState,
+)
+from .native import NativeEngine, start_core
+from .pyengine import PythonEngine
+from .snapshot import FlowSnapshot, LegSnapshot
+
+__all__ = ["ENGINES", "MAX_SOCKET_BACKLOG", "Address", "EngineUnavailable", "Flow", "FlowTable", "Leg",
+           "PortRangeExhausted", "choose_engine"]
 
 log = logging.getLogger(__name__)
 
-Address = tuple[str, int]
-
-# A viewer whose socket cannot keep up must not grow the proxy's memory: asyncio
-# buffers a datagram only when the kernel says EAGAIN, so past this many bytes
-# queued for one flow's socket we drop (and count) instead. 1 MiB is ~0.4 s of
-# a 20 Mbit/s stream, far more than a healthy loopback or LAN ever queues.
-MAX_SOCKET_BACKLOG = 1 << 20
-
-_U16 = 0xFFFF
 _U32 = 0xFFFFFFFF
 # Sender reports remembered per flow to match viewers' LSR for round-trip time.
 # Players answer within one or two report intervals (5 s here); 16 covers a
@@ -58,51 +67,13 @@ SR_HISTORY = 16
 REPORT_INTERVAL = 5.0
 
 
-@dataclass(slots=True)
-class Leg:
-    """One egress destination of a flow (a viewer, or the next proxy)."""
-
-    leg_id: str
-    rtp_addr: Address
-    rtcp_addr: Address
-    enabled: bool = False
-    labels: Mapping[str, str] = field(default_factory=dict)
-    packets_sent: int = 0
-    bytes_sent: int = 0
-    rtcp_sent: int = 0
-    send_errors: int = 0
-    dropped_backlog: int = 0
-    rtcp_received: int = 0
-    last_report: ReceiverReport | None = None
-    # What the viewer reports about the stream (its last report block).
-    has_report: bool = False
-    viewer_fraction_lost: float = 0.0
-    viewer_packets_lost: int = 0
-    viewer_jitter_ms: float = 0.0
-    rtt_ms: float | None = None
-    reporter_ssrc: int | None = None
-
-
-class _Endpoint(asyncio.DatagramProtocol):
-    def __init__(self, on_datagram: Callable[[bytes, Address], None], on_error: Callable[[Exception], None]) -> None:
-        self.on_datagram = on_datagram
-        self.on_error = on_error
-
-    def datagram_received(self, data: bytes, addr: Address) -> None:  # type: ignore[override]
-        self.on_datagram(data, (addr[0], addr[1]))
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable from a vanished viewer lands here; it must not
-        # stop the flow, so it is only counted.
-        self.on_error(exc)
-
-
 class Flow:
-    """An ingress port pair and its legs. Created by :class:`FlowTable`."""
+    """An ingress port pair, its legs and its RTP engine. Created by :class:`FlowTable`."""
 
     def __init__(
         self,
         flow_id: str,
+        engine: FlowEngine,
         *,
         clock_rate: int = 0,
         splice: bool = True,
@@ -110,31 +81,26 @@ class Flow:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.flow_id = flow_id
+        self.engine = engine
         self.clock_rate = clock_rate
         self.splice = splice
         self.labels = dict(labels or {})
         self.clock = clock
         self.legs: dict[str, Leg] = {}
-        self.rtp_transport: asyncio.DatagramTransport | None = None
-        self.rtcp_transport: asyncio.DatagramTransport | None = None
+        self.rtcp_transport: DatagramSocket | None = None
         self.ingress: Address = ("", 0)
-        # Forwarding state, rebuilt whenever legs change (the hot path reads only these).
-        self._rtp_targets: tuple[Leg, ...] = ()
+        # The RTCP side's view of the legs, rebuilt whenever they change.
+        self._rtcp_targets: tuple[Leg, ...] = ()
         self._viewer_rtp: frozenset[Address] = frozenset()
         self._viewer_rtcp: dict[Address, Leg] = {}
-        self._init_rtp_path()
-        self.packets_received = 0
-        self.bytes_received = 0
+        # Counted on the RTCP socket (the engine counts its RTP socket; the snapshot adds up).
         self.rtcp_received = 0
-        self.dropped_invalid = 0
-        self.dropped_from_viewers = 0
-        self.dropped_backlog = 0
         self.rtcp_errors = 0
         self.rtcp_bye_dropped = 0
         self.ssrc_collisions = 0
-        self.socket_errors = 0
-        self.source_changes = 0
-        self.packets_forwarded = 0
+        self._rtcp_from_viewers = 0
+        self._rtcp_backlog = 0
+        self._rtcp_socket_errors = 0
         self.upstream_rtcp: Address | None = None
         self.last_sr: SenderReport | None = None
         self._last_sr_at = 0.0
@@ -147,21 +113,6 @@ class Flow:
         # Bitrate over the last sampling period (see FlowTable.sample_rates).
         self.bitrate_bps = 0.0
         self._rate_mark = (clock(), 0)
-
-    def _init_rtp_path(self) -> None:
-        """State of the RTP path; the native engine keeps it in C instead (rtp_proxy.native)."""
-        # Statistics of the current upstream source.
-        self.ssrc: int | None = None
-        self.stats: ReceiverStats | None = None
-        self._lost_before = 0      # packets lost by earlier sources
-        self._expected_before = 0
-        # Splicing: what viewers see stays continuous across source changes.
-        self.out_ssrc: int | None = None
-        self._seq_offset = 0
-        self._ts_offset = 0
-        self._last_out_seq: int | None = None
-        self._last_out_ts = 0
-        self._last_arrival = 0.0
 
     # -- legs ---------------------------------------------------------------
     def set_leg(self, leg: Leg) -> None:
@@ -178,88 +129,52 @@ class Flow:
         return leg
 
     def _rebuild(self) -> None:
-        self._rtp_targets = tuple(leg for leg in self.legs.values() if leg.enabled)
-        self._viewer_rtp = frozenset(leg.rtp_addr for leg in self.legs.values())
-        self._viewer_rtcp = {leg.rtcp_addr: leg for leg in self.legs.values()}
+        legs = tuple(self.legs.values())
+        self._rtcp_targets = tuple(leg for leg in legs if leg.enabled)
+        self._viewer_rtp = frozenset(leg.rtp_addr for leg in legs)
+        self._viewer_rtcp = {leg.rtcp_addr: leg for leg in legs}
+        self.engine.set_legs(legs)
 
-    # -- statistics ----------------------------------------------------------
-    @property
-    def packets_expected(self) -> int:
-        return self._expected_before + (self.stats.expected if self.stats else 0)
+    # -- reading -----------------------------------------------------------------
+    def snapshot(self) -> FlowSnapshot:
+        """Every counter and statistic of the flow and its legs, read now (either engine)."""
+        rtp = self.engine.state()
+        return FlowSnapshot(
+            flow_id=self.flow_id, engine=self.engine.name, ingress=self.ingress, labels=dict(self.labels),
+            clock_rate=self.clock_rate,
+            packets_received=rtp.packets_received, bytes_received=rtp.bytes_received,
+            packets_expected=rtp.expected_before + rtp.expected,
+            packets_lost=rtp.lost_before + rtp.expected - rtp.received,
+            jitter_ms=_jitter_ms(rtp, self.clock_rate), ssrc=rtp.ssrc, out_ssrc=rtp.out_ssrc,
+            reordered=rtp.reordered, duplicates=rtp.duplicates, fraction_lost=self.fraction_lost,
+            bitrate_bps=self.bitrate_bps, source_changes=rtp.source_changes,
+            packets_forwarded=rtp.packets_forwarded, dropped_invalid=rtp.dropped_invalid,
+            dropped_from_viewers=rtp.dropped_from_viewers + self._rtcp_from_viewers,
+            dropped_backlog=rtp.dropped_backlog + self._rtcp_backlog,
+            socket_errors=rtp.socket_errors + self._rtcp_socket_errors,
+            rtcp_received=self.rtcp_received, rtcp_errors=self.rtcp_errors,
+            rtcp_bye_dropped=self.rtcp_bye_dropped, ssrc_collisions=self.ssrc_collisions,
+            legs=tuple(self._leg_snapshot(leg) for leg in list(self.legs.values())))
 
-    @property
-    def packets_lost(self) -> int:
-        return self._lost_before + (self.stats.lost if self.stats else 0)
+    def _leg_snapshot(self, leg: Leg) -> LegSnapshot:
+        rtp = self.engine.leg_counters(leg.leg_id)
+        return LegSnapshot(
+            leg_id=leg.leg_id, rtp_addr=leg.rtp_addr, rtcp_addr=leg.rtcp_addr, enabled=leg.enabled,
+            labels=dict(leg.labels), packets_sent=rtp.packets_sent, bytes_sent=rtp.bytes_sent,
+            rtcp_sent=leg.rtcp_sent, send_errors=rtp.send_errors + leg.rtcp_send_errors,
+            dropped_backlog=rtp.dropped_backlog + leg.rtcp_dropped_backlog, rtcp_received=leg.rtcp_received,
+            has_report=leg.has_report, viewer_fraction_lost=leg.viewer_fraction_lost,
+            viewer_packets_lost=leg.viewer_packets_lost, viewer_jitter_ms=leg.viewer_jitter_ms,
+            rtt_ms=leg.rtt_ms)
 
-    @property
-    def jitter_ms(self) -> float:
-        if self.stats is None:
-            return 0.0
-        return self.stats.jitter_ms or 0.0
-
-    # -- data path -----------------------------------------------------------
-    def on_rtp(self, data: bytes, addr: Address) -> None:
-        if addr in self._viewer_rtp:
-            self.dropped_from_viewers += 1
-            return
-        try:
-            _pt, seq, ts, ssrc, _marker = rtp_header(data)
-        except RtpError:
-            self.dropped_invalid += 1
-            return
-        now = self.clock()
-        if ssrc != self.ssrc:
-            self._new_source(ssrc, seq, ts, now)
-        assert self.stats is not None
-        self.stats.update(seq, ts, now)
-        self.packets_received += 1
-        self.bytes_received += len(data)
-        self._last_arrival = now
-        if self.splice and self.out_ssrc is not None:
-            out_seq = (seq + self._seq_offset) & _U16
-            out_ts = (ts + self._ts_offset) & _U32
-            self._last_out_seq = out_seq
-            self._last_out_ts = out_ts
-            if self._seq_offset or self._ts_offset or ssrc != self.out_ssrc:
-                buf = bytearray(data)
-                struct.pack_into("!HII", buf, 2, out_seq, out_ts, self.out_ssrc)
-                data = bytes(buf)
-        self._send(self.rtp_transport, data, self._rtp_targets, rtcp=False)
-
-    def _new_source(self, ssrc: int, seq: int, ts: int, now: float) -> None:
-        if self.stats is not None:
-            self._lost_before += self.stats.lost
-            self._expected_before += self.stats.expected
-            self.source_changes += 1
-            log.info("flow %s: upstream source changed %08x -> %08x", self.flow_id,
-                     self.ssrc or 0, ssrc)
-        self.ssrc = ssrc
-        self.stats = ReceiverStats(clock_rate=self.clock_rate or None, min_sequential=1)
-        if self.out_ssrc is None:
-            self.out_ssrc = ssrc
-        elif self.splice and self._last_out_seq is not None:
-            # Continue where viewers left off: next sequence number, and a
-            # timestamp advanced by the wall time the source was away.
-            gap = max(now - self._last_arrival, 0.0)
-            advance = int(gap * self.clock_rate) if self.clock_rate else 1
-            self._seq_offset = (self._last_out_seq + 1 - seq) & _U16
-            self._ts_offset = (self._last_out_ts + max(advance, 1) - ts) & _U32
-
+    # -- RTCP ----------------------------------------------------------------
     def on_rtcp(self, data: bytes, addr: Address) -> None:
         leg = self._viewer_rtcp.get(addr)
         if leg is not None:
-            leg.rtcp_received += 1
-            try:
-                packets = parse_rtcp(data)
-            except RtcpError:
-                self.rtcp_errors += 1
-                return
-            for packet in packets:
-                if isinstance(packet, ReceiverReport | SenderReport):
-                    self._viewer_report(leg, packet)
+            self._from_viewer(leg, data)
             return
         if addr in self._viewer_rtp:
-            self.dropped_from_viewers += 1
+            self._rtcp_from_viewers += 1
             return
         self.rtcp_received += 1
         self.upstream_rtcp = addr
@@ -285,15 +200,31 @@ class Flow:
             if not packets:
                 return
             data = serialize_rtcp(packets)
-        if (self.splice and self.out_ssrc is not None and self.ssrc is not None
-                and self.ssrc != self.out_ssrc and packets
-                and isinstance(packets[0], SenderReport) and len(data) >= 20):
-            buf = bytearray(data)
-            sr_ts = struct.unpack_from("!I", buf, 16)[0]
-            struct.pack_into("!I", buf, 4, self.out_ssrc)
-            struct.pack_into("!I", buf, 16, (sr_ts + self._ts_offset) & _U32)
-            data = bytes(buf)
-        self._send(self.rtcp_transport, data, self._rtp_targets, rtcp=True)
+        if self.splice and packets and isinstance(packets[0], SenderReport) and len(data) >= 20:
+            data = self._splice_sr(data, self.engine.state())
+        self._send_rtcp(data)
+
+    @staticmethod
+    def _splice_sr(data: bytes, rtp: RtpState) -> bytes:
+        """A sender report as viewers must see it after a splice: their SSRC, their timeline."""
+        if rtp.out_ssrc is None or rtp.ssrc is None or rtp.ssrc == rtp.out_ssrc:
+            return data
+        buf = bytearray(data)
+        sr_ts = struct.unpack_from("!I", buf, 16)[0]
+        struct.pack_into("!I", buf, 4, rtp.out_ssrc)
+        struct.pack_into("!I", buf, 16, (sr_ts + rtp.ts_offset) & _U32)
+        return bytes(buf)
+
+    def _from_viewer(self, leg: Leg, data: bytes) -> None:
+        leg.rtcp_received += 1
+        try:
+            packets = parse_rtcp(data)
+        except RtcpError:
+            self.rtcp_errors += 1
+            return
+        for packet in packets:
+            if isinstance(packet, ReceiverReport | SenderReport):
+                self._viewer_report(leg, packet)
 
     def _remember_sr(self, lsr: int, now: float) -> None:
         self._sr_forwarded[lsr] = now
@@ -303,15 +234,16 @@ class Flow:
     def _viewer_report(self, leg: Leg, report: ReceiverReport | SenderReport) -> None:
         if isinstance(report, ReceiverReport):
             leg.last_report = report
+        rtp = self.engine.state()
         if report.ssrc and report.ssrc != leg.reporter_ssrc:
             # RFC 3550 8.2: a viewer reporting with the media's SSRC, or with
             # another viewer's, is a collision; counted, reports still used.
-            if report.ssrc in (self.ssrc, self.out_ssrc) or any(
+            if report.ssrc in (rtp.ssrc, rtp.out_ssrc) or any(
                     other.reporter_ssrc == report.ssrc for other in self.legs.values() if other is not leg):
                 self.ssrc_collisions += 1
             leg.reporter_ssrc = report.ssrc
         # The block about what we send: our (spliced) SSRC; else the first one.
-        block = next((b for b in report.reports if b.ssrc == self.out_ssrc), None)
+        block = next((b for b in report.reports if b.ssrc == rtp.out_ssrc), None)
         if block is None:
             block = report.reports[0] if report.reports else None
         if block is None:
@@ -333,13 +265,13 @@ class Flow:
         if now < self._next_report:
             return
         self._next_report = now + REPORT_INTERVAL
-        if self.stats is None or self.ssrc is None:
-            return
         lsr = dlsr = 0
         if self.last_sr is not None:
             lsr = ntp_middle32(self.last_sr.ntp_timestamp)
             dlsr = min(int((now - self._last_sr_at) * 65536), _U32)
-        block = self.stats.report_block(self.ssrc, lsr=lsr, dlsr=dlsr)
+        block = self.engine.report_block(lsr=lsr, dlsr=dlsr)
+        if block is None:
+            return
         self.fraction_lost = block.fraction_lost / 256
         if self.upstream_rtcp is None or self.rtcp_transport is None:
             return
@@ -351,28 +283,21 @@ class Flow:
         ])
         self.rtcp_transport.sendto(report, self.upstream_rtcp)
 
-    def _send(self, transport: asyncio.DatagramTransport | None, data: bytes,
-              legs: tuple[Leg, ...], *, rtcp: bool) -> None:
+    def _send_rtcp(self, data: bytes) -> None:
+        transport, legs = self.rtcp_transport, self._rtcp_targets
         if transport is None or not legs:
             return
         if transport.get_write_buffer_size() > MAX_SOCKET_BACKLOG:
-            self.dropped_backlog += len(legs)
+            self._rtcp_backlog += len(legs)
             for leg in legs:
-                leg.dropped_backlog += 1
+                leg.rtcp_dropped_backlog += 1
             return
-        size = len(data)
         for leg in legs:
             try:
-                if rtcp:
-                    transport.sendto(data, leg.rtcp_addr)
-                    leg.rtcp_sent += 1
-                else:
-                    transport.sendto(data, leg.rtp_addr)
-                    leg.packets_sent += 1
-                    leg.bytes_sent += size
-                    self.packets_forwarded += 1
+                transport.sendto(data, leg.rtcp_addr)
+                leg.rtcp_sent += 1
             except OSError:
-                leg.send_errors += 1
+                leg.rtcp_send_errors += 1
 
     def send_to_upstream(self, data: bytes) -> None:
         """Send RTCP (e.g. a receiver report) to the upstream source, if known."""
@@ -380,23 +305,31 @@ class Flow:
             self.rtcp_transport.sendto(data, self.upstream_rtcp)
 
     def on_socket_error(self, exc: Exception) -> None:
-        self.socket_errors += 1
+        self._rtcp_socket_errors += 1
         log.debug("flow %s: socket error %s", self.flow_id, exc)
 
     def sample_rate(self, now: float) -> None:
         then, bytes_then = self._rate_mark
         if now - then >= 0.2:
-            self.bitrate_bps = (self.bytes_received - bytes_then) * 8 / (now - then)
-            self._rate_mark = (now, self.bytes_received)
+            received = self.engine.state().bytes_received
+            self.bitrate_bps = (received - bytes_then) * 8 / (now - then)
+            self._rate_mark = (now, received)
 
     def close(self) -> None:
-        for transport in (self.rtp_transport, self.rtcp_transport):
-            if transport is not None:
-                transport.close()
-        self.rtp_transport = self.rtcp_transport = None
+        self.engine.close()
+        if self.rtcp_transport is not None:
+            self.rtcp_transport.close()
+        self.rtcp_transport = None
 
 
-class PortRangeExhausted(Exception):
+def _jitter_ms(rtp: RtpState, clock_rate: int) -> float:
+    """A.8 jitter in milliseconds (0 before any source and without a clock rate)."""
+    if rtp.ssrc is None or not clock_rate:
+        return 0.0
+    return rtp.jitter * 1000.0 / clock_rate
+
+
+class PortRangeExhausted(ResourceExhausted):
     """No free even/odd port pair is left in the configured range."""
 
 
@@ -430,7 +363,7 @@ def _bind_pair(host: str, low: int, high: int, start: int) -> tuple[socket.socke
 
 
 #: The data-path engines a FlowTable can run: "native" is the C engine in
-#: ``ext`` (the default where it is built), "python" the reference above.
+#: ``ext`` (the default where it is built), "python" the reference (pyengine).
 ENGINES = ("auto", "native", "python")
 _warned_fallback = False
 
@@ -440,18 +373,19 @@ def choose_engine(requested: str = "auto") -> str:
 
     ``auto`` (the default) is native unless ``MSM_NO_NATIVE=1`` or the
     extension is not built, which is logged once as a warning. Asking for
-    ``native`` where it cannot run raises :class:`ext.NativeUnavailable`.
+    ``native`` where it cannot run raises :class:`EngineUnavailable`; an
+    unknown name is a ``ConfigError``.
     """
     global _warned_fallback
     if requested not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {requested!r}")
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {requested!r}")
     if requested == "python":
         return "python"
     reason = ext.unavailable_reason()
     if reason is None:
         return "native"
     if requested == "native":
-        raise ext.NativeUnavailable(reason)
+        raise EngineUnavailable(reason)
     if not _warned_fallback and os.environ.get("MSM_NO_NATIVE", "") in ("", "0"):
         log.warning("native data plane unavailable: %s; using the pure-Python data path", reason)
         _warned_fallback = True
@@ -462,7 +396,8 @@ class FlowTable:
     """Every flow of one proxy, keyed by flow id.
 
     ``engine`` picks the data path once for the whole table (see
-    :func:`choose_engine`); everything above this class is the same either way.
+    :func:`choose_engine`); everything above :class:`Flow`'s engine seam is the
+    same either way.
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port_range: tuple[int, int] = (30000, 39999),
@@ -473,16 +408,28 @@ class FlowTable:
         self.flows: dict[str, Flow] = {}
         self._next = 0
         self.engine = choose_engine(engine)
-        self._native: ext.Engine | None = None
+        self._native: ext.Engine | None = None   # the engine thread, shared by the native flows
 
     @property
     def engine_features(self) -> frozenset[str]:
         """What the native engine uses here (``gso``, ``gro``, ``timestamps``); empty for Python."""
         if self.engine != "native":
             return frozenset()
+        return self._core().features
+
+    def _core(self) -> ext.Engine:
         if self._native is None:
-            self._native = ext.Engine()
-        return self._native.features
+            self._native = start_core()
+        return self._native
+
+    async def _start_engine(self, flow_id: str, rtp_sock: socket.socket, *, clock_rate: int,
+                            splice: bool) -> FlowEngine:
+        """The table's engine serving ``rtp_sock`` (which it owns from now on)."""
+        if self.engine == "native":
+            return NativeEngine(self._core(), rtp_sock, clock_rate=clock_rate, splice=splice)
+        engine = PythonEngine(flow_id, clock_rate=clock_rate, splice=splice, clock=self.clock)
+        await engine.start(rtp_sock)
+        return engine
 
     async def add_flow(self, flow_id: str, *, clock_rate: int = 0, splice: bool = True,
                        labels: Mapping[str, str] | None = None, bind_host: str = "") -> Flow:
@@ -495,44 +442,23 @@ class FlowTable:
         self._next = (rtp_sock.getsockname()[1] - ((low + 1) & ~1)) // 2 + 1
         ingress = (host, rtp_sock.getsockname()[1])
         loop = asyncio.get_running_loop()
-        flow: Flow | None = None
+        engine: FlowEngine | None = None
         try:
-            if self.engine == "native":
-                flow = self._native_flow(flow_id, rtp_sock, clock_rate=clock_rate, splice=splice, labels=labels)
-            else:
-                flow = Flow(flow_id, clock_rate=clock_rate, splice=splice, labels=labels, clock=self.clock)
-                rtp_t, _ = await loop.create_datagram_endpoint(
-                    lambda: _Endpoint(flow.on_rtp, flow.on_socket_error), sock=rtp_sock)
-                flow.rtp_transport = rtp_t
+            engine = await self._start_engine(flow_id, rtp_sock, clock_rate=clock_rate, splice=splice)
+            flow = Flow(flow_id, engine, clock_rate=clock_rate, splice=splice, labels=labels, clock=self.clock)
             rtcp_t, _ = await loop.create_datagram_endpoint(
-                lambda: _Endpoint(flow.on_rtcp, flow.on_socket_error), sock=rtcp_sock)
+                lambda: Endpoint(flow.on_rtcp, flow.on_socket_error), sock=rtcp_sock)
         except BaseException:
-            if flow is not None:
-                flow.close()
-            rtp_sock.close()
+            if engine is not None:
+                engine.close()
+            rtp_sock.close()    # (a no-op once an engine took it)
             rtcp_sock.close()
             raise
-        flow.rtcp_transport = rtcp_t
+        flow.rtcp_transport = cast(DatagramSocket, rtcp_t)
         flow.ingress = ingress
         self.flows[flow_id] = flow
         log.info("flow %s: ingress %s:%d-%d (%s)", flow_id, host, flow.ingress[1], flow.ingress[1] + 1, self.engine)
         return flow
-
-    def _native_flow(self, flow_id: str, rtp_sock: socket.socket, *, clock_rate: int, splice: bool,
-                     labels: Mapping[str, str] | None) -> Flow:
-        from .native import NativeFlow
-
-        if self._native is None:
-            self._native = ext.Engine()
-        family = rtp_sock.family
-        fd = rtp_sock.detach()   # the engine owns the RTP socket from here on
-        try:
-            handle = self._native.add_flow(fd, clock_rate=clock_rate, splice=splice)
-        except BaseException:
-            os.close(fd)
-            raise
-        return NativeFlow(flow_id, handle=handle, family=family, clock_rate=clock_rate, splice=splice,
-                          labels=labels, clock=self.clock)
 
     def remove_flow(self, flow_id: str) -> bool:
         flow = self.flows.pop(flow_id, None)

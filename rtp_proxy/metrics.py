@@ -1,7 +1,9 @@
 """Prometheus metrics of one proxy, read from the flow table at scrape time.
 
 Nothing is counted twice: the data path keeps plain integers, and this
-collector turns them into metric families only when Prometheus asks.
+collector turns each flow's :class:`msm.rtp_proxy.snapshot.FlowSnapshot` (the
+same one the DataPlane ``FlowStats`` is made from) into metric families only
+when Prometheus asks.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .flows import FlowTable
+from .snapshot import FlowSnapshot, LegSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -22,97 +25,118 @@ FLOW_LABELS = ["node", "stream", "track", "kind", "ssrc"]
 LEG_LABELS = ["node", "stream", "track", "kind", "session", "viewer", "namespace", "pod"]
 
 
-class ProxyCollector(Collector):
-    def __init__(self, table: FlowTable, node: str) -> None:
-        self.table = table
-        self.node = node
+Family = CounterMetricFamily | GaugeMetricFamily
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+
+class _Families:
+    """The metric families of one scrape, filled from :class:`FlowSnapshot` values."""
+
+    def __init__(self) -> None:
         def counter(name: str, doc: str, labels: list[str] = FLOW_LABELS) -> CounterMetricFamily:
             return CounterMetricFamily(name, doc, labels=labels)
 
         def gauge(name: str, doc: str, labels: list[str] = FLOW_LABELS) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc, labels=labels)
 
-        received = counter("msm_ingress_packets", "RTP packets received from the upstream source")
-        octets = counter("msm_ingress_bytes", "RTP bytes received from the upstream source")
-        expected = counter("msm_ingress_packets_expected", "RTP packets expected (RFC 3550 A.3)")
-        lost = gauge("msm_ingress_packets_lost", "Cumulative packets lost on the hop into this proxy "
-                     "(expected - received; negative with duplicates)")
-        fraction = gauge("msm_ingress_fraction_lost", "Fraction of packets lost over the last "
-                         "reporting interval (0..1)")
-        jitter = gauge("msm_ingress_jitter_seconds", "RFC 3550 interarrival jitter at the proxy ingress")
-        bitrate = gauge("msm_ingress_bitrate_bits_per_second", "Ingress bitrate over the last second")
-        reordered = counter("msm_ingress_reordered_packets", "Packets that arrived out of order")
-        duplicates = counter("msm_ingress_duplicate_packets", "Packets that arrived twice")
-        dropped = counter("msm_ingress_dropped_packets", "Datagrams dropped at ingress, by reason",
-                          FLOW_LABELS + ["reason"])
-        rtcp = counter("msm_ingress_rtcp_packets", "RTCP packets received from the upstream source")
-        rtcp_errors = counter("msm_rtcp_errors", "Malformed RTCP packets (from the source or viewers)")
-        byes = counter("msm_rtcp_bye_dropped", "Upstream RTCP BYEs kept from viewers")
-        collisions = counter("msm_rtcp_ssrc_collisions", "Viewer reports whose SSRC collides with the "
-                             "media's or another viewer's")
-        changes = counter("msm_ingress_source_changes", "Upstream SSRC changes spliced over")
-        sent = counter("msm_egress_packets", "RTP packets sent to a viewer leg", LEG_LABELS)
-        sent_bytes = counter("msm_egress_bytes", "RTP bytes sent to a viewer leg", LEG_LABELS)
-        leg_dropped = counter("msm_egress_dropped_packets", "Packets not sent to a leg, by reason",
-                              LEG_LABELS + ["reason"])
-        enabled = gauge("msm_egress_leg_enabled", "1 while the leg is playing, 0 while paused", LEG_LABELS)
-        v_reports = counter("msm_viewer_rtcp_reports", "RTCP reports received from the viewer", LEG_LABELS)
-        v_fraction = gauge("msm_viewer_fraction_lost", "Fraction lost the viewer reports (last RTCP RR)",
+        self.received = counter("msm_ingress_packets", "RTP packets received from the upstream source")
+        self.octets = counter("msm_ingress_bytes", "RTP bytes received from the upstream source")
+        self.expected = counter("msm_ingress_packets_expected", "RTP packets expected (RFC 3550 A.3)")
+        self.lost = gauge("msm_ingress_packets_lost", "Cumulative packets lost on the hop into this proxy "
+                          "(expected - received; negative with duplicates)")
+        self.fraction = gauge("msm_ingress_fraction_lost", "Fraction of packets lost over the last "
+                              "reporting interval (0..1)")
+        self.jitter = gauge("msm_ingress_jitter_seconds", "RFC 3550 interarrival jitter at the proxy ingress")
+        self.bitrate = gauge("msm_ingress_bitrate_bits_per_second", "Ingress bitrate over the last second")
+        self.reordered = counter("msm_ingress_reordered_packets", "Packets that arrived out of order")
+        self.duplicates = counter("msm_ingress_duplicate_packets", "Packets that arrived twice")
+        self.dropped = counter("msm_ingress_dropped_packets", "Datagrams dropped at ingress, by reason",
+                               FLOW_LABELS + ["reason"])
+        self.rtcp = counter("msm_ingress_rtcp_packets", "RTCP packets received from the upstream source")
+        self.rtcp_errors = counter("msm_rtcp_errors", "Malformed RTCP packets (from the source or viewers)")
+        self.byes = counter("msm_rtcp_bye_dropped", "Upstream RTCP BYEs kept from viewers")
+        self.collisions = counter("msm_rtcp_ssrc_collisions", "Viewer reports whose SSRC collides with the "
+                                  "media's or another viewer's")
+        self.changes = counter("msm_ingress_source_changes", "Upstream SSRC changes spliced over")
+        self.sent = counter("msm_egress_packets", "RTP packets sent to a viewer leg", LEG_LABELS)
+        self.sent_bytes = counter("msm_egress_bytes", "RTP bytes sent to a viewer leg", LEG_LABELS)
+        self.leg_dropped = counter("msm_egress_dropped_packets", "Packets not sent to a leg, by reason",
+                                   LEG_LABELS + ["reason"])
+        self.enabled = gauge("msm_egress_leg_enabled", "1 while the leg is playing, 0 while paused", LEG_LABELS)
+        self.v_reports = counter("msm_viewer_rtcp_reports", "RTCP reports received from the viewer", LEG_LABELS)
+        self.v_fraction = gauge("msm_viewer_fraction_lost", "Fraction lost the viewer reports (last RTCP RR)",
+                                LEG_LABELS)
+        self.v_lost = gauge("msm_viewer_packets_lost", "Cumulative packets lost the viewer reports", LEG_LABELS)
+        self.v_jitter = gauge("msm_viewer_jitter_seconds", "Interarrival jitter the viewer reports", LEG_LABELS)
+        self.v_rtt = gauge("msm_viewer_rtt_seconds", "Round-trip time proxy <-> viewer (RTCP LSR/DLSR)",
                            LEG_LABELS)
-        v_lost = gauge("msm_viewer_packets_lost", "Cumulative packets lost the viewer reports", LEG_LABELS)
-        v_jitter = gauge("msm_viewer_jitter_seconds", "Interarrival jitter the viewer reports", LEG_LABELS)
-        v_rtt = gauge("msm_viewer_rtt_seconds", "Round-trip time proxy <-> viewer (RTCP LSR/DLSR)",
-                      LEG_LABELS)
+
+    def all(self) -> tuple[Family, ...]:
+        """Every family, in exposition order."""
+        return (self.received, self.octets, self.expected, self.lost, self.fraction, self.jitter, self.bitrate,
+                self.reordered, self.duplicates, self.dropped, self.rtcp, self.rtcp_errors, self.byes,
+                self.collisions, self.changes, self.sent, self.sent_bytes, self.leg_dropped, self.enabled,
+                self.v_reports, self.v_fraction, self.v_lost, self.v_jitter, self.v_rtt)
+
+    def add_flow(self, node: str, snap: FlowSnapshot) -> None:
+        lab = snap.labels
+        base = [node, lab.get("stream", snap.flow_id), lab.get("track", ""), lab.get("kind", ""),
+                f"{snap.ssrc:08x}" if snap.ssrc is not None else ""]
+        self.received.add_metric(base, snap.packets_received)
+        self.octets.add_metric(base, snap.bytes_received)
+        self.expected.add_metric(base, snap.packets_expected)
+        self.lost.add_metric(base, snap.packets_lost)
+        self.fraction.add_metric(base, snap.fraction_lost)
+        self.jitter.add_metric(base, snap.jitter_ms / 1000.0)
+        self.bitrate.add_metric(base, snap.bitrate_bps)
+        self.reordered.add_metric(base, snap.reordered)
+        self.duplicates.add_metric(base, snap.duplicates)
+        for reason, value in (("invalid", snap.dropped_invalid), ("from_viewer", snap.dropped_from_viewers),
+                              ("backlog", snap.dropped_backlog)):
+            self.dropped.add_metric(base + [reason], value)
+        self.rtcp.add_metric(base, snap.rtcp_received)
+        self.rtcp_errors.add_metric(base, snap.rtcp_errors)
+        self.byes.add_metric(base, snap.rtcp_bye_dropped)
+        self.collisions.add_metric(base, snap.ssrc_collisions)
+        self.changes.add_metric(base, snap.source_changes)
+        for leg in snap.legs:
+            self.add_leg(base[:4], leg)
+
+    def add_leg(self, flow_base: list[str], leg: LegSnapshot) -> None:
+        ll = leg.labels
+        base = flow_base + [ll.get("session", leg.leg_id), ll.get("viewer", leg.rtp_addr[0]),
+                            ll.get("namespace", ""), ll.get("pod", "")]
+        self.sent.add_metric(base, leg.packets_sent)
+        self.sent_bytes.add_metric(base, leg.bytes_sent)
+        self.leg_dropped.add_metric(base + ["send_error"], leg.send_errors)
+        self.leg_dropped.add_metric(base + ["backlog"], leg.dropped_backlog)
+        self.enabled.add_metric(base, 1.0 if leg.enabled else 0.0)
+        self.v_reports.add_metric(base, leg.rtcp_received)
+        if leg.has_report:
+            self.v_fraction.add_metric(base, leg.viewer_fraction_lost)
+            self.v_lost.add_metric(base, leg.viewer_packets_lost)
+            self.v_jitter.add_metric(base, leg.viewer_jitter_ms / 1000.0)
+        if leg.rtt_ms is not None:
+            self.v_rtt.add_metric(base, leg.rtt_ms / 1000.0)
+
+
+class ProxyCollector(Collector):
+    """Turns one :meth:`Flow.snapshot` per flow into metric families at scrape time."""
+
+    def __init__(self, table: FlowTable, node: str) -> None:
+        self.table = table
+        self.node = node
+
+    def collect(self) -> Iterator[Family]:
         flows = GaugeMetricFamily("msm_flows", "Flows on this proxy", labels=["node"])
         flows.add_metric([self.node], len(self.table.flows))
         engine = GaugeMetricFamily("msm_dataplane_engine", "1 for the data path this proxy runs (native: the C "
                                    "engine; python: the reference), with the kernel features it uses",
                                    labels=["node", "engine", "features"])
         engine.add_metric([self.node, self.table.engine, ",".join(sorted(self.table.engine_features))], 1.0)
-
+        families = _Families()
         for flow in list(self.table.flows.values()):
-            lab = flow.labels
-            base = [self.node, lab.get("stream", flow.flow_id), lab.get("track", ""), lab.get("kind", ""),
-                    f"{flow.ssrc:08x}" if flow.ssrc is not None else ""]
-            stats = flow.stats
-            received.add_metric(base, flow.packets_received)
-            octets.add_metric(base, flow.bytes_received)
-            expected.add_metric(base, flow.packets_expected)
-            lost.add_metric(base, flow.packets_lost)
-            fraction.add_metric(base, flow.fraction_lost)
-            jitter.add_metric(base, flow.jitter_ms / 1000.0)
-            bitrate.add_metric(base, flow.bitrate_bps)
-            reordered.add_metric(base, stats.reordered if stats else 0)
-            duplicates.add_metric(base, stats.duplicates if stats else 0)
-            for reason, value in (("invalid", flow.dropped_invalid), ("from_viewer", flow.dropped_from_viewers),
-                                  ("backlog", flow.dropped_backlog)):
-                dropped.add_metric(base + [reason], value)
-            rtcp.add_metric(base, flow.rtcp_received)
-            rtcp_errors.add_metric(base, flow.rtcp_errors)
-            byes.add_metric(base, flow.rtcp_bye_dropped)
-            collisions.add_metric(base, flow.ssrc_collisions)
-            changes.add_metric(base, flow.source_changes)
-            for leg in list(flow.legs.values()):
-                ll = leg.labels
-                leg_base = base[:4] + [ll.get("session", leg.leg_id), ll.get("viewer", leg.rtp_addr[0]),
-                                       ll.get("namespace", ""), ll.get("pod", "")]
-                sent.add_metric(leg_base, leg.packets_sent)
-                sent_bytes.add_metric(leg_base, leg.bytes_sent)
-                leg_dropped.add_metric(leg_base + ["send_error"], leg.send_errors)
-                leg_dropped.add_metric(leg_base + ["backlog"], leg.dropped_backlog)
-                enabled.add_metric(leg_base, 1.0 if leg.enabled else 0.0)
-                v_reports.add_metric(leg_base, leg.rtcp_received)
-                if leg.has_report:
-                    v_fraction.add_metric(leg_base, leg.viewer_fraction_lost)
-                    v_lost.add_metric(leg_base, leg.viewer_packets_lost)
-                    v_jitter.add_metric(leg_base, leg.viewer_jitter_ms / 1000.0)
-                if leg.rtt_ms is not None:
-                    v_rtt.add_metric(leg_base, leg.rtt_ms / 1000.0)
-        yield from (flows, engine, received, octets, expected, lost, fraction, jitter, bitrate, reordered,
-                    duplicates, dropped, rtcp, rtcp_errors, byes, collisions, changes, sent, sent_bytes, leg_dropped,
-                    enabled, v_reports, v_fraction, v_lost, v_jitter, v_rtt)
+            families.add_flow(self.node, flow.snapshot())
+        yield from (flows, engine, *families.all())
 
 
 class MetricsServer:

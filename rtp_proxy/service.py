@@ -1,4 +1,10 @@
-"""The proxy's DataPlane gRPC service and its registration with the control plane."""
+"""The proxy's DataPlane gRPC service and its registration with the control plane.
+
+Errors: the servicer raises :class:`msm.sdk.errors.MsmError` leaves (``NotFound``,
+``Refused``; ``PortRangeExhausted`` is a ``ResourceExhausted``, the native
+engine's absence an ``Unavailable``) and answers each exactly once with
+:func:`msm.runtime.grpcutil.abort`.
+"""
 
 from __future__ import annotations
 
@@ -6,73 +12,84 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeAlias
 
 import grpc
 
 from msm.protos import msm_pb2 as pb
 from msm.protos import msm_pb2_grpc as pb_grpc
+from msm.runtime.grpcutil import abort
+from msm.sdk.errors import MsmError, NotFound, Refused
 
-from .flows import Flow, FlowTable, Leg, PortRangeExhausted
+from .flows import Flow, FlowTable, Leg
 from .metrics import MetricsServer, proxy_registry
+from .snapshot import FlowSnapshot, LegSnapshot
 
 log = logging.getLogger(__name__)
 
 
 def flow_stats(flow: Flow, node: str = "") -> pb.FlowStats:
-    host, port = flow.ingress
-    stats = flow.stats
+    """The DataPlane ``FlowStats`` of ``flow``, from one :meth:`Flow.snapshot`."""
+    return snapshot_stats(flow.snapshot(), node)
+
+
+def snapshot_stats(snap: FlowSnapshot, node: str = "") -> pb.FlowStats:
+    host, port = snap.ingress
     return pb.FlowStats(
-        flow_id=flow.flow_id,
+        flow_id=snap.flow_id,
         ingress=pb.Endpoint(host=host, rtp_port=port, rtcp_port=port + 1),
-        packets_received=flow.packets_received,
-        bytes_received=flow.bytes_received,
-        packets_expected=flow.packets_expected,
-        packets_lost=flow.packets_lost,
-        jitter_ms=flow.jitter_ms,
-        ssrc=flow.ssrc or 0,
-        rtcp_received=flow.rtcp_received,
-        dropped_invalid=flow.dropped_invalid,
-        dropped_from_viewers=flow.dropped_from_viewers,
-        source_changes=flow.source_changes,
-        bitrate_bps=flow.bitrate_bps,
-        reordered=stats.reordered if stats else 0,
-        duplicates=stats.duplicates if stats else 0,
-        fraction_lost=flow.fraction_lost,
-        rtcp_errors=flow.rtcp_errors,
-        rtcp_bye_dropped=flow.rtcp_bye_dropped,
-        dropped_backlog=flow.dropped_backlog,
+        packets_received=snap.packets_received,
+        bytes_received=snap.bytes_received,
+        packets_expected=snap.packets_expected,
+        packets_lost=snap.packets_lost,
+        jitter_ms=snap.jitter_ms,
+        ssrc=snap.ssrc or 0,
+        rtcp_received=snap.rtcp_received,
+        dropped_invalid=snap.dropped_invalid,
+        dropped_from_viewers=snap.dropped_from_viewers,
+        source_changes=snap.source_changes,
+        bitrate_bps=snap.bitrate_bps,
+        reordered=snap.reordered,
+        duplicates=snap.duplicates,
+        fraction_lost=snap.fraction_lost,
+        rtcp_errors=snap.rtcp_errors,
+        rtcp_bye_dropped=snap.rtcp_bye_dropped,
+        dropped_backlog=snap.dropped_backlog,
         node=node,
-        labels=flow.labels,
-        clock_rate=flow.clock_rate,
-        packets_forwarded=flow.packets_forwarded,
-        legs=[
-            pb.LegStats(
-                leg_id=leg.leg_id,
-                flow_id=flow.flow_id,
-                destination=pb.Endpoint(host=leg.rtp_addr[0], rtp_port=leg.rtp_addr[1],
-                                        rtcp_port=leg.rtcp_addr[1]),
-                enabled=leg.enabled,
-                packets_sent=leg.packets_sent,
-                bytes_sent=leg.bytes_sent,
-                rtcp_sent=leg.rtcp_sent,
-                send_errors=leg.send_errors,
-                rtcp_received=leg.rtcp_received,
-                has_report=leg.has_report,
-                viewer_fraction_lost=leg.viewer_fraction_lost,
-                viewer_packets_lost=leg.viewer_packets_lost,
-                viewer_jitter_ms=leg.viewer_jitter_ms,
-                rtt_ms=leg.rtt_ms,
-                dropped_backlog=leg.dropped_backlog,
-                labels=leg.labels,
-            )
-            for leg in flow.legs.values()
-        ],
+        labels=snap.labels,
+        clock_rate=snap.clock_rate,
+        packets_forwarded=snap.packets_forwarded,
+        legs=[_leg_stats(snap.flow_id, leg) for leg in snap.legs],
     )
 
 
+def _leg_stats(flow_id: str, leg: LegSnapshot) -> pb.LegStats:
+    return pb.LegStats(
+        leg_id=leg.leg_id,
+        flow_id=flow_id,
+        destination=pb.Endpoint(host=leg.rtp_addr[0], rtp_port=leg.rtp_addr[1], rtcp_port=leg.rtcp_addr[1]),
+        enabled=leg.enabled,
+        packets_sent=leg.packets_sent,
+        bytes_sent=leg.bytes_sent,
+        rtcp_sent=leg.rtcp_sent,
+        send_errors=leg.send_errors,
+        rtcp_received=leg.rtcp_received,
+        has_report=leg.has_report,
+        viewer_fraction_lost=leg.viewer_fraction_lost,
+        viewer_packets_lost=leg.viewer_packets_lost,
+        viewer_jitter_ms=leg.viewer_jitter_ms,
+        rtt_ms=leg.rtt_ms,
+        dropped_backlog=leg.dropped_backlog,
+        labels=leg.labels,
+    )
+
+
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+
 class DataPlaneService(pb_grpc.DataPlaneServicer):
-    """gRPC front of a :class:`FlowTable`. Errors are gRPC statuses, never tracebacks."""
+    """gRPC front of a :class:`FlowTable`. Errors are :class:`MsmError` answered by ``grpcutil.abort``."""
 
     def __init__(self, table: FlowTable, node: str) -> None:
         self.table = table
@@ -81,50 +98,50 @@ class DataPlaneService(pb_grpc.DataPlaneServicer):
     def _flow(self, flow_id: str) -> Flow:
         flow = self.table.flows.get(flow_id)
         if flow is None:
-            raise KeyError(flow_id)
+            raise NotFound(f"no flow {flow_id!r}")
         return flow
 
-    async def AddFlow(self, request: pb.AddFlowRequest, context: grpc.aio.ServicerContext) -> pb.AddFlowReply:
-        if not request.flow_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "flow_id is required")
+    async def AddFlow(self, request: pb.AddFlowRequest, context: Context) -> pb.AddFlowReply:
         try:
-            flow = await self.table.add_flow(
-                request.flow_id, clock_rate=request.clock_rate, splice=request.splice,
-                labels=dict(request.labels), bind_host=request.bind_host)
-        except PortRangeExhausted as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except OSError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot bind: {exc}")
+            if not request.flow_id:
+                raise Refused("flow_id is required")
+            try:
+                flow = await self.table.add_flow(
+                    request.flow_id, clock_rate=request.clock_rate, splice=request.splice,
+                    labels=dict(request.labels), bind_host=request.bind_host)
+            except OSError as exc:
+                raise Refused(f"cannot bind: {exc}") from exc
+        except MsmError as exc:
+            await abort(context, exc)
         host, port = flow.ingress
         return pb.AddFlowReply(ingress=pb.Endpoint(host=host, rtp_port=port, rtcp_port=port + 1))
 
-    async def RemoveFlow(self, request: pb.RemoveFlowRequest, context: grpc.aio.ServicerContext) -> pb.Empty:
+    async def RemoveFlow(self, request: pb.RemoveFlowRequest, context: Context) -> pb.Empty:
         self.table.remove_flow(request.flow_id)  # idempotent
         return pb.Empty()
 
-    async def AddLeg(self, request: pb.AddLegRequest, context: grpc.aio.ServicerContext) -> pb.Empty:
+    async def AddLeg(self, request: pb.AddLegRequest, context: Context) -> pb.Empty:
         dest = request.destination
-        if not dest.host or not 0 < dest.rtp_port < 65536 or not 0 < dest.rtcp_port < 65536:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "destination host and ports are required")
         try:
+            if not dest.host or not 0 < dest.rtp_port < 65536 or not 0 < dest.rtcp_port < 65536:
+                raise Refused("destination host and ports are required")
             flow = self._flow(request.flow_id)
-        except KeyError:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no flow {request.flow_id!r}")
+        except MsmError as exc:
+            await abort(context, exc)
         flow.set_leg(Leg(request.leg_id, (dest.host, dest.rtp_port), (dest.host, dest.rtcp_port),
                          enabled=request.enabled, labels=dict(request.labels)))
         log.info("flow %s: leg %s -> %s:%d-%d (%s)", flow.flow_id, request.leg_id, dest.host,
                  dest.rtp_port, dest.rtcp_port, "enabled" if request.enabled else "disabled")
         return pb.Empty()
 
-    async def UpdateLeg(self, request: pb.UpdateLegRequest, context: grpc.aio.ServicerContext) -> pb.Empty:
-        try:
-            self._flow(request.flow_id).enable_leg(request.leg_id, request.enabled)
-        except KeyError:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"no leg {request.leg_id!r} on flow {request.flow_id!r}")
+    async def UpdateLeg(self, request: pb.UpdateLegRequest, context: Context) -> pb.Empty:
+        flow = self.table.flows.get(request.flow_id)
+        if flow is None or request.leg_id not in flow.legs:
+            await abort(context, NotFound(f"no leg {request.leg_id!r} on flow {request.flow_id!r}"))
+        flow.enable_leg(request.leg_id, request.enabled)
         return pb.Empty()
 
-    async def RemoveLeg(self, request: pb.RemoveLegRequest, context: grpc.aio.ServicerContext) -> pb.Empty:
+    async def RemoveLeg(self, request: pb.RemoveLegRequest, context: Context) -> pb.Empty:
         flow = self.table.flows.get(request.flow_id)
         if flow is not None:
             flow.remove_leg(request.leg_id)
@@ -134,16 +151,21 @@ class DataPlaneService(pb_grpc.DataPlaneServicer):
         self.table.sample_rates()
         return pb.ListFlowsReply(node=self.node, flows=[flow_stats(f, self.node) for f in self.table.flows.values()])
 
-    async def ListFlows(self, request: pb.ListFlowsRequest, context: grpc.aio.ServicerContext) -> pb.ListFlowsReply:
+    async def ListFlows(self, request: pb.ListFlowsRequest, context: Context) -> pb.ListFlowsReply:
         return self.snapshot()
 
-    async def WatchStats(self, request: pb.WatchStatsRequest,
-                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ListFlowsReply]:
+    async def WatchStats(self, request: pb.WatchStatsRequest, context: Context) -> AsyncIterator[pb.ListFlowsReply]:
         interval = request.interval_seconds if request.interval_seconds > 0 else 1.0
         interval = min(max(interval, 0.1), 60.0)
         while True:
             yield self.snapshot()
             await asyncio.sleep(interval)
+
+
+# The generated gRPC module has no type annotations; these say what it is.
+_control_plane_stub: Callable[[grpc.aio.Channel], Any] = pb_grpc.ControlPlaneStub
+_add_dataplane: Callable[[pb_grpc.DataPlaneServicer, grpc.aio.Server], None] = (
+    pb_grpc.add_DataPlaneServicer_to_server)
 
 
 class ProxyAgent:
@@ -166,7 +188,7 @@ class ProxyAgent:
         while True:
             try:
                 async with grpc.aio.insecure_channel(self.control_address) as channel:
-                    stub = pb_grpc.ControlPlaneStub(channel)
+                    stub = _control_plane_stub(channel)
                     call = stub.RegisterProxy(self._messages())
                     async for ack in call:
                         if not self.registered.is_set():
@@ -213,7 +235,7 @@ class RtpProxy:
 
     async def start(self) -> None:
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # a busy port is an error
-        pb_grpc.add_DataPlaneServicer_to_server(self.service, self.server)
+        _add_dataplane(self.service, self.server)
         port = self.server.add_insecure_port(self.grpc_listen)
         if port == 0:
             raise OSError(f"cannot listen on {self.grpc_listen} (in use?)")

@@ -26,16 +26,15 @@ def totals(table: FlowTable) -> dict[str, Any]:
     out = {"received": 0, "forwarded": 0, "dropped_invalid": 0, "dropped_from_viewers": 0,
            "dropped_backlog": 0, "send_errors": 0, "sent": 0, "lost": 0, "batches": 0}
     for flow in table.flows.values():
-        counters = getattr(flow, "engine_counters", None)
-        if counters is not None:
-            out["batches"] += counters()["batches"]
-        out["received"] += flow.packets_received
-        out["forwarded"] += flow.packets_forwarded
-        out["dropped_invalid"] += flow.dropped_invalid
-        out["dropped_from_viewers"] += flow.dropped_from_viewers
-        out["dropped_backlog"] += flow.dropped_backlog
-        out["lost"] += flow.packets_lost
-        for leg in flow.legs.values():
+        out["batches"] += flow.engine.counters().get("batches", 0)
+        snap = flow.snapshot()
+        out["received"] += snap.packets_received
+        out["forwarded"] += snap.packets_forwarded
+        out["dropped_invalid"] += snap.dropped_invalid
+        out["dropped_from_viewers"] += snap.dropped_from_viewers
+        out["dropped_backlog"] += snap.dropped_backlog
+        out["lost"] += snap.packets_lost
+        for leg in snap.legs:
             out["sent"] += leg.packets_sent
             out["send_errors"] += leg.send_errors
     return out

@@ -160,7 +160,8 @@ class Receiver:
     def collect(self) -> dict[str, Any]:
         """End the round: what arrived since :meth:`begin`."""
         self._say("stop")
-        return json.loads(self._line())
+        result: dict[str, Any] = json.loads(self._line())
+        return result
 
     def settle(self, *, quiet: float = 0.15, limit: float = 10.0) -> int:
         """Wait until nothing arrives for ``quiet`` seconds; the packets that still came are discarded.
@@ -249,7 +250,8 @@ class ProxyForwarder(Forwarder):
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write("stats\n")
         self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())
+        result: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        return result
 
     def stop(self) -> None:
         if self.proc.poll() is None and self.proc.stdin is not None:

@@ -23,13 +23,14 @@ import re
 import shutil
 import signal
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from msm import ext
 from msm.rtp_proxy.flows import Flow, FlowTable
+from tests.engines import engine, poll, until
 from tests.impair import Impairment, ImpairmentSchedule, ImpairRelay
 from tests.rtp_source import RtpSource
 
@@ -96,12 +97,13 @@ class Run:
         return count
 
 
-@pytest.fixture(params=["python", "native"])
-async def flow(request: pytest.FixtureRequest):
+__all__ = ["engine"]   # the engine-parametrized fixture (tests/engines.py) ``flow`` builds on
+
+
+@pytest.fixture
+async def flow(engine: str) -> AsyncIterator[Flow]:
     """A proxy flow on each data-path engine: the same accuracy is required of both."""
-    if request.param == "native" and (reason := ext.unavailable_reason()):
-        pytest.skip(f"native engine: {reason}")
-    table = FlowTable(host="127.0.0.1", port_range=(43000, 43999), engine=request.param)
+    table = FlowTable(host="127.0.0.1", port_range=(43000, 43999), engine=engine)
     flow = await table.add_flow("accuracy/0", clock_rate=CLOCK_RATE)
     yield flow
     table.close()
@@ -117,12 +119,10 @@ async def run_stream(flow: Flow, impairment: Impairment, *, seed: int, packets: 
                              first_timestamp=first_timestamp) as source:
             await source.send(packets)
             await relay.drain()
-            # The proxy reads in the same event loop: let it catch up.
-            for _ in range(100):
-                if flow.packets_received >= len(relay.forwarded):
-                    break
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.05)
+            # The proxy reads in the same event loop (or its own thread): let it catch
+            # up. With loopback drops it never will; the tests look at those runs apart.
+            await poll(lambda: (flow.snapshot().packets_received >= len(relay.forwarded)
+                                and flow.rtcp_received >= relay.rtcp_forwarded), timeout=2.0)
     return Run(flow, relay, source, udp_receive_errors() - errors_before)
 
 
@@ -364,13 +364,13 @@ async def test_relay_drops_exactly_its_schedule() -> None:
         for i in range(count):
             sender.sendto(bytes([0x80, 34]) + i.to_bytes(2, "big") + bytes(8), relay.rtp_addr)
             if i % 20 == 19:
-                await asyncio.sleep(0.002)  # stay far below the relay's receive buffer
+                await until(lambda i=i: relay.received > i)  # stay far below the relay's receive buffer
         sender.sendto(b"rtcp", relay.rtcp_addr)
         await relay.drain()
-        await asyncio.sleep(0.05)
+        await until(lambda: len(rtcp_sink.datagrams) == 1 and len(rtp_sink.datagrams) == len(relay.forwarded))
         assert rtcp_sink.transport is not None
         rtcp_sink.transport.sendto(b"report", relay.rtcp_addr)  # the receiver's RR goes back
-        await asyncio.sleep(0.05)
+        await until(lambda: relay.returned == 1)
     sender.close()
     for sink in (rtp_sink, rtcp_sink):
         assert sink.transport is not None
@@ -409,23 +409,24 @@ async def test_reported_loss_matches_injected(flow: Flow, loss: float, seed: int
     relay = run.relay
     assert relay.received == PACKETS and relay.overflowed == []
     injected = len(relay.dropped) / relay.received
-    reported = flow.packets_lost / flow.packets_expected
+    snap = flow.snapshot()
+    reported = snap.packets_lost / snap.packets_expected
     first, last = run.span()
     print(f"\nloss {loss:.0%} seed {seed}: relay dropped {len(relay.dropped)}/{relay.received} "
           f"({injected:.3%}), {run.dropped_in_span()} between the first and last forwarded, "
           f"{run.before_base()} forwarded late from before the first; "
-          f"proxy lost {flow.packets_lost}/{flow.packets_expected} ({reported:.3%}), "
-          f"received {flow.packets_received}, reordered {flow.stats.reordered if flow.stats else '?'} "
+          f"proxy lost {snap.packets_lost}/{snap.packets_expected} ({reported:.3%}), "
+          f"received {snap.packets_received}, reordered {snap.reordered} "
           f"(relay sent {run.overtaken()} out of order); kernel UDP receive drops {run.loopback_drops}")
     assert abs(reported - injected) <= LOSS_TOLERANCE
 
     if run.loopback_drops:
         print("loopback dropped datagrams during the run: exact counts not checked")
         return
-    assert flow.packets_received == len(relay.forwarded)
-    assert flow.packets_expected == last - first + 1
-    assert flow.packets_lost == run.true_lost()
-    assert flow.stats is not None and flow.stats.reordered == run.overtaken()
+    assert snap.packets_received == len(relay.forwarded)
+    assert snap.packets_expected == last - first + 1
+    assert snap.packets_lost == run.true_lost()
+    assert snap.ssrc is not None and snap.reordered == run.overtaken()
     assert (run.overtaken() > 0) == reorder
 
 
@@ -447,36 +448,38 @@ async def test_reported_jitter_matches_capture(flow: Flow, tmp_path: Path) -> No
     # The capture saw exactly the packets the relay forwarded (so the same ones the proxy did).
     assert [seq for _, seq, _ in captured] == [f.seq for f in relay.forwarded]
     independent = rfc3550_jitter_ms(captured, CLOCK_RATE)
-    reported = flow.jitter_ms
+    snap = flow.snapshot()
+    reported = snap.jitter_ms
     tshark = parse_rtp_streams(streams, run.source.ssrc)
     print(f"jitter: proxy {reported:.3f} ms, independent A.8 over the capture {independent:.3f} ms "
           f"({(reported - independent) / independent:+.1%}); "
           f"tshark max {tshark.max_jitter_ms if tshark else '?'} ms, "
           f"mean {tshark.mean_jitter_ms if tshark else '?'} ms; "
           f"lost: relay {len(relay.dropped)} ({run.dropped_in_span()} in span), "
-          f"proxy {flow.packets_lost}, tshark {tshark.lost if tshark else '?'}")
+          f"proxy {snap.packets_lost}, tshark {tshark.lost if tshark else '?'}")
     assert independent > 0.5, "the impairment should make jitter of a few milliseconds"
     assert abs(reported - independent) <= JITTER_TOLERANCE * independent
     if tshark is not None:
         assert tshark.packets == len(relay.forwarded)
         assert tshark.lost == run.dropped_in_span()
     if not run.loopback_drops:
-        assert flow.packets_lost == run.true_lost() == run.dropped_in_span()
+        assert snap.packets_lost == run.true_lost() == run.dropped_in_span()
 
 
 async def test_no_impairment_baseline(flow: Flow) -> None:
     run = await run_stream(flow, Impairment(), seed=1)
     relay, source = run.relay, run.source
     lateness = sorted(s.sent_at - s.due_at for s in source.sent)
-    print(f"\nbaseline: proxy received {flow.packets_received}/{PACKETS}, lost {flow.packets_lost}, "
-          f"jitter {flow.jitter_ms:.3f} ms; source pacing lateness median "
+    snap = flow.snapshot()
+    print(f"\nbaseline: proxy received {snap.packets_received}/{PACKETS}, lost {snap.packets_lost}, "
+          f"jitter {snap.jitter_ms:.3f} ms; source pacing lateness median "
           f"{lateness[len(lateness) // 2] * 1e3:.3f} ms, max {lateness[-1] * 1e3:.3f} ms; "
-          f"RTCP sent {source.rtcp_sent}, relayed {relay.rtcp_forwarded}, proxy got {flow.rtcp_received}, "
+          f"RTCP sent {source.rtcp_sent}, relayed {relay.rtcp_forwarded}, proxy got {snap.rtcp_received}, "
           f"{relay.returned} came back (receiver reports), source got {source.rtcp_received}")
     assert relay.dropped == [] and relay.overflowed == []
     if not run.loopback_drops:
-        assert flow.packets_received == flow.packets_expected == PACKETS
-    assert flow.packets_lost == 0
+        assert snap.packets_received == snap.packets_expected == PACKETS
+    assert snap.packets_lost == 0
     # Only the event loop's timer granularity (1 ms epoll ticks) is left.
-    assert flow.jitter_ms < 1.0
-    assert source.rtcp_sent >= 5 and flow.rtcp_received == relay.rtcp_forwarded == source.rtcp_sent
+    assert snap.jitter_ms < 1.0
+    assert source.rtcp_sent >= 5 and snap.rtcp_received == relay.rtcp_forwarded == source.rtcp_sent

@@ -22,10 +22,15 @@ from hypothesis import strategies as st
 
 from msm import ext
 from msm.rtp_proxy import flows as flows_module
-from msm.rtp_proxy.flows import FlowTable, Leg, choose_engine
+from msm.rtp_proxy.engine import EngineUnavailable
+from msm.rtp_proxy.flows import Flow, FlowTable, Leg, choose_engine
 from msm.rtp_proxy.metrics import ProxyCollector
 from msm.rtp_proxy.service import flow_stats
+from msm.sdk.errors import ConfigError, Unavailable
 from msm.sdk.stats import ReceiverStats
+from tests.engines import engine, require, table, until
+
+__all__ = ["engine", "table"]   # the fixtures every engine-parametrized test here takes
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -64,30 +69,25 @@ def send_gso(sock: socket.socket, segments: list[bytes], addr: tuple[str, int]) 
     sock.sendmsg([b"".join(segments)], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", len(segments[0])))], 0, addr)
 
 
-async def until(predicate, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.01)
+def sent(flow: Flow, leg_id: str) -> int:
+    return flow.snapshot().leg(leg_id).packets_sent
+
+
+async def collect(sinks: list[socket.socket], got: list[list[bytes]], count: int) -> None:
+    """Poll until every sink received ``count`` datagrams in all (kept in ``got``)."""
+    def done() -> bool:
+        for sink, packets in zip(sinks, got, strict=True):
+            packets += drain(sink)
+        return all(len(packets) >= count for packets in got)
+    await until(done, what=f"{count} datagrams at each of {len(sinks)} sinks")
 
 
 @pytest.fixture
 async def native():
-    if not ext.available():
-        pytest.skip(f"native engine: {ext.unavailable_reason()}")
+    require("native")
     table = FlowTable(host="127.0.0.1", port_range=(44000, 44999), engine="native")
     yield table
     table.close()
-
-
-@pytest.fixture(params=["python", "native"])
-async def table(request: pytest.FixtureRequest):
-    if request.param == "native" and not ext.available():
-        pytest.skip(f"native engine: {ext.unavailable_reason()}")
-    t = FlowTable(host="127.0.0.1", port_range=(44000, 44999), engine=request.param)
-    yield t
-    t.close()
 
 
 # ----------------------------------------------------------------------------- statistics, packet for packet
@@ -131,11 +131,14 @@ async def test_service_and_metrics_read_either_engine(table: FlowTable) -> None:
     for seq in range(100):
         if seq % 10 != 3:
             src.sendto(rtp(seq, seq * 3000), flow.ingress)
-    await until(lambda: flow.packets_received == 90)
-    await asyncio.sleep(0.05)
-    block = flow.stats.report_block(0x1234)
+    got: list[list[bytes]] = [[]]
+    await collect([viewer], got, 90)
+    await until(lambda: flow.snapshot().packets_received == 90 and sent(flow, "v") == 90)
+    block = flow.engine.report_block()
+    assert block is not None and block.ssrc == 0x1234
     assert (block.fraction_lost, block.packets_lost, block.highest_sequence) == (10 * 256 // 100, 10, 99)
-    assert flow.stats.report_block(0x1234).fraction_lost == 0     # a new interval
+    again = flow.engine.report_block()
+    assert again is not None and again.fraction_lost == 0     # a new interval
     stats = flow_stats(flow, "node")
     assert (stats.packets_received, stats.packets_expected, stats.packets_lost) == (90, 100, 10)
     assert stats.legs[0].packets_sent == 90 and stats.legs[0].bytes_sent == 90 * 200
@@ -143,7 +146,7 @@ async def test_service_and_metrics_read_either_engine(table: FlowTable) -> None:
     families = {m.name: m for m in ProxyCollector(table, "node").collect()}
     assert families["msm_ingress_packets"].samples[0].value == 90
     assert families["msm_egress_packets"].samples[0].value == 90
-    assert len(drain(viewer)) == 90
+    assert len(got[0]) == 90
     src.close()
     viewer.close()
 
@@ -158,20 +161,18 @@ async def test_fan_out_to_100_legs_keeps_order_and_bytes(native: FlowTable) -> N
         flow.set_leg(Leg(f"v{i}", sink.getsockname(), ("127.0.0.1", 9), enabled=True))
     src = udp()
     # Runs of equal sizes with a shorter last one, as video frames make them.
-    sent = [rtp(seq, seq * 90, size=1316 if seq % 7 else 400) for seq in range(300)]
-    got: dict[int, list[bytes]] = {i: [] for i in range(len(sinks))}
-    for i, packet in enumerate(sent):
+    packets = [rtp(seq, seq * 90, size=1316 if seq % 7 else 400) for seq in range(300)]
+    got: list[list[bytes]] = [[] for _ in sinks]
+    for i, packet in enumerate(packets):
         src.sendto(packet, flow.ingress)
         if i % 50 == 49:
-            await asyncio.sleep(0.002)   # stay inside the receivers' socket buffers
-            for n, sink in enumerate(sinks):
-                got[n] += drain(sink)
-    await until(lambda: flow.packets_forwarded == 300 * 100)
-    await asyncio.sleep(0.05)
+            await collect(sinks, got, i + 1)   # stay inside the receivers' socket buffers
+    assert flow.snapshot().packets_forwarded == 300 * 100
     for n, sink in enumerate(sinks):
-        assert got[n] + drain(sink) == sent
+        assert got[n] == packets
         sink.close()
-    assert flow.dropped_backlog == 0 and all(leg.send_errors == 0 for leg in flow.legs.values())
+    snap = flow.snapshot()
+    assert snap.dropped_backlog == 0 and all(leg.send_errors == 0 for leg in snap.legs)
     src.close()
 
 
@@ -187,14 +188,15 @@ async def test_gro_train_is_split_measured_and_sent_as_gso(native: FlowTable) ->
     segments[4] = b"\x00" * 1000                    # not RTP: dropped inside the train, counted
     segments[-1] = segments[-1][:500]               # the last segment of a train may be shorter
     send_gso(src, segments, flow.ingress)
-    await until(lambda: flow.packets_forwarded == 18)
-    await asyncio.sleep(0.05)
+    got: list[list[bytes]] = [[], []]
+    await collect([a, b], got, 9)
     want = [s for i, s in enumerate(segments) if i != 4]
-    assert drain(a) == want and drain(b) == want
-    assert flow.packets_received == 9 and flow.dropped_invalid == 1
-    assert flow.stats is not None and flow.stats.expected == 10 and flow.stats.lost == 1
-    for leg in flow.legs.values():
-        assert leg.handle.stats()["gso_sends"] >= 1    # re-sent as GSO runs, not packet by packet
+    assert got == [want, want]
+    snap = flow.snapshot()
+    assert snap.packets_forwarded == 18 and snap.packets_received == 9 and snap.dropped_invalid == 1
+    assert snap.ssrc is not None and snap.packets_expected == 10 and snap.packets_lost == 1
+    for leg_id in flow.legs:
+        assert flow.engine.leg_counters(leg_id).gso_sends >= 1    # re-sent as GSO runs, not packet by packet
     src.close()
     a.close()
     b.close()
@@ -218,8 +220,9 @@ async def test_refused_gso_falls_back_to_single_datagrams() -> None:
         await until(lambda: leg.stats()["packets_sent"] >= 8)
         stats = leg.stats()
         assert stats["packets_sent"] == 8 and stats["gso_disabled"] == 1 and stats["send_errors"] == 0
-        await asyncio.sleep(0.02)
-        assert drain(rx) == segments
+        got: list[list[bytes]] = [[]]
+        await collect([rx], got, 8)
+        assert got == [segments]
         flow.close()
         leg.retire()
         src.close()
@@ -276,14 +279,13 @@ async def test_leg_changes_do_not_disturb_a_stable_leg(native: FlowTable) -> Non
         got += drain(stable)
         for other in others:
             drain(other)
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(0.001)   # pacing: the changes are spread over the blaster's traffic
     blaster.finish()
-    await until(lambda: flow.packets_received == blaster.sent)
-    await asyncio.sleep(0.05)
-    got += drain(stable)
+    await until(lambda: flow.snapshot().packets_received == blaster.sent)
+    await until(lambda: len(got.extend(drain(stable)) or got) >= blaster.sent)
     seqs = [struct.unpack_from("!H", p, 2)[0] for p in got]
     assert len(seqs) == blaster.sent and seqs == [s & 0xFFFF for s in range(blaster.sent)]
-    assert flow.legs["stable"].packets_sent == blaster.sent
+    assert sent(flow, "stable") == blaster.sent
     for s in (stable, *others):
         s.close()
 
@@ -296,7 +298,7 @@ async def test_flows_removed_with_packets_in_flight(native: FlowTable) -> None:
         flow.set_leg(Leg("v", sink.getsockname(), ("127.0.0.1", 9), enabled=True))
         blaster = Blaster(flow.ingress)
         blaster.start()
-        await asyncio.sleep(0.005)
+        await until(lambda flow=flow: flow.snapshot().packets_received > 0)   # packets are in flight
         port = flow.ingress[1]
         assert native.remove_flow(f"gone/{i}")
         # The engine let go of the socket before remove_flow returned: the port is free.
@@ -304,9 +306,9 @@ async def test_flows_removed_with_packets_in_flight(native: FlowTable) -> None:
         probe.bind(("127.0.0.1", port))
         probe.close()
         blaster.finish()
-        counted = flow.packets_received                  # frozen, still readable
-        await asyncio.sleep(0.01)
-        assert flow.packets_received == counted and flow.legs["v"].packets_sent <= counted
+        counted = flow.snapshot().packets_received       # frozen, still readable
+        await asyncio.sleep(0)
+        assert flow.snapshot().packets_received == counted and sent(flow, "v") <= counted
         drain(sink)
     assert native._native is not None and native._native.info()["flows"] == 0
     sink.close()
@@ -324,17 +326,17 @@ async def test_bad_destinations_do_not_stall_the_others(table: FlowTable) -> Non
     flow.set_leg(Leg("bcast", ("255.255.255.255", 9), ("255.255.255.255", 9), enabled=True))  # EACCES
     flow.set_leg(Leg("good", good.getsockname(), ("127.0.0.1", 9), enabled=True))
     src = udp()
+    got: list[list[bytes]] = [[]]
     for seq in range(200):
         src.sendto(rtp(seq), flow.ingress)
         if seq % 20 == 19:
-            await asyncio.sleep(0.002)
-    await until(lambda: flow.legs["good"].packets_sent == 200)
-    await asyncio.sleep(0.05)
-    assert len(drain(good)) == 200
-    assert flow.packets_received == 200
+            await collect([good], got, seq + 1)
+    assert len(got[0]) == 200 and sent(flow, "good") == 200
+    snap = flow.snapshot()
+    assert snap.packets_received == 200
     if table.engine == "native":
         # (asyncio hands the Python path's send errors to error_received, without the leg)
-        assert flow.legs["bcast"].send_errors == 200 and flow.legs["bcast"].packets_sent == 0
+        assert snap.leg("bcast").send_errors == 200 and snap.leg("bcast").packets_sent == 0
     src.close()
     good.close()
 
@@ -348,8 +350,8 @@ async def test_unresolvable_leg_counts_every_packet_as_a_send_error(native: Flow
     src = udp()
     for seq in range(50):
         src.sendto(rtp(seq), flow.ingress)
-    await until(lambda: flow.legs["good"].packets_sent == 50)
-    assert flow.legs["nowhere"].send_errors == 50
+    await until(lambda: sent(flow, "good") == 50)
+    assert flow.snapshot().leg("nowhere").send_errors == 50
     src.close()
     good.close()
 
@@ -357,13 +359,14 @@ async def test_unresolvable_leg_counts_every_packet_as_a_send_error(native: Flow
 # ----------------------------------------------------------------------------- the switch
 
 def test_engine_switch(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="engine must be one of"):
         choose_engine("fast")
     assert choose_engine("python") == "python"
     monkeypatch.setenv("MSM_NO_NATIVE", "1")
     assert choose_engine("auto") == "python" and FlowTable().engine == "python"
-    with pytest.raises(ext.NativeUnavailable, match="MSM_NO_NATIVE"):
+    with pytest.raises(EngineUnavailable, match="MSM_NO_NATIVE") as info:
         choose_engine("native")
+    assert isinstance(info.value, Unavailable) and info.value.grpc_code == "UNAVAILABLE"
     monkeypatch.delenv("MSM_NO_NATIVE")
     if ext.available():
         assert choose_engine("auto") == "native"
@@ -373,5 +376,5 @@ def test_engine_switch(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptur
     with caplog.at_level(logging.WARNING, logger="msm.rtp_proxy.flows"):
         assert choose_engine("auto") == "python"
     assert "pure-Python" in caplog.text and "not built" in caplog.text
-    with pytest.raises(ext.NativeUnavailable):
+    with pytest.raises(EngineUnavailable):
         choose_engine("native")

@@ -1,0 +1,205 @@
+"""The pure-Python RTP path: the reference the native engine is held to.
+
+RTP arriving from the upstream source is measured (RFC 3550 receiver
+statistics), optionally *spliced* (SSRC, sequence and timestamp kept continuous
+across an upstream restart) and sent from the same socket to every enabled leg,
+so viewers see the proxy's port pair as the ``server_port`` of their Transport.
+Packets that come from a viewer (NAT "punch" packets) are dropped and counted,
+never forwarded. Runs in the event loop; implements
+:class:`msm.rtp_proxy.engine.FlowEngine`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import cast
+
+from msm.sdk.errors import RtpError
+from msm.sdk.rtp import ReportBlock, rtp_header
+from msm.sdk.stats import ReceiverStats
+
+from .engine import MAX_SOCKET_BACKLOG, Address, DatagramSocket, Endpoint, Leg, LegCounters, RtpState
+
+log = logging.getLogger(__name__)
+
+_U16 = 0xFFFF
+_U32 = 0xFFFFFFFF
+
+
+class _Target:
+    """One published leg as the hot path sees it, with what was sent to it."""
+
+    __slots__ = ("addr", "bytes_sent", "dropped_backlog", "leg", "packets_sent", "send_errors")
+
+    def __init__(self, leg: Leg) -> None:
+        self.leg = leg
+        self.addr = leg.rtp_addr
+        self.packets_sent = 0
+        self.bytes_sent = 0
+        self.send_errors = 0
+        self.dropped_backlog = 0
+
+
+class PythonEngine:
+    """A flow's RTP socket served in the event loop (see the module doc)."""
+
+    name = "python"
+
+    def __init__(self, flow_id: str, *, clock_rate: int = 0, splice: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.flow_id = flow_id
+        self.clock_rate = clock_rate
+        self.splice = splice
+        self.clock = clock
+        self._transport: DatagramSocket | None = None
+        # Forwarding state, rebuilt whenever legs change (the hot path reads only these).
+        self._legs: dict[str, _Target] = {}
+        self._targets: tuple[_Target, ...] = ()
+        self._viewer_rtp: frozenset[Address] = frozenset()
+        self.packets_received = 0
+        self.bytes_received = 0
+        self.packets_forwarded = 0
+        self.dropped_invalid = 0
+        self.dropped_from_viewers = 0
+        self.dropped_backlog = 0
+        self.socket_errors = 0
+        self.source_changes = 0
+        # Statistics of the current upstream source.
+        self.ssrc: int | None = None
+        self.stats: ReceiverStats | None = None
+        self._lost_before = 0      # packets lost by earlier sources
+        self._expected_before = 0
+        # Splicing: what viewers see stays continuous across source changes.
+        self.out_ssrc: int | None = None
+        self._seq_offset = 0
+        self._ts_offset = 0
+        self._last_out_seq: int | None = None
+        self._last_out_ts = 0
+        self._last_arrival = 0.0
+
+    async def start(self, sock: socket.socket) -> None:
+        """Serve ``sock`` (a bound non-blocking UDP socket) in the running loop."""
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: Endpoint(self.on_rtp, self.on_socket_error), sock=sock)
+        self._transport = cast(DatagramSocket, transport)
+
+    # -- the FlowEngine seam ---------------------------------------------------
+    def set_legs(self, legs: Sequence[Leg]) -> None:
+        old = self._legs
+        self._legs = {}
+        for leg in legs:
+            target = old.get(leg.leg_id)
+            self._legs[leg.leg_id] = target if target is not None and target.leg is leg else _Target(leg)
+        self._targets = tuple(t for t in self._legs.values() if t.leg.enabled)
+        self._viewer_rtp = frozenset(leg.rtp_addr for leg in legs)
+
+    def state(self) -> RtpState:
+        stats = self.stats
+        return RtpState(
+            packets_received=self.packets_received, bytes_received=self.bytes_received,
+            packets_forwarded=self.packets_forwarded, dropped_invalid=self.dropped_invalid,
+            dropped_from_viewers=self.dropped_from_viewers, dropped_backlog=self.dropped_backlog,
+            socket_errors=self.socket_errors, source_changes=self.source_changes,
+            ssrc=self.ssrc, out_ssrc=self.out_ssrc, seq_offset=self._seq_offset, ts_offset=self._ts_offset,
+            lost_before=self._lost_before, expected_before=self._expected_before,
+            received=stats.received if stats else 0, expected=stats.expected if stats else 0,
+            extended_highest_seq=stats.extended_highest_seq if stats else 0,
+            duplicates=stats.duplicates if stats else 0, reordered=stats.reordered if stats else 0,
+            restarts=stats.restarts if stats else 0, jitter=stats.jitter if stats else 0.0)
+
+    def leg_counters(self, leg_id: str) -> LegCounters:
+        target = self._legs.get(leg_id)
+        if target is None:
+            return LegCounters()
+        return LegCounters(packets_sent=target.packets_sent, bytes_sent=target.bytes_sent,
+                           send_errors=target.send_errors, dropped_backlog=target.dropped_backlog)
+
+    def report_block(self, *, lsr: int = 0, dlsr: int = 0) -> ReportBlock | None:
+        if self.stats is None or self.ssrc is None:
+            return None
+        return self.stats.report_block(self.ssrc, lsr=lsr, dlsr=dlsr)
+
+    def counters(self) -> Mapping[str, int]:
+        return {}
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        self._transport = None
+
+    # -- data path -----------------------------------------------------------
+    def on_rtp(self, data: bytes, addr: Address) -> None:
+        if addr in self._viewer_rtp:
+            self.dropped_from_viewers += 1
+            return
+        try:
+            _pt, seq, ts, ssrc, _marker = rtp_header(data)
+        except RtpError:
+            self.dropped_invalid += 1
+            return
+        now = self.clock()
+        if ssrc != self.ssrc:
+            self._new_source(ssrc, seq, ts, now)
+        assert self.stats is not None
+        self.stats.update(seq, ts, now)
+        self.packets_received += 1
+        self.bytes_received += len(data)
+        self._last_arrival = now
+        if self.splice and self.out_ssrc is not None:
+            out_seq = (seq + self._seq_offset) & _U16
+            out_ts = (ts + self._ts_offset) & _U32
+            self._last_out_seq = out_seq
+            self._last_out_ts = out_ts
+            if self._seq_offset or self._ts_offset or ssrc != self.out_ssrc:
+                buf = bytearray(data)
+                struct.pack_into("!HII", buf, 2, out_seq, out_ts, self.out_ssrc)
+                data = bytes(buf)
+        self._send(data)
+
+    def _new_source(self, ssrc: int, seq: int, ts: int, now: float) -> None:
+        if self.stats is not None:
+            self._lost_before += self.stats.lost
+            self._expected_before += self.stats.expected
+            self.source_changes += 1
+            log.info("flow %s: upstream source changed %08x -> %08x", self.flow_id,
+                     self.ssrc or 0, ssrc)
+        self.ssrc = ssrc
+        self.stats = ReceiverStats(clock_rate=self.clock_rate or None, min_sequential=1)
+        if self.out_ssrc is None:
+            self.out_ssrc = ssrc
+        elif self.splice and self._last_out_seq is not None:
+            # Continue where viewers left off: next sequence number, and a
+            # timestamp advanced by the wall time the source was away.
+            gap = max(now - self._last_arrival, 0.0)
+            advance = int(gap * self.clock_rate) if self.clock_rate else 1
+            self._seq_offset = (self._last_out_seq + 1 - seq) & _U16
+            self._ts_offset = (self._last_out_ts + max(advance, 1) - ts) & _U32
+
+    def _send(self, data: bytes) -> None:
+        transport, targets = self._transport, self._targets
+        if transport is None or not targets:
+            return
+        if transport.get_write_buffer_size() > MAX_SOCKET_BACKLOG:
+            self.dropped_backlog += len(targets)
+            for target in targets:
+                target.dropped_backlog += 1
+            return
+        size = len(data)
+        for target in targets:
+            try:
+                transport.sendto(data, target.addr)
+                target.packets_sent += 1
+                target.bytes_sent += size
+                self.packets_forwarded += 1
+            except OSError:
+                target.send_errors += 1
+
+    def on_socket_error(self, exc: Exception) -> None:
+        self.socket_errors += 1
+        log.debug("flow %s: socket error %s", self.flow_id, exc)
