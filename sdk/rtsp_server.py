@@ -31,12 +31,10 @@ from __future__ import annotations
 import email.utils
 import logging
 import re
-import secrets
 import struct
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Generic, TypeAlias, TypeVar
+from dataclasses import dataclass
+from typing import Generic, TypeAlias
 from urllib.parse import urlsplit
 
 from msm.sdk.errors import (
@@ -56,10 +54,9 @@ from msm.sdk.rtsp import (
     Response,
     RtspReader,
     TransportSpec,
-    format_session,
-    parse_session,
     parse_transport,
 )
+from msm.sdk.rtsp_sessions import RtspSession, S, SessionTable
 from msm.sdk.rtsp_state import State, next_state
 from msm.sdk.sdp import Connection, SessionDescription
 
@@ -137,71 +134,6 @@ def viewer_sdp(sdp: SessionDescription, local_host: str) -> bytes:
     ipv6 = ":" in local_host
     anywhere = Connection(addrtype="IP6" if ipv6 else "IP4", address="::" if ipv6 else "0.0.0.0")
     return bytes(sdp.with_media(media).with_control("*").with_connection(anywhere))
-
-
-# --------------------------------------------------------------------------- sessions
-
-
-@dataclass(eq=False)
-class RtspSession:
-    """One RTSP session: an id, the stream it aggregates and its state.
-
-    ``owner`` is the :class:`ServerConnection` that set it up (only that connection
-    may add tracks to it); ``tracks`` maps a set-up track to its transport.
-    """
-
-    session_id: str
-    stream_id: str
-    owner: object | None = None
-    state: State = State.INIT
-    tracks: dict[int, TransportSpec] = field(default_factory=dict)
-    last_seen: float = 0.0
-
-
-S = TypeVar("S", bound=RtspSession)
-
-
-class SessionTable(Generic[S]):
-    """The sessions of one server, shared by all its connections.
-
-    ``timeout`` (seconds) is announced in every ``Session`` header and is how long a
-    session lives without a request or an RTCP frame; ``clock`` is monotonic seconds.
-    """
-
-    def __init__(self, *, timeout: int = 60, clock: Callable[[], float] = time.monotonic) -> None:
-        self.timeout = timeout
-        self.clock = clock
-        self.sessions: dict[str, S] = {}
-
-    @staticmethod
-    def new_id() -> str:
-        return secrets.token_hex(8)
-
-    def find(self, header: str) -> S:
-        """The session a ``Session`` header names, marked as seen; 454 when unknown."""
-        session_id, _ = parse_session(header)
-        session = self.sessions.get(session_id)
-        if session is None:
-            raise SessionNotFound(f"unknown session {session_id}")
-        session.last_seen = self.clock()
-        return session
-
-    def header(self, session: RtspSession) -> tuple[str, str]:
-        return ("Session", format_session(session.session_id, self.timeout))
-
-    def touch_stream(self, stream_id: str) -> None:
-        """Restart the timeout of every session of ``stream_id``."""
-        now = self.clock()
-        for session in self.sessions.values():
-            if session.stream_id == stream_id:
-                session.last_seen = now
-
-    def expired(self, paused_streams: Iterable[str] = ()) -> list[S]:
-        """Sessions past their timeout, except those of ``paused_streams``."""
-        paused = set(paused_streams)
-        now = self.clock()
-        return [s for s in self.sessions.values()
-                if s.stream_id not in paused and now - s.last_seen > self.timeout]
 
 
 # --------------------------------------------------------------------------- events
