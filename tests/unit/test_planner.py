@@ -426,7 +426,7 @@ async def test_viewer_gone_drops_that_viewer(mesh: Mesh) -> None:
 
 
 # -- upstream state ---------------------------------------------------------------------------------------
-def event(cause: pb.UpstreamEvent.Cause.ValueType, state: pb.UpstreamEvent.State.ValueType) -> pb.UpstreamEvent:
+def event(cause: pb.UpstreamEvent.Cause, state: pb.UpstreamEvent.State) -> pb.UpstreamEvent:
     return pb.UpstreamEvent(stream_id="cam", state=state, cause=cause, detail="free text, never read")
 
 
