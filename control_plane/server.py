@@ -23,7 +23,7 @@ from msm.protos import msm_pb2_grpc as pb_grpc
 from msm.protos.status import status_of
 from msm.runtime.grpcserver import GrpcServer
 from msm.runtime.grpcutil import abort
-from msm.sdk.errors import MsmError, NotFound, NotImplemented_, ProtocolError
+from msm.sdk.errors import MsmError, NotImplemented_, ProtocolError
 
 from .links import ProxyLink, StubLink
 from .planner import Planner
@@ -128,8 +128,6 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
             if exc.status >= 500:
                 log.warning("request %s failed: %s", kind, exc.reason)
             reply = pb.ControlReply(status=status_of(exc))
-        except LookupError as exc:   # a resolver's "no route" that is not (yet) an MsmError
-            reply = pb.ControlReply(status=status_of(NotFound(str(exc))))
         except Exception:   # a bug of ours: the viewer gets a 500 at once, not a time-out
             log.exception("request %s failed", kind)
             reply = pb.ControlReply(status=pb.Status(code=500, reason="internal error"))
