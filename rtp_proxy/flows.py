@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import cast
 
 from msm import ext
-from msm.sdk.errors import ConfigError, ResourceExhausted, RtcpError
+from msm.sdk.errors import ConfigError, RtcpError
 from msm.sdk.rtp import (
     Bye,
     ReceiverReport,
@@ -38,17 +38,9 @@ from msm.sdk.rtp import (
     serialize_rtcp,
 )
 
-from .engine import (
-    MAX_SOCKET_BACKLOG,
-    Address,
-    DatagramSocket,
-    Endpoint,
-    EngineUnavailable,
-    FlowEngine,
-    Leg,
-    RtpState,
-)
+from .engine import MAX_SOCKET_BACKLOG, Address, DatagramSocket, Endpoint, EngineUnavailable, FlowEngine, Leg, RtpState
 from .native import NativeEngine, start_core
+from .ports import PortRangeExhausted, bind_pair
 from .pyengine import PythonEngine
 from .snapshot import FlowSnapshot, LegSnapshot
 
@@ -166,6 +158,53 @@ class Flow:
             has_report=leg.has_report, viewer_fraction_lost=leg.viewer_fraction_lost,
             viewer_packets_lost=leg.viewer_packets_lost, viewer_jitter_ms=leg.viewer_jitter_ms,
             rtt_ms=leg.rtt_ms)
+
+    # -- single counters, as the flow had them (each one reads the engine; snapshot() reads all at once)
+    @property
+    def packets_received(self) -> int:
+        return self.engine.state().packets_received
+
+    @property
+    def bytes_received(self) -> int:
+        return self.engine.state().bytes_received
+
+    @property
+    def packets_forwarded(self) -> int:
+        return self.engine.state().packets_forwarded
+
+    @property
+    def packets_expected(self) -> int:
+        rtp = self.engine.state()
+        return rtp.expected_before + rtp.expected
+
+    @property
+    def packets_lost(self) -> int:
+        rtp = self.engine.state()
+        return rtp.lost_before + rtp.expected - rtp.received
+
+    @property
+    def jitter_ms(self) -> float:
+        return _jitter_ms(self.engine.state(), self.clock_rate)
+
+    @property
+    def ssrc(self) -> int | None:
+        return self.engine.state().ssrc
+
+    @property
+    def dropped_invalid(self) -> int:
+        return self.engine.state().dropped_invalid
+
+    @property
+    def dropped_from_viewers(self) -> int:
+        return self.engine.state().dropped_from_viewers + self._rtcp_from_viewers
+
+    @property
+    def dropped_backlog(self) -> int:
+        return self.engine.state().dropped_backlog + self._rtcp_backlog
+
+    @property
+    def source_changes(self) -> int:
+        return self.engine.state().source_changes
 
     # -- RTCP ----------------------------------------------------------------
     def on_rtcp(self, data: bytes, addr: Address) -> None:
@@ -329,39 +368,6 @@ def _jitter_ms(rtp: RtpState, clock_rate: int) -> float:
     return rtp.jitter * 1000.0 / clock_rate
 
 
-class PortRangeExhausted(ResourceExhausted):
-    """No free even/odd port pair is left in the configured range."""
-
-
-def _bind_pair(host: str, low: int, high: int, start: int) -> tuple[socket.socket, socket.socket]:
-    """Bind an RTP/RTCP pair (even, even+1) in ``[low, high]``, starting near ``start``."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    span = (high - low + 1) // 2
-    if span <= 0:
-        raise PortRangeExhausted(f"empty port range {low}-{high}")
-    first = (low + 1) & ~1
-    for i in range(span):
-        port = first + 2 * ((start + i) % span)
-        if port + 1 > high:
-            continue
-        rtp = socket.socket(family, socket.SOCK_DGRAM)
-        rtcp = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            rtp.bind((host, port))
-            rtcp.bind((host, port + 1))
-        except OSError:
-            rtp.close()
-            rtcp.close()
-            continue
-        for s in (rtp, rtcp):
-            s.setblocking(False)
-            # Room for bursts (an I-frame is dozens of packets at once).
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 21)
-        return rtp, rtcp
-    raise PortRangeExhausted(f"no free RTP/RTCP port pair in {low}-{high} on {host}")
-
-
 #: The data-path engines a FlowTable can run: "native" is the C engine in
 #: ``ext`` (the default where it is built), "python" the reference (pyengine).
 ENGINES = ("auto", "native", "python")
@@ -438,7 +444,7 @@ class FlowTable:
             return existing
         host = bind_host or self.host
         low, high = self.port_range
-        rtp_sock, rtcp_sock = _bind_pair(host, low, high, self._next)
+        rtp_sock, rtcp_sock = bind_pair(host, low, high, self._next)
         self._next = (rtp_sock.getsockname()[1] - ((low + 1) & ~1)) // 2 + 1
         ingress = (host, rtp_sock.getsockname()[1])
         loop = asyncio.get_running_loop()

@@ -17,6 +17,8 @@ forwarder's CPU seconds per million delivered packets (all its threads,
 latency percentiles.
 """
 
+# long module: one measurement procedure (C peers, forwarders under test, cases, soak) whose parts share the
+# subprocess plumbing and the load arithmetic; report.py already holds the output side.
 from __future__ import annotations
 
 import contextlib

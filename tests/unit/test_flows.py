@@ -13,7 +13,8 @@ import struct
 
 import pytest
 
-from msm.rtp_proxy.flows import FlowTable, Leg, PortRangeExhausted, _bind_pair
+from msm.rtp_proxy.flows import FlowTable, Leg
+from msm.rtp_proxy.ports import PortRangeExhausted, bind_pair
 from msm.sdk.errors import ResourceExhausted
 from tests.engines import engine, table, until
 
@@ -182,12 +183,12 @@ async def test_unreachable_leg_does_not_stall_others(table: FlowTable) -> None:
 
 
 def test_port_pairs_are_even_odd_and_exhaustion_is_reported() -> None:
-    a = _bind_pair("127.0.0.1", 42000, 42003, 0)
-    b = _bind_pair("127.0.0.1", 42000, 42003, 0)
+    a = bind_pair("127.0.0.1", 42000, 42003, 0)
+    b = bind_pair("127.0.0.1", 42000, 42003, 0)
     ports = sorted(s.getsockname()[1] for s in (*a, *b))
     assert ports == [42000, 42001, 42002, 42003]
     with pytest.raises(PortRangeExhausted) as info:
-        _bind_pair("127.0.0.1", 42000, 42003, 0)
+        bind_pair("127.0.0.1", 42000, 42003, 0)
     assert isinstance(info.value, ResourceExhausted) and info.value.grpc_code == "RESOURCE_EXHAUSTED"
     for s in (*a, *b):
         s.close()
