@@ -19,6 +19,7 @@ import grpc
 
 from msm.protos import msm_pb2 as pb
 from msm.protos import msm_pb2_grpc as pb_grpc
+from msm.runtime.grpcserver import GrpcServer
 from msm.runtime.grpcutil import abort
 from msm.sdk.errors import MsmError, NotFound, Refused
 
@@ -228,20 +229,16 @@ class RtpProxy:
         self.control_address = control_address
         self.table = FlowTable(host=media_host, port_range=port_range, engine=engine)  # native or python
         self.service = DataPlaneService(self.table, node)
-        self.server: grpc.aio.Server | None = None
+        self.server: GrpcServer | None = None
         self.address = ""
         self.agent: ProxyAgent | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # a busy port is an error
-        _add_dataplane(self.service, self.server)
-        port = self.server.add_insecure_port(self.grpc_listen)
-        if port == 0:
-            raise OSError(f"cannot listen on {self.grpc_listen} (in use?)")
-        await self.server.start()
-        host = self.grpc_listen.rsplit(":", 1)[0]
-        self.address = f"{host}:{port}"
+        self.server = GrpcServer(self.grpc_listen, lambda server: _add_dataplane(self.service, server),
+                                 what="DataPlane gRPC")
+        await self.server.start()   # a busy or bad address: ListenError (Unavailable) / ConfigError
+        self.address = self.server.address
         log.info("rtp proxy %s: DataPlane gRPC on %s, media on %s, ports %d-%d", self.node,
                  self.address, self.media_host, *self.table.port_range)
         self._tasks.append(asyncio.create_task(self._sample_rates(), name="proxy-rates"))
