@@ -198,12 +198,8 @@ class ControlPlaneServer:
         return self.server.port if self.server is not None else 0
 
     async def start(self) -> None:
-        try:
-            server = GrpcServer(self.listen, self._register, what="control plane gRPC")
-            await server.start()
-        except MsmError as exc:
-            # Today's callers (msm.mesh, control_plane.main) answer a failed bind as an OSError.
-            raise OSError(exc.reason) from exc
+        server = GrpcServer(self.listen, self._register, what="control plane gRPC")
+        await server.start()   # a busy port or a bad address: ListenError / ConfigError, one line
         self.server = server
 
     def _register(self, server: grpc.aio.Server) -> None:

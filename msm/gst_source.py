@@ -160,17 +160,17 @@ class DemoServer:
         if n != self._last_sessions:
             self._last_sessions = n
             emit(f"SESSIONS {n}")
-        return GLib.SOURCE_CONTINUE
+        return bool(GLib.SOURCE_CONTINUE)
 
     def _cleanup_sessions(self) -> bool:
         # Removes sessions whose keep-alive deadline has passed.
         self.server.get_session_pool().cleanup()
-        return GLib.SOURCE_CONTINUE
+        return bool(GLib.SOURCE_CONTINUE)
 
     def _on_signal(self, signame: str) -> bool:
         print(f"gst_source: {signame}, shutting down", file=sys.stderr, flush=True)
         self.loop.quit()
-        return GLib.SOURCE_REMOVE
+        return bool(GLib.SOURCE_REMOVE)
 
     # -- lifecycle -------------------------------------------------------------
 

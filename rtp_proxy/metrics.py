@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from msm.runtime.hostport import format_host_port, parse_host_port
+
 from .flows import FlowTable
 from .snapshot import FlowSnapshot, LegSnapshot
 
@@ -155,16 +157,16 @@ class MetricsServer:
         return web.Response(text="ok\n")
 
     async def start(self, listen: str) -> None:
-        host, _, port = listen.rpartition(":")
+        address = parse_host_port(listen, what="--metrics-listen", default_host="0.0.0.0")
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._health)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host.strip("[]"), int(port), reuse_address=True)
+        site = web.TCPSite(self.runner, address.host, address.port, reuse_address=True)
         await site.start()
-        bound = self.runner.addresses[0][1] if self.runner.addresses else int(port)
-        self.address = f"{host}:{bound}"
+        bound = self.runner.addresses[0][1] if self.runner.addresses else address.port
+        self.address = format_host_port(address.host, bound)
         log.info("metrics on http://%s/metrics", self.address)
 
     async def stop(self) -> None:

@@ -19,6 +19,7 @@ import grpc
 
 from msm.protos import msm_pb2 as pb
 from msm.protos import msm_pb2_grpc as pb_grpc
+from msm.runtime.backoff import Backoff
 from msm.runtime.grpcserver import GrpcServer
 from msm.runtime.grpcutil import abort
 from msm.sdk.errors import MsmError, NotFound, Refused
@@ -185,7 +186,7 @@ class ProxyAgent:
         self.registered = asyncio.Event()
 
     async def run(self) -> None:
-        delay = 0.2
+        backoff = Backoff(first=0.2, maximum=5.0)
         while True:
             try:
                 async with grpc.aio.insecure_channel(self.control_address) as channel:
@@ -196,13 +197,12 @@ class ProxyAgent:
                             log.info("proxy registered with control plane %s: %s",
                                      self.control_address, ack.message)
                         self.registered.set()
-                        delay = 0.2
+                        backoff.reset()
             except grpc.aio.AioRpcError as exc:
                 log.warning("control plane %s unreachable (%s); retrying in %.1fs",
-                            self.control_address, exc.code().name, delay)
+                            self.control_address, exc.code().name, backoff.delay)
             self.registered.clear()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await backoff.wait()
 
     async def _messages(self) -> AsyncIterator[pb.ProxyMessage]:
         yield pb.ProxyMessage(hello=self.hello)

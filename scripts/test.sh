@@ -7,5 +7,6 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/lint-imports
-.venv/bin/mypy msm/sdk
+.venv/bin/mypy msm                       # strict (pyproject.toml), every package
+.venv/bin/mypy bench/msm_bench
 .venv/bin/python -m pytest -q -ra "$@"

@@ -32,16 +32,25 @@ one of these; each module says which)::
     │   └── OptionNotSupported    551: Require: an option msm does not support
     ├── UpstreamError             the upstream RTSP server answered with an error; carries its status
     ├── Unavailable               503: a dependency is down (upstream unreachable, no proxy on a node)
+    │   ├── EngineUnavailable     msm.rtp_proxy.engine: the native engine asked for cannot run
+    │   ├── KubeError             the Kubernetes API failed or answered nonsense (CNI 11)
+    │   ├── LinkClosed            msm.control_plane.ports: a stub or proxy link went away mid-call
+    │   ├── ListenError           msm.runtime.grpcserver: a server cannot bind its address
     │   └── TimedOut              504: a dependency did not answer in time
     ├── ResourceExhausted         453: a bound was reached (port range, sessions, tracks)
+    │   └── PortRangeExhausted    msm.rtp_proxy.ports: no free RTP/RTCP port pair
     ├── ConfigError               bad settings, flags or files (exit code 2; CNI 7)
-    │   └── RouteError            msm.control_plane.resolver: a bad route definition
-    ├── KubeError                 the Kubernetes API failed or answered nonsense (503; CNI 11)
+    │   ├── RouteError            msm.control_plane.resolver: a bad route definition
+    │   └── UsageError            msm.cli: a bad `msm` command line
     ├── CniError                  msm.cni_plugin.errors: one leaf per CNI error code (cni_code),
     │                             including NetnsGone (3) and the installer's InstallError
     └── WebhookError              msm.webhook.errors: review and certificate faults (HTTP 400)
         ├── ReviewError           a bad AdmissionReview; its HTTP status is http_status
         └── CertificateError      the TLS certificate or key cannot be used
+
+test_house.py checks that no exception class of msm lives outside this tree (the
+one exception is ``msm.ext.NativeUnavailable``: ``ext`` imports nothing of msm,
+and the proxy raises it again as ``EngineUnavailable``).
 
 ``Refused(status, reason)`` with any status is allowed where no leaf fits; the
 leaves exist so that code can catch what it means (``except SessionNotFound``).

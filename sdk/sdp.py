@@ -1,4 +1,4 @@
-# Over 500 lines on purpose: the SDP value classes share their checks; the parser is sdp_parse.py.
+# long module: the SDP value classes share their checks; the parser is sdp_parse.py.
 """Session descriptions (SDP, RFC 8866), as RTSP carries them in DESCRIBE and ANNOUNCE.
 
 Sans-IO: :meth:`SessionDescription.parse` turns a body into frozen values and

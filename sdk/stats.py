@@ -115,7 +115,7 @@ class ReceiverStats:
         # reference, keep the estimate (the network did not change).
         self._last_arrival = None
 
-    # One function on purpose: it is RFC 3550 appendix A.1's update_seq plus the A.8 jitter
+    # long function: it is RFC 3550 appendix A.1's update_seq plus the A.8 jitter
     # step, kept in the RFC's order so it can be read against it (and it is the per-packet path).
     def update(self, seq: int, rtp_timestamp: int, arrival: float) -> bool:
         """Account one packet; ``False`` when A.1 does not count it.

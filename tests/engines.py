@@ -9,6 +9,7 @@ Where the native engine is not built its parameter skips, saying why.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -67,3 +68,13 @@ async def until(predicate: Callable[[], bool], timeout: float = WAIT, what: str 
     """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
     if not await poll(predicate, timeout):
         raise AssertionError(f"timed out after {timeout:g}s waiting for {what or predicate}")
+
+
+def drain(sock: socket.socket) -> list[bytes]:
+    """Every datagram waiting on a non-blocking socket."""
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(65536))
+        except BlockingIOError:
+            return out

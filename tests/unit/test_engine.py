@@ -28,7 +28,7 @@ from msm.rtp_proxy.metrics import ProxyCollector
 from msm.rtp_proxy.service import flow_stats
 from msm.sdk.errors import ConfigError, Unavailable
 from msm.sdk.stats import ReceiverStats
-from tests.engines import engine, require, table, until
+from tests.engines import drain, engine, require, table, until
 
 __all__ = ["engine", "table"]   # the fixtures every engine-parametrized test here takes
 
@@ -54,14 +54,6 @@ def udp(bind: bool = True) -> socket.socket:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
     return s
 
-
-def drain(sock: socket.socket) -> list[bytes]:
-    out = []
-    while True:
-        try:
-            out.append(sock.recv(65536))
-        except BlockingIOError:
-            return out
 
 
 def send_gso(sock: socket.socket, segments: list[bytes], addr: tuple[str, int]) -> None:

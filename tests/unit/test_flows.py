@@ -16,7 +16,7 @@ import pytest
 from msm.rtp_proxy.flows import FlowTable, Leg
 from msm.rtp_proxy.ports import PortRangeExhausted, bind_pair
 from msm.sdk.errors import ResourceExhausted
-from tests.engines import engine, table, until
+from tests.engines import drain, engine, table, until
 
 __all__ = ["engine", "table"]   # the fixtures every engine-parametrized test here takes
 
@@ -45,25 +45,17 @@ class Sink:
 
     def pull(self) -> list[bytes]:
         """Everything received on the RTP port so far."""
-        self.got += _drain(self.rtp)
+        self.got += drain(self.rtp)
         return self.got
 
     def pull_rtcp(self) -> list[bytes]:
-        self.got_rtcp += _drain(self.rtcp)
+        self.got_rtcp += drain(self.rtcp)
         return self.got_rtcp
 
     def close(self) -> None:
         self.rtp.close()
         self.rtcp.close()
 
-
-def _drain(sock: socket.socket) -> list[bytes]:
-    out = []
-    while True:
-        try:
-            out.append(sock.recv(65536))
-        except BlockingIOError:
-            return out
 
 
 async def test_fans_out_to_enabled_legs_only(table: FlowTable) -> None:
@@ -256,7 +248,7 @@ async def test_ipv6_flow_forwards_and_drops_viewer_packets(table: FlowTable) -> 
         src.sendto(rtp(seq, seq * 3000, 0x66), ("::1", flow.ingress[1]))
     rx.sendto(rtp(0, 0, 0xBEEF, b""), ("::1", flow.ingress[1]))     # a viewer's punch packet
     got: list[bytes] = []
-    await until(lambda: len(got.extend(_drain(rx)) or got) >= 10 and flow.snapshot().dropped_from_viewers == 1)
+    await until(lambda: len(got.extend(drain(rx)) or got) >= 10 and flow.snapshot().dropped_from_viewers == 1)
     snap = flow.snapshot()
     assert snap.packets_received == 10 and snap.dropped_from_viewers == 1
     rx.close()
