@@ -39,6 +39,26 @@ class Status(_message.Message):
     reason: str
     def __init__(self, code: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class CertificateRequest(_message.Message):
+    __slots__ = ("csr_pem", "token", "role")
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    csr_pem: bytes
+    token: str
+    role: str
+    def __init__(self, csr_pem: _Optional[bytes] = ..., token: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+
+class CertificateReply(_message.Message):
+    __slots__ = ("certificate_chain_pem", "trust_bundle_pem", "not_after_unix")
+    CERTIFICATE_CHAIN_PEM_FIELD_NUMBER: _ClassVar[int]
+    TRUST_BUNDLE_PEM_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_UNIX_FIELD_NUMBER: _ClassVar[int]
+    certificate_chain_pem: bytes
+    trust_bundle_pem: bytes
+    not_after_unix: int
+    def __init__(self, certificate_chain_pem: _Optional[bytes] = ..., trust_bundle_pem: _Optional[bytes] = ..., not_after_unix: _Optional[int] = ...) -> None: ...
+
 class StubRegister(_message.Message):
     __slots__ = ("stub_id", "node", "pod", "namespace", "pod_ip", "can_open_upstream")
     STUB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -198,16 +218,18 @@ class ControlCommand(_message.Message):
     def __init__(self, command_id: _Optional[int] = ..., open: _Optional[_Union[OpenUpstream, _Mapping]] = ..., setup: _Optional[_Union[SetupUpstream, _Mapping]] = ..., play: _Optional[_Union[PlayUpstream, _Mapping]] = ..., close: _Optional[_Union[CloseUpstream, _Mapping]] = ...) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("command_id", "status", "sdp", "tracks")
+    __slots__ = ("command_id", "status", "sdp", "tracks", "sources")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     SDP_FIELD_NUMBER: _ClassVar[int]
     TRACKS_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
     command_id: int
     status: Status
     sdp: str
     tracks: _containers.RepeatedCompositeFieldContainer[Track]
-    def __init__(self, command_id: _Optional[int] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., sdp: _Optional[str] = ..., tracks: _Optional[_Iterable[_Union[Track, _Mapping]]] = ...) -> None: ...
+    sources: _containers.RepeatedCompositeFieldContainer[SourceFilter]
+    def __init__(self, command_id: _Optional[int] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., sdp: _Optional[str] = ..., tracks: _Optional[_Iterable[_Union[Track, _Mapping]]] = ..., sources: _Optional[_Iterable[_Union[SourceFilter, _Mapping]]] = ...) -> None: ...
 
 class UpstreamEvent(_message.Message):
     __slots__ = ("stream_id", "state", "detail", "cause")
@@ -320,16 +342,18 @@ class ListStreamsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ViewerInfo(_message.Message):
-    __slots__ = ("session_id", "host", "playing", "legs")
+    __slots__ = ("session_id", "session_tag", "host", "playing", "legs")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TAG_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     PLAYING_FIELD_NUMBER: _ClassVar[int]
     LEGS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
+    session_tag: str
     host: str
     playing: bool
     legs: _containers.RepeatedCompositeFieldContainer[LegStats]
-    def __init__(self, session_id: _Optional[str] = ..., host: _Optional[str] = ..., playing: _Optional[bool] = ..., legs: _Optional[_Iterable[_Union[LegStats, _Mapping]]] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., session_tag: _Optional[str] = ..., host: _Optional[str] = ..., playing: _Optional[bool] = ..., legs: _Optional[_Iterable[_Union[LegStats, _Mapping]]] = ...) -> None: ...
 
 class TrackStats(_message.Message):
     __slots__ = ("track", "flow", "relays")
@@ -369,8 +393,30 @@ class Empty(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class SourceFilter(_message.Message):
+    __slots__ = ("host", "rtp_port", "rtcp_port")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    RTP_PORT_FIELD_NUMBER: _ClassVar[int]
+    RTCP_PORT_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    rtp_port: int
+    rtcp_port: int
+    def __init__(self, host: _Optional[str] = ..., rtp_port: _Optional[int] = ..., rtcp_port: _Optional[int] = ...) -> None: ...
+
+class SrtpParams(_message.Message):
+    __slots__ = ("profile", "master_key", "master_salt", "epoch")
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    MASTER_KEY_FIELD_NUMBER: _ClassVar[int]
+    MASTER_SALT_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    profile: str
+    master_key: bytes
+    master_salt: bytes
+    epoch: int
+    def __init__(self, profile: _Optional[str] = ..., master_key: _Optional[bytes] = ..., master_salt: _Optional[bytes] = ..., epoch: _Optional[int] = ...) -> None: ...
+
 class AddFlowRequest(_message.Message):
-    __slots__ = ("flow_id", "clock_rate", "bind_host", "splice", "labels")
+    __slots__ = ("flow_id", "clock_rate", "bind_host", "splice", "labels", "source", "srtp")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -383,12 +429,34 @@ class AddFlowRequest(_message.Message):
     BIND_HOST_FIELD_NUMBER: _ClassVar[int]
     SPLICE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SRTP_FIELD_NUMBER: _ClassVar[int]
     flow_id: str
     clock_rate: int
     bind_host: str
     splice: bool
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, flow_id: _Optional[str] = ..., clock_rate: _Optional[int] = ..., bind_host: _Optional[str] = ..., splice: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    source: SourceFilter
+    srtp: SrtpParams
+    def __init__(self, flow_id: _Optional[str] = ..., clock_rate: _Optional[int] = ..., bind_host: _Optional[str] = ..., splice: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., source: _Optional[_Union[SourceFilter, _Mapping]] = ..., srtp: _Optional[_Union[SrtpParams, _Mapping]] = ...) -> None: ...
+
+class SetFlowSourceRequest(_message.Message):
+    __slots__ = ("flow_id", "source")
+    FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    flow_id: str
+    source: SourceFilter
+    def __init__(self, flow_id: _Optional[str] = ..., source: _Optional[_Union[SourceFilter, _Mapping]] = ...) -> None: ...
+
+class RekeyRequest(_message.Message):
+    __slots__ = ("flow_id", "leg_id", "srtp")
+    FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    LEG_ID_FIELD_NUMBER: _ClassVar[int]
+    SRTP_FIELD_NUMBER: _ClassVar[int]
+    flow_id: str
+    leg_id: str
+    srtp: SrtpParams
+    def __init__(self, flow_id: _Optional[str] = ..., leg_id: _Optional[str] = ..., srtp: _Optional[_Union[SrtpParams, _Mapping]] = ...) -> None: ...
 
 class AddFlowReply(_message.Message):
     __slots__ = ("ingress",)
@@ -403,7 +471,7 @@ class RemoveFlowRequest(_message.Message):
     def __init__(self, flow_id: _Optional[str] = ...) -> None: ...
 
 class AddLegRequest(_message.Message):
-    __slots__ = ("flow_id", "leg_id", "destination", "enabled", "labels")
+    __slots__ = ("flow_id", "leg_id", "destination", "enabled", "labels", "srtp")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -416,12 +484,14 @@ class AddLegRequest(_message.Message):
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    SRTP_FIELD_NUMBER: _ClassVar[int]
     flow_id: str
     leg_id: str
     destination: Endpoint
     enabled: bool
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, flow_id: _Optional[str] = ..., leg_id: _Optional[str] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., enabled: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    srtp: SrtpParams
+    def __init__(self, flow_id: _Optional[str] = ..., leg_id: _Optional[str] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., enabled: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., srtp: _Optional[_Union[SrtpParams, _Mapping]] = ...) -> None: ...
 
 class UpdateLegRequest(_message.Message):
     __slots__ = ("flow_id", "leg_id", "enabled")
@@ -452,7 +522,7 @@ class WatchStatsRequest(_message.Message):
     def __init__(self, interval_seconds: _Optional[float] = ...) -> None: ...
 
 class LegStats(_message.Message):
-    __slots__ = ("leg_id", "destination", "enabled", "packets_sent", "bytes_sent", "rtcp_sent", "send_errors", "rtcp_received", "flow_id", "has_report", "viewer_fraction_lost", "viewer_packets_lost", "viewer_jitter_ms", "rtt_ms", "dropped_backlog", "labels")
+    __slots__ = ("leg_id", "destination", "enabled", "packets_sent", "bytes_sent", "rtcp_sent", "send_errors", "rtcp_received", "flow_id", "has_report", "viewer_fraction_lost", "viewer_packets_lost", "viewer_jitter_ms", "rtt_ms", "dropped_backlog", "labels", "srtp")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -476,6 +546,7 @@ class LegStats(_message.Message):
     RTT_MS_FIELD_NUMBER: _ClassVar[int]
     DROPPED_BACKLOG_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    SRTP_FIELD_NUMBER: _ClassVar[int]
     leg_id: str
     destination: Endpoint
     enabled: bool
@@ -492,10 +563,11 @@ class LegStats(_message.Message):
     rtt_ms: float
     dropped_backlog: int
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, leg_id: _Optional[str] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., enabled: _Optional[bool] = ..., packets_sent: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., rtcp_sent: _Optional[int] = ..., send_errors: _Optional[int] = ..., rtcp_received: _Optional[int] = ..., flow_id: _Optional[str] = ..., has_report: _Optional[bool] = ..., viewer_fraction_lost: _Optional[float] = ..., viewer_packets_lost: _Optional[int] = ..., viewer_jitter_ms: _Optional[float] = ..., rtt_ms: _Optional[float] = ..., dropped_backlog: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    srtp: bool
+    def __init__(self, leg_id: _Optional[str] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., enabled: _Optional[bool] = ..., packets_sent: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., rtcp_sent: _Optional[int] = ..., send_errors: _Optional[int] = ..., rtcp_received: _Optional[int] = ..., flow_id: _Optional[str] = ..., has_report: _Optional[bool] = ..., viewer_fraction_lost: _Optional[float] = ..., viewer_packets_lost: _Optional[int] = ..., viewer_jitter_ms: _Optional[float] = ..., rtt_ms: _Optional[float] = ..., dropped_backlog: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., srtp: _Optional[bool] = ...) -> None: ...
 
 class FlowStats(_message.Message):
-    __slots__ = ("flow_id", "ingress", "packets_received", "bytes_received", "packets_expected", "packets_lost", "jitter_ms", "ssrc", "rtcp_received", "dropped_invalid", "dropped_from_viewers", "source_changes", "bitrate_bps", "legs", "reordered", "duplicates", "fraction_lost", "rtcp_errors", "rtcp_bye_dropped", "dropped_backlog", "node", "labels", "clock_rate", "packets_forwarded")
+    __slots__ = ("flow_id", "ingress", "packets_received", "bytes_received", "packets_expected", "packets_lost", "jitter_ms", "ssrc", "rtcp_received", "dropped_invalid", "dropped_from_viewers", "source_changes", "bitrate_bps", "legs", "reordered", "duplicates", "fraction_lost", "rtcp_errors", "rtcp_bye_dropped", "dropped_backlog", "node", "labels", "clock_rate", "packets_forwarded", "dropped_wrong_source", "dropped_wrong_ssrc", "srtp_errors", "srtp")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -527,6 +599,10 @@ class FlowStats(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CLOCK_RATE_FIELD_NUMBER: _ClassVar[int]
     PACKETS_FORWARDED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_WRONG_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_WRONG_SSRC_FIELD_NUMBER: _ClassVar[int]
+    SRTP_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SRTP_FIELD_NUMBER: _ClassVar[int]
     flow_id: str
     ingress: Endpoint
     packets_received: int
@@ -551,7 +627,11 @@ class FlowStats(_message.Message):
     labels: _containers.ScalarMap[str, str]
     clock_rate: int
     packets_forwarded: int
-    def __init__(self, flow_id: _Optional[str] = ..., ingress: _Optional[_Union[Endpoint, _Mapping]] = ..., packets_received: _Optional[int] = ..., bytes_received: _Optional[int] = ..., packets_expected: _Optional[int] = ..., packets_lost: _Optional[int] = ..., jitter_ms: _Optional[float] = ..., ssrc: _Optional[int] = ..., rtcp_received: _Optional[int] = ..., dropped_invalid: _Optional[int] = ..., dropped_from_viewers: _Optional[int] = ..., source_changes: _Optional[int] = ..., bitrate_bps: _Optional[float] = ..., legs: _Optional[_Iterable[_Union[LegStats, _Mapping]]] = ..., reordered: _Optional[int] = ..., duplicates: _Optional[int] = ..., fraction_lost: _Optional[float] = ..., rtcp_errors: _Optional[int] = ..., rtcp_bye_dropped: _Optional[int] = ..., dropped_backlog: _Optional[int] = ..., node: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., clock_rate: _Optional[int] = ..., packets_forwarded: _Optional[int] = ...) -> None: ...
+    dropped_wrong_source: int
+    dropped_wrong_ssrc: int
+    srtp_errors: int
+    srtp: bool
+    def __init__(self, flow_id: _Optional[str] = ..., ingress: _Optional[_Union[Endpoint, _Mapping]] = ..., packets_received: _Optional[int] = ..., bytes_received: _Optional[int] = ..., packets_expected: _Optional[int] = ..., packets_lost: _Optional[int] = ..., jitter_ms: _Optional[float] = ..., ssrc: _Optional[int] = ..., rtcp_received: _Optional[int] = ..., dropped_invalid: _Optional[int] = ..., dropped_from_viewers: _Optional[int] = ..., source_changes: _Optional[int] = ..., bitrate_bps: _Optional[float] = ..., legs: _Optional[_Iterable[_Union[LegStats, _Mapping]]] = ..., reordered: _Optional[int] = ..., duplicates: _Optional[int] = ..., fraction_lost: _Optional[float] = ..., rtcp_errors: _Optional[int] = ..., rtcp_bye_dropped: _Optional[int] = ..., dropped_backlog: _Optional[int] = ..., node: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., clock_rate: _Optional[int] = ..., packets_forwarded: _Optional[int] = ..., dropped_wrong_source: _Optional[int] = ..., dropped_wrong_ssrc: _Optional[int] = ..., srtp_errors: _Optional[int] = ..., srtp: _Optional[bool] = ...) -> None: ...
 
 class ListFlowsReply(_message.Message):
     __slots__ = ("flows", "node")

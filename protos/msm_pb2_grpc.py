@@ -53,6 +53,11 @@ class ControlPlaneStub:
                 request_serializer=msm__pb2.ListStreamsRequest.SerializeToString,
                 response_deserializer=msm__pb2.ListStreamsResponse.FromString,
                 _registered_method=True)
+        self.IssueCertificate = channel.unary_unary(
+                '/msm.v1.ControlPlane/IssueCertificate',
+                request_serializer=msm__pb2.CertificateRequest.SerializeToString,
+                response_deserializer=msm__pb2.CertificateReply.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -84,6 +89,15 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueCertificate(self, request, context):
+        """A workload (stub, proxy) proves who it is with a Kubernetes service-account
+        token and gets a short-lived certificate for its SPIFFE ID. The one call a
+        client without a mesh certificate may make (over server-authenticated TLS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -101,6 +115,11 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.ListStreams,
                     request_deserializer=msm__pb2.ListStreamsRequest.FromString,
                     response_serializer=msm__pb2.ListStreamsResponse.SerializeToString,
+            ),
+            'IssueCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueCertificate,
+                    request_deserializer=msm__pb2.CertificateRequest.FromString,
+                    response_serializer=msm__pb2.CertificateReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -198,6 +217,33 @@ class ControlPlane:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def IssueCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msm.v1.ControlPlane/IssueCertificate',
+            msm__pb2.CertificateRequest.SerializeToString,
+            msm__pb2.CertificateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class DataPlaneStub:
     """---------------------------------------------------------------------------
@@ -235,6 +281,16 @@ class DataPlaneStub:
         self.RemoveLeg = channel.unary_unary(
                 '/msm.v1.DataPlane/RemoveLeg',
                 request_serializer=msm__pb2.RemoveLegRequest.SerializeToString,
+                response_deserializer=msm__pb2.Empty.FromString,
+                _registered_method=True)
+        self.SetFlowSource = channel.unary_unary(
+                '/msm.v1.DataPlane/SetFlowSource',
+                request_serializer=msm__pb2.SetFlowSourceRequest.SerializeToString,
+                response_deserializer=msm__pb2.Empty.FromString,
+                _registered_method=True)
+        self.Rekey = channel.unary_unary(
+                '/msm.v1.DataPlane/Rekey',
+                request_serializer=msm__pb2.RekeyRequest.SerializeToString,
                 response_deserializer=msm__pb2.Empty.FromString,
                 _registered_method=True)
         self.ListFlows = channel.unary_unary(
@@ -286,6 +342,18 @@ class DataPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetFlowSource(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rekey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListFlows(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -325,6 +393,16 @@ def add_DataPlaneServicer_to_server(servicer, server):
             'RemoveLeg': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveLeg,
                     request_deserializer=msm__pb2.RemoveLegRequest.FromString,
+                    response_serializer=msm__pb2.Empty.SerializeToString,
+            ),
+            'SetFlowSource': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetFlowSource,
+                    request_deserializer=msm__pb2.SetFlowSourceRequest.FromString,
+                    response_serializer=msm__pb2.Empty.SerializeToString,
+            ),
+            'Rekey': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rekey,
+                    request_deserializer=msm__pb2.RekeyRequest.FromString,
                     response_serializer=msm__pb2.Empty.SerializeToString,
             ),
             'ListFlows': grpc.unary_unary_rpc_method_handler(
@@ -476,6 +554,60 @@ class DataPlane:
             target,
             '/msm.v1.DataPlane/RemoveLeg',
             msm__pb2.RemoveLegRequest.SerializeToString,
+            msm__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetFlowSource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msm.v1.DataPlane/SetFlowSource',
+            msm__pb2.SetFlowSourceRequest.SerializeToString,
+            msm__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rekey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msm.v1.DataPlane/Rekey',
+            msm__pb2.RekeyRequest.SerializeToString,
             msm__pb2.Empty.FromString,
             options,
             channel_credentials,
