@@ -12,6 +12,7 @@ from __future__ import annotations
 from msm.protos import msm_pb2 as pb
 from msm.sdk.errors import (
     AggregateOnly,
+    Forbidden,
     MethodNotValid,
     MsmError,
     NotFound,
@@ -20,6 +21,7 @@ from msm.sdk.errors import (
     ResourceExhausted,
     SessionNotFound,
     TimedOut,
+    Unauthorized,
     Unavailable,
     UnsupportedTransport,
 )
@@ -29,6 +31,7 @@ OK = pb.Status(code=200, reason="OK")
 # The class a status code is raised as on the receiving side; any other error code
 # is a plain Refused with that status.
 _CLASS_BY_STATUS: dict[int, type[MsmError]] = {
+    401: Unauthorized, 403: Forbidden,
     404: NotFound, 453: ResourceExhausted, 454: SessionNotFound, 455: MethodNotValid, 460: AggregateOnly,
     461: UnsupportedTransport, 501: NotImplemented_, 503: Unavailable, 504: TimedOut,
 }

@@ -23,6 +23,8 @@ one of these; each module says which)::
     │   ├── RtpError              malformed RTP packet
     │   └── RtcpError             malformed RTCP packet
     ├── Refused                   a well-formed request msm will not honour; carries its RTSP status
+    │   ├── Unauthorized          401: no credentials, or wrong ones (RTSP auth, no mesh certificate)
+    │   ├── Forbidden             403: an authenticated caller asks for what its identity may not do
     │   ├── NotFound              404: no such route, stream or track
     │   ├── SessionNotFound       454: unknown or foreign RTSP session
     │   ├── MethodNotValid        455: method not valid in this state
@@ -168,6 +170,18 @@ class Refused(MsmError):
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(message, status=status)
         self.headers: dict[str, str] = dict(headers or {})
+
+
+class Unauthorized(Refused):
+    """No credentials, or wrong ones: answered 401 (RTSP, with its challenge in ``headers``) or UNAUTHENTICATED."""
+
+    status = 401
+
+
+class Forbidden(Refused):
+    """The caller is who it says, but its identity may not do this: 403, PERMISSION_DENIED."""
+
+    status = 403
 
 
 class NotFound(Refused):
