@@ -8,6 +8,15 @@ Every failure of the API server (unreachable, an HTTP error, a body that is not
 what the API reference says) and every unusable kubeconfig is a
 :class:`~msm.sdk.errors.KubeError` (re-exported here); a URL no Service answers
 is :class:`~msm.sdk.errors.NotFound`.
+
+Who may resolve what: a viewer resolves the Services of its own namespace (its stub's).
+A Service opens itself to other namespaces with the annotation
+``media.mediastreamingmesh.io/allow-namespaces``: a comma-separated list of namespaces, or
+``*`` for every namespace and for stubs outside any namespace. A Service the asker may not
+use is answered exactly like one that does not exist (404), so names in other namespaces
+cannot be probed. The viewer's path is normalised (:func:`~.resolver.normalise_path`: ``..``,
+``.`` and encoded separators are a 400) and its query string is dropped from the upstream
+URL unless the Service says ``media.mediastreamingmesh.io/allow-query: "true"``.
 """
 
 from __future__ import annotations
@@ -31,18 +40,21 @@ from msm.runtime.backoff import Backoff
 from msm.runtime.hostport import parse_host_port
 from msm.sdk.errors import ConfigError, KubeError, NotFound
 
-from .resolver import NO_ASKER, Asker, Route
+from .resolver import NO_ASKER, Asker, BadPath, Route, normalise_path
 
-__all__ = ["KubeClient", "KubeError", "KubernetesResolver"]
+__all__ = ["ALLOW_NAMESPACES", "ALLOW_QUERY", "KubeClient", "KubeError", "KubernetesResolver"]
 
 log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+ALLOW_NAMESPACES = "media.mediastreamingmesh.io/allow-namespaces"
+ALLOW_QUERY = "media.mediastreamingmesh.io/allow-query"
 # One watch event is one JSON line; an EndpointSlice holds at most 1000
 # endpoints (the API's own cap), a few hundred KiB. Lines past this are refused.
 MAX_EVENT_BYTES = 4 << 20
 _SEGMENT = re.compile(r"[^A-Za-z0-9._~-]+")
+_QUERY = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@/?%-]{1,1024}$")
 
 
 class ObjectMeta(TypedDict, total=False):
@@ -50,6 +62,7 @@ class ObjectMeta(TypedDict, total=False):
     namespace: str
     resourceVersion: str
     labels: dict[str, str]
+    annotations: dict[str, str]
 
 
 class ServicePort(TypedDict, total=False):
@@ -189,6 +202,11 @@ def _tls_context(cluster: dict[str, Any], user: dict[str, Any]) -> ssl.SSLContex
     return context
 
 
+def _annotations(obj: dict[str, Any]) -> dict[str, str]:
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    return {str(k): str(v) for k, v in annotations.items()} if isinstance(annotations, dict) else {}
+
+
 def _key(obj: dict[str, Any]) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
     return meta.get("namespace", ""), meta.get("name", "")
@@ -281,17 +299,30 @@ class KubernetesResolver:
     async def resolve(self, url: str, asker: Asker = NO_ASKER) -> Route:
         parts = urlsplit(url)
         host = parts.hostname or ""
-        port = parts.port or 554
+        try:
+            port = parts.port or 554
+        except ValueError:
+            raise NotFound(f"bad port in {url!r}") from None
         key = self._service_for(host, asker)
         if key is None and asker.original_dst:
             with contextlib.suppress(ConfigError):  # not IP:PORT: no Service can be found by it
                 dst = parse_host_port(asker.original_dst, what="original destination")
                 key = self._by_ip.get(dst.host)
                 port = dst.port
-        if key is None:
-            raise NotFound(f"no Kubernetes service for {host or asker.original_dst}")
+        if key is None or not self._may_use(key, asker):
+            # The same answer for "none" and "not yours": other namespaces cannot be probed.
+            raise NotFound(f"no Kubernetes service {host or asker.original_dst} "
+                           f"for namespace {asker.namespace or '(none)'}")
         namespace, name = key
         svc = self.services.items[key]
+        path = normalise_path(parts.path or "/")
+        query = ""
+        if parts.query:
+            if _annotations(svc).get(ALLOW_QUERY, "").strip().lower() != "true":
+                raise BadPath(f"service {namespace}/{name} takes no query string (annotation {ALLOW_QUERY})")
+            if not _QUERY.match(parts.query):
+                raise BadPath("query string holds characters a URL may not")
+            query = "?" + parts.query
         ports: list[ServicePort] = (svc.get("spec") or {}).get("ports") or []
         svc_port = next((p for p in ports if p.get("port") == port), None)
         if svc_port is None:
@@ -299,8 +330,6 @@ class KubernetesResolver:
         for endpoint, endpoint_port in self._endpoints(namespace, name, svc_port):
             address = endpoint["addresses"][0]
             target = endpoint.get("targetRef") or {}
-            path = parts.path or "/"
-            query = f"?{parts.query}" if parts.query else ""
             host_part = f"[{address}]" if ":" in address else address
             segments = [s for s in (_SEGMENT.sub("_", seg) for seg in path.split("/")) if s]
             return Route(name="/".join([namespace, name, *segments]),
@@ -308,6 +337,14 @@ class KubernetesResolver:
                          node=endpoint.get("nodeName", ""), namespace=target.get("namespace", namespace),
                          pod=target.get("name", "") if target.get("kind", "Pod") == "Pod" else "")
         raise NotFound(f"service {namespace}/{name} has no ready endpoint")
+
+    def _may_use(self, key: tuple[str, str], asker: Asker) -> bool:
+        """The asker's own namespace, or one the Service's allow-namespaces annotation names."""
+        namespace = key[0]
+        if asker.namespace and asker.namespace == namespace:
+            return True
+        allowed = {n.strip() for n in _annotations(self.services.items[key]).get(ALLOW_NAMESPACES, "").split(",")}
+        return "*" in allowed or bool(asker.namespace) and asker.namespace in allowed
 
     def _endpoints(self, namespace: str, service: str,
                    svc_port: ServicePort) -> Iterator[tuple[dict[str, Any], int]]:

@@ -11,18 +11,57 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote_to_bytes, urlsplit
 
-from msm.sdk.errors import ConfigError, NotFound
+from msm.sdk.errors import ConfigError, NotFound, Refused
 
-__all__ = ["NO_ASKER", "Asker", "ChainResolver", "NotFound", "Resolver", "Route", "RouteError",
-           "StaticResolver", "parse_route", "stream_name"]
+__all__ = ["NO_ASKER", "Asker", "BadPath", "ChainResolver", "NotFound", "Resolver", "Route", "RouteError",
+           "StaticResolver", "normalise_path", "parse_route", "stream_name"]
+
+# A viewer's path goes to an upstream server on the viewer's behalf; anything that could
+# make it name something else there is refused. Longer paths than this are no stream's.
+MAX_PATH = 1024
+_SAFE = "!$&'()*+,;=:@~"   # RFC 3986 pchar besides unreserved; '/' is never in a segment
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*(/[A-Za-z0-9._~-]+)*$")
 
 
 class RouteError(ConfigError):
     """A route definition is invalid (bad name or URL)."""
+
+
+class BadPath(Refused):
+    """A viewer's URL path that could name something other than a stream upstream (400)."""
+
+    status = 400
+
+
+def normalise_path(path: str) -> str:
+    """The viewer's path, percent-decoded and checked: ``/seg/seg`` (or ``/``), or :class:`BadPath`.
+
+    Refused: ``.`` and ``..`` segments (``%2e%2e`` too, once decoded), an encoded ``/`` or
+    ``\\`` or control character, bytes that are not UTF-8, empty segments inside the path,
+    and anything over ``MAX_PATH``. Each segment is then percent-encoded again where needed,
+    so the upstream sees exactly the segments checked here.
+    """
+    if len(path) > MAX_PATH:
+        raise BadPath(f"path longer than {MAX_PATH} characters")
+    raw = path.split("/")
+    segments = raw[1:] if raw and raw[0] == "" else raw
+    if segments and segments[-1] == "":
+        segments = segments[:-1]   # one trailing slash is harmless
+    out = []
+    for segment in segments:
+        try:
+            text = unquote_to_bytes(segment).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadPath("path is not UTF-8") from None
+        if text in ("", ".", ".."):
+            raise BadPath(f"path segment {text!r} is not allowed")
+        if any(c in "/\\" or ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+            raise BadPath("path segments may not hold '/', '\\' or control characters")
+        out.append(text)
+    return "/" + "/".join(quote(text, safe=_SAFE) for text in out)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from msm.control_plane.kubernetes import KubeClient, KubeError, KubernetesResolver
-from msm.control_plane.resolver import Asker, NotFound, RouteError, parse_route
+from msm.control_plane.kubernetes import ALLOW_NAMESPACES, ALLOW_QUERY, KubeClient, KubeError, KubernetesResolver
+from msm.control_plane.resolver import Asker, BadPath, NotFound, RouteError, normalise_path, parse_route
 from msm.sdk import errors
 from tests.fake_kube import FakeKube, load
 
 pytestmark = pytest.mark.timeout(30)
+
+MEDIA = Asker(namespace="media")
 
 
 @pytest.fixture
@@ -42,7 +46,7 @@ async def resolver(kube: FakeKube, tmp_path: Path) -> AsyncIterator[KubernetesRe
     "rtsp://10.96.0.10:554/live/1",
 ])
 async def test_service_to_ready_endpoint(resolver: KubernetesResolver, url: str) -> None:
-    route = await resolver.resolve(url)
+    route = await resolver.resolve(url, MEDIA)
     # The terminating endpoint is skipped; the port is the endpoint's, via the named targetPort.
     assert route.url == "rtsp://10.244.0.5:8554/live/1"
     assert (route.node, route.namespace, route.pod) == ("node-a", "media", "camera-7d9f8")
@@ -57,11 +61,11 @@ async def test_short_name_uses_the_askers_namespace(resolver: KubernetesResolver
 
 
 async def test_original_destination_when_the_url_host_is_unknown(resolver: KubernetesResolver) -> None:
-    route = await resolver.resolve("rtsp://some-alias/live/1", Asker(original_dst="10.96.0.10:554"))
+    route = await resolver.resolve("rtsp://some-alias/live/1", Asker(namespace="media", original_dst="10.96.0.10:554"))
     assert route.url == "rtsp://10.244.0.5:8554/live/1"
     for garbage in ("10.96.0.10", "10.96.0.10:http", "[10.96.0.10]:554", ""):
         with pytest.raises(NotFound):
-            await resolver.resolve("rtsp://some-alias/live/1", Asker(original_dst=garbage))
+            await resolver.resolve("rtsp://some-alias/live/1", Asker(namespace="media", original_dst=garbage))
 
 
 def test_errors_are_leaves_of_the_msm_tree() -> None:
@@ -75,9 +79,9 @@ def test_errors_are_leaves_of_the_msm_tree() -> None:
 
 async def test_unknown_service_and_port(resolver: KubernetesResolver) -> None:
     with pytest.raises(NotFound):
-        await resolver.resolve("rtsp://nope.media/x")
+        await resolver.resolve("rtsp://nope.media/x", MEDIA)
     with pytest.raises(NotFound):
-        await resolver.resolve("rtsp://camera-svc.media:1234/x")
+        await resolver.resolve("rtsp://camera-svc.media:1234/x", MEDIA)
 
 
 async def test_watch_follows_endpoint_changes(kube: FakeKube, resolver: KubernetesResolver) -> None:
@@ -87,7 +91,7 @@ async def test_watch_follows_endpoint_changes(kube: FakeKube, resolver: Kubernet
     kube.put("endpointslices", slice_)
     for _ in range(50):
         await asyncio.sleep(0.05)
-        route = await resolver.resolve("rtsp://camera-svc.media/live/1")
+        route = await resolver.resolve("rtsp://camera-svc.media/live/1", MEDIA)
         if route.node == "node-b":
             break
     assert (route.url, route.node) == ("rtsp://10.244.1.7:8554/live/1", "node-b")   # ...another takes over
@@ -95,7 +99,7 @@ async def test_watch_follows_endpoint_changes(kube: FakeKube, resolver: Kubernet
     for _ in range(50):
         await asyncio.sleep(0.05)
         try:
-            await resolver.resolve("rtsp://camera-svc.media/live/1")
+            await resolver.resolve("rtsp://camera-svc.media/live/1", MEDIA)
         except NotFound:
             break
     else:
@@ -125,3 +129,119 @@ async def test_bad_token_and_unreachable_server(kube: FakeKube, tmp_path: Path) 
         (tmp_path / "odd").write_text(context + body if body[0] != "-" else body)
         with pytest.raises(KubeError, match="cannot use kubeconfig"):
             KubeClient.from_kubeconfig(str(tmp_path / "odd"))
+
+
+# --- who may resolve what -------------------------------------------------------------------
+
+
+def secret_cam(annotations: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """camera-svc's Service and EndpointSlice, copied into namespace team-b as secret-cam."""
+    svc = copy.deepcopy(load("resolver_services.json")["items"][0])
+    svc["metadata"] |= {"name": "secret-cam", "namespace": "team-b", "annotations": annotations or {}}
+    svc["spec"] |= {"clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"]}
+    slice_ = copy.deepcopy(load("resolver_endpointslices.json")["items"][0])
+    slice_["metadata"] |= {"name": "secret-cam-x1", "namespace": "team-b"}
+    slice_["metadata"]["labels"]["kubernetes.io/service-name"] = "secret-cam"
+    return svc, slice_
+
+
+async def until_resolves(resolver: KubernetesResolver, url: str, asker: Asker) -> None:
+    for _ in range(100):
+        with contextlib.suppress(NotFound):
+            await resolver.resolve(url, asker)
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail(f"{url} never resolved for {asker}")
+
+
+async def test_a_viewer_cannot_resolve_another_namespaces_service(
+        kube: FakeKube, resolver: KubernetesResolver) -> None:
+    svc, slice_ = secret_cam()
+    kube.put("endpointslices", slice_)
+    kube.put("services", svc)
+    await until_resolves(resolver, "rtsp://secret-cam.team-b/live", Asker(namespace="team-b"))
+    team_a = Asker(namespace="team-a")
+    for url, asker in [("rtsp://secret-cam.team-b/live", team_a),
+                       ("rtsp://secret-cam.team-b.svc.cluster.local/live", team_a),
+                       ("rtsp://10.96.0.20/live", team_a),                       # by ClusterIP
+                       ("rtsp://alias/live", Asker(namespace="team-a", original_dst="10.96.0.20:554")),
+                       ("rtsp://secret-cam.team-b/live", Asker())]:               # no namespace
+        with pytest.raises(NotFound) as caught:
+            await resolver.resolve(url, asker)
+        # Answered as if it did not exist: the same words as for a name that is nowhere.
+        missing = await _not_found(resolver, url.replace("secret-cam", "nothing-here"), asker)
+        assert caught.value.reason.replace("secret-cam", "X") == missing.replace("nothing-here", "X")
+
+
+async def _not_found(resolver: KubernetesResolver, url: str, asker: Asker) -> str:
+    with pytest.raises(NotFound) as caught:
+        await resolver.resolve(url, asker)
+    return caught.value.reason
+
+
+@pytest.mark.parametrize(("allow", "may"), [
+    ("team-a", {"team-a"}), ("team-c, team-a", {"team-a"}), ("*", {"team-a", ""}), ("team-c", set()), ("", set()),
+])
+async def test_the_allow_namespaces_annotation_opens_a_service(
+        kube: FakeKube, resolver: KubernetesResolver, allow: str, may: set[str]) -> None:
+    svc, slice_ = secret_cam({ALLOW_NAMESPACES: allow})
+    kube.put("endpointslices", slice_)
+    kube.put("services", svc)
+    await until_resolves(resolver, "rtsp://secret-cam.team-b/live", Asker(namespace="team-b"))
+    for namespace in ("team-a", ""):
+        asker = Asker(namespace=namespace)
+        if namespace in may:
+            route = await resolver.resolve("rtsp://secret-cam.team-b/live", asker)
+            assert (route.namespace, route.pod, route.url) == ("media", "camera-7d9f8", "rtsp://10.244.0.5:8554/live")
+        else:
+            with pytest.raises(NotFound):
+                await resolver.resolve("rtsp://secret-cam.team-b/live", asker)
+
+
+TRAVERSALS = [
+    "/../private/admin?user=root",
+    "/live/../../private/admin",
+    "/live/%2e%2e/private",
+    "/live/%2E%2e/%2e%2e/private",
+    "/./live",
+    "/live/..%2fprivate",
+    "/live%2f..%2fprivate",
+    "/live%5c..%5cprivate",
+    "/live/%00",
+    "/live//x",
+    "/live/%ff",
+    "/" + "a" * 2000,
+]
+
+
+async def test_path_traversal_is_refused(resolver: KubernetesResolver) -> None:
+    for path in TRAVERSALS:
+        with pytest.raises(BadPath) as caught:
+            await resolver.resolve(f"rtsp://camera-svc.media{path}", MEDIA)
+        assert caught.value.status == 400 and "\n" not in caught.value.reason, path
+
+
+async def test_query_strings_only_where_the_service_allows(
+        kube: FakeKube, resolver: KubernetesResolver) -> None:
+    with pytest.raises(BadPath, match="query"):
+        await resolver.resolve("rtsp://camera-svc.media/live/1?admin=1", MEDIA)
+    svc = copy.deepcopy(load("resolver_services.json")["items"][0])
+    svc["metadata"]["annotations"] = {ALLOW_QUERY: "true"}
+    kube.put("services", svc)
+    for _ in range(100):
+        with contextlib.suppress(BadPath):
+            route = await resolver.resolve("rtsp://camera-svc.media/live/1?channel=2&q=a%20b", MEDIA)
+            break
+        await asyncio.sleep(0.02)
+    assert route.url == "rtsp://10.244.0.5:8554/live/1?channel=2&q=a%20b"
+    with pytest.raises(BadPath):
+        await resolver.resolve("rtsp://camera-svc.media/live/1?a=\"b\"", MEDIA)
+
+
+def test_normalised_paths() -> None:
+    assert normalise_path("") == "/"
+    assert normalise_path("/") == "/"
+    assert normalise_path("/live/1/") == "/live/1"
+    assert normalise_path("/caf%C3%A9/a%20b") == "/caf%C3%A9/a%20b"
+    assert normalise_path("/live/trackID=0") == "/live/trackID=0"
+    assert normalise_path("/%6Cive") == "/live"
