@@ -4,6 +4,10 @@ gRPC reports a failed bind either by returning port 0 or by raising a
 ``RuntimeError`` that points at an environment variable; both become a
 :class:`ListenError` naming the address. ``grpc.so_reuseport`` is off so that a
 port another process holds is an error instead of a silently shared socket.
+
+``credentials`` (``grpc.ServerCredentials``, e.g. mutual TLS from ``msm.security.tls``)
+make it a TLS port; ``interceptors`` run around every call (``msm.security.authz``).
+The runtime only passes these gRPC objects through: it knows nothing of identities.
 """
 
 from __future__ import annotations
@@ -39,11 +43,15 @@ class GrpcServer:
     """
 
     def __init__(self, listen: str, register: Register, *, what: str = "gRPC",
-                 options: Sequence[tuple[str, int | str]] = ()) -> None:
+                 options: Sequence[tuple[str, int | str]] = (),
+                 credentials: grpc.ServerCredentials | None = None,
+                 interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> None:
         self.listen: HostPort = parse_host_port(listen, what=f"the {what} listen address")
         self.register = register
         self.what = what
         self.options = [("grpc.so_reuseport", 0), *options]
+        self.credentials = credentials     # None: plaintext (the caller chose it explicitly)
+        self.interceptors = list(interceptors)
         self.server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -53,11 +61,14 @@ class GrpcServer:
         return format_host_port(self.listen.host, self.port)
 
     async def start(self) -> None:
-        server = grpc.aio.server(options=self.options)
+        server = grpc.aio.server(options=self.options, interceptors=self.interceptors or None)
         self.register(server)
         where = str(self.listen)
         try:
-            port = server.add_insecure_port(where)
+            if self.credentials is not None:
+                port = server.add_secure_port(where, self.credentials)
+            else:
+                port = server.add_insecure_port(where)
         except RuntimeError:
             port = 0
         if port == 0:
