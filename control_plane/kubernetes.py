@@ -155,6 +155,20 @@ class KubeClient:
             raise KubeError(f"GET {path}: not a JSON object")
         return data
 
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` (a create: 200 or 201); the object the API server answers, or :class:`KubeError`."""
+        try:
+            async with self._client().post(self.server + path, json=body, headers=self._headers(),
+                                           timeout=aiohttp.ClientTimeout(total=10)) as response:
+                if response.status not in (200, 201):
+                    raise KubeError(f"POST {path}: HTTP {response.status} {(await response.text())[:200]}")
+                data = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise KubeError(f"POST {path}: {exc or type(exc).__name__}") from exc
+        if not isinstance(data, dict):
+            raise KubeError(f"POST {path}: not a JSON object")
+        return data
+
     async def watch(self, path: str, resource_version: str) -> AsyncIterator[dict[str, Any]]:
         sep = "&" if "?" in path else "?"
         url = f"{self.server}{path}{sep}watch=1&allowWatchBookmarks=true&resourceVersion={quote(resource_version)}"

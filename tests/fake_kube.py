@@ -4,6 +4,16 @@ No API server can run on these machines, so tests that need one get this:
 list and watch for Services and EndpointSlices, GET for Pods, bearer-token
 auth, resource versions, and watch events pushed when a test changes an
 object. Objects come from the hand-written fixtures in ``tests/data/k8s``.
+
+Service-account tokens as the kubelet projects them: :meth:`FakeKube.issue_token` plays the
+TokenRequest API (a token for a service account, bound to a pod and its node, for some
+audiences, expiring), and ``POST /apis/authentication.k8s.io/v1/tokenreviews`` answers a
+TokenReview as the API server does (201 with ``status.authenticated``, ``status.audiences``,
+``status.user`` with ``system:serviceaccount:<ns>:<sa>``, its groups, and the
+``authentication.kubernetes.io/pod-name``/``pod-uid``/``node-name``/``node-uid``/
+``credential-id`` extras of a pod-bound token; ``status.error`` when it is not accepted).
+A token bound to a pod that is gone, or expired, or for none of the audiences asked, is
+not authenticated.
 """
 
 from __future__ import annotations
@@ -11,6 +21,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +39,31 @@ RESOURCES = {
 }
 
 
+TOKENREVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
+# The extras the API server puts in a TokenReview of a pod-bound service-account token.
+POD_NAME = "authentication.kubernetes.io/pod-name"
+POD_UID = "authentication.kubernetes.io/pod-uid"
+NODE_NAME = "authentication.kubernetes.io/node-name"
+NODE_UID = "authentication.kubernetes.io/node-uid"
+CREDENTIAL_ID = "authentication.kubernetes.io/credential-id"
+
+
 def load(name: str) -> Any:
     return json.loads((DATA / name).read_text())
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAccountToken:
+    """What the API server knows of a token it issued (TokenRequest)."""
+
+    namespace: str
+    service_account: str
+    audiences: tuple[str, ...]
+    expires: float
+    pod: str = ""
+    pod_uid: str = ""
+    node: str = ""
+    jti: str = ""
 
 
 class FakeKube:
@@ -36,6 +73,7 @@ class FakeKube:
         self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {kind: {} for kind in RESOURCES}
         self.watchers: dict[str, list[asyncio.Queue[dict[str, Any]]]] = {kind: [] for kind in RESOURCES}
         self.requests: list[str] = []
+        self.tokens: dict[str, ServiceAccountToken] = {}
         self.runner: web.AppRunner | None = None
         self.url = ""
 
@@ -61,6 +99,65 @@ class FakeKube:
     def _notify(self, kind: str, event: str, obj: dict[str, Any]) -> None:
         for queue in self.watchers[kind]:
             queue.put_nowait({"type": event, "object": obj})
+
+    def issue_token(self, namespace: str, service_account: str, *, pod: str = "", node: str = "",
+                    audiences: tuple[str, ...] = ("msm",), expires_in: float = 600) -> str:
+        """A token as TokenRequest (the kubelet's projected volume) makes it: opaque here, a JWT there."""
+        token = "eyJ" + secrets.token_urlsafe(48)
+        pod_uid = ""
+        if pod:
+            obj = self.objects["pods"].get((namespace, pod), {})
+            pod_uid = str((obj.get("metadata") or {}).get("uid") or uuid.uuid4())
+        self.tokens[token] = ServiceAccountToken(namespace, service_account, tuple(audiences),
+                                                 time.time() + expires_in, pod, pod_uid, node,
+                                                 str(uuid.uuid4()))
+        return token
+
+    def _review(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The ``status`` of a TokenReview of ``spec`` (see the API reference, TokenReviewStatus)."""
+        token = self.tokens.get(str(spec.get("token", "")))
+        wanted = [str(a) for a in spec.get("audiences") or []] or ["https://kubernetes.default.svc.cluster.local"]
+        if token is None:
+            return {"user": {}, "error": "[invalid bearer token, service account token is not valid]"}
+        if token.expires < time.time():
+            return {"user": {}, "error": "[invalid bearer token, service account token has expired]"}
+        audiences = [a for a in wanted if a in token.audiences]
+        if not audiences:
+            return {"user": {}, "error": "[invalid bearer token, token audiences "
+                    f"{json.dumps(list(token.audiences))} is invalid for the target audiences {json.dumps(wanted)}]"}
+        extra: dict[str, list[str]] = {CREDENTIAL_ID: [f"JTI={token.jti}"]}
+        if token.pod:
+            pod = self.objects["pods"].get((token.namespace, token.pod))
+            if pod is None or str((pod.get("metadata") or {}).get("uid") or token.pod_uid) != token.pod_uid:
+                return {"user": {}, "error": "[invalid bearer token, service account token has been invalidated]"}
+            extra |= {POD_NAME: [token.pod], POD_UID: [token.pod_uid]}
+            if token.node:
+                extra |= {NODE_NAME: [token.node], NODE_UID: [str(uuid.uuid5(uuid.NAMESPACE_DNS, token.node))]}
+        return {"authenticated": True, "audiences": audiences, "user": {
+            "username": f"system:serviceaccount:{token.namespace}:{token.service_account}",
+            "uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{token.namespace}.{token.service_account}")),
+            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{token.namespace}",
+                       "system:authenticated"],
+            "extra": extra}}
+
+    async def _tokenreview(self, request: web.Request) -> web.Response:
+        self.requests.append(f"POST {request.rel_url}")
+        if not self._authorized(request):
+            return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                      "message": "Unauthorized", "reason": "Unauthorized", "code": 401}, status=401)
+        try:
+            body = await request.json()
+            if not isinstance(body, dict) or body.get("kind") != "TokenReview" \
+                    or body.get("apiVersion") != "authentication.k8s.io/v1" or not isinstance(body.get("spec"), dict):
+                raise ValueError("not an authentication.k8s.io/v1 TokenReview")
+        except ValueError as exc:
+            return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                      "message": f"the body of the request was in an unknown format: {exc}",
+                                      "reason": "BadRequest", "code": 400}, status=400)
+        spec = body["spec"]
+        return web.json_response({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                                  "metadata": {"creationTimestamp": None}, "spec": spec,
+                                  "status": self._review(spec)}, status=201)
 
     def _authorized(self, request: web.Request) -> bool:
         return request.headers.get("Authorization") == f"Bearer {self.token}"
@@ -107,6 +204,7 @@ class FakeKube:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         app = web.Application()
         app.router.add_get("/api/v1/namespaces/{namespace}/pods/{name}", self._pod)
+        app.router.add_post(TOKENREVIEWS, self._tokenreview)
         app.router.add_get("/api/v1/{kind:services|pods}", self._list)
         app.router.add_get("/apis/discovery.k8s.io/v1/{kind:endpointslices}", self._list)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)  # watches never end
@@ -139,6 +237,8 @@ class FakeKube:
 #   {"op": "put", "object": {...}}                  add or replace (watchers get ADDED/MODIFIED)
 #   {"op": "delete", "kind": "pods", "namespace": "media", "name": "x"}   (watchers get DELETED)
 #   {"op": "status"}                                resource version, objects and open watches
+#   {"op": "token", "namespace": "media", "serviceAccount": "default", "pod": "x", "node": "n",
+#    "audiences": ["msm"], "expiresIn": 600}       a projected token (answer: {"ok": true, "token": T})
 #
 # Answers are {"ok": true, "version": N, "watchers": {kind: n}, "objects": {kind: n}} or
 # {"ok": false, "error": "..."}. The first line, once listening, is {"ok": true, "listening": URL}.
@@ -184,8 +284,14 @@ def _command(kube: FakeKube, line: str) -> dict[str, Any]:
             kube.put(_kind_of(obj), obj)
         elif op == "delete":
             kube.delete(command["kind"], command.get("namespace", ""), command["name"])
+        elif op == "token":
+            token = kube.issue_token(command["namespace"], command["serviceAccount"], pod=command.get("pod", ""),
+                                     node=command.get("node", ""),
+                                     audiences=tuple(command.get("audiences") or ("msm",)),
+                                     expires_in=float(command.get("expiresIn", 600)))
+            return {"ok": True, "token": token}
         elif op != "status":
-            raise ValueError(f"unknown op {op!r} (put, delete, status)")
+            raise ValueError(f"unknown op {op!r} (put, delete, status, token)")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     return _status(kube)
