@@ -9,6 +9,15 @@ viewers unchanged: an upstream that cannot be reached or drops the connection is
 :class:`Unavailable` (503), one that does not answer in time :class:`TimedOut`
 (504), a bad upstream URL :class:`ConfigError` (400). An error status from the
 server is raised by the caller as :class:`UpstreamError` with that status.
+
+Credentials come from the URL's userinfo (percent-decoded) and never go on a
+request line: every request URI loses its userinfo. A ``401`` with a challenge is
+answered once with an ``Authorization`` (Digest preferred, Basic only when it is
+all the server offers; :mod:`msm.sdk.rtsp_auth`); the challenge is kept and later
+requests carry their ``Authorization`` at once (Digest ``nc`` counting up). A
+second ``401``, or one when the URL has no credentials, is
+:class:`CredentialsRejected` (503): a viewer cannot fix the camera's password.
+Messages and logs name the upstream by host and port, never with its userinfo.
 """
 
 from __future__ import annotations
@@ -17,10 +26,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-from msm.sdk.errors import ConfigError, RtspError, TimedOut, Unavailable
+from msm.runtime.redact import redact_url, strip_userinfo
+from msm.sdk.errors import ConfigError, RtspError, TimedOut, Unauthorized, Unavailable
 from msm.sdk.rtsp import Headers, InterleavedFrame, Request, Response, RtspReader
+from msm.sdk.rtsp_auth import Challenge, authorization, parse_challenges, strongest
 
 log = logging.getLogger(__name__)
 
@@ -30,22 +41,43 @@ USER_AGENT = "msm-stub/0.1"
 MAX_WRITE_BACKLOG = 1 << 20
 
 
+class CredentialsRejected(Unavailable):
+    """The upstream wants credentials the route does not have, or refused the ones it has (503)."""
+
+
+def credentials_of(url: str) -> tuple[str, str] | None:
+    """The percent-decoded (user, password) of ``url``'s userinfo, or None without one."""
+    netloc = urlsplit(url).netloc
+    if "@" not in netloc:
+        return None
+    userinfo = netloc.rpartition("@")[0]
+    user, _, password = userinfo.partition(":")
+    return unquote(user), unquote(password)
+
 
 class RtspClientConnection:
     def __init__(self, url: str, *, on_frame: Callable[[int, bytes], None] | None = None,
                  timeout: float = 5.0) -> None:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            port, parts = None, urlsplit("")
         if not parts.hostname:
-            raise ConfigError(f"bad upstream URL {url!r}")
+            raise ConfigError(f"bad upstream URL {redact_url(url)!r}")
         self.host = parts.hostname
-        self.port = parts.port or 554
-        self.url = url
+        self.port = port or 554
+        self.credentials = credentials_of(url)
+        self.url = strip_userinfo(url)      # what requests name: never the credentials
+        self._challenge: Challenge | None = None
+        self._nc = 0
         self.on_frame = on_frame
         self.timeout = timeout
         self.reader_task: asyncio.Task[None] | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.closed = asyncio.Event()
         self.local_host = ""
+        self.peer_host = ""       # the upstream's resolved address
         self._cseq = 0
         self._lock = asyncio.Lock()
         self._pending: asyncio.Future[Response] | None = None
@@ -58,6 +90,7 @@ class RtspClientConnection:
             raise Unavailable(f"cannot connect to {self.host}:{self.port}: {exc or 'timeout'}") from exc
         self.writer = writer
         self.local_host = writer.get_extra_info("sockname")[0]
+        self.peer_host = writer.get_extra_info("peername")[0]
         self.reader_task = asyncio.create_task(self._read(reader), name=f"rtsp-client-{self.host}")
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
@@ -107,20 +140,62 @@ class RtspClientConnection:
 
     async def request(self, method: str, url: str, headers: Mapping[str, str] | None = None,
                       *, timeout: float | None = None) -> Response:
+        """Send one request and return its response, authenticating on a ``401`` (see the module)."""
+        uri = strip_userinfo(url)
         async with self._lock:
-            if self.closed.is_set():
-                raise Unavailable("upstream connection is closed")
-            self._cseq += 1
-            all_headers = [("CSeq", str(self._cseq)), ("User-Agent", USER_AGENT)]
-            all_headers += list((headers or {}).items())
-            self._pending = asyncio.get_running_loop().create_future()
-            self._write(bytes(Request(method=method, uri=url, headers=Headers(all_headers))))
-            try:
-                return await asyncio.wait_for(self._pending, timeout or self.timeout)
-            except TimeoutError:
-                raise TimedOut(f"{method} {url}: no answer in {timeout or self.timeout:.0f}s") from None
-            finally:
-                self._pending = None
+            reply = await self._exchange(method, uri, headers, timeout)
+            if reply.status != 401:
+                return reply
+            self._challenge = self._challenge_of(reply)
+            self._nc = 0
+            reply = await self._exchange(method, uri, headers, timeout)
+            if reply.status == 401:
+                self._challenge = None
+                raise CredentialsRejected(f"upstream {self.host}:{self.port} rejected the mesh's credentials")
+            return reply
+
+    def _challenge_of(self, reply: Response) -> Challenge:
+        where = f"upstream {self.host}:{self.port}"
+        if self.credentials is None:
+            raise CredentialsRejected(f"{where} requires credentials and the route has none")
+        try:
+            challenges = parse_challenges(reply.headers.get_all("WWW-Authenticate"))
+        except RtspError as exc:
+            raise CredentialsRejected(f"{where} sent a malformed challenge: {exc}") from None
+        chosen = strongest(challenges)
+        if chosen is None:
+            offered = ", ".join(c.scheme for c in challenges) or "no challenge"
+            raise CredentialsRejected(f"{where} asks for authentication msm does not support ({offered})")
+        return chosen
+
+    def _authorization(self, method: str, uri: str) -> list[tuple[str, str]]:
+        if self._challenge is None or self.credentials is None:
+            return []
+        self._nc += 1
+        user, password = self.credentials
+        try:
+            value = authorization(self._challenge, user, password, method, uri, nc=self._nc)
+        except (Unauthorized, ConfigError) as exc:
+            raise CredentialsRejected(f"cannot answer the challenge of upstream {self.host}:{self.port}: "
+                                      f"{exc}") from None
+        return [("Authorization", value)]
+
+    async def _exchange(self, method: str, uri: str, headers: Mapping[str, str] | None,
+                        timeout: float | None) -> Response:
+        if self.closed.is_set():
+            raise Unavailable("upstream connection is closed")
+        self._cseq += 1
+        all_headers = [("CSeq", str(self._cseq)), ("User-Agent", USER_AGENT)]
+        all_headers += self._authorization(method, uri)
+        all_headers += list((headers or {}).items())
+        self._pending = asyncio.get_running_loop().create_future()
+        self._write(bytes(Request(method=method, uri=uri, headers=Headers(all_headers))))
+        try:
+            return await asyncio.wait_for(self._pending, timeout or self.timeout)
+        except TimeoutError:
+            raise TimedOut(f"{method} {redact_url(uri)}: no answer in {timeout or self.timeout:.0f}s") from None
+        finally:
+            self._pending = None
 
     async def close(self) -> None:
         if self.writer is not None:

@@ -5,6 +5,12 @@ The control plane tells the stub next to a source to open (DESCRIBE), set up
 session keeps itself alive (GET_PARAMETER/OPTIONS at half the session timeout)
 and, when the upstream drops or restarts, reconnects with back-off and restores
 the same SETUPs and PLAY, so viewers never have to reconnect.
+
+The route URL may carry the camera's credentials as userinfo: the connection
+(:mod:`msm.stub.rtsp_client`) authenticates with them and strips them from every
+request; here they are kept out of control URLs, logs and everything reported to
+the control plane. Each SETUP reports where the track's RTP/RTCP will come from
+(``CommandResult.sources``) so the proxy can drop anything else.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from functools import partial
 from msm.protos import msm_pb2 as pb
 from msm.protos.status import OK, status_of
 from msm.runtime.backoff import Backoff
+from msm.runtime.redact import redact_url, strip_userinfo
 from msm.sdk.errors import (
     MsmError,
     NotImplemented_,
@@ -69,7 +76,7 @@ def tracks_of(sdp: SessionDescription, base: str) -> list[UpstreamTrack]:
         rtpmap = media.rtpmap(pt) if pt >= 0 else None
         encoding = f"{rtpmap.encoding}/{rtpmap.clock_rate}" if rtpmap else ""
         tracks.append(UpstreamTrack(index=index, kind=media.kind,
-                                    control=resolve_control(base, media.control),
+                                    control=strip_userinfo(resolve_control(base, media.control)),
                                     clock_rate=media.clock_rate or 0, encoding=encoding))
     return tracks
 
@@ -78,7 +85,8 @@ class UpstreamSession:
     def __init__(self, stream_id: str, url: str, *, transport: str = "", on_event: EventSink,
                  request_timeout: float = 5.0, keepalive: float | None = None) -> None:
         self.stream_id = stream_id
-        self.url = url
+        self.url = url                      # may hold credentials: give it only to the connection
+        self.shown_url = redact_url(url)    # for logs
         self.transport = transport          # "", "udp" or "tcp"
         self.use_tcp = transport == "tcp"
         self.on_event = on_event
@@ -87,11 +95,12 @@ class UpstreamSession:
         self.conn: RtspClientConnection | None = None
         self.sdp_text = ""
         self.tracks: list[UpstreamTrack] = []
-        self.aggregate_url = url
+        self.aggregate_url = strip_userinfo(url)
         self.session_id: str | None = None
         self.session_timeout = 60
         self.public: frozenset[str] = frozenset()
         self.destinations: dict[int, pb.Endpoint] = {}
+        self.sources: dict[int, pb.SourceFilter] = {}
         self.bridges: dict[int, UdpPair] = {}
         self.relays: dict[int, UdpRelay] = {}
         self.want_play = False
@@ -105,9 +114,11 @@ class UpstreamSession:
         self._supervisor = asyncio.create_task(self._supervise(), name=f"upstream-{self.stream_id}")
         return self.sdp_text, self.tracks
 
-    async def setup(self, destinations: dict[int, pb.Endpoint]) -> None:
+    async def setup(self, destinations: dict[int, pb.Endpoint]) -> list[pb.SourceFilter]:
+        """SETUP every track towards ``destinations``; where each one's media will come from, in order."""
         self.destinations = dict(destinations)
         await self._setup_all()
+        return [self.sources.get(index, pb.SourceFilter()) for index in destinations]
 
     async def play(self) -> None:
         self.want_play = True
@@ -132,11 +143,11 @@ class UpstreamSession:
         await conn.connect()
         self.conn = conn
         self.session_id = None
-        options = await conn.request("OPTIONS", self.url)
+        options = await conn.request("OPTIONS", conn.url)
         if options.status == 200:
             with contextlib.suppress(RtspError):
                 self.public = parse_public(options.headers.get("Public") or "")
-        reply = await conn.request("DESCRIBE", self.url, {"Accept": "application/sdp"})
+        reply = await conn.request("DESCRIBE", conn.url, {"Accept": "application/sdp"})
         self._check(reply, "DESCRIBE")
         try:
             sdp = SessionDescription.parse(reply.body)
@@ -144,10 +155,11 @@ class UpstreamSession:
             raise UpstreamError(f"upstream SDP is malformed: {exc}") from exc
         if not sdp.media:
             raise UpstreamError("upstream SDP has no media")
-        base = reply.headers.get("Content-Base") or reply.headers.get("Content-Location") or self.url
+        base = strip_userinfo(reply.headers.get("Content-Base") or reply.headers.get("Content-Location")
+                              or conn.url)
         self.sdp_text = reply.body.decode("utf-8", "replace")
         self.tracks = tracks_of(sdp, base)
-        self.aggregate_url = resolve_control(base, sdp.control)
+        self.aggregate_url = strip_userinfo(resolve_control(base, sdp.control))
 
     def _check(self, reply: Response, what: str) -> None:
         if reply.status != 200:
@@ -199,11 +211,22 @@ class UpstreamSession:
             except RtspError as exc:
                 raise UpstreamError(f"upstream Session header is malformed: {exc}") from exc
             self.session_timeout = timeout or 60
-        if not self.use_tcp:
-            with contextlib.suppress(RtspError):
-                chosen = parse_transport(reply.headers.get("Transport") or "")
-                if chosen and chosen[0].lower_transport == "TCP":
-                    raise UpstreamError("upstream answered a UDP SETUP with TCP", status=461)
+        chosen: list[TransportSpec] = []
+        with contextlib.suppress(RtspError):
+            chosen = parse_transport(reply.headers.get("Transport") or "")
+        if not self.use_tcp and chosen and chosen[0].lower_transport == "TCP":
+            raise UpstreamError("upstream answered a UDP SETUP with TCP", status=461)
+        self.sources[index] = self._source_of(index, chosen[0] if chosen else None)
+
+    def _source_of(self, index: int, chosen: TransportSpec | None) -> pb.SourceFilter:
+        """Where the proxy will see track ``index``'s RTP and RTCP come from."""
+        assert self.conn is not None
+        local = self.bridges.get(index) if self.use_tcp else self.relays.get(index)
+        if local is not None:     # this stub's own socket pair sends it on
+            return pb.SourceFilter(host=self.conn.local_host, rtp_port=local.ports[0], rtcp_port=local.ports[1])
+        host = (chosen.source if chosen is not None and chosen.source else None) or self.conn.peer_host
+        rtp, rtcp = (chosen.server_port if chosen is not None and chosen.server_port else (0, 0))
+        return pb.SourceFilter(host=host, rtp_port=rtp, rtcp_port=rtcp)
 
     def _same_host(self, host: str) -> bool:
         """Loopback addresses all reach this host (local mode binds the proxy to 127.0.0.1)."""
@@ -259,7 +282,7 @@ class UpstreamSession:
                 await conn.closed.wait()
             if self.closing:
                 return
-            log.warning("stream %s: upstream %s lost; reconnecting", self.stream_id, self.url)
+            log.warning("stream %s: upstream %s lost; reconnecting", self.stream_id, self.shown_url)
             self._emit(pb.UpstreamEvent.DOWN, pb.UpstreamEvent.CONNECTION_LOST)
             await self._reconnect()
 
@@ -327,8 +350,8 @@ class UpstreamManager:
                 await self._open(command.open, result)
             elif kind == "setup":
                 session = self._session(command.setup.stream_id)
-                await session.setup(dict(zip(command.setup.track_indexes, command.setup.destinations,
-                                             strict=True)))
+                result.sources.extend(await session.setup(dict(zip(
+                    command.setup.track_indexes, command.setup.destinations, strict=True))))
             elif kind == "play":
                 await self._session(command.play.stream_id).play()
             elif kind == "close":
