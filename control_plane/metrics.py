@@ -1,4 +1,8 @@
-"""Prometheus metrics of the control plane, read from its state at scrape time."""
+"""Prometheus metrics of the control plane, read from its state at scrape time.
+
+Labels never carry secrets: the ``upstream`` label is the route URL without its
+credentials (:func:`msm.runtime.redact.redact_url`), and no label names a session.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from msm.runtime.redact import redact_url
 
 if TYPE_CHECKING:
     from .server import ControlPlane
@@ -34,10 +40,11 @@ class ControlPlaneCollector(Collector):
                                     "every reconnect)", labels=["stream", "upstream"])
         for stream in list(control.streams.values()):
             name = stream.stream_id
+            upstream = redact_url(stream.route.url)
             viewers.add_metric([name], len(stream.viewers))
             playing.add_metric([name], sum(1 for v in stream.viewers.values() if v.playing))
-            up.add_metric([name, stream.route.url], 1.0 if stream.upstream_state == "playing" else 0.0)
-            opens.add_metric([name, stream.route.url], stream.opened)
+            up.add_metric([name, upstream], 1.0 if stream.upstream_state == "playing" else 0.0)
+            opens.add_metric([name, upstream], stream.opened)
         yield from (stubs, proxies, viewers, playing, up, opens)
 
 

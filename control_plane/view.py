@@ -4,6 +4,12 @@
 every proxy's live flow statistics, as the ``ListStreams`` answer. A proxy that
 does not answer is left out; a link this control plane closed is an error
 (:class:`~.ports.LinkClosed`), for the caller's boundary to answer.
+
+What leaves here is for display and may reach anyone who can read the page: upstream
+URLs lose their credentials (:func:`msm.runtime.redact.redact_url`), and session
+ids, which let whoever knows them control a session, become tags
+(:func:`msm.runtime.redact.session_tag`): ``ViewerInfo.session_id`` stays empty and
+leg ids and labels name the tag instead of the session.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from msm.protos import msm_pb2 as pb
+from msm.runtime.redact import redact_url, session_tag
 from msm.sdk.errors import Unavailable
 
 from .planner import Planner
@@ -69,15 +76,36 @@ async def _flow_stats(planner: Planner) -> dict[str, pb.FlowStats]:
     return flows
 
 
+def _conceal_leg(leg: pb.LegStats) -> None:
+    """A leg's stats with its viewer's session id replaced by the session's tag."""
+    session, sep, track = leg.leg_id.rpartition("/")
+    if sep and not session.startswith("relay@"):
+        leg.leg_id = f"{session_tag(session)}/{track}"
+    label = leg.labels.get("session")
+    if label and not label.startswith("relay@"):
+        leg.labels["session"] = session_tag(label)
+
+
+def _conceal(flows: dict[str, pb.FlowStats]) -> None:
+    for flow in flows.values():
+        for leg in flow.legs:
+            _conceal_leg(leg)
+
+
 async def list_streams(planner: Planner) -> pb.ListStreamsResponse:
     """Every stream with its tracks' flows and relays and its viewers' legs, with live stats."""
     flows = await _flow_stats(planner)
     legs = {leg.leg_id: leg for f in flows.values() for leg in f.legs}
+    concealed = {leg_id: pb.LegStats() for leg_id in legs}
+    for leg_id, leg in legs.items():
+        concealed[leg_id].CopyFrom(leg)
+        _conceal_leg(concealed[leg_id])
+    _conceal(flows)
     response = pb.ListStreamsResponse()
     for view in snapshot(planner.store).values():
         stream = view.stream
         info = response.streams.add(
-            stream_id=stream.stream_id, name=stream.route.name, upstream_url=stream.route.url,
+            stream_id=stream.stream_id, name=stream.route.name, upstream_url=redact_url(stream.route.url),
             upstream_state=stream.upstream_state.value, upstream_sessions_opened=stream.opened)
         for track in stream.tracks:
             ref = stream.flows.get(track.index)
@@ -86,6 +114,8 @@ async def list_streams(planner: Planner) -> pb.ListStreamsResponse:
                       if index == track.index and r.flow_id in flows]
             info.tracks.add(track=track, flow=stats or pb.FlowStats(), relays=relays)
         for viewer in view.viewers.values():
-            info.viewers.add(session_id=viewer.session_id, host=viewer.host, playing=viewer.playing,
-                             legs=[legs[leg.leg_id] for leg in viewer.legs.values() if leg.leg_id in legs])
+            info.viewers.add(session_tag=session_tag(viewer.session_id), host=viewer.host,
+                             playing=viewer.playing,
+                             legs=[concealed[leg.leg_id] for leg in viewer.legs.values()
+                                   if leg.leg_id in concealed])
     return response

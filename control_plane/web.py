@@ -9,7 +9,9 @@ Routes::
 
     GET /             the page
     GET /static/...   its script and style sheet
-    GET /api/streams  ListStreams as JSON (proto field names); 503 when it cannot be had
+    GET /api/streams  ListStreams as JSON (proto field names); 503 when it cannot be had.
+                      Upstream URLs without credentials, viewers by session tag, never
+                      by session id (checked again here, whatever the answer holds).
     GET /metrics      Prometheus text of the given registry (404 without one)
     GET /healthz      liveness, with a few counts
 """
@@ -28,6 +30,7 @@ from google.protobuf import json_format
 
 from msm.protos import msm_pb2 as pb
 from msm.runtime.hostport import format_host_port, parse_host_port
+from msm.runtime.redact import redact_url, session_tag
 from msm.sdk.errors import MsmError
 
 log = logging.getLogger(__name__)
@@ -63,8 +66,22 @@ def create_app(control: StreamQuery, *,
     return app
 
 
+def _conceal(response: pb.ListStreamsResponse) -> pb.ListStreamsResponse:
+    """A copy without credentials in URLs or session ids (tags in their place)."""
+    safe = pb.ListStreamsResponse()
+    safe.CopyFrom(response)
+    for stream in safe.streams:
+        stream.upstream_url = redact_url(stream.upstream_url)
+        for viewer in stream.viewers:
+            if viewer.session_id:
+                viewer.session_tag = viewer.session_tag or session_tag(viewer.session_id)
+                viewer.session_id = ""
+    return safe
+
+
 def streams_json(response: pb.ListStreamsResponse) -> dict[str, Any]:
     """The API's JSON: proto field names, defaults included (int64s are strings, per proto3 JSON)."""
+    response = _conceal(response)
     body: dict[str, Any] = json_format.MessageToDict(response, preserving_proto_field_name=True,
                                                      always_print_fields_with_no_presence=True)
     return body

@@ -22,7 +22,7 @@
   // -- history -----------------------------------------------------------------------------------
   // key -> {t: [], bitrate: [], loss: [], jitter: [], prev: {...}}; values may be null (no data).
   const history = new Map();
-  const viewerColors = new Map();   // session id -> color, stable for the page's life
+  const viewerColors = new Map();   // session tag -> color, stable for the page's life
   let polls = 0;
 
   function series(key) {
@@ -52,24 +52,26 @@
   }
 
   // Each viewer keeps its color while it stays; a new one takes the first color not in use.
-  function colorOf(sessionId) {
-    if (!viewerColors.has(sessionId)) {
+  function colorOf(key) {
+    if (!viewerColors.has(key)) {
       const used = new Set(viewerColors.values());
       const free = VIEWER_COLORS.find((c) => !used.has(c));
-      viewerColors.set(sessionId, free || VIEWER_COLORS[viewerColors.size % VIEWER_COLORS.length]);
+      viewerColors.set(key, free || VIEWER_COLORS[viewerColors.size % VIEWER_COLORS.length]);
     }
-    return viewerColors.get(sessionId);
+    return viewerColors.get(key);
   }
 
   const num = (v) => Number(v ?? 0) || 0;   // proto3 JSON gives 64-bit integers as strings
   // The source flow feeds each other node through one leg named relay@<node>: a hop, not a viewer.
   const isRelayLeg = (leg) => String((leg && leg.leg_id) || "").startsWith("relay@");
-  const isRelaySession = (viewer) => String((viewer && viewer.session_id) || "").startsWith("relay@");
+  // Viewers are known by their session tag (a short hash): session ids are never published.
+  const viewerKey = (viewer) => String((viewer && (viewer.session_tag || viewer.session_id)) || "");
+  const isRelaySession = (viewer) => viewerKey(viewer).startsWith("relay@");
 
   function record(data, now) {
     const seenSessions = new Set();
     for (const stream of data.streams || []) {
-      for (const viewer of stream.viewers || []) seenSessions.add(viewer.session_id);
+      for (const viewer of stream.viewers || []) seenSessions.add(viewerKey(viewer));
       const flowTrack = new Map();   // flow id -> track index, to place viewer legs
       for (const ts of stream.tracks || []) {
         const index = num(ts.track && ts.track.index);
@@ -94,7 +96,7 @@
         for (const leg of viewer.legs || []) {
           if (isRelayLeg(leg)) continue;
           const index = flowTrack.has(leg.flow_id) ? flowTrack.get(leg.flow_id) : num(leg.labels && leg.labels.track);
-          const s = series(`${stream.name}\u0000${index}\u0000v:${viewer.session_id}`);
+          const s = series(`${stream.name}\u0000${index}\u0000v:${viewerKey(viewer)}`);
           const bytes = num(leg.bytes_sent);
           let bitrate = null;
           if (s.prev && bytes >= s.prev.bytes && now > s.prev.t) {
@@ -250,7 +252,7 @@
       const lines = flowLines(g.tracks);
       if (!lines.length) lines.push({ text: "no flows yet", cls: "muted" });
       const boxes = g.viewers.map(({ v, legs, node }) => {
-        const lines = [{ text: relayed ? `session ${v.session_id} · node ${node}` : `session ${v.session_id}`, cls: "muted" }];
+        const lines = [{ text: relayed ? `session ${viewerKey(v)} · node ${node}` : `session ${viewerKey(v)}`, cls: "muted" }];
         for (const leg of legs) {
           let report = "no receiver report yet";
           if (leg.has_report) {
@@ -347,10 +349,10 @@
     for (const box of row.boxes) {
       const v = box.v;
       const vy = y + box.h / 2;
-      const color = colorOf(v.session_id);
+      const color = colorOf(viewerKey(v));
       const legs = box.legs;
       const on = v.playing && legs.some((l) => l.enabled);
-      const e = svg("g", { class: `edge ${on ? "live" : "off"}`, "data-edge": "proxy-viewer", "data-viewer": v.session_id });
+      const e = svg("g", { class: `edge ${on ? "live" : "off"}`, "data-edge": "proxy-viewer", "data-viewer": viewerKey(v) });
       e.append(svg("path", { d: edgePath(G.proxy.x + G.proxy.w, mid, G.viewer.x, vy) }));
       // Labels sit on the side of the edge's end away from the curve: above it when the
       // viewer is above the proxy's middle (the curve arrives from below), below it otherwise.
@@ -366,7 +368,7 @@
         x: G.viewer.x, y, w: G.viewer.w, kind: "viewer", cls: `viewer ${v.playing ? "playing" : "paused"}`,
         title: clip(v.host || "viewer", 30), badge: v.playing ? "playing" : "paused",
         badgeClass: v.playing ? "playing" : "warn", lines: box.lines,
-        attrs: { "data-viewer": v.session_id, "data-playing": String(!!v.playing), "data-fed-by": box.node },
+        attrs: { "data-viewer": viewerKey(v), "data-playing": String(!!v.playing), "data-fed-by": box.node },
       });
       node.append(svg("rect", { x: 0, y: 8, width: 3, height: box.h - 16, fill: color }));
       nodes.append(node);
@@ -446,8 +448,8 @@
     const index = num(track.index);
     const ingress = history.get(`${stream.name}\u0000${index}\u0000ingress`);
     const viewerSeries = (stream.viewers || []).filter((v) => !isRelaySession(v))
-      .map((v) => ({ id: v.session_id, host: v.host, color: colorOf(v.session_id),
-                     s: history.get(`${stream.name}\u0000${index}\u0000v:${v.session_id}`) }))
+      .map((v) => ({ id: viewerKey(v), host: v.host, color: colorOf(viewerKey(v)),
+                     s: history.get(`${stream.name}\u0000${index}\u0000v:${viewerKey(v)}`) }))
       .filter((v) => v.s);
     const head = h("div", { class: "track-head" },
       h("h3", {}, `track ${index} · ${track.kind || "?"}`),

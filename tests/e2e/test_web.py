@@ -39,6 +39,7 @@ from msm.control_plane.upstream_state import UpstreamState
 from msm.control_plane.web import WebServer, create_app
 from msm.mesh import LocalMesh
 from msm.protos import msm_pb2 as pb
+from msm.runtime.redact import session_tag
 from tests.peers import FfmpegViewer, GstRtspServer, free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -68,8 +69,9 @@ async def test_api_streams_is_empty_without_streams() -> None:
 
 
 async def test_api_streams_uses_proto_field_names_and_prints_defaults() -> None:
+    """...and shows no secret: the route's credentials and token are masked, the viewer is a tag."""
     control = ControlPlane(StaticResolver())
-    stream = StreamRecord(route=Route(name="cam", url="rtsp://192.0.2.1/live"),
+    stream = StreamRecord(route=Route(name="cam", url="rtsp://admin:SuperSecret@192.0.2.1/live?token=t0k"),
                           upstream_state=UpstreamState.PLAYING)
     stream.tracks.append(pb.Track(index=0, kind="video", clock_rate=90000, encoding="H264/90000"))
     control.planner.store.put_stream(stream)
@@ -78,9 +80,12 @@ async def test_api_streams_uses_proto_field_names_and_prints_defaults() -> None:
     async with client_for(control) as client:
         body = await (await client.get("/api/streams")).json()
     (info,) = body["streams"]
-    assert info["name"] == "cam" and info["upstream_url"] == "rtsp://192.0.2.1/live"
+    assert info["name"] == "cam" and info["upstream_url"] == "rtsp://***@192.0.2.1/live?token=***"
     assert info["upstream_state"] == "playing" and info["upstream_sessions_opened"] == 0
-    assert info["viewers"] == [{"session_id": "s1", "host": "192.0.2.9", "playing": True, "legs": []}]
+    assert info["viewers"] == [{"session_id": "", "session_tag": session_tag("s1"), "host": "192.0.2.9",
+                                "playing": True, "legs": []}]
+    assert len(session_tag("s1")) == 8 and session_tag("s1") != session_tag("s2")
+    assert "SuperSecret" not in json.dumps(body) and "t0k" not in json.dumps(body)
     (track,) = info["tracks"]
     assert track["track"]["clock_rate"] == 90000
     # No proxy flow yet: every counter is still there, at zero (64-bit ones as strings, per proto3 JSON).
@@ -316,8 +321,9 @@ async def test_browser_draws_the_stream_graph_and_live_plots(
         await asyncio.gather(*(v.wait_frames(10, timeout=30) for v in viewers))
         response = await mesh.control.control.ListStreams(pb.ListStreamsRequest(), None)
         (stream,) = response.streams
-        sessions = sorted(v.session_id for v in stream.viewers)
-        assert len(sessions) == 2
+        sessions = sorted(v.session_tag for v in stream.viewers)   # the page shows tags, never session ids
+        assert len(sessions) == 2 and all(len(t) == 8 for t in sessions)
+        assert [v.session_id for v in stream.viewers] == ["", ""]
 
         def ready(d: dict[str, Any]) -> bool:
             return (sorted(d["viewers"]) == sessions and len(d["series"]) == 6
@@ -401,7 +407,7 @@ def relayed_streams() -> pb.ListStreamsResponse:
         relay = flow(relay_id, "node-b", 2.3e6 if i == 0 else 63e3, 27, 3.5, [b1, b2])
         stream.tracks.add(track=track, flow=source, relays=[relay])
     for session, host in (("a1", "10.1.0.5"), ("b1", "10.2.0.7"), ("b2", "10.2.0.8")):
-        stream.viewers.add(session_id=session, host=host, playing=True, legs=viewer_legs[session])
+        stream.viewers.add(session_tag=session, host=host, playing=True, legs=viewer_legs[session])
     return response
 
 
