@@ -34,6 +34,7 @@ one of these; each module says which)::
     │   └── OptionNotSupported    551: Require: an option msm does not support
     ├── UpstreamError             the upstream RTSP server answered with an error; carries its status
     ├── Unavailable               503: a dependency is down (upstream unreachable, no proxy on a node)
+    │   ├── CredentialsRejected   msm.stub.rtsp_client: an upstream refused the route's credentials, or wants some
     │   ├── EngineUnavailable     msm.rtp_proxy.engine: the native engine asked for cannot run
     │   ├── KubeError             the Kubernetes API failed or answered nonsense (CNI 11)
     │   ├── LinkClosed            msm.control_plane.ports: a stub or proxy link went away mid-call
