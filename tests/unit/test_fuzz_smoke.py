@@ -68,7 +68,12 @@ def test_harness_runs_clean(harness: str, tmp_path: Path) -> None:
 # Saved crashing inputs (fuzz/crashes/<harness>/<file>) -> the parser bug each one shows.
 # While a bug stands its replay fails, so it is an xfail; once the parser is fixed the replay
 # passes, the strict xfail turns red, and the entry (and the harness's KNOWN) goes.
-KNOWN_CRASHES: dict[str, str] = {}
+KNOWN_CRASHES: dict[str, str] = {
+    "cni_config/deep_nesting.json": "msm.cni_plugin.config.decode_json lets json.loads' RecursionError out "
+                                    "(2000 nested '['): answered as CNI 199 instead of 6",
+    "cni_config/long_integer.json": "msm.cni_plugin.config.decode_json lets json.loads' ValueError for an "
+                                    "integer of over 4300 digits out: answered as CNI 199 instead of 6",
+}
 
 
 def _saved_crashes() -> list[object]:
