@@ -73,6 +73,9 @@ KNOWN_CRASHES: dict[str, str] = {
                                     "(2000 nested '['): answered as CNI 199 instead of 6",
     "cni_config/long_integer.json": "msm.cni_plugin.config.decode_json lets json.loads' ValueError for an "
                                     "integer of over 4300 digits out: answered as CNI 199 instead of 6",
+    "rtsp_server/interleaved_channels_exhausted.bin": "ServerConnection._choose_transport: when every interleaved "
+                                                      "pair is in use, next() raises StopIteration out of plan_setup "
+                                                      "instead of a 453 ResourceExhausted",
 }
 
 
