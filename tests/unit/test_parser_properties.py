@@ -177,6 +177,19 @@ def test_sdp_from_recorded_lines_round_trips_or_raises_sdp_error(lines: list[byt
     assert SessionDescription.parse(bytes(sdp)) == sdp
 
 
+@pytest.mark.parametrize("line", [
+    pytest.param(b"b=AS:" + b"9" * 4301, id="bandwidth"),
+    pytest.param(b"t=" + b"1" * 4301 + b" 0", id="timing"),
+    pytest.param(b"m=video " + b"1" * 4301 + b" RTP/AVP 96", id="media-port"),
+])
+@pytest.mark.xfail(strict=True, raises=ValueError,
+                   reason="msm.sdk.sdp._parse_int calls int() on any run of ASCII digits: over 4300 digits "
+                          "raise ValueError instead of SdpError (fuzz/crashes/sdp/bandwidth_4301_digits.sdp)")
+def test_sdp_numbers_too_long_for_int_are_sdp_errors(line: bytes) -> None:
+    with pytest.raises(SdpError):
+        SessionDescription.parse(b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\n" + line + b"\r\n")
+
+
 # -- CNI plugin -----------------------------------------------------------------------------------------
 
 ADD_ENV = {
