@@ -87,6 +87,16 @@ def test_server_connection_answers_any_bytes(data: bytes, chunk: int) -> None:
     _serve(data, chunk)
 
 
+@pytest.mark.xfail(strict=True, reason="msm.sdk.rtsp_server.split_url lets urlsplit's ValueError ('Invalid IPv6 "
+                                      "URL') out: a 500 instead of a 400 (fuzz/crashes/rtsp_server/)")
+@pytest.mark.parametrize("uri", [b"rtsp://[::1/cam", b"rtsp://h]/cam/track0"])
+def test_server_connection_answers_a_malformed_authority_with_400(uri: bytes) -> None:
+    for method in (b"DESCRIBE", b"SETUP"):
+        events = _serve(method + b" " + uri + b" RTSP/1.0\r\nCSeq: 2\r\n\r\n", 64)
+        assert events and isinstance(events[0], Reply)
+        assert Response.parse(events[0].data).status == 400
+
+
 @settings(max_examples=300)
 @given(st.binary(max_size=300))
 def test_single_rtsp_messages_parse_or_raise_rtsp_error(data: bytes) -> None:
