@@ -99,6 +99,15 @@ class RtspReader:
         self._raise_if_broken()
         self._buffer += data
 
+    @property
+    def partial(self) -> bool:
+        """Part of a message or frame is buffered, waiting for the rest.
+
+        A server bounds how long that may last (a peer that sends a request a byte
+        at a time holds a connection for as long as it is let).
+        """
+        return self._head is not None or bool(self._buffer)
+
     def next_event(self) -> Event | None:
         """The next complete event, or ``None`` if more data is needed."""
         self._raise_if_broken()

@@ -18,7 +18,8 @@ what arrives (:meth:`ServerConnection.receive_data`) and takes events out
 
 RTSP sessions outlive connections' requests and are looked up across connections,
 so they live in a :class:`SessionTable` that every connection of a server shares.
-The per-session state machine is :mod:`msm.sdk.rtsp_state`.
+The per-session state machine is :mod:`msm.sdk.rtsp_state`, the events are in
+:mod:`msm.sdk.rtsp_events`.
 
 :func:`error_response` is the RTSP boundary of the exception tree
 (:mod:`msm.sdk.errors`): every :class:`~msm.sdk.errors.MsmError` becomes a reply with
@@ -32,9 +33,9 @@ import email.utils
 import logging
 import re
 import struct
+from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Generic, TypeAlias
+from typing import Generic
 from urllib.parse import urlsplit
 
 from msm.sdk.errors import (
@@ -43,8 +44,10 @@ from msm.sdk.errors import (
     NotImplemented_,
     OptionNotSupported,
     Refused,
+    ResourceExhausted,
     RtspError,
     SessionNotFound,
+    Unauthorized,
     UnsupportedTransport,
 )
 from msm.sdk.rtsp import (
@@ -56,7 +59,18 @@ from msm.sdk.rtsp import (
     TransportSpec,
     parse_transport,
 )
-from msm.sdk.rtsp_sessions import RtspSession, S, SessionTable
+from msm.sdk.rtsp_events import (
+    DescribeRequested,
+    FrameReceived,
+    PauseRequested,
+    PlayRequested,
+    Reply,
+    ServerEvent,
+    SetupPlan,
+    SetupRequested,
+    TeardownRequested,
+)
+from msm.sdk.rtsp_sessions import Authenticator, ClientIdentity, RtspSession, S, SessionTable, session_tag
 from msm.sdk.rtsp_state import State, next_state
 from msm.sdk.sdp import Connection, SessionDescription
 
@@ -64,7 +78,10 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "KNOWN_UNSUPPORTED",
+    "MAX_SESSIONS_PER_CONNECTION",
     "SUPPORTED",
+    "Authenticator",
+    "ClientIdentity",
     "DescribeRequested",
     "FrameReceived",
     "PauseRequested",
@@ -79,7 +96,9 @@ __all__ = [
     "TeardownRequested",
     "error_response",
     "frame_prefix",
+    "session_tag",
     "split_url",
+    "strip_userinfo",
     "viewer_sdp",
 ]
 
@@ -92,6 +111,10 @@ _TRACK = re.compile(r"^track(\d+)$")
 _FRAME_HEADER = struct.Struct("!BBH")
 # Interleaved channels are one byte; pairs start at even numbers below 254.
 _LAST_PAIR = 254
+# Sessions one connection may hold. A player needs one per stream it plays (one
+# session aggregates all of a stream's tracks); 16 covers a multi-view client,
+# while a connection asking for thousands would cost the proxy a leg per track each.
+MAX_SESSIONS_PER_CONNECTION = 16
 
 
 def split_url(uri: str) -> tuple[str, int | None]:
@@ -102,6 +125,14 @@ def split_url(uri: str) -> tuple[str, int | None]:
     if match and head:
         return head, int(match.group(1))
     return path, None
+
+
+def strip_userinfo(uri: str) -> str:
+    """``uri`` without its ``user:password@``: what may be logged, echoed or passed on."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def frame_prefix(channel: int, length: int) -> bytes:
@@ -136,78 +167,6 @@ def viewer_sdp(sdp: SessionDescription, local_host: str) -> bytes:
     return bytes(sdp.with_media(media).with_control("*").with_connection(anywhere))
 
 
-# --------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """Bytes the connection produced itself; ``close`` after writing them when set."""
-
-    data: bytes
-    close: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class DescribeRequested:
-    request: Request
-    stream: str
-
-
-@dataclass(frozen=True, slots=True)
-class SetupRequested(Generic[S]):
-    """SETUP of ``track`` (``None``: the URL named the stream) of ``stream``.
-
-    ``session`` is the caller's existing session, already checked to belong to this
-    connection.  The application finds the stream, then calls
-    :meth:`ServerConnection.plan_setup` for the track and transport.
-    """
-
-    request: Request
-    stream: str
-    track: int | None
-    session: S | None
-
-
-@dataclass(frozen=True, slots=True)
-class PlayRequested(Generic[S]):
-    request: Request
-    session: S
-
-
-@dataclass(frozen=True, slots=True)
-class PauseRequested(Generic[S]):
-    request: Request
-    session: S
-
-
-@dataclass(frozen=True, slots=True)
-class TeardownRequested(Generic[S]):
-    request: Request
-    session: S
-
-
-@dataclass(frozen=True, slots=True)
-class FrameReceived(Generic[S]):
-    """An interleaved frame on a set-up channel; ``rtcp`` for the second of the track's pair."""
-
-    session: S
-    track: int
-    rtcp: bool
-    payload: bytes
-
-
-ServerEvent: TypeAlias = (Reply | DescribeRequested | SetupRequested[S] | PlayRequested[S]
-                          | PauseRequested[S] | TeardownRequested[S] | FrameReceived[S])
-
-
-@dataclass(frozen=True, slots=True)
-class SetupPlan:
-    """What a SETUP will set up: the track and the transport the server answers."""
-
-    track: int
-    transport: TransportSpec
-
-
 # --------------------------------------------------------------------------- connection
 
 
@@ -216,11 +175,26 @@ class ServerConnection(Generic[S]):
 
     def __init__(self, table: SessionTable[S], *, server_name: str = "msm-stub/0.1",
                  date: Callable[[], str] = lambda: email.utils.formatdate(usegmt=True),
-                 reader: RtspReader | None = None) -> None:
+                 reader: RtspReader | None = None, peer_host: str = "",
+                 auth: Authenticator | None = None,
+                 max_sessions: int = MAX_SESSIONS_PER_CONNECTION,
+                 secure: bool = False, limit_hits: Counter[str] | None = None) -> None:
+        """``peer_host`` is the client's address (part of its sessions' owner identity);
+        with ``auth`` every request but OPTIONS needs credentials and the user it
+        proves is part of the identity too; ``secure`` is a TLS connection (RTSPS),
+        which carries media interleaved only; ``limit_hits`` counts refusals at a bound.
+        """
         self.table = table
         self.server_name = server_name
         self._date = date
         self._reader = reader or RtspReader()
+        self.peer_host = peer_host
+        self.auth = auth
+        self.max_sessions = max_sessions
+        self.secure = secure
+        self.limit_hits: Counter[str] = limit_hits if limit_hits is not None else Counter()
+        #: The user the latest request proved ("" without authentication).
+        self.user = ""
         self._pending: Request | None = None
         self._pending_session: S | None = None
         # The state a 200 to the pending PLAY or PAUSE moves its session to.
@@ -230,6 +204,16 @@ class ServerConnection(Generic[S]):
         self.sessions: set[str] = set()
         #: Interleaved channel -> (session, track) for the tracks set up over TCP.
         self.channels: dict[int, tuple[S, int]] = {}
+
+    @property
+    def client(self) -> ClientIdentity:
+        """Who the current request comes from: the owner identity its sessions answer to."""
+        return ClientIdentity(self.peer_host, self.user)
+
+    @property
+    def partial(self) -> bool:
+        """Part of a message has arrived and the rest has not (the header deadline runs)."""
+        return self._reader.partial
 
     # -- input -----------------------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
@@ -285,7 +269,7 @@ class ServerConnection(Generic[S]):
             event = self._dispatch(request)
         except Exception as exc:   # MsmError: its status; anything else is a bug of ours: 500
             if not isinstance(exc, MsmError):
-                log.exception("%s %s failed", request.method, request.uri)
+                log.exception("%s %s failed", request.method, strip_userinfo(request.uri))
             return Reply(self.fail(exc))
         if event is not None:
             return event
@@ -298,6 +282,8 @@ class ServerConnection(Generic[S]):
         if require:
             raise OptionNotSupported("no options supported", headers={"Unsupported": require})
         method = request.method
+        if self.auth is not None and method != "OPTIONS":
+            self.user = self.auth.check(method, request.uri, request.headers.get("Authorization"))
         if method in KNOWN_UNSUPPORTED:
             raise Refused(f"{method} is not supported", status=405, headers={"Allow": ", ".join(SUPPORTED)})
         if method not in SUPPORTED:
@@ -327,7 +313,7 @@ class ServerConnection(Generic[S]):
             if required:
                 raise SessionNotFound("Session header required")
             return None
-        return self.table.find(value)
+        return self.table.find(value, self.client)
 
     @staticmethod
     def _describe(request: Request) -> DescribeRequested:
@@ -343,7 +329,11 @@ class ServerConnection(Generic[S]):
         stream, track = split_url(request.uri)
         session = self._session(request, required=False)
         if session is not None and session.owner is not None and session.owner is not self:
-            raise SessionNotFound("session belongs to another connection")
+            # Its tracks' channels live on the connection that set it up.
+            raise SessionNotFound("unknown session")
+        if session is None and len(self.sessions) >= self.max_sessions:
+            self.limit_hits["sessions_per_connection"] += 1
+            raise ResourceExhausted(f"at most {self.max_sessions} sessions per connection")
         self._pending_session = session
         return SetupRequested(request, stream, track, session)
 
@@ -376,6 +366,8 @@ class ServerConnection(Generic[S]):
         for spec in parse_transport(value):
             if not spec.protocol.startswith("RTP/AVP") or not spec.unicast:
                 continue
+            if self.secure and spec.lower_transport != "TCP":
+                continue    # media over UDP would leave a TLS connection in clear
             if spec.lower_transport == "TCP":
                 channels = spec.interleaved
                 if channels is None or channels[0] in used or channels[1] in used:
@@ -384,6 +376,9 @@ class ServerConnection(Generic[S]):
                 return TransportSpec(protocol="RTP/AVP/TCP", interleaved=channels)
             if spec.client_port is not None and spec.client_port[0] > 0:
                 return TransportSpec(client_port=spec.client_port)
+        if self.secure:
+            raise UnsupportedTransport("RTSPS carries media interleaved only (RTP/AVP/TCP): "
+                                       "over UDP it would travel in clear")
         raise UnsupportedTransport(
             "only unicast RTP/AVP over UDP (client_port) or TCP (interleaved) is supported")
 
@@ -398,6 +393,7 @@ class ServerConnection(Generic[S]):
         session.state = next_state(session.state, "SETUP")
         if created:
             session.owner = self
+            session.client = self.client
             session.last_seen = self.table.clock()
             self.table.sessions[session.session_id] = session
             self.sessions.add(session.session_id)
@@ -428,9 +424,17 @@ class ServerConnection(Generic[S]):
                             body=viewer_sdp(sdp, local_host))
 
     def fail(self, exc: BaseException) -> bytes:
-        """Answer the pending request with the error ``exc`` (see :func:`error_response`)."""
+        """Answer the pending request with the error ``exc`` (see :func:`error_response`).
+
+        A 401 carries every challenge of the authenticator, one ``WWW-Authenticate``
+        each (a client picks the strongest it knows).
+        """
         request, _ = self._take_pending()
-        return bytes(error_response(exc, self._base_headers(request)))
+        fields = self._base_headers(request)
+        if isinstance(exc, Unauthorized) and self.auth is not None:
+            fields += [("WWW-Authenticate", value) for value in self.auth.challenges()]
+            exc = Unauthorized(exc.message or "credentials required")
+        return bytes(error_response(exc, fields))
 
     def _take_pending(self) -> tuple[Request, S | None]:
         if self._pending is None:

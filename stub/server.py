@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
+import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -31,6 +32,8 @@ from msm.protos.status import error_of
 from msm.sdk.errors import MsmError, SdpError, UpstreamError
 from msm.sdk.rtsp import Headers, Response, TransportSpec
 from msm.sdk.rtsp_server import (
+    MAX_SESSIONS_PER_CONNECTION,
+    Authenticator,
     DescribeRequested,
     FrameReceived,
     PauseRequested,
@@ -43,12 +46,15 @@ from msm.sdk.rtsp_server import (
     SetupRequested,
     TeardownRequested,
     frame_prefix,
+    session_tag,
     split_url,
+    strip_userinfo,
 )
 from msm.sdk.sdp import SessionDescription
 
 from .bridge import UdpPair
 from .control import ControlClient
+from .sockets import listen_backlog, original_destination, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +63,32 @@ SERVER = "msm-stub/0.1"
 # frames are dropped (and counted) rather than buffered; 512 KiB is ~1 s of a
 # 4 Mbit/s stream.
 MAX_VIEWER_BACKLOG = 512 * 1024
-# A connection that sends nothing for this long while holding no session is closed.
-IDLE_CONNECTION_TIMEOUT = 120.0
+# A connection that sends no request for this long while holding no session is closed:
+# players send their first request at once; an idle one holds a slot of the caps below.
+IDLE_CONNECTION_TIMEOUT = 60.0
+# A request's head (and body) must be complete this long after its first byte. Real
+# players send a whole request in one segment; a peer trickling a byte every few
+# seconds (slowloris) would otherwise hold its connection for ever. Also the TLS
+# handshake deadline of RTSPS.
+HEADER_TIMEOUT = 10.0
+# Connections from one client address. A player opens one per stream (some two);
+# 32 leaves room for a multi-view client or a few players behind one NAT while
+# keeping one address from taking the whole server (MAX_CONNECTIONS).
+MAX_CONNECTIONS_PER_CLIENT = 32
+# All viewer connections of the stub: a bound on its file descriptors and memory.
+MAX_CONNECTIONS = 1024
+# Replies queued for a connection that does not read them. Past this the stub stops
+# reading that connection's requests until the peer reads (pipelining is bounded by
+# what the peer consumes, not by what it sends); 64 KiB is asyncio's high-water mark.
+REPLY_HIGH_WATER = 64 * 1024
+# How long a connection may leave that backlog unread before it is closed.
+WRITE_TIMEOUT = 30.0
+# RTSPS (RTSP over TLS) port: 322 is rtsps' registered port, 8322 the unprivileged one.
+RTSPS_PORT = 8322
 # The longest pause between two reaper passes; shorter for short session timeouts.
 MAX_REAP_INTERVAL = 5.0
 
-__all__ = ["StubServer", "ViewerConnection", "ViewerSession", "original_destination", "split_url"]
+__all__ = ["StubServer", "ViewerConnection", "ViewerSession", "original_destination", "split_url", "tls_context"]
 
 
 @dataclass
@@ -92,47 +118,49 @@ class StreamInfo:
     tracks: int
 
 
-SO_ORIGINAL_DST = 80   # linux/netfilter_ipv4.h; the same value for IP6T_SO_ORIGINAL_DST
-
-
-def original_destination(sock: object, local: tuple[str, int]) -> str:
-    """Where a connection redirected into the stub (nftables/iptables REDIRECT) was going.
-
-    Returns ``"ip:port"``, or ``""`` when the connection was not redirected.
-    """
-    getsockopt = getattr(sock, "getsockopt", None)
-    if getsockopt is None:
-        return ""
-    try:
-        if ":" in local[0]:
-            raw = getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
-            port = int.from_bytes(raw[2:4], "big")
-            host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
-        else:
-            raw = getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
-            port = int.from_bytes(raw[2:4], "big")
-            host = socket.inet_ntoa(raw[4:8])
-    except OSError:      # no conntrack entry: a direct connection
-        return ""
-    if (host, port) == (local[0], local[1]):
-        return ""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 class StubServer:
+    """The viewer-facing RTSP server (and RTSPS, given a TLS context).
+
+    Every bound is a parameter with a secure default (see the constants above);
+    a refusal at a bound is counted in ``limit_hits`` by name: ``connections``,
+    ``connections_per_client``, ``sessions_per_connection``, ``header_timeout``,
+    ``idle_timeout``, ``write_backlog``, ``write_timeout``. ``auth`` (off by
+    default) makes every request but OPTIONS need credentials.
+    """
+
     def __init__(self, control: ControlClient, *, host: str = "127.0.0.1", port: int = 8554,
                  media_host: str = "127.0.0.1", session_timeout: int = 60,
-                 max_connections: int = 1024, clock: Callable[[], float] = time.monotonic,
-                 reap_interval: float | None = None) -> None:
+                 max_connections: int = MAX_CONNECTIONS, clock: Callable[[], float] = time.monotonic,
+                 reap_interval: float | None = None,
+                 max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
+                 max_sessions_per_connection: int = MAX_SESSIONS_PER_CONNECTION,
+                 header_timeout: float = HEADER_TIMEOUT, idle_timeout: float = IDLE_CONNECTION_TIMEOUT,
+                 write_timeout: float = WRITE_TIMEOUT, auth: Authenticator | None = None,
+                 tls: ssl.SSLContext | None = None, tls_host: str | None = None,
+                 tls_port: int = RTSPS_PORT) -> None:
         self.control = control
         self.host = host
         self.port = port
         self.media_host = media_host
         self.max_connections = max_connections
+        self.max_connections_per_client = max_connections_per_client
+        self.max_sessions_per_connection = max_sessions_per_connection
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.write_timeout = write_timeout
+        self.auth = auth
+        self.tls = tls
+        self.tls_host = tls_host if tls_host is not None else host
+        self.tls_port = tls_port
         self.table: SessionTable[ViewerSession] = SessionTable(timeout=session_timeout, clock=clock)
         self.reap_interval = reap_interval or min(MAX_REAP_INTERVAL, session_timeout / 4)
         self.connections: set[ViewerConnection] = set()
+        #: Open connections per client address (the per-client cap).
+        self.per_client: Counter[str] = Counter()
+        #: Refusals and closes at a bound, by the bound's name (see the class docstring).
+        self.limit_hits: Counter[str] = Counter()
         self.server: asyncio.Server | None = None
+        self.tls_server: asyncio.Server | None = None
         self.frames_dropped = 0
         self.streams_down: set[str] = set()
         self._reaper: asyncio.Task[None] | None = None
@@ -159,35 +187,63 @@ class StubServer:
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._accept, self.host, self.port,
-                                                 reuse_address=True)
+                                                 reuse_address=True, backlog=listen_backlog())
         self.port = self.server.sockets[0].getsockname()[1]
+        if self.tls is not None:
+            await self.start_tls(self.tls)
         self._reaper = asyncio.create_task(self._reap(), name="stub-session-reaper")
         log.info("stub RTSP server on rtsp://%s:%d/", self.host, self.port)
+
+    async def start_tls(self, context: ssl.SSLContext, port: int | None = None) -> int:
+        """Listen for RTSPS on ``tls_host``:``port`` (default ``tls_port``); the port bound."""
+        self.tls = context
+        self.tls_server = await asyncio.start_server(
+            self._accept_tls, self.tls_host, self.tls_port if port is None else port, ssl=context,
+            reuse_address=True, backlog=listen_backlog(), ssl_handshake_timeout=self.header_timeout)
+        self.tls_port = self.tls_server.sockets[0].getsockname()[1]
+        log.info("stub RTSPS server on rtsps://%s:%d/", self.tls_host, self.tls_port)
+        return self.tls_port
 
     async def stop(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
-        if self.server is not None:
-            self.server.close()
+        for listener in (self.server, self.tls_server):
+            if listener is not None:
+                listener.close()
         for conn in list(self.connections):
             conn.abort()
         for session in list(self.sessions.values()):
             await self.end_session(session, "stub stopping", teardown=True)
-        if self.server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 2.0)
+        for listener in (self.server, self.tls_server):
+            if listener is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(listener.wait_closed(), 2.0)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self.connections) >= self.max_connections:
+    async def _accept_tls(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._accept(reader, writer, secure=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                      secure: bool = False) -> None:
+        peer = writer.get_extra_info("peername") or ("0.0.0.0", 0)
+        host: str = peer[0]
+        refused = ("connections" if len(self.connections) >= self.max_connections else
+                   "connections_per_client" if self.per_client[host] >= self.max_connections_per_client
+                   else None)
+        if refused is not None:
+            self.limit_hits[refused] += 1
             writer.write(bytes(Response(status=503, headers=Headers([("Connection", "close")]))))
             writer.close()
             return
-        conn = ViewerConnection(self, reader, writer)
+        conn = ViewerConnection(self, reader, writer, secure=secure)
         self.connections.add(conn)
+        self.per_client[host] += 1
         try:
             await conn.run()
         finally:
             self.connections.discard(conn)
+            self.per_client[host] -= 1
+            if self.per_client[host] <= 0:
+                del self.per_client[host]
 
     async def _reap(self) -> None:
         while True:
@@ -197,7 +253,7 @@ class StubServer:
     async def reap(self) -> None:
         """End the sessions past their timeout (those of a stream whose upstream is down wait)."""
         for session in self.table.expired(self.streams_down):
-            log.info("session %s timed out", session.session_id)
+            log.info("session %s timed out", session_tag(session.session_id))
             await self.end_session(session, "timeout", teardown=False)
 
     async def end_session(self, session: ViewerSession, reason: str, *, teardown: bool) -> None:
@@ -216,13 +272,17 @@ class StubServer:
 
 
 class ViewerConnection:
-    def __init__(self, server: StubServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, server: StubServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 *, secure: bool = False) -> None:
         self.server = server
         self.reader = reader
         self.writer = writer
-        self.rtsp: ServerConnection[ViewerSession] = ServerConnection(server.table, server_name=SERVER)
+        self.secure = secure
         peer = writer.get_extra_info("peername") or ("0.0.0.0", 0)
         self.peer_host: str = peer[0]
+        self.rtsp: ServerConnection[ViewerSession] = ServerConnection(
+            server.table, server_name=SERVER, peer_host=self.peer_host, auth=server.auth,
+            max_sessions=server.max_sessions_per_connection, secure=secure, limit_hits=server.limit_hits)
         local = writer.get_extra_info("sockname") or (server.host, server.port)
         self.local_host: str = local[0]
         self.local_port: int = local[1]
@@ -237,23 +297,44 @@ class ViewerConnection:
     def abort(self) -> None:
         self.writer.transport.abort()
 
+    def _read_deadline(self, now: float, last_request: float, partial_since: float | None) -> tuple[float | None, str]:
+        """When the next read must have returned, and the bound that says so."""
+        deadlines: list[tuple[float, str]] = []
+        if partial_since is not None:
+            deadlines.append((partial_since + self.server.header_timeout, "header_timeout"))
+        if not self.sessions:
+            deadlines.append((last_request + self.server.idle_timeout, "idle_timeout"))
+        if not deadlines:
+            return None, ""
+        when, bound = min(deadlines)
+        return max(0.0, when - now), bound
+
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_request = loop.time()
+        partial_since: float | None = None
+        bound = ""
         try:
             while not self.rtsp.closed:
-                timeout = None if self.sessions else IDLE_CONNECTION_TIMEOUT
+                timeout, bound = self._read_deadline(loop.time(), last_request, partial_since)
                 data = await asyncio.wait_for(self.reader.read(65536), timeout)
                 if not data:
                     break
+                arrived = loop.time()
                 self.rtsp.receive_data(data)
                 while (event := self.rtsp.next_event()) is not None:
+                    last_request = arrived
                     if isinstance(event, Reply):
-                        self.writer.write(event.data)
+                        await self._write(event.data)
                     elif isinstance(event, FrameReceived):
                         self._frame_from_viewer(event)
                     else:
-                        self.writer.write(await self.handle(event))
+                        await self._write(await self.handle(event))
+                # The first byte of an incomplete request starts its header deadline.
+                partial_since = (partial_since or arrived) if self.rtsp.partial else None
         except TimeoutError:
-            log.info("viewer %s: idle connection closed", self.peer_host)
+            self.server.limit_hits[bound] += 1
+            log.info("viewer %s: connection closed (%s)", self.peer_host, bound.replace("_", " "))
         except (OSError, ConnectionError) as exc:
             log.info("viewer %s: connection error %s", self.peer_host, exc)
         finally:
@@ -264,6 +345,22 @@ class ViewerConnection:
                 if session is not None:
                     await self.server.end_session(session, "connection closed", teardown=False)
             self.writer.close()
+
+    async def _write(self, data: bytes) -> None:
+        """Write an answer; while the peer leaves answers unread, read nothing more from it.
+
+        Requests are read only after the previous ones are answered, so holding the
+        answers back holds the requests back too: a peer pipelining requests it
+        never reads the answers of costs at most ``REPLY_HIGH_WATER`` and one read.
+        """
+        self.writer.write(data)
+        if self.writer.transport.get_write_buffer_size() > REPLY_HIGH_WATER:
+            self.server.limit_hits["write_backlog"] += 1
+            try:
+                await asyncio.wait_for(self.writer.drain(), self.server.write_timeout)
+            except TimeoutError:
+                self.server.limit_hits["write_timeout"] += 1
+                raise ConnectionError("the viewer left its answers unread") from None
 
     # -- requests --------------------------------------------------------------------------------
     async def handle(self, event: ServerEvent[ViewerSession]) -> bytes:
@@ -287,10 +384,11 @@ class ViewerConnection:
         except Exception as exc:    # MsmError: its status; anything else is a bug of ours: 500
             if request is not None:
                 if isinstance(exc, MsmError):
-                    log.info("viewer %s: %s %s -> %d %s", self.peer_host, request.method, request.uri,
-                             exc.status, exc.reason)
+                    log.info("viewer %s: %s %s -> %d %s", self.peer_host, request.method,
+                             strip_userinfo(request.uri), exc.status, exc.reason)
                 else:
-                    log.exception("viewer %s: %s %s failed", self.peer_host, request.method, request.uri)
+                    log.exception("viewer %s: %s %s failed", self.peer_host, request.method,
+                                  strip_userinfo(request.uri))
             return self.rtsp.fail(exc)
 
     @staticmethod
@@ -305,15 +403,25 @@ class ViewerConnection:
         return reply
 
     def _base_url(self, uri: str, name: str) -> str:
-        """The stream's URL as the app wrote it (a redirected app keeps ``camera-svc:554``)."""
+        """The stream's URL for ``Content-Base``: never the request's userinfo.
+
+        A redirected app keeps the host it asked for (``camera-svc:554``: the
+        redirect is invisible to it); any other viewer gets the address it
+        connected to, never a host it merely wrote in the URL.
+        """
+        scheme = "rtsps" if self.secure else "rtsp"
         parts = urlsplit(uri)
-        if parts.scheme in ("rtsp", "rtsps") and parts.netloc:
-            return f"{parts.scheme}://{parts.netloc}/{name}"
+        if self.original_dst and parts.scheme in ("rtsp", "rtsps") and parts.hostname:
+            host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+            with contextlib.suppress(ValueError):    # a port that is no number: none
+                if parts.port is not None:
+                    host += f":{parts.port}"
+            return f"{parts.scheme}://{host}/{name}"
         host = self.local_host if ":" not in self.local_host else f"[{self.local_host}]"
-        return f"rtsp://{host}:{self.local_port}/{name}"
+        return f"{scheme}://{host}:{self.local_port}/{name}"
 
     async def _stream(self, uri: str, name: str) -> tuple[StreamInfo, SessionDescription]:
-        reply = await self._reply(describe=pb.DescribeRequest(url=uri, viewer_host=self.peer_host,
+        reply = await self._reply(describe=pb.DescribeRequest(url=strip_userinfo(uri), viewer_host=self.peer_host,
                                                               original_dst=self.original_dst))
         try:
             sdp = SessionDescription.parse(reply.describe.sdp)
@@ -353,7 +461,7 @@ class ViewerConnection:
                                       rtcp_port=spec.client_port[1])
         try:
             reply = await self._reply(setup=pb.SetupRequest(
-                url=request.uri, original_dst=self.original_dst, stream_id=info.stream_id,
+                url=strip_userinfo(request.uri), original_dst=self.original_dst, stream_id=info.stream_id,
                 track_index=plan.track, session_id=session.session_id, destination=destination,
                 viewer_host=self.peer_host))
         except BaseException:
