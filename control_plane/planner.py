@@ -8,22 +8,40 @@ last TEARDOWN closes the upstream after a linger. A viewer on another node than
 the source is fed by a relay flow on its own node, itself fed by ONE leg from
 the source flow; the relay goes when the last viewer there leaves.
 
+Trust: every flow is told where its media comes from (the upstream's sources
+the SETUP answered, or the URL's host; a relay's source flow on another node),
+a viewer's destination can never be a proxy's own ingress, and a source with
+more tracks than a camera has is refused before any port is taken.
+
 Everything outside goes through seams (:mod:`.ports`, :mod:`.store`): the
 proxies, the stubs, the durable state and the clock. Nothing here knows gRPC.
 Changes to one stream are serialised by a per-stream lock; records are read
 from the store, changed, and put back under it.
 """
 
+# long module: every decision of the stream graph (open, set up, relay, play,
+# leave, reconnect) and the checks made before each; they share one record and one lock.
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Coroutine
 from typing import Any
+from urllib.parse import urlsplit
 
 from msm.protos import msm_pb2 as pb
-from msm.sdk.errors import MethodNotValid, MsmError, NotFound, SessionNotFound, Unavailable
+from msm.sdk.errors import (
+    MethodNotValid,
+    MsmError,
+    NotFound,
+    Refused,
+    ResourceExhausted,
+    SessionNotFound,
+    Unavailable,
+    UnsupportedTransport,
+)
 
 from .ports import Clock, DataPlane, LoopClock, StubInfo, StubPort, Timer
 from .resolver import Asker, Resolver, Route
@@ -32,13 +50,30 @@ from .upstream_state import Trigger, UpstreamState, next_state, trigger_of_event
 
 log = logging.getLogger("msm.control_plane.server")
 
-__all__ = ["Planner"]
+__all__ = ["MAX_TRACKS", "Planner"]
+
+# A camera has a handful of tracks (video, audio, metadata, a back channel); an
+# SDP with more is broken or hostile, and every track costs a port pair on each
+# proxy that carries the stream (a stream's flows per proxy are its tracks, so
+# this also bounds its ports: 2 per track per node).
+MAX_TRACKS = 8
+# Client ports below this are privileged services, never a player's RTP port.
+MIN_CLIENT_PORT = 1024
 
 
 class Planner:
     def __init__(self, resolver: Resolver, *, store: Store | None = None, clock: Clock | None = None,
-                 linger: float = 5.0) -> None:
+                 linger: float = 5.0, max_tracks: int = MAX_TRACKS, port_pairs: bool = False,
+                 proxy_port_range: tuple[int, int] | None = None) -> None:
         self.resolver = resolver
+        self.max_tracks = max_tracks   # default MAX_TRACKS: see there
+        # RTP even and RTCP = RTP + 1 (RFC 3550 11). Off by default only because the
+        # stub's own UDP bridges (TCP viewers) bind two unrelated ephemeral ports today.
+        self.port_pairs = port_pairs
+        # The proxies' port range: no client port in it on a proxy's address. None by
+        # default for the same reason (ephemeral ports overlap 30000-39999); exact
+        # ingress ports of known flows are refused either way.
+        self.proxy_port_range = proxy_port_range
         self.store: Store = store if store is not None else MemoryStore()
         self.clock: Clock = clock if clock is not None else LoopClock()
         self.linger = linger
@@ -193,6 +228,12 @@ class Planner:
             self._move(record, Trigger.OPEN_FAILED)
             self.store.put_stream(record)
             raise
+        if len(tracks) > self.max_tracks:
+            with contextlib.suppress(MsmError):
+                await stub.close_upstream(record.stream_id)
+            self._move(record, Trigger.OPEN_FAILED)
+            self.store.put_stream(record)
+            raise ResourceExhausted(f"the source has {len(tracks)} tracks; at most {self.max_tracks} are served")
         record.sdp = sdp
         record.tracks = list(tracks)
         record.upstream_stub = stub.info.stub_id
@@ -213,14 +254,75 @@ class Planner:
                 ingress = await proxy.add_flow(flow_id, track.clock_rate, {
                     "stream": record.stream_id, "track": str(track.index), "kind": track.kind})
                 flows[track.index] = FlowRef(proxy.node, proxy.proxy_id, flow_id, ingress)
-            await stub.setup(record.stream_id, list(flows), [f.ingress for f in flows.values()])
+            answered = await stub.setup(record.stream_id, list(flows), [f.ingress for f in flows.values()])
+            sources = self._upstream_sources(record, list(flows), answered)
+            for index, source in sources.items():
+                await proxy.set_flow_source(flows[index].flow_id, source)
         except BaseException:
             for ref in flows.values():
                 await self._remove_flow(ref)
             raise
         record.flows = flows
+        record.sources = sources
         self._move(record, Trigger.SET_UP)
         self.store.put_stream(record)
+
+    @staticmethod
+    def _upstream_sources(record: StreamRecord, indexes: list[int],
+                          answered: list[pb.SourceFilter]) -> dict[int, pb.SourceFilter]:
+        """Each track's source: what the SETUP answered, else the URL's host with any port (weaker)."""
+        if len(answered) == len(indexes) and all(s.host for s in answered):
+            return dict(zip(indexes, answered, strict=True))
+        host = urlsplit(record.route.url).hostname or ""
+        log.warning("stream %s: the upstream's SETUP named no sources; accepting media from %s, any port",
+                    record.stream_id, host or "nowhere")
+        return {index: pb.SourceFilter(host=host) for index in indexes}
+
+    async def _loosen_sources(self, record: StreamRecord) -> None:
+        """A reconnected upstream may send from new ports: its flows accept any port of its host."""
+        for index, ref in record.flows.items():
+            source = record.sources.get(index)
+            proxy = self._dataplane_of(ref)
+            if source is None or proxy is None or not (source.rtp_port or source.rtcp_port):
+                continue
+            loose = pb.SourceFilter(host=source.host)
+            with contextlib.suppress(MsmError):
+                await proxy.set_flow_source(ref.flow_id, loose)
+                record.sources[index] = loose
+
+    def _check_destination(self, dest: pb.Endpoint) -> None:
+        """A viewer's client ports: unicast receiver ports, never a proxy's own ingress (a loop)."""
+        if not dest.host:
+            raise UnsupportedTransport("a destination address is required")
+        for port in (dest.rtp_port, dest.rtcp_port):
+            if not MIN_CLIENT_PORT <= port <= 65535:
+                raise UnsupportedTransport(f"client_port {port} is outside {MIN_CLIENT_PORT}-65535")
+        if dest.rtp_port == dest.rtcp_port or (
+                self.port_pairs and (dest.rtp_port % 2 or dest.rtcp_port != dest.rtp_port + 1)):
+            raise UnsupportedTransport("client_port must be an even RTP port and the next one for RTCP")
+        ports = {dest.rtp_port, dest.rtcp_port}
+        if self.proxy_port_range is not None and self._is_proxy_host(dest.host, set()):
+            low, high = self.proxy_port_range
+            if any(low <= port <= high for port in ports):
+                raise Refused(f"client_port {dest.rtp_port}-{dest.rtcp_port} is in the proxies' port range")
+        for stream_id in self.store.stream_ids():
+            record = self.store.get_stream(stream_id)
+            refs = [*record.flows.values(), *record.relays.values()] if record is not None else []
+            hosts = {ref.ingress.host for ref in refs}
+            for ref in refs:
+                if {ref.ingress.rtp_port, ref.ingress.rtcp_port} & ports and self._is_proxy_host(dest.host, hosts):
+                    raise Refused(f"client_port {dest.rtp_port}-{dest.rtcp_port} is a proxy's own ingress")
+
+    @staticmethod
+    def _is_proxy_host(host: str, proxy_hosts: set[str]) -> bool:
+        """Whether ``host`` may reach a proxy: one of its addresses, loopback or unspecified."""
+        if host in proxy_hosts:
+            return True
+        try:
+            ip = ipaddress.ip_address(host.split("%")[0])
+        except ValueError:
+            return False
+        return ip.is_loopback or ip.is_unspecified or str(ip) in proxy_hosts
 
     async def _remove_flow(self, ref: FlowRef) -> None:
         proxy = self._dataplane_of(ref)
@@ -241,6 +343,7 @@ class Planner:
         record.sdp = None
         record.tracks = []
         record.flows = {}
+        record.sources = {}
         record.playing = False
         record.upstream_stub = None
         self._move(record, Trigger.CLOSE)
@@ -275,6 +378,7 @@ class Planner:
         self.store.delete_stream(record.stream_id)
 
     async def setup(self, stub: StubInfo, request: pb.SetupRequest) -> pb.SetupReply:
+        self._check_destination(request.destination)   # before any flow or port is taken
         async with self._lock(request.stream_id):
             record = self._stream(request.stream_id)
             if record.sdp is None:
@@ -324,8 +428,11 @@ class Planner:
             raise Unavailable(f"the proxy on node {source.node} restarted")
         track = record.tracks[index]
         flow_id = f"{record.stream_id}/{index}/{record.generation}@{node}"
+        # Its media comes from the source flow's own ingress socket (legs send from it).
+        feed = pb.SourceFilter(host=source.ingress.host, rtp_port=source.ingress.rtp_port,
+                               rtcp_port=source.ingress.rtcp_port)
         ingress = await proxy.add_flow(flow_id, track.clock_rate, {
-            "stream": record.stream_id, "track": str(index), "kind": track.kind, "hop": "relay"})
+            "stream": record.stream_id, "track": str(index), "kind": track.kind, "hop": "relay"}, source=feed)
         relay = FlowRef(proxy.node, proxy.proxy_id, flow_id, ingress)
         try:
             await source_proxy.add_leg(source.flow_id, f"relay@{node}", ingress, enabled=True, labels={
@@ -463,6 +570,7 @@ class Planner:
                 return
             if trigger is Trigger.RECONNECTED_PLAYING or trigger is Trigger.RECONNECTED_READY:
                 record.opened += 1
+                await self._loosen_sources(record)
             self.store.put_stream(record)
             if record.upstream_state != before:
                 log.info("stream %s: upstream %s%s", record.stream_id, record.upstream_state.value,

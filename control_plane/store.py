@@ -65,6 +65,8 @@ class StreamRecord:
     upstream_state: UpstreamState = UpstreamState.IDLE
     opened: int = 0       # upstream sessions opened: first open and every reconnect
     generation: int = 0   # bumped per open, so flow ids of a reopened stream never collide
+    # Track index -> where its upstream RTP/RTCP comes from (programmed on its source flow).
+    sources: dict[int, pb.SourceFilter] = field(default_factory=dict)
 
     @property
     def stream_id(self) -> str:

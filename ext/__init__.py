@@ -39,6 +39,12 @@ CLOSE_TIMEOUT_MS = 2000
 DEFAULT_COALESCE_US = 0
 
 
+#: How long the current SSRC must have been silent before another SSRC from the
+#: same source may take over (see msm_flow_new): a live source sends several
+#: packets a second, a restarted one is away for longer than this.
+DEFAULT_TAKEOVER_MS = 500
+
+
 class NativeUnavailable(RuntimeError):
     """The C engine cannot be used here; the message says why."""
 
@@ -130,9 +136,14 @@ class Engine:
         return {name: int(getattr(out, name))
                 for name in ("loops", "events", "reclaimed", "coalesced", "features", "flows")}
 
-    def add_flow(self, fd: int, *, clock_rate: int = 0, splice: bool = True) -> FlowHandle:
-        """Serve ``fd`` (a bound non-blocking UDP socket); the engine owns it from now on."""
-        ptr = self.lib.msm_flow_new(self.ptr, fd, clock_rate & 0xFFFFFFFF, 1 if splice else 0)
+    def add_flow(self, fd: int, *, clock_rate: int = 0, splice: bool = True,
+                 takeover_ms: int = DEFAULT_TAKEOVER_MS) -> FlowHandle:
+        """Serve ``fd`` (a bound non-blocking UDP socket); the engine owns it from now on.
+
+        Nothing is forwarded until :meth:`FlowHandle.set_source` names the source.
+        """
+        ptr = self.lib.msm_flow_new(self.ptr, fd, clock_rate & 0xFFFFFFFF, 1 if splice else 0,
+                                    max(0, min(takeover_ms, 0xFFFFFFFF)))
         if ptr == self.ffi.NULL:
             errno = self.ffi.errno
             raise OSError(errno, f"engine cannot serve the socket: {os.strerror(errno)}")
@@ -246,6 +257,19 @@ class FlowHandle:
         if self.engine.lib.msm_flow_set_legs(self.engine.ptr, self.ptr, ptrs, flags, len(legs)) != 0:
             raise MemoryError("msm_flow_set_legs")
 
+    def set_source(self, host: str | None, port: int, family: int) -> None:
+        """Forward only RTP from ``host`` (an IP address) and ``port`` (0: any port); ``None``: nothing."""
+        if self._final is not None or self.engine.closed:
+            return
+        fam, packed = 0, b""
+        if host is not None:
+            fam, packed, _scope = _resolve(host, port, family)
+            if fam == 0:
+                raise ValueError(f"not an address of this flow's family: {host!r}")
+        lib, ffi = self.engine.lib, self.engine.ffi
+        if lib.msm_flow_set_source(self.engine.ptr, self.ptr, fam, packed or ffi.NULL, port & 0xFFFF) != 0:
+            raise MemoryError("msm_flow_set_source")
+
     def close(self) -> None:
         """Stop serving and free the flow; its socket is closed and its counters freeze."""
         if self._final is not None:
@@ -257,6 +281,12 @@ class FlowHandle:
             self.engine.lib.msm_flow_close(self.engine.ptr, self.ptr, CLOSE_TIMEOUT_MS, final)
             self._final = final
         self.ptr = None
+
+
+def rtp_valid(packet: bytes) -> bool:
+    """The engine's RFC 3550 A.1 header validity check on its own, for tests."""
+    mod = load()
+    return bool(mod.lib.msm_rtp_valid(packet, len(packet)))
 
 
 def rtpstats(clock_rate: int, min_sequential: int = 1) -> tuple[Any, Any]:

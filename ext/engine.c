@@ -42,6 +42,8 @@
 #define MAX_DROPOUT 3000u
 #define MAX_MISORDER 100u
 #define SEEN_BITS 100u
+/* RFC 3550 A.1 MIN_SEQUENTIAL: packets in sequence before another SSRC takes over. */
+#define TAKEOVER_SEQUENTIAL 2u
 
 #define CTL_RX_SPACE (CMSG_SPACE(sizeof(struct timespec)) + CMSG_SPACE(sizeof(int)) + 64)
 #define CTL_TX_SPACE CMSG_SPACE(sizeof(uint16_t))
@@ -66,9 +68,19 @@ typedef struct legset {
     msm_leg **targets; /* enabled legs */
 } legset;
 
+/* The one address a flow's RTP may come from; immutable, replaced as a whole and retired. */
+typedef struct srcfilter {
+    struct sockaddr_storage addr;
+    int any_port; /* only the host must match */
+    uint64_t gen;
+} srcfilter;
+
 /* What the sequence lock guards (written by the engine thread per batch). */
 typedef struct flow_state {
     uint64_t packets_received, bytes_received, dropped_invalid, dropped_from_viewers, source_changes;
+    uint64_t dropped_wrong_source, dropped_wrong_ssrc;
+    /* Another SSRC from the source, on probation before it may take over. */
+    uint32_t cand_ssrc, cand_seq, cand_count, has_cand;
     int64_t lost_before, expected_before;
     uint32_t ssrc, has_ssrc, out_ssrc, has_out;
     uint32_t seq_offset, ts_offset;
@@ -83,14 +95,16 @@ struct msm_flow {
     uint32_t clock_rate;
     int splice;
     legset *legs; /* atomic pointer */
+    srcfilter *source; /* atomic pointer; NULL: nothing is forwarded */
+    int64_t takeover_ns; /* the current SSRC's silence before another may take over */
     msm_flow *prev, *next; /* the engine's list of live flows (under its mutex) */
     uint32_t seq; /* sequence lock over st */
     flow_state st;
     uint64_t packets_forwarded, dropped_backlog, socket_errors, batches;
-    /* Engine thread only: the last source address and whether it was a viewer. */
+    /* Engine thread only: the last sender address and what it was (SRC_*). */
     struct sockaddr_storage cache_src;
-    uint64_t cache_gen;
-    int cache_valid, cache_viewer;
+    uint64_t cache_gen, cache_src_gen;
+    int cache_valid, cache_class;
 };
 
 typedef struct retired {
@@ -361,6 +375,7 @@ static void free_flow(msm_engine *e, void *p) {
     msm_flow *f = p;
     (void)e;
     free(f->legs);
+    free(f->source);
     close(f->fd);
     free(f);
 }
@@ -407,19 +422,72 @@ static inline void put32(uint8_t *p, uint32_t v) {
     p[3] = v;
 }
 
-/* One datagram (or GRO segment): 1 if it is RTP to forward. */
+int msm_rtp_valid(const uint8_t *p, uint32_t len) {
+    uint32_t hl, pt;
+    if (len < 12 || (p[0] & 0xC0) != 0x80)
+        return 0;
+    /* Payload types 64-95 collide with RTCP's 192-223 (RFC 5761 4): players
+     * that demultiplex take them for RTCP (an SR, a BYE ending the stream). */
+    pt = p[1] & 0x7F;
+    if (pt >= 64 && pt <= 95)
+        return 0;
+    hl = 12 + 4u * (p[0] & 0x0F); /* CSRC count */
+    if (hl > len)
+        return 0;
+    if (p[0] & 0x10) { /* header extension: 4 octets, then its length in words */
+        if (hl + 4 > len)
+            return 0;
+        hl += 4 + 4u * ((uint32_t)p[hl + 2] << 8 | p[hl + 3]);
+        if (hl > len)
+            return 0;
+    }
+    if (p[0] & 0x20) { /* padding: the last octet counts it, itself included */
+        uint32_t pad = p[len - 1];
+        if (pad == 0 || hl + pad > len)
+            return 0;
+    }
+    return 1;
+}
+
+/* Another SSRC from the expected source: 1 if it takes over now (the current
+ * one has been silent long enough and this one is in sequence). */
+static int takes_over(msm_flow *f, uint32_t ssrc, uint32_t seq, int64_t now) {
+    flow_state *st = &f->st;
+    if (now - st->last_arrival_ns < f->takeover_ns) {
+        st->has_cand = 0;
+        return 0;
+    }
+    if (st->has_cand && st->cand_ssrc == ssrc && ((st->cand_seq + 1) & 0xFFFF) == seq)
+        st->cand_count++;
+    else
+        st->cand_count = 1;
+    st->has_cand = 1;
+    st->cand_ssrc = ssrc;
+    st->cand_seq = seq;
+    if (st->cand_count < TAKEOVER_SEQUENTIAL)
+        return 0;
+    st->has_cand = 0;
+    return 1;
+}
+
+/* One datagram (or GRO segment) from the expected source: 1 if it is RTP to forward. */
 static int on_rtp(msm_flow *f, uint8_t *p, uint32_t len, int64_t now) {
     flow_state *st = &f->st;
     uint32_t seq, ts, ssrc;
-    if (len < 12 || (p[0] & 0xC0) != 0x80) {
+    if (!msm_rtp_valid(p, len)) {
         st->dropped_invalid++;
         return 0;
     }
     seq = (uint32_t)p[2] << 8 | p[3];
     ts = be32(p + 4);
     ssrc = be32(p + 8);
-    if (!st->has_ssrc || ssrc != st->ssrc)
+    if (!st->has_ssrc || ssrc != st->ssrc) {
+        if (st->has_ssrc && !takes_over(f, ssrc, seq, now)) {
+            st->dropped_wrong_ssrc++;
+            return 0;
+        }
         new_source(f, ssrc, seq, ts, now);
+    }
     msm_rtpstats_update(&st->rs, seq, ts, now);
     st->packets_received++;
     st->bytes_received += len;
@@ -441,23 +509,39 @@ static int on_rtp(msm_flow *f, uint8_t *p, uint32_t len, int64_t now) {
     return 1;
 }
 
-static int from_viewer(msm_flow *f, const legset *ls, const struct sockaddr_storage *src) {
-    int viewer = 0;
-    if (!ls || !ls->nlegs)
+enum { SRC_OK, SRC_VIEWER, SRC_WRONG };
+
+static int same_host(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+    if (a->ss_family != b->ss_family)
         return 0;
-    if (f->cache_valid && f->cache_gen == ls->gen && same_addr(&f->cache_src, src))
-        return f->cache_viewer;
-    for (uint32_t i = 0; i < ls->nlegs; i++) {
+    if (a->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)a)->sin_addr.s_addr == ((const struct sockaddr_in *)b)->sin_addr.s_addr;
+    if (a->ss_family == AF_INET6)
+        return !memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr, &((const struct sockaddr_in6 *)b)->sin6_addr,
+                       sizeof(struct in6_addr));
+    return 0;
+}
+
+/* Who sent a datagram: a viewer (its NAT punch), the expected source, or anyone else. */
+static int classify(msm_flow *f, const legset *ls, const srcfilter *sf, const struct sockaddr_storage *src) {
+    int cls = SRC_OK;
+    uint64_t gen = ls ? ls->gen : 0, sgen = sf ? sf->gen : 0;
+    if (f->cache_valid && f->cache_gen == gen && f->cache_src_gen == sgen && same_addr(&f->cache_src, src))
+        return f->cache_class;
+    for (uint32_t i = 0; ls && i < ls->nlegs; i++) {
         if (ls->all[i]->family && same_addr(&ls->all[i]->addr, src)) {
-            viewer = 1;
+            cls = SRC_VIEWER;
             break;
         }
     }
+    if (cls == SRC_OK && (!sf || !(sf->any_port ? same_host(&sf->addr, src) : same_addr(&sf->addr, src))))
+        cls = SRC_WRONG;
     f->cache_src = *src;
-    f->cache_gen = ls->gen;
+    f->cache_gen = gen;
+    f->cache_src_gen = sgen;
     f->cache_valid = 1;
-    f->cache_viewer = viewer;
-    return viewer;
+    f->cache_class = cls;
+    return cls;
 }
 
 static void seq_begin(msm_flow *f) {
@@ -474,6 +558,7 @@ static uint32_t ingest(msm_engine *e, msm_flow *f, const legset *ls, int n) {
     uint32_t npk = 0;
     int64_t batch_now = 0;
     flow_state *st = &f->st;
+    const srcfilter *sf = __atomic_load_n(&f->source, __ATOMIC_ACQUIRE);
     seq_begin(f);
     for (int i = 0; i < n; i++) {
         struct msghdr *h = &e->rx[i].msg_hdr;
@@ -502,8 +587,12 @@ static uint32_t ingest(msm_engine *e, msm_flow *f, const legset *ls, int n) {
             st->dropped_invalid += segs;
             continue;
         }
-        if (from_viewer(f, ls, (const struct sockaddr_storage *)h->msg_name)) {
+        switch (classify(f, ls, sf, (const struct sockaddr_storage *)h->msg_name)) {
+        case SRC_VIEWER:
             st->dropped_from_viewers += segs;
+            continue;
+        case SRC_WRONG:
+            st->dropped_wrong_source += segs;
             continue;
         }
         step = segs > 1 ? gso : len;
@@ -880,7 +969,7 @@ void msm_engine_free(msm_engine *e) {
     free(e);
 }
 
-msm_flow *msm_flow_new(msm_engine *e, int fd, uint32_t clock_rate, int splice) {
+msm_flow *msm_flow_new(msm_engine *e, int fd, uint32_t clock_rate, int splice, uint32_t takeover_ms) {
     msm_flow *f = calloc(1, sizeof *f);
     int one = 1, size = SOCK_BUF;
     struct epoll_event ev;
@@ -891,6 +980,7 @@ msm_flow *msm_flow_new(msm_engine *e, int fd, uint32_t clock_rate, int splice) {
     f->fd = fd;
     f->clock_rate = clock_rate;
     f->splice = splice;
+    f->takeover_ns = (int64_t)takeover_ms * 1000000;
     msm_rtpstats_init(&f->st.rs, clock_rate, 1);
     if (e->features & MSM_FEATURE_TIMESTAMPS)
         setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
@@ -951,6 +1041,37 @@ int msm_flow_set_legs(msm_engine *e, msm_flow *f, msm_leg **legs, const uint8_t 
     return 0;
 }
 
+int msm_flow_set_source(msm_engine *e, msm_flow *f, int family, const uint8_t *addr, uint16_t port) {
+    srcfilter *sf = NULL, *old;
+    if (family == AF_INET || family == AF_INET6) {
+        sf = calloc(1, sizeof *sf);
+        if (!sf)
+            return -1;
+        if (family == AF_INET) {
+            struct sockaddr_in *a = (void *)&sf->addr;
+            a->sin_family = AF_INET;
+            a->sin_port = htons(port);
+            memcpy(&a->sin_addr, addr, 4);
+        } else {
+            struct sockaddr_in6 *a = (void *)&sf->addr;
+            a->sin6_family = AF_INET6;
+            a->sin6_port = htons(port);
+            memcpy(&a->sin6_addr, addr, 16);
+        }
+        sf->any_port = port == 0;
+        /* Shares the leg sets' counter: every published change has its own generation. */
+        sf->gen = __atomic_add_fetch(&e->legset_gen, 1, __ATOMIC_RELAXED);
+    }
+    old = __atomic_exchange_n(&f->source, sf, __ATOMIC_ACQ_REL);
+    if (old) {
+        if (e->alive)
+            retire(e, free_plain, old);
+        else
+            free(old);
+    }
+    return 0;
+}
+
 void msm_flow_stats_get(msm_flow *f, msm_flow_stats *o) {
     flow_state s;
     for (;;) {
@@ -969,6 +1090,8 @@ void msm_flow_stats_get(msm_flow *f, msm_flow_stats *o) {
     o->bytes_received = s.bytes_received;
     o->dropped_invalid = s.dropped_invalid;
     o->dropped_from_viewers = s.dropped_from_viewers;
+    o->dropped_wrong_source = s.dropped_wrong_source;
+    o->dropped_wrong_ssrc = s.dropped_wrong_ssrc;
     o->source_changes = s.source_changes;
     o->lost_before = s.lost_before;
     o->expected_before = s.expected_before;

@@ -60,6 +60,7 @@ typedef struct msm_rtpstats {
 typedef struct msm_flow_stats {
     uint64_t packets_received, bytes_received;
     uint64_t dropped_invalid, dropped_from_viewers, source_changes;
+    uint64_t dropped_wrong_source, dropped_wrong_ssrc;
     int64_t lost_before, expected_before;
     uint32_t ssrc, has_ssrc, out_ssrc, has_out_ssrc;
     uint32_t seq_offset, ts_offset;
@@ -94,8 +95,17 @@ void msm_engine_info_get(msm_engine *e, msm_engine_info *out);
 void msm_engine_free(msm_engine *e);
 
 /* Flow: takes ownership of fd (a bound, non-blocking UDP socket) and starts
- * serving it. NULL (fd left open) with errno set on failure. */
-msm_flow *msm_flow_new(msm_engine *e, int fd, uint32_t clock_rate, int splice);
+ * serving it. NULL (fd left open) with errno set on failure. It forwards
+ * nothing until msm_flow_set_source names its source. Another SSRC from that
+ * source takes over only once the current one was silent for takeover_ms and
+ * the new one sent two packets in sequence (RFC 3550 A.1 MIN_SEQUENTIAL). */
+msm_flow *msm_flow_new(msm_engine *e, int fd, uint32_t clock_rate, int splice, uint32_t takeover_ms);
+/* The one address RTP may come from (port 0: any port of that host); family 0:
+ * none, nothing is forwarded. Everything else is dropped as wrong_source. */
+int msm_flow_set_source(msm_engine *e, msm_flow *f, int family, const uint8_t *addr, uint16_t port);
+/* RFC 3550 A.1 header validity (version, CSRC count, extension, padding; no
+ * RTCP packet types): 1 if valid. */
+int msm_rtp_valid(const uint8_t *p, uint32_t len);
 /* Publishes a new leg set: every leg (their RTP addresses are the viewers whose
  * packets are dropped) and which of them are enabled (the fan-out targets). */
 int msm_flow_set_legs(msm_engine *e, msm_flow *f, msm_leg **legs, const uint8_t *enabled, uint32_t n);

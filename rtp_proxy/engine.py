@@ -33,7 +33,8 @@ from typing import Protocol
 from msm.sdk.errors import Unavailable
 from msm.sdk.rtp import ReceiverReport, ReportBlock
 
-__all__ = ["MAX_SOCKET_BACKLOG", "Address", "DatagramSocket", "Endpoint", "EngineUnavailable", "FlowEngine", "Leg",
+__all__ = ["MAX_SOCKET_BACKLOG", "SSRC_TAKEOVER", "TAKEOVER_SEQUENTIAL",
+           "Address", "DatagramSocket", "Endpoint", "EngineUnavailable", "FlowEngine", "Leg",
            "LegCounters", "RtpState"]
 
 Address = tuple[str, int]
@@ -43,6 +44,15 @@ Address = tuple[str, int]
 # queued for one flow's socket we drop (and count) instead. 1 MiB is ~0.4 s of
 # a 20 Mbit/s stream, far more than a healthy loopback or LAN ever queues.
 MAX_SOCKET_BACKLOG = 1 << 20
+
+#: How long (seconds) the current SSRC must have been silent before another SSRC
+#: from the same source may take over (the new one must also be in sequence,
+#: RFC 3550 A.1 MIN_SEQUENTIAL). A live source sends several packets a second; a
+#: restarted one is away far longer than this; a spoofer interleaving its own
+#: SSRC with a live source never gets in.
+SSRC_TAKEOVER = 0.5
+#: RFC 3550 A.1 MIN_SEQUENTIAL, for a new SSRC taking over.
+TAKEOVER_SEQUENTIAL = 2
 
 
 class EngineUnavailable(Unavailable):
@@ -89,6 +99,9 @@ class RtpState:
     dropped_backlog: int = 0
     socket_errors: int = 0
     source_changes: int = 0
+    #: Not from the flow's source (address, or port when it names one); not the learned SSRC.
+    dropped_wrong_source: int = 0
+    dropped_wrong_ssrc: int = 0
     #: The current upstream source, and the SSRC viewers see (splicing).
     ssrc: int | None = None
     out_ssrc: int | None = None
@@ -129,6 +142,14 @@ class FlowEngine(Protocol):
 
         A leg object seen before keeps its counters; a new object (even under
         an old id) starts from zero.
+        """
+
+    def set_source(self, source: Address | None) -> None:
+        """Forward only RTP from ``source`` (an IP address, port 0 for any port); ``None``: nothing at all.
+
+        The SSRC is learned from the source's first valid packet; another SSRC
+        takes over only after the current one was silent for the engine's
+        takeover time and the new one is in sequence (RFC 3550 A.1).
         """
 
     def state(self) -> RtpState:

@@ -6,17 +6,23 @@ one RTP engine (:class:`msm.rtp_proxy.engine.FlowEngine`: the Python reference
 in :mod:`msm.rtp_proxy.pyengine` or the C engine in :mod:`msm.rtp_proxy.native`,
 picked for the whole table by :func:`choose_engine`). RTCP from the source is
 relayed to the legs; RTCP from a leg's address (a viewer's receiver report) is
-counted and kept. :meth:`Flow.snapshot` reads everything at once for gRPC and
-Prometheus.
+counted and kept; RTCP from anywhere else is dropped and counted. A flow
+forwards nothing before :meth:`Flow.set_source` names its source, and a leg
+can never point back at the proxy's own ingress ports
+(:meth:`FlowTable.check_destination`), so loops and reflection cannot form.
+:meth:`Flow.snapshot` reads everything at once for gRPC and Prometheus.
 
 Errors: :class:`PortRangeExhausted` is a ``ResourceExhausted``; a bad engine
 name is a ``ConfigError``; ``ext.NativeUnavailable`` is translated here into
 :class:`msm.rtp_proxy.engine.EngineUnavailable` (``ext`` imports nothing of msm).
 """
 
+# long module: a flow's RTCP side and its table's bookkeeping (ports, sources,
+# destinations, engines) read the same flows; splitting them would split one state.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import socket
@@ -26,7 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import cast
 
 from msm import ext
-from msm.sdk.errors import ConfigError, RtcpError
+from msm.sdk.errors import ConfigError, NotFound, Refused, RtcpError
 from msm.sdk.rtp import (
     Bye,
     ReceiverReport,
@@ -38,11 +44,22 @@ from msm.sdk.rtp import (
     serialize_rtcp,
 )
 
-from .engine import MAX_SOCKET_BACKLOG, Address, DatagramSocket, Endpoint, EngineUnavailable, FlowEngine, Leg, RtpState
+from .engine import (
+    MAX_SOCKET_BACKLOG,
+    SSRC_TAKEOVER,
+    Address,
+    DatagramSocket,
+    Endpoint,
+    EngineUnavailable,
+    FlowEngine,
+    Leg,
+    RtpState,
+)
 from .native import NativeEngine, start_core
 from .ports import PortRangeExhausted, bind_pair
 from .pyengine import PythonEngine
 from .snapshot import FlowSnapshot, LegSnapshot
+from .trust import LocalAddresses, check_destination
 
 __all__ = ["ENGINES", "MAX_SOCKET_BACKLOG", "Address", "EngineUnavailable", "Flow", "FlowTable", "Leg",
            "PortRangeExhausted", "choose_engine"]
@@ -88,6 +105,9 @@ class Flow:
         # Counted on the RTCP socket (the engine counts its RTP socket; the snapshot adds up).
         self.rtcp_received = 0
         self.rtcp_errors = 0
+        self._rtcp_wrong_source = 0
+        # Where RTP (engine) and RTCP (here) may come from: (host, rtp port, rtcp port), 0 = any port.
+        self.source: tuple[str, int, int] | None = None
         self.rtcp_bye_dropped = 0
         self.ssrc_collisions = 0
         self._rtcp_from_viewers = 0
@@ -105,6 +125,21 @@ class Flow:
         # Bitrate over the last sampling period (see FlowTable.sample_rates).
         self.bitrate_bps = 0.0
         self._rate_mark = (clock(), 0)
+
+    def set_source(self, host: str | None, rtp_port: int = 0, rtcp_port: int = 0) -> None:
+        """Accept RTP only from ``host``:``rtp_port`` and RTCP only from ``host``:``rtcp_port`` (0: any port).
+
+        ``host`` is an IP address of the flow's family (:meth:`FlowTable.set_source`
+        checks); ``None`` forwards nothing.
+        """
+        self.source = None if host is None else (host, rtp_port, rtcp_port)
+        self.engine.set_source(None if host is None else (host, rtp_port))
+        if self.source is not None and self.upstream_rtcp is not None and not self._from_source(self.upstream_rtcp):
+            self.upstream_rtcp = None
+
+    def _from_source(self, addr: Address) -> bool:
+        source = self.source
+        return source is not None and addr[0] == source[0] and (not source[2] or addr[1] == source[2])
 
     # -- legs ---------------------------------------------------------------
     def set_leg(self, leg: Leg) -> None:
@@ -142,6 +177,8 @@ class Flow:
             bitrate_bps=self.bitrate_bps, source_changes=rtp.source_changes,
             packets_forwarded=rtp.packets_forwarded, dropped_invalid=rtp.dropped_invalid,
             dropped_from_viewers=rtp.dropped_from_viewers + self._rtcp_from_viewers,
+            dropped_wrong_source=rtp.dropped_wrong_source + self._rtcp_wrong_source,
+            dropped_wrong_ssrc=rtp.dropped_wrong_ssrc,
             dropped_backlog=rtp.dropped_backlog + self._rtcp_backlog,
             socket_errors=rtp.socket_errors + self._rtcp_socket_errors,
             rtcp_received=self.rtcp_received, rtcp_errors=self.rtcp_errors,
@@ -214,6 +251,11 @@ class Flow:
             return
         if addr in self._viewer_rtp:
             self._rtcp_from_viewers += 1
+            return
+        if not self._from_source(addr):
+            # A spoofed SR, APP or BYE from a third party (or to the wrong port)
+            # never reaches viewers, and never redirects our reports.
+            self._rtcp_wrong_source += 1
             return
         self.rtcp_received += 1
         self.upstream_rtcp = addr
@@ -407,10 +449,16 @@ class FlowTable:
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port_range: tuple[int, int] = (30000, 39999),
-                 clock: Callable[[], float] = time.monotonic, engine: str = "auto") -> None:
+                 clock: Callable[[], float] = time.monotonic, engine: str = "auto",
+                 ssrc_takeover: float = SSRC_TAKEOVER) -> None:
         self.host = host
         self.port_range = port_range
         self.clock = clock
+        # Default SSRC_TAKEOVER (0.5 s): a spoofer interleaving its SSRC with a
+        # live source never takes over; a restarted source does.
+        self.ssrc_takeover = ssrc_takeover
+        self.legs_refused = 0      # AddLeg destinations refused (loops, reflection)
+        self._local = LocalAddresses(host)
         self.flows: dict[str, Flow] = {}
         self._next = 0
         self.engine = choose_engine(engine)
@@ -432,8 +480,10 @@ class FlowTable:
                             splice: bool) -> FlowEngine:
         """The table's engine serving ``rtp_sock`` (which it owns from now on)."""
         if self.engine == "native":
-            return NativeEngine(self._core(), rtp_sock, clock_rate=clock_rate, splice=splice)
-        engine = PythonEngine(flow_id, clock_rate=clock_rate, splice=splice, clock=self.clock)
+            return NativeEngine(self._core(), rtp_sock, clock_rate=clock_rate, splice=splice,
+                                takeover=self.ssrc_takeover)
+        engine = PythonEngine(flow_id, clock_rate=clock_rate, splice=splice, clock=self.clock,
+                              takeover=self.ssrc_takeover)
         await engine.start(rtp_sock)
         return engine
 
@@ -444,7 +494,7 @@ class FlowTable:
             return existing
         host = bind_host or self.host
         low, high = self.port_range
-        rtp_sock, rtcp_sock = bind_pair(host, low, high, self._next)
+        rtp_sock, rtcp_sock = bind_pair(host, low, high, self._next, avoid=self._leg_ports_here())
         self._next = (rtp_sock.getsockname()[1] - ((low + 1) & ~1)) // 2 + 1
         ingress = (host, rtp_sock.getsockname()[1])
         loop = asyncio.get_running_loop()
@@ -465,6 +515,53 @@ class FlowTable:
         self.flows[flow_id] = flow
         log.info("flow %s: ingress %s:%d-%d (%s)", flow_id, host, flow.ingress[1], flow.ingress[1] + 1, self.engine)
         return flow
+
+    # -- trust: where packets may come from and go to -----------------------------------
+    async def set_source(self, flow_id: str, host: str, rtp_port: int = 0, rtcp_port: int = 0) -> Flow:
+        """Name the flow's source (``host`` ``""``: none, nothing forwarded); ``Refused`` if it cannot be one.
+
+        A name is resolved once, here, to an address of the flow's family.
+        """
+        flow = self.flows.get(flow_id)
+        if flow is None:
+            raise NotFound(f"no flow {flow_id!r}")
+        if not host:
+            flow.set_source(None)
+            return flow
+        if not 0 <= rtp_port <= 65535 or not 0 <= rtcp_port <= 65535:
+            raise Refused(f"source ports out of range: {rtp_port}, {rtcp_port}")
+        family = socket.AF_INET6 if ":" in flow.ingress[0] else socket.AF_INET
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None, family=family, type=socket.SOCK_DGRAM)
+        except (OSError, UnicodeError) as exc:
+            raise Refused(f"source {host!r} is not an address of the flow's family: {exc}") from None
+        address = str(ipaddress.ip_address(str(infos[0][4][0]).split("%")[0]))
+        flow.set_source(address, rtp_port, rtcp_port)
+        log.info("flow %s: source %s rtp %s rtcp %s", flow_id, address, rtp_port or "any", rtcp_port or "any")
+        return flow
+
+    def check_destination(self, host: str, rtp_port: int, rtcp_port: int) -> None:
+        """``Refused`` (counted) for a leg destination that could loop back into this proxy or reflect.
+
+        Refused: anything but an IP address; multicast, broadcast and unspecified
+        addresses; ports below 1024 or above 65535; and any ingress port of this
+        proxy on any address of this host (loopback, the media host, ...).
+        """
+        own = {p for flow in self.flows.values() for p in (flow.ingress[1], flow.ingress[1] + 1)}
+        try:
+            check_destination(host, rtp_port, rtcp_port, own, self._local)
+        except Refused:
+            self.legs_refused += 1
+            raise
+
+    def _leg_ports_here(self) -> set[int]:
+        """Ports that legs send to on this host: a new flow must never bind them."""
+        ports: set[int] = set()
+        for flow in self.flows.values():
+            for leg in flow.legs.values():
+                if self._local.is_local(leg.rtp_addr[0]):
+                    ports.update((leg.rtp_addr[1], leg.rtcp_addr[1]))
+        return ports
 
     def remove_flow(self, flow_id: str) -> bool:
         flow = self.flows.pop(flow_id, None)

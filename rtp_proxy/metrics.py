@@ -93,6 +93,7 @@ class _Families:
         self.reordered.add_metric(base, snap.reordered)
         self.duplicates.add_metric(base, snap.duplicates)
         for reason, value in (("invalid", snap.dropped_invalid), ("from_viewer", snap.dropped_from_viewers),
+                              ("wrong_source", snap.dropped_wrong_source), ("wrong_ssrc", snap.dropped_wrong_ssrc),
                               ("backlog", snap.dropped_backlog)):
             self.dropped.add_metric(base + [reason], value)
         self.rtcp.add_metric(base, snap.rtcp_received)
@@ -135,10 +136,14 @@ class ProxyCollector(Collector):
                                    "engine; python: the reference), with the kernel features it uses",
                                    labels=["node", "engine", "features"])
         engine.add_metric([self.node, self.table.engine, ",".join(sorted(self.table.engine_features))], 1.0)
+        refused = CounterMetricFamily("msm_legs_refused", "Legs refused: towards this proxy's own ingress "
+                                      "(a loop), a multicast/broadcast address or a port below 1024",
+                                      labels=["node"])
+        refused.add_metric([self.node], self.table.legs_refused)
         families = _Families()
         for flow in list(self.table.flows.values()):
             families.add_flow(self.node, flow.snapshot())
-        yield from (flows, engine, *families.all())
+        yield from (flows, engine, refused, *families.all())
 
 
 class MetricsServer:

@@ -24,7 +24,7 @@ from msm import ext
 from msm.sdk.rtp import ReportBlock
 from msm.sdk.stats import reception_report
 
-from .engine import EngineUnavailable, Leg, LegCounters, RtpState
+from .engine import SSRC_TAKEOVER, Address, EngineUnavailable, Leg, LegCounters, RtpState
 
 
 def start_core() -> ext.Engine:
@@ -41,6 +41,7 @@ def _state(snap: Any) -> RtpState:
         packets_forwarded=int(snap.packets_forwarded), dropped_invalid=int(snap.dropped_invalid),
         dropped_from_viewers=int(snap.dropped_from_viewers), dropped_backlog=int(snap.dropped_backlog),
         socket_errors=int(snap.socket_errors), source_changes=int(snap.source_changes),
+        dropped_wrong_source=int(snap.dropped_wrong_source), dropped_wrong_ssrc=int(snap.dropped_wrong_ssrc),
         ssrc=int(snap.ssrc) if snap.has_ssrc else None, out_ssrc=int(snap.out_ssrc) if snap.has_out_ssrc else None,
         seq_offset=int(snap.seq_offset), ts_offset=int(snap.ts_offset),
         lost_before=int(snap.lost_before), expected_before=int(snap.expected_before),
@@ -57,12 +58,14 @@ class NativeEngine:
 
     name = "native"
 
-    def __init__(self, core: ext.Engine, sock: socket.socket, *, clock_rate: int = 0, splice: bool = True) -> None:
+    def __init__(self, core: ext.Engine, sock: socket.socket, *, clock_rate: int = 0, splice: bool = True,
+                 takeover: float = SSRC_TAKEOVER) -> None:
         self._core = core
         self._family = sock.family
         fd = sock.detach()   # the engine owns the RTP socket from here on
         try:
-            self._handle = core.add_flow(fd, clock_rate=clock_rate, splice=splice)
+            self._handle = core.add_flow(fd, clock_rate=clock_rate, splice=splice,
+                                         takeover_ms=round(takeover * 1000))
         except BaseException:
             os.close(fd)
             raise
@@ -83,6 +86,12 @@ class NativeEngine:
         for _, handle in old.values():
             if id(handle) not in kept:
                 handle.retire()   # after the new leg set is published
+
+    def set_source(self, source: Address | None) -> None:
+        if source is None:
+            self._handle.set_source(None, 0, self._family)
+        else:
+            self._handle.set_source(source[0], source[1], self._family)
 
     def state(self) -> RtpState:
         return _state(self._handle.stats())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Container
 
 from msm.sdk.errors import ResourceExhausted
 
@@ -13,8 +14,13 @@ class PortRangeExhausted(ResourceExhausted):
     """No free even/odd port pair is left in the configured range."""
 
 
-def bind_pair(host: str, low: int, high: int, start: int) -> tuple[socket.socket, socket.socket]:
-    """Bind an RTP/RTCP pair (even, even+1) in ``[low, high]``, starting near ``start``."""
+def bind_pair(host: str, low: int, high: int, start: int,
+              avoid: Container[int] = ()) -> tuple[socket.socket, socket.socket]:
+    """Bind an RTP/RTCP pair (even, even+1) in ``[low, high]``, starting near ``start``.
+
+    Ports in ``avoid`` (where legs on this host send to) are never taken: a flow
+    bound there would receive its own or another flow's output, a loop.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     span = (high - low + 1) // 2
     if span <= 0:
@@ -22,7 +28,7 @@ def bind_pair(host: str, low: int, high: int, start: int) -> tuple[socket.socket
     first = (low + 1) & ~1
     for i in range(span):
         port = first + 2 * ((start + i) % span)
-        if port + 1 > high:
+        if port + 1 > high or port in avoid or port + 1 in avoid:
             continue
         rtp = socket.socket(family, socket.SOCK_DGRAM)
         rtcp = socket.socket(family, socket.SOCK_DGRAM)

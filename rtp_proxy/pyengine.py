@@ -4,9 +4,12 @@ RTP arriving from the upstream source is measured (RFC 3550 receiver
 statistics), optionally *spliced* (SSRC, sequence and timestamp kept continuous
 across an upstream restart) and sent from the same socket to every enabled leg,
 so viewers see the proxy's port pair as the ``server_port`` of their Transport.
-Packets that come from a viewer (NAT "punch" packets) are dropped and counted,
-never forwarded. Runs in the event loop; implements
-:class:`msm.rtp_proxy.engine.FlowEngine`.
+Only the flow's source is forwarded (nothing before it is set): packets that
+come from a viewer (NAT "punch" packets), from any other address, that fail
+RFC 3550 A.1's header checks, or that carry another SSRC than the learned one
+(until it takes over, see :data:`msm.rtp_proxy.engine.SSRC_TAKEOVER`) are
+dropped and counted by reason, never forwarded. Runs in the event loop;
+implements :class:`msm.rtp_proxy.engine.FlowEngine`.
 """
 
 from __future__ import annotations
@@ -19,16 +22,56 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
-from msm.sdk.errors import RtpError
-from msm.sdk.rtp import ReportBlock, rtp_header
+from msm.sdk.rtp import ReportBlock
 from msm.sdk.stats import ReceiverStats
 
-from .engine import MAX_SOCKET_BACKLOG, Address, DatagramSocket, Endpoint, Leg, LegCounters, RtpState
+from .engine import (
+    MAX_SOCKET_BACKLOG,
+    SSRC_TAKEOVER,
+    TAKEOVER_SEQUENTIAL,
+    Address,
+    DatagramSocket,
+    Endpoint,
+    Leg,
+    LegCounters,
+    RtpState,
+)
 
 log = logging.getLogger(__name__)
 
 _U16 = 0xFFFF
 _U32 = 0xFFFFFFFF
+_HEADER = struct.Struct("!BBHII")
+
+
+def rtp_check(data: bytes) -> tuple[int, int, int] | None:
+    """``(seq, timestamp, ssrc)`` of a packet that passes RFC 3550 A.1's header checks, else ``None``.
+
+    Version 2; the CSRC list, the header extension and the padding (its count
+    is the last octet) all inside the packet; and no payload type 64-95, which
+    collides with RTCP's 192-223 (RFC 5761 4): players that demultiplex would
+    take such a packet for RTCP (an SR, or a BYE that ends their stream).
+    """
+    size = len(data)
+    if size < 12:
+        return None
+    first, second, seq, ts, ssrc = _HEADER.unpack_from(data)
+    if first & 0xC0 != 0x80 or 64 <= second & 0x7F <= 95:
+        return None
+    header = 12 + 4 * (first & 0x0F)
+    if header > size:
+        return None
+    if first & 0x10:
+        if header + 4 > size:
+            return None
+        header += 4 + 4 * (data[header + 2] << 8 | data[header + 3])
+        if header > size:
+            return None
+    if first & 0x20:
+        pad = data[-1]
+        if pad == 0 or header + pad > size:
+            return None
+    return seq, ts, ssrc
 
 
 class _Target:
@@ -51,11 +94,15 @@ class PythonEngine:
     name = "python"
 
     def __init__(self, flow_id: str, *, clock_rate: int = 0, splice: bool = True,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, takeover: float = SSRC_TAKEOVER) -> None:
         self.flow_id = flow_id
         self.clock_rate = clock_rate
         self.splice = splice
         self.clock = clock
+        self.takeover = takeover
+        # None: nothing is forwarded (the safe default until the control plane names the source).
+        self._source: Address | None = None
+        self._candidate: tuple[int, int, int] | None = None   # another SSRC on probation: (ssrc, seq, count)
         self._transport: DatagramSocket | None = None
         # Forwarding state, rebuilt whenever legs change (the hot path reads only these).
         self._legs: dict[str, _Target] = {}
@@ -69,6 +116,8 @@ class PythonEngine:
         self.dropped_backlog = 0
         self.socket_errors = 0
         self.source_changes = 0
+        self.dropped_wrong_source = 0
+        self.dropped_wrong_ssrc = 0
         # Statistics of the current upstream source.
         self.ssrc: int | None = None
         self.stats: ReceiverStats | None = None
@@ -99,6 +148,9 @@ class PythonEngine:
         self._targets = tuple(t for t in self._legs.values() if t.leg.enabled)
         self._viewer_rtp = frozenset(leg.rtp_addr for leg in legs)
 
+    def set_source(self, source: Address | None) -> None:
+        self._source = source
+
     def state(self) -> RtpState:
         stats = self.stats
         return RtpState(
@@ -106,6 +158,7 @@ class PythonEngine:
             packets_forwarded=self.packets_forwarded, dropped_invalid=self.dropped_invalid,
             dropped_from_viewers=self.dropped_from_viewers, dropped_backlog=self.dropped_backlog,
             socket_errors=self.socket_errors, source_changes=self.source_changes,
+            dropped_wrong_source=self.dropped_wrong_source, dropped_wrong_ssrc=self.dropped_wrong_ssrc,
             ssrc=self.ssrc, out_ssrc=self.out_ssrc, seq_offset=self._seq_offset, ts_offset=self._ts_offset,
             lost_before=self._lost_before, expected_before=self._expected_before,
             received=stats.received if stats else 0, expected=stats.expected if stats else 0,
@@ -138,13 +191,20 @@ class PythonEngine:
         if addr in self._viewer_rtp:
             self.dropped_from_viewers += 1
             return
-        try:
-            _pt, seq, ts, ssrc, _marker = rtp_header(data)
-        except RtpError:
+        source = self._source
+        if source is None or addr[0] != source[0] or (source[1] and addr[1] != source[1]):
+            self.dropped_wrong_source += 1
+            return
+        header = rtp_check(data)
+        if header is None:
             self.dropped_invalid += 1
             return
+        seq, ts, ssrc = header
         now = self.clock()
         if ssrc != self.ssrc:
+            if self.ssrc is not None and not self._takes_over(ssrc, seq, now):
+                self.dropped_wrong_ssrc += 1
+                return
             self._new_source(ssrc, seq, ts, now)
         assert self.stats is not None
         self.stats.update(seq, ts, now)
@@ -161,6 +221,21 @@ class PythonEngine:
                 struct.pack_into("!HII", buf, 2, out_seq, out_ts, self.out_ssrc)
                 data = bytes(buf)
         self._send(data)
+
+    def _takes_over(self, ssrc: int, seq: int, now: float) -> bool:
+        """Whether another SSRC from the source replaces the current one now (see the module doc)."""
+        if now - self._last_arrival < self.takeover:
+            self._candidate = None
+            return False
+        candidate = self._candidate
+        count = 1
+        if candidate is not None and candidate[0] == ssrc and (candidate[1] + 1) & _U16 == seq:
+            count = candidate[2] + 1
+        if count < TAKEOVER_SEQUENTIAL:
+            self._candidate = (ssrc, seq, count)
+            return False
+        self._candidate = None
+        return True
 
     def _new_source(self, ssrc: int, seq: int, ts: int, now: float) -> None:
         if self.stats is not None:

@@ -62,6 +62,8 @@ class FlowSnapshot:
     packets_forwarded: int
     dropped_invalid: int
     dropped_from_viewers: int
+    dropped_wrong_source: int  # RTP or RTCP not from the flow's source
+    dropped_wrong_ssrc: int    # RTP from the source with another SSRC than the learned one
     dropped_backlog: int
     socket_errors: int
     # RTCP.

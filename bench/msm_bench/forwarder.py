@@ -59,6 +59,7 @@ async def serve(cfg: dict[str, Any]) -> None:
     ingress = []
     for i, legs in enumerate(cfg["flows"]):
         flow = await table.add_flow(f"bench/{i}", clock_rate=90000, labels={"stream": f"bench{i}"})
+        flow.set_source("127.0.0.1")   # the test's sources all send from this host
         for j, port in enumerate(legs):
             flow.set_leg(Leg(f"v{j}", ("127.0.0.1", int(port)), ("127.0.0.1", int(port) + 1), enabled=True))
         ingress.append(flow.ingress[1])

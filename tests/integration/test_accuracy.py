@@ -105,6 +105,7 @@ async def flow(engine: str) -> AsyncIterator[Flow]:
     """A proxy flow on each data-path engine: the same accuracy is required of both."""
     table = FlowTable(host="127.0.0.1", port_range=(43000, 43999), engine=engine)
     flow = await table.add_flow("accuracy/0", clock_rate=CLOCK_RATE)
+    flow.set_source("127.0.0.1")   # the test's sources all send from this host
     yield flow
     table.close()
 

@@ -117,6 +117,7 @@ def test_c_statistics_equal_the_reference(first: int, steps: list[tuple[int, int
 
 async def test_service_and_metrics_read_either_engine(table: FlowTable) -> None:
     flow = await table.add_flow("s/0", clock_rate=90000, labels={"stream": "s", "track": "0"})
+    flow.set_source("127.0.0.1")   # the test's sources all send from this host
     viewer = udp()
     flow.set_leg(Leg("v", viewer.getsockname(), ("127.0.0.1", 9), enabled=True))
     src = udp()
@@ -148,6 +149,7 @@ async def test_service_and_metrics_read_either_engine(table: FlowTable) -> None:
 @native_only
 async def test_fan_out_to_100_legs_keeps_order_and_bytes(native: FlowTable) -> None:
     flow = await native.add_flow("fan/0", clock_rate=90000)
+    flow.set_source("127.0.0.1")   # the test's sources all send from this host
     sinks = [udp() for _ in range(100)]
     for i, sink in enumerate(sinks):
         flow.set_leg(Leg(f"v{i}", sink.getsockname(), ("127.0.0.1", 9), enabled=True))
@@ -172,6 +174,7 @@ async def test_fan_out_to_100_legs_keeps_order_and_bytes(native: FlowTable) -> N
 async def test_gro_train_is_split_measured_and_sent_as_gso(native: FlowTable) -> None:
     assert {"gso", "gro"} <= native.engine_features
     flow = await native.add_flow("gso/0", clock_rate=90000)
+    flow.set_source("127.0.0.1")   # the test's sources all send from this host
     a, b = udp(), udp()
     flow.set_leg(Leg("a", a.getsockname(), ("127.0.0.1", 9), enabled=True))
     flow.set_leg(Leg("b", b.getsockname(), ("127.0.0.1", 9), enabled=True))
@@ -204,6 +207,7 @@ async def test_refused_gso_falls_back_to_single_datagrams() -> None:
         ingress.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
         port = ingress.getsockname()[1]
         flow = engine.add_flow(ingress.detach(), clock_rate=90000)
+        flow.set_source("127.0.0.1", 0, socket.AF_INET)
         leg = engine.leg("127.0.0.1", rx.getsockname()[1], socket.AF_INET)
         flow.set_legs([leg], [True])
         src = udp()
@@ -255,6 +259,7 @@ class Blaster(threading.Thread):
 @native_only
 async def test_leg_changes_do_not_disturb_a_stable_leg(native: FlowTable) -> None:
     flow = await native.add_flow("churn/0", clock_rate=90000)
+    flow.set_source("127.0.0.1")   # the test's sources all send from this host
     stable = udp()
     stable.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 23)
     flow.set_leg(Leg("stable", stable.getsockname(), ("127.0.0.1", 9), enabled=True))
@@ -287,6 +292,7 @@ async def test_flows_removed_with_packets_in_flight(native: FlowTable) -> None:
     sink = udp()
     for i in range(30):
         flow = await native.add_flow(f"gone/{i}", clock_rate=90000)
+        flow.set_source("127.0.0.1")   # the test's sources all send from this host
         flow.set_leg(Leg("v", sink.getsockname(), ("127.0.0.1", 9), enabled=True))
         blaster = Blaster(flow.ingress)
         blaster.start()
@@ -310,6 +316,7 @@ async def test_flows_removed_with_packets_in_flight(native: FlowTable) -> None:
 
 async def test_bad_destinations_do_not_stall_the_others(table: FlowTable) -> None:
     flow = await table.add_flow("bad/0", clock_rate=90000)
+    flow.set_source("127.0.0.1")   # the test's sources all send from this host
     good = udp()
     gone = udp()
     gone_addr = gone.getsockname()
@@ -336,6 +343,7 @@ async def test_bad_destinations_do_not_stall_the_others(table: FlowTable) -> Non
 @native_only
 async def test_unresolvable_leg_counts_every_packet_as_a_send_error(native: FlowTable) -> None:
     flow = await native.add_flow("dns/0", clock_rate=90000)
+    flow.set_source("127.0.0.1")   # the test's sources all send from this host
     good = udp()
     flow.set_leg(Leg("nowhere", ("no-such-host.invalid", 5004), ("no-such-host.invalid", 5005), enabled=True))
     flow.set_leg(Leg("good", good.getsockname(), ("127.0.0.1", 9), enabled=True))

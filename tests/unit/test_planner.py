@@ -60,6 +60,7 @@ class FakeFlow:
     clock_rate: int
     labels: dict[str, str]
     legs: dict[str, tuple[pb.Endpoint, bool]] = field(default_factory=dict)   # leg id -> destination, enabled
+    source: pb.SourceFilter | None = None
 
 
 class FakeProxy:
@@ -84,11 +85,17 @@ class FakeProxy:
         if self.fail is not None:
             raise self.fail(f"proxy on {self._node} fails")
 
-    async def add_flow(self, flow_id: str, clock_rate: int, labels: Mapping[str, str]) -> pb.Endpoint:
+    async def add_flow(self, flow_id: str, clock_rate: int, labels: Mapping[str, str],
+                       source: pb.SourceFilter | None = None) -> pb.Endpoint:
         self._check()
         assert flow_id not in self.flows
-        self.flows[flow_id] = FakeFlow(clock_rate, dict(labels))
-        return pb.Endpoint(host=f"10.0.0.{len(self._node)}", rtp_port=next(self._ports))
+        self.flows[flow_id] = FakeFlow(clock_rate, dict(labels), source=source)
+        port = next(self._ports)
+        return pb.Endpoint(host=f"10.0.0.{len(self._node)}", rtp_port=port, rtcp_port=port + 1)
+
+    async def set_flow_source(self, flow_id: str, source: pb.SourceFilter) -> None:
+        self._check()
+        self.flows[flow_id].source = source
 
     async def remove_flow(self, flow_id: str) -> None:
         self._check()
@@ -128,6 +135,8 @@ class FakeStub:
         self.commands: list[tuple[str, str]] = []
         self.states: list[tuple[str, bool]] = []
         self.open_error: MsmError | None = None
+        self.tracks = list(TRACKS)
+        self.sources: list[pb.SourceFilter] = []   # what its SETUP answers (empty: says nothing)
 
     @property
     def info(self) -> StubInfo:
@@ -137,11 +146,13 @@ class FakeStub:
         self.commands.append(("open", stream_id))
         if self.open_error is not None:
             raise self.open_error
-        return "v=0\r\n", list(TRACKS)
+        return "v=0\r\n", list(self.tracks)
 
-    async def setup(self, stream_id: str, track_indexes: list[int], destinations: list[pb.Endpoint]) -> None:
+    async def setup(self, stream_id: str, track_indexes: list[int],
+                    destinations: list[pb.Endpoint]) -> list[pb.SourceFilter]:
         assert len(track_indexes) == len(destinations)
         self.commands.append(("setup", stream_id))
+        return list(self.sources)
 
     async def play(self, stream_id: str) -> None:
         self.commands.append(("play", stream_id))
@@ -183,7 +194,8 @@ class Mesh:
         for index in tracks:
             replies.append(await self.planner.setup(stub.info, pb.SetupRequest(
                 stream_id="cam", track_index=index, session_id=session, viewer_host=f"host-{session}",
-                destination=pb.Endpoint(host=f"host-{session}", rtp_port=5000 + 2 * index))))
+                destination=pb.Endpoint(host=f"host-{session}", rtp_port=5000 + 2 * index,
+                                        rtcp_port=5001 + 2 * index))))
         return replies
 
     async def join(self, stub: FakeStub, session: str) -> None:
@@ -533,3 +545,78 @@ def test_the_memory_store_hands_out_copies() -> None:
     store.put_viewer(ViewerRecord("cam", "s1", "va", "h"))
     store.delete_stream("cam")
     assert store.stream_ids() == [] and store.viewers("cam") == []
+
+
+# -- trust: sources, destinations, bounds ---------------------------------------------------------------
+async def test_every_flow_is_told_its_source(mesh: Mesh) -> None:
+    mesh.source.sources = [pb.SourceFilter(host="192.0.2.1", rtp_port=6000, rtcp_port=6001),
+                           pb.SourceFilter(host="192.0.2.1", rtp_port=6002, rtcp_port=6003)]
+    await mesh.join(mesh.va, "a1")
+    await mesh.join(mesh.vb, "b1")
+    record = mesh.stream()
+    # The upstream flows: what the SETUP answered, track by track.
+    assert [mesh.pa.flows[record.flows[i].flow_id].source for i in (0, 1)] == mesh.source.sources
+    # The relay flows on node b: the source flow's own ingress, which its legs send from.
+    for i in (0, 1):
+        ingress = record.flows[i].ingress
+        assert mesh.pb.flows[record.relays[("b", i)].flow_id].source == pb.SourceFilter(
+            host=ingress.host, rtp_port=ingress.rtp_port, rtcp_port=ingress.rtcp_port)
+    # A reconnected upstream may send from new ports: its host only, any port.
+    await mesh.planner.upstream_event(event(pb.UpstreamEvent.CONNECTION_LOST, pb.UpstreamEvent.DOWN))
+    await mesh.planner.upstream_event(event(pb.UpstreamEvent.RECONNECTED, pb.UpstreamEvent.PLAYING))
+    assert [mesh.pa.flows[record.flows[i].flow_id].source for i in (0, 1)] == [
+        pb.SourceFilter(host="192.0.2.1")] * 2
+
+
+async def test_a_setup_that_names_no_source_falls_back_to_the_url_host(mesh: Mesh) -> None:
+    await mesh.join(mesh.va, "a1")
+    record = mesh.stream()
+    assert all(mesh.pa.flows[ref.flow_id].source == pb.SourceFilter(host="192.0.2.1")
+               for ref in record.flows.values())
+
+
+@pytest.mark.parametrize(("rtp", "rtcp", "status"), [
+    (6000, 6000, 461), (80, 81, 461), (6000, 70000, 461), (0, 0, 461)])
+async def test_bad_client_ports_are_refused_before_anything_is_set_up(
+        mesh: Mesh, rtp: int, rtcp: int, status: int) -> None:
+    await mesh.describe(mesh.va)
+    with pytest.raises(MsmError) as raised:
+        await mesh.planner.setup(mesh.va.info, pb.SetupRequest(
+            stream_id="cam", track_index=0, session_id="x", viewer_host="10.9.9.9",
+            destination=pb.Endpoint(host="10.9.9.9", rtp_port=rtp, rtcp_port=rtcp)))
+    assert raised.value.status == status
+    assert mesh.pa.flows == {} and mesh.source.sent("setup") == 0
+
+
+async def test_a_client_port_that_is_a_proxy_ingress_is_refused(mesh: Mesh) -> None:
+    await mesh.join(mesh.va, "a1")
+    ingress = mesh.stream().flows[0].ingress
+    for host in (ingress.host, "127.0.0.1", "0.0.0.0"):
+        for port in (ingress.rtp_port, ingress.rtcp_port):
+            with pytest.raises(MsmError) as raised:
+                await mesh.planner.setup(mesh.va.info, pb.SetupRequest(
+                    stream_id="cam", track_index=0, session_id="loop", viewer_host=host,
+                    destination=pb.Endpoint(host=host, rtp_port=port & ~1, rtcp_port=(port & ~1) + 1)))
+            assert raised.value.status == 400, (host, port)
+    assert "loop/0" not in mesh.pa.legs()
+
+
+async def test_pairs_and_the_proxy_range_when_asked_for() -> None:
+    planner = Planner(StaticResolver({}), port_pairs=True, proxy_port_range=(30000, 39999))
+    for rtp, rtcp in ((5001, 5002), (5000, 5003)):
+        with pytest.raises(MsmError) as raised:
+            planner._check_destination(pb.Endpoint(host="10.1.1.1", rtp_port=rtp, rtcp_port=rtcp))
+        assert raised.value.status == 461
+    with pytest.raises(MsmError) as raised:
+        planner._check_destination(pb.Endpoint(host="127.0.0.1", rtp_port=30010, rtcp_port=30011))
+    assert raised.value.status == 400
+    planner._check_destination(pb.Endpoint(host="10.1.1.1", rtp_port=30010, rtcp_port=30011))   # not a proxy
+
+
+async def test_a_source_with_too_many_tracks_is_refused_and_takes_no_ports(mesh: Mesh) -> None:
+    mesh.source.tracks = [pb.Track(index=i, kind="video", clock_rate=90000) for i in range(1500)]
+    with pytest.raises(MsmError) as raised:
+        await mesh.describe(mesh.va)
+    assert raised.value.status == 453
+    assert mesh.pa.flows == {} and mesh.source.sent("setup") == 0 and mesh.source.sent("close") == 1
+    assert mesh.stream().upstream_state is not UpstreamState.DESCRIBED
