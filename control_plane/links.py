@@ -23,6 +23,8 @@ from msm.protos.status import error_of
 from msm.runtime.correlator import Correlator
 from msm.runtime.grpcutil import error_from_rpc
 from msm.sdk.errors import Unavailable, UpstreamError
+from msm.security.identity import Role
+from msm.security.tls import TlsFiles, secure_channel
 
 from .ports import LinkClosed, StubInfo
 
@@ -100,11 +102,9 @@ class StubLink:
             open=pb.OpenUpstream(stream_id=stream_id, url=url, transport=transport)))
         return result.sdp, list(result.tracks)
 
-    async def setup(self, stream_id: str, track_indexes: list[int],
-                    destinations: list[pb.Endpoint]) -> list[pb.SourceFilter]:
-        result = await self.command(pb.ControlCommand(setup=pb.SetupUpstream(
+    async def setup(self, stream_id: str, track_indexes: list[int], destinations: list[pb.Endpoint]) -> None:
+        await self.command(pb.ControlCommand(setup=pb.SetupUpstream(
             stream_id=stream_id, track_indexes=track_indexes, destinations=destinations)))
-        return list(result.sources)
 
     async def play(self, stream_id: str) -> None:
         await self.command(pb.ControlCommand(play=pb.PlayUpstream(stream_id=stream_id)))
@@ -138,8 +138,12 @@ class ProxyLink:
         self.closed = False
 
     @classmethod
-    def connect(cls, hello: pb.ProxyHello) -> ProxyLink:
-        return cls(hello, grpc.aio.insecure_channel(hello.dataplane_address))
+    def connect(cls, hello: pb.ProxyHello, tls: TlsFiles | None = None) -> ProxyLink:
+        """A channel to the proxy's DataPlane; with ``tls`` the server must prove it is the
+        proxy of node ``hello.node`` (its certificate's name), else plaintext (explicitly chosen)."""
+        channel = secure_channel(hello.dataplane_address, tls, role=Role.PROXY, name=hello.node,
+                                 insecure_ok=tls is None)
+        return cls(hello, channel)
 
     @property
     def node(self) -> str:
@@ -155,23 +159,16 @@ class ProxyLink:
         try:
             return await call()
         except grpc.aio.AioRpcError as exc:
-            # Its own answer (a refused leg is INVALID_ARGUMENT), or Unavailable.
-            raise error_from_rpc(exc, f"proxy on node {self.node}") from None
+            raise Unavailable(f"proxy: {exc.details()}") from None
         except grpc.aio.UsageError as exc:
             raise LinkClosed(f"the link to the proxy on node {self.node} is broken: {exc}") from None
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, f"proxy on node {self.node}") from None
 
-    async def add_flow(self, flow_id: str, clock_rate: int, labels: Mapping[str, str],
-                       source: pb.SourceFilter | None = None) -> pb.Endpoint:
-        request = pb.AddFlowRequest(flow_id=flow_id, clock_rate=clock_rate, splice=True, labels=labels,
-                                    source=source)
+    async def add_flow(self, flow_id: str, clock_rate: int, labels: Mapping[str, str]) -> pb.Endpoint:
+        request = pb.AddFlowRequest(flow_id=flow_id, clock_rate=clock_rate, splice=True, labels=labels)
         reply: pb.AddFlowReply = await self._call(lambda: self.api.AddFlow(request, timeout=PROXY_TIMEOUT))
         return reply.ingress
-
-    async def set_flow_source(self, flow_id: str, source: pb.SourceFilter) -> None:
-        request = pb.SetFlowSourceRequest(flow_id=flow_id, source=source)
-        await self._call(lambda: self.api.SetFlowSource(request, timeout=PROXY_TIMEOUT))
 
     async def remove_flow(self, flow_id: str) -> None:
         request = pb.RemoveFlowRequest(flow_id=flow_id)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 
@@ -24,6 +24,8 @@ from msm.protos.status import status_of
 from msm.runtime.grpcserver import GrpcServer
 from msm.runtime.grpcutil import abort
 from msm.sdk.errors import MsmError, NotImplemented_, ProtocolError
+from msm.security.authz import CONTROL_PLANE_RULES, Authorizer, check_name, peer_identity
+from msm.security.tls import TlsFiles, server_credentials
 
 from .links import ProxyLink, StubLink
 from .planner import Planner
@@ -37,12 +39,28 @@ log = logging.getLogger(__name__)
 __all__ = ["ControlPlane", "ControlPlaneServer", "ProxyLink", "StubLink"]
 
 Handler = Callable[[StubInfo, Any], Awaitable[pb.ControlReply]]
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+
+class Issuer(Protocol):
+    """Issues workload certificates for ``IssueCertificate`` (``msm.security.issuer``)."""
+
+    async def issue(self, request: pb.CertificateRequest, peer: str) -> pb.CertificateReply: ...
 
 
 class ControlPlane(pb_grpc.ControlPlaneServicer):
+    """With ``tls``, callers are mesh workloads (:class:`ControlPlaneServer` checks their role
+    before a method runs) and each may speak only for itself: a stub for its own pod, a proxy
+    for its own node; the control plane reaches proxies over mutual TLS with the same files.
+    """
+
     def __init__(self, resolver: Resolver, *, linger: float = 5.0, store: Store | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, tls: TlsFiles | None = None, issuer: Issuer | None = None) -> None:
         self.planner = Planner(resolver, store=store, clock=clock, linger=linger)
+        self.tls = tls
+        # Our own trust domain: a caller's certificate must be of it (None: no TLS, no identities).
+        self.trust_domain = tls.identity().trust_domain if tls is not None else None
+        self.issuer = issuer
         self._handlers: dict[str, Handler] = {
             "describe": self._describe, "setup": self._setup, "play": self._play,
             "pause": self._pause, "teardown": self._teardown,
@@ -77,6 +95,13 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("kind") != "register" or not first.register.stub_id:
             await abort(context, ProtocolError("first message must be register"))
+        if self.trust_domain is not None:
+            try:   # a stub speaks only for its own pod: its certificate names it
+                check_name(peer_identity(context, self.trust_domain), namespace=first.register.namespace,
+                           name=first.register.pod, what="connect as stub")
+            except MsmError as exc:
+                log.warning("stub %r refused: %s", first.register.stub_id, exc.reason)
+                await abort(context, exc)
         link = StubLink(first.register)
         old = self.planner.stub_connected(link)
         if isinstance(old, StubLink):
@@ -156,7 +181,14 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
         if first is None or first.WhichOneof("kind") != "hello" or not first.hello.dataplane_address:
             await abort(context, ProtocolError("first message must be hello"))
         hello = first.hello
-        proxy = ProxyLink.connect(hello)
+        if self.trust_domain is not None:
+            try:   # a proxy registers only its own node: its certificate names it
+                check_name(peer_identity(context, self.trust_domain), name=hello.node,
+                           what="register the proxy of node")
+            except MsmError as exc:
+                log.warning("proxy for node %r refused: %s", hello.node, exc.reason)
+                await abort(context, exc)
+        proxy = ProxyLink.connect(hello, self.tls)
         self.planner.proxy_registered(proxy)
         log.info("proxy on node %s registered (DataPlane %s, media %s)", hello.node,
                  hello.dataplane_address, hello.media_host)
@@ -180,12 +212,30 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
                 raise
             await abort(context, exc)
 
+    # -- certificates ------------------------------------------------------------------------------------
+    async def IssueCertificate(self, request: pb.CertificateRequest, context: Context) -> pb.CertificateReply:
+        """Open to any caller that completes the TLS handshake: the issuer authenticates its token."""
+        try:
+            if self.issuer is None:
+                raise NotImplemented_("this control plane issues no certificates")
+            return await self.issuer.issue(request, context.peer())
+        except MsmError as exc:
+            await abort(context, exc)
+
 
 class ControlPlaneServer:
-    """The control plane's gRPC server (graceful start/stop)."""
+    """The control plane's gRPC server (graceful start/stop).
 
-    def __init__(self, resolver: Resolver, *, listen: str = "127.0.0.1:9000", linger: float = 5.0) -> None:
-        self.control = ControlPlane(resolver, linger=linger)
+    ``tls``: the control plane's certificate files: mutual TLS, callers authorised by
+    role (``msm.security.authz.CONTROL_PLANE_RULES``), files reloaded when rotated.
+    None is plaintext and lets anyone act as a stub or proxy: only an explicit
+    ``--insecure`` should ask for it. ``issuer`` answers ``IssueCertificate``.
+    """
+
+    def __init__(self, resolver: Resolver, *, listen: str = "127.0.0.1:9000", linger: float = 5.0,
+                 tls: TlsFiles | None = None, issuer: Issuer | None = None) -> None:
+        self.control = ControlPlane(resolver, linger=linger, tls=tls, issuer=issuer)
+        self.tls = tls
         self.listen = listen
         self.server: GrpcServer | None = None
 
@@ -198,7 +248,15 @@ class ControlPlaneServer:
         return self.server.port if self.server is not None else 0
 
     async def start(self) -> None:
-        server = GrpcServer(self.listen, self._register, what="control plane gRPC")
+        credentials, rules = None, []
+        if self.tls is not None:
+            credentials = server_credentials(self.tls)
+            rules = [Authorizer(self.tls.identity().trust_domain, CONTROL_PLANE_RULES)]
+        else:
+            log.warning("control plane gRPC on %s without TLS: anyone who reaches it can act as a stub "
+                        "or a proxy", self.listen)
+        server = GrpcServer(self.listen, self._register, what="control plane gRPC", credentials=credentials,
+                            interceptors=rules)
         await server.start()   # a busy port or a bad address: ListenError / ConfigError, one line
         self.server = server
 

@@ -23,6 +23,7 @@ from msm.control_plane.resolver import Route, RouteError, parse_route
 from msm.runtime.hostport import HostPort, parse_host_port
 from msm.runtime.process import setup_logging
 from msm.sdk.errors import ConfigError, MsmError
+from msm.security.local import default_state_dir, workload_files
 
 from . import bench as bench_command
 from .mesh import LocalMesh, MeshConfig
@@ -122,6 +123,21 @@ def _routes(opts: argparse.Namespace, file_values: dict[str, Any]) -> list[Route
 
 
 # -- msm up ---------------------------------------------------------------------------------------
+def _insecure(opts: argparse.Namespace, file_values: dict[str, Any]) -> bool:
+    """--insecure, MSM_INSECURE=1 or ``insecure: true`` in the config file; off by default."""
+    env = os.environ.get("MSM_INSECURE", "").strip().lower()
+    return bool(opts.insecure or env in ("1", "true", "yes") or file_values.get("insecure") is True)
+
+
+def _state_dir(opts: argparse.Namespace, file_values: dict[str, Any]) -> Path:
+    value = opts.state_dir or file_values.get("state_dir")
+    return Path(str(value)).expanduser() if value else default_state_dir()
+
+
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def cmd_up(opts: argparse.Namespace) -> int:
     keys = ["rtsp_listen", "control_listen", "proxy_listen", "media_host", "port_range", "linger",
             "session_timeout", "log_level", "metrics_listen", "web_listen"]
@@ -130,6 +146,12 @@ def cmd_up(opts: argparse.Namespace) -> int:
     rtsp = _host_port(str(values["rtsp_listen"]), "--rtsp-listen")
     for key in ("control_listen", "proxy_listen", "metrics_listen", "web_listen"):
         _host_port(str(values[key]), "--" + key.replace("_", "-"))
+    insecure = _insecure(opts, values["_file"])
+    if insecure:
+        for key in ("control_listen", "proxy_listen"):
+            if not _loopback(_host_port(str(values[key]), key).host):
+                raise UsageError(f"--insecure keeps gRPC on loopback; --{key.replace('_', '-')} "
+                                 f"{values[key]} is not")
     try:
         linger = float(values["linger"])
         session_timeout = int(values["session_timeout"])
@@ -141,7 +163,8 @@ def cmd_up(opts: argparse.Namespace) -> int:
         proxy_listen=str(values["proxy_listen"]), media_host=str(values["media_host"]),
         port_range=_port_range(str(values["port_range"])), routes=_routes(opts, values["_file"]),
         demo=demo, linger=linger, session_timeout=session_timeout,
-        metrics_listen=str(values["metrics_listen"]), web_listen=str(values["web_listen"]))
+        metrics_listen=str(values["metrics_listen"]), web_listen=str(values["web_listen"]),
+        insecure=insecure, state_dir=None if insecure else _state_dir(opts, values["_file"]))
     if not config.routes and not config.demo:
         raise UsageError("nothing to serve: give --demo and/or --route NAME=rtsp://host:port/path")
     return asyncio.run(_run_up(config))
@@ -168,6 +191,8 @@ async def _run_up(config: MeshConfig) -> int:
         f"  control  {mesh.control.address} (gRPC)",
         f"  proxy    {mesh.proxy.address} (gRPC); RTP/RTCP ports {config.port_range[0]}-"
         f"{config.port_range[1]} on {config.media_host}",
+        "  gRPC     PLAINTEXT (--insecure)" if config.insecure else
+        f"  gRPC     mutual TLS; CA and certificates in {config.state_dir}",
         "  streams:",
     ]
     for name, route in sorted(mesh.resolver.routes.items()):
@@ -178,8 +203,14 @@ async def _run_up(config: MeshConfig) -> int:
         lines.append(f"  metrics  http://{mesh.proxy.metrics.address}/metrics (proxy)")
     if mesh.web is not None:
         lines.append(f"  web      http://{mesh.web.address}/  (stream graph; control-plane /metrics)")
-    lines.append("  watch: msm streams --watch" +
-                 ("" if mesh.control.address == DEFAULTS["control"] else f" --control {mesh.control.address}"))
+    watch = "  watch: msm streams --watch"
+    if mesh.control.address != DEFAULTS["control"]:
+        watch += f" --control {mesh.control.address}"
+    if config.insecure:
+        watch += " --insecure"
+    elif config.state_dir != default_state_dir():
+        watch += f" --state-dir {config.state_dir}"
+    lines.append(watch)
     lines.append("Ctrl+C stops.")
     print("\n".join(lines), flush=True)
     await stop.wait()
@@ -307,7 +338,7 @@ def cmd_streams(opts: argparse.Namespace) -> int:
     values = settings(opts, ["control"])
     address = str(values["control"])
     _host_port(address, "--control")
-    with grpc.insecure_channel(address) as channel:
+    with _operator_channel(opts, values["_file"], address) as channel:
         api = pb_grpc.ControlPlaneStub(channel)  # type: ignore[no-untyped-call]
         while True:
             try:
@@ -332,6 +363,22 @@ def cmd_streams(opts: argparse.Namespace) -> int:
             time.sleep(opts.watch)
 
 
+def _operator_channel(opts: argparse.Namespace, file_values: dict[str, Any], address: str) -> Any:
+    """mutual TLS with the operator certificate of the state directory; plaintext only if asked."""
+    import grpc
+
+    from msm.security.tls import sync_secure_channel
+
+    if _insecure(opts, file_values):
+        return grpc.insecure_channel(address)
+    state_dir = _state_dir(opts, file_values)
+    files = workload_files(state_dir, "operator")
+    if not files.exists():
+        raise UsageError(f"no operator certificate in {state_dir} (start `msm up` first, give the "
+                         "--state-dir it uses, or --insecure for a mesh started with --insecure)")
+    return sync_secure_channel(address, files)
+
+
 # -- parser -----------------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -347,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Run the control plane, one RTP proxy and a gateway stub on this "
                         "machine, relaying RTSP sources at rtsp://HOST:8554/NAME. Every setting can "
                         "also come from MSM_<SETTING> (e.g. MSM_RTSP_LISTEN, MSM_ROUTES=a=url,b=url) "
-                        "or from a YAML file given with --config.")
+                        "or from a YAML file given with --config. The components talk gRPC over mutual "
+                        "TLS with certificates from a local CA kept in --state-dir and re-issued before "
+                        "they expire; --insecure turns that off.")
     up.add_argument("--demo", action="store_true", default=None,
                     help="serve the built-in test source as 'demo' (H.264 test pattern + audio)")
     up.add_argument("--route", action="append", metavar="NAME=URL",
@@ -367,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--web-listen", metavar="HOST:PORT",
                     help="the control plane's live page and its /metrics (default 127.0.0.1:8080)")
     up.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error (default info)")
+    _security_flags(up, "keeps the mesh CA (created on first start) and each component's certificate; "
+                    "`msm streams` reads its operator certificate there")
     up.set_defaults(func=cmd_up)
 
     streams = sub.add_parser("streams", help="show live streams, viewers and their statistics",
@@ -377,9 +428,20 @@ def build_parser() -> argparse.ArgumentParser:
                          help="refresh every SECONDS (default 1) until Ctrl+C")
     streams.add_argument("--json", action="store_true", help="print JSON instead of a table")
     streams.add_argument("--config", metavar="FILE", help="YAML file (its 'control' setting)")
+    _security_flags(streams, "where `msm up` keeps its certificates: the operator certificate is read "
+                    "from it")
     streams.set_defaults(func=cmd_streams)
     bench_command.add_parser(sub)
     return parser
+
+
+def _security_flags(parser: argparse.ArgumentParser, state_help: str) -> None:
+    parser.add_argument("--state-dir", metavar="DIR",
+                        help=f"state directory (0700): {state_help} (env MSM_STATE_DIR; default "
+                        "$XDG_STATE_HOME/msm or ~/.local/state/msm)")
+    parser.add_argument("--insecure", action="store_true", default=None,
+                        help="plaintext, unauthenticated gRPC on loopback (env MSM_INSECURE=1): any local "
+                        "process could program the proxy or act as a stub; only for debugging")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

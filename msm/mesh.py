@@ -3,6 +3,10 @@
 They are wired exactly as in a cluster, over loopback gRPC; nothing here takes
 a shortcut between components. A mesh that cannot start (a port in use, a
 missing dependency) raises :class:`Unavailable` with a one-line message.
+
+Every gRPC link is mutual TLS with certificates from a local CA in the state
+directory (``msm.security.local``), re-issued at half their lifetime while the mesh
+runs. ``insecure=True`` (``msm up --insecure``) is plaintext, loudly.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +28,7 @@ from msm.control_plane.web import WebServer, create_app
 from msm.rtp_proxy.service import RtpProxy
 from msm.runtime.grpcserver import ListenError
 from msm.sdk.errors import MsmError, Unavailable
+from msm.security.local import GATEWAY_POD, NAMESPACE, NODE, LocalPki
 from msm.stub.app import Stub, StubConfig
 
 log = logging.getLogger(__name__)
@@ -45,6 +51,12 @@ class MeshConfig:
     session_timeout: int = 60
     metrics_listen: str | None = None   # the proxy's Prometheus /metrics (None: off)
     web_listen: str | None = None       # the control plane's page and /metrics (None: off)
+    # Where the mesh CA and certificates live (None: a private temporary directory,
+    # removed at stop, so a library user never shares or leaves keys behind).
+    state_dir: Path | None = None
+    # Plaintext gRPC: anyone on the machine could program the proxy or act as a stub.
+    # Off by default; `msm up --insecure` only, loopback only.
+    insecure: bool = False
 
 
 class DemoSource:
@@ -118,6 +130,8 @@ class LocalMesh:
         self.stub: Stub | None = None
         self.demo: DemoSource | None = None
         self.web: WebServer | None = None
+        self.pki: LocalPki | None = None
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def rtsp_base(self) -> str:
@@ -127,31 +141,52 @@ class LocalMesh:
     def url(self, name: str) -> str:
         return f"{self.rtsp_base}/{name}"
 
+    def _prepare_pki(self) -> LocalPki | None:
+        if self.config.insecure:
+            log.warning("msm up --insecure: gRPC between the components is plaintext and unauthenticated; "
+                        "any local process can program the proxy or act as a stub")
+            return None
+        state_dir = self.config.state_dir
+        if state_dir is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="msm-state-")
+            state_dir = Path(self._scratch.name)
+        pki = LocalPki(state_dir)
+        try:
+            pki.prepare()
+        except OSError as exc:
+            raise Unavailable(f"cannot use the state directory {state_dir}: {exc.strerror or exc}") from exc
+        pki.start()
+        return pki
+
     async def start(self) -> None:
         cfg = self.config
         try:
+            self.pki = pki = self._prepare_pki()
             if cfg.demo:
                 if shutil.which(SYSTEM_PYTHON) is None:
                     raise Unavailable(f"--demo needs {SYSTEM_PYTHON} with GStreamer")
                 self.demo = DemoSource()
                 await self.demo.start()
                 self.resolver.add(Route(name="demo", url=self.demo.url))
-            self.control = ControlPlaneServer(self.resolver, listen=cfg.control_listen, linger=cfg.linger)
+            self.control = ControlPlaneServer(self.resolver, listen=cfg.control_listen, linger=cfg.linger,
+                                              tls=pki["control-plane"] if pki else None)
             await _listening(self.control.start(), "control plane", cfg.control_listen)
             if cfg.web_listen:
                 self.web = WebServer(create_app(self.control.control,
                                                 registry=control_registry(self.control.control)))
                 await _listening(self.web.start(cfg.web_listen), "web page", cfg.web_listen)
-            self.proxy = RtpProxy(node="local", media_host=cfg.media_host, grpc_listen=cfg.proxy_listen,
+            self.proxy = RtpProxy(node=NODE, media_host=cfg.media_host, grpc_listen=cfg.proxy_listen,
                                   control_address=self.control.address, port_range=cfg.port_range,
-                                  metrics_listen=cfg.metrics_listen)
+                                  metrics_listen=cfg.metrics_listen, tls=pki["proxy"] if pki else None)
             await _listening(self.proxy.start(), "RTP proxy", cfg.proxy_listen)
             if cfg.metrics_listen:
                 await _listening(self.proxy.start_metrics(), "proxy metrics", cfg.metrics_listen)
             self.stub = Stub(StubConfig(control_address=self.control.address, listen_host=cfg.rtsp_host,
                                         listen_port=cfg.rtsp_port, media_host=cfg.media_host,
-                                        node="local", stub_id="gateway",
+                                        node=NODE, stub_id="gateway", pod=GATEWAY_POD, namespace=NAMESPACE,
                                         session_timeout=cfg.session_timeout))
+            # The gateway stub's certificate (StubConfig does not carry TLS files yet).
+            self.stub.control.tls = pki["gateway"] if pki else None
             await _listening(self.stub.start(), "RTSP", f"{cfg.rtsp_host}:{cfg.rtsp_port}")
             assert self.proxy.agent is not None
             await asyncio.wait_for(self.proxy.agent.registered.wait(), 10.0)
@@ -171,6 +206,11 @@ class LocalMesh:
             await self.control.stop()
         if self.demo is not None:
             await self.demo.stop()
+        if self.pki is not None:
+            await self.pki.stop()
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
 
     async def __aenter__(self) -> LocalMesh:
         await self.start()

@@ -3,6 +3,14 @@
 Requests go up with an id and wait for the matching reply; commands come down
 and are executed by the upstream manager, whose results go back up. The link
 reconnects with back-off; requests made while it is down fail fast with 503.
+
+"Viewer gone" is never dropped: a vanished viewer whose legs the control plane
+never hears about keeps receiving media. Those reports wait in an ordered set of
+session ids (one entry per session, so bounded by the sessions that exist) and go
+up interleaved with the outbox, however many arrive at once.
+
+With ``tls`` the stream is mutual TLS: the stub presents its pod's certificate and
+checks that the server is the control plane (``msm.security.tls``).
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from msm.protos.status import error_of, status_of
 from msm.runtime.backoff import Backoff
 from msm.runtime.correlator import Correlator
 from msm.sdk.errors import MsmError, Unavailable
+from msm.security.identity import Role
+from msm.security.tls import TlsFiles, secure_channel
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +51,19 @@ CommandHandler = Callable[[pb.ControlCommand], Awaitable[pb.CommandResult]]
 class ControlClient:
     def __init__(self, address: str, register: pb.StubRegister, on_command: CommandHandler,
                  on_stream_state: Callable[[pb.StreamState], None] | None = None, *,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None, tls: TlsFiles | None = None) -> None:
         self.address = address
+        self.tls = tls   # None: plaintext, which the caller chose explicitly (--insecure)
         self.register = register
         self.on_command = on_command
         self.on_stream_state = on_stream_state
         self.connected = asyncio.Event()
         self.backoff = backoff or Backoff(first=0.2, maximum=5.0)
         self._outbox: asyncio.Queue[pb.StubMessage] = asyncio.Queue(OUTBOX_LIMIT)
+        # Session id -> reason, in the order they went: never dropped (see the module's doc).
+        self._gone: dict[str, str] = {}
+        self._ready = asyncio.Event()   # set when the outbox or the gone set has something
+        self.dropped = 0                 # messages other than "viewer gone" refused by a full outbox
         self._requests: Correlator[pb.ControlReply] = Correlator(
             limit=REQUEST_LIMIT, timeout=REQUEST_TIMEOUT, peer="control plane")
         self._tasks: set[asyncio.Task[None]] = set()
@@ -61,11 +76,15 @@ class ControlClient:
             except grpc.aio.AioRpcError as exc:
                 log.warning("control plane %s unreachable (%s); retrying in %.1fs", self.address,
                             exc.code().name, self.backoff.delay)
+            except MsmError as exc:   # e.g. TLS files unreadable mid-rotation: try again later
+                log.warning("control plane %s: %s; retrying in %.1fs", self.address, exc, self.backoff.delay)
             self._disconnected()
             await self.backoff.wait()
 
     async def _serve(self) -> None:
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        # A new channel per connection: rotated certificate files are presented on it.
+        async with secure_channel(self.address, self.tls, role=Role.CONTROL_PLANE,
+                                  insecure_ok=self.tls is None) as channel:
             api = pb_grpc.ControlPlaneStub(channel)  # type: ignore[no-untyped-call]
             call = api.Connect(self._messages())
             heard = False
@@ -86,13 +105,23 @@ class ControlClient:
         # the stream is open so early requests do not wait for a first message.
         self.connected.set()
         while True:
-            yield await self._outbox.get()
+            if self._outbox.empty() and not self._gone:
+                self._ready.clear()
+                await self._ready.wait()
+            if not self._outbox.empty():
+                yield self._outbox.get_nowait()
+            if self._gone:   # one report per turn: requests are not held behind a burst of them
+                session_id = next(iter(self._gone))
+                reason = self._gone.pop(session_id)
+                yield pb.StubMessage(viewer_gone=pb.ViewerGone(session_id=session_id, reason=reason))
 
     def _disconnected(self) -> None:
         self.connected.clear()
         self._requests.fail_all(Unavailable("control plane connection lost"))
         while not self._outbox.empty():
             self._outbox.get_nowait()
+        # The control plane ends all of a disconnected stub's viewers itself: nothing to report.
+        self._gone.clear()
 
     def _dispatch(self, message: pb.ControlMessage) -> None:
         kind = message.WhichOneof("kind")
@@ -111,12 +140,28 @@ class ControlClient:
         self.send(pb.StubMessage(result=result))
 
     def send(self, message: pb.StubMessage) -> bool:
+        """Queue ``message``; False if the outbox is full (counted in ``dropped``).
+
+        A ``viewer_gone`` always succeeds: it joins the set of sessions to report.
+        """
+        if message.WhichOneof("kind") == "viewer_gone":
+            self.viewer_gone(message.viewer_gone.session_id, message.viewer_gone.reason)
+            return True
         try:
             self._outbox.put_nowait(message)
-            return True
         except asyncio.QueueFull:
-            log.error("control plane link is backed up; dropping a message")
+            self.dropped += 1
+            log.error("control plane link is backed up; dropping a message (%d so far)", self.dropped)
             return False
+        self._ready.set()
+        return True
+
+    def viewer_gone(self, session_id: str, reason: str) -> None:
+        """Report that ``session_id``'s viewer went away without TEARDOWN (never dropped)."""
+        if not self.connected.is_set():
+            return   # no link: the control plane drops this stub's viewers when it loses it
+        self._gone.setdefault(session_id, reason)
+        self._ready.set()
 
     async def call(self, **kind: object) -> pb.ControlReply:
         """Send a typed request (describe=..., setup=..., ...) and return its successful reply.

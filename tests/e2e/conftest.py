@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,9 +32,22 @@ async def gst() -> AsyncIterator[GstRtspServer]:
         await server.stop()
 
 
+# One mesh CA for the session's meshes (created once, like a user's state directory), also
+# found by the `msm streams` the tests run (MSM_STATE_DIR).
+_STATE = tempfile.TemporaryDirectory(prefix="msm-e2e-state-")
+STATE_DIR = Path(_STATE.name)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _state_dir_env() -> Iterator[Path]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MSM_STATE_DIR", str(STATE_DIR))
+        yield STATE_DIR
+
+
 def mesh_config(**overrides: object) -> MeshConfig:
     config = MeshConfig(rtsp_port=0, control_listen="127.0.0.1:0", proxy_listen="127.0.0.1:0",
-                        linger=1.0, session_timeout=30)
+                        linger=1.0, session_timeout=30, state_dir=STATE_DIR)
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
