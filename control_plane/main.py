@@ -7,11 +7,17 @@ import asyncio
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from msm.runtime.hostport import parse_host_port
 from msm.runtime.process import setup_logging, stop_event
 from msm.sdk.errors import ConfigError, MsmError
+from msm.security.bootstrap import add_tls_arguments, check_tls_arguments
+from msm.security.ca import CertificateAuthority
+from msm.security.identity import Identity, Role
+from msm.security.issuer import CertificateIssuer
+from msm.security.tls import Rotator, TlsFiles
 
 from .kubernetes import KubeClient, KubeError, KubernetesResolver
 from .metrics import control_registry
@@ -33,8 +39,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "Flags default to MSM_* variables.")
     parser.add_argument("--listen", default=_env("MSM_CONTROL_LISTEN", "0.0.0.0:9000"),
                         help="gRPC HOST:PORT (default 0.0.0.0:9000)")
-    parser.add_argument("--web-listen", default=_env("MSM_WEB_LISTEN", "0.0.0.0:8080"),
-                        help="live page, /api/streams and /metrics HOST:PORT ('' to disable)")
+    parser.add_argument("--web-listen", default=_env("MSM_WEB_LISTEN", "127.0.0.1:8080"),
+                        help="live page, /api/streams and /metrics HOST:PORT ('' to disable; default "
+                        "127.0.0.1:8080: the page shows every stream, so it is not on the network unless asked)")
     parser.add_argument("--route", action="append", default=[], metavar="NAME=URL",
                         help="a static route (repeatable; also MSM_ROUTES=a=url,b=url)")
     parser.add_argument("--kubernetes", action="store_true", default=_env("MSM_KUBERNETES", "") == "1",
@@ -44,6 +51,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--linger", type=float, default=float(_env("MSM_LINGER", "5")),
                         help="seconds an upstream stays open after its last viewer (default 5)")
     parser.add_argument("--log-level", default=_env("MSM_LOG_LEVEL", "info"))
+    add_tls_arguments(parser, bootstrap=False)
+    parser.add_argument("--ca-dir", default=_env("MSM_CA_DIR", ""),
+                        help="the mesh CA (ca-cert.pem, ca-key.pem) this control plane signs workload "
+                        "certificates with; without --tls-dir it also issues its own (MSM_CA_DIR)")
+    parser.add_argument("--token-audience", default=_env("MSM_TOKEN_AUDIENCE", "msm"),
+                        help="audience workloads' projected tokens must be for (default msm)")
+    parser.add_argument("--proxy-service-account", action="append", metavar="NAMESPACE/NAME",
+                        default=[a for a in _env("MSM_PROXY_SERVICE_ACCOUNT", "").split(",") if a],
+                        help="service account whose pods may get proxy certificates (repeatable; "
+                        "MSM_PROXY_SERVICE_ACCOUNT=ns/name,...)")
+    parser.add_argument("--namespace", default=_env("MSM_POD_NAMESPACE", "msm-system"),
+                        help="this control plane's namespace, in its own identity (MSM_POD_NAMESPACE)")
+    parser.add_argument("--service-account", default=_env("MSM_SERVICE_ACCOUNT", "msm-control-plane"),
+                        help="this control plane's service account, in its own identity (MSM_SERVICE_ACCOUNT)")
     return parser.parse_args(argv)
 
 
@@ -53,12 +74,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         parse_host_port(opts.listen, what="--listen", default_host="0.0.0.0")
         if opts.web_listen:
             parse_host_port(opts.web_listen, what="--web-listen", default_host="0.0.0.0")
+        check_tls_arguments(opts, also="--ca-dir")
+        proxy_accounts(opts)
         setup_logging(opts.log_level)
         resolver, kube = build_resolver(opts)
     except (ValueError, ConfigError, RouteError, KubeError) as exc:
         print(f"msm-control-plane: error: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(_run(opts, resolver, kube))
+
+
+def proxy_accounts(opts: argparse.Namespace) -> list[tuple[str, str]]:
+    accounts = []
+    for text in opts.proxy_service_account:
+        namespace, sep, name = text.strip().partition("/")
+        if not sep or not namespace or not name or "/" in name:
+            raise ConfigError(f"--proxy-service-account must be NAMESPACE/NAME, not {text!r}")
+        accounts.append((namespace, name))
+    return accounts
+
+
+class Security:
+    """The control plane's TLS files, and the issuer and rotator when it holds the CA."""
+
+    def __init__(self, opts: argparse.Namespace, kube: KubernetesResolver | None) -> None:
+        self.tls: TlsFiles | None = None
+        self.issuer: CertificateIssuer | None = None
+        self.rotator: Rotator | None = None
+        if opts.insecure:
+            log.warning("--insecure: plaintext gRPC; anyone who reaches %s can act as a stub or proxy", opts.listen)
+            return
+        ca = CertificateAuthority.load(opts.ca_dir) if opts.ca_dir else None
+        if opts.tls_dir:
+            self.tls = TlsFiles(opts.tls_dir)
+            self.tls.read()   # unusable files: one clear error now
+        elif ca is not None:   # its own certificate, from its own CA, renewed at half lifetime
+            self.rotator = Rotator(ca)
+            self.tls = self.rotator.add(
+                Identity(opts.trust_domain, opts.namespace, opts.service_account, Role.CONTROL_PLANE),
+                TlsFiles(tempfile.mkdtemp(prefix="msm-control-plane-tls-")))
+        if ca is not None and kube is not None:
+            self.issuer = CertificateIssuer(ca, kube.client, opts.trust_domain, opts.token_audience,
+                                            proxy_service_accounts=proxy_accounts(opts))
+        elif ca is not None:
+            log.warning("--ca-dir without --kubernetes: no workload can prove who it is, IssueCertificate "
+                        "refuses every request")
 
 
 def build_resolver(opts: argparse.Namespace) -> tuple[Resolver, KubernetesResolver | None]:
@@ -72,12 +132,20 @@ def build_resolver(opts: argparse.Namespace) -> tuple[Resolver, KubernetesResolv
 
 
 async def _run(opts: argparse.Namespace, resolver: Resolver, kube: KubernetesResolver | None) -> int:
-    server = ControlPlaneServer(resolver, listen=opts.listen, linger=opts.linger)
+    try:
+        security = Security(opts, kube)
+    except MsmError as exc:
+        print(f"msm-control-plane: error: {exc}", file=sys.stderr)
+        return 2
+    server = ControlPlaneServer(resolver, listen=opts.listen, linger=opts.linger, tls=security.tls,
+                                issuer=security.issuer)
     web = None
     stop = stop_event()
     try:
         if kube is not None:
             await kube.start()
+        if security.rotator is not None:
+            security.rotator.start()
         await server.start()
         if opts.web_listen:
             web = WebServer(create_app(server.control, registry=control_registry(server.control)))
@@ -90,6 +158,8 @@ async def _run(opts: argparse.Namespace, resolver: Resolver, kube: KubernetesRes
     if web is not None:
         await web.stop()
     await server.stop()
+    if security.rotator is not None:
+        await security.rotator.stop()
     if kube is not None:
         await kube.stop()
     return 0

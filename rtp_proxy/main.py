@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from msm.runtime.hostport import parse_host_port
 from msm.runtime.process import setup_logging, stop_event
 from msm.sdk.errors import ConfigError, MsmError
+from msm.security.bootstrap import Bootstrap, add_tls_arguments, check_tls_arguments, workload_tls
+from msm.security.identity import Role
 
 from .service import RtpProxy
 
@@ -39,6 +41,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="Prometheus /metrics HOST:PORT ('' to disable)")
     parser.add_argument("--port-range", default=_env("MSM_PORT_RANGE", "30000-39999"), metavar="LOW-HIGH")
     parser.add_argument("--log-level", default=_env("MSM_LOG_LEVEL", "info"))
+    add_tls_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -67,27 +70,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ports = port_range(opts.port_range)
         check_addresses(opts)
+        check_tls_arguments(opts)
         setup_logging(opts.log_level)
     except ConfigError as exc:
         print(f"msm-proxy: error: {exc}", file=sys.stderr)
         return 2
-    proxy = RtpProxy(node=opts.node, media_host=opts.media_host, grpc_listen=opts.listen,
-                     control_address=opts.control, port_range=ports,
-                     metrics_listen=opts.metrics_listen or None, advertise=opts.advertise)
-    return asyncio.run(_run(proxy))
+    return asyncio.run(_run(opts, ports))
 
 
-async def _run(proxy: RtpProxy) -> int:
+async def _run(opts: argparse.Namespace, ports: tuple[int, int]) -> int:
     stop = stop_event()
+    boot: Bootstrap | None = None
+    proxy: RtpProxy | None = None
     try:
+        # In Kubernetes the certificate names the node the API server says this pod runs on.
+        tls, boot = await workload_tls(opts, opts.control, Role.PROXY, "msm-proxy")
+        proxy = RtpProxy(node=opts.node, media_host=opts.media_host, grpc_listen=opts.listen,
+                         control_address=opts.control, port_range=ports,
+                         metrics_listen=opts.metrics_listen or None, advertise=opts.advertise, tls=tls)
         await proxy.start()
         await proxy.start_metrics()
     except (OSError, RuntimeError, MsmError) as exc:
         print(f"msm-proxy: error: {exc}", file=sys.stderr)
-        await proxy.stop()
+        if proxy is not None:
+            await proxy.stop()
+        if boot is not None:
+            await boot.stop()
         return 1
     await stop.wait()
     await proxy.stop()
+    if boot is not None:
+        await boot.stop()
     return 0
 
 

@@ -15,10 +15,13 @@ The token is read from its file at each request (the kubelet rotates it) and nev
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import grpc
@@ -35,7 +38,8 @@ from msm.sdk.errors import ConfigError, MsmError, Unauthorized
 from .identity import Identity, Role, server_name
 from .tls import TlsFiles
 
-__all__ = ["Bootstrap", "BootstrapError", "request_certificate"]
+__all__ = ["Bootstrap", "BootstrapError", "add_tls_arguments", "check_tls_arguments", "request_certificate",
+           "workload_tls"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,17 @@ def _read(path: Path, what: str, limit: int) -> bytes:
     return data
 
 
+PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
+
+
+def _bundle(trust_bundle: Path | str) -> bytes:
+    """The trust bundle: a file, or the PEM text itself (how the webhook hands it to stubs)."""
+    text = str(trust_bundle)
+    if text.lstrip().startswith(PEM_BEGIN):
+        return text.strip().encode() + b"\n"
+    return _read(Path(trust_bundle), "trust bundle", 1 << 20)
+
+
 def new_key_and_csr() -> tuple[ec.EllipticCurvePrivateKey, bytes]:
     """A fresh P-256 key and a CSR for it (its subject is ignored: the CA decides the identity)."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -70,11 +85,11 @@ def new_key_and_csr() -> tuple[ec.EllipticCurvePrivateKey, bytes]:
     return key, csr.public_bytes(serialization.Encoding.PEM)
 
 
-async def request_certificate(control: str, *, token_file: Path, trust_bundle: Path, role: Role,
+async def request_certificate(control: str, *, token_file: Path, trust_bundle: Path | str, role: Role,
                               trust_domain: str, files: TlsFiles) -> Identity:
     """One IssueCertificate round: new key, CSR, call, check, write ``files``. Returns the identity."""
     token = _read(token_file, "service-account token", MAX_TOKEN_FILE).decode("ascii", "replace").strip()
-    bundle = _read(trust_bundle, "trust bundle", 1 << 20)
+    bundle = _bundle(trust_bundle)
     key, csr_pem = new_key_and_csr()
     credentials = grpc.ssl_channel_credentials(root_certificates=bundle)
     options = [("grpc.ssl_target_name_override", server_name(Role.CONTROL_PLANE, trust_domain))]
@@ -114,7 +129,7 @@ def _check(reply: pb.CertificateReply, key: ec.EllipticCurvePrivateKey, role: Ro
 class Bootstrap:
     """The first certificate (:meth:`obtain`), then renewal at half lifetime (:meth:`start`)."""
 
-    def __init__(self, control: str, files: TlsFiles, *, token_file: Path, trust_bundle: Path, role: Role,
+    def __init__(self, control: str, files: TlsFiles, *, token_file: Path, trust_bundle: Path | str, role: Role,
                  trust_domain: str, backoff: Backoff | None = None) -> None:
         self.control = control
         self.files = files
@@ -186,3 +201,66 @@ class Bootstrap:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+# -- the entry points' TLS settings (msm-stub, msm-proxy, msm-control-plane) ----------------------------
+DEFAULT_TRUST_DOMAIN = "cluster.local"
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser, *, bootstrap: bool = True) -> None:
+    """``--tls-dir``, ``--token-file``/``--trust-bundle`` (when ``bootstrap``), ``--trust-domain``, ``--insecure``."""
+    env = os.environ.get
+    parser.add_argument("--tls-dir", default=env("MSM_TLS_DIR", ""),
+                        help="directory of ca.pem, cert.pem, key.pem (MSM_TLS_DIR); with --token-file, where "
+                        "the issued certificate is written (default: a new private temporary directory)")
+    if bootstrap:
+        parser.add_argument("--token-file", default=env("MSM_TOKEN_FILE", ""),
+                            help="projected service-account token: get a certificate from the control plane "
+                            "(MSM_TOKEN_FILE)")
+        parser.add_argument("--trust-bundle", default=env("MSM_TRUST_BUNDLE", ""),
+                            help="the mesh CA's certificate, to check the control plane with: a file, or the "
+                            "PEM text itself (MSM_TRUST_BUNDLE)")
+    parser.add_argument("--trust-domain", default=env("MSM_TRUST_DOMAIN", DEFAULT_TRUST_DOMAIN),
+                        help=f"the mesh's SPIFFE trust domain (MSM_TRUST_DOMAIN, default {DEFAULT_TRUST_DOMAIN})")
+    parser.add_argument("--insecure", action="store_true", default=env("MSM_INSECURE", "") == "1",
+                        help="plaintext gRPC with no identities: anyone who reaches the ports can program "
+                        "the mesh (MSM_INSECURE=1); for trusted test networks only")
+
+
+def check_tls_arguments(opts: argparse.Namespace, *, also: str = "") -> None:
+    """One mode and only one: --insecure, or TLS files (mounted or bootstrapped). ConfigError otherwise.
+
+    ``also`` names another flag that provides TLS on its own (the control plane's --ca-dir).
+    """
+    token = getattr(opts, "token_file", "")
+    bundle = getattr(opts, "trust_bundle", "")
+    other = getattr(opts, also.lstrip("-").replace("-", "_"), "") if also else ""
+    if token and not bundle:
+        raise ConfigError("--token-file needs --trust-bundle (the mesh CA's certificate)")
+    if bundle and not token:
+        raise ConfigError("--trust-bundle is used with --token-file")
+    secured = bool(opts.tls_dir or token or other)
+    if opts.insecure and secured:
+        raise ConfigError("--insecure cannot be combined with TLS settings")
+    if not opts.insecure and not secured:
+        either = f", {also}" if also else ""
+        raise ConfigError(f"no TLS settings: give --tls-dir, --token-file with --trust-bundle{either}, "
+                          "or --insecure for plaintext")
+
+
+async def workload_tls(opts: argparse.Namespace, control: str, role: Role,
+                       program: str) -> tuple[TlsFiles | None, Bootstrap | None]:
+    """The TLS files a stub or proxy runs with, bootstrapping them first when asked (opts checked)."""
+    if opts.insecure:
+        log.warning("%s: --insecure: plaintext gRPC, no identities; anyone who reaches the mesh's ports "
+                    "can act as any component", program)
+        return None, None
+    files = TlsFiles(opts.tls_dir or tempfile.mkdtemp(prefix=f"{program}-tls-"))
+    if not getattr(opts, "token_file", ""):
+        files.read()   # mounted files: unusable ones are one clear error now, not at the first call
+        return files, None
+    boot = Bootstrap(control, files, token_file=Path(opts.token_file), trust_bundle=opts.trust_bundle,
+                     role=role, trust_domain=opts.trust_domain)
+    await boot.obtain()
+    boot.start()
+    return files, boot

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from msm.runtime.hostport import parse_host_port
 from msm.runtime.process import setup_logging, stop_event
 from msm.sdk.errors import ConfigError, MsmError
+from msm.security.bootstrap import Bootstrap, add_tls_arguments, check_tls_arguments, workload_tls
+from msm.security.identity import Role
 
 from .app import Stub, StubConfig
 
@@ -44,6 +46,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="address of the stub's UDP bridges (default: the pod IP, else 127.0.0.1)")
     parser.add_argument("--session-timeout", type=int, default=int(_env("MSM_SESSION_TIMEOUT", "60")))
     parser.add_argument("--log-level", default=_env("MSM_LOG_LEVEL", "info"))
+    add_tls_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -51,11 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         opts = parse_args(argv)
         config = stub_config(opts)
+        check_tls_arguments(opts)
         setup_logging(opts.log_level)
     except (ValueError, ConfigError) as exc:
         print(f"msm-stub: error: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_run(config, opts.listen))
+    return asyncio.run(_run(config, opts))
 
 
 def stub_config(opts: argparse.Namespace) -> StubConfig:
@@ -70,20 +74,31 @@ def stub_config(opts: argparse.Namespace) -> StubConfig:
                       stub_id=f"stub-{pod_id}", session_timeout=opts.session_timeout)
 
 
-async def _run(config: StubConfig, listen: str) -> int:
-    stub = Stub(config)
+async def _run(config: StubConfig, opts: argparse.Namespace) -> int:
     stop = stop_event()
+    boot: Bootstrap | None = None
     try:
+        # In a pod: a certificate naming this pod, from the control plane, for the pod's token.
+        tls, boot = await workload_tls(opts, config.control_address, Role.STUB, "msm-stub")
+        stub = Stub(config)
+        stub.control.tls = tls   # read by ControlClient at each (re)connection
         await stub.start()
     except OSError as exc:
-        print(f"msm-stub: error: cannot listen on {listen}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        print(f"msm-stub: error: cannot listen on {opts.listen}: {exc.strerror or exc}", file=sys.stderr)
+        return await _stopped(boot)
     except MsmError as exc:
         print(f"msm-stub: error: {exc}", file=sys.stderr)
-        return 1
+        return await _stopped(boot)
     await stop.wait()
     await stub.stop()
+    await _stopped(boot)
     return 0
+
+
+async def _stopped(boot: Bootstrap | None) -> int:
+    if boot is not None:
+        await boot.stop()
+    return 1
 
 
 if __name__ == "__main__":

@@ -16,7 +16,15 @@ from collections.abc import Sequence
 
 from msm.sdk.errors import MsmError
 from msm.webhook.errors import ConfigError
-from msm.webhook.review import DEFAULT_CONTROL_PLANE, DEFAULT_MESH_NAMESPACE, InjectConfig
+from msm.webhook.review import (
+    DEFAULT_CONTROL_PLANE,
+    DEFAULT_MESH_NAMESPACE,
+    DEFAULT_TOKEN_AUDIENCE,
+    DEFAULT_TOKEN_EXPIRATION,
+    DEFAULT_TRUST_DOMAIN,
+    MAX_TRUST_BUNDLE,
+    InjectConfig,
+)
 from msm.webhook.server import ReloadingTLS, WebhookServer
 
 log = logging.getLogger("webhook")
@@ -30,6 +38,11 @@ ENVIRONMENT = {
     "stub_image": "MSM_STUB_IMAGE",
     "control_plane": "MSM_CONTROL_PLANE",
     "mesh_namespace": "MSM_MESH_NAMESPACE",
+    "trust_bundle": "MSM_TRUST_BUNDLE",
+    "trust_domain": "MSM_TRUST_DOMAIN",
+    "token_audience": "MSM_TOKEN_AUDIENCE",
+    "token_expiration": "MSM_TOKEN_EXPIRATION",
+    "insecure_stubs": "MSM_INSECURE_STUBS",
     "log_level": "MSM_LOG_LEVEL",
 }
 DEFAULTS = {
@@ -37,6 +50,11 @@ DEFAULTS = {
     "port": "8443",
     "control_plane": DEFAULT_CONTROL_PLANE,
     "mesh_namespace": DEFAULT_MESH_NAMESPACE,
+    "trust_bundle": "",
+    "trust_domain": DEFAULT_TRUST_DOMAIN,
+    "token_audience": DEFAULT_TOKEN_AUDIENCE,
+    "token_expiration": str(DEFAULT_TOKEN_EXPIRATION),
+    "insecure_stubs": "",
     "log_level": "info",
 }
 
@@ -66,8 +84,36 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"control plane gRPC address given to the stub (default {DEFAULT_CONTROL_PLANE})")
     parser.add_argument("--mesh-namespace", metavar="NAMESPACE",
                         help=f"the mesh's own namespace, never injected (default {DEFAULT_MESH_NAMESPACE})")
+    parser.add_argument("--trust-bundle", metavar="FILE",
+                        help="the mesh CA's certificate (the chart's trust-bundle ConfigMap), handed to each stub")
+    parser.add_argument("--trust-domain", metavar="DOMAIN", help=f"default {DEFAULT_TRUST_DOMAIN}")
+    parser.add_argument("--token-audience", metavar="AUDIENCE",
+                        help=f"audience of the stub's projected token (default {DEFAULT_TOKEN_AUDIENCE})")
+    parser.add_argument("--token-expiration", metavar="SECONDS",
+                        help=f"lifetime of the stub's projected token (default {DEFAULT_TOKEN_EXPIRATION})")
+    parser.add_argument("--insecure-stubs", action="store_const", const="1",
+                        help="inject stubs with --insecure (plaintext, no identity): test clusters only")
     parser.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error (default info)")
     return parser
+
+
+def inject_config(values: dict[str, str]) -> InjectConfig:
+    """The stub the webhook injects, from :func:`settings` (ConfigError names a bad one)."""
+    bundle = ""
+    if values["trust_bundle"]:
+        try:
+            with open(values["trust_bundle"], encoding="ascii") as f:
+                bundle = f.read(MAX_TRUST_BUNDLE + 1)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the trust bundle {values['trust_bundle']}: {exc}") from exc
+    expiration = values["token_expiration"]
+    if not expiration.isascii() or not expiration.isdigit():
+        raise ConfigError(f"token expiration must be seconds, got {expiration!r}")
+    return InjectConfig(stub_image=values["stub_image"], control_plane=values["control_plane"],
+                        mesh_namespace=values["mesh_namespace"], trust_bundle_pem=bundle,
+                        trust_domain=values["trust_domain"], token_audience=values["token_audience"],
+                        token_expiration=int(expiration),
+                        insecure_stubs=values["insecure_stubs"].lower() in ("1", "true"))
 
 
 def settings(opts: argparse.Namespace, environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
@@ -117,13 +163,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         values = settings(opts, os.environ)
         port = _port(values["port"])
         level = _log_level(values["log_level"])
-        config = InjectConfig(stub_image=values["stub_image"], control_plane=values["control_plane"],
-                              mesh_namespace=values["mesh_namespace"])
+        config = inject_config(values)
         tls = ReloadingTLS(values["tls_cert"], values["tls_key"])
     except MsmError as exc:  # ConfigError, CertificateError: one line and exit status 2
         print(f"msm-webhook: error: {exc.reason}", file=sys.stderr)
         return 2
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.insecure_stubs:
+        log.warning("--insecure-stubs: injected stubs talk plaintext gRPC and prove no identity")
+    elif not config.trust_bundle_pem:
+        log.warning("no --trust-bundle: injected stubs cannot check the control plane and will not start")
     try:
         asyncio.run(serve(WebhookServer(config, tls), values["host"], port))
     except OSError as exc:

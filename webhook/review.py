@@ -56,6 +56,15 @@ STUB_PORT_NAME = "rtsp-stub"
 STUB_UID = 1337  # the redirect rules exempt this UID, so the stub's own connections go out as-is
 DEFAULT_CONTROL_PLANE = "msm-control-plane.msm-system.svc:9000"
 DEFAULT_MESH_NAMESPACE = "msm-system"
+DEFAULT_TRUST_DOMAIN = "cluster.local"
+DEFAULT_TOKEN_AUDIENCE = "msm"
+DEFAULT_TOKEN_EXPIRATION = 600   # seconds: Kubernetes' minimum; the kubelet renews at 80 %
+# Where the injected stub finds its projected token and keeps its certificate.
+TOKEN_VOLUME = "msm-token"
+TOKEN_DIR = "/var/run/secrets/msm/token"
+TLS_VOLUME = "msm-tls"
+TLS_DIR = "/var/run/secrets/msm/tls"
+MAX_TRUST_BUNDLE = 64 * 1024   # a few CA certificates; it travels in every injected pod spec
 SYSTEM_NAMESPACE = "kube-system"
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -99,11 +108,13 @@ class Container(TypedDict, total=False):
     readinessProbe: dict[str, Any]
     resources: dict[str, dict[str, str]]
     securityContext: dict[str, Any]
+    volumeMounts: list[dict[str, Any]]
 
 
 class PodSpec(TypedDict, total=False):
     containers: list[Container]
     initContainers: list[Container]
+    volumes: list[dict[str, Any]]
     nodeName: str
 
 
@@ -173,6 +184,14 @@ class InjectConfig:
     stub_image: str
     control_plane: str = DEFAULT_CONTROL_PLANE
     mesh_namespace: str = DEFAULT_MESH_NAMESPACE
+    # The stub proves its pod with a projected token and checks the control plane with the
+    # mesh CA (trust_bundle_pem, PEM text: a ConfigMap cannot be mounted across namespaces, so
+    # the bundle travels in the stub's environment). insecure_stubs: plaintext, said explicitly.
+    trust_bundle_pem: str = ""
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    token_audience: str = DEFAULT_TOKEN_AUDIENCE
+    token_expiration: int = DEFAULT_TOKEN_EXPIRATION
+    insecure_stubs: bool = False
 
     def __post_init__(self) -> None:
         if not self.stub_image or self.stub_image != self.stub_image.strip() or " " in self.stub_image:
@@ -182,6 +201,13 @@ class InjectConfig:
             raise ConfigError(f"control plane must be HOST:PORT, got {self.control_plane!r} (port 0)")
         if not _DNS_LABEL.fullmatch(self.mesh_namespace):
             raise ConfigError(f"mesh namespace must be a namespace name, got {self.mesh_namespace!r}")
+        if len(self.trust_bundle_pem) > MAX_TRUST_BUNDLE or (
+                self.trust_bundle_pem and "-----BEGIN CERTIFICATE-----" not in self.trust_bundle_pem):
+            raise ConfigError("the trust bundle must be PEM certificates (at most 64 KiB)")
+        if not 600 <= self.token_expiration <= 86400:
+            raise ConfigError(f"token expiration must be 600-86400 seconds, got {self.token_expiration}")
+        if not self.token_audience or not self.token_audience.isprintable() or " " in self.token_audience:
+            raise ConfigError(f"bad token audience {self.token_audience!r}")
 
 
 # -- the pure function ---------------------------------------------------------------------------------
@@ -347,14 +373,48 @@ def build_patch(pod: Pod, config: InjectConfig) -> list[JsonPatchOp]:
     else:
         ops.append(_add("/metadata/annotations/" + escape_pointer(STATUS_KEY), INJECTED))
     spec = pod.get("spec")
+    volumes = stub_volumes(config)
     if not isinstance(spec, dict):
-        ops.append(_add("/spec", {"containers": [stub_container(config)]}))
-    elif not isinstance(spec.get("containers"), list):
+        ops.append(_add("/spec", {"containers": [stub_container(config)], **({"volumes": volumes} if volumes else {})}))
+        return ops
+    if not isinstance(spec.get("containers"), list):
         ops.append(_add("/spec/containers", [stub_container(config)]))
     else:
         # Appended, so the app stays the first container (kubectl logs/exec pick the first one).
         ops.append(_add("/spec/containers/-", stub_container(config)))
+    if volumes and not isinstance(spec.get("volumes"), list):
+        ops.append(_add("/spec/volumes", volumes))
+    elif volumes:
+        existing = {str(v.get("name")) for v in spec.get("volumes") or [] if isinstance(v, dict)}
+        clash = existing & {v["name"] for v in volumes}
+        if clash:
+            raise ReviewError(f"the pod already has a volume named {sorted(clash)[0]!r}, which the stub needs")
+        ops.extend(_add("/spec/volumes/-", volume) for volume in volumes)
     return ops
+
+
+def stub_volumes(config: InjectConfig) -> list[dict[str, Any]]:
+    """The stub's own volumes: its projected token (audience and expiry of the mesh's) and
+    an in-memory directory for its key and certificate. The app's containers mount neither."""
+    if config.insecure_stubs:
+        return []
+    return [
+        {"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+            "audience": config.token_audience, "expirationSeconds": config.token_expiration, "path": "token"}}]}},
+        {"name": TLS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+    ]
+
+
+def _stub_tls(config: InjectConfig) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The stub's TLS flags, environment and volume mounts."""
+    if config.insecure_stubs:
+        return ["--insecure"], [], []
+    # The bundle is the default of --trust-bundle (MSM_TRUST_BUNDLE: a file, or the PEM itself).
+    args = ["--token-file", f"{TOKEN_DIR}/token", "--tls-dir", TLS_DIR, "--trust-domain", config.trust_domain]
+    env: list[dict[str, Any]] = [{"name": "MSM_TRUST_BUNDLE", "value": config.trust_bundle_pem}]
+    mounts: list[dict[str, Any]] = [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True},
+              {"name": TLS_VOLUME, "mountPath": TLS_DIR}]
+    return args, env, mounts
 
 
 def stub_container(config: InjectConfig) -> Container:
@@ -362,17 +422,19 @@ def stub_container(config: InjectConfig) -> Container:
     def field(path: str) -> dict[str, Any]:
         return {"fieldRef": {"fieldPath": path}}
 
-    return {
+    tls_args, tls_env, mounts = _stub_tls(config)
+    container: Container = {
         "name": STUB_NAME,
         "image": config.stub_image,
         "command": ["msm-stub"],
-        "args": ["--control", "$(MSM_CONTROL_PLANE)", "--listen", f"0.0.0.0:{STUB_PORT}"],
+        "args": ["--control", "$(MSM_CONTROL_PLANE)", "--listen", f"0.0.0.0:{STUB_PORT}", *tls_args],
         "env": [
             {"name": "MSM_CONTROL_PLANE", "value": config.control_plane},
             {"name": "MSM_POD_NAME", "valueFrom": field("metadata.name")},
             {"name": "MSM_POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
             {"name": "MSM_POD_IP", "valueFrom": field("status.podIP")},
             {"name": "MSM_NODE_NAME", "valueFrom": field("spec.nodeName")},
+            *tls_env,
         ],
         "ports": [{"name": STUB_PORT_NAME, "containerPort": STUB_PORT, "protocol": "TCP"}],
         "readinessProbe": {"tcpSocket": {"port": STUB_PORT}, "periodSeconds": 5},
@@ -385,6 +447,9 @@ def stub_container(config: InjectConfig) -> Container:
             "capabilities": {"drop": ["ALL"]},
         },
     }
+    if mounts:
+        container["volumeMounts"] = mounts
+    return container
 
 
 def escape_pointer(token: str) -> str:

@@ -433,22 +433,28 @@ class Cluster:
         return obj
 
     # -- mesh components ----------------------------------------------------------------------
+    def security(self, component: str) -> list[str]:
+        """The TLS flags of ``component``: plaintext, said explicitly (no component has a default)."""
+        return ["--insecure"]
+
     def start_control_plane(self) -> Proc:
         return self.spawn("control-plane", [
             *in_ns(self.a.netns), str(VENV_BIN / "msm-control-plane"), "--kubernetes",
-            "--kubeconfig", str(self.kubeconfig), "--listen", self.control, "--web-listen", "", "--linger", "2"])
+            "--kubeconfig", str(self.kubeconfig), "--listen", self.control, "--web-listen", "", "--linger", "2",
+            *self.security("control-plane")])
 
     def start_proxy(self, node: Node) -> Proc:
         return self.spawn(f"proxy-{node.name}", [
             *in_ns(node.netns), str(VENV_BIN / "msm-proxy"), "--node", node.name, "--media-host", node.ip,
             "--listen", f"{node.ip}:{PROXY_PORT}", "--control", self.control, "--metrics-listen", "",
-            "--port-range", "40000-40999"])
+            "--port-range", "40000-40999", *self.security(f"proxy-{node.name}")])
 
     def start_stub(self, pod: Pod) -> Proc:
         proc = self.spawn(f"stub-{pod.name}", [
             *in_ns(pod.netns), "setpriv", f"--reuid={STUB_UID}", f"--regid={STUB_UID}", "--clear-groups",
             str(VENV_BIN / "msm-stub"), "--control", self.control, "--listen", "0.0.0.0:8554",
-            "--pod", pod.name, "--namespace", NAMESPACE, "--pod-ip", pod.ip, "--node", pod.node.name])
+            "--pod", pod.name, "--namespace", NAMESPACE, "--pod-ip", pod.ip, "--node", pod.node.name,
+            *self.security(f"stub-{pod.name}")])
         self.stubs[pod.name] = proc
         return proc
 

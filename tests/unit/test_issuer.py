@@ -232,3 +232,25 @@ async def test_bootstrap_errors_are_one_line(kube: FakeKube, control: str, tmp_p
     with pytest.raises(MsmError, match="not bound to a pod") as caught:
         await asyncio.wait_for(boot.obtain(timeout=20), 5)
     assert caught.value.status == 403
+
+
+# --- the entry points: no plaintext unless asked -----------------------------------------------------
+
+
+@pytest.mark.parametrize("program", ["stub", "proxy", "control-plane"])
+def test_no_component_runs_plaintext_by_default(program: str, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from msm.control_plane import main as control_plane_main
+    from msm.rtp_proxy import main as proxy_main
+    from msm.stub import main as stub_main
+
+    for name in ("MSM_INSECURE", "MSM_TLS_DIR", "MSM_TOKEN_FILE", "MSM_TRUST_BUNDLE", "MSM_CA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    main = {"stub": stub_main.main, "proxy": proxy_main.main, "control-plane": control_plane_main.main}[program]
+    assert main(["--listen", "127.0.0.1:0"]) == 2
+    assert "no TLS settings" in capsys.readouterr().err
+    assert main(["--listen", "127.0.0.1:0", "--insecure", "--tls-dir", "/x"]) == 2
+    assert "cannot be combined" in capsys.readouterr().err
+    if program != "control-plane":
+        assert main(["--listen", "127.0.0.1:0", "--token-file", "/t"]) == 2
+        assert "needs --trust-bundle" in capsys.readouterr().err

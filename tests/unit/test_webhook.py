@@ -13,6 +13,7 @@ import io
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,6 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
+from msm.security.ca import CertificateAuthority
 from msm.webhook import main as webhook_main
 from msm.webhook import review as wr
 from msm.webhook.errors import ConfigError, ReviewError
@@ -35,7 +37,14 @@ pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parents[2]
 
 K8S_VERSION = "1.30"
-CONFIG = InjectConfig(stub_image="registry.example/msm:0.1.0", control_plane="cp.msm-system.svc:9000")
+BUNDLE = CertificateAuthority.create(tempfile.mkdtemp(prefix="msm-test-ca-"), "mesh.test").trust_bundle_pem.decode()
+CONFIG = InjectConfig(stub_image="registry.example/msm:0.1.0", control_plane="cp.msm-system.svc:9000",
+                      trust_bundle_pem=BUNDLE, trust_domain="mesh.test")
+STUB_VOLUMES = [
+    {"name": "msm-token", "projected": {"sources": [{"serviceAccountToken": {
+        "audience": "msm", "expirationSeconds": 600, "path": "token"}}]}},
+    {"name": "msm-tls", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+]
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -111,14 +120,19 @@ def test_annotated_pod_gets_the_stub() -> None:
         "name": "msm-stub",
         "image": "registry.example/msm:0.1.0",
         "command": ["msm-stub"],
-        "args": ["--control", "$(MSM_CONTROL_PLANE)", "--listen", "0.0.0.0:8554"],
+        "args": ["--control", "$(MSM_CONTROL_PLANE)", "--listen", "0.0.0.0:8554",
+                 "--token-file", "/var/run/secrets/msm/token/token", "--tls-dir", "/var/run/secrets/msm/tls",
+                 "--trust-domain", "mesh.test"],
         "env": [
             {"name": "MSM_CONTROL_PLANE", "value": "cp.msm-system.svc:9000"},
             {"name": "MSM_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "MSM_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "MSM_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "MSM_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {"name": "MSM_TRUST_BUNDLE", "value": BUNDLE},
         ],
+        "volumeMounts": [{"name": "msm-token", "mountPath": "/var/run/secrets/msm/token", "readOnly": True},
+                         {"name": "msm-tls", "mountPath": "/var/run/secrets/msm/tls"}],
         "ports": [{"name": "rtsp-stub", "containerPort": 8554, "protocol": "TCP"}],
         "readinessProbe": {"tcpSocket": {"port": 8554}, "periodSeconds": 5},
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
@@ -162,7 +176,80 @@ def test_existing_containers_and_init_containers_are_kept() -> None:
     assert pod["spec"]["containers"][:2] == before["spec"]["containers"]
     assert pod["spec"]["initContainers"] == before["spec"]["initContainers"]
     assert pod["metadata"]["annotations"] == {**before["metadata"]["annotations"], STATUS_KEY: "injected"}
-    assert pod["spec"]["volumes"] == before["spec"]["volumes"]
+    assert pod["spec"]["volumes"] == before["spec"]["volumes"] + STUB_VOLUMES   # the pod's own kept
+
+
+# -- the stub's identity: projected token, trust bundle, its own certificate directory -------------
+def test_the_stub_gets_a_projected_token_and_a_place_for_its_certificate() -> None:
+    document = fixture("pod_create_annotated")
+    before = copy.deepcopy(document["request"]["object"]["spec"]["volumes"])
+    assert injected(document)["spec"]["volumes"] == before + STUB_VOLUMES
+    del document["request"]["object"]["spec"]["volumes"]           # a pod with no volumes at all
+    pod = injected(document)
+    assert pod["spec"]["volumes"] == STUB_VOLUMES
+    # Only the stub mounts them: the app never sees the mesh token or the stub's key.
+    for c in pod["spec"]["containers"]:
+        if c["name"] != "msm-stub":
+            assert not any(m["name"].startswith("msm-") for m in c.get("volumeMounts", []))
+    # The stub's flags parse with the stub's own parser, and the bundle is the PEM it checks with.
+    from msm.stub import main as stub_main
+    stub = stub_of(pod)
+    args = [a.replace("$(MSM_CONTROL_PLANE)", "cp:9000") for a in stub["args"]]
+    environ = {e["name"]: e["value"] for e in stub["env"] if "value" in e}
+    opts = stub_main.parse_args(args)
+    assert (opts.token_file, opts.tls_dir, opts.insecure) == ("/var/run/secrets/msm/token/token",
+                                                              "/var/run/secrets/msm/tls", False)
+    assert environ["MSM_TRUST_BUNDLE"] == BUNDLE
+
+
+def test_token_audience_and_expiry_follow_the_config() -> None:
+    config = InjectConfig(stub_image="r/msm:1", trust_bundle_pem=BUNDLE, token_audience="mesh", token_expiration=3600)
+    pod = injected(fixture("pod_create_annotated"), config)
+    (token,) = pod["spec"]["volumes"][-2]["projected"]["sources"]
+    assert token == {"serviceAccountToken": {"audience": "mesh", "expirationSeconds": 3600, "path": "token"}}
+
+
+def test_insecure_stubs_are_asked_for_explicitly() -> None:
+    config = InjectConfig(stub_image="r/msm:1", insecure_stubs=True)
+    pod = injected(fixture("pod_create_annotated"), config)
+    assert stub_of(pod)["args"][-1] == "--insecure"
+    assert [v["name"] for v in pod["spec"]["volumes"]] == ["kube-api-access-7x2kq"]
+    assert "volumeMounts" not in stub_of(pod)
+
+
+def test_a_pod_volume_named_like_the_stubs_is_a_clear_refusal() -> None:
+    document = fixture("pod_create_init_containers")
+    document["request"]["object"]["spec"]["volumes"].append({"name": "msm-token", "emptyDir": {}})
+    message = rejected(encode(document))
+    assert "msm-token" in message
+
+
+@pytest.mark.parametrize(("kwargs", "words"), [
+    ({"trust_bundle_pem": "not a certificate"}, "PEM"),
+    ({"trust_bundle_pem": "-----BEGIN CERTIFICATE-----" + "A" * 70000}, "PEM"),
+    ({"token_expiration": 60}, "600-86400"),
+    ({"token_audience": "two words"}, "audience"),
+])
+def test_bad_identity_settings(kwargs: dict[str, Any], words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        InjectConfig(stub_image="r/msm:1", **kwargs)
+
+
+TLS_FLAGS = ["--tls-cert", "cert.pem", "--tls-key", "key.pem"]
+
+
+def test_webhook_reads_the_trust_bundle_file(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text(BUNDLE)
+    opts = webhook_main.build_parser().parse_args(
+        [*TLS_FLAGS, "--stub-image", "r/msm:1", "--trust-bundle", str(tmp_path / "ca.pem"),
+         "--token-expiration", "900"])
+    config = webhook_main.inject_config(webhook_main.settings(opts, {}))
+    assert (config.trust_bundle_pem, config.token_expiration, config.insecure_stubs) == (BUNDLE, 900, False)
+    for argv, words in [(["--trust-bundle", str(tmp_path / "missing.pem")], "cannot read the trust bundle"),
+                        (["--token-expiration", "ten"], "seconds")]:
+        opts = webhook_main.build_parser().parse_args([*TLS_FLAGS, "--stub-image", "r/msm:1", *argv])
+        with pytest.raises(ConfigError, match=words):
+            webhook_main.inject_config(webhook_main.settings(opts, {}))
 
 
 def test_injection_is_idempotent() -> None:
