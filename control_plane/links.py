@@ -102,9 +102,11 @@ class StubLink:
             open=pb.OpenUpstream(stream_id=stream_id, url=url, transport=transport)))
         return result.sdp, list(result.tracks)
 
-    async def setup(self, stream_id: str, track_indexes: list[int], destinations: list[pb.Endpoint]) -> None:
-        await self.command(pb.ControlCommand(setup=pb.SetupUpstream(
+    async def setup(self, stream_id: str, track_indexes: list[int],
+                    destinations: list[pb.Endpoint]) -> list[pb.SourceFilter]:
+        result = await self.command(pb.ControlCommand(setup=pb.SetupUpstream(
             stream_id=stream_id, track_indexes=track_indexes, destinations=destinations)))
+        return list(result.sources)
 
     async def play(self, stream_id: str) -> None:
         await self.command(pb.ControlCommand(play=pb.PlayUpstream(stream_id=stream_id)))
@@ -159,16 +161,23 @@ class ProxyLink:
         try:
             return await call()
         except grpc.aio.AioRpcError as exc:
-            raise Unavailable(f"proxy: {exc.details()}") from None
+            # Its own answer (a refused leg is INVALID_ARGUMENT), or Unavailable.
+            raise error_from_rpc(exc, f"proxy on node {self.node}") from None
         except grpc.aio.UsageError as exc:
             raise LinkClosed(f"the link to the proxy on node {self.node} is broken: {exc}") from None
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, f"proxy on node {self.node}") from None
 
-    async def add_flow(self, flow_id: str, clock_rate: int, labels: Mapping[str, str]) -> pb.Endpoint:
-        request = pb.AddFlowRequest(flow_id=flow_id, clock_rate=clock_rate, splice=True, labels=labels)
+    async def add_flow(self, flow_id: str, clock_rate: int, labels: Mapping[str, str],
+                       source: pb.SourceFilter | None = None) -> pb.Endpoint:
+        request = pb.AddFlowRequest(flow_id=flow_id, clock_rate=clock_rate, splice=True, labels=labels,
+                                    source=source)
         reply: pb.AddFlowReply = await self._call(lambda: self.api.AddFlow(request, timeout=PROXY_TIMEOUT))
         return reply.ingress
+
+    async def set_flow_source(self, flow_id: str, source: pb.SourceFilter) -> None:
+        request = pb.SetFlowSourceRequest(flow_id=flow_id, source=source)
+        await self._call(lambda: self.api.SetFlowSource(request, timeout=PROXY_TIMEOUT))
 
     async def remove_flow(self, flow_id: str) -> None:
         request = pb.RemoveFlowRequest(flow_id=flow_id)

@@ -61,6 +61,8 @@ def snapshot_stats(snap: FlowSnapshot, node: str = "") -> pb.FlowStats:
         rtcp_errors=snap.rtcp_errors,
         rtcp_bye_dropped=snap.rtcp_bye_dropped,
         dropped_backlog=snap.dropped_backlog,
+        dropped_wrong_source=snap.dropped_wrong_source,
+        dropped_wrong_ssrc=snap.dropped_wrong_ssrc,
         node=node,
         labels=snap.labels,
         clock_rate=snap.clock_rate,
@@ -110,16 +112,38 @@ class DataPlaneService(pb_grpc.DataPlaneServicer):
         try:
             if not request.flow_id:
                 raise Refused("flow_id is required")
+            if request.bind_host not in ("", self.table.host):
+                # The proxy serves its media address only: a caller must not open
+                # ports on other interfaces (or all of them) of a host-network pod.
+                raise Refused(f"bind_host must be the media host {self.table.host} (or empty)")
+            known = request.flow_id in self.table.flows
             try:
                 flow = await self.table.add_flow(
                     request.flow_id, clock_rate=request.clock_rate, splice=request.splice,
                     labels=dict(request.labels), bind_host=request.bind_host)
             except OSError as exc:
                 raise Refused(f"cannot bind: {exc}") from exc
+            if request.HasField("source") and request.source.host:
+                try:
+                    await self._set_source(flow.flow_id, request.source)
+                except MsmError:
+                    if not known:
+                        self.table.remove_flow(flow.flow_id)
+                    raise
         except MsmError as exc:
             await abort(context, exc)
         host, port = flow.ingress
         return pb.AddFlowReply(ingress=pb.Endpoint(host=host, rtp_port=port, rtcp_port=port + 1))
+
+    async def _set_source(self, flow_id: str, source: pb.SourceFilter) -> None:
+        await self.table.set_source(flow_id, source.host, source.rtp_port, source.rtcp_port)
+
+    async def SetFlowSource(self, request: pb.SetFlowSourceRequest, context: Context) -> pb.Empty:
+        try:
+            await self._set_source(request.flow_id, request.source)
+        except MsmError as exc:
+            await abort(context, exc)
+        return pb.Empty()
 
     async def RemoveFlow(self, request: pb.RemoveFlowRequest, context: Context) -> pb.Empty:
         self.table.remove_flow(request.flow_id)  # idempotent
@@ -131,7 +155,11 @@ class DataPlaneService(pb_grpc.DataPlaneServicer):
             if not dest.host or not 0 < dest.rtp_port < 65536 or not 0 < dest.rtcp_port < 65536:
                 raise Refused("destination host and ports are required")
             flow = self._flow(request.flow_id)
+            # Never towards this proxy itself (a loop) or a reflector's target.
+            self.table.check_destination(dest.host, dest.rtp_port, dest.rtcp_port)
         except MsmError as exc:
+            if isinstance(exc, Refused):
+                log.warning("flow %s: leg %s refused: %s", request.flow_id, request.leg_id, exc.reason)
             await abort(context, exc)
         flow.set_leg(Leg(request.leg_id, (dest.host, dest.rtp_port), (dest.host, dest.rtcp_port),
                          enabled=request.enabled, labels=dict(request.labels)))
@@ -183,7 +211,7 @@ class ProxyAgent:
     def __init__(self, control_address: str, *, node: str, dataplane_address: str, media_host: str,
                  heartbeat: float = 5.0, tls: TlsFiles | None = None) -> None:
         self.control_address = control_address
-        self.tls = tls
+        self.tls = tls   # None: plaintext, which RtpProxy's caller chose explicitly
         self.hello = pb.ProxyHello(node=node, dataplane_address=dataplane_address,
                                    media_host=media_host, proxy_id=uuid.uuid4().hex)
         self.heartbeat = heartbeat
@@ -193,6 +221,7 @@ class ProxyAgent:
         backoff = Backoff(first=0.2, maximum=5.0)
         while True:
             try:
+                # Re-opened on every attempt: rotated certificate files are presented here.
                 async with secure_channel(self.control_address, self.tls, role=Role.CONTROL_PLANE,
                                           insecure_ok=self.tls is None) as channel:
                     stub = _control_plane_stub(channel)
@@ -226,6 +255,8 @@ class RtpProxy:
                  port_range: tuple[int, int] = (30000, 39999), metrics_listen: str | None = None,
                  advertise: str = "", engine: str = "auto", tls: TlsFiles | None = None) -> None:
         self.node = node
+        # Mutual TLS on the DataPlane server and the registration link; None is plaintext,
+        # which only an explicit --insecure should ask for (anyone could program flows).
         self.tls = tls
         self.advertise = advertise
         self.metrics_listen = metrics_listen
@@ -242,10 +273,12 @@ class RtpProxy:
 
     async def start(self) -> None:
         if self.tls is not None:
-            credentials = server_credentials(self.tls)
-            rules = [Authorizer(self.tls.identity().trust_domain, DATAPLANE_RULES)]
+            credentials = server_credentials(self.tls)   # reloads rotated files, no restart
+            rules = [Authorizer(self.tls.identity().trust_domain, DATAPLANE_RULES)]   # control plane only
         else:
             credentials, rules = None, []
+            log.warning("rtp proxy %s: DataPlane gRPC without TLS: anyone who reaches %s can program it",
+                        self.node, self.grpc_listen)
         self.server = GrpcServer(self.grpc_listen, lambda server: _add_dataplane(self.service, server),
                                  what="DataPlane gRPC", credentials=credentials, interceptors=rules)
         await self.server.start()   # a busy or bad address: ListenError (Unavailable) / ConfigError
