@@ -14,6 +14,7 @@ leg ids and labels name the tag instead of the session.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from msm.protos import msm_pb2 as pb
@@ -76,14 +77,21 @@ async def _flow_stats(planner: Planner) -> dict[str, pb.FlowStats]:
     return flows
 
 
+_TAG = re.compile(r"[0-9a-f]{8}")
+
+
+def _hide(session: str) -> str:
+    """The tag for a session id; a relay's name or a tag already (8 hex digits) stays."""
+    return session if session.startswith("relay@") or _TAG.fullmatch(session) else session_tag(session)
+
+
 def _conceal_leg(leg: pb.LegStats) -> None:
     """A leg's stats with its viewer's session id replaced by the session's tag."""
     session, sep, track = leg.leg_id.rpartition("/")
-    if sep and not session.startswith("relay@"):
-        leg.leg_id = f"{session_tag(session)}/{track}"
-    label = leg.labels.get("session")
-    if label and not label.startswith("relay@"):
-        leg.labels["session"] = session_tag(label)
+    if sep:
+        leg.leg_id = f"{_hide(session)}/{track}"
+    if leg.labels.get("session"):
+        leg.labels["session"] = _hide(leg.labels["session"])
 
 
 def _conceal(flows: dict[str, pb.FlowStats]) -> None:
