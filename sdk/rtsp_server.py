@@ -432,7 +432,8 @@ class ServerConnection(Generic[S]):
         request, _ = self._take_pending()
         fields = self._base_headers(request)
         if isinstance(exc, Unauthorized) and self.auth is not None:
-            fields += [("WWW-Authenticate", value) for value in self.auth.challenges()]
+            stale = "stale=true" in exc.headers.get("WWW-Authenticate", "").lower()
+            fields += [("WWW-Authenticate", value) for value in self.auth.challenges(stale=stale)]
             exc = Unauthorized(exc.message or "credentials required")
         return bytes(error_response(exc, fields))
 

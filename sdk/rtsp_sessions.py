@@ -45,8 +45,8 @@ class ClientIdentity:
 class Authenticator(Protocol):
     """Viewer authentication as the server connection uses it (``msm.sdk.rtsp_auth.ServerAuth``)."""
 
-    def challenges(self) -> list[str]:
-        """The ``WWW-Authenticate`` values of a 401."""
+    def challenges(self, *, stale: bool = False) -> list[str]:
+        """The ``WWW-Authenticate`` values of a 401 (``stale``: the nonce only expired)."""
         ...
 
     def check(self, method: str, uri: str, authorization: str | None) -> str:

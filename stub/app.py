@@ -9,9 +9,10 @@ import uuid
 from dataclasses import dataclass
 
 from msm.protos import msm_pb2 as pb
+from msm.sdk.rtsp_auth import ServerAuth, load_users
 
 from .control import ControlClient
-from .server import StubServer
+from .server import RTSPS_PORT, StubServer, tls_context
 from .upstream import UpstreamManager
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,22 @@ class StubConfig:
     stub_id: str = ""
     can_open_upstream: bool = True
     session_timeout: int = 60
+    # Viewer authentication: off unless a users file (user:password lines) is given.
+    users_file: str = ""
+    auth_realm: str = "msm"
+    # Basic sends the password in clear: only with RTSPS, and only when asked for.
+    allow_basic: bool = False
+    # RTSPS: off unless a certificate and its key are given (files, PEM).
+    tls_cert: str = ""
+    tls_key: str = ""
+    rtsps_port: int = RTSPS_PORT
+
+
+def _viewer_auth(config: StubConfig) -> ServerAuth | None:
+    """The viewers' authenticator from the users file; ``None`` (no authentication) without one."""
+    if not config.users_file:
+        return None
+    return ServerAuth(load_users(config.users_file), config.auth_realm, allow_basic=config.allow_basic)
 
 
 class Stub:
@@ -42,7 +59,9 @@ class Stub:
         self.control = ControlClient(config.control_address, register, self.upstreams.handle,
                                      on_stream_state=self._on_stream_state)
         self.server = StubServer(self.control, host=config.listen_host, port=config.listen_port,
-                                 media_host=config.media_host, session_timeout=config.session_timeout)
+                                 media_host=config.media_host, session_timeout=config.session_timeout,
+                                 auth=_viewer_auth(config), tls_port=config.rtsps_port,
+                                 tls=tls_context(config.tls_cert, config.tls_key) if config.tls_cert else None)
 
         self._control_task: asyncio.Task[None] | None = None
 

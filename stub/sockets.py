@@ -54,7 +54,7 @@ def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        context.load_cert_chain(cert_file, key_file)
+        context.load_cert_chain(cert_file, key_file or None)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"RTSPS certificate {cert_file} / key {key_file}: {exc}") from exc
     return context

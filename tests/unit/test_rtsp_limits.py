@@ -52,7 +52,7 @@ def test_another_clients_request_on_a_session_is_454(method: str) -> None:
 
 def test_with_auth_the_user_is_part_of_the_identity() -> None:
     class Users:
-        def challenges(self) -> list[str]:
+        def challenges(self, *, stale: bool = False) -> list[str]:
             return ['Digest realm="msm", nonce="n", algorithm=SHA-256', 'Digest realm="msm", nonce="n"']
 
         def check(self, method: str, uri: str, authorization: str | None) -> str:
