@@ -187,6 +187,10 @@ def test_renders_every_component(default: list[Obj]) -> None:
             ("ClusterRole", "msm-cni"),
             ("ClusterRoleBinding", "msm-cni"),
             ("DaemonSet", "msm-cni"),
+            ("Secret", "msm-mesh-ca"),
+            ("ConfigMap", "msm-trust-bundle"),
+            ("NetworkPolicy", "msm-control-plane"),
+            ("NetworkPolicy", "msm-webhook"),
         ]
     )
     cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"}
@@ -217,7 +221,8 @@ def test_control_plane(default: list[Obj]) -> None:
     c = container(deployment)
     assert c["args"][0] == "msm-control-plane"
     assert flag(c["args"], "--listen") == "0.0.0.0:9000"
-    assert flag(c["args"], "--web-listen") == "0.0.0.0:8080"
+    assert flag(c["args"], "--web-listen") == "127.0.0.1:8080"   # the page is not on the network by default
+    assert c["livenessProbe"]["tcpSocket"] == {"port": "grpc"}
     assert "--kubernetes" in c["args"]
     assert flag(c["args"], "--log-level") == "info"
     assert container_ports(c) == {"grpc": 9000, "http": 8080}
@@ -346,7 +351,8 @@ def test_self_signed_certificate_verifies_for_the_service(default: list[Obj], tm
 
 def test_cert_manager_mode(rendered: dict[str, list[Obj]]) -> None:
     objects = rendered["cert-manager-fail"]
-    assert not [o for o in objects if o["kind"] == "Secret"]  # cert-manager writes it
+    # cert-manager writes the webhook's; the mesh CA is the chart's own.
+    assert [o["metadata"]["name"] for o in objects if o["kind"] == "Secret"] == ["msm-mesh-ca"]
     issuer = find(objects, "Issuer", "msm-webhook-selfsigned")
     certificate = find(objects, "Certificate", "msm-webhook")
     spec = certificate["spec"]
@@ -420,7 +426,7 @@ def test_rbac_is_least_privilege(rendered: dict[str, list[Obj]], config: str) ->
         (group, resource, verb)
         for group, resource in [("", "services"), ("", "pods"), ("", "nodes"), ("discovery.k8s.io", "endpointslices")]
         for verb in read
-    }
+    } | {("authentication.k8s.io", "tokenreviews", "create")}   # IssueCertificate checks tokens
     assert rules_of(objects, "msm-cni") == {("", "pods", "get")}
     # Each binding grants its role to its component's own ServiceAccount only.
     for name in ("msm-control-plane", "msm-cni"):
@@ -525,16 +531,16 @@ def test_more_than_one_control_plane_is_refused_with_the_reason() -> None:
 
 def test_the_chart_promises_nothing_that_is_not_built() -> None:
     """No value, template or note offers a store or encryption the mesh does not have (there is
-    no etcd store, no SRTP, no mTLS); the README says plainly what is missing."""
+    no etcd store, no SRTP); the README says plainly what is missing."""
     said = "\n".join(
         path.read_text().lower()
         for path in [CHART / "values.yaml", CHART / "values.schema.json", *sorted((CHART / "templates").iterdir())]
     )
-    for claim in ("etcd", "embedded store", "srtp", "mtls", "mutual tls"):
+    for claim in ("etcd", "embedded store", "srtp"):
         assert claim not in said, claim
     readme = " ".join((CHART / "README.md").read_text().split())
     assert "## What is not there yet" in readme
-    for fact in ("Nothing is authenticated or encrypted", "One control plane replica, state in memory",
+    for fact in ("RTP between nodes and to viewers is not encrypted", "One control plane replica, state in memory",
                  "no shared store and no leader election", "No loss repair"):
         assert fact in readme, fact
 
@@ -603,9 +609,15 @@ def test_command_lines_parse_with_the_real_programs(default: list[Obj]) -> None:
         commands[program] = [downward.get(a, a) for a in args]
 
     opts = control_plane_main.parse_args(commands["msm-control-plane"])
-    assert (opts.listen, opts.web_listen, opts.kubernetes) == ("0.0.0.0:9000", "0.0.0.0:8080", True)
+    assert (opts.listen, opts.web_listen, opts.kubernetes) == ("0.0.0.0:9000", "127.0.0.1:8080", True)
+    assert (opts.ca_dir, opts.insecure) == ("/etc/msm/ca", False)
+    assert opts.proxy_service_account == [f"{NAMESPACE}/msm-proxy"]
+    control_plane_main.check_tls_arguments(opts, also="--ca-dir")
     opts = proxy_main.parse_args(commands["msm-proxy"])
     assert (opts.node, opts.media_host, opts.control) == ("node-a", "192.0.2.7", CONTROL_PLANE)
+    assert (opts.token_file, opts.trust_bundle, opts.insecure) == (
+        "/var/run/secrets/msm/token/token", "/etc/msm/trust/ca.pem", False)
+    proxy_main.check_tls_arguments(opts)
     values = webhook_main.settings(webhook_main.build_parser().parse_args(commands["msm-webhook"]), {})
     InjectConfig(
         stub_image=values["stub_image"],
@@ -620,3 +632,75 @@ def test_command_lines_parse_with_the_real_programs(default: list[Obj]) -> None:
     assert options.plugin_conf["proxyUid"] == 1337
     assert options.plugin_conf["excludeNamespaces"] == ["kube-system", NAMESPACE]
     assert str(options.kubeconfig_out).startswith("/etc/cni/net.d/")  # a host path
+
+
+# --- identity, hardening -------------------------------------------------------------------------
+
+
+def test_the_mesh_ca_is_mounted_into_the_control_plane_only(default: list[Obj]) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    secret = find(default, "Secret", "msm-mesh-ca")
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca-cert.pem"]))
+    key = serialization.load_pem_private_key(base64.b64decode(secret["data"]["ca-key.pem"]), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and key.public_key() == cert.public_key()
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    bundle = find(default, "ConfigMap", "msm-trust-bundle")["data"]["ca.pem"]
+    assert x509.load_pem_x509_certificate(bundle.encode()) == cert and "PRIVATE" not in bundle
+    mounting = [o["metadata"]["name"] for o in default if o["kind"] in {"Deployment", "DaemonSet"}
+                and any((v.get("secret") or {}).get("secretName") == "msm-mesh-ca"
+                        for v in o["spec"]["template"]["spec"].get("volumes", []))]
+    assert mounting == ["msm-control-plane"]
+    cp = container(find(default, "Deployment", "msm-control-plane"))
+    assert flag(cp["args"], "--ca-dir") == "/etc/msm/ca" and flag(cp["args"], "--trust-domain") == "cluster.local"
+
+
+def test_proxies_bootstrap_with_a_projected_token(default: list[Obj]) -> None:
+    pod = find(default, "DaemonSet", "msm-proxy")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (source,) = volumes["msm-token"]["projected"]["sources"]
+    assert source == {"serviceAccountToken": {"audience": "msm", "expirationSeconds": 600, "path": "token"}}
+    assert volumes["msm-trust"]["configMap"]["name"] == "msm-trust-bundle"
+    assert volumes["msm-tls"]["emptyDir"]["medium"] == "Memory"
+    args = container(find(default, "DaemonSet", "msm-proxy"))["args"]
+    assert "--insecure" not in args and flag(args, "--tls-dir") == "/var/run/secrets/msm/tls"
+    webhook = container(find(default, "Deployment", "msm-webhook"))
+    assert flag(webhook["args"], "--trust-bundle") == "/etc/msm/trust/ca.pem"
+
+
+def test_network_policies(default: list[Obj]) -> None:
+    cp = find(default, "NetworkPolicy", "msm-control-plane")["spec"]
+    assert cp["podSelector"]["matchLabels"] == find(default, "Deployment", "msm-control-plane")["spec"]["selector"][
+        "matchLabels"]
+    assert cp["policyTypes"] == ["Ingress"]
+    # gRPC only; the web port is not admitted (it listens on loopback anyway).
+    assert [[p["port"] for p in rule["ports"]] for rule in cp["ingress"]] == [[9000]]
+    wh = find(default, "NetworkPolicy", "msm-webhook")["spec"]
+    assert [[p["port"] for p in rule["ports"]] for rule in wh["ingress"]] == [[8443]]
+    objects, _ = render({"networkPolicy": {"nodeCIDRs": ["192.0.2.0/24"], "apiServerCIDRs": ["198.51.100.1/32"]},
+                         "controlPlane": {"web": {"expose": True}}})
+    cp = find(objects, "NetworkPolicy", "msm-control-plane")["spec"]
+    assert cp["ingress"][0]["from"] == [{"namespaceSelector": {}}, {"ipBlock": {"cidr": "192.0.2.0/24"}}]
+    assert cp["ingress"][1]["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    assert find(objects, "NetworkPolicy", "msm-webhook")["spec"]["ingress"][0]["from"] == [
+        {"ipBlock": {"cidr": "198.51.100.1/32"}}]
+    c = container(find(objects, "Deployment", "msm-control-plane"))
+    assert flag(c["args"], "--web-listen") == "0.0.0.0:8080" and c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    for obj in objects:
+        if obj["kind"] == "NetworkPolicy":
+            for version in KUBE_VERSIONS:
+                kubernetes_validate.validate(obj, version, strict=True)
+    objects, _ = render({"networkPolicy": {"enabled": False}})
+    assert not [o for o in objects if o["kind"] == "NetworkPolicy"]
+
+
+def test_insecure_is_explicit_and_everywhere() -> None:
+    objects, _ = render({"mesh": {"insecure": True}})
+    assert "--insecure" in container(find(objects, "Deployment", "msm-control-plane"))["args"]
+    assert "--insecure" in container(find(objects, "DaemonSet", "msm-proxy"))["args"]
+    assert "--insecure-stubs" in container(find(objects, "Deployment", "msm-webhook"))["args"]
+    assert not [v for v in find(objects, "DaemonSet", "msm-proxy")["spec"]["template"]["spec"]["volumes"]
+                if v["name"].startswith("msm-")]

@@ -182,3 +182,77 @@ Fail early on values that would render a broken mesh.
 {{- fail "webhook.enabled needs controlPlane.enabled: injected stubs connect to the control plane" -}}
 {{- end -}}
 {{- end -}}
+
+{{- define "msm.meshCA.secretName" -}}{{ include "msm.fullname" . }}-mesh-ca{{- end -}}
+{{- define "msm.trustBundle.name" -}}{{ include "msm.fullname" . }}-trust-bundle{{- end -}}
+
+{{/*
+The mesh CA, as JSON {"cert": b64, "key": b64}: an ECDSA P-256 CA made by Helm on first
+install (genPrivateKey + genCAWithKey), kept across upgrades by reading back the Secret
+(lookup; empty offline, e.g. in `helm template`, which then makes a fresh one). Computed
+once per render so the Secret and the trust-bundle ConfigMap carry the same CA.
+*/}}
+{{- define "msm.meshCA" -}}
+{{- if not (hasKey .Values "__msmMeshCA") -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "msm.meshCA.secretName" .) -}}
+{{- $data := dict -}}
+{{- if and $existing $existing.data -}}
+{{- $data = $existing.data -}}
+{{- end -}}
+{{- $ca := dict -}}
+{{- if and (hasKey $data "ca-cert.pem") (hasKey $data "ca-key.pem") -}}
+{{- $ca = dict "cert" (index $data "ca-cert.pem") "key" (index $data "ca-key.pem") -}}
+{{- else -}}
+{{- $key := genPrivateKey "ecdsa" -}}
+{{- $gen := genCAWithKey (printf "msm mesh CA (%s)" .Values.mesh.trustDomain) (int .Values.mesh.ca.validityDays) $key -}}
+{{- $ca = dict "cert" ($gen.Cert | b64enc) "key" ($gen.Key | b64enc) -}}
+{{- end -}}
+{{- $_ := set .Values "__msmMeshCA" $ca -}}
+{{- end -}}
+{{- toJson (get .Values "__msmMeshCA") -}}
+{{- end -}}
+
+{{/*
+The projected service-account token and trust bundle volumes of a workload that gets its
+certificate from the control plane (the proxy; the webhook does the same for stubs).
+*/}}
+{{- define "msm.identityVolumes" -}}
+- name: msm-token
+  projected:
+    sources:
+      - serviceAccountToken:
+          audience: {{ .Values.mesh.tokenAudience | quote }}
+          expirationSeconds: {{ int .Values.mesh.tokenExpirationSeconds }}
+          path: token
+- name: msm-trust
+  configMap:
+    name: {{ include "msm.trustBundle.name" . }}
+- name: msm-tls
+  emptyDir:
+    medium: Memory
+    sizeLimit: 1Mi
+{{- end -}}
+{{- define "msm.identityMounts" -}}
+- name: msm-token
+  mountPath: /var/run/secrets/msm/token
+  readOnly: true
+- name: msm-trust
+  mountPath: /etc/msm/trust
+  readOnly: true
+- name: msm-tls
+  mountPath: /var/run/secrets/msm/tls
+{{- end -}}
+{{- define "msm.identityArgs" -}}
+{{- if .Values.mesh.insecure }}
+- --insecure
+{{- else }}
+- --token-file
+- /var/run/secrets/msm/token/token
+- --trust-bundle
+- /etc/msm/trust/ca.pem
+- --tls-dir
+- /var/run/secrets/msm/tls
+- --trust-domain
+- {{ .Values.mesh.trustDomain | quote }}
+{{- end }}
+{{- end -}}
