@@ -15,6 +15,7 @@ APT_PACKAGES=(
   iproute2 nftables
   tshark                                     # independent RTP jitter/loss reference in the accuracy tests
   containernetworking-plugins openssl        # real CNI plugins (bridge, host-local) and test certificates
+  libsrtp2-dev                               # SRTP (RFC 3711) in the native engine (node-to-node legs)
   chromium fonts-liberation                  # headless browser test of the live page
 )
 
