@@ -4,6 +4,7 @@ Prometheus metrics, and bad RTCP that is counted but never stops forwarding."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
@@ -76,6 +77,10 @@ async def test_viewer_reports_rtt_and_metrics(gst: GstRtspServer) -> None:
 
 
 async def test_bad_rtcp_is_counted_and_forwarding_goes_on(gst: GstRtspServer, mesh: LocalMesh) -> None:
+    """Junk from anyone but the flow's source is dropped unread and counted; viewers play on.
+
+    (Malformed RTP/RTCP from the source itself is counted as such: tests/unit/test_flows.py.)
+    """
     assert mesh.proxy is not None
     async with FfmpegViewer(mesh.url("cam"), transport="udp") as viewer:
         await viewer.wait_frames(20, timeout=30)
@@ -91,8 +96,8 @@ async def test_bad_rtcp_is_counted_and_forwarding_goes_on(gst: GstRtspServer, me
                 s.sendto(data, rtcp_port)
                 s.sendto(data, flow.ingress)                 # and garbage on the RTP port too
         await viewer.wait_frames(viewer.frames + 25, timeout=15)
-        assert flow.rtcp_errors >= 60
-        assert flow.dropped_invalid >= 60
+        assert flow.snapshot().dropped_wrong_source >= 2 * len(junk) * 20
+        assert flow.rtcp_errors == 0 and flow.dropped_invalid == 0     # never parsed
 
 
 async def test_msm_streams_json_and_watch(gst: GstRtspServer, mesh: LocalMesh) -> None:
@@ -111,7 +116,13 @@ async def test_msm_streams_json_and_watch(gst: GstRtspServer, mesh: LocalMesh) -
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "msm.cli", "streams", "--watch", "0.5", "--control", mesh.control.address,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        await asyncio.sleep(2.0)
-        proc.terminate()
-        out, _ = await proc.communicate()
-        assert out.decode().count("STREAM") >= 2, "the table is redrawn"
+        out = b""
+        assert proc.stdout is not None
+        with contextlib.suppress(TimeoutError):      # the table, drawn twice, within 15 s
+            async with asyncio.timeout(15):
+                while out.count(b"STREAM") < 2 and (chunk := await proc.stdout.read(4096)):
+                    out += chunk
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        rest, err = await proc.communicate()
+        assert (out + rest).decode().count("STREAM") >= 2, f"the table is redrawn; stderr: {err.decode()[-500:]}"
