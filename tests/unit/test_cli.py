@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -14,9 +18,17 @@ from msm import cli
 pytestmark = pytest.mark.timeout(60)
 
 
+# `msm up` keeps its CA in a state directory: the tests' own, never the user's.
+_STATE = tempfile.TemporaryDirectory(prefix="msm-cli-state-")
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "MSM_STATE_DIR": _STATE.name, **extra}
+
+
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "msm.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=env if env is not None else cli_env())
 
 
 @pytest.mark.parametrize("args", [["--help"], ["up", "--help"], ["streams", "--help"]])
@@ -76,12 +88,81 @@ def test_port_in_use_is_a_one_line_error(flag: str, what: str) -> None:
     assert result.stderr.strip().splitlines()[-1].startswith("msm: error: cannot listen"), result.stderr
 
 
-def test_streams_without_control_plane() -> None:
+def test_streams_without_control_plane(tmp_path: Path) -> None:
+    from msm.security.local import LocalPki
+
+    LocalPki(tmp_path / "state").prepare()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    result = run("streams", "--control", f"127.0.0.1:{port}")
+    result = run("streams", "--control", f"127.0.0.1:{port}", "--state-dir", str(tmp_path / "state"))
     assert result.returncode == 1 and "unreachable" in result.stderr
+
+
+def test_streams_without_an_operator_certificate(tmp_path: Path) -> None:
+    result = run("streams", "--state-dir", str(tmp_path / "empty"))
+    assert result.returncode == 2 and "no operator certificate" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_insecure_stays_on_loopback() -> None:
+    result = run("up", "--demo", "--insecure", "--control-listen", "0.0.0.0:9000")
+    assert result.returncode == 2 and "loopback" in result.stderr
+    result = run("up", "--demo", "--proxy-listen", "0.0.0.0:9001", env=cli_env(MSM_INSECURE="1"))
+    assert result.returncode == 2 and "loopback" in result.stderr
+
+
+def _up(*args: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """Start `msm up` on free ports with a route to nowhere; its control address once it is up."""
+    proc = subprocess.Popen([sys.executable, "-m", "msm.cli", "up", "--route", "a=rtsp://127.0.0.1:1/x",
+                             "--rtsp-listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0",
+                             "--proxy-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                             "--web-listen", "127.0.0.1:0", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    control = ""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.strip().startswith("control "):
+            control = line.split()[1]
+        if line.startswith("Ctrl+C"):
+            return proc, control
+    proc.kill()
+    raise AssertionError(f"msm up did not come up: {proc.communicate()[1][-2000:]}")
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    return err
+
+
+def test_up_is_mutual_tls_and_streams_uses_the_operator_certificate(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    proc, control = _up("--state-dir", str(state), env=cli_env())
+    try:
+        assert (state / "ca" / "ca-key.pem").stat().st_mode & 0o777 == 0o600
+        assert state.stat().st_mode & 0o777 == 0o700
+        ok = run("streams", "--json", "--control", control, "--state-dir", str(state))
+        assert ok.returncode == 0 and ok.stdout.strip() == "[]", ok.stderr
+        plain = run("streams", "--json", "--control", control, "--insecure")
+        assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr
+    finally:
+        err = _stop(proc)
+    assert "without TLS" not in err and "plaintext" not in err and "Traceback" not in err, err
+
+
+def test_up_insecure_warns() -> None:
+    proc, control = _up("--insecure", env=cli_env())
+    try:
+        ok = run("streams", "--json", "--control", control, "--insecure")
+        assert ok.returncode == 0, ok.stderr
+    finally:
+        err = _stop(proc)
+    assert "WARNING" in err and "--insecure" in err and "plaintext" in err, err
 
 
 def test_routes_merge_flags_over_env_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
