@@ -471,7 +471,7 @@ class Cluster:
     async def msm_streams(self) -> list[dict[str, Any]]:
         """``msm streams --json``, run on node A."""
         out = await asyncio.to_thread(self.run_in, self.a.netns, str(VENV_BIN / "msm"), "streams", "--json",
-                                      "--control", self.control)
+                                      "--control", self.control, *self.security("operator"))
         rows: list[dict[str, Any]] = json.loads(out)
         return rows
 
@@ -672,7 +672,7 @@ async def test_three_viewers_on_two_nodes_share_one_upstream_and_one_cross_node_
     for viewer in stream["viewers"]:
         pods = {leg["labels"]["pod"] for leg in viewer["legs"]}
         assert len(pods) == 1 and viewer.get("playing"), viewer
-        session_pod[viewer["session_id"]] = pods.pop()
+        session_pod[viewer["session_tag"]] = pods.pop()   # ListStreams never shows session ids (credentials)
     assert sorted(session_pod.values()) == sorted(viewers_of), session_pod
     tracks = stream["tracks"]
     assert [t["track"]["kind"] for t in tracks] == ["video", "audio"], tracks
