@@ -142,10 +142,20 @@ def _log_level(text: str) -> int:
     return level
 
 
-async def serve(server: WebhookServer, host: str, port: int) -> None:
+def config_warnings(config: InjectConfig) -> list[str]:
+    if config.insecure_stubs:
+        return ["--insecure-stubs: injected stubs talk plaintext gRPC and prove no identity"]
+    if not config.trust_bundle_pem:
+        return ["no --trust-bundle: injected stubs cannot check the control plane and will not start"]
+    return []
+
+
+async def serve(server: WebhookServer, host: str, port: int, warnings: Sequence[str] = ()) -> None:
     """Serve until SIGTERM or SIGINT, then stop gracefully."""
     await server.start(host, port)
     log.info("msm-webhook listening on %s", server.url)
+    for warning in warnings:   # after the first line, which says where it listens
+        log.warning("%s", warning)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -169,12 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"msm-webhook: error: {exc.reason}", file=sys.stderr)
         return 2
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if config.insecure_stubs:
-        log.warning("--insecure-stubs: injected stubs talk plaintext gRPC and prove no identity")
-    elif not config.trust_bundle_pem:
-        log.warning("no --trust-bundle: injected stubs cannot check the control plane and will not start")
     try:
-        asyncio.run(serve(WebhookServer(config, tls), values["host"], port))
+        asyncio.run(serve(WebhookServer(config, tls), values["host"], port, config_warnings(config)))
     except OSError as exc:
         print(f"msm-webhook: error: cannot listen on {values['host']}:{port}: {exc.strerror or exc}",
               file=sys.stderr)

@@ -375,13 +375,9 @@ def build_patch(pod: Pod, config: InjectConfig) -> list[JsonPatchOp]:
     spec = pod.get("spec")
     volumes = stub_volumes(config)
     if not isinstance(spec, dict):
-        ops.append(_add("/spec", {"containers": [stub_container(config)], **({"volumes": volumes} if volumes else {})}))
+        ops.append(_add("/spec", {**({"volumes": volumes} if volumes else {}), "containers": [stub_container(config)]}))
         return ops
-    if not isinstance(spec.get("containers"), list):
-        ops.append(_add("/spec/containers", [stub_container(config)]))
-    else:
-        # Appended, so the app stays the first container (kubectl logs/exec pick the first one).
-        ops.append(_add("/spec/containers/-", stub_container(config)))
+    # The stub's volumes first and the stub itself last (the patch ends with the container).
     if volumes and not isinstance(spec.get("volumes"), list):
         ops.append(_add("/spec/volumes", volumes))
     elif volumes:
@@ -390,6 +386,11 @@ def build_patch(pod: Pod, config: InjectConfig) -> list[JsonPatchOp]:
         if clash:
             raise ReviewError(f"the pod already has a volume named {sorted(clash)[0]!r}, which the stub needs")
         ops.extend(_add("/spec/volumes/-", volume) for volume in volumes)
+    if not isinstance(spec.get("containers"), list):
+        ops.append(_add("/spec/containers", [stub_container(config)]))
+    else:
+        # Appended, so the app stays the first container (kubectl logs/exec pick the first one).
+        ops.append(_add("/spec/containers/-", stub_container(config)))
     return ops
 
 

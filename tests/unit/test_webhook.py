@@ -145,7 +145,7 @@ def test_annotation_key_is_escaped_in_the_patch_path() -> None:
     patch = patch_of(answer(fixture("pod_create_annotated")))
     assert patch[0] == {"op": "add", "path": "/metadata/annotations/sidecar.mediastreamingmesh.io~1status",
                         "value": "injected"}
-    assert patch[1]["op"] == "add" and patch[1]["path"] == "/spec/containers/-"
+    assert patch[-1]["op"] == "add" and patch[-1]["path"] == "/spec/containers/-"
     assert wr.escape_pointer("a/b~c/~1") == "a~1b~0c~1~01"
 
 
