@@ -23,7 +23,8 @@ __all__ = ["Engine", "FlowHandle", "LegHandle", "NativeUnavailable", "available"
 FEATURE_GSO = 1
 FEATURE_GRO = 2
 FEATURE_TIMESTAMPS = 4
-_FEATURE_NAMES = {FEATURE_GSO: "gso", FEATURE_GRO: "gro", FEATURE_TIMESTAMPS: "timestamps"}
+FEATURE_SRTP = 8
+_FEATURE_NAMES = {FEATURE_GSO: "gso", FEATURE_GRO: "gro", FEATURE_TIMESTAMPS: "timestamps", FEATURE_SRTP: "srtp"}
 
 #: How long closing a flow waits for the engine thread to let go of it. The
 #: thread reaches its quiescent point within one batch (microseconds); this
@@ -212,6 +213,13 @@ class LegHandle:
         self.engine.lib.msm_leg_stats_get(self.ptr, self._out)
         return int(getattr(self._out, name))
 
+    def set_srtp(self, material: bytes) -> None:
+        """Protect what this leg sends with SRTP (``material``: 16-byte master key + 14-byte salt); again: rekey."""
+        if self.ptr is None or self.engine.closed:
+            return
+        _check_srtp(self.engine, self.engine.lib.msm_leg_set_srtp(
+            self.engine.ptr, self.ptr, material, len(material)))
+
     def retire(self, *, wait: bool = False) -> None:
         """Free the C leg (once no published leg set holds it); the counters freeze.
 
@@ -270,6 +278,13 @@ class FlowHandle:
         if lib.msm_flow_set_source(self.engine.ptr, self.ptr, fam, packed or ffi.NULL, port & 0xFFFF) != 0:
             raise MemoryError("msm_flow_set_source")
 
+    def set_srtp(self, material: bytes, *, grace_ms: int) -> None:
+        """What arrives is SRTP under ``material`` (key + salt); again: a rekey, the old key kept ``grace_ms``."""
+        if self._final is not None or self.engine.closed:
+            return
+        _check_srtp(self.engine, self.engine.lib.msm_flow_set_srtp(
+            self.engine.ptr, self.ptr, material, len(material), max(0, min(grace_ms, 0xFFFFFFFF))))
+
     def close(self) -> None:
         """Stop serving and free the flow; its socket is closed and its counters freeze."""
         if self._final is not None:
@@ -281,6 +296,15 @@ class FlowHandle:
             self.engine.lib.msm_flow_close(self.engine.ptr, self.ptr, CLOSE_TIMEOUT_MS, final)
             self._final = final
         self.ptr = None
+
+
+def _check_srtp(engine: Engine, rc: int) -> None:
+    if rc == 0:
+        return
+    errno = engine.ffi.errno
+    if errno == 95:   # ENOTSUP
+        raise NativeUnavailable("the native engine was built without libsrtp2: no SRTP")
+    raise ValueError(f"SRTP key refused by the engine: {os.strerror(errno)}")
 
 
 def rtp_valid(packet: bytes) -> bool:

@@ -34,6 +34,23 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
+def _srtp() -> tuple[list[tuple[str, str | None]], list[str]]:
+    """``MSM_HAVE_SRTP`` and ``-lsrtp2`` where libsrtp2's headers are found (``libsrtp2-dev``); else neither.
+
+    Without it the engine still builds, reports no ``srtp`` feature and refuses
+    SRTP flows and legs (the proxy says why). ``MSM_NO_SRTP=1`` builds without it.
+    """
+    if os.environ.get("MSM_NO_SRTP", "") not in ("", "0"):
+        return [], []
+    dirs = [Path(p) for p in os.environ.get("CPATH", "").split(":") if p] + [Path("/usr/include"),
+                                                                            Path("/usr/local/include")]
+    if any((d / "srtp2" / "srtp.h").is_file() for d in dirs):
+        return [("MSM_HAVE_SRTP", "1")], ["srtp2"]
+    return [], []
+
+
+_SRTP_MACROS, _SRTP_LIBS = _srtp()
+
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef((HERE / "engine.h").read_text()))
 ffibuilder.set_source(
@@ -42,7 +59,8 @@ ffibuilder.set_source(
     sources=[_rel(HERE / "engine.c")],
     include_dirs=[_rel(HERE)],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-parameter"],
-    libraries=["pthread"],
+    libraries=["pthread", *_SRTP_LIBS],
+    define_macros=_SRTP_MACROS,
     # A build failure (no compiler, no Python headers, not Linux) skips the
     # extension instead of failing the install: the proxy then runs the
     # pure-Python data path and says so in its log.

@@ -16,6 +16,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef MSM_HAVE_SRTP
+#include <srtp2/srtp.h>
+#endif
+
 #ifndef SOL_UDP
 #define SOL_UDP 17
 #endif
@@ -37,6 +41,13 @@
 #define GSO_MAX_BYTES 65000 /* a GSO super-datagram still has to fit one IP packet's 16-bit length */
 #define MAX_EVENTS 256 /* epoll events per wakeup; the rest come on the next call (level-triggered) */
 #define SOCK_BUF (8 << 20) /* 8 MiB socket buffers when allowed: ~50 ms at 1.3 Mpps of 1316 B */
+/* SRTP legs send protected copies from here (each leg has its own key, so no
+ * leg can send the receive buffer itself). 2 MiB holds a full TX_CHUNK of
+ * 1.4 KB packets; when it is full the queued messages are flushed first. */
+#define SRTP_SCRATCH (2u << 20)
+#define SRTP_TRAILER 16 /* room libsrtp may write after a packet: the 10-byte tag, no MKI (SRTP_MAX_TAG_LEN) */
+#define SRTP_KEYLEN 30 /* AES_CM_128: 16-byte master key + 14-byte master salt */
+#define MAX_DATAGRAM 65507 /* the largest UDP payload: a packet that no longer fits once protected is not sent */
 
 #define RTP_SEQ_MOD 65536u
 #define MAX_DROPOUT 3000u
@@ -52,10 +63,21 @@
 #define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
 #define BUMP(x, v) __atomic_store_n(&(x), LOAD(x) + (v), __ATOMIC_RELAXED)
 
+/* SRTP sessions of a flow (receive: the current key, and the previous one
+ * until prev_until_ns after a rekey) or of a leg (send: cur only). Immutable
+ * once published: a rekey publishes a new one and retires the old; the
+ * sessions themselves are used by the engine thread only. */
+typedef struct srtpkeys {
+    void *cur, *prev; /* srtp_t */
+    int64_t prev_until_ns; /* CLOCK_REALTIME, like the packets' arrival times */
+    int owns_prev; /* this set frees prev when it is freed (a newer set took over cur) */
+} srtpkeys;
+
 struct msm_leg {
     struct sockaddr_storage addr;
     socklen_t addrlen;
     int family; /* 0: unresolvable destination */
+    srtpkeys *srtp; /* atomic pointer; NULL: plain RTP */
     uint64_t packets_sent, bytes_sent, send_errors, dropped_backlog, gso_sends;
     uint32_t gso_disabled;
 };
@@ -78,7 +100,7 @@ typedef struct srcfilter {
 /* What the sequence lock guards (written by the engine thread per batch). */
 typedef struct flow_state {
     uint64_t packets_received, bytes_received, dropped_invalid, dropped_from_viewers, source_changes;
-    uint64_t dropped_wrong_source, dropped_wrong_ssrc;
+    uint64_t dropped_wrong_source, dropped_wrong_ssrc, srtp_errors;
     /* Another SSRC from the source, on probation before it may take over. */
     uint32_t cand_ssrc, cand_seq, cand_count, has_cand;
     int64_t lost_before, expected_before;
@@ -96,6 +118,7 @@ struct msm_flow {
     int splice;
     legset *legs; /* atomic pointer */
     srcfilter *source; /* atomic pointer; NULL: nothing is forwarded */
+    srtpkeys *srtp; /* atomic pointer; NULL: what arrives is plain RTP */
     int64_t takeover_ns; /* the current SSRC's silence before another may take over */
     msm_flow *prev, *next; /* the engine's list of live flows (under its mutex) */
     uint32_t seq; /* sequence lock over st */
@@ -160,7 +183,94 @@ struct msm_engine {
     struct mmsghdr tx[TX_CHUNK];
     txmeta meta[TX_CHUNK];
     uint32_t ntx;
+    uint8_t *scratch; /* SRTP_SCRATCH bytes: protected copies for SRTP legs */
+    uint32_t scratch_used;
+    struct iovec siov[TX_CHUNK]; /* one per queued message that points into scratch */
 };
+
+/* ------------------------------------------------------------------ SRTP (libsrtp2) */
+#ifdef MSM_HAVE_SRTP
+static void *srtp_session(const uint8_t *key, int inbound) {
+    srtp_policy_t pol;
+    srtp_t s = NULL;
+    unsigned char material[SRTP_KEYLEN];
+    memset(&pol, 0, sizeof pol);
+    memcpy(material, key, SRTP_KEYLEN);
+    srtp_crypto_policy_set_rtp_default(&pol.rtp); /* AES_CM_128_HMAC_SHA1_80 */
+    srtp_crypto_policy_set_rtcp_default(&pol.rtcp);
+    pol.ssrc.type = inbound ? ssrc_any_inbound : ssrc_any_outbound;
+    pol.key = material;
+    pol.window_size = 128; /* replay window (packets): libsrtp's default and minimum */
+    if (srtp_create(&s, &pol) != srtp_err_status_ok)
+        s = NULL;
+    memset(material, 0, sizeof material);
+    return s;
+}
+
+static void srtp_free_session(void *s) {
+    if (s)
+        srtp_dealloc((srtp_t)s);
+}
+
+/* 1 and *len the inner packet's length if p authenticates (and is no replay) under s. */
+static int srtp_open(void *s, uint8_t *p, uint32_t *len) {
+    int l = (int)*len;
+    if (!s || srtp_unprotect((srtp_t)s, p, &l) != srtp_err_status_ok)
+        return 0;
+    *len = (uint32_t)l;
+    return 1;
+}
+
+static int srtp_seal(void *s, uint8_t *p, uint32_t *len) {
+    int l = (int)*len;
+    if (srtp_protect((srtp_t)s, p, &l) != srtp_err_status_ok)
+        return 0;
+    *len = (uint32_t)l;
+    return 1;
+}
+#else
+static void *srtp_session(const uint8_t *key, int inbound) {
+    return NULL;
+}
+static void srtp_free_session(void *s) {
+}
+static int srtp_open(void *s, uint8_t *p, uint32_t *len) {
+    return 0;
+}
+static int srtp_seal(void *s, uint8_t *p, uint32_t *len) {
+    return 0;
+}
+#endif
+
+/* srtp_init once per process: a second call re-runs the crypto kernel's
+ * status checks and fails, which would cost later engines their SRTP. */
+static pthread_once_t srtp_once = PTHREAD_ONCE_INIT;
+static int srtp_ready;
+
+static void srtp_init_once(void) {
+#ifdef MSM_HAVE_SRTP
+    srtp_ready = srtp_init() == srtp_err_status_ok;
+#endif
+}
+
+static void free_srtpkeys(msm_engine *e, void *p) {
+    srtpkeys *k = p;
+    (void)e;
+    if (!k)
+        return;
+    if (k->owns_prev)
+        srtp_free_session(k->prev);
+    free(k);
+}
+
+/* Frees a set and both its sessions (the flow or leg is going away). */
+static void free_srtpkeys_all(srtpkeys *k) {
+    if (!k)
+        return;
+    srtp_free_session(k->cur);
+    srtp_free_session(k->prev);
+    free(k);
+}
 
 /* ------------------------------------------------------------------ RFC 3550 A.1 / A.8 */
 
@@ -371,11 +481,24 @@ static void free_plain(msm_engine *e, void *p) {
     free(p);
 }
 
+static void free_srtpkeys_whole(msm_engine *e, void *p) {
+    (void)e;
+    free_srtpkeys_all(p);
+}
+
+static void free_leg(msm_engine *e, void *p) {
+    msm_leg *l = p;
+    (void)e;
+    free_srtpkeys_all(l->srtp);
+    free(l);
+}
+
 static void free_flow(msm_engine *e, void *p) {
     msm_flow *f = p;
     (void)e;
     free(f->legs);
     free(f->source);
+    free_srtpkeys_all(f->srtp);
     close(f->fd);
     free(f);
 }
@@ -559,6 +682,7 @@ static uint32_t ingest(msm_engine *e, msm_flow *f, const legset *ls, int n) {
     int64_t batch_now = 0;
     flow_state *st = &f->st;
     const srcfilter *sf = __atomic_load_n(&f->source, __ATOMIC_ACQUIRE);
+    const srtpkeys *sk = __atomic_load_n(&f->srtp, __ATOMIC_ACQUIRE);
     seq_begin(f);
     for (int i = 0; i < n; i++) {
         struct msghdr *h = &e->rx[i].msg_hdr;
@@ -598,6 +722,13 @@ static uint32_t ingest(msm_engine *e, msm_flow *f, const legset *ls, int n) {
         step = segs > 1 ? gso : len;
         for (off = 0; off < len; off += step) {
             uint32_t sl = len - off < step ? len - off : step;
+            /* SRTP: authenticated (and replay-checked) before anything reads the
+             * header; decrypted in place (the packet only shrinks by its tag). */
+            if (sk && !srtp_open(sk->cur, buf + off, &sl) &&
+                !(sk->prev && now < sk->prev_until_ns && srtp_open(sk->prev, buf + off, &sl))) {
+                st->srtp_errors++;
+                continue;
+            }
             if (on_rtp(f, buf + off, sl, now)) {
                 e->pk[npk].iov_base = buf + off;
                 e->pk[npk].iov_len = sl;
@@ -696,6 +827,7 @@ static void flush(msm_engine *e, msm_flow *f) {
         off++;
     }
     e->ntx = 0;
+    e->scratch_used = 0;
 }
 
 static void add_msg(msm_engine *e, msm_flow *f, msm_leg *leg, struct iovec *iov, uint32_t n, uint32_t bytes,
@@ -711,6 +843,33 @@ static void add_msg(msm_engine *e, msm_flow *f, msm_leg *leg, struct iovec *iov,
     e->meta[e->ntx] = (txmeta){leg, n, bytes, seg};
     if (++e->ntx == TX_CHUNK)
         flush(e, f);
+}
+
+/* An SRTP leg: each packet is copied into the scratch area and protected
+ * with the leg's key, then queued as its own message. */
+static void fanout_srtp(msm_engine *e, msm_flow *f, msm_leg *leg, void *session, uint32_t npk) {
+    for (uint32_t i = 0; i < npk; i++) {
+        uint32_t len = (uint32_t)e->pk[i].iov_len;
+        uint8_t *out;
+        struct iovec *iov;
+        if (len + SRTP_TRAILER > MAX_DATAGRAM) {
+            BUMP(leg->send_errors, 1);
+            continue;
+        }
+        if (e->scratch_used + len + SRTP_TRAILER > SRTP_SCRATCH)
+            flush(e, f); /* sends what points into scratch, then reuses it */
+        out = e->scratch + e->scratch_used;
+        memcpy(out, e->pk[i].iov_base, len);
+        if (!srtp_seal(session, out, &len)) {
+            BUMP(leg->send_errors, 1);
+            continue;
+        }
+        e->scratch_used += (len + 15) & ~15u;
+        iov = &e->siov[e->ntx];
+        iov->iov_base = out;
+        iov->iov_len = len;
+        add_msg(e, f, leg, iov, 1, len, NULL, 0);
+    }
 }
 
 /* Fans the batch out: per leg, runs of equal-sized packets (the last may be
@@ -746,8 +905,14 @@ static void fanout(msm_engine *e, msm_flow *f, const legset *ls, uint32_t npk) {
     }
     for (uint32_t t = 0; t < ls->ntargets; t++) {
         msm_leg *leg = ls->targets[t];
+        const srtpkeys *sk;
         if (!leg->family) {
             BUMP(leg->send_errors, npk);
+            continue;
+        }
+        sk = __atomic_load_n(&leg->srtp, __ATOMIC_ACQUIRE);
+        if (sk) {
+            fanout_srtp(e, f, leg, sk->cur, npk);
             continue;
         }
         if (nruns && !LOAD(leg->gso_disabled)) {
@@ -895,6 +1060,14 @@ msm_engine *msm_engine_new(int want, char *err, size_t errlen) {
         goto fail;
     }
     e->features = probe_features(want);
+    e->scratch = malloc(SRTP_SCRATCH);
+    if (!e->scratch) {
+        snprintf(err, errlen, "out of memory for SRTP buffers");
+        goto fail;
+    }
+    pthread_once(&srtp_once, srtp_init_once);
+    if (srtp_ready)
+        e->features |= MSM_FEATURE_SRTP;
     for (int i = 0; i < RX_BATCH; i++) {
         e->rxiov[i].iov_base = e->slots + (size_t)i * RX_SLOT;
         e->rxiov[i].iov_len = RX_SLOT;
@@ -927,6 +1100,7 @@ fail:
     if (e->evfd >= 0)
         close(e->evfd);
     free(e->slots);
+    free(e->scratch);
     free(e);
     return NULL;
 }
@@ -966,6 +1140,7 @@ void msm_engine_free(msm_engine *e) {
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
     free(e->slots);
+    free(e->scratch);
     free(e);
 }
 
@@ -1092,6 +1267,7 @@ void msm_flow_stats_get(msm_flow *f, msm_flow_stats *o) {
     o->dropped_from_viewers = s.dropped_from_viewers;
     o->dropped_wrong_source = s.dropped_wrong_source;
     o->dropped_wrong_ssrc = s.dropped_wrong_ssrc;
+    o->srtp_errors = s.srtp_errors;
     o->source_changes = s.source_changes;
     o->lost_before = s.lost_before;
     o->expected_before = s.expected_before;
@@ -1117,9 +1293,75 @@ void msm_flow_stats_get(msm_flow *f, msm_flow_stats *o) {
 
 static void msm_leg_retire_async(msm_engine *e, msm_leg *l) {
     if (e->alive)
-        retire(e, free_plain, l);
+        retire(e, free_leg, l);
     else
-        free(l);
+        free_leg(e, l);
+}
+
+static int srtp_ok(msm_engine *e, const uint8_t *key, uint32_t keylen) {
+    if (!(e->features & MSM_FEATURE_SRTP)) {
+        errno = ENOTSUP;
+        return 0;
+    }
+    if (!key || keylen != SRTP_KEYLEN) {
+        errno = EINVAL;
+        return 0;
+    }
+    return 1;
+}
+
+static void retire_keys(msm_engine *e, srtpkeys *old) {
+    if (!old)
+        return;
+    if (e->alive)
+        retire(e, free_srtpkeys, old);
+    else
+        free_srtpkeys(e, old);
+}
+
+int msm_flow_set_srtp(msm_engine *e, msm_flow *f, const uint8_t *key, uint32_t keylen, uint32_t grace_ms) {
+    srtpkeys *k, *old;
+    if (!srtp_ok(e, key, keylen))
+        return -1;
+    k = calloc(1, sizeof *k);
+    if (!k || !(k->cur = srtp_session(key, 1))) {
+        free(k);
+        errno = k ? EINVAL : ENOMEM;
+        return -1;
+    }
+    old = __atomic_load_n(&f->srtp, __ATOMIC_ACQUIRE); /* only this (Python) thread publishes */
+    if (old) {
+        /* The old current key stays acceptable for the grace period; the
+         * key before it (old->prev) goes with the old set. */
+        k->prev = old->cur;
+        k->prev_until_ns = realtime_ns() + (int64_t)grace_ms * 1000000;
+        old->owns_prev = 1;
+    }
+    __atomic_store_n(&f->srtp, k, __ATOMIC_RELEASE);
+    retire_keys(e, old);
+    return 0;
+}
+
+int msm_leg_set_srtp(msm_engine *e, msm_leg *l, const uint8_t *key, uint32_t keylen) {
+    srtpkeys *k, *old;
+    if (!srtp_ok(e, key, keylen))
+        return -1;
+    k = calloc(1, sizeof *k);
+    if (!k || !(k->cur = srtp_session(key, 0))) {
+        free(k);
+        errno = k ? EINVAL : ENOMEM;
+        return -1;
+    }
+    /* The old set is not touched (the engine thread may be protecting with it
+     * right now): it goes whole, session included, at a quiescent point. */
+    old = __atomic_exchange_n(&l->srtp, k, __ATOMIC_ACQ_REL);
+    if (old) {
+        if (e->alive)
+            retire(e, free_srtpkeys_whole, old);
+        else
+            free_srtpkeys_all(old);
+    }
+    return 0;
 }
 
 /* Returns once the engine thread passed a quiescent point (1), or after
@@ -1218,7 +1460,7 @@ void msm_leg_free(msm_engine *e, msm_leg *l, int timeout_ms, msm_leg_stats *fina
     if (final)
         msm_leg_stats_get(l, final);
     if (passed)
-        free(l);
+        free_leg(e, l);
     else
-        retire(e, free_plain, l);
+        retire(e, free_leg, l);
 }

@@ -30,6 +30,7 @@
 #define MSM_FEATURE_GSO 1 /* UDP_SEGMENT on send */
 #define MSM_FEATURE_GRO 2 /* UDP_GRO on receive */
 #define MSM_FEATURE_TIMESTAMPS 4 /* kernel receive timestamps for jitter */
+#define MSM_FEATURE_SRTP 8 /* built with libsrtp2: SRTP on flows and legs (always reported when built) */
 
 typedef struct msm_engine msm_engine;
 typedef struct msm_flow msm_flow;
@@ -61,6 +62,7 @@ typedef struct msm_flow_stats {
     uint64_t packets_received, bytes_received;
     uint64_t dropped_invalid, dropped_from_viewers, source_changes;
     uint64_t dropped_wrong_source, dropped_wrong_ssrc;
+    uint64_t srtp_errors; /* failed SRTP authentication or replay checks */
     int64_t lost_before, expected_before;
     uint32_t ssrc, has_ssrc, out_ssrc, has_out_ssrc;
     uint32_t seq_offset, ts_offset;
@@ -109,6 +111,14 @@ int msm_rtp_valid(const uint8_t *p, uint32_t len);
 /* Publishes a new leg set: every leg (their RTP addresses are the viewers whose
  * packets are dropped) and which of them are enabled (the fan-out targets). */
 int msm_flow_set_legs(msm_engine *e, msm_flow *f, msm_leg **legs, const uint8_t *enabled, uint32_t n);
+/* SRTP (RFC 3711, AES_CM_128_HMAC_SHA1_80): `key` is the 16-byte master key
+ * then the 14-byte salt (keylen 30). On a flow: what arrives from its source
+ * is unprotected before the RTP checks; failures are dropped as srtp_errors.
+ * Called again (a rekey), the previous key is still accepted for grace_ms.
+ * On a leg: it protects what it sends. -1 with errno ENOTSUP when the engine
+ * was built without libsrtp2, EINVAL for a bad key, ENOMEM. */
+int msm_flow_set_srtp(msm_engine *e, msm_flow *f, const uint8_t *key, uint32_t keylen, uint32_t grace_ms);
+int msm_leg_set_srtp(msm_engine *e, msm_leg *l, const uint8_t *key, uint32_t keylen);
 void msm_flow_stats_get(msm_flow *f, msm_flow_stats *out);
 /* Stops serving, waits (at most timeout_ms) until the engine thread let go of
  * the flow, writes its final counters to `final` (if not NULL), frees it and

@@ -33,6 +33,8 @@ from typing import Protocol
 from msm.sdk.errors import Unavailable
 from msm.sdk.rtp import ReceiverReport, ReportBlock
 
+from .srtp import SrtpKey
+
 __all__ = ["MAX_SOCKET_BACKLOG", "SSRC_TAKEOVER", "TAKEOVER_SEQUENTIAL",
            "Address", "DatagramSocket", "Endpoint", "EngineUnavailable", "FlowEngine", "Leg",
            "LegCounters", "RtpState"]
@@ -72,6 +74,8 @@ class Leg:
     rtcp_addr: Address
     enabled: bool = False
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: Set: this leg sends SRTP/SRTCP with this key (a leg to another node's proxy).
+    srtp: SrtpKey | None = None
     # The RTCP side, kept by the flow.
     rtcp_sent: int = 0
     rtcp_send_errors: int = 0
@@ -102,6 +106,8 @@ class RtpState:
     #: Not from the flow's source (address, or port when it names one); not the learned SSRC.
     dropped_wrong_source: int = 0
     dropped_wrong_ssrc: int = 0
+    #: SRTP packets that failed authentication or the replay check (dropped).
+    srtp_errors: int = 0
     #: The current upstream source, and the SSRC viewers see (splicing).
     ssrc: int | None = None
     out_ssrc: int | None = None
@@ -151,6 +157,15 @@ class FlowEngine(Protocol):
         takes over only after the current one was silent for the engine's
         takeover time and the new one is in sequence (RFC 3550 A.1).
         """
+
+    def set_ingress_key(self, key: SrtpKey | None) -> None:
+        """What arrives is SRTP under ``key`` (a newer epoch: a rekey, the previous key kept for a grace).
+
+        ``None`` only before any key: a flow's ingress never goes back to plain RTP.
+        """
+
+    def set_leg_key(self, leg_id: str, key: SrtpKey) -> None:
+        """The published leg ``leg_id`` protects with ``key`` from now on (a newer epoch than its own)."""
 
     def state(self) -> RtpState:
         """The RTP path's counters and statistics, now."""

@@ -59,6 +59,7 @@ from .native import NativeEngine, start_core
 from .ports import PortRangeExhausted, bind_pair
 from .pyengine import PythonEngine
 from .snapshot import FlowSnapshot, LegSnapshot
+from .srtp import Protector, SrtpKey, Unprotector
 from .trust import LocalAddresses, check_destination
 
 __all__ = ["ENGINES", "MAX_SOCKET_BACKLOG", "Address", "EngineUnavailable", "Flow", "FlowTable", "Leg",
@@ -110,6 +111,14 @@ class Flow:
         self.source: tuple[str, int, int] | None = None
         self.rtcp_bye_dropped = 0
         self.ssrc_collisions = 0
+        # SRTP (a flow fed by another node): the ingress key, SRTCP in from the
+        # source and out with our receiver reports; per SRTP leg, SRTCP out and
+        # its receiver reports in. The engine does the RTP side.
+        self.srtp: SrtpKey | None = None
+        self._srtcp_in: Unprotector | None = None
+        self._srtcp_reply: Protector | None = None
+        self._leg_srtcp: dict[str, tuple[Protector, Unprotector]] = {}
+        self._srtcp_errors = 0
         self._rtcp_from_viewers = 0
         self._rtcp_backlog = 0
         self._rtcp_socket_errors = 0
@@ -141,9 +150,35 @@ class Flow:
         source = self.source
         return source is not None and addr[0] == source[0] and (not source[2] or addr[1] == source[2])
 
+    # -- SRTP ---------------------------------------------------------------
+    def set_ingress_key(self, key: SrtpKey) -> None:
+        """What arrives is SRTP/SRTCP under ``key``; a newer epoch rekeys (the previous key kept a while)."""
+        if self._srtcp_in is None or self._srtcp_reply is None:
+            self._srtcp_in, self._srtcp_reply = Unprotector(key, self.clock), Protector(key)
+        else:
+            self._srtcp_in.rekey(key)    # refuses an older epoch before anything changes
+            self._srtcp_reply.rekey(key)
+        self.engine.set_ingress_key(key)
+        self.srtp = self._srtcp_in.key
+
+    def rekey_leg(self, leg_id: str, key: SrtpKey) -> None:
+        """The SRTP leg ``leg_id`` sends under ``key`` from now on; ``KeyError`` if there is none."""
+        leg = self.legs[leg_id]
+        rtcp = self._leg_srtcp.get(leg_id)
+        if rtcp is None:
+            self._leg_srtcp[leg_id] = (Protector(key), Unprotector(key, self.clock))
+        else:
+            rtcp[0].rekey(key)
+            rtcp[1].rekey(key)
+        leg.srtp = key
+        self.engine.set_leg_key(leg_id, key)
+
     # -- legs ---------------------------------------------------------------
     def set_leg(self, leg: Leg) -> None:
         self.legs[leg.leg_id] = leg
+        self._leg_srtcp.pop(leg.leg_id, None)
+        if leg.srtp is not None:
+            self._leg_srtcp[leg.leg_id] = (Protector(leg.srtp), Unprotector(leg.srtp, self.clock))
         self._rebuild()
 
     def enable_leg(self, leg_id: str, enabled: bool) -> None:
@@ -152,6 +187,7 @@ class Flow:
 
     def remove_leg(self, leg_id: str) -> Leg | None:
         leg = self.legs.pop(leg_id, None)
+        self._leg_srtcp.pop(leg_id, None)
         self._rebuild()
         return leg
 
@@ -183,6 +219,7 @@ class Flow:
             socket_errors=rtp.socket_errors + self._rtcp_socket_errors,
             rtcp_received=self.rtcp_received, rtcp_errors=self.rtcp_errors,
             rtcp_bye_dropped=self.rtcp_bye_dropped, ssrc_collisions=self.ssrc_collisions,
+            srtp=self.srtp is not None, srtp_errors=rtp.srtp_errors + self._srtcp_errors,
             legs=tuple(self._leg_snapshot(leg) for leg in list(self.legs.values())))
 
     def _leg_snapshot(self, leg: Leg) -> LegSnapshot:
@@ -194,7 +231,7 @@ class Flow:
             dropped_backlog=rtp.dropped_backlog + leg.rtcp_dropped_backlog, rtcp_received=leg.rtcp_received,
             has_report=leg.has_report, viewer_fraction_lost=leg.viewer_fraction_lost,
             viewer_packets_lost=leg.viewer_packets_lost, viewer_jitter_ms=leg.viewer_jitter_ms,
-            rtt_ms=leg.rtt_ms)
+            rtt_ms=leg.rtt_ms, srtp=leg.srtp is not None)
 
     # -- single counters, as the flow had them (each one reads the engine; snapshot() reads all at once)
     @property
@@ -257,6 +294,12 @@ class Flow:
             # never reaches viewers, and never redirects our reports.
             self._rtcp_wrong_source += 1
             return
+        if self._srtcp_in is not None:
+            plain = self._srtcp_in.unprotect_rtcp(data)
+            if plain is None:
+                self._srtcp_errors += 1
+                return
+            data = plain
         self.rtcp_received += 1
         self.upstream_rtcp = addr
         try:
@@ -297,6 +340,13 @@ class Flow:
         return bytes(buf)
 
     def _from_viewer(self, leg: Leg, data: bytes) -> None:
+        srtcp = self._leg_srtcp.get(leg.leg_id)
+        if srtcp is not None:   # the next node's receiver reports, as SRTCP
+            plain = srtcp[1].unprotect_rtcp(data)
+            if plain is None:
+                self._srtcp_errors += 1
+                return
+            data = plain
         leg.rtcp_received += 1
         try:
             packets = parse_rtcp(data)
@@ -358,11 +408,14 @@ class Flow:
             return
         # Viewers' own reports are summarised here rather than relayed one by
         # one: the upstream sees one receiver, the mesh.
-        report = serialize_rtcp([
+        report: bytes | None = serialize_rtcp([
             ReceiverReport(ssrc=self.report_ssrc, reports=(block,)),
             SourceDescription(chunks=(SdesChunk(ssrc=self.report_ssrc, items=((1, self.cname),)),)),
         ])
-        self.rtcp_transport.sendto(report, self.upstream_rtcp)
+        if self._srtcp_reply is not None and report is not None:
+            report = self._srtcp_reply.protect_rtcp(report)
+        if report is not None:
+            self.rtcp_transport.sendto(report, self.upstream_rtcp)
 
     def _send_rtcp(self, data: bytes) -> None:
         transport, legs = self.rtcp_transport, self._rtcp_targets
@@ -374,8 +427,16 @@ class Flow:
                 leg.rtcp_dropped_backlog += 1
             return
         for leg in legs:
+            out = data
+            srtcp = self._leg_srtcp.get(leg.leg_id)
+            if srtcp is not None:
+                protected = srtcp[0].protect_rtcp(data)
+                if protected is None:
+                    leg.rtcp_send_errors += 1
+                    continue
+                out = protected
             try:
-                transport.sendto(data, leg.rtcp_addr)
+                transport.sendto(out, leg.rtcp_addr)
                 leg.rtcp_sent += 1
             except OSError:
                 leg.rtcp_send_errors += 1
@@ -383,7 +444,9 @@ class Flow:
     def send_to_upstream(self, data: bytes) -> None:
         """Send RTCP (e.g. a receiver report) to the upstream source, if known."""
         if self.rtcp_transport is not None and self.upstream_rtcp is not None:
-            self.rtcp_transport.sendto(data, self.upstream_rtcp)
+            out = self._srtcp_reply.protect_rtcp(data) if self._srtcp_reply is not None else data
+            if out is not None:
+                self.rtcp_transport.sendto(out, self.upstream_rtcp)
 
     def on_socket_error(self, exc: Exception) -> None:
         self._rtcp_socket_errors += 1
@@ -487,11 +550,23 @@ class FlowTable:
         await engine.start(rtp_sock)
         return engine
 
+    def check_srtp(self) -> None:
+        """``EngineUnavailable`` if this table's engine cannot do SRTP (a native engine built without libsrtp2)."""
+        if self.engine == "native" and "srtp" not in self.engine_features:
+            raise EngineUnavailable(
+                "SRTP refused: the native engine was built without libsrtp2 (install libsrtp2-dev and "
+                "rebuild with python ext/build.py, or run the proxy with --engine python)")
+
     async def add_flow(self, flow_id: str, *, clock_rate: int = 0, splice: bool = True,
-                       labels: Mapping[str, str] | None = None, bind_host: str = "") -> Flow:
+                       labels: Mapping[str, str] | None = None, bind_host: str = "",
+                       srtp: SrtpKey | None = None) -> Flow:
         existing = self.flows.get(flow_id)
         if existing is not None:
+            if srtp is not None:
+                existing.set_ingress_key(srtp)
             return existing
+        if srtp is not None:
+            self.check_srtp()
         host = bind_host or self.host
         low, high = self.port_range
         rtp_sock, rtcp_sock = bind_pair(host, low, high, self._next, avoid=self._leg_ports_here())
@@ -512,6 +587,8 @@ class FlowTable:
             raise
         flow.rtcp_transport = cast(DatagramSocket, rtcp_t)
         flow.ingress = ingress
+        if srtp is not None:
+            flow.set_ingress_key(srtp)
         self.flows[flow_id] = flow
         log.info("flow %s: ingress %s:%d-%d (%s)", flow_id, host, flow.ingress[1], flow.ingress[1] + 1, self.engine)
         return flow

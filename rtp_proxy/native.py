@@ -25,6 +25,7 @@ from msm.sdk.rtp import ReportBlock
 from msm.sdk.stats import reception_report
 
 from .engine import SSRC_TAKEOVER, Address, EngineUnavailable, Leg, LegCounters, RtpState
+from .srtp import REKEY_GRACE, SrtpKey
 
 
 def start_core() -> ext.Engine:
@@ -42,6 +43,7 @@ def _state(snap: Any) -> RtpState:
         dropped_from_viewers=int(snap.dropped_from_viewers), dropped_backlog=int(snap.dropped_backlog),
         socket_errors=int(snap.socket_errors), source_changes=int(snap.source_changes),
         dropped_wrong_source=int(snap.dropped_wrong_source), dropped_wrong_ssrc=int(snap.dropped_wrong_ssrc),
+        srtp_errors=int(snap.srtp_errors),
         ssrc=int(snap.ssrc) if snap.has_ssrc else None, out_ssrc=int(snap.out_ssrc) if snap.has_out_ssrc else None,
         seq_offset=int(snap.seq_offset), ts_offset=int(snap.ts_offset),
         lost_before=int(snap.lost_before), expected_before=int(snap.expected_before),
@@ -79,6 +81,8 @@ class NativeEngine:
             known = old.get(leg.leg_id)
             if known is None or known[0] is not leg:
                 known = (leg, ext.LegHandle(self._core, leg.rtp_addr[0], leg.rtp_addr[1], self._family))
+                if leg.srtp is not None:
+                    known[1].set_srtp(leg.srtp.material)   # before any leg set publishes it
             self._legs[leg.leg_id] = known
         current = list(self._legs.values())
         self._handle.set_legs([handle for _, handle in current], [leg.enabled for leg, _ in current])
@@ -92,6 +96,15 @@ class NativeEngine:
             self._handle.set_source(None, 0, self._family)
         else:
             self._handle.set_source(source[0], source[1], self._family)
+
+    def set_ingress_key(self, key: SrtpKey | None) -> None:
+        if key is not None:
+            self._handle.set_srtp(key.material, grace_ms=round(REKEY_GRACE * 1000))
+
+    def set_leg_key(self, leg_id: str, key: SrtpKey) -> None:
+        known = self._legs.get(leg_id)
+        if known is not None:
+            known[1].set_srtp(key.material)
 
     def state(self) -> RtpState:
         return _state(self._handle.stats())

@@ -36,6 +36,7 @@ from .engine import (
     LegCounters,
     RtpState,
 )
+from .srtp import Protector, SrtpKey, Unprotector
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,12 @@ def rtp_check(data: bytes) -> tuple[int, int, int] | None:
 class _Target:
     """One published leg as the hot path sees it, with what was sent to it."""
 
-    __slots__ = ("addr", "bytes_sent", "dropped_backlog", "leg", "packets_sent", "send_errors")
+    __slots__ = ("addr", "bytes_sent", "dropped_backlog", "leg", "packets_sent", "protector", "send_errors")
 
     def __init__(self, leg: Leg) -> None:
         self.leg = leg
         self.addr = leg.rtp_addr
+        self.protector = Protector(leg.srtp) if leg.srtp is not None else None
         self.packets_sent = 0
         self.bytes_sent = 0
         self.send_errors = 0
@@ -118,6 +120,8 @@ class PythonEngine:
         self.source_changes = 0
         self.dropped_wrong_source = 0
         self.dropped_wrong_ssrc = 0
+        self.srtp_errors = 0
+        self._srtp: Unprotector | None = None    # set: what arrives is SRTP
         # Statistics of the current upstream source.
         self.ssrc: int | None = None
         self.stats: ReceiverStats | None = None
@@ -151,6 +155,23 @@ class PythonEngine:
     def set_source(self, source: Address | None) -> None:
         self._source = source
 
+    def set_ingress_key(self, key: SrtpKey | None) -> None:
+        if key is None:
+            return
+        if self._srtp is None:
+            self._srtp = Unprotector(key, self.clock)
+        else:
+            self._srtp.rekey(key)
+
+    def set_leg_key(self, leg_id: str, key: SrtpKey) -> None:
+        target = self._legs.get(leg_id)
+        if target is None:
+            return
+        if target.protector is None:
+            target.protector = Protector(key)
+        else:
+            target.protector.rekey(key)
+
     def state(self) -> RtpState:
         stats = self.stats
         return RtpState(
@@ -159,7 +180,8 @@ class PythonEngine:
             dropped_from_viewers=self.dropped_from_viewers, dropped_backlog=self.dropped_backlog,
             socket_errors=self.socket_errors, source_changes=self.source_changes,
             dropped_wrong_source=self.dropped_wrong_source, dropped_wrong_ssrc=self.dropped_wrong_ssrc,
-            ssrc=self.ssrc, out_ssrc=self.out_ssrc, seq_offset=self._seq_offset, ts_offset=self._ts_offset,
+            srtp_errors=self.srtp_errors, ssrc=self.ssrc, out_ssrc=self.out_ssrc,
+            seq_offset=self._seq_offset, ts_offset=self._ts_offset,
             lost_before=self._lost_before, expected_before=self._expected_before,
             received=stats.received if stats else 0, expected=stats.expected if stats else 0,
             extended_highest_seq=stats.extended_highest_seq if stats else 0,
@@ -195,6 +217,13 @@ class PythonEngine:
         if source is None or addr[0] != source[0] or (source[1] and addr[1] != source[1]):
             self.dropped_wrong_source += 1
             return
+        if self._srtp is not None:
+            # Authenticated (and replay-checked) before anything reads the header.
+            plain = self._srtp.unprotect(data)
+            if plain is None:
+                self.srtp_errors += 1
+                return
+            data = plain
         header = rtp_check(data)
         if header is None:
             self.dropped_invalid += 1
@@ -265,12 +294,18 @@ class PythonEngine:
             for target in targets:
                 target.dropped_backlog += 1
             return
-        size = len(data)
         for target in targets:
+            out = data
+            if target.protector is not None:
+                protected = target.protector.protect(data)
+                if protected is None:    # would not fit a datagram once protected
+                    target.send_errors += 1
+                    continue
+                out = protected
             try:
-                transport.sendto(data, target.addr)
+                transport.sendto(out, target.addr)
                 target.packets_sent += 1
-                target.bytes_sent += size
+                target.bytes_sent += len(out)
                 self.packets_forwarded += 1
             except OSError:
                 target.send_errors += 1

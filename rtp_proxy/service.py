@@ -30,6 +30,7 @@ from msm.security.tls import TlsFiles, secure_channel, server_credentials
 from .flows import Flow, FlowTable, Leg
 from .metrics import MetricsServer, proxy_registry
 from .snapshot import FlowSnapshot, LegSnapshot
+from .srtp import SrtpKey
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ def snapshot_stats(snap: FlowSnapshot, node: str = "") -> pb.FlowStats:
         labels=snap.labels,
         clock_rate=snap.clock_rate,
         packets_forwarded=snap.packets_forwarded,
+        srtp=snap.srtp,
+        srtp_errors=snap.srtp_errors,
         legs=[_leg_stats(snap.flow_id, leg) for leg in snap.legs],
     )
 
@@ -89,7 +92,14 @@ def _leg_stats(flow_id: str, leg: LegSnapshot) -> pb.LegStats:
         rtt_ms=leg.rtt_ms,
         dropped_backlog=leg.dropped_backlog,
         labels=leg.labels,
+        srtp=leg.srtp,
     )
+
+
+def srtp_key(params: pb.SrtpParams) -> SrtpKey:
+    """The key in ``params`` (``SrtpKeyRefused``, a ``Refused``, for a profile or lengths we cannot use)."""
+    return SrtpKey(master_key=params.master_key, master_salt=params.master_salt, epoch=params.epoch,
+                   profile=params.profile)
 
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -117,10 +127,11 @@ class DataPlaneService(pb_grpc.DataPlaneServicer):
                 # ports on other interfaces (or all of them) of a host-network pod.
                 raise Refused(f"bind_host must be the media host {self.table.host} (or empty)")
             known = request.flow_id in self.table.flows
+            key = srtp_key(request.srtp) if request.HasField("srtp") else None
             try:
                 flow = await self.table.add_flow(
                     request.flow_id, clock_rate=request.clock_rate, splice=request.splice,
-                    labels=dict(request.labels), bind_host=request.bind_host)
+                    labels=dict(request.labels), bind_host=request.bind_host, srtp=key)
             except OSError as exc:
                 raise Refused(f"cannot bind: {exc}") from exc
             if request.HasField("source") and request.source.host:
@@ -157,14 +168,40 @@ class DataPlaneService(pb_grpc.DataPlaneServicer):
             flow = self._flow(request.flow_id)
             # Never towards this proxy itself (a loop) or a reflector's target.
             self.table.check_destination(dest.host, dest.rtp_port, dest.rtcp_port)
+            key = srtp_key(request.srtp) if request.HasField("srtp") else None
+            if key is not None:
+                self.table.check_srtp()
         except MsmError as exc:
             if isinstance(exc, Refused):
                 log.warning("flow %s: leg %s refused: %s", request.flow_id, request.leg_id, exc.reason)
             await abort(context, exc)
         flow.set_leg(Leg(request.leg_id, (dest.host, dest.rtp_port), (dest.host, dest.rtcp_port),
-                         enabled=request.enabled, labels=dict(request.labels)))
-        log.info("flow %s: leg %s -> %s:%d-%d (%s)", flow.flow_id, request.leg_id, dest.host,
-                 dest.rtp_port, dest.rtcp_port, "enabled" if request.enabled else "disabled")
+                         enabled=request.enabled, labels=dict(request.labels), srtp=key))
+        log.info("flow %s: leg %s -> %s:%d-%d (%s%s)", flow.flow_id, request.leg_id, dest.host,
+                 dest.rtp_port, dest.rtcp_port, "enabled" if request.enabled else "disabled",
+                 f", SRTP epoch {key.epoch}" if key is not None else "")
+        return pb.Empty()
+
+    async def Rekey(self, request: pb.RekeyRequest, context: Context) -> pb.Empty:
+        """A newer SRTP key for a flow's ingress (``leg_id`` empty) or one of its SRTP legs."""
+        try:
+            flow = self._flow(request.flow_id)
+            key = srtp_key(request.srtp)
+            if not request.leg_id:
+                if flow.srtp is None:
+                    raise Refused(f"flow {request.flow_id!r} does not receive SRTP")
+                flow.set_ingress_key(key)
+            else:
+                leg = flow.legs.get(request.leg_id)
+                if leg is None:
+                    raise NotFound(f"no leg {request.leg_id!r} on flow {request.flow_id!r}")
+                if leg.srtp is None:
+                    raise Refused(f"leg {request.leg_id!r} does not send SRTP")
+                flow.rekey_leg(request.leg_id, key)
+        except MsmError as exc:
+            await abort(context, exc)
+        log.info("flow %s: %s rekeyed to SRTP epoch %d", request.flow_id,
+                 f"leg {request.leg_id}" if request.leg_id else "ingress", key.epoch)
         return pb.Empty()
 
     async def UpdateLeg(self, request: pb.UpdateLegRequest, context: Context) -> pb.Empty:

@@ -35,6 +35,7 @@ class LegSnapshot:
     viewer_packets_lost: int
     viewer_jitter_ms: float
     rtt_ms: float | None
+    srtp: bool = False        # this leg sends SRTP
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,9 @@ class FlowSnapshot:
     rtcp_bye_dropped: int
     ssrc_collisions: int
     legs: tuple[LegSnapshot, ...]
+    # SRTP: what arrives is SRTP; RTP and RTCP that failed authentication or the replay check.
+    srtp: bool = False
+    srtp_errors: int = 0
 
     def leg(self, leg_id: str) -> LegSnapshot:
         """The leg ``leg_id`` (``KeyError`` if the flow has none)."""
