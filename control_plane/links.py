@@ -169,9 +169,10 @@ class ProxyLink:
             raise error_from_rpc(exc, f"proxy on node {self.node}") from None
 
     async def add_flow(self, flow_id: str, clock_rate: int, labels: Mapping[str, str],
-                       source: pb.SourceFilter | None = None) -> pb.Endpoint:
+                       source: pb.SourceFilter | None = None, srtp: pb.SrtpParams | None = None) -> pb.Endpoint:
+        # SRTP keys travel only on this channel (mutual TLS) and are never logged.
         request = pb.AddFlowRequest(flow_id=flow_id, clock_rate=clock_rate, splice=True, labels=labels,
-                                    source=source)
+                                    source=source, srtp=srtp)
         reply: pb.AddFlowReply = await self._call(lambda: self.api.AddFlow(request, timeout=PROXY_TIMEOUT))
         return reply.ingress
 
@@ -184,10 +185,14 @@ class ProxyLink:
         await self._call(lambda: self.api.RemoveFlow(request, timeout=PROXY_TIMEOUT))
 
     async def add_leg(self, flow_id: str, leg_id: str, destination: pb.Endpoint, *, enabled: bool,
-                      labels: Mapping[str, str]) -> None:
+                      labels: Mapping[str, str], srtp: pb.SrtpParams | None = None) -> None:
         request = pb.AddLegRequest(flow_id=flow_id, leg_id=leg_id, destination=destination, enabled=enabled,
-                                   labels=labels)
+                                   labels=labels, srtp=srtp)
         await self._call(lambda: self.api.AddLeg(request, timeout=PROXY_TIMEOUT))
+
+    async def rekey(self, flow_id: str, leg_id: str, srtp: pb.SrtpParams) -> None:
+        request = pb.RekeyRequest(flow_id=flow_id, leg_id=leg_id, srtp=srtp)
+        await self._call(lambda: self.api.Rekey(request, timeout=PROXY_TIMEOUT))
 
     async def update_leg(self, flow_id: str, leg_id: str, *, enabled: bool) -> None:
         request = pb.UpdateLegRequest(flow_id=flow_id, leg_id=leg_id, enabled=enabled)

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import secrets
 from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import urlsplit
@@ -59,13 +60,34 @@ __all__ = ["MAX_TRACKS", "Planner"]
 MAX_TRACKS = 8
 # Client ports below this are privileged services, never a player's RTP port.
 MIN_CLIENT_PORT = 1024
+# SRTP on legs between nodes (RFC 3711): the one profile, and how often a relay's
+# key is replaced. RFC 3711 9.2 wants a new key before 2^31 SRTCP packets (and
+# 2^48 SRTP packets) under one key; an hour stays under 2^31 packets up to about
+# 600,000 packets a second, far above any one camera, and bounds how much media
+# one leaked key opens. A failed rekey is retried after REKEY_RETRY, inside the
+# receiver's grace for the previous key (5 s, rtp_proxy/srtp.py).
+SRTP_PROFILE = "AES_CM_128_HMAC_SHA1_80"
+REKEY_INTERVAL = 3600.0
+REKEY_RETRY = 2.0
+
+
+def new_srtp_key(epoch: int) -> pb.SrtpParams:
+    """A fresh SRTP master key and salt (never logged, never stored: only its epoch is kept)."""
+    return pb.SrtpParams(profile=SRTP_PROFILE, master_key=secrets.token_bytes(16),
+                         master_salt=secrets.token_bytes(14), epoch=epoch)
 
 
 class Planner:
     def __init__(self, resolver: Resolver, *, store: Store | None = None, clock: Clock | None = None,
                  linger: float = 5.0, max_tracks: int = MAX_TRACKS, port_pairs: bool = False,
-                 proxy_port_range: tuple[int, int] | None = None) -> None:
+                 proxy_port_range: tuple[int, int] | None = None, srtp: bool = True,
+                 rekey_interval: float = REKEY_INTERVAL) -> None:
         self.resolver = resolver
+        # SRTP on every leg between nodes, on by default (the secure default); legs
+        # to viewers on the same node stay plain RTP. Keys rotate every rekey_interval.
+        self.srtp = srtp
+        self.rekey_interval = rekey_interval
+        self._rekeys: dict[str, tuple[int, Timer]] = {}   # relay flow id -> (its key's epoch, next rekey)
         self.max_tracks = max_tracks   # default MAX_TRACKS: see there
         # RTP even and RTCP = RTP + 1 (RFC 3550 11). Off by default only because the
         # stub's own UDP bridges (TCP viewers) bind two unrelated ephemeral ports today.
@@ -104,6 +126,9 @@ class Planner:
         for _, timer in self._lingers.values():
             timer.cancel()
         self._lingers.clear()
+        for _, timer in self._rekeys.values():
+            timer.cancel()
+        self._rekeys.clear()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
@@ -325,6 +350,7 @@ class Planner:
         return ip.is_loopback or ip.is_unspecified or str(ip) in proxy_hosts
 
     async def _remove_flow(self, ref: FlowRef) -> None:
+        self._cancel_rekey(ref.flow_id)
         proxy = self._dataplane_of(ref)
         if proxy is not None:
             with contextlib.suppress(Unavailable):
@@ -431,19 +457,64 @@ class Planner:
         # Its media comes from the source flow's own ingress socket (legs send from it).
         feed = pb.SourceFilter(host=source.ingress.host, rtp_port=source.ingress.rtp_port,
                                rtcp_port=source.ingress.rtcp_port)
+        # One fresh key per relay leg: the source node's leg protects, the relay flow unprotects.
+        key = new_srtp_key(epoch=1) if self.srtp else None
         ingress = await proxy.add_flow(flow_id, track.clock_rate, {
-            "stream": record.stream_id, "track": str(index), "kind": track.kind, "hop": "relay"}, source=feed)
+            "stream": record.stream_id, "track": str(index), "kind": track.kind, "hop": "relay"}, source=feed,
+            srtp=key)
         relay = FlowRef(proxy.node, proxy.proxy_id, flow_id, ingress)
         try:
             await source_proxy.add_leg(source.flow_id, f"relay@{node}", ingress, enabled=True, labels={
-                "session": f"relay@{node}", "viewer": f"proxy {node}"})
+                "session": f"relay@{node}", "viewer": f"proxy {node}"}, srtp=key)
         except BaseException:
             await self._remove_flow(relay)
             raise
+        if key is not None:
+            self._schedule_rekey(record.stream_id, node, index, flow_id, 1, self.rekey_interval)
         record.relays[(node, index)] = relay
         self.store.put_stream(record)
         log.info("stream %s: track %d relayed %s -> %s", record.stream_id, index, source.node, node)
         return relay
+
+    # -- SRTP key rotation on relay legs ------------------------------------------------------
+    def _schedule_rekey(self, stream_id: str, node: str, index: int, flow_id: str, epoch: int,
+                        delay: float) -> None:
+        def due() -> None:
+            self.spawn(self._rekey(stream_id, node, index, flow_id, epoch + 1), name=f"rekey {flow_id}")
+        self._cancel_rekey(flow_id)
+        self._rekeys[flow_id] = (epoch, self.clock.call_later(delay, due))
+
+    def _cancel_rekey(self, flow_id: str) -> None:
+        entry = self._rekeys.pop(flow_id, None)
+        if entry is not None:
+            entry[1].cancel()
+
+    async def _rekey(self, stream_id: str, node: str, index: int, flow_id: str, epoch: int) -> None:
+        """A new key for the relay ``flow_id``: its receiving flow first, then the sending leg."""
+        async with self._lock(stream_id):
+            record = self.store.get_stream(stream_id)
+            relay = record.relays.get((node, index)) if record is not None else None
+            source = record.flows.get(index) if record is not None else None
+            relay_proxy = self._dataplane_of(relay) if relay is not None else None
+            source_proxy = self._dataplane_of(source) if source is not None else None
+            if (relay is None or relay.flow_id != flow_id or source is None or relay_proxy is None
+                    or source_proxy is None):
+                self._rekeys.pop(flow_id, None)   # the relay is gone: so is its rotation
+                return
+            key = new_srtp_key(epoch)
+            try:
+                # The receiver first: it still accepts the old key for a grace period
+                # (rtp_proxy/srtp.py REKEY_GRACE), so nothing in flight is lost while
+                # the sender switches.
+                await relay_proxy.rekey(flow_id, "", key)
+                await source_proxy.rekey(source.flow_id, f"relay@{node}", key)
+            except MsmError as exc:
+                log.warning("stream %s: rekeying the relay to node %s failed (%s); retrying in %gs",
+                            stream_id, node, exc.reason, REKEY_RETRY)
+                self._schedule_rekey(stream_id, node, index, flow_id, epoch, REKEY_RETRY)
+                return
+            log.info("stream %s: track %d relay to node %s rekeyed (epoch %d)", stream_id, index, node, epoch)
+            self._schedule_rekey(stream_id, node, index, flow_id, epoch, self.rekey_interval)
 
     async def play(self, stub: StubInfo, request: pb.SessionRequest) -> pb.SessionReply:
         async with self._lock(request.stream_id):

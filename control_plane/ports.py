@@ -47,8 +47,11 @@ class DataPlane(Protocol):
     def proxy_id(self) -> str: ...
 
     async def add_flow(self, flow_id: str, clock_rate: int, labels: Mapping[str, str],
-                       source: pb.SourceFilter | None = None) -> pb.Endpoint:
-        """Create a flow; answers its ingress (where its RTP goes). It forwards nothing until its source is set."""
+                       source: pb.SourceFilter | None = None, srtp: pb.SrtpParams | None = None) -> pb.Endpoint:
+        """Create a flow; answers its ingress (where its RTP goes). It forwards nothing until its source is set.
+
+        ``srtp`` set: what arrives is SRTP under that key (a relay fed from another node).
+        """
         ...
 
     async def set_flow_source(self, flow_id: str, source: pb.SourceFilter) -> None:
@@ -58,7 +61,13 @@ class DataPlane(Protocol):
     async def remove_flow(self, flow_id: str) -> None: ...
 
     async def add_leg(self, flow_id: str, leg_id: str, destination: pb.Endpoint, *, enabled: bool,
-                      labels: Mapping[str, str]) -> None: ...
+                      labels: Mapping[str, str], srtp: pb.SrtpParams | None = None) -> None:
+        """A destination of the flow; ``srtp`` set: the leg sends SRTP under that key (to another node)."""
+        ...
+
+    async def rekey(self, flow_id: str, leg_id: str, srtp: pb.SrtpParams) -> None:
+        """A newer SRTP key (higher epoch) for the flow's ingress (``leg_id`` ``""``) or one of its legs."""
+        ...
 
     async def update_leg(self, flow_id: str, leg_id: str, *, enabled: bool) -> None: ...
     async def remove_leg(self, flow_id: str, leg_id: str) -> None: ...

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from msm.control_plane.planner import Planner
+from msm.control_plane.planner import REKEY_INTERVAL, REKEY_RETRY, SRTP_PROFILE, Planner
 from msm.control_plane.ports import StubInfo
 from msm.control_plane.resolver import Route, StaticResolver
 from msm.control_plane.store import MemoryStore, StreamRecord, ViewerRecord
@@ -61,6 +61,8 @@ class FakeFlow:
     labels: dict[str, str]
     legs: dict[str, tuple[pb.Endpoint, bool]] = field(default_factory=dict)   # leg id -> destination, enabled
     source: pb.SourceFilter | None = None
+    srtp: pb.SrtpParams | None = None                                         # what arrives is SRTP
+    leg_keys: dict[str, pb.SrtpParams] = field(default_factory=dict)          # leg id -> its SRTP key
 
 
 class FakeProxy:
@@ -72,6 +74,7 @@ class FakeProxy:
         self.flows: dict[str, FakeFlow] = {}
         self.closed = False
         self.fail: type[MsmError] | None = None
+        self.rekeys: list[tuple[str, str, str, int]] = []   # (node, flow, leg, epoch); shared by a Mesh's proxies
 
     @property
     def node(self) -> str:
@@ -86,10 +89,10 @@ class FakeProxy:
             raise self.fail(f"proxy on {self._node} fails")
 
     async def add_flow(self, flow_id: str, clock_rate: int, labels: Mapping[str, str],
-                       source: pb.SourceFilter | None = None) -> pb.Endpoint:
+                       source: pb.SourceFilter | None = None, srtp: pb.SrtpParams | None = None) -> pb.Endpoint:
         self._check()
         assert flow_id not in self.flows
-        self.flows[flow_id] = FakeFlow(clock_rate, dict(labels), source=source)
+        self.flows[flow_id] = FakeFlow(clock_rate, dict(labels), source=source, srtp=srtp)
         port = next(self._ports)
         return pb.Endpoint(host=f"10.0.0.{len(self._node)}", rtp_port=port, rtcp_port=port + 1)
 
@@ -102,9 +105,22 @@ class FakeProxy:
         del self.flows[flow_id]
 
     async def add_leg(self, flow_id: str, leg_id: str, destination: pb.Endpoint, *, enabled: bool,
-                      labels: Mapping[str, str]) -> None:
+                      labels: Mapping[str, str], srtp: pb.SrtpParams | None = None) -> None:
         self._check()
         self.flows[flow_id].legs[leg_id] = (destination, enabled)
+        if srtp is not None:
+            self.flows[flow_id].leg_keys[leg_id] = srtp
+
+    async def rekey(self, flow_id: str, leg_id: str, srtp: pb.SrtpParams) -> None:
+        self._check()
+        flow = self.flows[flow_id]
+        current = flow.leg_keys[leg_id] if leg_id else flow.srtp
+        assert current is not None and srtp.epoch > current.epoch   # as the proxy insists
+        if leg_id:
+            flow.leg_keys[leg_id] = srtp
+        else:
+            flow.srtp = srtp
+        self.rekeys.append((self._node, flow_id, leg_id, srtp.epoch))
 
     async def update_leg(self, flow_id: str, leg_id: str, *, enabled: bool) -> None:
         self._check()
@@ -185,6 +201,7 @@ class Mesh:
         self.pb = FakeProxy("b")
         self.planner.proxy_registered(self.pa)
         self.planner.proxy_registered(self.pb)
+        self.pb.rekeys = self.pa.rekeys   # one journal: the order across nodes matters
 
     async def describe(self, stub: FakeStub, name: str = "cam") -> pb.DescribeReply:
         return await self.planner.describe(stub.info, pb.DescribeRequest(url=f"rtsp://mesh/{name}"))
@@ -356,6 +373,87 @@ async def test_a_viewer_on_another_node_gets_one_relay_per_node(mesh: Mesh) -> N
     await mesh.teardown(mesh.vb, "b2")   # the last viewer on b: the relay goes
     assert mesh.pb.flows == {} and mesh.stream().relays == {}
     assert mesh.pa.legs() == {"a1/0": True, "a1/1": True}
+
+
+async def test_relay_legs_get_fresh_srtp_keys_and_local_legs_none(mesh: Mesh) -> None:
+    await mesh.join(mesh.va, "a1")
+    await mesh.join(mesh.vb, "b1")
+    record = mesh.stream()
+    keys = []
+    for index in (0, 1):
+        relay = mesh.pb.flows[record.relays[("b", index)].flow_id]
+        leg_key = mesh.pa.flows[record.flows[index].flow_id].leg_keys["relay@b"]
+        assert relay.srtp == leg_key   # the sending leg and the receiving flow share the key
+        assert leg_key.profile == SRTP_PROFILE and leg_key.epoch == 1
+        assert len(leg_key.master_key) == 16 and len(leg_key.master_salt) == 14
+        keys.append(leg_key.master_key)
+    assert keys[0] != keys[1]    # one key per relay leg
+    # Viewers' legs on either node, and the source flows' own ingress, are plain RTP.
+    assert set(mesh.pa.flows[record.flows[0].flow_id].leg_keys) == {"relay@b"}
+    assert all(f.srtp is None for f in mesh.pa.flows.values())
+    assert all(not f.leg_keys for f in mesh.pb.flows.values())
+
+
+async def test_srtp_keys_rotate_receiver_first_on_the_clock(mesh: Mesh) -> None:
+    await mesh.join(mesh.vb, "b1")
+    record = mesh.stream()
+    relay_id, source_id = record.relays[("b", 0)].flow_id, record.flows[0].flow_id
+    first = mesh.pb.flows[relay_id].srtp
+    assert first is not None
+    mesh.clock.advance(REKEY_INTERVAL - 1)
+    await mesh.planner.settle()
+    assert mesh.pa.rekeys == []
+    mesh.clock.advance(1)
+    await mesh.planner.settle()
+    assert [r for r in mesh.pa.rekeys if r[1] in (relay_id, source_id)] == [
+        ("b", relay_id, "", 2), ("a", source_id, "relay@b", 2)]
+    second = mesh.pb.flows[relay_id].srtp
+    assert second is not None and second == mesh.pa.flows[source_id].leg_keys["relay@b"]
+    assert second.master_key != first.master_key and second.epoch == 2
+    mesh.clock.advance(REKEY_INTERVAL)
+    await mesh.planner.settle()
+    assert mesh.pb.flows[relay_id].srtp.epoch == 3   # type: ignore[union-attr]
+
+
+async def test_a_failed_rekey_is_retried_soon_and_a_gone_relay_stops_rotating(mesh: Mesh) -> None:
+    await mesh.join(mesh.vb, "b1")
+    relay_id = mesh.stream().relays[("b", 0)].flow_id
+    mesh.pb.fail = Unavailable
+    mesh.clock.advance(REKEY_INTERVAL)
+    await mesh.planner.settle()
+    assert mesh.pa.rekeys == []
+    mesh.pb.fail = None
+    mesh.clock.advance(REKEY_RETRY)
+    await mesh.planner.settle()
+    assert ("b", relay_id, "", 3) in mesh.pa.rekeys   # a fresh key, a newer epoch
+    await mesh.teardown(mesh.vb, "b1")
+    done = len(mesh.pa.rekeys)
+    mesh.clock.advance(REKEY_INTERVAL * 2)
+    await mesh.planner.settle()
+    assert len(mesh.pa.rekeys) == done and not [t for t in mesh.clock.timers if not t.cancelled and t.when > 1e4]
+
+
+async def test_srtp_off_sends_no_keys() -> None:
+    mesh = Mesh()
+    mesh.planner.srtp = False
+    await mesh.join(mesh.vb, "b1")
+    assert all(f.srtp is None for f in mesh.pb.flows.values())
+    assert all(not f.leg_keys for f in mesh.pa.flows.values())
+    mesh.clock.advance(REKEY_INTERVAL)
+    await mesh.planner.settle()
+    assert mesh.pa.rekeys == []
+
+
+async def test_keys_are_never_in_the_store_or_the_operator_view(mesh: Mesh) -> None:
+    await mesh.join(mesh.vb, "b1")
+    record = mesh.stream()
+    key = mesh.pb.flows[record.relays[("b", 0)].flow_id].srtp
+    assert key is not None
+    wire = (await list_streams(mesh.planner)).SerializeToString()
+    for secret in (key.master_key, key.master_salt):
+        assert secret not in wire
+        assert secret.hex() not in repr(record) and repr(secret) not in repr(record)
+        assert repr(secret) not in repr(snapshot(mesh.store))
 
 
 async def test_the_operator_view_shows_relays_and_legs(mesh: Mesh) -> None:
