@@ -24,7 +24,7 @@ from msm.protos.status import status_of
 from msm.runtime.grpcserver import GrpcServer
 from msm.runtime.grpcutil import abort
 from msm.sdk.errors import MsmError, NotImplemented_, ProtocolError
-from msm.security.authz import CONTROL_PLANE_RULES, Authorizer, check_name, peer_identity
+from msm.security.authz import BOOTSTRAP_RULES, CONTROL_PLANE_RULES, Authorizer, check_name, peer_identity
 from msm.security.tls import TlsFiles, server_credentials
 
 from .links import ProxyLink, StubLink
@@ -230,14 +230,21 @@ class ControlPlaneServer:
     role (``msm.security.authz.CONTROL_PLANE_RULES``), files reloaded when rotated.
     None is plaintext and lets anyone act as a stub or proxy: only an explicit
     ``--insecure`` should ask for it. ``issuer`` answers ``IssueCertificate``.
+
+    ``bootstrap_listen``: a second port with server-only TLS that answers
+    ``IssueCertificate`` and nothing else, for workloads that have no certificate yet
+    (the main port requires one at the handshake). None: no such port.
     """
 
     def __init__(self, resolver: Resolver, *, listen: str = "127.0.0.1:9000", linger: float = 5.0,
-                 tls: TlsFiles | None = None, issuer: Issuer | None = None) -> None:
+                 tls: TlsFiles | None = None, issuer: Issuer | None = None,
+                 bootstrap_listen: str | None = None) -> None:
         self.control = ControlPlane(resolver, linger=linger, tls=tls, issuer=issuer)
         self.tls = tls
         self.listen = listen
+        self.bootstrap_listen = bootstrap_listen
         self.server: GrpcServer | None = None
+        self.bootstrap: GrpcServer | None = None
 
     @property
     def address(self) -> str:
@@ -259,12 +266,20 @@ class ControlPlaneServer:
                             interceptors=rules)
         await server.start()   # a busy port or a bad address: ListenError / ConfigError, one line
         self.server = server
+        if self.tls is not None and self.bootstrap_listen:
+            bootstrap = GrpcServer(self.bootstrap_listen, self._register, what="certificate bootstrap gRPC",
+                                   credentials=server_credentials(self.tls, require_client=False),
+                                   interceptors=[Authorizer(self.tls.identity().trust_domain, BOOTSTRAP_RULES)])
+            await bootstrap.start()
+            self.bootstrap = bootstrap
 
     def _register(self, server: grpc.aio.Server) -> None:
         # The generated gRPC module has no annotations.
         pb_grpc.add_ControlPlaneServicer_to_server(self.control, server)  # type: ignore[no-untyped-call]
 
     async def stop(self, grace: float = 1.0) -> None:
+        if self.bootstrap is not None:
+            await self.bootstrap.stop(grace)
         if self.server is not None:
             await self.server.stop(grace)
         await self.control.close()

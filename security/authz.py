@@ -41,6 +41,8 @@ CONTROL_PLANE_RULES: Mapping[str, Collection[Role]] = {
     "/msm.v1.ControlPlane/ListStreams": (Role.OPERATOR, Role.CONTROL_PLANE),
     "/msm.v1.ControlPlane/IssueCertificate": ANYONE,   # authenticated by its token; server TLS still applies
 }
+# The bootstrap port (server TLS only: a new workload has no certificate yet) serves this alone.
+BOOTSTRAP_RULES: Mapping[str, Collection[Role]] = {"/msm.v1.ControlPlane/IssueCertificate": ANYONE}
 
 
 def identity_of_certificate(cert: x509.Certificate) -> Identity:
@@ -124,6 +126,8 @@ class Authorizer(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc.aio 
         try:
             if roles is None:
                 raise Forbidden(f"{method} is open to no one")
+            if not roles:   # ANYONE: the method authenticates its caller itself
+                return
             identity = peer_identity(context, self.trust_domain)
             check_role(identity, roles, method.rsplit("/", 1)[-1])
         except MsmError as exc:

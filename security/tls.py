@@ -156,9 +156,13 @@ class TlsFiles:
 
 
 # -- servers ------------------------------------------------------------------------------------------
-def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
+def server_credentials(files: TlsFiles, *, require_client: bool = True) -> grpc.ServerCredentials:
     """Server credentials that require a client certificate from the trust bundle and
-    reload ``files`` when they change (checked at each new handshake, no restart)."""
+    reload ``files`` when they change (checked at each new handshake, no restart).
+
+    ``require_client=False`` is for the bootstrap port only (``IssueCertificate``, where a
+    new workload proves itself with a token): gRPC then does not ask for a certificate.
+    """
     material = files.read()   # a server with bad files does not start: one clear error
     state = {"stamp": files.stamp()}
     lock = threading.Lock()
@@ -182,7 +186,7 @@ def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
             return config(fresh)
 
     return grpc.dynamic_ssl_server_credentials(config(material), fetch,
-                                               require_client_authentication=True)
+                                               require_client_authentication=require_client)
 
 
 # -- clients ------------------------------------------------------------------------------------------

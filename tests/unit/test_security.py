@@ -182,6 +182,29 @@ async def test_issue_certificate_without_issuer_is_unimplemented(
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+async def test_bootstrap_port_answers_issue_certificate_only(tmp_path: Path) -> None:
+    """A workload without a certificate reaches IssueCertificate (server TLS) and nothing else."""
+    pki = LocalPki(tmp_path / "state")
+    pki.prepare()
+    server = ControlPlaneServer(StaticResolver(), listen="127.0.0.1:0", tls=pki["control-plane"],
+                                bootstrap_listen="127.0.0.1:0")
+    await server.start()
+    try:
+        assert server.bootstrap is not None
+        bundle = grpc.ssl_channel_credentials(root_certificates=pki["control-plane"].ca.read_bytes())
+        options = [("grpc.ssl_target_name_override", "control-plane.msm.local")]
+        async with grpc.aio.secure_channel(server.bootstrap.address, bundle, options=options) as channel:
+            api = pb_grpc.ControlPlaneStub(channel)  # type: ignore[no-untyped-call]
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await api.IssueCertificate(pb.CertificateRequest(), timeout=5)
+            assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED   # no issuer here
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await api.ListStreams(pb.ListStreamsRequest(), timeout=5)
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED   # not served here
+    finally:
+        await server.stop()
+
+
 async def test_a_client_checks_the_server_role(control: tuple[ControlPlaneServer, LocalPki]) -> None:
     """A stub expecting the control plane refuses a server whose certificate is a proxy's."""
     server, pki = control
