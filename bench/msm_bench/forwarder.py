@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 from typing import Any
 
 from msm.rtp_proxy.flows import FlowTable, Leg
+from msm.rtp_proxy.srtp import SrtpKey
 
 PORT_RANGE = (20000, 29999)
 CHURN_INTERVAL = 0.05   # seconds between leg changes on each flow (20 changes/s/flow)
@@ -54,6 +56,16 @@ async def churn(table: FlowTable, sink_port: int) -> None:
         n += 1
 
 
+def rekey(table: FlowTable) -> None:
+    """A new key on every SRTP leg. The harness's sender starts each run at the same
+    SSRC and sequence numbers; under one key that would reuse SRTP packet indexes,
+    which libsrtp refuses to protect (keystream reuse), so each run gets fresh keys."""
+    for flow in table.flows.values():
+        for leg in list(flow.legs.values()):
+            if leg.srtp is not None:
+                flow.rekey_leg(leg.leg_id, SrtpKey(os.urandom(16), os.urandom(14), epoch=leg.srtp.epoch + 1))
+
+
 async def serve(cfg: dict[str, Any]) -> None:
     table = FlowTable(host="127.0.0.1", port_range=PORT_RANGE, engine=cfg.get("engine", "auto"))
     ingress = []
@@ -61,7 +73,10 @@ async def serve(cfg: dict[str, Any]) -> None:
         flow = await table.add_flow(f"bench/{i}", clock_rate=90000, labels={"stream": f"bench{i}"})
         flow.set_source("127.0.0.1")   # the test's sources all send from this host
         for j, port in enumerate(legs):
-            flow.set_leg(Leg(f"v{j}", ("127.0.0.1", int(port)), ("127.0.0.1", int(port) + 1), enabled=True))
+            # "srtp": every leg protects with its own key, as a leg to another node's proxy does.
+            key = SrtpKey(os.urandom(16), os.urandom(14), epoch=1) if cfg.get("srtp") else None
+            flow.set_leg(Leg(f"v{j}", ("127.0.0.1", int(port)), ("127.0.0.1", int(port) + 1), enabled=True,
+                             srtp=key))
         ingress.append(flow.ingress[1])
     tasks = []
     if cfg.get("churn"):
@@ -77,6 +92,8 @@ async def serve(cfg: dict[str, Any]) -> None:
             if not line or line == "quit":
                 break
             if line == "stats":
+                if cfg.get("srtp"):
+                    rekey(table)
                 table.tick()
                 print(json.dumps(totals(table)), flush=True)
     finally:

@@ -232,9 +232,11 @@ class Forwarder:
 class ProxyForwarder(Forwarder):
     """``msm_bench.forwarder``: the proxy's FlowTable on one engine."""
 
-    def __init__(self, engine: str, flows: list[list[int]], *, churn: int = 0) -> None:
-        self.name = engine
-        cfg = {"engine": engine, "flows": flows, "churn": churn}
+    def __init__(self, subject: str, flows: list[list[int]], *, churn: int = 0) -> None:
+        # "native-srtp" / "python-srtp": the same engine with SRTP (its own key) on every leg.
+        self.name = subject
+        engine = subject.removesuffix("-srtp")
+        cfg = {"engine": engine, "flows": flows, "churn": churn, "srtp": subject.endswith("-srtp")}
         self.proc = subprocess.Popen([PYTHON, "-m", "msm_bench.forwarder", json.dumps(cfg)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV)
         assert self.proc.stdout is not None
