@@ -29,11 +29,13 @@ import ipaddress
 import logging
 import secrets
 from collections.abc import Coroutine
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 from msm.protos import msm_pb2 as pb
 from msm.sdk.errors import (
+    ConfigError,
     MethodNotValid,
     MsmError,
     NotFound,
@@ -51,7 +53,7 @@ from .upstream_state import Trigger, UpstreamState, next_state, trigger_of_event
 
 log = logging.getLogger("msm.control_plane.server")
 
-__all__ = ["MAX_TRACKS", "Planner"]
+__all__ = ["MAX_TRACKS", "Planner", "PlannerSettings"]
 
 # A camera has a handful of tracks (video, audio, metadata, a back channel); an
 # SDP with more is broken or hostile, and every track costs a port pair on each
@@ -77,28 +79,55 @@ def new_srtp_key(epoch: int) -> pb.SrtpParams:
                          master_salt=secrets.token_bytes(14), epoch=epoch)
 
 
+@dataclass(frozen=True)
+class PlannerSettings:
+    """The planner's tunables, with their defaults (the flags of ``msm-control-plane`` and
+    ``msm up`` fill one in).
+
+    ``linger``: seconds an upstream stays open after its last viewer left.
+    ``max_tracks``: the most tracks a source may have (see MAX_TRACKS).
+    ``port_pairs``: client ports must be RTP even, RTCP = RTP + 1 (RFC 3550 11). Off by
+    default only because the stub's own UDP bridges (TCP viewers) bind two unrelated
+    ephemeral ports today.
+    ``proxy_port_range``: the proxies' port range; no client port in it on a proxy's
+    address. None by default for the same reason (ephemeral ports overlap 30000-39999);
+    exact ingress ports of known flows are refused either way.
+    ``srtp``: SRTP on every leg between nodes (the secure default); legs to viewers on
+    the same node stay plain RTP. ``rekey_interval``: seconds between a relay's keys.
+    """
+
+    linger: float = 5.0
+    max_tracks: int = MAX_TRACKS
+    port_pairs: bool = False
+    proxy_port_range: tuple[int, int] | None = None
+    srtp: bool = True
+    rekey_interval: float = REKEY_INTERVAL
+
+    def __post_init__(self) -> None:
+        if self.linger < 0 or self.rekey_interval <= 0 or self.max_tracks < 1:
+            raise ConfigError("planner settings: linger must be >= 0, rekey_interval > 0 and max_tracks >= 1")
+        if self.proxy_port_range is not None:
+            low, high = self.proxy_port_range
+            if not 0 < low <= high <= 65535:
+                raise ConfigError(f"planner settings: bad proxy port range {low}-{high}")
+
+
 class Planner:
     def __init__(self, resolver: Resolver, *, store: Store | None = None, clock: Clock | None = None,
-                 linger: float = 5.0, max_tracks: int = MAX_TRACKS, port_pairs: bool = False,
-                 proxy_port_range: tuple[int, int] | None = None, srtp: bool = True,
-                 rekey_interval: float = REKEY_INTERVAL) -> None:
+                 settings: PlannerSettings | None = None, **overrides: Any) -> None:
+        """``settings``: the tunables (defaults when None); keyword ``overrides`` (``linger=``,
+        ``port_pairs=``, ...) replace single fields of it."""
         self.resolver = resolver
-        # SRTP on every leg between nodes, on by default (the secure default); legs
-        # to viewers on the same node stay plain RTP. Keys rotate every rekey_interval.
-        self.srtp = srtp
-        self.rekey_interval = rekey_interval
+        self.settings = replace(settings or PlannerSettings(), **overrides)
+        self.srtp = self.settings.srtp
+        self.rekey_interval = self.settings.rekey_interval
         self._rekeys: dict[str, tuple[int, Timer]] = {}   # relay flow id -> (its key's epoch, next rekey)
-        self.max_tracks = max_tracks   # default MAX_TRACKS: see there
-        # RTP even and RTCP = RTP + 1 (RFC 3550 11). Off by default only because the
-        # stub's own UDP bridges (TCP viewers) bind two unrelated ephemeral ports today.
-        self.port_pairs = port_pairs
-        # The proxies' port range: no client port in it on a proxy's address. None by
-        # default for the same reason (ephemeral ports overlap 30000-39999); exact
-        # ingress ports of known flows are refused either way.
-        self.proxy_port_range = proxy_port_range
+        self.max_tracks = self.settings.max_tracks
+        self.port_pairs = self.settings.port_pairs
+        self.proxy_port_range = self.settings.proxy_port_range
         self.store: Store = store if store is not None else MemoryStore()
         self.clock: Clock = clock if clock is not None else LoopClock()
-        self.linger = linger
+        self.linger = self.settings.linger
         self.stubs: dict[str, StubPort] = {}
         self.proxies: dict[str, DataPlane] = {}   # node -> its proxy
         self._locks: dict[str, asyncio.Lock] = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any, Protocol, TypeAlias
 
 import grpc
@@ -28,7 +29,7 @@ from msm.security.authz import BOOTSTRAP_RULES, CONTROL_PLANE_RULES, Authorizer,
 from msm.security.tls import TlsFiles, server_credentials
 
 from .links import ProxyLink, StubLink
-from .planner import Planner
+from .planner import Planner, PlannerSettings
 from .ports import Clock, DataPlane, StubInfo, StubPort
 from .resolver import Resolver
 from .store import Store
@@ -36,10 +37,16 @@ from .view import StreamView, list_streams, snapshot
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ControlPlane", "ControlPlaneServer", "ProxyLink", "StubLink"]
+__all__ = ["ControlPlane", "ControlPlaneServer", "PlannerSettings", "ProxyLink", "StubLink"]
 
 Handler = Callable[[StubInfo, Any], Awaitable[pb.ControlReply]]
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+
+def with_linger(settings: PlannerSettings | None, linger: float | None) -> PlannerSettings:
+    """``settings`` (defaults when None) with ``linger`` in it when one is given."""
+    settings = settings or PlannerSettings()
+    return settings if linger is None else replace(settings, linger=linger)
 
 
 class Issuer(Protocol):
@@ -54,9 +61,11 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
     for its own node; the control plane reaches proxies over mutual TLS with the same files.
     """
 
-    def __init__(self, resolver: Resolver, *, linger: float = 5.0, store: Store | None = None,
-                 clock: Clock | None = None, tls: TlsFiles | None = None, issuer: Issuer | None = None) -> None:
-        self.planner = Planner(resolver, store=store, clock=clock, linger=linger)
+    def __init__(self, resolver: Resolver, *, linger: float | None = None, store: Store | None = None,
+                 clock: Clock | None = None, tls: TlsFiles | None = None, issuer: Issuer | None = None,
+                 settings: PlannerSettings | None = None) -> None:
+        # ``linger`` (when given) overrides settings.linger: older callers pass it alone.
+        self.planner = Planner(resolver, store=store, clock=clock, settings=with_linger(settings, linger))
         self.tls = tls
         # Our own trust domain: a caller's certificate must be of it (None: no TLS, no identities).
         self.trust_domain = tls.identity().trust_domain if tls is not None else None
@@ -236,10 +245,10 @@ class ControlPlaneServer:
     (the main port requires one at the handshake). None: no such port.
     """
 
-    def __init__(self, resolver: Resolver, *, listen: str = "127.0.0.1:9000", linger: float = 5.0,
+    def __init__(self, resolver: Resolver, *, listen: str = "127.0.0.1:9000", linger: float | None = None,
                  tls: TlsFiles | None = None, issuer: Issuer | None = None,
-                 bootstrap_listen: str | None = None) -> None:
-        self.control = ControlPlane(resolver, linger=linger, tls=tls, issuer=issuer)
+                 bootstrap_listen: str | None = None, settings: PlannerSettings | None = None) -> None:
+        self.control = ControlPlane(resolver, tls=tls, issuer=issuer, settings=with_linger(settings, linger))
         self.tls = tls
         self.listen = listen
         self.bootstrap_listen = bootstrap_listen
