@@ -8,11 +8,17 @@ uses one per TCP-interleaved track, in either direction:
   back to the proxy from the pair's RTCP socket;
 * upstream side: frames from an upstream server that only speaks TCP become
   datagrams to the proxy's ingress; RTCP the proxy sends back becomes frames.
+
+Only the peer may speak to a pair: a datagram from any other address or port (or
+any datagram before :meth:`UdpPair.set_peer`) is dropped unread and counted in
+``UdpPair.foreign``, as the proxy's own source filter does. Otherwise anyone who
+reaches the pair's ports could inject media into a viewer's TCP connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 from collections.abc import Callable
 
@@ -20,13 +26,32 @@ Address = tuple[str, int]
 OnDatagram = Callable[[bytes], None]
 
 
+def _host_key(host: str) -> str:
+    """``host`` in one spelling (IPv4-mapped IPv6 as IPv4, IPv6 compressed), for comparing senders."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def _unspecified(host: str) -> bool:
+    return _host_key(host) in ("0.0.0.0", "::", "")
+
+
 class _Socket(asyncio.DatagramProtocol):
-    def __init__(self, on_datagram: OnDatagram, pair: UdpPair) -> None:
+    def __init__(self, on_datagram: OnDatagram, pair: UdpPair, rtcp: bool) -> None:
         self.on_datagram = on_datagram
         self.pair = pair
+        self.rtcp = rtcp
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        self.on_datagram(data)
+        if self.pair.from_peer(addr, rtcp=self.rtcp):
+            self.on_datagram(data)
+        else:
+            self.pair.foreign += 1
 
     def error_received(self, exc: Exception) -> None:
         self.pair.errors += 1
@@ -39,6 +64,8 @@ class UdpPair:
         self.peer_rtp: Address | None = None
         self.peer_rtcp: Address | None = None
         self.errors = 0
+        #: Datagrams dropped because they came from anyone but the peer (or before it was set).
+        self.foreign = 0
 
     @classmethod
     async def open(cls, host: str, on_rtp: OnDatagram, on_rtcp: OnDatagram) -> UdpPair:
@@ -46,9 +73,9 @@ class UdpPair:
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         pair.rtp, _ = await loop.create_datagram_endpoint(
-            lambda: _Socket(on_rtp, pair), local_addr=(host, 0), family=family)
+            lambda: _Socket(on_rtp, pair, rtcp=False), local_addr=(host, 0), family=family)
         pair.rtcp, _ = await loop.create_datagram_endpoint(
-            lambda: _Socket(on_rtcp, pair), local_addr=(host, 0), family=family)
+            lambda: _Socket(on_rtcp, pair, rtcp=True), local_addr=(host, 0), family=family)
         return pair
 
     @property
@@ -57,8 +84,21 @@ class UdpPair:
         return self.rtp.get_extra_info("sockname")[1], self.rtcp.get_extra_info("sockname")[1]
 
     def set_peer(self, host: str, rtp_port: int, rtcp_port: int) -> None:
+        """The one sender (and receiver) of this pair: the proxy's ingress pair."""
         self.peer_rtp = (host, rtp_port)
         self.peer_rtcp = (host, rtcp_port)
+
+    def from_peer(self, addr: Address, *, rtcp: bool) -> bool:
+        """Whether ``addr`` is the peer's RTP (or RTCP) address.
+
+        The proxy sends a flow's media and reports from its ingress sockets, so the
+        peer's ports are exact. Its host is matched unless it was given as a wildcard
+        (a proxy bound to every address), in which case the port alone decides.
+        """
+        peer = self.peer_rtcp if rtcp else self.peer_rtp
+        if peer is None or addr[1] != peer[1]:
+            return False
+        return _unspecified(peer[0]) or _host_key(addr[0]) == _host_key(peer[0])
 
     def send_rtp(self, data: bytes) -> None:
         if self.rtp is not None and self.peer_rtp is not None:
