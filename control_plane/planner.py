@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from msm.protos import msm_pb2 as pb
+from msm.runtime.redact import redact_url, session_tag
 from msm.sdk.errors import (
     ConfigError,
     MethodNotValid,
@@ -232,7 +233,7 @@ class Planner:
     def _viewer(self, stream_id: str, session_id: str) -> ViewerRecord:
         viewer = self.store.get_viewer(stream_id, session_id)
         if viewer is None:
-            raise SessionNotFound(f"session {session_id} is not set up on {stream_id}")
+            raise SessionNotFound(f"session {session_tag(session_id)} is not set up on {stream_id}")
         return viewer
 
     def _move(self, record: StreamRecord, trigger: Trigger) -> bool:
@@ -296,7 +297,7 @@ class Planner:
         self._move(record, Trigger.OPENED)
         self.store.put_stream(record)
         log.info("stream %s: upstream %s opened (%d tracks)", record.stream_id,
-                 record.route.url, len(record.tracks))
+                 redact_url(record.route.url), len(record.tracks))
 
     async def _setup_upstream(self, record: StreamRecord) -> None:
         stub = self._holder(record)
@@ -425,7 +426,7 @@ class Planner:
 
     async def _replace(self, record: StreamRecord) -> None:
         """The route of a known stream changed: the old upstream and its viewers go."""
-        log.info("stream %s: route changed to %s", record.stream_id, record.route.url)
+        log.info("stream %s: route changed to %s", record.stream_id, redact_url(record.route.url))
         for viewer in self.store.viewers(record.stream_id):
             await self._drop_viewer(record, viewer, [], reschedule=False)
         if record.sdp is not None:
@@ -457,16 +458,34 @@ class Planner:
         proxy = self._dataplane_of(ref)
         if proxy is None:
             raise Unavailable(f"the proxy on node {ref.node} restarted")
-        leg_id = f"{request.session_id}/{request.track_index}"
+        # Legs are named by the session's tag, never its id: proxies publish leg ids and
+        # labels in their metrics and ListFlows, and the id lets its holder control the session.
+        tag = self._leg_tag(record.stream_id, request.session_id, request.track_index, ref)
+        leg_id = f"{tag}/{request.track_index}"
         await proxy.add_leg(ref.flow_id, leg_id, request.destination, enabled=viewer.playing, labels={
-            "session": request.session_id, "viewer": request.viewer_host,
+            "session": tag, "viewer": request.viewer_host,
             "namespace": stub.namespace, "pod": stub.pod})
         viewer.legs[request.track_index] = LegRef(leg_id, ref)
         self.store.put_viewer(viewer)
         log.info("stream %s: viewer %s (%s) set up track %d -> %s:%d", record.stream_id,
-                 request.session_id, request.viewer_host, request.track_index,
+                 tag, request.viewer_host, request.track_index,
                  request.destination.host, request.destination.rtp_port)
         return pb.SetupReply(stream_id=record.stream_id, track_index=request.track_index, source=ref.ingress)
+
+    def _leg_tag(self, stream_id: str, session_id: str, index: int, ref: FlowRef) -> str:
+        """The session's tag, or when another session's leg on the same flow already has it
+        (tags are 32 bits: rare, not impossible) the tag with ``~n`` so leg ids stay unique."""
+        mine = self.store.get_viewer(stream_id, session_id)
+        if mine is not None and index in mine.legs and mine.legs[index].flow.flow_id == ref.flow_id:
+            return mine.legs[index].leg_id.rpartition("/")[0]   # a repeated SETUP keeps its leg
+        taken = {leg.leg_id for v in self.store.viewers(stream_id) if v.session_id != session_id
+                 for leg in v.legs.values() if leg.flow.flow_id == ref.flow_id}
+        tag = base = session_tag(session_id)
+        n = 0
+        while f"{tag}/{index}" in taken:
+            n += 1
+            tag = f"{base}~{n}"
+        return tag
 
     async def _flow_for(self, record: StreamRecord, index: int, node: str) -> FlowRef:
         """The flow a viewer on ``node`` is fed from: the source flow on the source's
@@ -602,7 +621,7 @@ class Planner:
             self.store.put_viewer(viewer)
         else:
             self.store.delete_viewer(record.stream_id, viewer.session_id)
-            log.info("stream %s: viewer %s left (%d remain)", record.stream_id, viewer.session_id,
+            log.info("stream %s: viewer %s left (%d remain)", record.stream_id, session_tag(viewer.session_id),
                      len(self.store.viewers(record.stream_id)))
         await self._drop_unused_relays(record)
         if reschedule and not self.store.viewers(record.stream_id):
@@ -629,7 +648,7 @@ class Planner:
                 viewer = self.store.get_viewer(stream_id, session_id)
                 record = self.store.get_stream(stream_id)
                 if viewer is not None and record is not None:
-                    log.info("stream %s: viewer %s gone (%s)", stream_id, session_id, reason)
+                    log.info("stream %s: viewer %s gone (%s)", stream_id, session_tag(session_id), reason)
                     await self._drop_viewer(record, viewer, [])
 
     async def stub_gone(self, stub_id: str) -> None:

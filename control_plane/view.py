@@ -77,11 +77,11 @@ async def _flow_stats(planner: Planner) -> dict[str, pb.FlowStats]:
     return flows
 
 
-_TAG = re.compile(r"[0-9a-f]{8}")
+_TAG = re.compile(r"[0-9a-f]{8}(~[0-9]+)?")   # a tag, ~n when two sessions on a flow share one
 
 
 def _hide(session: str) -> str:
-    """The tag for a session id; a relay's name or a tag already (8 hex digits) stays."""
+    """The tag for a session id; a relay's name or a tag already (8 hex digits, maybe ~n) stays."""
     return session if session.startswith("relay@") or _TAG.fullmatch(session) else session_tag(session)
 
 

@@ -184,12 +184,13 @@ async def test_credentials_and_session_ids_are_never_shown(caplog: pytest.LogCap
         elsewhere = sorted({f"{r.name}: {redact_text(r.getMessage())}" for r in caplog.records
                             if SECRET in r.getMessage()})
         in_proxy = session in proxy_text
+        session_logged = [f"{r.name}: {r.getMessage()}" for r in caplog.records if session in r.getMessage()]
     finally:
         if viewer is not None:
             viewer.writer.close()
         await mesh.stop()
         await recorder.stop()
         await gst.stop()
-    if elsewhere or in_proxy:   # the control plane's planner names these; its own change fixes them
-        pytest.xfail(f"still shown outside this test's modules: logs {elsewhere}; "
-                     f"session id in the proxy's leg labels: {in_proxy}")
+    assert not elsewhere, f"logs: {elsewhere}"
+    assert not in_proxy, "the viewer's session id is in the proxy's metrics"
+    assert not session_logged, f"the viewer's session id is logged: {session_logged}"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from msm.control_plane import planner as planner_module
 from msm.control_plane.planner import REKEY_INTERVAL, REKEY_RETRY, SRTP_PROFILE, Planner
 from msm.control_plane.ports import StubInfo
 from msm.control_plane.resolver import Route, StaticResolver
@@ -19,11 +20,17 @@ from msm.control_plane.store import MemoryStore, StreamRecord, ViewerRecord
 from msm.control_plane.upstream_state import TRANSITIONS, Trigger, UpstreamState, next_state, trigger_of_event
 from msm.control_plane.view import list_streams, snapshot
 from msm.protos import msm_pb2 as pb
+from msm.runtime.redact import session_tag
 from msm.sdk.errors import MethodNotValid, MsmError, NotFound, SessionNotFound, Unavailable
 
 LINGER = 5.0
 TRACKS = [pb.Track(index=0, kind="video", clock_rate=90000, encoding="H264/90000"),
           pb.Track(index=1, kind="audio", clock_rate=8000, encoding="PCMU/8000")]
+
+
+def leg(session_id: str, index: int) -> str:
+    """A viewer's leg id as the proxy sees it: the session's tag, never the session id."""
+    return f"{session_tag(session_id)}/{index}"
 
 
 # -- fakes -------------------------------------------------------------------------------------------
@@ -260,14 +267,14 @@ async def test_one_viewer_setup_play_pause_teardown(mesh: Mesh) -> None:
     flows = mesh.stream().flows
     assert set(flows) == {0, 1} and all(f.node == "a" for f in flows.values())
     assert [r.source for r in replies] == [flows[0].ingress, flows[1].ingress]
-    assert mesh.pa.legs() == {"s1/0": False, "s1/1": False}   # set up, not playing yet
+    assert mesh.pa.legs() == {leg("s1", 0): False, leg("s1", 1): False}   # set up, not playing yet
 
     await mesh.play(mesh.va, "s1")
-    assert mesh.pa.legs() == {"s1/0": True, "s1/1": True}
+    assert mesh.pa.legs() == {leg("s1", 0): True, leg("s1", 1): True}
     assert mesh.source.sent("play") == 1 and mesh.stream().upstream_state is UpstreamState.PLAYING
 
     await mesh.pause(mesh.va, "s1")
-    assert mesh.pa.legs() == {"s1/0": False, "s1/1": False}
+    assert mesh.pa.legs() == {leg("s1", 0): False, leg("s1", 1): False}
     assert mesh.stream().upstream_state is UpstreamState.PLAYING   # the upstream plays on for others
 
     await mesh.teardown(mesh.va, "s1")
@@ -286,11 +293,11 @@ async def test_viewers_share_one_upstream(mesh: Mesh) -> None:
     assert mesh.source.sent("open") == 1 and mesh.source.sent("setup") == 1 and mesh.source.sent("play") == 1
     assert mesh.stream().opened == 1 and len(mesh.pa.flows) == 2
     assert mesh.viewers() == ["s1", "s2", "s3"]
-    assert all(mesh.pa.legs()[f"{s}/{i}"] for s in ("s1", "s2", "s3") for i in (0, 1))
+    assert all(mesh.pa.legs()[leg(s, i)] for s in ("s1", "s2", "s3") for i in (0, 1))
 
     await mesh.pause(mesh.va, "s2")   # only that viewer's legs
-    assert mesh.pa.legs() == {"s1/0": True, "s1/1": True, "s2/0": False, "s2/1": False,
-                              "s3/0": True, "s3/1": True}
+    assert mesh.pa.legs() == {leg("s1", 0): True, leg("s1", 1): True, leg("s2", 0): False, leg("s2", 1): False,
+                              leg("s3", 0): True, leg("s3", 1): True}
     await mesh.teardown(mesh.va, "s1")
     await mesh.teardown(mesh.va, "s2")
     mesh.clock.advance(LINGER * 10)
@@ -304,7 +311,7 @@ async def test_viewers_share_one_upstream(mesh: Mesh) -> None:
 async def test_teardown_of_one_track_keeps_the_viewer(mesh: Mesh) -> None:
     await mesh.join(mesh.va, "s1")
     await mesh.planner.teardown(mesh.va.info, pb.SessionRequest(stream_id="cam", session_id="s1", track_indexes=[1]))
-    assert mesh.pa.legs() == {"s1/0": True} and mesh.viewers() == ["s1"]
+    assert mesh.pa.legs() == {leg("s1", 0): True} and mesh.viewers() == ["s1"]
 
 
 # -- linger ----------------------------------------------------------------------------------------------
@@ -328,7 +335,7 @@ async def test_a_viewer_during_linger_cancels_it(mesh: Mesh) -> None:
     mesh.clock.advance(LINGER * 10)
     await mesh.planner.settle()
     assert mesh.source.sent("close") == 0 and mesh.source.sent("open") == 1
-    assert mesh.pa.legs() == {"s2/0": True, "s2/1": True}
+    assert mesh.pa.legs() == {leg("s2", 0): True, leg("s2", 1): True}
 
 
 async def test_a_describe_without_setup_does_not_pin_the_upstream(mesh: Mesh) -> None:
@@ -356,23 +363,23 @@ async def test_a_viewer_on_another_node_gets_one_relay_per_node(mesh: Mesh) -> N
     record = mesh.stream()
     assert set(record.relays) == {("b", 0), ("b", 1)}
     # node a: the source flows feed a1 and one relay leg per track to node b.
-    assert mesh.pa.legs() == {"a1/0": True, "a1/1": True, "relay@b": True}
+    assert mesh.pa.legs() == {leg("a1", 0): True, leg("a1", 1): True, "relay@b": True}
     assert all("relay@b" in mesh.pa.flows[record.flows[i].flow_id].legs for i in (0, 1))
     relay_ingress = {record.relays[("b", i)].ingress.rtp_port for i in (0, 1)}
     assert {mesh.pa.flows[record.flows[i].flow_id].legs["relay@b"][0].rtp_port for i in (0, 1)} == relay_ingress
     # node b: its relay flows fan out to b1.
     assert set(mesh.pb.flows) == {"cam/0/1@b", "cam/1/1@b"}
-    assert mesh.pb.legs() == {"b1/0": True, "b1/1": True}
+    assert mesh.pb.legs() == {leg("b1", 0): True, leg("b1", 1): True}
 
     await mesh.join(mesh.vb, "b2")   # reuses node b's relays
     assert len(mesh.pb.flows) == 2 and sum(len(f.legs) for f in mesh.pa.flows.values()) == 4
-    assert mesh.pb.legs() == {"b1/0": True, "b1/1": True, "b2/0": True, "b2/1": True}
+    assert mesh.pb.legs() == {leg("b1", 0): True, leg("b1", 1): True, leg("b2", 0): True, leg("b2", 1): True}
 
     await mesh.teardown(mesh.vb, "b1")
     assert len(mesh.pb.flows) == 2
     await mesh.teardown(mesh.vb, "b2")   # the last viewer on b: the relay goes
     assert mesh.pb.flows == {} and mesh.stream().relays == {}
-    assert mesh.pa.legs() == {"a1/0": True, "a1/1": True}
+    assert mesh.pa.legs() == {leg("a1", 0): True, leg("a1", 1): True}
 
 
 async def test_relay_legs_get_fresh_srtp_keys_and_local_legs_none(mesh: Mesh) -> None:
@@ -464,10 +471,40 @@ async def test_the_operator_view_shows_relays_and_legs(mesh: Mesh) -> None:
     assert stream.upstream_state == "playing" and stream.upstream_sessions_opened == 1
     assert [t.flow.node for t in stream.tracks] == ["a", "a"]
     assert [[r.node for r in t.relays] for t in stream.tracks] == [["b"], ["b"]]
-    assert {v.session_id: sorted(leg.leg_id for leg in v.legs) for v in stream.viewers} == {
-        "a1": ["a1/0", "a1/1"], "b1": ["b1/0", "b1/1"]}
+    # Viewers are shown by their session's tag, never by the session id (it controls the session).
+    assert all(v.session_id == "" for v in stream.viewers)
+    a1, b1 = session_tag("a1"), session_tag("b1")
+    assert {v.session_tag: sorted(x.leg_id for x in v.legs) for v in stream.viewers} == {
+        a1: [f"{a1}/0", f"{a1}/1"], b1: [f"{b1}/0", f"{b1}/1"]}
     views = snapshot(mesh.store)
     assert views["cam"].upstream_state == "playing" and sorted(views["cam"].viewers) == ["a1", "b1"]
+
+
+async def test_legs_and_their_labels_name_the_session_tag_never_the_id(mesh: Mesh) -> None:
+    await mesh.join(mesh.va, "secret-session-a1")
+    await mesh.join(mesh.vb, "secret-session-b1")
+    for proxy in (mesh.pa, mesh.pb):
+        for flow in proxy.flows.values():
+            assert not any("secret-session" in leg_id for leg_id in flow.legs)
+    sent = [(proxy.node, leg_id) for proxy in (mesh.pa, mesh.pb) for flow in proxy.flows.values()
+            for leg_id in flow.legs]
+    assert (("a", leg("secret-session-a1", 0)) in sent and ("b", leg("secret-session-b1", 1)) in sent)
+    with pytest.raises(SessionNotFound) as refused:
+        await mesh.play(mesh.va, "secret-session-zz")
+    assert "secret-session" not in refused.value.reason
+
+
+async def test_two_sessions_with_one_tag_get_distinct_legs(mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tags are 32 bits: two sessions on one flow may share one, and their legs must not."""
+    monkeypatch.setattr(planner_module, "session_tag", lambda session_id: "0badcafe")
+    await mesh.join(mesh.va, "s1")
+    await mesh.join(mesh.va, "s2")
+    await mesh.setup(mesh.va, "s2")   # a repeated SETUP keeps its leg
+    assert mesh.pa.legs() == {"0badcafe/0": True, "0badcafe/1": True, "0badcafe~1/0": True, "0badcafe~1/1": True}
+    await mesh.teardown(mesh.va, "s1")
+    assert mesh.pa.legs() == {"0badcafe~1/0": True, "0badcafe~1/1": True}
+    (stream,) = (await list_streams(mesh.planner)).streams
+    assert [sorted(x.leg_id for x in v.legs) for v in stream.viewers] == [["0badcafe~1/0", "0badcafe~1/1"]]
 
 
 async def test_an_unreachable_proxy_is_left_out_of_the_view(mesh: Mesh) -> None:
@@ -532,7 +569,7 @@ async def test_viewer_gone_drops_that_viewer(mesh: Mesh) -> None:
     await mesh.join(mesh.va, "a1")
     await mesh.join(mesh.va, "a2")
     await mesh.planner.viewer_gone("a1", "session timed out")
-    assert mesh.viewers() == ["a2"] and set(mesh.pa.legs()) == {"a2/0", "a2/1"}
+    assert mesh.viewers() == ["a2"] and set(mesh.pa.legs()) == {leg("a2", 0), leg("a2", 1)}
 
 
 # -- upstream state ---------------------------------------------------------------------------------------
@@ -696,7 +733,7 @@ async def test_a_client_port_that_is_a_proxy_ingress_is_refused(mesh: Mesh) -> N
                     stream_id="cam", track_index=0, session_id="loop", viewer_host=host,
                     destination=pb.Endpoint(host=host, rtp_port=port & ~1, rtcp_port=(port & ~1) + 1)))
             assert raised.value.status == 400, (host, port)
-    assert "loop/0" not in mesh.pa.legs()
+    assert leg("loop", 0) not in mesh.pa.legs()
 
 
 async def test_pairs_and_the_proxy_range_when_asked_for() -> None:
