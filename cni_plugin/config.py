@@ -133,8 +133,10 @@ def decode_json(data: bytes, what: str = "network config") -> dict[str, Any]:
         raise DecodeFailure(f"{what} too large", f"{len(data)} bytes, at most {MAX_STDIN_BYTES}")
     try:
         value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DecodeFailure(f"{what} is not valid JSON", str(exc)) from exc
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad JSON, bad UTF-8 and integers past Python's digit limit;
+        # RecursionError, nesting deeper than the decoder's stack.
+        raise DecodeFailure(f"{what} is not valid JSON", str(exc)[:200]) from exc
     if not isinstance(value, dict):
         raise DecodeFailure(f"{what} is not a JSON object", f"got {type(value).__name__}")
     return value

@@ -25,10 +25,6 @@ with atheris.instrument_imports(include=["msm"]):
 
 NAME = "cni_config"
 KNOWN: tuple[fuzzlib.KnownBug, ...] = (
-    # fuzz/crashes/cni_config/deep_nesting.json: json.loads raises RecursionError past ~1000 levels.
-    fuzzlib.KnownBug(RecursionError, "decode_json", "deeply nested JSON escapes decode_json"),
-    # fuzz/crashes/cni_config/long_integer.json: int() refuses more than 4300 digits with ValueError.
-    fuzzlib.KnownBug(ValueError, "decode_json", "an over-long JSON integer escapes decode_json"),
 )
 ENV = {
     "CNI_COMMAND": "ADD",

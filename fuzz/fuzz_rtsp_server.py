@@ -40,12 +40,6 @@ from fuzz_rtsp_reader import _chunk_sizes
 
 NAME = "rtsp_server"
 KNOWN: tuple[fuzzlib.KnownBug, ...] = (
-    # fuzz/crashes/rtsp_server/interleaved_channels_exhausted.bin: 128 SETUPs over TCP of one
-    # track of one session use up the 127 channel pairs; the next one's next() has nothing left.
-    fuzzlib.KnownBug(StopIteration, "_choose_transport", "StopIteration when no interleaved pair is free"),
-    # fuzz/crashes/rtsp_server/unbalanced_ipv6_bracket.bin: "DESCRIBE rtsp://[::1/cam": urlsplit raises
-    # ValueError ("Invalid IPv6 URL") in split_url (a 500), and again while logging it (strip_userinfo).
-    fuzzlib.KnownBug(ValueError, "urlsplit", "urlsplit's ValueError on a request URI with an unbalanced '['"),
 )
 SDP = SessionDescription.parse((fuzzlib.DATA_DIR / "sdp" / "ffmpeg_h264_pcmu.sdp").read_bytes())
 TRACKS = len(SDP.media)

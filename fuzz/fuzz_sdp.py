@@ -20,9 +20,6 @@ with atheris.instrument_imports(include=["msm"]):
 
 NAME = "sdp"
 KNOWN: tuple[fuzzlib.KnownBug, ...] = (
-    # fuzz/crashes/sdp/bandwidth_4301_digits.sdp: _parse_int hands int() more than 4300 digits
-    # (b=, t=, m= port), and int() refuses with ValueError.
-    fuzzlib.KnownBug(ValueError, "_parse_int", "an over-long decimal escapes _parse_int as ValueError"),
 )
 BASE = "rtsp://127.0.0.1:8554/cam"
 

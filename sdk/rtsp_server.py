@@ -118,8 +118,14 @@ MAX_SESSIONS_PER_CONNECTION = 16
 
 
 def split_url(uri: str) -> tuple[str, int | None]:
-    """``rtsp://h/cam1/track1`` -> (``cam1``, 1); ``rtsp://h/cam1`` -> (``cam1``, None)."""
-    path = urlsplit(uri).path.strip("/")
+    """``rtsp://h/cam1/track1`` -> (``cam1``, 1); ``rtsp://h/cam1`` -> (``cam1``, None).
+
+    A URL that does not parse (``rtsp://[::1/cam``) is the client's fault: 400.
+    """
+    try:
+        path = urlsplit(uri).path.strip("/")
+    except ValueError as exc:
+        raise RtspError(f"bad request URL: {exc}", status=400) from exc
     head, _, last = path.rpartition("/")
     match = _TRACK.match(last)
     if match and head:
@@ -128,8 +134,14 @@ def split_url(uri: str) -> tuple[str, int | None]:
 
 
 def strip_userinfo(uri: str) -> str:
-    """``uri`` without its ``user:password@``: what may be logged, echoed or passed on."""
-    parts = urlsplit(uri)
+    """``uri`` without its ``user:password@``: what may be logged, echoed or passed on.
+
+    Never raises: a URL that does not parse is returned without anything after its scheme.
+    """
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri.partition("://")[0] + "://(unparsable)"
     if "@" not in parts.netloc:
         return uri
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
@@ -371,8 +383,10 @@ class ServerConnection(Generic[S]):
             if spec.lower_transport == "TCP":
                 channels = spec.interleaved
                 if channels is None or channels[0] in used or channels[1] in used:
-                    first = next(c for c in range(0, _LAST_PAIR, 2) if c not in used and c + 1 not in used)
-                    channels = (first, first + 1)
+                    free = next((c for c in range(0, _LAST_PAIR, 2) if c not in used and c + 1 not in used), None)
+                    if free is None:
+                        raise ResourceExhausted("no interleaved channel pair left on this connection")
+                    channels = (free, free + 1)
                 return TransportSpec(protocol="RTP/AVP/TCP", interleaved=channels)
             if spec.client_port is not None and spec.client_port[0] > 0:
                 return TransportSpec(client_port=spec.client_port)
@@ -389,6 +403,11 @@ class ServerConnection(Generic[S]):
         connection; the track's interleaved channels start routing frames.
         """
         created = session.session_id not in self.table.sessions
+        previous = session.tracks.get(plan.track)
+        if previous is not None and previous.interleaved is not None:
+            for channel in previous.interleaved:   # a track set up again frees its old pair
+                if self.channels.get(channel) == (session, plan.track):
+                    del self.channels[channel]
         session.tracks[plan.track] = plan.transport
         session.state = next_state(session.state, "SETUP")
         if created:

@@ -117,6 +117,8 @@ def _int(value: int, what: str, low: int, high: int) -> None:
 def _parse_int(text: str, what: str, low: int, high: int) -> int:
     if not text.isascii() or not text.isdigit():
         raise SdpError(f"{what} is not a decimal number: {text[:80]!r}")
+    if len(text) > 20:   # 2**64 - 1 has 20 digits; past Python's int() digit limit it would raise ValueError
+        raise SdpError(f"{what} is out of range: {text[:40]}...")
     value = int(text)
     _int(value, what, low, high)
     return value

@@ -68,20 +68,7 @@ def test_harness_runs_clean(harness: str, tmp_path: Path) -> None:
 # Saved crashing inputs (fuzz/crashes/<harness>/<file>) -> the parser bug each one shows.
 # While a bug stands its replay fails, so it is an xfail; once the parser is fixed the replay
 # passes, the strict xfail turns red, and the entry (and the harness's KNOWN) goes.
-KNOWN_CRASHES: dict[str, str] = {
-    "cni_config/deep_nesting.json": "msm.cni_plugin.config.decode_json lets json.loads' RecursionError out "
-                                    "(2000 nested '['): answered as CNI 199 instead of 6",
-    "cni_config/long_integer.json": "msm.cni_plugin.config.decode_json lets json.loads' ValueError for an "
-                                    "integer of over 4300 digits out: answered as CNI 199 instead of 6",
-    "rtsp_server/interleaved_channels_exhausted.bin": "ServerConnection._choose_transport: when every interleaved "
-                                                      "pair is in use, next() raises StopIteration out of plan_setup "
-                                                      "instead of a 453 ResourceExhausted",
-    "rtsp_server/unbalanced_ipv6_bracket.bin": "msm.sdk.rtsp_server.split_url lets urlsplit's ValueError "
-                                               "('Invalid IPv6 URL') out for 'rtsp://[::1/cam': a 500 logged as a "
-                                               "bug, and strip_userinfo raises it again out of next_event",
-    "sdp/bandwidth_4301_digits.sdp": "msm.sdk.sdp._parse_int calls int() on any run of ASCII digits: over 4300 "
-                                     "digits (b=, t=, m= port) raise ValueError instead of SdpError",
-}
+KNOWN_CRASHES: dict[str, str] = {}   # saved crash -> the open bug it shows (a strict xfail until fixed)
 
 
 def _saved_crashes() -> list[object]:

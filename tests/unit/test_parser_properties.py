@@ -88,8 +88,6 @@ def test_server_connection_answers_any_bytes(data: bytes, chunk: int) -> None:
     _serve(data, chunk)
 
 
-@pytest.mark.xfail(strict=True, reason="msm.sdk.rtsp_server.split_url lets urlsplit's ValueError ('Invalid IPv6 "
-                                      "URL') out: a 500 instead of a 400 (fuzz/crashes/rtsp_server/)")
 @pytest.mark.parametrize("uri", [b"rtsp://[::1/cam", b"rtsp://h]/cam/track0"])
 def test_server_connection_answers_a_malformed_authority_with_400(uri: bytes) -> None:
     for method in (b"DESCRIBE", b"SETUP"):
@@ -202,9 +200,6 @@ def test_sdp_extra_lines_round_trip_to_an_equal_value() -> None:
     pytest.param(b"t=" + b"1" * 4301 + b" 0", id="timing"),
     pytest.param(b"m=video " + b"1" * 4301 + b" RTP/AVP 96", id="media-port"),
 ])
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="msm.sdk.sdp._parse_int calls int() on any run of ASCII digits: over 4300 digits "
-                          "raise ValueError instead of SdpError (fuzz/crashes/sdp/bandwidth_4301_digits.sdp)")
 def test_sdp_numbers_too_long_for_int_are_sdp_errors(line: bytes) -> None:
     with pytest.raises(SdpError):
         SessionDescription.parse(b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\n" + line + b"\r\n")
@@ -288,17 +283,9 @@ def test_cni_environment_parses_or_raises_cni_error(changes: dict[str, str]) -> 
         assert isinstance(exc, MsmError)
 
 
-_DECODE_BUG = ("msm.cni_plugin.config.decode_json catches only UnicodeDecodeError and JSONDecodeError: "
-               "json.loads' {} escapes, and msm-cni answers CNI 199 (internal) instead of 6 (decode failure)")
-
-
 @pytest.mark.parametrize("data", [
-    pytest.param(b"[" * 2000, id="deep-nesting",
-                 marks=pytest.mark.xfail(strict=True, raises=RecursionError,
-                                         reason=_DECODE_BUG.format("RecursionError"))),
-    pytest.param(b'{"cniVersion":' + b"1" * 4301 + b"}", id="long-integer",
-                 marks=pytest.mark.xfail(strict=True, raises=ValueError,
-                                         reason=_DECODE_BUG.format("ValueError (over 4300 digits)"))),
+    pytest.param(b"[" * 2000, id="deep-nesting"),
+    pytest.param(b'{"cniVersion":' + b"1" * 4301 + b"}", id="long-integer"),
 ])
 def test_cni_stdin_that_json_loads_refuses_oddly_is_a_decode_failure(data: bytes) -> None:
     """Saved under fuzz/crashes/cni_config/: bytes that json.loads rejects with other exceptions."""
