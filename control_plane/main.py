@@ -39,6 +39,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "Flags default to MSM_* variables.")
     parser.add_argument("--listen", default=_env("MSM_CONTROL_LISTEN", "0.0.0.0:9000"),
                         help="gRPC HOST:PORT (default 0.0.0.0:9000)")
+    parser.add_argument("--bootstrap-listen", default=_env("MSM_BOOTSTRAP_LISTEN", "127.0.0.1:9002"),
+                        help="HOST:PORT of the certificate bootstrap port: server-only TLS, IssueCertificate "
+                        "alone, for workloads that have no certificate yet ('' to disable; default "
+                        "127.0.0.1:9002; the chart listens on 0.0.0.0:9002)")
     parser.add_argument("--web-listen", default=_env("MSM_WEB_LISTEN", "127.0.0.1:8080"),
                         help="live page, /api/streams and /metrics HOST:PORT ('' to disable; default "
                         "127.0.0.1:8080: the page shows every stream, so it is not on the network unless asked)")
@@ -72,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         opts = parse_args(argv)
         parse_host_port(opts.listen, what="--listen", default_host="0.0.0.0")
+        if opts.bootstrap_listen:
+            parse_host_port(opts.bootstrap_listen, what="--bootstrap-listen", default_host="0.0.0.0")
         if opts.web_listen:
             parse_host_port(opts.web_listen, what="--web-listen", default_host="0.0.0.0")
         check_tls_arguments(opts, also="--ca-dir")
@@ -104,7 +110,8 @@ class Security:
         if opts.insecure:
             log.warning("--insecure: plaintext gRPC; anyone who reaches %s can act as a stub or proxy", opts.listen)
             return
-        ca = CertificateAuthority.load(opts.ca_dir) if opts.ca_dir else None
+        # Helm's genCAWithKey names no trust domain in the CA: --trust-domain says it.
+        ca = CertificateAuthority.load(opts.ca_dir, opts.trust_domain) if opts.ca_dir else None
         if opts.tls_dir:
             self.tls = TlsFiles(opts.tls_dir)
             self.tls.read()   # unusable files: one clear error now
@@ -137,8 +144,10 @@ async def _run(opts: argparse.Namespace, resolver: Resolver, kube: KubernetesRes
     except MsmError as exc:
         print(f"msm-control-plane: error: {exc}", file=sys.stderr)
         return 2
+    # The bootstrap port only when there is something to bootstrap from (TLS and an issuer).
+    bootstrap = opts.bootstrap_listen if security.tls is not None and security.issuer is not None else None
     server = ControlPlaneServer(resolver, listen=opts.listen, linger=opts.linger, tls=security.tls,
-                                issuer=security.issuer)
+                                issuer=security.issuer, bootstrap_listen=bootstrap or None)
     web = None
     stop = stop_event()
     try:
@@ -147,6 +156,8 @@ async def _run(opts: argparse.Namespace, resolver: Resolver, kube: KubernetesRes
         if security.rotator is not None:
             security.rotator.start()
         await server.start()
+        if server.bootstrap is not None:
+            log.info("certificate bootstrap (IssueCertificate only, server TLS) on %s", server.bootstrap.address)
         if opts.web_listen:
             web = WebServer(create_app(server.control, registry=control_registry(server.control)))
             await web.start(opts.web_listen)

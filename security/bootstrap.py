@@ -10,6 +10,10 @@ which the workload's gRPC servers and channels read. :class:`Bootstrap` then ren
 half the certificate's lifetime, in the background, with back-off while the control
 plane cannot be reached; the files it replaces are picked up without a restart.
 
+The control plane answers ``IssueCertificate`` on a port of its own, the bootstrap port
+(:data:`BOOTSTRAP_PORT`, 9002): its main gRPC port asks every caller for a client
+certificate at the handshake, which a workload that has none yet cannot give.
+
 The token is read from its file at each request (the kubelet rotates it) and never logged.
 """
 
@@ -33,13 +37,14 @@ from msm.protos import msm_pb2 as pb
 from msm.protos import msm_pb2_grpc as pb_grpc
 from msm.runtime.backoff import Backoff
 from msm.runtime.grpcutil import error_from_rpc
+from msm.runtime.hostport import format_host_port, parse_host_port
 from msm.sdk.errors import ConfigError, MsmError, Unauthorized
 
 from .identity import Identity, Role, server_name
 from .tls import TlsFiles
 
-__all__ = ["Bootstrap", "BootstrapError", "add_tls_arguments", "check_tls_arguments", "request_certificate",
-           "workload_tls"]
+__all__ = ["BOOTSTRAP_PORT", "Bootstrap", "BootstrapError", "add_tls_arguments", "bootstrap_address",
+           "check_tls_arguments", "request_certificate", "workload_tls"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,8 @@ MAX_TOKEN_FILE = 64 * 1024   # a projected token is ~1 KiB; a huge file is not o
 # Renew when this fraction of the lifetime is left; never sooner than MIN_RENEW apart.
 RENEW_AT = 0.5
 MIN_RENEW = dt.timedelta(seconds=30)
+# The control plane's bootstrap port (msm-control-plane --bootstrap-listen; the chart's Service).
+BOOTSTRAP_PORT = 9002
 
 
 class BootstrapError(ConfigError):
@@ -220,6 +227,9 @@ def add_tls_arguments(parser: argparse.ArgumentParser, *, bootstrap: bool = True
         parser.add_argument("--trust-bundle", default=env("MSM_TRUST_BUNDLE", ""),
                             help="the mesh CA's certificate, to check the control plane with: a file, or the "
                             "PEM text itself (MSM_TRUST_BUNDLE)")
+        parser.add_argument("--bootstrap", default=env("MSM_BOOTSTRAP", ""), metavar="HOST:PORT",
+                            help="the control plane's certificate bootstrap port, asked with --token-file "
+                            f"(MSM_BOOTSTRAP; default the --control host, port {BOOTSTRAP_PORT})")
     parser.add_argument("--trust-domain", default=env("MSM_TRUST_DOMAIN", DEFAULT_TRUST_DOMAIN),
                         help=f"the mesh's SPIFFE trust domain (MSM_TRUST_DOMAIN, default {DEFAULT_TRUST_DOMAIN})")
     parser.add_argument("--insecure", action="store_true", default=env("MSM_INSECURE", "") == "1",
@@ -239,6 +249,10 @@ def check_tls_arguments(opts: argparse.Namespace, *, also: str = "") -> None:
         raise ConfigError("--token-file needs --trust-bundle (the mesh CA's certificate)")
     if bundle and not token:
         raise ConfigError("--trust-bundle is used with --token-file")
+    if getattr(opts, "bootstrap", "") and not token:
+        raise ConfigError("--bootstrap is used with --token-file")
+    if token:   # where certificates come from: a bad address is one line now, not a retry loop later
+        bootstrap_address(getattr(opts, "control", ""), getattr(opts, "bootstrap", ""))
     secured = bool(opts.tls_dir or token or other)
     if opts.insecure and secured:
         raise ConfigError("--insecure cannot be combined with TLS settings")
@@ -246,6 +260,20 @@ def check_tls_arguments(opts: argparse.Namespace, *, also: str = "") -> None:
         either = f", {also}" if also else ""
         raise ConfigError(f"no TLS settings: give --tls-dir, --token-file with --trust-bundle{either}, "
                           "or --insecure for plaintext")
+
+
+def bootstrap_address(control: str, explicit: str = "") -> str:
+    """Where to ask for certificates: ``explicit`` (--bootstrap), else ``control``'s host on
+    :data:`BOOTSTRAP_PORT`. ConfigError when neither gives a HOST:PORT (a ``dns:///`` or
+    ``unix:`` control target needs --bootstrap)."""
+    if explicit:
+        return str(parse_host_port(explicit, what="--bootstrap"))
+    try:
+        host = parse_host_port(control, what="--control").host
+    except ConfigError:
+        raise ConfigError(f"cannot tell the bootstrap port from --control {control!r}: "
+                          "give --bootstrap HOST:PORT") from None
+    return format_host_port(host, BOOTSTRAP_PORT)
 
 
 async def workload_tls(opts: argparse.Namespace, control: str, role: Role,
@@ -259,7 +287,9 @@ async def workload_tls(opts: argparse.Namespace, control: str, role: Role,
     if not getattr(opts, "token_file", ""):
         files.read()   # mounted files: unusable ones are one clear error now, not at the first call
         return files, None
-    boot = Bootstrap(control, files, token_file=Path(opts.token_file), trust_bundle=opts.trust_bundle,
+    # IssueCertificate on the bootstrap port: the main one wants a certificate we do not have yet.
+    boot = Bootstrap(bootstrap_address(control, getattr(opts, "bootstrap", "")), files,
+                     token_file=Path(opts.token_file), trust_bundle=opts.trust_bundle,
                      role=role, trust_domain=opts.trust_domain)
     await boot.obtain()
     boot.start()

@@ -55,6 +55,19 @@ class IssuedCertificate:
     not_after: dt.datetime
 
 
+def trust_domain_of(certificate: x509.Certificate) -> str:
+    """The trust domain a CA certificate names (its subject's O), or '' when it names none."""
+    names = certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    return str(names[0].value) if names else ""
+
+
+def _is_ca(certificate: x509.Certificate) -> bool:
+    try:
+        return bool(certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -77,13 +90,18 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 class CertificateAuthority:
-    def __init__(self, key: ec.EllipticCurvePrivateKey, certificate: x509.Certificate) -> None:
+    def __init__(self, key: ec.EllipticCurvePrivateKey, certificate: x509.Certificate,
+                 trust_domain: str | None = None) -> None:
+        """``trust_domain``: the mesh's, when the certificate does not say it (its subject's O)."""
         self.key = key
         self.certificate = certificate
-
-    @property
-    def trust_domain(self) -> str:
-        return str(self.certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value)
+        named = trust_domain_of(certificate)
+        if named and trust_domain and named != trust_domain:
+            raise CaError(f"the mesh CA is for trust domain {named!r}, not {trust_domain!r}")
+        if not (named or trust_domain):
+            raise CaError("the mesh CA's certificate names no trust domain (no O in its subject): "
+                          "give the trust domain (--trust-domain)")
+        self.trust_domain: str = named or trust_domain or ""
 
     @property
     def trust_bundle_pem(self) -> bytes:
@@ -115,7 +133,13 @@ class CertificateAuthority:
         return cls(key, cert)
 
     @classmethod
-    def load(cls, directory: Path | str) -> CertificateAuthority:
+    def load(cls, directory: Path | str, trust_domain: str | None = None) -> CertificateAuthority:
+        """The CA in ``directory`` (``ca-cert.pem``, ``ca-key.pem``).
+
+        Its trust domain is its subject's O when it has one (a CA this module made); a CA
+        made elsewhere, such as Helm's ``genCAWithKey`` (a CN only), takes ``trust_domain``.
+        A CaError when neither says one, or when they disagree.
+        """
         directory = Path(directory)
         try:
             key_pem = (directory / CA_KEY).read_bytes()
@@ -129,7 +153,12 @@ class CertificateAuthority:
             raise CaError(f"the mesh CA in {directory} is not a PEM key and certificate") from exc
         if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
             raise CaError(f"the mesh CA key in {directory} does not match its certificate")
-        return cls(key, cert)
+        if not _is_ca(cert):
+            raise CaError(f"the certificate in {directory / CA_CERT} is not a CA certificate")
+        try:
+            return cls(key, cert, trust_domain)
+        except CaError as exc:
+            raise CaError(f"{directory}: {exc.reason}") from None
 
     @classmethod
     def load_or_create(cls, directory: Path | str, trust_domain: str) -> CertificateAuthority:

@@ -52,6 +52,41 @@ def load(name: str) -> Any:
     return json.loads((DATA / name).read_text())
 
 
+def helm_mesh_ca(directory: Path, common_name: str = "msm mesh CA (cluster.local)", days: int = 3650) -> Path:
+    """The chart's mesh CA Secret as files (``ca-cert.pem``, ``ca-key.pem``), made the way Helm's
+    ``genPrivateKey "ecdsa"`` + ``genCAWithKey`` make it: a P-256 key and a self-signed CA
+    certificate whose subject is a CN only (no O, so no trust domain in it), CA basic
+    constraints, key usages digitalSignature, keyEncipherment and keyCertSign, EKU server
+    and client auth, as Sprig's ``generateCertificateAuthorityWithKeyInternal`` writes them."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Helm writes an EC key as SEC1 ("EC PRIVATE KEY"), as Go's x509.MarshalECPrivateKey does.
+    (directory / "ca-key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+    (directory / "ca-cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "ca-key.pem").chmod(0o600)
+    return directory
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceAccountToken:
     """What the API server knows of a token it issued (TokenRequest)."""

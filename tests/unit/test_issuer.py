@@ -17,15 +17,24 @@ from msm.control_plane.kubernetes import KubeClient, KubeError
 from msm.protos import msm_pb2 as pb
 from msm.protos import msm_pb2_grpc as pb_grpc
 from msm.runtime.grpcutil import abort
-from msm.sdk.errors import Forbidden, MsmError, Unauthorized
+from msm.sdk.errors import ConfigError, Forbidden, MsmError, Unauthorized
 from msm.security import issuer as issuer_module
 from msm.security.authz import identity_of_certificate
-from msm.security.bootstrap import Bootstrap, BootstrapError, new_key_and_csr, request_certificate
-from msm.security.ca import CertificateAuthority
+from msm.security.bootstrap import (
+    BOOTSTRAP_PORT,
+    Bootstrap,
+    BootstrapError,
+    bootstrap_address,
+    check_tls_arguments,
+    new_key_and_csr,
+    request_certificate,
+    workload_tls,
+)
+from msm.security.ca import CaError, CertificateAuthority
 from msm.security.identity import Identity, Role
 from msm.security.issuer import MAX_CALLERS, CertificateIssuer, RateLimited, caller_of
 from msm.security.tls import TlsFiles
-from tests.fake_kube import FakeKube
+from tests.fake_kube import FakeKube, helm_mesh_ca
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -254,3 +263,91 @@ def test_no_component_runs_plaintext_by_default(program: str, monkeypatch: pytes
     if program != "control-plane":
         assert main(["--listen", "127.0.0.1:0", "--token-file", "/t"]) == 2
         assert "needs --trust-bundle" in capsys.readouterr().err
+
+
+# --- the chart's CA, and the bootstrap port of a real control plane ---------------------------------
+
+
+def test_a_ca_made_by_helm_takes_the_trust_domain_it_is_given(tmp_path: Path) -> None:
+    """genCAWithKey writes a CN only: the trust domain comes from --trust-domain, and without it
+    loading says so in one line instead of failing on a missing attribute."""
+    directory = helm_mesh_ca(tmp_path / "helm")
+    ca = CertificateAuthority.load(directory, DOMAIN)
+    assert ca.trust_domain == DOMAIN
+    chain, _ = ca.sign_csr(new_key_and_csr()[1], Identity(DOMAIN, "media", "default", Role.STUB, "camera-0"))
+    assert str(identity_of_certificate(x509.load_pem_x509_certificate(chain))).endswith("/stub/camera-0")
+    with pytest.raises(CaError, match=r"names no trust domain .*--trust-domain") as caught:
+        CertificateAuthority.load(directory)
+    assert "\n" not in str(caught.value)
+    # A CA that names its domain keeps it; one that names another is refused, not silently used.
+    ours = CertificateAuthority.create(tmp_path / "ours", DOMAIN)
+    assert CertificateAuthority.load(tmp_path / "ours").trust_domain == DOMAIN == ours.trust_domain
+    assert CertificateAuthority.load(tmp_path / "ours", DOMAIN).trust_domain == DOMAIN
+    with pytest.raises(CaError, match="not 'other.test'"):
+        CertificateAuthority.load(tmp_path / "ours", "other.test")
+
+
+def test_the_bootstrap_address_defaults_to_the_control_planes_host() -> None:
+    service = "msm-control-plane.msm-system.svc"
+    assert bootstrap_address(f"{service}:9000") == f"{service}:{BOOTSTRAP_PORT}"
+    assert bootstrap_address("[fd00::1]:9000") == "[fd00::1]:9002"
+    assert bootstrap_address("dns:///cp:9000", "cp:7002") == "cp:7002"
+    with pytest.raises(ConfigError, match="give --bootstrap HOST:PORT"):
+        bootstrap_address("unix:/run/msm.sock")
+    with pytest.raises(ConfigError, match="--bootstrap must be HOST:PORT"):
+        bootstrap_address("cp:9000", "cp")
+
+
+async def test_workloads_bootstrap_through_the_control_planes_bootstrap_port(
+        kube: FakeKube, tmp_path: Path) -> None:
+    """The whole chain as the chart runs it: a Helm-made CA, the control plane's bootstrap port,
+    a proxy and a stub that start with a projected token and a trust bundle only; then each
+    reaches the main (mutual TLS) port with what it got."""
+    from msm.control_plane.resolver import StaticResolver
+    from msm.control_plane.server import ControlPlaneServer
+    from msm.rtp_proxy.main import parse_args as proxy_args
+    from msm.security.tls import Rotator, secure_channel
+    from msm.stub.main import parse_args as stub_args
+
+    ca = CertificateAuthority.load(helm_mesh_ca(tmp_path / "ca"), DOMAIN)
+    own = Rotator(ca).add(Identity(DOMAIN, "msm-system", "msm-control-plane", Role.CONTROL_PLANE),
+                          TlsFiles(tmp_path / "cp"))
+    client = KubeClient(kube.url, token=kube.token)
+    server = ControlPlaneServer(StaticResolver(), listen="127.0.0.1:0", tls=own, bootstrap_listen="127.0.0.1:0",
+                                issuer=CertificateIssuer(ca, client, DOMAIN, proxy_service_accounts=[PROXIES]))
+    await server.start()
+    try:
+        assert server.bootstrap is not None
+        (tmp_path / "bundle.pem").write_bytes(ca.trust_bundle_pem)
+        tokens = {"proxy": kube.issue_token(*PROXIES, pod="msm-proxy-x7k2p", node="node-a"),
+                  "stub": kube.issue_token("media", "default", pod="camera-0", node="node-a")}
+        got = {}
+        for role, parse in (("proxy", proxy_args), ("stub", stub_args)):
+            (tmp_path / f"{role}.token").write_text(tokens[role])
+            opts = parse(["--control", server.address, "--bootstrap", server.bootstrap.address,
+                          "--token-file", str(tmp_path / f"{role}.token"),
+                          "--trust-bundle", str(tmp_path / "bundle.pem"),
+                          "--tls-dir", str(tmp_path / role), "--trust-domain", DOMAIN])
+            check_tls_arguments(opts)
+            files, boot = await workload_tls(opts, server.address, Role(role), f"msm-{role}")
+            assert files is not None and boot is not None
+            await boot.stop()
+            got[role] = files
+        assert str(got["proxy"].identity()) == f"spiffe://{DOMAIN}/ns/msm-system/sa/msm-proxy/proxy/node-a"
+        assert str(got["stub"].identity()) == f"spiffe://{DOMAIN}/ns/media/sa/default/stub/camera-0"
+        # Asking the main port without a certificate fails at the handshake: that is why the
+        # bootstrap port exists.
+        with pytest.raises(MsmError) as caught:
+            await request_certificate(server.address, token_file=tmp_path / "stub.token",
+                                      trust_bundle=tmp_path / "bundle.pem", role=Role.STUB, trust_domain=DOMAIN,
+                                      files=TlsFiles(tmp_path / "again"))
+        assert caught.value.status == 503
+        # The stub's certificate is good on the main port (mutual TLS): known, and only a stub.
+        async with secure_channel(server.address, got["stub"]) as channel:
+            api = pb_grpc.ControlPlaneStub(channel)  # type: ignore[no-untyped-call]
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await api.ListStreams(pb.ListStreamsRequest(), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await server.stop()
+        await client.close()
