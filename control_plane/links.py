@@ -23,7 +23,7 @@ from msm.protos.status import error_of
 from msm.runtime.correlator import Correlator
 from msm.runtime.grpcutil import error_from_rpc
 from msm.sdk.errors import Unavailable, UpstreamError
-from msm.security.identity import Role
+from msm.security.identity import Identity, Role
 from msm.security.tls import TlsFiles, secure_channel
 
 from .ports import LinkClosed, StubInfo
@@ -46,17 +46,22 @@ LIST_TIMEOUT = 2.0       # ListFlows for the operator view: a slow proxy is skip
 T = TypeVar("T")
 
 
-def stub_info(register: pb.StubRegister) -> StubInfo:
-    return StubInfo(stub_id=register.stub_id, node=register.node, namespace=register.namespace,
-                    pod=register.pod, can_open_upstream=register.can_open_upstream)
+def stub_info(register: pb.StubRegister, identity: Identity | None = None) -> StubInfo:
+    """What the planner knows of a stub. With ``identity`` (its verified certificate) the
+    namespace and pod are the certificate's, never the stub's claim: they choose routes
+    (the resolver's :class:`~.resolver.Asker`) and the stub next to a source."""
+    namespace, pod = (identity.namespace, identity.name) if identity is not None else (register.namespace,
+                                                                                        register.pod)
+    return StubInfo(stub_id=register.stub_id, node=register.node, namespace=namespace,
+                    pod=pod, can_open_upstream=register.can_open_upstream)
 
 
 class StubLink:
     """One stub's control stream (a :class:`~.ports.StubPort`)."""
 
-    def __init__(self, register: pb.StubRegister) -> None:
+    def __init__(self, register: pb.StubRegister, identity: Identity | None = None) -> None:
         self.register = register
-        self._info = stub_info(register)
+        self._info = stub_info(register, identity)
         self.stub_id = register.stub_id
         self.outbox: asyncio.Queue[pb.ControlMessage | None] = asyncio.Queue(STUB_OUTBOX)
         self.commands: Correlator[pb.CommandResult] = Correlator(

@@ -26,6 +26,7 @@ from msm.runtime.grpcserver import GrpcServer
 from msm.runtime.grpcutil import abort
 from msm.sdk.errors import MsmError, NotImplemented_, ProtocolError
 from msm.security.authz import BOOTSTRAP_RULES, CONTROL_PLANE_RULES, Authorizer, check_name, peer_identity
+from msm.security.identity import Identity
 from msm.security.tls import TlsFiles, server_credentials
 
 from .links import ProxyLink, StubLink
@@ -104,14 +105,18 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("kind") != "register" or not first.register.stub_id:
             await abort(context, ProtocolError("first message must be register"))
+        identity: Identity | None = None
         if self.trust_domain is not None:
             try:   # a stub speaks only for its own pod: its certificate names it
-                check_name(peer_identity(context, self.trust_domain), namespace=first.register.namespace,
-                           name=first.register.pod, what="connect as stub")
+                identity = peer_identity(context, self.trust_domain)
+                check_name(identity, namespace=first.register.namespace, name=first.register.pod,
+                           what="connect as stub")
             except MsmError as exc:
                 log.warning("stub %r refused: %s", first.register.stub_id, exc.reason)
                 await abort(context, exc)
-        link = StubLink(first.register)
+        # With TLS the link's namespace and pod are the certificate's (they equal the claim,
+        # checked above; taking them from the certificate keeps it so).
+        link = StubLink(first.register, identity)
         old = self.planner.stub_connected(link)
         if isinstance(old, StubLink):
             old.close()

@@ -18,12 +18,12 @@ from typing import Any
 import grpc
 import pytest
 
-from msm.control_plane.resolver import Route
+from msm.control_plane.resolver import NO_ASKER, Asker, Resolver, Route
 from msm.mesh import LocalMesh
 from msm.protos import msm_pb2 as pb
 from msm.protos import msm_pb2_grpc as pb_grpc
 from msm.security.ca import CertificateAuthority
-from msm.security.identity import Role
+from msm.security.identity import Identity, Role
 from msm.security.local import TRUST_DOMAIN, local_identity
 from msm.security.tls import TlsFiles, secure_channel
 from tests.e2e.conftest import mesh_config
@@ -210,6 +210,48 @@ async def test_rotated_certificates_are_used_without_a_restart(
     await viewer.wait_frames(viewer.frames + 25, timeout=20)
     async with FfmpegViewer(mesh.url("cam"), transport="tcp") as second:
         await second.wait_frames(10, timeout=30)
+
+
+class AskerLog:
+    """The mesh's own resolver, keeping who asked (the namespace a route is resolved for)."""
+
+    def __init__(self, inner: Resolver) -> None:
+        self.inner = inner
+        self.askers: list[Asker] = []
+
+    async def resolve(self, url: str, asker: Asker = NO_ASKER) -> Route:
+        self.askers.append(asker)
+        return await self.inner.resolve(url, asker)
+
+
+async def test_a_stub_is_known_by_its_certificate(tmp_path: Path) -> None:
+    """The namespace and pod the planner and the resolver see for a stub are its certificate's."""
+    async with LocalMesh(mesh_config(routes=[Route(name="cam", url="rtsp://127.0.0.1:9/cam")])) as mesh:
+        assert mesh.control is not None and mesh.pki is not None and mesh.pki.rotator is not None
+        planner = mesh.control.control.planner
+        asked = AskerLog(planner.resolver)
+        planner.resolver = asked
+        ca = mesh.pki.rotator.ca
+        issued = ca.issue(Identity(TRUST_DOMAIN, "tenant-x", "viewer", Role.STUB, "pod-x"))
+        files = TlsFiles(tmp_path / "stub-x")
+        files.write(ca_pem=ca.trust_bundle_pem, chain_pem=issued.chain_pem, key_pem=issued.key_pem)
+        async with secure_channel(mesh.control.address, files) as channel:
+            api = pb_grpc.ControlPlaneStub(channel)  # type: ignore[no-untyped-call]
+
+            async def claims(namespace: str) -> AsyncIterator[pb.StubMessage]:
+                yield pb.StubMessage(register=pb.StubRegister(stub_id="x", node="local", pod="pod-x",
+                                                              namespace=namespace))
+                yield pb.StubMessage(request=pb.StubRequest(request_id=1, describe=pb.DescribeRequest(
+                    url="rtsp://mesh/nope")))
+                await asyncio.sleep(30)
+            # Another namespace than the certificate's is refused before anything is asked.
+            why = await refused(lambda: first(api.Connect(claims("local"))), (grpc.StatusCode.PERMISSION_DENIED,))
+            assert "pod-x" in why and asked.askers == []
+            reply = await first(api.Connect(claims("tenant-x")))
+            assert reply.reply.request_id == 1 and reply.reply.status.code == 404
+            info = mesh.control.control.stubs["x"].info
+            assert (info.namespace, info.pod) == ("tenant-x", "pod-x")
+            assert [a.namespace for a in asked.askers] == ["tenant-x"]
 
 
 async def _describe_to_play(url: str) -> float:
