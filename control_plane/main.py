@@ -21,6 +21,7 @@ from msm.security.tls import Rotator, TlsFiles
 
 from .kubernetes import KubeClient, KubeError, KubernetesResolver
 from .metrics import control_registry
+from .planner import MAX_TRACKS, REKEY_INTERVAL, PlannerSettings
 from .resolver import ChainResolver, Resolver, RouteError, StaticResolver, parse_route
 from .server import ControlPlaneServer
 from .web import WebServer, create_app
@@ -54,6 +55,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="kubeconfig file (default: in-cluster service account)")
     parser.add_argument("--linger", type=float, default=float(_env("MSM_LINGER", "5")),
                         help="seconds an upstream stays open after its last viewer (default 5)")
+    parser.add_argument("--srtp", action=argparse.BooleanOptionalAction,
+                        default=_env("MSM_SRTP", "1").lower() not in ("0", "false", "no", "off"),
+                        help="SRTP on every relay leg between nodes (MSM_SRTP, default on; legs to viewers "
+                        "stay plain RTP); --no-srtp sends media between nodes in the clear")
+    parser.add_argument("--srtp-rekey", type=float, default=float(_env("MSM_SRTP_REKEY", str(REKEY_INTERVAL))),
+                        metavar="SECONDS", help=f"seconds between a relay's SRTP keys (MSM_SRTP_REKEY, default "
+                        f"{REKEY_INTERVAL:g})")
+    parser.add_argument("--max-tracks", type=int, default=int(_env("MSM_MAX_TRACKS", str(MAX_TRACKS))),
+                        help=f"the most tracks a source may have; more is refused with 453 (MSM_MAX_TRACKS, "
+                        f"default {MAX_TRACKS})")
     parser.add_argument("--log-level", default=_env("MSM_LOG_LEVEL", "info"))
     add_tls_arguments(parser, bootstrap=False)
     parser.add_argument("--ca-dir", default=_env("MSM_CA_DIR", ""),
@@ -82,12 +93,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             parse_host_port(opts.web_listen, what="--web-listen", default_host="0.0.0.0")
         check_tls_arguments(opts, also="--ca-dir")
         proxy_accounts(opts)
+        settings = planner_settings(opts)
         setup_logging(opts.log_level)
         resolver, kube = build_resolver(opts)
     except (ValueError, ConfigError, RouteError, KubeError) as exc:
         print(f"msm-control-plane: error: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_run(opts, resolver, kube))
+    if not settings.srtp:
+        log.warning("--no-srtp: media between nodes is plain RTP; anyone on the node network can read it")
+    return asyncio.run(_run(opts, resolver, kube, settings))
+
+
+def planner_settings(opts: argparse.Namespace) -> PlannerSettings:
+    """The planner's tunables from the flags (ConfigError names an impossible one)."""
+    return PlannerSettings(linger=opts.linger, max_tracks=opts.max_tracks, srtp=opts.srtp,
+                           rekey_interval=opts.srtp_rekey)
 
 
 def proxy_accounts(opts: argparse.Namespace) -> list[tuple[str, str]]:
@@ -138,7 +158,8 @@ def build_resolver(opts: argparse.Namespace) -> tuple[Resolver, KubernetesResolv
     return (ChainResolver(static, kube) if kube else static), kube
 
 
-async def _run(opts: argparse.Namespace, resolver: Resolver, kube: KubernetesResolver | None) -> int:
+async def _run(opts: argparse.Namespace, resolver: Resolver, kube: KubernetesResolver | None,
+               settings: PlannerSettings) -> int:
     try:
         security = Security(opts, kube)
     except MsmError as exc:
@@ -146,8 +167,8 @@ async def _run(opts: argparse.Namespace, resolver: Resolver, kube: KubernetesRes
         return 2
     # The bootstrap port only when there is something to bootstrap from (TLS and an issuer).
     bootstrap = opts.bootstrap_listen if security.tls is not None and security.issuer is not None else None
-    server = ControlPlaneServer(resolver, listen=opts.listen, linger=opts.linger, tls=security.tls,
-                                issuer=security.issuer, bootstrap_listen=bootstrap or None)
+    server = ControlPlaneServer(resolver, listen=opts.listen, tls=security.tls, issuer=security.issuer,
+                                bootstrap_listen=bootstrap or None, settings=settings)
     web = None
     stop = stop_event()
     try:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from msm.sdk.errors import MsmError
 from msm.webhook.errors import ConfigError
 from msm.webhook.review import (
+    BOOTSTRAP_PORT,
     DEFAULT_CONTROL_PLANE,
     DEFAULT_MESH_NAMESPACE,
     DEFAULT_TOKEN_AUDIENCE,
@@ -37,6 +38,7 @@ ENVIRONMENT = {
     "tls_key": "MSM_TLS_KEY",
     "stub_image": "MSM_STUB_IMAGE",
     "control_plane": "MSM_CONTROL_PLANE",
+    "bootstrap": "MSM_BOOTSTRAP",
     "mesh_namespace": "MSM_MESH_NAMESPACE",
     "trust_bundle": "MSM_TRUST_BUNDLE",
     "trust_domain": "MSM_TRUST_DOMAIN",
@@ -49,6 +51,7 @@ DEFAULTS = {
     "host": "0.0.0.0",
     "port": "8443",
     "control_plane": DEFAULT_CONTROL_PLANE,
+    "bootstrap": "",
     "mesh_namespace": DEFAULT_MESH_NAMESPACE,
     "trust_bundle": "",
     "trust_domain": DEFAULT_TRUST_DOMAIN,
@@ -82,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stub-image", metavar="IMAGE", help="image of the injected stub container (required)")
     parser.add_argument("--control-plane", metavar="HOST:PORT",
                         help=f"control plane gRPC address given to the stub (default {DEFAULT_CONTROL_PLANE})")
+    parser.add_argument("--bootstrap", metavar="HOST:PORT",
+                        help=f"the control plane's certificate bootstrap port given to the stub (default the "
+                        f"--control-plane host, port {BOOTSTRAP_PORT})")
     parser.add_argument("--mesh-namespace", metavar="NAMESPACE",
                         help=f"the mesh's own namespace, never injected (default {DEFAULT_MESH_NAMESPACE})")
     parser.add_argument("--trust-bundle", metavar="FILE",
@@ -110,7 +116,7 @@ def inject_config(values: dict[str, str]) -> InjectConfig:
     if not expiration.isascii() or not expiration.isdigit():
         raise ConfigError(f"token expiration must be seconds, got {expiration!r}")
     return InjectConfig(stub_image=values["stub_image"], control_plane=values["control_plane"],
-                        mesh_namespace=values["mesh_namespace"], trust_bundle_pem=bundle,
+                        bootstrap=values["bootstrap"], mesh_namespace=values["mesh_namespace"], trust_bundle_pem=bundle,
                         trust_domain=values["trust_domain"], token_audience=values["token_audience"],
                         token_expiration=int(expiration),
                         insecure_stubs=values["insecure_stubs"].lower() in ("1", "true"))

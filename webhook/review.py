@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, TypedDict, cast
 
-from msm.runtime.hostport import parse_host_port
+from msm.runtime.hostport import format_host_port, parse_host_port
 from msm.sdk.errors import MsmError
 from msm.webhook.errors import ConfigError, ReviewError
 
@@ -55,6 +55,9 @@ STUB_PORT = 8554
 STUB_PORT_NAME = "rtsp-stub"
 STUB_UID = 1337  # the redirect rules exempt this UID, so the stub's own connections go out as-is
 DEFAULT_CONTROL_PLANE = "msm-control-plane.msm-system.svc:9000"
+# The control plane's certificate bootstrap port (server TLS, IssueCertificate only): a new
+# stub has no certificate for the main port yet. Default: the control plane's host on it.
+BOOTSTRAP_PORT = 9002
 DEFAULT_MESH_NAMESPACE = "msm-system"
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 DEFAULT_TOKEN_AUDIENCE = "msm"
@@ -183,6 +186,7 @@ class InjectConfig:
 
     stub_image: str
     control_plane: str = DEFAULT_CONTROL_PLANE
+    bootstrap: str = ""   # HOST:PORT of the bootstrap port; "" is the control plane's host on BOOTSTRAP_PORT
     mesh_namespace: str = DEFAULT_MESH_NAMESPACE
     # The stub proves its pod with a projected token and checks the control plane with the
     # mesh CA (trust_bundle_pem, PEM text: a ConfigMap cannot be mounted across namespaces, so
@@ -199,6 +203,10 @@ class InjectConfig:
         address = parse_host_port(self.control_plane, what="control plane")
         if address.port == 0:
             raise ConfigError(f"control plane must be HOST:PORT, got {self.control_plane!r} (port 0)")
+        if not self.bootstrap:
+            object.__setattr__(self, "bootstrap", format_host_port(address.host, BOOTSTRAP_PORT))
+        elif parse_host_port(self.bootstrap, what="bootstrap address").port == 0:
+            raise ConfigError(f"bootstrap address must be HOST:PORT, got {self.bootstrap!r} (port 0)")
         if not _DNS_LABEL.fullmatch(self.mesh_namespace):
             raise ConfigError(f"mesh namespace must be a namespace name, got {self.mesh_namespace!r}")
         if len(self.trust_bundle_pem) > MAX_TRUST_BUNDLE or (
@@ -411,7 +419,8 @@ def _stub_tls(config: InjectConfig) -> tuple[list[str], list[dict[str, Any]], li
     if config.insecure_stubs:
         return ["--insecure"], [], []
     # The bundle is the default of --trust-bundle (MSM_TRUST_BUNDLE: a file, or the PEM itself).
-    args = ["--token-file", f"{TOKEN_DIR}/token", "--tls-dir", TLS_DIR, "--trust-domain", config.trust_domain]
+    args = ["--token-file", f"{TOKEN_DIR}/token", "--tls-dir", TLS_DIR, "--trust-domain", config.trust_domain,
+            "--bootstrap", config.bootstrap]
     env: list[dict[str, Any]] = [{"name": "MSM_TRUST_BUNDLE", "value": config.trust_bundle_pem}]
     mounts: list[dict[str, Any]] = [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True},
               {"name": TLS_VOLUME, "mountPath": TLS_DIR}]

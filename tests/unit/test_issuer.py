@@ -351,3 +351,24 @@ async def test_workloads_bootstrap_through_the_control_planes_bootstrap_port(
     finally:
         await server.stop()
         await client.close()
+
+
+def test_the_control_planes_planner_flags(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from msm.control_plane import main as control_plane_main
+
+    for name in ("MSM_SRTP", "MSM_SRTP_REKEY", "MSM_MAX_TRACKS", "MSM_LINGER"):
+        monkeypatch.delenv(name, raising=False)
+    settings = control_plane_main.planner_settings(control_plane_main.parse_args([]))
+    assert (settings.srtp, settings.rekey_interval, settings.max_tracks, settings.linger) == (True, 3600.0, 8, 5.0)
+    opts = control_plane_main.parse_args(["--no-srtp", "--srtp-rekey", "60", "--max-tracks", "2", "--linger", "1"])
+    settings = control_plane_main.planner_settings(opts)
+    assert (settings.srtp, settings.rekey_interval, settings.max_tracks, settings.linger) == (False, 60.0, 2, 1.0)
+    monkeypatch.setenv("MSM_SRTP", "0")
+    assert control_plane_main.parse_args([]).srtp is False
+    assert control_plane_main.parse_args(["--srtp"]).srtp is True
+    assert opts.bootstrap_listen == "127.0.0.1:9002"   # loopback unless told (the chart says 0.0.0.0:9002)
+    for argv, words in ((["--max-tracks", "0"], "max_tracks >= 1"), (["--bootstrap-listen", "nowhere"],
+                                                                      "--bootstrap-listen must be HOST:PORT")):
+        assert control_plane_main.main([*argv, "--insecure"]) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err

@@ -24,6 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
+from msm.sdk.errors import MsmError
 from msm.security.ca import CertificateAuthority
 from msm.webhook import main as webhook_main
 from msm.webhook import review as wr
@@ -122,7 +123,7 @@ def test_annotated_pod_gets_the_stub() -> None:
         "command": ["msm-stub"],
         "args": ["--control", "$(MSM_CONTROL_PLANE)", "--listen", "0.0.0.0:8554",
                  "--token-file", "/var/run/secrets/msm/token/token", "--tls-dir", "/var/run/secrets/msm/tls",
-                 "--trust-domain", "mesh.test"],
+                 "--trust-domain", "mesh.test", "--bootstrap", "cp.msm-system.svc:9002"],
         "env": [
             {"name": "MSM_CONTROL_PLANE", "value": "cp.msm-system.svc:9000"},
             {"name": "MSM_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -200,6 +201,29 @@ def test_the_stub_gets_a_projected_token_and_a_place_for_its_certificate() -> No
     assert (opts.token_file, opts.tls_dir, opts.insecure) == ("/var/run/secrets/msm/token/token",
                                                               "/var/run/secrets/msm/tls", False)
     assert environ["MSM_TRUST_BUNDLE"] == BUNDLE
+    # It asks for its certificate on the bootstrap port: the main one wants a certificate already.
+    assert opts.bootstrap == "cp.msm-system.svc:9002"
+    opts.trust_bundle = BUNDLE
+    stub_main.check_tls_arguments(opts)
+
+
+def test_the_bootstrap_port_is_the_control_planes_host_on_9002_unless_told() -> None:
+    assert InjectConfig(stub_image="r/msm:1", control_plane="[fd00::1]:9000").bootstrap == "[fd00::1]:9002"
+    config = InjectConfig(stub_image="r/msm:1", control_plane="cp:9000", bootstrap="boot.example:7002",
+                          trust_bundle_pem=BUNDLE)
+    args = stub_of(injected(fixture("pod_create_annotated"), config))["args"]
+    assert args[args.index("--bootstrap") + 1] == "boot.example:7002"
+    opts = webhook_main.build_parser().parse_args([*TLS_FLAGS, "--stub-image", "r/msm:1", "--bootstrap", "b:1"])
+    assert webhook_main.inject_config(webhook_main.settings(opts, {})).bootstrap == "b:1"
+    environ = {"MSM_BOOTSTRAP": "env-b:9", "MSM_TLS_CERT": "c", "MSM_TLS_KEY": "k", "MSM_STUB_IMAGE": "r/msm:1"}
+    values = webhook_main.settings(webhook_main.build_parser().parse_args([]), environ)
+    assert values["bootstrap"] == "env-b:9"
+    for bad in ("b", "b:0", "::1:9002"):
+        with pytest.raises(MsmError, match="bootstrap address must be HOST:PORT"):
+            InjectConfig(stub_image="r/msm:1", bootstrap=bad)
+    insecure = stub_of(injected(fixture("pod_create_annotated"), InjectConfig(stub_image="r/msm:1",
+                                                                              insecure_stubs=True)))
+    assert "--bootstrap" not in insecure["args"]
 
 
 def test_token_audience_and_expiry_follow_the_config() -> None:
