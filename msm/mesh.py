@@ -22,14 +22,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from msm.control_plane.metrics import control_registry
+from msm.control_plane.planner import MAX_TRACKS, PlannerSettings
 from msm.control_plane.resolver import Route, StaticResolver
 from msm.control_plane.server import ControlPlaneServer
 from msm.control_plane.web import WebServer, create_app
 from msm.rtp_proxy.service import RtpProxy
 from msm.runtime.grpcserver import ListenError
 from msm.sdk.errors import MsmError, Unavailable
+from msm.sdk.rtsp_server import MAX_SESSIONS_PER_CONNECTION
 from msm.security.local import GATEWAY_POD, NAMESPACE, NODE, LocalPki
-from msm.stub.app import Stub, StubConfig
+from msm.security.tls import TlsFiles
+from msm.stub.app import Stub, StubCollector, StubConfig, check_config
+from msm.stub.server import (
+    HEADER_TIMEOUT,
+    IDLE_CONNECTION_TIMEOUT,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_CLIENT,
+    RTSPS_PORT,
+    WRITE_TIMEOUT,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +68,38 @@ class MeshConfig:
     # Plaintext gRPC: anyone on the machine could program the proxy or act as a stub.
     # Off by default; `msm up --insecure` only, loopback only.
     insecure: bool = False
+    # The most tracks a source may have (the planner refuses more with 453).
+    max_tracks: int = MAX_TRACKS
+    # Viewers of the gateway stub: Digest authentication from a users file (off without one),
+    # RTSPS on rtsp_host:rtsps_port from a certificate and key (off without them), and the
+    # server's bounds (defaults and reasons in stub/server.py).
+    users_file: str = ""
+    auth_realm: str = "msm"
+    allow_basic: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
+    rtsps_port: int = RTSPS_PORT
+    max_connections: int = MAX_CONNECTIONS
+    max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT
+    max_sessions_per_connection: int = MAX_SESSIONS_PER_CONNECTION
+    header_timeout: float = HEADER_TIMEOUT
+    idle_timeout: float = IDLE_CONNECTION_TIMEOUT
+    write_timeout: float = WRITE_TIMEOUT
+
+
+def gateway_stub_config(cfg: MeshConfig, control_address: str = "", tls: TlsFiles | None = None) -> StubConfig:
+    """The gateway stub's settings from the mesh's; ConfigError (one line) for a users file or
+    RTSPS certificate that cannot be read, or a bound that is not positive."""
+    config = StubConfig(
+        control_address=control_address, listen_host=cfg.rtsp_host, listen_port=cfg.rtsp_port,
+        media_host=cfg.media_host, node=NODE, stub_id="gateway", pod=GATEWAY_POD, namespace=NAMESPACE,
+        session_timeout=cfg.session_timeout, tls=tls, users_file=cfg.users_file, auth_realm=cfg.auth_realm,
+        allow_basic=cfg.allow_basic, tls_cert=cfg.tls_cert, tls_key=cfg.tls_key, rtsps_port=cfg.rtsps_port,
+        max_connections=cfg.max_connections, max_connections_per_client=cfg.max_connections_per_client,
+        max_sessions_per_connection=cfg.max_sessions_per_connection, header_timeout=cfg.header_timeout,
+        idle_timeout=cfg.idle_timeout, write_timeout=cfg.write_timeout)
+    check_config(config)
+    return config
 
 
 class DemoSource:
@@ -138,6 +181,13 @@ class LocalMesh:
         assert self.stub is not None
         return f"rtsp://{self.config.rtsp_host}:{self.stub.port}"
 
+    @property
+    def rtsps_base(self) -> str | None:
+        """``rtsps://host:port`` of the gateway stub, or None without RTSPS."""
+        if self.stub is None or self.stub.server.tls_server is None:
+            return None
+        return f"rtsps://{self.config.rtsp_host}:{self.stub.server.tls_port}"
+
     def url(self, name: str) -> str:
         return f"{self.rtsp_base}/{name}"
 
@@ -168,8 +218,10 @@ class LocalMesh:
                 self.demo = DemoSource()
                 await self.demo.start()
                 self.resolver.add(Route(name="demo", url=self.demo.url))
-            self.control = ControlPlaneServer(self.resolver, listen=cfg.control_listen, linger=cfg.linger,
-                                              tls=pki["control-plane"] if pki else None)
+            # One node: no relay legs, so SRTP (on by default for them) never applies here.
+            self.control = ControlPlaneServer(
+                self.resolver, listen=cfg.control_listen, tls=pki["control-plane"] if pki else None,
+                settings=PlannerSettings(linger=cfg.linger, max_tracks=cfg.max_tracks))
             await _listening(self.control.start(), "control plane", cfg.control_listen)
             if cfg.web_listen:
                 self.web = WebServer(create_app(self.control.control,
@@ -181,13 +233,14 @@ class LocalMesh:
             await _listening(self.proxy.start(), "RTP proxy", cfg.proxy_listen)
             if cfg.metrics_listen:
                 await _listening(self.proxy.start_metrics(), "proxy metrics", cfg.metrics_listen)
-            self.stub = Stub(StubConfig(control_address=self.control.address, listen_host=cfg.rtsp_host,
-                                        listen_port=cfg.rtsp_port, media_host=cfg.media_host,
-                                        node=NODE, stub_id="gateway", pod=GATEWAY_POD, namespace=NAMESPACE,
-                                        session_timeout=cfg.session_timeout))
-            # The gateway stub's certificate (StubConfig does not carry TLS files yet).
-            self.stub.control.tls = pki["gateway"] if pki else None
-            await _listening(self.stub.start(), "RTSP", f"{cfg.rtsp_host}:{cfg.rtsp_port}")
+            self.stub = Stub(gateway_stub_config(cfg, self.control.address, pki["gateway"] if pki else None))
+            if self.proxy.metrics is not None:
+                # The gateway stub's bounds on the proxy's /metrics: one endpoint for the one node.
+                self.proxy.metrics.registry.register(StubCollector(self.stub.server))
+            where = f"{cfg.rtsp_host}:{cfg.rtsp_port}"
+            if cfg.tls_cert:
+                where += f" (or RTSPS on {cfg.rtsp_host}:{cfg.rtsps_port})"
+            await _listening(self.stub.start(), "RTSP", where)
             assert self.proxy.agent is not None
             await asyncio.wait_for(self.proxy.agent.registered.wait(), 10.0)
             await self.stub.wait_connected()
