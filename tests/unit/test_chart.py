@@ -34,6 +34,7 @@ NAMESPACE = "msm-system"
 RECENT = min("1.34", kubernetes_validate.latest_version(), key=lambda v: tuple(map(int, v.split(".")[:2])))
 KUBE_VERSIONS = ("1.28", RECENT)
 CONTROL_PLANE = f"msm-control-plane.{NAMESPACE}.svc:9000"
+BOOTSTRAP = f"msm-control-plane.{NAMESPACE}.svc:9002"
 INJECT_KEY = "sidecar.mediastreamingmesh.io/inject"
 
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -225,7 +226,9 @@ def test_control_plane(default: list[Obj]) -> None:
     assert c["livenessProbe"]["tcpSocket"] == {"port": "grpc"}
     assert "--kubernetes" in c["args"]
     assert flag(c["args"], "--log-level") == "info"
-    assert container_ports(c) == {"grpc": 9000, "http": 8080}
+    assert container_ports(c) == {"grpc": 9000, "bootstrap": 9002, "http": 8080}
+    assert flag(c["args"], "--bootstrap-listen") == "0.0.0.0:9002"
+    assert "--srtp" in c["args"] and flag(c["args"], "--srtp-rekey") == "3600"
     assert c["image"] == "msm:0.1.0"
     pod = deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "msm-control-plane"
@@ -233,8 +236,11 @@ def test_control_plane(default: list[Obj]) -> None:
     service = find(default, "Service", "msm-control-plane")
     assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
         "grpc": (9000, "grpc"),
+        "bootstrap": (9002, "bootstrap"),
         "http": (8080, "http"),
     }
+    # Both gRPC ports are TLS: nothing tells a gateway they are cleartext HTTP/2.
+    assert not [p for p in service["spec"]["ports"] if p.get("appProtocol") == "kubernetes.io/h2c"]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
@@ -531,16 +537,16 @@ def test_more_than_one_control_plane_is_refused_with_the_reason() -> None:
 
 def test_the_chart_promises_nothing_that_is_not_built() -> None:
     """No value, template or note offers a store or encryption the mesh does not have (there is
-    no etcd store, no SRTP); the README says plainly what is missing."""
+    no etcd store, no SRTP to viewers); the README says plainly what is missing."""
     said = "\n".join(
         path.read_text().lower()
         for path in [CHART / "values.yaml", CHART / "values.schema.json", *sorted((CHART / "templates").iterdir())]
     )
-    for claim in ("etcd", "embedded store", "srtp"):
+    for claim in ("etcd", "embedded store", "srtp to viewers", "encrypted to viewers"):
         assert claim not in said, claim
     readme = " ".join((CHART / "README.md").read_text().split())
     assert "## What is not there yet" in readme
-    for fact in ("RTP between nodes and to viewers is not encrypted", "One control plane replica, state in memory",
+    for fact in ("RTP to viewers is not encrypted", "One control plane replica, state in memory",
                  "no shared store and no leader election", "No loss repair"):
         assert fact in readme, fact
 
@@ -610,20 +616,24 @@ def test_command_lines_parse_with_the_real_programs(default: list[Obj]) -> None:
 
     opts = control_plane_main.parse_args(commands["msm-control-plane"])
     assert (opts.listen, opts.web_listen, opts.kubernetes) == ("0.0.0.0:9000", "127.0.0.1:8080", True)
-    assert (opts.ca_dir, opts.insecure) == ("/etc/msm/ca", False)
+    assert (opts.ca_dir, opts.insecure, opts.bootstrap_listen) == ("/etc/msm/ca", False, "0.0.0.0:9002")
+    assert (opts.trust_domain, opts.srtp, opts.srtp_rekey) == ("cluster.local", True, 3600.0)
+    control_plane_main.planner_settings(opts)
     assert opts.proxy_service_account == [f"{NAMESPACE}/msm-proxy"]
     control_plane_main.check_tls_arguments(opts, also="--ca-dir")
     opts = proxy_main.parse_args(commands["msm-proxy"])
     assert (opts.node, opts.media_host, opts.control) == ("node-a", "192.0.2.7", CONTROL_PLANE)
-    assert (opts.token_file, opts.trust_bundle, opts.insecure) == (
-        "/var/run/secrets/msm/token/token", "/etc/msm/trust/ca.pem", False)
+    assert (opts.token_file, opts.trust_bundle, opts.insecure, opts.bootstrap) == (
+        "/var/run/secrets/msm/token/token", "/etc/msm/trust/ca.pem", False, BOOTSTRAP)
     proxy_main.check_tls_arguments(opts)
     values = webhook_main.settings(webhook_main.build_parser().parse_args(commands["msm-webhook"]), {})
-    InjectConfig(
+    config = InjectConfig(
         stub_image=values["stub_image"],
         control_plane=values["control_plane"],
+        bootstrap=values["bootstrap"],
         mesh_namespace=values["mesh_namespace"],
     )
+    assert config.bootstrap == BOOTSTRAP   # the injected stubs ask there
     assert values["port"] == "8443"
     action, options, _ = installer.parse_args(commands["msm-cni"])
     assert action == "install"
@@ -676,8 +686,9 @@ def test_network_policies(default: list[Obj]) -> None:
     assert cp["podSelector"]["matchLabels"] == find(default, "Deployment", "msm-control-plane")["spec"]["selector"][
         "matchLabels"]
     assert cp["policyTypes"] == ["Ingress"]
-    # gRPC only; the web port is not admitted (it listens on loopback anyway).
-    assert [[p["port"] for p in rule["ports"]] for rule in cp["ingress"]] == [[9000]]
+    # gRPC and the certificate bootstrap port only; the web port is not admitted (it listens on
+    # loopback anyway).
+    assert [[p["port"] for p in rule["ports"]] for rule in cp["ingress"]] == [[9000, 9002]]
     wh = find(default, "NetworkPolicy", "msm-webhook")["spec"]
     assert [[p["port"] for p in rule["ports"]] for rule in wh["ingress"]] == [[8443]]
     objects, _ = render({"networkPolicy": {"nodeCIDRs": ["192.0.2.0/24"], "apiServerCIDRs": ["198.51.100.1/32"]},
@@ -699,8 +710,44 @@ def test_network_policies(default: list[Obj]) -> None:
 
 def test_insecure_is_explicit_and_everywhere() -> None:
     objects, _ = render({"mesh": {"insecure": True}})
-    assert "--insecure" in container(find(objects, "Deployment", "msm-control-plane"))["args"]
+    cp = container(find(objects, "Deployment", "msm-control-plane"))
+    assert "--insecure" in cp["args"] and "--bootstrap-listen" not in cp["args"] and "bootstrap" not in \
+        container_ports(cp)
+    assert [p["name"] for p in find(objects, "Service", "msm-control-plane")["spec"]["ports"]] == ["grpc", "http"]
+    assert [[p["port"] for p in rule["ports"]] for rule in find(objects, "NetworkPolicy", "msm-control-plane")[
+        "spec"]["ingress"]] == [[9000]]
     assert "--insecure" in container(find(objects, "DaemonSet", "msm-proxy"))["args"]
     assert "--insecure-stubs" in container(find(objects, "Deployment", "msm-webhook"))["args"]
     assert not [v for v in find(objects, "DaemonSet", "msm-proxy")["spec"]["template"]["spec"]["volumes"]
                 if v["name"].startswith("msm-")]
+
+
+def test_the_control_plane_loads_the_ca_helm_made(default: list[Obj], tmp_path: Path) -> None:
+    """The Secret's CA as Helm rendered it (genCAWithKey: a CN only, no trust domain in it) loads
+    with the chart's --trust-domain, signs a workload certificate, and says what is missing
+    without it."""
+    from msm.control_plane import main as control_plane_main
+    from msm.security.bootstrap import new_key_and_csr
+    from msm.security.ca import CaError, CertificateAuthority
+    from msm.security.identity import Identity, Role
+
+    secret = find(default, "Secret", "msm-mesh-ca")
+    for name in ("ca-cert.pem", "ca-key.pem"):
+        (tmp_path / name).write_bytes(base64.b64decode(secret["data"][name]))
+    args = container(find(default, "Deployment", "msm-control-plane"))["args"][1:]
+    opts = control_plane_main.parse_args(args)
+    ca = CertificateAuthority.load(tmp_path, opts.trust_domain)
+    assert ca.trust_domain == "cluster.local"
+    ca.sign_csr(new_key_and_csr()[1], Identity("cluster.local", "media", "default", Role.STUB, "camera-0"))
+    with pytest.raises(CaError, match="names no trust domain"):
+        CertificateAuthority.load(tmp_path)
+
+
+def test_srtp_between_nodes_follows_the_values() -> None:
+    objects, _ = render({"mesh": {"srtp": False}})
+    args = container(find(objects, "Deployment", "msm-control-plane"))["args"]
+    assert "--no-srtp" in args and "--srtp" not in args
+    objects, _ = render({"mesh": {"srtpRekeySeconds": 600}})
+    assert flag(container(find(objects, "Deployment", "msm-control-plane"))["args"], "--srtp-rekey") == "600"
+    with pytest.raises(helm.HelmValuesError):
+        render({"mesh": {"srtpRekeySeconds": 5}})

@@ -43,6 +43,13 @@ Address of the control plane's gRPC service, as stubs and proxies dial it.
 {{- end -}}
 
 {{/*
+Address of the control plane's certificate bootstrap port (IssueCertificate over server-only TLS).
+*/}}
+{{- define "msm.controlPlane.bootstrapAddress" -}}
+{{- printf "%s.%s.svc:%d" (include "msm.controlPlane.name" .) .Release.Namespace (int .Values.controlPlane.ports.bootstrap) -}}
+{{- end -}}
+
+{{/*
 Common labels. Call with (dict "ctx" $ "component" "proxy").
 */}}
 {{- define "msm.labels" -}}
@@ -250,6 +257,8 @@ certificate from the control plane (the proxy; the webhook does the same for stu
 - /var/run/secrets/msm/token/token
 - --trust-bundle
 - /etc/msm/trust/ca.pem
+- --bootstrap
+- {{ include "msm.controlPlane.bootstrapAddress" . }}
 - --tls-dir
 - /var/run/secrets/msm/tls
 - --trust-domain
