@@ -22,7 +22,7 @@ from msm.protos import msm_pb2_grpc as pb_grpc
 from msm.protos.status import error_of
 from msm.runtime.correlator import Correlator
 from msm.runtime.grpcutil import error_from_rpc
-from msm.sdk.errors import Unavailable, UpstreamError
+from msm.sdk.errors import ConfigError, Unavailable, UpstreamError
 from msm.security.identity import Identity, Role
 from msm.security.tls import TlsFiles, secure_channel
 
@@ -42,6 +42,10 @@ STUB_PENDING = 256
 COMMAND_TIMEOUT = 15.0   # an upstream DESCRIBE/SETUP through a stub (connect + reply)
 PROXY_TIMEOUT = 5.0      # one DataPlane call on loopback or the node network
 LIST_TIMEOUT = 2.0       # ListFlows for the operator view: a slow proxy is skipped
+# Channels replaced after a certificate rotation, left to finish their calls (each ends
+# within PROXY_TIMEOUT). One per rotation, and rotations are hours apart; past this many
+# the oldest is closed at once rather than keeping channels without bound.
+MAX_DRAINING = 4
 
 T = TypeVar("T")
 
@@ -135,22 +139,69 @@ class StubLink:
 
 
 class ProxyLink:
-    """One proxy's DataPlane API (a :class:`~.ports.DataPlane`)."""
+    """One proxy's DataPlane API (a :class:`~.ports.DataPlane`).
 
-    def __init__(self, hello: pb.ProxyHello, channel: grpc.aio.Channel) -> None:
+    A channel's credentials are read once, when it is made, and it presents them at every
+    reconnect: after the TLS files rotate, a long-lived channel would show the old
+    certificate until it expires and then fail. So with ``tls`` each call first compares
+    the files' stamp with the channel's and, when they changed, opens a new channel for
+    this and later calls; the old one closes once its calls are done (``MAX_DRAINING``).
+    """
+
+    def __init__(self, hello: pb.ProxyHello, channel: grpc.aio.Channel, tls: TlsFiles | None = None) -> None:
         self.hello = hello
-        self.channel = channel
-        # The generated gRPC module has no annotations.
-        self.api = pb_grpc.DataPlaneStub(channel)  # type: ignore[no-untyped-call]
+        self.tls = tls
+        self._stamp = tls.stamp() if tls is not None else ()
+        self._unusable: tuple[tuple[int, int, int], ...] = ()   # a stamp whose files could not be read
+        self._draining: list[tuple[grpc.aio.Channel, asyncio.Task[None]]] = []   # bounded: MAX_DRAINING
+        self._use(channel)
         self.closed = False
+        self.reopened = 0   # channels replaced after the TLS files changed
 
     @classmethod
     def connect(cls, hello: pb.ProxyHello, tls: TlsFiles | None = None) -> ProxyLink:
         """A channel to the proxy's DataPlane; with ``tls`` the server must prove it is the
         proxy of node ``hello.node`` (its certificate's name), else plaintext (explicitly chosen)."""
-        channel = secure_channel(hello.dataplane_address, tls, role=Role.PROXY, name=hello.node,
-                                 insecure_ok=tls is None)
-        return cls(hello, channel)
+        return cls(hello, cls._open(hello, tls), tls)
+
+    @staticmethod
+    def _open(hello: pb.ProxyHello, tls: TlsFiles | None) -> grpc.aio.Channel:
+        return secure_channel(hello.dataplane_address, tls, role=Role.PROXY, name=hello.node,
+                              insecure_ok=tls is None)
+
+    def _use(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        # The generated gRPC module has no annotations.
+        self.api = pb_grpc.DataPlaneStub(channel)  # type: ignore[no-untyped-call]
+
+    def _refresh(self) -> None:
+        """A new channel when the TLS files changed since this one was made."""
+        if self.tls is None:
+            return
+        stamp = self.tls.stamp()
+        if stamp in (self._stamp, self._unusable):
+            return
+        try:
+            channel = self._open(self.hello, self.tls)
+        except ConfigError as exc:   # mid-rotation or broken: keep the channel we have
+            self._unusable = stamp
+            log.warning("proxy on node %s: TLS files changed but cannot be used yet: %s", self.node, exc.reason)
+            return
+        old = self.channel
+        self._stamp = stamp
+        self._use(channel)
+        self.reopened += 1
+        log.info("proxy on node %s: new channel with the rotated TLS files", self.node)
+        self._draining = [(c, t) for c, t in self._draining if not t.done()]
+        if len(self._draining) >= MAX_DRAINING:   # the oldest: its calls are cancelled now
+            self._drain(*self._draining.pop(0), grace=None)
+        self._drain(old, None, grace=PROXY_TIMEOUT)
+
+    def _drain(self, channel: grpc.aio.Channel, previous: asyncio.Task[None] | None, grace: float | None) -> None:
+        if previous is not None:
+            previous.cancel()
+        task = asyncio.get_running_loop().create_task(channel.close(grace), name=f"close channel to {self.node}")
+        self._draining.append((channel, task))
 
     @property
     def node(self) -> str:
@@ -163,6 +214,7 @@ class ProxyLink:
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         if self.closed:
             raise LinkClosed(f"the link to the proxy on node {self.node} is closed")
+        self._refresh()
         try:
             return await call()
         except grpc.aio.AioRpcError as exc:
@@ -215,3 +267,7 @@ class ProxyLink:
     async def close(self) -> None:
         self.closed = True
         await self.channel.close()
+        draining, self._draining = self._draining, []
+        for channel, task in draining:   # their calls end now: the link is gone
+            task.cancel()
+            await channel.close()

@@ -18,14 +18,16 @@ from typing import Any
 import grpc
 import pytest
 
+from msm.control_plane.links import ProxyLink
 from msm.control_plane.resolver import NO_ASKER, Asker, Resolver, Route
 from msm.mesh import LocalMesh
 from msm.protos import msm_pb2 as pb
 from msm.protos import msm_pb2_grpc as pb_grpc
+from msm.runtime.grpcserver import GrpcServer
 from msm.security.ca import CertificateAuthority
 from msm.security.identity import Identity, Role
 from msm.security.local import TRUST_DOMAIN, local_identity
-from msm.security.tls import TlsFiles, secure_channel
+from msm.security.tls import TlsFiles, secure_channel, server_credentials
 from tests.e2e.conftest import mesh_config
 from tests.peers import FfmpegViewer, GstRtspServer, aiortsp_session, free_udp_pair
 
@@ -252,6 +254,70 @@ async def test_a_stub_is_known_by_its_certificate(tmp_path: Path) -> None:
             info = mesh.control.control.stubs["x"].info
             assert (info.namespace, info.pod) == ("tenant-x", "pod-x")
             assert [a.namespace for a in asked.askers] == ["tenant-x"]
+
+
+class SerialRecorder(pb_grpc.DataPlaneServicer):
+    """A DataPlane that keeps the serial of the client certificate each call came with;
+    a call with ``hold`` set waits for ``release`` (a call in flight during a rotation)."""
+
+    def __init__(self) -> None:
+        self.serials: list[int] = []
+        self.release = asyncio.Event()
+
+    async def ListFlows(self, request: pb.ListFlowsRequest, context: Any) -> pb.ListFlowsReply:
+        from cryptography import x509
+
+        pem = context.auth_context()["x509_pem_cert"][0]
+        self.serials.append(x509.load_pem_x509_certificate(bytes(pem)).serial_number)
+        arrived = len(self.serials)
+        if dict(context.invocation_metadata()).get("hold"):
+            await self.release.wait()
+        return pb.ListFlowsReply(flows=[pb.FlowStats(flow_id=str(arrived))])
+
+
+async def test_the_link_to_a_proxy_presents_the_rotated_certificate(tmp_path: Path) -> None:
+    """The control plane's long-lived DataPlane channel opens anew when its TLS files rotate,
+    so the proxy sees the new certificate (the old one would expire), and a call in flight on
+    the old channel still ends well."""
+    ca = CertificateAuthority.create(tmp_path / "ca", TRUST_DOMAIN)
+
+    def files(identity: Identity, where: str) -> TlsFiles:
+        issued = ca.issue(identity)
+        tls = TlsFiles(tmp_path / where)
+        tls.write(ca_pem=ca.trust_bundle_pem, chain_pem=issued.chain_pem, key_pem=issued.key_pem)
+        return tls
+    proxy_files = files(local_identity(Role.PROXY, "n1"), "proxy")
+    control_files = files(local_identity(Role.CONTROL_PLANE), "control")
+    recorder = SerialRecorder()
+    server = GrpcServer("127.0.0.1:0", lambda s: pb_grpc.add_DataPlaneServicer_to_server(recorder, s),  # type: ignore[no-untyped-call]
+                        credentials=server_credentials(proxy_files))
+    await server.start()
+    link = ProxyLink.connect(pb.ProxyHello(node="n1", dataplane_address=server.address, proxy_id="p"),
+                             control_files)
+    try:
+        first_serial = control_files.certificate().serial_number
+        assert [f.flow_id for f in await link.list_flows()] == ["1"]
+        held = asyncio.create_task(link._call(lambda: link.api.ListFlows(
+            pb.ListFlowsRequest(), timeout=10, metadata=(("hold", "1"),))))
+        deadline = time.monotonic() + 5
+        while len(recorder.serials) < 2:
+            assert time.monotonic() < deadline, "the held call never arrived"
+            await asyncio.sleep(0.01)
+
+        rotated = ca.issue(local_identity(Role.CONTROL_PLANE))
+        control_files.write(ca_pem=ca.trust_bundle_pem, chain_pem=rotated.chain_pem, key_pem=rotated.key_pem)
+        second_serial = control_files.certificate().serial_number
+        assert second_serial != first_serial
+        await link.list_flows()
+        assert recorder.serials == [first_serial, first_serial, second_serial] and link.reopened == 1
+        recorder.release.set()
+        reply = await held   # in flight on the old channel when it was replaced: answered
+        assert reply.flows[0].flow_id == "2"
+        await link.list_flows()   # nothing changed since: the same channel
+        assert recorder.serials[-1] == second_serial and link.reopened == 1
+    finally:
+        await link.close()
+        await server.stop(0)
 
 
 async def _describe_to_play(url: str) -> float:
