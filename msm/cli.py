@@ -2,7 +2,14 @@
 
 Configuration comes from flags, then ``MSM_*`` environment variables, then a
 YAML file (``--config``), then defaults, in that order of precedence.
+
+Route credentials can stay out of the config file: a route mapping's ``username``
+with ``password_file`` or ``password_env`` is percent-encoded into the route URL's
+userinfo when loaded, and every URL the command prints goes through ``redact_url``.
 """
+# long module: the msm command is one parser with two commands, the settings merge
+# (flags, env, file) including routes and their credentials, the banner and the
+# streams table; each part is short, splitting them would scatter one command.
 
 from __future__ import annotations
 
@@ -18,15 +25,27 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
+from msm.control_plane.planner import MAX_TRACKS
 from msm.control_plane.resolver import Route, RouteError, parse_route
 from msm.runtime.hostport import HostPort, parse_host_port
 from msm.runtime.process import setup_logging
+from msm.runtime.redact import redact_url
 from msm.sdk.errors import ConfigError, MsmError
+from msm.sdk.rtsp_server import MAX_SESSIONS_PER_CONNECTION
 from msm.security.local import default_state_dir, workload_files
+from msm.stub.server import (
+    HEADER_TIMEOUT,
+    IDLE_CONNECTION_TIMEOUT,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_CLIENT,
+    RTSPS_PORT,
+    WRITE_TIMEOUT,
+)
 
 from . import bench as bench_command
-from .mesh import LocalMesh, MeshConfig
+from .mesh import LocalMesh, MeshConfig, gateway_stub_config
 
 log = logging.getLogger("msm")
 
@@ -42,7 +61,26 @@ DEFAULTS: dict[str, Any] = {
     "control": "127.0.0.1:9000",
     "metrics_listen": "127.0.0.1:9090",
     "web_listen": "127.0.0.1:8080",
+    # The gateway stub's viewers (authentication and RTSPS off unless given) and bounds.
+    "users_file": "",
+    "auth_realm": "msm",
+    "tls_cert": "",
+    "tls_key": "",
+    "rtsps_port": RTSPS_PORT,
+    "max_connections": MAX_CONNECTIONS,
+    "max_connections_per_client": MAX_CONNECTIONS_PER_CLIENT,
+    "max_sessions_per_connection": MAX_SESSIONS_PER_CONNECTION,
+    "header_timeout": HEADER_TIMEOUT,
+    "idle_timeout": IDLE_CONNECTION_TIMEOUT,
+    "write_timeout": WRITE_TIMEOUT,
+    "max_tracks": MAX_TRACKS,
 }
+# Settings that are whole numbers; the other numeric ones are seconds (floats).
+INT_SETTINGS = ("session_timeout", "rtsps_port", "max_connections", "max_connections_per_client",
+                "max_sessions_per_connection", "max_tracks")
+FLOAT_SETTINGS = ("linger", "header_timeout", "idle_timeout", "write_timeout")
+# What a route mapping in the config file may say.
+ROUTE_KEYS = ("url", "transport", "username", "password_file", "password_env")
 
 
 class UsageError(ConfigError):
@@ -95,14 +133,57 @@ def settings(opts: argparse.Namespace, keys: Sequence[str]) -> dict[str, Any]:
     return merged
 
 
+def _password(name: str, value: dict[str, Any]) -> str:
+    """A route's password from ``password_file`` (its first line) or ``password_env``; never echoed."""
+    if "password_file" in value and "password_env" in value:
+        raise UsageError(f"route {name}: give password_file or password_env, not both")
+    if "password_file" in value:
+        path = Path(str(value["password_file"])).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+            raise UsageError(f"route {name}: cannot read password_file {path}: {reason}") from None
+        lines = text.splitlines()
+        return lines[0] if lines else ""
+    if "password_env" in value:
+        variable = str(value["password_env"])
+        if variable not in os.environ:
+            raise UsageError(f"route {name}: password_env {variable} is not set")
+        return os.environ[variable]
+    return ""
+
+
+def _file_route(name: str, value: dict[str, Any]) -> Route:
+    """A route mapping of the config file; ``username`` and its password go into the URL's
+    userinfo, percent-encoded, after the URL itself was checked (so no error shows them)."""
+    unknown = sorted(set(map(str, value)) - set(ROUTE_KEYS))
+    if unknown:
+        hint = " (use password_file or password_env)" if "password" in unknown else ""
+        raise UsageError(f"route {name}: unknown key {unknown[0]!r}{hint}; known: {', '.join(ROUTE_KEYS)}")
+    route = Route(name=name, url=str(value.get("url", "")), transport=str(value.get("transport", "") or ""))
+    if "username" not in value:
+        if "password_file" in value or "password_env" in value:
+            raise UsageError(f"route {name}: a password needs a username")
+        return route
+    parts = urlsplit(route.url)
+    if "@" in parts.netloc:
+        raise UsageError(f"route {name}: credentials both in the URL and in username/password")
+    userinfo = quote(str(value["username"]), safe="")
+    password = _password(name, value)
+    if password:
+        userinfo += ":" + quote(password, safe="")
+    url = urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc}"))
+    return Route(name=name, url=url, transport=route.transport)
+
+
 def _routes(opts: argparse.Namespace, file_values: dict[str, Any]) -> list[Route]:
     routes: dict[str, Route] = {}
     raw = file_values.get("routes") or {}
     if isinstance(raw, dict):
         for name, value in raw.items():
             if isinstance(value, dict):
-                routes[str(name)] = Route(name=str(name), url=str(value.get("url", "")),
-                                          transport=str(value.get("transport", "")))
+                routes[str(name)] = _file_route(str(name), value)
             else:
                 routes[str(name)] = parse_route(f"{name}={value}")
     elif isinstance(raw, list):
@@ -138,36 +219,69 @@ def _loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+def _numbers(values: dict[str, Any]) -> dict[str, int | float]:
+    """The numeric settings, each a UsageError naming its flag when it is not a number."""
+    numbers: dict[str, int | float] = {}
+    for key in INT_SETTINGS + FLOAT_SETTINGS:
+        kind = int if key in INT_SETTINGS else float
+        try:
+            numbers[key] = kind(values[key])
+        except (TypeError, ValueError):
+            what = "a whole number" if kind is int else "a number of seconds"
+            raise UsageError(f"--{key.replace('_', '-')} must be {what}, got {values[key]!r}") from None
+    return numbers
+
+
+def _flag(opts: argparse.Namespace, file_values: dict[str, Any], key: str) -> bool:
+    """A switch: the flag, MSM_<KEY>=1 or ``key: true`` in the config file; off by default."""
+    env = os.environ.get(f"MSM_{key.upper()}", "").strip().lower()
+    return bool(getattr(opts, key, None) or env in ("1", "true", "yes") or file_values.get(key) is True)
+
+
+UP_KEYS = ["rtsp_listen", "control_listen", "proxy_listen", "media_host", "port_range", "log_level",
+           "metrics_listen", "web_listen", "users_file", "auth_realm", "tls_cert", "tls_key",
+           *INT_SETTINGS, *FLOAT_SETTINGS]
+
+
 def cmd_up(opts: argparse.Namespace) -> int:
-    keys = ["rtsp_listen", "control_listen", "proxy_listen", "media_host", "port_range", "linger",
-            "session_timeout", "log_level", "metrics_listen", "web_listen"]
-    values = settings(opts, keys)
+    return asyncio.run(_run_up(up_config(opts)))
+
+
+def up_config(opts: argparse.Namespace) -> MeshConfig:
+    """The local mesh's settings from flags, MSM_* variables, the config file and defaults
+    (UsageError or ConfigError, one line, for anything it could not run with)."""
+    values = settings(opts, UP_KEYS)
     setup_logging(str(values["log_level"]))
     rtsp = _host_port(str(values["rtsp_listen"]), "--rtsp-listen")
     for key in ("control_listen", "proxy_listen", "metrics_listen", "web_listen"):
         _host_port(str(values[key]), "--" + key.replace("_", "-"))
-    insecure = _insecure(opts, values["_file"])
+    file_values = values["_file"]
+    insecure = _insecure(opts, file_values)
     if insecure:
         for key in ("control_listen", "proxy_listen"):
             if not _loopback(_host_port(str(values[key]), key).host):
                 raise UsageError(f"--insecure keeps gRPC on loopback; --{key.replace('_', '-')} "
                                  f"{values[key]} is not")
-    try:
-        linger = float(values["linger"])
-        session_timeout = int(values["session_timeout"])
-    except ValueError as exc:
-        raise UsageError(f"bad number: {exc}") from exc
-    demo = bool(opts.demo or values["_file"].get("demo") or os.environ.get("MSM_DEMO") == "1")
+    demo = bool(opts.demo or file_values.get("demo") or os.environ.get("MSM_DEMO") == "1")
     config = MeshConfig(
         rtsp_host=rtsp.host, rtsp_port=rtsp.port, control_listen=str(values["control_listen"]),
         proxy_listen=str(values["proxy_listen"]), media_host=str(values["media_host"]),
-        port_range=_port_range(str(values["port_range"])), routes=_routes(opts, values["_file"]),
-        demo=demo, linger=linger, session_timeout=session_timeout,
+        port_range=_port_range(str(values["port_range"])), routes=_routes(opts, file_values), demo=demo,
         metrics_listen=str(values["metrics_listen"]), web_listen=str(values["web_listen"]),
-        insecure=insecure, state_dir=None if insecure else _state_dir(opts, values["_file"]))
+        insecure=insecure, state_dir=None if insecure else _state_dir(opts, file_values),
+        users_file=str(values["users_file"] or ""), auth_realm=str(values["auth_realm"]),
+        allow_basic=_flag(opts, file_values, "allow_basic"), tls_cert=str(values["tls_cert"] or ""),
+        tls_key=str(values["tls_key"] or ""))
+    for key, number in _numbers(values).items():   # linger, session_timeout, the bounds, max_tracks
+        setattr(config, key, number)
     if not config.routes and not config.demo:
         raise UsageError("nothing to serve: give --demo and/or --route NAME=rtsp://host:port/path")
-    return asyncio.run(_run_up(config))
+    if not 0 <= config.rtsps_port < 65536:
+        raise UsageError(f"--rtsps-port must be 0-65535, got {config.rtsps_port}")
+    if config.max_tracks < 1:
+        raise UsageError(f"--max-tracks must be positive, got {config.max_tracks}")
+    gateway_stub_config(config)   # a users file or certificate it cannot read, a bound <= 0: exit 2 now
+    return config
 
 
 async def _run_up(config: MeshConfig) -> int:
@@ -184,6 +298,16 @@ async def _run_up(config: MeshConfig) -> int:
     except TimeoutError:
         print("msm: error: components did not come up within 10 s", file=sys.stderr)
         return 1
+    print("\n".join(banner(mesh)), flush=True)
+    await stop.wait()
+    print("msm: stopping", file=sys.stderr, flush=True)
+    await mesh.stop()
+    return 0
+
+
+def banner(mesh: LocalMesh) -> list[str]:
+    """What `msm up` prints once the mesh is up; upstream URLs redacted (no credentials)."""
+    config = mesh.config
     assert mesh.control is not None and mesh.proxy is not None
     lines = [
         "msm local mesh is up",
@@ -193,14 +317,22 @@ async def _run_up(config: MeshConfig) -> int:
         f"{config.port_range[1]} on {config.media_host}",
         "  gRPC     PLAINTEXT (--insecure)" if config.insecure else
         f"  gRPC     mutual TLS; CA and certificates in {config.state_dir}",
-        "  streams:",
     ]
+    if mesh.rtsps_base is not None:
+        lines.insert(2, f"  rtsps    {mesh.rtsps_base}/<name> (TLS; interleaved media only)")
+    if config.users_file:
+        basic = " (Basic too, over RTSPS)" if config.allow_basic else ""
+        lines.append(f"  viewers  Digest users from {config.users_file}{basic}")
+    else:
+        lines.append("  viewers  no authentication (--users-file to require it)")
+    lines.append("  streams:")
     for name, route in sorted(mesh.resolver.routes.items()):
-        lines.append(f"    {mesh.url(name):40s} <- {route.url}")
+        lines.append(f"    {mesh.url(name):40s} <- {redact_url(route.url)}")
     if "demo" in mesh.resolver.routes:
         lines.append(f"  try: ffplay -rtsp_transport tcp {mesh.url('demo')}")
     if mesh.proxy.metrics is not None:
-        lines.append(f"  metrics  http://{mesh.proxy.metrics.address}/metrics (proxy)")
+        lines.append(f"  metrics  http://{mesh.proxy.metrics.address}/metrics (proxy, and the stub's "
+                     "msm_stub_* bounds)")
     if mesh.web is not None:
         lines.append(f"  web      http://{mesh.web.address}/  (stream graph; control-plane /metrics)")
     watch = "  watch: msm streams --watch"
@@ -212,11 +344,7 @@ async def _run_up(config: MeshConfig) -> int:
         watch += f" --state-dir {config.state_dir}"
     lines.append(watch)
     lines.append("Ctrl+C stops.")
-    print("\n".join(lines), flush=True)
-    await stop.wait()
-    print("msm: stopping", file=sys.stderr, flush=True)
-    await mesh.stop()
-    return 0
+    return lines
 
 
 # -- msm streams ------------------------------------------------------------------------------------
@@ -288,7 +416,8 @@ def _viewer_row(name: str, track: str, node: str, leg: Any, viewer: Any) -> dict
         "track": track,
         "node": node,
         "viewer": viewer.host if viewer else leg.destination.host,
-        "session": viewer.session_id if viewer else leg.leg_id,
+        # A session id is a credential and is never published: the viewer's tag stands for it.
+        "session": viewer.session_tag if viewer else leg.leg_id.partition("/")[0],
         "state": "playing" if leg.enabled else "paused",
         "packets": sent,
         "loss_percent": round(100.0 * max(leg.viewer_packets_lost, 0) / sent, 3) if reported and sent else None,
@@ -418,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error (default info)")
     _security_flags(up, "keeps the mesh CA (created on first start) and each component's certificate; "
                     "`msm streams` reads its operator certificate there")
+    _viewer_flags(up)
     up.set_defaults(func=cmd_up)
 
     streams = sub.add_parser("streams", help="show live streams, viewers and their statistics",
@@ -433,6 +563,34 @@ def build_parser() -> argparse.ArgumentParser:
     streams.set_defaults(func=cmd_streams)
     bench_command.add_parser(sub)
     return parser
+
+
+def _viewer_flags(parser: argparse.ArgumentParser) -> None:
+    """What viewers of the gateway stub meet, and the planner's bound on tracks."""
+    group = parser.add_argument_group(
+        "viewers", "authentication and RTSPS are off unless given; each bound is counted in "
+        "msm_stub_limit_hits_total{limit=...} on the proxy's /metrics when hit. Also MSM_<SETTING> "
+        "(e.g. MSM_USERS_FILE) and the config file's users_file:, max_connections:, ...")
+    group.add_argument("--users-file", metavar="FILE", help="viewers must authenticate (Digest) as one of "
+                       "its user:password lines (default: no authentication)")
+    group.add_argument("--auth-realm", metavar="REALM", help="realm of the viewers' challenges (default msm)")
+    group.add_argument("--allow-basic", action="store_true", default=None,
+                       help="also accept Basic, which sends the password in clear: over RTSPS only")
+    group.add_argument("--tls-cert", metavar="PEM", help="serve RTSPS with this certificate chain "
+                       "(needs --tls-key; default: no RTSPS)")
+    group.add_argument("--tls-key", metavar="PEM", help="the RTSPS certificate's private key")
+    group.add_argument("--rtsps-port", metavar="PORT", help=f"RTSPS port on the --rtsp-listen host "
+                       f"(default {RTSPS_PORT})")
+    for flag, default, what in (
+            ("max-connections", MAX_CONNECTIONS, "viewer connections of the stub"),
+            ("max-connections-per-client", MAX_CONNECTIONS_PER_CLIENT, "viewer connections from one address"),
+            ("max-sessions-per-connection", MAX_SESSIONS_PER_CONNECTION, "RTSP sessions on one connection"),
+            ("header-timeout", HEADER_TIMEOUT, "seconds to complete a request after its first byte"),
+            ("idle-timeout", IDLE_CONNECTION_TIMEOUT, "seconds a connection without a session may stay silent"),
+            ("write-timeout", WRITE_TIMEOUT, "seconds a connection may leave its answers unread"),
+            ("max-tracks", MAX_TRACKS, "tracks a source may have (453 past it)")):
+        group.add_argument(f"--{flag}", metavar="N" if isinstance(default, int) else "SECONDS",
+                           help=f"{what} (default {default})")
 
 
 def _security_flags(parser: argparse.ArgumentParser, state_help: str) -> None:
