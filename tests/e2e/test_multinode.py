@@ -22,12 +22,24 @@ process, each where it would run in a cluster:
   node B (UDP and TCP-interleaved) and one on node A (UDP). Every annotated pod runs
   ``msm-stub`` as UID 1337, as the webhook injects it.
 
+The trust chain as the chart sets it up, with nothing in plaintext: a mesh CA made as Helm's
+``genCAWithKey`` makes it (a CN only, so the control plane is told its trust domain), given
+to the control plane alone; the control plane serves mutual TLS on 9000 and certificate
+bootstrap on 9002; each proxy and each stub starts with a projected service-account token
+minted by the API server (node-bound for the proxies' service account, pod-bound for the
+stubs) and the trust bundle, and gets its certificate through ``IssueCertificate`` (the API
+server reviews the token). No component is given ``--insecure``. The test reads the mesh with
+certificates of its own from the same CA (an operator's for ``msm streams``).
+
 What it shows: every viewer decodes frames; the camera sees one RTSP client and one
 session; exactly one RTP leg per track crosses from node A to node B (seen in the
 proxies' flow tables and on the wire: the UDP node A sends to node B goes to B's relay
 ports only, and nothing on node A sends to node B's pods); node B's proxy fans out to both
 of its viewers; every hop (camera -> A, A -> B, each viewer leg) has packet counts in
-``msm streams --json``. A pod without the annotation keeps no redirect: its connection to
+``msm streams --json``. The relay flows between the nodes are SRTP with no SRTP errors, and
+on the node network (tshark on node A's veth and bridge) every packet of the A -> B leg
+carries the camera's RTP header, a payload that is not the camera's and 10 bytes more (the
+HMAC-SHA1-80 tag). A pod without the annotation keeps no redirect: its connection to
 the ClusterIP goes out of the pod and reaches no stub.
 
 Needs root, ``ip``, ``nft``, ``nsenter``, ``setpriv``, /usr/lib/cni, GStreamer's RTSP
@@ -47,11 +59,13 @@ import queue
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +74,7 @@ from typing import Any
 import pytest
 
 from msm.cli import render_table
+from tests.fake_kube import helm_mesh_ca
 from tests.peers import (
     SYSTEM_PYTHON,
     FfmpegViewer,
@@ -82,17 +97,23 @@ FRAMES = 30
 API_PORT = 6443
 CONTROL_PORT = 9000
 PROXY_PORT = 9001
+BOOTSTRAP_PORT = 9002
 STARTUP_TIMEOUT = 20.0
 ADMIN_TIMEOUT = 10.0
+TRUST_DOMAIN = "cluster.local"
+MESH_NAMESPACE = "msm-system"
+PROXY_ACCOUNT = "msm-proxy"
+TOKEN_AUDIENCE = "msm"
+SRTP_TAG = 10   # AES_CM_128_HMAC_SHA1_80 adds an 80-bit tag to every RTP packet
 
 
 def _why_skip() -> str:
     """What the machine lacks (cheap checks, at collection)."""
     if os.geteuid() != 0:
         return "needs root (network namespaces, nftables)"
-    for tool in ("ip", "nft", "nsenter", "setpriv"):
+    for tool in ("ip", "nft", "nsenter", "setpriv", "tshark"):
         if not shutil.which(tool):
-            return f"needs {tool} (apt-get install iproute2 nftables util-linux)"
+            return f"needs {tool} (apt-get install iproute2 nftables util-linux tshark)"
     for plugin in ("loopback", "bridge", "host-local"):
         if not (SYSTEM_CNI / plugin).exists():
             return f"needs {SYSTEM_CNI / plugin} (apt-get install containernetworking-plugins)"
@@ -284,13 +305,21 @@ class Cluster:
         self.kube: KubeAdmin | None = None
         self.pod_objects: dict[str, dict[str, Any]] = {}
         self.control = f"{self.a.ip}:{CONTROL_PORT}"
+        self.bootstrap = f"{self.a.ip}:{BOOTSTRAP_PORT}"
+        self.ca_dir = self.tmp / "mesh-ca"          # the chart's Secret, mounted into the control plane only
+        self.bundle = self.tmp / "trust-bundle.pem"  # the chart's ConfigMap
+        self.admin = self.tmp / "admin-tls"         # the test's own certificate, to read the proxies' flows
+        self.state = self.tmp / "state"             # msm streams --state-dir: its operator certificate
+        self.proxy_pods = {node.name: self.proxy_pod(node) for node in (self.a, self.b)}
 
     # -- processes ----------------------------------------------------------------------------
-    def spawn(self, name: str, argv: list[str], *, stdin: bool = False, stdout: bool = False) -> Proc:
+    def spawn(self, name: str, argv: list[str], *, stdin: bool = False, stdout: bool = False,
+              env: dict[str, str] | None = None) -> Proc:
         log = self.tmp / f"{name}.log"
         with log.open("wb") as out:
             popen = subprocess.Popen(
-                argv, cwd=REPO, env=checkout_env(), stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                argv, cwd=REPO, env={**checkout_env(), **(env or {})},
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE if stdout else out, stderr=out if stdout else subprocess.STDOUT,
             )
         proc = Proc(name, popen, log)
@@ -405,7 +434,8 @@ class Cluster:
             "contexts": [{"name": "multinode", "context": {"cluster": "multinode", "user": "msm"}}],
         }))
         objects = self.tmp / "objects.json"
-        objects.write_text(json.dumps([template("mn_services.json"), *self.pod_objects.values()]))
+        objects.write_text(json.dumps([template("mn_services.json"), *self.proxy_pods.values(),
+                                       *self.pod_objects.values()]))
         proc = self.spawn("kube-api", [*in_ns(self.a.netns), sys.executable, "-m", "tests.fake_kube",
                                        "--listen", f"{self.a.ip}:{API_PORT}", "--token", self.token,
                                        "--objects", str(objects)], stdin=True, stdout=True)
@@ -432,29 +462,80 @@ class Cluster:
         endpoint["targetRef"]["uid"] = self.pod_objects["camera"]["metadata"]["uid"]
         return obj
 
-    # -- mesh components ----------------------------------------------------------------------
-    def security(self, component: str) -> list[str]:
-        """The TLS flags of ``component``: plaintext, said explicitly (no component has a default)."""
-        return ["--insecure"]
+    # -- the trust chain --------------------------------------------------------------------------
+    def proxy_pod(self, node: Node) -> dict[str, Any]:
+        """The proxy DaemonSet's pod on ``node`` (host network), as the API server holds it."""
+        return {"kind": "Pod", "apiVersion": "v1",
+                "metadata": {"name": f"msm-proxy-{node.name}", "namespace": MESH_NAMESPACE, "uid": str(uuid.uuid4()),
+                             "labels": {"app.kubernetes.io/component": "proxy"}},
+                "spec": {"nodeName": node.name, "serviceAccountName": PROXY_ACCOUNT, "hostNetwork": True,
+                         "containers": [{"name": "proxy", "image": "msm:0.1.0"}]},
+                "status": {"phase": "Running", "hostIP": node.ip, "podIP": node.ip}}
 
+    def make_ca(self) -> None:
+        """The mesh CA as the chart makes it, the trust bundle, and the test's own certificates."""
+        from msm.security.ca import CertificateAuthority
+        from msm.security.identity import Identity, Role
+        from msm.security.local import workload_files
+        from msm.security.tls import Rotator, TlsFiles
+
+        helm_mesh_ca(self.ca_dir, f"msm mesh CA ({TRUST_DOMAIN})")
+        ca = CertificateAuthority.load(self.ca_dir, TRUST_DOMAIN)
+        self.bundle.write_bytes(ca.trust_bundle_pem)
+        rotator = Rotator(ca)
+        # ListFlows is the control plane's alone: the test reads the proxies as one.
+        rotator.add(Identity(TRUST_DOMAIN, MESH_NAMESPACE, "msm-test", Role.CONTROL_PLANE), TlsFiles(self.admin))
+        rotator.add(Identity(TRUST_DOMAIN, MESH_NAMESPACE, "msm-test", Role.OPERATOR),
+                    workload_files(self.state, "operator"))
+
+    def projected_token(self, directory: Path, namespace: str, account: str, pod: str, node: str, *,
+                        uid: int = 0) -> Path:
+        """A projected token (what the kubelet writes for a pod: bound to it and its node), in
+        ``directory``, readable by ``uid`` only."""
+        assert self.kube is not None
+        token = self.kube.command(op="token", namespace=namespace, serviceAccount=account, pod=pod, node=node,
+                                  audiences=[TOKEN_AUDIENCE], expiresIn=600)["token"]
+        directory.mkdir(mode=0o700, exist_ok=True)
+        path = directory / "token"
+        path.write_text(token)
+        path.chmod(0o600)
+        for owned in (directory, path):
+            os.chown(owned, uid, uid)
+        return path
+
+    # -- mesh components ----------------------------------------------------------------------
     def start_control_plane(self) -> Proc:
         return self.spawn("control-plane", [
             *in_ns(self.a.netns), str(VENV_BIN / "msm-control-plane"), "--kubernetes",
             "--kubeconfig", str(self.kubeconfig), "--listen", self.control, "--web-listen", "", "--linger", "2",
-            *self.security("control-plane")])
+            "--ca-dir", str(self.ca_dir), "--trust-domain", TRUST_DOMAIN, "--bootstrap-listen", self.bootstrap,
+            "--token-audience", TOKEN_AUDIENCE, "--proxy-service-account", f"{MESH_NAMESPACE}/{PROXY_ACCOUNT}",
+            "--namespace", MESH_NAMESPACE, "--service-account", "msm-control-plane", "--srtp"])
 
     def start_proxy(self, node: Node) -> Proc:
+        """As the chart's DaemonSet runs it: a node-bound token, the trust bundle, and the bootstrap
+        port left to its default (the --control host, port 9002)."""
+        pod = self.proxy_pods[node.name]["metadata"]["name"]
+        home = self.tmp / f"proxy-{node.name}"
+        token = self.projected_token(home, MESH_NAMESPACE, PROXY_ACCOUNT, pod, node.name)
         return self.spawn(f"proxy-{node.name}", [
             *in_ns(node.netns), str(VENV_BIN / "msm-proxy"), "--node", node.name, "--media-host", node.ip,
             "--listen", f"{node.ip}:{PROXY_PORT}", "--control", self.control, "--metrics-listen", "",
-            "--port-range", "40000-40999", *self.security(f"proxy-{node.name}")])
+            "--port-range", "40000-40999", "--token-file", str(token), "--trust-bundle", str(self.bundle),
+            "--tls-dir", str(home / "tls"), "--trust-domain", TRUST_DOMAIN])
 
     def start_stub(self, pod: Pod) -> Proc:
+        """As the webhook injects it: UID 1337, a pod-bound token, the trust bundle's PEM in
+        MSM_TRUST_BUNDLE, its key in a directory of its own, and --bootstrap."""
+        home = self.tmp / f"stub-{pod.name}"
+        account = self.pod_objects[pod.name]["spec"]["serviceAccountName"]
+        token = self.projected_token(home, NAMESPACE, account, pod.name, pod.node.name, uid=STUB_UID)
         proc = self.spawn(f"stub-{pod.name}", [
             *in_ns(pod.netns), "setpriv", f"--reuid={STUB_UID}", f"--regid={STUB_UID}", "--clear-groups",
             str(VENV_BIN / "msm-stub"), "--control", self.control, "--listen", "0.0.0.0:8554",
             "--pod", pod.name, "--namespace", NAMESPACE, "--pod-ip", pod.ip, "--node", pod.node.name,
-            *self.security(f"stub-{pod.name}")])
+            "--token-file", str(token), "--tls-dir", str(home / "tls"), "--trust-domain", TRUST_DOMAIN,
+            "--bootstrap", self.bootstrap], env={"MSM_TRUST_BUNDLE": self.bundle.read_text()})
         self.stubs[pod.name] = proc
         return proc
 
@@ -462,16 +543,18 @@ class Cluster:
         return sh(*in_ns(netns), *argv, timeout=timeout, env=checkout_env())
 
     async def graph(self) -> dict[str, Any]:
-        """ListStreams from the control plane and ListFlows from both proxies (asked on node A)."""
-        out = await asyncio.to_thread(self.run_in, self.a.netns, sys.executable, "-c", DUMP, self.control,
-                                      f"{self.a.ip}:{PROXY_PORT}", f"{self.b.ip}:{PROXY_PORT}")
+        """ListStreams from the control plane and ListFlows from both proxies (asked on node A, over
+        mutual TLS with the test's certificate)."""
+        proxies = [f"{node.name}={node.ip}:{PROXY_PORT}" for node in (self.a, self.b)]
+        out = await asyncio.to_thread(self.run_in, self.a.netns, sys.executable, "-c", DUMP, str(self.admin),
+                                      self.control, *proxies)
         graph: dict[str, Any] = json.loads(out)
         return graph
 
     async def msm_streams(self) -> list[dict[str, Any]]:
         """``msm streams --json``, run on node A."""
         out = await asyncio.to_thread(self.run_in, self.a.netns, str(VENV_BIN / "msm"), "streams", "--json",
-                                      "--control", self.control, *self.security("operator"))
+                                      "--control", self.control, "--state-dir", str(self.state))
         rows: list[dict[str, Any]] = json.loads(out)
         return rows
 
@@ -513,6 +596,8 @@ def cluster() -> Iterator[Cluster]:
     try:
         c.build_nodes()
         c.install_cni()
+        c.tmp.chmod(0o711)   # the stubs (UID 1337) reach their own directories in it, and nothing else
+        c.make_ca()
         layout = [("camera", c.a, True), ("viewer-a1", c.a, True), ("viewer-b1", c.b, True),
                   ("viewer-b2", c.b, True), ("plain-b", c.b, False)]
         # Scheduled pods exist (Pending, no IP) before their sandboxes are created.
@@ -554,19 +639,21 @@ def cluster() -> Iterator[Cluster]:
 
 DUMP = r"""
 import json, sys
-import grpc
 from google.protobuf.json_format import MessageToDict
 from msm.protos import msm_pb2 as pb, msm_pb2_grpc as pb_grpc
+from msm.security.identity import Role
+from msm.security.tls import TlsFiles, sync_secure_channel
 
 def as_dict(message):
     return MessageToDict(message, preserving_proto_field_name=True)
 
-control, proxies = sys.argv[1], sys.argv[2:]
+files, control, proxies = TlsFiles(sys.argv[1]), sys.argv[2], sys.argv[3:]
 out = {"proxies": {}}
-with grpc.insecure_channel(control) as channel:
+with sync_secure_channel(control, files) as channel:
     out["streams"] = as_dict(pb_grpc.ControlPlaneStub(channel).ListStreams(pb.ListStreamsRequest(), timeout=5))
-for address in proxies:
-    with grpc.insecure_channel(address) as channel:
+for spec in proxies:   # NODE=ADDRESS: each proxy must present its own node's certificate
+    node, _, address = spec.partition("=")
+    with sync_secure_channel(address, files, role=Role.PROXY, name=node) as channel:
         out["proxies"][address] = as_dict(pb_grpc.DataPlaneStub(channel).ListFlows(pb.ListFlowsRequest(), timeout=5))
 print(json.dumps(out))
 """
@@ -599,6 +686,48 @@ table inet msmtest {{
 """
 
 
+async def capture(netns: str, pcap: Path, *interfaces: str) -> asyncio.subprocess.Process:
+    """tshark on ``interfaces`` of ``netns`` (UDP only), once it says it is capturing. Bounded:
+    it stops by itself after 60 s or 20 MB, whichever comes first."""
+    argv = [*in_ns(netns), "tshark", "-n", "-q", *(a for i in interfaces for a in ("-i", i)), "-f", "udp",
+            "-a", "duration:60", "-a", "filesize:20000", "-w", str(pcap)]
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None
+    while True:
+        line = await asyncio.wait_for(proc.stderr.readline(), 15)
+        if not line:
+            raise AssertionError(f"tshark ended before capturing ({proc.returncode})")
+        if b"Capturing on" in line:
+            return proc
+
+
+async def captured(pcap: Path) -> list[tuple[str, int, str, int, bytes]]:
+    """(source address, port, destination address, port, UDP payload) of every captured packet."""
+    proc = await asyncio.create_subprocess_exec(
+        "tshark", "-r", str(pcap), "-n", "-T", "fields", "-e", "ip.src", "-e", "udp.srcport", "-e", "ip.dst",
+        "-e", "udp.dstport", "-e", "udp.payload", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    out, _ = await proc.communicate()
+    packets = []
+    for line in out.decode().splitlines():
+        fields = (line.split("\t") + [""] * 5)[:5]
+        if all(fields):
+            src, sport, dst, dport, payload = fields
+            packets.append((src, int(sport), dst, int(dport), bytes.fromhex(payload.replace(":", ""))))
+    return packets
+
+
+def gso_segments(wire: bytes, clear: dict[tuple[bytes, bytes], bytes]) -> list[bytes]:
+    """The datagrams in one captured send. The native engine sends a burst of equal-size
+    datagrams with UDP GSO, and a capture on a veth sees the burst before it is cut up: every
+    segment but the last has the first's size, which is its cleartext's plus the SRTP tag."""
+    plain = clear.get((wire[8:12], wire[2:4]))
+    if plain is None or len(wire) <= len(plain) + SRTP_TAG:
+        return [wire]
+    size = len(plain) + SRTP_TAG
+    return [wire[at:at + size] for at in range(0, len(wire), size)]
+
+
 def nft_json(netns: str, *what: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = json.loads(sh(*in_ns(netns), "nft", "-j", "list", *what))["nftables"]
     return items
@@ -613,6 +742,9 @@ async def test_three_viewers_on_two_nodes_share_one_upstream_and_one_cross_node_
     viewers_of = {"viewer-a1": "udp", "viewer-b1": "udp", "viewer-b2": "tcp"}
     sh(*in_ns(a.netns), "nft", "-f", "-", input=wire_rules(a, b))
 
+    # The camera reaches node A's proxy through the pods' bridge; node A reaches node B over its veth.
+    pcap = c.tmp / "node-a.pcap"
+    tshark = await capture(a.netns, pcap, "cni0", a.link)
     started = time.monotonic()
     gst = await GstRtspServer.start(port=554, path="/test", bind="0.0.0.0", prefix=in_ns(camera.netns))
     viewers: dict[str, FfmpegViewer] = {}
@@ -631,6 +763,8 @@ async def test_three_viewers_on_two_nodes_share_one_upstream_and_one_cross_node_
 
         dump = await c.graph()
         rows = await c.msm_streams()
+        tshark.send_signal(signal.SIGINT)
+        await asyncio.wait_for(tshark.wait(), 15)
         # A plain ffprobe on node B meanwhile: one more leg on B's relay flows, nothing more upstream
         # or across the node network.
         probed = await ffprobe_streams(STREAM_URL, transport="udp", prefix=in_ns(c.pods["viewer-b1"].netns))
@@ -659,6 +793,9 @@ async def test_three_viewers_on_two_nodes_share_one_upstream_and_one_cross_node_
         print("----- gst -----\n" + "\n".join(gst.events[-20:]) + "\n" + gst.stderr_tail)
         raise
     finally:
+        if tshark.returncode is None:
+            tshark.kill()
+            await tshark.wait()
         for viewer in viewers.values():
             await viewer.stop()
         await gst.stop()
@@ -701,10 +838,39 @@ async def test_three_viewers_on_two_nodes_share_one_upstream_and_one_cross_node_
         for leg in source["legs"] + relay["legs"]:
             assert n(leg, "packets_sent") > 0, (what, leg)
         relay_ports[relay["ingress"]["rtp_port"]] = relay["ingress"]["rtcp_port"]
+        # The leg between the nodes is SRTP, and node B's relay flow unprotects all of it.
+        (relay_flow,) = [f for f in flows_b if f["flow_id"] == relay["flow_id"]]
+        assert relay_flow.get("srtp") and n(relay_flow, "srtp_errors") == 0, (what, relay_flow)
+        assert crossing[0].get("srtp") and not any(leg.get("srtp") for leg in relay_flow.get("legs", [])), (
+            what, crossing, relay_flow)   # viewers' legs stay plain RTP
 
     # -- on the wire: node A sends UDP to node B's relay ports only, nothing to B's pods ------------
     assert set(relay_ports) <= wire_ports <= set(relay_ports) | set(relay_ports.values()), (wire_ports, relay_ports)
     assert counters == {"to_b_pods": 0, "forwarded_udp_to_b": 0}, counters
+
+    # -- on the wire: the leg between the nodes is not cleartext ---------------------------------------
+    packets = await captured(pcap)
+    source_ports = {t["flow"]["ingress"]["rtp_port"] for t in tracks}
+    # The camera's RTP as it reached node A, by (SSRC, sequence number).
+    clear = {(p[8:12], p[2:4]): p for src, _, dst, dport, p in packets
+             if src == camera.ip and dst == a.ip and dport in source_ports}
+    leg = [datagram for src, sport, dst, dport, p in packets
+           if src == a.ip and dst == b.ip and sport in source_ports and dport in relay_ports
+           for datagram in gso_segments(p, clear)]
+    assert len(clear) >= 50 and len(leg) >= 50, (len(clear), len(leg), len(packets))
+    matched = 0
+    for wire in leg:
+        plain = clear.get((wire[8:12], wire[2:4]))
+        if plain is None:
+            continue
+        matched += 1
+        assert len(wire) == len(plain) + SRTP_TAG, (len(wire), len(plain))
+        assert wire[:12] == plain[:12]          # the RTP header is authenticated, not encrypted
+        assert wire[12:-SRTP_TAG] != plain[12:]  # the payload is not the camera's
+        assert plain[12:44] not in wire          # nor any stretch of it
+    assert matched >= 50, (matched, len(leg))
+    print(f"tshark on node A: {len(clear)} RTP packets camera -> node A, {len(leg)} on the A -> B leg, "
+          f"{matched} matched by SSRC and sequence, each 10 bytes longer with another payload")
 
     # -- every hop has statistics in `msm streams --json` ----------------------------------------------
     for t in tracks:
