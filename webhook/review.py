@@ -55,9 +55,7 @@ STUB_PORT = 8554
 STUB_PORT_NAME = "rtsp-stub"
 STUB_UID = 1337  # the redirect rules exempt this UID, so the stub's own connections go out as-is
 DEFAULT_CONTROL_PLANE = "msm-control-plane.msm-system.svc:9000"
-# The control plane's certificate bootstrap port (server TLS, IssueCertificate only): a new
-# stub has no certificate for the main port yet. Default: the control plane's host on it.
-BOOTSTRAP_PORT = 9002
+BOOTSTRAP_PORT = 9002   # the control plane's certificate bootstrap port (server TLS, IssueCertificate only)
 DEFAULT_MESH_NAMESPACE = "msm-system"
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 DEFAULT_TOKEN_AUDIENCE = "msm"
@@ -203,9 +201,9 @@ class InjectConfig:
         address = parse_host_port(self.control_plane, what="control plane")
         if address.port == 0:
             raise ConfigError(f"control plane must be HOST:PORT, got {self.control_plane!r} (port 0)")
-        if not self.bootstrap:
-            object.__setattr__(self, "bootstrap", format_host_port(address.host, BOOTSTRAP_PORT))
-        elif parse_host_port(self.bootstrap, what="bootstrap address").port == 0:
+        # A new stub has no certificate for the main port yet: it asks on the bootstrap port.
+        object.__setattr__(self, "bootstrap", self.bootstrap or format_host_port(address.host, BOOTSTRAP_PORT))
+        if parse_host_port(self.bootstrap, what="bootstrap address").port == 0:
             raise ConfigError(f"bootstrap address must be HOST:PORT, got {self.bootstrap!r} (port 0)")
         if not _DNS_LABEL.fullmatch(self.mesh_namespace):
             raise ConfigError(f"mesh namespace must be a namespace name, got {self.mesh_namespace!r}")
@@ -418,10 +416,9 @@ def _stub_tls(config: InjectConfig) -> tuple[list[str], list[dict[str, Any]], li
     """The stub's TLS flags, environment and volume mounts."""
     if config.insecure_stubs:
         return ["--insecure"], [], []
-    # The bundle is the default of --trust-bundle (MSM_TRUST_BUNDLE: a file, or the PEM itself).
     args = ["--token-file", f"{TOKEN_DIR}/token", "--tls-dir", TLS_DIR, "--trust-domain", config.trust_domain,
             "--bootstrap", config.bootstrap]
-    env: list[dict[str, Any]] = [{"name": "MSM_TRUST_BUNDLE", "value": config.trust_bundle_pem}]
+    env: list[dict[str, Any]] = [{"name": "MSM_TRUST_BUNDLE", "value": config.trust_bundle_pem}]  # --trust-bundle
     mounts: list[dict[str, Any]] = [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True},
               {"name": TLS_VOLUME, "mountPath": TLS_DIR}]
     return args, env, mounts
