@@ -69,13 +69,12 @@ class UdpPair:
 
     @classmethod
     async def open(cls, host: str, on_rtp: OnDatagram, on_rtcp: OnDatagram) -> UdpPair:
+        """A pair on ``host``: RTP on an even port, RTCP on the next one (RFC 3550 11), as
+        players' own client ports are, so the control plane can insist on pairs."""
         pair = cls()
-        loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        pair.rtp, _ = await loop.create_datagram_endpoint(
-            lambda: _Socket(on_rtp, pair, rtcp=False), local_addr=(host, 0), family=family)
-        pair.rtcp, _ = await loop.create_datagram_endpoint(
-            lambda: _Socket(on_rtcp, pair, rtcp=True), local_addr=(host, 0), family=family)
+        pair.rtp, pair.rtcp = await _bind_pair(
+            host, lambda: _Socket(on_rtp, pair, rtcp=False), lambda: _Socket(on_rtcp, pair, rtcp=True),
+            "a TCP viewer's bridge")
         return pair
 
     @property
@@ -115,6 +114,31 @@ class UdpPair:
         self.rtp = self.rtcp = None
 
 
+# Attempts at an even/odd pair before giving up: an odd ephemeral port or a taken
+# port + 1 costs one attempt, and 64 misses in a row means the ports are exhausted.
+PAIR_ATTEMPTS = 64
+
+
+async def _bind_pair(host: str, rtp: Callable[[], asyncio.DatagramProtocol],
+                     rtcp: Callable[[], asyncio.DatagramProtocol],
+                     what: str) -> tuple[asyncio.DatagramTransport, asyncio.DatagramTransport]:
+    """Two UDP sockets on ``host``: an even port and the odd one after it."""
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(PAIR_ATTEMPTS):
+        rtp_t, _ = await loop.create_datagram_endpoint(rtp, local_addr=(host, 0), family=family)
+        port = rtp_t.get_extra_info("sockname")[1]
+        if port % 2 == 0 and port < 65535:
+            try:
+                rtcp_t, _ = await loop.create_datagram_endpoint(rtcp, local_addr=(host, port + 1), family=family)
+            except OSError:
+                rtp_t.close()
+                continue
+            return rtp_t, rtcp_t
+        rtp_t.close()
+    raise OSError(f"no free even/odd UDP port pair for {what}")
+
+
 class _AddrSocket(asyncio.DatagramProtocol):
     def __init__(self, on_datagram: Callable[[bytes, Address], None]) -> None:
         self.on_datagram = on_datagram
@@ -144,24 +168,11 @@ class UdpRelay:
         relay = cls()
         relay.proxy_rtp = (proxy_host, proxy_rtp)
         relay.proxy_rtcp = (proxy_host, proxy_rtcp)
-        loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # RTP/RTCP on an even/odd pair: some servers send RTCP to client_port + 1 regardless.
-        for _ in range(64):
-            rtp_t, _ = await loop.create_datagram_endpoint(
-                lambda: _AddrSocket(relay._from_upstream_rtp), local_addr=(host, 0), family=family)
-            port = rtp_t.get_extra_info("sockname")[1]
-            if port % 2 == 0 and port < 65535:
-                try:
-                    rtcp_t, _ = await loop.create_datagram_endpoint(
-                        lambda: _AddrSocket(relay._on_rtcp), local_addr=(host, port + 1), family=family)
-                except OSError:
-                    rtp_t.close()
-                    continue
-                relay.rtp, relay.rtcp = rtp_t, rtcp_t
-                return relay
-            rtp_t.close()
-        raise OSError("no free even/odd UDP port pair for the upstream relay")
+        relay.rtp, relay.rtcp = await _bind_pair(
+            host, lambda: _AddrSocket(relay._from_upstream_rtp), lambda: _AddrSocket(relay._on_rtcp),
+            "the upstream relay")
+        return relay
 
     @property
     def ports(self) -> tuple[int, int]:

@@ -101,3 +101,8 @@ def test_peer_hosts_compare_in_one_spelling() -> None:
     assert not bridge.from_peer(("127.0.0.1", 5001), rtcp=False)
     bridge.set_peer("fd00::1", 5000, 5001)
     assert bridge.from_peer(("fd00:0:0::1", 5000, 0, 0), rtcp=False)   # type: ignore[arg-type]
+
+
+async def test_a_bridge_is_an_even_odd_port_pair(pair: tuple[UdpPair, _Viewer]) -> None:
+    rtp_port, rtcp_port = pair[0].ports
+    assert rtp_port % 2 == 0 and rtcp_port == rtp_port + 1
