@@ -18,7 +18,8 @@ import weakref
 from types import ModuleType
 from typing import Any
 
-__all__ = ["Engine", "FlowHandle", "LegHandle", "NativeUnavailable", "available", "load", "unavailable_reason"]
+__all__ = ["Engine", "FlowHandle", "LegHandle", "NativeUnavailable", "available", "load", "load_srtp", "srtp_error",
+           "unavailable_reason"]
 
 FEATURE_GSO = 1
 FEATURE_GRO = 2
@@ -44,6 +45,11 @@ DEFAULT_COALESCE_US = 0
 #: same source may take over (see msm_flow_new): a live source sends several
 #: packets a second, a restarted one is away for longer than this.
 DEFAULT_TAKEOVER_MS = 500
+
+
+#: The environment variable naming the shared object the engine takes libsrtp
+#: from (it wins over what the caller passes); see :func:`load_srtp`.
+SRTP_LIBRARY_ENV = "MSM_SRTP_LIBRARY"
 
 
 class NativeUnavailable(RuntimeError):
@@ -78,6 +84,39 @@ def load() -> ModuleType:
     return _module
 
 
+_srtp_error: str | None = None
+
+
+def load_srtp(library: str | None = None) -> str | None:
+    """Points the engine at a libsrtp (once per process); the library in use, or ``None`` (see ``srtp_error``).
+
+    ``MSM_SRTP_LIBRARY`` if set, else ``library`` (the proxy passes
+    pylibsrtp's module, libsrtp built on OpenSSL), else the system's
+    ``libsrtp2.so.1`` (Debian's is built on NSS: several times slower per
+    packet). The engine resolves libsrtp's functions from it at run time; the
+    first library that loads serves every engine of the process from then
+    on, so sessions of two libsrtp copies never meet. Engines started before
+    a successful load report no ``srtp`` feature.
+    """
+    global _srtp_error
+    mod = load()
+    path = os.environ.get(SRTP_LIBRARY_ENV, "").strip() or library
+    err = mod.ffi.new("char[512]")
+    with _lock:
+        rc = mod.lib.msm_srtp_load(path.encode() if path else mod.ffi.NULL, err, 512)
+        reason = mod.ffi.string(err).decode(errors="replace")
+        if rc != 0:
+            _srtp_error = reason or "libsrtp2 could not be loaded"
+            return None
+        _srtp_error = reason or None
+    return str(mod.ffi.string(mod.lib.msm_srtp_library()).decode(errors="replace"))
+
+
+def srtp_error() -> str | None:
+    """Why the last :func:`load_srtp` found no libsrtp, or passed over the one it was given; else ``None``."""
+    return _srtp_error
+
+
 def unavailable_reason() -> str | None:
     try:
         load()
@@ -94,8 +133,10 @@ class Engine:
     """One engine thread serving many flows. ``close()`` stops it (also on GC)."""
 
     def __init__(self, *, gso: bool | None = None, gro: bool | None = None, timestamps: bool = True,
-                 coalesce_us: int | None = None) -> None:
+                 coalesce_us: int | None = None, srtp_library: str | None = None) -> None:
         mod = load()
+        #: The libsrtp this engine protects and unprotects with (``None``: no SRTP; see :func:`load_srtp`).
+        self.srtp_library = load_srtp(srtp_library)
         self.ffi: Any = mod.ffi
         self.lib: Any = mod.lib
         if gso is None:
@@ -303,7 +344,7 @@ def _check_srtp(engine: Engine, rc: int) -> None:
         return
     errno = engine.ffi.errno
     if errno == 95:   # ENOTSUP
-        raise NativeUnavailable("the native engine was built without libsrtp2: no SRTP")
+        raise NativeUnavailable(f"no SRTP in the native engine: {_srtp_error or 'no libsrtp2'}")
     raise ValueError(f"SRTP key refused by the engine: {os.strerror(errno)}")
 
 

@@ -35,17 +35,21 @@ def _rel(path: Path) -> str:
 
 
 def _srtp() -> tuple[list[tuple[str, str | None]], list[str]]:
-    """``MSM_HAVE_SRTP`` and ``-lsrtp2`` where libsrtp2's headers are found (``libsrtp2-dev``); else neither.
+    """``MSM_HAVE_SRTP`` (and ``-ldl``) where libsrtp2's headers are found (``libsrtp2-dev``); else neither.
 
-    Without it the engine still builds, reports no ``srtp`` feature and refuses
-    SRTP flows and legs (the proxy says why). ``MSM_NO_SRTP=1`` builds without it.
+    libsrtp is not linked: the engine resolves its functions at run time from
+    the library ``msm_srtp_load`` is given (pylibsrtp's, built on OpenSSL), or
+    the system's ``libsrtp2.so.1`` (engine.c says why). The headers give the
+    types. Without them the engine still builds, reports no ``srtp`` feature
+    and refuses SRTP flows and legs (the proxy says why). ``MSM_NO_SRTP=1``
+    builds without it.
     """
     if os.environ.get("MSM_NO_SRTP", "") not in ("", "0"):
         return [], []
     dirs = [Path(p) for p in os.environ.get("CPATH", "").split(":") if p] + [Path("/usr/include"),
                                                                             Path("/usr/local/include")]
     if any((d / "srtp2" / "srtp.h").is_file() for d in dirs):
-        return [("MSM_HAVE_SRTP", "1")], ["srtp2"]
+        return [("MSM_HAVE_SRTP", "1")], ["dl"]
     return [], []
 
 

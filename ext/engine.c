@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #ifdef MSM_HAVE_SRTP
+#include <dlfcn.h>
 #include <srtp2/srtp.h>
 #endif
 
@@ -189,6 +190,42 @@ struct msm_engine {
 };
 
 /* ------------------------------------------------------------------ SRTP (libsrtp2) */
+/* libsrtp is not linked: its functions are resolved at run time (dlopen +
+ * dlsym) from the library msm_srtp_load names, else the system's
+ * libsrtp2.so.1. Why: Debian's libsrtp2 is built on NSS, which sets up a
+ * PK11 context per packet (about 14 us per 1.4 KB protect on a 2-vCPU EPYC);
+ * the same libsrtp built on OpenSSL (AES-NI, SHA extensions) takes under
+ * 3 us, and one ships with pylibsrtp, a dependency of the proxy, whose module
+ * file exports the srtp_* functions. The headers (libsrtp2-dev) still give
+ * the types: srtp_policy_t has one layout across libsrtp 2.x (libsrtp2.so.1),
+ * and a library of another major version is refused.
+ *
+ * One library per process, chosen by the first successful load and kept
+ * until exit (never dlclosed): every session of every engine is created,
+ * used and freed through this one table, so sessions of two libsrtp copies
+ * never meet. srtp_init runs once for it; when it fails because another
+ * user in the process (pylibsrtp, at import) already initialised that same
+ * copy, a probe session says whether the library is usable anyway. */
+#ifdef MSM_HAVE_SRTP
+typedef struct srtp_api {
+    srtp_err_status_t (*init)(void);
+    srtp_err_status_t (*create)(srtp_t *, const srtp_policy_t *);
+    srtp_err_status_t (*dealloc)(srtp_t);
+    srtp_err_status_t (*protect)(srtp_t, void *, int *);
+    srtp_err_status_t (*unprotect)(srtp_t, void *, int *);
+    void (*policy_rtp_default)(srtp_crypto_policy_t *);
+    void (*policy_rtcp_default)(srtp_crypto_policy_t *);
+    unsigned int (*get_version)(void);
+} srtp_api;
+
+static srtp_api srtp_fn; /* written once, under srtp_mu, before srtp_ready is published */
+#define SRTP_LIBNAME 512
+static char srtp_libname[SRTP_LIBNAME];
+#define SRTP_SYSTEM_LIBRARY "libsrtp2.so.1"
+#endif
+static pthread_mutex_t srtp_mu = PTHREAD_MUTEX_INITIALIZER;
+static int srtp_ready; /* atomic: 1 once srtp_fn is complete and the library initialised */
+
 #ifdef MSM_HAVE_SRTP
 static void *srtp_session(const uint8_t *key, int inbound) {
     srtp_policy_t pol;
@@ -196,12 +233,12 @@ static void *srtp_session(const uint8_t *key, int inbound) {
     unsigned char material[SRTP_KEYLEN];
     memset(&pol, 0, sizeof pol);
     memcpy(material, key, SRTP_KEYLEN);
-    srtp_crypto_policy_set_rtp_default(&pol.rtp); /* AES_CM_128_HMAC_SHA1_80 */
-    srtp_crypto_policy_set_rtcp_default(&pol.rtcp);
+    srtp_fn.policy_rtp_default(&pol.rtp); /* AES_CM_128_HMAC_SHA1_80 */
+    srtp_fn.policy_rtcp_default(&pol.rtcp);
     pol.ssrc.type = inbound ? ssrc_any_inbound : ssrc_any_outbound;
     pol.key = material;
     pol.window_size = 128; /* replay window (packets): libsrtp's default and minimum */
-    if (srtp_create(&s, &pol) != srtp_err_status_ok)
+    if (srtp_fn.create(&s, &pol) != srtp_err_status_ok)
         s = NULL;
     memset(material, 0, sizeof material);
     return s;
@@ -209,13 +246,13 @@ static void *srtp_session(const uint8_t *key, int inbound) {
 
 static void srtp_free_session(void *s) {
     if (s)
-        srtp_dealloc((srtp_t)s);
+        srtp_fn.dealloc((srtp_t)s);
 }
 
 /* 1 and *len the inner packet's length if p authenticates (and is no replay) under s. */
 static int srtp_open(void *s, uint8_t *p, uint32_t *len) {
     int l = (int)*len;
-    if (!s || srtp_unprotect((srtp_t)s, p, &l) != srtp_err_status_ok)
+    if (!s || srtp_fn.unprotect((srtp_t)s, p, &l) != srtp_err_status_ok)
         return 0;
     *len = (uint32_t)l;
     return 1;
@@ -223,9 +260,57 @@ static int srtp_open(void *s, uint8_t *p, uint32_t *len) {
 
 static int srtp_seal(void *s, uint8_t *p, uint32_t *len) {
     int l = (int)*len;
-    if (srtp_protect((srtp_t)s, p, &l) != srtp_err_status_ok)
+    if (srtp_fn.protect((srtp_t)s, p, &l) != srtp_err_status_ok)
         return 0;
     *len = (uint32_t)l;
+    return 1;
+}
+
+/* Resolves and initialises one candidate into srtp_fn; 0 with a reason in err if unusable. */
+static int srtp_try(const char *path, char *err, size_t errlen) {
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    srtp_api fn;
+    void *probe;
+    unsigned int version;
+    static const uint8_t zero[SRTP_KEYLEN];
+    if (!h) {
+        snprintf(err, errlen, "%s", dlerror());
+        return 0;
+    }
+#define SYM(field, name)                                                                                          \
+    if (!(*(void **)&fn.field = dlsym(h, name))) {                                                                 \
+        snprintf(err, errlen, "%s: no %s", path, name);                                                           \
+        dlclose(h);                                                                                                 \
+        return 0;                                                                                                   \
+    }
+    SYM(init, "srtp_init")
+    SYM(create, "srtp_create")
+    SYM(dealloc, "srtp_dealloc")
+    SYM(protect, "srtp_protect")
+    SYM(unprotect, "srtp_unprotect")
+    SYM(policy_rtp_default, "srtp_crypto_policy_set_rtp_default")
+    SYM(policy_rtcp_default, "srtp_crypto_policy_set_rtcp_default")
+    SYM(get_version, "srtp_get_version")
+#undef SYM
+    version = fn.get_version();
+    if (version >> 24 != 2) {
+        snprintf(err, errlen, "%s: libsrtp %u.%u, not 2.x", path, version >> 24, (version >> 16) & 0xff);
+        dlclose(h);
+        return 0;
+    }
+    srtp_fn = fn;
+    /* A second srtp_init on an initialised copy re-runs its self tests and
+     * may fail; the probe decides. */
+    (void)fn.init();
+    probe = srtp_session(zero, 0);
+    if (!probe) {
+        snprintf(err, errlen, "%s: srtp_init failed", path);
+        memset(&srtp_fn, 0, sizeof srtp_fn);
+        dlclose(h);
+        return 0;
+    }
+    srtp_free_session(probe);
+    snprintf(srtp_libname, sizeof srtp_libname, "%s", path);
     return 1;
 }
 #else
@@ -242,15 +327,44 @@ static int srtp_seal(void *s, uint8_t *p, uint32_t *len) {
 }
 #endif
 
-/* srtp_init once per process: a second call re-runs the crypto kernel's
- * status checks and fails, which would cost later engines their SRTP. */
-static pthread_once_t srtp_once = PTHREAD_ONCE_INIT;
-static int srtp_ready;
-
-static void srtp_init_once(void) {
+int msm_srtp_load(const char *path, char *err, size_t errlen) {
 #ifdef MSM_HAVE_SRTP
-    srtp_ready = srtp_init() == srtp_err_status_ok;
+    char first[256] = "";
+    int ok = 1;
+    if (errlen)
+        *err = 0;
+    pthread_mutex_lock(&srtp_mu);
+    if (!__atomic_load_n(&srtp_ready, __ATOMIC_ACQUIRE)) {
+        ok = 0;
+        if (path && *path)
+            ok = srtp_try(path, first, sizeof first);
+        if (!ok && !srtp_try(SRTP_SYSTEM_LIBRARY, err, errlen)) {
+            if (*first) {
+                char sys[256];
+                snprintf(sys, sizeof sys, "%s", err);
+                snprintf(err, errlen, "%s; %s", first, sys);
+            }
+        } else {
+            if (!ok) /* the system library, after this reason: */
+                snprintf(err, errlen, "%s", first);
+            ok = 1;
+            __atomic_store_n(&srtp_ready, 1, __ATOMIC_RELEASE);
+        }
+    }
+    pthread_mutex_unlock(&srtp_mu);
+    return ok ? 0 : -1;
+#else
+    snprintf(err, errlen, "the native engine was built without libsrtp2's headers");
+    return -1;
 #endif
+}
+
+const char *msm_srtp_library(void) {
+#ifdef MSM_HAVE_SRTP
+    if (__atomic_load_n(&srtp_ready, __ATOMIC_ACQUIRE))
+        return srtp_libname;
+#endif
+    return "";
 }
 
 static void free_srtpkeys(msm_engine *e, void *p) {
@@ -846,7 +960,8 @@ static void add_msg(msm_engine *e, msm_flow *f, msm_leg *leg, struct iovec *iov,
 }
 
 /* An SRTP leg: each packet is copied into the scratch area and protected
- * with the leg's key, then queued as its own message. */
+ * with the leg's key, then queued as its own message. No allocation: scratch
+ * and siov belong to the engine and are reused after every flush. */
 static void fanout_srtp(msm_engine *e, msm_flow *f, msm_leg *leg, void *session, uint32_t npk) {
     for (uint32_t i = 0; i < npk; i++) {
         uint32_t len = (uint32_t)e->pk[i].iov_len;
@@ -1065,9 +1180,8 @@ msm_engine *msm_engine_new(int want, char *err, size_t errlen) {
         snprintf(err, errlen, "out of memory for SRTP buffers");
         goto fail;
     }
-    pthread_once(&srtp_once, srtp_init_once);
-    if (srtp_ready)
-        e->features |= MSM_FEATURE_SRTP;
+    if (__atomic_load_n(&srtp_ready, __ATOMIC_ACQUIRE))
+        e->features |= MSM_FEATURE_SRTP; /* msm_srtp_load succeeded before */
     for (int i = 0; i < RX_BATCH; i++) {
         e->rxiov[i].iov_base = e->slots + (size_t)i * RX_SLOT;
         e->rxiov[i].iov_len = RX_SLOT;

@@ -30,7 +30,7 @@
 #define MSM_FEATURE_GSO 1 /* UDP_SEGMENT on send */
 #define MSM_FEATURE_GRO 2 /* UDP_GRO on receive */
 #define MSM_FEATURE_TIMESTAMPS 4 /* kernel receive timestamps for jitter */
-#define MSM_FEATURE_SRTP 8 /* built with libsrtp2: SRTP on flows and legs (always reported when built) */
+#define MSM_FEATURE_SRTP 8 /* libsrtp2 loaded (msm_srtp_load): SRTP on flows and legs */
 
 typedef struct msm_engine msm_engine;
 typedef struct msm_flow msm_flow;
@@ -84,6 +84,16 @@ typedef struct msm_engine_info {
     uint32_t features, flows;
 } msm_engine_info;
 
+/* SRTP's library, for the whole process: resolves libsrtp2's functions from
+ * `path` (a shared object exporting srtp_*, e.g. pylibsrtp's module built on
+ * OpenSSL), else from the system's libsrtp2.so.1, and initialises it. The
+ * first success decides for good; later calls change nothing and return 0.
+ * 0 on success (err then holds why `path` was passed over, if it was); -1
+ * with the reasons in err. Engines started after it report MSM_FEATURE_SRTP. */
+int msm_srtp_load(const char *path, char *err, size_t errlen);
+/* The library in use ("" before msm_srtp_load succeeded). */
+const char *msm_srtp_library(void);
+
 /* Engine: starts its thread. NULL on failure with a message in err. */
 msm_engine *msm_engine_new(int want, char *err, size_t errlen);
 int msm_engine_features(msm_engine *e);
@@ -116,7 +126,8 @@ int msm_flow_set_legs(msm_engine *e, msm_flow *f, msm_leg **legs, const uint8_t 
  * is unprotected before the RTP checks; failures are dropped as srtp_errors.
  * Called again (a rekey), the previous key is still accepted for grace_ms.
  * On a leg: it protects what it sends. -1 with errno ENOTSUP when the engine
- * was built without libsrtp2, EINVAL for a bad key, ENOMEM. */
+ * has no libsrtp2 (built without its headers, or started before any
+ * msm_srtp_load succeeded), EINVAL for a bad key, ENOMEM. */
 int msm_flow_set_srtp(msm_engine *e, msm_flow *f, const uint8_t *key, uint32_t keylen, uint32_t grace_ms);
 int msm_leg_set_srtp(msm_engine *e, msm_leg *l, const uint8_t *key, uint32_t keylen);
 void msm_flow_stats_get(msm_flow *f, msm_flow_stats *out);

@@ -15,6 +15,7 @@ translated here, at the proxy's boundary, into
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Mapping, Sequence
@@ -25,15 +26,27 @@ from msm.sdk.rtp import ReportBlock
 from msm.sdk.stats import reception_report
 
 from .engine import SSRC_TAKEOVER, Address, EngineUnavailable, Leg, LegCounters, RtpState
-from .srtp import REKEY_GRACE, SrtpKey
+from .srtp import REKEY_GRACE, SrtpKey, library_path
+
+log = logging.getLogger(__name__)
 
 
 def start_core() -> ext.Engine:
-    """The engine thread every native flow of a table shares."""
+    """The engine thread every native flow of a table shares.
+
+    Its SRTP runs on pylibsrtp's libsrtp (OpenSSL), the copy the flows' RTCP
+    side already uses; the system's libsrtp2 only if that one cannot be loaded.
+    """
+    wanted = library_path()
     try:
-        return ext.Engine()
+        core = ext.Engine(srtp_library=wanted)
     except ext.NativeUnavailable as exc:
         raise EngineUnavailable(str(exc)) from exc
+    if core.srtp_library is None:
+        log.warning("native engine without SRTP: %s", ext.srtp_error())
+    elif core.srtp_library != wanted and ext.srtp_error():
+        log.warning("native engine SRTP from %s (slower): %s", core.srtp_library, ext.srtp_error())
+    return core
 
 
 def _state(snap: Any) -> RtpState:

@@ -12,7 +12,10 @@ logged (``repr`` hides them) and never in snapshots or metrics.
   :data:`REKEY_GRACE` seconds after a rekey, the previous one.
 
 The Python engine and every flow's RTCP side use these (pylibsrtp, over
-libsrtp2); the native engine does the same for RTP in C (``ext``, libsrtp2).
+libsrtp2); the native engine does the same for RTP in C (``ext``), with the
+very libsrtp copy pylibsrtp carries (:func:`library_path`): built on OpenSSL,
+it protects a 1.4 KB packet in about a fifth of the time Debian's NSS-based
+libsrtp2 takes, and one copy serves the whole process.
 
 Errors: a bad key or a stale epoch is :class:`SrtpKeyRefused` (a ``Refused``);
 a packet that fails authentication or the replay check is not an error but
@@ -21,6 +24,7 @@ a packet that fails authentication or the replay check is not an error but
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,7 +33,7 @@ import pylibsrtp
 from msm.sdk.errors import Refused
 
 __all__ = ["KEY_LEN", "PROFILE", "REKEY_GRACE", "SALT_LEN", "SRTP_OVERHEAD", "Protector", "SrtpKey",
-           "SrtpKeyRefused", "Unprotector"]
+           "SrtpKeyRefused", "Unprotector", "library_path"]
 
 #: The one profile the mesh speaks (RFC 4568 name); 128-bit AES counter mode, 80-bit HMAC-SHA1 tag.
 PROFILE = "AES_CM_128_HMAC_SHA1_80"
@@ -75,6 +79,12 @@ class SrtpKey:
     def material(self) -> bytes:
         """Key then salt, as libsrtp takes them (30 bytes)."""
         return self.master_key + self.master_salt
+
+
+def library_path() -> str | None:
+    """The shared object holding pylibsrtp's libsrtp (its ``_binding`` module, which exports ``srtp_*``)."""
+    spec = importlib.util.find_spec("pylibsrtp._binding")
+    return spec.origin if spec is not None and spec.has_location else None
 
 
 def _session(key: SrtpKey, inbound: bool) -> pylibsrtp.Session:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -25,7 +28,9 @@ from msm.rtp_proxy import flows as flows_module
 from msm.rtp_proxy.engine import EngineUnavailable
 from msm.rtp_proxy.flows import Flow, FlowTable, Leg, choose_engine
 from msm.rtp_proxy.metrics import ProxyCollector
+from msm.rtp_proxy.native import start_core
 from msm.rtp_proxy.service import flow_stats
+from msm.rtp_proxy.srtp import library_path
 from msm.sdk.errors import ConfigError, Unavailable
 from msm.sdk.stats import ReceiverStats
 from tests.engines import drain, engine, require, table, until
@@ -378,3 +383,38 @@ def test_engine_switch(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptur
     assert "pure-Python" in caplog.text and "not built" in caplog.text
     with pytest.raises(EngineUnavailable):
         choose_engine("native")
+
+
+_SRTP_PROBE = """
+import sys
+from msm import ext
+print(ext.load_srtp(sys.argv[1] or None)); print(ext.srtp_error()); print(ext.load_srtp(sys.argv[2]))
+print(sorted(ext.Engine(srtp_library=sys.argv[2]).features))
+"""
+
+
+def _srtp_probe(first: str, second: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != ext.SRTP_LIBRARY_ENV}
+    out = subprocess.run([sys.executable, "-c", _SRTP_PROBE, first, second], capture_output=True, text=True,
+                         timeout=20, env=env, check=True)
+    return out.stdout.splitlines()
+
+
+@native_only
+def test_srtp_comes_from_pylibsrtp_and_one_library_serves_the_process() -> None:
+    core = start_core()
+    try:
+        if "srtp" not in core.features:
+            pytest.skip(f"no SRTP in the native engine: {ext.srtp_error()}")
+        # The proxy's engine protects with pylibsrtp's libsrtp (OpenSSL), the copy its RTCP side uses.
+        assert core.srtp_library == library_path()
+    finally:
+        core.close()
+    # In a fresh process: pylibsrtp's module first, then another library changes nothing.
+    pylib = library_path() or ""
+    loaded, error, again, features = _srtp_probe(pylib, "libsrtp2.so.1")
+    assert loaded == pylib and error == "None" and again == pylib and "srtp" in features
+    # A library that cannot be loaded: the system's libsrtp2, saying why.
+    loaded, error, again, _ = _srtp_probe("/nonexistent/libsrtp.so", pylib)
+    assert "/nonexistent/libsrtp.so" in error
+    assert loaded == again == "libsrtp2.so.1" or loaded == "None"   # None: no system libsrtp2 here

@@ -144,6 +144,28 @@ async def test_leg_sends_ciphertext_with_an_auth_tag(table: FlowTable) -> None:
     capture.close()
 
 
+async def test_a_burst_of_camera_sized_packets_is_protected_one_datagram_each(table: FlowTable) -> None:
+    """A burst of 1,400-byte packets with shorter ones between them, read in batches: every datagram
+    on the leg is one packet, protected with the leg's key, in order, with no send error."""
+    key = new_key()
+    flow = await table.add_flow("s/0", clock_rate=90000)
+    flow.set_source("127.0.0.1")
+    capture = Port()
+    capture.rtp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    flow.set_leg(capture.leg("relay@b", key))
+    src = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    src.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    sent = [rtp(seq)[:12] + bytes([seq & 0xFF]) * (1388 if seq % 50 else 300) for seq in range(1, 301)]
+    for packet in sent:
+        src.sendto(packet, flow.ingress)
+    await until(lambda: len(capture.pull()) == len(sent), what="300 packets on the leg")
+    opener = session(key, inbound=True)
+    assert [opener.unprotect(wire) for wire in capture.got] == sent
+    assert flow.snapshot().leg("relay@b").send_errors == 0
+    src.close()
+    capture.close()
+
+
 async def test_wrong_key_replays_and_plain_rtp_are_dropped_and_counted(relay_table: FlowTable) -> None:
     relay = await relay_table.add_flow("s/0@b", clock_rate=90000, srtp=new_key())
     relay.set_source("127.0.0.1")
