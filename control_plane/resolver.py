@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
+from msm.runtime.redact import redact_url
 from msm.sdk.errors import ConfigError, NotFound, Refused
 
 __all__ = ["NO_ASKER", "Asker", "BadPath", "ChainResolver", "NotFound", "Resolver", "Route", "RouteError",
@@ -78,11 +79,11 @@ class Route:
             raise RouteError(f"invalid route name {self.name!r}")
         parts = urlsplit(self.url)
         if parts.scheme not in ("rtsp", "rtsps") or not parts.hostname:
-            raise RouteError(f"route {self.name}: not an rtsp:// URL: {self.url!r}")
+            raise RouteError(f"route {self.name}: not an rtsp:// URL: {redact_url(self.url)!r}")
         try:
             parts.port  # noqa: B018 - validates the port
         except ValueError as exc:
-            raise RouteError(f"route {self.name}: bad port in {self.url!r}") from exc
+            raise RouteError(f"route {self.name}: bad port in {redact_url(self.url)!r}") from exc
         if self.transport not in ("", "udp", "tcp"):
             raise RouteError(f"route {self.name}: transport must be udp or tcp, not {self.transport!r}")
 
