@@ -354,7 +354,11 @@ class ViewerConnection:
         never reads the answers of costs at most ``REPLY_HIGH_WATER`` and one read.
         """
         self.writer.write(data)
-        if self.writer.transport.get_write_buffer_size() > REPLY_HIGH_WATER:
+        # Interleaved media shares the buffer (up to MAX_VIEWER_BACKLOG, then dropped): only
+        # what is above it can be answers left unread, so a TCP viewer that is merely slow to
+        # read its media is not held up on its PAUSE or TEARDOWN.
+        high_water = REPLY_HIGH_WATER + (MAX_VIEWER_BACKLOG if self.rtsp.channels else 0)
+        if self.writer.transport.get_write_buffer_size() > high_water:
             self.server.limit_hits["write_backlog"] += 1
             try:
                 await asyncio.wait_for(self.writer.drain(), self.server.write_timeout)

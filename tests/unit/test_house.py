@@ -44,7 +44,7 @@ def _msm_modules() -> list[str]:
 def _source_files() -> list[Path]:
     files = []
     for folder in ("sdk", "protos", "stub", "control_plane", "rtp_proxy", "webhook", "cni_plugin", "ext",
-                   "runtime", "msm", "bench/msm_bench"):
+                   "runtime", "security", "msm", "bench/msm_bench"):
         for path in sorted((REPO / folder).glob("*.py")):
             if path.is_symlink() or path.name.endswith(("_pb2.py", "_pb2_grpc.py")):
                 continue
@@ -85,7 +85,8 @@ def test_functions_and_modules_are_short_or_say_why(path: Path) -> None:
 
 def test_the_package_is_only_msm() -> None:
     """Every component folder is reachable as msm.<component>, and nothing else is at the top."""
-    components = {"sdk", "protos", "stub", "control_plane", "rtp_proxy", "webhook", "cni_plugin", "ext", "runtime"}
+    components = {"sdk", "protos", "stub", "control_plane", "rtp_proxy", "webhook", "cni_plugin", "ext", "runtime",
+                  "security"}
     for name in components:
         link = REPO / "msm" / name
         assert link.is_symlink() and link.resolve() == (REPO / name).resolve(), f"msm/{name} must link to {name}/"

@@ -31,7 +31,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 DIST = "media-streaming-mesh"
-COMPONENTS = ("sdk", "protos", "stub", "control_plane", "rtp_proxy", "webhook", "cni_plugin", "ext", "runtime")
+COMPONENTS = ("sdk", "protos", "stub", "control_plane", "rtp_proxy", "webhook", "cni_plugin", "ext", "runtime",
+              "security")
 SCRIPTS = {
     "msm": "msm.cli:main",
     "msm-control-plane": "msm.control_plane.main:main",
