@@ -87,19 +87,19 @@ class PlannerSettings:
 
     ``linger``: seconds an upstream stays open after its last viewer left.
     ``max_tracks``: the most tracks a source may have (see MAX_TRACKS).
-    ``port_pairs``: client ports must be RTP even, RTCP = RTP + 1 (RFC 3550 11). Off by
-    default only because the stub's own UDP bridges (TCP viewers) bind two unrelated
-    ephemeral ports today.
+    ``port_pairs``: client ports must be RTP even, RTCP = RTP + 1 (RFC 3550 11), as every
+    player and the stub's own UDP bridges (TCP viewers) bind them.
     ``proxy_port_range``: the proxies' port range; no client port in it on a proxy's
-    address. None by default for the same reason (ephemeral ports overlap 30000-39999);
-    exact ingress ports of known flows are refused either way.
+    address. None by default: on one host the stub's bridges take ephemeral ports
+    (32768-60999), which overlap the default 30000-39999; exact ingress ports of known
+    flows are refused either way, and the proxy refuses legs into its own ports.
     ``srtp``: SRTP on every leg between nodes (the secure default); legs to viewers on
     the same node stay plain RTP. ``rekey_interval``: seconds between a relay's keys.
     """
 
     linger: float = 5.0
     max_tracks: int = MAX_TRACKS
-    port_pairs: bool = False
+    port_pairs: bool = True
     proxy_port_range: tuple[int, int] | None = None
     srtp: bool = True
     rekey_interval: float = REKEY_INTERVAL
