@@ -47,6 +47,7 @@
  * 1.4 KB packets; when it is full the queued messages are flushed first. */
 #define SRTP_SCRATCH (2u << 20)
 #define SRTP_TRAILER 16 /* room libsrtp may write after a packet: the 10-byte tag, no MKI (SRTP_MAX_TAG_LEN) */
+#define SRTP_TAG_LEN 10 /* what AES_CM_128_HMAC_SHA1_80 adds to every RTP packet: equal sizes stay equal (GSO) */
 #define SRTP_KEYLEN 30 /* AES_CM_128: 16-byte master key + 14-byte master salt */
 #define MAX_DATAGRAM 65507 /* the largest UDP payload: a packet that no longer fits once protected is not sent */
 
@@ -186,7 +187,10 @@ struct msm_engine {
     uint32_t ntx;
     uint8_t *scratch; /* SRTP_SCRATCH bytes: protected copies for SRTP legs */
     uint32_t scratch_used;
-    struct iovec siov[TX_CHUNK]; /* one per queued message that points into scratch */
+    struct iovec siov[TX_CHUNK]; /* one per queued protected packet (in scratch) */
+    uint32_t siov_used;
+    run sruns[MAX_PKTS]; /* the batch's GSO runs on protected sizes, shared by its SRTP legs */
+    txctl_t sruntctl[MAX_PKTS];
 };
 
 /* ------------------------------------------------------------------ SRTP (libsrtp2) */
@@ -942,6 +946,7 @@ static void flush(msm_engine *e, msm_flow *f) {
     }
     e->ntx = 0;
     e->scratch_used = 0;
+    e->siov_used = 0;
 }
 
 static void add_msg(msm_engine *e, msm_flow *f, msm_leg *leg, struct iovec *iov, uint32_t n, uint32_t bytes,
@@ -959,31 +964,73 @@ static void add_msg(msm_engine *e, msm_flow *f, msm_leg *leg, struct iovec *iov,
         flush(e, f);
 }
 
+/* GSO runs for SRTP legs: the same rule as fanout's on the protected sizes
+ * (each packet grows by SRTP_TAG_LEN, so a run stays within GSO_MAX_BYTES
+ * once protected). Computed once per batch for all its SRTP legs; 0 when no
+ * run is longer than one packet. */
+static uint32_t srtp_runs(msm_engine *e, uint32_t npk) {
+    uint32_t nr = 0, i = 0;
+    while (i < npk) {
+        uint32_t seg = (uint32_t)e->pk[i].iov_len + SRTP_TAG_LEN, j = i + 1, bytes = seg;
+        uint32_t maxn = GSO_MAX_BYTES / seg;
+        if (maxn > GSO_MAX_SEGS)
+            maxn = GSO_MAX_SEGS;
+        while (j < npk && j - i < maxn && e->pk[j].iov_len + SRTP_TAG_LEN == seg)
+            bytes += seg, j++;
+        if (j < npk && j - i < maxn && e->pk[j].iov_len + SRTP_TAG_LEN < seg)
+            bytes += (uint32_t)e->pk[j].iov_len + SRTP_TAG_LEN, j++;
+        e->sruns[nr] = (run){i, j - i, seg, bytes};
+        if (j - i > 1) {
+            struct cmsghdr *c = &e->sruntctl[nr].align;
+            uint16_t s16 = (uint16_t)seg;
+            c->cmsg_level = SOL_UDP;
+            c->cmsg_type = UDP_SEGMENT;
+            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            memcpy(CMSG_DATA(c), &s16, sizeof s16);
+        }
+        nr++;
+        i = j;
+    }
+    return nr == npk ? 0 : nr;
+}
+
 /* An SRTP leg: each packet is copied into the scratch area and protected
- * with the leg's key, then queued as its own message. No allocation: scratch
- * and siov belong to the engine and are reused after every flush. */
-static void fanout_srtp(msm_engine *e, msm_flow *f, msm_leg *leg, void *session, uint32_t npk) {
-    for (uint32_t i = 0; i < npk; i++) {
-        uint32_t len = (uint32_t)e->pk[i].iov_len;
-        uint8_t *out;
+ * with the leg's key (no allocation: scratch and siov belong to the engine
+ * and are reused after every flush). With runs (nsruns > 0) the protected
+ * copies of a run go as one GSO super-datagram, as plain legs' do; a packet
+ * that fails to protect is left out of its run (the rest keep their sizes). */
+static void fanout_srtp(msm_engine *e, msm_flow *f, msm_leg *leg, void *session, uint32_t npk, uint32_t nsruns) {
+    uint32_t nmsg = nsruns ? nsruns : npk;
+    for (uint32_t r = 0; r < nmsg; r++) {
+        uint32_t start = nsruns ? e->sruns[r].start : r, n = nsruns ? e->sruns[r].n : 1, sent = 0, bytes = 0;
+        uint32_t need = nsruns ? e->sruns[r].bytes : (uint32_t)e->pk[r].iov_len + SRTP_TAG_LEN;
         struct iovec *iov;
-        if (len + SRTP_TRAILER > MAX_DATAGRAM) {
-            BUMP(leg->send_errors, 1);
-            continue;
-        }
-        if (e->scratch_used + len + SRTP_TRAILER > SRTP_SCRATCH)
+        need += n * (SRTP_TRAILER + 15); /* tag room and alignment */
+        if (e->scratch_used + need > SRTP_SCRATCH || e->siov_used + n > TX_CHUNK)
             flush(e, f); /* sends what points into scratch, then reuses it */
-        out = e->scratch + e->scratch_used;
-        memcpy(out, e->pk[i].iov_base, len);
-        if (!srtp_seal(session, out, &len)) {
-            BUMP(leg->send_errors, 1);
-            continue;
+        iov = &e->siov[e->siov_used];
+        for (uint32_t k = start; k < start + n; k++) {
+            uint32_t in = (uint32_t)e->pk[k].iov_len, len = in;
+            uint8_t *out = e->scratch + e->scratch_used;
+            if (len + SRTP_TRAILER > MAX_DATAGRAM) {
+                BUMP(leg->send_errors, 1);
+                continue;
+            }
+            memcpy(out, e->pk[k].iov_base, len);
+            if (!srtp_seal(session, out, &len) || (n > 1 && len != in + SRTP_TAG_LEN)) {
+                BUMP(leg->send_errors, 1);
+                continue;
+            }
+            e->scratch_used += (len + 15) & ~15u;
+            iov[sent].iov_base = out;
+            iov[sent].iov_len = len;
+            bytes += len;
+            sent++;
         }
-        e->scratch_used += (len + 15) & ~15u;
-        iov = &e->siov[e->ntx];
-        iov->iov_base = out;
-        iov->iov_len = len;
-        add_msg(e, f, leg, iov, 1, len, NULL, 0);
+        if (!sent)
+            continue;
+        e->siov_used += sent;
+        add_msg(e, f, leg, iov, sent, bytes, sent > 1 ? &e->sruntctl[r] : NULL, sent > 1 ? e->sruns[r].seg : 0);
     }
 }
 
@@ -991,7 +1038,8 @@ static void fanout_srtp(msm_engine *e, msm_flow *f, msm_leg *leg, void *session,
  * shorter) go as one GSO super-datagram; iovecs point into the receive
  * buffers, so no leg costs a copy in user space. */
 static void fanout(msm_engine *e, msm_flow *f, const legset *ls, uint32_t npk) {
-    uint32_t nruns = 0;
+    uint32_t nruns = 0, srtp_nruns = 0;
+    int srtp_runs_done = 0;
     if ((e->features & MSM_FEATURE_GSO) && npk > 1) {
         uint32_t i = 0;
         while (i < npk) {
@@ -1021,13 +1069,19 @@ static void fanout(msm_engine *e, msm_flow *f, const legset *ls, uint32_t npk) {
     for (uint32_t t = 0; t < ls->ntargets; t++) {
         msm_leg *leg = ls->targets[t];
         const srtpkeys *sk;
+        uint32_t nsruns = 0;
         if (!leg->family) {
             BUMP(leg->send_errors, npk);
             continue;
         }
         sk = __atomic_load_n(&leg->srtp, __ATOMIC_ACQUIRE);
         if (sk) {
-            fanout_srtp(e, f, leg, sk->cur, npk);
+            if (nruns && !LOAD(leg->gso_disabled)) {
+                if (!srtp_runs_done)
+                    srtp_nruns = srtp_runs(e, npk), srtp_runs_done = 1;
+                nsruns = srtp_nruns;
+            }
+            fanout_srtp(e, f, leg, sk->cur, npk, nsruns);
             continue;
         }
         if (nruns && !LOAD(leg->gso_disabled)) {

@@ -27,6 +27,8 @@ __all__ = ["engine", "table"]
 pytestmark = pytest.mark.timeout(30)
 
 RELAY_PORTS = (44100, 44199)
+SRTP_TAG = 10   # what AES_CM_128_HMAC_SHA1_80 adds to every RTP packet
+SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104
 
 
 def rtp(seq: int, ssrc: int = 0x5EC0) -> bytes:
@@ -162,6 +164,55 @@ async def test_a_burst_of_camera_sized_packets_is_protected_one_datagram_each(ta
     opener = session(key, inbound=True)
     assert [opener.unprotect(wire) for wire in capture.got] == sent
     assert flow.snapshot().leg("relay@b").send_errors == 0
+    src.close()
+    capture.close()
+
+
+async def test_runs_of_equal_sizes_leave_as_gso_trains_of_the_protected_size(table: FlowTable, engine: str) -> None:
+    """Native engine: two GRO trains in (camera-sized packets with a shorter last one, then a run
+    of another size); on the SRTP leg each run goes as one GSO super-datagram whose segment size
+    is its first packet's plus the tag, and every segment opens to its cleartext, in order."""
+    if engine != "native" or "gso" not in table.engine_features:
+        pytest.skip("UDP GSO is the native engine's")
+    key = new_key()
+    flow = await table.add_flow("s/0", clock_rate=90000)
+    flow.set_source("127.0.0.1")
+    capture = Port()
+    capture.rtp.setsockopt(SOL_UDP, UDP_GRO, 1)   # a GSO train on loopback arrives whole, with its segment size
+    flow.set_leg(capture.leg("relay@b", key))
+    src = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    first = [rtp(seq)[:12] + bytes([seq]) * 1388 for seq in range(1, 8)]
+    first[-1] = first[-1][:500]
+    second = [rtp(seq)[:12] + bytes([seq]) * 1188 for seq in range(8, 14)]
+    for train in (first, second):
+        src.sendmsg([b"".join(train)], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", len(train[0])))], 0, flow.ingress)
+    sent = first + second
+    trains: list[tuple[bytes, int]] = []
+
+    def pull() -> int:
+        while True:
+            try:
+                data, ancillary, _, _ = capture.rtp.recvmsg(65536, socket.CMSG_SPACE(4))
+            except BlockingIOError:
+                break
+            size = next((struct.unpack("=i", d[:4])[0] for lvl, typ, d in ancillary
+                         if (lvl, typ) == (SOL_UDP, UDP_GRO)), len(data))
+            trains.append((data, size))
+        return sum(-(-len(data) // size) for data, size in trains)
+
+    await until(lambda: pull() == len(sent), what=f"{len(sent)} packets on the leg")
+    opener = session(key, inbound=True)
+    got: list[bytes] = []
+    for data, size in trains:
+        segments = [data[at:at + size] for at in range(0, len(data), size)]
+        assert size == len(sent[len(got)]) + SRTP_TAG   # the first cleartext's size plus the tag
+        got += [opener.unprotect(wire) for wire in segments]
+    assert got == sent
+    assert any(len(data) > size for data, size in trains)   # at least one run left as one send
+    leg = flow.engine.leg_counters("relay@b")
+    assert leg.gso_sends >= 1 and leg.send_errors == 0
+    snap = flow.snapshot().leg("relay@b")
+    assert snap.packets_sent == len(sent) and snap.bytes_sent == sum(len(p) + SRTP_TAG for p in sent)
     src.close()
     capture.close()
 
