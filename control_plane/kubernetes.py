@@ -17,11 +17,21 @@ use is answered exactly like one that does not exist (404), so names in other na
 cannot be probed. The viewer's path is normalised (:func:`~.resolver.normalise_path`: ``..``,
 ``.`` and encoded separators are a 400) and its query string is dropped from the upstream
 URL unless the Service says ``media.mediastreamingmesh.io/allow-query: "true"``.
+
+Camera credentials: ``media.mediastreamingmesh.io/credentials-secret: <name>`` on a Service names
+a Secret *in the Service's own namespace* (a name, never ``namespace/name``), of type ``Opaque``
+or ``kubernetes.io/basic-auth``, with keys ``username`` and ``password``. Both go, percent-encoded,
+into the userinfo of the route URL; the stub opening the camera answers its Digest/Basic
+challenge with them and strips them from every request line. The Secret is read with a GET when
+a route is opened, not watched (see :class:`_SecretCache`). A Secret that is missing, unreadable
+(403) or without a key fails the route with a 503 that names the Secret and never its values.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import ipaddress
 import json
@@ -29,6 +39,7 @@ import logging
 import os
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypedDict
@@ -38,11 +49,11 @@ import aiohttp
 
 from msm.runtime.backoff import Backoff
 from msm.runtime.hostport import parse_host_port
-from msm.sdk.errors import ConfigError, KubeError, NotFound
+from msm.sdk.errors import ConfigError, KubeError, NotFound, Unavailable
 
 from .resolver import NO_ASKER, Asker, BadPath, Route, normalise_path
 
-__all__ = ["ALLOW_NAMESPACES", "ALLOW_QUERY", "KubeClient", "KubeError", "KubernetesResolver"]
+__all__ = ["ALLOW_NAMESPACES", "ALLOW_QUERY", "CREDENTIALS_SECRET", "KubeClient", "KubeError", "KubernetesResolver"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +61,9 @@ SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ALLOW_NAMESPACES = "media.mediastreamingmesh.io/allow-namespaces"
 ALLOW_QUERY = "media.mediastreamingmesh.io/allow-query"
+CREDENTIALS_SECRET = "media.mediastreamingmesh.io/credentials-secret"
+SECRET_TYPES = ("Opaque", "kubernetes.io/basic-auth")   # basic-auth's keys are username and password too
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")   # a DNS subdomain: no '/', no namespace
 # One watch event is one JSON line; an EndpointSlice holds at most 1000
 # endpoints (the API's own cap), a few hundred KiB. Lines past this are refused.
 MAX_EVENT_BYTES = 4 << 20
@@ -154,6 +168,28 @@ class KubeClient:
         if not isinstance(data, dict):
             raise KubeError(f"GET {path}: not a JSON object")
         return data
+
+    async def get_status(self, path: str) -> tuple[int, dict[str, Any]]:
+        """GET ``path``: the HTTP status and the JSON object answered (a ``Status``, or ``{}``, when not 200).
+
+        For callers that tell a 404 or a 403 apart; transport failures are :class:`KubeError`.
+        """
+        try:
+            async with self._client().get(self.server + path, headers=self._headers(),
+                                          timeout=aiohttp.ClientTimeout(total=10)) as response:
+                try:
+                    data = await response.json(content_type=None)
+                except ValueError:
+                    if response.status == 200:
+                        raise
+                    data = {}
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise KubeError(f"GET {path}: {exc or type(exc).__name__}") from exc
+        if not isinstance(data, dict):
+            if response.status == 200:
+                raise KubeError(f"GET {path}: not a JSON object")
+            data = {}
+        return response.status, data
 
     async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``body`` (a create: 200 or 201); the object the API server answers, or :class:`KubeError`."""
@@ -268,9 +304,74 @@ class _Cache:
                     self.on_change()
 
 
-class KubernetesResolver:
-    def __init__(self, client: KubeClient) -> None:
+class _SecretCache:
+    """Camera credentials from the Secrets Services name, read with a GET and kept ``ttl`` seconds.
+
+    Why a GET and not a watch: watching Secrets means ``list``/``watch`` on every Secret of the
+    cluster (RBAC cannot narrow a cluster-wide list to the names annotations will give later),
+    and a watch cache would hold them all in this process. A GET of the one Secret a Service
+    names needs ``get`` alone and holds only the credentials in use. A changed Secret is used by
+    the routes opened once ``ttl`` has passed (streams already open keep their session); at most
+    ``size`` entries are kept, the oldest dropped first. Failures are not cached: a Secret
+    created after a failed open is used by the next one.
+    """
+
+    def __init__(self, client: KubeClient, *, ttl: float = 5.0, size: int = 256) -> None:
         self.client = client
+        self.ttl = ttl
+        self.size = size
+        self._entries: dict[tuple[str, str], tuple[float, str]] = {}
+
+    async def userinfo(self, namespace: str, name: str, service: str) -> str:
+        """``user:password@``, both percent-encoded, for Secret ``namespace/name``; :class:`Unavailable` if unusable."""
+        where = f"service {namespace}/{service}: credentials Secret {namespace}/{name}"
+        if not _SECRET_NAME.match(name):
+            raise Unavailable(f"service {namespace}/{service}: annotation {CREDENTIALS_SECRET} must be the name of a "
+                              f"Secret in namespace {namespace}, not {name[:80]!r}")
+        key = (namespace, name)
+        now = time.monotonic()
+        cached = self._entries.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        self._entries.pop(key, None)
+        status, secret = await self.client.get_status(
+            f"/api/v1/namespaces/{quote(namespace, safe='')}/secrets/{quote(name, safe='')}")
+        if status == 404:
+            raise Unavailable(f"{where} not found (annotation {CREDENTIALS_SECRET})")
+        if status == 403:
+            raise KubeError(f"{where}: the control plane may not get it "
+                            "(HTTP 403; chart value controlPlane.cameraCredentials.readSecrets)")
+        if status != 200:
+            raise KubeError(f"{where}: HTTP {status} {str(secret.get('reason', ''))[:80]}".rstrip())
+        kind = secret.get("type") or "Opaque"
+        if kind not in SECRET_TYPES:
+            raise Unavailable(f"{where} is of type {str(kind)[:80]!r}, not {' or '.join(SECRET_TYPES)}")
+        data = secret.get("data") or {}
+        user, password = (_secret_value(data, field, where) for field in ("username", "password"))
+        if not user:
+            raise Unavailable(f"{where}: key 'username' is empty")
+        userinfo = f"{quote(user, safe='')}:{quote(password, safe='')}@"
+        while len(self._entries) >= self.size:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = (now + self.ttl, userinfo)
+        return userinfo
+
+
+def _secret_value(data: Any, field: str, where: str) -> str:
+    """The decoded value of ``field`` in a Secret's ``data``; errors name the key, never the value."""
+    value = data.get(field) if isinstance(data, dict) else None
+    if value is None:
+        raise Unavailable(f"{where} has no key {field!r}")
+    try:
+        return base64.b64decode(str(value), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):   # UnicodeDecodeError is a ValueError
+        raise Unavailable(f"{where}: key {field!r} is not base64 of UTF-8 text") from None
+
+
+class KubernetesResolver:
+    def __init__(self, client: KubeClient, *, secret_ttl: float = 5.0) -> None:
+        self.client = client
+        self.secrets = _SecretCache(client, ttl=secret_ttl)
         self.services = _Cache(client, "/api/v1/services", self._reindex)
         self.slices = _Cache(client, "/apis/discovery.k8s.io/v1/endpointslices", lambda: None)
         self._by_ip: dict[str, tuple[str, str]] = {}
@@ -346,8 +447,11 @@ class KubernetesResolver:
             target = endpoint.get("targetRef") or {}
             host_part = f"[{address}]" if ":" in address else address
             segments = [s for s in (_SEGMENT.sub("_", seg) for seg in path.split("/")) if s]
+            secret = _annotations(svc).get(CREDENTIALS_SECRET, "").strip()
+            # The Service's own namespace, whoever asks: another namespace's Secrets are never read.
+            userinfo = await self.secrets.userinfo(namespace, secret, name) if secret else ""
             return Route(name="/".join([namespace, name, *segments]),
-                         url=f"{parts.scheme or 'rtsp'}://{host_part}:{endpoint_port}{path}{query}",
+                         url=f"{parts.scheme or 'rtsp'}://{userinfo}{host_part}:{endpoint_port}{path}{query}",
                          node=endpoint.get("nodeName", ""), namespace=target.get("namespace", namespace),
                          pod=target.get("name", "") if target.get("kind", "Pod") == "Pod" else "")
         raise NotFound(f"service {namespace}/{name} has no ready endpoint")

@@ -5,6 +5,11 @@ list and watch for Services and EndpointSlices, GET for Pods, bearer-token
 auth, resource versions, and watch events pushed when a test changes an
 object. Objects come from the hand-written fixtures in ``tests/data/k8s``.
 
+Secrets are served one at a time, as ``GET /api/v1/namespaces/<ns>/secrets/<name>`` answers
+them: a v1 Secret with its ``type`` and base64 ``data`` (:func:`secret` makes one), a 404
+``Status`` when there is none, and a 403 ``Status`` (RBAC's words) for the namespaces in
+:attr:`FakeKube.forbidden_secrets`, where the caller's account may not get secrets.
+
 Service-account tokens as the kubelet projects them: :meth:`FakeKube.issue_token` plays the
 TokenRequest API (a token for a service account, bound to a pod and its node, for some
 audiences, expiring), and ``POST /apis/authentication.k8s.io/v1/tokenreviews`` answers a
@@ -36,6 +41,7 @@ RESOURCES = {
     "services": ("/api/v1/services", "ServiceList", "v1"),
     "endpointslices": ("/apis/discovery.k8s.io/v1/endpointslices", "EndpointSliceList", "discovery.k8s.io/v1"),
     "pods": ("/api/v1/pods", "PodList", "v1"),
+    "secrets": ("/api/v1/secrets", "SecretList", "v1"),   # GET one by name only (no list, no watch)
 }
 
 
@@ -50,6 +56,17 @@ CREDENTIAL_ID = "authentication.kubernetes.io/credential-id"
 
 def load(name: str) -> Any:
     return json.loads((DATA / name).read_text())
+
+
+def secret(namespace: str, name: str, data: dict[str, str | bytes], *, type_: str = "Opaque") -> dict[str, Any]:
+    """A v1 Secret as the API server returns it: ``data`` values base64-encoded (``stringData`` is write-only)."""
+    import base64
+
+    return {"kind": "Secret", "apiVersion": "v1", "type": type_,
+            "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()),
+                         "creationTimestamp": "2024-05-01T12:00:00Z"},
+            "data": {key: base64.b64encode(value.encode() if isinstance(value, str) else value).decode()
+                     for key, value in data.items()}}
 
 
 def helm_mesh_ca(directory: Path, common_name: str = "msm mesh CA (cluster.local)", days: int = 3650) -> Path:
@@ -109,6 +126,8 @@ class FakeKube:
         self.watchers: dict[str, list[asyncio.Queue[dict[str, Any]]]] = {kind: [] for kind in RESOURCES}
         self.requests: list[str] = []
         self.tokens: dict[str, ServiceAccountToken] = {}
+        self.forbidden_secrets: set[str] = set()   # namespaces whose secrets the caller may not get
+        self.user = "system:serviceaccount:msm-system:msm-control-plane"
         self.runner: web.AppRunner | None = None
         self.url = ""
 
@@ -236,9 +255,28 @@ class FakeKube:
                                       "details": {"name": key[1], "kind": "pods"}, "code": 404}, status=404)
         return web.json_response(pod)
 
+    async def _secret(self, request: web.Request) -> web.Response:
+        self.requests.append(str(request.rel_url))
+        if not self._authorized(request):
+            return web.json_response({"kind": "Status", "code": 401, "reason": "Unauthorized"}, status=401)
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        if namespace in self.forbidden_secrets:
+            return web.json_response({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": f'secrets "{name}" is forbidden: User "{self.user}" cannot get resource "secrets" '
+                           f'in API group "" in the namespace "{namespace}"',
+                "reason": "Forbidden", "details": {"name": name, "kind": "secrets"}, "code": 403}, status=403)
+        obj = self.objects["secrets"].get((namespace, name))
+        if obj is None:
+            return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                      "message": f'secrets "{name}" not found', "reason": "NotFound",
+                                      "details": {"name": name, "kind": "secrets"}, "code": 404}, status=404)
+        return web.json_response({"kind": "Secret", "apiVersion": "v1", **obj})
+
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         app = web.Application()
         app.router.add_get("/api/v1/namespaces/{namespace}/pods/{name}", self._pod)
+        app.router.add_get("/api/v1/namespaces/{namespace}/secrets/{name}", self._secret)
         app.router.add_post(TOKENREVIEWS, self._tokenreview)
         app.router.add_get("/api/v1/{kind:services|pods}", self._list)
         app.router.add_get("/apis/discovery.k8s.io/v1/{kind:endpointslices}", self._list)
@@ -281,7 +319,7 @@ class FakeKube:
 # namespaces (tests/e2e/test_multinode.py) use it this way: the test process cannot reach the
 # API server's address, but it holds the server's stdin.
 
-KINDS = {"Service": "services", "EndpointSlice": "endpointslices", "Pod": "pods"}
+KINDS = {"Service": "services", "EndpointSlice": "endpointslices", "Pod": "pods", "Secret": "secrets"}
 
 
 def _kind_of(obj: dict[str, Any]) -> str:

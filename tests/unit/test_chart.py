@@ -432,7 +432,8 @@ def test_rbac_is_least_privilege(rendered: dict[str, list[Obj]], config: str) ->
         (group, resource, verb)
         for group, resource in [("", "services"), ("", "pods"), ("", "nodes"), ("discovery.k8s.io", "endpointslices")]
         for verb in read
-    } | {("authentication.k8s.io", "tokenreviews", "create")}   # IssueCertificate checks tokens
+    } | {("authentication.k8s.io", "tokenreviews", "create"),   # IssueCertificate checks tokens
+         ("", "secrets", "get")}      # camera credentials, by name: never list or watch
     assert rules_of(objects, "msm-cni") == {("", "pods", "get")}
     # Each binding grants its role to its component's own ServiceAccount only.
     for name in ("msm-control-plane", "msm-cni"):
@@ -441,6 +442,14 @@ def test_rbac_is_least_privilege(rendered: dict[str, list[Obj]], config: str) ->
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}]
     bound = {o["metadata"]["name"] for o in objects if o["kind"] == "ClusterRoleBinding"}
     assert bound == {"msm-control-plane", "msm-cni"}  # proxy and webhook get no API access
+
+
+def test_secrets_access_can_be_turned_off() -> None:
+    objects, _ = render({"controlPlane": {"cameraCredentials": {"readSecrets": False}}})
+    assert not {rule for rule in rules_of(objects, "msm-control-plane") if rule[1] == "secrets"}
+    assert ("", "services", "watch") in rules_of(objects, "msm-control-plane")
+    with pytest.raises(helm.HelmValuesError):
+        render({"controlPlane": {"cameraCredentials": {"readSecrets": "yes"}}})
 
 
 # --- values --------------------------------------------------------------------------------------

@@ -8,13 +8,23 @@ import copy
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
-from msm.control_plane.kubernetes import ALLOW_NAMESPACES, ALLOW_QUERY, KubeClient, KubeError, KubernetesResolver
+from msm.control_plane.kubernetes import (
+    ALLOW_NAMESPACES,
+    ALLOW_QUERY,
+    CREDENTIALS_SECRET,
+    KubeClient,
+    KubeError,
+    KubernetesResolver,
+)
 from msm.control_plane.resolver import Asker, BadPath, NotFound, RouteError, normalise_path, parse_route
+from msm.runtime.redact import redact_url
 from msm.sdk import errors
-from tests.fake_kube import FakeKube, load
+from msm.stub.rtsp_client import credentials_of
+from tests.fake_kube import FakeKube, load, secret
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -245,3 +255,150 @@ def test_normalised_paths() -> None:
     assert normalise_path("/caf%C3%A9/a%20b") == "/caf%C3%A9/a%20b"
     assert normalise_path("/live/trackID=0") == "/live/trackID=0"
     assert normalise_path("/%6Cive") == "/live"
+
+
+# --- camera credentials from a Secret -------------------------------------------------------------
+
+CAMERA = "rtsp://camera-svc.media/live/1"
+
+
+def annotate(kube: FakeKube, annotations: dict[str, str]) -> None:
+    svc = copy.deepcopy(load("resolver_services.json")["items"][0])
+    svc["metadata"]["annotations"] = annotations
+    kube.put("services", svc)
+
+
+async def with_secret(resolver: KubernetesResolver, url: str = CAMERA, asker: Asker = MEDIA) -> str:
+    """The route URL once the watch has brought the Service's annotation (it then carries userinfo)."""
+    for _ in range(100):
+        with contextlib.suppress(errors.Unavailable):
+            route = await resolver.resolve(url, asker)
+            if "@" in route.url:
+                return route.url
+        await asyncio.sleep(0.02)
+    pytest.fail("the credentials-secret annotation never took effect")
+
+
+async def failure(resolver: KubernetesResolver, url: str = CAMERA, asker: Asker = MEDIA) -> errors.Unavailable:
+    for _ in range(100):
+        try:
+            await resolver.resolve(url, asker)
+        except errors.Unavailable as exc:
+            return exc
+        except NotFound:
+            pass    # the watch has not brought the Service yet
+        await asyncio.sleep(0.02)
+    pytest.fail("the route never failed")
+
+
+def secret_reads(kube: FakeKube) -> list[str]:
+    return [r for r in kube.requests if "/secrets" in r]
+
+
+@pytest.mark.parametrize("kind", ["Opaque", "kubernetes.io/basic-auth"])
+async def test_the_route_url_carries_the_secrets_credentials(
+        kube: FakeKube, resolver: KubernetesResolver, kind: str) -> None:
+    kube.put("secrets", secret("media", "cam-creds", {"username": "admin", "password": "hunter2"}, type_=kind))
+    annotate(kube, {CREDENTIALS_SECRET: "cam-creds"})
+    assert await with_secret(resolver) == "rtsp://admin:hunter2@10.244.0.5:8554/live/1"
+    assert secret_reads(kube) == ["/api/v1/namespaces/media/secrets/cam-creds"]
+
+
+async def test_special_characters_survive(kube: FakeKube, resolver: KubernetesResolver) -> None:
+    user, password = "dom\\ops@site", "p@ss:w/rd?#%20 é&x=1"
+    kube.put("secrets", secret("media", "cam-creds", {"username": user, "password": password}))
+    annotate(kube, {CREDENTIALS_SECRET: "cam-creds"})
+    url = await with_secret(resolver)
+    assert url == ("rtsp://dom%5Cops%40site:p%40ss%3Aw%2Frd%3F%23%2520%20%C3%A9%26x%3D1@10.244.0.5:8554/live/1")
+    parts = urlsplit(url)
+    assert (parts.hostname, parts.port, parts.path) == ("10.244.0.5", 8554, "/live/1")
+    assert credentials_of(url) == (user, password)   # what the stub answers the camera's challenge with
+    assert redact_url(url) == "rtsp://***@10.244.0.5:8554/live/1"
+
+
+@pytest.mark.parametrize(("objects", "forbidden", "words"), [
+    ([], False, "credentials Secret media/cam-creds not found"),
+    ([secret("media", "cam-creds", {"username": "admin"})], False, "has no key 'password'"),
+    ([secret("media", "cam-creds", {"password": "hunter2"})], False, "has no key 'username'"),
+    ([secret("media", "cam-creds", {"username": "admin", "password": "hunter2"},
+             type_="kubernetes.io/service-account-token")], False, "is of type"),
+    ([secret("media", "cam-creds", {"username": "admin", "password": "hunter2"})], True, "HTTP 403"),
+])
+async def test_an_unusable_secret_fails_the_route_clearly(
+        kube: FakeKube, resolver: KubernetesResolver, objects: list[dict[str, Any]], forbidden: bool,
+        words: str) -> None:
+    for obj in objects:
+        kube.put("secrets", obj)
+    if forbidden:
+        kube.forbidden_secrets.add("media")
+    annotate(kube, {CREDENTIALS_SECRET: "cam-creds"})
+    exc = await failure(resolver)
+    assert exc.status == 503 and words in exc.reason, exc.reason
+    assert "hunter2" not in exc.reason and "aHVudGVyMg" not in exc.reason      # nor its base64
+    assert "\n" not in exc.reason and CAMERA not in exc.reason
+
+
+async def test_a_secret_in_another_namespace_is_never_read(kube: FakeKube, resolver: KubernetesResolver) -> None:
+    # team-b's Service names "cam-creds"; only media has one. A viewer in media may use the Service.
+    kube.put("secrets", secret("media", "cam-creds", {"username": "admin", "password": "hunter2"}))
+    svc, slice_ = secret_cam({ALLOW_NAMESPACES: "media", CREDENTIALS_SECRET: "cam-creds"})
+    kube.put("endpointslices", slice_)
+    kube.put("services", svc)
+    exc = await failure(resolver, "rtsp://secret-cam.team-b/live", MEDIA)
+    assert "team-b/cam-creds not found" in exc.reason
+    assert set(secret_reads(kube)) == {"/api/v1/namespaces/team-b/secrets/cam-creds"}
+    # A namespace in the annotation is refused before anything is read.
+    for name in ("media/cam-creds", "../media/secrets/cam-creds", "Cam-Creds", "a" * 300):
+        svc["metadata"]["annotations"][CREDENTIALS_SECRET] = name
+        kube.put("services", svc)
+        for _ in range(100):
+            exc = await failure(resolver, "rtsp://secret-cam.team-b/live", MEDIA)
+            if "must be the name of a Secret in namespace team-b" in exc.reason:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            pytest.fail(f"annotation {name!r} was not refused")
+        reads = len(kube.requests)
+        await failure(resolver, "rtsp://secret-cam.team-b/live", MEDIA)
+        assert not [r for r in kube.requests[reads:] if "/secrets" in r], name
+    assert set(secret_reads(kube)) == {"/api/v1/namespaces/team-b/secrets/cam-creds"}   # media's: never
+
+
+async def test_a_changed_secret_is_picked_up(kube: FakeKube, tmp_path: Path) -> None:
+    client = KubeClient.from_kubeconfig(str(kube.kubeconfig(tmp_path / "kubeconfig")))
+    resolver = KubernetesResolver(client, secret_ttl=0.3)
+    await resolver.start()
+    try:
+        kube.put("secrets", secret("media", "cam-creds", {"username": "admin", "password": "old"}))
+        annotate(kube, {CREDENTIALS_SECRET: "cam-creds"})
+        assert credentials_of(await with_secret(resolver)) == ("admin", "old")
+        kube.put("secrets", secret("media", "cam-creds", {"username": "admin", "password": "new"}))
+        # Within the ttl the cached value serves (one GET for many opens), after it the new one.
+        assert credentials_of((await resolver.resolve(CAMERA, MEDIA)).url) == ("admin", "old")
+        reads = len(secret_reads(kube))
+        await asyncio.sleep(0.35)
+        assert credentials_of((await resolver.resolve(CAMERA, MEDIA)).url) == ("admin", "new")
+        assert len(secret_reads(kube)) == reads + 1
+        # Deleted: the next open after the ttl fails; failures are not cached, so re-created works at once.
+        kube.objects["secrets"].pop(("media", "cam-creds"))
+        await asyncio.sleep(0.35)
+        with pytest.raises(errors.Unavailable, match="not found"):
+            await resolver.resolve(CAMERA, MEDIA)
+        kube.put("secrets", secret("media", "cam-creds", {"username": "ops", "password": "again"}))
+        assert credentials_of((await resolver.resolve(CAMERA, MEDIA)).url) == ("ops", "again")
+    finally:
+        await resolver.stop()
+
+
+async def test_the_secret_cache_is_bounded(kube: FakeKube, resolver: KubernetesResolver) -> None:
+    resolver.secrets.size = 3
+    for i in range(10):
+        kube.put("secrets", secret("media", f"c{i}", {"username": f"u{i}", "password": "p"}))
+        annotate(kube, {CREDENTIALS_SECRET: f"c{i}"})
+        for _ in range(100):
+            url = await with_secret(resolver)
+            if credentials_of(url) == (f"u{i}", "p"):
+                break
+            await asyncio.sleep(0.02)
+        assert len(resolver.secrets._entries) <= 3
+    assert [name for _, name in resolver.secrets._entries] == ["c7", "c8", "c9"]
