@@ -349,16 +349,12 @@ class ViewerConnection:
     async def _write(self, data: bytes) -> None:
         """Write an answer; while the peer leaves answers unread, read nothing more from it.
 
-        Requests are read only after the previous ones are answered, so holding the
-        answers back holds the requests back too: a peer pipelining requests it
-        never reads the answers of costs at most ``REPLY_HIGH_WATER`` and one read.
+        Requests are read only after the previous ones are answered, so a peer pipelining
+        requests it never reads the answers of costs at most ``REPLY_HIGH_WATER`` and one read.
         """
         self.writer.write(data)
-        # Interleaved media shares the buffer (up to MAX_VIEWER_BACKLOG, then dropped): only
-        # what is above it can be answers left unread, so a TCP viewer that is merely slow to
-        # read its media is not held up on its PAUSE or TEARDOWN.
-        high_water = REPLY_HIGH_WATER + (MAX_VIEWER_BACKLOG if self.rtsp.channels else 0)
-        if self.writer.transport.get_write_buffer_size() > high_water:
+        media = MAX_VIEWER_BACKLOG if self.rtsp.channels else 0   # interleaved media shares the buffer
+        if self.writer.transport.get_write_buffer_size() > REPLY_HIGH_WATER + media:
             self.server.limit_hits["write_backlog"] += 1
             try:
                 await asyncio.wait_for(self.writer.drain(), self.server.write_timeout)
