@@ -11,12 +11,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-from msm.runtime.hostport import format_host_port, parse_host_port
 
 from .flows import FlowTable
 from .snapshot import FlowSnapshot, LegSnapshot
@@ -144,39 +141,6 @@ class ProxyCollector(Collector):
         for flow in list(self.table.flows.values()):
             families.add_flow(self.node, flow.snapshot())
         yield from (flows, engine, refused, *families.all())
-
-
-class MetricsServer:
-    """``GET /metrics`` (and ``/healthz``) over aiohttp for one registry."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
-        self.runner: web.AppRunner | None = None
-        self.address = ""
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
-        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
-
-    async def _health(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def start(self, listen: str) -> None:
-        address = parse_host_port(listen, what="--metrics-listen", default_host="0.0.0.0")
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._health)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, address.host, address.port, reuse_address=True)
-        await site.start()
-        bound = self.runner.addresses[0][1] if self.runner.addresses else address.port
-        self.address = format_host_port(address.host, bound)
-        log.info("metrics on http://%s/metrics", self.address)
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
 
 
 def proxy_registry(table: FlowTable, node: str) -> CollectorRegistry:

@@ -22,13 +22,14 @@ from msm.protos import msm_pb2_grpc as pb_grpc
 from msm.runtime.backoff import Backoff
 from msm.runtime.grpcserver import GrpcServer
 from msm.runtime.grpcutil import abort
+from msm.runtime.metrics import MetricsServer
 from msm.sdk.errors import MsmError, NotFound, Refused
 from msm.security.authz import DATAPLANE_RULES, Authorizer
 from msm.security.identity import Role
 from msm.security.tls import TlsFiles, secure_channel, server_credentials
 
 from .flows import Flow, FlowTable, Leg
-from .metrics import MetricsServer, proxy_registry
+from .metrics import proxy_registry
 from .snapshot import FlowSnapshot, LegSnapshot
 from .srtp import SrtpKey
 
@@ -335,7 +336,7 @@ class RtpProxy:
     async def start_metrics(self) -> None:
         """Serve Prometheus /metrics on ``metrics_listen`` (separate, so a busy port is named)."""
         if self.metrics_listen:
-            self.metrics = MetricsServer(proxy_registry(self.table, self.node))
+            self.metrics = MetricsServer(proxy_registry(self.table, self.node), default_host="0.0.0.0")
             await self.metrics.start(self.metrics_listen)
 
     async def _sample_rates(self) -> None:

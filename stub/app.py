@@ -15,13 +15,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from msm.protos import msm_pb2 as pb
-from msm.runtime.hostport import format_host_port, parse_host_port
+from msm.runtime.metrics import MetricsServer
 from msm.sdk.errors import ConfigError
 from msm.sdk.rtsp_auth import ServerAuth, load_users
 from msm.sdk.rtsp_server import MAX_SESSIONS_PER_CONNECTION
@@ -104,38 +103,6 @@ class StubCollector(Collector):
         yield from (hits, connections, sessions)
 
 
-class MetricsServer:
-    """``GET /metrics`` and ``/healthz`` of one stub over aiohttp."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
-        self.runner: web.AppRunner | None = None
-        self.address = ""
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.registry),
-                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
-
-    async def _health(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def start(self, listen: str) -> None:
-        address = parse_host_port(listen, what="--metrics-listen", default_host="127.0.0.1")
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._health)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, address.host, address.port, reuse_address=True).start()
-        bound = self.runner.addresses[0][1] if self.runner.addresses else address.port
-        self.address = format_host_port(address.host, bound)
-        log.info("stub metrics on http://%s/metrics", self.address)
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-
-
 def stub_registry(server: StubServer) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(StubCollector(server))
@@ -201,7 +168,7 @@ class Stub:
     async def start(self) -> None:
         await self.server.start()
         if self.config.metrics_listen:
-            self.metrics = MetricsServer(stub_registry(self.server))
+            self.metrics = MetricsServer(stub_registry(self.server), what="stub metrics")
             await self.metrics.start(self.config.metrics_listen)
         self._control_task = asyncio.create_task(self.control.run(), name="stub-control")
 
