@@ -16,6 +16,7 @@ APT_PACKAGES=(
   tshark                                     # independent RTP jitter/loss reference in the accuracy tests
   containernetworking-plugins openssl        # real CNI plugins (bridge, host-local) and test certificates
   libsrtp2-dev                               # SRTP (RFC 3711) in the native engine (node-to-node legs)
+  glib-networking                            # TLS for GStreamer's rtspsrc in the RTSPS tests
   chromium fonts-liberation                  # headless browser test of the live page
 )
 
