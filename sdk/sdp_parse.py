@@ -163,7 +163,9 @@ class _Builder:
                 connection=self.m_connection,
                 bandwidths=tuple(self.m_bandwidths),
                 attributes=tuple(self.m_attributes),
-                extra=tuple(self.m_extra),
+                # Extra c= lines first, in the order bytes(media) writes them (RFC 8866's
+                # order: c= before b= and k=), so a description round-trips to an equal value.
+                extra=tuple(sorted(self.m_extra, key=lambda line: line[0] != "c")),
             )
         )
         self.m = None

@@ -186,9 +186,6 @@ def test_sdp_from_recorded_lines_round_trips_or_raises_sdp_error(lines: list[byt
     assert bytes(SessionDescription.parse(bytes(sdp))) == bytes(sdp)
 
 
-@pytest.mark.xfail(strict=True, reason="msm.sdk.sdp: a media section's second c= line is kept in extra in arrival "
-                                      "order but written in RFC order, so parse(bytes(sdp)) != sdp "
-                                      "(fuzz/seeds/sdp/extra_lines_reordered.sdp)")
 def test_sdp_extra_lines_round_trip_to_an_equal_value() -> None:
     sdp = SessionDescription.parse(
         (Path(__file__).resolve().parents[2] / "fuzz" / "seeds" / "sdp" / "extra_lines_reordered.sdp").read_bytes())
