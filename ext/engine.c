@@ -964,24 +964,25 @@ static void add_msg(msm_engine *e, msm_flow *f, msm_leg *leg, struct iovec *iov,
         flush(e, f);
 }
 
-/* GSO runs for SRTP legs: the same rule as fanout's on the protected sizes
- * (each packet grows by SRTP_TAG_LEN, so a run stays within GSO_MAX_BYTES
- * once protected). Computed once per batch for all its SRTP legs; 0 when no
- * run is longer than one packet. */
-static uint32_t srtp_runs(msm_engine *e, uint32_t npk) {
+/* GSO runs of a batch: packets of equal size (the last may be shorter), each
+ * grown by `grow` bytes once sent (SRTP_TAG_LEN for SRTP legs, 0 for plain
+ * ones), at most GSO_MAX_SEGS and GSO_MAX_BYTES a run; fills runs[] and their
+ * UDP_SEGMENT control messages. Returns 0 when no run is longer than one
+ * packet (plain messages then). */
+static uint32_t gso_runs(msm_engine *e, uint32_t npk, uint32_t grow, run *runs, txctl_t *ctl) {
     uint32_t nr = 0, i = 0;
     while (i < npk) {
-        uint32_t seg = (uint32_t)e->pk[i].iov_len + SRTP_TAG_LEN, j = i + 1, bytes = seg;
+        uint32_t seg = (uint32_t)e->pk[i].iov_len + grow, j = i + 1, bytes = seg;
         uint32_t maxn = GSO_MAX_BYTES / seg;
         if (maxn > GSO_MAX_SEGS)
             maxn = GSO_MAX_SEGS;
-        while (j < npk && j - i < maxn && e->pk[j].iov_len + SRTP_TAG_LEN == seg)
+        while (j < npk && j - i < maxn && e->pk[j].iov_len + grow == seg)
             bytes += seg, j++;
-        if (j < npk && j - i < maxn && e->pk[j].iov_len + SRTP_TAG_LEN < seg)
-            bytes += (uint32_t)e->pk[j].iov_len + SRTP_TAG_LEN, j++;
-        e->sruns[nr] = (run){i, j - i, seg, bytes};
+        if (j < npk && j - i < maxn && e->pk[j].iov_len + grow < seg)
+            bytes += (uint32_t)e->pk[j].iov_len + grow, j++;
+        runs[nr] = (run){i, j - i, seg, bytes};
         if (j - i > 1) {
-            struct cmsghdr *c = &e->sruntctl[nr].align;
+            struct cmsghdr *c = &ctl[nr].align;
             uint16_t s16 = (uint16_t)seg;
             c->cmsg_level = SOL_UDP;
             c->cmsg_type = UDP_SEGMENT;
@@ -1040,32 +1041,8 @@ static void fanout_srtp(msm_engine *e, msm_flow *f, msm_leg *leg, void *session,
 static void fanout(msm_engine *e, msm_flow *f, const legset *ls, uint32_t npk) {
     uint32_t nruns = 0, srtp_nruns = 0;
     int srtp_runs_done = 0;
-    if ((e->features & MSM_FEATURE_GSO) && npk > 1) {
-        uint32_t i = 0;
-        while (i < npk) {
-            uint32_t seg = (uint32_t)e->pk[i].iov_len, j = i + 1, bytes = seg;
-            uint32_t maxn = GSO_MAX_BYTES / seg;
-            if (maxn > GSO_MAX_SEGS)
-                maxn = GSO_MAX_SEGS;
-            while (j < npk && j - i < maxn && e->pk[j].iov_len == seg)
-                bytes += seg, j++;
-            if (j < npk && j - i < maxn && e->pk[j].iov_len < seg)
-                bytes += (uint32_t)e->pk[j].iov_len, j++;
-            e->runs[nruns] = (run){i, j - i, seg, bytes};
-            if (j - i > 1) {
-                struct cmsghdr *c = &e->runctl[nruns].align;
-                uint16_t s16 = (uint16_t)seg;
-                c->cmsg_level = SOL_UDP;
-                c->cmsg_type = UDP_SEGMENT;
-                c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-                memcpy(CMSG_DATA(c), &s16, sizeof s16);
-            }
-            nruns++;
-            i = j;
-        }
-        if (nruns == npk)
-            nruns = 0; /* no run longer than one packet: plain messages */
-    }
+    if ((e->features & MSM_FEATURE_GSO) && npk > 1)
+        nruns = gso_runs(e, npk, 0, e->runs, e->runctl);
     for (uint32_t t = 0; t < ls->ntargets; t++) {
         msm_leg *leg = ls->targets[t];
         const srtpkeys *sk;
@@ -1078,7 +1055,7 @@ static void fanout(msm_engine *e, msm_flow *f, const legset *ls, uint32_t npk) {
         if (sk) {
             if (nruns && !LOAD(leg->gso_disabled)) {
                 if (!srtp_runs_done)
-                    srtp_nruns = srtp_runs(e, npk), srtp_runs_done = 1;
+                    srtp_nruns = gso_runs(e, npk, SRTP_TAG_LEN, e->sruns, e->sruntctl), srtp_runs_done = 1;
                 nsruns = srtp_nruns;
             }
             fanout_srtp(e, f, leg, sk->cur, npk, nsruns);
