@@ -161,11 +161,15 @@ class UdpRelay:
         self.proxy_rtp: Address = ("", 0)
         self.proxy_rtcp: Address = ("", 0)
         self.upstream_rtcp: Address | None = None
+        self.upstream_host = ""   # only the upstream server may feed the relay
         self.relayed = 0
+        self.foreign = 0          # datagrams from anyone else, dropped unread
 
     @classmethod
-    async def open(cls, host: str, proxy_host: str, proxy_rtp: int, proxy_rtcp: int) -> UdpRelay:
+    async def open(cls, host: str, proxy_host: str, proxy_rtp: int, proxy_rtcp: int,
+                   upstream_host: str) -> UdpRelay:
         relay = cls()
+        relay.upstream_host = upstream_host
         relay.proxy_rtp = (proxy_host, proxy_rtp)
         relay.proxy_rtcp = (proxy_host, proxy_rtcp)
         # RTP/RTCP on an even/odd pair: some servers send RTCP to client_port + 1 regardless.
@@ -180,7 +184,9 @@ class UdpRelay:
         return self.rtp.get_extra_info("sockname")[1], self.rtcp.get_extra_info("sockname")[1]
 
     def _from_upstream_rtp(self, data: bytes, addr: Address) -> None:
-        if self.rtp is not None and addr != self.proxy_rtp:
+        if addr[0] != self.upstream_host:
+            self.foreign += 1
+        elif self.rtp is not None:
             self.rtp.sendto(data, self.proxy_rtp)
             self.relayed += 1
 
@@ -190,9 +196,11 @@ class UdpRelay:
         if addr == self.proxy_rtcp:
             if self.upstream_rtcp is not None:
                 self.rtcp.sendto(data, self.upstream_rtcp)
-        else:
+        elif addr[0] == self.upstream_host:
             self.upstream_rtcp = addr
             self.rtcp.sendto(data, self.proxy_rtcp)
+        else:
+            self.foreign += 1
 
     def close(self) -> None:
         for transport in (self.rtp, self.rtcp):

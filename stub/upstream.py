@@ -196,7 +196,8 @@ class UpstreamSession:
             # the client's own address, so receive it here and relay it.
             relay = self.relays.get(index)
             if relay is None:
-                relay = await UdpRelay.open(self.conn.local_host, dest.host, dest.rtp_port, dest.rtcp_port)
+                relay = await UdpRelay.open(self.conn.local_host, dest.host, dest.rtp_port, dest.rtcp_port,
+                                             self.conn.peer_host)
                 self.relays[index] = relay
             spec = TransportSpec(client_port=relay.ports)
         headers = {"Transport": str(spec)}

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from msm.stub.bridge import UdpPair
+from msm.stub.bridge import UdpPair, UdpRelay
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -106,3 +106,28 @@ def test_peer_hosts_compare_in_one_spelling() -> None:
 async def test_a_bridge_is_an_even_odd_port_pair(pair: tuple[UdpPair, _Viewer]) -> None:
     rtp_port, rtcp_port = pair[0].ports
     assert rtp_port % 2 == 0 and rtcp_port == rtp_port + 1
+
+
+async def test_the_upstream_relay_passes_on_only_what_the_upstream_sends() -> None:
+    """A relay (upstream in this pod, proxy on another node) forwards the upstream's datagrams
+    to the proxy; a stranger's RTP, or RTCP that would redirect the proxy's reports, is dropped."""
+    proxy_rtp, proxy_rtcp = _udp(), _udp()
+    relay = await UdpRelay.open("127.0.0.1", "127.0.0.1", proxy_rtp.getsockname()[1],
+                                proxy_rtcp.getsockname()[1], upstream_host="127.0.0.2")
+    upstream, stranger = _udp("127.0.0.2"), _udp("127.0.0.1")
+    try:
+        rtp_port, rtcp_port = relay.ports
+        stranger.sendto(b"foreign rtp", ("127.0.0.1", rtp_port))
+        stranger.sendto(b"foreign rtcp", ("127.0.0.1", rtcp_port))
+        upstream.sendto(b"camera rtp", ("127.0.0.1", rtp_port))
+        await _until(lambda: relay.relayed == 1 and relay.foreign == 2)
+        proxy_rtp.settimeout(1)
+        assert proxy_rtp.recv(2048) == b"camera rtp"
+        proxy_rtp.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            proxy_rtp.recv(2048)
+        assert relay.upstream_rtcp is None
+    finally:
+        relay.close()
+        for sock in (proxy_rtp, proxy_rtcp, upstream, stranger):
+            sock.close()
