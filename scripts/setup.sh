@@ -18,6 +18,8 @@ APT_PACKAGES=(
   libsrtp2-dev                               # SRTP (RFC 3711) in the native engine (node-to-node legs)
   glib-networking                            # TLS for GStreamer's rtspsrc in the RTSPS tests
   chromium fonts-liberation                  # headless browser test of the live page
+  dpdk-dev librte-net-memif23                # dpdk-testpmd's memif driver: the independent memif peer
+  libfabric1 libfabric-dev libfabric-bin     # node-to-node frame transport (tcp;ofi_rxm, shm); fi_pingpong
 )
 
 missing=()
@@ -73,7 +75,7 @@ fi
 stamp=.venv/.msm-installed
 # Reinstall (which also rebuilds the C engine) when the packaging or C sources changed.
 changed=0
-for f in pyproject.toml setup.py ext/*.c ext/*.h ext/build.py bench/pyproject.toml bench/setup.py \
+for f in pyproject.toml setup.py ext/*.c ext/*.h ext/build*.py bench/pyproject.toml bench/setup.py \
          bench/build_blast.py bench/msm_bench/*.c bench/msm_bench/*.h; do
   [ -f "$f" ] && [ "$f" -nt "$stamp" ] && changed=1
 done
