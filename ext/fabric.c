@@ -1,0 +1,606 @@
+/* msm libfabric link (see fabric.h for the protocol). */
+#define _GNU_SOURCE
+#include "fabric.h"
+
+#include <endian.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include <rdma/fabric.h>
+#include <rdma/fi_cm.h>
+#include <rdma/fi_domain.h>
+#include <rdma/fi_endpoint.h>
+#include <rdma/fi_errno.h>
+#include <rdma/fi_tagged.h>
+
+#define FAB_VERSION FI_VERSION(1, 17)
+#define TAG_FRAME 0x4d534d46ULL /* "MSMF" */
+#define TAG_CTRL 0x4d534d43ULL /* "MSMC" */
+#define FRAME_MAGIC 0x4d534d46U
+#define CTRL_MAGIC 0x4d534d43U
+#define FRAME_VERSION 1
+#define CTRL_HELLO 1 /* here is my grant; answer with yours */
+#define CTRL_GRANT 2 /* here is my grant */
+/* Control receive buffers per peer: grants are cumulative, so one posted
+ * buffer per peer would do; a few absorb bursts of releases without leaning
+ * on the provider's unexpected-message queue. */
+#define CTRL_RX_PER_PEER 4
+#define CTRL_RX_EXTRA 8
+#define CQ_BATCH 16
+/* A receive queue sized for every buffer rarely says EAGAIN; retry a few times, then leave the buffer idle. */
+#define POST_TRIES 100
+#define MAX_PEERS_LIMIT 1024 /* the address vector and the peer table are arrays of this many at most */
+
+enum { SLOT_RX = 1, SLOT_CTRL = 2, SLOT_TX = 3 };
+
+/* Every operation's context: libfabric hands it back in the completion. */
+typedef struct slot {
+    struct fi_context2 ctx; /* first: the completion's op_context points here */
+    int kind;
+    uint32_t index;
+    int peer; /* RX: the frame's sender while held; TX: destination */
+    int state; /* RX: 0 posted, 1 held by the caller, 2 idle; TX: 0 free, 1 in flight */
+    uint64_t token;
+    struct fid_mr *mr; /* TX with FI_MR_LOCAL: the payload's registration */
+} slot;
+
+typedef struct ctrl_msg {
+    uint32_t magic, kind;
+    uint64_t granted;
+} ctrl_msg;
+
+typedef struct peer {
+    fi_addr_t addr;
+    uint8_t name[64];
+    size_t namelen;
+    int hello_pending, grant_pending;
+    msm_fab_peer_stats st;
+} peer;
+
+struct msm_fab {
+    struct fi_info *info;
+    struct fid_fabric *fabric;
+    struct fid_domain *domain;
+    struct fid_av *av;
+    struct fid_cq *cq;
+    struct fid_ep *ep;
+    struct fid_mr *rx_mr, *tx_mr, *ctrl_mr;
+    int wait_fd, mr_local;
+    uint32_t credits, max_peers, max_meta;
+    uint64_t max_frame;
+    size_t rx_stride, tx_stride;
+    uint32_t n_rx, n_tx, n_ctrl;
+    uint8_t *rx_mem, *tx_mem;
+    size_t rx_bytes, tx_bytes;
+    ctrl_msg *ctrl_mem;
+    slot *rx, *tx, *ctrl;
+    uint32_t *tx_free, n_tx_free;
+    peer *peers;
+    int n_peers;
+    msm_fab_stats st;
+};
+
+static void say(char *err, size_t errlen, const char *fmt, const char *what, int rc) {
+    if (err != NULL && errlen > 0)
+        snprintf(err, errlen, fmt, what, fi_strerror(rc < 0 ? -rc : rc));
+}
+
+static struct fi_info *hints_for(const char *provider) {
+    struct fi_info *hints = fi_allocinfo();
+    if (hints == NULL)
+        return NULL;
+    hints->caps = FI_TAGGED | FI_SEND | FI_RECV | FI_SOURCE;
+    hints->mode = FI_CONTEXT | FI_CONTEXT2;
+    hints->ep_attr->type = FI_EP_RDM;
+    hints->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY;
+    hints->domain_attr->threading = FI_THREAD_DOMAIN;
+    hints->fabric_attr->prov_name = strdup(provider);
+    return hints;
+}
+
+int msm_fab_probe(const char *provider, char *err, size_t errlen) {
+    struct fi_info *hints = hints_for(provider), *info = NULL;
+    if (hints == NULL)
+        return -ENOMEM;
+    int rc = fi_getinfo(FAB_VERSION, NULL, NULL, 0, hints, &info);
+    fi_freeinfo(hints);
+    if (rc != 0) {
+        say(err, errlen, "libfabric offers no RDM endpoint for provider '%s' here (%s)", provider, rc);
+        return rc;
+    }
+    fi_freeinfo(info);
+    return 0;
+}
+
+static void *map(size_t bytes) {
+    /* Anonymous mappings: page-aligned, zero-filled lazily, returned whole. */
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static int reg(msm_fab *f, void *buf, size_t len, uint64_t access, struct fid_mr **mr) {
+    if (!f->mr_local)
+        return 0;
+    return fi_mr_reg(f->domain, buf, len, access, 0, 0, 0, mr, NULL);
+}
+
+static void *desc_of(struct fid_mr *mr) { return mr != NULL ? fi_mr_desc(mr) : NULL; }
+
+static int post_rx(msm_fab *f, uint32_t i) {
+    slot *s = &f->rx[i];
+    s->state = 0;
+    s->peer = -1;
+    int rc = -FI_EAGAIN;
+    for (int tries = 0; rc == -FI_EAGAIN && tries < POST_TRIES; tries++) {
+        rc = (int)fi_trecv(f->ep, f->rx_mem + (size_t)i * f->rx_stride, f->rx_stride, desc_of(f->rx_mr),
+                           FI_ADDR_UNSPEC, TAG_FRAME, 0, &s->ctx);
+    }
+    if (rc != 0)
+        s->state = 2;
+    return rc;
+}
+
+static int post_ctrl(msm_fab *f, uint32_t i) {
+    int rc = -FI_EAGAIN;
+    for (int tries = 0; rc == -FI_EAGAIN && tries < POST_TRIES; tries++) {
+        rc = (int)fi_trecv(f->ep, &f->ctrl_mem[i], sizeof(ctrl_msg), desc_of(f->ctrl_mr), FI_ADDR_UNSPEC,
+                           TAG_CTRL, 0, &f->ctrl[i].ctx);
+    }
+    return rc;
+}
+
+static int alloc_buffers(msm_fab *f) {
+    f->rx_stride = (MSM_FAB_HEADER_BYTES + f->max_meta + f->max_frame + 4095) & ~(size_t)4095;
+    f->tx_stride = (MSM_FAB_HEADER_BYTES + f->max_meta + 63) & ~(size_t)63;
+    f->n_rx = f->credits * f->max_peers;
+    f->n_tx = f->credits * f->max_peers; /* in flight never exceeds the credits of all peers */
+    f->n_ctrl = CTRL_RX_PER_PEER * f->max_peers + CTRL_RX_EXTRA;
+    f->rx_bytes = f->rx_stride * f->n_rx;
+    f->tx_bytes = f->tx_stride * f->n_tx;
+    f->rx_mem = map(f->rx_bytes);
+    f->tx_mem = map(f->tx_bytes);
+    f->ctrl_mem = calloc(f->n_ctrl, sizeof(ctrl_msg));
+    f->rx = calloc(f->n_rx, sizeof(slot));
+    f->tx = calloc(f->n_tx, sizeof(slot));
+    f->ctrl = calloc(f->n_ctrl, sizeof(slot));
+    f->tx_free = calloc(f->n_tx, sizeof(uint32_t));
+    f->peers = calloc(f->max_peers, sizeof(peer));
+    if (!f->rx_mem || !f->tx_mem || !f->ctrl_mem || !f->rx || !f->tx || !f->ctrl || !f->tx_free || !f->peers)
+        return -FI_ENOMEM;
+    for (uint32_t i = 0; i < f->n_rx; i++)
+        f->rx[i] = (slot){.kind = SLOT_RX, .index = i, .peer = -1, .state = 2};
+    for (uint32_t i = 0; i < f->n_tx; i++) {
+        f->tx[i] = (slot){.kind = SLOT_TX, .index = i, .peer = -1};
+        f->tx_free[i] = f->n_tx - 1 - i;
+    }
+    f->n_tx_free = f->n_tx;
+    for (uint32_t i = 0; i < f->n_ctrl; i++)
+        f->ctrl[i] = (slot){.kind = SLOT_CTRL, .index = i, .peer = -1};
+    int rc = reg(f, f->rx_mem, f->rx_bytes, FI_RECV, &f->rx_mr);
+    if (rc == 0)
+        rc = reg(f, f->tx_mem, f->tx_bytes, FI_SEND, &f->tx_mr);
+    if (rc == 0)
+        rc = reg(f, f->ctrl_mem, f->n_ctrl * sizeof(ctrl_msg), FI_RECV, &f->ctrl_mr);
+    return rc;
+}
+
+static int open_cq(msm_fab *f) {
+    struct fi_cq_attr attr = {.format = FI_CQ_FORMAT_TAGGED, .wait_obj = FI_WAIT_FD,
+                              .size = f->n_rx + f->n_tx + f->n_ctrl + 64};
+    f->wait_fd = -1;
+    if (fi_cq_open(f->domain, &attr, &f->cq, NULL) == 0) {
+        if (fi_control(&f->cq->fid, FI_GETWAIT, &f->wait_fd) != 0)
+            f->wait_fd = -1;
+        return 0;
+    }
+    attr.wait_obj = FI_WAIT_NONE;
+    return fi_cq_open(f->domain, &attr, &f->cq, NULL);
+}
+
+static int open_ep(msm_fab *f, char *err, size_t errlen) {
+    int rc = fi_fabric(f->info->fabric_attr, &f->fabric, NULL);
+    if (rc != 0)
+        return say(err, errlen, "%s: %s", "fi_fabric", rc), rc;
+    rc = fi_domain(f->fabric, f->info, &f->domain, NULL);
+    if (rc != 0)
+        return say(err, errlen, "%s: %s", "fi_domain", rc), rc;
+    f->mr_local = (f->info->domain_attr->mr_mode & FI_MR_LOCAL) != 0;
+    rc = alloc_buffers(f);
+    if (rc != 0)
+        return say(err, errlen, "%s: %s", "receive buffers", rc), rc;
+    struct fi_av_attr av_attr = {.type = FI_AV_TABLE, .count = f->max_peers};
+    rc = fi_av_open(f->domain, &av_attr, &f->av, NULL);
+    if (rc != 0)
+        return say(err, errlen, "%s: %s", "fi_av_open", rc), rc;
+    rc = open_cq(f);
+    if (rc != 0)
+        return say(err, errlen, "%s: %s", "fi_cq_open", rc), rc;
+    rc = fi_endpoint(f->domain, f->info, &f->ep, NULL);
+    if (rc == 0)
+        rc = fi_ep_bind(f->ep, &f->av->fid, 0);
+    if (rc == 0)
+        rc = fi_ep_bind(f->ep, &f->cq->fid, FI_TRANSMIT | FI_RECV);
+    if (rc == 0)
+        rc = fi_enable(f->ep);
+    if (rc != 0)
+        return say(err, errlen, "%s: %s", "endpoint", rc), rc;
+    for (uint32_t i = 0; i < f->n_rx && rc == 0; i++)
+        rc = post_rx(f, i);
+    for (uint32_t i = 0; i < f->n_ctrl && rc == 0; i++)
+        rc = post_ctrl(f, i);
+    if (rc != 0)
+        return say(err, errlen, "%s: %s", "posting receives", rc), rc;
+    return 0;
+}
+
+msm_fab *msm_fab_open(const char *provider, const char *node, const char *service, uint64_t max_frame,
+                      uint32_t max_meta, uint32_t credits, uint32_t max_peers, char *err, size_t errlen) {
+    if (credits == 0 || max_peers == 0 || max_peers > MAX_PEERS_LIMIT || max_frame == 0) {
+        say(err, errlen, "%s: %s", "bad limits (credits, max_peers, max_frame)", FI_EINVAL);
+        return NULL;
+    }
+    struct fi_info *hints = hints_for(provider);
+    msm_fab *f = calloc(1, sizeof(*f));
+    if (hints == NULL || f == NULL) {
+        fi_freeinfo(hints);
+        free(f);
+        return NULL;
+    }
+    f->credits = credits;
+    f->max_peers = max_peers;
+    f->max_meta = max_meta;
+    f->max_frame = max_frame;
+    f->wait_fd = -1;
+    int rc = fi_getinfo(FAB_VERSION, node, service, node || service ? FI_SOURCE : 0, hints, &f->info);
+    fi_freeinfo(hints);
+    if (rc != 0) {
+        say(err, errlen, "libfabric offers no RDM endpoint for provider '%s' at this address (%s)", provider, rc);
+        msm_fab_close(f);
+        return NULL;
+    }
+    if (open_ep(f, err, errlen) != 0) {
+        msm_fab_close(f);
+        return NULL;
+    }
+    return f;
+}
+
+int msm_fab_getname(msm_fab *f, uint8_t *out, size_t *len) { return fi_getname(&f->ep->fid, out, len); }
+
+static int send_ctrl(msm_fab *f, peer *p, uint32_t kind) {
+    ctrl_msg m = {.magic = htole32(CTRL_MAGIC), .kind = htole32(kind), .granted = htole64(p->st.my_grant)};
+    return (int)fi_tinject(f->ep, &m, sizeof(m), p->addr, TAG_CTRL);
+}
+
+/* Pending hellos and grants go out here; a full transmit queue leaves them pending. */
+static void flush_ctrl(msm_fab *f) {
+    for (int i = 0; i < f->n_peers; i++) {
+        peer *p = &f->peers[i];
+        if (p->hello_pending && send_ctrl(f, p, CTRL_HELLO) == 0)
+            p->hello_pending = p->grant_pending = 0;
+        if (p->grant_pending && send_ctrl(f, p, CTRL_GRANT) == 0)
+            p->grant_pending = 0;
+    }
+}
+
+int msm_fab_add_peer(msm_fab *f, const uint8_t *addr, size_t len, char *err, size_t errlen) {
+    for (int i = 0; i < f->n_peers; i++)
+        if (f->peers[i].namelen == len && memcmp(f->peers[i].name, addr, len) == 0)
+            return i;
+    if ((uint32_t)f->n_peers >= f->max_peers) {
+        say(err, errlen, "%s: %s", "peer table full (max_peers)", FI_ENOSPC);
+        return -FI_ENOSPC;
+    }
+    if (len == 0 || len > sizeof(f->peers[0].name)) {
+        say(err, errlen, "%s: %s", "bad peer address length", FI_EINVAL);
+        return -FI_EINVAL;
+    }
+    peer *p = &f->peers[f->n_peers];
+    memset(p, 0, sizeof(*p));
+    int rc = fi_av_insert(f->av, addr, 1, &p->addr, 0, NULL);
+    if (rc != 1) {
+        say(err, errlen, "%s: %s", "fi_av_insert refused the address", rc < 0 ? rc : FI_EINVAL);
+        return rc < 0 ? rc : -FI_EINVAL;
+    }
+    memcpy(p->name, addr, len);
+    p->namelen = len;
+    p->st.my_grant = f->credits;
+    p->hello_pending = 1;
+    f->st.peers = ++f->n_peers;
+    flush_ctrl(f);
+    return f->n_peers - 1;
+}
+
+static int find_peer(msm_fab *f, fi_addr_t addr) {
+    if (addr == FI_ADDR_NOTAVAIL || addr == FI_ADDR_UNSPEC)
+        return -1;
+    for (int i = 0; i < f->n_peers; i++)
+        if (f->peers[i].addr == addr)
+            return i;
+    return -1;
+}
+
+static void put_le(uint8_t *b, uint32_t magic, uint32_t group, uint32_t meta_len, uint64_t seq, uint64_t ts,
+                   uint64_t plen) {
+    uint32_t w32[4] = {htole32(magic), htole32(FRAME_VERSION), htole32(group), htole32(meta_len)};
+    uint64_t w64[3] = {htole64(seq), htole64(ts), htole64(plen)};
+    memcpy(b, w32, sizeof(w32));
+    memcpy(b + sizeof(w32), w64, sizeof(w64));
+}
+
+static void tx_done(msm_fab *f, slot *s) {
+    if (s->mr != NULL)
+        fi_close(&s->mr->fid);
+    s->mr = NULL;
+    s->state = 0;
+    if (s->peer >= 0)
+        f->peers[s->peer].st.tx_pending--;
+    f->tx_free[f->n_tx_free++] = s->index;
+}
+
+int msm_fab_send(msm_fab *f, int pid, uint32_t group, uint64_t seq, uint64_t ts, const uint8_t *meta,
+                 uint32_t meta_len, const uint8_t *payload, uint64_t plen, uint64_t token) {
+    if (pid < 0 || pid >= f->n_peers || meta_len > f->max_meta || plen > f->max_frame)
+        return -FI_EINVAL;
+    peer *p = &f->peers[pid];
+    if ((int64_t)(p->st.granted - p->st.sent) <= 0 || f->n_tx_free == 0) {
+        p->st.drop_no_credit++;
+        return MSM_FAB_NO_CREDIT;
+    }
+    slot *s = &f->tx[f->tx_free[f->n_tx_free - 1]];
+    uint8_t *hdr = f->tx_mem + (size_t)s->index * f->tx_stride;
+    put_le(hdr, FRAME_MAGIC, group, meta_len, seq, ts, plen);
+    if (meta_len > 0)
+        memcpy(hdr + MSM_FAB_HEADER_BYTES, meta, meta_len);
+    s->mr = NULL;
+    if (plen > 0 && reg(f, (void *)payload, plen, FI_SEND, &s->mr) != 0) {
+        p->st.drop_send_error++;
+        return -FI_ENOMEM;
+    }
+    struct iovec iov[2] = {{hdr, MSM_FAB_HEADER_BYTES + meta_len}, {(void *)payload, plen}};
+    void *desc[2] = {desc_of(f->tx_mr), desc_of(s->mr)};
+    struct fi_msg_tagged msg = {.msg_iov = iov, .desc = desc, .iov_count = plen > 0 ? 2 : 1,
+                                .addr = p->addr, .tag = TAG_FRAME, .context = &s->ctx};
+    int rc = (int)fi_tsendmsg(f->ep, &msg, FI_COMPLETION);
+    if (rc != 0) {
+        if (s->mr != NULL)
+            fi_close(&s->mr->fid);
+        s->mr = NULL;
+        if (rc != -FI_EAGAIN)
+            return p->st.drop_send_error++, rc;
+        p->st.drop_busy++;
+        return MSM_FAB_BUSY;
+    }
+    f->n_tx_free--;
+    s->state = 1;
+    s->peer = pid;
+    s->token = token;
+    p->st.sent++;
+    p->st.tx_pending++;
+    p->st.tx_frames++;
+    p->st.tx_bytes += plen;
+    return MSM_FAB_SENT;
+}
+
+static void on_ctrl(msm_fab *f, slot *s, fi_addr_t src, size_t len) {
+    ctrl_msg m = f->ctrl_mem[s->index];
+    post_ctrl(f, s->index);
+    int pid = find_peer(f, src);
+    if (pid < 0) {
+        f->st.ctrl_unknown_peer++;
+        return;
+    }
+    if (len != sizeof(m) || le32toh(m.magic) != CTRL_MAGIC) {
+        f->st.ctrl_bad++;
+        return;
+    }
+    peer *p = &f->peers[pid];
+    uint64_t granted = le64toh(m.granted);
+    if (granted > p->st.granted)
+        p->st.granted = granted;
+    if (le32toh(m.kind) == CTRL_HELLO)
+        p->grant_pending = 1;
+}
+
+/* A frame buffer's completion: a FRAME event (1), or 0 when it was dropped and reposted. */
+static int on_frame(msm_fab *f, slot *s, fi_addr_t src, size_t len, msm_fab_event *ev) {
+    int pid = find_peer(f, src);
+    if (pid < 0) {
+        f->st.rx_unknown_peer++;
+        post_rx(f, s->index);
+        return 0;
+    }
+    peer *p = &f->peers[pid];
+    const uint8_t *b = f->rx_mem + (size_t)s->index * f->rx_stride;
+    uint32_t w32[4];
+    uint64_t w64[3];
+    memcpy(w32, b, sizeof(w32));
+    memcpy(w64, b + sizeof(w32), sizeof(w64));
+    uint32_t meta_len = le32toh(w32[3]);
+    uint64_t plen = le64toh(w64[2]);
+    if (len < MSM_FAB_HEADER_BYTES || le32toh(w32[0]) != FRAME_MAGIC || le32toh(w32[1]) != FRAME_VERSION ||
+        meta_len > f->max_meta || plen > f->max_frame || MSM_FAB_HEADER_BYTES + meta_len + plen != len) {
+        p->st.rx_bad++;
+        p->st.my_grant++; /* it used a credit: give it back */
+        p->grant_pending = 1;
+        post_rx(f, s->index);
+        return 0;
+    }
+    s->state = 1;
+    s->peer = pid;
+    p->st.rx_held++;
+    p->st.rx_frames++;
+    p->st.rx_bytes += plen;
+    *ev = (msm_fab_event){.kind = MSM_FAB_EV_FRAME, .peer = pid, .slot = s->index, .group = le32toh(w32[2]),
+                          .meta_len = meta_len, .seq = le64toh(w64[0]), .timestamp = le64toh(w64[1]),
+                          .payload_len = plen};
+    return 1;
+}
+
+static int on_completion(msm_fab *f, struct fi_cq_tagged_entry *ce, fi_addr_t src, msm_fab_event *ev) {
+    slot *s = (slot *)ce->op_context;
+    if (s == NULL)
+        return 0;
+    switch (s->kind) {
+    case SLOT_RX:
+        return on_frame(f, s, src, ce->len, ev);
+    case SLOT_CTRL:
+        on_ctrl(f, s, src, ce->len);
+        return 0;
+    case SLOT_TX:
+        *ev = (msm_fab_event){.kind = MSM_FAB_EV_SENT, .peer = s->peer, .token = s->token};
+        tx_done(f, s);
+        return 1;
+    }
+    return 0;
+}
+
+static int on_error(msm_fab *f, msm_fab_event *ev) {
+    struct fi_cq_err_entry e = {0};
+    if (fi_cq_readerr(f->cq, &e, 0) != 1)
+        return 0;
+    f->st.cq_errors++;
+    slot *s = (slot *)e.op_context;
+    if (s == NULL)
+        return 0;
+    if (s->kind == SLOT_TX) {
+        int pid = s->peer;
+        *ev = (msm_fab_event){.kind = MSM_FAB_EV_SEND_ERROR, .peer = pid, .token = s->token, .error = e.err};
+        if (pid >= 0) {
+            f->peers[pid].st.drop_send_error++;
+            f->peers[pid].st.sent--; /* it never arrived: its credit is ours again */
+        }
+        tx_done(f, s);
+        return 1;
+    }
+    if (e.err == FI_ECANCELED)
+        return 0;
+    if (s->kind == SLOT_RX)
+        post_rx(f, s->index); /* truncated or failed: the buffer goes back */
+    else
+        post_ctrl(f, s->index);
+    return 0;
+}
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void wait_a_little(msm_fab *f, int64_t left_ns) {
+    if (f->wait_fd >= 0) {
+        struct fid *fids[1] = {&f->cq->fid};
+        if (fi_trywait(f->fabric, fids, 1) == FI_SUCCESS) {
+            struct pollfd pfd = {.fd = f->wait_fd, .events = POLLIN};
+            /* At most 1 ms per wait: progress (grants to flush) never hangs on a missed wakeup. */
+            poll(&pfd, 1, left_ns > 1000000 ? 1 : 0);
+        }
+        return;
+    }
+    struct timespec ts = {0, left_ns > 20000 ? 20000 : left_ns};
+    nanosleep(&ts, NULL);
+}
+
+int msm_fab_poll(msm_fab *f, msm_fab_event *events, int max, int timeout_ms) {
+    int n = 0;
+    int64_t deadline = now_ns() + (int64_t)timeout_ms * 1000000;
+    struct fi_cq_tagged_entry ce[CQ_BATCH];
+    fi_addr_t src[CQ_BATCH];
+    while (n < max) {
+        flush_ctrl(f);
+        int want = max - n < CQ_BATCH ? max - n : CQ_BATCH;
+        ssize_t r = fi_cq_readfrom(f->cq, ce, (size_t)want, src);
+        if (r > 0) {
+            for (ssize_t i = 0; i < r; i++)
+                n += on_completion(f, &ce[i], src[i], &events[n]);
+            continue;
+        }
+        if (r == -FI_EAVAIL) {
+            n += on_error(f, &events[n]);
+            continue;
+        }
+        int64_t left = deadline - now_ns();
+        if (n > 0 || left <= 0)
+            break;
+        wait_a_little(f, left);
+    }
+    flush_ctrl(f);
+    return n;
+}
+
+uint8_t *msm_fab_buffer(msm_fab *f, uint32_t i) { return i < f->n_rx ? f->rx_mem + (size_t)i * f->rx_stride : NULL; }
+
+int msm_fab_release(msm_fab *f, uint32_t i) {
+    if (i >= f->n_rx || f->rx[i].state != 1)
+        return -FI_EINVAL;
+    int pid = f->rx[i].peer;
+    int rc = post_rx(f, i);
+    if (pid >= 0) {
+        peer *p = &f->peers[pid];
+        p->st.rx_held--;
+        p->st.my_grant++;
+        p->grant_pending = 1;
+    }
+    flush_ctrl(f);
+    return rc;
+}
+
+int msm_fab_peer_stats_get(msm_fab *f, int pid, msm_fab_peer_stats *out) {
+    if (pid < 0 || pid >= f->n_peers)
+        return -FI_EINVAL;
+    *out = f->peers[pid].st;
+    out->credits = (int64_t)(out->granted - out->sent);
+    return 0;
+}
+
+void msm_fab_stats_get(msm_fab *f, msm_fab_stats *out) {
+    *out = f->st;
+    out->rx_buffers = f->n_rx;
+    out->rx_buffer_bytes = f->rx_stride;
+    out->mr_local = f->mr_local;
+    uint32_t posted = 0;
+    for (uint32_t i = 0; i < f->n_rx; i++)
+        posted += f->rx[i].state == 0;
+    out->rx_posted = posted;
+}
+
+int msm_fab_fd(msm_fab *f) { return f->wait_fd; }
+
+static void close_fid(struct fid *fid) {
+    if (fid != NULL)
+        fi_close(fid);
+}
+
+void msm_fab_close(msm_fab *f) {
+    if (f == NULL)
+        return;
+    close_fid(f->ep ? &f->ep->fid : NULL);
+    for (uint32_t i = 0; f->tx != NULL && i < f->n_tx; i++)
+        close_fid(f->tx[i].mr ? &f->tx[i].mr->fid : NULL);
+    close_fid(f->cq ? &f->cq->fid : NULL);
+    close_fid(f->av ? &f->av->fid : NULL);
+    close_fid(f->rx_mr ? &f->rx_mr->fid : NULL);
+    close_fid(f->tx_mr ? &f->tx_mr->fid : NULL);
+    close_fid(f->ctrl_mr ? &f->ctrl_mr->fid : NULL);
+    close_fid(f->domain ? &f->domain->fid : NULL);
+    close_fid(f->fabric ? &f->fabric->fid : NULL);
+    if (f->info)
+        fi_freeinfo(f->info);
+    if (f->rx_mem)
+        munmap(f->rx_mem, f->rx_bytes);
+    if (f->tx_mem)
+        munmap(f->tx_mem, f->tx_bytes);
+    free(f->ctrl_mem);
+    free(f->rx);
+    free(f->tx);
+    free(f->ctrl);
+    free(f->tx_free);
+    free(f->peers);
+    free(f);
+}
