@@ -1,0 +1,190 @@
+"""The ST 2110-20 packet core's seam: thin handles over ``msm.ext._st2110`` (C, cffi API mode).
+
+:func:`load` returns the compiled module or raises :class:`NativeUnavailable`
+saying why; callers then use the pure-Python twin (``msm.sdk.rfc4175``). The
+C calls release the GIL, so a receiver or sender thread runs beside Python.
+Plain integers only here (``ext`` imports no other component).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from msm.ext import NativeUnavailable, _flag
+
+__all__ = ["FrameInfo", "NativeUnavailable", "Packetizer", "Receiver", "load", "packetize"]
+
+MAX_PACKET = 9000
+RX_COUNTERS = ("packets", "bad_rtp", "bad_pt", "bad_ssrc", "bad_source", "bad_segment", "late", "lost",
+               "frames_complete", "frames_incomplete", "recv_errors", "batches", "bytes")
+TX_COUNTERS = ("packets_sent", "bytes_sent", "send_errors", "late_ns")
+
+_module: ModuleType | None = None
+_error: str | None = None
+_lock = threading.Lock()
+
+
+def load() -> ModuleType:
+    """The compiled ``msm.ext._st2110`` module, or :class:`NativeUnavailable`."""
+    global _module, _error
+    if _flag("MSM_NO_NATIVE"):
+        raise NativeUnavailable("disabled by MSM_NO_NATIVE=1")
+    with _lock:
+        if _module is None and _error is None:
+            try:
+                from msm.ext import _st2110  # type: ignore[attr-defined]
+            except ImportError as exc:
+                _error = f"msm.ext._st2110 is not built ({exc}); run python ext/build_st2110.py"
+            else:
+                _module = _st2110
+    if _module is None:
+        raise NativeUnavailable(_error or "unknown")
+    return _module
+
+
+@dataclass(frozen=True, slots=True)
+class FrameInfo:
+    """How a frame ended: its timestamp, packets, packets lost, bytes written."""
+
+    timestamp: int
+    packets: int
+    lost: int
+    bytes: int
+    complete: bool
+    no_marker: bool
+
+
+def _info(done: Any) -> FrameInfo:
+    return FrameInfo(int(done.timestamp), int(done.packets), int(done.lost), int(done.bytes),
+                     bool(done.complete), bool(done.no_marker))
+
+
+def _packed(host: str) -> tuple[int, bytes]:
+    addr = ipaddress.ip_address(host)
+    return (socket.AF_INET if addr.version == 4 else socket.AF_INET6), addr.packed
+
+
+class Receiver:
+    """Depacketizes what arrives on ``fd`` (not owned) into the buffers :meth:`poll` is given."""
+
+    def __init__(self, fd: int, width: int, height: int, pg_bytes: int, pg_pixels: int, payload_type: int) -> None:
+        mod = load()
+        self.ffi: Any = mod.ffi
+        self.lib: Any = mod.lib
+        self.frame_bytes = width // pg_pixels * pg_bytes * height
+        ptr = self.lib.msm_st2110_rx_new(fd, width, height, pg_bytes, pg_pixels, payload_type)
+        if ptr == self.ffi.NULL:
+            raise ValueError(f"receiver refused {width}x{height} pgroup {pg_bytes}/{pg_pixels}")
+        self._ptr: Any = self.ffi.gc(ptr, self.lib.msm_st2110_rx_free)
+        self._done = self.ffi.new("msm_st2110_frame *")
+        self._stats = self.ffi.new("msm_st2110_rx_stats *")
+
+    def set_ssrc(self, ssrc: int | None) -> None:
+        self.lib.msm_st2110_rx_set_ssrc(self._ptr, -1 if ssrc is None else ssrc & 0xFFFFFFFF)
+
+    def set_source(self, host: str | None, port: int = 0) -> None:
+        """Accept datagrams only from ``host`` (and ``port``, 0: any); ``None``: from anyone."""
+        if host is None:
+            self.lib.msm_st2110_rx_set_source(self._ptr, 0, self.ffi.NULL, 0)
+            return
+        family, packed = _packed(host)
+        self.lib.msm_st2110_rx_set_source(self._ptr, family, packed, port & 0xFFFF)
+
+    def _buffer(self, frame: bytearray) -> Any:
+        if len(frame) < self.frame_bytes:
+            raise ValueError(f"frame buffer of {len(frame)} bytes, need {self.frame_bytes}")
+        return self.ffi.from_buffer(frame)
+
+    def poll(self, frame: bytearray, timeout_ms: int) -> FrameInfo | None:
+        """Receive into ``frame`` until a frame ends (its info) or ``timeout_ms`` passes (``None``).
+
+        After a frame ended, pass the next buffer: the frame in progress is
+        written into whatever buffer each call is given.
+        """
+        rc = self.lib.msm_st2110_rx_poll(self._ptr, self._buffer(frame), timeout_ms, self._done)
+        if rc < 0:
+            raise OSError(self.ffi.errno, "recvmmsg failed")
+        return _info(self._done) if rc == 1 else None
+
+    def push(self, packet: bytes, frame: bytearray) -> tuple[int, FrameInfo | None]:
+        """One packet: ``(0, None)`` taken; ``(1, info)`` it ended a frame; ``(2, info)`` the frame
+        before it ended and the packet was not taken (push it again with the next buffer)."""
+        rc = self.lib.msm_st2110_rx_push(self._ptr, packet, len(packet), self._buffer(frame), self._done)
+        return rc, (_info(self._done) if rc else None)
+
+    def flush(self) -> FrameInfo | None:
+        """End the frame in progress (no marker came)."""
+        return _info(self._done) if self.lib.msm_st2110_rx_flush(self._ptr, self._done) else None
+
+    @property
+    def last_error(self) -> str:
+        return str(self.ffi.string(self.lib.msm_st2110_rx_last_error(self._ptr)).decode(errors="replace"))
+
+    def stats(self) -> dict[str, int]:
+        self.lib.msm_st2110_rx_stats_get(self._ptr, self._stats)
+        return {name: int(getattr(self._stats, name)) for name in RX_COUNTERS}
+
+
+class Packetizer:
+    """Frames -> one contiguous array of packets (``stride`` bytes apart) plus their lengths.
+
+    The array is allocated once for the format (``max_packets`` slots), so a
+    pacer can be handed ``(buffer, stride, lengths, count)`` as it is.
+    """
+
+    def __init__(self, width: int, height: int, pg_bytes: int, pg_pixels: int, *, mtu: int, bpm: bool,
+                 payload_type: int, ssrc: int) -> None:
+        mod = load()
+        self.ffi: Any = mod.ffi
+        self.lib: Any = mod.lib
+        self.geometry = (width, height, pg_bytes, pg_pixels)
+        self.mtu, self.bpm, self.payload_type, self.ssrc = mtu, bpm, payload_type, ssrc & 0xFFFFFFFF
+        self.frame_bytes = width // pg_pixels * pg_bytes * height
+        # One slot per packet of the smallest packets the mode can make (bounded by the frame size).
+        data = min(mtu - 12 - 2 - 6, 1260 if bpm else mtu) // pg_bytes * pg_bytes
+        self.max_packets = max(1, self.frame_bytes // max(1, data) + height + 1)
+        self.stride = mtu
+        self.buffer: Any = self.ffi.new("uint8_t[]", self.max_packets * self.stride)
+        self.lengths: Any = self.ffi.new("uint16_t[]", self.max_packets)
+        self.tx_stats: Any = self.ffi.new("msm_st2110_tx_stats *")
+
+    def packetize(self, frame: bytes | bytearray | memoryview, seq: int, timestamp: int) -> int:
+        """Fill the packet array from ``frame``; the number of packets."""
+        if len(frame) != self.frame_bytes:
+            raise ValueError(f"frame of {len(frame)} bytes, expected {self.frame_bytes}")
+        count = int(self.lib.msm_st2110_packetize(
+            self.ffi.from_buffer(frame), *self.geometry, self.mtu, 1 if self.bpm else 0, seq & 0xFFFFFFFF,
+            timestamp & 0xFFFFFFFF, self.ssrc, self.payload_type, self.buffer, self.stride, self.lengths,
+            self.max_packets))
+        if count < 0:
+            raise ValueError("packetizer refused the format or mtu")
+        return count
+
+    def packets(self, count: int) -> list[bytes]:
+        """The first ``count`` packets as bytes (tests, pacers that take a list)."""
+        raw = self.ffi.buffer(self.buffer, count * self.stride)
+        return [bytes(raw[k * self.stride:k * self.stride + self.lengths[k]]) for k in range(count)]
+
+    def send(self, fd: int, host: str, port: int, count: int, spread_ns: int) -> None:
+        """Send the first ``count`` packets to ``host:port``, evenly over ``spread_ns`` (0: at once)."""
+        family, packed = _packed(host)
+        rc = self.lib.msm_st2110_send(fd, family, packed, port & 0xFFFF, self.buffer, self.stride, self.lengths,
+                                      count, max(0, spread_ns), self.tx_stats)
+        if rc < 0:
+            raise OSError(self.ffi.errno, "sendmmsg failed")
+
+    def stats(self) -> dict[str, int]:
+        return {name: int(getattr(self.tx_stats, name)) for name in TX_COUNTERS}
+
+
+def packetize(frame: bytes, width: int, height: int, pg_bytes: int, pg_pixels: int, *, mtu: int, bpm: bool,
+              seq: int, timestamp: int, ssrc: int, payload_type: int) -> list[bytes]:
+    """One frame's packets as a list (tests and the twin comparison)."""
+    p = Packetizer(width, height, pg_bytes, pg_pixels, mtu=mtu, bpm=bpm, payload_type=payload_type, ssrc=ssrc)
+    return p.packets(p.packetize(frame, seq, timestamp))
+
