@@ -211,6 +211,11 @@ class ProxyLink:
     def proxy_id(self) -> str:
         return self.hello.proxy_id
 
+    @property
+    def srtp_profiles(self) -> tuple[str, ...]:
+        """The SRTP profiles the proxy said it can do (empty: an older proxy, AES_CM_128_HMAC_SHA1_80 only)."""
+        return tuple(self.hello.srtp_profiles)
+
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         if self.closed:
             raise LinkClosed(f"the link to the proxy on node {self.node} is closed")

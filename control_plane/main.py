@@ -59,6 +59,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         default=_env("MSM_SRTP", "1").lower() not in ("0", "false", "no", "off"),
                         help="SRTP on every relay leg between nodes (MSM_SRTP, default on; legs to viewers "
                         "stay plain RTP); --no-srtp sends media between nodes in the clear")
+    parser.add_argument("--srtp-profile", default=_env("MSM_SRTP_PROFILE", "AEAD_AES_128_GCM"),
+                        choices=("AEAD_AES_128_GCM", "AES_CM_128_HMAC_SHA1_80"),
+                        help="SRTP profile of relay legs when both proxies can do it, else AES_CM_128_HMAC_SHA1_80 "
+                        "(MSM_SRTP_PROFILE, default AEAD_AES_128_GCM)")
     parser.add_argument("--srtp-rekey", type=float, default=float(_env("MSM_SRTP_REKEY", str(REKEY_INTERVAL))),
                         metavar="SECONDS", help=f"seconds between a relay's SRTP keys (MSM_SRTP_REKEY, default "
                         f"{REKEY_INTERVAL:g})")
@@ -107,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def planner_settings(opts: argparse.Namespace) -> PlannerSettings:
     """The planner's tunables from the flags (ConfigError names an impossible one)."""
     return PlannerSettings(linger=opts.linger, max_tracks=opts.max_tracks, srtp=opts.srtp,
-                           rekey_interval=opts.srtp_rekey)
+                           srtp_profile=opts.srtp_profile, rekey_interval=opts.srtp_rekey)
 
 
 def proxy_accounts(opts: argparse.Namespace) -> list[tuple[str, str]]:

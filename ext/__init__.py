@@ -25,7 +25,13 @@ FEATURE_GSO = 1
 FEATURE_GRO = 2
 FEATURE_TIMESTAMPS = 4
 FEATURE_SRTP = 8
-_FEATURE_NAMES = {FEATURE_GSO: "gso", FEATURE_GRO: "gro", FEATURE_TIMESTAMPS: "timestamps", FEATURE_SRTP: "srtp"}
+FEATURE_SRTP_GCM = 16
+_FEATURE_NAMES = {FEATURE_GSO: "gso", FEATURE_GRO: "gro", FEATURE_TIMESTAMPS: "timestamps", FEATURE_SRTP: "srtp",
+                  FEATURE_SRTP_GCM: "srtp-gcm"}
+
+#: SRTP profiles (RFC 4568 / RFC 7714 names) and the engine's numbers for them
+#: (MSM_SRTP_* in engine.h); AEAD_AES_128_GCM only with the ``srtp-gcm`` feature.
+SRTP_PROFILES = {"AES_CM_128_HMAC_SHA1_80": 1, "AEAD_AES_128_GCM": 2}
 
 #: How long closing a flow waits for the engine thread to let go of it. The
 #: thread reaches its quiescent point within one batch (microseconds); this
@@ -254,12 +260,12 @@ class LegHandle:
         self.engine.lib.msm_leg_stats_get(self.ptr, self._out)
         return int(getattr(self._out, name))
 
-    def set_srtp(self, material: bytes) -> None:
-        """Protect what this leg sends with SRTP (``material``: 16-byte master key + 14-byte salt); again: rekey."""
+    def set_srtp(self, material: bytes, *, profile: str = "AES_CM_128_HMAC_SHA1_80") -> None:
+        """Protect what this leg sends with SRTP (``material``: master key + salt of ``profile``); again: rekey."""
         if self.ptr is None or self.engine.closed:
             return
-        _check_srtp(self.engine, self.engine.lib.msm_leg_set_srtp(
-            self.engine.ptr, self.ptr, material, len(material)))
+        _check_srtp(self.engine, profile, self.engine.lib.msm_leg_set_srtp(
+            self.engine.ptr, self.ptr, _profile(profile), material, len(material)))
 
     def retire(self, *, wait: bool = False) -> None:
         """Free the C leg (once no published leg set holds it); the counters freeze.
@@ -319,12 +325,13 @@ class FlowHandle:
         if lib.msm_flow_set_source(self.engine.ptr, self.ptr, fam, packed or ffi.NULL, port & 0xFFFF) != 0:
             raise MemoryError("msm_flow_set_source")
 
-    def set_srtp(self, material: bytes, *, grace_ms: int) -> None:
-        """What arrives is SRTP under ``material`` (key + salt); again: a rekey, the old key kept ``grace_ms``."""
+    def set_srtp(self, material: bytes, *, grace_ms: int, profile: str = "AES_CM_128_HMAC_SHA1_80") -> None:
+        """What arrives is SRTP under ``material`` (key + salt of ``profile``); again: a rekey, the old key
+        kept ``grace_ms``."""
         if self._final is not None or self.engine.closed:
             return
-        _check_srtp(self.engine, self.engine.lib.msm_flow_set_srtp(
-            self.engine.ptr, self.ptr, material, len(material), max(0, min(grace_ms, 0xFFFFFFFF))))
+        _check_srtp(self.engine, profile, self.engine.lib.msm_flow_set_srtp(
+            self.engine.ptr, self.ptr, _profile(profile), material, len(material), max(0, min(grace_ms, 0xFFFFFFFF))))
 
     def close(self) -> None:
         """Stop serving and free the flow; its socket is closed and its counters freeze."""
@@ -339,12 +346,21 @@ class FlowHandle:
         self.ptr = None
 
 
-def _check_srtp(engine: Engine, rc: int) -> None:
+def _profile(name: str) -> int:
+    try:
+        return SRTP_PROFILES[name]
+    except KeyError:
+        raise ValueError(f"SRTP profile {name!r} is unknown to the native engine") from None
+
+
+def _check_srtp(engine: Engine, profile: str, rc: int) -> None:
     if rc == 0:
         return
     errno = engine.ffi.errno
     if errno == 95:   # ENOTSUP
         raise NativeUnavailable(f"no SRTP in the native engine: {_srtp_error or 'no libsrtp2'}")
+    if errno == 93:   # EPROTONOSUPPORT
+        raise NativeUnavailable(f"the native engine's libsrtp ({engine.srtp_library}) cannot do SRTP {profile}")
     raise ValueError(f"SRTP key refused by the engine: {os.strerror(errno)}")
 
 

@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 def _cdef(header: str) -> str:
     keep = []
     for line in header.splitlines():
-        if line.startswith("#") and not re.match(r"#define MSM_FEATURE_\w+ \d+", line):
+        if line.startswith("#") and not re.match(r"#define MSM_(FEATURE|SRTP)_\w+ \d+", line):
             continue
         keep.append(re.sub(r"/\*.*?\*/", "", line) if line.startswith("#define") else line)
     return "\n".join(keep)

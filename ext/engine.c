@@ -46,9 +46,13 @@
  * leg can send the receive buffer itself). 2 MiB holds a full TX_CHUNK of
  * 1.4 KB packets; when it is full the queued messages are flushed first. */
 #define SRTP_SCRATCH (2u << 20)
-#define SRTP_TRAILER 16 /* room libsrtp may write after a packet: the 10-byte tag, no MKI (SRTP_MAX_TAG_LEN) */
-#define SRTP_TAG_LEN 10 /* what AES_CM_128_HMAC_SHA1_80 adds to every RTP packet: equal sizes stay equal (GSO) */
-#define SRTP_KEYLEN 30 /* AES_CM_128: 16-byte master key + 14-byte master salt */
+#define SRTP_TRAILER 16 /* room libsrtp may write after a packet: the largest tag (GCM's), no MKI (SRTP_MAX_TAG_LEN) */
+/* What protecting adds to every RTP packet (equal sizes stay equal: GSO), and
+ * the master key + salt, per profile: */
+#define SRTP_CM_TAG 10 /* AES_CM_128_HMAC_SHA1_80: 80-bit HMAC-SHA1 tag */
+#define SRTP_CM_KEYLEN 30 /* 16-byte master key + 14-byte master salt */
+#define SRTP_GCM_TAG 16 /* AEAD_AES_128_GCM (RFC 7714): 128-bit GCM tag */
+#define SRTP_GCM_KEYLEN 28 /* 16-byte master key + 12-byte master salt */
 #define MAX_DATAGRAM 65507 /* the largest UDP payload: a packet that no longer fits once protected is not sent */
 
 #define RTP_SEQ_MOD 65536u
@@ -71,6 +75,7 @@
  * sessions themselves are used by the engine thread only. */
 typedef struct srtpkeys {
     void *cur, *prev; /* srtp_t */
+    uint32_t tag; /* bytes cur's protect adds to an RTP packet (SRTP_CM_TAG, SRTP_GCM_TAG) */
     int64_t prev_until_ns; /* CLOCK_REALTIME, like the packets' arrival times */
     int owns_prev; /* this set frees prev when it is freed (a newer set took over cur) */
 } srtpkeys;
@@ -189,7 +194,7 @@ struct msm_engine {
     uint32_t scratch_used;
     struct iovec siov[TX_CHUNK]; /* one per queued protected packet (in scratch) */
     uint32_t siov_used;
-    run sruns[MAX_PKTS]; /* the batch's GSO runs on protected sizes, shared by its SRTP legs */
+    run sruns[MAX_PKTS]; /* the batch's GSO runs on protected sizes, shared by its SRTP legs of one tag size */
     txctl_t sruntctl[MAX_PKTS];
 };
 
@@ -219,6 +224,7 @@ typedef struct srtp_api {
     srtp_err_status_t (*unprotect)(srtp_t, void *, int *);
     void (*policy_rtp_default)(srtp_crypto_policy_t *);
     void (*policy_rtcp_default)(srtp_crypto_policy_t *);
+    void (*policy_gcm)(srtp_crypto_policy_t *); /* NULL: this libsrtp has no AEAD_AES_128_GCM */
     unsigned int (*get_version)(void);
 } srtp_api;
 
@@ -229,16 +235,26 @@ static char srtp_libname[SRTP_LIBNAME];
 #endif
 static pthread_mutex_t srtp_mu = PTHREAD_MUTEX_INITIALIZER;
 static int srtp_ready; /* atomic: 1 once srtp_fn is complete and the library initialised */
+static int srtp_gcm; /* set before srtp_ready: that library made an AEAD_AES_128_GCM session */
 
 #ifdef MSM_HAVE_SRTP
-static void *srtp_session(const uint8_t *key, int inbound) {
+/* A session of `profile` (MSM_SRTP_*; its key length checked by the caller). */
+static void *srtp_session(int profile, const uint8_t *key, int inbound) {
     srtp_policy_t pol;
     srtp_t s = NULL;
-    unsigned char material[SRTP_KEYLEN];
+    unsigned char material[SRTP_CM_KEYLEN];
     memset(&pol, 0, sizeof pol);
-    memcpy(material, key, SRTP_KEYLEN);
-    srtp_fn.policy_rtp_default(&pol.rtp); /* AES_CM_128_HMAC_SHA1_80 */
-    srtp_fn.policy_rtcp_default(&pol.rtcp);
+    if (profile == MSM_SRTP_AEAD_AES_128_GCM) {
+        if (!srtp_fn.policy_gcm)
+            return NULL;
+        memcpy(material, key, SRTP_GCM_KEYLEN);
+        srtp_fn.policy_gcm(&pol.rtp); /* 16-byte key, 16-byte tag; RFC 7714's 12-byte salt */
+        srtp_fn.policy_gcm(&pol.rtcp);
+    } else {
+        memcpy(material, key, SRTP_CM_KEYLEN);
+        srtp_fn.policy_rtp_default(&pol.rtp); /* AES_CM_128_HMAC_SHA1_80 */
+        srtp_fn.policy_rtcp_default(&pol.rtcp);
+    }
     pol.ssrc.type = inbound ? ssrc_any_inbound : ssrc_any_outbound;
     pol.key = material;
     pol.window_size = 128; /* replay window (packets): libsrtp's default and minimum */
@@ -276,7 +292,7 @@ static int srtp_try(const char *path, char *err, size_t errlen) {
     srtp_api fn;
     void *probe;
     unsigned int version;
-    static const uint8_t zero[SRTP_KEYLEN];
+    static const uint8_t zero[SRTP_CM_KEYLEN];
     if (!h) {
         snprintf(err, errlen, "%s", dlerror());
         return 0;
@@ -296,6 +312,7 @@ static int srtp_try(const char *path, char *err, size_t errlen) {
     SYM(policy_rtcp_default, "srtp_crypto_policy_set_rtcp_default")
     SYM(get_version, "srtp_get_version")
 #undef SYM
+    *(void **)&fn.policy_gcm = dlsym(h, "srtp_crypto_policy_set_aes_gcm_128_16_auth"); /* optional */
     version = fn.get_version();
     if (version >> 24 != 2) {
         snprintf(err, errlen, "%s: libsrtp %u.%u, not 2.x", path, version >> 24, (version >> 16) & 0xff);
@@ -306,7 +323,7 @@ static int srtp_try(const char *path, char *err, size_t errlen) {
     /* A second srtp_init on an initialised copy re-runs its self tests and
      * may fail; the probe decides. */
     (void)fn.init();
-    probe = srtp_session(zero, 0);
+    probe = srtp_session(MSM_SRTP_AES_CM_128_HMAC_SHA1_80, zero, 0);
     if (!probe) {
         snprintf(err, errlen, "%s: srtp_init failed", path);
         memset(&srtp_fn, 0, sizeof srtp_fn);
@@ -314,11 +331,15 @@ static int srtp_try(const char *path, char *err, size_t errlen) {
         return 0;
     }
     srtp_free_session(probe);
+    /* GCM needs libsrtp built on a crypto library (OpenSSL, NSS...): its own has none. */
+    probe = srtp_session(MSM_SRTP_AEAD_AES_128_GCM, zero, 0);
+    srtp_gcm = probe != NULL;
+    srtp_free_session(probe);
     snprintf(srtp_libname, sizeof srtp_libname, "%s", path);
     return 1;
 }
 #else
-static void *srtp_session(const uint8_t *key, int inbound) {
+static void *srtp_session(int profile, const uint8_t *key, int inbound) {
     return NULL;
 }
 static void srtp_free_session(void *s) {
@@ -965,7 +986,7 @@ static void add_msg(msm_engine *e, msm_flow *f, msm_leg *leg, struct iovec *iov,
 }
 
 /* GSO runs of a batch: packets of equal size (the last may be shorter), each
- * grown by `grow` bytes once sent (SRTP_TAG_LEN for SRTP legs, 0 for plain
+ * grown by `grow` bytes once sent (the SRTP tag for SRTP legs, 0 for plain
  * ones), at most GSO_MAX_SEGS and GSO_MAX_BYTES a run; fills runs[] and their
  * UDP_SEGMENT control messages. Returns 0 when no run is longer than one
  * packet (plain messages then). */
@@ -1000,11 +1021,13 @@ static uint32_t gso_runs(msm_engine *e, uint32_t npk, uint32_t grow, run *runs, 
  * and are reused after every flush). With runs (nsruns > 0) the protected
  * copies of a run go as one GSO super-datagram, as plain legs' do; a packet
  * that fails to protect is left out of its run (the rest keep their sizes). */
-static void fanout_srtp(msm_engine *e, msm_flow *f, msm_leg *leg, void *session, uint32_t npk, uint32_t nsruns) {
-    uint32_t nmsg = nsruns ? nsruns : npk;
+static void fanout_srtp(msm_engine *e, msm_flow *f, msm_leg *leg, const srtpkeys *sk, uint32_t npk,
+                        uint32_t nsruns) {
+    uint32_t nmsg = nsruns ? nsruns : npk, tag = sk->tag;
+    void *session = sk->cur;
     for (uint32_t r = 0; r < nmsg; r++) {
         uint32_t start = nsruns ? e->sruns[r].start : r, n = nsruns ? e->sruns[r].n : 1, sent = 0, bytes = 0;
-        uint32_t need = nsruns ? e->sruns[r].bytes : (uint32_t)e->pk[r].iov_len + SRTP_TAG_LEN;
+        uint32_t need = nsruns ? e->sruns[r].bytes : (uint32_t)e->pk[r].iov_len + tag;
         struct iovec *iov;
         need += n * (SRTP_TRAILER + 15); /* tag room and alignment */
         if (e->scratch_used + need > SRTP_SCRATCH || e->siov_used + n > TX_CHUNK)
@@ -1018,7 +1041,7 @@ static void fanout_srtp(msm_engine *e, msm_flow *f, msm_leg *leg, void *session,
                 continue;
             }
             memcpy(out, e->pk[k].iov_base, len);
-            if (!srtp_seal(session, out, &len) || (n > 1 && len != in + SRTP_TAG_LEN)) {
+            if (!srtp_seal(session, out, &len) || (n > 1 && len != in + tag)) {
                 BUMP(leg->send_errors, 1);
                 continue;
             }
@@ -1039,8 +1062,7 @@ static void fanout_srtp(msm_engine *e, msm_flow *f, msm_leg *leg, void *session,
  * shorter) go as one GSO super-datagram; iovecs point into the receive
  * buffers, so no leg costs a copy in user space. */
 static void fanout(msm_engine *e, msm_flow *f, const legset *ls, uint32_t npk) {
-    uint32_t nruns = 0, srtp_nruns = 0;
-    int srtp_runs_done = 0;
+    uint32_t nruns = 0, srtp_nruns = 0, srtp_runs_tag = 0; /* sruns are for that tag size (0: none yet) */
     if ((e->features & MSM_FEATURE_GSO) && npk > 1)
         nruns = gso_runs(e, npk, 0, e->runs, e->runctl);
     for (uint32_t t = 0; t < ls->ntargets; t++) {
@@ -1054,11 +1076,11 @@ static void fanout(msm_engine *e, msm_flow *f, const legset *ls, uint32_t npk) {
         sk = __atomic_load_n(&leg->srtp, __ATOMIC_ACQUIRE);
         if (sk) {
             if (nruns && !LOAD(leg->gso_disabled)) {
-                if (!srtp_runs_done)
-                    srtp_nruns = gso_runs(e, npk, SRTP_TAG_LEN, e->sruns, e->sruntctl), srtp_runs_done = 1;
+                if (srtp_runs_tag != sk->tag) /* legs of one profile share them; a mix recomputes */
+                    srtp_nruns = gso_runs(e, npk, sk->tag, e->sruns, e->sruntctl), srtp_runs_tag = sk->tag;
                 nsruns = srtp_nruns;
             }
-            fanout_srtp(e, f, leg, sk->cur, npk, nsruns);
+            fanout_srtp(e, f, leg, sk, npk, nsruns);
             continue;
         }
         if (nruns && !LOAD(leg->gso_disabled)) {
@@ -1211,8 +1233,8 @@ msm_engine *msm_engine_new(int want, char *err, size_t errlen) {
         snprintf(err, errlen, "out of memory for SRTP buffers");
         goto fail;
     }
-    if (__atomic_load_n(&srtp_ready, __ATOMIC_ACQUIRE))
-        e->features |= MSM_FEATURE_SRTP; /* msm_srtp_load succeeded before */
+    if (__atomic_load_n(&srtp_ready, __ATOMIC_ACQUIRE)) /* msm_srtp_load succeeded before */
+        e->features |= MSM_FEATURE_SRTP | (srtp_gcm ? MSM_FEATURE_SRTP_GCM : 0);
     for (int i = 0; i < RX_BATCH; i++) {
         e->rxiov[i].iov_base = e->slots + (size_t)i * RX_SLOT;
         e->rxiov[i].iov_len = RX_SLOT;
@@ -1443,16 +1465,43 @@ static void msm_leg_retire_async(msm_engine *e, msm_leg *l) {
         free_leg(e, l);
 }
 
-static int srtp_ok(msm_engine *e, const uint8_t *key, uint32_t keylen) {
+/* The tag size of `profile` if this engine can do it with this key; else 0
+ * and errno: ENOTSUP (no SRTP), EPROTONOSUPPORT (not this profile), EINVAL. */
+static uint32_t srtp_ok(msm_engine *e, int profile, const uint8_t *key, uint32_t keylen) {
+    int gcm = profile == MSM_SRTP_AEAD_AES_128_GCM;
     if (!(e->features & MSM_FEATURE_SRTP)) {
         errno = ENOTSUP;
         return 0;
     }
-    if (!key || keylen != SRTP_KEYLEN) {
+    if ((!gcm && profile != MSM_SRTP_AES_CM_128_HMAC_SHA1_80) || (gcm && !(e->features & MSM_FEATURE_SRTP_GCM))) {
+        errno = EPROTONOSUPPORT;
+        return 0;
+    }
+    if (!key || keylen != (gcm ? SRTP_GCM_KEYLEN : SRTP_CM_KEYLEN)) {
         errno = EINVAL;
         return 0;
     }
-    return 1;
+    return gcm ? SRTP_GCM_TAG : SRTP_CM_TAG;
+}
+
+/* A new set for `profile` with its current session; NULL with errno. */
+static srtpkeys *srtp_keys(msm_engine *e, int profile, const uint8_t *key, uint32_t keylen, int inbound) {
+    srtpkeys *k;
+    uint32_t tag = srtp_ok(e, profile, key, keylen);
+    if (!tag)
+        return NULL;
+    k = calloc(1, sizeof *k);
+    if (!k) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    k->tag = tag;
+    if (!(k->cur = srtp_session(profile, key, inbound))) {
+        free(k);
+        errno = EINVAL;
+        return NULL;
+    }
+    return k;
 }
 
 static void retire_keys(msm_engine *e, srtpkeys *old) {
@@ -1464,16 +1513,11 @@ static void retire_keys(msm_engine *e, srtpkeys *old) {
         free_srtpkeys(e, old);
 }
 
-int msm_flow_set_srtp(msm_engine *e, msm_flow *f, const uint8_t *key, uint32_t keylen, uint32_t grace_ms) {
-    srtpkeys *k, *old;
-    if (!srtp_ok(e, key, keylen))
+int msm_flow_set_srtp(msm_engine *e, msm_flow *f, int profile, const uint8_t *key, uint32_t keylen,
+                      uint32_t grace_ms) {
+    srtpkeys *old, *k = srtp_keys(e, profile, key, keylen, 1);
+    if (!k)
         return -1;
-    k = calloc(1, sizeof *k);
-    if (!k || !(k->cur = srtp_session(key, 1))) {
-        free(k);
-        errno = k ? EINVAL : ENOMEM;
-        return -1;
-    }
     old = __atomic_load_n(&f->srtp, __ATOMIC_ACQUIRE); /* only this (Python) thread publishes */
     if (old) {
         /* The old current key stays acceptable for the grace period; the
@@ -1487,16 +1531,10 @@ int msm_flow_set_srtp(msm_engine *e, msm_flow *f, const uint8_t *key, uint32_t k
     return 0;
 }
 
-int msm_leg_set_srtp(msm_engine *e, msm_leg *l, const uint8_t *key, uint32_t keylen) {
-    srtpkeys *k, *old;
-    if (!srtp_ok(e, key, keylen))
+int msm_leg_set_srtp(msm_engine *e, msm_leg *l, int profile, const uint8_t *key, uint32_t keylen) {
+    srtpkeys *old, *k = srtp_keys(e, profile, key, keylen, 0);
+    if (!k)
         return -1;
-    k = calloc(1, sizeof *k);
-    if (!k || !(k->cur = srtp_session(key, 0))) {
-        free(k);
-        errno = k ? EINVAL : ENOMEM;
-        return -1;
-    }
     /* The old set is not touched (the engine thread may be protecting with it
      * right now): it goes whole, session included, at a quiescent point. */
     old = __atomic_exchange_n(&l->srtp, k, __ATOMIC_ACQ_REL);

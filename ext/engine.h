@@ -31,6 +31,10 @@
 #define MSM_FEATURE_GRO 2 /* UDP_GRO on receive */
 #define MSM_FEATURE_TIMESTAMPS 4 /* kernel receive timestamps for jitter */
 #define MSM_FEATURE_SRTP 8 /* libsrtp2 loaded (msm_srtp_load): SRTP on flows and legs */
+#define MSM_FEATURE_SRTP_GCM 16 /* and it does AEAD_AES_128_GCM (built on OpenSSL or NSS) */
+/* SRTP profiles (msm_flow_set_srtp, msm_leg_set_srtp): */
+#define MSM_SRTP_AES_CM_128_HMAC_SHA1_80 1 /* RFC 3711: 16-byte key + 14-byte salt, 10-byte tag */
+#define MSM_SRTP_AEAD_AES_128_GCM 2 /* RFC 7714: 16-byte key + 12-byte salt, 16-byte tag */
 
 typedef struct msm_engine msm_engine;
 typedef struct msm_flow msm_flow;
@@ -121,15 +125,18 @@ int msm_rtp_valid(const uint8_t *p, uint32_t len);
 /* Publishes a new leg set: every leg (their RTP addresses are the viewers whose
  * packets are dropped) and which of them are enabled (the fan-out targets). */
 int msm_flow_set_legs(msm_engine *e, msm_flow *f, msm_leg **legs, const uint8_t *enabled, uint32_t n);
-/* SRTP (RFC 3711, AES_CM_128_HMAC_SHA1_80): `key` is the 16-byte master key
- * then the 14-byte salt (keylen 30). On a flow: what arrives from its source
+/* SRTP (RFC 3711) in `profile` (MSM_SRTP_*): `key` is the 16-byte master key
+ * then the salt (keylen 30 for AES_CM_128_HMAC_SHA1_80, 28 for
+ * AEAD_AES_128_GCM). On a flow: what arrives from its source
  * is unprotected before the RTP checks; failures are dropped as srtp_errors.
  * Called again (a rekey), the previous key is still accepted for grace_ms.
  * On a leg: it protects what it sends. -1 with errno ENOTSUP when the engine
  * has no libsrtp2 (built without its headers, or started before any
- * msm_srtp_load succeeded), EINVAL for a bad key, ENOMEM. */
-int msm_flow_set_srtp(msm_engine *e, msm_flow *f, const uint8_t *key, uint32_t keylen, uint32_t grace_ms);
-int msm_leg_set_srtp(msm_engine *e, msm_leg *l, const uint8_t *key, uint32_t keylen);
+ * msm_srtp_load succeeded), EPROTONOSUPPORT for a profile it cannot do (GCM
+ * without MSM_FEATURE_SRTP_GCM), EINVAL for a bad key, ENOMEM. */
+int msm_flow_set_srtp(msm_engine *e, msm_flow *f, int profile, const uint8_t *key, uint32_t keylen,
+                      uint32_t grace_ms);
+int msm_leg_set_srtp(msm_engine *e, msm_leg *l, int profile, const uint8_t *key, uint32_t keylen);
 void msm_flow_stats_get(msm_flow *f, msm_flow_stats *out);
 /* Stops serving, waits (at most timeout_ms) until the engine thread let go of
  * the flow, writes its final counters to `final` (if not NULL), frees it and

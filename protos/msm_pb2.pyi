@@ -306,16 +306,18 @@ class ControlMessage(_message.Message):
     def __init__(self, reply: _Optional[_Union[ControlReply, _Mapping]] = ..., command: _Optional[_Union[ControlCommand, _Mapping]] = ..., stream_state: _Optional[_Union[StreamState, _Mapping]] = ...) -> None: ...
 
 class ProxyHello(_message.Message):
-    __slots__ = ("node", "dataplane_address", "media_host", "proxy_id")
+    __slots__ = ("node", "dataplane_address", "media_host", "proxy_id", "srtp_profiles")
     NODE_FIELD_NUMBER: _ClassVar[int]
     DATAPLANE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MEDIA_HOST_FIELD_NUMBER: _ClassVar[int]
     PROXY_ID_FIELD_NUMBER: _ClassVar[int]
+    SRTP_PROFILES_FIELD_NUMBER: _ClassVar[int]
     node: str
     dataplane_address: str
     media_host: str
     proxy_id: str
-    def __init__(self, node: _Optional[str] = ..., dataplane_address: _Optional[str] = ..., media_host: _Optional[str] = ..., proxy_id: _Optional[str] = ...) -> None: ...
+    srtp_profiles: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node: _Optional[str] = ..., dataplane_address: _Optional[str] = ..., media_host: _Optional[str] = ..., proxy_id: _Optional[str] = ..., srtp_profiles: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ProxyMessage(_message.Message):
     __slots__ = ("hello", "heartbeat")

@@ -95,7 +95,7 @@ class NativeEngine:
             if known is None or known[0] is not leg:
                 known = (leg, ext.LegHandle(self._core, leg.rtp_addr[0], leg.rtp_addr[1], self._family))
                 if leg.srtp is not None:
-                    known[1].set_srtp(leg.srtp.material)   # before any leg set publishes it
+                    known[1].set_srtp(leg.srtp.material, profile=leg.srtp.profile)   # before any leg set has it
             self._legs[leg.leg_id] = known
         current = list(self._legs.values())
         self._handle.set_legs([handle for _, handle in current], [leg.enabled for leg, _ in current])
@@ -112,12 +112,12 @@ class NativeEngine:
 
     def set_ingress_key(self, key: SrtpKey | None) -> None:
         if key is not None:
-            self._handle.set_srtp(key.material, grace_ms=round(REKEY_GRACE * 1000))
+            self._handle.set_srtp(key.material, grace_ms=round(REKEY_GRACE * 1000), profile=key.profile)
 
     def set_leg_key(self, leg_id: str, key: SrtpKey) -> None:
         known = self._legs.get(leg_id)
         if known is not None:
-            known[1].set_srtp(key.material)
+            known[1].set_srtp(key.material, profile=key.profile)
 
     def state(self) -> RtpState:
         return _state(self._handle.stats())

@@ -28,10 +28,11 @@ from msm.security.authz import DATAPLANE_RULES, Authorizer
 from msm.security.identity import Role
 from msm.security.tls import TlsFiles, secure_channel, server_credentials
 
+from .engine import EngineUnavailable
 from .flows import Flow, FlowTable, Leg
 from .metrics import proxy_registry
 from .snapshot import FlowSnapshot, LegSnapshot
-from .srtp import SrtpKey
+from .srtp import SrtpKey, SrtpKeyRefused, profiles
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,25 @@ def srtp_key(params: pb.SrtpParams) -> SrtpKey:
                    profile=params.profile)
 
 
+def srtp_profiles(table: FlowTable) -> tuple[str, ...]:
+    """The SRTP profiles this proxy can do, best first (its hello tells the control plane):
+    both with the Python engine; with the native one, GCM only if its libsrtp does it."""
+    if table.engine != "native":
+        return profiles()
+    try:
+        features = table.engine_features
+    except EngineUnavailable:
+        return ()
+    return profiles(features) if "srtp" in features else ()
+
+
+def check_profile(table: FlowTable, key: SrtpKey | None) -> None:
+    """``SrtpKeyRefused`` for a key whose profile this proxy's engine cannot do."""
+    if key is not None and key.profile not in (can := srtp_profiles(table)):
+        raise SrtpKeyRefused(f"SRTP profile {key.profile} refused: this proxy's {table.engine} engine does "
+                             f"{', '.join(can) or 'no SRTP'}")
+
+
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
@@ -129,6 +149,9 @@ class DataPlaneService(pb_grpc.DataPlaneServicer):
                 raise Refused(f"bind_host must be the media host {self.table.host} (or empty)")
             known = request.flow_id in self.table.flows
             key = srtp_key(request.srtp) if request.HasField("srtp") else None
+            if key is not None:
+                self.table.check_srtp()
+                check_profile(self.table, key)
             try:
                 flow = await self.table.add_flow(
                     request.flow_id, clock_rate=request.clock_rate, splice=request.splice,
@@ -172,6 +195,7 @@ class DataPlaneService(pb_grpc.DataPlaneServicer):
             key = srtp_key(request.srtp) if request.HasField("srtp") else None
             if key is not None:
                 self.table.check_srtp()
+                check_profile(self.table, key)
         except MsmError as exc:
             if isinstance(exc, Refused):
                 log.warning("flow %s: leg %s refused: %s", request.flow_id, request.leg_id, exc.reason)
@@ -180,7 +204,7 @@ class DataPlaneService(pb_grpc.DataPlaneServicer):
                          enabled=request.enabled, labels=dict(request.labels), srtp=key))
         log.info("flow %s: leg %s -> %s:%d-%d (%s%s)", flow.flow_id, request.leg_id, dest.host,
                  dest.rtp_port, dest.rtcp_port, "enabled" if request.enabled else "disabled",
-                 f", SRTP epoch {key.epoch}" if key is not None else "")
+                 f", SRTP {key.profile} epoch {key.epoch}" if key is not None else "")
         return pb.Empty()
 
     async def Rekey(self, request: pb.RekeyRequest, context: Context) -> pb.Empty:
@@ -188,6 +212,7 @@ class DataPlaneService(pb_grpc.DataPlaneServicer):
         try:
             flow = self._flow(request.flow_id)
             key = srtp_key(request.srtp)
+            check_profile(self.table, key)
             if not request.leg_id:
                 if flow.srtp is None:
                     raise Refused(f"flow {request.flow_id!r} does not receive SRTP")
@@ -247,11 +272,13 @@ class ProxyAgent:
     """
 
     def __init__(self, control_address: str, *, node: str, dataplane_address: str, media_host: str,
-                 heartbeat: float = 5.0, tls: TlsFiles | None = None) -> None:
+                 heartbeat: float = 5.0, tls: TlsFiles | None = None,
+                 srtp_profiles: tuple[str, ...] = ()) -> None:
         self.control_address = control_address
         self.tls = tls   # None: plaintext, which RtpProxy's caller chose explicitly
         self.hello = pb.ProxyHello(node=node, dataplane_address=dataplane_address,
-                                   media_host=media_host, proxy_id=uuid.uuid4().hex)
+                                   media_host=media_host, proxy_id=uuid.uuid4().hex,
+                                   srtp_profiles=list(srtp_profiles))
         self.heartbeat = heartbeat
         self.registered = asyncio.Event()
 
@@ -330,7 +357,8 @@ class RtpProxy:
             dial = self.advertise or (self.address if host not in ("0.0.0.0", "[::]", "::")
                                       else f"{self.media_host}:{self.address.rsplit(':', 1)[1]}")
             self.agent = ProxyAgent(self.control_address, node=self.node,
-                                    dataplane_address=dial, media_host=self.media_host, tls=self.tls)
+                                    dataplane_address=dial, media_host=self.media_host, tls=self.tls,
+                                    srtp_profiles=srtp_profiles(self.table))
             self._tasks.append(asyncio.create_task(self.agent.run(), name="proxy-agent"))
 
     async def start_metrics(self) -> None:
