@@ -1,0 +1,244 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class GroupRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GROUP_ROLE_UNSPECIFIED: _ClassVar[GroupRole]
+    GROUP_ROLE_SENDER: _ClassVar[GroupRole]
+    GROUP_ROLE_RECEIVER: _ClassVar[GroupRole]
+GROUP_ROLE_UNSPECIFIED: GroupRole
+GROUP_ROLE_SENDER: GroupRole
+GROUP_ROLE_RECEIVER: GroupRole
+
+class FabricAddress(_message.Message):
+    __slots__ = ("provider", "address")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    provider: str
+    address: bytes
+    def __init__(self, provider: _Optional[str] = ..., address: _Optional[bytes] = ...) -> None: ...
+
+class FabricAnnouncement(_message.Message):
+    __slots__ = ("node", "proxy_id", "endpoints")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    PROXY_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    proxy_id: str
+    endpoints: _containers.RepeatedCompositeFieldContainer[FabricAddress]
+    def __init__(self, node: _Optional[str] = ..., proxy_id: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[FabricAddress, _Mapping]]] = ...) -> None: ...
+
+class GroupJoin(_message.Message):
+    __slots__ = ("urn", "node", "member", "role", "provider", "max_frame")
+    URN_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MAX_FRAME_FIELD_NUMBER: _ClassVar[int]
+    urn: str
+    node: str
+    member: str
+    role: GroupRole
+    provider: str
+    max_frame: int
+    def __init__(self, urn: _Optional[str] = ..., node: _Optional[str] = ..., member: _Optional[str] = ..., role: _Optional[_Union[GroupRole, str]] = ..., provider: _Optional[str] = ..., max_frame: _Optional[int] = ...) -> None: ...
+
+class GroupLeave(_message.Message):
+    __slots__ = ("urn", "node", "member", "role")
+    URN_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    urn: str
+    node: str
+    member: str
+    role: GroupRole
+    def __init__(self, urn: _Optional[str] = ..., node: _Optional[str] = ..., member: _Optional[str] = ..., role: _Optional[_Union[GroupRole, str]] = ...) -> None: ...
+
+class NodePlacement(_message.Message):
+    __slots__ = ("node", "members", "provider", "linked", "error")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    LINKED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    members: int
+    provider: str
+    linked: bool
+    error: str
+    def __init__(self, node: _Optional[str] = ..., members: _Optional[int] = ..., provider: _Optional[str] = ..., linked: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class GroupPlacement(_message.Message):
+    __slots__ = ("urn", "sender_node", "sender_member", "max_frame", "receivers")
+    URN_FIELD_NUMBER: _ClassVar[int]
+    SENDER_NODE_FIELD_NUMBER: _ClassVar[int]
+    SENDER_MEMBER_FIELD_NUMBER: _ClassVar[int]
+    MAX_FRAME_FIELD_NUMBER: _ClassVar[int]
+    RECEIVERS_FIELD_NUMBER: _ClassVar[int]
+    urn: str
+    sender_node: str
+    sender_member: str
+    max_frame: int
+    receivers: _containers.RepeatedCompositeFieldContainer[NodePlacement]
+    def __init__(self, urn: _Optional[str] = ..., sender_node: _Optional[str] = ..., sender_member: _Optional[str] = ..., max_frame: _Optional[int] = ..., receivers: _Optional[_Iterable[_Union[NodePlacement, _Mapping]]] = ...) -> None: ...
+
+class ListPlacementsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListPlacementsReply(_message.Message):
+    __slots__ = ("groups",)
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    groups: _containers.RepeatedCompositeFieldContainer[GroupPlacement]
+    def __init__(self, groups: _Optional[_Iterable[_Union[GroupPlacement, _Mapping]]] = ...) -> None: ...
+
+class OpenGroupLinkRequest(_message.Message):
+    __slots__ = ("urn", "peer_node", "provider", "peer_address", "max_frame", "credits", "link_id")
+    URN_FIELD_NUMBER: _ClassVar[int]
+    PEER_NODE_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MAX_FRAME_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
+    LINK_ID_FIELD_NUMBER: _ClassVar[int]
+    urn: str
+    peer_node: str
+    provider: str
+    peer_address: bytes
+    max_frame: int
+    credits: int
+    link_id: int
+    def __init__(self, urn: _Optional[str] = ..., peer_node: _Optional[str] = ..., provider: _Optional[str] = ..., peer_address: _Optional[bytes] = ..., max_frame: _Optional[int] = ..., credits: _Optional[int] = ..., link_id: _Optional[int] = ...) -> None: ...
+
+class CloseGroupLinkRequest(_message.Message):
+    __slots__ = ("urn", "peer_node")
+    URN_FIELD_NUMBER: _ClassVar[int]
+    PEER_NODE_FIELD_NUMBER: _ClassVar[int]
+    urn: str
+    peer_node: str
+    def __init__(self, urn: _Optional[str] = ..., peer_node: _Optional[str] = ...) -> None: ...
+
+class ExpectGroupRequest(_message.Message):
+    __slots__ = ("urn", "peer_node", "provider", "peer_address", "max_frame", "link_id")
+    URN_FIELD_NUMBER: _ClassVar[int]
+    PEER_NODE_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MAX_FRAME_FIELD_NUMBER: _ClassVar[int]
+    LINK_ID_FIELD_NUMBER: _ClassVar[int]
+    urn: str
+    peer_node: str
+    provider: str
+    peer_address: bytes
+    max_frame: int
+    link_id: int
+    def __init__(self, urn: _Optional[str] = ..., peer_node: _Optional[str] = ..., provider: _Optional[str] = ..., peer_address: _Optional[bytes] = ..., max_frame: _Optional[int] = ..., link_id: _Optional[int] = ...) -> None: ...
+
+class ForgetGroupRequest(_message.Message):
+    __slots__ = ("urn", "peer_node")
+    URN_FIELD_NUMBER: _ClassVar[int]
+    PEER_NODE_FIELD_NUMBER: _ClassVar[int]
+    urn: str
+    peer_node: str
+    def __init__(self, urn: _Optional[str] = ..., peer_node: _Optional[str] = ...) -> None: ...
+
+class ListGroupsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GroupReceiverStats(_message.Message):
+    __slots__ = ("name", "frames", "bytes", "drops", "has_latency", "latency_p50_us", "latency_p99_us")
+    class DropsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    DROPS_FIELD_NUMBER: _ClassVar[int]
+    HAS_LATENCY_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_US_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P99_US_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    frames: int
+    bytes: int
+    drops: _containers.ScalarMap[str, int]
+    has_latency: bool
+    latency_p50_us: float
+    latency_p99_us: float
+    def __init__(self, name: _Optional[str] = ..., frames: _Optional[int] = ..., bytes: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., has_latency: _Optional[bool] = ..., latency_p50_us: _Optional[float] = ..., latency_p99_us: _Optional[float] = ...) -> None: ...
+
+class GroupLinkStats(_message.Message):
+    __slots__ = ("peer_node", "provider", "outgoing", "frames", "bytes", "in_flight")
+    PEER_NODE_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    OUTGOING_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    peer_node: str
+    provider: str
+    outgoing: bool
+    frames: int
+    bytes: int
+    in_flight: int
+    def __init__(self, peer_node: _Optional[str] = ..., provider: _Optional[str] = ..., outgoing: _Optional[bool] = ..., frames: _Optional[int] = ..., bytes: _Optional[int] = ..., in_flight: _Optional[int] = ...) -> None: ...
+
+class GroupStats(_message.Message):
+    __slots__ = ("urn", "sender", "frames_in", "bytes_in", "incomplete", "receivers", "links")
+    class IncompleteEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    URN_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_IN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_IN_FIELD_NUMBER: _ClassVar[int]
+    INCOMPLETE_FIELD_NUMBER: _ClassVar[int]
+    RECEIVERS_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    urn: str
+    sender: str
+    frames_in: int
+    bytes_in: int
+    incomplete: _containers.ScalarMap[str, int]
+    receivers: _containers.RepeatedCompositeFieldContainer[GroupReceiverStats]
+    links: _containers.RepeatedCompositeFieldContainer[GroupLinkStats]
+    def __init__(self, urn: _Optional[str] = ..., sender: _Optional[str] = ..., frames_in: _Optional[int] = ..., bytes_in: _Optional[int] = ..., incomplete: _Optional[_Mapping[str, int]] = ..., receivers: _Optional[_Iterable[_Union[GroupReceiverStats, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[GroupLinkStats, _Mapping]]] = ...) -> None: ...
+
+class ListGroupsReply(_message.Message):
+    __slots__ = ("node", "groups", "dropped", "endpoints")
+    class DroppedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    groups: _containers.RepeatedCompositeFieldContainer[GroupStats]
+    dropped: _containers.ScalarMap[str, int]
+    endpoints: _containers.RepeatedCompositeFieldContainer[FabricAddress]
+    def __init__(self, node: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[GroupStats, _Mapping]]] = ..., dropped: _Optional[_Mapping[str, int]] = ..., endpoints: _Optional[_Iterable[_Union[FabricAddress, _Mapping]]] = ...) -> None: ...
+
+class MediaAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
