@@ -333,19 +333,19 @@ static int plan_packet(uint32_t *line, uint32_t *off, uint32_t height, uint32_t 
 
 long msm_st2110_packetize(const uint8_t *frame, uint32_t width, uint32_t height, uint32_t pg_bytes,
                           uint32_t pg_pixels, uint32_t mtu, int bpm, uint32_t seq, uint32_t timestamp,
-                          uint32_t ssrc, int payload_type, uint8_t *out, size_t out_stride,
-                          uint16_t *lens, size_t max_packets) {
-    if (!pg_bytes || !pg_pixels || width % pg_pixels || mtu > MSM_ST2110_MAX_PACKET || out_stride < mtu) return -1;
+                          uint32_t ssrc, int payload_type, uint8_t *out, size_t out_cap,
+                          uint32_t *lens, size_t max_packets) {
+    if (!pg_bytes || !pg_pixels || width % pg_pixels || mtu > MSM_ST2110_MAX_PACKET) return -1;
     uint32_t stride = width / pg_pixels * pg_bytes, room = mtu - HDR - 2;
     uint32_t limit = bpm ? MSM_ST2110_BPM_DATA : room;
     if (mtu < HDR + 2 + SRD || room - SRD < (bpm ? MSM_ST2110_BPM_DATA : pg_bytes)) return -1;
     uint32_t line = 0, off = 0;
-    size_t count = 0;
+    size_t count = 0, at = 0;
     seg segs[MAX_SEGMENTS];
     while (line < height) {
-        if (count == max_packets) return -1;
+        if (count == max_packets || at + mtu > out_cap) return -1;
         int n = plan_packet(&line, &off, height, stride, pg_bytes, room, limit, segs);
-        uint8_t *o = put_packet_header(out + count * out_stride, line >= height, payload_type,
+        uint8_t *o = put_packet_header(out + at, line >= height, payload_type,
                                        seq + (uint32_t)count, timestamp, ssrc);
         for (int k = 0; k < n; k++, o += SRD) {
             uint32_t px = segs[k].off_bytes / pg_bytes * pg_pixels;
@@ -357,20 +357,22 @@ long msm_st2110_packetize(const uint8_t *frame, uint32_t width, uint32_t height,
             memcpy(o, frame + (size_t)segs[k].line * stride + segs[k].off_bytes, segs[k].length);
             o += segs[k].length;
         }
-        lens[count] = (uint16_t)(o - (out + count * out_stride));
+        lens[count] = (uint32_t)(o - (out + at));
+        at += lens[count];
         count++;
     }
     return (long)count;
 }
 
-static int send_run(int fd, struct sockaddr_storage *dst, socklen_t dlen, const uint8_t *buf, size_t stride,
-                    const uint16_t *lens, size_t from, size_t to, msm_st2110_tx_stats *st) {
+static int send_run(int fd, struct sockaddr_storage *dst, socklen_t dlen, const uint8_t *buf, size_t *at,
+                    const uint32_t *lens, size_t from, size_t to, msm_st2110_tx_stats *st) {
     struct mmsghdr msgs[BATCH];
     struct iovec iov[BATCH];
     while (from < to) {
-        size_t n = to - from < BATCH ? to - from : BATCH;
+        size_t n = to - from < BATCH ? to - from : BATCH, pos = *at;
         for (size_t k = 0; k < n; k++) {
-            iov[k].iov_base = (void *)(buf + (from + k) * stride);
+            iov[k].iov_base = (void *)(buf + pos);
+            pos += lens[from + k];
             iov[k].iov_len = lens[from + k];
             memset(&msgs[k].msg_hdr, 0, sizeof msgs[k].msg_hdr);
             msgs[k].msg_hdr.msg_iov = &iov[k];
@@ -388,10 +390,11 @@ static int send_run(int fd, struct sockaddr_storage *dst, socklen_t dlen, const 
                 continue;
             }
             st->send_errors++;
+            *at += lens[from];
             from++;   /* e.g. ECONNREFUSED from an earlier datagram: skip one, go on */
             continue;
         }
-        for (int k = 0; k < r; k++) st->bytes_sent += lens[from + (size_t)k];
+        for (int k = 0; k < r; k++) { st->bytes_sent += lens[from + (size_t)k]; *at += lens[from + (size_t)k]; }
         st->packets_sent += (uint64_t)r;
         from += (size_t)r;
     }
@@ -403,7 +406,7 @@ static int send_run(int fd, struct sockaddr_storage *dst, socklen_t dlen, const 
 #define SLOT_NS 250000
 
 long msm_st2110_send(int fd, int family, const uint8_t *addr, uint16_t port, const uint8_t *buf,
-                     size_t stride, const uint16_t *lens, size_t count, uint64_t spread_ns,
+                     const uint32_t *lens, size_t count, uint64_t spread_ns,
                      msm_st2110_tx_stats *st) {
     struct sockaddr_storage dst;
     socklen_t dlen;
@@ -422,14 +425,15 @@ long msm_st2110_send(int fd, int family, const uint8_t *addr, uint16_t port, con
     }
     size_t slots = spread_ns / SLOT_NS;
     if (slots < 2 || count < 2) {
-        send_run(fd, &dst, dlen, buf, stride, lens, 0, count, st);
+        size_t at = 0;
+        send_run(fd, &dst, dlen, buf, &at, lens, 0, count, st);
         return (long)count;
     }
     int64_t start = now_ns();
-    size_t sent = 0;
+    size_t sent = 0, at = 0;
     for (size_t k = 1; k <= slots; k++) {
         size_t upto = count * k / slots;
-        send_run(fd, &dst, dlen, buf, stride, lens, sent, upto, st);
+        send_run(fd, &dst, dlen, buf, &at, lens, sent, upto, st);
         sent = upto;
         int64_t at = start + (int64_t)(spread_ns * k / slots), now = now_ns();
         if (now > at) { st->late_ns += (uint64_t)(now - at); continue; }

@@ -1,6 +1,6 @@
 /* ST 2110-20 (RFC 4175) per-packet work in C: depacketize from a UDP socket
  * straight into a frame buffer the caller supplies, and packetize a frame into
- * one contiguous buffer of packets that is sent evenly spread (or handed to a
+ * one contiguous buffer of packets (back to back, as msm.ext.pacer takes them) sent evenly spread (or handed to a
  * pacer). Python sees frames only. The pure-Python twin is msm.sdk.rfc4175;
  * both make the same packets and the same decisions. */
 #ifndef MSM_ST2110_H
@@ -60,10 +60,10 @@ int msm_st2110_rx_flush(msm_st2110_rx *rx, msm_st2110_frame *done);
 
 long msm_st2110_packetize(const uint8_t *frame, uint32_t width, uint32_t height, uint32_t pg_bytes,
                           uint32_t pg_pixels, uint32_t mtu, int bpm, uint32_t seq, uint32_t timestamp,
-                          uint32_t ssrc, int payload_type, uint8_t *out, size_t out_stride,
-                          uint16_t *lens, size_t max_packets);
+                          uint32_t ssrc, int payload_type, uint8_t *out, size_t out_cap,
+                          uint32_t *lens, size_t max_packets);
 long msm_st2110_send(int fd, int family, const uint8_t *addr, uint16_t port, const uint8_t *buf,
-                     size_t stride, const uint16_t *lens, size_t count, uint64_t spread_ns,
+                     const uint32_t *lens, size_t count, uint64_t spread_ns,
                      msm_st2110_tx_stats *stats);
 
 #endif

@@ -131,10 +131,11 @@ class Receiver:
 
 
 class Packetizer:
-    """Frames -> one contiguous array of packets (``stride`` bytes apart) plus their lengths.
+    """Frames -> packets back to back in one buffer plus their lengths.
 
-    The array is allocated once for the format (``max_packets`` slots), so a
-    pacer can be handed ``(buffer, stride, lengths, count)`` as it is.
+    The buffer is allocated once for the format (``max_packets`` packets of
+    at most ``mtu`` bytes), so a pacer (``msm_pacer_send_frame`` takes the
+    same layout) can be handed ``(buffer, lengths, count)`` as it is.
     """
 
     def __init__(self, width: int, height: int, pg_bytes: int, pg_pixels: int, *, mtu: int, bpm: bool,
@@ -148,9 +149,9 @@ class Packetizer:
         # One slot per packet of the smallest packets the mode can make (bounded by the frame size).
         data = min(mtu - 12 - 2 - 6, 1260 if bpm else mtu) // pg_bytes * pg_bytes
         self.max_packets = max(1, self.frame_bytes // max(1, data) + height + 1)
-        self.stride = mtu
-        self.buffer: Any = self.ffi.new("uint8_t[]", self.max_packets * self.stride)
-        self.lengths: Any = self.ffi.new("uint16_t[]", self.max_packets)
+        self.capacity = self.max_packets * mtu
+        self.buffer: Any = self.ffi.new("uint8_t[]", self.capacity)
+        self.lengths: Any = self.ffi.new("uint32_t[]", self.max_packets)
         self.tx_stats: Any = self.ffi.new("msm_st2110_tx_stats *")
 
     def packetize(self, frame: bytes | bytearray | memoryview, seq: int, timestamp: int) -> int:
@@ -159,7 +160,7 @@ class Packetizer:
             raise ValueError(f"frame of {len(frame)} bytes, expected {self.frame_bytes}")
         count = int(self.lib.msm_st2110_packetize(
             self.ffi.from_buffer(frame), *self.geometry, self.mtu, 1 if self.bpm else 0, seq & 0xFFFFFFFF,
-            timestamp & 0xFFFFFFFF, self.ssrc, self.payload_type, self.buffer, self.stride, self.lengths,
+            timestamp & 0xFFFFFFFF, self.ssrc, self.payload_type, self.buffer, self.capacity, self.lengths,
             self.max_packets))
         if count < 0:
             raise ValueError("packetizer refused the format or mtu")
@@ -167,14 +168,18 @@ class Packetizer:
 
     def packets(self, count: int) -> list[bytes]:
         """The first ``count`` packets as bytes (tests, pacers that take a list)."""
-        raw = self.ffi.buffer(self.buffer, count * self.stride)
-        return [bytes(raw[k * self.stride:k * self.stride + self.lengths[k]]) for k in range(count)]
+        out, at = [], 0
+        raw = self.ffi.buffer(self.buffer, self.capacity)
+        for k in range(count):
+            out.append(bytes(raw[at:at + self.lengths[k]]))
+            at += self.lengths[k]
+        return out
 
     def send(self, fd: int, host: str, port: int, count: int, spread_ns: int) -> None:
         """Send the first ``count`` packets to ``host:port``, evenly over ``spread_ns`` (0: at once)."""
         family, packed = _packed(host)
-        rc = self.lib.msm_st2110_send(fd, family, packed, port & 0xFFFF, self.buffer, self.stride, self.lengths,
-                                      count, max(0, spread_ns), self.tx_stats)
+        rc = self.lib.msm_st2110_send(fd, family, packed, port & 0xFFFF, self.buffer, self.lengths, count,
+                                      max(0, spread_ns), self.tx_stats)
         if rc < 0:
             raise OSError(self.ffi.errno, "sendmmsg failed")
 
