@@ -30,6 +30,8 @@ from msm.security.identity import Identity
 from msm.security.tls import TlsFiles, server_credentials
 
 from .links import ProxyLink, StubLink
+from .media import MediaPlacer
+from .media_service import MediaControlService, MediaLink, add_media_control
 from .planner import Planner, PlannerSettings
 from .ports import Clock, DataPlane, StubInfo, StubPort
 from .resolver import Resolver
@@ -71,6 +73,7 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
         # Our own trust domain: a caller's certificate must be of it (None: no TLS, no identities).
         self.trust_domain = tls.identity().trust_domain if tls is not None else None
         self.issuer = issuer
+        self.media = MediaPlacer(self._media_port)   # multipoint groups across nodes
         self._handlers: dict[str, Handler] = {
             "describe": self._describe, "setup": self._setup, "play": self._play,
             "pause": self._pause, "teardown": self._teardown,
@@ -98,6 +101,10 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
 
     async def close(self) -> None:
         await self.planner.close()
+
+    def _media_port(self, node: str) -> MediaLink | None:
+        proxy = self.planner.proxies.get(node)
+        return MediaLink(proxy) if isinstance(proxy, ProxyLink) and not proxy.closed else None
 
     # -- stubs ---------------------------------------------------------------------------------------
     async def Connect(self, request_iterator: AsyncIterator[pb.StubMessage],
@@ -204,6 +211,7 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
                 await abort(context, exc)
         proxy = ProxyLink.connect(hello, self.tls)
         self.planner.proxy_registered(proxy)
+        self.planner.spawn(self.media.proxy_registered(hello.node, hello.proxy_id), f"media-{hello.node}")
         log.info("proxy on node %s registered (DataPlane %s, media %s)", hello.node,
                  hello.dataplane_address, hello.media_host)
         yield pb.ProxyAck(message=f"registered node {hello.node}")
@@ -215,6 +223,7 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
         finally:
             if self.planner.proxies.get(hello.node) is proxy:
                 log.warning("proxy on node %s went away; flows keep running there", hello.node)
+                self.planner.spawn(self.media.node_gone(hello.node, hello.proxy_id), f"media-{hello.node}")
 
     # -- operator view --------------------------------------------------------------------------------------
     async def ListStreams(self, request: pb.ListStreamsRequest,
@@ -290,6 +299,7 @@ class ControlPlaneServer:
     def _register(self, server: grpc.aio.Server) -> None:
         # The generated gRPC module has no annotations.
         pb_grpc.add_ControlPlaneServicer_to_server(self.control, server)  # type: ignore[no-untyped-call]
+        add_media_control(MediaControlService(self.control.media, self.control.trust_domain), server)
 
     async def stop(self, grace: float = 1.0) -> None:
         if self.bootstrap is not None:

@@ -31,15 +31,23 @@ ANYONE: frozenset[Role] = frozenset()   # a rule that lets any caller in (it aut
 
 # Who may call what. Keys are full method names; a method not listed is refused.
 DATAPLANE_RULES: Mapping[str, Collection[Role]] = {
-    f"/msm.v1.DataPlane/{method}": (Role.CONTROL_PLANE,)
-    for method in ("AddFlow", "RemoveFlow", "AddLeg", "UpdateLeg", "RemoveLeg", "ListFlows", "WatchStats",
-                   "SetFlowSource", "Rekey")
+    **{f"/msm.v1.DataPlane/{method}": (Role.CONTROL_PLANE,)
+       for method in ("AddFlow", "RemoveFlow", "AddLeg", "UpdateLeg", "RemoveLeg", "ListFlows", "WatchStats",
+                      "SetFlowSource", "Rekey")},
+    # Served on the same port: only the control plane places groups' links on a proxy.
+    **{f"/msm.v1.MediaPlane/{method}": (Role.CONTROL_PLANE,)
+       for method in ("OpenGroupLink", "CloseGroupLink", "ExpectGroup", "ForgetGroup", "ListGroups")},
 }
 CONTROL_PLANE_RULES: Mapping[str, Collection[Role]] = {
     "/msm.v1.ControlPlane/Connect": (Role.STUB,),
     "/msm.v1.ControlPlane/RegisterProxy": (Role.PROXY,),
     "/msm.v1.ControlPlane/ListStreams": (Role.OPERATOR, Role.CONTROL_PLANE),
     "/msm.v1.ControlPlane/IssueCertificate": ANYONE,   # authenticated by its token; server TLS still applies
+    # A proxy, for its own node only (the servicer checks the node against the certificate).
+    "/msm.v1.MediaControl/AnnounceFabric": (Role.PROXY,),
+    "/msm.v1.MediaControl/Join": (Role.PROXY,),
+    "/msm.v1.MediaControl/Leave": (Role.PROXY,),
+    "/msm.v1.MediaControl/ListPlacements": (Role.OPERATOR, Role.CONTROL_PLANE),
 }
 # The bootstrap port (server TLS only: a new workload has no certificate yet) serves this alone.
 BOOTSTRAP_RULES: Mapping[str, Collection[Role]] = {"/msm.v1.ControlPlane/IssueCertificate": ANYONE}
