@@ -130,7 +130,8 @@ class _Fields:
             raise ConfigError(f"{path or 'connection JSON'}: must be a JSON object, got {show(value)}")
         for key in value:
             if key not in allowed:
-                raise ConfigError(f"{self._join(path, key)}: unknown field{did_you_mean(key, allowed)}")
+                name = key if key.isidentifier() and len(key) <= 40 else show(key)
+                raise ConfigError(f"{self._join(path, name)}: unknown field{did_you_mean(key, allowed)}")
         self.data: dict[str, Any] = value
         self.path = path
 

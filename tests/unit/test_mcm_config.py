@@ -257,13 +257,15 @@ def test_group_urn() -> None:
 
 def test_document_level_errors() -> None:
     assert error("").startswith("connection JSON: Expecting value")
+    assert error('{"co\\nnection": {}}') == "'co\\nnection': unknown field (did you mean 'connection'?)"
     assert error("[1]") == "connection JSON: must be a JSON object, got an array"
     assert error('{"maxPayloadSize": 1, "maxPayloadSize": 2}') == "connection JSON: duplicate field 'maxPayloadSize'"
     assert error('{"payload": {"video": {"fps": NaN}}}') == "connection JSON: NaN is not a JSON number"
     assert error(b"\xff{}").startswith("connection JSON: not UTF-8")
     assert error(b" " * (MAX_JSON_BYTES + 1)) == f"connection JSON: {MAX_JSON_BYTES + 1} bytes, the limit is 65536"
     assert error("[" * 100_000).startswith("connection JSON: ")
-    assert error({"connection": {"multipointGroup": {"urn": "g"}}}, "both") == "direction: must be 'tx' or 'rx', got 'both'"
+    assert error({"connection": {"multipointGroup": {"urn": "g"}}}, "both") == (
+        "direction: must be 'tx' or 'rx', got 'both'")
     assert error({"payload": {"video": {"fps": float("inf")}}}).startswith("connection JSON: the object is not JSON")
 
 
