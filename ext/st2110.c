@@ -44,7 +44,7 @@ struct msm_st2110_rx {
     int have_done_ts;
     uint32_t done_ts;
     int have_seq;
-    uint32_t next_seq;
+    uint16_t next_seq;
     uint32_t gap;
     msm_st2110_rx_stats st;
     char last_error[160];
@@ -168,16 +168,17 @@ static void write_segments(msm_st2110_rx *rx, const uint8_t *p, size_t start, in
     }
 }
 
-/* Sequence bookkeeping; 0 if the packet is late or repeated. */
-static int sequence(msm_st2110_rx *rx, uint32_t ext) {
+/* Sequence bookkeeping on the 16-bit RTP sequence number (GStreamer's
+ * rtpvrawpay leaves the extended field at 0); 0 if late or repeated. */
+static int sequence(msm_st2110_rx *rx, uint16_t seq) {
     if (rx->have_seq) {
-        uint32_t ahead = ext - rx->next_seq;
-        if (ahead >= 0x80000000u) return 0;
+        uint16_t ahead = (uint16_t)(seq - rx->next_seq);
+        if (ahead >= 0x8000) return 0;
         rx->st.lost += ahead;
         rx->gap += ahead;
     }
     rx->have_seq = 1;
-    rx->next_seq = ext + 1;
+    rx->next_seq = (uint16_t)(seq + 1);
     return 1;
 }
 
@@ -192,10 +193,10 @@ int msm_st2110_rx_push(msm_st2110_rx *rx, const uint8_t *p, size_t len, uint8_t 
         fail(rx, &rx->st.bad_segment, "segment outside the frame or past the packet");
         return 0;
     }
-    uint32_t ext = (uint32_t)rd16(p + start) << 16 | rd16(p + 2);
+    uint16_t seq = rd16(p + 2);
     rx->have_ssrc = 1;
     rx->ssrc = ssrc;
-    if (!sequence(rx, ext)) { fail(rx, &rx->st.late, "late or repeated sequence number"); return 0; }
+    if (!sequence(rx, seq)) { fail(rx, &rx->st.late, "late or repeated sequence number"); return 0; }
     if (rx->have_done_ts && ts == rx->done_ts) { fail(rx, &rx->st.late, "packet of a finished frame"); return 0; }
     if (rx->in_frame && rx->ts != ts) {
         /* A gap before a new frame's first packet, in a frame that never saw
@@ -204,7 +205,7 @@ int msm_st2110_rx_push(msm_st2110_rx *rx, const uint8_t *p, size_t len, uint8_t 
          * then counts as the expected one). */
         rx->cur.lost += rx->gap;
         rx->gap = 0;
-        rx->next_seq = ext;
+        rx->next_seq = seq;
         finish(rx, 1, done);
         return 2;
     }

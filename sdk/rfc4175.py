@@ -270,14 +270,17 @@ class Depacketizer:
             self._count("bad_segment", str(exc))
             return out
         self.ssrc = ssrc
+        # Continuity on the 16-bit RTP sequence number: GStreamer's rtpvrawpay
+        # leaves the extended field at 0, so its high half cannot be trusted.
+        seq = payload.ext_seq & 0xFFFF
         if self._next_seq is not None:
-            ahead = (payload.ext_seq - self._next_seq) & 0xFFFFFFFF
-            if ahead >= 0x80000000:
-                self._count("late", f"sequence {payload.ext_seq} is late or repeated")
+            ahead = (seq - self._next_seq) & 0xFFFF
+            if ahead >= 0x8000:
+                self._count("late", f"sequence {seq} is late or repeated")
                 return out
             self.counters["lost"] += ahead
             self._gap += ahead
-        self._next_seq = (payload.ext_seq + 1) & 0xFFFFFFFF
+        self._next_seq = (seq + 1) & 0xFFFF
         if payload.timestamp == self._done_ts:
             self._count("late", "packet of a frame already finished")
             return out
