@@ -29,6 +29,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from msm.control_plane.planner import MAX_TRACKS
 from msm.control_plane.resolver import Route, RouteError, parse_route
+from msm.rtp_proxy.media import st2110_analyse
 from msm.runtime.hostport import HostPort, parse_host_port
 from msm.runtime.process import setup_logging
 from msm.runtime.redact import redact_url
@@ -562,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "from it")
     streams.set_defaults(func=cmd_streams)
     bench_command.add_parser(sub)
+    st2110_analyse.add_parser(sub)
     return parser
 
 

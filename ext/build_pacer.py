@@ -1,0 +1,48 @@
+"""cffi (API mode) builder of ``msm.ext._pacer``, the ST 2110-21 sender pacer.
+
+setup.py picks up every ``ext/build*.py``; ``python ext/build_pacer.py``
+rebuilds it in place. The declarations are pacer.h minus its preprocessor lines.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+
+
+def _cdef(header: str) -> str:
+    keep = [line for line in header.splitlines() if not line.startswith("#")]
+    text = re.sub(r"/\*.*?\*/", "", "\n".join(keep), flags=re.S)
+    return text.replace("MSM_PACER_MAX_GROUP", "64")
+
+
+def _rel(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(_cdef((HERE / "pacer.h").read_text()))
+ffibuilder.set_source(
+    "msm.ext._pacer",
+    '#include "pacer.h"',
+    sources=[_rel(HERE / "pacer.c")],
+    include_dirs=[_rel(HERE)],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-parameter"],
+    # Optional like the engine: without a compiler nothing paces (the twin in
+    # msm.rtp_proxy.media.pacing computes the schedule but does not send at rate).
+    optional=True,
+    py_limited_api=True,
+)
+
+if __name__ == "__main__":
+    os.chdir(HERE.parent)
+    ffibuilder.compile(verbose="-v" in sys.argv)

@@ -1,0 +1,178 @@
+"""The ST 2110-21 pacer's seam: a thin handle over ``msm.ext._pacer`` (C, cffi API mode).
+
+:func:`load` returns the compiled module or raises :class:`NativeUnavailable`
+saying why. :meth:`Pacer.send_frame` blocks for about one frame period in C
+with the GIL released, sending each packet at its time on the ST 2110-21 read
+schedule (pacer.c says how). Plain numbers only here (``ext`` imports no other
+component); ``msm.rtp_proxy.media.pacing`` computes the same schedule exactly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from types import ModuleType
+from typing import Any
+
+from msm.ext import NativeUnavailable, _flag
+
+__all__ = ["FrameStats", "NativeUnavailable", "Pacer", "load"]
+
+#: Packets per sendmmsg at most, per mode: back-to-back bursts stay well under
+#: ST 2110-21's CMAX (at least 4 narrow, 16 wide).
+MAX_GROUP = {"narrow": 2, "wide": 8, "linear": 2}
+#: Packets sent ahead of the read schedule: VRX then holds that margin (narrow
+#: VRX_FULL is at least 8; wide 720, where the first packet must still follow the
+#: frame's epoch: at most 80% of TROFFSET ahead).
+NARROW_LEAD = 6
+WIDE_LEAD = 360
+#: When late, a group follows the previous one after at least this share (per mille) of its
+#: packets' TRS: faster than the schedule (to catch up) but slower than the network
+#: compatibility model's drain (TRS / 1.1), so the bucket does not fill meanwhile.
+CATCHUP_PERMILLE = 950
+#: Busy-wait this long before a due time rather than trust a timer to wake on time.
+SPIN_NS = 20_000
+#: Packets due within this of now leave in the same group.
+TOLERANCE_NS = 1_000
+#: A frame has at most this many packets (8K 4:4:4 12-bit at 1400 bytes is about 62k).
+MAX_PACKETS = 1 << 17
+CLOCK_TAI = 11
+CLOCK_REALTIME = 0
+
+_module: ModuleType | None = None
+_error: str | None = None
+_lock = threading.Lock()
+
+
+def load() -> ModuleType:
+    """The compiled ``msm.ext._pacer`` module, or :class:`NativeUnavailable`."""
+    global _module, _error
+    if _flag("MSM_NO_NATIVE"):
+        raise NativeUnavailable("disabled by MSM_NO_NATIVE=1")
+    with _lock:
+        if _module is None and _error is None:
+            try:
+                from msm.ext import _pacer  # type: ignore[attr-defined]
+            except ImportError as exc:
+                _error = f"msm.ext._pacer is not built ({exc}); run python ext/build_pacer.py"
+            else:
+                _module = _pacer
+    if _module is None:
+        raise NativeUnavailable(_error or "unknown")
+    return _module
+
+
+@dataclass(frozen=True, slots=True)
+class FrameStats:
+    """How one frame went out (times in ns of the pacer's clock)."""
+
+    frame: int
+    rtp_timestamp: int
+    packets_sent: int
+    send_errors: int
+    groups: int
+    sleeps: int
+    late_packets: int
+    first_due_ns: int
+    max_late_ns: int
+    mean_late_ns: float
+    cpu_ns: int
+    skipped_frames: int
+
+
+def _lines(height: int, mode: str) -> tuple[int, int, int]:
+    """(total, active, TRODEFAULT) lines: 1125-line systems from 1080 up, else 750-line; linear: no gap."""
+    total, active, tro = (1125, 1080, 43) if height >= 1080 else (750, 720, 28)
+    return total, (total if mode == "linear" else active), tro
+
+
+def _dest(dest: tuple[str, int]) -> tuple[int, bytes, int]:
+    host, port = dest
+    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM, 0, socket.AI_NUMERICHOST)
+    fam, _t, _p, _n, sockaddr = infos[0]
+    if fam == socket.AF_INET:
+        return fam, ipaddress.IPv4Address(sockaddr[0]).packed, 0
+    return fam, ipaddress.IPv6Address(str(sockaddr[0]).split("%")[0]).packed, int(sockaddr[-1])
+
+
+class Pacer:
+    """Sends frames of ``packets_per_frame`` RTP packets from ``fd`` to ``dest``, paced per ST 2110-21.
+
+    ``frame_period_ns`` may be a :class:`~fractions.Fraction` (``Fraction(1001 * 10**9, 30000)``
+    for 29.97 Hz) so the grid never drifts. ``mode``: ``narrow`` (gapped, type N),
+    ``wide`` (gapped, larger bursts and margin, type W) or ``linear`` (type NL).
+    ``clock``: ``tai`` (ST 2110's epoch; the same as ``realtime`` where the kernel's
+    TAI offset is unset) or ``realtime``.
+    """
+
+    def __init__(self, fd: int, dest: tuple[str, int], frame_period_ns: int | Fraction, packets_per_frame: int,
+                 mode: str = "narrow", *, height: int = 1080, clock: str = "tai", patch_timestamp: bool = True,
+                 lead: int | None = None, max_group: int | None = None) -> None:
+        if mode not in MAX_GROUP:
+            raise ValueError(f"pacing mode must be narrow, wide or linear, not {mode!r}")
+        if not 0 < packets_per_frame <= MAX_PACKETS:
+            raise ValueError(f"packets per frame must be 1..{MAX_PACKETS}, not {packets_per_frame}")
+        period = Fraction(frame_period_ns)
+        if period <= 0:
+            raise ValueError(f"the frame period must be positive, not {frame_period_ns}")
+        mod = load()
+        self.ffi: Any = mod.ffi
+        self.lib: Any = mod.lib
+        total, active, tro = _lines(height, mode)
+        default_lead = NARROW_LEAD if mode != "wide" else max(
+            NARROW_LEAD, min(WIDE_LEAD, 4 * tro * packets_per_frame // (5 * active)))
+        cfg = self.ffi.new("msm_pacer_config *")
+        cfg.period_num, cfg.period_den = period.numerator, period.denominator
+        cfg.packets, cfg.total_lines, cfg.active_lines, cfg.tro_lines = packets_per_frame, total, active, tro
+        cfg.lead = default_lead if lead is None else lead
+        cfg.max_group = MAX_GROUP[mode] if max_group is None else max_group
+        cfg.catchup_permille = CATCHUP_PERMILLE
+        cfg.spin_ns, cfg.tolerance_ns = SPIN_NS, TOLERANCE_NS
+        cfg.clock_id = {"tai": CLOCK_TAI, "realtime": CLOCK_REALTIME}[clock]
+        cfg.patch_timestamp = 1 if patch_timestamp else 0
+        fam, packed, scope = _dest(dest)
+        ptr = self.lib.msm_pacer_new(fd, fam, packed, dest[1] & 0xFFFF, scope, cfg)
+        if ptr == self.ffi.NULL:
+            raise ValueError(f"the pacer refused its settings (errno {self.ffi.errno})")
+        self._ptr: Any = self.ffi.gc(ptr, self.lib.msm_pacer_free)
+        self._out = self.ffi.new("msm_pacer_stats *")
+        self.mode, self.packets_per_frame, self.frame_period_ns = mode, packets_per_frame, period
+        self.clock_id = cfg.clock_id
+
+    def packet_time(self, frame: int, index: int) -> int:
+        return int(self.lib.msm_pacer_packet_time(self._ptr, frame, index))
+
+    def frame_of(self, t_ns: int) -> int:
+        return int(self.lib.msm_pacer_frame_of(self._ptr, t_ns))
+
+    def rtp_timestamp(self, frame: int) -> int:
+        return int(self.lib.msm_pacer_rtp_timestamp(self._ptr, frame))
+
+    def now(self) -> int:
+        return time.clock_gettime_ns(self.clock_id)
+
+    def send_frame(self, buf: Any, lengths: Sequence[int], frame: int | None = None) -> FrameStats:
+        """Send one frame: ``buf`` holds the packets back to back, ``lengths`` their sizes.
+
+        ``frame``: the grid frame to send as (``None``: the next one still ahead).
+        Each packet's RTP timestamp becomes the frame's (unless ``patch_timestamp=False``).
+        """
+        n = len(lengths)
+        if not 0 < n <= MAX_PACKETS:
+            raise ValueError(f"a frame has 1..{MAX_PACKETS} packets, not {n}")
+        data = self.ffi.from_buffer(buf)
+        lens = self.ffi.new("uint32_t[]", list(lengths))
+        out = self._out
+        if self.lib.msm_pacer_send_frame(self._ptr, data, len(data), lens, n, -1 if frame is None else frame, out):
+            raise ValueError("the packets' lengths do not fit the buffer (or one is shorter than an RTP header)")
+        return FrameStats(frame=int(out.frame), rtp_timestamp=int(out.rtp_timestamp),
+                          packets_sent=int(out.packets_sent), send_errors=int(out.send_errors),
+                          groups=int(out.groups), sleeps=int(out.sleeps), late_packets=int(out.late_packets),
+                          first_due_ns=int(out.first_due_ns), max_late_ns=int(out.max_late_ns),
+                          mean_late_ns=int(out.sum_late_ns) / max(1, n), cpu_ns=int(out.cpu_ns),
+                          skipped_frames=int(out.skipped_frames))
