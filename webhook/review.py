@@ -22,9 +22,9 @@ The rules, in the order they are applied:
    never injected in ``kube-system`` or the mesh's own namespace, nor when it is already
    injected (annotation ``sidecar.mediastreamingmesh.io/status: injected``, or a container or
    init container named ``msm-stub``), so a reinvoked webhook adds nothing twice.
-4. An injected Pod gets a base64 ``JSONPatch`` that appends the stub container and sets the
-   status annotation. Every allowed response says why in ``auditAnnotations["injection"]``
-   (the API server records it in its audit log as ``<webhook name>/injection``).
+4. An injected Pod gets a base64 ``JSONPatch`` that appends the stub container and sets the status annotation
+   (a Pod annotated ``media.mediastreamingmesh.io/memif`` also gets the proxy's media socket: ``webhook/media.py``).
+   Every allowed response says why in ``auditAnnotations["injection"]`` (audit log: ``<webhook name>/injection``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from typing import Any, Literal, NotRequired, TypedDict, cast
 from msm.runtime.hostport import format_host_port, parse_host_port
 from msm.sdk.errors import MsmError
 from msm.webhook.errors import ConfigError, ReviewError
+from msm.webhook.media import media_patch
 
 # A real CREATE review carries the Pod once (oldObject is null) and Pods are a few KiB: the API
 # server caps all annotations at 256 KiB and etcd refuses objects over 1.5 MiB by default. 1 MiB is
@@ -224,8 +225,7 @@ def review(body: bytes, config: InjectConfig) -> tuple[int, AdmissionReview | St
         patch, reason = decide(request, config)
     except ReviewError as exc:
         return rejection(exc)
-    response: AdmissionResponse = {"uid": request["uid"], "allowed": True,
-                                   "auditAnnotations": {"injection": reason}}
+    response: AdmissionResponse = {"uid": request["uid"], "allowed": True, "auditAnnotations": {"injection": reason}}
     if patch:
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode("ascii")
@@ -304,9 +304,9 @@ def decide(request: AdmissionRequest, config: InjectConfig) -> tuple[list[JsonPa
     if not namespace:
         raise ReviewError("a Pod review needs request.namespace")
     reason = skip_reason(pod, namespace, config)
-    if reason is not None:
-        return [], f"skipped: {reason}"
-    return build_patch(pod, config), INJECTED
+    patch = build_patch(pod, config) if reason is None else []
+    media, note = media_patch(cast(dict[str, Any], pod), patch, skip=STUB_NAME)  # independent of the stub
+    return [*patch, *media], (INJECTED if reason is None else f"skipped: {reason}") + note
 
 
 def pod_of(request: AdmissionRequest) -> Pod:
