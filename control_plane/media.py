@@ -303,7 +303,7 @@ class MediaPlacer:
 
     async def _open(self, placement: Placement, node: str, want: Wanted) -> Link:
         """Program both ends: the receiver expects the link before the sender opens it."""
-        link = Link(want, secrets.randbits(64) or 1)
+        link = Link(want, secrets.randbits(32) or 1)   # every frame's 32-bit group field carries it
         max_frame = placement.max_frame or DEFAULT_MAX_FRAME
         receiver, sender = self.port_of(node), self.port_of(want.sender_node)
         try:
