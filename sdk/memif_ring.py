@@ -208,6 +208,8 @@ class RxFrame:
     length: int
     end: int  # ring counter after the frame's last slot
     queue: RxQueue
+    region: int = 0  # where the first buffer lies (to forward it by reference: TxQueue.send_external)
+    offset: int = 0
 
     def views(self) -> list[memoryview]:
         return self.data if isinstance(self.data, list) else [self.data]
@@ -273,6 +275,7 @@ class RxQueue:
     def _gather(self, available: int) -> tuple[RxFrame | None, int]:
         views: list[memoryview] = []
         total, slot, bad = 0, self._next, False
+        first = self.ring.read_desc(slot)
         for used in range(1, available + 1):
             flags, region, length, offset = self.ring.read_desc(slot)
             view = _view(self.regions, region, offset, length)
@@ -290,7 +293,7 @@ class RxQueue:
                 self.counters.rx_packets += 1
                 self.counters.rx_bytes += total
                 data: memoryview | list[memoryview] = views[0] if len(views) == 1 else views
-                return RxFrame(data, total, slot & 0xFFFF, self), used
+                return RxFrame(data, total, slot & 0xFFFF, self, first[1], first[3]), used
         if available == self.ring.size:  # a chain as long as the ring can never end
             self.counters.drops["unterminated_chain"] += 1
             self.counters.errors["unterminated_chain"] += 1
