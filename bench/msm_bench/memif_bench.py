@@ -134,7 +134,8 @@ def run_proxy(sock: str, receiver_sock: str, frames: int) -> dict[str, Any]:
 
 
 def run_sender(sock: str, frames: int, size: int) -> dict[str, Any]:
-    cfg = MemifConfig(name="app-sender", buffer_size=max(size, 2048), log2_ring_size=_log2(BIG_HOLD if size >= 1 << 20 else SMALL_HOLD), timeout=30.0)
+    hold = BIG_HOLD if size >= 1 << 20 else SMALL_HOLD
+    cfg = MemifConfig(name="app-sender", buffer_size=max(size, 2048), log2_ring_size=_log2(hold), timeout=30.0)
     client = MemifClient(sock, cfg).connect()
     st = os.fstat(client.regions[0].fd)
     picture = (bytes(range(256)) * (size // 256 + 1))[:size]
@@ -259,10 +260,13 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.role:
-        run = {"sender": lambda: run_sender(args.sock, args.frames, args.size),
-               "proxy": lambda: run_proxy(args.sock, args.peer, args.frames),
-               "receiver": lambda: run_receiver(args.sock, args.frames, args.size)}[args.role]
-        print(json.dumps(run()))
+        if args.role == "sender":
+            result = run_sender(args.sock, args.frames, args.size)
+        elif args.role == "proxy":
+            result = run_proxy(args.sock, args.peer, args.frames)
+        else:
+            result = run_receiver(args.sock, args.frames, args.size)
+        print(json.dumps(result))
         return
     ref = measure_testpmd(args.seconds)
     ours = []
