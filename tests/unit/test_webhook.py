@@ -600,3 +600,119 @@ def test_the_schema_check_has_teeth() -> None:
         stub_of(bad).update(broken)
         with pytest.raises(kubernetes_validate.ValidationError):
             kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+
+
+# -- the media socket directory: media.mediastreamingmesh.io/memif ------------------------------------
+MEDIA_KEY = "media.mediastreamingmesh.io/memif"
+MEDIA_VOLUME = {"name": "msm-media", "hostPath": {"path": "/var/run/msm/media", "type": "DirectoryOrCreate"}}
+MEDIA_MOUNT = {"name": "msm-media", "mountPath": "/run/msm/media"}
+MEDIA_ENV = {"name": "MSM_PROXY", "value": "unix:/run/msm/media/proxy.sock"}
+
+
+def reviewed(document: dict[str, Any], note: str) -> dict[str, Any]:
+    """Review, check the audit note, apply the patch (if any) and validate the Pod; the patched Pod."""
+    response = answer(document)
+    assert note in response["auditAnnotations"]["injection"], response["auditAnnotations"]
+    pod: dict[str, Any] = document["request"]["object"]
+    if "patch" in response:
+        pod = jsonpatch.apply_patch(pod, patch_of(response))
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    return pod
+
+
+def _containers(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    spec = pod["spec"]
+    return {c["name"]: c for c in [*spec.get("initContainers", []), *spec["containers"]]}
+
+
+def test_memif_pod_gets_the_media_socket_in_app_containers_and_native_sidecars() -> None:
+    document = fixture("pod_create_media")
+    before = copy.deepcopy(document["request"]["object"])
+    pod = reviewed(document, "skipped: no sidecar.mediastreamingmesh.io/inject: \"true\" annotation or label; "
+                             "memif: mounted")
+    assert pod["metadata"] == before["metadata"]   # no stub, no status annotation
+    assert pod["spec"]["volumes"] == before["spec"]["volumes"] + [MEDIA_VOLUME]
+    old, new = _containers(before), _containers(pod)
+    assert list(new) == ["fetch-playlist", "tally", "playout", "multiviewer"]
+    assert new["fetch-playlist"] == old["fetch-playlist"]   # an ordinary init container has finished by then
+    for name in ("tally", "playout", "multiviewer"):
+        assert new[name]["volumeMounts"] == old[name]["volumeMounts"] + [MEDIA_MOUNT]
+        assert new[name]["env"] == old[name].get("env", []) + [MEDIA_ENV]
+        assert {k: v for k, v in new[name].items() if k not in ("env", "volumeMounts")} == {
+            k: v for k, v in old[name].items() if k not in ("env", "volumeMounts")}
+
+
+def test_memif_and_the_stub_in_one_patch() -> None:
+    document = fixture("pod_create_annotated")
+    pod_in = document["request"]["object"]
+    pod_in["metadata"]["annotations"][MEDIA_KEY] = "TRUE"
+    del pod_in["spec"]["volumes"]                       # the stub's patch creates the list, ours appends
+    del pod_in["spec"]["containers"][0]["volumeMounts"]
+    pod = reviewed(document, "injected; memif: mounted")
+    assert [v["name"] for v in pod["spec"]["volumes"]] == ["msm-token", "msm-tls", "msm-media"]
+    camera, stub = pod["spec"]["containers"]
+    assert camera["volumeMounts"] == [MEDIA_MOUNT] and camera["env"] == [MEDIA_ENV]
+    assert stub["name"] == "msm-stub"
+    assert MEDIA_MOUNT not in stub["volumeMounts"] and MEDIA_ENV not in stub["env"]
+
+
+def test_memif_is_idempotent() -> None:
+    document = fixture("pod_create_media")
+    document["request"]["object"] = reviewed(document, "memif: mounted")
+    again = answer(document)
+    assert "patch" not in again and again["auditAnnotations"]["injection"].endswith("; memif: already mounted")
+    both = fixture("pod_create_annotated")
+    both["request"]["object"]["metadata"]["annotations"][MEDIA_KEY] = "true"
+    both["request"]["object"] = reviewed(both, "injected; memif: mounted")
+    not_injected(both, "already injected; memif: already mounted")
+
+
+def test_memif_keeps_an_existing_msm_proxy_and_mount() -> None:
+    document = fixture("pod_create_media")
+    playout = document["request"]["object"]["spec"]["containers"][0]
+    playout["env"].append({"name": "MSM_PROXY", "value": "unix:/sockets/other.sock"})
+    document["request"]["object"]["spec"]["volumes"].append(MEDIA_VOLUME)
+    playout["volumeMounts"].append({"name": "msm-media", "mountPath": "/run/msm/media/", "readOnly": True})
+    pod = reviewed(document, "memif: mounted")
+    new = _containers(pod)
+    assert new["playout"] == playout                            # nothing added to it
+    assert [v["name"] for v in pod["spec"]["volumes"]].count("msm-media") == 1
+    assert new["multiviewer"]["env"] == [MEDIA_ENV]
+
+
+@pytest.mark.parametrize("value", ["false", "False", " false "])
+def test_memif_false_adds_nothing(value: str) -> None:
+    document = fixture("pod_create_media")
+    document["request"]["object"]["metadata"]["annotations"][MEDIA_KEY] = value
+    not_injected(document, "skipped: no sidecar.mediastreamingmesh.io/inject")
+    assert "memif" not in answer(document)["auditAnnotations"]["injection"]
+
+
+def _media_changed(change: Any) -> bytes:
+    document = fixture("pod_create_media")
+    change(document["request"]["object"])
+    return encode(document)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda pod: pod["metadata"]["annotations"].update({MEDIA_KEY: "yes"}),
+     "annotation media.mediastreamingmesh.io/memif must be \"true\" or \"false\", got 'yes'"),
+    (lambda pod: pod["metadata"]["annotations"].update({MEDIA_KEY: ""}),
+     "annotation media.mediastreamingmesh.io/memif must be \"true\" or \"false\", got ''"),
+    (lambda pod: pod["spec"]["volumes"].append({"name": "msm-media", "emptyDir": {}}),
+     "the pod already has a volume named 'msm-media' that is not the proxy's /var/run/msm/media"),
+    (lambda pod: pod["spec"]["containers"][1]["volumeMounts"].append({"name": "clips", "mountPath": "/run/msm/media"}),
+     "request.object.spec.containers[1] already mounts another volume at /run/msm/media"),
+])
+def test_memif_refusals_are_one_line_400s(change: Any, message: str) -> None:
+    assert rejected(_media_changed(change)).startswith(message)
+
+
+def test_apply_adds_matches_jsonpatch() -> None:
+    """The webhook's own small applier (to order the stub's and the media operations) agrees with jsonpatch."""
+    from msm.webhook.media import apply_adds
+    document = fixture("pod_create_annotated")
+    document["request"]["object"]["metadata"]["annotations"][MEDIA_KEY] = "true"
+    ops = patch_of(answer(document))
+    pod = document["request"]["object"]
+    assert apply_adds(pod, cast(Any, ops)) == jsonpatch.apply_patch(pod, ops)
