@@ -558,14 +558,18 @@ class Planner:
                         delay: float) -> None:
         def due() -> None:
             self.spawn(self._rekey(stream_id, node, index, flow_id, epoch + 1), name=f"rekey {flow_id}")
-        self._cancel_rekey(flow_id)
+        self._cancel_timer(flow_id)
         self._rekeys[flow_id] = (epoch, self.clock.call_later(delay, due))
 
-    def _cancel_rekey(self, flow_id: str) -> None:
-        self._profiles.pop(flow_id, None)
+    def _cancel_timer(self, flow_id: str) -> None:
         entry = self._rekeys.pop(flow_id, None)
         if entry is not None:
             entry[1].cancel()
+
+    def _cancel_rekey(self, flow_id: str) -> None:
+        """The relay is gone: its rotation and its profile."""
+        self._cancel_timer(flow_id)
+        self._profiles.pop(flow_id, None)
 
     async def _rekey(self, stream_id: str, node: str, index: int, flow_id: str, epoch: int) -> None:
         """A new key for the relay ``flow_id``: its receiving flow first, then the sending leg."""

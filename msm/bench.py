@@ -41,7 +41,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cases", metavar="LIST", help="comma-separated: 1:1,1:10,1:100,1000x1 (default all)")
     p.add_argument("--subjects", metavar="LIST",
                    help="comma-separated: native,python,gstreamer (default all); native-srtp and python-srtp "
-                        "are the same engines with SRTP on every leg")
+                        "are the same engines with SRTP on every leg (-srtp-gcm: AEAD_AES_128_GCM)")
     p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
                    help="after the runs, forward 1:1 at half load through the native proxy this long with "
                    "legs churning, sampling its memory (600 for the 10-minute soak)")
@@ -93,7 +93,8 @@ def settings_of(opts: argparse.Namespace) -> harness.Settings:
         settings.cases = cases
     if opts.subjects:
         subjects = tuple(s.strip() for s in opts.subjects.split(",") if s.strip())
-        unknown = [s for s in subjects if s not in ("native", "python", "gstreamer", "native-srtp", "python-srtp")]
+        unknown = [s for s in subjects if s not in ("native", "python", "gstreamer", "native-srtp", "python-srtp",
+                                                 "native-srtp-gcm", "python-srtp-gcm")]
         if unknown:
             raise ConfigError(f"unknown subject {', '.join(unknown)}")
         settings.subjects = subjects

@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from msm.rtp_proxy.flows import FlowTable, Leg
-from msm.rtp_proxy.srtp import SrtpKey
+from msm.rtp_proxy.srtp import PROFILE, PROFILES, SrtpKey
 
 PORT_RANGE = (20000, 29999)
 CHURN_INTERVAL = 0.05   # seconds between leg changes on each flow (20 changes/s/flow)
@@ -56,6 +56,10 @@ async def churn(table: FlowTable, sink_port: int) -> None:
         n += 1
 
 
+def new_key(profile: str, epoch: int) -> SrtpKey:
+    return SrtpKey(os.urandom(16), os.urandom(PROFILES[profile].salt_len), epoch=epoch, profile=profile)
+
+
 def rekey(table: FlowTable) -> None:
     """A new key on every SRTP leg. The harness's sender starts each run at the same
     SSRC and sequence numbers; under one key that would reuse SRTP packet indexes,
@@ -63,7 +67,7 @@ def rekey(table: FlowTable) -> None:
     for flow in table.flows.values():
         for leg in list(flow.legs.values()):
             if leg.srtp is not None:
-                flow.rekey_leg(leg.leg_id, SrtpKey(os.urandom(16), os.urandom(14), epoch=leg.srtp.epoch + 1))
+                flow.rekey_leg(leg.leg_id, new_key(leg.srtp.profile, leg.srtp.epoch + 1))
 
 
 async def serve(cfg: dict[str, Any]) -> None:
@@ -74,7 +78,7 @@ async def serve(cfg: dict[str, Any]) -> None:
         flow.set_source("127.0.0.1")   # the test's sources all send from this host
         for j, port in enumerate(legs):
             # "srtp": every leg protects with its own key, as a leg to another node's proxy does.
-            key = SrtpKey(os.urandom(16), os.urandom(14), epoch=1) if cfg.get("srtp") else None
+            key = new_key(cfg.get("srtp_profile", PROFILE), 1) if cfg.get("srtp") else None
             flow.set_leg(Leg(f"v{j}", ("127.0.0.1", int(port)), ("127.0.0.1", int(port) + 1), enabled=True,
                              srtp=key))
         ingress.append(flow.ingress[1])

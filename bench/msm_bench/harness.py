@@ -233,10 +233,13 @@ class ProxyForwarder(Forwarder):
     """``msm_bench.forwarder``: the proxy's FlowTable on one engine."""
 
     def __init__(self, subject: str, flows: list[list[int]], *, churn: int = 0) -> None:
-        # "native-srtp" / "python-srtp": the same engine with SRTP (its own key) on every leg.
+        # "native-srtp" / "python-srtp": the same engine with SRTP (its own key) on every leg,
+        # AES_CM_128_HMAC_SHA1_80; "native-srtp-gcm" / "python-srtp-gcm": AEAD_AES_128_GCM, what
+        # relay legs between two current proxies use.
         self.name = subject
-        engine = subject.removesuffix("-srtp")
-        cfg = {"engine": engine, "flows": flows, "churn": churn, "srtp": subject.endswith("-srtp")}
+        engine, _, srtp = subject.partition("-")
+        cfg = {"engine": engine, "flows": flows, "churn": churn, "srtp": srtp == "srtp" or srtp == "srtp-gcm",
+               "srtp_profile": "AEAD_AES_128_GCM" if srtp == "srtp-gcm" else "AES_CM_128_HMAC_SHA1_80"}
         self.proc = subprocess.Popen([PYTHON, "-m", "msm_bench.forwarder", json.dumps(cfg)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV)
         assert self.proc.stdout is not None

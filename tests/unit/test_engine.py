@@ -10,6 +10,7 @@ switch that picks the engine.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -18,7 +19,9 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
+import pylibsrtp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -29,8 +32,8 @@ from msm.rtp_proxy.engine import EngineUnavailable
 from msm.rtp_proxy.flows import Flow, FlowTable, Leg, choose_engine
 from msm.rtp_proxy.metrics import ProxyCollector
 from msm.rtp_proxy.native import start_core
-from msm.rtp_proxy.service import flow_stats
-from msm.rtp_proxy.srtp import library_path
+from msm.rtp_proxy.service import check_profile, flow_stats, srtp_profiles
+from msm.rtp_proxy.srtp import GCM, PROFILE, SrtpKey, SrtpKeyRefused, library_path
 from msm.sdk.errors import ConfigError, Unavailable
 from msm.sdk.stats import ReceiverStats
 from tests.engines import drain, engine, require, table, until
@@ -418,3 +421,87 @@ def test_srtp_comes_from_pylibsrtp_and_one_library_serves_the_process() -> None:
     loaded, error, again, _ = _srtp_probe("/nonexistent/libsrtp.so", pylib)
     assert "/nonexistent/libsrtp.so" in error
     assert loaded == again == "libsrtp2.so.1" or loaded == "None"   # None: no system libsrtp2 here
+
+
+def gcm_key(epoch: int = 1) -> SrtpKey:
+    return SrtpKey(master_key=os.urandom(16), master_salt=os.urandom(12), epoch=epoch, profile=GCM)
+
+
+def gcm_session(key: SrtpKey, inbound: bool) -> pylibsrtp.Session:
+    """pylibsrtp's own AEAD_AES_128_GCM session: the reference the engines must agree with."""
+    return pylibsrtp.Session(policy=pylibsrtp.Policy(
+        key=key.material, srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
+        ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND if inbound else pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+
+
+async def test_gcm_interoperates_with_pylibsrtp_both_ways(table: FlowTable) -> None:
+    """RFC 7714 AES-GCM on a leg (equal sizes: GSO trains on the native engine) and on a flow's ingress."""
+    if table.engine == "native" and "srtp-gcm" not in table.engine_features:
+        pytest.skip(f"the native engine's libsrtp has no AES-GCM: {table.engine_features}")
+    out_key, in_key = gcm_key(), gcm_key()
+    flow = await table.add_flow("s/0", clock_rate=90000)
+    flow.set_source("127.0.0.1")
+    capture, capture_rtcp, src = udp(), udp(), udp(bind=False)
+    flow.set_leg(Leg("relay@b", capture.getsockname(), capture_rtcp.getsockname(), enabled=True, srtp=out_key))
+    sent_plain = [rtp(seq, ts=seq * 3000, size=1316) for seq in range(40)]
+    for packet in sent_plain:
+        src.sendto(packet, flow.ingress)
+    got: list[bytes] = []
+    await until(lambda: len(got.__iadd__(drain(capture))) >= 40, what="40 protected packets")
+    opener = gcm_session(out_key, inbound=True)
+    for plain, wire in zip(sent_plain, got, strict=True):
+        assert len(wire) == len(plain) + 16 and wire[:12] == plain[:12] and plain[12:60] not in wire
+        assert opener.unprotect(wire) == plain
+    # pylibsrtp protects, the flow unprotects: the viewer gets the cleartext; a forgery is counted.
+    relay = await table.add_flow("s/0@b", clock_rate=90000, srtp=in_key)
+    relay.set_source("127.0.0.1")
+    viewer, viewer_rtcp = udp(), udp()
+    relay.set_leg(Leg("viewer", viewer.getsockname(), viewer_rtcp.getsockname(), enabled=True))
+    sealer = gcm_session(in_key, inbound=False)
+    wires = [sealer.protect(rtp(seq, ts=seq * 3000, ssrc=0x77)) for seq in range(20)]
+    forged = wires[-1][:-1] + bytes([wires[-1][-1] ^ 1])
+    for wire in [*wires[:-1], forged]:
+        src.sendto(wire, relay.ingress)
+    seen: list[bytes] = []
+    await until(lambda: len(seen.__iadd__(drain(viewer))) >= 19 and relay.snapshot().srtp_errors == 1,
+                what="19 packets at the viewer and one SRTP error")
+    assert seen == [rtp(seq, ts=seq * 3000, ssrc=0x77) for seq in range(19)]
+    for s in (capture, capture_rtcp, src, viewer, viewer_rtcp):
+        s.close()
+
+
+def test_a_profile_the_engine_cannot_do_is_refused_clearly() -> None:
+    with pytest.raises(SrtpKeyRefused, match="not supported"):
+        SrtpKey(master_key=bytes(16), master_salt=bytes(14), epoch=1, profile="AES_256_CM_HMAC_SHA1_80")
+    with pytest.raises(SrtpKeyRefused, match="12-byte salt"):
+        SrtpKey(master_key=bytes(16), master_salt=bytes(14), epoch=1, profile=GCM)
+    # A native engine whose libsrtp has no AES-GCM (libsrtp's own crypto): its hello says
+    # AES-CM only, and a GCM key is refused before any flow or leg is touched.
+    no_gcm = SimpleNamespace(engine="native", engine_features=frozenset({"srtp", "gso"}))
+    assert srtp_profiles(no_gcm) == (PROFILE,)   # type: ignore[arg-type]
+    with pytest.raises(SrtpKeyRefused, match="AEAD_AES_128_GCM refused: this proxy's native engine does "
+                                             "AES_CM_128_HMAC_SHA1_80"):
+        check_profile(no_gcm, gcm_key())   # type: ignore[arg-type]
+    check_profile(no_gcm, SrtpKey(master_key=bytes(16), master_salt=bytes(14), epoch=1))   # type: ignore[arg-type]
+    assert srtp_profiles(SimpleNamespace(engine="python")) == (GCM, PROFILE)   # type: ignore[arg-type]
+
+
+@native_only
+def test_the_c_engine_checks_profile_and_key_length() -> None:
+    core = start_core()
+    try:
+        if "srtp" not in core.features:
+            pytest.skip(f"no SRTP in the native engine: {ext.srtp_error()}")
+        leg = ext.LegHandle(core, "127.0.0.1", 40000, socket.AF_INET)
+        with pytest.raises(ValueError, match="unknown to the native engine"):
+            leg.set_srtp(bytes(30), profile="AES_256_CM_HMAC_SHA1_80")
+        with pytest.raises(ValueError, match="SRTP key refused"):   # a GCM key is 28 bytes, not 30
+            leg.set_srtp(bytes(30), profile=GCM)
+        assert core.lib.msm_leg_set_srtp(core.ptr, leg.ptr, 3, bytes(30), 30) == -1   # no such profile
+        assert core.ffi.errno == errno.EPROTONOSUPPORT
+        leg.set_srtp(bytes(30), profile=PROFILE)
+        if "srtp-gcm" in core.features:
+            leg.set_srtp(bytes(28), profile=GCM)   # a leg may change profile on a rekey
+        leg.retire()
+    finally:
+        core.close()

@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 
 import pytest
 
 from msm.control_plane import planner as planner_module
-from msm.control_plane.planner import REKEY_INTERVAL, REKEY_RETRY, SRTP_PROFILE, Planner
+from msm.control_plane.links import ProxyLink
+from msm.control_plane.planner import (
+    REKEY_INTERVAL,
+    REKEY_RETRY,
+    SRTP_GCM,
+    SRTP_PROFILE,
+    Planner,
+    PlannerSettings,
+    relay_profile,
+)
 from msm.control_plane.ports import StubInfo
 from msm.control_plane.resolver import Route, StaticResolver
 from msm.control_plane.store import MemoryStore, StreamRecord, ViewerRecord
@@ -21,7 +31,7 @@ from msm.control_plane.upstream_state import TRANSITIONS, Trigger, UpstreamState
 from msm.control_plane.view import list_streams, snapshot
 from msm.protos import msm_pb2 as pb
 from msm.runtime.redact import session_tag
-from msm.sdk.errors import MethodNotValid, MsmError, NotFound, SessionNotFound, Unavailable
+from msm.sdk.errors import ConfigError, MethodNotValid, MsmError, NotFound, SessionNotFound, Unavailable
 
 LINGER = 5.0
 TRACKS = [pb.Track(index=0, kind="video", clock_rate=90000, encoding="H264/90000"),
@@ -399,6 +409,44 @@ async def test_relay_legs_get_fresh_srtp_keys_and_local_legs_none(mesh: Mesh) ->
     assert set(mesh.pa.flows[record.flows[0].flow_id].leg_keys) == {"relay@b"}
     assert all(f.srtp is None for f in mesh.pa.flows.values())
     assert all(not f.leg_keys for f in mesh.pb.flows.values())
+
+
+GCM_AND_CM = (SRTP_GCM, SRTP_PROFILE)
+
+
+@pytest.mark.parametrize(("a_can", "b_can", "preferred", "expected"), [
+    (GCM_AND_CM, GCM_AND_CM, SRTP_GCM, SRTP_GCM),          # two current proxies: AES-GCM
+    (GCM_AND_CM, (), SRTP_GCM, SRTP_PROFILE),              # b said nothing (an older proxy): AES-CM
+    ((SRTP_PROFILE,), GCM_AND_CM, SRTP_GCM, SRTP_PROFILE),  # a's engine cannot do GCM
+    (GCM_AND_CM, GCM_AND_CM, SRTP_PROFILE, SRTP_PROFILE),  # the setting says AES-CM
+])
+async def test_relay_legs_use_gcm_only_when_both_proxies_can(a_can: tuple[str, ...], b_can: tuple[str, ...],
+                                                             preferred: str, expected: str) -> None:
+    mesh = Mesh()
+    mesh.planner.settings = replace(mesh.planner.settings, srtp_profile=preferred)
+    mesh.pa.srtp_profiles, mesh.pb.srtp_profiles = a_can, b_can   # what their hellos said
+    await mesh.join(mesh.vb, "b1")
+    record = mesh.stream()
+    relay_id, source_id = record.relays[("b", 0)].flow_id, record.flows[0].flow_id
+    key = mesh.pa.flows[source_id].leg_keys["relay@b"]
+    assert mesh.pb.flows[relay_id].srtp == key and key.profile == expected
+    assert len(key.master_key) == 16 and len(key.master_salt) == (12 if expected == SRTP_GCM else 14)
+    mesh.clock.advance(REKEY_INTERVAL)   # a rekey keeps the leg's profile
+    await mesh.planner.settle()
+    rekeyed = mesh.pb.flows[relay_id].srtp
+    assert rekeyed is not None and rekeyed.epoch == 2 and rekeyed.profile == expected
+    assert len(rekeyed.master_salt) == len(key.master_salt)
+
+
+def test_an_unknown_srtp_profile_setting_is_refused() -> None:
+    with pytest.raises(ConfigError, match="SRTP profile"):
+        PlannerSettings(srtp_profile="AES_CM_128_HMAC_SHA1_32")
+
+
+def test_a_proxy_link_reports_the_profiles_of_its_hello() -> None:
+    assert relay_profile(SRTP_GCM, FakeProxy("a"), FakeProxy("b")) == SRTP_PROFILE   # no hello field: AES-CM
+    hello = pb.ProxyHello(node="a", dataplane_address="127.0.0.1:1", srtp_profiles=list(GCM_AND_CM))
+    assert ProxyLink.srtp_profiles.fget(SimpleNamespace(hello=hello)) == GCM_AND_CM  # type: ignore[attr-defined]
 
 
 async def test_srtp_keys_rotate_receiver_first_on_the_clock(mesh: Mesh) -> None:
