@@ -217,6 +217,7 @@ int msm_pacer_send_frame(msm_pacer *p, const unsigned char *buf, uint64_t buf_le
             g++;
         }
         int sent = send_group(p, pkts, lengths + i, g, ts_be);
+        out->send_ns += clock_ns(p->cfg.clock_id) - now;
         out->groups++;
         out->packets_sent += (uint32_t)sent;
         out->send_errors += g - (uint32_t)sent;

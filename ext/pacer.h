@@ -44,6 +44,7 @@ typedef struct {
     int64_t max_late_ns;     /* the latest any packet left after its time */
     int64_t sum_late_ns;
     int64_t cpu_ns;          /* the calling thread's CPU time in send_frame */
+    int64_t send_ns;         /* of which in sendmmsg (wall clock) */
     int64_t skipped_frames;  /* grid frames passed over because the call came too late for them */
 } msm_pacer_stats;
 

@@ -82,6 +82,7 @@ class FrameStats:
     max_late_ns: int
     mean_late_ns: float
     cpu_ns: int
+    send_ns: int
     skipped_frames: int
 
 
@@ -175,4 +176,5 @@ class Pacer:
                           groups=int(out.groups), sleeps=int(out.sleeps), late_packets=int(out.late_packets),
                           first_due_ns=int(out.first_due_ns), max_late_ns=int(out.max_late_ns),
                           mean_late_ns=int(out.sum_late_ns) / max(1, n), cpu_ns=int(out.cpu_ns),
+                          send_ns=int(out.send_ns),
                           skipped_frames=int(out.skipped_frames))

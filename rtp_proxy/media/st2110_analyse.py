@@ -26,7 +26,7 @@ from .pacing import frame_period
 from .pcap import udp_datagrams
 from .st2110_timing import Analyser, Report
 
-__all__ = ["add_parser", "capture_live", "capture_pcap", "render", "run"]
+__all__ = ["add_parser", "capture_live", "capture_pcap", "open_socket", "render", "run", "tai_offset_ns"]
 
 SO_TIMESTAMPNS = 35          # linux/asm-generic/socket.h (also SCM_TIMESTAMPNS)
 SO_RCVBUFFORCE = 33
@@ -45,7 +45,8 @@ def tai_offset_ns() -> int:
     return round(diff / 1e9) * 1_000_000_000
 
 
-def _open(port: int, group: str | None, source: str | None) -> socket.socket:
+def open_socket(port: int, group: str | None = None, source: str | None = None) -> socket.socket:
+    """A UDP socket on ``port`` (joined to ``group``) with kernel receive timestamps and a large buffer."""
     try:
         family = socket.AF_INET6 if group and ipaddress.ip_address(group).version == 6 else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -80,10 +81,10 @@ def _join(sock: socket.socket, family: int, group: str, source: str | None) -> N
                         socket.inet_aton(group) + socket.inet_aton("0.0.0.0"))
 
 
-def capture_live(analyser: Analyser, port: int, duration: float, *, group: str | None = None,
+def capture_live(analyser: Analyser, port: int | socket.socket, duration: float, *, group: str | None = None,
                  source: str | None = None, offset_ns: int = 0, status: TextIO | None = None) -> Report:
-    """Analyse what arrives on ``port`` for ``duration`` seconds."""
-    sock = _open(port, group, source)
+    """Analyse what arrives on ``port`` (or on a socket from :func:`open_socket`) for ``duration`` seconds."""
+    sock = port if isinstance(port, socket.socket) else open_socket(port, group, source)
     sock.settimeout(0.1)
     deadline = time.monotonic() + duration
     next_status = time.monotonic() + STATUS_EVERY

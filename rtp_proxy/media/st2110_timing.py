@@ -188,13 +188,17 @@ class Analyser:
         if self.rate is not None:
             return
         self._steps.append(step)
-        if len(self._steps) < 4:
+        if len(self._steps) < 8:
             return
-        # The smallest step: a sender that skips frames makes multiples of it; 59.94 Hz
-        # steps alternate 1501 and 1502 ticks, within a tick of 1501.5.
-        low = min(self._steps)
-        best = min(RATES, key=lambda r: abs(MEDIA_CLOCK / r - low))
-        self.rate = best if abs(MEDIA_CLOCK / best - low) <= 1 else Fraction(MEDIA_CLOCK, low)
+        # A sender that skips frames makes steps of several frame periods: the rate is the
+        # lowest standard one whose period divides every step (within a tick: 59.94 Hz steps
+        # alternate 1501 and 1502 ticks).
+        for rate in RATES:
+            period = MEDIA_CLOCK / rate
+            if all(abs(s - max(1, round(s / period)) * period) <= 1 for s in self._steps):
+                self.rate = rate
+                return
+        self.rate = Fraction(MEDIA_CLOCK, min(self._steps))
 
     def _schedule(self, packets: int) -> Schedule:
         sched = self._schedules.get(packets)
