@@ -227,8 +227,8 @@ def decode(data: bytes) -> Message:
         return Connected(_text(_NAME.unpack_from(body)[0], "CONNECTED interface name"))
     if kind == MSG_DISCONNECT:
         code, reason = _DISCONNECT.unpack_from(body)
-        text = reason.split(b"\0", 1)[0].decode("ascii", errors="replace")
-        return Disconnect(code, "".join(c if c.isprintable() else "?" for c in text))
+        text = reason.split(b"\0", 1)[0][:REASON_SIZE - 1].decode("ascii", errors="replace")
+        return Disconnect(code, "".join(c if " " <= c <= "~" else "?" for c in text))
     raise MemifError(f"memif: unknown control message type {kind}")
 
 
