@@ -6,7 +6,9 @@ TLS from the session's local CA. The viewer on node b is fed by a relay flow on 
 fed by ONE leg from a's source flow: that leg is SRTP. ``tshark -i lo`` captures what the
 camera sends to node a (cleartext RTP) and what node a sends to node b; every packet on
 the node-to-node leg carries the same RTP header, a payload that differs from the
-camera's and a 10-byte authentication tag, while the viewer decodes frames. The native
+camera's and an authentication tag, while the viewer decodes frames. Both profiles:
+AEAD_AES_128_GCM (16-byte tag), what the control plane picks when both proxies can do
+it, and AES_CM_128_HMAC_SHA1_80 (10-byte tag) when it is told to. The native
 engine sends runs of equal-sized packets on the leg as one UDP GSO super-datagram, which
 a capture on loopback records as one frame: such frames are cut back into packets.
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from msm.control_plane.planner import SRTP_GCM, SRTP_PROFILE, PlannerSettings
 from msm.control_plane.resolver import Route, StaticResolver
 from msm.control_plane.server import ControlPlaneServer
 from msm.rtp_proxy.service import RtpProxy
@@ -36,7 +39,7 @@ pytestmark = pytest.mark.timeout(90)
 
 A_PORTS = (46000, 46099)
 B_PORTS = (46100, 46199)
-SRTP_TAG = 10   # AES_CM_128_HMAC_SHA1_80's authentication tag
+TAGS = {SRTP_GCM: 16, SRTP_PROFILE: 10}   # what each profile adds to an RTP packet
 
 
 async def _tshark(pcap: Path) -> asyncio.subprocess.Process:
@@ -67,23 +70,24 @@ async def _packets(pcap: Path) -> list[tuple[int, int, bytes]]:
     return packets
 
 
-def _segments(wire: bytes, clear: dict[tuple[bytes, bytes], bytes]) -> list[bytes]:
+def _segments(wire: bytes, clear: dict[tuple[bytes, bytes], bytes], tag: int) -> list[bytes]:
     """The packets in one captured frame of the leg. A GSO super-datagram is seen on loopback
     before it is cut up: every segment but the last has the first's size, which is its
     cleartext's plus the SRTP tag (a frame whose first packet is not in the capture stays whole)."""
     plain = clear.get((wire[8:12], wire[2:4]))
-    if plain is None or len(wire) <= len(plain) + SRTP_TAG:
+    if plain is None or len(wire) <= len(plain) + tag:
         return [wire]
-    size = len(plain) + SRTP_TAG
+    size = len(plain) + tag
     return [wire[at:at + size] for at in range(0, len(wire), size)]
 
 
 class TwoNodes:
-    def __init__(self, camera: GstRtspServer) -> None:
+    def __init__(self, camera: GstRtspServer, profile: str) -> None:
         self.pki = LocalPki(STATE_DIR)
         self.pki.prepare()
         self.control = ControlPlaneServer(StaticResolver({"cam": Route(name="cam", url=camera.url, node="a")}),
-                                          listen="127.0.0.1:0", linger=1.0, tls=self.pki["control-plane"])
+                                          listen="127.0.0.1:0", linger=1.0, tls=self.pki["control-plane"],
+                                          settings=PlannerSettings(srtp_profile=profile))
         self.proxies: dict[str, RtpProxy] = {}
         self.stubs: dict[str, Stub] = {}
 
@@ -120,9 +124,9 @@ class TwoNodes:
         await self.control.stop()
 
 
-@pytest.fixture
-async def nodes(gst: GstRtspServer) -> AsyncIterator[TwoNodes]:
-    mesh = TwoNodes(gst)
+@pytest.fixture(params=[SRTP_GCM, SRTP_PROFILE])
+async def nodes(gst: GstRtspServer, request: pytest.FixtureRequest) -> AsyncIterator[TwoNodes]:
+    mesh = TwoNodes(gst, request.param)
     try:
         await mesh.start()
         yield mesh
@@ -144,6 +148,7 @@ async def test_the_leg_between_nodes_is_srtp_and_the_viewer_decodes(nodes: TwoNo
             # Read while the viewer plays: its TEARDOWN removes the relay.
             relays = [f.snapshot() for f in nodes.proxies["b"].table.flows.values() if "@b" in f.flow_id]
             sources = [f.snapshot() for f in nodes.proxies["a"].table.flows.values()]
+            keys = [f.legs["relay@b"].srtp for f in nodes.proxies["a"].table.flows.values()]
         finally:
             await viewer.stop()
             capture.send_signal(signal.SIGINT)
@@ -155,13 +160,16 @@ async def test_the_leg_between_nodes_is_srtp_and_the_viewer_decodes(nodes: TwoNo
         assert snap.srtp and snap.srtp_errors == 0 and snap.packets_received > 0
         assert not any(leg.srtp for leg in snap.legs)   # the viewer on b gets plain RTP
     assert sources and all(f.leg("relay@b").srtp for f in sources)
+    profile = nodes.control.control.planner.settings.srtp_profile
+    tag = TAGS[profile]
+    assert all(key is not None and key.profile == profile for key in keys)   # both proxies can do GCM
 
     a_ingress = {f.ingress[1] for f in sources}
     b_ingress = {f.ingress[1] for f in relays}
     # The camera's cleartext RTP, by (SSRC, sequence number), as it reached node a.
     clear = {(p[8:12], p[2:4]): p for src, dst, p in packets if dst in a_ingress and src not in a_ingress}
     frames = [p for src, dst, p in packets if src in a_ingress and dst in b_ingress]
-    leg = [wire for frame in frames for wire in _segments(frame, clear)]
+    leg = [wire for frame in frames for wire in _segments(frame, clear, tag)]
     assert len(clear) >= 50 and len(leg) >= 50, (len(clear), len(leg))
     matched = 0
     for wire in leg:
@@ -169,14 +177,14 @@ async def test_the_leg_between_nodes_is_srtp_and_the_viewer_decodes(nodes: TwoNo
         if plain is None:
             continue
         matched += 1
-        assert len(wire) == len(plain) + SRTP_TAG, (len(wire), len(plain))   # the HMAC-SHA1-80 tag
+        assert len(wire) == len(plain) + tag, (len(wire), len(plain))   # the GCM or HMAC-SHA1-80 tag
         assert wire[:12] == plain[:12]               # the RTP header is authenticated, not encrypted
-        assert wire[12:-SRTP_TAG] != plain[12:]      # the payload is not the cleartext
+        assert wire[12:-tag] != plain[12:]           # the payload is not the cleartext
         assert plain[12:44] not in wire              # nor any stretch of it
     assert matched >= 50, (matched, len(leg))
     example = next(p for p in leg if (p[8:12], p[2:4]) in clear)
-    print(f"tshark -i lo: {len(clear)} RTP packets camera -> node a, {len(leg)} on the a -> b leg "
+    print(f"{profile}: tshark -i lo: {len(clear)} RTP packets camera -> node a, {len(leg)} on the a -> b leg "
           f"in {len(frames)} sends, {matched} matched by SSRC and sequence; "
           f"e.g. seq {int.from_bytes(example[2:4], 'big')}: camera payload "
           f"{clear[(example[8:12], example[2:4])][12:28].hex()}..., on the leg {example[12:28].hex()}... "
-          f"tag {example[-SRTP_TAG:].hex()}")
+          f"tag {example[-tag:].hex()}")
