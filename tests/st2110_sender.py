@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import struct
 import sys
@@ -38,7 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--mode", default="narrow")
     ap.add_argument("--height", type=int, default=1080)
+    ap.add_argument("--realtime", action="store_true",
+                    help="run as SCHED_FIFO (priority 10) where permitted, as a dedicated ST 2110 sender would")
     opts = ap.parse_args(argv)
+    if opts.realtime:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+        except OSError as exc:
+            print(json.dumps({"realtime": f"not permitted: {exc.strerror}"}), file=sys.stderr)
     rate = Fraction(opts.rate) if opts.rate not in ("29.97", "59.94") else Fraction(
         {"29.97": 30000, "59.94": 60000}[opts.rate], 1001)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -67,16 +67,21 @@ class FrameResult:
 
 def classify(cinst_max: int, vrx_min: int, vrx_max: int, lim: Limits) -> tuple[str, str]:
     """A frame's class and why, from its Cinst and VRX extremes (ST 2110-21 compliance definitions)."""
-    if vrx_min < 1:
-        return "non-compliant", f"VRX underflow ({vrx_min}): packets arrived after the receiver was to read them"
+    faults = []
     if cinst_max > lim.cmax_wide:
-        return "non-compliant", f"Cinst {cinst_max} > wide CMAX {lim.cmax_wide}: bursts"
+        faults.append(f"Cinst {cinst_max} > wide CMAX {lim.cmax_wide} (bursts)")
+    if vrx_min < 1:
+        faults.append(f"VRX underflow ({vrx_min}: packets came after the receiver was to read them)")
     if vrx_max > lim.vrx_full_wide:
-        return "non-compliant", f"VRX {vrx_max} > wide VRX_FULL {lim.vrx_full_wide}: too early"
+        faults.append(f"VRX {vrx_max} > wide VRX_FULL {lim.vrx_full_wide} (too early)")
+    if faults:
+        return "non-compliant", "; ".join(faults)
     if cinst_max > lim.cmax_narrow:
-        return "wide", f"Cinst {cinst_max} > narrow CMAX {lim.cmax_narrow}"
+        faults.append(f"Cinst {cinst_max} > narrow CMAX {lim.cmax_narrow}")
     if vrx_max > lim.vrx_full_narrow:
-        return "wide", f"VRX {vrx_max} > narrow VRX_FULL {lim.vrx_full_narrow}"
+        faults.append(f"VRX {vrx_max} > narrow VRX_FULL {lim.vrx_full_narrow}")
+    if faults:
+        return "wide", "; ".join(faults)
     return "narrow", "within the narrow bounds"
 
 
