@@ -760,3 +760,62 @@ def test_srtp_between_nodes_follows_the_values() -> None:
     assert flag(container(find(objects, "Deployment", "msm-control-plane"))["args"], "--srtp-rekey") == "600"
     with pytest.raises(helm.HelmValuesError):
         render({"mesh": {"srtpRekeySeconds": 5}})
+
+
+# --- the proxy's media socket directory (memif) ----------------------------------------------------
+MEDIA_KEY = "media.mediastreamingmesh.io/memif"
+
+
+def validate_all(objects: list[Obj]) -> None:
+    for obj in objects:
+        if not obj["apiVersion"].startswith("cert-manager.io/"):
+            for version in KUBE_VERSIONS:
+                kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_proxy_mounts_the_media_socket_directory(default: list[Obj]) -> None:
+    pod = find(default, "DaemonSet", "msm-proxy")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "media"]
+    # The same node directory the webhook mounts into annotated pods (webhook/media.py).
+    assert volume == {"name": "media", "hostPath": {"path": "/var/run/msm/media", "type": "DirectoryOrCreate"}}
+    assert {"name": "media", "mountPath": "/run/msm/media"} in container({"spec": {"template": {"spec": pod}}})[
+        "volumeMounts"]
+    (init,) = pod["initContainers"]
+    assert init["name"] == "media-dir"
+    assert init["command"] == ["chown", "10001:10001", "/run/msm/media"]   # the proxy's runAsUser:runAsGroup
+    assert init["image"] == pod["containers"][0]["image"]
+    assert init["volumeMounts"] == [{"name": "media", "mountPath": "/run/msm/media"}]
+    context = init["securityContext"]
+    assert context["runAsUser"] == 0 and context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}   # nothing but chown
+
+
+def test_media_socket_follows_the_values() -> None:
+    objects, _ = render({"proxy": {"podSecurityContext": {"runAsUser": 20002, "runAsGroup": 30003}}})
+    validate_all(objects)
+    pod = find(objects, "DaemonSet", "msm-proxy")["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["command"] == ["chown", "20002:30003", "/run/msm/media"]
+    objects, _ = render({"proxy": {"mediaSocket": {"enabled": False}}})
+    validate_all(objects)
+    pod = find(objects, "DaemonSet", "msm-proxy")["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    assert all(v["name"] != "media" for v in pod["volumes"])
+    assert all(m["mountPath"] != "/run/msm/media" for m in pod["containers"][0]["volumeMounts"])
+    report = helm.lint(CHART, {"proxy": {"mediaSocket": {"enabled": False}}}, strict=True, namespace=NAMESPACE,
+                       kube_version=f"v{KUBE_VERSIONS[-1]}.0")
+    assert report["errors"] == []
+
+
+def test_media_socket_value_is_typed() -> None:
+    with pytest.raises(helm.HelmValuesError, match="mediaSocket"):
+        render({"proxy": {"mediaSocket": {"enabled": "yes"}}})
+    with pytest.raises(helm.HelmValuesError, match="mediaSocket"):
+        render({"proxy": {"mediaSocket": {"path": "/tmp"}}})
+
+
+def test_memif_annotated_pods_reach_the_webhook(default: list[Obj]) -> None:
+    (condition,) = webhook_entry(default)["matchConditions"]
+    expression = " ".join(condition["expression"].split())
+    assert INJECT_KEY in expression
+    # Any value, so that a malformed one is refused by the webhook rather than ignored.
+    assert f"(has(object.metadata.annotations) && '{MEDIA_KEY}' in object.metadata.annotations)" in expression
