@@ -10,6 +10,7 @@ ffmpeg. Everything on loopback, ports bound to 0 first.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -17,7 +18,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +194,91 @@ def test_gst_in_gst_out(tmp: Path, width: int, height: int) -> None:
     print(f"GStreamer depayloaded {len(got)} frames, {matching} equal to the pattern")
     assert got, "GStreamer (sdpdemux with our SDP) produced no frame"
     assert matching >= 1, "no frame GStreamer depayloaded matches the source pattern"
+
+
+def test_ffmpeg_bitpacked_in(tmp: Path) -> None:
+    """ffmpeg sends RFC 4175 (-c:v bitpacked); the ingress is declared from the SDP ffmpeg writes."""
+    width, height, port = 640, 480, _free_udp_port()
+    sdp = tmp / "ffmpeg.sdp"
+
+    def ffmpeg(frames: int) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i",
+                               f"smptebars=size={width}x{height}:rate=30", "-frames:v", str(frames), "-pix_fmt",
+                               "yuv422p10le", "-c:v", "bitpacked", "-f", "rtp", "-pkt_size", "1400",
+                               f"rtp://127.0.0.1:{port}", "-sdp_file", str(sdp)], capture_output=True, timeout=60)
+
+    assert ffmpeg(1).returncode == 0   # only to have ffmpeg's SDP before the ingress binds its port
+    want = subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                           f"smptebars=size={width}x{height}:rate=30", "-frames:v", "1", "-pix_fmt", "yuv422p10le",
+                           "-f", "rawvideo", "-"], capture_output=True, check=True, timeout=30).stdout
+    sums: list[tuple[bytes, IngressFrame]] = []
+    ingress = St2110Ingress.from_sdp(sdp, on_frame=lambda data, f: sums.append((bytes(data), f)))
+    with ingress:
+        assert ffmpeg(FRAMES).returncode == 0
+        time.sleep(0.5)
+    stats = ingress.stats()
+    print("ingress", stats)
+    assert len(sums) == FRAMES and stats["lost"] == 0 and stats["frames_complete"] == FRAMES
+    assert all(_uyvp_to_planar(data, width, height) == want for data, _f in sums)
+
+
+def _gst_l24_sender(port: int, packets: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["gst-launch-1.0", "-q", "audiotestsrc", f"num-buffers={packets}", "samplesperbuffer=48", "wave=sine", "!",
+         "audio/x-raw,format=S24BE,rate=48000,channels=2", "!", "rtpL24pay", "pt=97", "min-ptime=1000000",
+         "max-ptime=1000000", "!", "udpsink", "host=127.0.0.1", f"port={port}", "sync=true"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_l24_from_gstreamer() -> None:
+    fmt = AudioFormat("L24", 48000, 2, 1000)
+    depack = AudioDepacketizer(fmt, payload_type=97)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(2.0)
+        sender = _gst_l24_sender(sock.getsockname()[1], 300)
+        pcm = []
+        with contextlib.suppress(TimeoutError):
+            while len(pcm) < 300:
+                pcm.append(depack.push(sock.recv(2048)))
+        sender.wait(timeout=20)
+    print("L24 in", depack.counters)
+    assert len(pcm) == 300 and all(len(p) == fmt.packet_bytes for p in pcm)
+    assert depack.counters["lost"] == 0 and depack.counters["packets"] == 300
+    assert any(b"".join(pcm))   # a sine, not silence
+
+
+@pytest.mark.parametrize("ptime_us", [1000, 125])
+def test_l24_to_ffmpeg(tmp: Path, ptime_us: int) -> None:
+    fmt = AudioFormat("L24", 48000, 2, ptime_us)
+    port = _free_udp_port()
+    sdp = tmp / "audio.sdp"
+    sdp.write_text(audio_sdp(AudioStream("127.0.0.1", port, "L24", 48000, 2, ptime_us)))
+    out = tmp / "audio.raw"
+    rx = subprocess.Popen(["ffmpeg", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file,udp,rtp",
+                           "-i", str(sdp), "-f", "s24be", "-c:a", "pcm_s24be", "-y", str(out)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seconds = 1
+    ramp = np.arange(48000 * seconds * 2, dtype=np.int64) * 97 % (1 << 24)
+    pcm = b"".join(int(v).to_bytes(3, "big") for v in ramp)
+    packets = packetize_audio(pcm, fmt, seq=100, timestamp=12345, ssrc=0x30, payload_type=97)
+    try:
+        time.sleep(1.5)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            start = time.monotonic()
+            for k, packet in enumerate(packets):
+                sock.sendto(packet, ("127.0.0.1", port))
+                delay = start + (k + 1) * ptime_us / 1e6 - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+        time.sleep(1.0)
+    finally:
+        rx.send_signal(signal.SIGINT)
+        rx.wait(timeout=10)
+    got = out.read_bytes()
+    print(f"ffmpeg wrote {len(got)} of {len(pcm)} bytes")
+    # ffmpeg begins with the first packet it reads; what it wrote must be a run of what we sent.
+    assert len(got) >= len(pcm) * 9 // 10
+    assert got[:3000] in pcm and got[-3000:] in pcm
+    if len(got) == len(pcm):
+        assert got == pcm
