@@ -138,6 +138,25 @@ async def test_mutate_over_https(started: tuple[WebhookServer, Pair]) -> None:
     assert pod["spec"]["containers"][-1]["name"] == "msm-stub"
 
 
+async def test_memif_pod_over_https(started: tuple[WebhookServer, Pair]) -> None:
+    """The media socket directory over the real server: a patch for "true", a v1 Status for a bad value."""
+    server, pair = started
+    document = json.loads(load("k8s/webhook_pod_create_media.json"))
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{server.url}/mutate", json=document, ssl=trusting(pair)) as response:
+            assert response.status == 200
+            answer = (await response.json())["response"]
+        pod = jsonpatch.apply_patch(document["request"]["object"], json.loads(base64.b64decode(answer["patch"])))
+        kubernetes_validate.validate(pod, "1.30", strict=True)
+        assert pod["spec"]["volumes"][-1]["hostPath"] == {"path": "/var/run/msm/media", "type": "DirectoryOrCreate"}
+        assert {"name": "MSM_PROXY", "value": "unix:/run/msm/media/proxy.sock"} in pod["spec"]["containers"][0]["env"]
+        document["request"]["object"]["metadata"]["annotations"]["media.mediastreamingmesh.io/memif"] = "on"
+        async with session.post(f"{server.url}/mutate", json=document, ssl=trusting(pair)) as response:
+            assert response.status == 400
+            status = await response.json()
+    assert status["kind"] == "Status" and "media.mediastreamingmesh.io/memif" in status["message"]
+
+
 async def test_bad_requests_over_https(started: tuple[WebhookServer, Pair]) -> None:
     server, pair = started
     context = trusting(pair)

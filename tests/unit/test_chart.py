@@ -819,3 +819,7 @@ def test_memif_annotated_pods_reach_the_webhook(default: list[Obj]) -> None:
     assert INJECT_KEY in expression
     # Any value, so that a malformed one is refused by the webhook rather than ignored.
     assert f"(has(object.metadata.annotations) && '{MEDIA_KEY}' in object.metadata.annotations)" in expression
+    _, notes = render()
+    assert f'{MEDIA_KEY}: "true"' in notes and "MSM_PROXY=unix:/run/msm/media/proxy.sock" in notes
+    _, notes = render({"proxy": {"mediaSocket": {"enabled": False}}})
+    assert MEDIA_KEY not in notes
