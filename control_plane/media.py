@@ -52,6 +52,9 @@ MAX_GROUPS = 4096
 MAX_NODES_PER_GROUP = 256
 # Members of one group on one node: what one proxy serves per group (rtp_proxy.media.groups.MAX_RECEIVERS).
 MAX_MEMBERS_PER_NODE = 256
+# Groups one node takes part in: what one proxy holds (rtp_proxy.media.groups.MAX_GROUPS). With the
+# bound above, what one (authenticated) proxy can make the control plane keep is bounded too.
+MAX_GROUPS_PER_NODE = 256
 MAX_URN = 256                        # characters
 MAX_MEMBER = 128                     # characters
 MAX_ADDRESS = 256                    # bytes of one fi_getname() blob (tcp: a sockaddr; shm: a name)
@@ -157,7 +160,10 @@ class MediaPlacer:
         self._lock = asyncio.Lock()
 
     # -- what proxies tell us ------------------------------------------------------------------------
-    async def announce(self, node: str, proxy_id: str, endpoints: Mapping[str, bytes]) -> None:
+    async def announce(self, node: str, proxy_id: str, endpoints: Mapping[str, bytes],
+                       members: set[tuple[str, str, bool]] | None = None) -> None:
+        """``node``'s endpoints (provider -> address); with ``members`` ((urn, member, sender) it has
+        now), its other memberships are dropped: Leaves it could not tell us while we were apart."""
         for provider, address in endpoints.items():
             check_provider(provider)
             if not provider or not address or len(address) > MAX_ADDRESS:
@@ -168,7 +174,9 @@ class MediaPlacer:
                 self._drop_node(node)    # a restarted proxy: its groups and endpoints are gone
             self.fabric[node] = NodeFabric(proxy_id, dict(endpoints))
             for urn in self._groups_of(node):
-                await self._reconcile(urn)   # an address changed: its links are made again
+                if members is not None:
+                    _keep_only(self.groups[urn], node, members)
+                await self._reconcile(urn)   # an address changed, a member left: its links follow
 
     async def proxy_registered(self, node: str, proxy_id: str) -> None:
         """A proxy registered: if another one had announced for ``node``, that one's groups are gone."""
@@ -184,6 +192,9 @@ class MediaPlacer:
         check_join(urn, node, member, provider, max_frame)
         async with self._lock:
             placement = self.groups.get(urn)
+            if placement is None or not _has_node(placement, node):
+                if len(self._groups_of(node)) >= MAX_GROUPS_PER_NODE:
+                    raise ResourceExhausted(f"node {node} already takes part in {MAX_GROUPS_PER_NODE} groups")
             if placement is None:
                 if len(self.groups) >= self.max_groups:
                     raise ResourceExhausted(f"the mesh already places {self.max_groups} groups")
@@ -327,7 +338,9 @@ class MediaPlacer:
     async def _close(self, urn: str, node: str, link: Link) -> None:
         """Take a link down: the sender stops sending before the receiver stops accepting (both
         calls are idempotent, so a half-programmed link is undone the same way)."""
-        sender, receiver = self.port_of(link.wanted.sender_node), self.port_of(node)
+        # A node whose proxy went away (no endpoints any more) is not called: it has no links left.
+        sender = self.port_of(link.wanted.sender_node) if link.wanted.sender_node in self.fabric else None
+        receiver = self.port_of(node) if node in self.fabric else None
         if sender is not None:
             await _quietly(sender.close_link(urn, node), f"close link to {node}")
         if receiver is not None:
@@ -351,6 +364,23 @@ def check_join(urn: str, node: str, member: str, provider: str, max_frame: int) 
     check_provider(provider)
     if not 0 <= max_frame <= MAX_FRAME:
         raise Refused(f"max_frame must be at most {MAX_FRAME} bytes")
+
+
+def _has_node(placement: Placement, node: str) -> bool:
+    return node in placement.receivers or (placement.sender is not None and placement.sender[0] == node)
+
+
+def _keep_only(placement: Placement, node: str, members: set[tuple[str, str, bool]]) -> None:
+    """Drop ``node``'s memberships of ``placement`` that are not in ``members``."""
+    if placement.sender is not None and placement.sender[0] == node \
+            and (placement.urn, placement.sender[1], True) not in members:
+        placement.sender = None
+        placement.sender_provider = ""
+    kept = {m: p for m, p in placement.receivers.get(node, {}).items() if (placement.urn, m, False) in members}
+    if kept:
+        placement.receivers[node] = kept
+    else:
+        placement.receivers.pop(node, None)
 
 
 def _add_member(placement: Placement, node: str, member: str, *, sender: bool, provider: str) -> None:

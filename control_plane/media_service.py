@@ -25,7 +25,7 @@ from msm.sdk.errors import MsmError, Refused
 from msm.security.authz import check_name, peer_identity
 
 from .links import PROXY_TIMEOUT, ProxyLink
-from .media import KNOWN_PROVIDERS, MediaPlacer
+from .media import KNOWN_PROVIDERS, MAX_GROUPS_PER_NODE, MAX_MEMBERS_PER_NODE, MediaPlacer
 from .ports import LinkClosed
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,11 @@ class MediaControlService(mpb_grpc.MediaControlServicer):
             await self._own_node(context, request.node, "announce the fabric endpoints of node")
             if len(request.endpoints) > len(KNOWN_PROVIDERS):
                 raise Refused(f"at most one endpoint per provider ({len(KNOWN_PROVIDERS)})")
+            if len(request.members) > MAX_GROUPS_PER_NODE * (MAX_MEMBERS_PER_NODE + 1):
+                raise Refused("more members than one node may have")
             endpoints = {e.provider: bytes(e.address) for e in request.endpoints}
-            await self.placer.announce(request.node, request.proxy_id, endpoints)
+            members = {(m.urn, m.member, m.role == mpb.GROUP_ROLE_SENDER) for m in request.members}
+            await self.placer.announce(request.node, request.proxy_id, endpoints, members)
         except MsmError as exc:
             log.warning("fabric endpoints of node %r refused: %s", request.node, exc.reason)
             await abort(context, exc)

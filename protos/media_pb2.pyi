@@ -25,14 +25,16 @@ class FabricAddress(_message.Message):
     def __init__(self, provider: _Optional[str] = ..., address: _Optional[bytes] = ...) -> None: ...
 
 class FabricAnnouncement(_message.Message):
-    __slots__ = ("node", "proxy_id", "endpoints")
+    __slots__ = ("node", "proxy_id", "endpoints", "members")
     NODE_FIELD_NUMBER: _ClassVar[int]
     PROXY_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
     node: str
     proxy_id: str
     endpoints: _containers.RepeatedCompositeFieldContainer[FabricAddress]
-    def __init__(self, node: _Optional[str] = ..., proxy_id: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[FabricAddress, _Mapping]]] = ...) -> None: ...
+    members: _containers.RepeatedCompositeFieldContainer[GroupJoin]
+    def __init__(self, node: _Optional[str] = ..., proxy_id: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[FabricAddress, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[GroupJoin, _Mapping]]] = ...) -> None: ...
 
 class GroupJoin(_message.Message):
     __slots__ = ("urn", "node", "member", "role", "provider", "max_frame")

@@ -201,10 +201,15 @@ class MediaNode:
         return placement
 
     async def announce(self) -> None:
-        """Tell the control plane this node's endpoints, then every member again (idempotent there)."""
+        """Tell the control plane this node's endpoints and members (it drops any other membership it
+        holds for us), then join every member again (idempotent there)."""
         with self.lock:
             endpoints = [mpb.FabricAddress(provider=p, address=e.local_address()) for p, e in self.endpoints.items()]
-        request = mpb.FabricAnnouncement(node=self.node, proxy_id=self.proxy_id, endpoints=endpoints)
+        members = [mpb.GroupJoin(urn=m.urn, node=self.node, member=m.member,
+                                 role=mpb.GROUP_ROLE_SENDER if m.sender else mpb.GROUP_ROLE_RECEIVER)
+                   for m in self.members.values()]
+        request = mpb.FabricAnnouncement(node=self.node, proxy_id=self.proxy_id, endpoints=endpoints,
+                                         members=members)
         await self._call(lambda api: api.AnnounceFabric(request, timeout=CONTROL_TIMEOUT))
         for membership in list(self.members.values()):
             try:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from msm.control_plane import media as media_module
 from msm.control_plane.media import (
     DEFAULT_MAX_FRAME,
     DEFAULT_PROVIDER,
@@ -189,11 +190,11 @@ async def test_a_gone_proxy_loses_its_members_and_links(placer: MediaPlacer, cal
     await placer.node_gone("c", "old-proxy-id")                      # a stale departure changes nothing
     assert calls.log == []
     await placer.node_gone("c", "p1")
-    assert calls.log == [("a", "close", URN, "c"), ("c", "forget", URN, "a")]
+    assert calls.log == [("a", "close", URN, "c")]                   # the gone proxy itself is not called
     assert set(receivers(placer.placements()[0])) == {"b"}
     calls.log.clear()
     await placer.proxy_registered("a", "p2")                          # the sender's proxy restarted
-    assert calls.log == [("a", "close", URN, "b"), ("b", "forget", URN, "a")]
+    assert calls.log == [("b", "forget", URN, "a")]                  # (the new one never had the link)
     assert placer.placements()[0].sender_node == "" and "a" not in placer.fabric
     calls.log.clear()
     await announce(placer, "a", proxy_id="p2")
@@ -232,3 +233,31 @@ async def test_bounds_and_bad_requests(calls: Calls) -> None:
     with pytest.raises(Refused, match="address"):
         await placer.announce("a", "p1", {TCP: b"x" * 1000})
     assert set(placer.groups) == {"urn:1", "urn:2"} and calls.log == []
+
+
+async def test_an_announcement_drops_the_leaves_that_were_missed(placer: MediaPlacer, calls: Calls) -> None:
+    await announce(placer, "a")
+    await announce(placer, "b")
+    await placer.join(URN, "a", "memif:tx", sender=True)
+    await placer.join(URN, "b", "memif:1", sender=False)
+    await placer.join(URN, "b", "memif:2", sender=False)
+    await placer.join("urn:other", "b", "memif:1", sender=False)
+    calls.log.clear()
+    # b's proxy comes back with memif:2 only (memif:1's Leaves never arrived): one link stays.
+    await placer.announce("b", "p1", {TCP: b"b/" + TCP.encode()}, {(URN, "memif:2", False)})
+    assert calls.log == [] and "urn:other" not in placer.groups
+    assert receivers(placer.placements()[0])["b"] == (1, TCP, True, "")
+    await placer.announce("a", "p1", {TCP: b"a/" + TCP.encode()}, set())   # a's sender is gone too
+    assert calls.log == [("a", "close", URN, "b"), ("b", "forget", URN, "a")]
+    assert placer.placements()[0].sender_node == ""
+
+
+async def test_a_node_takes_part_in_a_bounded_number_of_groups(placer: MediaPlacer,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(media_module, "MAX_GROUPS_PER_NODE", 3)
+    for index in range(3):
+        await placer.join(f"urn:{index}", "a", "m", sender=index == 0)
+    with pytest.raises(ResourceExhausted, match="node a already takes part in 3 groups"):
+        await placer.join("urn:3", "a", "m", sender=False)
+    await placer.join("urn:2", "a", "m2", sender=False)     # more members of a group it is in: fine
+    await placer.join("urn:3", "b", "m", sender=False)      # another node: fine
