@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="msm-webhook",
         description="Mutating admission webhook (admission.k8s.io/v1) that adds the msm stub sidecar "
-        "to Pods annotated or labelled sidecar.mediastreamingmesh.io/inject: \"true\". Serves "
+        "to Pods annotated or labelled sidecar.mediastreamingmesh.io/inject: \"true\", and the node proxy's "
+        "media socket directory (/run/msm/media, MSM_PROXY) to Pods annotated "
+        "media.mediastreamingmesh.io/memif: \"true\". Serves "
         "POST /mutate and GET /healthz over HTTPS and reloads the certificate when its files change.",
         epilog="Each flag can also be set in the environment: "
         + ", ".join(f"--{dest.replace('_', '-')}={env}" for dest, env in ENVIRONMENT.items())
