@@ -45,6 +45,7 @@ class MemifConfig:
     timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     require_sealed_regions: bool = True  # a region that may shrink under us could kill us with SIGBUS
     extra_regions: list[tuple[int, int]] = field(default_factory=list)  # client: (fd, size) to share too
+    native: bool = True  # walk rings with msm.ext._memif when it is built (MSM_NO_NATIVE=1 or False: Python)
 
     def check(self) -> None:
         if not 1 <= self.log2_ring_size <= 14:
@@ -184,6 +185,10 @@ class MemifConnection:
             except MemifError:
                 pass
         self.sock.close()
+        for rxq in self.rx_queues:
+            rxq.close()
+        for txq in self.tx_queues:
+            txq.close()
         for ring in self.c2s + self.s2c:
             ring.release()
             close_fds([ring.eventfd])
@@ -201,5 +206,5 @@ class MemifConnection:
         self.tx_queues = [TxQueue(r, self.regions, self.counters, client=owned, buffers=buffers.get(id(r)))
                           for r in tx_rings]
         for queue in self.rx_queues:
-            queue.start()
+            queue.start(self.config.native)
         self.connected = True

@@ -30,6 +30,7 @@ import mmap
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from msm.sdk.memif_proto import (
     COOKIE,
@@ -111,6 +112,10 @@ class Region:
             os.close(fd)
             raise MemifError(f"memif: region {index} cannot be mapped ({exc})", key="bad_region") from None
 
+    def buffer(self) -> mmap.mmap:
+        """The mapping itself, for a native pointer: it holds the mapping alive (a view could be cleared first)."""
+        return self._map
+
     def close(self) -> None:
         self.mem.release()
         try:
@@ -135,6 +140,7 @@ class Ring:
         self.eventfd = eventfd
         self.c2s = c2s
         self.offset = offset
+        self.region = region
         self._hdr = region.mem[offset:offset + RING_HEADER_SIZE].cast("H")
         self._cookie = region.mem[offset:offset + 4].cast("I")
         end = offset + ring_bytes(log2_size)
@@ -231,12 +237,27 @@ class RxQueue:
         self.buffers = buffers  # client: the (region, offset, size) each slot's buffer is, refilled from here
         self._next = 0
         self._released = 0
+        self._fast: Any = None  # msm.sdk.memif_fast.FastRx when the C ring walker is built
         ring.flags = 0 if interrupts else RING_FLAG_MASK_INT
 
-    def start(self) -> None:
+    def start(self, native: bool = True) -> None:
         self._next = self._released = 0
         if self.client:
             self._refill()
+        if native:
+            from msm.sdk.memif_fast import fast_rx  # here: memif_fast builds on this module
+
+            self._fast = fast_rx(self)
+
+    def close(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
+            self._fast = None
+
+    @property
+    def next_counter(self) -> int:
+        """The ring counter after the last slot read (what ``release`` takes to give everything back)."""
+        return self._next
 
     def fileno(self) -> int:
         """The eventfd the peer signals after sending (unless in polling mode)."""
@@ -257,6 +278,9 @@ class RxQueue:
 
     def recv(self) -> RxFrame | None:
         """The next frame, or None when there is none (a frame with a bad descriptor is dropped and counted)."""
+        if self._fast is not None:
+            frame: RxFrame | None = self._fast.recv()
+            return frame
         while True:
             available = self.pending()
             if available == 0 or available > self.ring.size:
@@ -348,6 +372,14 @@ class TxQueue:
         self.client = client
         self.buffers = buffers  # client: the (region, offset, size) each slot's own buffer is
         self._pending: TxBuffer | None = None  # at most one frame reserved at a time, committed in order
+        self.native_ptr: Any = None  # the C forwarder's pointer to this ring's region (msm.sdk.memif_fast)
+
+    def close(self) -> None:
+        if self.native_ptr is not None:
+            from msm.sdk.memif_fast import release_pointer
+
+            release_pointer(self.native_ptr)
+            self.native_ptr = None
 
     def _cursor(self) -> int:
         return self.ring.head if self.client else self.ring.tail
@@ -426,13 +458,17 @@ class TxQueue:
         self._publish(slot + 1, length)
         return True
 
-    def _publish(self, end: int, nbytes: int) -> None:
+    def _publish(self, end: int, nbytes: int, frames: int = 1) -> None:
         if self.client:
             self.ring.head = end
         else:
             self.ring.tail = end
-        self.counters.tx_packets += 1
+        self.counters.tx_packets += frames
         self.counters.tx_bytes += nbytes
+        self.signal()
+
+    def signal(self) -> None:
+        """Wakes the peer unless it polls (MEMIF_RING_FLAG_MASK_INT)."""
         if not self.ring.flags & RING_FLAG_MASK_INT:
             try:
                 os.eventfd_write(self.ring.eventfd, 1)
