@@ -302,3 +302,46 @@ def test_connection_bound(tmp_path: Path) -> None:
         first.close()
     finally:
         run.close()
+
+
+# --- the proxy hop: forwarding by reference -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_proxy_hop_forwards_by_reference(tmp_path: Path, native: bool) -> None:
+    from msm.sdk.memif_fast import forward, native_reason
+
+    if native and native_reason() is not None:
+        pytest.skip(f"the C fast path is not built here: {native_reason()}")
+    receiver = Running(tmp_path / "receiver.sock", MemifConfig(native=native))
+    proxy = Running(tmp_path / "proxy.sock", MemifConfig(native=native))
+    sender = out = None
+    try:
+        sender = MemifClient(str(proxy.path), MemifConfig(buffer_size=FRAME, log2_ring_size=3)).connect()
+        inbound = proxy.connection()
+        src = inbound.regions[0]  # type: ignore[attr-defined]
+        out = MemifClient(str(receiver.path), MemifConfig(buffer_size=64, log2_ring_size=4, native=native,
+                                                          extra_regions=[(src.fd, src.size)])).connect()
+        final = receiver.connection()
+        rx, tx = inbound.rx_queues[0], out.tx_queues[0]  # type: ignore[attr-defined]
+        for seq in range(12):  # more frames than the sender's ring has buffers: slots must come back
+            frame = _payload(FRAME, seq + 1)
+            assert sender.send(frame)
+            deadline = time.monotonic() + 5
+            while forward(rx, tx, 1) == 0:
+                assert time.monotonic() < deadline, "nothing to forward"
+                time.sleep(0.001)
+            got = _recv(final)
+            assert got.region == 1 and got.length == FRAME  # type: ignore[attr-defined]
+            assert os.fstat(final.regions[1].fd).st_ino == os.fstat(sender.regions[0].fd).st_ino  # type: ignore
+            assert bytes(got.data) == frame  # type: ignore[attr-defined]
+            got.release()  # type: ignore[attr-defined]
+            assert tx.consumed() == tx.ring.head
+            rx.release(rx.next_counter)  # the receiver is done: the sender's buffer is free again
+        assert sender.counters.tx_packets == final.counters.rx_packets == 12  # type: ignore[attr-defined]
+    finally:
+        for client in (sender, out):
+            if client is not None:
+                client.close()
+        proxy.close()
+        receiver.close()
