@@ -1,0 +1,295 @@
+"""The libfabric frame link between real endpoints: tcp;ofi_rxm across two network namespaces, shm on one host.
+
+Each endpoint under test is a process (tests/integration/fabric_peer.py, in its
+own namespace for tcp); frames are 1080p 10-bit sized (5.18 MB) and checked
+byte for byte (SHA-256 of the payload, header and metadata exact). A receiver
+that stops reading costs only its own frames (counted ``no_credit`` at the
+sender), never the sender's progress or the other receiver's frames.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from msm.ext import fabric as native
+from msm.rtp_proxy.media.fabric_link import (
+    FabricConfigError,
+    FabricEndpoint,
+    FabricUnavailable,
+    FrameHeader,
+)
+from tests.integration.fabric_peer import payload
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+REPO = Path(__file__).resolve().parents[2]
+PEER = Path(__file__).resolve().parent / "fabric_peer.py"
+FRAME = 1920 * 1080 * 5 // 2
+CREDITS = 4
+
+
+def _why_skip(provider: str) -> str | None:
+    if reason := native.unavailable_reason():
+        return reason
+    return native.probe(provider)
+
+
+def need(provider: str) -> None:
+    if reason := _why_skip(provider):
+        pytest.skip(f"libfabric {provider} not usable here: {reason}")
+
+
+class Peer:
+    """A fabric_peer.py process; ``ask`` writes a command, ``answer`` reads its reply."""
+
+    def __init__(self, provider: str, address: str | None, *, netns: str | None = None,
+                 max_frame: int = FRAME, credits: int = CREDITS, max_peers: int = 2) -> None:
+        argv = [sys.executable, str(PEER), provider, address or "-", str(max_frame), str(credits), str(max_peers)]
+        if netns is not None:
+            argv = ["ip", "netns", "exec", netns, *argv]
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+                                     env=env)
+        self.address = bytes.fromhex(self.answer()["address"])
+
+    def ask(self, **cmd: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+
+    def answer(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, f"fabric peer exited ({self.proc.poll()})"
+        return dict(json.loads(line))
+
+    def call(self, **cmd: Any) -> dict[str, Any]:
+        self.ask(**cmd)
+        return self.answer()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.ask(quit=True)
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def two_namespaces() -> Iterator[tuple[str, str, str, str]]:
+    """Two network namespaces joined by a veth pair: (netns A, address A, netns B, address B)."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    tag = f"{os.getpid() % 100000}"
+    a, b = f"msmfabA-{tag}", f"msmfabB-{tag}"
+    octet = 1 + os.getpid() % 250
+    addr_a, addr_b = f"10.251.{octet}.1", f"10.251.{octet}.2"
+    try:
+        _sh("ip", "netns", "add", a)
+        _sh("ip", "netns", "add", b)
+        _sh("ip", "-n", a, "link", "add", "fab0", "type", "veth", "peer", "name", "fab1", "netns", b)
+        for ns, dev, addr in ((a, "fab0", addr_a), (b, "fab1", addr_b)):
+            _sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            _sh("ip", "-n", ns, "link", "set", dev, "up")
+            _sh("ip", "-n", ns, "link", "set", "lo", "up")
+        yield a, addr_a, b, addr_b
+    finally:
+        for ns in (a, b):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+
+
+def _pair(sender: Peer, receiver: Peer) -> tuple[int, int]:
+    """Each adds the other; (the receiver's id at the sender, the sender's id at the receiver)."""
+    return sender.call(add=receiver.address.hex())["peer"], receiver.call(add=sender.address.hex())["peer"]
+
+
+def _exchange(sender: Peer, receiver: Peer, count: int) -> list[dict[str, Any]]:
+    to_receiver, _ = _pair(sender, receiver)
+    receiver.ask(recv=count, timeout=30)          # receiving (and progressing) while the sender sends
+    sent = sender.call(send=to_receiver, count=count, size=FRAME, first=1, timeout=30)
+    frames: list[dict[str, Any]] = receiver.answer()["frames"]
+    assert sent == {"sent": count}
+    return frames
+
+
+def _check_exact(frames: list[dict[str, Any]], count: int) -> None:
+    import hashlib
+    assert [f["seq"] for f in frames] == list(range(1, count + 1))
+    for f in frames:
+        assert f["size"] == FRAME and f["group"] == 5 and f["ts"] == f["seq"] * 1000
+        assert f["meta"] == f"meta-{f['seq']}"
+        assert f["sha"] == hashlib.sha256(payload(f["seq"], FRAME)).hexdigest()
+
+
+def test_tcp_rxm_between_two_namespaces_frames_are_exact(two_namespaces: tuple[str, str, str, str]) -> None:
+    need("tcp;ofi_rxm")
+    ns_a, addr_a, ns_b, addr_b = two_namespaces
+    sender = Peer("tcp;ofi_rxm", addr_a, netns=ns_a)
+    receiver = Peer("tcp;ofi_rxm", addr_b, netns=ns_b)
+    try:
+        frames = _exchange(sender, receiver, 6)
+        _check_exact(frames, 6)
+        stats = receiver.call(stats=True)
+        assert stats["rx_unknown_peer"] == 0 and stats["peers"]["0"]["rx_frames"] == 6
+        assert stats["peers"]["0"]["rx_bytes"] == 6 * FRAME
+    finally:
+        sender.stop()
+        receiver.stop()
+
+
+def test_shm_on_one_host_frames_are_exact() -> None:
+    need("shm")
+    sender, receiver = Peer("shm", None), Peer("shm", None)
+    try:
+        frames = _exchange(sender, receiver, 6)
+        _check_exact(frames, 6)
+        assert sender.call(stats=True)["peers"]["0"]["drop_send_error"] == 0
+    finally:
+        sender.stop()
+        receiver.stop()
+
+
+def _answer_polling(ep: FabricEndpoint, child: Peer, timeout: float = 15) -> dict[str, Any]:
+    """The child's answer, progressing our endpoint meanwhile (its transfers need both sides)."""
+    assert child.proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while not select.select([child.proc.stdout], [], [], 0)[0]:
+        ep.poll(0.005)
+        assert time.monotonic() < deadline, "the fabric peer did not answer"
+    return child.answer()
+
+
+def _send_round(ep: FabricEndpoint, peers: list[int], seq: int, data: bytes) -> dict[int, bool]:
+    done = {p: ep.send(p, FrameHeader(5, seq, seq * 1000, f"meta-{seq}".encode()), data) for p in peers}
+    ep.poll(0)
+    return done
+
+
+def _credits_everywhere(ep: FabricEndpoint, peers: list[int], children: list[Peer]) -> None:
+    for child in children:
+        child.ask(tick=1.0)      # takes the hello and grants its credits
+    deadline = time.monotonic() + 10
+    while not all(ep.stats()["peers"][p]["credits"] > 0 for p in peers):
+        ep.poll(0.01)
+        assert time.monotonic() < deadline, ep.stats()
+    for child in children:
+        child.answer()
+
+
+def _send_to_both(ep: FabricEndpoint, to_reader: int, to_stalled: int, frames: int) -> int:
+    data = payload(1, FRAME)
+    sent_reader = 0
+    start = time.monotonic()
+    while sent_reader < frames and time.monotonic() - start < 30:
+        if _send_round(ep, [to_reader, to_stalled], sent_reader + 1, data)[to_reader]:
+            sent_reader += 1
+        assert len(ep._inflight) <= 2 * CREDITS   # the sender's memory: bounded by the credits
+    while ep.stats()["peers"][to_reader]["in_flight"] > 0 and time.monotonic() - start < 35:
+        ep.poll(0.01)   # the last frames need the sender's progress too
+    return sent_reader
+
+
+# A frozen receiver (its process does not progress the endpoint at all) is
+# tested on tcp;ofi_rxm only: Debian's shm provider (1.17) completes a
+# sender's transfers in order, so one peer that never reads holds up the
+# completions to every other peer of that endpoint (seen here: the other
+# receiver got 5 frames in 10 s). A receiver that keeps its endpoint going
+# but does not release frames (the slow consumer) is tested on both.
+@pytest.mark.parametrize(("provider", "frozen"), [("shm", False), ("tcp;ofi_rxm", False), ("tcp;ofi_rxm", True)],
+                         ids=["shm-holding", "tcp-holding", "tcp-frozen"])
+def test_a_stalled_receiver_costs_only_its_own_frames(provider: str, frozen: bool) -> None:
+    """The sender sends each frame to a reading and a stalled receiver; the reader gets every one."""
+    need(provider)
+    address = None if provider == "shm" else "127.0.0.1"
+    reader, stalled = Peer(provider, address), Peer(provider, address)
+    frames = 24
+    try:
+        with FabricEndpoint(provider, address, 0, max_frame=FRAME, credits=CREDITS, max_peers=2) as ep:
+            to_reader, to_stalled = ep.add_peer(reader.address), ep.add_peer(stalled.address)
+            reader.call(add=ep.local_address().hex())
+            stalled.call(add=ep.local_address().hex())
+            _credits_everywhere(ep, [to_reader, to_stalled], [reader, stalled])
+            reader.ask(recv=frames, timeout=30)
+            if not frozen:
+                stalled.ask(recv=frames, timeout=6, hold=True)   # reads, never releases
+            assert _send_to_both(ep, to_reader, to_stalled, frames) == frames
+            got = _answer_polling(ep, reader)["frames"]
+            stats = ep.stats()["peers"]
+            assert len(got) == frames and stats[to_reader]["tx_frames"] == frames, stats
+            assert stats[to_stalled]["tx_frames"] <= CREDITS and stats[to_stalled]["drop_no_credit"] > 0
+            assert stats[to_stalled]["in_flight"] <= CREDITS
+            if frozen:
+                stalled.ask(recv=CREDITS + 1, timeout=3)
+            held = _answer_polling(ep, stalled)["frames"]
+            assert 1 <= len(held) <= CREDITS    # all the stalled receiver ever holds: its credits
+            stalled.ask(release=True)
+            _answer_polling(ep, stalled)
+            # Reading again, it gets frames again.
+            stalled.ask(recv=1, timeout=10)
+            deadline = time.monotonic() + 10
+            while not _send_round(ep, [to_stalled], 1000, payload(1, FRAME))[to_stalled]:
+                ep.poll(0.01)
+                assert time.monotonic() < deadline, ep.stats()
+            assert [f["seq"] for f in _answer_polling(ep, stalled)["frames"]] == [1000]
+    finally:
+        reader.stop()
+        stalled.stop()
+
+
+def test_a_peer_not_added_gets_no_credit_and_its_hello_is_counted() -> None:
+    need("shm")
+    with FabricEndpoint("shm", max_frame=1024, credits=2, max_peers=2) as receiver, \
+            FabricEndpoint("shm", max_frame=1024, credits=2, max_peers=2) as stranger:
+        to_receiver = stranger.add_peer(receiver.local_address())   # the receiver never adds it
+        for _ in range(20):
+            stranger.poll(0.005)
+            receiver.poll(0.005)
+        assert stranger.send(to_receiver, FrameHeader(1, 1, 1), b"x" * 100) is False
+        assert stranger.stats()["peers"][to_receiver]["drop_no_credit"] == 1
+        stats = receiver.stats()
+        assert stats["ctrl_unknown_peer"] >= 1 and stats["peers"] == {}
+        assert receiver.poll(0.01) == []
+
+
+def test_bad_provider_names_and_limits_are_clear_errors() -> None:
+    if reason := native.unavailable_reason():
+        pytest.skip(reason)
+    with pytest.raises(FabricConfigError, match="unknown libfabric provider 'nosuch'.*offers"):
+        FabricEndpoint("nosuch", max_frame=1024)
+    with pytest.raises(FabricConfigError, match="bad libfabric provider name"):
+        FabricEndpoint("tcp; rm", max_frame=1024)
+    with pytest.raises(FabricConfigError, match="credits must be"):
+        FabricEndpoint("shm", max_frame=1024, credits=0)
+    with pytest.raises(FabricUnavailable, match="cannot open"):
+        FabricEndpoint("tcp;ofi_rxm", "192.0.2.77", 0, max_frame=1024)   # not an address of this host
+
+
+def test_oversized_frames_and_unknown_peers_are_refused_and_counted() -> None:
+    need("shm")
+    with FabricEndpoint("shm", max_frame=1024, credits=2, max_peers=1) as a, \
+            FabricEndpoint("shm", max_frame=1024, credits=2, max_peers=1) as b:
+        peer = a.add_peer(b.local_address())
+        b.add_peer(a.local_address())
+        assert a.send(peer, FrameHeader(1, 1, 1), b"x" * 1025) is False
+        assert a.stats()["drop_too_big"] == 1
+        from msm.sdk.errors import NotFound
+        with pytest.raises(NotFound):
+            a.send(peer + 1, FrameHeader(1, 1, 1), b"x")
+        with pytest.raises(FabricConfigError, match="peer table full"):
+            a.add_peer(b"\x00" * 16)
