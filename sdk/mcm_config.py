@@ -58,6 +58,7 @@ from msm.sdk.mcm_values import (
     MAX_QUEUE_BYTES,
     MAX_QUEUE_CAPACITY,
     MAX_URN,
+    MIN_FPS,
     MIN_QUEUE_CAPACITY,
     PACINGS,
     PACKET_TIMES,
@@ -162,8 +163,8 @@ class _Fields:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{self.at(key)}: must be a number, got {show(value)}")
-        if not low < value <= high:
-            raise ConfigError(f"{self.at(key)}: must be over {low:g} and at most {high:g}, got {show(value)}")
+        if not low <= value <= high:
+            raise ConfigError(f"{self.at(key)}: must be {low:g}..{high:g}, got {show(value)}")
         return float(value)
 
     def string(self, key: str, default: str | None, choices: tuple[str, ...] = ()) -> str:
@@ -250,7 +251,7 @@ def _payload(top: _Fields) -> Payload:
         if width % 2:
             raise ConfigError(f"{video.at('width')}: 4:2:2 video needs an even width, got {width}")
         return VideoPayload(width=width, height=video.integer("height", 640, 1, MAX_DIMENSION),
-                            fps=video.number("fps", 60.0, 0.0, MAX_FPS),
+                            fps=video.number("fps", 60.0, MIN_FPS, MAX_FPS),
                             pixel_format=video.string("pixelFormat", "yuv422p10le", PIXEL_FORMATS))
     audio = section.child("audio", _AUDIO)
     channels = audio.integer("channels", 2, 1, MAX_CHANNELS)

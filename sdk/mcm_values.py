@@ -37,7 +37,9 @@ MAX_METADATA_SIZE = 1 << 20
 MAX_QUEUE_BYTES = 4 << 30
 MAX_CONN_CREATION_DELAY_MS = 60_000
 MAX_DIMENSION = 16384
-MAX_FPS = 240.0
+# Slow enough for a slide show; the exact rate is found with denominators up to 1001, so
+# anything slower would round to 0 frames a second.
+MIN_FPS, MAX_FPS = 0.01, 240.0
 MAX_CHANNELS = 64          # ST 2110-30 level C: up to 64 channels (at 125 us)
 MAX_URN = 256
 # ST 2110-10's standard UDP size limit is 1460 octets; less the 12-byte RTP header.

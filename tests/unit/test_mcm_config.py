@@ -126,6 +126,12 @@ def test_no_payload_is_a_blob_and_mcm_defaults() -> None:
                                                 payload_type=112, transport_pixel_format="yuv422p10rfc4175")
 
 
+def test_slowest_rate_has_a_period() -> None:
+    slow = parse_connection({"connection": {"multipointGroup": {"urn": "g"}}, "payload": {"video": {"fps": 0.01}}},
+                            direction="tx")
+    assert slow.frame_period_ns == 100 * 10**9
+
+
 def test_frame_sizes_per_pixel_format() -> None:
     assert video_frame_size("yuv422p10le", 1920, 1080) == 8_294_400
     assert video_frame_size("yuv422p10rfc4175", 1920, 1080) == 5_184_000
@@ -177,7 +183,9 @@ BAD_FIELDS = [
     ("payload.video.width", 1921, "payload.video.width: 4:2:2 video needs an even width, got 1921"),
     ("payload.video.width", 0, "payload.video.width: must be 1..16384, got 0"),
     ("payload.video.height", 20000, "payload.video.height: must be 1..16384, got 20000"),
-    ("payload.video.fps", 0, "payload.video.fps: must be over 0 and at most 240, got 0"),
+    ("payload.video.fps", 0, "payload.video.fps: must be 0.01..240, got 0"),
+    ("payload.video.fps", 1e-300, "payload.video.fps: must be 0.01..240, got 1e-300"),
+    ("payload.video.fps", 240.5, "payload.video.fps: must be 0.01..240, got 240.5"),
     ("payload.video.fps", "60", "payload.video.fps: must be a number, got '60'"),
     ("payload.video.pixelFormat", "nv12", "payload.video.pixelFormat: must be one of 'yuv422p10le', 'v210'"),
     ("payload.video.colorSpace", "bt709", "payload.video.colorSpace: unknown field"),
