@@ -76,7 +76,8 @@ def _connection(address: str, ttl: int) -> str:
 
 
 def _head(name: str, origin: str) -> list[str]:
-    return ["v=0", f"o=- 0 0 IN {_family(origin)} {origin}", f"s={name}", "t=0 0"]
+    # The origin is informational (a parsed one may be a host name): not checked.
+    return ["v=0", f"o=- 0 0 IN {'IP6' if ':' in origin else 'IP4'} {origin}", f"s={name}", "t=0 0"]
 
 
 def _rate_text(rate: Fraction) -> str:
