@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from msm.sdk.errors import ConfigError, TimedOut
+from msm.sdk.errors import ConfigError, MsmError, TimedOut, Unavailable
 from msm.sdk.memif_conn import (
     DEFAULT_MAX_CONNECTIONS,
     MAX_QUEUES,
@@ -100,7 +100,10 @@ class ServerConnection(MemifConnection):
         if self.config.secret and not hmac.compare_digest(msg.secret, self.config.secret):
             raise MemifError("memif: incorrect secret", key="bad_secret")
         if self._authorize is not None and self.peer is not None:
-            refusal = self._authorize(self.peer, msg)
+            try:
+                refusal = self._authorize(self.peer, msg)
+            except MsmError as exc:  # e.g. Forbidden from the proxy's policy: a refusal like any other
+                refusal = exc.reason
             if refusal:
                 raise MemifError(f"memif: refused: {refusal}", key="refused")
         self._init = msg
@@ -278,7 +281,11 @@ class MemifServer:
 
 
 class MemifClient(MemifConnection):
-    """The client ("slave") role: owns the shared memory. ``connect()`` runs the handshake, then send/receive."""
+    """The client ("slave") role: owns the shared memory. ``connect()`` runs the handshake, then send/receive.
+
+    A connection is used from one thread at a time (its rings have one reader
+    and one writer per side); ``fileno()`` and ``rx_fileno()`` make it pollable.
+    """
 
     def __init__(self, path: str, config: MemifConfig | None = None) -> None:
         config = config or MemifConfig()
@@ -308,7 +315,7 @@ class MemifClient(MemifConnection):
             raise TimedOut(f"memif: {self.path} did not complete the handshake in {self.config.timeout} s") from None
         except OSError as exc:
             self.close(str(exc), notify=False)
-            raise MemifError(f"memif: cannot connect to {self.path}: {exc.strerror or exc}", key="connect") from None
+            raise Unavailable(f"memif: cannot connect to {self.path}: {exc.strerror or exc}") from None
         except MemifError as exc:
             self.counters.errors[exc.key] += 1
             self.close(exc.reason, notify=exc.key not in ("refused", "peer_closed"))

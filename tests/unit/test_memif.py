@@ -345,3 +345,31 @@ def test_proxy_hop_forwards_by_reference(tmp_path: Path, native: bool) -> None:
                 client.close()
         proxy.close()
         receiver.close()
+
+
+def test_authorize_sees_peer_credentials_and_refuses(tmp_path: Path) -> None:
+    seen: list[tuple[PeerCred, int]] = []
+
+    def policy(peer: PeerCred, init: proto.Init) -> str | None:
+        seen.append((peer, init.id))
+        return None if init.id == 1 else "interface id 2 is not yours"
+
+    run = Running(tmp_path / "a.sock", MemifConfig(timeout=1.0), authorize=policy)
+    try:
+        with pytest.raises(MemifError, match="not yours"):
+            MemifClient(str(run.path), MemifConfig(interface_id=2)).connect()
+        ok = MemifClient(str(run.path), MemifConfig(interface_id=1)).connect()
+        assert seen == [(PeerCred(os.getpid(), os.getuid(), os.getgid()), 2),
+                        (PeerCred(os.getpid(), os.getuid(), os.getgid()), 1)]
+        assert run.connection().interface_id == 1  # type: ignore[attr-defined]
+        ok.close()
+        assert run.server.counters["failed:refused"] == 1
+    finally:
+        run.close()
+
+
+def test_connect_to_nothing_is_unavailable(tmp_path: Path) -> None:
+    from msm.sdk.errors import Unavailable
+
+    with pytest.raises(Unavailable, match="cannot connect"):
+        MemifClient(str(tmp_path / "nobody.sock")).connect()
