@@ -398,6 +398,14 @@ class TxQueue:
         """Buffers for a ``size``-byte frame (chained over several slots if it needs them), or None if full."""
         if self._pending is not None:
             raise MemifError("memif: commit the previous frame before allocating another")
+        if self.buffers is not None and 0 < size <= self.buffers[0][2]:  # own buffers, one is enough
+            ring = self.ring
+            head = ring.head
+            if ((head - ring.tail) & 0xFFFF) >= ring.size:
+                return None
+            region, offset, _ = self.buffers[head & ring.mask]
+            self._pending = TxBuffer([self.regions[region].mem[offset:offset + size]], head, [size])
+            return self._pending
         free = self.free()
         if free > self.ring.size:
             self.counters.errors["ring_counter_out_of_range"] += 1
