@@ -1,0 +1,165 @@
+"""ST 2110-20 1080p30 10-bit relayed by our bridges vs by GStreamer: loss and CPU per frame.
+
+    GStreamer rtpvrawpay --> [relay under test] --> counting receiver (our C depacketizer)
+
+The relays: ours (``St2110Ingress`` feeding ``St2110Egress`` in one Python
+process, C core) and GStreamer (``udpsrc ! rtpvrawdepay ! rtpvrawpay !
+udpsink``). Each relay runs in its own process; its CPU (user + system,
+``/proc/PID/stat``) is read just before the sender starts and once the
+stream has drained, so start-up is not counted. Loss is what the counting
+receiver did not get of what the sender sent.
+
+    .venv/bin/python -m msm_bench.st2110_bench [--frames 150] [--width 1920 --height 1080]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PT = 96
+TICK = os.sysconf("SC_CLK_TCK")
+
+COUNTER = """
+import json, socket, sys, time
+from msm.ext import st2110
+w, h, port = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)
+s.bind(("127.0.0.1", port))
+rx = st2110.Receiver(s.fileno(), w, h, 5, 2, 96)
+buf = bytearray(w // 2 * 5 * h)
+print("ready", flush=True)
+last = None
+while True:
+    info = rx.poll(buf, 200)
+    if info is not None:
+        last = time.monotonic()
+    elif last is not None and time.monotonic() - last > 2.0:
+        break
+print(json.dumps(rx.stats()), flush=True)
+"""
+
+OURS = """
+import signal, sys, threading
+from msm.rtp_proxy.media.st2110_bridge import St2110Egress, St2110Ingress
+from msm.sdk.rfc4175 import VideoFormat
+from msm.sdk.st2110_sdp import VideoStream
+w, h, port_in, port_out = (int(a) for a in sys.argv[1:5])
+fmt = VideoFormat("YCbCr-4:2:2", 10, w, h)
+egress = St2110Egress(VideoStream("127.0.0.1", port_out, fmt))
+ingress = St2110Ingress(VideoStream("127.0.0.1", port_in, fmt), on_frame=lambda d, f: egress.send(d, f.timestamp))
+ingress.start()
+print("ready", flush=True)
+done = threading.Event()
+signal.signal(signal.SIGINT, lambda *_: done.set())
+done.wait()
+ingress.close(); egress.close()
+import json; print(json.dumps({"ingress": ingress.stats(), "egress": egress.stats()}), flush=True)
+"""
+
+
+def _port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def _caps(w: int, h: int) -> str:
+    return (f"application/x-rtp,media=video,clock-rate=90000,encoding-name=RAW,sampling=YCbCr-4:2:2,"
+            f"depth=(string)10,width=(string){w},height=(string){h},colorimetry=BT709-2,payload={PT}")
+
+
+def _relay(kind: str, w: int, h: int, port_in: int, port_out: int) -> subprocess.Popen[str]:
+    if kind == "msm":
+        cmd = [sys.executable, "-c", OURS, str(w), str(h), str(port_in), str(port_out)]
+    else:
+        cmd = ["gst-launch-1.0", "-q", "udpsrc", f"port={port_in}", "buffer-size=67108864", f"caps={_caps(w, h)}", "!",
+               "rtpvrawdepay", "!", "rtpvrawpay", f"pt={PT}", "mtu=1400", "!", "udpsink", "host=127.0.0.1",
+               f"port={port_out}", "sync=false", "buffer-size=8388608"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _sender(w: int, h: int, frames: int, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["gst-launch-1.0", "-q", "videotestsrc", "num-buffers=1", "pattern=smpte", "!",
+         f"video/x-raw,format=UYVP,width={w},height={h}", "!", "imagefreeze", f"num-buffers={frames}", "!",
+         "video/x-raw,framerate=30/1", "!", "rtpvrawpay", f"pt={PT}", "mtu=1400", "!", "udpsink", "host=127.0.0.1",
+         f"port={port}", "sync=true", "buffer-size=8388608"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def run_one(kind: str, w: int, h: int, frames: int) -> dict[str, object]:
+    port_in, port_out = _port(), _port()
+    counter = subprocess.Popen([sys.executable, "-c", COUNTER, str(w), str(h), str(port_out)],
+                               stdout=subprocess.PIPE, text=True)
+    relay = _relay(kind, w, h, port_in, port_out)
+    try:
+        assert counter.stdout is not None and counter.stdout.readline().strip() == "ready"
+        if kind == "msm":
+            assert relay.stdout is not None and relay.stdout.readline().strip() == "ready"
+        else:
+            time.sleep(1.0)
+        cpu0 = _cpu(relay.pid)
+        sender = _sender(w, h, frames, port_in)
+        sender.wait(timeout=frames / 30 * 4 + 30)
+        time.sleep(1.0)
+        cpu = _cpu(relay.pid) - cpu0
+        counted = json.loads(counter.communicate(timeout=30)[0].strip().splitlines()[-1])
+    finally:
+        relay.send_signal(signal.SIGINT)
+        try:
+            relay.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            relay.kill()
+        if counter.poll() is None:
+            counter.kill()
+    per_frame = _packets_per_frame(w, h)
+    sent = frames * per_frame
+    return {"relay": kind, "frames_sent": frames, "packets_sent": sent, "packets_received": counted["packets"],
+            "frames_complete": counted["frames_complete"], "loss": 1 - counted["packets"] / sent,
+            "cpu_s": round(cpu, 3), "cpu_ms_per_frame": round(cpu * 1000 / frames, 2)}
+
+
+def _packets_per_frame(w: int, h: int) -> int:
+    from msm.sdk.rfc4175 import VideoFormat, packet_plan
+
+    return len(packet_plan(VideoFormat("YCbCr-4:2:2", 10, w, h), 1400))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--frames", type=int, default=150)
+    parser.add_argument("--width", type=int, default=1920)
+    parser.add_argument("--height", type=int, default=1080)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    results = [run_one(kind, args.width, args.height, args.frames) for kind in ("msm", "gstreamer")]
+    ours, theirs = results
+    ratio = float(ours["cpu_s"]) / float(theirs["cpu_s"]) if theirs["cpu_s"] else float("nan")  # type: ignore[arg-type]
+    if args.json:
+        print(json.dumps({"results": results, "cpu_ratio": ratio, "load": os.getloadavg()[0]}))
+        return 0
+    print(f"ST 2110-20 {args.width}x{args.height} 10-bit 30 fps, {args.frames} frames "
+          f"(load average {os.getloadavg()[0]:.1f})")
+    for r in results:
+        print(f"  {r['relay']:>10}: received {r['packets_received']}/{r['packets_sent']} packets "
+              f"(loss {float(r['loss']):.4%}), {r['frames_complete']} complete frames at the receiver, "  # type: ignore[arg-type]
+              f"CPU {r['cpu_s']} s = {r['cpu_ms_per_frame']} ms/frame")
+    print(f"  CPU msm / GStreamer: {ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
