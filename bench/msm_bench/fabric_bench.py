@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import mmap
 import os
 import re
 import resource
@@ -47,6 +48,13 @@ def _cpu_seconds(pid: int) -> float:
         with contextlib.suppress(OSError, ValueError, IndexError):
             total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
     return total / 1e9
+
+
+def _payload(size: int) -> mmap.mmap:
+    """A page-aligned frame (as a capture or decoder buffer would be; fi_pingpong's are too)."""
+    buf = mmap.mmap(-1, size)
+    buf.write((os.urandom(64) * (size // 64 + 1))[:size])
+    return buf
 
 
 def _free_port() -> int:
@@ -96,7 +104,7 @@ def _endpoint(provider: str, size: int, credits: int) -> FabricEndpoint:
 
 def echo(provider: str, size: int, credits: int) -> int:
     """The child: echo PINGPONG frames, take STREAM frames, stop at STOP."""
-    payload = bytearray(os.urandom(64)) * (size // 64) + bytearray(size % 64)
+    payload = _payload(size)
     with _endpoint(provider, size, credits) as ep:
         print(ep.local_address().hex(), flush=True)
         peer = ep.add_peer(bytes.fromhex(sys.stdin.readline().strip()))
@@ -119,7 +127,7 @@ def _wait_credit(ep: FabricEndpoint, peer: int, deadline: float) -> None:
             raise RuntimeError("the echo side granted no credit")
 
 
-def _pingpong(ep: FabricEndpoint, peer: int, payload: bytearray, iters: int) -> list[float]:
+def _pingpong(ep: FabricEndpoint, peer: int, payload: mmap.mmap, iters: int) -> list[float]:
     rtts = []
     for seq in range(WARMUP + iters):
         start = time.perf_counter()
@@ -135,7 +143,7 @@ def _pingpong(ep: FabricEndpoint, peer: int, payload: bytearray, iters: int) -> 
     return rtts
 
 
-def _stream(ep: FabricEndpoint, peer: int, payload: bytearray, frames: int) -> float:
+def _stream(ep: FabricEndpoint, peer: int, payload: mmap.mmap, frames: int) -> float:
     start = time.perf_counter()
     sent = 0
     while sent < frames:
@@ -153,7 +161,7 @@ def run_ours(provider: str, size: int, iters: int, credits: int) -> dict[str, An
                               "--size", str(size), "--credits", str(credits)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert child.stdin is not None and child.stdout is not None
-    payload = bytearray(os.urandom(64)) * (size // 64) + bytearray(size % 64)
+    payload = _payload(size)
     try:
         with _endpoint(provider, size, credits) as ep:
             peer = ep.add_peer(bytes.fromhex(child.stdout.readline().strip()))
