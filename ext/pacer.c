@@ -168,17 +168,36 @@ static int send_group(msm_pacer *p, const unsigned char *const *pkts, const uint
     return sent < 0 ? 0 : sent;
 }
 
-int msm_pacer_send_frame(msm_pacer *p, const unsigned char *buf, uint64_t buf_len, const uint32_t *lengths,
-                         uint32_t n, int64_t frame, msm_pacer_stats *out) {
+/* The packets fit the buffer, and each holds an RTP header if its timestamp is to be written. */
+static int lengths_fit(const msm_pacer *p, uint64_t buf_len, const uint32_t *lengths, uint32_t n) {
     uint64_t total = 0;
     for (uint32_t i = 0; i < n; i++) {
-        if (p->cfg.patch_timestamp && lengths[i] < RTP_HEADER) {
-            errno = EINVAL;
-            return -1;
-        }
+        if (p->cfg.patch_timestamp && lengths[i] < RTP_HEADER)
+            return 0;
         total += lengths[i];
     }
-    if (total > buf_len) {
+    return total <= buf_len;
+}
+
+/* Lateness of packets [i, i+g) of frame f, sent at `now`. */
+static void account(const msm_pacer *p, int64_t f, uint32_t i, uint32_t g, int64_t now, msm_pacer_stats *out) {
+    const double margin = p->trs_ns * p->cfg.lead;
+    out->groups++;
+    for (uint32_t j = 0; j < g; j++) {
+        int64_t late = now - msm_pacer_packet_time(p, f, i + j);
+        if (late < 0)
+            late = 0;
+        out->sum_late_ns += late;
+        if (late > out->max_late_ns)
+            out->max_late_ns = late;
+        if ((double)late > margin)
+            out->late_packets++;   /* past the receiver's margin: its buffer ran dry */
+    }
+}
+
+int msm_pacer_send_frame(msm_pacer *p, const unsigned char *buf, uint64_t buf_len, const uint32_t *lengths,
+                         uint32_t n, int64_t frame, msm_pacer_stats *out) {
+    if (!lengths_fit(p, buf_len, lengths, n)) {
         errno = EINVAL;
         return -1;
     }
@@ -193,7 +212,6 @@ int msm_pacer_send_frame(msm_pacer *p, const unsigned char *buf, uint64_t buf_le
     out->rtp_timestamp = msm_pacer_rtp_timestamp(p, f);
     out->first_due_ns = msm_pacer_packet_time(p, f, 0);
     uint32_t ts_be = htonl(out->rtp_timestamp);
-    const double margin = p->trs_ns * p->cfg.lead;
     const unsigned char *pkts[MSM_PACER_MAX_GROUP];
     uint64_t offset = 0;
     int64_t last_send = 0;
@@ -218,19 +236,9 @@ int msm_pacer_send_frame(msm_pacer *p, const unsigned char *buf, uint64_t buf_le
         }
         int sent = send_group(p, pkts, lengths + i, g, ts_be);
         out->send_ns += clock_ns(p->cfg.clock_id) - now;
-        out->groups++;
         out->packets_sent += (uint32_t)sent;
         out->send_errors += g - (uint32_t)sent;
-        for (uint32_t j = 0; j < g; j++) {
-            int64_t late = now - msm_pacer_packet_time(p, f, i + j);
-            if (late < 0)
-                late = 0;
-            out->sum_late_ns += late;
-            if (late > out->max_late_ns)
-                out->max_late_ns = late;
-            if ((double)late > margin)
-                out->late_packets++;
-        }
+        account(p, f, i, g, now, out);
         last_send = now;
         last_group = g;
         offset = off;

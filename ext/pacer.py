@@ -113,7 +113,7 @@ class Pacer:
 
     def __init__(self, fd: int, dest: tuple[str, int], frame_period_ns: int | Fraction, packets_per_frame: int,
                  mode: str = "narrow", *, height: int = 1080, clock: str = "tai", patch_timestamp: bool = True,
-                 lead: int | None = None, max_group: int | None = None) -> None:
+                 lead: int | None = None, max_group: int | None = None, tolerance_ns: int = TOLERANCE_NS) -> None:
         if mode not in MAX_GROUP:
             raise ValueError(f"pacing mode must be narrow, wide or linear, not {mode!r}")
         if not 0 < packets_per_frame <= MAX_PACKETS:
@@ -133,7 +133,7 @@ class Pacer:
         cfg.lead = default_lead if lead is None else lead
         cfg.max_group = MAX_GROUP[mode] if max_group is None else max_group
         cfg.catchup_permille = CATCHUP_PERMILLE
-        cfg.spin_ns, cfg.tolerance_ns = SPIN_NS, TOLERANCE_NS
+        cfg.spin_ns, cfg.tolerance_ns = SPIN_NS, max(0, tolerance_ns)
         cfg.clock_id = {"tai": CLOCK_TAI, "realtime": CLOCK_REALTIME}[clock]
         cfg.patch_timestamp = 1 if patch_timestamp else 0
         fam, packed, scope = _dest(dest)

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--mode", default="narrow")
     ap.add_argument("--height", type=int, default=1080)
+    ap.add_argument("--tolerance-us", type=float, default=1.0, help="packets due within this go together")
     ap.add_argument("--realtime", action="store_true",
                     help="run as SCHED_FIFO (priority 10) where permitted, as a dedicated ST 2110 sender would")
     opts = ap.parse_args(argv)
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     pacer = Pacer(sock.fileno(), (opts.host, opts.port), Fraction(10**9) / rate, opts.packets, opts.mode,
-                  height=opts.height)
+                  height=opts.height, tolerance_ns=int(opts.tolerance_us * 1000))
     lengths = [opts.size] * opts.packets
     stats = []
     # The next frame is built while this one is sent (the pacer releases the GIL); the

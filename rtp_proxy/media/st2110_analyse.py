@@ -16,6 +16,7 @@ import json
 import socket
 import struct
 import sys
+import threading
 import time
 from fractions import Fraction
 from typing import Any, TextIO
@@ -82,14 +83,21 @@ def _join(sock: socket.socket, family: int, group: str, source: str | None) -> N
 
 
 def capture_live(analyser: Analyser, port: int | socket.socket, duration: float, *, group: str | None = None,
-                 source: str | None = None, offset_ns: int = 0, status: TextIO | None = None) -> Report:
-    """Analyse what arrives on ``port`` (or on a socket from :func:`open_socket`) for ``duration`` seconds."""
+                 source: str | None = None, offset_ns: int = 0, status: TextIO | None = None,
+                 stop: threading.Event | None = None) -> Report:
+    """Analyse what arrives on ``port`` (or on a socket from :func:`open_socket`) for ``duration`` seconds.
+
+    ``stop``, once set, ends the capture early (within 0.1 s).
+    """
     sock = port if isinstance(port, socket.socket) else open_socket(port, group, source)
     sock.settimeout(0.1)
     deadline = time.monotonic() + duration
     next_status = time.monotonic() + STATUS_EVERY
     with sock:
-        while (now := time.monotonic()) < deadline:
+        while True:
+            now = time.monotonic()
+            if now >= deadline or (stop is not None and stop.is_set()):
+                sock.setblocking(False)   # what arrived before the end is still read (the analyser may lag)
             if status is not None and now >= next_status:
                 next_status = now + STATUS_EVERY
                 _status(status, analyser.report, deadline - now)
@@ -97,6 +105,8 @@ def capture_live(analyser: Analyser, port: int | socket.socket, duration: float,
                 data, anc, _flags, addr = sock.recvmsg(MAX_DATAGRAM, 64)
             except TimeoutError:
                 continue
+            except (BlockingIOError, KeyboardInterrupt):   # drained after the end, or Ctrl+C
+                break
             if source and addr[0] != source:
                 continue
             arrival = _timestamp(anc)

@@ -15,7 +15,8 @@ complete frame against ST 2110-21's models (:mod:`.pacing` has the formulas):
   must stay within ``1..VRX_FULL``: below 1 the packet came after it was to be
   read (underflow);
 - ``FPT``, the measured TRoffset: the frame's first packet after its epoch
-  ``N * TFRAME`` (``N = floor(t_first / TFRAME)``);
+  ``N * TFRAME``: the frame its RTP timestamp names when that is within a frame
+  of the first packet (a sender on the epoch's grid), else ``floor(t_first / TFRAME)``;
 - latency: the first packet after the instant its RTP timestamp names (90 kHz,
   from the epoch; meaningful when the sender's clock is this machine's or
   synchronised to it); the RTP offset: the timestamp less the epoch's, in ticks.
@@ -193,7 +194,7 @@ class Analyser:
         if self.rate is not None:
             return
         self._steps.append(step)
-        if len(self._steps) < 8:
+        if len(self._steps) < 4:   # the frames before are not judged (about 0.1 s)
             return
         # A sender that skips frames makes steps of several frame periods: the rate is the
         # lowest standard one whose period divides every step (within a tick: 59.94 Hz steps
@@ -238,7 +239,13 @@ class Analyser:
         trs = float(sched.trs_ns)
         tdrain = trs / float(BETA)
         t_first = packets[0][0]
+        now_ticks = t_first * MEDIA_CLOCK // NS
+        delta = ((ts - now_ticks + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+        ts_ns = (now_ticks + delta) * NS // MEDIA_CLOCK       # the instant the RTP timestamp names
         frame = sched.frame_of(t_first)
+        by_ts = round(ts_ns / sched.frame_period_ns)
+        if abs(by_ts - frame) <= 1:   # a sender on the epoch's grid: its timestamp names the frame
+            frame = by_ts
         epoch = frame * sched.frame_period_ns
         tpr0 = float(epoch + sched.tr_offset_ns)
         cinst_max, vrx_min, vrx_max = 0, 1 << 30, -(1 << 30)
@@ -248,9 +255,7 @@ class Analyser:
             vrx = ((seq - first_seq) & 0xFFFF) + 1 - read
             vrx_min, vrx_max = min(vrx_min, vrx), max(vrx_max, vrx)
         fpt = int(t_first - epoch)
-        now_ticks = t_first * MEDIA_CLOCK // NS
-        delta = ((ts - now_ticks + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
-        latency = t_first - (now_ticks + delta) * NS // MEDIA_CLOCK
+        latency = t_first - ts_ns
         rtp_offset = ((ts - sched.rtp_timestamp(frame) + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
         klass, reason = classify(cinst_max, vrx_min, vrx_max, lim)
         self._record(sched, FrameResult(frame, ts, count, cinst_max, vrx_min, vrx_max, fpt, latency, rtp_offset,

@@ -34,8 +34,9 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 HEIGHT, PACKETS, SIZE, FRAMES = 720, 800, 1200, 45
-#: Share of frames that must be narrow or wide: GStreamer's and any burst sender's are 0.
-MIN_COMPLIANT = 0.6
+#: Share of frames that must be narrow or wide: GStreamer's and any burst sender's are 0;
+#: ours measured 0.68 to 0.9 with the machine's two cores fully loaded by other work.
+MIN_COMPLIANT = 0.5
 
 
 def _pacer_or_skip() -> None:
@@ -78,8 +79,9 @@ def paced() -> Iterator[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="msm-st2110-") as tmp:
         pcap = os.path.join(tmp, "paced.pcapng")
         cap = _dumpcap(port, pcap)
-        live = threading.Thread(target=capture_live, args=(analyser, sock, FRAMES / 30 + 1.5),
-                                kwargs={"offset_ns": offset})
+        done = threading.Event()
+        live = threading.Thread(target=capture_live, args=(analyser, sock, FRAMES / 30 + 20),
+                                kwargs={"offset_ns": offset, "stop": done})
         live.start()
         try:
             sender = subprocess.run(
@@ -87,8 +89,9 @@ def paced() -> Iterator[dict[str, Any]]:
                  "--size", str(SIZE), "--frames", str(FRAMES), "--height", str(HEIGHT), "--realtime"],
                 cwd=REPO, capture_output=True, text=True, timeout=60)
         finally:
-            live.join()
             time.sleep(0.3)
+            done.set()
+            live.join()
             cap.send_signal(signal.SIGINT)
             cap.wait(timeout=10)
         assert sender.returncode == 0, sender.stderr
@@ -105,9 +108,10 @@ def test_our_pacer_is_narrow_or_wide_live(paced: dict[str, Any]) -> None:
     assert rep.frames >= FRAMES * 0.6, f"only {rep.frames} frames complete: {rep.frames_skipped} skipped"
     compliant = rep.counts["narrow"] + rep.counts["wide"]
     assert compliant >= MIN_COMPLIANT * rep.frames, f"{rep.counts}: {rep.reason}"
-    # Every frame the pacer sent on time stays within narrow's burst bound.
+    # Every frame the pacer sent on time (the receiver's buffer never ran dry) is narrow:
+    # bursts within CMAX, never more than VRX_FULL ahead.
     on_time = [r for r in rep.frame_results if r.vrx_min >= 1]
-    assert on_time and max(r.cinst_max for r in on_time) <= rep.limits["cmax_narrow"]
+    assert on_time and all(r.klass == "narrow" for r in on_time), [r.reason for r in on_time if r.klass != "narrow"]
     if rep.counts["narrow"] < compliant:
         print(f"some frames only wide: {[r.reason for r in rep.frame_results if r.klass == 'wide'][:3]}")
     if rep.verdict != "narrow":

@@ -209,3 +209,38 @@ def test_pcap_and_pcapng(tmp_path) -> None:   # type: ignore[no-untyped-def]
     ng.write_bytes((shb + idb + epb)[:-10])
     with pytest.raises(PcapError, match="cut short"):
         list(udp_datagrams(str(ng)))
+
+
+# -- the command's bad input ------------------------------------------------------------------------
+@pytest.mark.parametrize("argv,message", [
+    (["st2110", "analyse"], "give --port (live) or --pcap FILE"),
+    (["st2110", "analyse", "--port", "70000"], "--port must be 1..65535"),
+    (["st2110", "analyse", "--port", "5004", "--rate", "fast"], "not a frame rate"),
+    (["st2110", "analyse", "--pcap", "/nonexistent/x.pcap"], "cannot read /nonexistent/x.pcap"),
+    (["st2110", "analyse", "--port", "5004", "--duration", "-1"], "--duration must be"),
+    (["st2110", "analyse", "--port", "x"], "invalid int value"),
+])
+def test_analyse_bad_input_is_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from msm.cli import main
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("msm: error: ") and message in last and "Traceback" not in err
+
+
+def test_analyse_a_capture_from_the_command(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A pcap of a paced stream, written here, through ``msm st2110 analyse --pcap``: narrow, exit 0."""
+    from msm.cli import main
+    s = schedule(P30, 20, lead=0)
+    records = []
+    for n in range(10):
+        for k in range(20):
+            rtp = struct.pack("!BBHII", 0x80, 96 | (0x80 if k == 19 else 0), n * 20 + k, s.rtp_timestamp(n + 9000), 1)
+            t = s.packet_time_ns(n + 9000, k) - 2 * int(s.trs_ns)
+            pkt = _udp_frame(rtp + bytes(100), 5004)
+            records.append(struct.pack("<IIII", t // 10**9, t % 10**9, len(pkt), len(pkt)) + pkt)
+    path = tmp_path / "paced.pcap"
+    path.write_bytes(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 65535, 1) + b"".join(records))
+    assert main(["st2110", "analyse", "--pcap", str(path), "--tai-offset", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "verdict: narrow" in out and "30 Hz, 20 packets/frame" in out
