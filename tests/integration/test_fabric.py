@@ -293,3 +293,42 @@ def test_oversized_frames_and_unknown_peers_are_refused_and_counted() -> None:
             a.send(peer + 1, FrameHeader(1, 1, 1), b"x")
         with pytest.raises(FabricConfigError, match="peer table full"):
             a.add_peer(b"\x00" * 16)
+
+
+def test_the_wait_descriptor_wakes_an_asyncio_reader() -> None:
+    """tcp;ofi_rxm: loop.add_reader on fileno() sees frames arrive (the sender progressed by a 2 ms task)."""
+    need("tcp;ofi_rxm")
+    import asyncio
+
+    async def run() -> list[int]:
+        with FabricEndpoint("tcp;ofi_rxm", "127.0.0.1", 0, max_frame=4096, credits=2, max_peers=1) as a, \
+                FabricEndpoint("tcp;ofi_rxm", "127.0.0.1", 0, max_frame=4096, credits=2, max_peers=1) as b:
+            fd = b.fileno()
+            assert fd is not None
+            to_b = a.add_peer(b.local_address())
+            b.add_peer(a.local_address())
+            seqs: list[int] = []
+            done = asyncio.Event()
+
+            def readable() -> None:
+                for frame in b.poll(0):
+                    seqs.append(frame.seq)
+                    frame.release()
+                if len(seqs) >= 10:
+                    done.set()
+
+            loop = asyncio.get_running_loop()
+            loop.add_reader(fd, readable)
+            sent = 0
+            try:
+                async with asyncio.timeout(10):
+                    while not done.is_set():
+                        if sent < 10 and a.send(to_b, FrameHeader(1, sent, 0), b"y" * 4000):
+                            sent += 1
+                        a.poll(0)
+                        await asyncio.sleep(0.002)
+            finally:
+                loop.remove_reader(fd)
+            return seqs
+
+    assert asyncio.run(run()) == list(range(10))
