@@ -332,3 +332,14 @@ def test_the_wait_descriptor_wakes_an_asyncio_reader() -> None:
             return seqs
 
     assert asyncio.run(run()) == list(range(10))
+
+
+def test_tcp_listens_only_on_the_address_given() -> None:
+    need("tcp;ofi_rxm")
+    with FabricEndpoint("tcp;ofi_rxm", None, 0, max_frame=4096, credits=1, max_peers=1) as ep:
+        name = ep.local_address()
+        assert name[4:8] == bytes([127, 0, 0, 1])   # sockaddr_in: the default is loopback, not the wildcard
+        port = int.from_bytes(name[2:4], "big")
+        listening = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, timeout=10).stdout
+        ours = [line.split()[3] for line in listening.splitlines() if f"pid={os.getpid()}," in line]
+        assert ours == [f"127.0.0.1:{port}"]
