@@ -202,6 +202,11 @@ int msm_pacer_send_frame(msm_pacer *p, const unsigned char *buf, uint64_t buf_le
         return -1;
     }
     memset(out, 0, sizeof(*out));
+    if (n != p->cfg.packets) {   /* NPACKETS is the frame's: its TRS follows */
+        p->cfg.packets = n;
+        p->trs_ns = (double)p->cfg.period_num * p->cfg.active_lines
+                    / ((double)p->cfg.period_den * n * p->cfg.total_lines);
+    }
     int64_t cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
     int old_slack = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
     prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0);   /* nanosleep wakes on time, not 50 us late */

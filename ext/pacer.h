@@ -57,7 +57,8 @@ uint32_t msm_pacer_rtp_timestamp(const msm_pacer *pacer, int64_t frame);
 int64_t msm_pacer_now(const msm_pacer *pacer);
 /* Sends n packets (lengths[i] bytes each, back to back in buf) as frame `frame`, or
  * (frame < 0) the first grid frame after the previous one whose first packet is
- * still ahead. Returns 0, or -1 with errno (EINVAL: bad lengths). */
+ * still ahead. n becomes the pacer's packets per frame (TRS follows). Returns 0,
+ * or -1 with errno (EINVAL: bad lengths). */
 int msm_pacer_send_frame(msm_pacer *pacer, const unsigned char *buf, uint64_t buf_len,
                          const uint32_t *lengths, uint32_t n, int64_t frame, msm_pacer_stats *out);
 

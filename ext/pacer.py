@@ -157,12 +157,18 @@ class Pacer:
     def now(self) -> int:
         return time.clock_gettime_ns(self.clock_id)
 
-    def send_frame(self, buf: Any, lengths: Sequence[int], frame: int | None = None) -> FrameStats:
+    def send_frame(self, buf: Any, lengths: Sequence[int] | None = None, frame: int | None = None) -> FrameStats:
         """Send one frame: ``buf`` holds the packets back to back, ``lengths`` their sizes.
 
-        ``frame``: the grid frame to send as (``None``: the next one still ahead).
-        Each packet's RTP timestamp becomes the frame's (unless ``patch_timestamp=False``).
+        ``buf`` may also be a sequence of packets (``lengths`` then ``None``): they are
+        joined first. ``frame``: the grid frame to send as (``None``: the next one still
+        ahead). Each packet's RTP timestamp becomes the frame's (unless
+        ``patch_timestamp=False``). A frame of another packet count than the pacer's
+        is spread over the same active period (its TRS follows its count).
         """
+        if lengths is None:
+            packets = list(buf)
+            lengths, buf = [len(p) for p in packets], b"".join(packets)
         n = len(lengths)
         if not 0 < n <= MAX_PACKETS:
             raise ValueError(f"a frame has 1..{MAX_PACKETS} packets, not {n}")

@@ -123,6 +123,35 @@ def test_c_pacer_refuses_bad_frames() -> None:
         pacer.send_frame(bytes(100), [8, 8])
 
 
+def test_c_pacer_sends_on_the_schedule() -> None:
+    """Ten packets of a 100 Hz frame to a local socket: none leaves before its time, all carry the epoch's timestamp."""
+    pacer_mod = pytest.importorskip("msm.ext.pacer")
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setsockopt(socket.SOL_SOCKET, 35, 1)        # SO_TIMESTAMPNS
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    period = Fraction(10**9, 100)
+    try:
+        pacer = pacer_mod.Pacer(tx.fileno(), rx.getsockname(), period, 10, "narrow", height=1080,
+                                clock="realtime")
+    except pacer_mod.NativeUnavailable as exc:
+        pytest.skip(f"the C pacer is not built: {exc}")
+    packets = [struct.pack("!BBHII", 0x80, 96, k, 0, 7) + bytes([k]) * 100 for k in range(10)]
+    with rx, tx:
+        stats = pacer.send_frame(packets)               # the bridge's form: a list of packets
+        twin = schedule(period, 10)
+        assert stats.packets_sent == 10 and stats.send_errors == 0 and stats.skipped_frames == 0
+        assert stats.rtp_timestamp == twin.rtp_timestamp(stats.frame)
+        for k in range(10):
+            data, anc, _f, _a = rx.recvmsg(2048, 64)
+            sec, nsec = struct.unpack("=qq", anc[0][2][:16])
+            assert data[2:4] == struct.pack("!H", k) and data[12:] == bytes([k]) * 100
+            assert int.from_bytes(data[4:8], "big") == stats.rtp_timestamp
+            # Never early (1 us of grouping tolerance); lateness is the machine's, reported not asserted.
+            assert sec * 10**9 + nsec >= twin.packet_time_ns(stats.frame, k) - 1_000
+    assert stats.max_late_ns >= 0 and stats.cpu_ns > 0
+
+
 # -- the analyser's model on synthetic arrivals -----------------------------------------------------
 def _feed(an: Analyser, times: list[list[float | None]], period: Fraction) -> None:
     seq = 0
