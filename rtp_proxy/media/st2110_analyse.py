@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from msm.sdk.errors import ConfigError
 
-from .pacing import frame_period
+from .pacing import MEDIA_CLOCK, frame_period
 from .pcap import udp_datagrams
 from .st2110_timing import Analyser, Report
 
@@ -155,9 +155,12 @@ def render(rep: Report) -> str:
              "  frames: " + ", ".join(f"{k} {v}" for k, v in rep.counts.items())]
     if rep.frames:
         fpt, lat, off = rep.fpt_ns or (0, 0), rep.latency_ns or (0, 0), rep.rtp_offset or (0, 0)
+        # Latency means something only for a sender whose RTP timestamps are on the epoch's grid.
+        on_grid = max(abs(off[0]), abs(off[1])) <= MEDIA_CLOCK
+        latency = f"{_us(lat[0])}..{_us(lat[1])} us" if on_grid else "n/a (RTP timestamps off the epoch's grid)"
         lines += [f"  Cinst max {rep.cinst_max}; VRX min {rep.vrx_min} max {rep.vrx_max}",
-                  f"  FPT (measured TRoffset) {_us(fpt[0])}..{_us(fpt[1])} us; latency {_us(lat[0])}..{_us(lat[1])}"
-                  f" us; RTP offset {off[0]}..{off[1]} ticks"]
+                  f"  FPT (measured TRoffset) {_us(fpt[0])}..{_us(fpt[1])} us; RTP offset {off[0]}..{off[1]} ticks; "
+                  f"latency {latency}"]
     lines.append(f"verdict: {rep.verdict} ({rep.reason})")
     return "\n".join(lines)
 
