@@ -3,7 +3,8 @@
  * One msm_fab is one libfabric RDM endpoint (tcp;ofi_rxm between nodes, shm on
  * one host) with one completion queue and one address vector. A frame travels
  * as ONE tagged message: a fixed header (group, sequence, timestamp, lengths),
- * the metadata, then the payload, sent zero-copy from the caller's buffer.
+ * the metadata padded to a multiple of 64 bytes, then the payload, sent
+ * zero-copy from the caller's buffer.
  *
  * Flow control is by credits. Each endpoint grants every peer it added
  * `credits` receive buffers; a grant is a cumulative count ("you may have sent
@@ -54,7 +55,8 @@ typedef struct msm_fab_event {
     uint32_t meta_len;
     uint64_t seq;
     uint64_t timestamp;
-    uint64_t payload_len; /* payload starts at MSM_FAB_HEADER_BYTES + meta_len */
+    uint64_t payload_len;
+    uint64_t payload_offset; /* in the buffer: the metadata is at MSM_FAB_HEADER_BYTES, padded to 64 */
 } msm_fab_event;
 
 typedef struct msm_fab_peer_stats {

@@ -230,9 +230,9 @@ class FabricEndpoint:
         if ev.kind == self._lib.MSM_FAB_EV_FRAME:
             base = self._lib.msm_fab_buffer(self._ptr, ev.slot)
             head = self._lib.MSM_FAB_HEADER_BYTES
-            view = memoryview(self._ffi.buffer(base, head + ev.meta_len + ev.payload_len))
+            view = memoryview(self._ffi.buffer(base, ev.payload_offset + ev.payload_len))
             frame = ReceivedFrame(int(ev.peer), int(ev.group), int(ev.seq), int(ev.timestamp),
-                                  view[head:head + ev.meta_len], view[head + ev.meta_len:], int(ev.slot), self)
+                                  view[head:head + ev.meta_len], view[ev.payload_offset:], int(ev.slot), self)
             self._held[frame.slot] = frame
             frames.append(frame)
         else:   # SENT or SEND_ERROR: libfabric is done with the payload
