@@ -10,6 +10,7 @@ after the first are left out.
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -29,8 +30,8 @@ class PcapError(ConfigError):
     """The file is not a capture this reader understands, or it is cut short."""
 
 
-def _ip(data: bytes, off: int) -> tuple[str, int, bytes, int] | None:
-    """``(source, destination port, UDP payload, UDP length)`` of an IP packet at ``off``, or ``None``."""
+def _ip(data: bytes, off: int) -> tuple[bytes, int, bytes, int] | None:
+    """``(packed source, destination port, UDP payload, UDP length)`` of an IP packet at ``off``, or ``None``."""
     if len(data) < off + 20:
         return None
     version = data[off] >> 4
@@ -38,12 +39,12 @@ def _ip(data: bytes, off: int) -> tuple[str, int, bytes, int] | None:
         ihl = (data[off] & 0x0F) * 4
         if data[off + 9] != 17 or struct.unpack_from("!H", data, off + 6)[0] & 0x1FFF:
             return None
-        src = ".".join(str(b) for b in data[off + 12:off + 16])
+        src = data[off + 12:off + 16]
         udp = off + ihl
     elif version == 6:
         if len(data) < off + 40 or data[off + 6] != 17:
             return None
-        src = ":".join(f"{data[off + 8 + i]:02x}{data[off + 9 + i]:02x}" for i in range(0, 16, 2))
+        src = data[off + 8:off + 24]
         udp = off + 40
     else:
         return None
@@ -157,8 +158,14 @@ def udp_datagrams(path: str, port: int | None = None) -> Iterator[tuple[int, str
             records = _pcapng(f, head)
         else:
             raise PcapError(f"{path} is not a pcap or pcapng file")
+        names: dict[bytes, str] = {}   # packed -> text; a capture has few senders (bounded below)
         for t, linktype, data in records:
             off = _link(linktype, data)
             udp = None if off is None else _ip(data, off)
             if udp is not None and (port is None or udp[1] == port):
-                yield t, udp[0], udp[2], udp[3]
+                name = names.get(udp[0])
+                if name is None:
+                    if len(names) >= 1024:
+                        names.clear()
+                    name = names[udp[0]] = str(ipaddress.ip_address(udp[0]))
+                yield t, name, udp[2], udp[3]
