@@ -3,7 +3,8 @@
  * Each packet leaves at its time on the read schedule less `lead` packets
  * (ST 2110-21, "Virtual Receiver Buffer Model": the receiver's buffer then holds
  * about lead packets of margin and never runs empty). The thread sleeps with
- * clock_nanosleep(TIMER_ABSTIME) until spin_ns before a due time and busy-waits
+ * clock_nanosleep(TIMER_ABSTIME) until spin_ns before a due time (frame_spin_ns
+ * before a frame's first packet, after the vertical blanking) and busy-waits
  * the rest; packets due within tolerance_ns of now leave together in one
  * sendmmsg, at most max_group of them, so the burst the network sees stays under
  * the network compatibility model's CMAX. A call that runs late does not dump
@@ -102,10 +103,10 @@ msm_pacer *msm_pacer_new(int fd, int family, const unsigned char *addr, uint16_t
 void msm_pacer_free(msm_pacer *p) { free(p); }
 
 /* Sleeps (then spins) until the clock reads `when`; returns the time it read. */
-static int64_t wait_until(msm_pacer *p, int64_t when, msm_pacer_stats *out) {
+static int64_t wait_until(msm_pacer *p, int64_t when, int64_t spin_ns, msm_pacer_stats *out) {
     int64_t now = clock_ns(p->cfg.clock_id);
-    if (when - now > p->cfg.spin_ns) {
-        int64_t wake = when - p->cfg.spin_ns;
+    if (when - now > spin_ns) {
+        int64_t wake = when - spin_ns;
         struct timespec ts = {.tv_sec = wake / 1000000000LL, .tv_nsec = wake % 1000000000LL};
         while (clock_nanosleep(p->cfg.clock_id, TIMER_ABSTIME, &ts, NULL) == EINTR) {
         }
@@ -230,7 +231,8 @@ int msm_pacer_send_frame(msm_pacer *p, const unsigned char *buf, uint64_t buf_le
             if (earliest > when)
                 when = earliest;
         }
-        now = wait_until(p, when, out);
+        /* A frame's first packet follows the longest sleep: wake earlier for it. */
+        now = wait_until(p, when, i == 0 ? p->cfg.frame_spin_ns : p->cfg.spin_ns, out);
         uint32_t g = 0;
         uint64_t off = offset;
         while (i + g < n && g < p->cfg.max_group

@@ -27,6 +27,7 @@ typedef struct {
     uint32_t max_group;      /* packets sent back to back at most (1..MSM_PACER_MAX_GROUP) */
     uint32_t catchup_permille; /* when late, groups follow each other at least this share of their TRS */
     int64_t spin_ns;         /* busy-wait this long before a due time instead of sleeping */
+    int64_t frame_spin_ns;   /* ... and this long before a frame's first packet */
     int64_t tolerance_ns;    /* packets due within this of now go in the same group */
     int clock_id;            /* CLOCK_TAI or CLOCK_REALTIME */
     int patch_timestamp;     /* write the frame's RTP timestamp into each packet's header */

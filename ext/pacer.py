@@ -37,6 +37,9 @@ WIDE_LEAD = 360
 CATCHUP_PERMILLE = 950
 #: Busy-wait this long before a due time rather than trust a timer to wake on time.
 SPIN_NS = 20_000
+#: ... and this long before a frame's first packet: the thread slept through the vertical
+#: blanking, and a long sleep wakes later on a busy machine (0.6% of a 30 Hz frame).
+FRAME_SPIN_NS = 200_000
 #: Packets due within this of now leave in the same group.
 TOLERANCE_NS = 1_000
 #: A frame has at most this many packets (8K 4:4:4 12-bit at 1400 bytes is about 62k).
@@ -133,7 +136,7 @@ class Pacer:
         cfg.lead = default_lead if lead is None else lead
         cfg.max_group = MAX_GROUP[mode] if max_group is None else max_group
         cfg.catchup_permille = CATCHUP_PERMILLE
-        cfg.spin_ns, cfg.tolerance_ns = SPIN_NS, max(0, tolerance_ns)
+        cfg.spin_ns, cfg.frame_spin_ns, cfg.tolerance_ns = SPIN_NS, FRAME_SPIN_NS, max(0, tolerance_ns)
         cfg.clock_id = {"tai": CLOCK_TAI, "realtime": CLOCK_REALTIME}[clock]
         cfg.patch_timestamp = 1 if patch_timestamp else 0
         fam, packed, scope = _dest(dest)
