@@ -132,6 +132,7 @@ class ServerConnection(MemifConnection):
                 raise MemifError(f"memif: ADD_RING index {msg.index}, expected {len(rings)}", key="bad_ring")
             if msg.region >= len(self.regions):
                 raise MemifError(f"memif: ring {msg.index} in unknown region {msg.region}", key="bad_ring")
+            _check_eventfd(fd, msg.index)
             rings.append(Ring(self.regions[msg.region], msg.offset, msg.log2_ring_size, fd, c2s=msg.c2s))
         except MemifError:
             close_fds([fd])
@@ -147,6 +148,17 @@ class ServerConnection(MemifConnection):
         self.remote_if_name = msg.if_name
         self._start_queues()
         send_message(self.sock, Connected(self.config.name))
+
+
+def _check_eventfd(fd: int, index: int) -> None:
+    """The interrupt fd must be an eventfd, and we never block on it (a full pipe would stall the server)."""
+    try:
+        kind = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        kind = ""
+    if kind != "anon_inode:[eventfd]":
+        raise MemifError(f"memif: ADD_RING {index} interrupt fd is not an eventfd", key="bad_fd")
+    os.set_blocking(fd, False)
 
 
 class MemifServer:

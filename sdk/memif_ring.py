@@ -266,8 +266,8 @@ class RxQueue:
     def clear_interrupt(self) -> None:
         try:
             os.eventfd_read(self.ring.eventfd)
-        except BlockingIOError:
-            pass
+        except OSError:
+            pass  # nothing pending (EAGAIN), or the connection is closing
 
     def _produced(self) -> int:
         return self.ring.tail if self.client else self.ring.head
@@ -483,3 +483,5 @@ class TxQueue:
                 self.counters.interrupts_sent += 1
             except BlockingIOError:
                 pass  # the counter is saturated: the peer has a wakeup pending already
+            except OSError:
+                self.counters.errors["interrupt_failed"] += 1

@@ -275,6 +275,25 @@ def test_short_region_is_refused(running: Running, case: str) -> None:
         good.close()
 
 
+def test_interrupt_fd_must_be_an_eventfd(running: Running) -> None:
+    good, conn = _streaming(running)
+    bad = RawPeer(running.path)
+    region = Region.create(65536)
+    read_end, write_end = os.pipe()  # a pipe that fills would block a server writing "interrupts" to it
+    try:
+        assert isinstance(proto.decode(bad.say(proto.encode(proto.Init()))), proto.Ack)
+        assert isinstance(proto.decode(bad.say(proto.encode(proto.AddRegion(0, 65536)), region.fd)), proto.Ack)
+        assert "not an eventfd" in _reason(bad.say(proto.encode(proto.AddRing(0, 0, 0, 4, True)), write_end))
+        running.wait(lambda: running.server.counters["failed:bad_fd"] == 1, "bad_fd")
+        _still_flows(good, conn)
+    finally:
+        bad.close()
+        region.close()
+        os.close(read_end)
+        os.close(write_end)
+        good.close()
+
+
 def test_bad_descriptor_drops_one_frame_counted(running: Running) -> None:
     good, conn = _streaming(running)
     try:
