@@ -188,7 +188,8 @@ def measure_ours(frames: int, size: int) -> dict[str, Any]:
     return {"size": size, "frames": frames, "received": r["received"], "bad": r["bad"],
             "fps": frames / span, "bytes_per_s": frames * size / span,
             "cpu_us_per_frame": (s["cpu"] + p["cpu"] + r["cpu"]) / frames * 1e6,
-            "proxy_cpu_us_per_frame": p["cpu"] / frames * 1e6,
+            "proxy_cpu_us_per_frame": p["cpu"] / frames * 1e6, "sender_cpu_us_per_frame": s["cpu"] / frames * 1e6,
+            "receiver_cpu_us_per_frame": r["cpu"] / frames * 1e6,
             "p50_us": statistics.median(lat), "p99_us": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
             "same_memfd": s["region_inode"] == r["region_inode"], "proxy_payload_bytes": p["payload_bytes_touched"],
             "proxy": p, "receiver_counters": r["counters"]}
@@ -293,9 +294,11 @@ def report(ref: dict[str, Any], ours: list[dict[str, Any]], *, as_json: bool) ->
         print(f"{name:<34}{row['fps']:>11.0f}{row['bytes_per_s'] * 8 / 1e9:>9.2f}{ratio:>11}"
               f"{row['cpu_us_per_frame']:>13.1f}{row['p50_us']:>9.0f}{row['p99_us']:>9.0f}")
     for row in ours:
-        print(f"  {row['size']} B: {row['received']}/{row['frames']} frames received, {row['bad']} bad; proxy "
-              f"{row['proxy_cpu_us_per_frame']:.1f} us CPU/frame; receiver reads the sender's memfd: "
-              f"{row['same_memfd']}; payload bytes the proxy touched: {row['proxy_payload_bytes']}")
+        print(f"  {row['size']} B: {row['received']}/{row['frames']} frames received, {row['bad']} bad; CPU us/frame: "
+              f"sender {row['sender_cpu_us_per_frame']:.1f}, proxy {row['proxy_cpu_us_per_frame']:.1f}, receiver "
+              f"{row['receiver_cpu_us_per_frame']:.1f}; receiver reads the sender's memfd: {row['same_memfd']}; "
+              f"payload bytes the proxy touched: {row['proxy_payload_bytes']}; proxy ring walk: "
+              f"{row['proxy'].get('native')}")
 
 
 if __name__ == "__main__":
