@@ -47,6 +47,8 @@ RATES = (Fraction(24000, 1001), Fraction(24), Fraction(25), Fraction(30000, 1001
 #: Packets kept of the frame being received: beyond any real frame (8K 4:4:4 12-bit at
 #: 1400 bytes is about 62k), so a stream without markers cannot grow it without end.
 MAX_FRAME_PACKETS = 1 << 17
+#: Complete frames kept until the frame rate is learnt (from the first 4 timestamp steps).
+PENDING_FRAMES = 8
 #: Per-frame results kept for the report (the totals count every frame): an hour at 60 Hz.
 MAX_FRAME_RESULTS = 216_000
 
@@ -142,6 +144,7 @@ class Analyser:
         self._bucket = 0
         self._bucket_ref = 0
         self._schedules: dict[int, Schedule] = {}
+        self._pending: list[tuple[list[tuple[int, int, int]], int, int, int]] = []
 
     # -- input -------------------------------------------------------------------------------------
     def feed(self, arrival_ns: int, seq: int, timestamp: int, marker: bool, length: int) -> None:
@@ -183,18 +186,28 @@ class Analyser:
         lost = expected - len(packets)
         if step:
             self._learn_rate(step)
-        if not (complete and starts_clean) or self.rate is None or lost != 0:
+        if not (complete and starts_clean) or lost != 0:
             self.report.frames_skipped += 1
             self.report.lost += max(0, lost) if starts_clean else 0
-            self._drain_only(packets)
+            if self.rate is not None:
+                self._drain_only(packets)
             return
+        if self.rate is None:   # judged once the rate is known (a few frames on)
+            if len(self._pending) < PENDING_FRAMES:
+                self._pending.append((packets, ts, first_seq, expected))
+            else:
+                self.report.frames_skipped += 1
+            return
+        for frame in self._pending:
+            self._analyse(*frame)
+        self._pending.clear()
         self._analyse(packets, ts, first_seq, expected)
 
     def _learn_rate(self, step: int) -> None:
         if self.rate is not None:
             return
         self._steps.append(step)
-        if len(self._steps) < 4:   # the frames before are not judged (about 0.1 s)
+        if len(self._steps) < 4:
             return
         # A sender that skips frames makes steps of several frame periods: the rate is the
         # lowest standard one whose period divides every step (within a tick: 59.94 Hz steps
