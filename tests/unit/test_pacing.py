@@ -197,7 +197,9 @@ def test_analyser_learns_the_rate_and_skips_partial_frames() -> None:
     frames = _frames(P5994, 50, lambda s, n, k: s.packet_time_ns(n, k))
     _feed(an, frames, P5994)
     assert an.rate == Fraction(60000, 1001)
-    assert an.report.frames_skipped >= 1          # the first frame: capture may have begun mid-frame
+    # The first frame is skipped (capture may begin mid-frame); those before the rate was
+    # learnt are judged once it is.
+    assert an.report.frames_skipped == 1 and an.report.frames == 11 and an.report.verdict == "narrow"
     an2 = Analyser(rate=Fraction(30))
     frames = _frames(P30, 50, lambda s, n, k: s.packet_time_ns(n, k) - 2000)
     frames[3][10] = None                           # a lost packet: that frame is not judged
