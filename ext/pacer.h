@@ -12,6 +12,7 @@
 
 #include <stdint.h>
 
+/* Packets per sendmmsg at most: their headers and iovecs live on the sending thread's stack. */
 #define MSM_PACER_MAX_GROUP 64
 
 typedef struct msm_pacer msm_pacer;

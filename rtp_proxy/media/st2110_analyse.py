@@ -175,13 +175,17 @@ def run(opts: argparse.Namespace) -> int:
     rate = None if opts.rate is None else 1_000_000_000 / frame_period(opts.rate)
     if opts.height <= 0:
         raise ConfigError(f"--height must be positive, not {opts.height}")
+    try:   # the form addresses are compared in
+        source = None if opts.source is None else str(ipaddress.ip_address(opts.source))
+    except ValueError:
+        raise ConfigError(f"--source is not an IP address: {opts.source!r}") from None
     analyser = Analyser(rate=Fraction(rate) if rate is not None else None, height=opts.height,
                         linear=opts.model == "linear")
     offset = tai_offset_ns() if opts.tai_offset is None else int(opts.tai_offset * 1e9)
     if opts.pcap:
-        rep = capture_pcap(analyser, opts.pcap, opts.port, source=opts.source, offset_ns=offset)
+        rep = capture_pcap(analyser, opts.pcap, opts.port, source=source, offset_ns=offset)
     else:
-        rep = capture_live(analyser, opts.port, opts.duration, group=opts.group, source=opts.source,
+        rep = capture_live(analyser, opts.port, opts.duration, group=opts.group, source=source,
                            offset_ns=offset, status=None if opts.json else sys.stderr)
     if opts.json:
         print(json.dumps(rep.as_dict(frames=opts.frames), default=list))

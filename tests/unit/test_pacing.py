@@ -250,6 +250,7 @@ def test_pcap_and_pcapng(tmp_path) -> None:   # type: ignore[no-untyped-def]
     (["st2110", "analyse", "--pcap", "/nonexistent/x.pcap"], "cannot read /nonexistent/x.pcap"),
     (["st2110", "analyse", "--port", "5004", "--duration", "-1"], "--duration must be"),
     (["st2110", "analyse", "--port", "x"], "invalid int value"),
+    (["st2110", "analyse", "--pcap", "x.pcap", "--source", "camera"], "--source is not an IP address"),
 ])
 def test_analyse_bad_input_is_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     from msm.cli import main
