@@ -392,3 +392,56 @@ def test_connect_to_nothing_is_unavailable(tmp_path: Path) -> None:
 
     with pytest.raises(Unavailable, match="cannot connect"):
         MemifClient(str(tmp_path / "nobody.sock")).connect()
+
+
+def test_asyncio_drives_the_server_through_its_fileno(tmp_path: Path) -> None:
+    import asyncio
+
+    path = tmp_path / "aio.sock"
+
+    async def main() -> bytes:
+        server = MemifServer(str(path), MemifConfig(timeout=2.0))
+        loop = asyncio.get_running_loop()
+        connected: asyncio.Future[object] = loop.create_future()
+
+        def ready() -> None:
+            for conn in server.poll(0):
+                if not connected.done():
+                    connected.set_result(conn)
+
+        loop.add_reader(server.fileno(), ready)
+        try:
+            client_task = loop.run_in_executor(None, lambda: MemifClient(str(path)).connect())
+            conn = await asyncio.wait_for(connected, 5)
+            client = await client_task
+            got = loop.create_future()
+            loop.add_reader(conn.rx_fileno(), lambda: got.done() or got.set_result(conn.recv()))  # type: ignore
+            assert client.send(b"through the event loop")
+            frame = await asyncio.wait_for(got, 5)
+            data = bytes(frame.data)  # type: ignore[attr-defined]
+            frame.release()  # type: ignore[attr-defined]
+            loop.remove_reader(conn.rx_fileno())  # type: ignore[attr-defined]
+            client.close()
+            return data
+        finally:
+            loop.remove_reader(server.fileno())
+            server.close()
+
+    assert asyncio.run(main()) == b"through the event loop"
+
+
+def test_several_queues_are_independent(running: Running) -> None:
+    client = MemifClient(str(running.path), MemifConfig(queues=3, log2_ring_size=4)).connect()
+    try:
+        conn = running.connection()
+        assert len(client.tx_queues) == len(conn.rx_queues) == 3  # type: ignore[attr-defined]
+        for q in (2, 0, 1):
+            assert client.send(f"queue {q}".encode(), queue=q)
+        time.sleep(0.05)
+        for q in range(3):
+            frame = conn.recv(q)  # type: ignore[attr-defined]
+            assert frame is not None and conn.recv(q) is None  # type: ignore[attr-defined]
+            assert bytes(frame.data) == f"queue {q}".encode()  # type: ignore[attr-defined]
+            frame.release()  # type: ignore[attr-defined]
+    finally:
+        client.close()
