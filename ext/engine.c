@@ -1078,8 +1078,11 @@ static void fanout(msm_engine *e, msm_flow *f, const legset *ls, uint32_t npk) {
         sk = __atomic_load_n(&leg->srtp, __ATOMIC_ACQUIRE);
         if (sk) {
             if (nruns && !LOAD(leg->gso_disabled)) {
-                if (srtp_runs_tag != sk->tag) /* legs of one profile share them; a mix recomputes */
+                if (srtp_runs_tag != sk->tag) { /* legs of one profile share them; a mix recomputes */
+                    if (srtp_runs_tag && e->ntx)
+                        flush(e, f); /* what is queued points at sruntctl's segment sizes: send it first */
                     srtp_nruns = gso_runs(e, npk, sk->tag, e->sruns, e->sruntctl), srtp_runs_tag = sk->tag;
+                }
                 nsruns = srtp_nruns;
             }
             fanout_srtp(e, f, leg, sk, npk, nsruns);

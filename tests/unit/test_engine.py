@@ -470,6 +470,35 @@ async def test_gcm_interoperates_with_pylibsrtp_both_ways(table: FlowTable) -> N
         s.close()
 
 
+async def test_legs_of_both_profiles_on_one_flow_each_get_their_own_sizes(table: FlowTable) -> None:
+    """One batch, two SRTP legs whose tags differ (10 and 16 bytes): each leg's GSO trains are cut
+    at its own protected size, and every datagram opens with that leg's key."""
+    if table.engine == "native" and "srtp-gcm" not in table.engine_features:
+        pytest.skip(f"the native engine's libsrtp has no AES-GCM: {table.engine_features}")
+    keys = {"gcm": gcm_key(), "cm": SrtpKey(master_key=os.urandom(16), master_salt=os.urandom(14), epoch=1)}
+    flow = await table.add_flow("s/0", clock_rate=90000)
+    flow.set_source("127.0.0.1")
+    sinks = {name: (udp(), udp()) for name in keys}
+    for name, (rtp_sink, rtcp_sink) in sinks.items():
+        flow.set_leg(Leg(name, rtp_sink.getsockname(), rtcp_sink.getsockname(), enabled=True, srtp=keys[name]))
+    src = udp(bind=False)
+    plain = [rtp(seq, ts=seq * 3000, size=1316) for seq in range(48)]
+    for packet in plain:
+        src.sendto(packet, flow.ingress)
+    got: dict[str, list[bytes]] = {name: [] for name in keys}
+    await until(lambda: all(len(got[n].__iadd__(drain(sinks[n][0]))) >= 48 for n in keys), what="48 on each leg")
+    openers = {"gcm": gcm_session(keys["gcm"], inbound=True), "cm": pylibsrtp.Session(policy=pylibsrtp.Policy(
+        key=keys["cm"].material, srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+        ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))}
+    for name, tag in (("gcm", 16), ("cm", 10)):
+        assert [len(w) for w in got[name]] == [1316 + tag] * 48
+        assert [openers[name].unprotect(w) for w in got[name]] == plain
+    for pair in sinks.values():
+        for s in pair:
+            s.close()
+    src.close()
+
+
 def test_a_profile_the_engine_cannot_do_is_refused_clearly() -> None:
     with pytest.raises(SrtpKeyRefused, match="not supported"):
         SrtpKey(master_key=bytes(16), master_salt=bytes(14), epoch=1, profile="AES_256_CM_HMAC_SHA1_80")
