@@ -26,6 +26,9 @@
 #define FRAME_VERSION 1
 #define CTRL_HELLO 1 /* here is my grant; answer with yours */
 #define CTRL_GRANT 2 /* here is my grant */
+#define CTRL_ALIAS 3 /* frames to you come from this endpoint of mine (name follows) */
+#define CTRL_HEAD 16 /* bytes of a hello or grant: magic, kind, granted */
+#define ALIAS_NAME_MAX 64
 /* Control receive buffers per peer: grants are cumulative, so one posted
  * buffer per peer would do; a few absorb bursts of releases without leaning
  * on the provider's unexpected-message queue. */
@@ -56,13 +59,20 @@ typedef struct slot {
 typedef struct ctrl_msg {
     uint32_t magic, kind;
     uint64_t granted;
+    uint32_t namelen; /* ALIAS only */
+    uint8_t name[ALIAS_NAME_MAX];
+    uint32_t pad_;
 } ctrl_msg;
 
 typedef struct peer {
     fi_addr_t addr;
     uint8_t name[64];
     size_t namelen;
-    int hello_pending, grant_pending;
+    int hello_pending, grant_pending, alias_pending;
+    struct fid_ep *tx_ep; /* per_peer_tx: the endpoint frames to this peer leave from */
+    uint8_t tx_name[ALIAS_NAME_MAX];
+    size_t tx_namelen;
+    fi_addr_t alias; /* the endpoint the peer's frames come from, if not its own (FI_ADDR_NOTAVAIL) */
     msm_fab_peer_stats st;
 } peer;
 
@@ -75,6 +85,10 @@ struct msm_fab {
     struct fid_ep *ep;
     struct fid_mr *rx_mr, *tx_mr, *ctrl_mr;
     int wait_fd, mr_local;
+    /* One transmit endpoint per peer (shm): libfabric 1.17's shm completes an
+     * endpoint's sends in order, so one peer that stops progressing would hold
+     * up the completions to every other peer of a shared endpoint. */
+    int per_peer_tx;
     uint32_t credits, max_peers, max_meta;
     uint64_t max_frame;
     size_t rx_stride, tx_stride;
@@ -217,7 +231,9 @@ static int open_ep(msm_fab *f, char *err, size_t errlen) {
     rc = alloc_buffers(f);
     if (rc != 0)
         return say(err, errlen, "%s: %s", "receive buffers", rc), rc;
-    struct fi_av_attr av_attr = {.type = FI_AV_TABLE, .count = f->max_peers};
+    f->per_peer_tx = strcmp(f->info->fabric_attr->prov_name, "shm") == 0;
+    /* Each peer's own endpoint and, on shm, the one its frames come from. */
+    struct fi_av_attr av_attr = {.type = FI_AV_TABLE, .count = 2 * f->max_peers};
     rc = fi_av_open(f->domain, &av_attr, &f->av, NULL);
     if (rc != 0)
         return say(err, errlen, "%s: %s", "fi_av_open", rc), rc;
@@ -278,18 +294,45 @@ int msm_fab_getname(msm_fab *f, uint8_t *out, size_t *len) { return fi_getname(&
 
 static int send_ctrl(msm_fab *f, peer *p, uint32_t kind) {
     ctrl_msg m = {.magic = htole32(CTRL_MAGIC), .kind = htole32(kind), .granted = htole64(p->st.my_grant)};
-    return (int)fi_tinject(f->ep, &m, sizeof(m), p->addr, TAG_CTRL);
+    size_t len = CTRL_HEAD;
+    if (kind == CTRL_ALIAS) {
+        m.namelen = htole32((uint32_t)p->tx_namelen);
+        memcpy(m.name, p->tx_name, p->tx_namelen);
+        len = CTRL_HEAD + sizeof(uint32_t) + p->tx_namelen;
+    }
+    return (int)fi_tinject(f->ep, &m, len, p->addr, TAG_CTRL);
 }
 
 /* Pending hellos and grants go out here; a full transmit queue leaves them pending. */
 static void flush_ctrl(msm_fab *f) {
     for (int i = 0; i < f->n_peers; i++) {
         peer *p = &f->peers[i];
+        if (p->alias_pending && send_ctrl(f, p, CTRL_ALIAS) == 0) /* before the grant it answers */
+            p->alias_pending = 0;
         if (p->hello_pending && send_ctrl(f, p, CTRL_HELLO) == 0)
             p->hello_pending = p->grant_pending = 0;
         if (p->grant_pending && send_ctrl(f, p, CTRL_GRANT) == 0)
             p->grant_pending = 0;
     }
+}
+
+static int open_tx_ep(msm_fab *f, peer *p) {
+    int rc = fi_endpoint(f->domain, f->info, &p->tx_ep, NULL);
+    if (rc == 0)
+        rc = fi_ep_bind(p->tx_ep, &f->av->fid, 0);
+    if (rc == 0)
+        rc = fi_ep_bind(p->tx_ep, &f->cq->fid, FI_TRANSMIT | FI_RECV);
+    if (rc == 0)
+        rc = fi_enable(p->tx_ep);
+    p->tx_namelen = sizeof(p->tx_name);
+    if (rc == 0)
+        rc = fi_getname(&p->tx_ep->fid, p->tx_name, &p->tx_namelen);
+    if (rc != 0 && p->tx_ep != NULL) {
+        fi_close(&p->tx_ep->fid);
+        p->tx_ep = NULL;
+    }
+    p->alias_pending = rc == 0;
+    return rc;
 }
 
 int msm_fab_add_peer(msm_fab *f, const uint8_t *addr, size_t len, char *err, size_t errlen) {
@@ -313,6 +356,11 @@ int msm_fab_add_peer(msm_fab *f, const uint8_t *addr, size_t len, char *err, siz
     }
     memcpy(p->name, addr, len);
     p->namelen = len;
+    p->alias = FI_ADDR_NOTAVAIL;
+    if (f->per_peer_tx && (rc = open_tx_ep(f, p)) != 0) {
+        say(err, errlen, "%s: %s", "the peer's transmit endpoint", rc);
+        return rc;
+    }
     p->st.my_grant = f->credits;
     p->hello_pending = 1;
     f->st.peers = ++f->n_peers;
@@ -324,7 +372,7 @@ static int find_peer(msm_fab *f, fi_addr_t addr) {
     if (addr == FI_ADDR_NOTAVAIL || addr == FI_ADDR_UNSPEC)
         return -1;
     for (int i = 0; i < f->n_peers; i++)
-        if (f->peers[i].addr == addr)
+        if (f->peers[i].addr == addr || f->peers[i].alias == addr)
             return i;
     return -1;
 }
@@ -372,7 +420,7 @@ int msm_fab_send(msm_fab *f, int pid, uint32_t group, uint64_t seq, uint64_t ts,
     void *desc[2] = {desc_of(f->tx_mr), desc_of(s->mr)};
     struct fi_msg_tagged msg = {.msg_iov = iov, .desc = desc, .iov_count = plen > 0 ? 2 : 1,
                                 .addr = p->addr, .tag = TAG_FRAME, .context = &s->ctx};
-    int rc = (int)fi_tsendmsg(f->ep, &msg, FI_COMPLETION);
+    int rc = (int)fi_tsendmsg(p->tx_ep != NULL ? p->tx_ep : f->ep, &msg, FI_COMPLETION);
     if (rc != 0) {
         if (s->mr != NULL)
             fi_close(&s->mr->fid);
@@ -393,6 +441,22 @@ int msm_fab_send(msm_fab *f, int pid, uint32_t group, uint64_t seq, uint64_t ts,
     return MSM_FAB_SENT;
 }
 
+/* The peer's frames will come from another endpoint of its own (named by its own, checked, endpoint). */
+static void on_alias(msm_fab *f, peer *p, const ctrl_msg *m, size_t len) {
+    uint32_t namelen = le32toh(m->namelen);
+    if (namelen == 0 || namelen > ALIAS_NAME_MAX || len < CTRL_HEAD + sizeof(uint32_t) + namelen) {
+        f->st.ctrl_bad++;
+        return;
+    }
+    if (p->alias != FI_ADDR_NOTAVAIL)
+        return; /* one per peer: the first stands (the AV holds two entries per peer at most) */
+    fi_addr_t alias = FI_ADDR_NOTAVAIL;
+    if (fi_av_insert(f->av, m->name, 1, &alias, 0, NULL) == 1)
+        p->alias = alias;
+    else
+        f->st.ctrl_bad++;
+}
+
 static void on_ctrl(msm_fab *f, slot *s, fi_addr_t src, size_t len) {
     ctrl_msg m = f->ctrl_mem[s->index];
     post_ctrl(f, s->index);
@@ -401,16 +465,22 @@ static void on_ctrl(msm_fab *f, slot *s, fi_addr_t src, size_t len) {
         f->st.ctrl_unknown_peer++;
         return;
     }
-    if (len != sizeof(m) || le32toh(m.magic) != CTRL_MAGIC) {
+    if (len < CTRL_HEAD || le32toh(m.magic) != CTRL_MAGIC) {
         f->st.ctrl_bad++;
         return;
     }
     peer *p = &f->peers[pid];
+    if (le32toh(m.kind) == CTRL_ALIAS) {
+        on_alias(f, p, &m, len);
+        return;
+    }
     uint64_t granted = le64toh(m.granted);
     if (granted > p->st.granted)
         p->st.granted = granted;
-    if (le32toh(m.kind) == CTRL_HELLO)
+    if (le32toh(m.kind) == CTRL_HELLO) {
         p->grant_pending = 1;
+        p->alias_pending = p->tx_ep != NULL; /* it may have missed it (it did not know us yet) */
+    }
 }
 
 /* A frame buffer's completion: a FRAME event (1), or 0 when it was dropped and reposted. */
@@ -587,6 +657,8 @@ void msm_fab_close(msm_fab *f) {
     if (f == NULL)
         return;
     close_fid(f->ep ? &f->ep->fid : NULL);
+    for (int i = 0; f->peers != NULL && i < f->n_peers; i++)
+        close_fid(f->peers[i].tx_ep ? &f->peers[i].tx_ep->fid : NULL);
     for (uint32_t i = 0; f->tx != NULL && i < f->n_tx; i++)
         close_fid(f->tx[i].mr ? &f->tx[i].mr->fid : NULL);
     close_fid(f->cq ? &f->cq->fid : NULL);
