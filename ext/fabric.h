@@ -18,7 +18,10 @@
  *
  * Only peers added with msm_fab_add_peer count: every completion's source
  * address (FI_SOURCE) is checked, and frames or grants from anyone else are
- * dropped and counted.
+ * dropped and counted. On shm each peer's frames leave from an endpoint of
+ * their own (shm completes one endpoint's sends in order: a frozen peer would
+ * hold up the others); its name is announced to the peer by a control message
+ * from the endpoint the peer added, so the check still holds.
  *
  * Not thread-safe: one thread drives an endpoint (msm_fab_poll releases no
  * lock because it takes none). ext/build_fabric.py hands this header to cffi

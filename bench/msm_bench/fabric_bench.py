@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=FRAME_1080P_10BIT)
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--credits", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=2, help="alternate runs of each; the best of each is compared")
+    parser.add_argument("--rounds", type=int, default=3, help="alternate runs of each; the best of each is compared")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
