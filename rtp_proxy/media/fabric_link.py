@@ -266,7 +266,8 @@ class FabricEndpoint:
         for pid in sorted(self._addresses.values()):
             self._lib.msm_fab_peer_stats_get(self._ptr, pid, self._peer_out)
             row = {name: int(getattr(self._peer_out, name)) for name in _peer_fields()}
-            row["in_flight"] = row["sent"] - (row["granted"] - self.credits)   # not yet released by the peer
+            # Sent and not yet released by the peer (as far as its last grant tells).
+            row["in_flight"] = max(0, row["sent"] - max(0, row["granted"] - self.credits))
             peers[pid] = row
         result["peers"] = peers
         return result
