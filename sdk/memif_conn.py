@@ -139,16 +139,19 @@ class MemifConnection:
     def commit(self, buf: TxBuffer, queue: int = 0) -> None:
         self.tx_queues[queue].commit(buf)
 
-    def send(self, data: bytes | memoryview, queue: int = 0) -> bool:
-        """Copies ``data`` into the next buffers and sends it (False, counted, if the ring is full)."""
-        buf = self.alloc(len(data), queue)
+    def send(self, data: bytes | memoryview | list[memoryview], queue: int = 0) -> bool:
+        """Copies ``data`` (bytes, or a received frame's views) into the next buffers and sends it.
+
+        False, counted as a ``ring_full`` drop, if the ring has no room. This is
+        the one copying call: use ``alloc``/``commit`` to fill in place, or
+        ``memif_fast.forward`` to pass a received buffer on by reference.
+        """
+        chunks = data if isinstance(data, list) else [memoryview(data)]
+        buf = self.alloc(sum(len(c) for c in chunks), queue)
         if buf is None:
             self.counters.drops["ring_full"] += 1
             return False
-        pos = 0
-        for view in buf.views:
-            view[:] = data[pos:pos + len(view)]
-            pos += len(view)
+        _copy(chunks, buf.views)
         self.commit(buf, queue)
         return True
 
@@ -208,3 +211,18 @@ class MemifConnection:
         for queue in self.rx_queues:
             queue.start(self.config.native)
         self.connected = True
+
+
+def _copy(sources: list[memoryview], targets: list[memoryview]) -> None:
+    """Copies the concatenation of ``sources`` into ``targets`` (of the same total length)."""
+    ti, toff = 0, 0
+    for src in sources:
+        soff = 0
+        while soff < len(src):
+            target = targets[ti]
+            n = min(len(src) - soff, len(target) - toff)
+            target[toff:toff + n] = src[soff:soff + n]
+            soff += n
+            toff += n
+            if toff == len(target):
+                ti, toff = ti + 1, 0

@@ -445,3 +445,19 @@ def test_several_queues_are_independent(running: Running) -> None:
             frame.release()  # type: ignore[attr-defined]
     finally:
         client.close()
+
+
+def test_send_copies_a_chained_frame(running: Running) -> None:
+    small = MemifClient(str(running.path), MemifConfig(buffer_size=1000, log2_ring_size=6)).connect()
+    try:
+        conn = running.connection()
+        data = _payload(12_345, 7)
+        assert conn.send(data)  # type: ignore[attr-defined]
+        frame = _recv(small)
+        assert len(frame.views()) == 13 and _joined(frame) == data  # type: ignore[attr-defined]
+        assert small.send(frame.views())  # type: ignore[attr-defined]  # the views, copied in order
+        frame.release()  # type: ignore[attr-defined]
+        back = _recv(conn)
+        assert len(back.views()) == 13 and _joined(back) == data  # type: ignore[attr-defined]
+    finally:
+        small.close()
