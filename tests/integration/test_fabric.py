@@ -302,6 +302,17 @@ def test_oversized_frames_and_unknown_peers_are_refused_and_counted() -> None:
             a.add_peer(b"\x00" * 16)
 
 
+@pytest.mark.parametrize("provider", ["tcp;ofi_rxm", "shm"])
+def test_garbage_peer_addresses_are_clear_errors(provider: str) -> None:
+    need(provider)
+    with FabricEndpoint(provider, None, 0, max_frame=1024, credits=1, max_peers=4) as ep:
+        for bad in (b"", b"\x00" * 16, b"\xff" * 100):
+            with pytest.raises(FabricConfigError, match="cannot add fabric peer"):
+                ep.add_peer(bad)
+        ep.poll(0.01)
+        assert ep.stats()["peers"] == {}
+
+
 def test_the_wait_descriptor_wakes_an_asyncio_reader() -> None:
     """tcp;ofi_rxm: loop.add_reader on fileno() sees frames arrive (the sender progressed by a 2 ms task)."""
     need("tcp;ofi_rxm")
