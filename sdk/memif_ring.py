@@ -131,7 +131,9 @@ class Ring:
     """One ring over a region: header fields and descriptors as native-endian integer views."""
 
     def __init__(self, region: Region, offset: int, log2_size: int, eventfd: int, *, c2s: bool) -> None:
-        if offset % 8 or offset + ring_bytes(log2_size) > region.size:
+        if offset % 8:
+            raise MemifError(f"memif: ring at offset {offset} is not 8-byte aligned", key="bad_ring")
+        if offset + ring_bytes(log2_size) > region.size:
             raise MemifError(f"memif: ring at offset {offset} with {1 << log2_size} slots does not fit "
                              f"in its region of {region.size} bytes", key="short_region")
         self.size = 1 << log2_size
