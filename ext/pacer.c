@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -31,6 +32,7 @@ struct msm_pacer {
     socklen_t dest_len;
     msm_pacer_config cfg;
     int64_t next_frame;      /* the grid frame after the last one sent (-1: none yet) */
+    int gso_ok;              /* cfg.gso, until the kernel refuses a train */
     double trs_ns;
 };
 
@@ -82,6 +84,7 @@ msm_pacer *msm_pacer_new(int fd, int family, const unsigned char *addr, uint16_t
     p->fd = fd;
     p->cfg = *c;
     p->next_frame = -1;
+    p->gso_ok = c->gso;
     p->trs_ns = (double)c->period_num * c->active_lines / ((double)c->period_den * c->packets * c->total_lines);
     if (family == AF_INET) {
         struct sockaddr_in *sin = (struct sockaddr_in *)&p->dest;
@@ -169,6 +172,68 @@ static int send_group(msm_pacer *p, const unsigned char *const *pkts, const uint
     return sent < 0 ? 0 : sent;
 }
 
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+
+/* Sends packets [0, g) as one UDP GSO train of lengths[0]-byte segments (the last may be
+ * shorter): the caller checked the lengths. Returns g, or -1 with errno. */
+static int send_gso(msm_pacer *p, const unsigned char *const *pkts, const uint32_t *lengths, uint32_t g,
+                    uint32_t ts_be) {
+    struct iovec iov[2 * MSM_PACER_MAX_GROUP];
+    unsigned char heads[MSM_PACER_MAX_GROUP][RTP_HEADER];
+    union {
+        char buf[CMSG_SPACE(sizeof(uint16_t))];
+        struct cmsghdr align;
+    } control;
+    size_t n = 0;
+    for (uint32_t j = 0; j < g; j++) {
+        if (p->cfg.patch_timestamp) {
+            memcpy(heads[j], pkts[j], RTP_HEADER);
+            memcpy(heads[j] + 4, &ts_be, 4);
+            iov[n++] = (struct iovec){.iov_base = heads[j], .iov_len = RTP_HEADER};
+            iov[n++] = (struct iovec){.iov_base = (void *)(pkts[j] + RTP_HEADER), .iov_len = lengths[j] - RTP_HEADER};
+        } else {
+            iov[n++] = (struct iovec){.iov_base = (void *)pkts[j], .iov_len = lengths[j]};
+        }
+    }
+    struct msghdr h = {.msg_name = &p->dest, .msg_namelen = p->dest_len, .msg_iov = iov, .msg_iovlen = n,
+                       .msg_control = control.buf, .msg_controllen = sizeof(control.buf)};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&h);
+    cm->cmsg_level = IPPROTO_UDP;
+    cm->cmsg_type = UDP_SEGMENT;
+    cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+    uint16_t seg = (uint16_t)lengths[0];
+    memcpy(CMSG_DATA(cm), &seg, sizeof(seg));
+    return sendmsg(p->fd, &h, 0) < 0 ? -1 : (int)g;
+}
+
+/* Sends a group: a GSO train where it can be one (equal segments, the last no longer, under
+ * 64 kB), else sendmmsg. The first refusal of a train turns GSO off for the pacer. */
+static int send_any(msm_pacer *p, const unsigned char *const *pkts, const uint32_t *lengths, uint32_t g,
+                    uint32_t ts_be, msm_pacer_stats *out) {
+    if (p->gso_ok && g > 1) {
+        uint64_t total = 0;
+        int equal = 1;
+        for (uint32_t j = 0; j < g; j++) {
+            total += lengths[j];
+            if ((j + 1 < g && lengths[j] != lengths[0]) || lengths[j] > lengths[0])
+                equal = 0;
+        }
+        if (equal && total <= 65000) {
+            int rc = send_gso(p, pkts, lengths, g, ts_be);
+            if (rc >= 0) {
+                out->gso_sends++;
+                return rc;
+            }
+            if (errno != EIO && errno != EINVAL && errno != ENOPROTOOPT && errno != EOPNOTSUPP)
+                return 0;
+            p->gso_ok = 0;   /* no GSO on this route or kernel: packets one by one from now on */
+        }
+    }
+    return send_group(p, pkts, lengths, g, ts_be);
+}
+
 /* The packets fit the buffer, and each holds an RTP header if its timestamp is to be written. */
 static int lengths_fit(const msm_pacer *p, uint64_t buf_len, const uint32_t *lengths, uint32_t n) {
     uint64_t total = 0;
@@ -235,13 +300,13 @@ int msm_pacer_send_frame(msm_pacer *p, const unsigned char *buf, uint64_t buf_le
         now = wait_until(p, when, i == 0 ? p->cfg.frame_spin_ns : p->cfg.spin_ns, out);
         uint32_t g = 0;
         uint64_t off = offset;
-        while (i + g < n && g < p->cfg.max_group
-               && (g == 0 || msm_pacer_packet_time(p, f, i + g) <= now + p->cfg.tolerance_ns)) {
+        int64_t until = (now > due ? now : due) + (p->gso_ok ? p->cfg.group_window_ns : p->cfg.tolerance_ns);
+        while (i + g < n && g < p->cfg.max_group && (g == 0 || msm_pacer_packet_time(p, f, i + g) <= until)) {
             pkts[g] = buf + off;
             off += lengths[i + g];
             g++;
         }
-        int sent = send_group(p, pkts, lengths + i, g, ts_be);
+        int sent = send_any(p, pkts, lengths + i, g, ts_be, out);
         out->send_ns += clock_ns(p->cfg.clock_id) - now;
         out->packets_sent += (uint32_t)sent;
         out->send_errors += g - (uint32_t)sent;

@@ -32,6 +32,8 @@ typedef struct {
     int64_t tolerance_ns;    /* packets due within this of now go in the same group */
     int clock_id;            /* CLOCK_TAI or CLOCK_REALTIME */
     int patch_timestamp;     /* write the frame's RTP timestamp into each packet's header */
+    int gso;                 /* send a group as one UDP GSO train (one trip through the stack) */
+    int64_t group_window_ns; /* with gso: packets due within this after a group's first go with it */
 } msm_pacer_config;
 
 typedef struct {
@@ -39,7 +41,8 @@ typedef struct {
     uint32_t rtp_timestamp;
     uint32_t packets_sent;
     uint32_t send_errors;
-    uint32_t groups;         /* sendmmsg calls */
+    uint32_t groups;         /* sendmmsg or GSO sends */
+    uint32_t gso_sends;      /* of which GSO trains */
     uint32_t sleeps;         /* clock_nanosleep calls */
     uint32_t late_packets;   /* sent more than lead * TRS after their time: the receiver's margin gone */
     int64_t first_due_ns;    /* when its first packet was due */

@@ -26,6 +26,10 @@ __all__ = ["FrameStats", "NativeUnavailable", "Pacer", "load"]
 #: Packets per sendmmsg at most, per mode: back-to-back bursts stay well under
 #: ST 2110-21's CMAX (at least 4 narrow, 16 wide).
 MAX_GROUP = {"narrow": 2, "wide": 8, "linear": 2}
+#: With UDP GSO, packets per train: a train leaves as one burst, so narrow's is CMAX
+#: itself (4), sent when its first packet is due (its others up to 3 TRS early, so
+#: the narrow lead shrinks by 3 to keep VRX within VRX_FULL).
+GSO_GROUP = {"narrow": 4, "wide": 8, "linear": 4}
 #: Packets sent ahead of the read schedule: VRX then holds that margin (narrow
 #: VRX_FULL is at least 8; wide 720, where the first packet must still follow the
 #: frame's epoch: at most 80% of TROFFSET ahead).
@@ -79,6 +83,7 @@ class FrameStats:
     packets_sent: int
     send_errors: int
     groups: int
+    gso_sends: int
     sleeps: int
     late_packets: int
     first_due_ns: int
@@ -111,12 +116,15 @@ class Pacer:
     for 29.97 Hz) so the grid never drifts. ``mode``: ``narrow`` (gapped, type N),
     ``wide`` (gapped, larger bursts and margin, type W) or ``linear`` (type NL).
     ``clock``: ``tai`` (ST 2110's epoch; the same as ``realtime`` where the kernel's
-    TAI offset is unset) or ``realtime``.
+    TAI offset is unset) or ``realtime``. ``gso``: each group leaves as one UDP GSO train
+    (cheaper per packet; on loopback a capture sees the train whole, which
+    :mod:`msm.rtp_proxy.media.pcap` cuts back into packets).
     """
 
     def __init__(self, fd: int, dest: tuple[str, int], frame_period_ns: int | Fraction, packets_per_frame: int,
                  mode: str = "narrow", *, height: int = 1080, clock: str = "tai", patch_timestamp: bool = True,
-                 lead: int | None = None, max_group: int | None = None, tolerance_ns: int = TOLERANCE_NS) -> None:
+                 lead: int | None = None, max_group: int | None = None, tolerance_ns: int = TOLERANCE_NS,
+                 gso: bool = False) -> None:
         if mode not in MAX_GROUP:
             raise ValueError(f"pacing mode must be narrow, wide or linear, not {mode!r}")
         if not 0 < packets_per_frame <= MAX_PACKETS:
@@ -128,13 +136,17 @@ class Pacer:
         self.ffi: Any = mod.ffi
         self.lib: Any = mod.lib
         total, active, tro = _lines(height, mode)
-        default_lead = NARROW_LEAD if mode != "wide" else max(
+        group = (GSO_GROUP if gso else MAX_GROUP)[mode] if max_group is None else max_group
+        default_lead = NARROW_LEAD - (group - 1 if gso else 0) if mode != "wide" else max(
             NARROW_LEAD, min(WIDE_LEAD, 4 * tro * packets_per_frame // (5 * active)))
         cfg = self.ffi.new("msm_pacer_config *")
         cfg.period_num, cfg.period_den = period.numerator, period.denominator
         cfg.packets, cfg.total_lines, cfg.active_lines, cfg.tro_lines = packets_per_frame, total, active, tro
         cfg.lead = default_lead if lead is None else lead
-        cfg.max_group = MAX_GROUP[mode] if max_group is None else max_group
+        cfg.max_group = group
+        cfg.gso = 1 if gso else 0
+        trs = period * active / total / packets_per_frame
+        cfg.group_window_ns = int(trs * (group - 1)) + max(0, tolerance_ns) if gso else max(0, tolerance_ns)
         cfg.catchup_permille = CATCHUP_PERMILLE
         cfg.spin_ns, cfg.frame_spin_ns, cfg.tolerance_ns = SPIN_NS, FRAME_SPIN_NS, max(0, tolerance_ns)
         cfg.clock_id = {"tai": CLOCK_TAI, "realtime": CLOCK_REALTIME}[clock]
@@ -182,7 +194,8 @@ class Pacer:
             raise ValueError("the packets' lengths do not fit the buffer (or one is shorter than an RTP header)")
         return FrameStats(frame=int(out.frame), rtp_timestamp=int(out.rtp_timestamp),
                           packets_sent=int(out.packets_sent), send_errors=int(out.send_errors),
-                          groups=int(out.groups), sleeps=int(out.sleeps), late_packets=int(out.late_packets),
+                          groups=int(out.groups), gso_sends=int(out.gso_sends), sleeps=int(out.sleeps),
+                          late_packets=int(out.late_packets),
                           first_due_ns=int(out.first_due_ns), max_late_ns=int(out.max_late_ns),
                           mean_late_ns=int(out.sum_late_ns) / max(1, n), cpu_ns=int(out.cpu_ns),
                           send_ns=int(out.send_ns),

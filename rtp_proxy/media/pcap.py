@@ -17,11 +17,15 @@ from typing import BinaryIO
 
 from msm.sdk.errors import ConfigError
 
-__all__ = ["PcapError", "udp_datagrams"]
+__all__ = ["PcapError", "gso_segments", "udp_datagrams"]
 
 #: A block or record larger than this is not a capture of ours (a jumbo frame is 9 kB;
 #: pcapng's own limit is far larger): refusing it bounds what one read may allocate.
 MAX_BLOCK = 1 << 20
+
+#: Datagrams larger than this are looked at as possible GSO trains (a single packet may be
+#: larger too, up to ST 2110's extended 8,960 bytes: gso_segments then leaves it whole).
+MAX_SINGLE = 1500
 
 _ETHERNET, _NULL, _RAW, _RAW2, _LOOP, _SLL, _IPV4, _IPV6, _SLL2 = 1, 0, 101, 12, 108, 113, 228, 229, 276
 
@@ -144,6 +148,30 @@ def _pcapng(f: BinaryIO, head: bytes) -> Iterator[tuple[int, int, bytes]]:
             yield units * 1_000_000_000 // per_second, linktype, body[20:20 + incl]
 
 
+def gso_segments(payload: bytes) -> list[bytes]:
+    """A UDP GSO train cut back into its RTP packets, or ``[payload]`` if it is not one.
+
+    A capture on the sending host (loopback, a veth) sees a GSO train as one datagram:
+    RTP packets back to back, all of one size but the last. It is recognised by a
+    second RTP header of the same SSRC with the next sequence number, and cut at
+    that size if every piece continues the sequence.
+    """
+    if len(payload) < 24 or payload[0] >> 6 != 2:
+        return [payload]
+    seq, ssrc = int.from_bytes(payload[2:4], "big"), payload[8:12]
+    at = payload.find(ssrc, 20)
+    while at != -1:
+        size = at - 8
+        piece = payload[size:size + 12]
+        if piece[0] >> 6 == 2 and int.from_bytes(piece[2:4], "big") == (seq + 1) & 0xFFFF:
+            parts = [payload[i:i + size] for i in range(0, len(payload), size)]
+            if all(len(p) >= 12 and p[0] >> 6 == 2 and p[8:12] == ssrc
+                   and int.from_bytes(p[2:4], "big") == (seq + k) & 0xFFFF for k, p in enumerate(parts)):
+                return parts
+        at = payload.find(ssrc, at + 1)
+    return [payload]
+
+
 def udp_datagrams(path: str, port: int | None = None) -> Iterator[tuple[int, str, bytes, int]]:
     """``(time ns, source address, UDP payload as captured, UDP payload length)`` of each datagram to ``port``."""
     try:
@@ -168,4 +196,8 @@ def udp_datagrams(path: str, port: int | None = None) -> Iterator[tuple[int, str
                     if len(names) >= 1024:
                         names.clear()
                     name = names[udp[0]] = str(ipaddress.ip_address(udp[0]))
-                yield t, name, udp[2], udp[3]
+                if len(udp[2]) == udp[3] > MAX_SINGLE:   # whole and larger than one packet: a GSO train?
+                    for part in gso_segments(udp[2]):
+                        yield t, name, part, len(part)
+                else:
+                    yield t, name, udp[2], udp[3]

@@ -10,7 +10,7 @@ from fractions import Fraction
 import pytest
 
 from msm.rtp_proxy.media.pacing import frame_period, limits, schedule
-from msm.rtp_proxy.media.pcap import PcapError, udp_datagrams
+from msm.rtp_proxy.media.pcap import PcapError, gso_segments, udp_datagrams
 from msm.rtp_proxy.media.st2110_timing import Analyser
 from msm.sdk.errors import ConfigError
 
@@ -276,3 +276,15 @@ def test_analyse_a_capture_from_the_command(tmp_path, capsys) -> None:  # type: 
     assert main(["st2110", "analyse", "--pcap", str(path), "--tai-offset", "0"]) == 0
     out = capsys.readouterr().out
     assert "verdict: narrow" in out and "30 Hz, 20 packets/frame" in out
+
+
+def test_gso_trains_are_cut_back_into_packets() -> None:
+    def rtp(seq: int, size: int, ssrc: int = 0x2110) -> bytes:
+        return struct.pack("!BBHII", 0x80, 96, seq & 0xFFFF, 5, ssrc) + bytes([seq & 0xFF]) * (size - 12)
+    train = rtp(65534, 1400) + rtp(65535, 1400) + rtp(0, 1400) + rtp(1, 700)
+    assert gso_segments(train) == [rtp(65534, 1400), rtp(65535, 1400), rtp(0, 1400), rtp(1, 700)]
+    jumbo = rtp(7, 8900)
+    assert gso_segments(jumbo) == [jumbo]
+    # Another stream's packet inside, or a gap in the sequence: not a train, left whole.
+    assert gso_segments(rtp(1, 1400) + rtp(2, 1400, ssrc=9)) == [rtp(1, 1400) + rtp(2, 1400, ssrc=9)]
+    assert len(gso_segments(rtp(1, 1400) + rtp(3, 1400))) == 1
