@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
+#include <unistd.h>
 #include <time.h>
 
 #include <rdma/fabric.h>
@@ -27,7 +29,7 @@
 #define CTRL_HELLO 1 /* here is my grant; answer with yours */
 #define CTRL_GRANT 2 /* here is my grant */
 #define CTRL_ALIAS 3 /* frames to you come from this endpoint of mine (name follows) */
-#define CTRL_HEAD 16 /* bytes of a hello or grant: magic, kind, granted */
+#define CTRL_HEAD 32 /* bytes of a hello or grant: magic, kind, granted, epoch, your_epoch */
 #define ALIAS_NAME_MAX 64
 /* Control receive buffers per peer: grants are cumulative, so one posted
  * buffer per peer would do; a few absorb bursts of releases without leaning
@@ -42,6 +44,8 @@
 /* A receive queue sized for every buffer rarely says EAGAIN; retry a few times, then leave the buffer idle. */
 #define POST_TRIES 100
 #define MAX_PEERS_LIMIT 1024 /* the address vector and the peer table are arrays of this many at most */
+
+static int64_t now_ns(void);
 
 enum { SLOT_RX = 1, SLOT_CTRL = 2, SLOT_TX = 3 };
 
@@ -58,7 +62,9 @@ typedef struct slot {
 
 typedef struct ctrl_msg {
     uint32_t magic, kind;
-    uint64_t granted;
+    uint64_t granted; /* cumulative, for the incarnation of the receiver named by your_epoch */
+    uint64_t epoch; /* the sender's incarnation (random per endpoint) */
+    uint64_t your_epoch; /* the receiver's incarnation as the sender knows it (0: not yet) */
     uint32_t namelen; /* ALIAS only */
     uint8_t name[ALIAS_NAME_MAX];
     uint32_t pad_;
@@ -72,6 +78,7 @@ typedef struct peer {
     struct fid_ep *tx_ep; /* per_peer_tx: the endpoint frames to this peer leave from */
     uint8_t tx_name[ALIAS_NAME_MAX];
     size_t tx_namelen;
+    uint64_t epoch; /* the peer's incarnation, from its control messages (0: not heard yet) */
     fi_addr_t alias; /* the endpoint the peer's frames come from, if not its own (FI_ADDR_NOTAVAIL) */
     msm_fab_peer_stats st;
 } peer;
@@ -89,6 +96,9 @@ struct msm_fab {
      * endpoint's sends in order, so one peer that stops progressing would hold
      * up the completions to every other peer of a shared endpoint. */
     int per_peer_tx;
+    /* This endpoint's incarnation: a peer that sees it change knows we restarted
+     * (same address, fresh counters) and starts its accounting for us afresh. */
+    uint64_t epoch;
     uint32_t credits, max_peers, max_meta;
     uint64_t max_frame;
     size_t rx_stride, tx_stride;
@@ -276,6 +286,8 @@ msm_fab *msm_fab_open(const char *provider, const char *node, const char *servic
     f->max_meta = max_meta;
     f->max_frame = max_frame;
     f->wait_fd = -1;
+    if (getrandom(&f->epoch, sizeof(f->epoch), 0) != sizeof(f->epoch) || f->epoch == 0)
+        f->epoch = ((uint64_t)getpid() << 32) ^ (uint64_t)now_ns() ^ 1;
     int rc = fi_getinfo(FAB_VERSION, node, service, node || service ? FI_SOURCE : 0, hints, &f->info);
     fi_freeinfo(hints);
     if (rc != 0) {
@@ -293,7 +305,8 @@ msm_fab *msm_fab_open(const char *provider, const char *node, const char *servic
 int msm_fab_getname(msm_fab *f, uint8_t *out, size_t *len) { return fi_getname(&f->ep->fid, out, len); }
 
 static int send_ctrl(msm_fab *f, peer *p, uint32_t kind) {
-    ctrl_msg m = {.magic = htole32(CTRL_MAGIC), .kind = htole32(kind), .granted = htole64(p->st.my_grant)};
+    ctrl_msg m = {.magic = htole32(CTRL_MAGIC), .kind = htole32(kind), .granted = htole64(p->st.my_grant),
+                  .epoch = htole64(f->epoch), .your_epoch = htole64(p->epoch)};
     size_t len = CTRL_HEAD;
     if (kind == CTRL_ALIAS) {
         m.namelen = htole32((uint32_t)p->tx_namelen);
@@ -457,6 +470,21 @@ static void on_alias(msm_fab *f, peer *p, const ctrl_msg *m, size_t len) {
         f->st.ctrl_bad++;
 }
 
+/* First word from a peer, or a peer restarted at the same address: its counters start afresh. */
+static void new_epoch(msm_fab *f, peer *p, uint64_t epoch) {
+    if (p->epoch != 0) {
+        /* What it may have in flight to us: our credits less what we still hold of its old frames. */
+        p->st.my_grant = p->st.rx_held < f->credits ? f->credits - p->st.rx_held : 0;
+        p->st.granted = p->st.sent = 0;
+        if (p->alias != FI_ADDR_NOTAVAIL)
+            fi_av_remove(f->av, &p->alias, 1, 0);
+        p->alias = FI_ADDR_NOTAVAIL;
+    }
+    p->epoch = epoch;
+    p->grant_pending = 1;
+    p->alias_pending = p->tx_ep != NULL;
+}
+
 static void on_ctrl(msm_fab *f, slot *s, fi_addr_t src, size_t len) {
     ctrl_msg m = f->ctrl_mem[s->index];
     post_ctrl(f, s->index);
@@ -470,13 +498,16 @@ static void on_ctrl(msm_fab *f, slot *s, fi_addr_t src, size_t len) {
         return;
     }
     peer *p = &f->peers[pid];
+    uint64_t epoch = le64toh(m.epoch);
+    if (epoch != p->epoch)
+        new_epoch(f, p, epoch);
     if (le32toh(m.kind) == CTRL_ALIAS) {
         on_alias(f, p, &m, len);
         return;
     }
     uint64_t granted = le64toh(m.granted);
-    if (granted > p->st.granted)
-        p->st.granted = granted;
+    if (le64toh(m.your_epoch) == f->epoch && granted > p->st.granted)
+        p->st.granted = granted; /* a grant for this incarnation of ours */
     if (le32toh(m.kind) == CTRL_HELLO) {
         p->grant_pending = 1;
         p->alias_pending = p->tx_ep != NULL; /* it may have missed it (it did not know us yet) */
@@ -549,7 +580,8 @@ static int on_error(msm_fab *f, msm_fab_event *ev) {
         *ev = (msm_fab_event){.kind = MSM_FAB_EV_SEND_ERROR, .peer = pid, .token = s->token, .error = e.err};
         if (pid >= 0) {
             f->peers[pid].st.drop_send_error++;
-            f->peers[pid].st.sent--; /* it never arrived: its credit is ours again */
+            if (f->peers[pid].st.sent > 0)
+                f->peers[pid].st.sent--; /* it never arrived: its credit is ours again */
         }
         tx_done(f, s);
         return 1;

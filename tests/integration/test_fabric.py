@@ -361,3 +361,41 @@ def test_tcp_listens_only_on_the_address_given() -> None:
         listening = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, timeout=10).stdout
         ours = [line.split()[3] for line in listening.splitlines() if f"pid={os.getpid()}," in line]
         assert ours == [f"127.0.0.1:{port}"]
+
+
+def _free_tcp_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _trade(sender: FabricEndpoint, receiver: FabricEndpoint, frames: int) -> int:
+    to_receiver = sender.add_peer(receiver.local_address())
+    receiver.add_peer(sender.local_address())
+    sent = got = 0
+    deadline = time.monotonic() + 10
+    while got < frames and time.monotonic() < deadline:
+        if sent < frames and sender.send(to_receiver, FrameHeader(1, sent, 0), b"z" * 1000):
+            sent += 1
+        sender.poll(0.001)
+        for frame in receiver.poll(0.001):
+            got += 1
+            frame.release()
+    return got
+
+
+def test_a_peer_restarted_at_the_same_address_starts_with_fresh_credits() -> None:
+    """Grants are cumulative; a restarted sender (same name) must not inherit its old self's total."""
+    need("tcp;ofi_rxm")
+    port = _free_tcp_port()
+    with FabricEndpoint("tcp;ofi_rxm", "127.0.0.1", 0, max_frame=4096, credits=3, max_peers=2) as receiver:
+        for _life in range(2):
+            with FabricEndpoint("tcp;ofi_rxm", "127.0.0.1", port, max_frame=4096, credits=3, max_peers=2) as sender:
+                assert _trade(sender, receiver, 10) == 10
+                for _ in range(20):
+                    sender.poll(0.001)
+                    receiver.poll(0.001)
+                mine = sender.stats()["peers"][0]
+                assert mine["sent"] == 10 and mine["credits"] == 3, mine   # not 3 + the old life's 10
+        assert receiver.stats()["peers"][0]["rx_frames"] == 20
