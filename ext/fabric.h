@@ -10,7 +10,8 @@
  * `credits` receive buffers; a grant is a cumulative count ("you may have sent
  * me G frames in all"), carried by small control messages on the same
  * endpoint, so a lost, duplicated or reordered grant is harmless (the larger
- * count wins). A sender with no credit left for a peer refuses the frame for
+ * count wins); grants name the incarnation of the endpoint they are for, so a
+ * peer restarted at the same address starts afresh. A sender with no credit left for a peer refuses the frame for
  * that peer (counted as no_credit) rather than queueing it: a receiver that
  * stops reading costs its own frames, never the sender's memory or the other
  * peers' frames. Releasing a received frame reposts its buffer and returns its
