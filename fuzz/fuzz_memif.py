@@ -4,9 +4,10 @@ The first byte picks the mode. Even: the rest is one message for ``decode``; a
 message that decodes must encode and decode back to itself. Odd: the rest is
 cut into 128-byte messages fed, in order, to a fresh server connection
 (``ServerConnection.handle``) over a socketpair; ADD_REGION and ADD_RING get a
-sealed 64 KiB memfd and an eventfd so that the fuzzer can walk past them into
-ring checks and CONNECT. Only :class:`~msm.sdk.memif_proto.MemifError` is
-expected; nothing may leak an fd (checked by counting /proc/self/fd).
+sealed 64 KiB memfd (a ring cookie on every cache line) and an eventfd so that
+the fuzzer can walk past them into ring checks and a successful CONNECT. Only
+:class:`~msm.sdk.memif_proto.MemifError` is expected; nothing may leak an fd
+(checked by counting /proc/self/fd).
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import fuzzlib
 
 with atheris.instrument_imports(include=["msm"]):
     from msm.sdk.memif import MemifConfig, PeerCred, ServerConnection
-    from msm.sdk.memif_proto import MSG_SIZE, AddRegion, AddRing, MemifError, decode, encode
+    from msm.sdk.memif_proto import COOKIE, MSG_SIZE, AddRegion, AddRing, MemifError, decode, encode
     from msm.sdk.memif_ring import Region
 
 NAME = "memif"
 KNOWN: tuple[fuzzlib.KnownBug, ...] = ()
 REGION = Region.create(1 << 16)
+for _line in range(0, 1 << 16, 64):  # a ring header's cookie at every cache line, so CONNECT can succeed
+    REGION.mem[_line:_line + 4] = COOKIE.to_bytes(4, "little")
 EVENTFD = os.eventfd(0, os.EFD_NONBLOCK)
 CONFIG = MemifConfig(name="fuzz")
 

@@ -70,10 +70,12 @@ class ServerConnection(MemifConnection):
 
     def handle(self, msg: Message, fds: list[int]) -> None:
         """Applies one client message; MemifError (with a key) if it breaks the protocol."""
-        fd = fds[0] if fds else None
-        if fd is not None and not isinstance(msg, (AddRegion, AddRing)):
-            close_fds(fds)
-            raise MemifError(f"memif: {type(msg).__name__} must not carry an fd", key="unexpected_fd")
+        takes_fd = isinstance(msg, (AddRegion, AddRing)) and self._init is not None and not self.connected
+        fd = fds[0] if fds and takes_fd else None
+        if fds and not takes_fd:
+            close_fds(fds)  # from here on an fd is owned by whoever it is handed to, or closed on error
+            if not isinstance(msg, (AddRegion, AddRing)):
+                raise MemifError(f"memif: {type(msg).__name__} must not carry an fd", key="unexpected_fd")
         if isinstance(msg, Disconnect):
             raise MemifError(f"memif: client disconnected: {msg.reason}", key="client_disconnect")
         if self.connected:
@@ -81,7 +83,6 @@ class ServerConnection(MemifConnection):
         if isinstance(msg, Init) and self._init is None:
             self._on_init(msg)
         elif self._init is None:
-            close_fds(fds)
             raise MemifError(f"memif: {type(msg).__name__} before INIT", key="unexpected_message")
         elif isinstance(msg, AddRegion):
             self._on_add_region(msg, fd)
