@@ -1,7 +1,10 @@
 """Fuzz the memif control protocol: the message codec and the server's handshake state machine.
 
 The first byte picks the mode. Even: the rest is one message for ``decode``; a
-message that decodes must encode and decode back to itself. Odd: the rest is
+message that decodes must encode and decode back to itself. 3 (mod 4): the rest
+is a ring's head counter and 16 descriptors a peer wrote; the server's receive
+queue must make the same frames and drops of them through the C walker and the
+Python one, and never raise. 1 (mod 4): the rest is
 cut into 128-byte messages fed, in order, to a fresh server connection
 (``ServerConnection.handle``) over a socketpair; ADD_REGION and ADD_RING get a
 sealed 64 KiB memfd (a ring cookie on every cache line) and an eventfd so that
@@ -20,8 +23,9 @@ import fuzzlib
 
 with atheris.instrument_imports(include=["msm"]):
     from msm.sdk.memif import MemifConfig, PeerCred, ServerConnection
+    from msm.sdk.memif_fast import native_reason
     from msm.sdk.memif_proto import COOKIE, MSG_SIZE, AddRegion, AddRing, MemifError, decode, encode
-    from msm.sdk.memif_ring import Region
+    from msm.sdk.memif_ring import Counters, Region, Ring, RxQueue
 
 NAME = "memif"
 KNOWN: tuple[fuzzlib.KnownBug, ...] = ()
@@ -30,6 +34,9 @@ for _line in range(0, 1 << 16, 64):  # a ring header's cookie at every cache lin
     REGION.mem[_line:_line + 4] = COOKIE.to_bytes(4, "little")
 EVENTFD = os.eventfd(0, os.EFD_NONBLOCK)
 CONFIG = MemifConfig(name="fuzz")
+RING_REGION = Region.create(4096)  # one ring of 16 slots at 0, the rest buffers
+SMALL_REGION = Region.create(1024)
+RING = Ring(RING_REGION, 0, 4, EVENTFD, c2s=True)
 
 
 def _drain(sock: socket.socket) -> None:
@@ -60,10 +67,46 @@ def _handshake(data: bytes) -> None:
         theirs.close()
 
 
+def _walk(native: bool, descs: bytes, head: int) -> tuple[list[tuple[int, int, int, list[int]]], dict[str, int]]:
+    """What a server's receive queue makes of ``descs`` published up to ``head``, through C or Python."""
+    RING.init()
+    RING_REGION.mem[128:128 + len(descs)] = descs
+    counters = Counters()
+    queue = RxQueue(RING, [RING_REGION, SMALL_REGION], counters, client=False)
+    queue.start(native)
+    RING.head = head
+    frames = []
+    try:
+        for _ in range(20):
+            frame = queue.recv()
+            if frame is None:
+                break
+            frames.append((frame.length, frame.region, frame.offset, [len(v) for v in frame.views()]))
+            if len(frames) % 3 == 0:
+                frame.release()
+    finally:
+        queue.close()
+    return frames, dict(counters.drops)
+
+
+def _rings(data: bytes) -> None:
+    """Descriptors a peer wrote: C and Python must give the same frames and drops, never an error."""
+    descs = data[2:2 + 256].ljust(256, b"\0")
+    head = int.from_bytes(data[:2].ljust(2, b"\0"), "little")
+    python = _walk(False, descs, head)
+    if native_reason() is None:
+        fast = _walk(True, descs, head)
+        if fast != python:
+            raise AssertionError(f"C ring walk {fast} differs from Python's {python}")
+
+
 def test_one(data: bytes) -> None:
     if not data:
         return
     try:
+        if data[0] % 4 == 3:
+            _rings(data[1:])
+            return
         if data[0] % 2 == 0:
             try:
                 msg = decode(data[1:])
