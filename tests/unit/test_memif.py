@@ -461,3 +461,20 @@ def test_send_copies_a_chained_frame(running: Running) -> None:
         assert len(back.views()) == 13 and _joined(back) == data  # type: ignore[attr-defined]
     finally:
         small.close()
+
+
+def test_server_sending_into_bad_client_buffers_is_counted(running: Running) -> None:
+    client = MemifClient(str(running.path), MemifConfig(buffer_size=2048, log2_ring_size=4)).connect()
+    try:
+        conn = running.connection()
+        ring = client.s2c[0]  # the client offers buffers here; a hostile one can name anything
+        for slot in range(ring.size):
+            ring.write_desc(slot, 0, 7, 2048, 0)  # region 7 does not exist
+        assert conn.alloc(100) is None  # type: ignore[attr-defined]
+        assert conn.counters.errors["descriptor_outside_region"] == 1  # type: ignore[attr-defined]
+        ring.head = (ring.tail + 1000) & 0xFFFF  # more slots than the ring has
+        assert conn.alloc(100) is None  # type: ignore[attr-defined]
+        assert conn.counters.errors["ring_counter_out_of_range"] == 1  # type: ignore[attr-defined]
+        _still_flows(client, conn, 5)  # the other direction is unaffected
+    finally:
+        client.close()
