@@ -202,3 +202,50 @@ def test_wide_gso_trains_from_a_capture(tmp_path: Path) -> None:
     on_time = [r for r in rep["frame_results"] if r["vrx_min"] >= 1]
     assert len(on_time) >= MIN_COMPLIANT * rep["frames"], rep["counts"]
     assert all(r["klass"] in ("narrow", "wide") for r in on_time), [r["reason"] for r in on_time]
+
+
+def _netns() -> Iterator[str]:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to make a network namespace")
+    name = f"msm-st2110-{os.getpid()}"
+    for cmd in (["ip", "netns", "add", name], ["ip", "-n", name, "link", "set", "lo", "up"],
+                ["ip", "-n", name, "link", "set", "lo", "multicast", "on"],
+                ["ip", "-n", name, "route", "add", "239.0.0.0/8", "dev", "lo", "src", "127.0.0.1"]):
+        subprocess.run(cmd, check=True, capture_output=True, timeout=10)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+
+
+netns = pytest.fixture(_netns)
+
+
+def test_multicast_group_and_source(netns: str) -> None:
+    """``--group`` joins a multicast group (source-specific with ``--source``), in a namespace of its own."""
+    _pacer_or_skip()
+    group, port = "239.255.21.10", 5004
+
+    def analyse(source: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "msm.cli", "st2110", "analyse",
+                                 "--port", str(port), "--group", group, "--source", source, "--duration", "3.5",
+                                 "--rate", "30", "--height", str(HEIGHT), "--json"],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    right, wrong = analyse("127.0.0.1"), analyse("127.0.0.2")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:   # both bound (the command takes a while to import on a busy machine)
+        udp = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/udp"], capture_output=True, text=True)
+        if sum(f":{port:04X} " in line.split()[1] + " " for line in udp.stdout.splitlines()[1:]) >= 2:
+            break
+        time.sleep(0.1)
+    time.sleep(0.2)   # and joined
+    sender = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-m", "tests.st2110_sender", "--host",
+                             group, "--port", str(port), "--packets", "200", "--frames", "20", "--height",
+                             str(HEIGHT), "--realtime"], cwd=REPO, capture_output=True, text=True, timeout=30)
+    out_right, err_right = right.communicate(timeout=30)
+    out_wrong, _err = wrong.communicate(timeout=30)
+    assert sender.returncode == 0, sender.stderr
+    got, other = json.loads(out_right), json.loads(out_wrong)
+    print(f"\n--source 127.0.0.1: {got['packets']} packets, {got['counts']}; --source 127.0.0.2: {other['packets']}")
+    assert got["packets"] == 200 * 20 and got["frames"] >= 15, err_right[-300:]
+    assert other["packets"] == 0 and other["verdict"] == "unknown"
