@@ -78,6 +78,11 @@ class FabricPeer:
         row = self.endpoint.stats()["peers"].get(self.peer, {})
         return max(0, int(row.get("in_flight", 0)))
 
+    def credits(self) -> int:
+        """Frames the peer lets us send now (0 before its first grant, or while it holds them all)."""
+        row = self.endpoint.stats()["peers"].get(self.peer, {})
+        return max(0, int(row.get("credits", 0)))
+
 
 @dataclass
 class Inbound:

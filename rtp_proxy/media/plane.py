@@ -153,6 +153,12 @@ class MediaNode:
                 info = FrameInfo(info.seq, info.timestamp, info.metadata, info.incomplete, time.monotonic_ns())
             return group.publish(payload, info)
 
+    def can_send(self, urn: str) -> bool:
+        """Every other node ``urn`` goes to has a credit free now: a frame published now reaches them all
+        (a sender that wants no drops paces on this; otherwise frames beyond the credits are dropped)."""
+        with self.lock:
+            return all(peer.credits() > 0 for (u, _), peer in self.outbound.items() if u == urn)
+
     def in_flight(self, urn: str) -> int:
         """Frames of ``urn`` sent to other nodes and not yet released by them (shared per peer node)."""
         with self.lock:
