@@ -601,7 +601,13 @@ static int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static void wait_a_little(msm_fab *f, int64_t left_ns) {
+/* Without a wait fd (shm), sleep in steps growing from 10 us to 500 us while
+ * nothing happens: a frame that arrives on an idle link waits at most 0.5 ms,
+ * and an idle endpoint costs a few thousand wakeups a second, not 50,000. */
+#define NAP_MIN_NS 10000
+#define NAP_MAX_NS 500000
+
+static void wait_a_little(msm_fab *f, int64_t left_ns, int64_t *nap_ns) {
     if (f->wait_fd >= 0) {
         struct fid *fids[1] = {&f->cq->fid};
         if (fi_trywait(f->fabric, fids, 1) == FI_SUCCESS) {
@@ -611,13 +617,14 @@ static void wait_a_little(msm_fab *f, int64_t left_ns) {
         }
         return;
     }
-    struct timespec ts = {0, left_ns > 20000 ? 20000 : left_ns};
+    struct timespec ts = {0, left_ns > *nap_ns ? *nap_ns : left_ns};
     nanosleep(&ts, NULL);
+    *nap_ns = *nap_ns * 2 > NAP_MAX_NS ? NAP_MAX_NS : *nap_ns * 2;
 }
 
 int msm_fab_poll(msm_fab *f, msm_fab_event *events, int max, int timeout_ms) {
     int n = 0;
-    int64_t deadline = now_ns() + (int64_t)timeout_ms * 1000000;
+    int64_t deadline = now_ns() + (int64_t)timeout_ms * 1000000, nap_ns = NAP_MIN_NS;
     struct fi_cq_tagged_entry ce[CQ_BATCH];
     fi_addr_t src[CQ_BATCH];
     while (n < max) {
@@ -636,7 +643,7 @@ int msm_fab_poll(msm_fab *f, msm_fab_event *events, int max, int timeout_ms) {
         int64_t left = deadline - now_ns();
         if (n > 0 || left <= 0)
             break;
-        wait_a_little(f, left);
+        wait_a_little(f, left, &nap_ns);
     }
     flush_ctrl(f);
     return n;
