@@ -50,6 +50,7 @@ struct msm_st2110_rx {
     char last_error[160];
     /* staging batch */
     int n, i;
+    int64_t coalesce_ns;
     uint8_t buf[BATCH][MSM_ST2110_MAX_PACKET];
     struct mmsghdr msgs[BATCH];
     struct iovec iov[BATCH];
@@ -79,6 +80,8 @@ msm_st2110_rx *msm_st2110_rx_new(int fd, uint32_t width, uint32_t height, uint32
 }
 
 void msm_st2110_rx_free(msm_st2110_rx *rx) { free(rx); }
+
+void msm_st2110_rx_set_coalesce(msm_st2110_rx *rx, uint32_t us) { rx->coalesce_ns = (int64_t)us * 1000; }
 
 void msm_st2110_rx_set_ssrc(msm_st2110_rx *rx, int64_t ssrc) {
     rx->have_ssrc = ssrc >= 0;
@@ -285,6 +288,15 @@ int msm_st2110_rx_poll(msm_st2110_rx *rx, uint8_t *frame, int timeout_ms, msm_st
             rx->i++;
             if (r == 1) return 1;
         }
+        /* Interrupt moderation: after a batch that was not full, let packets
+         * gather before the next system call (fewer, fuller batches; the
+         * socket buffer holds far more than one window). */
+        if (rx->coalesce_ns && rx->n > 0 && rx->n < BATCH) {
+            int64_t at = now_ns() + rx->coalesce_ns;
+            struct timespec t = {.tv_sec = at / 1000000000, .tv_nsec = at % 1000000000};
+            clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &t, NULL);
+        }
+        rx->n = rx->i = 0;
         int r = receive(rx, deadline);
         if (r <= 0) return r;
     }
@@ -332,20 +344,35 @@ static int plan_packet(uint32_t *line, uint32_t *off, uint32_t height, uint32_t 
     return n;
 }
 
+/* Packets per line when each is one equal slice of it (0: none); as msm.sdk.rfc4175.line_split. */
+static uint32_t line_split(uint32_t stride, uint32_t pg, uint32_t most) {
+    if (most < pg) return 0;
+    for (uint32_t k = (stride + most - 1) / most; k <= MAX_SEGMENTS; k++)
+        if (stride % k == 0 && (stride / k) % pg == 0) return k;
+    return 0;
+}
+
 long msm_st2110_packetize(const uint8_t *frame, uint32_t width, uint32_t height, uint32_t pg_bytes,
                           uint32_t pg_pixels, uint32_t mtu, int bpm, uint32_t seq, uint32_t timestamp,
                           uint32_t ssrc, int payload_type, uint8_t *out, size_t out_cap,
                           uint32_t *lens, size_t max_packets) {
     if (!pg_bytes || !pg_pixels || width % pg_pixels || mtu > MSM_ST2110_MAX_PACKET) return -1;
     uint32_t stride = width / pg_pixels * pg_bytes, room = mtu - HDR - 2;
-    uint32_t limit = bpm ? MSM_ST2110_BPM_DATA : room;
-    if (mtu < HDR + 2 + SRD || room - SRD < (bpm ? MSM_ST2110_BPM_DATA : pg_bytes)) return -1;
-    uint32_t line = 0, off = 0;
+    uint32_t limit = bpm == 1 ? MSM_ST2110_BPM_DATA : room;
+    if (mtu < HDR + 2 + SRD || room - SRD < (bpm == 1 ? MSM_ST2110_BPM_DATA : pg_bytes)) return -1;
+    uint32_t line = 0, off = 0, split = bpm == 2 ? line_split(stride, pg_bytes, room - SRD) : 0;
     size_t count = 0, at = 0;
     seg segs[MAX_SEGMENTS];
     while (line < height) {
         if (count == max_packets || at + mtu > out_cap) return -1;
-        int n = plan_packet(&line, &off, height, stride, pg_bytes, room, limit, segs);
+        int n = 1;
+        if (split) {   /* one equal slice of the line per packet */
+            segs[0].line = line; segs[0].off_bytes = off; segs[0].length = stride / split;
+            off += stride / split;
+            if (off == stride) { line++; off = 0; }
+        } else {
+            n = plan_packet(&line, &off, height, stride, pg_bytes, room, limit, segs);
+        }
         uint8_t *o = put_packet_header(out + at, line >= height, payload_type,
                                        seq + (uint32_t)count, timestamp, ssrc);
         for (int k = 0; k < n; k++, o += SRD) {
@@ -365,41 +392,100 @@ long msm_st2110_packetize(const uint8_t *frame, uint32_t width, uint32_t height,
     return (long)count;
 }
 
-static int send_run(int fd, struct sockaddr_storage *dst, socklen_t dlen, const uint8_t *buf, size_t *at,
-                    const uint32_t *lens, size_t from, size_t to, msm_st2110_tx_stats *st) {
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+/* A GSO message: at most 64 segments (the kernel's UDP_MAX_SEGMENTS) and
+ * 63 000 bytes (under the 65 507-byte UDP payload limit). */
+#define GSO_SEGMENTS 64
+#define GSO_BYTES 63000
+
+typedef struct {
+    int fd;
+    struct sockaddr_storage *dst;
+    socklen_t dlen;
+    const uint8_t *buf;
+    const uint32_t *lens;
+    size_t at;          /* byte offset of packet `from` in buf */
+    int gso;            /* 1: equal-length runs go as one UDP_SEGMENT message */
+} sender;
+
+/* Packets [from, to): one message each, or (GSO) one per run of equal lengths
+ * (its last packet may be shorter, as UDP_SEGMENT allows). */
+static size_t build(sender *sd, size_t from, size_t to, struct mmsghdr *msgs, struct iovec *iov,
+                    char (*ctl)[CMSG_SPACE(sizeof(uint16_t))], size_t *counts, size_t *nmsg) {
+    size_t m = 0, pos = sd->at, k = from;
+    while (k < to && m < BATCH) {
+        size_t n = 1, bytes = sd->lens[k];
+        if (sd->gso)
+            while (k + n < to && n < GSO_SEGMENTS && sd->lens[k + n] <= sd->lens[k] && bytes + sd->lens[k + n] <= GSO_BYTES) {
+                bytes += sd->lens[k + n];
+                n++;
+                if (sd->lens[k + n - 1] < sd->lens[k]) break;
+            }
+        iov[m].iov_base = (void *)(sd->buf + pos);
+        iov[m].iov_len = bytes;
+        memset(&msgs[m].msg_hdr, 0, sizeof msgs[m].msg_hdr);
+        msgs[m].msg_hdr.msg_iov = &iov[m];
+        msgs[m].msg_hdr.msg_iovlen = 1;
+        msgs[m].msg_hdr.msg_name = sd->dlen ? sd->dst : NULL;
+        msgs[m].msg_hdr.msg_namelen = sd->dlen;
+        if (n > 1) {
+            msgs[m].msg_hdr.msg_control = ctl[m];
+            msgs[m].msg_hdr.msg_controllen = sizeof ctl[m];
+            struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[m].msg_hdr);
+            c->cmsg_level = SOL_UDP;
+            c->cmsg_type = UDP_SEGMENT;
+            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t seg = (uint16_t)sd->lens[k];
+            memcpy(CMSG_DATA(c), &seg, sizeof seg);
+        }
+        counts[m++] = n;
+        pos += bytes;
+        k += n;
+    }
+    *nmsg = m;
+    return k;
+}
+
+static void send_run(sender *sd, size_t from, size_t to, msm_st2110_tx_stats *st) {
     struct mmsghdr msgs[BATCH];
     struct iovec iov[BATCH];
+    char ctl[BATCH][CMSG_SPACE(sizeof(uint16_t))];
+    size_t counts[BATCH], m;
     while (from < to) {
-        size_t n = to - from < BATCH ? to - from : BATCH, pos = *at;
-        for (size_t k = 0; k < n; k++) {
-            iov[k].iov_base = (void *)(buf + pos);
-            pos += lens[from + k];
-            iov[k].iov_len = lens[from + k];
-            memset(&msgs[k].msg_hdr, 0, sizeof msgs[k].msg_hdr);
-            msgs[k].msg_hdr.msg_iov = &iov[k];
-            msgs[k].msg_hdr.msg_iovlen = 1;
-            msgs[k].msg_hdr.msg_name = dst;
-            msgs[k].msg_hdr.msg_namelen = dlen;
-        }
-        int r = sendmmsg(fd, msgs, (unsigned)n, 0);
+        build(sd, from, to, msgs, iov, ctl, counts, &m);
+        int r = sendmmsg(sd->fd, msgs, (unsigned)m, 0);
         if (r <= 0) {
             if (errno == EINTR) continue;
+            st->send_errors++;
             if (errno == EAGAIN || errno == ENOBUFS) {
-                struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+                struct pollfd pfd = {.fd = sd->fd, .events = POLLOUT};
                 poll(&pfd, 1, 1);
-                st->send_errors++;
                 continue;
             }
-            st->send_errors++;
-            *at += lens[from];
+            if (sd->gso && (errno == EIO || errno == EINVAL || errno == ENOPROTOOPT)) {
+                sd->gso = 0;   /* no GSO on this route: one message per packet from now on */
+                st->gso_disabled = 1;
+                continue;
+            }
+            sd->at += sd->lens[from];
             from++;   /* e.g. ECONNREFUSED from an earlier datagram: skip one, go on */
             continue;
         }
-        for (int k = 0; k < r; k++) { st->bytes_sent += lens[from + (size_t)k]; *at += lens[from + (size_t)k]; }
-        st->packets_sent += (uint64_t)r;
-        from += (size_t)r;
+        for (int j = 0; j < r; j++) {
+            for (size_t q = 0; q < counts[j]; q++) {
+                st->bytes_sent += sd->lens[from];
+                sd->at += sd->lens[from];
+                from++;
+            }
+            st->packets_sent += counts[j];
+            if (counts[j] > 1) st->gso_sends++;
+        }
     }
-    return 0;
 }
 
 /* Slot length of the even spread: 250 us keeps a slot's burst to about 28
@@ -407,34 +493,32 @@ static int send_run(int fd, struct sockaddr_storage *dst, socklen_t dlen, const 
 #define SLOT_NS 250000
 
 long msm_st2110_send(int fd, int family, const uint8_t *addr, uint16_t port, const uint8_t *buf,
-                     const uint32_t *lens, size_t count, uint64_t spread_ns,
-                     msm_st2110_tx_stats *st) {
+                     const uint32_t *lens, size_t count, uint64_t spread_ns, int gso, msm_st2110_tx_stats *st) {
     struct sockaddr_storage dst;
-    socklen_t dlen;
+    sender sd = {.fd = fd, .dst = &dst, .buf = buf, .lens = lens, .gso = gso && !st->gso_disabled};
     memset(&dst, 0, sizeof dst);
     if (family == AF_INET) {
         struct sockaddr_in *a = (struct sockaddr_in *)&dst;
         a->sin_family = AF_INET; a->sin_port = htons(port); memcpy(&a->sin_addr, addr, 4);
-        dlen = sizeof *a;
+        sd.dlen = sizeof *a;
     } else if (family == AF_INET6) {
         struct sockaddr_in6 *a = (struct sockaddr_in6 *)&dst;
         a->sin6_family = AF_INET6; a->sin6_port = htons(port); memcpy(&a->sin6_addr, addr, 16);
-        dlen = sizeof *a;
-    } else {
+        sd.dlen = sizeof *a;
+    } else if (family != 0) {   /* 0: a connected socket, no address per datagram (no route lookup per packet) */
         errno = EAFNOSUPPORT;
         return -1;
     }
     size_t slots = spread_ns / SLOT_NS;
     if (slots < 2 || count < 2) {
-        size_t at = 0;
-        send_run(fd, &dst, dlen, buf, &at, lens, 0, count, st);
+        send_run(&sd, 0, count, st);
         return (long)count;
     }
     int64_t start = now_ns();
-    size_t sent = 0, at = 0;
+    size_t sent = 0;
     for (size_t k = 1; k <= slots; k++) {
         size_t upto = count * k / slots;
-        send_run(fd, &dst, dlen, buf, &at, lens, sent, upto, st);
+        send_run(&sd, sent, upto, st);
         sent = upto;
         int64_t at = start + (int64_t)(spread_ns * k / slots), now = now_ns();
         if (now > at) { st->late_ns += (uint64_t)(now - at); continue; }

@@ -42,6 +42,8 @@ typedef struct {
     uint64_t bytes_sent;
     uint64_t send_errors;
     uint64_t late_ns;
+    uint64_t gso_sends;
+    uint64_t gso_disabled;
 } msm_st2110_tx_stats;
 
 typedef struct msm_st2110_rx msm_st2110_rx;
@@ -49,6 +51,7 @@ typedef struct msm_st2110_rx msm_st2110_rx;
 msm_st2110_rx *msm_st2110_rx_new(int fd, uint32_t width, uint32_t height, uint32_t pg_bytes,
                                  uint32_t pg_pixels, int payload_type);
 void msm_st2110_rx_free(msm_st2110_rx *rx);
+void msm_st2110_rx_set_coalesce(msm_st2110_rx *rx, uint32_t us);
 void msm_st2110_rx_set_ssrc(msm_st2110_rx *rx, int64_t ssrc);
 int msm_st2110_rx_set_source(msm_st2110_rx *rx, int family, const uint8_t *addr, uint16_t port);
 void msm_st2110_rx_stats_get(const msm_st2110_rx *rx, msm_st2110_rx_stats *out);
@@ -59,11 +62,11 @@ int msm_st2110_rx_poll(msm_st2110_rx *rx, uint8_t *frame, int timeout_ms, msm_st
 int msm_st2110_rx_flush(msm_st2110_rx *rx, msm_st2110_frame *done);
 
 long msm_st2110_packetize(const uint8_t *frame, uint32_t width, uint32_t height, uint32_t pg_bytes,
-                          uint32_t pg_pixels, uint32_t mtu, int bpm, uint32_t seq, uint32_t timestamp,
+                          uint32_t pg_pixels, uint32_t mtu, int mode /* 0 GPM, 1 BPM, 2 GPM line slices */, uint32_t seq, uint32_t timestamp,
                           uint32_t ssrc, int payload_type, uint8_t *out, size_t out_cap,
                           uint32_t *lens, size_t max_packets);
 long msm_st2110_send(int fd, int family, const uint8_t *addr, uint16_t port, const uint8_t *buf,
-                     const uint32_t *lens, size_t count, uint64_t spread_ns,
+                     const uint32_t *lens, size_t count, uint64_t spread_ns, int gso,
                      msm_st2110_tx_stats *stats);
 
 #endif

@@ -22,7 +22,7 @@ __all__ = ["FrameInfo", "NativeUnavailable", "Packetizer", "Receiver", "load", "
 MAX_PACKET = 9000
 RX_COUNTERS = ("packets", "bad_rtp", "bad_pt", "bad_ssrc", "bad_source", "bad_segment", "late", "lost",
                "frames_complete", "frames_incomplete", "recv_errors", "batches", "bytes")
-TX_COUNTERS = ("packets_sent", "bytes_sent", "send_errors", "late_ns")
+TX_COUNTERS = ("packets_sent", "bytes_sent", "send_errors", "late_ns", "gso_sends", "gso_disabled")
 
 _module: ModuleType | None = None
 _error: str | None = None
@@ -84,6 +84,10 @@ class Receiver:
         self._done = self.ffi.new("msm_st2110_frame *")
         self._stats = self.ffi.new("msm_st2110_rx_stats *")
 
+    def set_coalesce(self, us: int) -> None:
+        """After a batch that was not full, wait ``us`` microseconds before the next receive (0: never)."""
+        self.lib.msm_st2110_rx_set_coalesce(self._ptr, max(0, min(us, 100_000)))
+
     def set_ssrc(self, ssrc: int | None) -> None:
         self.lib.msm_st2110_rx_set_ssrc(self._ptr, -1 if ssrc is None else ssrc & 0xFFFFFFFF)
 
@@ -139,16 +143,18 @@ class Packetizer:
     """
 
     def __init__(self, width: int, height: int, pg_bytes: int, pg_pixels: int, *, mtu: int, bpm: bool,
-                 payload_type: int, ssrc: int) -> None:
+                 payload_type: int, ssrc: int, aligned: bool = False) -> None:
         mod = load()
         self.ffi: Any = mod.ffi
         self.lib: Any = mod.lib
         self.geometry = (width, height, pg_bytes, pg_pixels)
         self.mtu, self.bpm, self.payload_type, self.ssrc = mtu, bpm, payload_type, ssrc & 0xFFFFFFFF
+        self.mode = 1 if bpm else 2 if aligned else 0
         self.frame_bytes = width // pg_pixels * pg_bytes * height
         # One slot per packet of the smallest packets the mode can make (bounded by the frame size).
         data = min(mtu - 12 - 2 - 6, 1260 if bpm else mtu) // pg_bytes * pg_bytes
-        self.max_packets = max(1, self.frame_bytes // max(1, data) + height + 1)
+        # Line slices: at most 64 per line.
+        self.max_packets = max(1, self.frame_bytes // max(1, data) + height + 1, 64 * height if aligned else 0)
         self.capacity = self.max_packets * mtu
         self.buffer: Any = self.ffi.new("uint8_t[]", self.capacity)
         self.lengths: Any = self.ffi.new("uint32_t[]", self.max_packets)
@@ -159,7 +165,7 @@ class Packetizer:
         if len(frame) != self.frame_bytes:
             raise ValueError(f"frame of {len(frame)} bytes, expected {self.frame_bytes}")
         count = int(self.lib.msm_st2110_packetize(
-            self.ffi.from_buffer(frame), *self.geometry, self.mtu, 1 if self.bpm else 0, seq & 0xFFFFFFFF,
+            self.ffi.from_buffer(frame), *self.geometry, self.mtu, self.mode, seq & 0xFFFFFFFF,
             timestamp & 0xFFFFFFFF, self.ssrc, self.payload_type, self.buffer, self.capacity, self.lengths,
             self.max_packets))
         if count < 0:
@@ -175,11 +181,12 @@ class Packetizer:
             at += self.lengths[k]
         return out
 
-    def send(self, fd: int, host: str, port: int, count: int, spread_ns: int) -> None:
-        """Send the first ``count`` packets to ``host:port``, evenly over ``spread_ns`` (0: at once)."""
-        family, packed = _packed(host)
+    def send(self, fd: int, host: str | None, port: int, count: int, spread_ns: int) -> None:
+        """Send the first ``count`` packets to ``host:port`` (``None``: ``fd`` is connected), evenly over
+        ``spread_ns`` (0: at once)."""
+        family, packed = _packed(host) if host is not None else (0, b"\0" * 16)
         rc = self.lib.msm_st2110_send(fd, family, packed, port & 0xFFFF, self.buffer, self.lengths, count,
-                                      max(0, spread_ns), self.tx_stats)
+                                      max(0, spread_ns), 0 if _flag("MSM_NO_GSO") else 1, self.tx_stats)
         if rc < 0:
             raise OSError(self.ffi.errno, "sendmmsg failed")
 
@@ -188,8 +195,9 @@ class Packetizer:
 
 
 def packetize(frame: bytes, width: int, height: int, pg_bytes: int, pg_pixels: int, *, mtu: int, bpm: bool,
-              seq: int, timestamp: int, ssrc: int, payload_type: int) -> list[bytes]:
+              seq: int, timestamp: int, ssrc: int, payload_type: int, aligned: bool = False) -> list[bytes]:
     """One frame's packets as a list (tests and the twin comparison)."""
-    p = Packetizer(width, height, pg_bytes, pg_pixels, mtu=mtu, bpm=bpm, payload_type=payload_type, ssrc=ssrc)
+    p = Packetizer(width, height, pg_bytes, pg_pixels, mtu=mtu, bpm=bpm, payload_type=payload_type, ssrc=ssrc,
+                   aligned=aligned)
     return p.packets(p.packetize(frame, seq, timestamp))
 

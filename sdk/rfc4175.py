@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from msm.sdk.errors import ConfigError, RtpError
 
 __all__ = ["BPM", "BPM_DATA", "CLOCK_RATE", "GPM", "PGROUPS", "Depacketizer", "Frame", "VideoFormat",
-           "packet_plan", "packetize", "parse_payload", "timestamp_for"]
+           "line_split", "packet_plan", "packetize", "parse_payload", "timestamp_for"]
 
 CLOCK_RATE = 90_000
 GPM = "2110GPM"
@@ -93,12 +93,32 @@ def timestamp_for(frame_index: int, rate_num: int, rate_den: int = 1, base: int 
     return (base + frame_index * CLOCK_RATE * rate_den // rate_num) & 0xFFFFFFFF
 
 
-def packet_plan(fmt: VideoFormat, mtu: int, packing: str = GPM) -> list[list[tuple[int, int, int]]]:
+def line_split(fmt: VideoFormat, mtu: int) -> int:
+    """Packets per line when every packet is one equal slice of a line (0: no such split).
+
+    The fewest ``k`` with ``stride / k`` a whole number of pgroups that fits
+    one packet, at most 64: 4 packets of 1200 bytes for 1080p 10-bit at mtu
+    1400. All packets of a frame are then the same size, so a sender can hand
+    runs of them to the kernel at once (UDP GSO); a GPM plan still.
+    """
+    most = mtu - _RTP_HEADER - _EXT_SEQ - _SRD.size
+    if most < fmt.pgroup_bytes:
+        return 0
+    for k in range(-(-fmt.stride // most), _MAX_SEGMENTS + 1):
+        if fmt.stride % k == 0 and (fmt.stride // k) % fmt.pgroup_bytes == 0:
+            return k
+    return 0
+
+
+def packet_plan(fmt: VideoFormat, mtu: int, packing: str = GPM, *,
+                aligned: bool = False) -> list[list[tuple[int, int, int]]]:
     """Each packet's segments as ``(line, pixel offset, bytes)``, in order.
 
     ``mtu`` is the largest RTP packet (header included, like GStreamer's
     ``mtu``). A packet takes whole pgroups until it is full (GPM) or holds
     :data:`BPM_DATA` bytes (BPM); a segment ends at its line's end.
+    ``aligned`` (GPM): equal slices of each line, one per packet (see
+    :func:`line_split`), where the line allows it.
     """
     if packing not in (GPM, BPM):
         raise ConfigError(f"unknown packing mode {packing!r} (expected {GPM} or {BPM})")
@@ -107,6 +127,10 @@ def packet_plan(fmt: VideoFormat, mtu: int, packing: str = GPM) -> list[list[tup
     limit = BPM_DATA if packing == BPM else room
     if mtu > MAX_PACKET or room - _SRD.size < (BPM_DATA if packing == BPM else pg):
         raise ConfigError(f"mtu {mtu} cannot carry a {packing} packet (at most {MAX_PACKET})")
+    split = line_split(fmt, mtu) if aligned and packing == GPM else 0
+    if split:
+        size = fmt.stride // split
+        return [[(line, k * size // pg * px, size)] for line in range(fmt.height) for k in range(split)]
     packets: list[list[tuple[int, int, int]]] = []
     line, offset_bytes = 0, 0
     while line < fmt.height:
@@ -127,12 +151,12 @@ def packet_plan(fmt: VideoFormat, mtu: int, packing: str = GPM) -> list[list[tup
 
 
 def packetize(frame: bytes | bytearray | memoryview, fmt: VideoFormat, *, seq: int, timestamp: int, ssrc: int,
-              payload_type: int = 96, mtu: int = 1400, packing: str = GPM) -> list[bytes]:
+              payload_type: int = 96, mtu: int = 1400, packing: str = GPM, aligned: bool = False) -> list[bytes]:
     """One frame as RTP packets; ``seq`` is the 32-bit extended sequence number of the first."""
     view = memoryview(frame).cast("B")
     if len(view) != fmt.frame_bytes:
         raise ConfigError(f"frame of {len(view)} bytes, expected {fmt.frame_bytes} for {fmt}")
-    plan = packet_plan(fmt, mtu, packing)
+    plan = packet_plan(fmt, mtu, packing, aligned=aligned)
     out = []
     for index, segments in enumerate(plan):
         ext = (seq + index) & 0xFFFFFFFF

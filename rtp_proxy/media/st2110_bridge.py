@@ -50,6 +50,10 @@ SNDBUF = 8 << 20
 _IP_ADD_SOURCE_MEMBERSHIP = getattr(socket, "IP_ADD_SOURCE_MEMBERSHIP", 39)
 #: A frame whose marker never came is ended after this long without packets.
 STALL_MS = 200
+#: Interrupt moderation of the C receiver: after a batch that was not full,
+#: wait this long for more (28 packets at 1080p30 10-bit; the socket buffer
+#: holds 64 MB). Measured: about a third fewer receive calls per frame.
+COALESCE_US = 250
 #: The share of a frame period the egress spreads a frame's packets over.
 SPREAD = Fraction(8, 10)
 
@@ -139,6 +143,7 @@ class St2110Ingress:
                                        self.fmt.pgroup_pixels, stream.payload_type)
             if only_from:
                 self._rx.set_source(only_from)
+            self._rx.set_coalesce(COALESCE_US)
         self._only_from = only_from
         self._thread = threading.Thread(target=self._run_native if self.native else self._run_twin,
                                         name=f"st2110-in:{self.port}", daemon=True)
@@ -252,10 +257,13 @@ class St2110Egress:
     """
 
     def __init__(self, stream: VideoStream, *, mtu: int = 1400, ssrc: int = 0x2110_0001, native: bool | None = None,
-                 pacer: FramePacer | None = None, spread: bool = True) -> None:
+                 pacer: FramePacer | None = None, spread: bool = True, aligned: bool = True) -> None:
         self.stream = stream
         self.fmt = stream.fmt
         self.mtu, self.ssrc, self.pacer = mtu, ssrc & 0xFFFFFFFF, pacer
+        # GPM in equal line slices (rfc4175.line_split): every packet the same size, so the C
+        # sender hands runs of them to the kernel at once (UDP GSO).
+        self.aligned = aligned
         ip = ipaddress.ip_address(stream.address)
         self.sock = socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, socket.SOCK_DGRAM)
         for opt in (32, socket.SO_SNDBUF):   # SO_SNDBUFFORCE (32) when privileged
@@ -264,6 +272,8 @@ class St2110Egress:
                 break
         if ip.is_multicast and ip.version == 4:
             self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, stream.ttl)
+        # Connected: the kernel looks the route up once, not per packet.
+        self.sock.connect((stream.address, stream.port))
         self.spread_ns = int(Fraction(1_000_000_000) / stream.rate * SPREAD) if spread else 0
         reason = native_reason() if native is not False else "not asked for"
         if native and reason:
@@ -275,7 +285,8 @@ class St2110Egress:
             from msm.ext import st2110
             self._packetizer = st2110.Packetizer(
                 self.fmt.width, self.fmt.height, self.fmt.pgroup_bytes, self.fmt.pgroup_pixels, mtu=mtu,
-                bpm=stream.packing == BPM, payload_type=stream.payload_type, ssrc=self.ssrc)
+                bpm=stream.packing == BPM, payload_type=stream.payload_type, ssrc=self.ssrc,
+                aligned=aligned)
         self._seq = 0
         self._frames = 0
         self._free: queue.Queue[bytearray] = queue.Queue()
@@ -331,10 +342,11 @@ class St2110Egress:
             if self.pacer is not None:
                 self.pacer.send_frame(self._packetizer.packets(count))
             else:
-                self._packetizer.send(self.sock.fileno(), host, port, count, self.spread_ns)
+                self._packetizer.send(self.sock.fileno(), None, 0, count, self.spread_ns)
         else:
             packets = packetize(frame, self.fmt, seq=self._seq, timestamp=timestamp, ssrc=self.ssrc,
-                                payload_type=self.stream.payload_type, mtu=self.mtu, packing=self.stream.packing)
+                                payload_type=self.stream.payload_type, mtu=self.mtu, packing=self.stream.packing,
+                                aligned=self.aligned)
             count = len(packets)
             if self.pacer is not None:
                 self.pacer.send_frame(packets)
@@ -351,7 +363,7 @@ class St2110Egress:
         for k in range(slots):
             for packet in packets[len(packets) * k // slots:len(packets) * (k + 1) // slots]:
                 with contextlib.suppress(OSError):
-                    self.sock.sendto(packet, (self.stream.address, self.stream.port))
+                    self.sock.send(packet)
             delay = start + self.spread_ns * (k + 1) // slots - time.monotonic_ns()
             if delay > 0:
                 time.sleep(delay / 1e9)
