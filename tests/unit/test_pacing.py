@@ -288,3 +288,14 @@ def test_gso_trains_are_cut_back_into_packets() -> None:
     # Another stream's packet inside, or a gap in the sequence: not a train, left whole.
     assert gso_segments(rtp(1, 1400) + rtp(2, 1400, ssrc=9)) == [rtp(1, 1400) + rtp(2, 1400, ssrc=9)]
     assert len(gso_segments(rtp(1, 1400) + rtp(3, 1400))) == 1
+
+
+def test_linear_stream_needs_the_linear_model() -> None:
+    """A type NL sender (TRS = TFRAME / NPACKETS) is narrow on the linear schedule, runs dry on the gapped one."""
+    linear = schedule(P30, 1000, "linear", lead=2)
+    times: list[list[float | None]] = [[linear.packet_time_ns(n + 1000, k) for k in range(1000)] for n in range(8)]
+    judged_linear, judged_gapped = Analyser(rate=Fraction(30), linear=True), Analyser(rate=Fraction(30))
+    _feed(judged_linear, times, P30)
+    _feed(judged_gapped, times, P30)
+    assert judged_linear.report.verdict == "narrow", judged_linear.report.reason
+    assert judged_gapped.report.verdict == "non-compliant" and "underflow" in judged_gapped.report.reason
