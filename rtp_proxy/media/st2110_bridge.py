@@ -336,7 +336,6 @@ class St2110Egress:
                 self._free.put(buf)
 
     def _send_one(self, frame: bytearray, timestamp: int) -> None:
-        host, port = self.stream.address, self.stream.port
         if self._packetizer is not None:
             count = self._packetizer.packetize(frame, self._seq, timestamp)
             if self.pacer is not None:
