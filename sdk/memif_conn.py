@@ -136,8 +136,13 @@ class MemifConnection:
         """Buffers to fill in place for a ``size``-byte frame, or None while the ring is full."""
         return self.tx_queues[queue].alloc(size) if self.connected else None
 
-    def commit(self, buf: TxBuffer, queue: int = 0) -> None:
-        self.tx_queues[queue].commit(buf)
+    def commit(self, buf: TxBuffer, queue: int = 0, signal: bool = True) -> None:
+        """Sends the frame in ``buf``; ``signal=False`` defers the peer's wakeup to ``flush`` or a later commit."""
+        self.tx_queues[queue].commit(buf, signal)
+
+    def flush(self, queue: int = 0) -> None:
+        """Wakes the peer for frames committed with ``signal=False``."""
+        self.tx_queues[queue].signal()
 
     def send(self, data: bytes | memoryview | list[memoryview], queue: int = 0) -> bool:
         """Copies ``data`` (bytes, or a received frame's views) into the next buffers and sends it.

@@ -439,8 +439,12 @@ class TxQueue:
         _, region, length, offset = self.ring.read_desc(slot)
         return region, offset, length
 
-    def commit(self, buf: TxBuffer) -> None:
-        """Publishes the frame ``buf`` holds (all its views filled) and signals the peer."""
+    def commit(self, buf: TxBuffer, signal: bool = True) -> None:
+        """Publishes the frame ``buf`` holds (all its views filled) and signals the peer.
+
+        ``signal=False`` leaves the wakeup to a later commit or :meth:`signal`
+        (one eventfd write per batch instead of per frame).
+        """
         if buf is not self._pending:
             raise MemifError("memif: commit of a buffer that is not the one allocated")
         self._pending = None
@@ -449,7 +453,7 @@ class TxQueue:
             slot = buf.start + i
             region, offset, _ = self._slot_buffer(slot)
             self.ring.write_desc(slot, DESC_FLAG_NEXT if i < last else 0, region, length, offset)
-        self._publish(buf.start + last + 1, sum(buf.capacities))
+        self._publish(buf.start + last + 1, sum(buf.capacities), signal=signal)
 
     def abort(self) -> None:
         """Forgets the allocated, uncommitted frame."""
@@ -468,14 +472,15 @@ class TxQueue:
         self._publish(slot + 1, length)
         return True
 
-    def _publish(self, end: int, nbytes: int, frames: int = 1) -> None:
+    def _publish(self, end: int, nbytes: int, frames: int = 1, signal: bool = True) -> None:
         if self.client:
             self.ring.head = end
         else:
             self.ring.tail = end
         self.counters.tx_packets += frames
         self.counters.tx_bytes += nbytes
-        self.signal()
+        if signal:
+            self.signal()
 
     def signal(self) -> None:
         """Wakes the peer unless it polls (MEMIF_RING_FLAG_MASK_INT)."""
