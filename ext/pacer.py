@@ -103,7 +103,10 @@ def _lines(height: int, mode: str) -> tuple[int, int, int]:
 
 def _dest(dest: tuple[str, int]) -> tuple[int, bytes, int]:
     host, port = dest
-    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM, 0, socket.AI_NUMERICHOST)
+    try:
+        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM, 0, socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError, TypeError):
+        raise ValueError(f"the pacer's destination must be an IP address and port, not {dest!r}") from None
     fam, _t, _p, _n, sockaddr = infos[0]
     if fam == socket.AF_INET:
         return fam, ipaddress.IPv4Address(sockaddr[0]).packed, 0
@@ -130,6 +133,8 @@ class Pacer:
             raise ValueError(f"pacing mode must be narrow, wide or linear, not {mode!r}")
         if not 0 < packets_per_frame <= MAX_PACKETS:
             raise ValueError(f"packets per frame must be 1..{MAX_PACKETS}, not {packets_per_frame}")
+        if clock not in ("tai", "realtime"):
+            raise ValueError(f"the pacer's clock must be tai or realtime, not {clock!r}")
         period = Fraction(frame_period_ns)
         if period <= 0:
             raise ValueError(f"the frame period must be positive, not {frame_period_ns}")

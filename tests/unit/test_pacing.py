@@ -117,6 +117,12 @@ def test_c_schedule_equals_twin(period: Fraction, packets: int, mode: str, heigh
 
 def test_c_pacer_refuses_bad_frames() -> None:
     sock, pacer = _pacer(P30, 4, "narrow", 1080)
+    from msm.ext.pacer import Pacer
+    for kwargs, message in (({"dest": ("camera.local", 5004)}, "IP address"), ({"mode": "bursty"}, "narrow, wide"),
+                            ({"clock": "monotonic"}, "tai or realtime"), ({"packets": 0}, "packets per frame")):
+        args = {"dest": ("127.0.0.1", 9), "mode": "narrow", "clock": "tai", "packets": 4} | kwargs
+        with pytest.raises(ValueError, match=message):
+            Pacer(sock.fileno(), args["dest"], P30, args["packets"], args["mode"], clock=args["clock"])
     with sock, pytest.raises(ValueError, match="lengths"):
         pacer.send_frame(bytes(100), [50, 50, 50])
     with sock, pytest.raises(ValueError, match="RTP header"):
