@@ -223,6 +223,10 @@ class MemifServer:
             sock, _ = self._listener.accept()
         except BlockingIOError:
             return
+        except OSError as exc:  # out of fds (EMFILE), or the client gave up before we took it
+            self.counters["accept_failed"] += 1
+            self.last_error = f"memif: accept failed: {exc.strerror}"
+            return
         if len(self.connections) >= self.max_connections:
             self.counters["refused_full"] += 1
             sock.close()
