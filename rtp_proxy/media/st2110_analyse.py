@@ -152,7 +152,9 @@ def render(rep: Report) -> str:
              f"wide CMAX {lim.get('cmax_wide', '-')} VRX_FULL {lim.get('vrx_full_wide', '-')}",
              f"  packets {rep.packets} (not RTP {rep.not_rtp}), frames analysed {rep.frames}, "
              f"skipped {rep.frames_skipped} (partial or with losses; lost {rep.lost})",
-             "  frames: " + ", ".join(f"{k} {v}" for k, v in rep.counts.items())]
+             "  frames: " + ", ".join(f"{k} {v}" for k, v in rep.counts.items())
+             + (f" (narrow or wide: {100 * (rep.counts['narrow'] + rep.counts['wide']) / rep.frames:.1f}%)"
+                if rep.frames else "")]
     if rep.frames:
         fpt, lat, off = rep.fpt_ns or (0, 0), rep.latency_ns or (0, 0), rep.rtp_offset or (0, 0)
         # Latency means something only for a sender whose RTP timestamps are on the epoch's grid.
