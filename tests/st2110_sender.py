@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", default="narrow")
     ap.add_argument("--height", type=int, default=1080)
     ap.add_argument("--tolerance-us", type=float, default=1.0, help="packets due within this go together")
+    ap.add_argument("--lead", type=int, help="packets ahead of the read schedule (default: the mode's)")
     ap.add_argument("--gso", action="store_true", help="send each group as one UDP GSO train")
     ap.add_argument("--realtime", action="store_true",
                     help="run as SCHED_FIFO (priority 10) where permitted, as a dedicated ST 2110 sender would")
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     pacer = Pacer(sock.fileno(), (opts.host, opts.port), Fraction(10**9) / rate, opts.packets, opts.mode,
-                  height=opts.height, tolerance_ns=int(opts.tolerance_us * 1000), gso=opts.gso)
+                  height=opts.height, tolerance_ns=int(opts.tolerance_us * 1000), gso=opts.gso,
+                  lead=opts.lead)
     lengths = [opts.size] * opts.packets
     stats = []
     # The next frame is built while this one is sent (the pacer releases the GIL); the
