@@ -399,3 +399,27 @@ def test_a_peer_restarted_at_the_same_address_starts_with_fresh_credits() -> Non
                 mine = sender.stats()["peers"][0]
                 assert mine["sent"] == 10 and mine["credits"] == 3, mine   # not 3 + the old life's 10
         assert receiver.stats()["peers"][0]["rx_frames"] == 20
+
+
+@pytest.mark.parametrize("provider", ["shm", "tcp;ofi_rxm"])
+def test_a_receiver_that_dies_costs_only_its_own_frames(provider: str) -> None:
+    need(provider)
+    address = None if provider == "shm" else "127.0.0.1"
+    reader, victim = Peer(provider, address), Peer(provider, address)
+    try:
+        with FabricEndpoint(provider, address, 0, max_frame=FRAME, credits=CREDITS, max_peers=2) as ep:
+            to_reader, to_victim = ep.add_peer(reader.address), ep.add_peer(victim.address)
+            reader.call(add=ep.local_address().hex())
+            victim.call(add=ep.local_address().hex())
+            _credits_everywhere(ep, [to_reader, to_victim], [reader, victim])
+            victim.proc.kill()
+            victim.proc.wait()
+            reader.ask(recv=12, timeout=20)
+            assert _send_to_both(ep, to_reader, to_victim, 12) == 12
+            assert len(_answer_polling(ep, reader)["frames"]) == 12
+            dead = ep.stats()["peers"][to_victim]
+            assert dead["drop_no_credit"] + dead["drop_busy"] + dead["drop_send_error"] > 0, dead
+            assert dead["tx_pending"] <= CREDITS
+    finally:
+        reader.stop()
+        victim.stop()
