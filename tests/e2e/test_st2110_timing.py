@@ -164,7 +164,7 @@ def test_gstreamer_rtpvrawpay_is_non_compliant() -> None:
     assert rep.cinst_max > 10 * rep.limits["cmax_wide"]
 
 
-def test_wide_gso_trains_from_a_capture(tmp_path: Path) -> None:
+def test_wide_gso_trains_from_a_capture() -> None:
     """1080p30 10-bit at 1,400-byte packets (3,700 a frame, 112k/s), wide, each group of 8 one UDP GSO train.
 
     dumpcap on loopback sees the trains whole; ``msm st2110 analyse --pcap`` cuts them back
@@ -176,8 +176,12 @@ def test_wide_gso_trains_from_a_capture(tmp_path: Path) -> None:
         pytest.skip("dumpcap not installed (apt install tshark)")
     sock = open_socket(0, None, None)   # held so the port stays ours; nothing reads it
     port = sock.getsockname()[1]
-    pcap = str(tmp_path / "gso.pcapng")
-    cap = _dumpcap(port, pcap, snaplen=65535)   # whole trains (about 100 MB)
+    with tempfile.TemporaryDirectory(prefix="msm-st2110-gso-") as tmp:   # about 100 MB, gone afterwards
+        _gso_run(sock, port, os.path.join(tmp, "gso.pcapng"))
+
+
+def _gso_run(sock: Any, port: int, pcap: str) -> None:
+    cap = _dumpcap(port, pcap, snaplen=65535)   # whole trains
     try:
         sender = subprocess.run(
             [sys.executable, "-m", "tests.st2110_sender", "--port", str(port), "--packets", "3700", "--size", "1400",
