@@ -280,20 +280,24 @@ class St2110Egress:
             raise NativeUnavailable(reason)
         self.native = reason is None
         self.fallback_reason = reason
-        self._packetizer: Any = None
-        if self.native:
-            from msm.ext import st2110
-            self._packetizer = st2110.Packetizer(
-                self.fmt.width, self.fmt.height, self.fmt.pgroup_bytes, self.fmt.pgroup_pixels, mtu=mtu,
-                bpm=stream.packing == BPM, payload_type=stream.payload_type, ssrc=self.ssrc,
-                aligned=aligned)
+        # Slots: a frame waiting or being sent. Native: a packetizer each (deliver packs the frame
+        # straight into its packet buffer, the one copy); twin: a frame buffer each.
+        # Unbounded queue types, bounded in fact: only these EGRESS_QUEUE_DEPTH + 1 slots circulate.
+        self._slots: list[Any] = []
+        for _ in range(EGRESS_QUEUE_DEPTH + 1):
+            if self.native:
+                from msm.ext import st2110
+                self._slots.append(st2110.Packetizer(
+                    self.fmt.width, self.fmt.height, self.fmt.pgroup_bytes, self.fmt.pgroup_pixels, mtu=mtu,
+                    bpm=stream.packing == BPM, payload_type=stream.payload_type, ssrc=self.ssrc, aligned=aligned))
+            else:
+                self._slots.append(bytearray(self.fmt.frame_bytes))
+        self._free: queue.Queue[Any] = queue.Queue()
+        for slot in self._slots:
+            self._free.put(slot)
+        self._todo: queue.Queue[tuple[Any, int] | None] = queue.Queue()
         self._seq = 0
         self._frames = 0
-        self._free: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(EGRESS_QUEUE_DEPTH + 1):
-            self._free.put(bytearray(self.fmt.frame_bytes))
-        # Unbounded type, bounded in fact: only the EGRESS_QUEUE_DEPTH + 1 buffers above circulate.
-        self._todo: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
         self.counters = {"frames_sent": 0, "packets_sent": 0, "frames_busy": 0, "frames_wrong_size": 0}
         self._thread = threading.Thread(target=self._run, name=f"st2110-out:{stream.port}", daemon=True)
         self._thread.start()
@@ -315,12 +319,17 @@ class St2110Egress:
             self.counters["frames_wrong_size"] += 1
             return "wrong_size"
         try:
-            buf = self._free.get_nowait()
+            slot = self._free.get_nowait()
         except queue.Empty:
             self.counters["frames_busy"] += 1
             return "egress_busy"
-        buf[:] = payload
-        self._todo.put((buf, info.timestamp))
+        if self.native:
+            count = slot.packetize(payload, self._seq, info.timestamp)
+            self._seq = (self._seq + count) & 0xFFFFFFFF
+            self._todo.put((slot, count))
+        else:
+            slot[:] = payload
+            self._todo.put((slot, info.timestamp))
         return None
 
     def send(self, payload: bytes | bytearray | memoryview, timestamp: int) -> str | None:
@@ -329,32 +338,32 @@ class St2110Egress:
 
     def _run(self) -> None:
         while (item := self._todo.get()) is not None:
-            buf, timestamp = item
+            slot, value = item
             try:
-                self._send_one(buf, timestamp)
+                count = self._send_native(slot, value) if self.native else self._send_frame_twin(slot, value)
+                self._frames += 1
+                self.counters["frames_sent"] += 1
+                self.counters["packets_sent"] += count
             finally:
-                self._free.put(buf)
+                self._free.put(slot)
 
-    def _send_one(self, frame: bytearray, timestamp: int) -> None:
-        if self._packetizer is not None:
-            count = self._packetizer.packetize(frame, self._seq, timestamp)
-            if self.pacer is not None:
-                self.pacer.send_frame(self._packetizer.packets(count))
-            else:
-                self._packetizer.send(self.sock.fileno(), None, 0, count, self.spread_ns)
+    def _send_native(self, packetizer: Any, count: int) -> int:
+        if self.pacer is not None:
+            self.pacer.send_frame(packetizer.packets(count))
         else:
-            packets = packetize(frame, self.fmt, seq=self._seq, timestamp=timestamp, ssrc=self.ssrc,
-                                payload_type=self.stream.payload_type, mtu=self.mtu, packing=self.stream.packing,
-                                aligned=self.aligned)
-            count = len(packets)
-            if self.pacer is not None:
-                self.pacer.send_frame(packets)
-            else:
-                self._send_twin(packets)
-        self._seq = (self._seq + count) & 0xFFFFFFFF
-        self._frames += 1
-        self.counters["frames_sent"] += 1
-        self.counters["packets_sent"] += count
+            packetizer.send(self.sock.fileno(), None, 0, count, self.spread_ns)
+        return count
+
+    def _send_frame_twin(self, frame: bytearray, timestamp: int) -> int:
+        packets = packetize(frame, self.fmt, seq=self._seq, timestamp=timestamp, ssrc=self.ssrc,
+                            payload_type=self.stream.payload_type, mtu=self.mtu, packing=self.stream.packing,
+                            aligned=self.aligned)
+        self._seq = (self._seq + len(packets)) & 0xFFFFFFFF
+        if self.pacer is not None:
+            self.pacer.send_frame(packets)
+        else:
+            self._send_twin(packets)
+        return len(packets)
 
     def _send_twin(self, packets: list[bytes]) -> None:
         slots = max(1, self.spread_ns // 1_000_000)   # 1 ms slots: Python cannot sleep finer
@@ -368,7 +377,10 @@ class St2110Egress:
                 time.sleep(delay / 1e9)
 
     def stats(self) -> dict[str, int]:
-        extra = self._packetizer.stats() if self._packetizer is not None else {}
+        extra: dict[str, int] = {}
+        for slot in self._slots if self.native else ():
+            for name, value in slot.stats().items():
+                extra[name] = max(extra.get(name, 0), value) if name == "gso_disabled" else extra.get(name, 0) + value
         return {**self.counters, **extra}
 
     def close(self) -> None:
