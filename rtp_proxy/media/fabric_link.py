@@ -14,7 +14,10 @@ Providers: ``tcp;ofi_rxm`` between nodes (binds the address given: loopback
 when none, never the wildcard) and ``shm`` on one host. Addresses travel out of
 band: :meth:`~FabricEndpoint.local_address` on one side,
 :meth:`~FabricEndpoint.add_peer` on the other. Frames and grants from endpoints
-never added are dropped and counted.
+never added are dropped and counted. A peer restarted at the same address starts
+with fresh credits (control messages carry each endpoint's incarnation). On shm
+each peer's frames leave from an endpoint of their own, so one frozen peer cannot
+hold up the completions to the others (see ``ext/fabric.h``).
 
 One thread drives an endpoint. For asyncio, :meth:`~FabricEndpoint.fileno` is
 the completion queue's wait descriptor where the provider has one
