@@ -185,7 +185,7 @@ static int post_ctrl(msm_fab *f, uint32_t i) {
 static int alloc_buffers(msm_fab *f) {
     f->rx_stride = (PAD(MSM_FAB_HEADER_BYTES + f->max_meta) + f->max_frame + 4095) & ~(size_t)4095;
     f->tx_stride = PAD(MSM_FAB_HEADER_BYTES + f->max_meta);
-    f->n_rx = f->credits * f->max_peers;
+    f->n_rx = f->credits * f->max_peers; /* every credit granted is a buffer posted or held, never more */
     f->n_tx = f->credits * f->max_peers; /* in flight never exceeds the credits of all peers */
     f->n_ctrl = CTRL_RX_PER_PEER * f->max_peers + CTRL_RX_EXTRA;
     f->rx_bytes = f->rx_stride * f->n_rx;
@@ -219,6 +219,7 @@ static int alloc_buffers(msm_fab *f) {
 
 static int open_cq(msm_fab *f) {
     struct fi_cq_attr attr = {.format = FI_CQ_FORMAT_TAGGED, .wait_obj = FI_WAIT_FD,
+                              /* every operation we post can complete at once, plus slack for errors */
                               .size = f->n_rx + f->n_tx + f->n_ctrl + 64};
     f->wait_fd = -1;
     if (fi_cq_open(f->domain, &attr, &f->cq, NULL) == 0) {

@@ -163,7 +163,7 @@ class FabricEndpoint:
         self._held: dict[int, ReceivedFrame] = {}   # by slot: at most credits x peers
         self._token = 0
         self._too_big = 0
-        self._addresses: dict[bytes, int] = {}
+        self._addresses: dict[bytes, int] = {}   # peers by name: at most max_peers (the C table refuses more)
 
     # -- addresses ---------------------------------------------------------
 
