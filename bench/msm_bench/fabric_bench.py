@@ -26,6 +26,7 @@ import mmap
 import os
 import re
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -34,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from msm.ext import fabric
 from msm.rtp_proxy.media.fabric_link import FabricEndpoint, FrameHeader
 
 FRAME_1080P_10BIT = 1920 * 1080 * 5 // 2   # 4:2:2 10-bit: 2.5 bytes per pixel
@@ -208,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.echo:
         return echo(args.provider, args.size, args.credits)
+    if shutil.which("fi_pingpong") is None:
+        print("fi_pingpong not found: apt-get install libfabric-bin", file=sys.stderr)
+        return 2
+    if reason := fabric.unavailable_reason() or fabric.probe(args.provider):
+        print(f"the libfabric link cannot run here: {reason}", file=sys.stderr)
+        return 2
     refs, ours = [], []
     for _ in range(args.rounds):
         refs.append(run_fi_pingpong(args.provider, args.size, args.iters))
