@@ -75,6 +75,7 @@ typedef struct peer {
     uint8_t name[64];
     size_t namelen;
     int hello_pending, grant_pending, alias_pending;
+    int removed; /* msm_fab_remove_peer: its frames are dropped, nothing is sent to it */
     struct fid_ep *tx_ep; /* per_peer_tx: the endpoint frames to this peer leave from */
     uint8_t tx_name[ALIAS_NAME_MAX];
     size_t tx_namelen;
@@ -321,6 +322,8 @@ static int send_ctrl(msm_fab *f, peer *p, uint32_t kind) {
 static void flush_ctrl(msm_fab *f) {
     for (int i = 0; i < f->n_peers; i++) {
         peer *p = &f->peers[i];
+        if (p->removed)
+            continue;
         if (p->alias_pending && send_ctrl(f, p, CTRL_ALIAS) == 0) /* before the grant it answers */
             p->alias_pending = 0;
         if (p->hello_pending && send_ctrl(f, p, CTRL_HELLO) == 0)
@@ -350,9 +353,18 @@ static int open_tx_ep(msm_fab *f, peer *p) {
 }
 
 int msm_fab_add_peer(msm_fab *f, const uint8_t *addr, size_t len, char *err, size_t errlen) {
-    for (int i = 0; i < f->n_peers; i++)
-        if (f->peers[i].namelen == len && memcmp(f->peers[i].name, addr, len) == 0)
+    for (int i = 0; i < f->n_peers; i++) {
+        peer *p = &f->peers[i];
+        if (p->namelen == len && memcmp(p->name, addr, len) == 0) {
+            if (p->removed) { /* back again: same id, same address vector entry */
+                p->removed = 0;
+                p->hello_pending = 1;
+                p->alias_pending = p->tx_ep != NULL;
+                flush_ctrl(f);
+            }
             return i;
+        }
+    }
     if ((uint32_t)f->n_peers >= f->max_peers) {
         say(err, errlen, "%s: %s", "peer table full (max_peers)", FI_ENOSPC);
         return -FI_ENOSPC;
@@ -380,6 +392,15 @@ int msm_fab_add_peer(msm_fab *f, const uint8_t *addr, size_t len, char *err, siz
     f->st.peers = ++f->n_peers;
     flush_ctrl(f);
     return f->n_peers - 1;
+}
+
+int msm_fab_remove_peer(msm_fab *f, int pid) {
+    if (pid < 0 || pid >= f->n_peers || f->peers[pid].removed)
+        return -FI_EINVAL;
+    peer *p = &f->peers[pid];
+    p->removed = 1;
+    p->hello_pending = p->grant_pending = p->alias_pending = 0;
+    return 0;
 }
 
 static int find_peer(msm_fab *f, fi_addr_t addr) {
@@ -414,6 +435,8 @@ int msm_fab_send(msm_fab *f, int pid, uint32_t group, uint64_t seq, uint64_t ts,
     if (pid < 0 || pid >= f->n_peers || meta_len > f->max_meta || plen > f->max_frame)
         return -FI_EINVAL;
     peer *p = &f->peers[pid];
+    if (p->removed)
+        return -FI_EINVAL;
     if ((int64_t)(p->st.granted - p->st.sent) <= 0 || f->n_tx_free == 0) {
         p->st.drop_no_credit++;
         return MSM_FAB_NO_CREDIT;
@@ -490,7 +513,7 @@ static void on_ctrl(msm_fab *f, slot *s, fi_addr_t src, size_t len) {
     ctrl_msg m = f->ctrl_mem[s->index];
     post_ctrl(f, s->index);
     int pid = find_peer(f, src);
-    if (pid < 0) {
+    if (pid < 0 || f->peers[pid].removed) {
         f->st.ctrl_unknown_peer++;
         return;
     }
@@ -518,8 +541,10 @@ static void on_ctrl(msm_fab *f, slot *s, fi_addr_t src, size_t len) {
 /* A frame buffer's completion: a FRAME event (1), or 0 when it was dropped and reposted. */
 static int on_frame(msm_fab *f, slot *s, fi_addr_t src, size_t len, msm_fab_event *ev) {
     int pid = find_peer(f, src);
-    if (pid < 0) {
+    if (pid < 0 || f->peers[pid].removed) {
         f->st.rx_unknown_peer++;
+        if (pid >= 0)
+            f->peers[pid].st.my_grant++; /* its credit, should it be added again */
         post_rx(f, s->index);
         return 0;
     }

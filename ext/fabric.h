@@ -100,6 +100,8 @@ int msm_fab_probe(const char *provider, char *err, size_t errlen);
 int msm_fab_getname(msm_fab *fab, uint8_t *out, size_t *len);
 /* The peer id (>= 0) for a peer's address, or -errno with the reason in err. */
 int msm_fab_add_peer(msm_fab *fab, const uint8_t *addr, size_t len, char *err, size_t errlen);
+/* Stop taking frames from (and sending to) a peer; add_peer with its address takes it back. 0 or -errno. */
+int msm_fab_remove_peer(msm_fab *fab, int peer);
 /* One frame to a peer: MSM_FAB_SENT, MSM_FAB_NO_CREDIT, MSM_FAB_BUSY or -errno. The payload must
  * stay untouched until the SENT (or SEND_ERROR) event with the same token. */
 int msm_fab_send(msm_fab *fab, int peer, uint32_t group, uint64_t seq, uint64_t timestamp,

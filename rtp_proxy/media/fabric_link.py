@@ -189,6 +189,21 @@ class FabricEndpoint:
         self._addresses[address] = pid
         return pid
 
+    def remove_peer(self, peer: int) -> None:
+        """Stop sending to ``peer`` and drop (and count) what it sends; :meth:`add_peer` takes it back.
+
+        Its id and table slot stay reserved (a peer table is at most
+        ``max_peers`` distinct addresses over the endpoint's life); frames of it
+        still held stay valid until released.
+        """
+        self._check_open()
+        for address, pid in list(self._addresses.items()):
+            if pid == peer:
+                del self._addresses[address]
+                self._lib.msm_fab_remove_peer(self._ptr, peer)
+                return
+        raise NotFound(f"no fabric peer {peer}")
+
     # -- frames ------------------------------------------------------------
 
     def send(self, peer: int, header: FrameHeader, payload: Any) -> bool:

@@ -423,3 +423,26 @@ def test_a_receiver_that_dies_costs_only_its_own_frames(provider: str) -> None:
     finally:
         reader.stop()
         victim.stop()
+
+
+@pytest.mark.parametrize("provider", ["shm", "tcp;ofi_rxm"])
+def test_frames_from_a_removed_peer_are_dropped_and_counted(provider: str) -> None:
+    """The source check on real frames: the sender still has credits, the receiver no longer takes them."""
+    need(provider)
+    address = None if provider == "shm" else "127.0.0.1"
+    with FabricEndpoint(provider, address, 0, max_frame=4096, credits=4, max_peers=2) as receiver, \
+            FabricEndpoint(provider, address, 0, max_frame=4096, credits=4, max_peers=2) as sender:
+        assert _trade(sender, receiver, 2) == 2
+        from_sender = receiver.add_peer(sender.local_address())
+        receiver.remove_peer(from_sender)
+        assert receiver.stats()["peers"] == {}
+        for seq in range(3):
+            assert sender.send(0, FrameHeader(1, seq, 0), b"s" * 100)   # it has credits left
+        got = []
+        for _ in range(100):
+            sender.poll(0.001)
+            got += receiver.poll(0.001)
+        assert got == [] and receiver.stats()["rx_unknown_peer"] == 3
+        # Added again: same id, and its frames count again (the dropped ones' credits were kept for it).
+        assert receiver.add_peer(sender.local_address()) == from_sender
+        assert _trade(sender, receiver, 6) == 6
