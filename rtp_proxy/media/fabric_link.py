@@ -35,7 +35,8 @@ from msm.ext import NativeUnavailable
 from msm.ext import fabric as native
 from msm.sdk.errors import ConfigError, NotFound, Unavailable
 
-__all__ = ["FabricConfigError", "FabricEndpoint", "FabricUnavailable", "FrameHeader", "ReceivedFrame"]
+__all__ = ["FabricConfigError", "FabricEndpoint", "FabricUnavailable", "FrameHeader", "ReceivedFrame",
+           "choose_provider"]
 
 #: Default receive credits per peer: enough to overlap a frame on the wire, one
 #: being read and two queued at 60 frames/s, while keeping what one peer can
@@ -125,8 +126,18 @@ def _check_provider(provider: str) -> None:
         return
     offered = ", ".join(native.providers()) or "none"
     if provider not in native.KNOWN_PROVIDERS:
-        raise FabricConfigError(f"unknown libfabric provider {provider!r} (this host offers: {offered})")
+        raise FabricConfigError(f"libfabric provider {provider!r} is unknown or not offered on this host "
+                                f"(it offers: {offered})")
     raise FabricUnavailable(f"{reason} (this host offers: {offered})")
+
+
+def choose_provider(requested: str | None, *, same_host: bool) -> str:
+    """The provider for a link: ``requested`` (``options.rdma.provider`` or the control plane's
+    choice) if given and offered here, else ``shm`` on one host and ``tcp;ofi_rxm`` between nodes."""
+    _load()
+    provider = requested or ("shm" if same_host else "tcp;ofi_rxm")
+    _check_provider(provider)
+    return provider
 
 
 class FabricEndpoint:

@@ -277,7 +277,7 @@ def test_a_peer_not_added_gets_no_credit_and_its_hello_is_counted() -> None:
 def test_bad_provider_names_and_limits_are_clear_errors() -> None:
     if reason := native.unavailable_reason():
         pytest.skip(reason)
-    with pytest.raises(FabricConfigError, match="unknown libfabric provider 'nosuch'.*offers"):
+    with pytest.raises(FabricConfigError, match="provider 'nosuch' is unknown or not offered.*offers: "):
         FabricEndpoint("nosuch", max_frame=1024)
     with pytest.raises(FabricConfigError, match="bad libfabric provider name"):
         FabricEndpoint("tcp; rm", max_frame=1024)
@@ -446,3 +446,14 @@ def test_frames_from_a_removed_peer_are_dropped_and_counted(provider: str) -> No
         # Added again: same id, and its frames count again (the dropped ones' credits were kept for it).
         assert receiver.add_peer(sender.local_address()) == from_sender
         assert _trade(sender, receiver, 6) == 6
+
+
+def test_choose_provider_takes_the_request_or_the_default_for_the_topology() -> None:
+    need("shm")
+    need("tcp;ofi_rxm")
+    from msm.rtp_proxy.media.fabric_link import choose_provider
+    assert choose_provider(None, same_host=True) == "shm"
+    assert choose_provider(None, same_host=False) == "tcp;ofi_rxm"
+    assert choose_provider("tcp;ofi_rxm", same_host=True) == "tcp;ofi_rxm"
+    with pytest.raises(FabricConfigError, match="provider 'verbs;ofi_rxm' is unknown or not offered"):
+        choose_provider("verbs;ofi_rxm", same_host=False)
