@@ -17,6 +17,7 @@ from msm.sdk.rfc4175 import (
     GPM,
     Depacketizer,
     VideoFormat,
+    line_split,
     packet_plan,
     packetize,
     parse_payload,
@@ -122,13 +123,24 @@ def test_parse_payload_errors_name_the_fault() -> None:
 
 @needs_native
 @pytest.mark.parametrize("fmt", FORMATS, ids=str)
-@pytest.mark.parametrize("packing", [GPM, BPM])
-def test_c_packetizer_equals_twin(fmt: VideoFormat, packing: str) -> None:
+@pytest.mark.parametrize(("packing", "aligned"), [(GPM, False), (BPM, False), (GPM, True)])
+def test_c_packetizer_equals_twin(fmt: VideoFormat, packing: str, aligned: bool) -> None:
     frame = _frame(fmt, 3)
-    mine = packetize(frame, fmt, seq=0x1FFF0, timestamp=123, ssrc=0xABCD, packing=packing, payload_type=98)
+    mine = packetize(frame, fmt, seq=0x1FFF0, timestamp=123, ssrc=0xABCD, packing=packing, payload_type=98,
+                     aligned=aligned)
     theirs = native.packetize(frame, fmt.width, fmt.height, fmt.pgroup_bytes, fmt.pgroup_pixels, mtu=1400,
-                              bpm=packing == BPM, seq=0x1FFF0, timestamp=123, ssrc=0xABCD, payload_type=98)
+                              bpm=packing == BPM, seq=0x1FFF0, timestamp=123, ssrc=0xABCD, payload_type=98,
+                              aligned=aligned)
     assert theirs == mine
+
+
+def test_line_slices_are_equal_packets() -> None:
+    fmt = FORMATS[0]
+    assert line_split(fmt, 1400) == 4
+    packets = packetize(_frame(fmt), fmt, seq=0, timestamp=0, ssrc=1, aligned=True)
+    assert len(packets) == 4 * 1080 and {len(p) for p in packets} == {12 + 2 + 6 + 1200}
+    frames = _push_all(Depacketizer(fmt), packets)
+    assert frames[0].complete and bytes(frames[0].data) == _frame(fmt)
 
 
 def _twin_and_c(fmt: VideoFormat, packets: list[bytes]) -> tuple[list, list, dict, dict]:
