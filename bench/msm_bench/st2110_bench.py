@@ -122,16 +122,24 @@ def run_one(kind: str, w: int, h: int, frames: int) -> dict[str, object]:
     finally:
         relay.send_signal(signal.SIGINT)
         try:
-            relay.wait(timeout=10)
+            relay_out = relay.communicate(timeout=10)[0] or ""
         except subprocess.TimeoutExpired:
             relay.kill()
+            relay_out = ""
         if counter.poll() is None:
             counter.kill()
+    inner: dict[str, dict[str, int]] = {}
+    if kind == "msm" and relay_out.strip():
+        inner = json.loads(relay_out.strip().splitlines()[-1])
     got, lost = counted["packets"], counted["lost"]
     return {"relay": kind, "frames_sent": frames, "packets_in": frames * _packets_per_frame(w, h),
             "packets_received": got, "packets_lost": lost, "frames_complete": counted["frames_complete"],
             "loss": lost / (got + lost) if got + lost else 1.0, "frame_loss": 1 - counted["frames_complete"] / frames,
-            "cpu_s": round(cpu, 3), "cpu_ms_per_frame": round(cpu * 1000 / frames, 2)}
+            "relay_in_lost": inner.get("ingress", {}).get("lost"),
+            "relay_in_incomplete": inner.get("ingress", {}).get("frames_incomplete"),
+            "relay_out_busy": inner.get("egress", {}).get("frames_busy"),
+            "cpu_s": round(cpu, 3), "cpu_ms_per_frame": round(cpu * 1000 / frames, 2),
+            "cpu_ms_per_delivered_frame": round(cpu * 1000 / max(1, counted["frames_complete"]), 2)}
 
 
 def _packets_per_frame(w: int, h: int) -> int:
@@ -150,16 +158,23 @@ def main(argv: list[str] | None = None) -> int:
     results = [run_one(kind, args.width, args.height, args.frames) for kind in ("msm", "gstreamer")]
     ours, theirs = results
     ratio = float(ours["cpu_s"]) / float(theirs["cpu_s"]) if theirs["cpu_s"] else float("nan")  # type: ignore[arg-type]
+    per_delivered = (float(ours["cpu_ms_per_delivered_frame"])  # type: ignore[arg-type]
+                     / float(theirs["cpu_ms_per_delivered_frame"]))  # type: ignore[arg-type]
     if args.json:
-        print(json.dumps({"results": results, "cpu_ratio": ratio, "load": os.getloadavg()[0]}))
+        print(json.dumps({"results": results, "cpu_ratio": ratio, "cpu_ratio_per_delivered_frame": per_delivered,
+                          "load": os.getloadavg()[0]}))
         return 0
     print(f"ST 2110-20 {args.width}x{args.height} 10-bit 30 fps, {args.frames} frames "
           f"(load average {os.getloadavg()[0]:.1f})")
     for r in results:
         print(f"  {r['relay']:>10}: receiver got {r['packets_received']} packets, {r['packets_lost']} lost "
               f"(loss {float(r['loss']):.4%}), {r['frames_complete']}/{r['frames_sent']} complete frames, "  # type: ignore[arg-type]
-              f"CPU {r['cpu_s']} s = {r['cpu_ms_per_frame']} ms/frame")
-    print(f"  CPU msm / GStreamer: {ratio:.2f}")
+              f"CPU {r['cpu_s']} s = {r['cpu_ms_per_frame']} ms/frame sent, "
+              f"{r['cpu_ms_per_delivered_frame']} ms/frame delivered complete")
+        if r["relay_in_lost"] is not None:
+            print(f"              relay ingress lost {r['relay_in_lost']} packets, {r['relay_in_incomplete']} "
+                  f"incomplete frames; egress busy {r['relay_out_busy']}")
+    print(f"  CPU msm / GStreamer: {ratio:.2f} for the same frames sent, {per_delivered:.2f} per frame delivered")
     return 0
 
 
