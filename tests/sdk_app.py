@@ -30,7 +30,7 @@ from msm.sdk.errors import MsmError
 WIDTH, HEIGHT = 1920, 1080
 
 
-def config(urn: str, *, metadata: int = 256, capacity: int = 8, fmt: str = "yuv422p10rfc4175") -> dict[str, Any]:
+def config(urn: str, *, metadata: int = 256, capacity: int = 16, fmt: str = "yuv422p10rfc4175") -> dict[str, Any]:
     """1080p 10-bit (RFC 4175 pixel groups: 5,184,000 bytes a frame) in a multipoint group."""
     return {"bufferQueueCapacity": capacity, "maxMetadataSize": metadata,
             "connection": {"multipointGroup": {"urn": urn}},

@@ -305,10 +305,7 @@ class MediaAgent:
             rx = RxPort(cid, iid, secret, layout, peer, target, lock=plane.lock)
 
             def arrived(view: memoryview, f: IngressFrame) -> None:
-                reason = rx.deliver(view, FrameInfo(0, f.timestamp, b"", None if f.complete else f.reason,
-                                                    f.arrived_ns))
-                if reason:
-                    rx.drops[reason] += 1
+                rx.deliver(view, FrameInfo(0, f.timestamp, b"", None if f.complete else f.reason, f.arrived_ns))
 
             ingress = St2110Ingress(stream, on_frame=arrived)
             plane.add(rx)

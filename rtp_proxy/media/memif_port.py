@@ -162,7 +162,13 @@ class RxPort(Port):
         return max(0, queue.ring.size - queue.free())
 
     def deliver(self, payload: memoryview, info: FrameInfo) -> str | None:
-        """Copies the frame into the app's shared memory; the drop reason when it cannot now."""
+        """Copies the frame into the app's shared memory; the drop reason (counted) when it cannot now."""
+        reason = self._write(payload, info)
+        if reason is not None:
+            self.drops[reason] += 1
+        return reason
+
+    def _write(self, payload: memoryview, info: FrameInfo) -> str | None:
         layout = self.layout
         if len(payload) > layout.payload_size:
             return "payload_too_large"

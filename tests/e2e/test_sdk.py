@@ -1,0 +1,204 @@
+"""The app SDK end to end: apps (each its own process, tests/sdk_app.py) and the proxy's media agent.
+
+The agent is the proxy's own (``python -m msm.rtp_proxy.media.agent``: the
+agent, its memif server and this node's groups, as ``msm-proxy --media-dir``
+runs them). What it shows, on one node:
+
+- a sender and two receivers (one sync, one asyncio) pass 300 frames of 1080p
+  10-bit (5,184,000 bytes, RFC 4175 pixel groups) with byte-exact payloads,
+  metadata, sequence numbers and timestamps, while a third receiver that stops
+  reading gets ``ring_full`` drops and the others keep everything;
+- a second sender to the group is refused with one line (SenderBusy); once the
+  first sender is killed with SIGKILL its connection is gone and a new sender
+  is accepted;
+- a bad connection JSON is one line naming the field, from the SDK and from
+  the agent (a raw client), and the agent keeps serving that client and others;
+- an app whose uid may not enter the media directory cannot connect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from msm.sdk.media_agent import MAX_MESSAGE, decode_message, encode_message
+
+REPO = Path(__file__).resolve().parents[2]
+APP = REPO / "tests" / "sdk_app.py"
+FRAMES = 300
+
+
+class Agent:
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "media"
+        self.sock = self.dir / "proxy.sock"
+        self.log = root / "agent.log"
+        self._log = open(self.log, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-m", "msm.rtp_proxy.media.agent", "--media-dir",
+                                      str(self.dir), "--log-level", "info"], stdout=self._log, stderr=self._log)
+        deadline = time.monotonic() + 20
+        while not self.sock.exists():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"agent did not start: {self.log.read_text()}")
+            time.sleep(0.05)
+        self.env = {**os.environ, "MSM_PROXY": f"unix:{self.sock}"}
+
+    def app(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, str(APP), *args], env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+@pytest.fixture
+def agent() -> Iterator[Agent]:
+    with tempfile.TemporaryDirectory(prefix="msm-sdk-") as tmp:
+        os.chmod(tmp, 0o755)  # the other-uid test must reach the media directory to be refused by it
+        running = Agent(Path(tmp))
+        try:
+            yield running
+        finally:
+            running.stop()
+
+
+def _ready(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != "ready":
+        _, err = proc.communicate(timeout=10)
+        raise AssertionError(f"app not ready: {line!r} {err}")
+
+
+def _result(proc: subprocess.Popen[str], timeout: float = 60) -> dict[str, Any]:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    parsed: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return parsed
+
+
+def _one_line_error(proc: subprocess.Popen[str]) -> str:
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2, (out, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+def _config(urn: str, **extra: Any) -> str:
+    document: dict[str, Any] = {"bufferQueueCapacity": 16, "connection": {"multipointGroup": {"urn": urn}},
+                                "payload": {"video": {"width": 1920, "height": 1080,
+                                                      "pixelFormat": "yuv422p10rfc4175"}}}
+    document.update(extra)
+    return json.dumps(document)
+
+
+def test_frames_byte_exact_and_a_stalled_receiver_drops_alone(agent: Agent) -> None:
+    receivers = [agent.app("recv", "--frames", str(FRAMES), "--timeout", "20"),
+                 agent.app("recv-async", "--frames", str(FRAMES), "--timeout", "20"),
+                 agent.app("recv", "--frames", str(FRAMES), "--stall-after", "20", "--timeout", "16")]
+    for proc in receivers:
+        _ready(proc)
+    sender = _result(agent.app("send", "--frames", str(FRAMES), "--fps", "30"))
+    assert sender["sent"] == FRAMES
+    tx = sender["proxy"][0]
+    assert tx["frames"] == FRAMES and tx["bytes"] == FRAMES * 5_184_000 and not tx["drops"], tx
+    sync, asyncio_, stalled = (_result(p) for p in receivers)
+    assert sync["received"] == FRAMES and sync["bad"] == [] and sync["seqs"] == list(range(FRAMES)), sync.get("error")
+    assert asyncio_["received"] == FRAMES and asyncio_["bad"] == [], asyncio_
+    assert stalled["received"] == 20 and stalled["bad"] == []
+    rx = stalled["proxy"][0]
+    # 20 read, the ring's 16 filled, every later frame dropped for this receiver alone
+    assert rx["drops"].get("ring_full", 0) >= FRAMES - 20 - 16 - 1, rx
+    assert sync["proxy"][0]["drops"] == {}, sync["proxy"]
+
+
+def test_second_sender_refused_and_a_killed_app_leaves_nothing(agent: Agent) -> None:
+    urn = "urn:msm:test:kill"
+    holder = agent.app("hold", "--urn", urn, "--direction", "tx")
+    _ready(holder)
+    err = _one_line_error(agent.app("create", "--direction", "tx", "--config", _config(urn)))
+    assert "already has a sender" in err, err
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(10)
+    deadline = time.monotonic() + 10
+    while True:  # the agent notices the dead app's socket and removes its connections
+        proc = agent.app("create", "--direction", "tx", "--config", _config(urn))
+        out, err = proc.communicate(timeout=30)
+        if proc.returncode == 0:
+            break
+        assert time.monotonic() < deadline, err
+        time.sleep(0.2)
+    log = agent.log.read_text()
+    assert "1 connections removed" in log, log
+    assert "Traceback" not in log
+
+
+def _raw(agent: Agent) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.settimeout(10)
+    sock.connect(str(agent.sock))
+    return sock
+
+
+def _ask(sock: socket.socket, message: dict[str, Any] | bytes) -> dict[str, Any]:
+    sock.send(message if isinstance(message, bytes) else encode_message(message))
+    return decode_message(sock.recv(MAX_MESSAGE + 1))
+
+
+def test_bad_json_is_one_line_naming_the_field(agent: Agent) -> None:
+    bad = _config("urn:msm:x", connection={"multipointGroup": {"urn": 7}})
+    err = _one_line_error(agent.app("create", "--direction", "rx", "--config", bad))
+    assert "connection.multipointGroup.urn" in err, err
+    err = _one_line_error(agent.app("create", "--direction", "rx", "--config", '{"connection": {'))
+    assert "JSON" in err or "json" in err, err
+    sock = _raw(agent)  # the agent's own check, past the SDK's
+    assert not _ask(sock, {"op": "list"})["ok"]  # no hello first
+    assert _ask(sock, {"op": "hello", "versions": [1]})["ok"]
+    reply = _ask(sock, {"op": "create", "id": 5, "direction": "tx",
+                        "config": json.loads(_config("urn:msm:x", bufferQueueCapacity=1000))})
+    assert reply["ok"] is False and reply["id"] == 5 and reply["error"] == "ConfigError", reply
+    assert reply["message"].startswith("bufferQueueCapacity"), reply
+    reply = _ask(sock, b"\xff not json")
+    assert reply["ok"] is False and "not JSON" in reply["message"], reply
+    reply = _ask(sock, {"op": "create", "direction": "sideways", "config": {}})
+    assert reply["message"].startswith("direction:"), reply
+    assert _ask(sock, {"op": "list", "id": 9}) == {"ok": True, "connections": [], "id": 9}
+    good = _result(agent.app("create", "--direction", "rx", "--config", _config("urn:msm:x")))
+    assert good["connection"].startswith("c")
+    sock.close()
+
+
+def test_modes_and_an_app_of_another_uid_is_refused(agent: Agent) -> None:
+    assert stat.S_IMODE(agent.dir.stat().st_mode) == 0o770
+    assert stat.S_IMODE(agent.sock.stat().st_mode) == 0o660
+    assert stat.S_IMODE((agent.dir / "memif.sock").stat().st_mode) == 0o660
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run an app as another uid")
+    if not os.access("/usr/bin/python3", os.X_OK):
+        pytest.skip("needs the system's python3 for an app of another uid (the venv may live under /root)")
+    # The app as uid/gid 65534 on the system's Python, importing msm from this checkout (msm.sdk needs
+    # nothing else); the venv's interpreter may not be reachable by that uid.
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); sys.argv = [sys.argv[2], *sys.argv[3:]]; "
+            "import runpy; runpy.run_path(sys.argv[0], run_name='__main__')")
+    proc = subprocess.Popen(["/usr/bin/python3", "-c", code, str(REPO), str(APP), "create", "--direction", "rx",
+                             "--config", _config("urn:msm:y")], env=agent.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, user=65534, group=65534, extra_groups=[], cwd="/")
+    err = _one_line_error(proc)
+    assert "no media proxy" in err and "Permission denied" in err, err
