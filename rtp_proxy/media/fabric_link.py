@@ -28,6 +28,7 @@ at least every few milliseconds, or run it on a thread with a timeout.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -93,6 +94,11 @@ class ReceivedFrame:
         endpoint, self._endpoint = self._endpoint, None
         if endpoint is not None:
             endpoint._release(self)
+
+
+def _close_native(lib: Any, ptr: Any, inflight: dict[int, Any]) -> None:
+    lib.msm_fab_close(ptr)
+    inflight.clear()
 
 
 def _peer_fields() -> tuple[str, ...]:
@@ -175,6 +181,9 @@ class FabricEndpoint:
         self._token = 0
         self._too_big = 0
         self._addresses: dict[bytes, int] = {}   # peers by name: at most max_peers (the C table refuses more)
+        # Forgotten without close(): the C side is closed on collection, the
+        # in-flight payloads kept alive until it is (libfabric may still read them).
+        self._finalizer = weakref.finalize(self, _close_native, self._lib, self._ptr, self._inflight)
 
     # -- addresses ---------------------------------------------------------
 
@@ -314,6 +323,7 @@ class FabricEndpoint:
             frame.metadata.release()
             frame.payload.release()
         self._held.clear()
+        self._finalizer.detach()
         self._lib.msm_fab_close(self._ptr)
         self._ptr = None
         self._inflight.clear()
