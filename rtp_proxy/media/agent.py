@@ -51,7 +51,7 @@ from .plane import MediaNode
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MediaAgent", "main"]
+__all__ = ["MediaAgent", "add_media_arguments", "main", "start_media_agent"]
 
 #: Connections one app (one agent socket) may hold: each maps up to two rings of frame buffers.
 MAX_PER_APP = 16
@@ -371,6 +371,22 @@ def _send(sock: socket.socket, message: dict[str, Any]) -> None:
         sock.send(encode_message(message), socket.MSG_DONTWAIT)
     except (OSError, MsmError):
         pass  # an app that does not read its replies loses them; its socket's end cleans up
+
+
+def add_media_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--media-dir`` (``MSM_MEDIA_DIR``): where the agent listens; unset, there is no agent."""
+    parser.add_argument("--media-dir", default=os.environ.get("MSM_MEDIA_DIR", ""), metavar="DIR",
+                        help="serve apps of the media SDK on DIR/proxy.sock, memif on DIR/memif.sock; DIR is made "
+                        "mode 0770 (MSM_MEDIA_DIR; default: off)")
+
+
+async def start_media_agent(opts: argparse.Namespace, media: MediaNode) -> MediaAgent | None:
+    """The agent ``--media-dir`` asks for, started; None when it is not set."""
+    if not getattr(opts, "media_dir", ""):
+        return None
+    agent = MediaAgent(opts.media_dir, media)
+    await agent.start()
+    return agent
 
 
 async def _serve(media_dir: str, node: str) -> None:
