@@ -336,6 +336,8 @@ def banner(mesh: LocalMesh) -> list[str]:
                      "msm_stub_* bounds)")
     if mesh.web is not None:
         lines.append(f"  web      http://{mesh.web.address}/  (stream graph; control-plane /metrics)")
+    if mesh.media_agent is not None:
+        lines.append(f"  media    MSM_PROXY=unix:{mesh.media_agent.socket_path}  (apps of msm.sdk.mesh)")
     watch = "  watch: msm streams --watch"
     if mesh.control.address != DEFAULTS["control"]:
         watch += f" --control {mesh.control.address}"

@@ -26,6 +26,8 @@ from msm.control_plane.planner import MAX_TRACKS, PlannerSettings
 from msm.control_plane.resolver import Route, StaticResolver
 from msm.control_plane.server import ControlPlaneServer
 from msm.control_plane.web import WebServer, create_app
+from msm.rtp_proxy.media.agent import MediaAgent
+from msm.rtp_proxy.media.plane import MediaNode
 from msm.rtp_proxy.service import RtpProxy
 from msm.runtime.grpcserver import ListenError
 from msm.sdk.errors import MsmError, Unavailable
@@ -68,6 +70,8 @@ class MeshConfig:
     # Plaintext gRPC: anyone on the machine could program the proxy or act as a stub.
     # Off by default; `msm up --insecure` only, loopback only.
     insecure: bool = False
+    # The media SDK's agent on <state dir>/media/proxy.sock (groups of this one node).
+    media: bool = True
     # The most tracks a source may have (the planner refuses more with 453).
     max_tracks: int = MAX_TRACKS
     # Viewers of the gateway stub: Digest authentication from a users file (off without one),
@@ -174,6 +178,8 @@ class LocalMesh:
         self.demo: DemoSource | None = None
         self.web: WebServer | None = None
         self.pki: LocalPki | None = None
+        self.media: MediaNode | None = None
+        self.media_agent: MediaAgent | None = None
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
 
     @property
@@ -233,6 +239,8 @@ class LocalMesh:
             await _listening(self.proxy.start(), "RTP proxy", cfg.proxy_listen)
             if cfg.metrics_listen:
                 await _listening(self.proxy.start_metrics(), "proxy metrics", cfg.metrics_listen)
+            if cfg.media:
+                await self._start_media()
             self.stub = Stub(gateway_stub_config(cfg, self.control.address, pki["gateway"] if pki else None))
             if self.proxy.metrics is not None:
                 # The gateway stub's bounds on the proxy's /metrics: one endpoint for the one node.
@@ -248,7 +256,25 @@ class LocalMesh:
             await self.stop()
             raise
 
+    async def _start_media(self) -> None:
+        """The media agent under ``<state dir>/media`` (a private temporary directory without one)."""
+        if self.config.state_dir is not None:
+            root = self.config.state_dir
+        else:
+            if self._scratch is None:
+                self._scratch = tempfile.TemporaryDirectory(prefix="msm-state-")
+            root = Path(self._scratch.name)
+        self.media = MediaNode(NODE)
+        self.media_agent = MediaAgent(root / "media", self.media)
+        await _listening(self.media_agent.start(), "media apps", str(root / "media"))
+
     async def stop(self) -> None:
+        if self.media_agent is not None:
+            await self.media_agent.stop()
+            self.media_agent = None
+        if self.media is not None:
+            await self.media.stop()
+            self.media = None
         if self.stub is not None:
             await self.stub.stop()
         if self.proxy is not None:

@@ -67,9 +67,12 @@ _HEADER = struct.Struct("<IIIIQII32x")
 
 
 def user_socket() -> Path:
-    """Where ``msm up`` puts the agent socket for this user: ``~/.local/state/msm/media/proxy.sock``."""
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "msm" / "media" / "proxy.sock"
+    """Where ``msm up`` puts the agent socket: ``<state dir>/media/proxy.sock``, the state directory being
+    ``$MSM_STATE_DIR``, else ``$XDG_STATE_HOME/msm``, else ``~/.local/state/msm``."""
+    state = os.environ.get("MSM_STATE_DIR")
+    if not state:
+        state = str(Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "msm")
+    return Path(state) / "media" / "proxy.sock"
 
 
 def resolve_proxy(proxy: str | None = None) -> str:
