@@ -12,7 +12,10 @@ Server side, for viewers: :class:`ServerAuth` issues challenges and checks
 stateless: the hex time of issue and an HMAC-SHA256 over it with a random secret of
 the server's own, so nothing is stored per client and a restart invalidates every
 nonce; a nonce older than ``nonce_lifetime`` gets a new challenge with ``stale=true``.
-A nonce may be replayed within its lifetime (``nc`` is not tracked).
+With ``qop=auth`` the server remembers the highest ``nc`` each nonce was used with, so
+a captured request replayed within the nonce's lifetime gets a new challenge instead
+of access; the RFC 2069 form (no ``qop``, which live555 and VLC send) has no counter
+and can be replayed within the lifetime.
 
 Nothing here touches a socket or a clock it was not given. Malformed headers raise
 :class:`~msm.sdk.errors.RtspError` (400); missing or wrong credentials raise
@@ -29,6 +32,7 @@ import hmac
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,6 +287,13 @@ def authorization(challenge: Challenge | Sequence[Challenge], username: str, pas
 
 _MAC_HEX = 32   # hex characters of the nonce's HMAC
 
+#: Nonces whose highest ``nc`` the server remembers. Only requests that already
+#: proved the password add one, and a nonce lives ``nonce_lifetime`` (60 s): 8192
+#: covers well over a hundred new authenticated viewers a second. When it is full
+#: the oldest is forgotten and every nonce issued up to it counts as stale, so
+#: forgetting never reopens a replay (the client just gets a fresh challenge).
+MAX_TRACKED_NONCES = 8192
+
 
 class ServerAuth:
     """Checks viewers' ``Authorization`` headers against ``users`` (name -> password).
@@ -312,6 +323,8 @@ class ServerAuth:
         self.clock = clock
         self._secret = secrets.token_bytes(32)
         self._dummy = secrets.token_hex(16)   # compared against for unknown users
+        self._counts: OrderedDict[str, int] = OrderedDict()   # nonce -> highest nc seen (qop=auth)
+        self._forgotten_stamp = -1   # nonces stamped at or before this were forgotten: stale
 
     # -- nonces ------------------------------------------------------------------------------
     def _mac(self, stamp: str) -> str:
@@ -332,7 +345,24 @@ class ServerAuth:
         age = self.clock() * 1000 - int(stamp, 16)
         if age < 0:
             return "bad"
+        if int(stamp, 16) <= self._forgotten_stamp and nonce not in self._counts:
+            return "stale"
         return "fresh" if age <= self.nonce_lifetime * 1000 else "stale"
+
+    def _count_is_new(self, nonce: str, nc_text: str) -> bool:
+        """Record ``nc`` for ``nonce``; False when it is not above the highest seen (a replay)."""
+        try:
+            nc = int(nc_text, 16)
+        except ValueError:
+            return False
+        if nc <= self._counts.get(nonce, 0):
+            return False
+        self._counts[nonce] = nc
+        self._counts.move_to_end(nonce)
+        while len(self._counts) > MAX_TRACKED_NONCES:
+            oldest, _ = self._counts.popitem(last=False)
+            self._forgotten_stamp = max(self._forgotten_stamp, int(oldest[:-_MAC_HEX], 16))
+        return True
 
     # -- challenges --------------------------------------------------------------------------
     def challenges(self, *, stale: bool = False) -> list[str]:
@@ -401,6 +431,8 @@ class ServerAuth:
             raise self.refuse("wrong user name or password")
         if state == "stale":
             raise self.refuse("nonce expired", stale=True)
+        if qop and not self._count_is_new(nonce, params["nc"]):
+            raise self.refuse("nonce count replayed", stale=True)
         return username
 
 

@@ -238,3 +238,40 @@ def test_load_users(tmp_path: Path) -> None:
         load_users(path)
     with pytest.raises(ConfigError, match="cannot read"):
         load_users(tmp_path / "missing")
+
+
+def test_digest_replay_of_a_nonce_count_gets_a_fresh_challenge() -> None:
+    """A captured qop=auth request replayed within the nonce's lifetime is refused; the next nc is not."""
+    auth = ServerAuth({"viewer": "pw"}, "msm")
+    challenge = parse_challenges(auth.challenges())
+    first = authorization(challenge, "viewer", "pw", "DESCRIBE", "rtsp://h/cam", nc=1)
+    assert auth.check("DESCRIBE", "rtsp://h/cam", first) == "viewer"
+    with pytest.raises(Unauthorized) as info:
+        auth.check("DESCRIBE", "rtsp://h/cam", first)
+    assert "replayed" in str(info.value)
+    assert parse_challenges([info.value.headers["WWW-Authenticate"]])[0].stale
+    second = authorization(challenge, "viewer", "pw", "SETUP", "rtsp://h/cam/track0", nc=2)
+    assert auth.check("SETUP", "rtsp://h/cam/track0", second) == "viewer"
+    older = authorization(challenge, "viewer", "pw", "PLAY", "rtsp://h/cam", nc=2)
+    with pytest.raises(Unauthorized):
+        auth.check("PLAY", "rtsp://h/cam", older)
+
+
+def test_forgotten_nonces_count_as_stale(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the table of nonce counts is full, forgetting the oldest never reopens its replay."""
+    import msm.sdk.rtsp_auth as rtsp_auth
+
+    monkeypatch.setattr(rtsp_auth, "MAX_TRACKED_NONCES", 2)
+    clock = Clock()
+    auth = ServerAuth({"viewer": "pw"}, "msm", clock=clock)
+    used = []
+    for _ in range(3):
+        clock.now += 1
+        value = authorization(parse_challenges(auth.challenges()), "viewer", "pw", "DESCRIBE", "rtsp://h/cam")
+        assert auth.check("DESCRIBE", "rtsp://h/cam", value) == "viewer"
+        used.append(value)
+    with pytest.raises(Unauthorized) as info:
+        auth.check("DESCRIBE", "rtsp://h/cam", used[0])
+    assert "expired" in str(info.value)
+    with pytest.raises(Unauthorized):
+        auth.check("DESCRIBE", "rtsp://h/cam", used[2])
