@@ -261,8 +261,9 @@ class MemifPlane:
                  port.interface_id)
 
     def _run(self) -> None:
+        busy: set[TxPort] = set()  # ports with more frames than one burst: drained again before sleeping
         while not self._stop:
-            events = self._epoll.poll(IDLE)
+            events = self._epoll.poll(0 if busy else IDLE)
             ready = {fd for fd, _ in events}
             if self._wake in ready:
                 try:
@@ -273,12 +274,11 @@ class MemifPlane:
                 self.server.poll(0)
                 self._close_pending()
                 self._forget_closed()
-            for fd in ready:
-                port = self._tx_fds.get(fd)
-                if port is not None:
-                    port.drain()
-                    if port.queue_depth():
-                        os.eventfd_write(self._wake, 1)  # more waiting than one burst: come straight back
+            busy.update(port for port in (self._tx_fds.get(fd) for fd in ready) if port is not None)
+            for port in list(busy):
+                port.drain()
+                if not port.queue_depth():
+                    busy.discard(port)
 
     def _close_pending(self) -> None:
         while self._closing:
