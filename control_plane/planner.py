@@ -28,7 +28,7 @@ import contextlib
 import ipaddress
 import logging
 import secrets
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -360,17 +360,22 @@ class Planner:
                     record.stream_id, host or "nowhere")
         return {index: pb.SourceFilter(host=host) for index in indexes}
 
-    async def _loosen_sources(self, record: StreamRecord) -> None:
-        """A reconnected upstream may send from new ports: its flows accept any port of its host."""
+    async def _renew_sources(self, record: StreamRecord, answered: Mapping[int, pb.SourceFilter]) -> None:
+        """A reconnected upstream sends from where its new SETUPs said (as the first SETUPs were
+        trusted); a track they named no source for accepts any port of the old host instead."""
         for index, ref in record.flows.items():
             source = record.sources.get(index)
             proxy = self._dataplane_of(ref)
-            if source is None or proxy is None or not (source.rtp_port or source.rtcp_port):
+            if source is None or proxy is None:
                 continue
-            loose = pb.SourceFilter(host=source.host)
+            new = answered.get(index)
+            if new is None or not new.host:
+                new = pb.SourceFilter(host=source.host)
+            if new == source:
+                continue
             with contextlib.suppress(MsmError):
-                await proxy.set_flow_source(ref.flow_id, loose)
-                record.sources[index] = loose
+                await proxy.set_flow_source(ref.flow_id, new)
+                record.sources[index] = new
 
     def _check_destination(self, dest: pb.Endpoint) -> None:
         """A viewer's client ports: unicast receiver ports, never a proxy's own ingress (a loop)."""
@@ -725,7 +730,7 @@ class Planner:
                 return
             if trigger is Trigger.RECONNECTED_PLAYING or trigger is Trigger.RECONNECTED_READY:
                 record.opened += 1
-                await self._loosen_sources(record)
+                await self._renew_sources(record, event.sources)
             self.store.put_stream(record)
             if record.upstream_state != before:
                 log.info("stream %s: upstream %s%s", record.stream_id, record.upstream_state.value,

@@ -232,7 +232,7 @@ class CommandResult(_message.Message):
     def __init__(self, command_id: _Optional[int] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., sdp: _Optional[str] = ..., tracks: _Optional[_Iterable[_Union[Track, _Mapping]]] = ..., sources: _Optional[_Iterable[_Union[SourceFilter, _Mapping]]] = ...) -> None: ...
 
 class UpstreamEvent(_message.Message):
-    __slots__ = ("stream_id", "state", "detail", "cause")
+    __slots__ = ("stream_id", "state", "detail", "cause", "sources")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         UNKNOWN: _ClassVar[UpstreamEvent.State]
@@ -255,15 +255,24 @@ class UpstreamEvent(_message.Message):
     CONNECTION_LOST: UpstreamEvent.Cause
     RECONNECT_ATTEMPT: UpstreamEvent.Cause
     RECONNECTED: UpstreamEvent.Cause
+    class SourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: SourceFilter
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[SourceFilter, _Mapping]] = ...) -> None: ...
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     CAUSE_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     state: UpstreamEvent.State
     detail: str
     cause: UpstreamEvent.Cause
-    def __init__(self, stream_id: _Optional[str] = ..., state: _Optional[_Union[UpstreamEvent.State, str]] = ..., detail: _Optional[str] = ..., cause: _Optional[_Union[UpstreamEvent.Cause, str]] = ...) -> None: ...
+    sources: _containers.MessageMap[int, SourceFilter]
+    def __init__(self, stream_id: _Optional[str] = ..., state: _Optional[_Union[UpstreamEvent.State, str]] = ..., detail: _Optional[str] = ..., cause: _Optional[_Union[UpstreamEvent.Cause, str]] = ..., sources: _Optional[_Mapping[int, SourceFilter]] = ...) -> None: ...
 
 class StubMessage(_message.Message):
     __slots__ = ("register", "request", "result", "event", "viewer_gone")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 
@@ -297,7 +297,7 @@ class UpstreamSession:
                 await self._restore()
                 log.info("stream %s: upstream recovered after %d attempt(s)", self.stream_id, attempt)
                 self._emit(pb.UpstreamEvent.PLAYING if self.want_play else pb.UpstreamEvent.CONNECTING,
-                           pb.UpstreamEvent.RECONNECTED)
+                           pb.UpstreamEvent.RECONNECTED, sources=self.sources)
                 return
             except (MsmError, IndexError, KeyError) as exc:
                 log.info("stream %s: reconnect attempt %d failed: %s; next in %.2fs",
@@ -330,8 +330,10 @@ class UpstreamSession:
                 relay.close()
             self.relays.clear()
 
-    def _emit(self, state: pb.UpstreamEvent.State, cause: pb.UpstreamEvent.Cause, detail: str = "") -> None:
-        self.on_event(pb.UpstreamEvent(stream_id=self.stream_id, state=state, cause=cause, detail=detail))
+    def _emit(self, state: pb.UpstreamEvent.State, cause: pb.UpstreamEvent.Cause, detail: str = "",
+              sources: Mapping[int, pb.SourceFilter] | None = None) -> None:
+        self.on_event(pb.UpstreamEvent(stream_id=self.stream_id, state=state, cause=cause, detail=detail,
+                                       sources=dict(sources or {})))
 
 
 class UpstreamManager:

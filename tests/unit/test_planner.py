@@ -744,11 +744,14 @@ async def test_every_flow_is_told_its_source(mesh: Mesh) -> None:
         ingress = record.flows[i].ingress
         assert mesh.pb.flows[record.relays[("b", i)].flow_id].source == pb.SourceFilter(
             host=ingress.host, rtp_port=ingress.rtp_port, rtcp_port=ingress.rtcp_port)
-    # A reconnected upstream may send from new ports: its host only, any port.
+    # A reconnected upstream sends from where its new SETUPs said; a track they named
+    # nothing for accepts its host on any port.
     await mesh.planner.upstream_event(event(pb.UpstreamEvent.CONNECTION_LOST, pb.UpstreamEvent.DOWN))
-    await mesh.planner.upstream_event(event(pb.UpstreamEvent.RECONNECTED, pb.UpstreamEvent.PLAYING))
+    renewed = event(pb.UpstreamEvent.RECONNECTED, pb.UpstreamEvent.PLAYING)
+    renewed.sources[0].CopyFrom(pb.SourceFilter(host="192.0.2.1", rtp_port=7000, rtcp_port=7001))
+    await mesh.planner.upstream_event(renewed)
     assert [mesh.pa.flows[record.flows[i].flow_id].source for i in (0, 1)] == [
-        pb.SourceFilter(host="192.0.2.1")] * 2
+        pb.SourceFilter(host="192.0.2.1", rtp_port=7000, rtcp_port=7001), pb.SourceFilter(host="192.0.2.1")]
 
 
 async def test_a_setup_that_names_no_source_falls_back_to_the_url_host(mesh: Mesh) -> None:
