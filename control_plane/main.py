@@ -21,7 +21,7 @@ from msm.security.tls import Rotator, TlsFiles
 
 from .kubernetes import KubeClient, KubeError, KubernetesResolver
 from .metrics import control_registry
-from .planner import MAX_TRACKS, REKEY_INTERVAL, PlannerSettings
+from .planner import MAX_LEGS_PER_STUB, MAX_TRACKS, REKEY_INTERVAL, PlannerSettings
 from .resolver import ChainResolver, Resolver, RouteError, StaticResolver, parse_route
 from .server import ControlPlaneServer
 from .web import WebServer, create_app
@@ -69,6 +69,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-tracks", type=int, default=int(_env("MSM_MAX_TRACKS", str(MAX_TRACKS))),
                         help=f"the most tracks a source may have; more is refused with 453 (MSM_MAX_TRACKS, "
                         f"default {MAX_TRACKS})")
+    parser.add_argument("--max-legs-per-stub", type=int,
+                        default=int(_env("MSM_MAX_LEGS_PER_STUB", str(MAX_LEGS_PER_STUB))),
+                        help=f"legs one stub may hold across all streams; more SETUPs get 453 "
+                        f"(MSM_MAX_LEGS_PER_STUB, default {MAX_LEGS_PER_STUB})")
     parser.add_argument("--log-level", default=_env("MSM_LOG_LEVEL", "info"))
     add_tls_arguments(parser, bootstrap=False)
     parser.add_argument("--ca-dir", default=_env("MSM_CA_DIR", ""),
@@ -110,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def planner_settings(opts: argparse.Namespace) -> PlannerSettings:
     """The planner's tunables from the flags (ConfigError names an impossible one)."""
-    return PlannerSettings(linger=opts.linger, max_tracks=opts.max_tracks, srtp=opts.srtp,
+    return PlannerSettings(linger=opts.linger, max_tracks=opts.max_tracks, max_legs_per_stub=opts.max_legs_per_stub,
+                           srtp=opts.srtp,
                            srtp_profile=opts.srtp_profile, rekey_interval=opts.srtp_rekey)
 
 

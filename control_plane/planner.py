@@ -61,6 +61,12 @@ __all__ = ["MAX_TRACKS", "Planner", "PlannerSettings"]
 # proxy that carries the stream (a stream's flows per proxy are its tracks, so
 # this also bounds its ports: 2 per track per node).
 MAX_TRACKS = 8
+
+# Legs one stub may hold across all streams. A stub is authenticated and speaks only
+# for its own pod, but a compromised or buggy one could still ask for legs without
+# end, each a proxy's copy of a stream. A gateway stub serves at most 1,024 viewer
+# connections (its own connection cap) with a couple of tracks each.
+MAX_LEGS_PER_STUB = 4096
 # Client ports below this are privileged services, never a player's RTP port.
 MIN_CLIENT_PORT = 1024
 # SRTP on legs between nodes (RFC 3711): the profiles, and how often a relay's
@@ -111,6 +117,7 @@ class PlannerSettings:
     address. None by default: on one host the stub's bridges take ephemeral ports
     (32768-60999), which overlap the default 30000-39999; exact ingress ports of known
     flows are refused either way, and the proxy refuses legs into its own ports.
+    ``max_legs_per_stub``: legs one stub may hold across all streams (see MAX_LEGS_PER_STUB).
     ``srtp``: SRTP on every leg between nodes (the secure default); legs to viewers on
     the same node stay plain RTP. ``srtp_profile``: the profile relay legs use when both
     proxies can do it (AEAD_AES_128_GCM; AES_CM_128_HMAC_SHA1_80 to never use GCM), else
@@ -119,6 +126,7 @@ class PlannerSettings:
 
     linger: float = 5.0
     max_tracks: int = MAX_TRACKS
+    max_legs_per_stub: int = MAX_LEGS_PER_STUB
     port_pairs: bool = True
     proxy_port_range: tuple[int, int] | None = None
     srtp: bool = True
@@ -126,8 +134,9 @@ class PlannerSettings:
     rekey_interval: float = REKEY_INTERVAL
 
     def __post_init__(self) -> None:
-        if self.linger < 0 or self.rekey_interval <= 0 or self.max_tracks < 1:
-            raise ConfigError("planner settings: linger must be >= 0, rekey_interval > 0 and max_tracks >= 1")
+        if self.linger < 0 or self.rekey_interval <= 0 or self.max_tracks < 1 or self.max_legs_per_stub < 1:
+            raise ConfigError("planner settings: linger must be >= 0, rekey_interval > 0, max_tracks and "
+                              "max_legs_per_stub >= 1")
         if self.srtp_profile not in SRTP_SALT_LEN:
             raise ConfigError(f"planner settings: SRTP profile {self.srtp_profile!r} is not one of "
                               f"{', '.join(SRTP_SALT_LEN)}")
@@ -486,6 +495,8 @@ class Planner:
             await self._setup_upstream(record)
         viewer = self.store.get_viewer(record.stream_id, request.session_id) or ViewerRecord(
             record.stream_id, request.session_id, stub.stub_id, request.viewer_host, node=stub.node)
+        if request.track_index not in viewer.legs:
+            self._check_stub_legs(stub.stub_id)
         ref = await self._flow_for(record, request.track_index, viewer.node)
         proxy = self._dataplane_of(ref)
         if proxy is None:
@@ -518,6 +529,13 @@ class Planner:
             n += 1
             tag = f"{base}~{n}"
         return tag
+
+    def _check_stub_legs(self, stub_id: str) -> None:
+        held = sum(len(viewer.legs) for stream_id in self.store.stream_ids()
+                   for viewer in self.store.viewers(stream_id) if viewer.stub_id == stub_id)
+        if held >= self.settings.max_legs_per_stub:
+            log.warning("stub %s holds %d legs, its limit: SETUP refused", stub_id, held)
+            raise ResourceExhausted(f"this stub already holds {held} legs, the most one stub may hold")
 
     async def _flow_for(self, record: StreamRecord, index: int, node: str) -> FlowRef:
         """The flow a viewer on ``node`` is fed from: the source flow on the source's

@@ -806,3 +806,20 @@ async def test_a_source_with_too_many_tracks_is_refused_and_takes_no_ports(mesh:
     assert raised.value.status == 453
     assert mesh.pa.flows == {} and mesh.source.sent("setup") == 0 and mesh.source.sent("close") == 1
     assert mesh.stream().upstream_state is not UpstreamState.DESCRIBED
+
+
+async def test_a_stub_holds_at_most_its_legs_and_others_are_unaffected(mesh: Mesh) -> None:
+    """Past max_legs_per_stub a new leg is 453; its existing legs, a repeated SETUP and other stubs go on."""
+    mesh.planner.settings = replace(mesh.planner.settings, max_legs_per_stub=3)
+    await mesh.describe(mesh.va)
+    await mesh.setup(mesh.va, "s1")                          # 2 legs
+    await mesh.setup(mesh.va, "s2", tracks=(0,))             # 3 legs: the limit
+    await mesh.setup(mesh.va, "s2", tracks=(0,))             # the same leg again: not a new one
+    with pytest.raises(MsmError) as refused:
+        await mesh.setup(mesh.va, "s2", tracks=(1,))
+    assert refused.value.status == 453 and "legs" in str(refused.value)
+    await mesh.describe(mesh.vb)
+    await mesh.setup(mesh.vb, "t1")                          # another stub is not counted against va
+    await mesh.teardown(mesh.va, "s1")
+    await mesh.setup(mesh.va, "s2", tracks=(1,))             # freed legs can be taken again
+    assert sorted(mesh.viewers()) == ["s2", "t1"]
