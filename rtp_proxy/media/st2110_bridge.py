@@ -34,7 +34,7 @@ from msm.sdk.errors import ConfigError
 from msm.sdk.rfc4175 import BPM, Depacketizer, packetize
 from msm.sdk.st2110_sdp import VideoStream, parse_st2110, video_sdp
 
-__all__ = ["IngressFrame", "St2110Egress", "St2110Ingress", "native_reason"]
+__all__ = ["IngressFrame", "St2110Egress", "St2110Ingress", "group_feeder", "native_reason"]
 
 #: Frames waiting in an ingress queue: at 30 frames/s, 4 is 133 ms of video
 #: (20 MB at 1080p 10-bit); a consumer further behind loses the newest frames, counted.
@@ -78,6 +78,28 @@ class IngressFrame:
     packets: int
     lost: int
     arrived_ns: int
+
+
+class _Publishes(Protocol):
+    def publish(self, payload: memoryview, info: FrameInfo) -> int: ...
+
+
+def group_feeder(group: _Publishes) -> Callable[[memoryview, IngressFrame], None]:
+    """An ``on_frame`` that publishes each frame to ``group`` (a :class:`~msm.rtp_proxy.media.groups.Group`).
+
+    Called from the ingress thread: the group's receivers copy the frame out
+    before ``publish`` returns, as the ingress requires.
+    """
+    counter = [0]
+
+    def on_frame(data: memoryview, frame: IngressFrame) -> None:
+        info = FrameInfo(seq=counter[0], timestamp=frame.timestamp,
+                         incomplete=None if frame.complete else frame.reason or "incomplete",
+                         arrived_ns=frame.arrived_ns)
+        counter[0] = (counter[0] + 1) & 0xFFFFFFFF
+        group.publish(data, info)
+
+    return on_frame
 
 
 def _open_socket(address: str, port: int, *, source: str | None, interface: str) -> socket.socket:

@@ -1,0 +1,128 @@
+"""ST 2110 bridges on loopback: egress -> ingress -> group -> egress -> ingress, native and twin, and multicast."""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from msm.rtp_proxy.media.groups import Group
+from msm.rtp_proxy.media.st2110_bridge import St2110Egress, St2110Ingress, group_feeder, native_reason
+from msm.sdk.rfc4175 import VideoFormat, timestamp_for
+from msm.sdk.st2110_sdp import VideoStream
+
+FMT = VideoFormat("YCbCr-4:2:2", 10, 320, 240)
+FRAMES = 10
+
+
+def _frames(n: int) -> list[bytes]:
+    return [os.urandom(FMT.frame_bytes) for _ in range(n)]
+
+
+def _chain(native: bool) -> None:
+    sent = _frames(FRAMES)
+    last = St2110Ingress(VideoStream("127.0.0.1", 0, FMT), native=native, queue_depth=FRAMES).start()
+    second = St2110Egress(VideoStream("127.0.0.1", last.port, FMT), native=native)
+    group = Group("urn:test:st2110")
+    group.add_receiver(second)
+    first_in = St2110Ingress(VideoStream("127.0.0.1", 0, FMT), native=native, on_frame=group_feeder(group)).start()
+    first_out = St2110Egress(VideoStream("127.0.0.1", first_in.port, FMT), native=native)
+    try:
+        start = time.monotonic()
+        for k, frame in enumerate(sent):   # at the frame rate, as a live source would
+            time.sleep(max(0.0, start + k / 30 - time.monotonic()))
+            assert first_out.send(frame, timestamp_for(k, 30)) is None
+        got = []
+        for _ in sent:
+            try:
+                got.append(last.frames.get(timeout=10))
+            except queue.Empty:
+                pytest.fail(f"{len(got)} frames at the end; {first_out.stats()} {first_in.stats()} "
+                            f"{group.receiver_stats} {second.stats()} {last.stats()}")
+    finally:
+        for bridge in (first_out, first_in, second, last):
+            bridge.close()
+    assert [data for data, _f in got] == sent
+    assert all(f.complete for _d, f in got) and [f.timestamp for _d, f in got] == [3000 * k for k in range(FRAMES)]
+    assert group.frames_in == FRAMES and group.receiver_stats[second.name].frames == FRAMES
+    assert first_in.stats()["lost"] == 0 and last.stats()["frames_complete"] == FRAMES
+
+
+@pytest.mark.skipif(native_reason() is not None, reason=f"C core not built: {native_reason()}")
+def test_chain_native() -> None:
+    _chain(True)
+
+
+def test_chain_python_twin() -> None:
+    _chain(False)
+
+
+def test_wrong_size_and_busy_are_refused_not_raised() -> None:
+    with St2110Egress(VideoStream("127.0.0.1", 9, FMT)) as egress:
+        assert egress.send(b"\0" * 10, 0) == "wrong_size"
+        answers = [egress.send(bytes(FMT.frame_bytes), k) for k in range(20)]
+        assert "egress_busy" in answers and egress.stats()["frames_busy"] >= 1
+
+
+def test_incomplete_frames_dropped_when_told() -> None:
+    ingress = St2110Ingress(VideoStream("127.0.0.1", 0, FMT), hand_on_incomplete=False).start()
+    import socket
+
+    from msm.sdk.rfc4175 import packetize
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        packets = packetize(bytes(FMT.frame_bytes), FMT, seq=0, timestamp=0, ssrc=1)
+        for p in packets[:5] + packets[6:]:
+            tx.sendto(p, ("127.0.0.1", ingress.port))
+        for p in packetize(bytes(FMT.frame_bytes), FMT, seq=len(packets), timestamp=3000, ssrc=1):
+            tx.sendto(p, ("127.0.0.1", ingress.port))
+        data, frame = ingress.frames.get(timeout=5)
+    ingress.close()
+    assert frame.timestamp == 3000 and frame.complete
+    assert ingress.stats()["frames_dropped_incomplete"] == 1 and ingress.stats()["lost"] == 1
+    with pytest.raises(queue.Empty):
+        ingress.frames.get_nowait()
+
+
+MULTICAST = """
+import os, sys, time
+from msm.rtp_proxy.media.st2110_bridge import St2110Egress, St2110Ingress
+from msm.sdk.rfc4175 import VideoFormat
+from msm.sdk.st2110_sdp import VideoStream
+fmt = VideoFormat("YCbCr-4:2:2", 8, 64, 16)
+frame = os.urandom(fmt.frame_bytes)
+wrong = St2110Ingress(VideoStream("239.20.1.1", 5004, fmt, source="10.9.9.9")).start()   # another source: nothing
+right = St2110Ingress(VideoStream("239.20.1.1", 5004, fmt, source="10.77.0.1")).start()
+egress = St2110Egress(VideoStream("239.20.1.1", 5004, fmt, ttl=1))
+time.sleep(0.2)
+for k in range(3):
+    egress.send(frame, k * 3000)
+data, f = right.frames.get(timeout=5)
+time.sleep(0.3)
+assert data == frame and f.complete, f
+assert wrong.frames.empty() and wrong.stats()["packets"] == 0
+print("ok")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2 for a netns")
+def test_source_specific_multicast_in_a_namespace() -> None:
+    ns = f"msm-st2110-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "multicast", "on"], check=True)
+        subprocess.run(["ip", "-n", ns, "addr", "add", "10.77.0.1/32", "dev", "lo"], check=True)
+        # The sender's source address is this route's src, the one the right ingress joins for.
+        subprocess.run(["ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", "lo", "src", "10.77.0.1"], check=True)
+        out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", MULTICAST], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
