@@ -12,10 +12,12 @@ import uuid
 
 import pytest
 
+from msm.rtp_proxy.media.aes67_bridge import Aes67Egress, Aes67Ingress
 from msm.rtp_proxy.media.groups import Group
 from msm.rtp_proxy.media.st2110_bridge import St2110Egress, St2110Ingress, group_feeder, native_reason
+from msm.sdk.aes67 import AudioFormat
 from msm.sdk.rfc4175 import VideoFormat, timestamp_for
-from msm.sdk.st2110_sdp import VideoStream
+from msm.sdk.st2110_sdp import AudioStream, VideoStream
 
 FMT = VideoFormat("YCbCr-4:2:2", 10, 320, 240)
 FRAMES = 10
@@ -126,3 +128,22 @@ def test_source_specific_multicast_in_a_namespace() -> None:
         assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+@pytest.mark.parametrize("ptime_us", [1000, 125])
+def test_aes67_egress_to_ingress_paced(ptime_us: int) -> None:
+    stream = AudioStream("127.0.0.1", 0, "L24", 48000, 2, ptime_us)
+    fmt = AudioFormat("L24", 48000, 2, ptime_us)
+    pcm = os.urandom(fmt.packet_bytes * int(200_000 / ptime_us))   # 200 ms of audio
+    with Aes67Ingress(stream) as ingress:
+        egress = Aes67Egress(AudioStream("127.0.0.1", ingress.port, "L24", 48000, 2, ptime_us))
+        start = time.monotonic()
+        assert egress.send(pcm, 480) is None
+        assert egress.send(b"\0" * 5, 0) == "not_whole_packets"
+        got = []
+        while len(b"".join(got)) < len(pcm):
+            got.append(ingress.audio.get(timeout=5)[0])
+        took = time.monotonic() - start
+        egress.close()
+    assert b"".join(got) == pcm and ingress.stats()["lost"] == 0
+    assert 0.18 <= took < 2.0   # sent at the packet time's pace, not in one burst
