@@ -1,4 +1,4 @@
-"""``msm bench``: the data plane's benchmark (the harness is in ``bench/``).
+"""``msm bench``: the data plane's benchmark (the harness is in ``bench/``); ``msm bench media``: the media transports'.
 
 Registered in ``msm.cli`` with :func:`add_parser`; also runnable on its own as
 ``python -m msm.bench``.
@@ -51,6 +51,54 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="FILE", help="write every number to FILE")
     p.add_argument("--plot", metavar="FILE", help="write a PNG plot (default: next to --json, .png)")
     p.set_defaults(func=run)
+    modes = p.add_subparsers(title="other benchmarks", metavar="media", dest="mode")
+    configure_media(modes.add_parser(
+        "media", help="the media transports (memif, SDK, libfabric, ST 2110) against dpdk-testpmd, fi_pingpong "
+        "and GStreamer: `msm bench media --help`",
+        description="The media-transport benchmarks, one after the other, each in its own process group: "
+        "frames/s, Gbit/s, CPU per frame and latency p50/p99 of ours and of its peer, the ratio, the target and "
+        "MET / NOT MET (or 'invalid: why' for numbers that cannot be right, 'not available: why' for a peer "
+        "this machine lacks). Parts: memif (frames app -> proxy -> app over memif vs two dpdk-testpmd over memif, "
+        "bytes/s, target >= 0.8); sdk (the same through the SDK and the real media agent); fabric-tcp and "
+        "fabric-shm (the libfabric frame link vs fi_pingpong, same provider, one 1080p 10-bit frame per "
+        "message, bytes/s, target >= 0.8); st2110 (ST 2110-20 1080p30 10-bit in and out of our bridges vs "
+        "GStreamer's rtpvrawdepay ! rtpvrawpay: zero loss and relay CPU <= 1/3 of GStreamer's)."))
+
+
+MEDIA_PARTS = "memif,sdk,fabric-tcp,fabric-shm,st2110"
+
+
+def configure_media(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--parts", default=MEDIA_PARTS, metavar="LIST",
+                   help=f"comma-separated, run in this order (default {MEDIA_PARTS})")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny runs (about 40 s in all): checks that every part runs and its numbers are sane, "
+                   "not that targets are met")
+    p.add_argument("--json", metavar="FILE", help="write every number to FILE")
+    p.add_argument("--plot", metavar="FILE", help="write a PNG plot (default: next to --json, .png)")
+    p.set_defaults(func=run_media)
+
+
+def run_media(opts: argparse.Namespace) -> int:
+    """``msm bench media``: exit 1 if a part failed or gave numbers that cannot be right, 2 on bad flags."""
+    from msm_bench import media
+
+    parts = [s.strip() for s in opts.parts.split(",") if s.strip()]
+    command = "msm bench media" + "".join(f" {flag} {value}" for flag, value in (
+        ("--parts", opts.parts if opts.parts != MEDIA_PARTS else None), ("--json", opts.json),
+        ("--plot", opts.plot)) if value) + (" --smoke" if opts.smoke else "")
+    try:
+        report = media.run(parts, smoke=opts.smoke, command=command, echo=lambda line: print(line, flush=True))
+    except ValueError as exc:
+        print(f"msm bench media: {exc}", file=sys.stderr)
+        return 2
+    media.write(report, opts.json, opts.plot)
+    problems = media.failed(report)
+    if problems:
+        print("msm bench media: these parts did not give usable numbers:\n  " + "\n  ".join(problems),
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def _sane(report: dict[str, Any]) -> list[str]:
