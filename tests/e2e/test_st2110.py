@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -23,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from msm.rtp_proxy.media.aes67_bridge import Aes67Egress, Aes67Ingress
 from msm.rtp_proxy.media.st2110_bridge import IngressFrame, St2110Egress, St2110Ingress
-from msm.sdk.aes67 import AudioDepacketizer, AudioFormat, packetize_audio
+from msm.sdk.aes67 import AudioFormat
 from msm.sdk.rfc4175 import VideoFormat
-from msm.sdk.st2110_sdp import AudioStream, VideoStream, audio_sdp
+from msm.sdk.st2110_sdp import AudioStream, VideoStream
 
 pytestmark = pytest.mark.skipif(shutil.which("gst-launch-1.0") is None or shutil.which("ffmpeg") is None,
                                 reason="GStreamer or ffmpeg not installed (run scripts/setup.sh)")
@@ -231,48 +233,37 @@ def _gst_l24_sender(port: int, packets: int) -> subprocess.Popen[bytes]:
 
 
 def test_l24_from_gstreamer() -> None:
+    """GStreamer's rtpL24pay (1 ms packets) into the AES67 ingress bridge."""
     fmt = AudioFormat("L24", 48000, 2, 1000)
-    depack = AudioDepacketizer(fmt, payload_type=97)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.settimeout(2.0)
-        sender = _gst_l24_sender(sock.getsockname()[1], 300)
+    with Aes67Ingress(AudioStream("127.0.0.1", 0, "L24", 48000, 2, 1000)) as ingress:
+        sender = _gst_l24_sender(ingress.port, 300)
         pcm = []
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(queue.Empty):
             while len(pcm) < 300:
-                pcm.append(depack.push(sock.recv(2048)))
+                pcm.append(ingress.audio.get(timeout=3)[0])
         sender.wait(timeout=20)
-    print("L24 in", depack.counters)
+    print("L24 in", ingress.stats())
     assert len(pcm) == 300 and all(len(p) == fmt.packet_bytes for p in pcm)
-    assert depack.counters["lost"] == 0 and depack.counters["packets"] == 300
+    assert ingress.stats()["lost"] == 0 and ingress.stats()["packets"] == 300
     assert any(b"".join(pcm))   # a sine, not silence
 
 
 @pytest.mark.parametrize("ptime_us", [1000, 125])
 def test_l24_to_ffmpeg(tmp: Path, ptime_us: int) -> None:
-    fmt = AudioFormat("L24", 48000, 2, ptime_us)
-    port = _free_udp_port()
-    sdp = tmp / "audio.sdp"
-    sdp.write_text(audio_sdp(AudioStream("127.0.0.1", port, "L24", 48000, 2, ptime_us)))
+    egress = Aes67Egress(AudioStream("127.0.0.1", _free_udp_port(), "L24", 48000, 2, ptime_us))
+    sdp = egress.write_sdp(tmp / "audio.sdp")
     out = tmp / "audio.raw"
     rx = subprocess.Popen(["ffmpeg", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file,udp,rtp",
                            "-i", str(sdp), "-f", "s24be", "-c:a", "pcm_s24be", "-y", str(out)],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    seconds = 1
-    ramp = np.arange(48000 * seconds * 2, dtype=np.int64) * 97 % (1 << 24)
+    ramp = np.arange(48000 * 2, dtype=np.int64) * 97 % (1 << 24)   # one second, two channels
     pcm = b"".join(int(v).to_bytes(3, "big") for v in ramp)
-    packets = packetize_audio(pcm, fmt, seq=100, timestamp=12345, ssrc=0x30, payload_type=97)
     try:
         time.sleep(1.5)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            start = time.monotonic()
-            for k, packet in enumerate(packets):
-                sock.sendto(packet, ("127.0.0.1", port))
-                delay = start + (k + 1) * ptime_us / 1e6 - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-        time.sleep(1.0)
+        assert egress.send(pcm, 12345) is None
+        time.sleep(2.0)   # one second of packets at their pace, then ffmpeg's drain
     finally:
+        egress.close()
         rx.send_signal(signal.SIGINT)
         rx.wait(timeout=10)
     got = out.read_bytes()
