@@ -4,8 +4,8 @@ Video: GStreamer's rtpvrawpay (or ffmpeg's bitpacked RTP) -> St2110Ingress
 -> St2110Egress -> ffmpeg / GStreamer reading the SDP the egress wrote. The
 ingress's frames are compared byte for byte with the source pattern; each
 receiver's decoded frames are compared (checksums) with the same pattern.
-Audio: L24 from GStreamer into our depacketizer, and from our packetizer into
-ffmpeg. Everything on loopback, ports bound to 0 first.
+Audio: L24 from GStreamer into the AES67 ingress bridge, and from the AES67
+egress bridge into ffmpeg (1 ms and 125 us packets). Everything on loopback, ports bound to 0 first.
 """
 
 from __future__ import annotations
