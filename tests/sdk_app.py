@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import mmap
 import os
 import random
 import sys
@@ -30,11 +31,15 @@ from msm.sdk.errors import MsmError
 WIDTH, HEIGHT = 1920, 1080
 
 
-def config(urn: str, *, metadata: int = 256, capacity: int = 16, fmt: str = "yuv422p10rfc4175") -> dict[str, Any]:
-    """1080p 10-bit (RFC 4175 pixel groups: 5,184,000 bytes a frame) in a multipoint group."""
-    return {"bufferQueueCapacity": capacity, "maxMetadataSize": metadata,
-            "connection": {"multipointGroup": {"urn": urn}},
-            "payload": {"video": {"width": WIDTH, "height": HEIGHT, "fps": 60.0, "pixelFormat": fmt}}}
+def config(urn: str, *, metadata: int = 256, capacity: int = 16, st2110: int = 0) -> dict[str, Any]:
+    """1080p 10-bit (RFC 4175 pixel groups: 5,184,000 bytes a frame) in a multipoint group, or as
+    ST 2110-20 to/from 127.0.0.1:``st2110``."""
+    connection: dict[str, Any] = {"multipointGroup": {"urn": urn}}
+    if st2110:
+        connection = {"st2110": {"transport": "st2110-20", "ipAddr": "127.0.0.1", "port": st2110,
+                                 "transportPixelFormat": "yuv422p10rfc4175"}}
+    return {"bufferQueueCapacity": capacity, "maxMetadataSize": metadata, "connection": connection,
+            "payload": {"video": {"width": WIDTH, "height": HEIGHT, "fps": 30.0, "pixelFormat": "yuv422p10rfc4175"}}}
 
 
 _PICTURE: bytes | None = None
@@ -75,7 +80,7 @@ def check(view: memoryview, i: int) -> bool:
 
 def send(args: argparse.Namespace) -> dict[str, Any]:
     with mesh.Client(name="sender") as client:
-        tx = client.create_tx_connection(config(args.urn))
+        tx = client.create_tx_connection(config(args.urn, st2110=args.st2110))
         size = tx.layout.payload_size
         period = 1.0 / args.fps if args.fps else 0.0
         start = time.monotonic()
@@ -95,9 +100,9 @@ def send(args: argparse.Namespace) -> dict[str, Any]:
 
 def recv(args: argparse.Namespace) -> dict[str, Any]:
     with mesh.Client(name="receiver") as client:
-        rx = client.create_rx_connection(config(args.urn))
+        rx = client.create_rx_connection(config(args.urn, st2110=args.st2110))
         print("ready", flush=True)
-        got, bad, seqs = 0, [], []
+        got, bad, seqs, incomplete = 0, [], [], []
         size = rx.layout.payload_size
         try:
             while got < args.frames:
@@ -105,19 +110,23 @@ def recv(args: argparse.Namespace) -> dict[str, Any]:
                     time.sleep(args.timeout)  # stops reading: the proxy must drop for us alone
                     break
                 buf = rx.get_buffer(timeout=args.timeout)
-                i = buf.seq
-                ok = (buf.payload_len == size and buf.timestamp == i * 1501 and buf.metadata == metadata(i)
-                      and check(buf.payload, i) and not buf.incomplete)
-                if not ok:
+                i = int.from_bytes(buf.payload[:8], "little")  # ST 2110 carries no seq or metadata: the stamp
+                same = buf.seq == i and buf.metadata == metadata(i) if not args.st2110 else True
+                zero_copy = isinstance(buf.payload.obj, mmap.mmap)  # a view of the shared mapping itself
+                ok = (buf.payload_len == size and buf.timestamp == i * 1501 and same and zero_copy
+                      and check(buf.payload, i))
+                if buf.incomplete:  # ST 2110 lost packets on the way: flagged, not passed off as whole
+                    incomplete.append(buf.timestamp // 1501)
+                elif not ok:
                     bad.append(i)
                 seqs.append(i)
                 got += 1
                 rx.put_buffer(buf)
         except MsmError as exc:
             if not args.stall_after:
-                return {"received": got, "bad": bad, "error": exc.reason, "seqs": seqs}
+                return {"received": got, "bad": bad, "error": exc.reason, "seqs": seqs, "incomplete": incomplete}
         stats = client.list_connections()
-    return {"received": got, "bad": bad, "seqs": seqs, "proxy": stats}
+    return {"received": got, "bad": bad, "seqs": seqs, "proxy": stats, "incomplete": incomplete}
 
 
 async def recv_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -163,6 +172,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--direction", default="tx")
     parser.add_argument("--config", default="")
+    parser.add_argument("--st2110", type=int, default=0, help="ST 2110-20 on 127.0.0.1:PORT instead of a group")
     args = parser.parse_args()
     try:
         if args.role == "recv-async":
