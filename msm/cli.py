@@ -46,6 +46,7 @@ from msm.stub.server import (
 )
 
 from . import bench as bench_command
+from . import media_view
 from .mesh import LocalMesh, MeshConfig, gateway_stub_config
 
 log = logging.getLogger("msm")
@@ -275,7 +276,8 @@ def up_config(opts: argparse.Namespace) -> MeshConfig:
         tls_key=str(values["tls_key"] or ""))
     for key, number in _numbers(values).items():   # linger, session_timeout, the bounds, max_tracks
         setattr(config, key, number)
-    if not config.routes and not config.demo:
+    media_view.configure(config, file_values, opts.config)   # the media: section (groups, ST 2110 bridges)
+    if not config.routes and not config.demo and not config.bridges:
         raise UsageError("nothing to serve: give --demo and/or --route NAME=rtsp://host:port/path")
     if not 0 <= config.rtsps_port < 65536:
         raise UsageError(f"--rtsps-port must be 0-65535, got {config.rtsps_port}")
@@ -338,6 +340,7 @@ def banner(mesh: LocalMesh) -> list[str]:
         lines.append(f"  web      http://{mesh.web.address}/  (stream graph; control-plane /metrics)")
     if mesh.media_agent is not None:
         lines.append(f"  media    MSM_PROXY=unix:{mesh.media_agent.socket_path}  (apps of msm.sdk.mesh)")
+    lines.extend(media_view.banner_lines(mesh))
     watch = "  watch: msm streams --watch"
     if mesh.control.address != DEFAULTS["control"]:
         watch += f" --control {mesh.control.address}"
@@ -467,7 +470,7 @@ def cmd_streams(opts: argparse.Namespace) -> int:
     from msm.runtime.grpcutil import error_from_rpc
     from msm.sdk.errors import Unavailable
 
-    values = settings(opts, ["control"])
+    values = settings(opts, ["control", "metrics_listen"])
     address = str(values["control"])
     _host_port(address, "--control")
     with _operator_channel(opts, values["_file"], address) as channel:
@@ -489,7 +492,7 @@ def cmd_streams(opts: argparse.Namespace) -> int:
             else:
                 if opts.watch:
                     print("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S") + f"  {address}\n", end="")
-                print(render_table(rows), flush=True)
+                print(render_table(rows) + media_view.media_table(str(values["metrics_listen"])), flush=True)
             if not opts.watch:
                 return 0
             time.sleep(opts.watch)
@@ -561,6 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="refresh every SECONDS (default 1) until Ctrl+C")
     streams.add_argument("--json", action="store_true", help="print JSON instead of a table")
     streams.add_argument("--config", metavar="FILE", help="YAML file (its 'control' setting)")
+    streams.add_argument("--metrics-listen", metavar="HOST:PORT", help="the proxy's /metrics, read for the "
+                         "media table of groups and bridges (default 127.0.0.1:9090)")
     _security_flags(streams, "where `msm up` keeps its certificates: the operator certificate is read "
                     "from it")
     streams.set_defaults(func=cmd_streams)

@@ -27,6 +27,8 @@ from msm.control_plane.resolver import Route, StaticResolver
 from msm.control_plane.server import ControlPlaneServer
 from msm.control_plane.web import WebServer, create_app
 from msm.rtp_proxy.media.agent import MediaAgent
+from msm.rtp_proxy.media.bridges import BridgeSet, BridgeSpec
+from msm.rtp_proxy.media.metrics import MediaCollector
 from msm.rtp_proxy.media.plane import MediaNode
 from msm.rtp_proxy.service import RtpProxy
 from msm.runtime.grpcserver import ListenError
@@ -72,6 +74,9 @@ class MeshConfig:
     insecure: bool = False
     # The media SDK's agent on <state dir>/media/proxy.sock (groups of this one node).
     media: bool = True
+    # The config file's media: section (msm.media_config): groups declared up front, ST 2110 bridges.
+    media_groups: list[str] = field(default_factory=list)
+    bridges: list[BridgeSpec] = field(default_factory=list)
     # The most tracks a source may have (the planner refuses more with 453).
     max_tracks: int = MAX_TRACKS
     # Viewers of the gateway stub: Digest authentication from a users file (off without one),
@@ -180,6 +185,7 @@ class LocalMesh:
         self.pki: LocalPki | None = None
         self.media: MediaNode | None = None
         self.media_agent: MediaAgent | None = None
+        self.bridges: BridgeSet | None = None
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
 
     @property
@@ -267,8 +273,15 @@ class LocalMesh:
         self.media = MediaNode(NODE)
         self.media_agent = MediaAgent(root / "media", self.media)
         await _listening(self.media_agent.start(), "media apps", str(root / "media"))
+        self.bridges = BridgeSet(self.media, media_dir=root / "media")
+        if self.proxy is not None and self.proxy.metrics is not None:
+            self.proxy.metrics.registry.register(MediaCollector(self.media, self.bridges, self.media_agent.snapshot))
+        await self.bridges.start(self.config.bridges, self.config.media_groups)
 
     async def stop(self) -> None:
+        if self.bridges is not None:
+            await self.bridges.stop()
+            self.bridges = None
         if self.media_agent is not None:
             await self.media_agent.stop()
             self.media_agent = None

@@ -1,0 +1,325 @@
+"""ST 2110 bridges declared in configuration: streams on the network into groups, groups out to the network.
+
+A :class:`BridgeSpec` says what one bridge does; :class:`BridgeSet` runs them on a
+:class:`~.plane.MediaNode`:
+
+- **ingress**: an :class:`~.st2110_bridge.St2110Ingress` (unicast, or multicast with an
+  optional source filter; from an SDP file or parameters) joins its group as the
+  group's sender ``st2110-in:<name>`` and publishes every frame through the node.
+  An incomplete frame is counted by reason (``lost_packets``, ``no_marker``,
+  ``short_frame``) and handed on marked incomplete (``incomplete: pass``) or
+  dropped (``incomplete: drop``);
+- **egress**: an :class:`~.st2110_bridge.St2110Egress` joins its group as a receiver
+  and sends each frame to its address, paced by the C :class:`~msm.ext.pacer.Pacer`
+  (``pacing: wide`` by default; ``narrow``, ``linear``, or ``none`` for the egress's
+  own even spread), and writes the SDP a receiver (ffmpeg, GStreamer) reads.
+
+**The measured pacing class.** Each frame the pacer sends comes back as its
+:class:`~msm.ext.pacer.FrameStats`: how many packets were late and by how much at
+most. :class:`PacingMeter` turns that into ST 2110-21's two measures and hands them
+to the analyser's :func:`~.st2110_timing.classify`: Cinst is at most the packets the
+pacer lets leave together (its group, one more while catching up), VRX at most its
+lead plus a group and at least the lead less the packets the latest one was late by.
+That is the sender's view: it costs nothing per packet (a capture of our own
+112k packets/s would cost as much CPU as the bridge), and it sees every frame, but
+not what the network does after ``sendmmsg``; ``msm st2110 analyse`` on the
+receiving side measures that (the e2e test checks the two agree).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from msm.sdk.errors import ConfigError, MsmError, ResourceExhausted
+from msm.sdk.rfc4175 import packet_plan
+from msm.sdk.st2110_sdp import VideoStream
+
+from .groups import FrameInfo
+from .pacing import Limits, default_lead, limits, schedule
+from .plane import MediaNode
+from .st2110_bridge import IngressFrame, St2110Egress, St2110Ingress
+from .st2110_timing import CLASSES, classify
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MAX_BRIDGES", "PACINGS", "BridgeSet", "BridgeSpec", "PacingMeter", "incomplete_reason"]
+
+#: Bridges per proxy: each holds a socket, a thread and up to three frames of packet
+#: buffers (15 MB at 1080p 10-bit), and sends or receives 1.25 Gbit/s at 1080p30: 16 of
+#: them fill a 20 Gbit/s NIC and more threads than a node has cores.
+MAX_BRIDGES = 16
+PACINGS = ("wide", "narrow", "linear", "none")
+#: Frames the reported pacing class covers: the worst class of the last 10 s at 30 Hz
+#: (a fixed-size window, so one bad second in the past does not mark the bridge forever).
+CLASS_WINDOW = 300
+#: How late a frame's first packet may be and the frame still go out in the slot after the last
+#: one's (a share of the frame period): the pacer gains TRO plus the blanking (about 4% of a
+#: period) a frame, so 1/8 is made up within three frames.
+MAX_OVERDUE = Fraction(1, 8)
+#: The egress's MTU (RTP packet size), as GStreamer's rtpvrawpay mtu=1400.
+MTU = 1400
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeSpec:
+    """One bridge as configuration declares it."""
+
+    name: str
+    direction: str                  # "ingress" | "egress"
+    group: str                      # the group's URN
+    stream: VideoStream             # ingress: where it arrives (address, port, source); egress: where it goes
+    incomplete: str = "pass"        # ingress: "pass" | "drop"
+    pacing: str = "wide"            # egress: one of PACINGS
+    sdp_out: Path | None = None     # egress: where its SDP is written (None: <media dir>/<name>.sdp)
+    sdp_in: Path | None = None      # the SDP file it was declared from, if any
+
+
+def incomplete_reason(reason: str) -> str:
+    """A label for an ingress's incomplete-frame reason (its text carries counts)."""
+    if "lost" in reason:
+        return "lost_packets"
+    if "marker" in reason:
+        return "no_marker"
+    return "short_frame"
+
+
+class PacingMeter:
+    """Wraps a :class:`~msm.ext.pacer.Pacer` as the egress's ``FramePacer`` and classifies every frame it
+    sends (see the module's docstring for how)."""
+
+    def __init__(self, pacer: Any, *, mode: str, packets: int, period_ns: Fraction, height: int, lead: int,
+                 group: int) -> None:
+        self.pacer, self.mode, self.lead, self.group = pacer, mode, lead, group
+        self.limits: Limits = limits(period_ns, packets, height, linear=mode == "linear")
+        self.trs_ns = float(schedule(period_ns, packets, mode, height, lead=lead).trs_ns)
+        self.counts: Counter[str] = Counter({k: 0 for k in CLASSES})
+        self.recent: deque[str] = deque(maxlen=CLASS_WINDOW)
+        self.late_packets = 0
+        self.max_late_ns = 0
+        self.skipped_frames = 0
+        self.send_errors = 0
+        self.reason = ""
+        self.next_frame: int | None = None
+        self.max_overdue_ns = int(period_ns * MAX_OVERDUE)
+
+    def send_frame(self, packets: list[bytes]) -> object:
+        # The slot after the last frame's, even when its first packet is a little overdue: the pacer
+        # catches up within a frame or two, where letting it skip the slot (as it would) leaves the
+        # egress a frame behind a sender of the same rate for good, and a frame is lost later.
+        frame = self.next_frame
+        if frame is not None and self.pacer.packet_time(frame, 0) < self.pacer.now() - self.max_overdue_ns:
+            frame = None   # far behind (a stall, a new stream): the next slot ahead
+        stats = self.pacer.send_frame(packets, frame=frame)
+        self.next_frame = stats.frame + 1
+        self.measure(stats.late_packets, stats.max_late_ns)
+        self.skipped_frames += stats.skipped_frames
+        self.send_errors += stats.send_errors
+        return stats
+
+    def measure(self, late_packets: int, max_late_ns: int) -> str:
+        """One frame's class from its lateness (the pacer's FrameStats)."""
+        cinst = self.group + (1 if late_packets else 0)
+        behind = int(max_late_ns // self.trs_ns) if self.trs_ns else 0
+        vrx_min = min(1, self.lead + 1 - behind)
+        klass, reason = classify(cinst, vrx_min, self.lead + self.group, self.limits)
+        self.counts[klass] += 1
+        self.recent.append(klass)
+        self.late_packets += late_packets
+        self.max_late_ns = max(self.max_late_ns, max_late_ns)
+        if klass != "narrow":
+            self.reason = reason
+        return klass
+
+    @property
+    def klass(self) -> str:
+        """The worst class of the last :data:`CLASS_WINDOW` frames (``unknown`` before the first)."""
+        if not self.recent:
+            return "unknown"
+        return max(self.recent, key=CLASSES.index)
+
+
+def _meter(egress: St2110Egress, mode: str) -> PacingMeter:
+    """A C pacer on the egress's socket, in ``mode``, with UDP GSO (measured: 1080p30 stays wide with it)."""
+    from msm.ext.pacer import GSO_GROUP, Pacer  # here: an unpaced egress does not need the C pacer
+
+    stream, fmt = egress.stream, egress.fmt
+    packets = len(packet_plan(fmt, MTU, stream.packing, aligned=egress.aligned))
+    period = Fraction(1_000_000_000) / stream.rate
+    group = GSO_GROUP[mode]
+    lead = default_lead(mode, packets, fmt.height) - (group - 1 if mode != "wide" else 0)
+    pacer = Pacer(egress.sock.fileno(), (stream.address, stream.port), period, packets, mode, height=fmt.height,
+                  lead=lead, max_group=group, gso=True)
+    return PacingMeter(pacer, mode=mode, packets=packets, period_ns=period, height=fmt.height, lead=lead,
+                       group=group)
+
+
+class _Ingress:
+    def __init__(self, spec: BridgeSpec, media: MediaNode) -> None:
+        self.spec, self.media = spec, media
+        self.member = f"st2110-in:{spec.name}"
+        self.seq = 0
+        self.published = 0
+        self.unpublished = 0
+        self.incomplete: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self.io = St2110Ingress(spec.stream, on_frame=self._frame, hand_on_incomplete=True)
+
+    def _frame(self, data: memoryview, frame: IngressFrame) -> None:
+        reason = None if frame.complete else incomplete_reason(frame.reason)
+        if reason is not None:
+            self.incomplete[reason] += 1
+            if self.spec.incomplete == "drop":
+                self.dropped[reason] += 1
+                return
+        info = FrameInfo(self.seq, frame.timestamp, b"", reason, frame.arrived_ns)
+        self.seq = (self.seq + 1) & 0xFFFFFFFF
+        try:
+            self.media.publish(self.spec.group, self.member, data, info)
+        except MsmError:   # left the group meanwhile (stopping)
+            self.unpublished += 1
+            return
+        self.published += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        stats = self.io.stats()
+        return {"frames": self.published, "bytes": self.published * self.io.fmt.frame_bytes,
+                "packets": stats.get("packets", 0), "lost_packets": stats.get("lost", 0),
+                "incomplete": dict(self.incomplete), "dropped": dict(self.dropped), "queue_depth": 0,
+                "native": self.io.native, "stats": stats}
+
+
+class _Egress:
+    def __init__(self, spec: BridgeSpec, media_dir: Path | None) -> None:
+        self.spec = spec
+        self.io = St2110Egress(spec.stream, mtu=MTU)
+        self.meter: PacingMeter | None = None
+        try:
+            if spec.pacing != "none":
+                self.meter = _meter(self.io, spec.pacing)
+                self.io.pacer = self.meter
+            self.sdp_path = spec.sdp_out or ((media_dir or Path(".")) / f"{spec.name}.sdp")
+            self.sdp_path.parent.mkdir(parents=True, exist_ok=True)
+            self.io.write_sdp(self.sdp_path)
+        except BaseException:
+            self.io.close()
+            raise
+
+    def snapshot(self, media: MediaNode) -> dict[str, Any]:
+        stats = self.io.stats()
+        taken = 0
+        with media.lock:
+            group = media.groups.get(self.spec.group)
+            receiver = group.receiver_stats.get(self.io.name) if group is not None else None
+            if receiver is not None:
+                taken = receiver.frames
+        out: dict[str, Any] = {
+            "frames": stats["frames_sent"], "bytes": stats["frames_sent"] * self.io.fmt.frame_bytes,
+            "packets": self.io.counters["packets_sent"], "dropped": {"egress_busy": stats["frames_busy"]},
+            "queue_depth": max(0, taken - stats["frames_sent"]), "sdp": str(self.sdp_path),
+            "native": self.io.native, "pacing_class": "unpaced", "stats": stats}
+        if self.meter is not None:
+            out.update(pacing_class=self.meter.klass, pacing_frames=dict(self.meter.counts),
+                       pacing_reason=self.meter.reason, late_packets=self.meter.late_packets,
+                       max_late_us=self.meter.max_late_ns / 1000.0, skipped_frames=self.meter.skipped_frames)
+        return out
+
+
+class BridgeSet:
+    """The bridges of one proxy (at most ``max_bridges``), started from specs and stopped together."""
+
+    def __init__(self, media: MediaNode, *, media_dir: Path | None = None, max_bridges: int = MAX_BRIDGES) -> None:
+        self.media = media
+        self.media_dir = media_dir
+        self.max_bridges = max_bridges
+        self.ingresses: dict[str, _Ingress] = {}
+        self.egresses: dict[str, _Egress] = {}
+
+    def __len__(self) -> int:
+        return len(self.ingresses) + len(self.egresses)
+
+    async def start(self, specs: Sequence[BridgeSpec], groups: Sequence[str] = ()) -> None:
+        """Declare ``groups`` and start every bridge; on a failure the ones started are stopped again and
+        the error (one line naming the bridge) raised."""
+        with self.media.lock:
+            for urn in groups:
+                self.media.groups.ensure(urn)
+        try:
+            for spec in specs:
+                await self.add(spec)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def add(self, spec: BridgeSpec) -> None:
+        if spec.name in self.ingresses or spec.name in self.egresses:
+            raise ConfigError(f"bridge {spec.name!r}: a bridge of that name already runs")
+        if len(self) >= self.max_bridges:
+            raise ResourceExhausted(f"bridge {spec.name!r}: this proxy already runs {self.max_bridges} bridges")
+        try:
+            if spec.direction == "ingress":
+                await self._add_ingress(spec)
+            else:
+                await self._add_egress(spec)
+        except OSError as exc:
+            where = f"{spec.stream.address}:{spec.stream.port}"
+            raise ConfigError(f"bridge {spec.name!r}: cannot open {where}: {exc.strerror or exc}") from None
+        except (ValueError, MsmError) as exc:
+            raise ConfigError(f"bridge {spec.name!r}: {exc}") from None
+
+    async def _add_ingress(self, spec: BridgeSpec) -> None:
+        bridge = _Ingress(spec, self.media)
+        try:
+            await self.media.join_sender(spec.group, bridge.member, max_frame=bridge.io.fmt.frame_bytes)
+        except BaseException:
+            bridge.io.close()
+            raise
+        self.ingresses[spec.name] = bridge
+        bridge.io.start()
+        log.info("bridge %s: ST 2110-20 from %s:%d into group %s", spec.name, spec.stream.address,
+                 spec.stream.port, spec.group)
+
+    async def _add_egress(self, spec: BridgeSpec) -> None:
+        bridge = _Egress(spec, self.media_dir)
+        try:
+            await self.media.join_receiver(spec.group, bridge.io, max_frame=bridge.io.fmt.frame_bytes)
+        except BaseException:
+            bridge.io.close()
+            raise
+        self.egresses[spec.name] = bridge
+        log.info("bridge %s: group %s out as ST 2110-20 to %s:%d (pacing %s), SDP %s", spec.name, spec.group,
+                 spec.stream.address, spec.stream.port, spec.pacing, bridge.sdp_path)
+
+    async def stop(self) -> None:
+        """Leave every group and close every bridge (idempotent)."""
+        for name, ingress in list(self.ingresses.items()):
+            ingress.io.close()
+            with contextlib.suppress(MsmError):
+                await self.media.leave(ingress.spec.group, ingress.member)
+            del self.ingresses[name]
+        for name, egress in list(self.egresses.items()):
+            with contextlib.suppress(MsmError):
+                await self.media.leave(egress.spec.group, egress.io.name)
+            egress.io.close()
+            del self.egresses[name]
+
+    def sdp_paths(self) -> dict[str, Path]:
+        return {name: egress.sdp_path for name, egress in self.egresses.items()}
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Per bridge: what it is and its counters (for metrics and ``msm streams``)."""
+        out = [{**_describe(i.spec), **i.snapshot()} for i in self.ingresses.values()]
+        out += [{**_describe(e.spec), **e.snapshot(self.media)} for e in self.egresses.values()]
+        return out
+
+
+def _describe(spec: BridgeSpec) -> dict[str, Any]:
+    return {"name": spec.name, "direction": spec.direction, "group": spec.group, "address": spec.stream.address,
+            "port": spec.stream.port, "source": spec.stream.source or "", "pacing": spec.pacing,
+            "width": spec.stream.fmt.width, "height": spec.stream.fmt.height}

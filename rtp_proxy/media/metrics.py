@@ -1,0 +1,183 @@
+"""Prometheus metrics of the proxy's media side: groups, their receivers, ST 2110 bridges, app connections.
+
+Read at scrape time, like :mod:`msm.rtp_proxy.metrics`: groups from the
+:class:`~.plane.MediaNode` (under its lock), bridges from
+:meth:`~.bridges.BridgeSet.snapshot`, app connections from the media agent's
+``snapshot()``. Registered beside the proxy's ``ProxyCollector`` on its /metrics.
+
+Label values come from configuration (group URNs, bridge names) or from the proxy
+(receiver names, connection ids); drop and incomplete reasons are a fixed small set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .bridges import BridgeSet
+from .plane import MediaNode
+from .st2110_timing import CLASSES
+
+__all__ = ["MediaCollector", "group_rows"]
+
+QUANTILES = (0.5, 0.99)
+EGRESS_CLASSES = (*CLASSES, "unpaced", "unknown")
+
+
+def group_rows(media: MediaNode) -> list[dict[str, Any]]:
+    """Each group's counters and its receivers', copied under the node's lock."""
+    rows = []
+    with media.lock:
+        for group in media.groups:
+            receivers = []
+            for name, stats in group.receiver_stats.items():
+                receivers.append({"name": name, "frames": stats.frames, "bytes": stats.bytes,
+                                  "drops": dict(stats.drops),
+                                  "latency_us": {q: stats.latency_us(q) for q in QUANTILES}})
+            rows.append({"urn": group.urn, "sender": group.sender or "", "frames": group.frames_in,
+                         "bytes": group.bytes_in, "incomplete": dict(group.incomplete), "receivers": receivers})
+    return rows
+
+
+class _Families:
+    def __init__(self) -> None:
+        self.items: list[Metric] = []
+
+    def counter(self, name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, doc, labels=labels)
+        self.items.append(family)
+        return family
+
+    def gauge(self, name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, doc, labels=labels)
+        self.items.append(family)
+        return family
+
+
+class MediaCollector(Collector):
+    """The media families of one proxy (``node``)."""
+
+    def __init__(self, media: MediaNode, bridges: BridgeSet | None = None,
+                 agent: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.media = media
+        self.bridges = bridges
+        self.agent = agent    # the media agent's snapshot(), when the proxy serves apps
+
+    def collect(self) -> Iterator[Metric]:
+        out = _Families()
+        self._groups(out)
+        if self.bridges is not None:
+            self._bridges(out)
+        if self.agent is not None:
+            self._connections(out)
+        yield from out.items
+
+    def _groups(self, out: _Families) -> None:
+        node = self.media.node
+        g = ["node", "group"]
+        r = ["node", "group", "receiver"]
+        frames_in = out.counter("msm_media_group_frames", "Frames published into a group by its sender here", g)
+        bytes_in = out.counter("msm_media_group_bytes", "Bytes published into a group by its sender here", g)
+        incomplete = out.counter("msm_media_group_incomplete_frames", "Frames published marked incomplete, "
+                                 "by reason", [*g, "reason"])
+        members = out.gauge("msm_media_group_receivers", "Receivers of a group on this proxy", g)
+        info = out.gauge("msm_media_group_info", "A group on this proxy and its sender ('' for none)",
+                         [*g, "sender"])
+        frames = out.counter("msm_media_frames", "Frames a group's receiver took", r)
+        octets = out.counter("msm_media_bytes", "Bytes a group's receiver took", r)
+        drops = out.counter("msm_media_dropped_frames", "Frames a group's receiver could not take, by reason",
+                            [*r, "reason"])
+        latency = out.gauge("msm_media_latency_seconds", "Arrival at this proxy to hand-over to the receiver, "
+                            "over its last 600 frames", [*r, "quantile"])
+        for row in group_rows(self.media):
+            frames_in.add_metric([node, row["urn"]], row["frames"])
+            bytes_in.add_metric([node, row["urn"]], row["bytes"])
+            members.add_metric([node, row["urn"]], len(row["receivers"]))
+            info.add_metric([node, row["urn"], row["sender"]], 1.0)
+            for reason, count in row["incomplete"].items():
+                incomplete.add_metric([node, row["urn"], reason], count)
+            for rec in row["receivers"]:
+                labels = [node, row["urn"], rec["name"]]
+                frames.add_metric(labels, rec["frames"])
+                octets.add_metric(labels, rec["bytes"])
+                for reason, count in rec["drops"].items():
+                    drops.add_metric([*labels, reason], count)
+                for q, us in rec["latency_us"].items():
+                    if us is not None:
+                        latency.add_metric([*labels, str(q)], us / 1e6)
+
+    def _bridges(self, out: _Families) -> None:
+        assert self.bridges is not None
+        node = self.media.node
+        b = ["node", "bridge", "direction", "group"]
+        frames = out.counter("msm_st2110_bridge_frames", "Frames an ST 2110 bridge published (ingress) or sent "
+                             "(egress)", b)
+        octets = out.counter("msm_st2110_bridge_bytes", "Frame bytes an ST 2110 bridge published or sent", b)
+        packets = out.counter("msm_st2110_bridge_packets", "RTP packets an ST 2110 bridge received or sent", b)
+        lost = out.counter("msm_st2110_ingress_lost_packets", "Packets missing at an ST 2110 ingress "
+                           "(sequence gaps)", ["node", "bridge"])
+        incomplete = out.counter("msm_st2110_ingress_incomplete_frames", "Incomplete frames at an ST 2110 "
+                                 "ingress, by reason", ["node", "bridge", "reason"])
+        dropped = out.counter("msm_st2110_bridge_dropped_frames", "Frames an ST 2110 bridge dropped, by reason",
+                              ["node", "bridge", "reason"])
+        depth = out.gauge("msm_st2110_bridge_queue_depth", "Frames waiting in an ST 2110 bridge", ["node", "bridge"])
+        info = out.gauge("msm_st2110_bridge_info", "An ST 2110 bridge: its address, pacing mode and SDP file",
+                         [*b, "address", "pacing", "sdp"])
+        pacing = out.gauge("msm_st2110_egress_pacing", "1 for an ST 2110 egress's measured ST 2110-21 class over "
+                           "its last 300 frames (narrow, wide, non-compliant; unpaced; unknown before a frame)",
+                           ["node", "bridge", "class"])
+        classed = out.counter("msm_st2110_egress_pacing_frames", "Frames an ST 2110 egress sent, by measured "
+                              "ST 2110-21 class", ["node", "bridge", "class"])
+        late = out.counter("msm_st2110_egress_late_packets", "Packets the pacer sent after their due time",
+                           ["node", "bridge"])
+        for row in self.bridges.snapshot():
+            labels = [node, row["name"], row["direction"], row["group"]]
+            short = [node, row["name"]]
+            frames.add_metric(labels, row["frames"])
+            octets.add_metric(labels, row["bytes"])
+            packets.add_metric(labels, row["packets"])
+            depth.add_metric(short, row["queue_depth"])
+            pace = row["pacing"] if row["direction"] == "egress" else ""
+            info.add_metric([*labels, f"{row['address']}:{row['port']}", pace, row.get("sdp", "")], 1.0)
+            for reason, count in row["dropped"].items():
+                dropped.add_metric([*short, reason], count)
+            if row["direction"] == "ingress":
+                lost.add_metric(short, row["lost_packets"])
+                for reason, count in row["incomplete"].items():
+                    incomplete.add_metric([*short, reason], count)
+                continue
+            for klass in EGRESS_CLASSES:
+                pacing.add_metric([*short, klass], 1.0 if row["pacing_class"] == klass else 0.0)
+            for klass, count in row.get("pacing_frames", {}).items():
+                classed.add_metric([*short, klass], count)
+            if "late_packets" in row:
+                late.add_metric(short, row["late_packets"])
+
+    def _connections(self, out: _Families) -> None:
+        assert self.agent is not None
+        node = self.media.node
+        c = ["node", "connection", "direction", "target"]
+        frames = out.counter("msm_media_connection_frames", "Frames an app's connection moved", c)
+        octets = out.counter("msm_media_connection_bytes", "Bytes an app's connection moved", c)
+        drops = out.counter("msm_media_connection_dropped_frames", "Frames an app's connection dropped, by reason",
+                            [*c, "reason"])
+        depth = out.gauge("msm_media_connection_queue_depth", "Frames waiting in an app's connection", c)
+        latency = out.gauge("msm_media_connection_latency_seconds", "Per-frame latency of an app's receiving "
+                            "connection", [*c, "quantile"])
+        apps = out.gauge("msm_media_apps", "Apps connected to the media agent", ["node"])
+        snap = self.agent()
+        apps.add_metric([node], snap.get("apps", 0))
+        for conn in snap.get("connections", []):
+            labels = [node, str(conn["connection"]), str(conn["direction"]), str(conn["target"])]
+            frames.add_metric(labels, conn["frames"])
+            octets.add_metric(labels, conn["bytes"])
+            depth.add_metric(labels, conn["queue_depth"])
+            for reason, count in conn["drops"].items():
+                drops.add_metric([*labels, reason], count)
+            for q in QUANTILES:
+                value = conn.get(f"latency_p{round(q * 100)}_us")
+                if value is not None:
+                    latency.add_metric([*labels, str(q)], value / 1e6)
