@@ -172,6 +172,11 @@ class Packetizer:
             raise ValueError("packetizer refused the format or mtu")
         return count
 
+    def frame_view(self, count: int) -> tuple[memoryview, list[int]]:
+        """The first ``count`` packets as they lie (back to back) and their lengths: what a pacer takes."""
+        lengths = [int(n) for n in self.ffi.unpack(self.lengths, count)]
+        return memoryview(self.ffi.buffer(self.buffer, sum(lengths))), lengths
+
     def packets(self, count: int) -> list[bytes]:
         """The first ``count`` packets as bytes (tests, pacers that take a list)."""
         out, at = [], 0

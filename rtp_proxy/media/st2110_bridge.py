@@ -22,7 +22,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from msm.ext import NativeUnavailable
 from msm.rtp_proxy.media.groups import FrameInfo
 from msm.sdk.errors import ConfigError
-from msm.sdk.rfc4175 import BPM, Depacketizer, packetize
+from msm.sdk.rfc4175 import BPM, Depacketizer, packet_plan, packetize
 from msm.sdk.st2110_sdp import VideoStream, parse_st2110, video_sdp
 
 __all__ = ["IngressFrame", "St2110Egress", "St2110Ingress", "group_feeder", "native_reason"]
@@ -264,22 +264,29 @@ class St2110Ingress:
 
 
 class FramePacer(Protocol):
-    """What the egress can send through instead of its even spread (``msm.ext.pacer``)."""
+    """What the egress can send through instead of its even spread (``msm.ext.pacer.Pacer``).
 
-    def send_frame(self, packets: list[bytes]) -> object: ...
+    Given the packets back to back and their lengths (C core), or a list of
+    packets and no lengths (twin).
+    """
+
+    def send_frame(self, buf: Any, lengths: Sequence[int] | None = None) -> object: ...
 
 
 class St2110Egress:
     """Frames in (:meth:`deliver`, a group receiver) -> ST 2110-20 to ``stream.address:stream.port``.
 
-    A sender thread packetizes each frame and sends it spread over
-    :data:`SPREAD` of the frame period (``pacer``: handed the packets
-    instead). At most :data:`EGRESS_QUEUE_DEPTH` frames wait; beyond that
-    :meth:`deliver` answers ``"egress_busy"`` and the group counts the drop.
+    :meth:`deliver` packetizes each frame into a free slot and a sender thread
+    sends it spread over :data:`SPREAD` of the frame period; ``pacing``
+    (``narrow``, ``wide`` or ``linear``) sends through ``msm.ext.pacer``'s
+    ST 2110-21 schedule instead (``pacer``: any object with its ``send_frame``).
+    At most :data:`EGRESS_QUEUE_DEPTH` frames wait; beyond that :meth:`deliver`
+    answers ``"egress_busy"`` and the group counts the drop.
     """
 
     def __init__(self, stream: VideoStream, *, mtu: int = 1400, ssrc: int = 0x2110_0001, native: bool | None = None,
-                 pacer: FramePacer | None = None, spread: bool = True, aligned: bool = True) -> None:
+                 pacer: FramePacer | None = None, pacing: str | None = None, spread: bool = True,
+                 aligned: bool = True) -> None:
         self.stream = stream
         self.fmt = stream.fmt
         self.mtu, self.ssrc, self.pacer = mtu, ssrc & 0xFFFFFFFF, pacer
@@ -320,9 +327,20 @@ class St2110Egress:
         self._todo: queue.Queue[tuple[Any, int] | None] = queue.Queue()
         self._seq = 0
         self._frames = 0
+        if pacing is not None and pacer is None:
+            self.pacer = self._st2110_21_pacer(pacing)
         self.counters = {"frames_sent": 0, "packets_sent": 0, "frames_busy": 0, "frames_wrong_size": 0}
         self._thread = threading.Thread(target=self._run, name=f"st2110-out:{stream.port}", daemon=True)
         self._thread.start()
+
+    def _st2110_21_pacer(self, mode: str) -> FramePacer:
+        """``msm.ext.pacer``'s ST 2110-21 sender (``mode``: narrow, wide or linear) for this stream."""
+        from msm.ext import pacer
+
+        packets = len(packet_plan(self.fmt, self.mtu, self.stream.packing, aligned=self.aligned))
+        made: FramePacer = pacer.Pacer(self.sock.fileno(), (self.stream.address, self.stream.port),
+                                       Fraction(10**9) / self.stream.rate, packets, mode, height=self.fmt.height)
+        return made
 
     @property
     def name(self) -> str:
@@ -371,7 +389,7 @@ class St2110Egress:
 
     def _send_native(self, packetizer: Any, count: int) -> int:
         if self.pacer is not None:
-            self.pacer.send_frame(packetizer.packets(count))
+            self.pacer.send_frame(*packetizer.frame_view(count))
         else:
             # Behind (another frame already waits): catch up by sending this one in a quarter of
             # the usual spread rather than dropping frames later for want of a free slot.

@@ -147,3 +147,28 @@ def test_aes67_egress_to_ingress_paced(ptime_us: int) -> None:
         egress.close()
     assert b"".join(got) == pcm and ingress.stats()["lost"] == 0
     assert 0.18 <= took < 2.0   # sent at the packet time's pace, not in one burst
+
+
+def _pacer_reason() -> str | None:
+    try:
+        from msm.ext import pacer
+
+        pacer.load()
+    except Exception as exc:  # noqa: BLE001 - printed by the skip
+        return str(exc)
+    return native_reason()
+
+
+@pytest.mark.skipif(_pacer_reason() is not None, reason=f"C pacer or ST 2110 core not built: {_pacer_reason()}")
+def test_egress_through_the_st2110_21_pacer() -> None:
+    sent = _frames(5)
+    with St2110Ingress(VideoStream("127.0.0.1", 0, FMT), queue_depth=5) as ingress:
+        with St2110Egress(VideoStream("127.0.0.1", ingress.port, FMT), pacing="narrow") as egress:
+            start = time.monotonic()
+            for k, frame in enumerate(sent):
+                time.sleep(max(0.0, start + k / 30 - time.monotonic()))
+                assert egress.send(frame, 0) is None
+            got = [ingress.frames.get(timeout=5) for _ in sent]
+    assert [data for data, _f in got] == sent and all(f.complete for _d, f in got)
+    stamps = [f.timestamp for _d, f in got]
+    assert all((b - a) % (1 << 32) == 3000 for a, b in zip(stamps, stamps[1:], strict=False))   # the pacer's grid
