@@ -71,7 +71,8 @@ def _testpmd(smoke: bool, before: dict[str, Any] | None = None) -> dict[str, Any
     if "error" in best:
         return {"name": "dpdk-testpmd txonly -> rxonly", "error": best["error"]}
     return _row("dpdk-testpmd txonly -> rxonly", memif_bench.TESTPMD_PACKET, best["pps"], best["bytes_per_s"], None,
-                runs_pps=[r.get("pps") for r in runs])
+                note="its frames are 1400-byte packets; txonly/rxonly measure neither CPU (they busy-poll) "
+                "nor latency", runs_pps=[r.get("pps") for r in runs])
 
 
 def _frames_row(name: str, r: dict[str, Any], frames: int) -> dict[str, Any]:
@@ -133,6 +134,8 @@ def part_fabric(provider: str, smoke: bool) -> dict[str, Any]:
                 stream_gbit_per_s=best["stream_gbit_per_s"], all_mb_per_s=[o["mb_per_s"] for o in ours])
     peer = _row(f"fi_pingpong ({provider})", FRAME, ref["frames_per_s"], ref["mb_per_s"] * 1e6,
                 ref["cpu_ms_per_frame"], latency_ms_mean=ref["usec_per_xfer"] / 1e3,
+                note=f"latency: mean one-way only, {ref['usec_per_xfer'] / 1e3:.2f} ms; CPU: its whole run, "
+                "start-up included",
                 all_mb_per_s=[r["mb_per_s"] for r in refs])
     return {"ours": mine, "peer": peer}
 
@@ -141,6 +144,8 @@ def _st2110_row(name: str, r: dict[str, Any]) -> dict[str, Any]:
     sent, complete = int(r["frames_sent"]), int(r["frames_complete"])
     fps = 30.0 * complete / sent if sent else None  # complete frames delivered per second of the 30 fps stream
     return _row(name, FRAME, fps, None if fps is None else fps * FRAME, r["cpu_ms_per_frame"],
+                note="frames/s and Gbit/s: complete frames delivered, of the 30 fps stream; CPU: the relay's "
+                "process per frame sent; latency: not measured by st2110_bench",
                 frames=sent, received=complete, packets_lost=r["packets_lost"], loss=r["loss"],
                 cpu_s=r["cpu_s"], detail=r)
 
@@ -159,8 +164,10 @@ def part_st2110(smoke: bool) -> dict[str, Any]:
     frames = 30 if smoke else 300
     ours = st2110_bench.run_one("msm", 1920, 1080, frames)
     theirs = st2110_bench.run_one("gstreamer", 1920, 1080, frames)
+    from msm.rtp_proxy.media.st2110_bridge import SPREAD
+
     mine = _st2110_row("msm St2110Ingress -> St2110Egress", ours)
-    mine["pacing"] = "egress spreads each frame's packets evenly over the frame period (St2110Egress)"
+    mine["pacing"] = f"each frame's packets evenly over {float(SPREAD):.0%} of the frame period (St2110Egress)"
     peer = _st2110_row("GStreamer rtpvrawdepay ! rtpvrawpay", theirs)
     peer["pacing"] = "none: udpsink sends each frame's packets as rtpvrawpay makes them"
     return {"ours": mine, "peer": peer}
@@ -341,10 +348,16 @@ def table(report: dict[str, Any]) -> str:
                 continue
             ratio = f"{row['ratio']:.2f}" if row["ratio"] is not None else "-"
             tail = (f"{ratio:>7}  {row['target']:<27} {row['verdict']}" if i == 0
-                    else f"{'':>7}  {r.get('pacing', '')}")
+                    else "")
             lines.append(f"{row['part'] if i == 0 else '':<11}{r.get('name', who)[:37]:<38}{r.get('size', 0):>9}"
                          + "".join(f"{_fmt(r.get(k)):>{w}}" for k, w in zip(METRICS, (10, 8, 10, 8, 8), strict=True))
                          + tail)
+    notes = [f"  {row['part']}, {row[who]['name']}: " + "; ".join(
+                 ([row[who]["note"]] if row[who].get("note") else [])
+                 + ([f"pacing: {row[who]['pacing']}"] if row[who].get("pacing") else []))
+             for row in report["parts"] for who in ("ours", "peer")
+             if row[who] and (row[who].get("note") or row[who].get("pacing"))]
+    lines += ["", "notes:", *notes] if notes else []
     m = report["machine"]
     lines.append(f"\n{m['cpus']} CPUs ({m['cpu_model']}), Linux {m['kernel']}; load average "
                  f"{m['loadavg_start'][0]:.2f} at the start, {m['loadavg_end'][0]:.2f} at the end"
