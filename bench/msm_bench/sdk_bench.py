@@ -64,12 +64,17 @@ def _config(size: int) -> dict[str, Any]:
             "connection": {"multipointGroup": {"urn": URN}}}
 
 
-def run_sender(frames: int, size: int) -> dict[str, Any]:
+def run_sender(frames: int, size: int, fps: float) -> dict[str, Any]:
     picture = (bytes(range(256)) * (size // 256 + 1))[:size]
     with mesh.Client(name="bench-sender") as client:
         tx = client.create_tx_connection(_config(size))
         cpu0 = _cpu()
+        start = time.monotonic()
         for seq in range(frames):
+            if fps:
+                delay = start + seq / fps - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
             buf = tx.get_buffer(timeout=10.0)
             view = buf.payload
             view[:size] = picture  # the app produces the frame in the shared buffer
@@ -121,7 +126,7 @@ def _result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     return parsed
 
 
-def measure_sdk(frames: int, size: int) -> dict[str, Any]:
+def measure_sdk(frames: int, size: int, fps: float = 0.0) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="msm-sdk-bench-"))
     agent = subprocess.Popen([sys.executable, "-m", "msm.rtp_proxy.media.agent", "--media-dir", str(work / "media")],
                              stdout=subprocess.PIPE, text=True)
@@ -133,7 +138,8 @@ def measure_sdk(frames: int, size: int) -> dict[str, Any]:
         assert receiver.stdout is not None
         receiver.stdout.readline()
         proxy_cpu0 = _proc_cpu(agent.pid)
-        sender = _spawn("--role", "sender", "--frames", str(frames), "--size", str(size), env=env)
+        sender = _spawn("--role", "sender", "--frames", str(frames), "--size", str(size), "--fps", str(fps),
+                        env=env)
         s, r = _result(sender, 600), _result(receiver, 600)
         proxy_cpu = _proc_cpu(agent.pid) - proxy_cpu0
     finally:
@@ -147,7 +153,7 @@ def measure_sdk(frames: int, size: int) -> dict[str, Any]:
     got = max(r["received"], 1)
     span = max(r["last"] - r["first"], 1e-9) * got / max(got - 1, 1)
     rx_proxy = r["proxy"][0] if r["proxy"] else {}
-    return {"size": size, "frames": frames, "received": r["received"], "bad": r["bad"],
+    return {"size": size, "fps_asked": fps, "frames": frames, "received": r["received"], "bad": r["bad"],
             "drops": rx_proxy.get("drops", {}), "fps": got / span, "bytes_per_s": got * size / span,
             "cpu_us_per_frame": (s["cpu"] + proxy_cpu + r["cpu"]) / got * 1e6,
             "sender_cpu_us_per_frame": s["cpu"] / got * 1e6, "proxy_cpu_us_per_frame": proxy_cpu / got * 1e6,
@@ -175,7 +181,7 @@ def report(ref: dict[str, Any], rows: list[tuple[str, dict[str, Any]]], *, as_js
               f"{row['cpu_us_per_frame']:>13.1f}{row['p50_us']:>9.0f}{row['p99_us']:>9.0f}")
     for name, row in rows:
         if name.startswith("sdk"):
-            print(f"  sdk {row['size']} B: {row['received']}/{row['frames']} frames received, {row['bad']} bad, "
+            print(f"  {name} {row['size']} B: {row['received']}/{row['frames']} frames received, {row['bad']} bad, "
                   f"dropped for the receiver {row['drops'] or 'none'}; CPU us/frame: sender "
                   f"{row['sender_cpu_us_per_frame']:.1f}, proxy {row['proxy_cpu_us_per_frame']:.1f}, receiver "
                   f"{row['receiver_cpu_us_per_frame']:.1f}")
@@ -188,12 +194,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=FRAME)
     parser.add_argument("--sizes", default=f"{FRAME},{TESTPMD_PACKET}")
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--fps", type=float, default=0.0, help="sender: frames per second (0: as fast as taken)")
+    parser.add_argument("--paced", type=float, default=60.0,
+                        help="also send the largest size at this rate, for latency without queueing (0: no)")
     parser.add_argument("--idle", type=float, default=2.0, help="receiver: seconds without a frame that end a run")
     parser.add_argument("--raw", action="store_true", help="also run memif_bench's path (no SDK, no agent)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.role:
-        result = (run_sender(args.frames, args.size) if args.role == "sender"
+        result = (run_sender(args.frames, args.size, args.fps) if args.role == "sender"
                   else run_receiver(args.frames, args.size, args.idle))
         print(json.dumps(result), flush=True)
         return
@@ -204,6 +213,9 @@ def main() -> None:
         rows.append(("sdk app->agent->app", measure_sdk(count, size)))
         if args.raw:
             rows.append(("raw memif app->proxy->app", measure_ours(count, size)))
+        if args.paced and size >= 1 << 20:
+            rows.append((f"sdk paced {args.paced:g} fps", measure_sdk(min(count, int(args.paced * 5)), size,
+                                                                     args.paced)))
     after = measure_testpmd(args.seconds)
     ref = max((before, after), key=lambda r: float(r.get("bytes_per_s") or 0.0))  # the machine may be shared
     ref["runs_pps"] = [r.get("pps") for r in (before, after)]
