@@ -134,6 +134,16 @@ class Receiver:
         return {name: int(getattr(self._stats, name)) for name in RX_COUNTERS}
 
 
+def _line_split(stride: int, pg_bytes: int, most: int) -> int:
+    """Packets per line in equal slices (as st2110.c's line_split; 0: none)."""
+    if most < pg_bytes:
+        return 0
+    for k in range(-(-stride // most), 65):
+        if stride % k == 0 and (stride // k) % pg_bytes == 0:
+            return k
+    return 0
+
+
 class Packetizer:
     """Frames -> packets back to back in one buffer plus their lengths.
 
@@ -153,8 +163,9 @@ class Packetizer:
         self.frame_bytes = width // pg_pixels * pg_bytes * height
         # One slot per packet of the smallest packets the mode can make (bounded by the frame size).
         data = min(mtu - 12 - 2 - 6, 1260 if bpm else mtu) // pg_bytes * pg_bytes
-        # Line slices: at most 64 per line.
-        self.max_packets = max(1, self.frame_bytes // max(1, data) + height + 1, 64 * height if aligned else 0)
+        split = _line_split(width // pg_pixels * pg_bytes, pg_bytes, mtu - 12 - 2 - 6) if aligned and not bpm else 0
+        # Greedy packing: every packet full but one a line at most; line slices: exactly split a line.
+        self.max_packets = split * height if split else max(1, self.frame_bytes // max(1, data) + height + 1)
         self.capacity = self.max_packets * mtu
         self.buffer: Any = self.ffi.new("uint8_t[]", self.capacity)
         self.lengths: Any = self.ffi.new("uint32_t[]", self.max_packets)

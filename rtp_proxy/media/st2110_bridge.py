@@ -39,9 +39,10 @@ __all__ = ["IngressFrame", "St2110Egress", "St2110Ingress", "group_feeder", "nat
 #: Frames waiting in an ingress queue: at 30 frames/s, 4 is 133 ms of video
 #: (20 MB at 1080p 10-bit); a consumer further behind loses the newest frames, counted.
 DEFAULT_QUEUE_DEPTH = 4
-#: Frames waiting for an egress sender thread: one being sent, two waiting
-#: (15 MB at 1080p 10-bit); more would only add latency.
-EGRESS_QUEUE_DEPTH = 2
+#: Frames waiting for an egress sender thread besides the one being sent:
+#: 3 (4 packet buffers of 6 MB at 1080p 10-bit) rides out a sender thread
+#: descheduled for 100 ms on a busy host; more would only add latency.
+EGRESS_QUEUE_DEPTH = 3
 #: Socket receive buffer asked for: 1080p30 10-bit bursts a whole 5 MB frame
 #: from GStreamer; 32 MB holds six of them while the thread is descheduled.
 RCVBUF = 32 << 20
