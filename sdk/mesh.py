@@ -134,7 +134,6 @@ class Connection:
         if self.closed:
             raise Unavailable(f"connection {self.id} is closed")
         if not self.memif.connected:
-            self.memif.service()
             raise Unavailable(f"connection {self.id}: the proxy closed it ({self.memif.disconnect_reason})")
 
     def fileno(self) -> int:
@@ -184,6 +183,7 @@ class TxConnection(Connection):
                 return buf
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimedOut(f"connection {self.id}: no free buffer within {timeout} s")
+            self.memif.service()  # notices a proxy that went away (then _alive says so)
             time.sleep(_TX_POLL)
 
     async def get_buffer_async(self, timeout: float | None = None) -> Buffer:
@@ -194,6 +194,7 @@ class TxConnection(Connection):
                 return buf
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimedOut(f"connection {self.id}: no free buffer within {timeout} s")
+            self.memif.service()
             await asyncio.sleep(_TX_POLL)
 
     def put_buffer(self, buf: Buffer) -> None:
@@ -267,15 +268,18 @@ class RxConnection(Connection):
             if left is not None and left <= 0:
                 raise TimedOut(f"connection {self.id}: no frame within {timeout} s")
             woken: asyncio.Future[None] = loop.create_future()
-            fd = self.memif.rx_fileno()
-            loop.add_reader(fd, _wake, woken)
+            fds = (self.memif.rx_fileno(), self.memif.fileno())  # a frame, or the proxy going away
+            for fd in fds:
+                loop.add_reader(fd, _wake, woken)
             try:
                 await asyncio.wait_for(woken, left)
             except TimeoutError:
                 pass
             finally:
-                loop.remove_reader(fd)
+                for fd in fds:
+                    loop.remove_reader(fd)
             self.memif.rx_queues[0].clear_interrupt()
+            self.memif.service()
 
     def put_buffer(self, buf: Buffer) -> None:
         if buf is not self._held or not isinstance(buf._frame, RxFrame):

@@ -15,6 +15,7 @@ runs them). What it shows, on one node:
   is accepted;
 - a bad connection JSON is one line naming the field, from the SDK and from
   the agent (a raw client), and the agent keeps serving that client and others;
+- an app whose proxy dies is told so in one line, not left waiting;
 - an app whose uid may not enter the media directory cannot connect.
 """
 
@@ -164,6 +165,16 @@ def test_second_sender_refused_and_a_killed_app_leaves_nothing(agent: Agent) -> 
     log = agent.log.read_text()
     assert "1 connections removed" in log, log
     assert "Traceback" not in log
+
+
+def test_an_app_learns_in_one_line_that_its_proxy_is_gone(agent: Agent) -> None:
+    receiver = agent.app("recv", "--frames", "5", "--timeout", "20")
+    _ready(receiver)
+    started = time.monotonic()
+    agent.proc.kill()
+    got = _result(receiver, timeout=30)
+    assert got["received"] == 0 and "the proxy closed it" in got["error"], got
+    assert time.monotonic() - started < 10
 
 
 def _raw(agent: Agent) -> socket.socket:
