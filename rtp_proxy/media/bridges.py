@@ -60,9 +60,11 @@ PACINGS = ("wide", "narrow", "linear", "none")
 #: (a fixed-size window, so one bad second in the past does not mark the bridge forever).
 CLASS_WINDOW = 300
 #: How late a frame's first packet may be and the frame still go out in the slot after the last
-#: one's (a share of the frame period): the pacer gains TRO plus the blanking (about 4% of a
-#: period) a frame, so 1/8 is made up within three frames.
-MAX_OVERDUE = Fraction(1, 8)
+#: one's (a share of the frame period); later, the egress starts over MARGIN ahead.
+MAX_OVERDUE = Fraction(1, 4)
+#: How far ahead of its arrival the first frame is scheduled (a share of the frame period): the
+#: sender's jitter this egress absorbs, and the latency it adds (17 ms at 30 Hz).
+MARGIN = Fraction(1, 2)
 #: The egress's MTU (RTP packet size), as GStreamer's rtpvrawpay mtu=1400.
 MTU = 1400
 
@@ -108,15 +110,24 @@ class PacingMeter:
         self.reason = ""
         self.next_frame: int | None = None
         self.max_overdue_ns = int(period_ns * MAX_OVERDUE)
+        self.margin_ns = int(period_ns * MARGIN)
+        self.realigned = 0
 
-    def send_frame(self, packets: list[bytes]) -> object:
-        # The slot after the last frame's, even when its first packet is a little overdue: the pacer
-        # catches up within a frame or two, where letting it skip the slot (as it would) leaves the
-        # egress a frame behind a sender of the same rate for good, and a frame is lost later.
+    def send_frame(self, buf: Any, lengths: Any = None) -> object:
+        """The egress's call: packets back to back and their lengths (C core), or a list of packets."""
+        # Each frame in the slot after the last one's, even when its first packet is a little overdue
+        # (the pacer catches up in a frame or two): letting the pacer skip a slot, as it would, leaves
+        # the egress a frame behind a sender of the same rate for good, and a frame is lost later.
+        # The first frame, and one far behind (a stall, a new stream), go MARGIN ahead of now, so a
+        # sender's jitter of up to MARGIN is absorbed by the egress's queue.
+        now = self.pacer.now()
         frame = self.next_frame
-        if frame is not None and self.pacer.packet_time(frame, 0) < self.pacer.now() - self.max_overdue_ns:
-            frame = None   # far behind (a stall, a new stream): the next slot ahead
-        stats = self.pacer.send_frame(packets, frame=frame)
+        if frame is None or self.pacer.packet_time(frame, 0) < now - self.max_overdue_ns:
+            frame = self.pacer.frame_of(now + self.margin_ns)
+            while self.pacer.packet_time(frame, 0) < now + self.margin_ns:
+                frame += 1
+            self.realigned += 1
+        stats = self.pacer.send_frame(buf, lengths, frame=frame)
         self.next_frame = stats.frame + 1
         self.measure(stats.late_packets, stats.max_late_ns)
         self.skipped_frames += stats.skipped_frames
@@ -227,7 +238,8 @@ class _Egress:
         if self.meter is not None:
             out.update(pacing_class=self.meter.klass, pacing_frames=dict(self.meter.counts),
                        pacing_reason=self.meter.reason, late_packets=self.meter.late_packets,
-                       max_late_us=self.meter.max_late_ns / 1000.0, skipped_frames=self.meter.skipped_frames)
+                       max_late_us=self.meter.max_late_ns / 1000.0, skipped_frames=self.meter.skipped_frames,
+                       realigned=self.meter.realigned)
         return out
 
 

@@ -1,0 +1,191 @@
+"""ST 2110 bridges declared in `msm up --config`, against real peers.
+
+GStreamer's rtpvrawpay -> ingress bridge (declared by an SDP file) -> group -> egress bridge
+(paced, wide) -> ffmpeg reading the SDP msm wrote; a second egress of the same group goes to
+our analyser (``msm st2110 analyse``'s live capture), which checks the class the egress
+reports about itself. Frames and pixels are compared with the source pattern; the proxy's
+/metrics and `msm streams` must show the frames, the loss and the egress's class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from msm.rtp_proxy.media.st2110_analyse import capture_live, open_socket
+from msm.rtp_proxy.media.st2110_timing import CLASSES, Analyser
+from msm.sdk.rfc4175 import VideoFormat
+from msm.sdk.st2110_sdp import VideoStream, video_sdp
+from tests.e2e.conftest import STATE_DIR
+from tests.e2e.test_st2110 import FRAMES, SENT, _free_udp_port, _gst_pattern, _gst_sender, _uyvp_to_planar
+from tests.e2e.test_stub_flags import _msm_up, _scrape
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90),
+              pytest.mark.skipif(shutil.which("gst-launch-1.0") is None or shutil.which("ffmpeg") is None,
+                                 reason="GStreamer or ffmpeg not installed (run scripts/setup.sh)")]
+
+VENV_BIN = Path(sys.executable).parent
+WIDTH, HEIGHT = 640, 480
+VIDEO = {"width": WIDTH, "height": HEIGHT, "fps": 30}
+
+
+def _config(tmp: Path, port_in: int, port_out: int, name: str = "cam-out") -> Path:
+    sdp_in = tmp / "cam.sdp"
+    sdp_in.write_text(video_sdp(VideoStream("127.0.0.1", port_in, VideoFormat("YCbCr-4:2:2", 10, WIDTH, HEIGHT))))
+    config = tmp / "msm.yaml"
+    config.write_text(f"""
+media:
+  groups: [urn:test:cam, urn:test:spare]
+  bridges:
+    - {{name: cam-in, direction: ingress, group: "urn:test:cam", sdp: "{sdp_in}"}}
+    - name: {name}
+      direction: egress
+      group: urn:test:cam
+      ipAddr: 127.0.0.1
+      port: {port_out}
+      payloadType: 96
+      payload: {{video: {VIDEO}}}
+      writeSdp: {tmp / "out.sdp"}
+""")
+    return config
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _quiet() -> bool:
+    """Quiet enough for the pacer to be on time (1-minute load under one core)."""
+    return os.getloadavg()[0] < 1.0
+
+
+def _show(text: str, *more: str) -> None:
+    print("\n".join(line for line in text.splitlines() if line.startswith(("msm_media", "msm_st2110"))), *more)
+
+
+async def _ffmpeg(tmp: Path, sdp: str, port_in: int) -> bytes:
+    """ffmpeg on the egress's SDP while GStreamer sends SENT frames to the ingress; what ffmpeg decoded."""
+    out = tmp / "frames.raw"
+    ffmpeg = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file,udp,rtp", "-buffer_size",
+        "8388608", "-i", sdp, "-frames:v", str(FRAMES), "-f", "rawvideo", "-pix_fmt", "yuv422p10le", "-y", str(out),
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        await asyncio.sleep(1.5)   # ffmpeg binds its port
+        await _send(port_in)
+    finally:
+        if ffmpeg.returncode is None:
+            ffmpeg.send_signal(2)
+        _, err = await asyncio.wait_for(ffmpeg.communicate(), 15)
+    print("ffmpeg:", err.decode(errors="replace")[-500:])
+    return out.read_bytes() if out.exists() else b""
+
+
+async def _send(port_in: int) -> None:
+    sender = _gst_sender(port_in, WIDTH, HEIGHT, SENT)
+    assert await asyncio.to_thread(sender.wait, 60) == 0
+    await asyncio.sleep(1.0)
+
+
+def _check_group(text: str, egress: str) -> None:
+    """Every frame into the group, none lost or incomplete; every frame the egress took was sent."""
+    assert _metric(text, "msm_st2110_bridge_frames_total", bridge="cam-in") == SENT
+    assert _metric(text, "msm_st2110_ingress_lost_packets_total", bridge="cam-in") == 0
+    assert _metric(text, "msm_media_group_incomplete_frames_total", group="urn:test:cam") == 0
+    assert _metric(text, "msm_media_group_frames_total", group="urn:test:cam") == SENT
+    assert _metric(text, "msm_media_group_receivers", group="urn:test:spare") == 0   # declared, no member
+    sent = _metric(text, "msm_st2110_bridge_frames_total", bridge=egress)
+    dropped = _metric(text, "msm_st2110_bridge_dropped_frames_total", bridge=egress)
+    assert sent + dropped == SENT and _metric(text, "msm_st2110_egress_pacing_frames_total", bridge=egress) == sent
+    if _quiet():
+        assert dropped == 0, f"{dropped} frames dropped at the egress on a quiet machine"
+    else:
+        print(f"machine busy (load {os.getloadavg()[0]:.1f}): the pacer ran late, {dropped:.0f} frames dropped")
+
+
+async def test_msm_up_bridges_gst_in_group_ffmpeg_out(tmp_path: Path) -> None:
+    port_in, port_out = _free_udp_port(), _free_udp_port()
+    config = _config(tmp_path, port_in, port_out)
+    async with _msm_up("--config", str(config)) as up:
+        sdp = (await up.wait_line(r"bridge\s+cam-out: group urn:test:cam -> ST 2110-20 \S+ "
+                                  r"\(pacing wide\), SDP (\S+)")).group(1)
+        await up.wait_line(rf"bridge\s+cam-in: ST 2110-20 127.0.0.1:{port_in} -> group urn:test:cam")
+        metrics = (await up.wait_line(r"^\s+metrics\s+http://(\S+)/metrics")).group(1)
+        control = (await up.wait_line(r"^\s+control\s+(\S+) \(gRPC\)")).group(1)
+        assert sdp == str(tmp_path / "out.sdp")
+        data = await _ffmpeg(tmp_path, sdp, port_in)
+        text = await _scrape(metrics)
+        streams = await asyncio.to_thread(subprocess.run, [
+            str(VENV_BIN / "msm"), "streams", "--control", control, "--state-dir", str(STATE_DIR),
+            "--metrics-listen", metrics], capture_output=True, text=True, timeout=30)
+    _show(text, streams.stdout, streams.stderr)
+    _check_group(text, "cam-out")
+    # ffmpeg decoded what it was asked for (or, on a busy machine, every frame the egress sent), each
+    # frame equal to GStreamer's pattern.
+    want = _uyvp_to_planar(_gst_pattern(WIDTH, HEIGHT), WIDTH, HEIGHT)
+    got = [data[i:i + len(want)] for i in range(0, len(data) - len(want) + 1, len(want))]
+    sent = _metric(text, "msm_st2110_bridge_frames_total", bridge="cam-out")
+    assert len(got) >= min(FRAMES, sent - 2) and got and all(frame == want for frame in got), len(got)
+    klass = re.search(r'msm_st2110_egress_pacing\{bridge="cam-out",class="([^"]+)",node="local"\} 1\.0', text)
+    assert klass is not None and klass.group(1) in (("narrow", "wide") if _quiet() else CLASSES)
+    assert re.search(r"cam-out\s+egress\s+urn:test:cam\s+127.0.0.1:\d+\s+\d+.*wide: (narrow|wide|non-compliant)",
+                     streams.stdout), streams.stdout
+    assert re.search(r"urn:test:cam\s+st2110-in:cam-in\s+40", streams.stdout), streams.stdout
+
+
+async def test_egress_class_agrees_with_the_analyser(tmp_path: Path) -> None:
+    """The class an egress reports (from its pacer's lateness) against ``msm st2110 analyse``'s live capture
+    of the same packets: the same frames narrow, wide or non-compliant, give or take two."""
+    port_in, port_out = _free_udp_port(), _free_udp_port()
+    config = _config(tmp_path, port_in, port_out, name="probe")
+    async with _msm_up("--config", str(config)) as up:
+        metrics = (await up.wait_line(r"^\s+metrics\s+http://(\S+)/metrics")).group(1)
+        analyser, stop = Analyser(height=HEIGHT), threading.Event()
+        capture = asyncio.create_task(asyncio.to_thread(capture_live, analyser, open_socket(port_out), 60.0,
+                                                        stop=stop))
+        try:
+            await _send(port_in)
+        finally:
+            stop.set()
+            report = await capture
+        text = await _scrape(metrics)
+    _show(text, "analyser:", {k: v for k, v in report.as_dict().items() if k != "limits"})
+    _check_group(text, "probe")
+    assert report.lost == 0
+    ours = {k: _metric(text, "msm_st2110_egress_pacing_frames_total", bridge="probe", **{"class": k}) for k in CLASSES}
+    # The analyser skips the first frame it sees and judges every other; ours judges every frame sent.
+    assert abs(sum(ours.values()) - 1 - report.frames) <= 1, (ours, report.counts)
+    for klass in CLASSES:
+        assert abs(ours[klass] - report.counts[klass]) <= 2, (ours, report.counts)
+
+
+@pytest.mark.parametrize(("media", "message"), [
+    ("{bridges: [{name: x, direction: ingress, group: urn:a, ipAddr: 127.0.0.1, port: 70000}]}",
+     "media.bridges[0].port: must be 1..65535, got 70000"),
+    ("{bridges: [{name: x, direction: sideways, group: urn:a}]}",
+     "media.bridges[0].direction: must be one of ingress, egress, got 'sideways'"),
+    ("{bridges: [{name: x, direction: ingress, group: urn:a, sdp: /nonexistent.sdp}]}",
+     "media.bridges[0].sdp: cannot read /nonexistent.sdp: No such file or directory"),
+    ("{bridges: [{name: x, direction: egress, group: urn:a, ipAddr: 127.0.0.1, port: 5000, pacing: fast}]}",
+     "media.bridges[0].pacing: must be one of wide, narrow, linear, none, got 'fast'"),
+], ids=["port", "direction", "sdp", "pacing"])
+def test_msm_up_bad_media_config_is_one_line_exit_2(tmp_path: Path, media: str, message: str) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"media: {media}\n")
+    done = subprocess.run([str(VENV_BIN / "msm"), "up", "--config", str(config), "--state-dir", str(STATE_DIR)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == f"msm: error: {config}: {message}", done.stderr
