@@ -15,6 +15,8 @@ runs them). What it shows, on one node:
   is accepted;
 - a bad connection JSON is one line naming the field, from the SDK and from
   the agent (a raw client), and the agent keeps serving that client and others;
+- a memif peer with a wrong secret is refused, and frames with bad headers are
+  dropped and counted;
 - an app whose proxy dies is told so in one line, not left waiting;
 - an app whose uid may not enter the media directory cannot connect.
 """
@@ -210,6 +212,39 @@ def test_bad_json_is_one_line_naming_the_field(agent: Agent) -> None:
     good = _result(agent.app("create", "--direction", "rx", "--config", _config("urn:msm:x")))
     assert good["connection"].startswith("c")
     sock.close()
+
+
+def test_a_wrong_secret_and_bad_frames_harm_no_one(agent: Agent) -> None:
+    """A raw memif client: a wrong secret is refused; frames with bad headers are dropped and counted."""
+    from msm.sdk.media_agent import AttachInfo
+    from msm.sdk.memif import MemifClient, MemifConfig, MemifError
+
+    sock = _raw(agent)
+    assert _ask(sock, {"op": "hello", "versions": [1]})["ok"]
+    reply = _ask(sock, {"op": "create", "direction": "tx", "config": json.loads(_config("urn:msm:raw"))})
+    info = AttachInfo.from_dict(reply["memif"])
+
+    def attach(secret: str) -> MemifClient:
+        return MemifClient(info.socket, MemifConfig(buffer_size=info.buffer_size, log2_ring_size=info.log2_ring_size,
+                                                    interface_id=info.interface_id, secret=secret.encode())).connect()
+
+    with pytest.raises(MemifError, match="refused"):
+        attach("x" * 24)
+    memif = attach(info.secret)
+    for frame in (b"\0" * 10, b"MSF0" + b"\0" * 100, b"\0" * info.buffer_size):
+        buf = memif.alloc(len(frame))
+        assert buf is not None
+        buf.view[:] = frame
+        memif.commit(buf)
+    deadline = time.monotonic() + 10
+    while (drops := _ask(sock, {"op": "list"})["connections"][0]["drops"]).get("bad_frame", 0) < 3:
+        assert time.monotonic() < deadline, drops
+        time.sleep(0.05)
+    memif.close()
+    good = _result(agent.app("create", "--direction", "rx", "--config", _config("urn:msm:raw")))
+    assert good["connection"].startswith("c")
+    sock.close()
+    assert info.secret not in agent.log.read_text()  # logged at info level, and never the secret
 
 
 def test_modes_and_an_app_of_another_uid_is_refused(agent: Agent) -> None:
