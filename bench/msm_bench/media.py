@@ -385,7 +385,7 @@ def plot(report: dict[str, Any], path: Path) -> str:
     names = [r["part"] for r in rows]
     xs = range(len(rows))
     for ax, key, label in ((axes[0][0], "gbit_per_s", "Gbit/s"), (axes[0][1], "cpu_ms_per_frame", "CPU ms per frame"),
-                           (axes[1][0], "latency_ms_p99", "latency p99, ms (ours; peers: not measured)")):
+                           (axes[1][0], "latency_ms_p99", "latency p99, ms (where measured)")):
         for off, who in ((-0.2, "ours"), (0.2, "peer")):
             ax.bar([x + off for x in xs], [r[who].get(key) or 0.0 for r in rows], 0.4, label=who)
         ax.set_xticks(list(xs), names)
@@ -398,7 +398,9 @@ def plot(report: dict[str, Any], path: Path) -> str:
     for x, r in zip(xs, rows, strict=True):
         ax.plot([x - 0.3, x + 0.3], [CPU_TARGET if r["part"] == "st2110" else THROUGHPUT_TARGET] * 2, "k--")
     ax.set_xticks(list(xs), names)
-    ax.set_ylabel("ratio (bytes/s ours/peer; st2110: CPU ours/peer); dashes: target")
+    ax.set_ylabel("ratio (log); dashes: its target")
+    ax.set_yscale("log")
+    ax.set_title("bytes/s ours / peer (st2110: relay CPU ours / peer)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
