@@ -1,0 +1,176 @@
+"""The media: section of `msm up --config` (groups, ST 2110 bridges) and the egress's pacing class."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from msm.media_config import MediaConfig, read_media
+from msm.rtp_proxy.media.bridges import MAX_BRIDGES, PacingMeter, incomplete_reason
+from msm.rtp_proxy.media.pacing import default_lead
+from msm.sdk.errors import ConfigError
+from msm.sdk.mcm_values import MAX_URN
+from msm.sdk.rfc4175 import VideoFormat
+from msm.sdk.st2110_sdp import AudioStream, VideoStream, audio_sdp, video_sdp
+
+VIDEO = {"width": 1920, "height": 1080, "fps": 29.97}
+
+
+def _read(text: str, path: str = "msm.yaml") -> MediaConfig:
+    return read_media(yaml.safe_load(text) or {}, path)
+
+
+def _egress(**more: Any) -> dict[str, Any]:
+    return {"name": "out", "direction": "egress", "group": "urn:a", "ipAddr": "127.0.0.1", "port": 6000,
+            "payload": {"video": dict(VIDEO)}, **more}
+
+
+def _error(*bridges: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as err:
+        read_media({"media": {"bridges": list(bridges)}}, "msm.yaml")
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_no_media_section_is_empty() -> None:
+    assert _read("routes: {a: rtsp://x/y}") == MediaConfig()
+
+
+def test_the_documented_example(tmp_path: Path) -> None:
+    sdp = tmp_path / "cam1.sdp"
+    fmt = VideoFormat("YCbCr-4:2:2", 10, 1280, 720)
+    sdp.write_text(video_sdp(VideoStream("239.1.1.2", 5004, fmt, source="192.0.2.9")))
+    config = _read(f"""
+media:
+  groups: [urn:studio:cam1, {{urn: urn:studio:spare}}]
+  bridges:
+    - {{name: cam1-in, direction: ingress, group: urn:studio:cam1, sdp: {sdp}}}
+    - name: cam1-in-b
+      direction: ingress
+      group: urn:studio:cam1b
+      transport: st2110-20
+      ipAddr: 239.1.1.1
+      port: 5004
+      multicastSourceIpAddr: 192.0.2.10
+      payloadType: 96
+      payload: {{video: {{width: 1920, height: 1080, fps: 30, pixelFormat: yuv422p10rfc4175}}}}
+      incomplete: drop
+    - name: cam1-out
+      direction: egress
+      group: urn:studio:cam1
+      ipAddr: 127.0.0.1
+      port: 6000
+      payload: {{video: {{width: 1280, height: 720, fps: 59.94}}}}
+      pacing: narrow
+      writeSdp: /tmp/cam1-out.sdp
+""")
+    assert config.groups == ["urn:studio:cam1", "urn:studio:spare"]
+    first, second, out = config.bridges
+    assert (first.stream.address, first.stream.port, first.stream.source, first.stream.fmt) == (
+        "239.1.1.2", 5004, "192.0.2.9", fmt)
+    assert first.sdp_in == sdp and first.incomplete == "pass"
+    assert (second.stream.source, second.stream.payload_type, second.incomplete) == ("192.0.2.10", 96, "drop")
+    assert second.stream.fmt.width == 1920 and second.stream.rate == 30
+    assert out.direction == "egress" and out.pacing == "narrow" and out.sdp_out == Path("/tmp/cam1-out.sdp")
+    assert out.stream.rate == Fraction(60000, 1001) and out.stream.payload_type == 112   # MCM's defaults
+    assert _read("media: {bridges: [" + str(_egress()) + "]}").bridges[0].pacing == "wide"
+
+
+@pytest.mark.parametrize(("bridge", "message"), [
+    (_egress(port=70000), "media.bridges[1].port: must be 1..65535, got 70000"),
+    (_egress(ipAddr="cam.local"), "media.bridges[1].ipAddr: must be an IPv4 address, got 'cam.local'"),
+    (_egress(payload={"video": {"width": 641}}), "media.bridges[1].payload.video.width: 4:2:2 video needs an even "
+     "width, got 641"),
+    (_egress(payload={"video": {"pixelFormat": "v210"}}), "media.bridges[1].payload.video.pixelFormat: bridges "
+     "carry yuv422p10rfc4175 (no conversion), got 'v210'"),
+    (_egress(multicastSourceIpAddr="192.0.2.1"), "media.bridges[1].multicastSourceIpAddr: only an rx connection "
+     "filters by source"),
+    (_egress(pacing="fast"), "media.bridges[1].pacing: must be one of wide, narrow, linear, none, got 'fast'"),
+    (_egress(incomplete="drop"), "media.bridges[1].incomplete: only for an ingress bridge"),
+    (_egress(colour="blue"), "media.bridges[1].colour: unknown field"),
+    (_egress(name="a b"), "media.bridges[1].name: letters, digits, '.', '_' and '-' (1..64, a letter or digit "
+     "first), got 'a b'"),
+    (_egress(name="first"), "media.bridges[1].name: 'first' is already the name of another bridge"),
+    (_egress(name="x", group="urn with space"), "media.bridges[1].group: must be a URN of 1..256 printable ASCII "
+     "characters without spaces, got 'urn with space'"),
+    (_egress(name="x", sdp="/x.sdp"), "media.bridges[1].ipAddr: give sdp or the stream's fields, not both"),
+    (_egress(name="x", port=6001, transport="st2110-30", payload={"audio": {}}), "media.bridges[1].transport: "
+     "bridges carry st2110-20 video, got st2110-30 (ST 2110-22 and -30 bridges are not built yet)"),
+    ({"name": "x", "direction": "egress"}, "media.bridges[1].group: must be a URN of 1..256 printable ASCII "
+     "characters without spaces, got None"),
+    ({"name": "x", "group": "urn:a"}, "media.bridges[1].direction: required"),
+    ("out", "media.bridges[1]: must be a mapping (name, direction, group, ...), got 'out'"),
+])
+def test_a_bad_bridge_is_one_line_naming_its_yaml_path(bridge: Any, message: str) -> None:
+    first = _egress(name="first", port=5999)
+    assert _error(first, bridge) == f"msm.yaml: {message}".replace("1..256 ", f"1..{MAX_URN} ")
+
+
+def test_same_address_twice_and_too_many() -> None:
+    assert _error(_egress(name="a"), _egress(name="b")) == (
+        "msm.yaml: media.bridges[1].port: bridge 'a' already uses 127.0.0.1:6000")
+    many = [_egress(name=f"b{i}", port=6000 + i) for i in range(MAX_BRIDGES + 1)]
+    assert _error(*many) == f"msm.yaml: media.bridges: {MAX_BRIDGES + 1} bridges, a proxy runs at most {MAX_BRIDGES}"
+
+
+def test_sdp_files_that_cannot_be_bridged(tmp_path: Path) -> None:
+    audio = tmp_path / "audio.sdp"
+    audio.write_text(audio_sdp(AudioStream("239.1.1.3", 5006)))
+    ingress = {"name": "x", "direction": "ingress", "group": "urn:a"}
+    assert _error({**ingress, "sdp": str(audio)}) == (
+        f"msm.yaml: media.bridges[0].sdp: {audio} describes ST 2110-30 audio; bridges carry ST 2110-20 video "
+        "(audio bridges are not built yet)")
+    assert _error({**ingress, "sdp": str(tmp_path / "none.sdp")}) == (
+        f"msm.yaml: media.bridges[0].sdp: cannot read {tmp_path / 'none.sdp'}: No such file or directory")
+    junk = tmp_path / "junk.sdp"
+    junk.write_text("v=0\r\nm=video 5004 RTP/AVP 96\r\n")
+    assert _error({**ingress, "sdp": str(junk)}).startswith(f"msm.yaml: media.bridges[0].sdp: {junk}: ")
+
+
+@pytest.mark.parametrize(("media", "message"), [
+    ("[a]", "media: must be a mapping with groups: and bridges:, got ['a']"),
+    ("{bridge: []}", "media.bridge: unknown field (media takes groups and bridges)"),
+    ("{bridges: {a: 1}}", "media.bridges: must be a list, got {'a': 1}"),
+    ("{groups: [1]}", "media.groups[0]: must be a URN of"),
+])
+def test_bad_sections(media: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        _read(f"media: {media}", "cfg.yaml")
+    assert str(err.value).startswith(f"cfg.yaml: {message}")
+
+
+# -- the egress's measured class ------------------------------------------------------------------------
+def _meter(mode: str, packets: int = 4320, height: int = 1080) -> PacingMeter:
+    group = {"narrow": 2, "wide": 8, "linear": 2}[mode]
+    lead = default_lead(mode, packets, height) - (group - 1 if mode != "wide" else 0)
+    return PacingMeter(None, mode=mode, packets=packets, period_ns=Fraction(10**9, 30), height=height, lead=lead,
+                       group=group)
+
+
+def test_on_time_frames_take_their_modes_class() -> None:
+    wide, narrow = _meter("wide"), _meter("narrow")
+    assert wide.klass == "unknown"
+    assert wide.measure(0, 0) == "wide" and narrow.measure(0, 0) == "narrow"
+    assert wide.klass == "wide" and narrow.klass == "narrow"
+
+
+def test_late_packets_underflow_the_receiver() -> None:
+    meter = _meter("wide")
+    trs = meter.trs_ns
+    assert meter.measure(10, int(trs * (meter.lead - 1))) == "wide"        # within the lead: still in time
+    assert meter.measure(10, int(trs * (meter.lead + 2))) == "non-compliant"
+    assert "VRX underflow" in meter.reason and meter.klass == "non-compliant"
+    assert dict(meter.counts) == {"narrow": 0, "wide": 1, "non-compliant": 1}
+    for _ in range(300):   # the class covers the last 300 frames
+        meter.measure(0, 0)
+    assert meter.klass == "wide" and meter.late_packets == 20
+
+
+def test_incomplete_reasons_are_a_small_set() -> None:
+    assert incomplete_reason("lost 3 packets") == "lost_packets"
+    assert incomplete_reason("no marker") == "no_marker"
+    assert incomplete_reason("got 10 of 20 bytes") == "short_frame"
