@@ -61,6 +61,8 @@ MAX_PER_UID = 32
 MAX_TOTAL = 64
 #: Agent sockets one uid may keep open (an app that opens sockets in a loop runs out, not the proxy).
 MAX_APPS_PER_UID = 32
+#: Agent sockets on this proxy whatever their uids (each is an fd, a reader and a little state).
+MAX_APPS = 256
 #: Requests one app may have waiting: the SDK sends one at a time; more is a misbehaving client.
 MAX_PENDING = 4
 #: Queue slots per ring are a power of two: bufferQueueCapacity (2..128) rounded up.
@@ -97,7 +99,7 @@ class MediaAgent:
         self.max_per_app, self.max_per_uid, self.max_total = max_per_app, max_per_uid, max_total
         self.socket_path = str(self.dir / "proxy.sock")
         self.memif_path = str(self.dir / "memif.sock")
-        self.apps: dict[int, _App] = {}  # fd -> app; bounded by MAX_APPS_PER_UID per uid
+        self.apps: dict[int, _App] = {}  # fd -> app; bounded by MAX_APPS (and MAX_APPS_PER_UID per uid)
         self.counters: Counter[str] = Counter()
         self.plane: MemifPlane | None = None
         self._listener: socket.socket | None = None
@@ -145,11 +147,12 @@ class MediaAgent:
             return
         pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
         peer = PeerCred(pid, uid, gid)
-        if sum(1 for a in self.apps.values() if a.peer.uid == uid) >= MAX_APPS_PER_UID:
+        if len(self.apps) >= MAX_APPS or sum(1 for a in self.apps.values() if a.peer.uid == uid) >= MAX_APPS_PER_UID:
             self.counters["refused_apps_per_uid"] += 1
-            log.warning("media agent: refused app pid=%d uid=%d gid=%d: %d agent sockets open for its uid", pid,
-                        uid, gid, MAX_APPS_PER_UID)
-            _send(sock, error_reply(ResourceExhausted(f"uid {uid} has {MAX_APPS_PER_UID} agent sockets open")))
+            log.warning("media agent: refused app pid=%d uid=%d gid=%d: too many agent sockets open (at most %d "
+                        "per uid, %d in all)", pid, uid, gid, MAX_APPS_PER_UID, MAX_APPS)
+            _send(sock, error_reply(ResourceExhausted(f"too many agent sockets open (at most {MAX_APPS_PER_UID} "
+                                                      f"per uid, {MAX_APPS} in all)")))
             sock.close()
             return
         sock.setblocking(False)
@@ -184,7 +187,7 @@ class MediaAgent:
     async def _request(self, app: _App, data: bytes) -> None:
         async with app.lock:
             app.pending -= 1
-            if app.sock.fileno() < 0:
+            if app.sock.fileno() < 0:  # the app is gone: its requests go unanswered
                 return
             request_id: object = None
             try:
@@ -334,9 +337,10 @@ class MediaAgent:
         if self._loop is not None:
             self._loop.remove_reader(fd)
         app.sock.close()
-        ports, app.ports = list(app.ports.values()), {}
-        for conn in ports:
-            await self._remove(conn)
+        async with app.lock:  # after a create under way: what it made goes too
+            ports, app.ports = list(app.ports.values()), {}
+            for conn in ports:
+                await self._remove(conn)
         log.info("media agent: app pid=%d uid=%d gone; %d connections removed", app.peer.pid, app.peer.uid,
                  len(ports))
 
