@@ -2,16 +2,17 @@
 
     GStreamer rtpvrawpay --> [relay under test] --> counting receiver (our C depacketizer)
 
-The relays: ours (``St2110Ingress`` feeding ``St2110Egress`` in one Python
-process, C core) and GStreamer (``udpsrc ! rtpvrawdepay ! rtpvrawpay !
-udpsink``). Each relay runs in its own process; its CPU (user + system,
+The relays: ours (an ingress bridge publishing into a group and an egress
+bridge receiving it, as ``msm up`` runs them, in one Python process, C core;
+the egress paced by the C pacer, ``--pacing``) and GStreamer (``udpsrc !
+rtpvrawdepay ! rtpvrawpay ! udpsink``). Each relay runs in its own process; its CPU (user + system,
 ``/proc/PID/stat``) is read just before the sender starts and once the
 stream has drained, so start-up is not counted. Loss is what the counting
 receiver found missing (sequence gaps), and the frames that did not arrive
 complete. (Our egress sends 4320 packets a frame, equal slices of each line,
 where rtpvrawpay sends 3765.)
 
-    .venv/bin/python -m msm_bench.st2110_bench [--frames 150] [--width 1920 --height 1080]
+    .venv/bin/python -m msm_bench.st2110_bench [--frames 150] [--width 1920 --height 1080] [--pacing wide]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 PT = 96
 TICK = os.sysconf("SC_CLK_TCK")
@@ -50,23 +52,33 @@ print(json.dumps(rx.stats()), flush=True)
 """
 
 OURS = """
-import signal, sys, threading
-from msm.rtp_proxy.media.st2110_bridge import St2110Egress, St2110Ingress
+import asyncio, json, signal, sys
+from msm.rtp_proxy.media.bridges import BridgeSet, BridgeSpec
+from msm.rtp_proxy.media.plane import MediaNode
 from msm.sdk.rfc4175 import VideoFormat
 from msm.sdk.st2110_sdp import VideoStream
 w, h, port_in, port_out = (int(a) for a in sys.argv[1:5])
+pacing = sys.argv[5]
 fmt = VideoFormat("YCbCr-4:2:2", 10, w, h)
-egress = St2110Egress(VideoStream("127.0.0.1", port_out, fmt))
-ingress = St2110Ingress(VideoStream("127.0.0.1", port_in, fmt), on_frame=lambda d, f: egress.send(d, f.timestamp))
-ingress.start()
-print("ready", flush=True)
-done = threading.Event()
-signal.signal(signal.SIGINT, lambda *_: done.set())
-done.wait()
-ingress.close(); egress.close()
-import json; print(json.dumps({"ingress": ingress.stats(), "egress": egress.stats()}), flush=True)
-"""
 
+async def main():
+    # As msm up runs them: the ingress bridge publishes into a group, the egress bridge receives it.
+    bridges = BridgeSet(MediaNode("bench"))
+    await bridges.start([BridgeSpec("in", "ingress", "urn:bench", VideoStream("127.0.0.1", port_in, fmt)),
+                         BridgeSpec("out", "egress", "urn:bench", VideoStream("127.0.0.1", port_out, fmt),
+                                    pacing=pacing)])
+    print("ready", flush=True)
+    done = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, done.set)
+    await done.wait()
+    rows = {row["direction"]: row for row in bridges.snapshot()}
+    await bridges.stop()
+    out = rows["egress"]
+    print(json.dumps({"ingress": rows["ingress"]["stats"], "egress": out["stats"],
+                      "pacing_class": out["pacing_class"], "pacing_frames": out.get("pacing_frames", {})}), flush=True)
+
+asyncio.run(main())
+"""
 
 def _port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -84,9 +96,9 @@ def _caps(w: int, h: int) -> str:
             f"depth=(string)10,width=(string){w},height=(string){h},colorimetry=BT709-2,payload={PT}")
 
 
-def _relay(kind: str, w: int, h: int, port_in: int, port_out: int) -> subprocess.Popen[str]:
+def _relay(kind: str, w: int, h: int, port_in: int, port_out: int, pacing: str) -> subprocess.Popen[str]:
     if kind == "msm":
-        cmd = [sys.executable, "-c", OURS, str(w), str(h), str(port_in), str(port_out)]
+        cmd = [sys.executable, "-c", OURS, str(w), str(h), str(port_in), str(port_out), pacing]
     else:
         cmd = ["gst-launch-1.0", "-q", "udpsrc", f"port={port_in}", "buffer-size=67108864", f"caps={_caps(w, h)}", "!",
                "rtpvrawdepay", "!", "rtpvrawpay", f"pt={PT}", "mtu=1400", "!", "udpsink", "host=127.0.0.1",
@@ -102,11 +114,11 @@ def _sender(w: int, h: int, frames: int, port: int) -> subprocess.Popen[bytes]:
          f"port={port}", "sync=true", "buffer-size=8388608"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def run_one(kind: str, w: int, h: int, frames: int) -> dict[str, object]:
+def run_one(kind: str, w: int, h: int, frames: int, pacing: str = "wide") -> dict[str, object]:
     port_in, port_out = _port(), _port()
     counter = subprocess.Popen([sys.executable, "-c", COUNTER, str(w), str(h), str(port_out)],
                                stdout=subprocess.PIPE, text=True)
-    relay = _relay(kind, w, h, port_in, port_out)
+    relay = _relay(kind, w, h, port_in, port_out, pacing)
     try:
         assert counter.stdout is not None and counter.stdout.readline().strip() == "ready"
         if kind == "msm":
@@ -128,7 +140,7 @@ def run_one(kind: str, w: int, h: int, frames: int) -> dict[str, object]:
             relay_out = ""
         if counter.poll() is None:
             counter.kill()
-    inner: dict[str, dict[str, int]] = {}
+    inner: dict[str, Any] = {}
     if kind == "msm" and relay_out.strip():
         inner = json.loads(relay_out.strip().splitlines()[-1])
     got, lost = counted["packets"], counted["lost"]
@@ -138,6 +150,7 @@ def run_one(kind: str, w: int, h: int, frames: int) -> dict[str, object]:
             "relay_in_lost": inner.get("ingress", {}).get("lost"),
             "relay_in_incomplete": inner.get("ingress", {}).get("frames_incomplete"),
             "relay_out_busy": inner.get("egress", {}).get("frames_busy"),
+            "egress_pacing": f"{pacing}: {inner['pacing_class']} {inner['pacing_frames']}" if inner else None,
             "cpu_s": round(cpu, 3), "cpu_ms_per_frame": round(cpu * 1000 / frames, 2),
             "cpu_ms_per_delivered_frame": round(cpu * 1000 / max(1, counted["frames_complete"]), 2)}
 
@@ -153,9 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=150)
     parser.add_argument("--width", type=int, default=1920)
     parser.add_argument("--height", type=int, default=1080)
+    parser.add_argument("--pacing", default="wide", choices=("wide", "narrow", "linear", "none"),
+                        help="our egress bridge's pacing (default wide, as msm up's)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    results = [run_one(kind, args.width, args.height, args.frames) for kind in ("msm", "gstreamer")]
+    results = [run_one(kind, args.width, args.height, args.frames, args.pacing) for kind in ("msm", "gstreamer")]
     ours, theirs = results
     ratio = float(ours["cpu_s"]) / float(theirs["cpu_s"]) if theirs["cpu_s"] else float("nan")  # type: ignore[arg-type]
     per_delivered = (float(ours["cpu_ms_per_delivered_frame"])  # type: ignore[arg-type]
@@ -173,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['cpu_ms_per_delivered_frame']} ms/frame delivered complete")
         if r["relay_in_lost"] is not None:
             print(f"              relay ingress lost {r['relay_in_lost']} packets, {r['relay_in_incomplete']} "
-                  f"incomplete frames; egress busy {r['relay_out_busy']}")
+                  f"incomplete frames; egress busy {r['relay_out_busy']}; pacing {r['egress_pacing']}")
     print(f"  CPU msm / GStreamer: {ratio:.2f} for the same frames sent, {per_delivered:.2f} per frame delivered")
     return 0
 
