@@ -79,7 +79,7 @@ class BridgeSpec:
     stream: VideoStream             # ingress: where it arrives (address, port, source); egress: where it goes
     incomplete: str = "pass"        # ingress: "pass" | "drop"
     pacing: str = "wide"            # egress: one of PACINGS
-    sdp_out: Path | None = None     # egress: where its SDP is written (None: <media dir>/<name>.sdp)
+    sdp_out: Path | None = None     # egress: its SDP file (None: <media dir>/<name>.sdp; no media dir: none)
     sdp_in: Path | None = None      # the SDP file it was declared from, if any
 
 
@@ -215,9 +215,11 @@ class _Egress:
             if spec.pacing != "none":
                 self.meter = _meter(self.io, spec.pacing)
                 self.io.pacer = self.meter
-            self.sdp_path = spec.sdp_out or ((media_dir or Path(".")) / f"{spec.name}.sdp")
-            self.sdp_path.parent.mkdir(parents=True, exist_ok=True)
-            self.io.write_sdp(self.sdp_path)
+            # Without a path or a media directory (a library user's BridgeSet), no file.
+            self.sdp_path = spec.sdp_out or (media_dir / f"{spec.name}.sdp" if media_dir is not None else None)
+            if self.sdp_path is not None:
+                self.sdp_path.parent.mkdir(parents=True, exist_ok=True)
+                self.io.write_sdp(self.sdp_path)
         except BaseException:
             self.io.close()
             raise
@@ -233,7 +235,7 @@ class _Egress:
         out: dict[str, Any] = {
             "frames": stats["frames_sent"], "bytes": stats["frames_sent"] * self.io.fmt.frame_bytes,
             "packets": self.io.counters["packets_sent"], "dropped": {"egress_busy": stats["frames_busy"]},
-            "queue_depth": max(0, taken - stats["frames_sent"]), "sdp": str(self.sdp_path),
+            "queue_depth": max(0, taken - stats["frames_sent"]), "sdp": str(self.sdp_path or ""),
             "native": self.io.native, "pacing_class": "unpaced", "stats": stats}
         if self.meter is not None:
             out.update(pacing_class=self.meter.klass, pacing_frames=dict(self.meter.counts),
@@ -322,7 +324,7 @@ class BridgeSet:
             del self.egresses[name]
 
     def sdp_paths(self) -> dict[str, Path]:
-        return {name: egress.sdp_path for name, egress in self.egresses.items()}
+        return {name: egress.sdp_path for name, egress in self.egresses.items() if egress.sdp_path is not None}
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Per bridge: what it is and its counters (for metrics and ``msm streams``)."""
