@@ -140,14 +140,17 @@ def part_fabric(provider: str, smoke: bool) -> dict[str, Any]:
     return {"ours": mine, "peer": peer}
 
 
-def _st2110_row(name: str, r: dict[str, Any]) -> dict[str, Any]:
+def _st2110_row(name: str, r: dict[str, Any], lat: dict[str, Any]) -> dict[str, Any]:
     sent, complete = int(r["frames_sent"]), int(r["frames_complete"])
     fps = 30.0 * complete / sent if sent else None  # complete frames delivered per second of the 30 fps stream
-    return _row(name, FRAME, fps, None if fps is None else fps * FRAME, r["cpu_ms_per_frame"],
+    return _row(name, FRAME, fps, None if fps is None else fps * FRAME, r["cpu_ms_per_frame"], lat["latency_ms_p50"],
+                lat["latency_ms_p99"],
                 note="frames/s and Gbit/s: complete frames delivered, of the 30 fps stream; CPU: the relay's "
-                "process per frame sent; latency: not measured by st2110_bench",
+                f"process per frame sent; latency: a second run (st2110_latency), last packet sent -> frame "
+                f"complete at the receiver, {lat['frames_matched']} of {lat['frames_sent'] - lat['warmup']} frames "
+                "through (after a warm-up)",
                 frames=sent, received=complete, packets_lost=r["packets_lost"], loss=r["loss"],
-                cpu_s=r["cpu_s"], detail=r)
+                cpu_s=r["cpu_s"], detail=r, latency_run=lat)
 
 
 def part_st2110(smoke: bool) -> dict[str, Any]:
@@ -159,16 +162,15 @@ def part_st2110(smoke: bool) -> dict[str, Any]:
         st2110.load()
     except Exception as exc:  # NativeUnavailable: built without a C compiler
         return _absent(f"the ST 2110 C core is not built: {exc}")
-    from msm_bench import st2110_bench
+    from msm_bench import st2110_bench, st2110_latency
 
     frames = 30 if smoke else 300
     ours = st2110_bench.run_one("msm", 1920, 1080, frames)
     theirs = st2110_bench.run_one("gstreamer", 1920, 1080, frames)
-    from msm.rtp_proxy.media.st2110_bridge import SPREAD
-
-    mine = _st2110_row("msm St2110Ingress -> St2110Egress", ours)
-    mine["pacing"] = f"each frame's packets evenly over {float(SPREAD):.0%} of the frame period (St2110Egress)"
-    peer = _st2110_row("GStreamer rtpvrawdepay ! rtpvrawpay", theirs)
+    lat_frames = 20 if smoke else 155
+    mine = _st2110_row("msm ST 2110 ingress -> egress", ours, st2110_latency.measure("msm", lat_frames))
+    mine["pacing"] = ours.get("egress_pacing") or "the egress's own (st2110_bench reports none)"
+    peer = _st2110_row("GStreamer rtpvrawdepay ! rtpvrawpay", theirs, st2110_latency.measure("gstreamer", lat_frames))
     peer["pacing"] = "none: udpsink sends each frame's packets as rtpvrawpay makes them"
     return {"ours": mine, "peer": peer}
 
@@ -213,6 +215,9 @@ def problems(part: str, ours: dict[str, Any], peer: dict[str, Any]) -> list[str]
         need = {"ours": METRICS, "peer": ("frames_per_s", "gbit_per_s")}
     for who, row in (("ours", ours), ("peer", peer)):
         out += [f"{who} {key} is {row.get(key)!r}" for key in need[who] if not _positive(row.get(key))]
+    for who, row in (("ours", ours), ("peer", peer)):
+        out += [f"{who} {key} is {row[key]!r}" for key in ("latency_ms_p50", "latency_ms_p99")
+                if row.get(key) is not None and not _positive(row[key])]
     if _positive(ours.get("latency_ms_p50")) and ours["latency_ms_p99"] < ours["latency_ms_p50"]:
         out.append("ours p99 below p50")
     if ours.get("bad"):
