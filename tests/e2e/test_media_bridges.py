@@ -1,8 +1,8 @@
 """ST 2110 bridges declared in `msm up --config`, against real peers.
 
-GStreamer's rtpvrawpay -> ingress bridge (declared by an SDP file) -> group -> egress bridge
-(paced, wide) -> ffmpeg reading the SDP msm wrote; a second egress of the same group goes to
-our analyser (``msm st2110 analyse``'s live capture), which checks the class the egress
+GStreamer's rtpvrawpay -> ingress bridge (declared by an SDP file) -> group -> two egress
+bridges (paced, wide) -> ffmpeg and GStreamer, each reading the SDP msm wrote; in another
+run an egress goes to our analyser (``msm st2110 analyse``'s live capture), which checks the class the egress
 reports about itself. Frames and pixels are compared with the source pattern; the proxy's
 /metrics and `msm streams` must show the frames, the loss and the egress's class.
 """
@@ -25,7 +25,15 @@ from msm.rtp_proxy.media.st2110_timing import CLASSES, Analyser
 from msm.sdk.rfc4175 import VideoFormat
 from msm.sdk.st2110_sdp import VideoStream, video_sdp
 from tests.e2e.conftest import STATE_DIR
-from tests.e2e.test_st2110 import FRAMES, SENT, _free_udp_port, _gst_pattern, _gst_sender, _uyvp_to_planar
+from tests.e2e.test_st2110 import (
+    FRAMES,
+    GST_RECEIVER,
+    SENT,
+    _free_udp_port,
+    _gst_pattern,
+    _gst_sender,
+    _uyvp_to_planar,
+)
 from tests.e2e.test_stub_flags import _msm_up, _scrape
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90),
@@ -33,28 +41,23 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90),
                                  reason="GStreamer or ffmpeg not installed (run scripts/setup.sh)")]
 
 VENV_BIN = Path(sys.executable).parent
-WIDTH, HEIGHT = 640, 480
-VIDEO = {"width": WIDTH, "height": HEIGHT, "fps": 30}
+SIZES = {"480p": (640, 480), "720p": (1280, 720)}
 
 
-def _config(tmp: Path, port_in: int, port_out: int, name: str = "cam-out") -> Path:
+def _config(tmp: Path, size: tuple[int, int], port_in: int, egresses: dict[str, int]) -> Path:
+    """An ingress declared by an SDP file into urn:test:cam, and an egress of it to each port in ``egresses``."""
+    width, height = size
     sdp_in = tmp / "cam.sdp"
-    sdp_in.write_text(video_sdp(VideoStream("127.0.0.1", port_in, VideoFormat("YCbCr-4:2:2", 10, WIDTH, HEIGHT))))
+    sdp_in.write_text(video_sdp(VideoStream("127.0.0.1", port_in, VideoFormat("YCbCr-4:2:2", 10, width, height))))
+    video = {"width": width, "height": height, "fps": 30}
+    lines = ["media:", "  groups: [urn:test:cam, urn:test:spare]", "  bridges:",
+             f'    - {{name: cam-in, direction: ingress, group: "urn:test:cam", sdp: "{sdp_in}"}}']
+    for name, port in egresses.items():
+        lines += [f"    - name: {name}", "      direction: egress", "      group: urn:test:cam",
+                  "      ipAddr: 127.0.0.1", f"      port: {port}", "      payloadType: 96",
+                  f"      payload: {{video: {video}}}", f"      writeSdp: {tmp / (name + '.sdp')}"]
     config = tmp / "msm.yaml"
-    config.write_text(f"""
-media:
-  groups: [urn:test:cam, urn:test:spare]
-  bridges:
-    - {{name: cam-in, direction: ingress, group: "urn:test:cam", sdp: "{sdp_in}"}}
-    - name: {name}
-      direction: egress
-      group: urn:test:cam
-      ipAddr: 127.0.0.1
-      port: {port_out}
-      payloadType: 96
-      payload: {{video: {VIDEO}}}
-      writeSdp: {tmp / "out.sdp"}
-""")
+    config.write_text("\n".join(lines) + "\n")
     return config
 
 
@@ -72,98 +75,108 @@ def _quiet() -> bool:
     return os.getloadavg()[0] < 1.0
 
 
-def _show(text: str, *more: str) -> None:
+def _show(text: str, *more: object) -> None:
     print("\n".join(line for line in text.splitlines() if line.startswith(("msm_media", "msm_st2110"))), *more)
 
 
-async def _ffmpeg(tmp: Path, sdp: str, port_in: int) -> bytes:
-    """ffmpeg on the egress's SDP while GStreamer sends SENT frames to the ingress; what ffmpeg decoded."""
-    out = tmp / "frames.raw"
+async def _receivers(tmp: Path, size: tuple[int, int], port_in: int) -> tuple[bytes, bytes]:
+    """ffmpeg and GStreamer each on the SDP msm wrote while GStreamer sends SENT frames; what they decoded."""
+    script = tmp / "gst_receiver.py"
+    script.write_text(GST_RECEIVER)
     ffmpeg = await asyncio.create_subprocess_exec(
         "ffmpeg", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file,udp,rtp", "-buffer_size",
-        "8388608", "-i", sdp, "-frames:v", str(FRAMES), "-f", "rawvideo", "-pix_fmt", "yuv422p10le", "-y", str(out),
-        stderr=asyncio.subprocess.PIPE)
+        "8388608", "-i", str(tmp / "to-ffmpeg.sdp"), "-frames:v", str(FRAMES), "-f", "rawvideo", "-pix_fmt",
+        "yuv422p10le", "-y", str(tmp / "ffmpeg.raw"), stderr=asyncio.subprocess.PIPE)
+    gst = await asyncio.create_subprocess_exec("/usr/bin/python3", str(script), str(tmp / "to-gst.sdp"),
+                                               str(tmp / "gst.raw"), stderr=asyncio.subprocess.PIPE)
     try:
-        await asyncio.sleep(1.5)   # ffmpeg binds its port
-        await _send(port_in)
+        await asyncio.sleep(1.5)   # both bind their ports
+        await _send(size, port_in)
     finally:
-        if ffmpeg.returncode is None:
-            ffmpeg.send_signal(2)
-        _, err = await asyncio.wait_for(ffmpeg.communicate(), 15)
-    print("ffmpeg:", err.decode(errors="replace")[-500:])
-    return out.read_bytes() if out.exists() else b""
+        for peer in (ffmpeg, gst):
+            if peer.returncode is None:
+                peer.send_signal(2)   # both flush what they hold on SIGINT
+            _, err = await asyncio.wait_for(peer.communicate(), 15)
+            print("receiver:", err.decode(errors="replace")[-500:])
+    return tuple((tmp / f"{n}.raw").read_bytes() if (tmp / f"{n}.raw").exists() else b"" for n in ("ffmpeg", "gst"))
 
 
-async def _send(port_in: int) -> None:
-    sender = _gst_sender(port_in, WIDTH, HEIGHT, SENT)
+async def _send(size: tuple[int, int], port_in: int) -> None:
+    sender = _gst_sender(port_in, *size, SENT)
     assert await asyncio.to_thread(sender.wait, 60) == 0
     await asyncio.sleep(1.0)
 
 
-def _check_group(text: str, egress: str) -> None:
-    """Every frame into the group, none lost or incomplete; every frame the egress took was sent."""
+def _check_group(text: str, egresses: list[str]) -> None:
+    """Every frame into the group, none lost or incomplete; every frame an egress took was sent."""
     assert _metric(text, "msm_st2110_bridge_frames_total", bridge="cam-in") == SENT
     assert _metric(text, "msm_st2110_ingress_lost_packets_total", bridge="cam-in") == 0
     assert _metric(text, "msm_media_group_incomplete_frames_total", group="urn:test:cam") == 0
     assert _metric(text, "msm_media_group_frames_total", group="urn:test:cam") == SENT
     assert _metric(text, "msm_media_group_receivers", group="urn:test:spare") == 0   # declared, no member
-    sent = _metric(text, "msm_st2110_bridge_frames_total", bridge=egress)
-    dropped = _metric(text, "msm_st2110_bridge_dropped_frames_total", bridge=egress)
-    assert sent + dropped == SENT and _metric(text, "msm_st2110_egress_pacing_frames_total", bridge=egress) == sent
-    if _quiet():
-        assert dropped == 0, f"{dropped} frames dropped at the egress on a quiet machine"
-    else:
-        print(f"machine busy (load {os.getloadavg()[0]:.1f}): the pacer ran late, {dropped:.0f} frames dropped")
+    for egress in egresses:
+        sent = _metric(text, "msm_st2110_bridge_frames_total", bridge=egress)
+        dropped = _metric(text, "msm_st2110_bridge_dropped_frames_total", bridge=egress)
+        assert sent + dropped == SENT and _metric(text, "msm_st2110_egress_pacing_frames_total", bridge=egress) == sent
+        if _quiet():
+            assert dropped == 0, f"{egress}: {dropped} frames dropped on a quiet machine"
+        elif dropped:
+            print(f"machine busy (load {os.getloadavg()[0]:.1f}): {egress}'s pacer ran late, {dropped:.0f} dropped")
 
 
-async def test_msm_up_bridges_gst_in_group_ffmpeg_out(tmp_path: Path) -> None:
-    port_in, port_out = _free_udp_port(), _free_udp_port()
-    config = _config(tmp_path, port_in, port_out)
-    async with _msm_up("--config", str(config)) as up:
-        sdp = (await up.wait_line(r"bridge\s+cam-out: group urn:test:cam -> ST 2110-20 \S+ "
+def _frames(data: bytes, want: bytes) -> list[bytes]:
+    return [data[i:i + len(want)] for i in range(0, len(data) - len(want) + 1, len(want))]
+
+
+@pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
+async def test_msm_up_bridges_gst_in_group_ffmpeg_and_gst_out(tmp_path: Path, size: tuple[int, int]) -> None:
+    port_in = _free_udp_port()
+    egresses = {"to-ffmpeg": _free_udp_port(), "to-gst": _free_udp_port()}
+    async with _msm_up("--config", str(_config(tmp_path, size, port_in, egresses))) as up:
+        sdp = (await up.wait_line(r"bridge\s+to-ffmpeg: group urn:test:cam -> ST 2110-20 \S+ "
                                   r"\(pacing wide\), SDP (\S+)")).group(1)
         await up.wait_line(rf"bridge\s+cam-in: ST 2110-20 127.0.0.1:{port_in} -> group urn:test:cam")
         metrics = (await up.wait_line(r"^\s+metrics\s+http://(\S+)/metrics")).group(1)
         control = (await up.wait_line(r"^\s+control\s+(\S+) \(gRPC\)")).group(1)
-        assert sdp == str(tmp_path / "out.sdp")
-        data = await _ffmpeg(tmp_path, sdp, port_in)
+        assert sdp == str(tmp_path / "to-ffmpeg.sdp")
+        by_ffmpeg, by_gst = await _receivers(tmp_path, size, port_in)
         text = await _scrape(metrics)
         streams = await asyncio.to_thread(subprocess.run, [
             str(VENV_BIN / "msm"), "streams", "--control", control, "--state-dir", str(STATE_DIR),
             "--metrics-listen", metrics], capture_output=True, text=True, timeout=30)
     _show(text, streams.stdout, streams.stderr)
-    _check_group(text, "cam-out")
-    # ffmpeg decoded what it was asked for (or, on a busy machine, every frame the egress sent), each
-    # frame equal to GStreamer's pattern.
-    want = _uyvp_to_planar(_gst_pattern(WIDTH, HEIGHT), WIDTH, HEIGHT)
-    got = [data[i:i + len(want)] for i in range(0, len(data) - len(want) + 1, len(want))]
-    sent = _metric(text, "msm_st2110_bridge_frames_total", bridge="cam-out")
-    assert len(got) >= min(FRAMES, sent - 2) and got and all(frame == want for frame in got), len(got)
-    klass = re.search(r'msm_st2110_egress_pacing\{bridge="cam-out",class="([^"]+)",node="local"\} 1\.0', text)
-    assert klass is not None and klass.group(1) in (("narrow", "wide") if _quiet() else CLASSES)
-    assert re.search(r"cam-out\s+egress\s+urn:test:cam\s+127.0.0.1:\d+\s+\d+.*wide: (narrow|wide|non-compliant)",
-                     streams.stdout), streams.stdout
+    _check_group(text, list(egresses))
+    # Each receiver decoded what it was asked for (or, on a busy machine, about what its egress sent),
+    # every frame equal to GStreamer's pattern.
+    pattern = _gst_pattern(*size)
+    for name, data, want in (("to-ffmpeg", by_ffmpeg, _uyvp_to_planar(pattern, *size)), ("to-gst", by_gst, pattern)):
+        got = _frames(data, want)
+        sent = _metric(text, "msm_st2110_bridge_frames_total", bridge=name)
+        assert len(got) >= min(FRAMES, sent - 3) and all(frame == want for frame in got), (name, len(got))
+        klass = re.search(rf'msm_st2110_egress_pacing\{{bridge="{name}",class="([^"]+)",node="local"\}} 1\.0', text)
+        assert klass is not None and klass.group(1) in (("narrow", "wide") if _quiet() else CLASSES)
+        assert re.search(rf"{name}\s+egress\s+urn:test:cam\s+127.0.0.1:\d+\s+\d+.*wide: (narrow|wide|non-compliant)",
+                         streams.stdout), streams.stdout
     assert re.search(r"urn:test:cam\s+st2110-in:cam-in\s+40", streams.stdout), streams.stdout
 
 
 async def test_egress_class_agrees_with_the_analyser(tmp_path: Path) -> None:
     """The class an egress reports (from its pacer's lateness) against ``msm st2110 analyse``'s live capture
     of the same packets: the same frames narrow, wide or non-compliant, give or take two."""
-    port_in, port_out = _free_udp_port(), _free_udp_port()
-    config = _config(tmp_path, port_in, port_out, name="probe")
-    async with _msm_up("--config", str(config)) as up:
+    size, port_in, port_out = SIZES["480p"], _free_udp_port(), _free_udp_port()
+    async with _msm_up("--config", str(_config(tmp_path, size, port_in, {"probe": port_out}))) as up:
         metrics = (await up.wait_line(r"^\s+metrics\s+http://(\S+)/metrics")).group(1)
-        analyser, stop = Analyser(height=HEIGHT), threading.Event()
+        analyser, stop = Analyser(height=size[1]), threading.Event()
         capture = asyncio.create_task(asyncio.to_thread(capture_live, analyser, open_socket(port_out), 60.0,
                                                         stop=stop))
         try:
-            await _send(port_in)
+            await _send(size, port_in)
         finally:
             stop.set()
             report = await capture
         text = await _scrape(metrics)
     _show(text, "analyser:", {k: v for k, v in report.as_dict().items() if k != "limits"})
-    _check_group(text, "probe")
+    _check_group(text, ["probe"])
     assert report.lost == 0
     ours = {k: _metric(text, "msm_st2110_egress_pacing_frames_total", bridge="probe", **{"class": k}) for k in CLASSES}
     # The analyser skips the first frame it sees and judges every other; ours judges every frame sent.
