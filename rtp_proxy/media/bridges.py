@@ -37,6 +37,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from msm.ext import NativeUnavailable
 from msm.sdk.errors import ConfigError, MsmError, ResourceExhausted
 from msm.sdk.rfc4175 import packet_plan
 from msm.sdk.st2110_sdp import VideoStream
@@ -284,6 +285,9 @@ class BridgeSet:
         except OSError as exc:
             where = f"{spec.stream.address}:{spec.stream.port}"
             raise ConfigError(f"bridge {spec.name!r}: cannot open {where}: {exc.strerror or exc}") from None
+        except NativeUnavailable as exc:
+            raise ConfigError(f"bridge {spec.name!r}: pacing {spec.pacing} needs the C core ({exc}); "
+                              "pacing: none sends without it") from None
         except (ValueError, MsmError) as exc:
             raise ConfigError(f"bridge {spec.name!r}: {exc}") from None
 

@@ -13,6 +13,7 @@ import asyncio
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -202,3 +203,19 @@ def test_msm_up_bad_media_config_is_one_line_exit_2(tmp_path: Path, media: str, 
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == f"msm: error: {config}: {message}", done.stderr
+
+
+def test_msm_up_ingress_port_in_use_is_one_line_exit_1(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        config = tmp_path / "busy.yaml"
+        config.write_text("media: {bridges: [{name: cam-in, direction: ingress, group: 'urn:a', ipAddr: 127.0.0.1, "
+                          f"port: {port}, payload: {{video: {{width: 640, height: 480, fps: 30}}}}}}]}}\n")
+        done = subprocess.run([str(VENV_BIN / "msm"), "up", "--config", str(config), "--rtsp-listen", "127.0.0.1:0",
+                               "--control-listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0", "--metrics-listen",
+                               "127.0.0.1:0", "--web-listen", "127.0.0.1:0", "--state-dir", str(STATE_DIR)],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"msm: error: bridge 'cam-in': cannot open 127.0.0.1:{port}: Address already in use"), done.stderr
