@@ -92,6 +92,9 @@ def run_media(opts: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"msm bench media: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the running part's processes are already ended
+        print("msm bench media: interrupted", file=sys.stderr)
+        return 130
     media.write(report, opts.json, opts.plot)
     problems = media.failed(report)
     if problems:
