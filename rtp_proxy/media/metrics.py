@@ -170,12 +170,13 @@ class MediaCollector(Collector):
         apps = out.gauge("msm_media_apps", "Apps connected to the media agent", ["node"])
         snap = self.agent()
         apps.add_metric([node], snap.get("apps", 0))
-        for conn in snap.get("connections", []):
-            labels = [node, str(conn["connection"]), str(conn["direction"]), str(conn["target"])]
-            frames.add_metric(labels, conn["frames"])
-            octets.add_metric(labels, conn["bytes"])
-            depth.add_metric(labels, conn["queue_depth"])
-            for reason, count in conn["drops"].items():
+        for conn in snap.get("connections", []):   # .get: a scrape never fails on the agent's shape
+            labels = [node, str(conn.get("connection", "")), str(conn.get("direction", "")),
+                      str(conn.get("target", ""))]
+            frames.add_metric(labels, conn.get("frames", 0))
+            octets.add_metric(labels, conn.get("bytes", 0))
+            depth.add_metric(labels, conn.get("queue_depth", 0))
+            for reason, count in conn.get("drops", {}).items():
                 drops.add_metric([*labels, reason], count)
             for q in QUANTILES:
                 value = conn.get(f"latency_p{round(q * 100)}_us")

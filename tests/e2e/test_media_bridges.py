@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,41 @@ def test_msm_up_ingress_port_in_use_is_one_line_exit_1(tmp_path: Path) -> None:
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         f"msm: error: bridge 'cam-in': cannot open 127.0.0.1:{port}: Address already in use"), done.stderr
+
+
+async def test_an_apps_frames_go_out_through_an_egress_bridge(tmp_path: Path) -> None:
+    """An app of msm.sdk.mesh sends into a group that an egress bridge sends out: the connection's and the
+    bridge's counters on the proxy's /metrics."""
+    width, height = SIZES["480p"]
+    config = tmp_path / "app.yaml"
+    config.write_text(f"media: {{bridges: [{{name: app-out, direction: egress, group: 'urn:test:app', ipAddr: "
+                      f"127.0.0.1, port: {_free_udp_port()}, payload: {{video: {{width: {width}, height: {height}, "
+                      "fps: 30}}}]}\n")
+    async with _msm_up("--config", str(config)) as up:
+        proxy = (await up.wait_line(r"^\s+media\s+MSM_PROXY=(\S+)")).group(1)
+        metrics = (await up.wait_line(r"^\s+metrics\s+http://(\S+)/metrics")).group(1)
+        text = await asyncio.to_thread(_app_sends, proxy, metrics, width, height, 30)
+    _show(text)
+    assert re.search(r'msm_media_group_info\{group="urn:test:app",node="local",sender="memif:\w+"\} 1.0', text)
+    assert _metric(text, "msm_media_connection_frames_total", direction="tx", target="urn:test:app") == 30
+    assert _metric(text, "msm_media_apps") == 1
+    sent = _metric(text, "msm_st2110_bridge_frames_total", bridge="app-out")
+    assert sent + _metric(text, "msm_st2110_bridge_dropped_frames_total", bridge="app-out") == 30
+    assert sent == 30 or not _quiet()
+
+
+def _app_sends(proxy: str, metrics: str, width: int, height: int, frames: int) -> str:
+    """Sends ``frames`` frames from an app; the proxy's /metrics while the app is still connected."""
+    from msm.sdk import mesh
+
+    config = {"connection": {"multipointGroup": {"urn": "urn:test:app"}},
+              "payload": {"video": {"width": width, "height": height, "fps": 30, "pixelFormat": "yuv422p10rfc4175"}}}
+    with mesh.Client(proxy) as client:
+        tx = client.create_tx_connection(config)
+        for i in range(frames):
+            buf = tx.get_buffer(timeout=2.0)
+            buf.payload_len, buf.timestamp = len(buf.payload), i * 3000
+            tx.put_buffer(buf)
+            time.sleep(1 / 30)
+        time.sleep(0.5)   # the last frame sent
+        return asyncio.run(_scrape(metrics))
