@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -189,6 +190,7 @@ def run_part(part: str, smoke: bool) -> dict[str, Any]:
 
 def worker(part: str, smoke: bool, out: Path) -> int:
     """The child: one part, its numbers (or why there are none) as JSON in ``out``."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # ended early: the runners' cleanup still runs
     try:
         result = run_part(part, smoke)
         result.setdefault("status", "measured")
@@ -318,13 +320,20 @@ def run(parts: list[str], *, smoke: bool = False, command: str = "",
     if unknown:
         raise ValueError(f"unknown part {', '.join(unknown)} (have {', '.join(PARTS)})")
     report: dict[str, Any] = {"command": command, "smoke": smoke, "machine": _machine(), "parts": []}
-    for part in parts:
-        echo(f"media bench: {part} ...")
-        start = time.monotonic()
-        row = score(part, run_isolated(part, smoke, TIMEOUT[smoke]))
-        row["seconds"] = round(time.monotonic() - start, 1)
-        report["parts"].append(row)
-        echo(f"media bench: {part}: {row['verdict']} ({row['seconds']:.0f} s)")
+    # SIGTERM as Ctrl+C: either way the running part's process group is ended before this returns.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
+    try:
+        for part in parts:
+            echo(f"media bench: {part} ...")
+            start = time.monotonic()
+            row = score(part, run_isolated(part, smoke, TIMEOUT[smoke]))
+            row["seconds"] = round(time.monotonic() - start, 1)
+            report["parts"].append(row)
+            echo(f"media bench: {part}: {row['verdict']} ({row['seconds']:.0f} s)")
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     report["machine"]["loadavg_end"] = os.getloadavg()
     return report
 
