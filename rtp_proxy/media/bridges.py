@@ -61,11 +61,15 @@ PACINGS = ("wide", "narrow", "linear", "none")
 #: (a fixed-size window, so one bad second in the past does not mark the bridge forever).
 CLASS_WINDOW = 300
 #: How late a frame's first packet may be and the frame still go out in the slot after the last
-#: one's (a share of the frame period); later, the egress starts over MARGIN ahead.
+#: one's (a share of the frame period); later, it goes in the first slot still ahead.
 MAX_OVERDUE = Fraction(1, 4)
 #: How far ahead of its arrival the first frame is scheduled (a share of the frame period): the
 #: sender's jitter this egress absorbs, and the latency it adds (17 ms at 30 Hz).
 MARGIN = Fraction(1, 2)
+#: Frame periods without a frame that make the next one start over MARGIN ahead (a paused sender).
+PAUSE = 3
+#: The pacer's own lead time over a first packet's due time (ext/pacer.py SPIN_NS).
+SPIN_NS = 20_000
 #: The egress's MTU (RTP packet size), as GStreamer's rtpvrawpay mtu=1400.
 MTU = 1400
 
@@ -112,6 +116,7 @@ class PacingMeter:
         self.next_frame: int | None = None
         self.max_overdue_ns = int(period_ns * MAX_OVERDUE)
         self.margin_ns = int(period_ns * MARGIN)
+        self.pause_ns = int(period_ns * PAUSE)
         self.realigned = 0
 
     def send_frame(self, buf: Any, lengths: Any = None) -> object:
@@ -119,13 +124,16 @@ class PacingMeter:
         # Each frame in the slot after the last one's, even when its first packet is a little overdue
         # (the pacer catches up in a frame or two): letting the pacer skip a slot, as it would, leaves
         # the egress a frame behind a sender of the same rate for good, and a frame is lost later.
-        # The first frame, and one far behind (a stall, a new stream), go MARGIN ahead of now, so a
-        # sender's jitter of up to MARGIN is absorbed by the egress's queue.
+        # Further behind, the first slot still ahead. The first frame, and one after a pause (a stall,
+        # a new stream), go MARGIN ahead of now, so a sender's jitter of up to MARGIN is absorbed by
+        # the egress's queue.
         now = self.pacer.now()
         frame = self.next_frame
-        if frame is None or self.pacer.packet_time(frame, 0) < now - self.max_overdue_ns:
-            frame = self.pacer.frame_of(now + self.margin_ns)
-            while self.pacer.packet_time(frame, 0) < now + self.margin_ns:
+        overdue = now - self.pacer.packet_time(frame, 0) if frame is not None else 0
+        if frame is None or overdue > self.max_overdue_ns:
+            margin = self.margin_ns if frame is None or overdue > self.pause_ns else 0
+            frame = self.pacer.frame_of(now + margin)
+            while self.pacer.packet_time(frame, 0) < now + margin + SPIN_NS:
                 frame += 1
             self.realigned += 1
         stats = self.pacer.send_frame(buf, lengths, frame=frame)
