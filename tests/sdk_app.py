@@ -4,6 +4,7 @@
     python tests/sdk_app.py recv --urn U --frames N [--stall-after K] [--timeout S]
     python tests/sdk_app.py hold --urn U --direction tx|rx      (creates, says "ready", waits to be killed)
     python tests/sdk_app.py create --direction tx --config JSON   (one create; its error on stderr)
+    python tests/sdk_app.py node --node NAME --media-dir DIR [--provider shm]  (a node's media side, see node())
 
 Frames are checkable byte for byte: frame i's payload is a fixed pseudo-random
 picture with i written at both ends and a 4 KiB block that depends on i, its
@@ -31,7 +32,7 @@ from msm.sdk.errors import MsmError
 WIDTH, HEIGHT = 1920, 1080
 
 
-def config(urn: str, *, metadata: int = 256, capacity: int = 16, st2110: int = 0) -> dict[str, Any]:
+def config(urn: str, *, metadata: int = 256, capacity: int = 32, st2110: int = 0) -> dict[str, Any]:
     """1080p 10-bit (RFC 4175 pixel groups: 5,184,000 bytes a frame) in a multipoint group, or as
     ST 2110-20 to/from 127.0.0.1:``st2110``."""
     connection: dict[str, Any] = {"multipointGroup": {"urn": urn}}
@@ -134,15 +135,20 @@ async def recv_async(args: argparse.Namespace) -> dict[str, Any]:
     async with client:
         rx = await client.create_rx_connection(config(args.urn))
         print("ready", flush=True)
-        got, bad = 0, []
+        got, bad, seqs = 0, [], []
         size = rx.layout.payload_size
-        while got < args.frames:
-            buf = await rx.get_buffer_async(timeout=args.timeout)
-            if not check(buf.payload, buf.seq) or buf.metadata != metadata(buf.seq) or buf.payload_len != size:
-                bad.append(buf.seq)
-            got += 1
-            rx.put_buffer(buf)
-    return {"received": got, "bad": bad}
+        try:
+            while got < args.frames:
+                buf = await rx.get_buffer_async(timeout=args.timeout)
+                i = buf.seq
+                if not check(buf.payload, i) or buf.metadata != metadata(i) or buf.payload_len != size:
+                    bad.append(i)
+                seqs.append(i)
+                got += 1
+                rx.put_buffer(buf)
+        except MsmError as exc:
+            return {"received": got, "bad": bad, "seqs": seqs, "error": exc.reason}
+    return {"received": got, "bad": bad, "seqs": seqs}
 
 
 def hold(args: argparse.Namespace) -> dict[str, Any]:
@@ -162,9 +168,50 @@ def create(args: argparse.Namespace) -> dict[str, Any]:
         return {"connection": conn.id}
 
 
+async def node(args: argparse.Namespace) -> dict[str, Any]:
+    """A proxy's media side for one node: this node's groups, a libfabric endpoint and the agent for its apps.
+
+    Prints ``{"proxy": "unix:...", "address": "<hex>"}``, then takes the control plane's link
+    programming as JSON lines on stdin (``open_link`` / ``expect``, MediaNode's own calls).
+    """
+    from msm.rtp_proxy.media.agent import MediaAgent
+    from msm.rtp_proxy.media.plane import MediaNode, open_endpoints
+
+    # 8 frames in flight per peer: a 2-core host shared with the apps may hold a reader up for 250 ms
+    endpoints = open_endpoints([args.provider], "127.0.0.1", max_frame=8 << 20, credits=8, max_peers=2)
+    media = MediaNode(args.node, endpoints=endpoints)
+    media.start()
+    agent = MediaAgent(args.media_dir, media)
+    await agent.start()
+    address = endpoints[args.provider].local_address().hex()
+    print(json.dumps({"proxy": f"unix:{agent.socket_path}", "address": address}), flush=True)
+    loop = asyncio.get_running_loop()
+    try:
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            cmd = json.loads(line)
+            if cmd["op"] == "groups":  # what each group's receivers took and dropped
+                with media.lock:
+                    print(json.dumps({g.urn: {n: [st.frames, dict(st.drops)] for n, st in g.receiver_stats.items()}
+                                      for g in media.groups}), flush=True)
+                continue
+            if cmd["op"] == "can_send":  # every link of the group has its first credit
+                print(json.dumps(media.can_send(cmd["urn"])), flush=True)
+                continue
+            call = media.open_link if cmd["op"] == "open_link" else media.expect
+            call(cmd["urn"], cmd["peer"], args.provider, bytes.fromhex(cmd["address"]), cmd["link"])
+            print(json.dumps({"ok": True}), flush=True)
+    finally:
+        await agent.stop()
+        await media.stop()
+    return {}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["send", "recv", "recv-async", "hold", "create"])
+    parser.add_argument("role", choices=["send", "recv", "recv-async", "hold", "create", "node"])
+    parser.add_argument("--node", default="node-a")
+    parser.add_argument("--media-dir", default="")
+    parser.add_argument("--provider", default="shm")
     parser.add_argument("--urn", default="urn:msm:test")
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--fps", type=float, default=0.0)
@@ -177,6 +224,8 @@ def main() -> int:
     try:
         if args.role == "recv-async":
             result = asyncio.run(recv_async(args))
+        elif args.role == "node":
+            result = asyncio.run(node(args))
         else:
             result = {"send": send, "recv": recv, "hold": hold, "create": create}[args.role](args)
     except MsmError as exc:
