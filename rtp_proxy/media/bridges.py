@@ -160,9 +160,8 @@ class PacingMeter:
     @property
     def klass(self) -> str:
         """The worst class of the last :data:`CLASS_WINDOW` frames (``unknown`` before the first)."""
-        if not self.recent:
-            return "unknown"
-        return max(self.recent, key=CLASSES.index)
+        recent = list(self.recent)   # a copy: the egress thread appends while a scrape reads
+        return max(recent, key=CLASSES.index) if recent else "unknown"
 
 
 def _meter(egress: St2110Egress, mode: str) -> PacingMeter:
