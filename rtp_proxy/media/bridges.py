@@ -339,8 +339,9 @@ class BridgeSet:
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Per bridge: what it is and its counters (for metrics and ``msm streams``)."""
-        out = [{**_describe(i.spec), **i.snapshot()} for i in self.ingresses.values()]
-        out += [{**_describe(e.spec), **e.snapshot(self.media)} for e in self.egresses.values()]
+        # Copies of the tables: a scrape may come while start or stop changes them.
+        out = [{**_describe(i.spec), **i.snapshot()} for i in list(self.ingresses.values())]
+        out += [{**_describe(e.spec), **e.snapshot(self.media)} for e in list(self.egresses.values())]
         return out
 
 
