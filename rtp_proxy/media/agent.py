@@ -105,7 +105,8 @@ class MediaAgent:
         self._listener: socket.socket | None = None
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # bounded by MAX_PENDING per app
+        self._creating: list[int] = []  # uids of creates under way; at most one per app (its lock)
 
     async def start(self) -> None:
         try:
@@ -198,6 +199,10 @@ class MediaAgent:
                 self.counters[f"error:{type(exc).__name__}"] += 1
                 log.info("media agent: app pid=%d: %s", app.peer.pid, exc.reason)
                 reply = error_reply(exc, request_id)
+            except Exception:  # a bug of ours: the app gets an answer, the agent keeps serving
+                self.counters["error:internal"] += 1
+                log.exception("media agent: app pid=%d: request failed", app.peer.pid)
+                reply = error_reply(MsmError("internal error in the proxy's media agent"), request_id)
             reply["id"] = request_id
             _send(app.sock, reply)
 
@@ -242,7 +247,11 @@ class MediaAgent:
         secret = secrets.token_urlsafe(18)  # 24 characters, 144 random bits; never logged
         target = (config.connection.urn if isinstance(config.connection, MultipointGroup)
                   else f"st2110:{config.connection.ip_addr}:{config.connection.port}")
-        conn = await self._open(config, cid, iid, secret, layout, app.peer, target)
+        self._creating.append(app.peer.uid)  # counted while the join is under way, so the bounds hold
+        try:
+            conn = await self._open(config, cid, iid, secret, layout, app.peer, target)
+        finally:
+            self._creating.remove(app.peer.uid)
         app.ports[cid] = conn
         self.counters[f"created_{direction}"] += 1
         log.info("media agent: app pid=%d uid=%d created %s (%s %s, %d-byte frames)", app.peer.pid, app.peer.uid,
@@ -255,8 +264,8 @@ class MediaAgent:
     def _check_bounds(self, app: _App) -> None:
         if len(app.ports) >= self.max_per_app:
             raise ResourceExhausted(f"this app already has {self.max_per_app} connections")
-        everyone = [c for a in self.apps.values() for c in a.ports.values()]
-        if sum(1 for c in everyone if c.port.peer.uid == app.peer.uid) >= self.max_per_uid:
+        everyone = [c.port.peer.uid for a in self.apps.values() for c in a.ports.values()] + self._creating
+        if everyone.count(app.peer.uid) >= self.max_per_uid:
             raise ResourceExhausted(f"uid {app.peer.uid} already has {self.max_per_uid} connections")
         if len(everyone) >= self.max_total:
             raise ResourceExhausted(f"this proxy already serves {self.max_total} connections")
