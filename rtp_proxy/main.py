@@ -8,13 +8,17 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from msm.runtime.hostport import parse_host_port
 from msm.runtime.process import setup_logging, stop_event
 from msm.sdk.errors import ConfigError, MsmError
 from msm.security.bootstrap import Bootstrap, add_tls_arguments, check_tls_arguments, workload_tls
 from msm.security.identity import Role
+from msm.security.tls import TlsFiles
 
+from .media.agent import add_media_arguments, start_media_agent
+from .media.plane import MediaNode, add_media_plane, open_endpoints
 from .service import RtpProxy
 
 log = logging.getLogger("msm.proxy")
@@ -41,6 +45,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="Prometheus /metrics HOST:PORT ('' to disable)")
     parser.add_argument("--port-range", default=_env("MSM_PORT_RANGE", "30000-39999"), metavar="LOW-HIGH")
     parser.add_argument("--log-level", default=_env("MSM_LOG_LEVEL", "info"))
+    parser.add_argument("--fabric-provider", default=_env("MSM_FABRIC_PROVIDER", "tcp;ofi_rxm"),
+                        help="libfabric providers for group frames between proxies, comma-separated: tcp;ofi_rxm "
+                        "(between nodes), shm (proxies on one host); 'none' for none (MSM_FABRIC_PROVIDER)")
+    parser.add_argument("--fabric-address", default=_env("MSM_FABRIC_ADDRESS", ""), metavar="HOST[:PORT]",
+                        help="where the tcp;ofi_rxm endpoint binds and is reached (default the media host, "
+                        "any port; MSM_FABRIC_ADDRESS); a fixed port keeps a restarted proxy's address")
+    parser.add_argument("--fabric-max-frame", default=_env("MSM_FABRIC_MAX_FRAME", str(8 << 20)), metavar="BYTES",
+                        help="largest group frame between proxies (MSM_FABRIC_MAX_FRAME, default 8 MiB)")
+    parser.add_argument("--fabric-credits", default=_env("MSM_FABRIC_CREDITS", "4"), metavar="N",
+                        help="frames in flight from each peer (MSM_FABRIC_CREDITS)")
+    parser.add_argument("--fabric-peers", default=_env("MSM_FABRIC_PEERS", "4"), metavar="N",
+                        help="other proxies one endpoint exchanges frames with; receive memory is "
+                        "max frame x credits x peers per provider (MSM_FABRIC_PEERS)")
+    add_media_arguments(parser)
     add_tls_arguments(parser)
     return parser.parse_args(argv)
 
@@ -51,6 +69,33 @@ def port_range(text: str) -> tuple[int, int]:
             and 1024 <= int(low) < int(high) < 65536):
         raise ConfigError(f"bad --port-range {text!r}")
     return int(low), int(high)
+
+
+@dataclass(frozen=True)
+class FabricSettings:
+    providers: list[str]
+    host: str
+    port: int
+    max_frame: int
+    credits: int
+    peers: int
+
+
+def fabric_settings(opts: argparse.Namespace) -> FabricSettings:
+    """The libfabric endpoints' settings from the flags (ConfigError names a bad one)."""
+    providers = [p.strip() for p in opts.fabric_provider.split(",") if p.strip() and p.strip() != "none"]
+    host, port = opts.media_host, 0
+    if opts.fabric_address:   # HOST:PORT (PORT 0: any), or a HOST alone
+        text = opts.fabric_address if ":" in opts.fabric_address else f"{opts.fabric_address}:0"
+        parsed = parse_host_port(text, what="--fabric-address", default_host=opts.media_host)
+        host, port = parsed.host, parsed.port
+    numbers = {}
+    for flag, low, high in (("max_frame", 1, 256 << 20), ("credits", 1, 64), ("peers", 1, 1024)):
+        text = str(getattr(opts, f"fabric_{flag}"))
+        if not (text.isascii() and text.isdigit() and low <= int(text) <= high):
+            raise ConfigError(f"--fabric-{flag.replace('_', '-')} must be {low}..{high}, not {text!r}")
+        numbers[flag] = int(text)
+    return FabricSettings(providers, host, port, **numbers)
 
 
 def check_addresses(opts: argparse.Namespace) -> None:
@@ -70,12 +115,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ports = port_range(opts.port_range)
         check_addresses(opts)
+        fabric_settings(opts)
         check_tls_arguments(opts)
         setup_logging(opts.log_level)
     except ConfigError as exc:
         print(f"msm-proxy: error: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(_run(opts, ports))
+
+
+async def start_proxy(opts: argparse.Namespace, ports: tuple[int, int],
+                      tls: TlsFiles | None) -> tuple[RtpProxy, MediaNode]:
+    """The proxy and its part in groups (MediaPlane on the DataPlane port), started and registering."""
+    fabric = fabric_settings(opts)
+    endpoints = open_endpoints(fabric.providers, fabric.host, fabric.port, max_frame=fabric.max_frame,
+                               credits=fabric.credits, max_peers=fabric.peers)
+    media = MediaNode(opts.node, endpoints=endpoints, control=opts.control, tls=tls)
+    proxy = RtpProxy(node=opts.node, media_host=opts.media_host, grpc_listen=opts.listen,
+                     control_address=opts.control, port_range=ports,
+                     metrics_listen=opts.metrics_listen or None, advertise=opts.advertise, tls=tls,
+                     services=[lambda server: add_media_plane(media, server)])
+    try:
+        await proxy.start()
+        await proxy.start_metrics()
+    except BaseException:
+        await media.stop()
+        await proxy.stop()
+        raise
+    if proxy.agent is not None:
+        media.start(proxy.agent.registered, proxy.agent.hello.proxy_id)
+    else:
+        media.start()
+    return proxy, media
 
 
 async def _run(opts: argparse.Namespace, ports: tuple[int, int]) -> int:
@@ -85,11 +156,8 @@ async def _run(opts: argparse.Namespace, ports: tuple[int, int]) -> int:
     try:
         # In Kubernetes the certificate names the node the API server says this pod runs on.
         tls, boot = await workload_tls(opts, opts.control, Role.PROXY, "msm-proxy")
-        proxy = RtpProxy(node=opts.node, media_host=opts.media_host, grpc_listen=opts.listen,
-                         control_address=opts.control, port_range=ports,
-                         metrics_listen=opts.metrics_listen or None, advertise=opts.advertise, tls=tls)
-        await proxy.start()
-        await proxy.start_metrics()
+        proxy, media = await start_proxy(opts, ports, tls)
+        media_agent = await start_media_agent(opts, media)
     except (OSError, RuntimeError, MsmError) as exc:
         print(f"msm-proxy: error: {exc}", file=sys.stderr)
         if proxy is not None:
@@ -98,6 +166,9 @@ async def _run(opts: argparse.Namespace, ports: tuple[int, int]) -> int:
             await boot.stop()
         return 1
     await stop.wait()
+    if media_agent is not None:
+        await media_agent.stop()
+    await media.stop()
     await proxy.stop()
     if boot is not None:
         await boot.stop()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeAlias
 
 import grpc
@@ -318,8 +318,10 @@ class RtpProxy:
     def __init__(self, *, node: str = "local", media_host: str = "127.0.0.1",
                  grpc_listen: str = "127.0.0.1:9001", control_address: str | None = None,
                  port_range: tuple[int, int] = (30000, 39999), metrics_listen: str | None = None,
-                 advertise: str = "", engine: str = "auto", tls: TlsFiles | None = None) -> None:
+                 advertise: str = "", engine: str = "auto", tls: TlsFiles | None = None,
+                 services: Sequence[Callable[[grpc.aio.Server], None]] = ()) -> None:
         self.node = node
+        self.services = list(services)   # more servicers on the DataPlane port (same TLS and rules)
         # Mutual TLS on the DataPlane server and the registration link; None is plaintext,
         # which only an explicit --insecure should ask for (anyone could program flows).
         self.tls = tls
@@ -344,8 +346,8 @@ class RtpProxy:
             credentials, rules = None, []
             log.warning("rtp proxy %s: DataPlane gRPC without TLS: anyone who reaches %s can program it",
                         self.node, self.grpc_listen)
-        self.server = GrpcServer(self.grpc_listen, lambda server: _add_dataplane(self.service, server),
-                                 what="DataPlane gRPC", credentials=credentials, interceptors=rules)
+        self.server = GrpcServer(self.grpc_listen, self._register, what="DataPlane gRPC", credentials=credentials,
+                                 interceptors=rules)
         await self.server.start()   # a busy or bad address: ListenError (Unavailable) / ConfigError
         self.address = self.server.address
         log.info("rtp proxy %s: DataPlane gRPC on %s, media on %s, ports %d-%d", self.node,
@@ -360,6 +362,11 @@ class RtpProxy:
                                     dataplane_address=dial, media_host=self.media_host, tls=self.tls,
                                     srtp_profiles=srtp_profiles(self.table))
             self._tasks.append(asyncio.create_task(self.agent.run(), name="proxy-agent"))
+
+    def _register(self, server: grpc.aio.Server) -> None:
+        _add_dataplane(self.service, server)
+        for add in self.services:
+            add(server)
 
     async def start_metrics(self) -> None:
         """Serve Prometheus /metrics on ``metrics_listen`` (separate, so a busy port is named)."""
