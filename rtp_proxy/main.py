@@ -153,6 +153,7 @@ async def _run(opts: argparse.Namespace, ports: tuple[int, int]) -> int:
     stop = stop_event()
     boot: Bootstrap | None = None
     proxy: RtpProxy | None = None
+    media: MediaNode | None = None
     try:
         # In Kubernetes the certificate names the node the API server says this pod runs on.
         tls, boot = await workload_tls(opts, opts.control, Role.PROXY, "msm-proxy")
@@ -160,6 +161,8 @@ async def _run(opts: argparse.Namespace, ports: tuple[int, int]) -> int:
         media_agent = await start_media_agent(opts, media)
     except (OSError, RuntimeError, MsmError) as exc:
         print(f"msm-proxy: error: {exc}", file=sys.stderr)
+        if media is not None:
+            await media.stop()
         if proxy is not None:
             await proxy.stop()
         if boot is not None:
