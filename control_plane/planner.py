@@ -135,8 +135,8 @@ class PlannerSettings:
 
     def __post_init__(self) -> None:
         if self.linger < 0 or self.rekey_interval <= 0 or self.max_tracks < 1 or self.max_legs_per_stub < 1:
-            raise ConfigError("planner settings: linger must be >= 0, rekey_interval > 0, max_tracks and "
-                              "max_legs_per_stub >= 1")
+            raise ConfigError("planner settings: linger must be >= 0, rekey_interval > 0, max_tracks >= 1 "
+                              "and max_legs_per_stub >= 1")
         if self.srtp_profile not in SRTP_SALT_LEN:
             raise ConfigError(f"planner settings: SRTP profile {self.srtp_profile!r} is not one of "
                               f"{', '.join(SRTP_SALT_LEN)}")

@@ -367,7 +367,10 @@ def test_the_control_planes_planner_flags(monkeypatch: pytest.MonkeyPatch, capsy
     assert control_plane_main.parse_args([]).srtp is False
     assert control_plane_main.parse_args(["--srtp"]).srtp is True
     assert opts.bootstrap_listen == "127.0.0.1:9002"   # loopback unless told (the chart says 0.0.0.0:9002)
-    for argv, words in ((["--max-tracks", "0"], "max_tracks >= 1"), (["--bootstrap-listen", "nowhere"],
+    assert control_plane_main.planner_settings(
+        control_plane_main.parse_args(["--max-legs-per-stub", "7"])).max_legs_per_stub == 7
+    for argv, words in ((["--max-tracks", "0"], "max_tracks >= 1"), (["--max-legs-per-stub", "0"],
+                        "max_legs_per_stub >= 1"), (["--bootstrap-listen", "nowhere"],
                                                                       "--bootstrap-listen must be HOST:PORT")):
         assert control_plane_main.main([*argv, "--insecure"]) == 2
         err = capsys.readouterr().err
