@@ -154,6 +154,8 @@ async def _raw_call(proxy: Any, cmd: dict[str, Any]) -> str:
             if cmd["service"] == "MediaPlane":
                 await mpb_grpc.MediaPlaneStub(channel).OpenGroupLink(mpb.OpenGroupLinkRequest(
                     urn=URN, peer_node="evil", provider=TCP, peer_address=b"x" * 16, link_id=1), timeout=5)
+            elif cmd.get("method") == "ListPlacements":
+                await mpb_grpc.MediaControlStub(channel).ListPlacements(mpb.ListPlacementsRequest(), timeout=5)
             else:
                 await mpb_grpc.MediaControlStub(channel).Join(mpb.GroupJoin(
                     urn=URN, node=cmd["node"], member="memif:evil", role=mpb.GROUP_ROLE_SENDER), timeout=5)
@@ -405,6 +407,9 @@ def test_callers_speak_only_for_themselves(mesh: Mesh) -> None:
     # B's proxy joining as if it were A's: PERMISSION_DENIED, and nothing is placed.
     assert b.ask(op="call", service="MediaControl", target=control, node="node-a", **{"as": "proxy"}) \
         == "PERMISSION_DENIED"
+    # Where every group is placed is for operators, not for proxies.
+    assert b.ask(op="call", service="MediaControl", method="ListPlacements", target=control, node="node-b",
+                 **{"as": "proxy"}) == "PERMISSION_DENIED"
     # A proxy programming another proxy: only the control plane may.
     assert b.ask(op="call", service="MediaPlane", target=f"{ip_a}:{PROXY_PORT}", server_node="node-a",
                  **{"as": "proxy"}) == "PERMISSION_DENIED"
