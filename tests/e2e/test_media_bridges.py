@@ -46,8 +46,10 @@ VENV_BIN = Path(sys.executable).parent
 SIZES = {"480p": (640, 480), "720p": (1280, 720)}
 
 
-def _config(tmp: Path, size: tuple[int, int], port_in: int, egresses: dict[str, int]) -> Path:
-    """An ingress declared by an SDP file into urn:test:cam, and an egress of it to each port in ``egresses``."""
+def _config(tmp: Path, size: tuple[int, int], port_in: int, egresses: dict[str, int],
+            pacing: dict[str, str] | None = None) -> Path:
+    """An ingress declared by an SDP file into urn:test:cam, and an egress of it to each port in ``egresses``
+    (paced wide unless ``pacing`` names another mode for it)."""
     width, height = size
     sdp_in = tmp / "cam.sdp"
     sdp_in.write_text(video_sdp(VideoStream("127.0.0.1", port_in, VideoFormat("YCbCr-4:2:2", 10, width, height))))
@@ -57,7 +59,8 @@ def _config(tmp: Path, size: tuple[int, int], port_in: int, egresses: dict[str, 
     for name, port in egresses.items():
         lines += [f"    - name: {name}", "      direction: egress", "      group: urn:test:cam",
                   "      ipAddr: 127.0.0.1", f"      port: {port}", "      payloadType: 96",
-                  f"      payload: {{video: {video}}}", f"      writeSdp: {tmp / (name + '.sdp')}"]
+                  f"      payload: {{video: {video}}}", f"      writeSdp: {tmp / (name + '.sdp')}",
+                  f"      pacing: {(pacing or {}).get(name, 'wide')}"]
     config = tmp / "msm.yaml"
     config.write_text("\n".join(lines) + "\n")
     return config
@@ -109,8 +112,9 @@ async def _send(size: tuple[int, int], port_in: int) -> None:
     await asyncio.sleep(1.0)
 
 
-def _check_group(text: str, egresses: list[str]) -> None:
-    """Every frame into the group, none lost or incomplete; every frame an egress took was sent."""
+def _check_group(text: str, egresses: list[str], unpaced: tuple[str, ...] = ()) -> None:
+    """Every frame into the group, none lost or incomplete; every frame an egress took was sent, and an
+    unpaced egress (sent spread over the frame period, no ST 2110-21 schedule to keep) took every frame."""
     assert _metric(text, "msm_st2110_bridge_frames_total", bridge="cam-in") == SENT
     assert _metric(text, "msm_st2110_ingress_lost_packets_total", bridge="cam-in") == 0
     assert _metric(text, "msm_media_group_incomplete_frames_total", group="urn:test:cam") == 0
@@ -119,11 +123,13 @@ def _check_group(text: str, egresses: list[str]) -> None:
     for egress in egresses:
         sent = _metric(text, "msm_st2110_bridge_frames_total", bridge=egress)
         dropped = _metric(text, "msm_st2110_bridge_dropped_frames_total", bridge=egress)
-        assert sent + dropped == SENT and _metric(text, "msm_st2110_egress_pacing_frames_total", bridge=egress) == sent
-        if _quiet():
-            assert dropped == 0, f"{egress}: {dropped} frames dropped on a quiet machine"
-        elif dropped:
-            print(f"machine busy (load {os.getloadavg()[0]:.1f}): {egress}'s pacer ran late, {dropped:.0f} dropped")
+        assert sent + dropped == SENT
+        if egress in unpaced:
+            assert dropped == 0, f"{egress}: {dropped} frames dropped by an unpaced egress"
+            continue
+        assert _metric(text, "msm_st2110_egress_pacing_frames_total", bridge=egress) == sent
+        if dropped:   # a paced egress keeps the epoch grid: a pacer descheduled for a frame drops one
+            print(f"load {os.getloadavg()[0]:.1f}: {egress}'s pacer ran late, {dropped:.0f} dropped")
 
 
 def _frames(data: bytes, want: bytes) -> list[bytes]:
@@ -134,9 +140,10 @@ def _frames(data: bytes, want: bytes) -> list[bytes]:
 async def test_msm_up_bridges_gst_in_group_ffmpeg_and_gst_out(tmp_path: Path, size: tuple[int, int]) -> None:
     port_in = _free_udp_port()
     egresses = {"to-ffmpeg": _free_udp_port(), "to-gst": _free_udp_port()}
-    async with _msm_up("--config", str(_config(tmp_path, size, port_in, egresses))) as up:
+    pacing = {"to-ffmpeg": "none", "to-gst": "wide"}
+    async with _msm_up("--config", str(_config(tmp_path, size, port_in, egresses, pacing))) as up:
         sdp = (await up.wait_line(r"bridge\s+to-ffmpeg: group urn:test:cam -> ST 2110-20 \S+ "
-                                  r"\(pacing wide\), SDP (\S+)")).group(1)
+                                  r"\(pacing none\), SDP (\S+)")).group(1)
         await up.wait_line(rf"bridge\s+cam-in: ST 2110-20 127.0.0.1:{port_in} -> group urn:test:cam")
         metrics = (await up.wait_line(r"^\s+metrics\s+http://(\S+)/metrics")).group(1)
         control = (await up.wait_line(r"^\s+control\s+(\S+) \(gRPC\)")).group(1)
@@ -147,7 +154,7 @@ async def test_msm_up_bridges_gst_in_group_ffmpeg_and_gst_out(tmp_path: Path, si
             str(VENV_BIN / "msm"), "streams", "--control", control, "--state-dir", str(STATE_DIR),
             "--metrics-listen", metrics], capture_output=True, text=True, timeout=30)
     _show(text, streams.stdout, streams.stderr)
-    _check_group(text, list(egresses))
+    _check_group(text, list(egresses), unpaced=("to-ffmpeg",))
     # Each receiver decoded what it was asked for (or, on a busy machine, about what its egress sent;
     # ffmpeg repeats a frame for one that did not come), every frame equal to GStreamer's pattern.
     pattern = _gst_pattern(*size)
@@ -160,8 +167,10 @@ async def test_msm_up_bridges_gst_in_group_ffmpeg_and_gst_out(tmp_path: Path, si
         # A busy machine starves the receivers too (their sockets overflow: the kernel's UDP receive
         # buffer errors grow): some frames equal, then.
         assert equal == len(got) or (not _quiet() and equal >= 1), (name, len(got), equal)
+        if pacing[name] == "none":
+            continue
         klass = re.search(rf'msm_st2110_egress_pacing\{{bridge="{name}",class="([^"]+)",node="local"\}} 1\.0', text)
-        assert klass is not None and klass.group(1) in (("narrow", "wide") if _quiet() else CLASSES)
+        assert klass is not None and klass.group(1) in CLASSES   # which one: the analyser test below
         assert re.search(rf"{name}\s+egress\s+urn:test:cam\s+127.0.0.1:\d+\s+\d+.*wide: (narrow|wide|non-compliant)",
                          streams.stdout), streams.stdout
     assert re.search(r"urn:test:cam\s+st2110-in:cam-in\s+40", streams.stdout), streams.stdout
