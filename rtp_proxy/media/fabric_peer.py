@@ -60,7 +60,6 @@ class FabricPeer:
         self.link_id = link_id
         self.frames = 0
         self.bytes = 0
-        self._busy = 0   # the endpoint's busy drops for this peer last seen, to tell busy from no credit
 
     @property
     def name(self) -> str:
@@ -70,11 +69,7 @@ class FabricPeer:
         if payload.nbytes > self.endpoint.max_frame or len(info.metadata) > self.endpoint.max_meta:
             return "too_large"
         if not self.endpoint.send(self.peer, encode_header(self.link_id, info), bytes(payload)):
-            # Why, read only when it happens: the provider's queue full ("busy", e.g. shm still
-            # mapping a new peer), else the peer has not released enough frames yet ("no_credit").
-            busy = int(self.endpoint.stats()["peers"].get(self.peer, {}).get("drop_busy", 0))
-            was, self._busy = self._busy, busy
-            return "busy" if busy > was else "no_credit"
+            return "no_credit"   # the peer has not released enough frames yet (or its queue is full)
         self.frames += 1
         self.bytes += payload.nbytes
         return None
