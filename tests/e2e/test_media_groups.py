@@ -285,7 +285,7 @@ class Mesh:
         return directory
 
     def netns(self, name: str) -> str:
-        netns = f"msm{name}-{self.suffix}"
+        netns = f"msmg{name}-{self.suffix}"   # g: groups (test_multinode.py names its nodes msmA-*, msmB-*)
         sh("ip", "netns", "add", netns)
         self.namespaces.append(netns)
         sh("ip", "-n", netns, "link", "set", "lo", "up")
