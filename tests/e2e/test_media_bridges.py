@@ -75,11 +75,6 @@ def _metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def _quiet() -> bool:
-    """Quiet enough for the pacer to be on time (1-minute load under one core)."""
-    return os.getloadavg()[0] < 1.0
-
-
 def _show(text: str, *more: object) -> None:
     print("\n".join(line for line in text.splitlines() if line.startswith(("msm_media", "msm_st2110"))), *more)
 
@@ -164,9 +159,10 @@ async def test_msm_up_bridges_gst_in_group_ffmpeg_and_gst_out(tmp_path: Path, si
         equal = sum(frame == want for frame in got)
         print(f"{name}: {len(got)} frames decoded, {equal} equal to the pattern")
         assert len(got) >= min(FRAMES, sent - 3), (name, len(got))
-        # A busy machine starves the receivers too (their sockets overflow: the kernel's UDP receive
-        # buffer errors grow): some frames equal, then.
-        assert equal == len(got) or (not _quiet() and equal >= 1), (name, len(got), equal)
+        # Receivers are starved easily on two cores (their sockets overflow: the kernel's UDP receive
+        # buffer errors grow) and decode a frame with a hole as a frame: here at least one frame must be
+        # the pattern; every frame pixel-exact through the bridges is test_st2110.py's (at 480p).
+        assert equal >= 1, (name, len(got), equal)
         if pacing[name] == "none":
             continue
         klass = re.search(rf'msm_st2110_egress_pacing\{{bridge="{name}",class="([^"]+)",node="local"\}} 1\.0', text)
@@ -242,8 +238,8 @@ async def test_an_apps_frames_go_out_through_an_egress_bridge(tmp_path: Path) ->
     width, height = SIZES["480p"]
     config = tmp_path / "app.yaml"
     config.write_text(f"media: {{bridges: [{{name: app-out, direction: egress, group: 'urn:test:app', ipAddr: "
-                      f"127.0.0.1, port: {_free_udp_port()}, payload: {{video: {{width: {width}, height: {height}, "
-                      "fps: 30}}}]}\n")
+                      f"127.0.0.1, port: {_free_udp_port()}, pacing: none, payload: {{video: {{width: {width}, "
+                      f"height: {height}, fps: 30}}}}}}]}}\n")
     async with _msm_up("--config", str(config)) as up:
         proxy = (await up.wait_line(r"^\s+media\s+MSM_PROXY=(\S+)")).group(1)
         metrics = (await up.wait_line(r"^\s+metrics\s+http://(\S+)/metrics")).group(1)
@@ -253,8 +249,7 @@ async def test_an_apps_frames_go_out_through_an_egress_bridge(tmp_path: Path) ->
     assert _metric(text, "msm_media_connection_frames_total", direction="tx", target="urn:test:app") == 30
     assert _metric(text, "msm_media_apps") == 1
     sent = _metric(text, "msm_st2110_bridge_frames_total", bridge="app-out")
-    assert sent + _metric(text, "msm_st2110_bridge_dropped_frames_total", bridge="app-out") == 30
-    assert sent == 30 or not _quiet()
+    assert sent == 30 and _metric(text, "msm_st2110_bridge_dropped_frames_total", bridge="app-out") == 0
 
 
 def _app_sends(proxy: str, metrics: str, width: int, height: int, frames: int) -> str:
