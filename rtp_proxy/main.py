@@ -18,6 +18,7 @@ from msm.security.identity import Role
 from msm.security.tls import TlsFiles
 
 from .media.agent import add_media_arguments, start_media_agent
+from .media.metrics import MediaCollector
 from .media.plane import MediaNode, add_media_plane, open_endpoints
 from .service import RtpProxy
 
@@ -159,6 +160,9 @@ async def _run(opts: argparse.Namespace, ports: tuple[int, int]) -> int:
         tls, boot = await workload_tls(opts, opts.control, Role.PROXY, "msm-proxy")
         proxy, media = await start_proxy(opts, ports, tls)
         media_agent = await start_media_agent(opts, media)
+        if proxy.metrics is not None:   # groups, fabric links and, with --media-dir, the agent's apps
+            proxy.metrics.registry.register(
+                MediaCollector(media, agent=media_agent.snapshot if media_agent is not None else None))
     except (OSError, RuntimeError, MsmError) as exc:
         print(f"msm-proxy: error: {exc}", file=sys.stderr)
         if media is not None:

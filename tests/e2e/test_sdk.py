@@ -350,3 +350,46 @@ def test_modes_and_an_app_of_another_uid_is_refused(agent: Agent) -> None:
                             stderr=subprocess.PIPE, text=True, user=65534, group=65534, extra_groups=[], cwd="/")
     err = _one_line_error(proc)
     assert "no media proxy" in err and "Permission denied" in err, err
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_msm_proxy_with_a_media_dir_exports_its_apps_on_metrics() -> None:
+    import urllib.request
+
+    listen, control, metrics = _free_port(), _free_port(), _free_port()
+    with tempfile.TemporaryDirectory(prefix="msm-sdk-") as tmp:
+        media = Path(tmp) / "media"
+        log = open(Path(tmp) / "proxy.log", "w")  # noqa: SIM115 - closed below
+        proxy = subprocess.Popen([str(Path(sys.executable).parent / "msm-proxy"), "--insecure", "--node", "n1",
+                                  "--listen", f"127.0.0.1:{listen}", "--control", f"127.0.0.1:{control}",
+                                  "--metrics-listen", f"127.0.0.1:{metrics}", "--media-host", "127.0.0.1",
+                                  "--port-range", "31000-31100", "--media-dir", str(media)], stdout=log, stderr=log)
+        app = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            deadline = time.monotonic() + 20
+            while not (media / "proxy.sock").exists():
+                assert time.monotonic() < deadline and proxy.poll() is None, (Path(tmp) / "proxy.log").read_text()
+                time.sleep(0.05)
+            app.connect(str(media / "proxy.sock"))
+            while True:   # the agent accepts on the proxy's loop: the scrape may come first
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as reply:
+                    text = reply.read().decode()
+                if 'msm_media_apps{node="n1"} 1.0' in text or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert 'msm_media_apps{node="n1"} 1.0' in text, text
+            assert "# TYPE msm_media_group_receivers gauge" in text
+        finally:
+            app.close()
+            proxy.send_signal(signal.SIGTERM)
+            try:
+                proxy.wait(10)
+            except subprocess.TimeoutExpired:
+                proxy.kill()
+            log.close()
