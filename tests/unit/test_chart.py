@@ -634,6 +634,7 @@ def test_command_lines_parse_with_the_real_programs(default: list[Obj]) -> None:
     assert (opts.node, opts.media_host, opts.control) == ("node-a", "192.0.2.7", CONTROL_PLANE)
     assert (opts.token_file, opts.trust_bundle, opts.insecure, opts.bootstrap) == (
         "/var/run/secrets/msm/token/token", "/etc/msm/trust/ca.pem", False, BOOTSTRAP)
+    assert opts.media_dir == "/run/msm/media"
     proxy_main.check_tls_arguments(opts)
     values = webhook_main.settings(webhook_main.build_parser().parse_args(commands["msm-webhook"]), {})
     config = InjectConfig(
@@ -783,6 +784,8 @@ def test_proxy_mounts_the_media_socket_directory(default: list[Obj]) -> None:
     (init,) = pod["initContainers"]
     assert init["name"] == "media-dir"
     assert init["command"] == ["chown", "10001:10001", "/run/msm/media"]   # the proxy's runAsUser:runAsGroup
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--media-dir") + 1] == "/run/msm/media"   # the agent serves apps on the mount
     assert init["image"] == pod["containers"][0]["image"]
     assert init["volumeMounts"] == [{"name": "media", "mountPath": "/run/msm/media"}]
     context = init["securityContext"]
@@ -801,6 +804,7 @@ def test_media_socket_follows_the_values() -> None:
     assert "initContainers" not in pod
     assert all(v["name"] != "media" for v in pod["volumes"])
     assert all(m["mountPath"] != "/run/msm/media" for m in pod["containers"][0]["volumeMounts"])
+    assert "--media-dir" not in pod["containers"][0]["args"]
     report = helm.lint(CHART, {"proxy": {"mediaSocket": {"enabled": False}}}, strict=True, namespace=NAMESPACE,
                        kube_version=f"v{KUBE_VERSIONS[-1]}.0")
     assert report["errors"] == []
