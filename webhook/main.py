@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from msm.sdk.errors import MsmError
 from msm.webhook.errors import ConfigError
+from msm.webhook.media import MAX_GID, MEDIA_GID
 from msm.webhook.review import (
     BOOTSTRAP_PORT,
     DEFAULT_CONTROL_PLANE,
@@ -45,6 +46,7 @@ ENVIRONMENT = {
     "token_audience": "MSM_TOKEN_AUDIENCE",
     "token_expiration": "MSM_TOKEN_EXPIRATION",
     "insecure_stubs": "MSM_INSECURE_STUBS",
+    "media_gid": "MSM_MEDIA_GID",
     "log_level": "MSM_LOG_LEVEL",
 }
 DEFAULTS = {
@@ -58,6 +60,7 @@ DEFAULTS = {
     "token_audience": DEFAULT_TOKEN_AUDIENCE,
     "token_expiration": str(DEFAULT_TOKEN_EXPIRATION),
     "insecure_stubs": "",
+    "media_gid": str(MEDIA_GID),
     "log_level": "info",
 }
 
@@ -101,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"lifetime of the stub's projected token (default {DEFAULT_TOKEN_EXPIRATION})")
     parser.add_argument("--insecure-stubs", action="store_const", const="1",
                         help="inject stubs with --insecure (plaintext, no identity): test clusters only")
+    parser.add_argument("--media-gid", metavar="GID",
+                        help="the proxy's group, added to the supplementalGroups of pods annotated "
+                        f"media.mediastreamingmesh.io/memif (default {MEDIA_GID}; 0: none)")
     parser.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error (default info)")
     return parser
 
@@ -117,11 +123,14 @@ def inject_config(values: dict[str, str]) -> InjectConfig:
     expiration = values["token_expiration"]
     if not expiration.isascii() or not expiration.isdigit():
         raise ConfigError(f"token expiration must be seconds, got {expiration!r}")
+    gid = values["media_gid"]
+    if not gid.isascii() or not gid.isdigit() or int(gid) > MAX_GID:
+        raise ConfigError(f"media gid must be a group id 0-{MAX_GID}, got {gid!r}")
     return InjectConfig(stub_image=values["stub_image"], control_plane=values["control_plane"],
                         bootstrap=values["bootstrap"], mesh_namespace=values["mesh_namespace"], trust_bundle_pem=bundle,
                         trust_domain=values["trust_domain"], token_audience=values["token_audience"],
                         token_expiration=int(expiration),
-                        insecure_stubs=values["insecure_stubs"].lower() in ("1", "true"))
+                        insecure_stubs=values["insecure_stubs"].lower() in ("1", "true"), media_gid=int(gid))
 
 
 def settings(opts: argparse.Namespace, environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:

@@ -12,10 +12,15 @@ A Pod annotated ``media.mediastreamingmesh.io/memif: "true"`` (independently of 
   connection lives as long as its container. The injected stub gets nothing either;
 - ``MSM_PROXY=unix:/run/msm/media/proxy.sock`` in the same containers' ``env``, unless the
   container's ``env`` already names ``MSM_PROXY`` (a value from ``envFrom`` is shadowed by an
-  ``env`` entry, so a container that brings its own through ``envFrom`` must use ``env``).
+  ``env`` entry, so a container that brings its own through ``envFrom`` must use ``env``);
+- the proxy's group (``gid``, default :data:`MEDIA_GID`: the chart's proxy ``runAsGroup``) in the
+  pod's ``securityContext.supplementalGroups``: the agent makes the directory 0770 and its
+  sockets 0660, owned by the proxy's user and group, so an app of another user needs that group.
+  Added only when missing; a ``gid`` of 0 adds no group (root's group is never handed out), and
+  nor does a Windows pod (``spec.os.name``), which may not carry one.
 
-Re-admission adds nothing twice: the volume, a mount at that path and the variable are each
-added only when missing. The annotation's value is ``"true"`` or ``"false"`` (case-insensitive);
+Re-admission adds nothing twice: the volume, a mount at that path, the variable and the group
+are each added only when missing. The annotation's value is ``"true"`` or ``"false"`` (case-insensitive);
 anything else, a pod volume called ``msm-media`` that is not this hostPath, or another volume
 already mounted at ``/run/msm/media`` is refused with a one-line :class:`ReviewError` (400).
 
@@ -37,6 +42,8 @@ MEDIA_HOST_DIR = "/var/run/msm/media"     # on the node; the proxy DaemonSet mou
 MEDIA_DIR = "/run/msm/media"              # inside pods
 PROXY_ENV = "MSM_PROXY"
 PROXY_SOCKET = f"unix:{MEDIA_DIR}/proxy.sock"
+MEDIA_GID = 10001                         # the chart's proxy podSecurityContext.runAsGroup
+MAX_GID = 2147483647                      # what the API server accepts in supplementalGroups
 
 
 class PatchOp(TypedDict):
@@ -61,10 +68,11 @@ def wants_media(pod: dict[str, Any]) -> bool:
     return value.strip().lower() == "true"
 
 
-def media_patch(pod: dict[str, Any], before: Sequence[PatchOp], *, skip: str) -> tuple[list[PatchOp], str]:
-    """The operations that give ``pod`` the media socket directory, to follow ``before`` (the
-    stub's, already decided) in the same JSON Patch, and a note for the audit annotation ("" when
-    the pod does not ask). Containers named ``skip`` (the stub) get nothing."""
+def media_patch(pod: dict[str, Any], before: Sequence[PatchOp], *, skip: str,
+                gid: int = MEDIA_GID) -> tuple[list[PatchOp], str]:
+    """The operations that give ``pod`` the media socket directory and the proxy's group ``gid``,
+    to follow ``before`` (the stub's, already decided) in the same JSON Patch, and a note for the
+    audit annotation ("" when the pod does not ask). Containers named ``skip`` (the stub) get nothing."""
     if not wants_media(pod):
         return [], ""
     patched = apply_adds(pod, before)   # what the API server will have when our operations run
@@ -73,6 +81,7 @@ def media_patch(pod: dict[str, Any], before: Sequence[PatchOp], *, skip: str) ->
         return [], "; memif: no pod spec"
     ops: list[PatchOp] = []
     ops.extend(_volume_ops(spec))
+    ops.extend(_group_ops(spec, gid))
     for field in ("containers", "initContainers"):
         for index, container in enumerate(spec.get(field) or []):
             if not isinstance(container, dict) or container.get("name") == skip:
@@ -94,6 +103,25 @@ def _volume_ops(spec: dict[str, Any]) -> list[PatchOp]:
                                   f"proxy's {MEDIA_HOST_DIR}, which {MEDIA_KEY} needs")
             return []
     return [_add("/spec/volumes/-", media_volume())]
+
+
+def _group_ops(spec: dict[str, Any], gid: int) -> list[PatchOp]:
+    """``gid`` into ``securityContext.supplementalGroups`` unless there (a shape the API server
+    would refuse anyway is left alone: it is not ours to refuse)."""
+    system = spec.get("os")
+    if gid <= 0 or (isinstance(system, dict) and system.get("name") == "windows"):
+        return []
+    context = spec.get("securityContext")
+    if context is None:
+        return [_add("/spec/securityContext", {"supplementalGroups": [gid]})]
+    if not isinstance(context, dict):
+        return []
+    groups = context.get("supplementalGroups")
+    if groups is None:
+        return [_add("/spec/securityContext/supplementalGroups", [gid])]
+    if not isinstance(groups, list) or gid in groups:
+        return []
+    return [_add("/spec/securityContext/supplementalGroups/-", gid)]
 
 
 def _container_ops(container: dict[str, Any], path: str, where: str) -> list[PatchOp]:

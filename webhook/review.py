@@ -22,8 +22,8 @@ The rules, in the order they are applied:
    never injected in ``kube-system`` or the mesh's own namespace, nor when it is already
    injected (annotation ``sidecar.mediastreamingmesh.io/status: injected``, or a container or
    init container named ``msm-stub``), so a reinvoked webhook adds nothing twice.
-4. An injected Pod gets a base64 ``JSONPatch`` that appends the stub container and sets the status annotation
-   (a Pod annotated ``media.mediastreamingmesh.io/memif`` also gets the proxy's media socket: ``webhook/media.py``).
+4. An injected Pod gets a base64 ``JSONPatch`` that appends the stub container and sets the status annotation (a
+   Pod annotated ``media.mediastreamingmesh.io/memif`` also gets the proxy's socket and group: ``webhook/media.py``).
    Every allowed response says why in ``auditAnnotations["injection"]`` (audit log: ``<webhook name>/injection``).
 """
 
@@ -38,13 +38,12 @@ from typing import Any, Literal, NotRequired, TypedDict, cast
 from msm.runtime.hostport import format_host_port, parse_host_port
 from msm.sdk.errors import MsmError
 from msm.webhook.errors import ConfigError, ReviewError
-from msm.webhook.media import media_patch
+from msm.webhook.media import MEDIA_GID, media_patch
 
-# A real CREATE review carries the Pod once (oldObject is null) and Pods are a few KiB: the API
-# server caps all annotations at 256 KiB and etcd refuses objects over 1.5 MiB by default. 1 MiB is
-# 100x a large Pod yet bounds what one request costs us: json.loads builds Python objects
-# about ten times the size of the text, and the webhook runs with a small memory limit. A bigger
-# body is refused with 400 before it is parsed (the server checks Content-Length before reading).
+# A real CREATE review carries the Pod once (oldObject is null) and Pods are a few KiB: the API server caps
+# all annotations at 256 KiB and etcd refuses objects over 1.5 MiB by default. 1 MiB is 100x a large Pod yet
+# bounds what one request costs us: json.loads builds Python objects about ten times the size of the text,
+# and the webhook runs with a small memory limit. A bigger body is refused with 400 before it is parsed.
 MAX_REVIEW_BYTES = 1 << 20
 
 ADMISSION_API_VERSION = "admission.k8s.io/v1"
@@ -187,14 +186,15 @@ class InjectConfig:
     control_plane: str = DEFAULT_CONTROL_PLANE
     bootstrap: str = ""   # HOST:PORT of the bootstrap port; "" is the control plane's host on BOOTSTRAP_PORT
     mesh_namespace: str = DEFAULT_MESH_NAMESPACE
-    # The stub proves its pod with a projected token and checks the control plane with the
-    # mesh CA (trust_bundle_pem, PEM text: a ConfigMap cannot be mounted across namespaces, so
-    # the bundle travels in the stub's environment). insecure_stubs: plaintext, said explicitly.
+    # The stub proves its pod with a projected token and checks the control plane with the mesh CA
+    # (trust_bundle_pem, PEM text in the stub's environment: a ConfigMap cannot cross namespaces).
+    # insecure_stubs: plaintext, said explicitly. media_gid: the proxy's group, for memif pods.
     trust_bundle_pem: str = ""
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     token_audience: str = DEFAULT_TOKEN_AUDIENCE
     token_expiration: int = DEFAULT_TOKEN_EXPIRATION
     insecure_stubs: bool = False
+    media_gid: int = MEDIA_GID
 
     def __post_init__(self) -> None:
         if not self.stub_image or self.stub_image != self.stub_image.strip() or " " in self.stub_image:
@@ -305,7 +305,7 @@ def decide(request: AdmissionRequest, config: InjectConfig) -> tuple[list[JsonPa
         raise ReviewError("a Pod review needs request.namespace")
     reason = skip_reason(pod, namespace, config)
     patch = build_patch(pod, config) if reason is None else []
-    media, note = media_patch(cast(dict[str, Any], pod), patch, skip=STUB_NAME)  # independent of the stub
+    media, note = media_patch(cast(dict[str, Any], pod), patch, skip=STUB_NAME, gid=config.media_gid)
     return [*patch, *media], (INJECTED if reason is None else f"skipped: {reason}") + note
 
 

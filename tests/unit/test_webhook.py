@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import io
 import json
 import subprocess
@@ -640,6 +641,13 @@ def test_memif_pod_gets_the_media_socket_in_app_containers_and_native_sidecars()
         assert new[name]["env"] == old[name].get("env", []) + [MEDIA_ENV]
         assert {k: v for k, v in new[name].items() if k not in ("env", "volumeMounts")} == {
             k: v for k, v in old[name].items() if k not in ("env", "volumeMounts")}
+    # The agent's directory is 0770 and its sockets 0660 (the proxy's user and group): the apps get the group.
+    assert before["spec"]["securityContext"] == {}
+    assert pod["spec"]["securityContext"] == {"supplementalGroups": [10001]}
+    assert {k: v for k, v in pod["spec"].items() if k not in ("volumes", "initContainers", "containers",
+                                                               "securityContext")} == {
+        k: v for k, v in before["spec"].items() if k not in ("volumes", "initContainers", "containers",
+                                                             "securityContext")}
 
 
 def test_memif_and_the_stub_in_one_patch() -> None:
@@ -678,6 +686,47 @@ def test_memif_keeps_an_existing_msm_proxy_and_mount() -> None:
     assert new["playout"] == playout                            # nothing added to it
     assert [v["name"] for v in pod["spec"]["volumes"]].count("msm-media") == 1
     assert new["multiviewer"]["env"] == [MEDIA_ENV]
+
+
+@pytest.mark.parametrize(("context", "groups"), [
+    (None, [10001]),                                                    # no securityContext at all
+    ({"runAsUser": 2000, "fsGroup": 3000}, [10001]),                    # others kept, the list created
+    ({"runAsUser": 2000, "supplementalGroups": [44, 109]}, [44, 109, 10001]),   # appended
+    ({"supplementalGroups": [5, 10001]}, [5, 10001]),                   # already there: nothing added
+])
+def test_memif_pod_gets_the_proxys_group_once(context: dict[str, Any] | None, groups: list[int]) -> None:
+    document = fixture("pod_create_media")
+    spec = document["request"]["object"]["spec"]
+    if context is None:
+        del spec["securityContext"]
+    else:
+        spec["securityContext"] = copy.deepcopy(context)
+    pod = reviewed(document, "memif: mounted")
+    assert pod["spec"]["securityContext"] == {**(context or {}), "supplementalGroups": groups}
+    document["request"]["object"] = pod
+    again = answer(document)        # re-admission: nothing twice
+    assert "patch" not in again and again["auditAnnotations"]["injection"].endswith("; memif: already mounted")
+
+
+def test_the_proxys_group_follows_the_setting() -> None:
+    document = fixture("pod_create_media")
+    response = answer(document, dataclasses.replace(CONFIG, media_gid=30003))
+    pod = jsonpatch.apply_patch(document["request"]["object"], patch_of(response))
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    assert pod["spec"]["securityContext"] == {"supplementalGroups": [30003]}
+    response = answer(document, dataclasses.replace(CONFIG, media_gid=0))   # 0: no group handed out
+    assert all("securityContext" not in op["path"] for op in patch_of(response))
+    windows = fixture("pod_create_media")
+    windows["request"]["object"]["spec"]["os"] = {"name": "windows"}
+    assert all("securityContext" not in op["path"] for op in patch_of(answer(windows)))
+    opts = webhook_main.build_parser().parse_args([*TLS_FLAGS, "--stub-image", "r/msm:1"])
+    assert webhook_main.inject_config(webhook_main.settings(opts, {})).media_gid == 10001
+    environ = {"MSM_MEDIA_GID": "30003"}
+    assert webhook_main.inject_config(webhook_main.settings(opts, environ)).media_gid == 30003
+    for bad in ("-1", "ten", "2147483648", "１"):
+        opts = webhook_main.build_parser().parse_args([*TLS_FLAGS, "--stub-image", "r/msm:1", "--media-gid", bad])
+        with pytest.raises(ConfigError, match="media gid must be a group id"):
+            webhook_main.inject_config(webhook_main.settings(opts, {}))
 
 
 @pytest.mark.parametrize("value", ["false", "False", " false "])
