@@ -644,6 +644,7 @@ def test_command_lines_parse_with_the_real_programs(default: list[Obj]) -> None:
         mesh_namespace=values["mesh_namespace"],
     )
     assert config.bootstrap == BOOTSTRAP   # the injected stubs ask there
+    assert webhook_main.inject_config({**values, "trust_bundle": ""}).media_gid == 10001   # the proxy's group
     assert values["port"] == "8443"
     action, options, _ = installer.parse_args(commands["msm-cni"])
     assert action == "install"
@@ -784,6 +785,7 @@ def test_proxy_mounts_the_media_socket_directory(default: list[Obj]) -> None:
     (init,) = pod["initContainers"]
     assert init["name"] == "media-dir"
     assert init["command"] == ["chown", "10001:10001", "/run/msm/media"]   # the proxy's runAsUser:runAsGroup
+    assert pod["securityContext"]["runAsGroup"] == 10001 and _webhook_media_gid(default) == "10001"
     args = pod["containers"][0]["args"]
     assert args[args.index("--media-dir") + 1] == "/run/msm/media"   # the agent serves apps on the mount
     assert init["image"] == pod["containers"][0]["image"]
@@ -798,6 +800,14 @@ def test_media_socket_follows_the_values() -> None:
     validate_all(objects)
     pod = find(objects, "DaemonSet", "msm-proxy")["spec"]["template"]["spec"]
     assert pod["initContainers"][0]["command"] == ["chown", "20002:30003", "/run/msm/media"]
+    assert _webhook_media_gid(objects) == "30003"   # the webhook hands memif pods the proxy's group
+    # Without a runAsGroup the proxy runs with the group the directory gets and the webhook hands out.
+    objects, _ = render({"proxy": {"podSecurityContext": {"runAsUser": 20002, "runAsGroup": None}}})
+    validate_all(objects)
+    pod = find(objects, "DaemonSet", "msm-proxy")["spec"]["template"]["spec"]
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (20002, 20002)
+    assert pod["initContainers"][0]["command"] == ["chown", "20002:20002", "/run/msm/media"]
+    assert _webhook_media_gid(objects) == "20002"
     objects, _ = render({"proxy": {"mediaSocket": {"enabled": False}}})
     validate_all(objects)
     pod = find(objects, "DaemonSet", "msm-proxy")["spec"]["template"]["spec"]
@@ -808,6 +818,12 @@ def test_media_socket_follows_the_values() -> None:
     report = helm.lint(CHART, {"proxy": {"mediaSocket": {"enabled": False}}}, strict=True, namespace=NAMESPACE,
                        kube_version=f"v{KUBE_VERSIONS[-1]}.0")
     assert report["errors"] == []
+
+
+def _webhook_media_gid(objects: list[Obj]) -> str:
+    args = container(find(objects, "Deployment", "msm-webhook"))["args"]
+    gid: str = args[args.index("--media-gid") + 1]
+    return gid
 
 
 def test_media_socket_value_is_typed() -> None:

@@ -92,6 +92,15 @@ exempt the same UID, so the chart passes them to the installer from here.
 {{- define "msm.stub.uid" -}}1337{{- end -}}
 
 {{/*
+The proxy's group: its podSecurityContext.runAsGroup (else its runAsUser, else 10001). The proxy runs
+with it, the media directory is chowned to it, and the webhook adds it to memif pods' supplementalGroups.
+*/}}
+{{- define "msm.proxy.gid" -}}
+{{- $psc := .Values.proxy.podSecurityContext | default dict -}}
+{{- int (dig "runAsGroup" (dig "runAsUser" 10001 $psc) $psc) -}}
+{{- end -}}
+
+{{/*
 Namespaces the mesh never touches: webhook.excludeNamespaces plus the release's own.
 */}}
 {{- define "msm.excludedNamespaces" -}}
