@@ -8,8 +8,9 @@ it a group receiver (or is fed by an ST 2110 ingress). Everything an app
 created goes when its agent socket closes, however it ends.
 
 Security: the media directory is created with ``dir_mode`` (0770: the proxy's
-user and group) and both sockets with 0660, so only processes that may enter
-the directory can connect; each app's SO_PEERCRED is logged and its uid is the
+user and group) and both sockets with 0660 (the proxy's group: warned about
+when the directory's differs), so only processes that may enter the directory
+and carry that group (or the proxy's uid, or root) can connect; each app's SO_PEERCRED is logged and its uid is the
 key of the per-client bounds; a memif interface is only attached by a peer of
 the same uid that knows its random secret.
 """
@@ -112,8 +113,12 @@ class MediaAgent:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             os.chmod(self.dir, self.dir_mode)
+            group = self.dir.stat().st_gid
         except OSError as exc:
             raise ConfigError(f"media dir {self.dir}: {exc.strerror or exc}") from None
+        if group != os.getegid():   # the sockets take the proxy's group; apps given the directory's lack it
+            log.warning("media agent: %s belongs to group %d but the sockets will be group %d: apps that "
+                        "carry only the directory's group get Permission denied", self.dir, group, os.getegid())
         self.plane = MemifPlane(self.memif_path, max_connections=self.max_total)
         self._listener = _listen(self.socket_path)
         self._loop = asyncio.get_running_loop()

@@ -21,7 +21,8 @@ runs them). What it shows, on one node unless said:
 - a memif peer with a wrong secret is refused, and frames with bad headers are
   dropped and counted;
 - an app whose proxy dies is told so in one line, not left waiting;
-- an app whose uid may not enter the media directory cannot connect.
+- an app whose uid may not enter the media directory cannot connect; with the directory's group
+  (as the webhook gives memif pods) it can.
 """
 
 from __future__ import annotations
@@ -350,6 +351,13 @@ def test_modes_and_an_app_of_another_uid_is_refused(agent: Agent) -> None:
                             stderr=subprocess.PIPE, text=True, user=65534, group=65534, extra_groups=[], cwd="/")
     err = _one_line_error(proc)
     assert "no media proxy" in err and "Permission denied" in err, err
+    # The same app carrying the directory's group (what the webhook gives memif pods) is served.
+    group = agent.dir.stat().st_gid
+    assert agent.sock.stat().st_gid == group == (agent.dir / "memif.sock").stat().st_gid
+    proc = subprocess.Popen(["/usr/bin/python3", "-c", code, str(REPO), str(APP), "create", "--direction", "rx",
+                             "--config", _config("urn:msm:y")], env=agent.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, user=65534, group=65534, extra_groups=[group], cwd="/")
+    assert _result(proc)["connection"]
 
 
 def _free_port() -> int:
