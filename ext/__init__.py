@@ -10,6 +10,7 @@ and addresses.
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import os
 import socket
@@ -18,8 +19,8 @@ import weakref
 from types import ModuleType
 from typing import Any
 
-__all__ = ["Engine", "FlowHandle", "LegHandle", "NativeUnavailable", "available", "load", "load_srtp", "srtp_error",
-           "unavailable_reason"]
+__all__ = ["Engine", "FlowHandle", "LegHandle", "NativeModule", "NativeUnavailable", "available", "load", "load_srtp",
+           "srtp_error", "unavailable_reason"]
 
 FEATURE_GSO = 1
 FEATURE_GRO = 2
@@ -69,6 +70,35 @@ _lock = threading.Lock()
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class NativeModule:
+    """One optional compiled module of ``msm.ext`` (``msm.ext._<name>``), imported once on first use.
+
+    :meth:`load` returns it or raises :class:`NativeUnavailable`: disabled by the
+    ``disable_env`` flag, or not built (``hint`` says how to build it). The
+    media-transport seams (``st2110``, ``pacer``, ``fabric``, ``memif_native``) share it.
+    """
+
+    def __init__(self, name: str, hint: str, *, disable_env: str = "MSM_NO_NATIVE", what: str = "") -> None:
+        self.name, self.hint, self.disable_env = name, hint, disable_env
+        self.what = what or f"msm.ext.{name}"
+        self._module: ModuleType | None = None
+        self._error: str | None = None
+        self._lock = threading.Lock()
+
+    def load(self) -> ModuleType:
+        if _flag(self.disable_env):
+            raise NativeUnavailable(f"{self.what} disabled by {self.disable_env}=1")
+        with self._lock:
+            if self._module is None and self._error is None:
+                try:
+                    self._module = importlib.import_module(f"msm.ext.{self.name}")
+                except ImportError as exc:
+                    self._error = f"msm.ext.{self.name} is not built ({exc}); {self.hint}"
+        if self._module is None:
+            raise NativeUnavailable(self._error or "unknown")
+        return self._module
 
 
 def load() -> ModuleType:

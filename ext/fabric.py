@@ -11,11 +11,9 @@ is :mod:`msm.rtp_proxy.media.fabric_link`.
 
 from __future__ import annotations
 
-import os
-import threading
 from types import ModuleType
 
-from msm.ext import NativeUnavailable
+from msm.ext import NativeModule, NativeUnavailable
 
 __all__ = ["KNOWN_PROVIDERS", "load", "probe", "providers", "unavailable_reason"]
 
@@ -24,28 +22,13 @@ __all__ = ["KNOWN_PROVIDERS", "load", "probe", "providers", "unavailable_reason"
 #: Others (udp, sockets...) may work but are not tested; ``sockets`` is slow.
 KNOWN_PROVIDERS = ("tcp;ofi_rxm", "shm")
 
-_module: ModuleType | None = None
-_error: str | None = None
-_lock = threading.Lock()
+_native = NativeModule("_fabric", "it needs libfabric's headers (apt-get install libfabric-dev) and a C compiler; "
+                       "run python ext/build_fabric.py", disable_env="MSM_NO_FABRIC", what="libfabric link")
 
 
 def load() -> ModuleType:
     """The compiled ``msm.ext._fabric`` module, or :class:`NativeUnavailable` saying why not."""
-    global _module, _error
-    if os.environ.get("MSM_NO_FABRIC", "").strip().lower() in ("1", "true", "yes", "on"):
-        raise NativeUnavailable("libfabric link disabled by MSM_NO_FABRIC=1")
-    with _lock:
-        if _module is None and _error is None:
-            try:
-                from msm.ext import _fabric  # type: ignore[attr-defined]
-            except ImportError as exc:
-                _error = (f"msm.ext._fabric is not built ({exc}): it needs libfabric's headers "
-                          "(apt-get install libfabric-dev) and a C compiler; run python ext/build_fabric.py")
-            else:
-                _module = _fabric
-    if _module is None:
-        raise NativeUnavailable(_error or "unknown")
-    return _module
+    return _native.load()
 
 
 def unavailable_reason() -> str | None:

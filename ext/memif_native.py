@@ -7,37 +7,21 @@ only reads and writes descriptors and ring counters (memif.h), never payload.
 
 from __future__ import annotations
 
-import threading
 from types import ModuleType
 from typing import Any
 
-from msm.ext import NativeUnavailable, _flag
+from msm.ext import NativeModule, NativeUnavailable
 
 __all__ = ["BURST", "NativeUnavailable", "forward", "load", "out_array", "pointer", "release", "rx_burst", "sizes"]
 
 BURST = 64  # frames per call: enough to amortise the call, small enough to keep the output array in cache
 
-_module: ModuleType | None = None
-_error: str | None = None
-_lock = threading.Lock()
+_native = NativeModule("_memif", "run python ext/build_memif.py")
 
 
 def load() -> ModuleType:
     """The compiled ``msm.ext._memif`` module, or :class:`NativeUnavailable`."""
-    global _module, _error
-    if _flag("MSM_NO_NATIVE"):
-        raise NativeUnavailable("disabled by MSM_NO_NATIVE=1")
-    with _lock:
-        if _module is None and _error is None:
-            try:
-                from msm.ext import _memif  # type: ignore[attr-defined]
-            except ImportError as exc:
-                _error = f"msm.ext._memif is not built ({exc}); run python ext/build_memif.py"
-            else:
-                _module = _memif
-    if _module is None:
-        raise NativeUnavailable(_error or "unknown")
-    return _module
+    return _native.load()
 
 
 def pointer(buffer: Any) -> Any:

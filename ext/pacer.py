@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from fractions import Fraction
 from types import ModuleType
 from typing import Any
 
-from msm.ext import NativeUnavailable, _flag
+from msm.ext import NativeModule, NativeUnavailable
 
 __all__ = ["FrameStats", "NativeUnavailable", "Pacer", "load"]
 
@@ -52,27 +51,12 @@ MAX_PACKETS = 1 << 17
 CLOCK_TAI = 11
 CLOCK_REALTIME = 0
 
-_module: ModuleType | None = None
-_error: str | None = None
-_lock = threading.Lock()
+_native = NativeModule("_pacer", "run python ext/build_pacer.py")
 
 
 def load() -> ModuleType:
     """The compiled ``msm.ext._pacer`` module, or :class:`NativeUnavailable`."""
-    global _module, _error
-    if _flag("MSM_NO_NATIVE"):
-        raise NativeUnavailable("disabled by MSM_NO_NATIVE=1")
-    with _lock:
-        if _module is None and _error is None:
-            try:
-                from msm.ext import _pacer  # type: ignore[attr-defined]
-            except ImportError as exc:
-                _error = f"msm.ext._pacer is not built ({exc}); run python ext/build_pacer.py"
-            else:
-                _module = _pacer
-    if _module is None:
-        raise NativeUnavailable(_error or "unknown")
-    return _module
+    return _native.load()
 
 
 @dataclass(frozen=True, slots=True)

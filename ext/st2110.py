@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import threading
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from msm.ext import NativeUnavailable, _flag
+from msm.ext import NativeModule, NativeUnavailable, _flag
 
 __all__ = ["FrameInfo", "NativeUnavailable", "Packetizer", "Receiver", "load", "packetize"]
 
@@ -24,27 +23,12 @@ RX_COUNTERS = ("packets", "bad_rtp", "bad_pt", "bad_ssrc", "bad_source", "bad_se
                "frames_complete", "frames_incomplete", "recv_errors", "batches", "bytes")
 TX_COUNTERS = ("packets_sent", "bytes_sent", "send_errors", "late_ns", "gso_sends", "gso_disabled")
 
-_module: ModuleType | None = None
-_error: str | None = None
-_lock = threading.Lock()
+_native = NativeModule("_st2110", "run python ext/build_st2110.py")
 
 
 def load() -> ModuleType:
     """The compiled ``msm.ext._st2110`` module, or :class:`NativeUnavailable`."""
-    global _module, _error
-    if _flag("MSM_NO_NATIVE"):
-        raise NativeUnavailable("disabled by MSM_NO_NATIVE=1")
-    with _lock:
-        if _module is None and _error is None:
-            try:
-                from msm.ext import _st2110  # type: ignore[attr-defined]
-            except ImportError as exc:
-                _error = f"msm.ext._st2110 is not built ({exc}); run python ext/build_st2110.py"
-            else:
-                _module = _st2110
-    if _module is None:
-        raise NativeUnavailable(_error or "unknown")
-    return _module
+    return _native.load()
 
 
 @dataclass(frozen=True, slots=True)
