@@ -107,7 +107,10 @@ def _open_socket(address: str, port: int, *, source: str | None, interface: str)
     ip = ipaddress.ip_address(address)
     family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if ip.is_multicast:
+        # Several receivers of one group on a host share its port. A unicast port is this
+        # bridge's alone: with SO_REUSEADDR another local socket could bind it and take its packets.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     for opt in (33, socket.SO_RCVBUF):   # SO_RCVBUFFORCE (33) when privileged, else capped by rmem_max
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, opt, RCVBUF)
