@@ -88,6 +88,7 @@ class MediaPort(Protocol):
     async def expect(self, urn: str, peer_node: str, provider: str, peer_address: bytes, *,
                      max_frame: int, link_id: int) -> None: ...
     async def forget(self, urn: str, peer_node: str) -> None: ...
+    async def list_groups(self) -> mpb.ListGroupsReply: ...
 
 
 PortOf = Callable[[str], "MediaPort | None"]   # node -> its proxy's MediaPlane, None while it has none
@@ -238,6 +239,15 @@ class MediaPlacer:
     # -- the read side ---------------------------------------------------------------------------------
     def placements(self) -> list[mpb.GroupPlacement]:
         return [self._message(urn) for urn in sorted(self.groups)]
+
+    def nodes(self) -> list[str]:
+        """Every node that announced its endpoints or has a member placed: those whose counters are asked."""
+        nodes = set(self.fabric)
+        for placement in self.groups.values():
+            nodes.update(placement.receivers)
+            if placement.sender is not None:
+                nodes.add(placement.sender[0])
+        return sorted(nodes)
 
     def _message(self, urn: str) -> mpb.GroupPlacement:
         placement = self.groups.get(urn)

@@ -1,9 +1,10 @@
 """The gRPC side of group placement: the ``MediaControl`` servicer and each proxy's ``MediaPlane``.
 
 :class:`MediaControlService` answers proxies (``AnnounceFabric``, ``Join``, ``Leave``) and
-operators (``ListPlacements``). The Authorizer has already checked the caller's role
-(``msm.security.authz.CONTROL_PLANE_RULES``: proxies only, operators for the list); here a
-proxy may speak only for its own node: the ``node`` it names must be its certificate's.
+operators (``ListPlacements``, with every node's counters when asked: :func:`~.view.list_media`).
+The Authorizer has already checked the caller's role (``msm.security.authz.CONTROL_PLANE_RULES``:
+proxies only, operators for the list); here a proxy may speak only for its own node: the ``node``
+it names must be its certificate's.
 
 :class:`MediaLink` is one proxy's ``MediaPlane`` (a :class:`~.media.MediaPort`), called over
 the same mutual-TLS channel as its ``DataPlane`` (:class:`~.links.ProxyLink`): the proxy's
@@ -27,6 +28,7 @@ from msm.security.authz import check_name, peer_identity
 from .links import PROXY_TIMEOUT, ProxyLink
 from .media import KNOWN_PROVIDERS, MAX_GROUPS_PER_NODE, MAX_MEMBERS_PER_NODE, MediaPlacer
 from .ports import LinkClosed
+from .view import list_media
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,9 @@ class MediaControlService(mpb_grpc.MediaControlServicer):
             await abort(context, exc)
 
     async def ListPlacements(self, request: mpb.ListPlacementsRequest, context: Context) -> mpb.ListPlacementsReply:
-        return mpb.ListPlacementsReply(groups=self.placer.placements())
+        """Placements; ``with_stats``: each node's counters too, asked of its proxy now (a node that does
+        not answer within PROXY_TIMEOUT is listed with the reason)."""
+        return await list_media(self.placer, with_stats=request.with_stats)
 
 
 _add_media_control: Callable[[mpb_grpc.MediaControlServicer, grpc.aio.Server], None] = (

@@ -5,6 +5,11 @@ every proxy's live flow statistics, as the ``ListStreams`` answer. A proxy that
 does not answer is left out; a link this control plane closed is an error
 (:class:`~.ports.LinkClosed`), for the caller's boundary to answer.
 
+:func:`list_media` is the media side's: every group's placement and, asked of each
+node's proxy over its ``MediaPlane`` (``ListGroups``, the control plane's mutual-TLS
+link), that node's groups, receivers, fabric links, bridges and app connections. A
+node that does not answer is listed with why; the others are shown all the same.
+
 What leaves here is for display and may reach anyone who can read the page: upstream
 URLs lose their credentials (:func:`msm.runtime.redact.redact_url`), and session
 ids, which let whoever knows them control a session, become tags
@@ -14,20 +19,28 @@ leg ids and labels name the tag instead of the session.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass, field
 
+from msm.protos import media_pb2 as mpb
 from msm.protos import msm_pb2 as pb
 from msm.runtime.redact import redact_url, session_tag
-from msm.sdk.errors import Unavailable
+from msm.sdk.errors import MsmError, Unavailable
 
+from .links import PROXY_TIMEOUT
+from .media import MediaPlacer
 from .planner import Planner
 from .ports import LinkClosed
 from .resolver import Route
 from .store import Store, StreamRecord, ViewerRecord
 from .upstream_state import UpstreamState
 
-__all__ = ["StreamView", "list_streams", "snapshot"]
+__all__ = ["StreamView", "list_media", "list_streams", "snapshot"]
+
+# Proxies asked for their media counters at once: each answer is under 1 MB (the proxy bounds
+# it), so a listing holds at most a few MB in flight however many nodes the mesh has.
+MEDIA_CONCURRENCY = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +140,30 @@ async def list_streams(planner: Planner) -> pb.ListStreamsResponse:
                              legs=[concealed[leg.leg_id] for leg in viewer.legs.values()
                                    if leg.leg_id in concealed])
     return response
+
+
+async def _node_media(placer: MediaPlacer, node: str, slots: asyncio.Semaphore) -> mpb.NodeMediaStats:
+    port = placer.port_of(node)
+    if port is None:
+        return mpb.NodeMediaStats(node=node, error="no proxy registered for this node")
+    try:
+        async with slots, asyncio.timeout(PROXY_TIMEOUT):
+            stats = await port.list_groups()
+    except MsmError as exc:
+        return mpb.NodeMediaStats(node=node, error=exc.reason)
+    except TimeoutError:
+        return mpb.NodeMediaStats(node=node, error=f"no answer within {PROXY_TIMEOUT:g} s")
+    for endpoint in stats.endpoints:   # which providers it has is shown; the addresses are of no use to a reader
+        endpoint.address = b""
+    if stats.node != node:   # a proxy answers for its own node only (its certificate names it)
+        return mpb.NodeMediaStats(node=node, error=f"the proxy answered as node {stats.node!r}")
+    return mpb.NodeMediaStats(node=node, stats=stats)
+
+
+async def list_media(placer: MediaPlacer, *, with_stats: bool = True) -> mpb.ListPlacementsReply:
+    """Every group's placement and, ``with_stats``, every known node's counters (``ListPlacements``)."""
+    reply = mpb.ListPlacementsReply(groups=placer.placements())
+    if with_stats:
+        slots = asyncio.Semaphore(MEDIA_CONCURRENCY)
+        reply.nodes.extend(await asyncio.gather(*(_node_media(placer, n, slots) for n in placer.nodes())))
+    return reply

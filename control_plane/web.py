@@ -1,9 +1,13 @@
-"""The control plane's web page: the stream graph with live loss, jitter and bitrate.
+"""The control plane's web page: the stream graph with live loss, jitter and bitrate, and media groups.
 
 A thin aiohttp layer over the control plane's query API (:class:`StreamQuery`: the
-``ListStreams`` answer ``msm streams`` prints, and a few counts). The page itself (``static/``) is plain HTML, JS and
-SVG with no external fetches: it polls ``/api/streams`` and keeps its own short
-history, so the server holds no per-browser state.
+``ListStreams`` answer ``msm streams`` prints, and a few counts) and, when it has one, its
+group placer (``control.media``: ``ListPlacements`` with every node's counters, as
+``msm streams`` prints them too). The page itself (``static/``) is plain HTML, JS and
+SVG with no external fetches: it polls ``/api/streams`` and ``/api/media`` and keeps its own
+short history, so the server holds no per-browser state. It builds every element with DOM
+calls and puts what the API says in as text, never as markup: URNs, app and bridge names
+are user input.
 
 Routes::
 
@@ -12,6 +16,10 @@ Routes::
     GET /api/streams  ListStreams as JSON (proto field names); 503 when it cannot be had.
                       Upstream URLs without credentials, viewers by session tag, never
                       by session id (checked again here, whatever the answer holds).
+    GET /api/media    ListPlacements(with_stats) as JSON: every group's placement and every
+                      node's groups, receivers, fabric links, bridges and app connections
+                      (fabric addresses left out); one listing shared by the callers of
+                      the same half second.
     GET /metrics      Prometheus text of the given registry (404 without one)
     GET /healthz      liveness, with a few counts
 """
@@ -28,10 +36,14 @@ import prometheus_client
 from aiohttp import web
 from google.protobuf import json_format
 
+from msm.protos import media_pb2 as mpb
 from msm.protos import msm_pb2 as pb
 from msm.runtime.hostport import format_host_port, parse_host_port
 from msm.runtime.redact import redact_url, session_tag
 from msm.sdk.errors import MsmError
+
+from .media import MediaPlacer
+from .view import list_media
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +51,9 @@ STATIC_DIR = Path(__file__).with_name("static")
 # ListStreams asks every proxy with a 2 s timeout each; a page polling every
 # second is better told "unavailable" than left hanging behind a wedged proxy.
 LIST_TIMEOUT = 5.0
-
-
+# Pages polling every second each would otherwise ask every proxy every second per browser:
+# a listing younger than this is answered again (one answer kept, whatever the callers).
+MEDIA_FRESH = 0.5
 
 class StreamQuery(Protocol):
     """What the page asks of the control plane (``server.ControlPlane`` answers it)."""
@@ -51,6 +64,34 @@ class StreamQuery(Protocol):
 
 CONTROL_KEY: web.AppKey[StreamQuery] = web.AppKey("control")
 REGISTRY_KEY: web.AppKey[prometheus_client.CollectorRegistry | None] = web.AppKey("registry")
+MEDIA_KEY: web.AppKey[MediaListing] = web.AppKey("media")
+
+
+class MediaListing:
+    """``/api/media``'s answer: asked of the placer at most once per :data:`MEDIA_FRESH` seconds."""
+
+    def __init__(self, placer: MediaPlacer | None) -> None:
+        self.placer = placer
+        self.lock = asyncio.Lock()
+        self.at = -MEDIA_FRESH
+        self.body: dict[str, Any] = media_json(mpb.ListPlacementsReply())
+
+    async def get(self) -> dict[str, Any]:
+        if self.placer is None:
+            return self.body
+        async with self.lock:   # one listing at a time; the callers waiting get its answer
+            loop = asyncio.get_running_loop()
+            if loop.time() - self.at >= MEDIA_FRESH:
+                self.body = media_json(await list_media(self.placer))
+                self.at = loop.time()
+            return self.body
+
+
+def media_json(reply: mpb.ListPlacementsReply) -> dict[str, Any]:
+    """The media API's JSON: proto field names, defaults included (uint64s are strings, per proto3 JSON)."""
+    body: dict[str, Any] = json_format.MessageToDict(reply, preserving_proto_field_name=True,
+                                                     always_print_fields_with_no_presence=True)
+    return body
 
 
 def create_app(control: StreamQuery, *,
@@ -58,8 +99,11 @@ def create_app(control: StreamQuery, *,
     app = web.Application()
     app[CONTROL_KEY] = control
     app[REGISTRY_KEY] = registry
+    placer = getattr(control, "media", None)   # ControlPlane's MediaPlacer; a query without one has no groups
+    app[MEDIA_KEY] = MediaListing(placer if isinstance(placer, MediaPlacer) else None)
     app.router.add_get("/", _index)
     app.router.add_get("/api/streams", _streams)
+    app.router.add_get("/api/media", _media)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_static("/static/", STATIC_DIR)
@@ -113,6 +157,21 @@ async def _streams(request: web.Request) -> web.Response:
         log.exception("listing streams failed")
         return _error(500, "internal error listing streams (see the control plane's log)")
     return web.json_response(streams_json(response), headers={"Cache-Control": "no-store"})
+
+
+async def _media(request: web.Request) -> web.Response:
+    try:
+        async with asyncio.timeout(LIST_TIMEOUT + 1.0):   # each proxy has PROXY_TIMEOUT; this is the backstop
+            body = await request.app[MEDIA_KEY].get()
+    except TimeoutError:
+        return _error(503, f"the proxies did not answer within {LIST_TIMEOUT:g} s")
+    except MsmError as exc:
+        log.warning("listing media groups failed: %s", exc.reason)
+        return _error(exc.http_status, exc.reason)
+    except Exception:
+        log.exception("listing media groups failed")
+        return _error(500, "internal error listing media groups (see the control plane's log)")
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -487,12 +487,17 @@ def cmd_streams(opts: argparse.Namespace) -> int:
                     print(f"msm: error: {error}", file=sys.stderr)
                 return 1
             rows = stream_rows(response)
+            media = media_view.control_media(channel)   # every node's, from the control plane
+            media_rows = media_view.media_rows(media) if media is not None else []
             if opts.json:
-                print(json.dumps(rows, indent=2))
+                print(json.dumps(rows + media_rows, indent=2))
             else:
                 if opts.watch:
                     print("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S") + f"  {address}\n", end="")
-                print(render_table(rows) + media_view.media_table(str(values["metrics_listen"])), flush=True)
+                # No node placed through the control plane (msm up's own proxy): its /metrics has the media.
+                tables = (media_view.render_media(media_rows) if media is not None and media.nodes
+                          else media_view.media_table(str(values["metrics_listen"])))
+                print(render_table(rows) + tables, flush=True)
             if not opts.watch:
                 return 0
             time.sleep(opts.watch)

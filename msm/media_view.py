@@ -1,11 +1,13 @@
 """The media side in the ``msm`` command: ``msm up``'s bridges (config, banner) and ``msm streams``' media table.
 
-``msm streams`` reads the media table from the proxy's Prometheus /metrics (the
-``msm_media_*`` and ``msm_st2110_*`` families of
-:mod:`msm.rtp_proxy.media.metrics`): the one place that already has groups,
-receivers, bridges and the egress's measured pacing class, so the table shows
-exactly what Prometheus scrapes. A proxy whose /metrics does not answer leaves
-the table out (the streams table does not depend on it).
+``msm streams`` asks the control plane for every node's media at once
+(``MediaControl.ListPlacements`` with ``with_stats``: each group's placement, and from
+each node's proxy its groups, receivers, fabric links, ST 2110 bridges and app
+connections): :func:`control_media`, :func:`media_rows`, :func:`render_media`. When the
+control plane knows no media node (``msm up``'s proxy is not placed through it) the table
+is read from the local proxy's Prometheus /metrics instead (the ``msm_media_*`` and
+``msm_st2110_*`` families of :mod:`msm.rtp_proxy.media.metrics`): :func:`media_table`.
+A source that does not answer leaves its table out (the streams table does not depend on it).
 """
 
 from __future__ import annotations
@@ -136,4 +138,124 @@ def media_table(metrics_address: str) -> str:
     parts = ["", _render(_groups(samples))]
     if samples.get("msm_st2110_bridge_info"):
         parts += ["", _render(_bridges(samples))]
+    return "\n".join(parts)
+
+
+# -- from the control plane: every node's groups, bridges and connections (MediaControl.ListPlacements) --
+def control_media(channel: Any, timeout: float = 5.0) -> Any | None:
+    """``ListPlacements(with_stats)`` over the operator's channel; None when the control plane has no
+    MediaControl or does not answer (the table then falls back to the local proxy's /metrics)."""
+    import grpc
+
+    from msm.protos import media_pb2 as mpb
+    from msm.protos import media_pb2_grpc as mpb_grpc
+
+    try:
+        api = mpb_grpc.MediaControlStub(channel)  # type: ignore[no-untyped-call]
+        return api.ListPlacements(mpb.ListPlacementsRequest(with_stats=True), timeout=timeout)
+    except grpc.RpcError:
+        return None
+
+
+def _reasons(counts: Any) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v)
+
+
+def _latency(has: bool, us: float) -> float | None:
+    return round(us / 1e3, 3) if has else None
+
+
+def _group_rows(reply: Any) -> list[dict[str, Any]]:
+    placed = {p.urn: p for p in reply.groups}
+    rows: list[dict[str, Any]] = []
+    for urn in sorted(placed.keys() | {g.urn for n in reply.nodes for g in n.stats.groups}):
+        p = placed.get(urn)
+        state = {r.node: ("linked" if r.linked else f"not linked: {r.error or 'pending'}")
+                 for r in (p.receivers if p else [])}
+        rows.append({"hop": "media-group", "group": urn, "sender_node": p.sender_node if p else "",
+                     "sender": p.sender_member if p else "", "receiving_nodes": sorted(state)})
+        for n in reply.nodes:
+            for g in (g for g in n.stats.groups if g.urn == urn):
+                rows.append({"hop": "media-node", "group": urn, "node": n.node, "sender": g.sender,
+                             "frames": g.frames_in, "bytes": g.bytes_in, "incomplete": dict(g.incomplete)})
+                rows.extend({"hop": "media-receiver", "group": urn, "node": n.node, "receiver": r.name,
+                             "frames": r.frames, "bytes": r.bytes, "drops": dict(r.drops),
+                             "latency_p50_ms": _latency(r.has_latency, r.latency_p50_us),
+                             "latency_p99_ms": _latency(r.has_latency, r.latency_p99_us)} for r in g.receivers)
+                rows.extend({"hop": "media-link", "group": urn, "node": n.node, "peer": link.peer_node,
+                             "direction": "out" if link.outgoing else "in", "provider": link.provider,
+                             "frames": link.frames, "bytes": link.bytes, "in_flight": link.in_flight,
+                             "state": state.get(link.peer_node, "") if link.outgoing else "linked"}
+                            for link in g.links)
+    return rows
+
+
+def media_rows(reply: Any) -> list[dict[str, Any]]:
+    """``msm streams --json``'s media rows: groups (and per node, receivers, links), bridges, connections,
+    and nodes that did not answer."""
+    rows = _group_rows(reply)
+    for n in reply.nodes:
+        if n.error:
+            rows.append({"hop": "media-unanswered", "node": n.node, "error": n.error})
+        rows.extend({"hop": "media-bridge", "node": n.node, "bridge": b.name, "direction": b.direction,
+                     "group": b.group, "address": b.address, "frames": b.frames, "bytes": b.bytes,
+                     "packets": b.packets, "lost_packets": b.lost_packets, "incomplete": dict(b.incomplete),
+                     "dropped": dict(b.dropped), "queue_depth": b.queue_depth, "pacing": b.pacing,
+                     "pacing_class": b.pacing_class, "late_packets": b.late_packets} for b in n.stats.bridges)
+        rows.extend({"hop": "media-connection", "node": n.node, "connection": c.connection, "app": c.app,
+                     "direction": c.direction, "target": c.target, "frames": c.frames, "bytes": c.bytes,
+                     "drops": dict(c.drops), "queue_depth": c.queue_depth, "attached": c.attached,
+                     "latency_p50_ms": _latency(c.has_latency, c.latency_p50_us),
+                     "latency_p99_ms": _latency(c.has_latency, c.latency_p99_us)} for c in n.stats.connections)
+    return rows
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def _group_line(r: dict[str, Any]) -> list[str]:
+    hop = r["hop"]
+    if hop == "media-group":
+        sender = f"{r['sender']} on {r['sender_node']}" if r["sender_node"] else "-"
+        return [r["group"], "", sender, "", "", "", "", "", ""]
+    if hop == "media-node":
+        bad = _reasons(r["incomplete"])
+        return [f"  {r['node']}", r["node"], r["sender"] or "-", str(r["frames"]), str(r["bytes"]),
+                f"incomplete: {bad}" if bad else "", "", "", ""]
+    if hop == "media-receiver":
+        return [f"    -> {r['receiver']}", r["node"], "", str(r["frames"]), str(r["bytes"]), _reasons(r["drops"]), "",
+                _ms(r["latency_p50_ms"]), _ms(r["latency_p99_ms"])]
+    arrow = "=>" if r["direction"] == "out" else "<="
+    return [f"    {arrow} node {r['peer']} ({r['provider']}, {r['state']})", r["node"], "", str(r["frames"]),
+            str(r["bytes"]), "", str(r["in_flight"]) if r["direction"] == "out" else "", "", ""]
+
+
+def render_media(rows: list[dict[str, Any]]) -> str:
+    """The media tables of ``msm streams`` from :func:`media_rows` ('' when there is nothing)."""
+    parts = []
+    groups = [r for r in rows if r["hop"] in ("media-group", "media-node", "media-receiver", "media-link")]
+    if groups:
+        table = [["GROUP / NODE / MEMBER", "NODE", "SENDER", "FRAMES", "BYTES", "DROPPED", "IN FLIGHT",
+                  "LATENCY p50", "p99"], *(_group_line(r) for r in groups)]
+        parts += ["", _render(table)]
+    bridges = [r for r in rows if r["hop"] == "media-bridge"]
+    if bridges:
+        table = [["BRIDGE", "NODE", "DIR", "GROUP", "ADDRESS", "FRAMES", "LOST PKTS", "INCOMPLETE", "DROPPED",
+                  "QUEUE", "PACING"]]
+        for b in bridges:
+            ingress = b["direction"] == "ingress"
+            table.append([b["bridge"], b["node"], b["direction"], b["group"], b["address"], str(b["frames"]),
+                          str(b["lost_packets"]) if ingress else "", _reasons(b["incomplete"]) if ingress else "",
+                          _reasons(b["dropped"]), str(b["queue_depth"]),
+                          "" if ingress else f"{b['pacing']}: {b['pacing_class']}"])
+        parts += ["", _render(table)]
+    conns = [r for r in rows if r["hop"] == "media-connection"]
+    if conns:
+        table = [["CONNECTION", "NODE", "APP", "DIR", "TARGET", "FRAMES", "DROPPED", "QUEUE", "LATENCY p50", "p99"]]
+        table += [[c["connection"], c["node"], c["app"] or "-", c["direction"], c["target"], str(c["frames"]),
+                   _reasons(c["drops"]), str(c["queue_depth"]), _ms(c["latency_p50_ms"]), _ms(c["latency_p99_ms"])]
+                  for c in conns]
+        parts += ["", _render(table)]
+    parts += [f"\nnode {r['node']}: no media counters ({r['error']})" for r in rows if r["hop"] == "media-unanswered"]
     return "\n".join(parts)

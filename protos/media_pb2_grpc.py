@@ -84,7 +84,8 @@ class MediaControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListPlacements(self, request, context):
-        """Every group's placement (operators and the control plane itself).
+        """Every group's placement (operators and the control plane itself); with_stats adds each
+        placed node's counters, asked of its proxy (MediaPlane.ListGroups) at the time of the call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

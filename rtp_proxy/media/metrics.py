@@ -7,6 +7,11 @@ Read at scrape time, like :mod:`msm.rtp_proxy.metrics`: groups from the
 
 Label values come from configuration (group URNs, bridge names) or from the proxy
 (receiver names, connection ids); drop and incomplete reasons are a fixed small set.
+
+The same sources answer the control plane: the collector hands :func:`fill_stats` to the
+node (:attr:`~.plane.MediaNode.extra_stats`), so ``MediaPlane.ListGroups`` carries the
+bridges and app connections beside the groups, and the control plane's page and
+``msm streams`` show every node's from one place.
 """
 
 from __future__ import annotations
@@ -17,14 +22,69 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from msm.protos import media_pb2 as mpb
+
 from .bridges import BridgeSet
 from .plane import MediaNode
 from .st2110_timing import CLASSES
 
-__all__ = ["MediaCollector", "group_rows"]
+__all__ = ["MediaCollector", "fill_stats", "group_rows"]
 
 QUANTILES = (0.5, 0.99)
 EGRESS_CLASSES = (*CLASSES, "unpaced", "unknown")
+# App connections listed in one ListGroups reply (the rest counted in left_out): 256 apps may
+# open several each; a page or a table reads a few dozen.
+MAX_LISTED_CONNECTIONS = 512
+
+
+def _count(value: Any) -> int:
+    """A counter from a snapshot as a non-negative int (a snapshot's shape is never trusted to crash us)."""
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _counts(value: Any) -> dict[str, int]:
+    return {str(k): _count(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def bridge_stats(row: dict[str, Any]) -> mpb.BridgeStats:
+    """One row of :meth:`~.bridges.BridgeSet.snapshot` as the message."""
+    egress = row.get("direction") == "egress"
+    return mpb.BridgeStats(
+        name=str(row.get("name", "")), direction=str(row.get("direction", "")), group=str(row.get("group", "")),
+        address=f"{row.get('address', '')}:{row.get('port', '')}", pacing=str(row.get("pacing", "")) if egress else "",
+        pacing_class=str(row.get("pacing_class", "unknown")) if egress else "", frames=_count(row.get("frames")),
+        bytes=_count(row.get("bytes")), packets=_count(row.get("packets")),
+        lost_packets=_count(row.get("lost_packets")), incomplete=_counts(row.get("incomplete")),
+        dropped=_counts(row.get("dropped")), queue_depth=_count(row.get("queue_depth")),
+        late_packets=_count(row.get("late_packets")))
+
+
+def connection_stats(conn: dict[str, Any]) -> mpb.ConnectionStats:
+    """One connection of the media agent's ``snapshot()`` as the message."""
+    p50, p99 = conn.get("latency_p50_us"), conn.get("latency_p99_us")
+    return mpb.ConnectionStats(
+        connection=str(conn.get("connection", "")), app=str(conn.get("app", "")),
+        direction=str(conn.get("direction", "")), target=str(conn.get("target", "")), pid=_count(conn.get("pid")),
+        uid=_count(conn.get("uid")), attached=bool(conn.get("attached")), frames=_count(conn.get("frames")),
+        bytes=_count(conn.get("bytes")), drops=_counts(conn.get("drops")),
+        queue_depth=_count(conn.get("queue_depth")), has_latency=p50 is not None,
+        latency_p50_us=float(p50 or 0.0), latency_p99_us=float(p99 or 0.0))
+
+
+def fill_stats(reply: mpb.ListGroupsReply, bridges: BridgeSet | None,
+               agent: Callable[[], dict[str, Any]] | None) -> None:
+    """The proxy's bridges and (at most :data:`MAX_LISTED_CONNECTIONS`) app connections into ``reply``."""
+    if bridges is not None:
+        reply.bridges.extend(bridge_stats(row) for row in bridges.snapshot())
+    if agent is not None:
+        snap = agent()
+        reply.apps = _count(snap.get("apps"))
+        connections = [c for c in snap.get("connections", []) if isinstance(c, dict)]
+        reply.connections.extend(connection_stats(c) for c in connections[:MAX_LISTED_CONNECTIONS])
+        reply.left_out += max(0, len(connections) - MAX_LISTED_CONNECTIONS)
 
 
 def group_rows(media: MediaNode) -> list[dict[str, Any]]:
@@ -37,8 +97,16 @@ def group_rows(media: MediaNode) -> list[dict[str, Any]]:
                 receivers.append({"name": name, "frames": stats.frames, "bytes": stats.bytes,
                                   "drops": dict(stats.drops),
                                   "latency_us": {q: stats.latency_us(q) for q in QUANTILES}})
+            links = [{"peer": peer_node, "provider": peer.provider, "direction": "out", "frames": peer.frames,
+                      "bytes": peer.bytes, "in_flight": peer.in_flight()}
+                     for (urn, peer_node), peer in media.outbound.items() if urn == group.urn]
+            inbound = media.inbound.by_group.get(group.urn)
+            if inbound is not None:
+                links.append({"peer": inbound.peer_node, "provider": inbound.provider, "direction": "in",
+                              "frames": inbound.frames, "bytes": inbound.bytes, "in_flight": 0})
             rows.append({"urn": group.urn, "sender": group.sender or "", "frames": group.frames_in,
-                         "bytes": group.bytes_in, "incomplete": dict(group.incomplete), "receivers": receivers})
+                         "bytes": group.bytes_in, "incomplete": dict(group.incomplete), "receivers": receivers,
+                         "links": links})
     return rows
 
 
@@ -57,6 +125,25 @@ class _Families:
         return family
 
 
+class _LinkFamilies:
+    """A group's fabric links to and from other nodes: frames, bytes, frames in flight."""
+
+    def __init__(self, out: _Families) -> None:
+        labels = ["node", "group", "peer", "provider", "direction"]
+        self.frames = out.counter("msm_media_link_frames", "Frames a group's fabric link to (out) or from (in) "
+                                  "another node carried", labels)
+        self.bytes = out.counter("msm_media_link_bytes", "Bytes a group's fabric link carried", labels)
+        self.in_flight = out.gauge("msm_media_link_in_flight_frames", "Frames sent on a group's fabric link and "
+                                   "not yet released by the peer (its queue)", labels)
+
+    def add(self, node: str, row: dict[str, Any]) -> None:
+        for link in row["links"]:
+            labels = [node, row["urn"], link["peer"], link["provider"], link["direction"]]
+            self.frames.add_metric(labels, link["frames"])
+            self.bytes.add_metric(labels, link["bytes"])
+            self.in_flight.add_metric(labels, link["in_flight"])
+
+
 class MediaCollector(Collector):
     """The media families of one proxy (``node``)."""
 
@@ -65,6 +152,7 @@ class MediaCollector(Collector):
         self.media = media
         self.bridges = bridges
         self.agent = agent    # the media agent's snapshot(), when the proxy serves apps
+        media.extra_stats = lambda reply: fill_stats(reply, bridges, agent)   # ListGroups: the same sources
 
     def collect(self) -> Iterator[Metric]:
         out = _Families()
@@ -92,7 +180,9 @@ class MediaCollector(Collector):
                             [*r, "reason"])
         latency = out.gauge("msm_media_latency_seconds", "Arrival at this proxy to hand-over to the receiver, "
                             "over its last 600 frames", [*r, "quantile"])
+        links = _LinkFamilies(out)
         for row in group_rows(self.media):
+            links.add(node, row)
             frames_in.add_metric([node, row["urn"]], row["frames"])
             bytes_in.add_metric([node, row["urn"]], row["bytes"])
             members.add_metric([node, row["urn"]], len(row["receivers"]))

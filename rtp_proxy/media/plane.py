@@ -54,6 +54,10 @@ __all__ = ["MediaNode", "MediaPlaneService", "Membership", "add_media_plane", "o
 CONTROL_TIMEOUT = 5.0       # one MediaControl call (the control plane programs links before it answers)
 IDLE_WAIT = 0.002           # the reader's wait for fabric activity when none came (lock not held)
 REGISTRATION_CHECK = 0.1    # how often the (re)registration of the proxy is looked at
+# Receivers listed in one ListGroups reply, all groups together (the rest are counted in left_out):
+# 256 groups of 256 receivers would be megabytes, past gRPC's 4 MB message limit; an operator
+# reads a few dozen. About 150 bytes each, so a reply stays well under 1 MB.
+MAX_LISTED_RECEIVERS = 4096
 
 T = TypeVar("T")
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -88,6 +92,9 @@ class MediaNode:
         self._reader: threading.Thread | None = None
         self._sync: asyncio.Task[None] | None = None
         self.proxy_id = ""
+        # Adds the proxy's bridges and app connections to ListGroups' reply (the proxy's MediaCollector
+        # sets it: the same sources its /metrics reads). Called on the event loop, without the lock.
+        self.extra_stats: Callable[[mpb.ListGroupsReply], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self, registered: asyncio.Event | None = None, proxy_id: str = "") -> None:
@@ -331,8 +338,11 @@ class MediaNode:
 
     # -- stats (MediaPlane.ListGroups) -----------------------------------------------------------------
     def list_groups(self) -> mpb.ListGroupsReply:
+        """Every group's counters, its receivers' (at most :data:`MAX_LISTED_RECEIVERS` in all) and links';
+        with :attr:`extra_stats`, the proxy's bridges and app connections too."""
         with self.lock:
-            reply = mpb.ListGroupsReply(node=self.node, groups=[self._group_stats(g) for g in self.groups],
+            budget = [MAX_LISTED_RECEIVERS]
+            reply = mpb.ListGroupsReply(node=self.node, groups=[self._group_stats(g, budget) for g in self.groups],
                                         dropped=dict(self.inbound.dropped))
             for provider, endpoint in self.endpoints.items():
                 reply.endpoints.append(mpb.FabricAddress(provider=provider, address=endpoint.local_address()))
@@ -340,16 +350,20 @@ class MediaNode:
                 for name in ("rx_unknown_peer", "ctrl_unknown_peer", "ctrl_bad"):
                     if stats[name]:
                         reply.dropped[f"{provider}:{name}"] = stats[name]
-            return reply
+            reply.left_out = sum(len(g.receiver_stats) for g in self.groups) - (MAX_LISTED_RECEIVERS - budget[0])
+        if self.extra_stats is not None:   # outside the lock: a bridge's snapshot takes it
+            self.extra_stats(reply)
+        return reply
 
-    def _group_stats(self, group: Group) -> mpb.GroupStats:
+    def _group_stats(self, group: Group, budget: list[int]) -> mpb.GroupStats:
         out = mpb.GroupStats(urn=group.urn, sender=group.sender or "", frames_in=group.frames_in,
                              bytes_in=group.bytes_in, incomplete=dict(group.incomplete))
-        for name, stats in group.receiver_stats.items():
+        for name, stats in list(group.receiver_stats.items())[:max(0, budget[0])]:
             p50, p99 = stats.latency_us(0.5), stats.latency_us(0.99)
             out.receivers.append(mpb.GroupReceiverStats(
                 name=name, frames=stats.frames, bytes=stats.bytes, drops=dict(stats.drops),
                 has_latency=p50 is not None, latency_p50_us=p50 or 0.0, latency_p99_us=p99 or 0.0))
+        budget[0] -= len(out.receivers)
         for (urn, peer_node), peer in self.outbound.items():
             if urn == group.urn:
                 out.links.append(mpb.GroupLinkStats(peer_node=peer_node, provider=peer.provider, outgoing=True,

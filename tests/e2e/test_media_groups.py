@@ -439,6 +439,136 @@ def test_one_host_over_shm(mesh: Mesh) -> None:
     assert [(link["peer_node"], link["provider"]) for link in group_of(a)["links"]] == [("host-b", SHM)]
 
 
+# -- what operators see: the control plane's page, its /api/media and `msm streams` --------------------------
+HOSTILE = 'urn:x:<img src=x onerror="document.body.dataset.pwned=1">&amp;'   # a URN is user input
+SHOWN_FRAMES = 6
+
+
+async def _in_process_proxy(mesh: Mesh, node: str, control: str) -> tuple[Any, Any]:
+    """``msm-proxy``'s own start-up in this process (DataPlane + MediaPlane on one mTLS port, a tcp endpoint
+    on loopback), registered and announced."""
+    from msm.rtp_proxy.main import parse_args, port_range, start_proxy
+    from msm.security.tls import TlsFiles
+
+    tls = mesh.files("proxy", node)
+    opts = parse_args(["--node", node, "--listen", "127.0.0.1:0", "--media-host", "127.0.0.1", "--control", control,
+                       "--metrics-listen", "", "--tls-dir", str(tls), "--trust-domain", TRUST_DOMAIN,
+                       "--fabric-provider", TCP, "--fabric-address", "127.0.0.1:0", "--fabric-max-frame",
+                       str(1 << 20), "--fabric-credits", str(CREDITS), "--fabric-peers", "2"])
+    proxy, media = await start_proxy(opts, port_range(opts.port_range), TlsFiles(tls))
+    await asyncio.wait_for(proxy.agent.registered.wait(), 10)
+    await media.announce()
+    return proxy, media
+
+
+def _operator_state(mesh: Mesh) -> Path:
+    """A state directory holding an operator certificate, as `msm streams` reads it."""
+    from msm.security.identity import Identity, Role
+    from msm.security.tls import TlsFiles
+
+    state = mesh.tmp / "state"
+    issued = mesh.ca.issue(Identity(TRUST_DOMAIN, "msm-system", "msm-operator", Role.OPERATOR, ""))
+    TlsFiles(state / "certs" / "operator").write(ca_pem=mesh.ca.trust_bundle_pem, chain_pem=issued.chain_pem,
+                                                 key_pem=issued.key_pem)
+    return state
+
+
+def _msm_streams(control: str, state: Path, *extra: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([str(VENV_BIN / "msm"), "streams", "--control", control, "--state-dir", str(state),
+                           "--metrics-listen", "127.0.0.1:1", *extra], capture_output=True, text=True, timeout=20,
+                          env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+async def test_page_api_and_msm_streams_show_groups_of_every_node(mesh: Mesh) -> None:
+    """A group with its sender and a receiver on node A and a receiver on node B (linked over tcp): the control
+    plane's /api/media and `msm streams` show both nodes' counters, the link and the placement; a hostile URN
+    is carried as data (the page puts it in as text: test_web's browser test)."""
+    import aiohttp
+
+    from msm.control_plane.resolver import StaticResolver
+    from msm.control_plane.server import ControlPlaneServer
+    from msm.control_plane.web import WebServer, create_app
+    from msm.rtp_proxy.media.groups import FrameInfo
+    from msm.security.tls import TlsFiles
+
+    server = ControlPlaneServer(StaticResolver(), listen="127.0.0.1:0",
+                                tls=TlsFiles(mesh.files("control-plane")))
+    await server.start()
+    web = WebServer(create_app(server.control))
+    started: list[tuple[Any, Any]] = []
+    try:
+        await web.start("127.0.0.1:0")
+        for node in ("node-a", "node-b"):
+            started.append(await _in_process_proxy(mesh, node, server.address))
+        (_, a), (_, b) = started
+        monitor, encoder, odd = Collector("memif:monitor"), Collector("memif:encoder"), Collector("memif:<b>x</b>")
+        await a.join_sender(URN, "memif:camera")
+        await a.join_receiver(URN, monitor)
+        await b.join_receiver(URN, encoder)
+        await a.join_sender(HOSTILE, "memif:</td><script>")
+        await a.join_receiver(HOSTILE, odd)
+        for seq in range(SHOWN_FRAMES):
+            for _ in range(500):
+                if a.can_send(URN):
+                    break
+                await asyncio.sleep(0.01)
+            assert a.publish(URN, "memif:camera", memoryview(bytes(64 << 10)), FrameInfo(seq, seq)) == 2
+            a.publish(HOSTILE, "memif:</td><script>", memoryview(b"x" * 100), FrameInfo(seq, seq))
+        for _ in range(500):
+            with b.lock:
+                if len(encoder.rows) == SHOWN_FRAMES:
+                    break
+            await asyncio.sleep(0.01)
+
+        async with aiohttp.ClientSession() as session:
+            async with session.get(web.url + "api/media") as response:
+                assert response.status == 200
+                body = await response.json()
+            async with session.get(web.url) as response:
+                html = await response.text()
+        assert '<script src="/static/media.js">' in html and 'id="media"' in html
+        placed = {p["urn"]: p for p in body["groups"]}
+        assert placed[URN]["sender_node"] == "node-a" and placed[URN]["sender_member"] == "memif:camera"
+        assert {(r["node"], r["linked"]) for r in placed[URN]["receivers"]} == {("node-a", True), ("node-b", True)}
+        assert placed[HOSTILE]["sender_member"] == "memif:</td><script>"   # data, as given
+        nodes = {n["node"]: n for n in body["nodes"]}
+        assert sorted(nodes) == ["node-a", "node-b"] and all(n["error"] == "" for n in nodes.values())
+        groups = {(node, g["urn"]): g for node, n in nodes.items() for g in n["stats"]["groups"]}
+        sending, receiving = groups[("node-a", URN)], groups[("node-b", URN)]
+        assert int(sending["frames_in"]) == SHOWN_FRAMES and int(receiving["frames_in"]) == SHOWN_FRAMES
+        assert {r["name"]: int(r["frames"]) for r in sending["receivers"]} == {
+            "memif:monitor": SHOWN_FRAMES, "node:node-b": SHOWN_FRAMES}
+        (rx,) = receiving["receivers"]
+        assert rx["name"] == "memif:encoder" and int(rx["frames"]) == SHOWN_FRAMES and rx["has_latency"]
+        assert 0 < rx["latency_p50_us"] <= rx["latency_p99_us"]
+        (link,) = sending["links"]
+        assert link["peer_node"] == "node-b" and link["outgoing"] and int(link["frames"]) == SHOWN_FRAMES
+        assert int(groups[("node-a", HOSTILE)]["frames_in"]) == SHOWN_FRAMES
+        assert all(e["address"] == "" for n in nodes.values() for e in n["stats"]["endpoints"])
+
+        state = _operator_state(mesh)
+        table = await asyncio.to_thread(_msm_streams, server.address, state)
+        lines = table.splitlines()
+        assert any(line.startswith(URN) and "memif:camera on node-a" in line for line in lines), table
+        encoder_line = next(line for line in lines if "-> memif:encoder" in line)
+        assert encoder_line.split()[2:4] == ["node-b", str(SHOWN_FRAMES)], table
+        assert any("=> node node-b (tcp;ofi_rxm, linked)" in line for line in lines), table
+        rows = json.loads(await asyncio.to_thread(_msm_streams, server.address, state, "--json"))
+        shown = {(r["node"], r.get("receiver")): r["frames"] for r in rows if r["hop"] == "media-receiver"}
+        assert shown[("node-b", "memif:encoder")] == SHOWN_FRAMES
+        assert shown[("node-a", "memif:<b>x</b>")] == SHOWN_FRAMES
+        assert any(r["hop"] == "media-group" and r["group"] == HOSTILE for r in rows)
+    finally:
+        for proxy, media in started:
+            await media.stop()
+            await proxy.stop()
+        await web.stop()
+        await server.stop()
+
+
 async def test_only_the_expected_link_from_its_peer_gets_in() -> None:
     """In one process over loopback: a known peer on another link id, or another known peer on the
     right id, is dropped and counted; the expected link's frames get in."""
