@@ -83,6 +83,11 @@ SRTP_GCM = "AEAD_AES_128_GCM"
 SRTP_SALT_LEN = {SRTP_GCM: 12, SRTP_PROFILE: 14}
 REKEY_INTERVAL = 3600.0
 REKEY_RETRY = 2.0
+# A PLAY that starts a stream waits this long (at most) for each track's first packet,
+# polling every RTP_INFO_POLL, to tell the viewer its sequence number and timestamp
+# (RTP-Info); an upstream that sends nothing by then costs the viewer only the header.
+RTP_INFO_WAIT = 1.0
+RTP_INFO_POLL = 0.05
 
 
 def new_srtp_key(epoch: int, profile: str = SRTP_PROFILE) -> pb.SrtpParams:
@@ -629,7 +634,10 @@ class Planner:
             viewer = self._viewer(record.stream_id, request.session_id)
             if not record.flows:
                 raise MethodNotValid("stream is not set up")
-            await self._enable(viewer, list(request.track_indexes), True)
+            tracks = list(request.track_indexes)
+            # Read before the legs are enabled: what the viewer gets first is after this.
+            info, waiting = await self._rtp_positions(viewer, tracks)
+            await self._enable(viewer, tracks, True)
             viewer.playing = True
             self.store.put_viewer(viewer)
             if not record.playing:
@@ -637,7 +645,60 @@ class Planner:
                 record.playing = True
                 self._move(record, Trigger.PLAY)
                 self.store.put_stream(record)
-            return pb.SessionReply(range="npt=now-")
+        # Flows that had sent nothing: the viewer gets their first packet (outside the lock).
+        info += await self._first_positions(waiting)
+        info.sort(key=lambda i: i.track_index)
+        return pb.SessionReply(range="npt=now-", rtp_info=info)
+
+    async def _out_positions(self, legs: Mapping[int, LegRef]) -> dict[int, pb.FlowStats]:
+        """Each leg's flow statistics (its first and latest packet sent), by track; unreachable: left out."""
+        found: dict[int, pb.FlowStats] = {}
+        by_proxy: dict[str, list[tuple[int, LegRef]]] = {}
+        for index, leg in legs.items():
+            by_proxy.setdefault(leg.flow.node, []).append((index, leg))
+        for entries in by_proxy.values():
+            proxy = self._dataplane_of(entries[0][1].flow)
+            if proxy is None:
+                continue
+            try:
+                flows = {f.flow_id: f for f in await proxy.list_flows()}
+            except MsmError:
+                continue
+            for index, leg in entries:
+                stats = flows.get(leg.flow.flow_id)
+                if stats is not None:
+                    found[index] = stats
+        return found
+
+    async def _rtp_positions(self, viewer: ViewerRecord, tracks: list[int]
+                             ) -> tuple[list[pb.RtpInfo], dict[int, LegRef]]:
+        """RTP-Info of the tracks whose flow is sending (the packet after its latest), and the
+        legs of those that have sent nothing yet."""
+        legs = {i: leg for i, leg in viewer.legs.items() if not tracks or i in tracks}
+        info: list[pb.RtpInfo] = []
+        for index, stats in (await self._out_positions(legs)).items():
+            if stats.HasField("last_out"):
+                last = stats.last_out
+                info.append(pb.RtpInfo(track_index=index, seq=(last.seq + 1) & 0xFFFF, rtptime=last.rtptime))
+                del legs[index]
+        return info, legs
+
+    async def _first_positions(self, legs: dict[int, LegRef]) -> list[pb.RtpInfo]:
+        """RTP-Info from the first packet of flows that had sent nothing, waiting a moment
+        (RTP_INFO_WAIT) for it; a track still silent then is left out."""
+        info: list[pb.RtpInfo] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RTP_INFO_WAIT
+        while legs:
+            for index, stats in (await self._out_positions(legs)).items():
+                if stats.HasField("first_out"):
+                    first = stats.first_out
+                    info.append(pb.RtpInfo(track_index=index, seq=first.seq, rtptime=first.rtptime))
+                    del legs[index]
+            if not legs or loop.time() >= deadline:
+                break
+            await asyncio.sleep(RTP_INFO_POLL)
+        return info
 
     async def pause(self, stub: StubInfo, request: pb.SessionRequest) -> pb.SessionReply:
         async with self._lock(request.stream_id):

@@ -114,6 +114,7 @@ typedef struct flow_state {
     uint32_t ssrc, has_ssrc, out_ssrc, has_out;
     uint32_t seq_offset, ts_offset;
     uint32_t last_out_seq, last_out_ts, has_last_out;
+    uint32_t first_out_seq, first_out_ts; /* the flow's first forwarded packet (RTSP RTP-Info) */
     int64_t last_arrival_ns;
     msm_rtpstats rs;
 } flow_state;
@@ -759,6 +760,10 @@ static int on_rtp(msm_flow *f, uint8_t *p, uint32_t len, int64_t now) {
     if (f->splice && st->has_out) {
         uint32_t out_seq = (seq + st->seq_offset) & 0xFFFF;
         uint32_t out_ts = ts + st->ts_offset;
+        if (!st->has_last_out) {
+            st->first_out_seq = out_seq;
+            st->first_out_ts = out_ts;
+        }
         st->last_out_seq = out_seq;
         st->last_out_ts = out_ts;
         st->has_last_out = 1;
@@ -1449,6 +1454,11 @@ void msm_flow_stats_get(msm_flow *f, msm_flow_stats *o) {
     o->has_out_ssrc = s.has_out;
     o->seq_offset = s.seq_offset;
     o->ts_offset = s.ts_offset;
+    o->has_out_info = s.has_last_out;
+    o->first_out_seq = s.first_out_seq;
+    o->first_out_ts = s.first_out_ts;
+    o->last_out_seq = s.last_out_seq;
+    o->last_out_ts = s.last_out_ts;
     o->received = s.rs.received;
     o->expected = msm_rtpstats_expected(&s.rs);
     o->extended_highest = rs_highest(&s.rs);

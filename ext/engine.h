@@ -70,6 +70,9 @@ typedef struct msm_flow_stats {
     int64_t lost_before, expected_before;
     uint32_t ssrc, has_ssrc, out_ssrc, has_out_ssrc;
     uint32_t seq_offset, ts_offset;
+    /* What viewers were sent (after splicing): the first and the latest packet's
+     * sequence number and timestamp, once has_out_info (RTSP RTP-Info). */
+    uint32_t has_out_info, first_out_seq, first_out_ts, last_out_seq, last_out_ts, pad_out_;
     int64_t received, expected; /* the current source's sequence space */
     uint64_t extended_highest;
     uint64_t duplicates, reordered, restarts, gen;

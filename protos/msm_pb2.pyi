@@ -136,10 +136,22 @@ class SessionRequest(_message.Message):
     def __init__(self, stream_id: _Optional[str] = ..., session_id: _Optional[str] = ..., track_indexes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SessionReply(_message.Message):
-    __slots__ = ("range",)
+    __slots__ = ("range", "rtp_info")
     RANGE_FIELD_NUMBER: _ClassVar[int]
+    RTP_INFO_FIELD_NUMBER: _ClassVar[int]
     range: str
-    def __init__(self, range: _Optional[str] = ...) -> None: ...
+    rtp_info: _containers.RepeatedCompositeFieldContainer[RtpInfo]
+    def __init__(self, range: _Optional[str] = ..., rtp_info: _Optional[_Iterable[_Union[RtpInfo, _Mapping]]] = ...) -> None: ...
+
+class RtpInfo(_message.Message):
+    __slots__ = ("track_index", "seq", "rtptime")
+    TRACK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    RTPTIME_FIELD_NUMBER: _ClassVar[int]
+    track_index: int
+    seq: int
+    rtptime: int
+    def __init__(self, track_index: _Optional[int] = ..., seq: _Optional[int] = ..., rtptime: _Optional[int] = ...) -> None: ...
 
 class StubRequest(_message.Message):
     __slots__ = ("request_id", "describe", "setup", "play", "pause", "teardown")
@@ -305,14 +317,22 @@ class StreamState(_message.Message):
     def __init__(self, stream_id: _Optional[str] = ..., upstream_up: _Optional[bool] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
-    __slots__ = ("reply", "command", "stream_state")
+    __slots__ = ("reply", "command", "stream_state", "sessions_alive")
     REPLY_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     STREAM_STATE_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_ALIVE_FIELD_NUMBER: _ClassVar[int]
     reply: ControlReply
     command: ControlCommand
     stream_state: StreamState
-    def __init__(self, reply: _Optional[_Union[ControlReply, _Mapping]] = ..., command: _Optional[_Union[ControlCommand, _Mapping]] = ..., stream_state: _Optional[_Union[StreamState, _Mapping]] = ...) -> None: ...
+    sessions_alive: SessionsAlive
+    def __init__(self, reply: _Optional[_Union[ControlReply, _Mapping]] = ..., command: _Optional[_Union[ControlCommand, _Mapping]] = ..., stream_state: _Optional[_Union[StreamState, _Mapping]] = ..., sessions_alive: _Optional[_Union[SessionsAlive, _Mapping]] = ...) -> None: ...
+
+class SessionsAlive(_message.Message):
+    __slots__ = ("session_ids",)
+    SESSION_IDS_FIELD_NUMBER: _ClassVar[int]
+    session_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ProxyHello(_message.Message):
     __slots__ = ("node", "dataplane_address", "media_host", "proxy_id", "srtp_profiles")
@@ -329,12 +349,28 @@ class ProxyHello(_message.Message):
     def __init__(self, node: _Optional[str] = ..., dataplane_address: _Optional[str] = ..., media_host: _Optional[str] = ..., proxy_id: _Optional[str] = ..., srtp_profiles: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ProxyMessage(_message.Message):
-    __slots__ = ("hello", "heartbeat")
+    __slots__ = ("hello", "heartbeat", "legs_heard")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    LEGS_HEARD_FIELD_NUMBER: _ClassVar[int]
     hello: ProxyHello
     heartbeat: Heartbeat
-    def __init__(self, hello: _Optional[_Union[ProxyHello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    legs_heard: LegsHeard
+    def __init__(self, hello: _Optional[_Union[ProxyHello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., legs_heard: _Optional[_Union[LegsHeard, _Mapping]] = ...) -> None: ...
+
+class LegsHeard(_message.Message):
+    __slots__ = ("legs",)
+    LEGS_FIELD_NUMBER: _ClassVar[int]
+    legs: _containers.RepeatedCompositeFieldContainer[LegKey]
+    def __init__(self, legs: _Optional[_Iterable[_Union[LegKey, _Mapping]]] = ...) -> None: ...
+
+class LegKey(_message.Message):
+    __slots__ = ("flow_id", "leg_id")
+    FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    LEG_ID_FIELD_NUMBER: _ClassVar[int]
+    flow_id: str
+    leg_id: str
+    def __init__(self, flow_id: _Optional[str] = ..., leg_id: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("seq",)
@@ -578,7 +614,7 @@ class LegStats(_message.Message):
     def __init__(self, leg_id: _Optional[str] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., enabled: _Optional[bool] = ..., packets_sent: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., rtcp_sent: _Optional[int] = ..., send_errors: _Optional[int] = ..., rtcp_received: _Optional[int] = ..., flow_id: _Optional[str] = ..., has_report: _Optional[bool] = ..., viewer_fraction_lost: _Optional[float] = ..., viewer_packets_lost: _Optional[int] = ..., viewer_jitter_ms: _Optional[float] = ..., rtt_ms: _Optional[float] = ..., dropped_backlog: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., srtp: _Optional[bool] = ...) -> None: ...
 
 class FlowStats(_message.Message):
-    __slots__ = ("flow_id", "ingress", "packets_received", "bytes_received", "packets_expected", "packets_lost", "jitter_ms", "ssrc", "rtcp_received", "dropped_invalid", "dropped_from_viewers", "source_changes", "bitrate_bps", "legs", "reordered", "duplicates", "fraction_lost", "rtcp_errors", "rtcp_bye_dropped", "dropped_backlog", "node", "labels", "clock_rate", "packets_forwarded", "dropped_wrong_source", "dropped_wrong_ssrc", "srtp_errors", "srtp")
+    __slots__ = ("flow_id", "ingress", "packets_received", "bytes_received", "packets_expected", "packets_lost", "jitter_ms", "ssrc", "rtcp_received", "dropped_invalid", "dropped_from_viewers", "source_changes", "bitrate_bps", "legs", "reordered", "duplicates", "fraction_lost", "rtcp_errors", "rtcp_bye_dropped", "dropped_backlog", "node", "labels", "clock_rate", "packets_forwarded", "dropped_wrong_source", "dropped_wrong_ssrc", "srtp_errors", "srtp", "first_out", "last_out")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -614,6 +650,8 @@ class FlowStats(_message.Message):
     DROPPED_WRONG_SSRC_FIELD_NUMBER: _ClassVar[int]
     SRTP_ERRORS_FIELD_NUMBER: _ClassVar[int]
     SRTP_FIELD_NUMBER: _ClassVar[int]
+    FIRST_OUT_FIELD_NUMBER: _ClassVar[int]
+    LAST_OUT_FIELD_NUMBER: _ClassVar[int]
     flow_id: str
     ingress: Endpoint
     packets_received: int
@@ -642,7 +680,17 @@ class FlowStats(_message.Message):
     dropped_wrong_ssrc: int
     srtp_errors: int
     srtp: bool
-    def __init__(self, flow_id: _Optional[str] = ..., ingress: _Optional[_Union[Endpoint, _Mapping]] = ..., packets_received: _Optional[int] = ..., bytes_received: _Optional[int] = ..., packets_expected: _Optional[int] = ..., packets_lost: _Optional[int] = ..., jitter_ms: _Optional[float] = ..., ssrc: _Optional[int] = ..., rtcp_received: _Optional[int] = ..., dropped_invalid: _Optional[int] = ..., dropped_from_viewers: _Optional[int] = ..., source_changes: _Optional[int] = ..., bitrate_bps: _Optional[float] = ..., legs: _Optional[_Iterable[_Union[LegStats, _Mapping]]] = ..., reordered: _Optional[int] = ..., duplicates: _Optional[int] = ..., fraction_lost: _Optional[float] = ..., rtcp_errors: _Optional[int] = ..., rtcp_bye_dropped: _Optional[int] = ..., dropped_backlog: _Optional[int] = ..., node: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., clock_rate: _Optional[int] = ..., packets_forwarded: _Optional[int] = ..., dropped_wrong_source: _Optional[int] = ..., dropped_wrong_ssrc: _Optional[int] = ..., srtp_errors: _Optional[int] = ..., srtp: _Optional[bool] = ...) -> None: ...
+    first_out: RtpPosition
+    last_out: RtpPosition
+    def __init__(self, flow_id: _Optional[str] = ..., ingress: _Optional[_Union[Endpoint, _Mapping]] = ..., packets_received: _Optional[int] = ..., bytes_received: _Optional[int] = ..., packets_expected: _Optional[int] = ..., packets_lost: _Optional[int] = ..., jitter_ms: _Optional[float] = ..., ssrc: _Optional[int] = ..., rtcp_received: _Optional[int] = ..., dropped_invalid: _Optional[int] = ..., dropped_from_viewers: _Optional[int] = ..., source_changes: _Optional[int] = ..., bitrate_bps: _Optional[float] = ..., legs: _Optional[_Iterable[_Union[LegStats, _Mapping]]] = ..., reordered: _Optional[int] = ..., duplicates: _Optional[int] = ..., fraction_lost: _Optional[float] = ..., rtcp_errors: _Optional[int] = ..., rtcp_bye_dropped: _Optional[int] = ..., dropped_backlog: _Optional[int] = ..., node: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., clock_rate: _Optional[int] = ..., packets_forwarded: _Optional[int] = ..., dropped_wrong_source: _Optional[int] = ..., dropped_wrong_ssrc: _Optional[int] = ..., srtp_errors: _Optional[int] = ..., srtp: _Optional[bool] = ..., first_out: _Optional[_Union[RtpPosition, _Mapping]] = ..., last_out: _Optional[_Union[RtpPosition, _Mapping]] = ...) -> None: ...
+
+class RtpPosition(_message.Message):
+    __slots__ = ("seq", "rtptime")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    RTPTIME_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    rtptime: int
+    def __init__(self, seq: _Optional[int] = ..., rtptime: _Optional[int] = ...) -> None: ...
 
 class ListFlowsReply(_message.Message):
     __slots__ = ("flows", "node")

@@ -57,7 +57,7 @@ from .engine import (
 )
 from .native import NativeEngine, start_core
 from .ports import PortRangeExhausted, bind_pair
-from .pyengine import PythonEngine
+from .pyengine import OutInfo, PythonEngine
 from .snapshot import FlowSnapshot, LegSnapshot
 from .srtp import Protector, SrtpKey, Unprotector
 from .trust import LocalAddresses, check_destination
@@ -221,6 +221,11 @@ class Flow:
             rtcp_bye_dropped=self.rtcp_bye_dropped, ssrc_collisions=self.ssrc_collisions,
             srtp=self.srtp is not None, srtp_errors=rtp.srtp_errors + self._srtcp_errors,
             legs=tuple(self._leg_snapshot(leg) for leg in list(self.legs.values())))
+
+    def out_info(self) -> OutInfo | None:
+        """The first and the latest packet the legs were sent (RTSP RTP-Info); None before any."""
+        engine = self.engine
+        return engine.out_info() if isinstance(engine, NativeEngine | PythonEngine) else None
 
     def _leg_snapshot(self, leg: Leg) -> LegSnapshot:
         rtp = self.engine.leg_counters(leg.leg_id)

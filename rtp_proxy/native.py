@@ -26,6 +26,7 @@ from msm.sdk.rtp import ReportBlock
 from msm.sdk.stats import reception_report
 
 from .engine import SSRC_TAKEOVER, Address, EngineUnavailable, Leg, LegCounters, RtpState
+from .pyengine import OutInfo
 from .srtp import REKEY_GRACE, SrtpKey, library_path
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,14 @@ class NativeEngine:
 
     def state(self) -> RtpState:
         return _state(self._handle.stats())
+
+    def out_info(self) -> OutInfo | None:
+        """The first and the latest packet viewers were sent (after splicing); None before any."""
+        snap = self._handle.stats()
+        if not snap.has_out_info:
+            return None
+        return OutInfo(int(snap.first_out_seq), int(snap.first_out_ts), int(snap.last_out_seq),
+                       int(snap.last_out_ts))
 
     def leg_counters(self, leg_id: str) -> LegCounters:
         known = self._legs.get(leg_id)

@@ -20,7 +20,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import cast
+from typing import NamedTuple, cast
 
 from msm.sdk.rtp import ReportBlock
 from msm.sdk.stats import ReceiverStats
@@ -90,6 +90,15 @@ class _Target:
         self.dropped_backlog = 0
 
 
+class OutInfo(NamedTuple):
+    """What a flow sent its legs, as RTSP's RTP-Info needs it: the first and the latest packet."""
+
+    first_seq: int
+    first_ts: int
+    last_seq: int
+    last_ts: int
+
+
 class PythonEngine:
     """A flow's RTP socket served in the event loop (see the module doc)."""
 
@@ -133,6 +142,7 @@ class PythonEngine:
         self._ts_offset = 0
         self._last_out_seq: int | None = None
         self._last_out_ts = 0
+        self._first_out: tuple[int, int] | None = None   # (seq, ts) of the first packet forwarded
         self._last_arrival = 0.0
 
     async def start(self, sock: socket.socket) -> None:
@@ -187,6 +197,12 @@ class PythonEngine:
             extended_highest_seq=stats.extended_highest_seq if stats else 0,
             duplicates=stats.duplicates if stats else 0, reordered=stats.reordered if stats else 0,
             restarts=stats.restarts if stats else 0, jitter=stats.jitter if stats else 0.0)
+
+    def out_info(self) -> OutInfo | None:
+        """The first and the latest packet viewers were sent (after splicing); None before any."""
+        if self._first_out is None or self._last_out_seq is None:
+            return None
+        return OutInfo(*self._first_out, self._last_out_seq, self._last_out_ts)
 
     def leg_counters(self, leg_id: str) -> LegCounters:
         target = self._legs.get(leg_id)
@@ -243,6 +259,8 @@ class PythonEngine:
         if self.splice and self.out_ssrc is not None:
             out_seq = (seq + self._seq_offset) & _U16
             out_ts = (ts + self._ts_offset) & _U32
+            if self._first_out is None:
+                self._first_out = (out_seq, out_ts)
             self._last_out_seq = out_seq
             self._last_out_ts = out_ts
             if self._seq_offset or self._ts_offset or ssrc != self.out_ssrc:

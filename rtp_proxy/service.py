@@ -39,7 +39,12 @@ log = logging.getLogger(__name__)
 
 def flow_stats(flow: Flow, node: str = "") -> pb.FlowStats:
     """The DataPlane ``FlowStats`` of ``flow``, from one :meth:`Flow.snapshot`."""
-    return snapshot_stats(flow.snapshot(), node)
+    stats = snapshot_stats(flow.snapshot(), node)
+    out = flow.out_info()
+    if out is not None:
+        stats.first_out.CopyFrom(pb.RtpPosition(seq=out.first_seq, rtptime=out.first_ts))
+        stats.last_out.CopyFrom(pb.RtpPosition(seq=out.last_seq, rtptime=out.last_ts))
+    return stats
 
 
 def snapshot_stats(snap: FlowSnapshot, node: str = "") -> pb.FlowStats:

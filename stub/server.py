@@ -24,7 +24,6 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from msm.protos import msm_pb2 as pb
@@ -39,7 +38,6 @@ from msm.sdk.rtsp_server import (
     PauseRequested,
     PlayRequested,
     Reply,
-    RtspSession,
     ServerConnection,
     ServerEvent,
     SessionTable,
@@ -55,6 +53,7 @@ from msm.sdk.sdp import SessionDescription
 from .bridge import UdpPair
 from .control import ControlClient
 from .sockets import listen_backlog, original_destination, tls_context
+from .viewer import StreamInfo, TrackSetup, ViewerSession, rtp_info
 
 log = logging.getLogger(__name__)
 
@@ -89,33 +88,6 @@ RTSPS_PORT = 8322
 MAX_REAP_INTERVAL = 5.0
 
 __all__ = ["StubServer", "ViewerConnection", "ViewerSession", "original_destination", "split_url", "tls_context"]
-
-
-@dataclass
-class TrackSetup:
-    index: int
-    transport: TransportSpec
-    bridge: UdpPair | None = None
-
-
-@dataclass(eq=False)
-class ViewerSession(RtspSession):
-    """An RTSP session of a viewer, with what the stub opened for it."""
-
-    base_url: str = ""
-    connection: ViewerConnection | None = None
-    setups: dict[int, TrackSetup] = field(default_factory=dict)
-
-    def close_bridges(self) -> None:
-        for track in self.setups.values():
-            if track.bridge is not None:
-                track.bridge.close()
-
-
-@dataclass
-class StreamInfo:
-    stream_id: str
-    tracks: int
 
 
 class StubServer:
@@ -373,7 +345,10 @@ class ViewerConnection:
                 return await self._setup(event)
             if isinstance(event, PlayRequested):
                 reply = await self._reply(play=self._session_request(event.session))
-                return self.rtsp.respond(headers=[("Range", reply.session.range or "npt=now-")])
+                headers = [("Range", reply.session.range or "npt=now-")]
+                if reply.session.rtp_info:
+                    headers.append(("RTP-Info", rtp_info(event.session.base_url, reply.session.rtp_info)))
+                return self.rtsp.respond(headers=headers)
             if isinstance(event, PauseRequested):
                 await self._reply(pause=self._session_request(event.session))
                 return self.rtsp.respond()

@@ -1,0 +1,205 @@
+"""RTSP behaviour players and proxies rely on, checked against msm AND GStreamer's RTSP server.
+
+Each test states the RFC 2326 section it checks and what GStreamer's server
+(gst-rtsp-server 1.22, ``msm/gst_source.py``) does; the ``target`` fixture runs it
+against both, so a difference between them is visible as a failure on one side.
+GStreamer names its tracks ``stream=N``, msm ``trackN``: each target says its own.
+
+The client is raw sockets (what is sent and answered is exactly what the test
+says); players (ffmpeg) are used where the behaviour is what a player does.
+One GStreamer server and one mesh serve the whole module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+import pytest_asyncio
+
+from msm.control_plane.resolver import Route
+from msm.mesh import LocalMesh
+from msm.sdk.rtsp import Response, RtspReader
+from tests.e2e.conftest import _require_peers, mesh_config
+from tests.peers import GstRtspServer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120), pytest.mark.asyncio(loop_scope="module")]
+
+# The session timeout both servers announce here: short, so that liveness is tested in seconds.
+SESSION_TIMEOUT = 4
+
+
+@dataclass
+class Target:
+    name: str            # "msm" or "gst"
+    host: str
+    port: int
+    path: str            # the stream's path, e.g. "/cam"
+    track_prefix: str    # "track" (msm) or "stream=" (GStreamer)
+    gst: GstRtspServer
+    mesh: LocalMesh | None = None
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://{self.host}:{self.port}{self.path}"
+
+    def track(self, index: int, base: str | None = None) -> str:
+        return f"{(base or self.url).rstrip('/')}/{self.track_prefix}{index}"
+
+
+class Client:
+    """One RTSP connection driven by hand: requests as written, responses parsed."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.parser = RtspReader(max_body=1 << 20)
+        self.cseq = 0
+
+    @classmethod
+    async def open(cls, target: Target) -> Client:
+        reader, writer = await asyncio.open_connection(target.host, target.port)
+        return cls(reader, writer)
+
+    async def request(self, method: str, url: str, **headers: str) -> Response:
+        self.cseq += 1
+        lines = [f"{method} {url} RTSP/1.0", f"CSeq: {self.cseq}"]
+        lines += [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        async with asyncio.timeout(10):
+            while True:
+                event = self.parser.next_event()
+                if isinstance(event, Response):
+                    return event
+                data = await self.reader.read(65536)
+                assert data, f"connection closed without answering {method}"
+                self.parser.feed(data)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class UdpPair:
+    """A player's RTP/RTCP port pair."""
+
+    def __init__(self) -> None:
+        for _ in range(50):
+            rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            rtp.bind(("127.0.0.1", 0))
+            port = rtp.getsockname()[1]
+            if port % 2:
+                rtp.close()
+                continue
+            rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                rtcp.bind(("127.0.0.1", port + 1))
+            except OSError:
+                rtp.close()
+                rtcp.close()
+                continue
+            self.rtp, self.rtcp, self.port = rtp, rtcp, port
+            for sock in (rtp, rtcp):
+                sock.setblocking(False)
+            return
+        raise RuntimeError("no free even/odd UDP port pair")
+
+    @property
+    def transport(self) -> str:
+        return f"RTP/AVP;unicast;client_port={self.port}-{self.port + 1}"
+
+    async def packet(self, timeout: float = 5.0) -> bytes:  # noqa: ASYNC109
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            return await loop.sock_recv(self.rtp, 65536)
+
+    def drain(self) -> int:
+        count = 0
+        while True:
+            try:
+                self.rtp.recv(65536)
+                count += 1
+            except BlockingIOError:
+                return count
+
+    def close(self) -> None:
+        self.rtp.close()
+        self.rtcp.close()
+
+
+def rtp_info(value: str) -> dict[str, dict[str, str]]:
+    """``RTP-Info`` as ``{url: {"seq": .., "rtptime": ..}}``."""
+    tracks: dict[str, dict[str, str]] = {}
+    for item in value.split(","):
+        fields = dict(part.strip().split("=", 1) for part in item.split(";") if "=" in part)
+        tracks[fields.pop("url")] = fields
+    return tracks
+
+
+def session_id(response: Response) -> str:
+    return (response.headers.get("Session") or "").split(";")[0].strip()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def servers() -> AsyncIterator[tuple[GstRtspServer, LocalMesh]]:
+    _require_peers()
+    gst = await GstRtspServer.start(path="/test", extra_args=["--session-timeout", str(SESSION_TIMEOUT)])
+    mesh = LocalMesh(mesh_config(routes=[Route(name="cam", url=gst.url)], session_timeout=SESSION_TIMEOUT))
+    try:
+        await mesh.start()
+        yield gst, mesh
+    finally:
+        await mesh.stop()
+        await gst.stop()
+
+
+@pytest.fixture(params=["msm", "gst"])
+def target(request: pytest.FixtureRequest, servers: tuple[GstRtspServer, LocalMesh]) -> Target:
+    gst, mesh = servers
+    if request.param == "gst":
+        return Target("gst", "127.0.0.1", gst.port, "/test", "stream=", gst)
+    assert mesh.stub is not None
+    return Target("msm", "127.0.0.1", mesh.stub.port, "/cam", "track", gst, mesh)
+
+
+async def play_track0(target: Target, client: Client, pair: UdpPair) -> tuple[str, Response]:
+    """DESCRIBE, SETUP track 0 over UDP to ``pair``, PLAY: the session and the PLAY reply."""
+    described = await client.request("DESCRIBE", target.url, Accept="application/sdp")
+    assert described.status == 200
+    base = described.headers.get("Content-Base") or target.url
+    setup = await client.request("SETUP", target.track(0, base), Transport=pair.transport)
+    assert setup.status == 200, setup
+    session = session_id(setup)
+    played = await client.request("PLAY", base, Session=session, Range="npt=0-")
+    assert played.status == 200, played
+    return session, played
+
+
+# -- RTP-Info (RFC 2326 12.33) ----------------------------------------------------------------------
+
+async def test_play_reply_rtp_info_names_the_first_packet(target: Target) -> None:
+    """RFC 2326 12.33: a PLAY reply's RTP-Info gives, per track, the URL, the sequence number
+    of the first packet sent and the RTP time of the play point. GStreamer sends
+    ``url=...stream=0;seq=N;rtptime=T`` for each track; its first packet has seq N.
+    msm: the proxy's spliced sequence and timestamp (the first packet it forwards to this
+    viewer is at or just after them)."""
+    client, pair = await Client.open(target), UdpPair()
+    try:
+        _session, played = await play_track0(target, client, pair)
+        header = played.headers.get("RTP-Info")
+        assert header, f"{target.name}: PLAY reply without RTP-Info: {played}"
+        info = rtp_info(header)
+        (url, fields), = info.items()
+        assert re.search(rf"/{re.escape(target.track_prefix)}0$", url), url
+        first = await pair.packet()
+        seq, ts = struct.unpack_from("!HI", first, 2)
+        # The first packet is the one RTP-Info names, or (a live stream shared with other
+        # viewers) one of the next few; its timestamp at most a second later.
+        assert (seq - int(fields["seq"])) % 65536 < 50, (seq, fields)
+        assert (ts - int(fields["rtptime"])) % (1 << 32) < 90000, (ts, fields)
+    finally:
+        client.close()
+        pair.close()
