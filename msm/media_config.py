@@ -1,4 +1,5 @@
-"""The ``media:`` section of ``msm up --config``: groups and ST 2110 bridges, read strictly.
+"""The ``media:`` section of ``msm up --config`` and ``msm-proxy --media-config``: groups and ST 2110
+bridges, read strictly.
 
 ::
 
@@ -11,6 +12,7 @@
           sdp: /etc/msm/cam1.sdp             # declared by an SDP file, or by MCM's fields:
         - name: cam1-in-b
           direction: ingress
+          nodes: [node-a]                    # only node-a's proxy runs it (default: every proxy)
           group: urn:studio:cam1b
           transport: st2110-20               # MCM's connection.st2110 field names
           ipAddr: 239.1.1.1
@@ -27,13 +29,30 @@
           payload: {video: {width: 1920, height: 1080, fps: 30}}
           pacing: wide                       # wide (default), narrow, linear or none
           writeSdp: /tmp/cam1-out.sdp        # default <state dir>/media/<name>.sdp
+        - name: mic1-in                      # ST 2110-30 (AES67): an SDP file, or the fields
+          direction: ingress
+          group: urn:studio:mic1
+          ipAddr: 239.1.2.1
+          port: 5006
+          payload: {audio: {channels: 2, sampleRate: 48000, format: L24, packetTime: 1ms}}
+          maxPayloadSize: 2880               # the group's frames: 10 packets (10 ms); default one packet
 
 The ST 2110 fields and ``payload`` are read by MCM's own reader
 (:func:`msm.sdk.mcm_config.parse_connection`: an ingress is an ``rx`` connection,
 an egress a ``tx`` one), so they take the same names, defaults and checks; the
 pixel format defaults to ``yuv422p10rfc4175``, the only one bridged (no conversion).
+An audio payload makes the transport ``st2110-30`` when none is given; its format
+is MCM's ``pcm_s24be`` or ``pcm_s16be`` (``L24``, ``L16`` are taken as their
+names), its packet time ``1ms`` or ``125us`` (the bridge's). An audio bridge's
+group frames are blocks of whole packets (``maxPayloadSize`` bytes, rounded
+down to whole packets; one packet by default, as an MCM connection's buffer);
+an audio egress goes out at its packet time (``pacing`` is video's).
 Every error is one line naming the file and the YAML path, e.g.
 ``msm.yaml: media.bridges[1].port: must be 1..65535, got 70000``.
+
+:func:`load_media_file` reads ``msm-proxy --media-config``: a YAML (or JSON) file
+holding the section itself (``groups:``, ``bridges:``) or a top-level ``media:``
+key with it (and nothing else), so a file written for ``msm up`` is read the same.
 """
 
 from __future__ import annotations
@@ -43,20 +62,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from msm.rtp_proxy.media.aes67_bridge import MAX_BLOCK_BYTES, audio_format, audio_stream
 from msm.rtp_proxy.media.bridges import MAX_BRIDGES, PACINGS, BridgeSpec
 from msm.sdk.errors import ConfigError, SdpError
 from msm.sdk.mcm_config import parse_connection
-from msm.sdk.mcm_values import MAX_URN, St2110Connection, VideoPayload
+from msm.sdk.mcm_values import MAX_URN, AudioPayload, St2110Connection, VideoPayload
 from msm.sdk.rfc4175 import VideoFormat
-from msm.sdk.st2110_sdp import VideoStream, parse_st2110
+from msm.sdk.st2110_sdp import AudioStream, VideoStream, parse_st2110
 
-__all__ = ["MediaConfig", "read_media"]
+__all__ = ["MediaConfig", "load_media_file", "read_media"]
 
-_OWN = ("name", "direction", "group", "sdp", "incomplete", "pacing", "writeSdp")
+_OWN = ("name", "direction", "group", "nodes", "sdp", "incomplete", "pacing", "writeSdp", "maxPayloadSize")
 _ST2110 = ("transport", "ipAddr", "port", "multicastSourceIpAddr", "payloadType", "transportPixelFormat")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
+#: Node names one bridge may list (a bridge for more nodes than this lists none: every node).
+MAX_NODES = 64
 #: Largest SDP file read (a real one is under 1 KB).
 MAX_SDP_BYTES = 64 << 10
+#: Largest --media-config file read: 16 bridges take a few KB.
+MAX_CONFIG_BYTES = 1 << 20
+#: RTP's names of the formats, taken for MCM's.
+_AUDIO_ALIASES = {"L24": "pcm_s24be", "L16": "pcm_s16be"}
 
 
 @dataclass(frozen=True)
@@ -76,6 +103,41 @@ def read_media(file_values: dict[str, Any], path: str) -> MediaConfig:
         raise ConfigError(f"{path}: {exc}") from None
 
 
+def load_media_file(path: str) -> MediaConfig:
+    """``msm-proxy --media-config``'s file: the ``media:`` section, or a mapping with only a ``media`` key.
+
+    ConfigError, one line naming the file and the YAML path, for anything else.
+    """
+    import yaml
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: over {MAX_CONFIG_BYTES} bytes, not a media config")
+    try:
+        values = yaml.safe_load(data.decode("utf-8", errors="replace"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML or JSON: {' '.join(str(exc).split())[:200]}") from None
+    if values is None:
+        return MediaConfig()
+    if isinstance(values, dict) and "media" in values:
+        other = [str(k) for k in values if k != "media"]
+        if other:
+            raise ConfigError(f"{path}: {other[0]}: msm-proxy reads only the media: section")
+        return read_media(values, path)
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: must be a mapping (groups:, bridges:, or media: holding them), "
+                          f"got {_show(values)}")
+    try:
+        return _media(values)
+    except ConfigError as exc:   # the file is the section: its paths start at its top
+        text = str(exc)
+        raise ConfigError(f"{path}: {text.removeprefix('media.')}") from None
+
+
 def _media(section: object) -> MediaConfig:
     if not isinstance(section, dict):
         raise ConfigError(f"media: must be a mapping with groups: and bridges:, got {_show(section)}")
@@ -92,7 +154,8 @@ def _media(section: object) -> MediaConfig:
         for other in bridges:
             if other.name == spec.name:
                 raise ConfigError(f"media.bridges[{i}].name: {spec.name!r} is already the name of another bridge")
-            if other.direction == spec.direction and (other.stream.address, other.stream.port) == (
+            shared = not other.nodes or not spec.nodes or set(other.nodes) & set(spec.nodes)
+            if other.direction == spec.direction and shared and (other.stream.address, other.stream.port) == (
                     spec.stream.address, spec.stream.port):
                 raise ConfigError(f"media.bridges[{i}].port: bridge {other.name!r} already uses "
                                   f"{spec.stream.address}:{spec.stream.port}")
@@ -150,6 +213,7 @@ def _bridge(item: object, where: str) -> BridgeSpec:
     pacing = _string(item, "pacing", where, PACINGS, "wide") if not ingress else "wide"
     sdp_out = Path(_string(item, "writeSdp", where)) if "writeSdp" in item else None
     sdp_in: Path | None = None
+    stream: VideoStream | AudioStream
     if "sdp" in item:
         given = [key for key in (*_ST2110, "payload") if key in item]
         if given:
@@ -158,11 +222,42 @@ def _bridge(item: object, where: str) -> BridgeSpec:
         stream = _from_sdp(sdp_in, f"{where}.sdp")
     else:
         stream = _from_fields(item, where, "rx" if ingress else "tx")
+    block = 0
+    if isinstance(stream, AudioStream):
+        if "pacing" in item:
+            raise ConfigError(f"{where}.pacing: only for st2110-20 video (audio goes out at its packet time)")
+        pacing, block = "none", _block_bytes(item, stream, where)
+    elif "maxPayloadSize" in item:
+        raise ConfigError(f"{where}.maxPayloadSize: only for st2110-30 audio (a video frame is the frame)")
     return BridgeSpec(name=name, direction=direction, group=group, stream=stream, incomplete=incomplete,
-                      pacing=pacing, sdp_out=sdp_out, sdp_in=sdp_in)
+                      pacing=pacing, sdp_out=sdp_out, sdp_in=sdp_in, block_bytes=block, nodes=_nodes(item, where))
 
 
-def _from_sdp(path: Path, where: str) -> VideoStream:
+def _nodes(item: dict[str, Any], where: str) -> tuple[str, ...]:
+    """``nodes``: the node names whose proxy runs the bridge (a Kubernetes node name, or msm-proxy --node)."""
+    value = item.get("nodes", [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or len(value) > MAX_NODES:
+        raise ConfigError(f"{where}.nodes: must be a list of at most {MAX_NODES} node names, got {_show(value)}")
+    for i, node in enumerate(value):
+        if not isinstance(node, str) or not _NODE.fullmatch(node):
+            raise ConfigError(f"{where}.nodes[{i}]: must be a node name (letters, digits, '.', '_', '-'; up to "
+                              f"253), got {_show(node)}")
+    return tuple(value)
+
+
+def _block_bytes(item: dict[str, Any], stream: AudioStream, where: str) -> int:
+    """An audio bridge's group frame: ``maxPayloadSize`` rounded down to whole packets (default one)."""
+    packet = audio_format(stream).packet_bytes
+    size = item.get("maxPayloadSize", packet)
+    if isinstance(size, bool) or not isinstance(size, int) or not packet <= size <= MAX_BLOCK_BYTES:
+        raise ConfigError(f"{where}.maxPayloadSize: must be {packet}..{MAX_BLOCK_BYTES} bytes (at least one "
+                          f"{packet}-byte packet), got {_show(size)}")
+    return size - size % packet
+
+
+def _from_sdp(path: Path, where: str) -> VideoStream | AudioStream:
     try:
         with path.open("rb") as f:
             data = f.read(MAX_SDP_BYTES + 1)
@@ -174,18 +269,25 @@ def _from_sdp(path: Path, where: str) -> VideoStream:
         stream = parse_st2110(data.decode("utf-8", errors="replace"))
     except (SdpError, ConfigError) as exc:
         raise ConfigError(f"{where}: {path}: {exc}") from None
-    if not isinstance(stream, VideoStream):
-        raise ConfigError(f"{where}: {path} describes ST 2110-30 audio; bridges carry ST 2110-20 video "
-                          "(audio bridges are not built yet)")
+    if isinstance(stream, AudioStream):
+        try:
+            audio_format(stream)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {path}: {exc}") from None
     return stream
 
 
-def _from_fields(item: dict[str, Any], where: str, direction: str) -> VideoStream:
+def _from_fields(item: dict[str, Any], where: str, direction: str) -> VideoStream | AudioStream:
     """The stream from MCM's fields, read by MCM's reader; its error paths become this bridge's."""
     st2110 = {key: item[key] for key in _ST2110 if key in item}
     payload = item.get("payload", {"video": {}})
     if isinstance(payload, dict) and isinstance(payload.get("video"), dict):
         payload = {**payload, "video": {"pixelFormat": "yuv422p10rfc4175", **payload["video"]}}
+    if isinstance(payload, dict) and isinstance(payload.get("audio"), dict):
+        audio = payload["audio"]
+        if audio.get("format") in _AUDIO_ALIASES:
+            payload = {**payload, "audio": {**audio, "format": _AUDIO_ALIASES[audio["format"]]}}
+        st2110.setdefault("transport", "st2110-30")
     try:
         config = parse_connection({"connection": {"st2110": st2110}, "payload": payload},
                                   direction="rx" if direction == "rx" else "tx")
@@ -193,9 +295,11 @@ def _from_fields(item: dict[str, Any], where: str, direction: str) -> VideoStrea
         raise ConfigError(_rebase(str(exc), where)) from None
     st, video = config.connection, config.payload
     assert isinstance(st, St2110Connection)
+    if isinstance(video, AudioPayload):
+        return audio_stream(st, video, f"{where}.payload.audio")
     if st.transport != "st2110-20" or not isinstance(video, VideoPayload):
-        raise ConfigError(f"{where}.transport: bridges carry st2110-20 video, got {st.transport} "
-                          "(ST 2110-22 and -30 bridges are not built yet)")
+        raise ConfigError(f"{where}.transport: bridges carry st2110-20 video or st2110-30 audio, got "
+                          f"{st.transport} (ST 2110-22 bridges are not built yet)")
     if video.pixel_format != "yuv422p10rfc4175":
         raise ConfigError(f"{where}.payload.video.pixelFormat: bridges carry yuv422p10rfc4175 (no conversion), "
                           f"got {video.pixel_format!r}")

@@ -9,7 +9,9 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from msm.media_config import MediaConfig, load_media_file
 from msm.runtime.hostport import parse_host_port
 from msm.runtime.process import setup_logging, stop_event
 from msm.sdk.errors import ConfigError, MsmError
@@ -18,6 +20,7 @@ from msm.security.identity import Role
 from msm.security.tls import TlsFiles
 
 from .media.agent import add_media_arguments, start_media_agent
+from .media.bridges import BridgeSet
 from .media.metrics import MediaCollector
 from .media.plane import MediaNode, add_media_plane, open_endpoints
 from .service import RtpProxy
@@ -60,6 +63,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="other proxies one endpoint exchanges frames with; receive memory is "
                         "max frame x credits x peers per provider (MSM_FABRIC_PEERS)")
     add_media_arguments(parser)
+    parser.add_argument("--media-config", default=_env("MSM_MEDIA_CONFIG", ""), metavar="FILE",
+                        help="groups and ST 2110 bridges this proxy runs: a YAML or JSON file of msm up's media: "
+                        "section (its groups: and bridges:, or a media: key holding them; MSM_MEDIA_CONFIG)")
     add_tls_arguments(parser)
     return parser.parse_args(argv)
 
@@ -118,11 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_addresses(opts)
         fabric_settings(opts)
         check_tls_arguments(opts)
+        media_config = load_media_file(opts.media_config) if opts.media_config else MediaConfig()
         setup_logging(opts.log_level)
     except ConfigError as exc:
         print(f"msm-proxy: error: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_run(opts, ports))
+    return asyncio.run(_run(opts, ports, media_config))
 
 
 async def start_proxy(opts: argparse.Namespace, ports: tuple[int, int],
@@ -150,21 +157,39 @@ async def start_proxy(opts: argparse.Namespace, ports: tuple[int, int],
     return proxy, media
 
 
-async def _run(opts: argparse.Namespace, ports: tuple[int, int]) -> int:
+async def start_bridges(media: MediaNode, config: MediaConfig, media_dir: str) -> BridgeSet | None:
+    """``--media-config``'s groups and bridges, started (an egress's SDP defaults to ``<media dir>/<name>.sdp``,
+    none without ``--media-dir``); None when it declares neither."""
+    if not config.groups and not config.bridges:
+        return None
+    bridges = BridgeSet(media, media_dir=Path(media_dir) if media_dir else None)
+    await bridges.start(config.bridges, config.groups)
+    for row in bridges.snapshot():
+        log.info("bridge %s: %s %s %s:%d, group %s%s", row["name"], row["direction"], row["transport"],
+                 row["address"], row["port"], row["group"], f", SDP {row['sdp']}" if row.get("sdp") else "")
+    return bridges
+
+
+async def _run(opts: argparse.Namespace, ports: tuple[int, int], media_config: MediaConfig) -> int:
     stop = stop_event()
     boot: Bootstrap | None = None
     proxy: RtpProxy | None = None
     media: MediaNode | None = None
+    media_agent = None
+    bridges: BridgeSet | None = None
     try:
         # In Kubernetes the certificate names the node the API server says this pod runs on.
         tls, boot = await workload_tls(opts, opts.control, Role.PROXY, "msm-proxy")
         proxy, media = await start_proxy(opts, ports, tls)
         media_agent = await start_media_agent(opts, media)
-        if proxy.metrics is not None:   # groups, fabric links and, with --media-dir, the agent's apps
+        bridges = await start_bridges(media, media_config, opts.media_dir)
+        if proxy.metrics is not None:   # groups, fabric links, bridges and, with --media-dir, the agent's apps
             proxy.metrics.registry.register(
-                MediaCollector(media, agent=media_agent.snapshot if media_agent is not None else None))
+                MediaCollector(media, bridges, agent=media_agent.snapshot if media_agent is not None else None))
     except (OSError, RuntimeError, MsmError) as exc:
         print(f"msm-proxy: error: {exc}", file=sys.stderr)
+        if media_agent is not None:
+            await media_agent.stop()
         if media is not None:
             await media.stop()
         if proxy is not None:
@@ -173,6 +198,8 @@ async def _run(opts: argparse.Namespace, ports: tuple[int, int]) -> int:
             await boot.stop()
         return 1
     await stop.wait()
+    if bridges is not None:
+        await bridges.stop()
     if media_agent is not None:
         await media_agent.stop()
     await media.stop()

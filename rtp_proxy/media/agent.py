@@ -301,36 +301,64 @@ class MediaAgent:
 
     def _open_st2110(self, config: ConnectionConfig, st: St2110Connection, cid: str, iid: int, secret: str,
                      layout: FrameLayout, peer: PeerCred, target: str) -> _Conn:
-        from .st2110_bridge import IngressFrame, St2110Egress, St2110Ingress  # here: only ST 2110 connections need it
+        # Here: only ST 2110 connections need these.
+        from msm.ext import NativeUnavailable
+        from msm.sdk.mcm_values import AudioPayload
+
+        from .aes67_bridge import Aes67Egress, Aes67Ingress, AudioBlock, audio_format, audio_stream
+        from .bridges import pacing_meter
+        from .st2110_bridge import IngressFrame, St2110Egress, St2110Ingress
 
         assert self.plane is not None
-        payload = config.payload
-        if st.transport != "st2110-20" or not isinstance(payload, VideoPayload) \
-                or payload.pixel_format != "yuv422p10rfc4175":
-            raise Refused("connection.st2110: this proxy bridges st2110-20 video in pixelFormat yuv422p10rfc4175 "
-                          "only (no conversion)", status=501)
-        stream = VideoStream(st.ip_addr, st.port, VideoFormat("YCbCr-4:2:2", 10, payload.width, payload.height),
-                             rate=payload.frame_rate, payload_type=st.payload_type,
-                             source=st.multicast_source_ip_addr or None)
-        plane = self.plane
+        plane, payload = self.plane, config.payload
+        egress: St2110Egress | Aes67Egress
+        ingress: St2110Ingress | Aes67Ingress
+        rx = RxPort(cid, iid, secret, layout, peer, target, lock=plane.lock)   # a few attributes; tx drops it
         try:
-            if config.direction == "tx":
-                egress = St2110Egress(stream)
-                port: Port = TxPort(cid, iid, secret, layout, peer, target, publish=egress.deliver)
-                plane.add(port)
-                return _Conn(port, egress.close)
-            rx = RxPort(cid, iid, secret, layout, peer, target, lock=plane.lock)
+            if isinstance(payload, AudioPayload):   # st2110-30: blocks of PCM, whole packets, as frames
+                audio = audio_stream(st, payload)
+                if config.direction == "tx":
+                    egress = Aes67Egress(audio)
+                else:
+                    def block(view: memoryview, b: AudioBlock) -> None:
+                        rx.deliver(view, FrameInfo(0, b.timestamp, b"", f"lost {b.lost} packets" if b.lost else None,
+                                                   b.arrived_ns))
 
-            def arrived(view: memoryview, f: IngressFrame) -> None:
-                rx.deliver(view, FrameInfo(0, f.timestamp, b"", None if f.complete else f.reason, f.arrived_ns))
+                    packet = audio_format(audio).packet_bytes   # a buffer takes as many whole packets as fit
+                    ingress = Aes67Ingress(audio, on_block=block, block_bytes=layout.payload_size // packet * packet)
+            elif st.transport != "st2110-20" or not isinstance(payload, VideoPayload) \
+                    or payload.pixel_format != "yuv422p10rfc4175":
+                raise Refused("connection.st2110: this proxy bridges st2110-20 video in pixelFormat yuv422p10rfc4175 "
+                              "(no conversion) and st2110-30 audio only", status=501)
+            else:
+                video = VideoStream(st.ip_addr, st.port, VideoFormat("YCbCr-4:2:2", 10, payload.width, payload.height),
+                                    rate=payload.frame_rate, payload_type=st.payload_type,
+                                    source=st.multicast_source_ip_addr or None)
+                if config.direction == "tx":
+                    egress = St2110Egress(video)
+                    try:   # connection.st2110.pacing: the ST 2110-21 pacer (unset: spread evenly)
+                        egress.pacer = pacing_meter(egress, st.pacing) if st.pacing else None
+                    except BaseException:
+                        egress.close()
+                        raise
+                else:
+                    def arrived(view: memoryview, f: IngressFrame) -> None:
+                        rx.deliver(view, FrameInfo(0, f.timestamp, b"", None if f.complete else f.reason, f.arrived_ns))
 
-            ingress = St2110Ingress(stream, on_frame=arrived)
-            plane.add(rx)
-            ingress.start()
-            return _Conn(rx, ingress.close)
+                    ingress = St2110Ingress(video, on_frame=arrived)
         except OSError as exc:
             raise ConfigError(f"connection.st2110: cannot open {st.ip_addr}:{st.port}: {exc.strerror or exc}") \
                 from None
+        except NativeUnavailable as exc:
+            raise Refused(f"connection.st2110.pacing: {st.pacing} needs the C pacer ({exc}); without pacing "
+                          "frames are spread evenly", status=501) from None
+        if config.direction == "tx":
+            port: Port = TxPort(cid, iid, secret, layout, peer, target, publish=egress.deliver)
+            plane.add(port)
+            return _Conn(port, egress.close)
+        plane.add(rx)
+        ingress.start()
+        return _Conn(rx, ingress.close)
 
     async def _remove(self, conn: _Conn) -> None:
         if self.plane is not None:

@@ -1,5 +1,9 @@
 """ST 2110 bridges declared in configuration: streams on the network into groups, groups out to the network.
 
+Video is ST 2110-20 (one frame a group frame); audio is ST 2110-30 / AES67 (L16, L24), whose group
+frames are blocks of whole packets (:mod:`.aes67_bridge`): an audio ingress fills a lost packet with
+silence and marks its block incomplete (``lost_packets``), an audio egress sends at its packet time.
+
 A :class:`BridgeSpec` says what one bridge does; :class:`BridgeSet` runs them on a
 :class:`~.plane.MediaNode`:
 
@@ -40,8 +44,9 @@ from typing import Any
 from msm.ext import NativeUnavailable
 from msm.sdk.errors import ConfigError, MsmError, ResourceExhausted
 from msm.sdk.rfc4175 import packet_plan
-from msm.sdk.st2110_sdp import VideoStream
+from msm.sdk.st2110_sdp import AudioStream, VideoStream
 
+from .aes67_bridge import Aes67Egress, Aes67Ingress, AudioBlock
 from .groups import FrameInfo
 from .pacing import Limits, default_lead, limits, schedule
 from .plane import MediaNode
@@ -50,7 +55,7 @@ from .st2110_timing import CLASSES, classify
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_BRIDGES", "PACINGS", "BridgeSet", "BridgeSpec", "PacingMeter", "incomplete_reason"]
+__all__ = ["MAX_BRIDGES", "PACINGS", "BridgeSet", "BridgeSpec", "PacingMeter", "incomplete_reason", "pacing_meter"]
 
 #: Bridges per proxy: each holds a socket, a thread and up to three frames of packet
 #: buffers (15 MB at 1080p 10-bit), and sends or receives 1.25 Gbit/s at 1080p30: 16 of
@@ -81,11 +86,17 @@ class BridgeSpec:
     name: str
     direction: str                  # "ingress" | "egress"
     group: str                      # the group's URN
-    stream: VideoStream             # ingress: where it arrives (address, port, source); egress: where it goes
+    stream: VideoStream | AudioStream   # ingress: where it arrives (address, port, source); egress: where it goes
     incomplete: str = "pass"        # ingress: "pass" | "drop"
-    pacing: str = "wide"            # egress: one of PACINGS
+    pacing: str = "wide"            # video egress: one of PACINGS (audio: "none", sent at its packet time)
     sdp_out: Path | None = None     # egress: its SDP file (None: <media dir>/<name>.sdp; no media dir: none)
     sdp_in: Path | None = None      # the SDP file it was declared from, if any
+    block_bytes: int = 0            # audio: the group frame's bytes, whole packets (0: one packet)
+    nodes: tuple[str, ...] = ()     # the nodes whose proxy runs it (empty: every one)
+
+    @property
+    def transport(self) -> str:
+        return "st2110-30" if isinstance(self.stream, AudioStream) else "st2110-20"
 
 
 def incomplete_reason(reason: str) -> str:
@@ -164,8 +175,9 @@ class PacingMeter:
         return max(recent, key=CLASSES.index) if recent else "unknown"
 
 
-def _meter(egress: St2110Egress, mode: str) -> PacingMeter:
-    """A C pacer on the egress's socket, in ``mode``, with UDP GSO (measured: 1080p30 stays wide with it)."""
+def pacing_meter(egress: St2110Egress, mode: str) -> PacingMeter:
+    """A C pacer on the egress's socket, in ``mode``, with UDP GSO (measured: 1080p30 stays wide with it),
+    wrapped to measure each frame's class (set it as the egress's ``pacer``)."""
     from msm.ext.pacer import GSO_GROUP, Pacer  # here: an unpaced egress does not need the C pacer
 
     stream, fmt = egress.stream, egress.fmt
@@ -181,6 +193,7 @@ def _meter(egress: St2110Egress, mode: str) -> PacingMeter:
 
 class _Ingress:
     def __init__(self, spec: BridgeSpec, media: MediaNode) -> None:
+        assert isinstance(spec.stream, VideoStream)
         self.spec, self.media = spec, media
         self.member = f"st2110-in:{spec.name}"
         self.seq = 0
@@ -189,6 +202,7 @@ class _Ingress:
         self.incomplete: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
         self.io = St2110Ingress(spec.stream, on_frame=self._frame, hand_on_incomplete=True)
+        self.frame_bytes = self.io.fmt.frame_bytes
 
     def _frame(self, data: memoryview, frame: IngressFrame) -> None:
         reason = None if frame.complete else incomplete_reason(frame.reason)
@@ -214,20 +228,90 @@ class _Ingress:
                 "native": self.io.native, "stats": stats}
 
 
+class _AudioIngress:
+    """An AES67 stream into its group as blocks of ``spec.block_bytes``."""
+
+    def __init__(self, spec: BridgeSpec, media: MediaNode) -> None:
+        assert isinstance(spec.stream, AudioStream)
+        self.spec, self.media = spec, media
+        self.member = f"st2110-in:{spec.name}"
+        self.seq = 0
+        self.published = 0
+        self.unpublished = 0
+        self.incomplete: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self.io = Aes67Ingress(spec.stream, on_block=self._block, block_bytes=spec.block_bytes)
+        self.frame_bytes = self.io.block_bytes
+
+    def _block(self, data: memoryview, block: AudioBlock) -> None:
+        reason = f"lost {block.lost} packets" if block.lost else None
+        if reason is not None:
+            self.incomplete["lost_packets"] += 1
+            if self.spec.incomplete == "drop":
+                self.dropped["lost_packets"] += 1
+                return
+        info = FrameInfo(self.seq, block.timestamp, b"", reason, block.arrived_ns)
+        self.seq = (self.seq + 1) & 0xFFFFFFFF
+        try:
+            self.media.publish(self.spec.group, self.member, data, info)
+        except MsmError:   # left the group meanwhile (stopping)
+            self.unpublished += 1
+            return
+        self.published += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        stats = self.io.stats()
+        return {"frames": self.published, "bytes": self.published * self.frame_bytes,
+                "packets": stats.get("packets", 0), "lost_packets": stats.get("lost", 0),
+                "incomplete": dict(self.incomplete), "dropped": dict(self.dropped), "queue_depth": 0,
+                "native": False, "stats": stats}
+
+
+class _AudioEgress:
+    """A group out as AES67, at its packet time, with its SDP written."""
+
+    def __init__(self, spec: BridgeSpec, media_dir: Path | None) -> None:
+        assert isinstance(spec.stream, AudioStream)
+        self.spec = spec
+        self.io = Aes67Egress(spec.stream)
+        self.frame_bytes = spec.block_bytes or self.io.fmt.packet_bytes
+        try:
+            self.sdp_path = _write_sdp(self.io, spec, media_dir)
+        except BaseException:
+            self.io.close()
+            raise
+
+    def snapshot(self, media: MediaNode) -> dict[str, Any]:
+        stats = self.io.stats()
+        return {"frames": stats["blocks_sent"], "bytes": stats["packets_sent"] * self.io.fmt.packet_bytes,
+                "packets": stats["packets_sent"],
+                "dropped": {"egress_busy": stats["blocks_busy"], "wrong_size": stats["blocks_bad_size"]},
+                "queue_depth": self.io.queued_bytes // self.frame_bytes, "sdp": str(self.sdp_path or ""),
+                "native": False, "pacing_class": "unpaced", "stats": stats}
+
+
+def _write_sdp(io: St2110Egress | Aes67Egress, spec: BridgeSpec, media_dir: Path | None) -> Path | None:
+    """The egress's SDP file: ``writeSdp``, else <media dir>/<name>.sdp; without a media directory (a
+    library user's BridgeSet), none."""
+    path = spec.sdp_out or (media_dir / f"{spec.name}.sdp" if media_dir is not None else None)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        io.write_sdp(path)
+    return path
+
+
 class _Egress:
     def __init__(self, spec: BridgeSpec, media_dir: Path | None) -> None:
+        assert isinstance(spec.stream, VideoStream)
         self.spec = spec
         self.io = St2110Egress(spec.stream, mtu=MTU)
+        self.frame_bytes = self.io.fmt.frame_bytes
         self.meter: PacingMeter | None = None
         try:
             if spec.pacing != "none":
-                self.meter = _meter(self.io, spec.pacing)
+                self.meter = pacing_meter(self.io, spec.pacing)
                 self.io.pacer = self.meter
-            # Without a path or a media directory (a library user's BridgeSet), no file.
-            self.sdp_path = spec.sdp_out or (media_dir / f"{spec.name}.sdp" if media_dir is not None else None)
-            if self.sdp_path is not None:
-                self.sdp_path.parent.mkdir(parents=True, exist_ok=True)
-                self.io.write_sdp(self.sdp_path)
+            self.sdp_path = _write_sdp(self.io, spec, media_dir)
         except BaseException:
             self.io.close()
             raise
@@ -260,20 +344,26 @@ class BridgeSet:
         self.media = media
         self.media_dir = media_dir
         self.max_bridges = max_bridges
-        self.ingresses: dict[str, _Ingress] = {}
-        self.egresses: dict[str, _Egress] = {}
+        self.ingresses: dict[str, _Ingress | _AudioIngress] = {}
+        self.egresses: dict[str, _Egress | _AudioEgress] = {}
+        self.elsewhere: list[str] = []   # bridges of the config meant for other nodes (at most MAX_BRIDGES)
 
     def __len__(self) -> int:
         return len(self.ingresses) + len(self.egresses)
 
     async def start(self, specs: Sequence[BridgeSpec], groups: Sequence[str] = ()) -> None:
-        """Declare ``groups`` and start every bridge; on a failure the ones started are stopped again and
-        the error (one line naming the bridge) raised."""
+        """Declare ``groups`` and start every bridge meant for this node (its ``nodes``, or every node);
+        on a failure the ones started are stopped again and the error (one line naming the bridge) raised."""
         with self.media.lock:
             for urn in groups:
                 self.media.groups.ensure(urn)
         try:
             for spec in specs:
+                if spec.nodes and self.media.node not in spec.nodes:
+                    self.elsewhere.append(spec.name)
+                    log.info("bridge %s: not for node %s (nodes: %s)", spec.name, self.media.node,
+                             ", ".join(spec.nodes))
+                    continue
                 await self.add(spec)
         except BaseException:
             await self.stop()
@@ -299,27 +389,28 @@ class BridgeSet:
             raise ConfigError(f"bridge {spec.name!r}: {exc}") from None
 
     async def _add_ingress(self, spec: BridgeSpec) -> None:
-        bridge = _Ingress(spec, self.media)
+        bridge = _AudioIngress(spec, self.media) if isinstance(spec.stream, AudioStream) else _Ingress(spec, self.media)
         try:
-            await self.media.join_sender(spec.group, bridge.member, max_frame=bridge.io.fmt.frame_bytes)
+            await self.media.join_sender(spec.group, bridge.member, max_frame=bridge.frame_bytes)
         except BaseException:
             bridge.io.close()
             raise
         self.ingresses[spec.name] = bridge
         bridge.io.start()
-        log.info("bridge %s: ST 2110-20 from %s:%d into group %s", spec.name, spec.stream.address,
+        log.info("bridge %s: %s from %s:%d into group %s", spec.name, spec.transport, spec.stream.address,
                  spec.stream.port, spec.group)
 
     async def _add_egress(self, spec: BridgeSpec) -> None:
-        bridge = _Egress(spec, self.media_dir)
+        bridge = (_AudioEgress(spec, self.media_dir) if isinstance(spec.stream, AudioStream)
+                  else _Egress(spec, self.media_dir))
         try:
-            await self.media.join_receiver(spec.group, bridge.io, max_frame=bridge.io.fmt.frame_bytes)
+            await self.media.join_receiver(spec.group, bridge.io, max_frame=bridge.frame_bytes)
         except BaseException:
             bridge.io.close()
             raise
         self.egresses[spec.name] = bridge
-        log.info("bridge %s: group %s out as ST 2110-20 to %s:%d (pacing %s), SDP %s", spec.name, spec.group,
-                 spec.stream.address, spec.stream.port, spec.pacing, bridge.sdp_path)
+        log.info("bridge %s: group %s out as %s to %s:%d (pacing %s), SDP %s", spec.name, spec.group,
+                 spec.transport, spec.stream.address, spec.stream.port, spec.pacing, bridge.sdp_path)
 
     async def stop(self) -> None:
         """Leave every group and close every bridge (idempotent)."""
@@ -346,6 +437,12 @@ class BridgeSet:
 
 
 def _describe(spec: BridgeSpec) -> dict[str, Any]:
-    return {"name": spec.name, "direction": spec.direction, "group": spec.group, "address": spec.stream.address,
-            "port": spec.stream.port, "source": spec.stream.source or "", "pacing": spec.pacing,
-            "width": spec.stream.fmt.width, "height": spec.stream.fmt.height}
+    stream = spec.stream
+    out = {"name": spec.name, "direction": spec.direction, "group": spec.group, "transport": spec.transport,
+           "address": stream.address, "port": stream.port, "source": stream.source or "", "pacing": spec.pacing,
+           "width": 0, "height": 0}
+    if isinstance(stream, VideoStream):
+        out.update(width=stream.fmt.width, height=stream.fmt.height)
+    else:
+        out.update(encoding=stream.encoding, rate=stream.rate, channels=stream.channels, ptime_us=stream.ptime_us)
+    return out

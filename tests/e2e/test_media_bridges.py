@@ -1,15 +1,22 @@
-"""ST 2110 bridges declared in `msm up --config`, against real peers.
+"""ST 2110 bridges declared in `msm up --config` and `msm-proxy --media-config`, against real peers.
 
 GStreamer's rtpvrawpay -> ingress bridge (declared by an SDP file) -> group -> two egress
 bridges (paced, wide) -> ffmpeg and GStreamer, each reading the SDP msm wrote; in another
 run an egress goes to our analyser (``msm st2110 analyse``'s live capture), which checks the class the egress
 reports about itself. Frames and pixels are compared with the source pattern; the proxy's
 /metrics and `msm streams` must show the frames, the loss and the egress's class.
+
+ST 2110-30 (AES67 L24) through `msm-proxy --media-config`: GStreamer's rtpL24pay -> ingress (from an
+SDP file) -> group -> egress -> ffmpeg reading the SDP the egress wrote, and ffmpeg's RTP L24 ->
+ingress (MCM's fields) -> group -> egress at 125 us packets -> GStreamer's rtpL24depay; each
+receiver's samples must be a run of the sender's, byte for byte.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import re
 import shutil
@@ -19,13 +26,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from msm.rtp_proxy.media.st2110_analyse import capture_live, open_socket
 from msm.rtp_proxy.media.st2110_timing import CLASSES, Analyser
 from msm.sdk.rfc4175 import VideoFormat
-from msm.sdk.st2110_sdp import VideoStream, video_sdp
+from msm.sdk.st2110_sdp import AudioStream, VideoStream, audio_sdp, video_sdp
 from tests.e2e.conftest import STATE_DIR
 from tests.e2e.test_st2110 import (
     FRAMES,
@@ -36,7 +44,7 @@ from tests.e2e.test_st2110 import (
     _gst_sender,
     _uyvp_to_planar,
 )
-from tests.e2e.test_stub_flags import _msm_up, _scrape
+from tests.e2e.test_stub_flags import _msm_up, _scrape, _spawn
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90),
               pytest.mark.skipif(shutil.which("gst-launch-1.0") is None or shutil.which("ffmpeg") is None,
@@ -267,3 +275,112 @@ def _app_sends(proxy: str, metrics: str, width: int, height: int, frames: int) -
             time.sleep(1 / 30)
         time.sleep(0.5)   # the last frame sent
         return asyncio.run(_scrape(metrics))
+
+
+# -- ST 2110-30 through msm-proxy --media-config ------------------------------------------------------------
+#: Sent: 1.2 s of two channels of L24 at 48 kHz; the ffmpeg receiver keeps the first second.
+AUDIO_MS = 1200
+SECOND = 48000 * 2 * 3
+L24 = "audio/x-raw,format=S24BE,rate=48000,channels=2"
+FFMPEG_TONE = "aevalsrc=exprs=0.5*sin(2*PI*440*t)|0.25*sin(2*PI*1234*t):s=48000:d=1.2"
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _msm_proxy(config: Path, metrics: int) -> contextlib.AbstractAsyncContextManager[Any]:
+    """msm-proxy alone (no control plane answers: its groups stay on this node), its bridges from ``config``."""
+    return _spawn(str(VENV_BIN / "msm-proxy"), "--insecure", "--node", "n1", "--listen",
+                  f"127.0.0.1:{_free_tcp_port()}", "--control", f"127.0.0.1:{_free_tcp_port()}", "--metrics-listen",
+                  f"127.0.0.1:{metrics}", "--media-host", "127.0.0.1", "--port-range", "31200-31300",
+                  "--fabric-provider", "none", "--media-config", str(config))
+
+
+def _run_of(got: bytes, sent: bytes, least: int) -> None:
+    """``got`` is ``least`` bytes or more, all of them one run of ``sent`` (a receiver starts where it joins)."""
+    assert len(got) >= least, f"{len(got)} bytes received, {least} wanted"
+    start = sent.find(got[:3000])
+    assert start >= 0 and got == sent[start:start + len(got)], "the samples differ from the sender's"
+
+
+def _audio_config(tmp: Path, ports: dict[str, int]) -> Path:
+    sdp_in = tmp / "a-in.sdp"
+    sdp_in.write_text(audio_sdp(AudioStream("127.0.0.1", ports["a-in"], "L24", 48000, 2, 1000, 97)))
+    audio = {"channels": 2, "sampleRate": 48000, "format": "L24", "packetTime": "1ms"}
+    section = {"groups": ["urn:test:a"], "bridges": [
+        {"name": "a-in", "direction": "ingress", "group": "urn:test:a", "sdp": str(sdp_in)},
+        {"name": "a-to-ffmpeg", "direction": "egress", "group": "urn:test:a", "ipAddr": "127.0.0.1",
+         "port": ports["a-to-ffmpeg"], "payloadType": 97, "payload": {"audio": audio},
+         "writeSdp": str(tmp / "a-to-ffmpeg.sdp")},
+        {"name": "b-in", "direction": "ingress", "group": "urn:test:b", "ipAddr": "127.0.0.1", "port": ports["b-in"],
+         "payloadType": 97, "payload": {"audio": {**audio, "format": "pcm_s24be"}}},
+        {"name": "b-to-gst", "direction": "egress", "group": "urn:test:b", "transport": "st2110-30",
+         "ipAddr": "127.0.0.1", "port": ports["b-to-gst"], "payloadType": 97,
+         "payload": {"audio": {**audio, "packetTime": "125us"}}}]}
+    config = tmp / "media.json"   # the section itself, as JSON (YAML's subset)
+    config.write_text(json.dumps(section))
+    return config
+
+
+def _audio_sent() -> tuple[bytes, bytes]:
+    """The samples GStreamer's and ffmpeg's senders below send (each source is deterministic)."""
+    gst = subprocess.run(["gst-launch-1.0", "-q", "audiotestsrc", f"num-buffers={AUDIO_MS}", "samplesperbuffer=48",
+                          "wave=sine", "!", L24, "!", "fdsink", "fd=1"], capture_output=True, check=True, timeout=30)
+    ffmpeg = subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", FFMPEG_TONE, "-f",
+                             "s24be", "-"], capture_output=True, check=True, timeout=30)
+    return gst.stdout, ffmpeg.stdout
+
+
+async def test_msm_proxy_audio_bridges_gst_and_ffmpeg_both_ways(tmp_path: Path) -> None:
+    ports = {name: _free_udp_port() for name in ("a-in", "a-to-ffmpeg", "b-in", "b-to-gst")}
+    metrics = _free_tcp_port()
+    gst_sent, ffmpeg_sent = _audio_sent()
+    async with _msm_proxy(_audio_config(tmp_path, ports), metrics) as proxy:
+        for name in ports:
+            await proxy.wait_line(rf"bridge {name}: \w+ st2110-30 127.0.0.1:{ports[name]}")
+        ffmpeg = await asyncio.create_subprocess_exec(
+            "ffmpeg", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file,udp,rtp", "-i",
+            str(tmp_path / "a-to-ffmpeg.sdp"), "-t", "1", "-f", "s24be", "-c:a", "pcm_s24be", "-y",
+            str(tmp_path / "ffmpeg.raw"), stderr=asyncio.subprocess.PIPE)
+        gst = await asyncio.create_subprocess_exec(
+            "gst-launch-1.0", "-q", "-e", "udpsrc", f"port={ports['b-to-gst']}", "caps=application/x-rtp,media=audio,"
+            "clock-rate=48000,encoding-name=L24,channels=2,payload=97", "!", "rtpL24depay", "!", "filesink",
+            f"location={tmp_path / 'gst.raw'}", stderr=asyncio.subprocess.PIPE)
+        await asyncio.sleep(1.0)   # both bind their ports
+        senders = [await asyncio.create_subprocess_exec(
+            "gst-launch-1.0", "-q", "audiotestsrc", f"num-buffers={AUDIO_MS}", "samplesperbuffer=48", "wave=sine", "!",
+            L24, "!", "rtpL24pay", "pt=97", "min-ptime=1000000", "max-ptime=1000000", "!", "udpsink",
+            "host=127.0.0.1", f"port={ports['a-in']}", "sync=true"), await asyncio.create_subprocess_exec(
+            "ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i", FFMPEG_TONE, "-c:a",
+            "pcm_s24be", "-f", "rtp", "-pkt_size", "300", f"rtp://127.0.0.1:{ports['b-in']}")]
+        for sender in senders:
+            assert await asyncio.wait_for(sender.wait(), 20) == 0
+        await asyncio.sleep(0.5)   # the egresses send what they hold
+        text = await _scrape(f"127.0.0.1:{metrics}")
+        for receiver in (ffmpeg, gst):
+            if receiver.returncode is None:
+                receiver.send_signal(2)
+            _, err = await asyncio.wait_for(receiver.communicate(), 15)
+            print("receiver:", err.decode(errors="replace")[-500:])
+    _show(text)
+    for name in ("a-in", "b-in"):
+        assert _metric(text, "msm_st2110_ingress_lost_packets_total", bridge=name) == 0
+    assert _metric(text, "msm_st2110_bridge_frames_total", bridge="a-in") == AUDIO_MS   # one 1 ms packet a frame
+    assert _metric(text, "msm_st2110_bridge_bytes_total", bridge="b-in") == len(ffmpeg_sent) // 288 * 288
+    assert _metric(text, "msm_st2110_bridge_dropped_frames_total", bridge="b-to-gst") == 0
+    _run_of((tmp_path / "ffmpeg.raw").read_bytes(), gst_sent, SECOND * 9 // 10)
+    _run_of((tmp_path / "gst.raw").read_bytes(), ffmpeg_sent, len(ffmpeg_sent) * 8 // 10)
+
+
+def test_msm_proxy_bad_media_config_is_one_line_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "media.yaml"
+    config.write_text("bridges: [{name: x, direction: egress, group: urn:a, ipAddr: 127.0.0.1, port: 5000, "
+                      "payload: {audio: {packetTime: 4ms}}}]\n")
+    done = subprocess.run([str(VENV_BIN / "msm-proxy"), "--insecure", "--media-config", str(config)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (f"msm-proxy: error: {config}: bridges[0].payload.audio.packetTime: the ST 2110-30 "
+                                   "bridge takes 1ms or 125us, got '4ms'"), done.stderr

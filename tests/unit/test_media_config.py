@@ -1,4 +1,5 @@
-"""The media: section of `msm up --config` (groups, ST 2110 bridges) and the egress's pacing class."""
+"""The media: section of `msm up --config` and `msm-proxy --media-config` (groups, ST 2110-20 and -30
+bridges) and the egress's pacing class."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from msm.media_config import MediaConfig, read_media
+from msm.media_config import MediaConfig, load_media_file, read_media
 from msm.rtp_proxy.media.bridges import MAX_BRIDGES, PacingMeter, incomplete_reason
 from msm.rtp_proxy.media.pacing import default_lead
 from msm.sdk.errors import ConfigError
@@ -98,8 +99,23 @@ media:
     (_egress(name="x", group="urn with space"), "media.bridges[1].group: must be a URN of 1..256 printable ASCII "
      "characters without spaces, got 'urn with space'"),
     (_egress(name="x", sdp="/x.sdp"), "media.bridges[1].ipAddr: give sdp or the stream's fields, not both"),
-    (_egress(name="x", port=6001, transport="st2110-30", payload={"audio": {}}), "media.bridges[1].transport: "
-     "bridges carry st2110-20 video, got st2110-30 (ST 2110-22 and -30 bridges are not built yet)"),
+    (_egress(name="x", port=6001, transport="st2110-22"), "media.bridges[1].payload.video.pixelFormat: st2110-22 "
+     "takes yuv422p10le, got yuv422p10rfc4175"),
+    (_egress(name="x", port=6001, transport="st2110-22", payload={"video": {"pixelFormat": "yuv422p10le"}}),
+     "media.bridges[1].transport: bridges carry st2110-20 video or st2110-30 audio, got st2110-22 (ST 2110-22 "
+     "bridges are not built yet)"),
+    (_egress(name="x", port=6001, payload={"audio": {"packetTime": "250us"}}), "media.bridges[1].payload.audio."
+     "packetTime: the ST 2110-30 bridge takes 1ms or 125us, got '250us'"),
+    (_egress(name="x", port=6001, payload={"audio": {"format": "pcm_s8"}}), "media.bridges[1].payload.audio.format: "
+     "st2110-30 carries pcm_s24be or pcm_s16be, got pcm_s8"),
+    (_egress(name="x", port=6001, payload={"audio": {"format": "L20"}}), "media.bridges[1].payload.audio.format: "
+     "must be one of 'pcm_s24be', 'pcm_s16be', 'pcm_s8', got 'L20'"),
+    (_egress(name="x", port=6001, payload={"audio": {}}, pacing="wide"), "media.bridges[1].pacing: only for "
+     "st2110-20 video (audio goes out at its packet time)"),
+    (_egress(name="x", port=6001, payload={"audio": {}}, maxPayloadSize=100), "media.bridges[1].maxPayloadSize: "
+     "must be 288..2097152 bytes (at least one 288-byte packet), got 100"),
+    (_egress(name="x", port=6001, maxPayloadSize=5000), "media.bridges[1].maxPayloadSize: only for st2110-30 audio "
+     "(a video frame is the frame)"),
     ({"name": "x", "direction": "egress"}, "media.bridges[1].group: must be a URN of 1..256 printable ASCII "
      "characters without spaces, got None"),
     ({"name": "x", "group": "urn:a"}, "media.bridges[1].direction: required"),
@@ -113,17 +129,52 @@ def test_a_bad_bridge_is_one_line_naming_its_yaml_path(bridge: Any, message: str
 def test_same_address_twice_and_too_many() -> None:
     assert _error(_egress(name="a"), _egress(name="b")) == (
         "msm.yaml: media.bridges[1].port: bridge 'a' already uses 127.0.0.1:6000")
+    assert _error(_egress(name="a", nodes=["n1", "n2"]), _egress(name="b", nodes="n2")) == (
+        "msm.yaml: media.bridges[1].port: bridge 'a' already uses 127.0.0.1:6000")
+    # The same address on other nodes is another socket.
+    config = read_media({"media": {"bridges": [_egress(name="a", nodes=["n1"]), _egress(name="b", nodes="n2")]}}, "m")
+    assert [b.nodes for b in config.bridges] == [("n1",), ("n2",)]
+    assert _error(_egress(nodes=["bad name"])) == ("msm.yaml: media.bridges[0].nodes[0]: must be a node name "
+                                                  "(letters, digits, '.', '_', '-'; up to 253), got 'bad name'")
+    assert _error(_egress(nodes={"n1": 1})).startswith("msm.yaml: media.bridges[0].nodes: must be a list of at most")
     many = [_egress(name=f"b{i}", port=6000 + i) for i in range(MAX_BRIDGES + 1)]
     assert _error(*many) == f"msm.yaml: media.bridges: {MAX_BRIDGES + 1} bridges, a proxy runs at most {MAX_BRIDGES}"
 
 
-def test_sdp_files_that_cannot_be_bridged(tmp_path: Path) -> None:
+def test_audio_bridges_in_mcms_fields_and_from_an_sdp_file(tmp_path: Path) -> None:
     audio = tmp_path / "audio.sdp"
-    audio.write_text(audio_sdp(AudioStream("239.1.1.3", 5006)))
+    audio.write_text(audio_sdp(AudioStream("239.1.1.3", 5006, "L16", 48000, 8, 125, source="192.0.2.4")))
+    config = _read(f"""
+media:
+  bridges:
+    - {{name: mic-sdp, direction: ingress, group: urn:studio:mic, sdp: {audio}, incomplete: drop}}
+    - name: mic1-in
+      direction: ingress
+      group: urn:studio:mic1
+      ipAddr: 239.1.2.1
+      port: 5006
+      payload: {{audio: {{channels: 2, sampleRate: 48000, format: L24, packetTime: 1ms}}}}
+      maxPayloadSize: 3000
+    - name: mic1-out
+      direction: egress
+      group: urn:studio:mic1
+      transport: st2110-30
+      ipAddr: 127.0.0.1
+      port: 6006
+      payloadType: 97
+      payload: {{audio: {{channels: 4, sampleRate: 96000, format: pcm_s16be, packetTime: 125us}}}}
+""")
+    from_sdp, fields, out = config.bridges
+    assert from_sdp.stream == AudioStream("239.1.1.3", 5006, "L16", 48000, 8, 125, source="192.0.2.4")
+    assert (from_sdp.transport, from_sdp.incomplete, from_sdp.block_bytes, from_sdp.pacing) == (
+        "st2110-30", "drop", 8 * 2 * 6, "none")
+    assert fields.stream == AudioStream("239.1.2.1", 5006, "L24", 48000, 2, 1000, 112)   # MCM's payload type
+    assert fields.block_bytes == 2880   # 3000 rounded down to whole 288-byte packets
+    assert out.stream == AudioStream("127.0.0.1", 6006, "L16", 96000, 4, 125, 97) and out.block_bytes == 12 * 4 * 2
+
+
+def test_sdp_files_that_cannot_be_bridged(tmp_path: Path) -> None:
     ingress = {"name": "x", "direction": "ingress", "group": "urn:a"}
-    assert _error({**ingress, "sdp": str(audio)}) == (
-        f"msm.yaml: media.bridges[0].sdp: {audio} describes ST 2110-30 audio; bridges carry ST 2110-20 video "
-        "(audio bridges are not built yet)")
     assert _error({**ingress, "sdp": str(tmp_path / "none.sdp")}) == (
         f"msm.yaml: media.bridges[0].sdp: cannot read {tmp_path / 'none.sdp'}: No such file or directory")
     junk = tmp_path / "junk.sdp"
@@ -141,6 +192,41 @@ def test_bad_sections(media: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         _read(f"media: {media}", "cfg.yaml")
     assert str(err.value).startswith(f"cfg.yaml: {message}")
+
+
+# -- msm-proxy --media-config ---------------------------------------------------------------------------
+def test_media_config_file_is_the_section_or_holds_only_it(tmp_path: Path) -> None:
+    bridge = _egress()
+    bare, wrapped, as_json = tmp_path / "bare.yaml", tmp_path / "wrapped.yaml", tmp_path / "media.json"
+    bare.write_text(yaml.safe_dump({"groups": ["urn:a"], "bridges": [bridge]}))
+    wrapped.write_text(yaml.safe_dump({"media": {"groups": ["urn:a"], "bridges": [bridge]}}))
+    as_json.write_text('{"media": {"groups": ["urn:a"]}}')
+    assert load_media_file(str(bare)) == load_media_file(str(wrapped))
+    assert load_media_file(str(bare)).bridges[0].stream.port == 6000
+    assert load_media_file(str(as_json)) == MediaConfig(groups=["urn:a"])
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_media_file(str(empty)) == MediaConfig()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("bridges: [{name: x, direction: egress, group: urn:a, ipAddr: 127.0.0.1, port: 0}]",
+     "bridges[0].port: must be 1..65535, got 0"),
+    ("media: {bridges: [{name: x, direction: egress, group: urn:a, ipAddr: 127.0.0.1, port: 0}]}",
+     "media.bridges[0].port: must be 1..65535, got 0"),
+    ("media: {groups: [urn:a]}\nroutes: {a: rtsp://x/y}", "routes: msm-proxy reads only the media: section"),
+    ("bridge: []", "bridge: unknown field (media takes groups and bridges)"),
+    ("[1, 2]", "must be a mapping (groups:, bridges:, or media: holding them), got [1, 2]"),
+    ("media: {groups: [", "not valid YAML or JSON: "),
+])
+def test_a_bad_media_config_file_is_one_line_naming_the_field(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "media.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_media_file(str(path))
+    assert str(err.value).startswith(f"{path}: {message}") and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="cannot read: No such file"):
+        load_media_file(str(tmp_path / "none.yaml"))
 
 
 # -- the egress's measured class ------------------------------------------------------------------------
