@@ -82,7 +82,14 @@ def _by(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, *keys
     return totals
 
 
+def _printable(cell: str) -> str:
+    """A cell as the terminal shows it: names come from users and proxies, and a control character (an
+    escape sequence) must not reach the operator's terminal."""
+    return cell if cell.isprintable() else "".join(c if c.isprintable() else "?" for c in cell)
+
+
 def _render(table: list[list[str]]) -> str:
+    table = [[_printable(c) for c in row] for row in table]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table)
 
@@ -257,5 +264,6 @@ def render_media(rows: list[dict[str, Any]]) -> str:
                    _reasons(c["drops"]), str(c["queue_depth"]), _ms(c["latency_p50_ms"]), _ms(c["latency_p99_ms"])]
                   for c in conns]
         parts += ["", _render(table)]
-    parts += [f"\nnode {r['node']}: no media counters ({r['error']})" for r in rows if r["hop"] == "media-unanswered"]
+    parts += [_printable(f"node {r['node']}: no media counters ({r['error']})") for r in rows
+              if r["hop"] == "media-unanswered"]
     return "\n".join(parts)

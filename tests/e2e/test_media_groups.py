@@ -33,12 +33,14 @@ import queue
 import random
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -442,6 +444,12 @@ def test_one_host_over_shm(mesh: Mesh) -> None:
 # -- what operators see: the control plane's page, its /api/media and `msm streams` --------------------------
 HOSTILE = 'urn:x:<img src=x onerror="document.body.dataset.pwned=1">&amp;'   # a URN is user input
 SHOWN_FRAMES = 6
+TINY_SIZE = (64, 16)   # an ST 2110-20 egress's frames: 2,560 bytes, sent paced in a few ms each
+
+
+async def _end_app(app: asyncio.subprocess.Process) -> None:
+    app.kill()
+    await app.wait()
 
 
 async def _in_process_proxy(mesh: Mesh, node: str, control: str) -> tuple[Any, Any]:
@@ -474,12 +482,17 @@ def _operator_state(mesh: Mesh) -> Path:
 
 
 def _msm_streams(control: str, state: Path, *extra: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([str(VENV_BIN / "msm"), "streams", "--control", control, "--state-dir", str(state),
-                           "--metrics-listen", "127.0.0.1:1", *extra], capture_output=True, text=True, timeout=20,
-                          env=env, check=False)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    """`msm streams` itself (its main, in a thread of this process: no second interpreter to start)."""
+    import io
+
+    from msm.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["streams", "--control", control, "--state-dir", str(state), "--metrics-listen", "127.0.0.1:1",
+                     *extra])
+    assert code == 0, out.getvalue()
+    return out.getvalue()
 
 
 async def test_page_api_and_msm_streams_show_groups_of_every_node(mesh: Mesh) -> None:
@@ -491,7 +504,13 @@ async def test_page_api_and_msm_streams_show_groups_of_every_node(mesh: Mesh) ->
     from msm.control_plane.resolver import StaticResolver
     from msm.control_plane.server import ControlPlaneServer
     from msm.control_plane.web import WebServer, create_app
+    from msm.rtp_proxy.media.agent import MediaAgent
+    from msm.rtp_proxy.media.bridges import BridgeSet, BridgeSpec
     from msm.rtp_proxy.media.groups import FrameInfo
+    from msm.rtp_proxy.media.metrics import MediaCollector
+    from msm.rtp_proxy.media.st2110_timing import CLASSES
+    from msm.sdk.rfc4175 import VideoFormat
+    from msm.sdk.st2110_sdp import VideoStream
     from msm.security.tls import TlsFiles
 
     server = ControlPlaneServer(StaticResolver(), listen="127.0.0.1:0",
@@ -499,6 +518,7 @@ async def test_page_api_and_msm_streams_show_groups_of_every_node(mesh: Mesh) ->
     await server.start()
     web = WebServer(create_app(server.control))
     started: list[tuple[Any, Any]] = []
+    cleanup: list[Callable[[], Awaitable[None] | None]] = []
     try:
         await web.start("127.0.0.1:0")
         for node in ("node-a", "node-b"):
@@ -508,6 +528,27 @@ async def test_page_api_and_msm_streams_show_groups_of_every_node(mesh: Mesh) ->
         await a.join_sender(URN, "memif:camera")
         await a.join_receiver(URN, monitor)
         await b.join_receiver(URN, encoder)
+        # Node B: an ST 2110-20 egress of the group, paced (wide); node A: the media agent and an app holding
+        # a receiving connection. Each proxy's collector hands ListGroups its bridges and agent, as msm-proxy's.
+        tiny = VideoFormat("YCbCr-4:2:2", 10, *TINY_SIZE)
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        cleanup.append(sink.close)
+        sink.bind(("127.0.0.1", 0))
+        bridges = BridgeSet(b)
+        cleanup.append(bridges.stop)
+        await bridges.add(BridgeSpec("out<1>", "egress", URN, VideoStream("127.0.0.1", sink.getsockname()[1],
+                                                                           tiny, rate=Fraction(100))))
+        MediaCollector(b, bridges)
+        agent = MediaAgent(mesh.tmp / "media", a, dir_mode=0o700)
+        await agent.start()
+        cleanup.append(agent.stop)
+        MediaCollector(a, agent=agent.snapshot)
+        app = await asyncio.create_subprocess_exec(
+            sys.executable, str(REPO / "tests" / "sdk_app.py"), "hold", "--urn", URN, "--direction", "rx",
+            env={**os.environ, "MSM_PROXY": f"unix:{agent.socket_path}"}, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL)
+        cleanup.append(lambda: _end_app(app))
+        assert app.stdout is not None and await app.stdout.readline() == b"ready\n"
         await a.join_sender(HOSTILE, "memif:</td><script>")
         await a.join_receiver(HOSTILE, odd)
         for seq in range(SHOWN_FRAMES):
@@ -515,12 +556,12 @@ async def test_page_api_and_msm_streams_show_groups_of_every_node(mesh: Mesh) ->
                 if a.can_send(URN):
                     break
                 await asyncio.sleep(0.01)
-            assert a.publish(URN, "memif:camera", memoryview(bytes(64 << 10)), FrameInfo(seq, seq)) == 2
+            assert a.publish(URN, "memif:camera", memoryview(bytes(tiny.frame_bytes)), FrameInfo(seq, seq)) == 3
             a.publish(HOSTILE, "memif:</td><script>", memoryview(b"x" * 100), FrameInfo(seq, seq))
-        for _ in range(500):
-            with b.lock:
-                if len(encoder.rows) == SHOWN_FRAMES:
-                    break
+            await asyncio.sleep(0.02)   # two frame times of the egress (100 frames/s): it is never busy
+        for _ in range(500):   # until node B's receiver has them all and its egress has sent them
+            if [br.frames for br in b.list_groups().bridges] == [SHOWN_FRAMES] and len(encoder.rows) == SHOWN_FRAMES:
+                break
             await asyncio.sleep(0.01)
 
         async with aiohttp.ClientSession() as session:
@@ -536,18 +577,25 @@ async def test_page_api_and_msm_streams_show_groups_of_every_node(mesh: Mesh) ->
         assert placed[HOSTILE]["sender_member"] == "memif:</td><script>"   # data, as given
         nodes = {n["node"]: n for n in body["nodes"]}
         assert sorted(nodes) == ["node-a", "node-b"] and all(n["error"] == "" for n in nodes.values())
+        (conn,) = nodes["node-a"]["stats"]["connections"]
         groups = {(node, g["urn"]): g for node, n in nodes.items() for g in n["stats"]["groups"]}
         sending, receiving = groups[("node-a", URN)], groups[("node-b", URN)]
         assert int(sending["frames_in"]) == SHOWN_FRAMES and int(receiving["frames_in"]) == SHOWN_FRAMES
         assert {r["name"]: int(r["frames"]) for r in sending["receivers"]} == {
-            "memif:monitor": SHOWN_FRAMES, "node:node-b": SHOWN_FRAMES}
-        (rx,) = receiving["receivers"]
-        assert rx["name"] == "memif:encoder" and int(rx["frames"]) == SHOWN_FRAMES and rx["has_latency"]
+            "memif:monitor": SHOWN_FRAMES, "node:node-b": SHOWN_FRAMES, f"memif:{conn['connection']}": SHOWN_FRAMES}
+        rx = next(r for r in receiving["receivers"] if r["name"] == "memif:encoder")
+        assert int(rx["frames"]) == SHOWN_FRAMES and rx["has_latency"]
         assert 0 < rx["latency_p50_us"] <= rx["latency_p99_us"]
         (link,) = sending["links"]
         assert link["peer_node"] == "node-b" and link["outgoing"] and int(link["frames"]) == SHOWN_FRAMES
         assert int(groups[("node-a", HOSTILE)]["frames_in"]) == SHOWN_FRAMES
         assert all(e["address"] == "" for n in nodes.values() for e in n["stats"]["endpoints"])
+        (bridge,) = nodes["node-b"]["stats"]["bridges"]
+        assert (bridge["name"], bridge["direction"], bridge["group"]) == ("out<1>", "egress", URN)
+        assert bridge["pacing"] == "wide"
+        assert int(bridge["frames"]) == SHOWN_FRAMES and bridge["pacing_class"] in CLASSES, bridge
+        assert (conn["direction"], conn["target"], conn["attached"]) == ("rx", URN, True), conn
+        assert int(conn["frames"]) == SHOWN_FRAMES and nodes["node-a"]["stats"]["apps"] == 1, conn
 
         state = _operator_state(mesh)
         table = await asyncio.to_thread(_msm_streams, server.address, state)
@@ -556,12 +604,19 @@ async def test_page_api_and_msm_streams_show_groups_of_every_node(mesh: Mesh) ->
         encoder_line = next(line for line in lines if "-> memif:encoder" in line)
         assert encoder_line.split()[2:4] == ["node-b", str(SHOWN_FRAMES)], table
         assert any("=> node node-b (tcp;ofi_rxm, linked)" in line for line in lines), table
+        bridge_line = next(line for line in lines if line.startswith("out<1>"))
+        assert bridge_line.split()[1:3] == ["node-b", "egress"] and f"wide: {bridge['pacing_class']}" in bridge_line
+        assert any(line.startswith(conn["connection"]) and URN in line for line in lines), table
         rows = json.loads(await asyncio.to_thread(_msm_streams, server.address, state, "--json"))
         shown = {(r["node"], r.get("receiver")): r["frames"] for r in rows if r["hop"] == "media-receiver"}
         assert shown[("node-b", "memif:encoder")] == SHOWN_FRAMES
         assert shown[("node-a", "memif:<b>x</b>")] == SHOWN_FRAMES
         assert any(r["hop"] == "media-group" and r["group"] == HOSTILE for r in rows)
     finally:
+        for step in reversed(cleanup):
+            done = step()
+            if done is not None:
+                await done
         for proxy, media in started:
             await media.stop()
             await proxy.stop()
