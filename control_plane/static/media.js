@@ -25,6 +25,7 @@
     return Object.entries(map || {}).filter(([, n]) => num(n) > 0).sort(([a], [b]) => (a < b ? -1 : 1))
       .map(([k, n]) => `${k} ${fmtInt(n)}`).join(", ");
   }
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
   const total = (map) => Object.values(map || {}).reduce((acc, n) => acc + num(n), 0);
 
   function h(tag, attrs = {}, ...children) {
@@ -155,7 +156,7 @@
       const providers = (stats.endpoints || []).map((e) => str(e.provider)).join(", ") || "no fabric";
       const dropped = reasons(stats.dropped);
       const what = n.error ? `no answer: ${str(n.error)}`
-        : `${providers} · ${(stats.groups || []).length} groups · ${num(stats.apps)} apps${dropped ? ` · dropped ${dropped}` : ""}`
+        : `${providers} · ${plural((stats.groups || []).length, "group")} · ${plural(num(stats.apps), "app")}${dropped ? ` · dropped ${dropped}` : ""}`
           + (num(stats.left_out) ? ` · ${fmtInt(stats.left_out)} rows left out` : "");
       return h("li", { "data-node": str(n.node), class: n.error ? "bad" : "" }, h("b", {}, str(n.node)), ` ${what}`);
     });
@@ -168,6 +169,7 @@
     const section = document.getElementById("media");
     const any = groups.length || nodes.some((n) => ((n.stats && n.stats.bridges) || []).length || ((n.stats && n.stats.connections) || []).length);
     section.hidden = !any;
+    document.body.dataset.media = any ? "1" : "0";   // the "no streams" box makes room for the groups
     document.getElementById("media-body").replaceChildren(
       ...[drawNodes(nodes), ...groups.map(drawGroup), drawBridges(nodes), drawConnections(nodes)].filter(Boolean));
   }
