@@ -28,7 +28,7 @@ import contextlib
 import ipaddress
 import logging
 import secrets
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -699,6 +699,18 @@ class Planner:
                 break
             await asyncio.sleep(RTP_INFO_POLL)
         return info
+
+    def sessions_heard(self, node: str, legs: Iterable[pb.LegKey]) -> dict[str, list[str]]:
+        """The sessions behind ``legs`` of ``node``'s proxy (those whose viewers sent RTCP),
+        by the stub that holds them; legs of other nodes and unknown legs count for nothing."""
+        heard = {(leg.flow_id, leg.leg_id) for leg in legs}
+        alive: dict[str, list[str]] = {}
+        for stream_id in self.store.stream_ids():
+            for viewer in self.store.viewers(stream_id):
+                if any(leg.flow.node == node and (leg.flow.flow_id, leg.leg_id) in heard
+                       for leg in viewer.legs.values()):
+                    alive.setdefault(viewer.stub_id, []).append(viewer.session_id)
+        return alive
 
     async def pause(self, stub: StubInfo, request: pb.SessionRequest) -> pb.SessionReply:
         async with self._lock(request.stream_id):

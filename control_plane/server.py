@@ -216,14 +216,22 @@ class ControlPlane(pb_grpc.ControlPlaneServicer):
                  hello.dataplane_address, hello.media_host)
         yield pb.ProxyAck(message=f"registered node {hello.node}")
         try:
-            async for _ in request_iterator:
-                pass   # heartbeats keep the stream open
+            async for message in request_iterator:   # heartbeats keep the stream open
+                if message.WhichOneof("kind") == "legs_heard" and self.planner.proxies.get(hello.node) is proxy:
+                    self._legs_heard(hello.node, message.legs_heard)
         except grpc.aio.AioRpcError:
             pass
         finally:
             if self.planner.proxies.get(hello.node) is proxy:
                 log.warning("proxy on node %s went away; flows keep running there", hello.node)
                 self.planner.spawn(self.media.node_gone(hello.node, hello.proxy_id), f"media-{hello.node}")
+
+    def _legs_heard(self, node: str, heard: pb.LegsHeard) -> None:
+        """Viewers sent RTCP on these legs of ``node``'s proxy: their stubs restart the sessions' timeouts."""
+        for stub_id, sessions in self.planner.sessions_heard(node, heard.legs).items():
+            stub = self.planner.stubs.get(stub_id)
+            if isinstance(stub, StubLink):
+                stub.send(pb.ControlMessage(sessions_alive=pb.SessionsAlive(session_ids=sessions)))
 
     # -- operator view --------------------------------------------------------------------------------------
     async def ListStreams(self, request: pb.ListStreamsRequest,

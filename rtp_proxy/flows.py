@@ -75,6 +75,9 @@ SR_HISTORY = 16
 # How often the proxy sends its own receiver report upstream (RFC 3550 6.2
 # suggests 5 s as the minimum interval).
 REPORT_INTERVAL = 5.0
+# Legs named in one liveness report to the control plane: a report stays a few
+# hundred KB at most; legs past it are named in the next one, a second later.
+MAX_LEGS_HEARD = 4096
 
 
 class Flow:
@@ -120,6 +123,9 @@ class Flow:
         self._leg_srtcp: dict[str, tuple[Protector, Unprotector]] = {}
         self._srtcp_errors = 0
         self._rtcp_from_viewers = 0
+        # Legs whose far end sent RTCP since the control plane was last told (viewer
+        # liveness, RFC 2326 12.37); at most one entry per leg of the flow.
+        self.heard: set[str] = set()
         self._rtcp_backlog = 0
         self._rtcp_socket_errors = 0
         self.upstream_rtcp: Address | None = None
@@ -188,6 +194,7 @@ class Flow:
     def remove_leg(self, leg_id: str) -> Leg | None:
         leg = self.legs.pop(leg_id, None)
         self._leg_srtcp.pop(leg_id, None)
+        self.heard.discard(leg_id)
         self._rebuild()
         return leg
 
@@ -353,6 +360,7 @@ class Flow:
                 return
             data = plain
         leg.rtcp_received += 1
+        self.heard.add(leg.leg_id)
         try:
             packets = parse_rtcp(data)
         except RtcpError:
@@ -652,6 +660,17 @@ class FlowTable:
         flow.close()
         log.info("flow %s removed", flow_id)
         return True
+
+    def take_heard(self, limit: int = MAX_LEGS_HEARD) -> list[tuple[str, str]]:
+        """(flow, leg) of up to ``limit`` legs whose far end sent RTCP since the last call
+        (the rest wait for the next); each is forgotten once taken."""
+        taken: list[tuple[str, str]] = []
+        for flow in self.flows.values():
+            while flow.heard and len(taken) < limit:
+                taken.append((flow.flow_id, flow.heard.pop()))
+            if len(taken) >= limit:
+                break
+        return taken
 
     def sample_rates(self) -> None:
         now = self.clock()

@@ -36,6 +36,11 @@ from .srtp import SrtpKey, SrtpKeyRefused, profiles
 
 log = logging.getLogger(__name__)
 
+# How often the legs that heard from their viewers are reported: well inside the
+# shortest RTSP session timeout a stub announces (seconds), and one small message
+# a second at most per proxy.
+HEARD_INTERVAL = 1.0
+
 
 def flow_stats(flow: Flow, node: str = "") -> pb.FlowStats:
     """The DataPlane ``FlowStats`` of ``flow``, from one :meth:`Flow.snapshot`."""
@@ -278,13 +283,18 @@ class ProxyAgent:
 
     def __init__(self, control_address: str, *, node: str, dataplane_address: str, media_host: str,
                  heartbeat: float = 5.0, tls: TlsFiles | None = None,
-                 srtp_profiles: tuple[str, ...] = ()) -> None:
+                 srtp_profiles: tuple[str, ...] = (),
+                 heard: Callable[[], list[tuple[str, str]]] | None = None,
+                 heard_interval: float = HEARD_INTERVAL) -> None:
         self.control_address = control_address
         self.tls = tls   # None: plaintext, which RtpProxy's caller chose explicitly
         self.hello = pb.ProxyHello(node=node, dataplane_address=dataplane_address,
                                    media_host=media_host, proxy_id=uuid.uuid4().hex,
                                    srtp_profiles=list(srtp_profiles))
         self.heartbeat = heartbeat
+        # Legs whose viewers sent RTCP (FlowTable.take_heard): reported every heard_interval.
+        self.heard = heard
+        self.heard_interval = heard_interval
         self.registered = asyncio.Event()
 
     async def run(self) -> None:
@@ -309,12 +319,22 @@ class ProxyAgent:
             await backoff.wait()
 
     async def _messages(self) -> AsyncIterator[pb.ProxyMessage]:
+        """Hello, then a heartbeat every ``heartbeat`` seconds and, when viewers sent RTCP,
+        the legs they sent it on every ``heard_interval`` (their RTSP sessions stay alive)."""
         yield pb.ProxyMessage(hello=self.hello)
+        loop = asyncio.get_running_loop()
         seq = 0
+        step = min(self.heartbeat, self.heard_interval) if self.heard is not None else self.heartbeat
+        next_beat = loop.time() + self.heartbeat
         while True:
-            await asyncio.sleep(self.heartbeat)
-            seq += 1
-            yield pb.ProxyMessage(heartbeat=pb.Heartbeat(seq=seq))
+            await asyncio.sleep(step)
+            if self.heard is not None and (heard := self.heard()):
+                yield pb.ProxyMessage(legs_heard=pb.LegsHeard(
+                    legs=[pb.LegKey(flow_id=flow, leg_id=leg) for flow, leg in heard]))
+            if loop.time() >= next_beat:
+                next_beat += self.heartbeat
+                seq += 1
+                yield pb.ProxyMessage(heartbeat=pb.Heartbeat(seq=seq))
 
 
 class RtpProxy:
@@ -365,7 +385,7 @@ class RtpProxy:
                                       else f"{self.media_host}:{self.address.rsplit(':', 1)[1]}")
             self.agent = ProxyAgent(self.control_address, node=self.node,
                                     dataplane_address=dial, media_host=self.media_host, tls=self.tls,
-                                    srtp_profiles=srtp_profiles(self.table))
+                                    srtp_profiles=srtp_profiles(self.table), heard=self.table.take_heard)
             self._tasks.append(asyncio.create_task(self.agent.run(), name="proxy-agent"))
 
     def _register(self, server: grpc.aio.Server) -> None:

@@ -142,7 +142,8 @@ class Stub:
             namespace=config.namespace, pod_ip=config.pod_ip, can_open_upstream=config.can_open_upstream)
         self.upstreams = UpstreamManager(self._on_upstream_event)
         self.control = ControlClient(config.control_address, register, self.upstreams.handle,
-                                     on_stream_state=self._on_stream_state, tls=config.tls)
+                                     on_stream_state=self._on_stream_state, tls=config.tls,
+                                     on_sessions_alive=self._on_sessions_alive)
         self.server = StubServer(
             self.control, host=config.listen_host, port=config.listen_port, media_host=config.media_host,
             session_timeout=config.session_timeout, auth=_viewer_auth(config),
@@ -157,6 +158,9 @@ class Stub:
 
     def _on_stream_state(self, state: pb.StreamState) -> None:
         self.server.on_stream_state(state)
+
+    def _on_sessions_alive(self, alive: pb.SessionsAlive) -> None:
+        self.server.sessions_alive(alive.session_ids)
 
     def _on_upstream_event(self, event: pb.UpstreamEvent) -> None:
         self.control.send(pb.StubMessage(event=event))

@@ -51,12 +51,14 @@ CommandHandler = Callable[[pb.ControlCommand], Awaitable[pb.CommandResult]]
 class ControlClient:
     def __init__(self, address: str, register: pb.StubRegister, on_command: CommandHandler,
                  on_stream_state: Callable[[pb.StreamState], None] | None = None, *,
-                 backoff: Backoff | None = None, tls: TlsFiles | None = None) -> None:
+                 backoff: Backoff | None = None, tls: TlsFiles | None = None,
+                 on_sessions_alive: Callable[[pb.SessionsAlive], None] | None = None) -> None:
         self.address = address
         self.tls = tls   # None: plaintext, which the caller chose explicitly (--insecure)
         self.register = register
         self.on_command = on_command
         self.on_stream_state = on_stream_state
+        self.on_sessions_alive = on_sessions_alive
         self.connected = asyncio.Event()
         self.backoff = backoff or Backoff(first=0.2, maximum=5.0)
         self._outbox: asyncio.Queue[pb.StubMessage] = asyncio.Queue(OUTBOX_LIMIT)
@@ -130,6 +132,9 @@ class ControlClient:
         elif kind == "stream_state":
             if self.on_stream_state is not None:
                 self.on_stream_state(message.stream_state)
+        elif kind == "sessions_alive":
+            if self.on_sessions_alive is not None:
+                self.on_sessions_alive(message.sessions_alive)
         elif kind == "command":
             task = asyncio.create_task(self._run_command(message.command))
             self._tasks.add(task)

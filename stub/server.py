@@ -23,7 +23,7 @@ import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 from msm.protos import msm_pb2 as pb
@@ -156,6 +156,14 @@ class StubServer:
             self.table.touch_stream(state.stream_id)
         else:
             self.streams_down.add(state.stream_id)
+
+    def sessions_alive(self, session_ids: Iterable[str]) -> None:
+        """These sessions' viewers sent RTCP (RFC 2326 12.37): their timeouts restart."""
+        now = self.clock()
+        for session_id in session_ids:
+            session = self.sessions.get(session_id)
+            if session is not None:
+                session.last_seen = now
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._accept, self.host, self.port,

@@ -24,14 +24,15 @@ import pytest_asyncio
 
 from msm.control_plane.resolver import Route
 from msm.mesh import LocalMesh
-from msm.sdk.rtsp import Response, RtspReader
+from msm.sdk.rtp import ReceiverReport, ReportBlock, SdesChunk, SourceDescription, serialize_rtcp
+from msm.sdk.rtsp import Response, RtspReader, parse_transport
 from tests.e2e.conftest import _require_peers, mesh_config
 from tests.peers import GstRtspServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120), pytest.mark.asyncio(loop_scope="module")]
 
 # The session timeout both servers announce here: short, so that liveness is tested in seconds.
-SESSION_TIMEOUT = 4
+SESSION_TIMEOUT = 2
 
 
 @dataclass
@@ -102,6 +103,7 @@ class UdpPair:
                 rtcp.close()
                 continue
             self.rtp, self.rtcp, self.port = rtp, rtcp, port
+            self.server: tuple[str, int] = ("127.0.0.1", 0)
             for sock in (rtp, rtcp):
                 sock.setblocking(False)
             return
@@ -124,6 +126,10 @@ class UdpPair:
                 count += 1
             except BlockingIOError:
                 return count
+
+    def send_rtcp(self, data: bytes) -> None:
+        """Send RTCP from our RTCP port to the server's (set by :func:`play_track0`)."""
+        self.rtcp.sendto(data, self.server)
 
     def close(self) -> None:
         self.rtp.close()
@@ -156,13 +162,23 @@ async def servers() -> AsyncIterator[tuple[GstRtspServer, LocalMesh]]:
         await gst.stop()
 
 
-@pytest.fixture(params=["msm", "gst"])
-def target(request: pytest.FixtureRequest, servers: tuple[GstRtspServer, LocalMesh]) -> Target:
+def make_target(name: str, servers: tuple[GstRtspServer, LocalMesh]) -> Target:
     gst, mesh = servers
-    if request.param == "gst":
+    if name == "gst":
         return Target("gst", "127.0.0.1", gst.port, "/test", "stream=", gst)
     assert mesh.stub is not None
     return Target("msm", "127.0.0.1", mesh.stub.port, "/cam", "track", gst, mesh)
+
+
+@pytest.fixture(params=["msm", "gst"])
+def target(request: pytest.FixtureRequest, servers: tuple[GstRtspServer, LocalMesh]) -> Target:
+    return make_target(request.param, servers)
+
+
+@pytest.fixture
+def both(servers: tuple[GstRtspServer, LocalMesh]) -> tuple[Target, Target]:
+    """msm and GStreamer together, for behaviours that take seconds: checked side by side."""
+    return make_target("msm", servers), make_target("gst", servers)
 
 
 async def play_track0(target: Target, client: Client, pair: UdpPair) -> tuple[str, Response]:
@@ -173,9 +189,21 @@ async def play_track0(target: Target, client: Client, pair: UdpPair) -> tuple[st
     setup = await client.request("SETUP", target.track(0, base), Transport=pair.transport)
     assert setup.status == 200, setup
     session = session_id(setup)
+    (spec,) = parse_transport(setup.headers.get("Transport") or "")
+    assert spec.server_port is not None, setup
+    pair.server = (spec.source or target.host, spec.server_port[1])
     played = await client.request("PLAY", base, Session=session, Range="npt=0-")
     assert played.status == 200, played
     return session, played
+
+
+def receiver_report(media_ssrc: int, highest_seq: int) -> bytes:
+    """A player's compound receiver report (RR and SDES CNAME, RFC 3550 6.1)."""
+    me = 0x5EED1234
+    return serialize_rtcp([
+        ReceiverReport(ssrc=me, reports=(ReportBlock(ssrc=media_ssrc, highest_sequence=highest_seq),)),
+        SourceDescription(chunks=(SdesChunk(ssrc=me, items=((1, b"player@127.0.0.1"),)),)),
+    ])
 
 
 # -- RTP-Info (RFC 2326 12.33) ----------------------------------------------------------------------
@@ -203,3 +231,49 @@ async def test_play_reply_rtp_info_names_the_first_packet(target: Target) -> Non
     finally:
         client.close()
         pair.close()
+
+
+# -- RTCP keeps a session alive (RFC 2326 12.37) ----------------------------------------------------
+
+# GStreamer reaps a session only 5 s after its timeout (RTSPSession:extra-timeout, 5 by default).
+GST_EXTRA_TIMEOUT = 5
+
+
+async def _rtcp_only_viewer(target: Target) -> tuple[bool, int | None]:
+    """A UDP viewer that sends nothing but receiver reports for longer than its session
+    could live without them: whether its session is still there (a request naming it gets
+    200); then (msm only: GStreamer's extra 5 s would double the test) whether it expires
+    once the reports stop (454 after the timeout)."""
+    client, pair = await Client.open(target), UdpPair()
+    grace = GST_EXTRA_TIMEOUT if target.name == "gst" else 0
+    try:
+        session, _ = await play_track0(target, client, pair)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + SESSION_TIMEOUT + grace + 2.0
+        while loop.time() < end:
+            packet = await pair.packet()
+            seq, _ts, ssrc = struct.unpack_from("!HII", packet, 2)
+            pair.send_rtcp(receiver_report(ssrc, seq))
+            await asyncio.sleep(0.4)
+            pair.drain()
+        alive = (await client.request("GET_PARAMETER", target.url, Session=session)).status == 200
+        if grace:
+            return alive, None
+        await asyncio.sleep(SESSION_TIMEOUT + 2.5)   # no reports: reaped within a reaper pass or two
+        expired = (await client.request("GET_PARAMETER", target.url, Session=session)).status
+        return alive, expired
+    finally:
+        client.close()
+        pair.close()
+
+
+async def test_receiver_reports_keep_a_udp_session_alive(both: tuple[Target, Target]) -> None:
+    """RFC 2326 12.37 (Session): "the session ... is kept alive by ... RTCP messages". GStreamer
+    refreshes the session on every RTCP packet from the client's port (and reaps it its
+    timeout plus 5 s after the last). msm: the proxy counts receiver reports per leg, tells
+    the control plane each second which legs heard from their viewer, and the stub holding
+    the session restarts its timeout; without reports it is reaped after the timeout."""
+    results = await asyncio.gather(*(_rtcp_only_viewer(t) for t in both))
+    for target, (alive, expired) in zip(both, results, strict=True):
+        assert alive, f"{target.name}: a session kept alive by RTCP alone was cut"
+        assert expired in (None, 454), f"{target.name}: the session outlived its timeout without RTCP ({expired})"
