@@ -1,4 +1,4 @@
-"""Structured RTSP header values: ``Transport``, ``Session``, ``Public`` and ``RTP-Info``.
+"""Structured RTSP header values: ``Transport``, ``Session``, ``Public`` and ``RTP-Info``; request URLs.
 
 Part of :mod:`msm.sdk.rtsp` (import from there).
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from msm.sdk.errors import RtspError
 from msm.sdk.rtsp_message import _DIGITS, _OWS, _TOKEN
@@ -343,3 +344,55 @@ def parse_rtp_info(value: str) -> list[dict[str, str]]:
     if not entries:
         raise RtspError("empty RTP-Info header", status=400)
     return entries
+
+
+# --------------------------------------------------------------------------- request URLs
+
+_TRACK = re.compile(r"^track(\d+)$")
+
+
+def split_url(uri: str) -> tuple[str, int | None]:
+    """``rtsp://h/cam1/track1`` -> (``cam1``, 1); ``rtsp://h/cam1`` -> (``cam1``, None).
+
+    A URL that does not parse (``rtsp://[::1/cam``) is the client's fault: 400.
+    """
+    try:
+        path = urlsplit(uri).path.strip("/")
+    except ValueError as exc:
+        raise RtspError(f"bad request URL: {exc}", status=400) from exc
+    head, _, last = path.rpartition("/")
+    match = _TRACK.match(last)
+    if match and head:
+        return head, int(match.group(1))
+    return path, None
+
+
+def stream_url(uri: str) -> str:
+    """The stream's URL of a track URL (``rtsp://h/cam1/track1`` -> ``rtsp://h/cam1``), without
+    userinfo: what a SETUP that came without DESCRIBE (a client holding the SDP from an earlier
+    connection) resolves its route by. A stream URL is returned as it is (without userinfo).
+    """
+    stream, track = split_url(uri)
+    if track is None:
+        return strip_userinfo(uri)
+    parts = urlsplit(strip_userinfo(uri))
+    suffix = f"/track{track}"
+    if parts.path.rstrip("/").endswith(suffix):
+        parts = parts._replace(path=parts.path.rstrip("/")[: -len(suffix)])
+    else:   # the control was appended after a query: "cam?x=1/track0"
+        parts = parts._replace(query=parts.query.rstrip("/")[: -len(suffix)])
+    return parts._replace(fragment="").geturl()
+
+
+def strip_userinfo(uri: str) -> str:
+    """``uri`` without its ``user:password@``: what may be logged, echoed or passed on.
+
+    Never raises: a URL that does not parse is returned without anything after its scheme.
+    """
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri.partition("://")[0] + "://(unparsable)"
+    if "@" not in parts.netloc:
+        return uri
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()

@@ -31,12 +31,10 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import re
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Generic
-from urllib.parse import urlsplit
 
 from msm.sdk.errors import (
     MsmError,
@@ -70,6 +68,7 @@ from msm.sdk.rtsp_events import (
     SetupRequested,
     TeardownRequested,
 )
+from msm.sdk.rtsp_fields import split_url, stream_url, strip_userinfo
 from msm.sdk.rtsp_sessions import Authenticator, ClientIdentity, RtspSession, S, SessionTable, session_tag
 from msm.sdk.rtsp_state import State, next_state
 from msm.sdk.sdp import Connection, SessionDescription
@@ -98,6 +97,7 @@ __all__ = [
     "frame_prefix",
     "session_tag",
     "split_url",
+    "stream_url",
     "strip_userinfo",
     "viewer_sdp",
 ]
@@ -106,7 +106,6 @@ SUPPORTED = ("OPTIONS", "DESCRIBE", "SETUP", "PLAY", "PAUSE", "TEARDOWN", "GET_P
              "SET_PARAMETER")
 # Methods of RFC 2326 a viewer-facing server has no use for: 405 with Allow, not 501.
 KNOWN_UNSUPPORTED = ("ANNOUNCE", "RECORD", "REDIRECT")
-_TRACK = re.compile(r"^track(\d+)$")
 # '$', channel, 16-bit length (RFC 2326 section 10.12); packed per packet on the hot path.
 _FRAME_HEADER = struct.Struct("!BBH")
 # Interleaved channels are one byte; pairs start at even numbers below 254.
@@ -115,36 +114,6 @@ _LAST_PAIR = 254
 # session aggregates all of a stream's tracks); 16 covers a multi-view client,
 # while a connection asking for thousands would cost the proxy a leg per track each.
 MAX_SESSIONS_PER_CONNECTION = 16
-
-
-def split_url(uri: str) -> tuple[str, int | None]:
-    """``rtsp://h/cam1/track1`` -> (``cam1``, 1); ``rtsp://h/cam1`` -> (``cam1``, None).
-
-    A URL that does not parse (``rtsp://[::1/cam``) is the client's fault: 400.
-    """
-    try:
-        path = urlsplit(uri).path.strip("/")
-    except ValueError as exc:
-        raise RtspError(f"bad request URL: {exc}", status=400) from exc
-    head, _, last = path.rpartition("/")
-    match = _TRACK.match(last)
-    if match and head:
-        return head, int(match.group(1))
-    return path, None
-
-
-def strip_userinfo(uri: str) -> str:
-    """``uri`` without its ``user:password@``: what may be logged, echoed or passed on.
-
-    Never raises: a URL that does not parse is returned without anything after its scheme.
-    """
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return uri.partition("://")[0] + "://(unparsable)"
-    if "@" not in parts.netloc:
-        return uri
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def frame_prefix(channel: int, length: int) -> bytes:

@@ -46,6 +46,7 @@ from msm.sdk.rtsp_server import (
     frame_prefix,
     session_tag,
     split_url,
+    stream_url,
     strip_userinfo,
 )
 from msm.sdk.sdp import SessionDescription
@@ -422,8 +423,8 @@ class ViewerConnection:
     async def _setup(self, event: SetupRequested[ViewerSession]) -> bytes:
         request = event.request
         info = self.streams.get(event.stream)
-        if info is None:
-            info, _ = await self._stream(request.uri, event.stream)
+        if info is None:   # no DESCRIBE on this connection: the route is the track URL's stream's
+            info, _ = await self._stream(stream_url(request.uri), event.stream)
         plan = self.rtsp.plan_setup(event, info.stream_id, info.tracks)
         session = event.session or ViewerSession(
             self.server.table.new_id(), info.stream_id, base_url=self._base_url(request.uri, event.stream),

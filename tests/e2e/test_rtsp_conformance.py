@@ -277,3 +277,21 @@ async def test_receiver_reports_keep_a_udp_session_alive(both: tuple[Target, Tar
     for target, (alive, expired) in zip(both, results, strict=True):
         assert alive, f"{target.name}: a session kept alive by RTCP alone was cut"
         assert expired in (None, 454), f"{target.name}: the session outlived its timeout without RTCP ({expired})"
+
+
+# -- SETUP without DESCRIBE (RFC 2326 10.4) --------------------------------------------------------
+
+async def test_setup_without_describe_on_the_connection(target: Target) -> None:
+    """RFC 2326 10.4 asks no DESCRIBE before SETUP: a client may hold the description from
+    elsewhere (live555's proxy re-SETUPs from the SDP it cached when it reconnects).
+    GStreamer answers 200 and plays. msm resolves the route from the track URL's stream."""
+    client, pair = await Client.open(target), UdpPair()
+    try:
+        setup = await client.request("SETUP", target.track(0), Transport=pair.transport)
+        assert setup.status == 200, f"{target.name}: {setup.status} {setup.body!r}"
+        played = await client.request("PLAY", target.url, Session=session_id(setup))
+        assert played.status == 200, played
+        assert len(await pair.packet()) > 12
+    finally:
+        client.close()
+        pair.close()

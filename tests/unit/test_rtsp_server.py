@@ -20,6 +20,7 @@ from msm.sdk.rtsp_server import (
     TeardownRequested,
     error_response,
     split_url,
+    stream_url,
 )
 from msm.sdk.rtsp_state import State
 from msm.sdk.sdp import SessionDescription
@@ -361,6 +362,12 @@ def test_split_url() -> None:
     assert split_url("rtsp://h/cam1") == ("cam1", None)
     assert split_url("rtsp://h/a/b/track0") == ("a/b", 0)
     assert split_url("rtsp://h/track3") == ("track3", None)
+
+
+def test_stream_url_of_a_track_url_drops_the_track_and_userinfo() -> None:
+    assert stream_url("rtsp://u:p@h:8554/cam/track0") == "rtsp://h:8554/cam"
+    assert stream_url("rtsp://h/a/b/track1/") == "rtsp://h/a/b"
+    assert stream_url("rtsp://h/cam") == "rtsp://h/cam"
 
 
 def test_transport_answer_round_trips() -> None:
