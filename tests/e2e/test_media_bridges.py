@@ -9,7 +9,9 @@ reports about itself. Frames and pixels are compared with the source pattern; th
 ST 2110-30 (AES67 L24) through `msm-proxy --media-config`: GStreamer's rtpL24pay -> ingress (from an
 SDP file) -> group -> egress -> ffmpeg reading the SDP the egress wrote, and ffmpeg's RTP L24 ->
 ingress (MCM's fields) -> group -> egress at 125 us packets -> GStreamer's rtpL24depay; each
-receiver's samples must be a run of the sender's, byte for byte.
+receiver's samples must be a run of the sender's, byte for byte. The same through the SDK: an
+app's ``connection.st2110`` st2110-30 tx connection into GStreamer, ffmpeg into an app's rx one,
+and a video tx connection with ``pacing`` into the analyser.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from msm.rtp_proxy.media.st2110_analyse import capture_live, open_socket
@@ -384,3 +388,116 @@ def test_msm_proxy_bad_media_config_is_one_line_exit_2(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == (f"msm-proxy: error: {config}: bridges[0].payload.audio.packetTime: the ST 2110-30 "
                                    "bridge takes 1ms or 125us, got '4ms'"), done.stderr
+
+
+# -- ST 2110-30 and pacing through an app's connection.st2110 ------------------------------------------------
+def _audio_connection(port: int, blocks: int) -> dict[str, Any]:
+    """MCM's connection JSON of 2 channels of L24 at 1 ms packets, ``blocks`` packets a buffer."""
+    return {"connection": {"st2110": {"transport": "st2110-30", "ipAddr": "127.0.0.1", "port": port,
+                                      "payloadType": 97}},
+            "payload": {"audio": {"channels": 2, "sampleRate": 48000, "format": "pcm_s24be", "packetTime": "1ms"}},
+            "maxPayloadSize": 288 * blocks}
+
+
+def _app_sends_audio(proxy: str, port: int, pcm: bytes, block: int) -> None:
+    from msm.sdk import mesh
+
+    with mesh.Client(proxy) as client, client.create_tx_connection(_audio_connection(port, block // 288)) as tx:
+        for i in range(len(pcm) // block):
+            buf = tx.get_buffer(timeout=2.0)
+            buf.payload[:block] = pcm[i * block:(i + 1) * block]
+            buf.payload_len, buf.timestamp = block, i * block // 6
+            tx.put_buffer(buf)
+            time.sleep(block / SECOND * 0.9)   # a little ahead of real time: the egress keeps the pace
+        time.sleep(0.3)   # the last packets leave
+
+
+def _app_receives_audio(rx: Any, want: int) -> tuple[bytes, list[int], int]:
+    """Blocks until ``want`` bytes came (or 3 s without one): the samples, each block's timestamp, how many
+    were marked incomplete."""
+    from msm.sdk.errors import TimedOut
+
+    got, stamps, incomplete = bytearray(), [], 0
+    while len(got) < want:
+        try:
+            buf = rx.get_buffer(timeout=3.0)
+        except TimedOut:
+            break
+        got += buf.payload
+        stamps.append(buf.timestamp)
+        incomplete += buf.incomplete
+        rx.put_buffer(buf)
+    return bytes(got), stamps, incomplete
+
+
+def test_sdk_st2110_30_tx_to_gstreamer_and_rx_from_ffmpeg(tmp_path: Path) -> None:
+    from msm.sdk import mesh
+    from tests.e2e.test_sdk import Agent
+
+    _gst_sent, ffmpeg_sent = _audio_sent()
+    ramp = (np.arange(48000 * 2, dtype=np.int64) * 7919 % (1 << 24)).astype(">u4")
+    pcm = ramp.view(np.uint8).reshape(-1, 4)[:, 1:].tobytes()   # one second of two channels of 24-bit big-endian
+    agent = Agent(tmp_path)
+    try:
+        port = _free_udp_port()
+        gst = subprocess.Popen(["gst-launch-1.0", "-q", "-e", "udpsrc", f"port={port}", "caps=application/x-rtp,"
+                                "media=audio,clock-rate=48000,encoding-name=L24,channels=2,payload=97", "!",
+                                "rtpL24depay", "!", "filesink", f"location={tmp_path / 'gst.raw'}"],
+                               stderr=subprocess.PIPE)
+        time.sleep(0.5)   # it binds its port
+        _app_sends_audio(f"unix:{agent.sock}", port, pcm, 2880)   # 10 ms buffers
+        gst.send_signal(signal.SIGINT)
+        gst.wait(timeout=10)
+        assert (tmp_path / "gst.raw").read_bytes() == pcm   # every sample, in order, on loopback
+        port = _free_udp_port()
+        with mesh.Client(f"unix:{agent.sock}") as client, \
+                client.create_rx_connection(_audio_connection(port, 10)) as rx:
+            ffmpeg = subprocess.Popen(["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i",
+                                       FFMPEG_TONE, "-c:a", "pcm_s24be", "-f", "rtp", "-pkt_size", "300",
+                                       f"rtp://127.0.0.1:{port}"])
+            got, stamps, incomplete = _app_receives_audio(rx, len(ffmpeg_sent) // 2880 * 2880)
+            assert ffmpeg.wait(timeout=10) == 0
+    finally:
+        agent.stop()
+    # The app was there before ffmpeg's first packet: all of its samples, in 10 ms buffers.
+    assert got == ffmpeg_sent[:len(got)] and len(got) == len(ffmpeg_sent) // 2880 * 2880
+    assert incomplete == 0 and all((b - a) & 0xFFFFFFFF == 480 for a, b in zip(stamps, stamps[1:], strict=False))
+
+
+def test_sdk_st2110_20_tx_paced_by_connection_pacing(tmp_path: Path) -> None:
+    """An app's video tx connection with ``pacing: narrow`` goes out through the ST 2110-21 pacer: each
+    frame's first packet on the epoch's grid, TRoffset (less the pacer's lead) after the frame's time, where
+    the unpaced egress sends whenever the frame comes (any phase of the frame period)."""
+    from msm.sdk import mesh
+    from tests.e2e.test_sdk import Agent
+
+    width, height = SIZES["480p"]
+    port = _free_udp_port()
+    config = {"connection": {"st2110": {"transport": "st2110-20", "ipAddr": "127.0.0.1", "port": port,
+                                        "pacing": "narrow"}},
+              "payload": {"video": {"width": width, "height": height, "fps": 30, "pixelFormat": "yuv422p10rfc4175"}}}
+    agent = Agent(tmp_path)
+    analyser, stop = Analyser(height=height), threading.Event()
+    result: list[Any] = []
+    capture = threading.Thread(target=lambda: result.append(capture_live(analyser, open_socket(port), 20.0,
+                                                                         stop=stop)))
+    capture.start()
+    try:
+        with mesh.Client(f"unix:{agent.sock}") as client, client.create_tx_connection(config) as tx:
+            start = time.monotonic()
+            for i in range(FRAMES):
+                buf = tx.get_buffer(timeout=2.0)
+                buf.payload_len, buf.timestamp = len(buf.payload), i * 3000
+                tx.put_buffer(buf)
+                time.sleep(max(0.0, start + (i + 1) / 30 - time.monotonic()))
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        capture.join(timeout=10)
+        agent.stop()
+    report = result[0]
+    first = sorted(r.fpt_ns for r in report.frame_results)
+    print({k: v for k, v in report.as_dict().items() if k != "limits"}, f"load {os.getloadavg()[0]:.1f}")
+    # A late pacer (a loaded machine) drops frames rather than fall behind the app: some, not all, arrive.
+    assert report.lost == 0 and report.frames >= FRAMES // 3
+    assert 0 <= first[len(first) // 2] <= report.tr_offset_ns + 500_000, first
