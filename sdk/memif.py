@@ -376,7 +376,7 @@ class MemifClient(MemifConnection):
         size = base + slots * cfg.buffer_size
         if base + (slots - 1) * cfg.buffer_size >= 1 << 32 or size > MAX_REGION_SIZE:
             raise ConfigError(f"memif: {slots} buffers of {cfg.buffer_size} bytes do not fit a 4 GiB region")
-        region = Region.create(size)
+        region = Region.create(size, final=not cfg.sealable)
         self.regions.append(region)
         for i in range(n_c2s + n_s2c):
             ring = Ring(region, i * per_ring, log2, os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC), c2s=i < n_c2s)

@@ -45,6 +45,7 @@ class MemifConfig:
     timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     require_sealed_regions: bool = True  # a region that may shrink under us could kill us with SIGBUS
     extra_regions: list[tuple[int, int]] = field(default_factory=list)  # client: (fd, size) to share too
+    sealable: bool = False  # client: region 0 without F_SEAL_SEAL, so the server may seal it against new writers
     native: bool = True  # walk rings with msm.ext._memif when it is built (MSM_NO_NATIVE=1 or False: Python)
 
     def check(self) -> None:
@@ -159,6 +160,21 @@ class MemifConnection:
         _copy(chunks, buf.views)
         self.commit(buf, queue)
         return True
+
+    def set_region(self, index: int, region: Region) -> None:
+        """Adds (``index == len(regions)``) or replaces region ``index`` >= 1 known to this side only: a region
+        the peer's descriptors may name that came from elsewhere (a sender's region shared by our proxy).
+        A replaced region is closed: the caller makes sure no descriptor still names it."""
+        if not 1 <= index <= len(self.regions) or index >= MAX_REGIONS:
+            region.close()
+            raise MemifError(f"memif: region {index} cannot be set ({len(self.regions)} known)", key="bad_region")
+        if index == len(self.regions):
+            self.regions.append(region)
+        else:
+            old, self.regions[index] = self.regions[index], region
+            old.close()
+        for queue in self.rx_queues:
+            queue.regions_changed()
 
     def service(self) -> None:
         """Reads pending control messages after the handshake (DISCONNECT, or the peer closing)."""

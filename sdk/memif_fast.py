@@ -42,6 +42,7 @@ class FastRx:
         self.base = _native.pointer(queue.ring.region.buffer())
         self.ring = self.base + queue.ring.offset
         self.sizes = _native.sizes([r.size for r in queue.regions])
+        self.nsizes = len(queue.regions)  # what ``sizes`` holds: never more than C may read
         self.out = _native.out_array(_native.BURST)
         self.n = self.i = 0
         self.start = self.end_all = 0
@@ -49,11 +50,16 @@ class FastRx:
     def close(self) -> None:
         _native.release(self.base)
 
+    def refresh(self) -> None:
+        """Takes the queue's regions' sizes again (a region was added or replaced)."""
+        sizes = [r.size for r in self.q.regions]
+        self.sizes, self.nsizes = _native.sizes(sizes), len(sizes)
+
     def _fill(self) -> bool:
         q = self.q
         produced = q.ring.tail if q.client else q.ring.head
         n, consumed, bad = _native.rx_burst(self.ring, q.ring.log2_size, q._next, produced, self.sizes,
-                                            len(q.regions), self.out, _native.BURST)
+                                            self.nsizes, self.out, _native.BURST)
         if bad:
             q.counters.drops["bad_descriptor"] += bad
             q.counters.errors["descriptor_outside_region"] += bad
@@ -109,7 +115,7 @@ def forward(rx: RxQueue, tx: TxQueue, region_delta: int, max_frames: int = 64) -
         tx.native_ptr = _native.pointer(tx.ring.region.buffer())
     produced = rx.ring.tail if rx.client else rx.ring.head
     n, consumed, bad, nbytes = _native.forward(
-        fast.ring, rx.ring.log2_size, rx._next, produced, fast.sizes, len(rx.regions),
+        fast.ring, rx.ring.log2_size, rx._next, produced, fast.sizes, fast.nsizes,
         tx.native_ptr + tx.ring.offset, tx.ring.log2_size, region_delta, max_frames)
     rx._next = (rx._next + consumed) & 0xFFFF
     if bad:

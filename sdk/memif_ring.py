@@ -25,8 +25,6 @@ stores in program order, so a descriptor written before ``head`` is seen before 
 
 from __future__ import annotations
 
-import fcntl
-import mmap
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,6 +38,7 @@ from msm.sdk.memif_proto import (
     MemifError,
     ring_bytes,
 )
+from msm.sdk.memif_region import Region as Region  # re-exported: its home before memif_region
 
 _U32 = 1 << 32
 
@@ -60,71 +59,6 @@ class Counters:
         return {"rx_packets": self.rx_packets, "rx_bytes": self.rx_bytes, "tx_packets": self.tx_packets,
                 "tx_bytes": self.tx_bytes, "interrupts_sent": self.interrupts_sent, "drops": dict(self.drops),
                 "errors": dict(self.errors)}
-
-
-class Region:
-    """A shared memory region: a memfd mapped read-write; ``mem`` is a memoryview of all of it."""
-
-    def __init__(self, fd: int, size: int) -> None:
-        self.fd = fd
-        self.size = size
-        self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self.mem = memoryview(self._map)
-
-    @classmethod
-    def create(cls, size: int, name: str = "msm-memif") -> Region:
-        """A new sealed memfd of ``size`` bytes (it can grow no smaller: a peer may rely on its size)."""
-        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        try:
-            os.ftruncate(fd, size)
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
-            return cls(fd, size)
-        except BaseException:
-            os.close(fd)
-            raise
-
-    @classmethod
-    def attach(cls, fd: int, size: int, *, index: int, require_seal: bool = True) -> Region:
-        """Maps a peer's region fd (taking ownership of ``fd``); MemifError if it cannot back ``size`` bytes.
-
-        Touching a mapping beyond the end of its file kills the process with
-        SIGBUS, so the file must be at least ``size`` bytes now and (with
-        ``require_seal``) sealed against shrinking later.
-        """
-        try:
-            actual = os.fstat(fd).st_size
-            if actual < size:
-                raise MemifError(f"memif: region {index} file is {actual} bytes, ADD_REGION claims {size}",
-                                 key="short_region")
-            if require_seal:
-                try:
-                    seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
-                except OSError:
-                    seals = 0
-                if not seals & fcntl.F_SEAL_SHRINK:
-                    raise MemifError(f"memif: region {index} is not a memfd sealed against shrinking",
-                                     key="unsealed_region")
-            return cls(fd, size)
-        except MemifError:
-            os.close(fd)
-            raise
-        except (OSError, ValueError, OverflowError) as exc:
-            os.close(fd)
-            raise MemifError(f"memif: region {index} cannot be mapped ({exc})", key="bad_region") from None
-
-    def buffer(self) -> mmap.mmap:
-        """The mapping itself, for a native pointer: it holds the mapping alive (a view could be cleared first)."""
-        return self._map
-
-    def close(self) -> None:
-        self.mem.release()
-        try:
-            self._map.close()
-        except BufferError:
-            pass  # an application still holds a frame view; the mapping goes when that view does
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 class Ring:
@@ -255,6 +189,11 @@ class RxQueue:
         if self._fast is not None:
             self._fast.close()
             self._fast = None
+
+    def regions_changed(self) -> None:
+        """Call after a region was added or replaced: the C walker checks descriptors against a copy of sizes."""
+        if self._fast is not None:
+            self._fast.refresh()
 
     @property
     def next_counter(self) -> int:
@@ -396,6 +335,10 @@ class TxQueue:
         """The peer's consumption counter (client: the server's tail), for holding external buffers."""
         return self.ring.tail
 
+    def returned(self) -> int:
+        """Server only: the client's release counter (slots before it are given back; its head minus the ring)."""
+        return (self.ring.head - self.ring.size) & 0xFFFF
+
     def alloc(self, size: int) -> TxBuffer | None:
         """Buffers for a ``size``-byte frame (chained over several slots if it needs them), or None if full."""
         if self._pending is not None:
@@ -468,6 +411,23 @@ class TxQueue:
         if self.free() == 0:
             return False
         slot = self.ring.head
+        self.ring.write_desc(slot, 0, region, length, offset)
+        self._publish(slot + 1, length)
+        return True
+
+    def send_foreign(self, region: int, offset: int, length: int) -> bool:
+        """Server only: fills the next offered slot with a descriptor naming ``region``, a region the client
+        mapped from elsewhere (our SDK's shared sender regions), instead of the buffer it offered.
+
+        The caller vouches for ``region:offset+length`` (the client checks it against its own mapping again
+        before it makes a view). False if no slot is offered now.
+        """
+        if self.client or self._pending is not None:
+            raise MemifError("memif: foreign descriptors are sent by a server with no frame allocated")
+        free = self.free()
+        if free == 0 or free > self.ring.size:
+            return False
+        slot = self.ring.tail
         self.ring.write_desc(slot, 0, region, length, offset)
         self._publish(slot + 1, length)
         return True

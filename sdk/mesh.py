@@ -21,14 +21,25 @@ away), :class:`~msm.sdk.errors.ConfigError` naming the JSON path of a bad field,
 proxy's refusals passed through (:class:`~msm.sdk.media_agent.SenderBusy` when a group has a
 sender already). :class:`AsyncClient` is the asyncio flavour (``await conn.get_buffer_async()``).
 A connection is used from one thread at a time.
+
+Zero copy: a received frame whose sender is an app on the same node is read
+where that sender wrote it (``buf.by_reference``): the proxy hands this app the
+sender's shared memory (sealed: mapped read-only here, and no process can
+write it but the sender), and the frame's buffer goes back to the sender when
+``put_buffer`` gives it back. Hold a frame briefly: a connection that holds
+one for more than the proxy's limit (0.2 s) is disconnected, so that it cannot
+stall its sender. Frames from anywhere else are copied into this app's own
+buffers by the proxy, as before.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import os
 import select
 import socket
+import threading
 import time
 from types import TracebackType
 from typing import Any, Literal
@@ -49,12 +60,15 @@ from msm.sdk.media_agent import (
     error_from_reply,
     resolve_proxy,
 )
-from msm.sdk.memif import MemifClient, MemifConfig, RxFrame, TxBuffer
+from msm.sdk.memif import MemifClient, MemifConfig, MemifError, RxFrame, TxBuffer
+from msm.sdk.memif_region import Region
 
 __all__ = ["AsyncClient", "Buffer", "Client", "Connection", "RxConnection", "SenderBusy", "TxConnection"]
 
 REQUEST_TIMEOUT = 10.0  # seconds for the proxy to answer one agent request (a join may ask the control plane)
 _TX_POLL = 0.0002  # seconds between looks at a full tx ring: the proxy signals only the other direction
+_SERVICE_EVERY = 16  # frames read between looks at the agent socket when frames keep coming (region notices)
+_EARLY = 8  # region notices kept for a connection not registered yet (the proxy sends one or two at a time)
 
 
 class Buffer:
@@ -75,6 +89,7 @@ class Buffer:
             self.metadata = bytes(view[HEADER_SIZE:HEADER_SIZE + header.metadata_len])
             self.incomplete = bool(header.flags & FLAG_INCOMPLETE)
             self._len = header.payload_len
+        self.by_reference = isinstance(frame, RxFrame) and frame.region != 0  # read where its sender wrote it
         self._payload = view[off:off + self._len] if not writable else view[off:off + layout.payload_size]
 
     @property
@@ -116,7 +131,8 @@ class Connection:
         self.seq = 0
         memif = MemifConfig(buffer_size=attach.buffer_size, log2_ring_size=attach.log2_ring_size,
                             interface_id=attach.interface_id, secret=attach.secret.encode(),
-                            name=f"msm-app-{os.getpid()}", timeout=REQUEST_TIMEOUT)
+                            name=f"msm-app-{os.getpid()}", timeout=REQUEST_TIMEOUT,
+                            sealable=self.direction == "tx")  # the proxy seals a sender's region to share it
         try:
             self.memif = MemifClient(attach.socket, memif).connect()
         except MsmError:
@@ -220,11 +236,21 @@ class RxConnection(Connection):
     """Frames for the app: ``get_buffer`` reads one in place, ``put_buffer`` gives it back."""
 
     direction: Literal["tx", "rx"] = "rx"
+    _reads = 0
+
+    def map_region(self, index: int, size: int, fd: int) -> None:
+        """Maps a sender's region the proxy handed over (taking ``fd``), read-only, as memif region ``index``;
+        MemifError if it cannot (then frames keep coming as copies)."""
+        region = Region.attach(fd, size, index=index, writable=False)  # sealed against shrinking, or refused
+        self.memif.set_region(index, region)
 
     def try_get_buffer(self) -> Buffer | None:
         self._alive()
         if self._held is not None:
             raise Refused(f"connection {self.id}: put the buffer you hold before getting another")
+        self._reads += 1
+        if self._reads % _SERVICE_EVERY == 0:
+            self.client.service()  # a region notice waits there when frames never stop coming
         while True:
             frame = self.memif.recv()
             if frame is None:
@@ -251,10 +277,13 @@ class RxConnection(Connection):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimedOut(f"connection {self.id}: no frame within {timeout} s")
-            ready, _, _ = select.select([self.memif.rx_fileno(), self.memif.fileno()], [], [], left)
+            agent = self.client.notice_fds()
+            ready, _, _ = select.select([self.memif.rx_fileno(), self.memif.fileno(), *agent], [], [], left)
             self.memif.rx_queues[0].clear_interrupt()
             if self.memif.fileno() in ready:
                 self.memif.service()
+            if agent and agent[0] in ready:
+                self.client.service()
 
     async def get_buffer_async(self, timeout: float | None = None) -> Buffer:
         """The asyncio flavour: waits on the memif eventfd with ``loop.add_reader``."""
@@ -268,7 +297,8 @@ class RxConnection(Connection):
             if left is not None and left <= 0:
                 raise TimedOut(f"connection {self.id}: no frame within {timeout} s")
             woken: asyncio.Future[None] = loop.create_future()
-            fds = (self.memif.rx_fileno(), self.memif.fileno())  # a frame, or the proxy going away
+            # a frame, the proxy going away, or a region notice
+            fds = (self.memif.rx_fileno(), self.memif.fileno(), *self.client.notice_fds())
             for fd in fds:
                 loop.add_reader(fd, _wake, woken)
             try:
@@ -280,6 +310,7 @@ class RxConnection(Connection):
                     loop.remove_reader(fd)
             self.memif.rx_queues[0].clear_interrupt()
             self.memif.service()
+            self.client.service()
 
     def put_buffer(self, buf: Buffer) -> None:
         if buf is not self._held or not isinstance(buf._frame, RxFrame):
@@ -288,6 +319,14 @@ class RxConnection(Connection):
         buf._release_views()
         if self.memif.connected:
             buf._frame.release()
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -309,6 +348,9 @@ class Client:
             self.sock.close()
             raise Unavailable(f"no media proxy at unix:{self.path}: {exc.strerror or exc}") from None
         self._ids = 0
+        self._lock = threading.Lock()  # one reader of the agent socket at a time (a request, or service)
+        self._early: list[tuple[dict[str, Any], int]] = []  # notices for connections not registered yet
+        self.gone = False  # the agent socket reached its end: nothing more to read there
         self.connections: dict[str, Connection] = {}
         hello = self._call({"op": "hello", "versions": [PROTOCOL_VERSION], "app": name or f"pid-{os.getpid()}"})
         self.node = str(hello.get("node", ""))
@@ -317,14 +359,12 @@ class Client:
         self._ids += 1
         request["id"] = self._ids
         try:
-            self.sock.send(encode_message(request))
-            while True:
-                data = self.sock.recv(MAX_MESSAGE + 1)
-                if not data:
-                    raise Unavailable(f"the media proxy at unix:{self.path} closed the connection")
-                reply = decode_message(data)
-                if reply.get("id") in (self._ids, None):
-                    break
+            with self._lock:
+                self.sock.send(encode_message(request))
+                while True:
+                    reply = self._recv(0)
+                    if reply is not None and reply.get("id") in (self._ids, None):
+                        break
         except TimeoutError:
             raise TimedOut(f"the media proxy did not answer {request['op']} within {self.timeout} s") from None
         except OSError as exc:
@@ -332,6 +372,60 @@ class Client:
         if not reply.get("ok"):
             raise error_from_reply(reply)
         return reply
+
+    def _recv(self, flags: int) -> dict[str, Any] | None:
+        """One message from the proxy; a region notice is applied here (None then)."""
+        data, anc, _, _ = self.sock.recvmsg(MAX_MESSAGE + 1, socket.CMSG_SPACE(2 * 4), flags)
+        fds = [fd for level, kind, payload in anc if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+               for fd in array.array("i", payload[:len(payload) - len(payload) % 4])]
+        if not data:
+            _close_all(fds)
+            raise Unavailable(f"the media proxy at unix:{self.path} closed the connection")
+        try:
+            message = decode_message(data)
+        except ProtocolError:
+            _close_all(fds)
+            raise
+        if message.get("op") == "region" and "id" not in message and len(fds) == 1:
+            self._region(message, fds[0])
+            return None
+        _close_all(fds)
+        return message
+
+    def _region(self, notice: dict[str, Any], fd: int) -> None:
+        """Maps a sender's region for one of our rx connections and tells the proxy (or keeps it for later)."""
+        conn = self.connections.get(str(notice.get("connection")))
+        if not isinstance(conn, RxConnection):
+            self._early.append((notice, fd))
+            while len(self._early) > _EARLY:
+                _close_all([self._early.pop(0)[1]])
+            return
+        try:
+            conn.map_region(int(notice["index"]), int(notice["size"]), fd)
+        except (KeyError, TypeError, ValueError, MemifError):
+            return  # not mapped: the proxy keeps copying to this connection
+        ack = {"op": "mapped", "connection": conn.id, "index": notice["index"], "token": notice.get("token")}
+        try:
+            self.sock.send(encode_message(ack), socket.MSG_DONTWAIT)
+        except (OSError, MsmError):
+            pass  # not heard: the proxy keeps copying
+
+    def service(self) -> None:
+        """Reads what the proxy sent unasked (region notices) without waiting; a no-op while another thread
+        waits for a reply (it reads them then)."""
+        if self.gone or not self._lock.acquire(blocking=False):
+            return
+        try:
+            while self.sock.fileno() >= 0 and select.select([self.sock], [], [], 0)[0]:
+                self._recv(socket.MSG_DONTWAIT)
+        except (OSError, MsmError):
+            self.gone = True  # the proxy went away: the connections say so on their next call
+        finally:
+            self._lock.release()
+
+    def notice_fds(self) -> list[int]:
+        """The agent socket while it may bring notices (for a select next to the memif fds)."""
+        return [] if self.gone or self.sock.fileno() < 0 else [self.sock.fileno()]
 
     def _create(self, config: str | bytes | dict[str, Any], direction: Literal["tx", "rx"]) -> tuple[
             str, ConnectionConfig, AttachInfo]:
@@ -348,6 +442,10 @@ class Client:
     def create_rx_connection(self, config: str | bytes | dict[str, Any]) -> RxConnection:
         conn = RxConnection(self, *self._create(config, "rx"))
         self.connections[conn.id] = conn
+        early = [item for item in self._early if item[0].get("connection") == conn.id]
+        for item in early:
+            self._early.remove(item)
+            self._region(*item)
         return conn
 
     def list_connections(self) -> list[dict[str, Any]]:
@@ -365,6 +463,8 @@ class Client:
     def close(self) -> None:
         for conn in list(self.connections.values()):
             conn.close()
+        _close_all([fd for _, fd in self._early])
+        self._early.clear()
         self.sock.close()
 
     def __enter__(self) -> Client:

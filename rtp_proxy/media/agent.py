@@ -13,12 +13,18 @@ when the directory's differs), so only processes that may enter the directory
 and carry that group (or the proxy's uid, or root) can connect; each app's SO_PEERCRED is logged and its uid is the
 key of the per-client bounds; a memif interface is only attached by a peer of
 the same uid that knows its random secret.
+
+Zero copy between apps (:mod:`.memif_share`): the agent pushes a group's local
+memif sender region to the apps with rx connections of that group, and only
+to them (``region`` in :mod:`msm.sdk.media_agent`).
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -122,6 +128,7 @@ class MediaAgent:
         self.plane = MemifPlane(self.memif_path, max_connections=self.max_total)
         self._listener = _listen(self.socket_path)
         self._loop = asyncio.get_running_loop()
+        self.plane.on_share = self._share_soon
         self._loop.add_reader(self._listener, self._accept)
         self.plane.start()
         log.info("media agent on unix:%s (memif %s, directory mode %o)", self.socket_path, self.memif_path,
@@ -199,6 +206,9 @@ class MediaAgent:
             try:
                 msg = decode_message(data)
                 request_id = msg.get("id")
+                if msg.get("op") == "mapped" and app.hello:  # a notice: never answered (the app waits for none)
+                    self._mapped(app, msg)
+                    return
                 reply = await self._handle(app, msg)
             except MsmError as exc:
                 self.counters[f"error:{type(exc).__name__}"] += 1
@@ -266,6 +276,23 @@ class MediaAgent:
                           layout.payload_size)
         return {"ok": True, "connection": cid, "memif": info.to_dict()}
 
+    def _share_soon(self, urn: str) -> None:  # the data thread's on_share: to the loop, unless it is closing
+        with contextlib.suppress(RuntimeError, AttributeError):
+            self._loop.call_soon_threadsafe(self._share, urn)  # type: ignore[union-attr]
+
+    def _share(self, urn: str) -> None:
+        """Pushes ``urn``'s local memif sender's region to each rx connection of that group that lacks it."""
+        if self.plane is not None:
+            members = [(c.port, a.sock) for a in self.apps.values() for c in a.ports.values() if c.port.target == urn]
+            self.counters["regions_offered"] += self.plane.offer(members, _send)
+
+    def _mapped(self, app: _App, msg: dict[str, Any]) -> None:
+        conn, plane, taken = app.ports.get(str(msg.get("connection"))), self.plane, False
+        if conn is not None and isinstance(conn.port, RxPort) and plane is not None:
+            with plane.lock:
+                taken = conn.port.refs.accept(msg.get("index"), msg.get("token"))
+        self.counters["regions_mapped" if taken else "bad_mapped"] += 1
+
     def _check_bounds(self, app: _App) -> None:
         if len(app.ports) >= self.max_per_app:
             raise ResourceExhausted(f"this app already has {self.max_per_app} connections")
@@ -283,7 +310,7 @@ class MediaAgent:
         if isinstance(config.connection, MultipointGroup):
             urn = config.connection.urn
             if config.direction == "tx":
-                port = TxPort(cid, iid, secret, layout, peer, target,
+                port = TxPort(cid, iid, secret, layout, peer, target, shareable=True,
                               publish=lambda payload, info: media.publish(urn, member, payload, info))
                 plane.add(port)
                 joined = media.join_sender(urn, member, max_frame=layout.payload_size)
@@ -412,11 +439,14 @@ def _listen(path: str) -> socket.socket:
     return sock
 
 
-def _send(sock: socket.socket, message: dict[str, Any]) -> None:
+def _send(sock: socket.socket, message: dict[str, Any], fd: int = -1) -> bool:
+    """Sends one message (with ``fd`` as SCM_RIGHTS when given); False if it could not go now."""
+    ancillary = [] if fd < 0 else [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
     try:
-        sock.send(encode_message(message), socket.MSG_DONTWAIT)
+        sock.sendmsg([encode_message(message)], ancillary, socket.MSG_DONTWAIT)
     except (OSError, MsmError):
-        pass  # an app that does not read its replies loses them; its socket's end cleans up
+        return False  # an app that does not read its replies loses them; its socket's end cleans up
+    return True
 
 
 def add_media_arguments(parser: argparse.ArgumentParser) -> None:

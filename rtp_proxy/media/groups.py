@@ -57,6 +57,9 @@ class FrameInfo:
     metadata: bytes = b""     # the app's metadata (bounded by maxMetadataSize)
     incomplete: str | None = None  # set when a bridge lost part of it: the reason, e.g. "missing_packets"
     arrived_ns: int = 0       # time.monotonic_ns() when this proxy got the frame
+    # A local memif sender's frame: a handle a receiver that maps the sender's region may take instead of
+    # copying (memif_port.SharedFrame); None for frames of every other source. Receivers may ignore it.
+    shared: object | None = None
 
 
 class Receiver(Protocol):

@@ -8,13 +8,16 @@ prove it with that interface's secret; the secret is never logged).
 - a :class:`TxPort` takes the app's frames: the data thread reads each frame in
   place (a view into the app's shared memory), hands payload and metadata on
   (to the group, or an ST 2110 egress), and gives the buffer back after;
-- an :class:`RxPort` is a group :class:`~.groups.Receiver`: ``deliver`` writes
-  header, metadata and payload into the next buffer the app offered, or answers
-  ``ring_full`` when the app is behind (the sender is never held up).
+- an :class:`RxPort` is a group :class:`~.groups.Receiver`. A frame of a local
+  memif sender goes to it **by reference** once the app mapped that sender's
+  region (:mod:`.memif_share`: one descriptor naming the sender's buffer). Any
+  other frame (ST 2110 ingress, another node over libfabric, a receiver not
+  mapped yet or with another layout) is **copied**: header, metadata and payload
+  written into the next buffer the app offered, or ``ring_full`` when the app is
+  behind (the sender is never held up).
 
-Why a thread and not the event loop: a 1080p 10-bit frame is 5 MB, and
-publishing it copies it once per local receiver (about half a millisecond
-each); the gRPC services on the loop stay responsive while frames move.
+Why a thread and not the event loop: a 1080p 10-bit frame is 5 MB, and a copy
+of it takes about half a millisecond; the gRPC services on the loop stay responsive.
 
 Locks: ``deliver`` may run in any publishing thread (this one, the fabric
 reader, an ST 2110 ingress) while this thread may close connections, so one
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import hmac
+import itertools
 import logging
 import os
 import select
@@ -42,6 +46,7 @@ from msm.sdk.memif import MemifConfig, MemifConnection, MemifServer, PeerCred
 from msm.sdk.memif_proto import Init
 
 from .groups import FrameInfo
+from .memif_share import HOLD_LIMIT, MAX_SHARED_HELD, NO_REGION, SHARED_POLL, Holds, SharedFrame, SharedRegion, seal
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,6 @@ LATENCY_SAMPLES = 600
 BURST = 16
 #: How long the data thread sleeps when nothing wakes it (it is woken for work; this only bounds shutdown).
 IDLE = 0.5
-
 
 class Port:
     """One app connection's memif interface and its counters."""
@@ -81,6 +85,9 @@ class Port:
     def queue_depth(self) -> int:
         return 0
 
+    def detached(self) -> None:
+        """The memif connection went (data thread, plane lock held)."""
+
     def snapshot(self) -> dict[str, Any]:
         lat = sorted(self.latency_ns)
         pick = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000.0) if lat else (lambda q: None)
@@ -92,13 +99,34 @@ class Port:
 
 
 class TxPort(Port):
-    """The app sends: each frame read in place goes to ``publish(payload, info)`` and is released after."""
+    """The app sends: each frame read in place goes to ``publish(payload, info)`` and is released after
+    (after every receiver that took it by reference gave it back, when that is later)."""
 
     direction = "tx"
 
-    def __init__(self, *args: Any, publish: Callable[[memoryview, FrameInfo], object], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, publish: Callable[[memoryview, FrameInfo], object], shareable: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.publish = publish
+        self.shareable = shareable  # a group's sender: its frames may go to local receivers by reference
+        self.share: SharedRegion | None = None
+        # Frames not given back to the sender yet, in ring order; bounded by the sender's ring size (a
+        # frame stays in its slot until released, so no more can be read).
+        self.inflight: collections.deque[SharedFrame] = collections.deque()
+
+    def detached(self) -> None:
+        self.inflight.clear()
+        if self.share is not None:
+            self.share.close()
+            self.share = None
+
+    def settle(self) -> None:
+        """Gives the sender back its slots, in order, up to the first frame a receiver still holds."""
+        conn = self.conn
+        while self.inflight and self.inflight[0].refs <= 0:
+            frame = self.inflight.popleft()
+            if conn is not None and conn.connected:
+                conn.rx_queues[0].release(frame.end)
 
     def queue_depth(self) -> int:
         conn = self.conn
@@ -110,19 +138,23 @@ class TxPort(Port):
         if conn is None or not conn.connected:
             return
         conn.rx_queues[0].clear_interrupt()
+        share = self.share
         for _ in range(BURST):
             frame = conn.recv()
             if frame is None:
                 return
-            try:
-                if isinstance(frame.data, list):
-                    self.drops["chained_frame"] += 1
-                    continue
-                self._publish_one(frame.data, frame.length)
-            finally:
+            hold = SharedFrame(self, share, frame.offset, frame.length, frame.end) \
+                if share is not None and frame.region == 0 else None
+            if isinstance(frame.data, list):
+                self.drops["chained_frame"] += 1
+            else:
+                self._publish_one(frame.data, frame.length, hold)
+            if self.inflight or (hold is not None and hold.refs > 0):
+                self.inflight.append(hold or SharedFrame(self, share or NO_REGION, 0, 0, frame.end))
+            else:
                 frame.release()
 
-    def _publish_one(self, view: memoryview, length: int) -> None:
+    def _publish_one(self, view: memoryview, length: int, hold: SharedFrame | None = None) -> None:
         try:
             head = FrameHeader.read(view, length, self.layout)
         except ProtocolError:
@@ -132,7 +164,7 @@ class TxPort(Port):
         off = self.layout.payload_offset
         payload = view[off:off + head.payload_len]
         info = FrameInfo(head.seq, head.timestamp, bytes(view[HEADER_SIZE:HEADER_SIZE + head.metadata_len]),
-                         "incomplete" if head.flags & FLAG_INCOMPLETE else None, start)
+                         "incomplete" if head.flags & FLAG_INCOMPLETE else None, start, hold)
         try:
             self.publish(payload, info)
         except Exception as exc:  # noqa: BLE001 - a refusal (the group is gone) is a drop, not the thread's end
@@ -146,13 +178,19 @@ class TxPort(Port):
 
 
 class RxPort(Port):
-    """The app receives: a group receiver that writes each frame into the app's next offered buffer."""
+    """The app receives: a group receiver that hands each frame over by reference, or copies it into the
+    app's next offered buffer (see the module's docstring)."""
 
     direction = "rx"
 
     def __init__(self, *args: Any, lock: threading.Lock, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lock = lock
+        self.refs = Holds()  # the senders' regions this app maps and the frames it holds by reference
+        self.shared_frames = 0
+        self.copied_frames = 0
+        self.copied_bytes = 0
+        self.copy_reasons: Counter[str] = Counter()  # why a local sender's frame was copied; fixed keys
 
     def queue_depth(self) -> int:
         conn = self.conn
@@ -161,12 +199,71 @@ class RxPort(Port):
         queue = conn.tx_queues[0]
         return max(0, queue.ring.size - queue.free())
 
+    def snapshot(self) -> dict[str, Any]:
+        snap = super().snapshot()
+        snap.update({"by_reference": self.shared_frames, "copied": self.copied_frames,
+                     "copied_bytes": self.copied_bytes, "copy_reasons": dict(self.copy_reasons),
+                     "held": len(self.refs.held), "shared_regions": len(self.refs.maps)})
+        return snap
+
+    def detached(self) -> None:
+        self.refs.clear()
+
+    def reap(self) -> None:
+        """Gives back the frames the app has given back (plane lock held)."""
+        conn = self.conn
+        if conn is not None and conn.connected and self.refs.held:
+            self.refs.reap(conn.tx_queues[0].returned())
+
+    # -- frames ----------------------------------------------------------------------------------------------
     def deliver(self, payload: memoryview, info: FrameInfo) -> str | None:
-        """Copies the frame into the app's shared memory; the drop reason (counted) when it cannot now."""
-        reason = self._write(payload, info)
+        """Hands the frame over by reference if it can, else copies it into the app's shared memory; the drop
+        reason (counted) when neither can be done now."""
+        shared = info.shared
+        reason = self._by_reference(shared, len(payload), info) if isinstance(shared, SharedFrame) else "copy"
+        if reason is None:
+            return None
+        if reason not in _NO_ROOM:
+            reason = self._write(payload, info)
         if reason is not None:
             self.drops[reason] += 1
         return reason
+
+    def _by_reference(self, frame: SharedFrame, size: int, info: FrameInfo) -> str | None:
+        """None if the frame went by reference; else why not (a reason in _NO_ROOM is a drop, others a copy)."""
+        layout = self.layout
+        with self.lock:
+            index = self.refs.index_of(frame.region.token)
+            if index is None:
+                why: str | None = "not_mapped"
+            elif frame.region.layout.payload_offset != layout.payload_offset or size > layout.payload_size \
+                    or len(info.metadata) > layout.metadata_size:
+                why = "layout"
+            else:
+                why = self._send_reference(frame, index)
+        if why is not None:
+            if why not in _NO_ROOM:
+                self.copy_reasons[why] += 1
+            return why
+        self.frames += 1
+        self.bytes += size
+        self.shared_frames += 1
+        if info.arrived_ns:
+            self.latency_ns.append(time.monotonic_ns() - info.arrived_ns)
+        return None
+
+    def _send_reference(self, frame: SharedFrame, index: int) -> str | None:
+        conn = self.conn
+        if conn is None or not conn.connected:
+            return "not_attached"
+        self.reap()
+        if len(self.refs.held) >= MAX_SHARED_HELD:
+            return "held_cap"
+        queue = conn.tx_queues[0]
+        if not queue.send_foreign(index, frame.offset, frame.length):
+            return "ring_full"
+        self.refs.hold(queue.ring.tail, index, frame)
+        return None
 
     def _write(self, payload: memoryview, info: FrameInfo) -> str | None:
         layout = self.layout
@@ -188,13 +285,18 @@ class RxPort(Port):
             FrameHeader(info.seq, info.timestamp, len(info.metadata), len(payload),
                         FLAG_INCOMPLETE if info.incomplete else 0).pack_into(view)
             view[HEADER_SIZE:HEADER_SIZE + len(info.metadata)] = info.metadata
-            view[layout.payload_offset:] = payload  # the one copy of the payload on this hop
+            view[layout.payload_offset:] = payload  # the copy path's one copy of the payload on this hop
             conn.commit(buf)
         self.frames += 1
         self.bytes += len(payload)
+        self.copied_frames += 1
+        self.copied_bytes += len(payload)
         if info.arrived_ns:
             self.latency_ns.append(time.monotonic_ns() - info.arrived_ns)
         return None
+
+
+_NO_ROOM = ("ring_full", "not_attached")  # by reference or copied, the frame cannot go now: a drop
 
 
 class MemifPlane:
@@ -211,6 +313,10 @@ class MemifPlane:
         self._epoll.register(self.server.fileno(), select.EPOLLIN)
         self._epoll.register(self._wake, select.EPOLLIN)
         self._tx_fds: dict[int, TxPort] = {}
+        self._tokens = itertools.count(1)
+        # Called (data thread) with a group URN when its sender's region should be offered to its receivers:
+        # a sender or a receiver attached, or an offer that waited for a free index can be made.
+        self.on_share: Callable[[str], None] | None = None
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="media-memif", daemon=True)
 
@@ -237,6 +343,28 @@ class MemifPlane:
         self._closing.append(port)
         os.eventfd_write(self._wake, 1)
 
+    def offer(self, members: list[tuple[Port, Any]], send: Callable[[Any, dict[str, Any], int], bool]) -> int:
+        """Offers the members' sender region to their rx ports that lack it (``send(sock, notice, fd)``, the
+        agent's); how many offers went."""
+        sent = 0
+        with self.lock:
+            share = next((p.share for p, _ in members if isinstance(p, TxPort) and p.share is not None), None)
+            if share is None or share.fd < 0:
+                return 0
+            for port, sock in members:
+                if not isinstance(port, RxPort) or port.conn is None \
+                        or port.layout.payload_offset != share.layout.payload_offset:
+                    continue  # not attached yet (offered when it is), or its frames could not go by reference
+                index = port.refs.offer_index(share.token)
+                if index is None:
+                    continue
+                if send(sock, {"op": "region", "connection": port.cid, "index": index, "size": share.size,
+                               "token": share.token}, share.fd):
+                    sent += 1
+                else:
+                    port.refs.offer = None  # the app's socket is full: offered again on the next occasion
+        return sent
+
     def _authorize(self, peer: PeerCred, init: Init) -> str | None:
         port = self.ports.get(init.id)
         if port is None or not hmac.compare_digest(init.secret, port.secret):
@@ -257,13 +385,64 @@ class MemifPlane:
             fd = conn.rx_fileno()
             self._tx_fds[fd] = port
             self._epoll.register(fd, select.EPOLLIN)
+            port.share = self._seal(port, conn) if port.shareable else None
+        if self.on_share is not None and (isinstance(port, RxPort) or getattr(port, "share", None) is not None):
+            self.on_share(port.target)
         log.info("media: %s (%s %s) attached over memif, interface %d", port.cid, port.direction, port.target,
                  port.interface_id)
 
+    def _seal(self, port: TxPort, conn: MemifConnection) -> SharedRegion | None:
+        """``conn``'s region 0 sealed against new writers (see the module's docstring), to share; None (its
+        receivers get copies) if it cannot be sealed so (its app made it final without that seal)."""
+        region = conn.regions[0]
+        try:
+            fd = seal(region.fd)
+        except OSError as exc:
+            port.drops["unsealable_region"] += 1
+            log.info("media: %s: region cannot be sealed (%s): its receivers get copies", port.cid, exc)
+            return None
+        return SharedRegion(f"{port.cid}.{next(self._tokens)}", fd, region.size, port.layout)
+
+    def _tend(self) -> bool:
+        """Takes back what receivers gave back; disconnects the holders of a starved sender's oldest frame
+        held too long (see memif_share); True while any receiver holds frames by reference."""
+        now, holding, retry = time.monotonic_ns(), [], set()
+        with self.lock:
+            for port in self.ports.values():
+                if isinstance(port, RxPort) and (port.refs.held or port.refs.want_retry):
+                    port.reap()
+                    if port.refs.held:
+                        holding.append(port)
+                    elif port.refs.want_retry:
+                        port.refs.want_retry = False
+                        retry.add(port.target)
+            for tx in list(self._tx_fds.values()):
+                oldest = tx.inflight[0] if tx.inflight and tx.conn is not None else None
+                if oldest is None or oldest.refs <= 0 or now - oldest.born < HOLD_LIMIT * 1e9 \
+                        or len(tx.inflight) < tx.conn.rx_queues[0].ring.size - 1:  # type: ignore[union-attr]
+                    continue
+                for port in holding:
+                    if port.conn is not None and port.refs.holds(oldest):
+                        self._evict(port, port.conn)
+        for urn in retry:
+            if self.on_share is not None:
+                self.on_share(urn)
+        return any(port.refs.held for port in holding)
+
+    def _evict(self, port: RxPort, conn: MemifConnection) -> None:
+        port.drops["held_too_long"] += 1
+        log.warning("media: %s held its sender's last slots over %s s: disconnected", port.cid, HOLD_LIMIT)
+        self._unregister(port, conn)
+        port.conn = None
+        conn.close(f"held its sender's last free slots over {HOLD_LIMIT} s")
+        if conn in self.server.connections:
+            self.server._forget(conn)  # no public way to drop one connection
+
     def _run(self) -> None:
         busy: set[TxPort] = set()  # ports with more frames than one burst: drained again before sleeping
+        holding = False  # receivers hold frames by reference: look at them every SHARED_POLL
         while not self._stop:
-            events = self._epoll.poll(0 if busy else IDLE)
+            events = self._epoll.poll(0 if busy else SHARED_POLL if holding else IDLE)
             ready = {fd for fd, _ in events}
             if self._wake in ready:
                 try:
@@ -279,6 +458,7 @@ class MemifPlane:
                 port.drain()
                 if not port.queue_depth():
                     busy.discard(port)
+            holding = self._tend()
 
     def _close_pending(self) -> None:
         while self._closing:
@@ -305,6 +485,7 @@ class MemifPlane:
                 port.conn = None
 
     def _unregister(self, port: Port, conn: MemifConnection) -> None:
+        port.detached()
         for fd, owner in list(self._tx_fds.items()):
             if owner is port:
                 del self._tx_fds[fd]

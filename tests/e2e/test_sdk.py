@@ -7,7 +7,12 @@ runs them). What it shows, on one node unless said:
 - a sender and two receivers (one sync, one asyncio) pass 300 frames of 1080p
   10-bit (5,184,000 bytes, RFC 4175 pixel groups) with byte-exact payloads,
   metadata, sequence numbers and timestamps, while a third receiver that stops
-  reading gets ``ring_full`` drops and the others keep everything;
+  reading loses its frames (disconnected, or ``ring_full``) and the others keep
+  everything;
+- zero copy on one node: a receiver reads the sender's own memfd (same inode),
+  the proxy copies no payload byte, and the mapping cannot be written through;
+  a receiver that stops reading is disconnected without holding up the sender or
+  its sibling; a sender that comes back is shared again (a new region);
 - across nodes: a receiver on another node gets the same 300 frames byte-exact
   over libfabric (shm between two proxies' media sides on this host), one on the
   sender's node over memif;
@@ -133,9 +138,13 @@ def test_frames_byte_exact_and_a_stalled_receiver_drops_alone(agent: Agent) -> N
     assert asyncio_["received"] == FRAMES and asyncio_["bad"] == [], asyncio_
     assert stalled["received"] == 20 and stalled["bad"] == []
     rx = stalled["proxy"][0]
-    # 20 read, the ring's 32 filled, every later frame dropped for this receiver alone
-    assert rx["drops"].get("ring_full", 0) >= FRAMES - 20 - 32 - 1, rx
+    # 20 read; then it held frames by reference until its sender was down to its last slots, and was
+    # disconnected for it (or, had it not mapped the sender's region, its ring filled): every later frame
+    # dropped for this receiver alone
+    drops = rx["drops"]
+    assert drops.get("ring_full", 0) + drops.get("not_attached", 0) >= FRAMES - 20 - 32 - 1, rx
     assert sync["proxy"][0]["drops"] == {}, sync["proxy"]
+    assert sync["proxy"][0]["by_reference"] + sync["proxy"][0]["copied"] == FRAMES, sync["proxy"]
 
 
 class Node:

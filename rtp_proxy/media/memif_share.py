@@ -1,0 +1,180 @@
+"""Zero-copy fan-out on one node: a local memif sender's frames go to local memif receivers by reference.
+
+When a group tx port
+attaches, its region 0 (rings and buffers) is sealed with F_SEAL_FUTURE_WRITE,
+F_SEAL_GROW and F_SEAL_SEAL: the sender's and this proxy's mappings, made
+before, stay writable; nobody can make a new writable mapping or write(2) to it,
+whatever fd they hold or reopen through /proc. The agent then hands that fd to
+the apps with rx connections of the same group (SCM_RIGHTS on their agent
+socket, with a region index 1 or 2 and a token naming this attachment); each
+maps it read-only and says so, and from then on frames go to it as descriptors
+naming (that index, the sender's offset, the frame's length). The sender's
+slot goes back to the sender only once every receiver that got the frame gave
+it back (:class:`SharedFrame` counts them; slots go back in ring order). A
+new sender (or the same app reattaching) is a new token: receivers are offered
+the new region at the other index while frames of the old one may be
+outstanding, and take copies until they have mapped it.
+
+What one receiver may pin, and for how long (a stalled receiver must not stall
+the sender or its siblings): slots go back to the sender in ring order, so one
+frame held for long holds every later slot too. Hence two bounds:
+
+- at most :data:`MAX_SHARED_HELD` frames by reference per receiver at once
+  (given and not given back, read or not); beyond that its frames are copied
+  (counted ``copy_reasons.held_cap``), and its own ring bounds those;
+- a sender that is down to its last free slot while its oldest frame has been
+  held for more than :data:`HOLD_LIMIT` seconds: the receivers holding that
+  frame are disconnected (counted ``drops.held_too_long``; the app's next call
+  says why), which gives it back. A receiver that stops reading therefore
+  delays its sender by at most HOLD_LIMIT, once, and only when the sender has
+  run through its whole ring meanwhile (16 slots at 30 frames/s are half a
+  second: a paced sender never waits); a slow receiver that keeps up with its
+  ring is never disconnected, and its siblings are never held up (frames go to
+  each receiver on its own; a full ring is a drop for that receiver alone).
+
+Who may write the frames a receiver reads: the sender (it owns them) and this
+proxy, through the mappings they made before the seal. A receiver gets the fd
+and can map it only read-only (mmap PROT_WRITE, mprotect, write(2) and a
+reopen through /proc all fail on the seal), so it cannot change what its
+siblings read. F_SEAL_WRITE would stop the sender too (and cannot be set while
+it has its mapping), hence the future-write seal.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import os
+import time
+from typing import Protocol
+
+from msm.sdk.media_agent import FrameLayout
+from msm.sdk.memif_region import F_SEAL_FUTURE_WRITE
+
+__all__ = ["HOLD_LIMIT", "MAX_SHARED_HELD", "NO_REGION", "SHARED_INDICES", "SHARED_POLL", "Holds", "SharedFrame",
+           "SharedRegion", "seal"]
+
+#: How often the data thread looks at receivers that hold frames by reference (they do not wake it when
+#: they give one back): a sender waiting for a slot waits at most this much longer.
+SHARED_POLL = 0.001
+#: Frames one receiver may hold by reference at once (given and not yet given back, read or not): what a
+#: receiver can pin of its sender's ring. More are copied to it (its ring bounds those).
+MAX_SHARED_HELD = 8
+#: Seconds a sender's oldest frame may be held while the sender is out of slots; past that its holders are
+#: disconnected (see the module's docstring for what that bounds).
+HOLD_LIMIT = 0.1
+#: The region indices a receiving app's memif connection knows senders' regions by: two, so a new sender
+#: can be mapped while frames of the old one are still held.
+SHARED_INDICES = (1, 2)
+
+#: What a shared region carries: nobody may make a new writable mapping or write(2) it (the mappings made
+#: before stay writable), it cannot shrink or grow, and no seal can be taken off or added.
+SEALS = F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+
+
+def seal(fd: int) -> int:
+    """Seals the memfd ``fd`` with :data:`SEALS` (if it is not yet) and returns a dup of it to share;
+    OSError if it cannot be (its owner sealed it final without them, or it is not a memfd)."""
+    if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & SEALS != SEALS:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+    if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & SEALS != SEALS:
+        raise OSError("the seals did not take")
+    return os.dup(fd)
+
+
+class _Sender(Protocol):
+    share: SharedRegion | None
+
+    def settle(self) -> None: ...
+
+
+class SharedRegion:
+    """A tx port's sealed region 0 as receivers map it; ``token`` names this attachment."""
+
+    def __init__(self, token: str, fd: int, size: int, layout: FrameLayout) -> None:
+        self.token, self.fd, self.size, self.layout = token, fd, size, layout
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class SharedFrame:
+    """One sender frame, held until every receiver that took it by reference gave it back."""
+
+    __slots__ = ("born", "end", "length", "offset", "port", "refs", "region")
+
+    def __init__(self, port: _Sender, region: SharedRegion, offset: int, length: int, end: int) -> None:
+        self.port, self.region, self.offset, self.length, self.end = port, region, offset, length, end
+        self.refs = 0
+        self.born = time.monotonic_ns()
+
+    def release(self) -> None:
+        self.refs -= 1
+        if self.refs <= 0 and self.port.share is self.region:  # not a handle of an earlier attachment
+            self.port.settle()
+
+
+
+NO_REGION = SharedRegion("", -1, 0, FrameLayout(0, 0))  # the region of frames held only to keep ring order
+
+
+class Holds:
+    """One receiving app's side: the senders' regions it maps, and the frames it holds by reference."""
+
+    def __init__(self) -> None:
+        self.maps: dict[int, str] = {}  # region index -> token the app has mapped (at most SHARED_INDICES)
+        self.offer: tuple[int, str] | None = None  # sent to the app, not acknowledged yet
+        self.want_retry = False  # an offer waits for an index no held frame names
+        self.known = 0  # the highest index the app has mapped: its regions are 0..known, the next is known + 1
+        # (ring counter after the frame, region index, frame, when given): at most MAX_SHARED_HELD
+        self.held: collections.deque[tuple[int, int, SharedFrame, int]] = collections.deque()
+
+    def index_of(self, token: str) -> int | None:
+        return next((i for i, t in self.maps.items() if t == token), None)
+
+    def hold(self, end: int, index: int, frame: SharedFrame) -> None:
+        frame.refs += 1
+        self.held.append((end, index, frame, time.monotonic_ns()))
+
+    def offer_index(self, token: str) -> int | None:
+        """(Plane lock held.) The index to offer ``token``'s region at, or None: already mapped or offered,
+        or no free index yet (``want_retry``: offered again once the held frames are given back)."""
+        if token in self.maps.values() or (self.offer is not None and self.offer[1] == token):
+            return None
+        busy = {index for _, index, _, _ in self.held}
+        free = [i for i in SHARED_INDICES if i not in busy and i <= self.known + 1]
+        if not free:
+            self.want_retry = True
+            return None
+        index = min(free, key=lambda i: (i in self.maps, i))  # a new index first, else a stale one
+        self.maps.pop(index, None)
+        self.offer = (index, token)
+        return index
+
+    def accept(self, index: object, token: object) -> bool:
+        """The app says it mapped ``token``'s region at ``index``."""
+        if self.offer is None or self.offer != (index, token):  # values from the app: only the offer matches
+            return False
+        index, token = self.offer
+        self.maps[index] = token
+        self.offer = None
+        self.known = max(self.known, index)
+        return True
+
+    def clear(self) -> None:
+        """The app's connection went: every frame it held is given back, and it maps nothing any more."""
+        while self.held:
+            self.held.popleft()[2].release()
+        self.maps.clear()
+        self.offer = None
+        self.known = 0
+
+    def reap(self, returned: int) -> None:
+        """Gives back the frames before the app's ring counter ``returned`` (it releases in ring order)."""
+        while self.held and (returned - self.held[0][0]) & 0xFFFF < 0x8000:
+            self.held.popleft()[2].release()
+
+    def holds(self, frame: SharedFrame) -> bool:
+        return any(held is frame for _, _, held, _ in self.held)
