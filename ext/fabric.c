@@ -55,8 +55,12 @@ typedef struct slot {
     int kind;
     uint32_t index;
     int peer; /* RX: the frame's sender while held; TX: destination */
-    int state; /* RX: 0 posted, 1 held by the caller, 2 idle; TX: 0 free, 1 in flight */
+    int state; /* RX: 0 posted, 1 held by the caller, 2 idle; TX: 0 free, 1 in flight, 2 queued for a retry */
     uint64_t token;
+    int64_t first_ns; /* TX queued: when the provider first said -FI_EAGAIN */
+    size_t head; /* TX: bytes of header and metadata (the first iov) */
+    const uint8_t *payload; /* TX: the caller's payload (the second iov) */
+    uint64_t plen;
     struct fid_mr *mr; /* TX with FI_MR_LOCAL: the payload's registration */
 } slot;
 
@@ -81,6 +85,7 @@ typedef struct peer {
     size_t tx_namelen;
     uint64_t epoch; /* the peer's incarnation, from its control messages (0: not heard yet) */
     fi_addr_t alias; /* the endpoint the peer's frames come from, if not its own (FI_ADDR_NOTAVAIL) */
+    uint64_t blocked_round; /* retry_queued's pass in which a send to it was refused (order per peer) */
     msm_fab_peer_stats st;
 } peer;
 
@@ -109,6 +114,9 @@ struct msm_fab {
     ctrl_msg *ctrl_mem;
     slot *rx, *tx, *ctrl;
     uint32_t *tx_free, n_tx_free;
+    /* Sends the provider refused for the moment, oldest first (at most n_tx). */
+    uint32_t *tx_queue, n_queued;
+    uint64_t retry_round; /* one pass of retry_queued: a peer refused in it is skipped for the rest of it */
     peer *peers;
     int n_peers;
     msm_fab_stats st;
@@ -198,8 +206,9 @@ static int alloc_buffers(msm_fab *f) {
     f->tx = calloc(f->n_tx, sizeof(slot));
     f->ctrl = calloc(f->n_ctrl, sizeof(slot));
     f->tx_free = calloc(f->n_tx, sizeof(uint32_t));
+    f->tx_queue = calloc(f->n_tx, sizeof(uint32_t));
     f->peers = calloc(f->max_peers, sizeof(peer));
-    if (!f->rx_mem || !f->tx_mem || !f->ctrl_mem || !f->rx || !f->tx || !f->ctrl || !f->tx_free || !f->peers)
+    if (!f->rx_mem || !f->tx_mem || !f->ctrl_mem || !f->rx || !f->tx || !f->ctrl || !f->tx_free || !f->tx_queue || !f->peers)
         return -FI_ENOMEM;
     for (uint32_t i = 0; i < f->n_rx; i++)
         f->rx[i] = (slot){.kind = SLOT_RX, .index = i, .peer = -1, .state = 2};
@@ -430,6 +439,61 @@ static void tx_done(msm_fab *f, slot *s) {
     f->tx_free[f->n_tx_free++] = s->index;
 }
 
+static int post_tx(msm_fab *f, slot *s) {
+    peer *p = &f->peers[s->peer];
+    uint8_t *hdr = f->tx_mem + (size_t)s->index * f->tx_stride;
+    struct iovec iov[2] = {{hdr, s->head}, {(void *)s->payload, s->plen}};
+    void *desc[2] = {desc_of(f->tx_mr), desc_of(s->mr)};
+    struct fi_msg_tagged msg = {.msg_iov = iov, .desc = desc, .iov_count = s->plen > 0 ? 2 : 1,
+                                .addr = p->addr, .tag = TAG_FRAME, .context = &s->ctx};
+    return (int)fi_tsendmsg(p->tx_ep != NULL ? p->tx_ep : f->ep, &msg, FI_COMPLETION);
+}
+
+/* A taken send that will never be posted: its slot back, its credit back, counted. */
+static void tx_drop(msm_fab *f, slot *s) {
+    peer *p = &f->peers[s->peer];
+    if (p->st.sent > 0)
+        p->st.sent--;
+    p->st.tx_frames--;
+    p->st.tx_bytes -= s->plen;
+    tx_done(f, s);
+}
+
+/* Retry the queued sends, oldest first; a peer's later sends wait behind its first refused one (order
+ * per peer). With events, those refused for longer than MSM_FAB_RETRY_MS become SEND_ERROR events. */
+static int retry_queued(msm_fab *f, msm_fab_event *events, int max) {
+    int n = 0;
+    uint32_t kept = 0;
+    int64_t now = now_ns();
+    f->retry_round++;
+    for (uint32_t i = 0; i < f->n_queued; i++) {
+        slot *s = &f->tx[f->tx_queue[i]];
+        peer *p = &f->peers[s->peer];
+        int rc = p->removed ? -FI_ECANCELED : p->blocked_round == f->retry_round ? -FI_EAGAIN : post_tx(f, s);
+        if (rc == 0) {
+            s->state = 1;
+            p->st.tx_queued--;
+            continue;
+        }
+        int expired = rc != -FI_EAGAIN || now - s->first_ns > (int64_t)MSM_FAB_RETRY_MS * 1000000;
+        if (expired && events != NULL && n < max) {
+            events[n++] = (msm_fab_event){.kind = MSM_FAB_EV_SEND_ERROR, .peer = s->peer, .token = s->token,
+                                          .error = rc < 0 ? -rc : rc};
+            p->st.tx_queued--;
+            if (rc == -FI_EAGAIN)
+                p->st.drop_busy++;
+            else
+                p->st.drop_send_error++;
+            tx_drop(f, s);
+            continue;
+        }
+        p->blocked_round = f->retry_round;
+        f->tx_queue[kept++] = f->tx_queue[i];
+    }
+    f->n_queued = kept;
+    return n;
+}
+
 int msm_fab_send(msm_fab *f, int pid, uint32_t group, uint64_t seq, uint64_t ts, const uint8_t *meta,
                  uint32_t meta_len, const uint8_t *payload, uint64_t plen, uint64_t token) {
     if (pid < 0 || pid >= f->n_peers || meta_len > f->max_meta || plen > f->max_frame)
@@ -441,11 +505,13 @@ int msm_fab_send(msm_fab *f, int pid, uint32_t group, uint64_t seq, uint64_t ts,
         p->st.drop_no_credit++;
         return MSM_FAB_NO_CREDIT;
     }
+    if (f->n_queued > 0)
+        retry_queued(f, NULL, 0);
     slot *s = &f->tx[f->tx_free[f->n_tx_free - 1]];
     uint8_t *hdr = f->tx_mem + (size_t)s->index * f->tx_stride;
     put_le(hdr, FRAME_MAGIC, group, meta_len, seq, ts, plen);
-    size_t head = PAD(MSM_FAB_HEADER_BYTES + meta_len);
-    memset(hdr + MSM_FAB_HEADER_BYTES, 0, head - MSM_FAB_HEADER_BYTES);
+    s->head = PAD(MSM_FAB_HEADER_BYTES + meta_len);
+    memset(hdr + MSM_FAB_HEADER_BYTES, 0, s->head - MSM_FAB_HEADER_BYTES);
     if (meta_len > 0)
         memcpy(hdr + MSM_FAB_HEADER_BYTES, meta, meta_len);
     s->mr = NULL;
@@ -453,29 +519,32 @@ int msm_fab_send(msm_fab *f, int pid, uint32_t group, uint64_t seq, uint64_t ts,
         p->st.drop_send_error++;
         return -FI_ENOMEM;
     }
-    struct iovec iov[2] = {{hdr, head}, {(void *)payload, plen}};
-    void *desc[2] = {desc_of(f->tx_mr), desc_of(s->mr)};
-    struct fi_msg_tagged msg = {.msg_iov = iov, .desc = desc, .iov_count = plen > 0 ? 2 : 1,
-                                .addr = p->addr, .tag = TAG_FRAME, .context = &s->ctx};
-    int rc = (int)fi_tsendmsg(p->tx_ep != NULL ? p->tx_ep : f->ep, &msg, FI_COMPLETION);
-    if (rc != 0) {
+    s->payload = payload;
+    s->plen = plen;
+    s->peer = pid;
+    /* Behind a queued send to the same peer: no attempt (order per peer). */
+    int rc = p->st.tx_queued > 0 ? -FI_EAGAIN : post_tx(f, s);
+    if (rc != 0 && rc != -FI_EAGAIN) {
         if (s->mr != NULL)
             fi_close(&s->mr->fid);
         s->mr = NULL;
-        if (rc != -FI_EAGAIN)
-            return p->st.drop_send_error++, rc;
-        p->st.drop_busy++;
-        return MSM_FAB_BUSY;
+        s->peer = -1;
+        return p->st.drop_send_error++, rc;
     }
     f->n_tx_free--;
-    s->state = 1;
-    s->peer = pid;
+    s->state = rc == 0 ? 1 : 2;
     s->token = token;
     p->st.sent++;
     p->st.tx_pending++;
     p->st.tx_frames++;
     p->st.tx_bytes += plen;
-    return MSM_FAB_SENT;
+    if (rc == 0)
+        return MSM_FAB_SENT;
+    s->first_ns = now_ns();
+    p->st.tx_retried++;
+    p->st.tx_queued++;
+    f->tx_queue[f->n_queued++] = s->index;
+    return MSM_FAB_QUEUED;
 }
 
 /* The peer's frames will come from another endpoint of its own (named by its own, checked, endpoint). */
@@ -655,6 +724,8 @@ int msm_fab_poll(msm_fab *f, msm_fab_event *events, int max, int timeout_ms) {
     fi_addr_t src[CQ_BATCH];
     while (n < max) {
         flush_ctrl(f);
+        if (f->n_queued > 0)
+            n += retry_queued(f, &events[n], max - n);
         int want = max - n < CQ_BATCH ? max - n : CQ_BATCH;
         ssize_t r = fi_cq_readfrom(f->cq, ce, (size_t)want, src);
         if (r > 0) {
@@ -744,6 +815,7 @@ void msm_fab_close(msm_fab *f) {
     free(f->tx);
     free(f->ctrl);
     free(f->tx_free);
+    free(f->tx_queue);
     free(f->peers);
     free(f);
 }

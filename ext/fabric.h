@@ -17,6 +17,14 @@
  * peers' frames. Releasing a received frame reposts its buffer and returns its
  * credit.
  *
+ * A send the provider refuses for the moment (-FI_EAGAIN: shm still mapping a
+ * new peer, a full transmit queue) is not dropped: it keeps its credit and its
+ * transmit slot and is retried, in order per peer, on every msm_fab_poll and
+ * msm_fab_send, for at most MSM_FAB_RETRY_MS after its first attempt. Only then
+ * is it dropped (counted as drop_busy, reported as a SEND_ERROR event with
+ * error FI_EAGAIN, its credit returned). The queue is bounded by the transmit
+ * slots (credits x peers).
+ *
  * Only peers added with msm_fab_add_peer count: every completion's source
  * address (FI_SOURCE) is checked, and frames or grants from anyone else are
  * dropped and counted. On shm each peer's frames leave from an endpoint of
@@ -42,7 +50,14 @@
 /* msm_fab_send results (besides a negative errno). */
 #define MSM_FAB_SENT 0
 #define MSM_FAB_NO_CREDIT 1 /* the peer has no credit left for us (or has granted none yet) */
-#define MSM_FAB_BUSY 2 /* the provider's transmit queue is full */
+#define MSM_FAB_BUSY 2 /* not returned since retries exist (see MSM_FAB_QUEUED); kept for its number */
+#define MSM_FAB_QUEUED 3 /* taken, the provider said "not now": retried by poll/send (MSM_FAB_RETRY_MS) */
+
+/* How long a send the provider refuses with -FI_EAGAIN is retried before it is
+ * dropped: three frame periods at 60 frames/s. shm maps a new peer within the
+ * peer's next progress (a few ms at most on a loaded host); a frame later than
+ * this is better dropped than delivered. */
+#define MSM_FAB_RETRY_MS 50
 
 /* Bytes of the frame header on the wire, before the metadata. */
 #define MSM_FAB_HEADER_BYTES 40
@@ -67,7 +82,7 @@ typedef struct msm_fab_peer_stats {
     uint64_t tx_frames, tx_bytes; /* frames handed to the provider, payload bytes */
     uint64_t rx_frames, rx_bytes;
     uint64_t drop_no_credit; /* refused by msm_fab_send: no credit */
-    uint64_t drop_busy; /* refused by msm_fab_send: provider queue full */
+    uint64_t drop_busy; /* refused by the provider (-FI_EAGAIN) for longer than MSM_FAB_RETRY_MS */
     uint64_t drop_send_error; /* completed with an error */
     uint64_t rx_bad; /* arrived malformed (header, lengths, truncated) */
     uint64_t granted; /* cumulative grant the peer gave us */
@@ -75,6 +90,8 @@ typedef struct msm_fab_peer_stats {
     uint64_t my_grant; /* cumulative grant we gave the peer */
     uint32_t tx_pending; /* sends not yet completed locally */
     uint32_t rx_held; /* the peer's frames held by the caller (not released) */
+    uint64_t tx_retried; /* sends the provider refused at first (-FI_EAGAIN) and were retried */
+    uint32_t tx_queued; /* of tx_pending, those waiting for a retry now */
     int64_t credits; /* granted - sent */
 } msm_fab_peer_stats;
 
@@ -102,8 +119,8 @@ int msm_fab_getname(msm_fab *fab, uint8_t *out, size_t *len);
 int msm_fab_add_peer(msm_fab *fab, const uint8_t *addr, size_t len, char *err, size_t errlen);
 /* Stop taking frames from (and sending to) a peer; add_peer with its address takes it back. 0 or -errno. */
 int msm_fab_remove_peer(msm_fab *fab, int peer);
-/* One frame to a peer: MSM_FAB_SENT, MSM_FAB_NO_CREDIT, MSM_FAB_BUSY or -errno. The payload must
- * stay untouched until the SENT (or SEND_ERROR) event with the same token. */
+/* One frame to a peer: MSM_FAB_SENT, MSM_FAB_QUEUED (both: taken), MSM_FAB_NO_CREDIT or -errno. The payload
+ * must stay untouched until the SENT (or SEND_ERROR) event with the same token. */
 int msm_fab_send(msm_fab *fab, int peer, uint32_t group, uint64_t seq, uint64_t timestamp,
                  const uint8_t *meta, uint32_t meta_len, const uint8_t *payload, uint64_t payload_len,
                  uint64_t token);

@@ -6,7 +6,11 @@ copy from the caller's buffer. Each receiving endpoint grants every peer
 ``credits`` receive buffers; a sender without credit for a peer gets ``False``
 back and the frame is counted as ``no_credit`` for that peer, never queued, so
 a receiver that stops reading cannot grow the sender's memory or hold up the
-other peers. :meth:`FabricEndpoint.poll` returns received frames as views into
+other peers. A send the provider refuses only for the moment (shm still
+mapping a new peer, a full transmit queue) is taken and retried, in order, by
+:meth:`~FabricEndpoint.poll` and :meth:`~FabricEndpoint.send` for at most
+:data:`RETRY_SECONDS`; only then is it dropped, counted as ``drop_busy``.
+:meth:`FabricEndpoint.poll` returns received frames as views into
 the endpoint's receive buffers; :meth:`ReceivedFrame.release` hands the buffer
 back and the credit to its sender.
 
@@ -57,6 +61,9 @@ DEFAULT_MAX_META = 256
 MAX_META = 64 * 1024
 #: Events taken from the C side per call of poll (a bounded array, reused).
 EVENT_BATCH = 64
+#: How long a send the provider refuses for the moment (-FI_EAGAIN) is retried
+#: before it is dropped (``MSM_FAB_RETRY_MS`` in ext/fabric.h: three frame periods at 60 frames/s).
+RETRY_SECONDS = 0.05
 
 
 class FabricUnavailable(Unavailable):
@@ -103,7 +110,7 @@ def _close_native(lib: Any, ptr: Any, inflight: dict[int, Any]) -> None:
 
 def _peer_fields() -> tuple[str, ...]:
     return ("tx_frames", "tx_bytes", "rx_frames", "rx_bytes", "drop_no_credit", "drop_busy", "drop_send_error",
-            "rx_bad", "granted", "sent", "my_grant", "tx_pending", "rx_held", "credits")
+            "rx_bad", "granted", "sent", "my_grant", "tx_pending", "rx_held", "credits", "tx_retried", "tx_queued")
 
 
 def _check_limits(max_frame: int, credits: int, max_peers: int, max_meta: int) -> None:
@@ -227,8 +234,15 @@ class FabricEndpoint:
     # -- frames ------------------------------------------------------------
 
     def send(self, peer: int, header: FrameHeader, payload: Any) -> bool:
-        """Send one frame to ``peer``; ``False``: dropped (no credit, queue full, too big), counted.
+        """Send one frame to ``peer``; ``False``: dropped (no credit, too big), counted (see :meth:`offer`)."""
+        return self.offer(peer, header, payload) is None
 
+    def offer(self, peer: int, header: FrameHeader, payload: Any) -> str | None:
+        """Send one frame to ``peer``: ``None`` when taken, else why it was dropped (``"no_credit"``,
+        ``"too_large"``), counted either way.
+
+        Taken means sent, or refused by the provider for the moment and queued
+        for retries (at most :data:`RETRY_SECONDS`, then counted ``drop_busy``).
         ``payload`` (any contiguous buffer) is sent without copying: do not
         change it until :meth:`poll` has seen the send complete.
         """
@@ -239,17 +253,17 @@ class FabricEndpoint:
         size = memoryview(payload).nbytes
         if size > self.max_frame or len(meta) > self.max_meta:
             self._too_big += 1
-            return False
+            return "too_large"
         data = self._ffi.from_buffer("uint8_t[]", payload)
         self._token += 1
         rc = self._lib.msm_fab_send(self._ptr, peer, header.group & 0xFFFFFFFF, header.seq & (2**64 - 1),
                                     header.timestamp & (2**64 - 1), meta, len(meta), data, size, self._token)
-        if rc == self._lib.MSM_FAB_SENT:
+        if rc in (self._lib.MSM_FAB_SENT, self._lib.MSM_FAB_QUEUED):
             self._inflight[self._token] = data
-            return True
+            return None
         if rc < 0:
             raise FabricUnavailable(f"fi_tsendmsg failed ({rc})")
-        return False
+        return "no_credit"
 
     def poll(self, timeout: float = 0.0) -> list[ReceivedFrame]:
         """Progress the endpoint; the frames that arrived, waiting up to ``timeout`` seconds for an event."""

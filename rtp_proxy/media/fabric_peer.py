@@ -68,8 +68,11 @@ class FabricPeer:
     def deliver(self, payload: memoryview, info: FrameInfo) -> str | None:
         if payload.nbytes > self.endpoint.max_frame or len(info.metadata) > self.endpoint.max_meta:
             return "too_large"
-        if not self.endpoint.send(self.peer, encode_header(self.link_id, info), bytes(payload)):
-            return "no_credit"   # the peer has not released enough frames yet (or its queue is full)
+        # no_credit: the peer has not released enough frames yet. A send the provider refuses only for
+        # the moment is taken and retried (the endpoint counts it as drop_busy if that never works).
+        refused = self.endpoint.offer(self.peer, encode_header(self.link_id, info), bytes(payload))
+        if refused is not None:
+            return refused
         self.frames += 1
         self.bytes += payload.nbytes
         return None

@@ -274,6 +274,50 @@ def test_a_peer_not_added_gets_no_credit_and_its_hello_is_counted() -> None:
         assert receiver.poll(0.01) == []
 
 
+def _poll_for(ep: FabricEndpoint, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        ep.poll(0.005)
+
+
+def test_a_send_the_provider_refuses_for_now_is_retried_within_its_bound() -> None:
+    """shm: the first frame from a new transmit endpoint meets -FI_EAGAIN until the peer maps it. It is taken
+    and retried, not dropped; to a peer that never progresses it is dropped after RETRY_SECONDS, counted
+    drop_busy, its credit and payload given back."""
+    need("shm")
+    from msm.rtp_proxy.media.fabric_link import RETRY_SECONDS
+    with FabricEndpoint("shm", max_frame=1024, credits=2, max_peers=2) as a, \
+            FabricEndpoint("shm", max_frame=1024, credits=2, max_peers=2) as b:
+        to_b = a.add_peer(b.local_address())
+        b.add_peer(a.local_address())
+        deadline = time.monotonic() + 10
+        while a.stats()["peers"][to_b]["credits"] < 2:
+            a.poll(0.001)
+            b.poll(0.001)
+            assert time.monotonic() < deadline, a.stats()
+        # b stops progressing: the first frame cannot be mapped to it
+        assert a.offer(to_b, FrameHeader(1, 1, 1), b"x" * 100) is None
+        queued = a.stats()["peers"][to_b]
+        assert (queued["tx_retried"], queued["tx_queued"], queued["credits"]) == (1, 1, 1), queued
+        _poll_for(a, RETRY_SECONDS / 2)
+        assert a.stats()["peers"][to_b]["drop_busy"] == 0      # still within its bound
+        _poll_for(a, RETRY_SECONDS * 2)
+        dropped = a.stats()["peers"][to_b]
+        assert (dropped["drop_busy"], dropped["tx_queued"], dropped["credits"], dropped["tx_frames"]) == (1, 0, 2, 0)
+        assert a._inflight == {}                                # the payload is free again
+        # b progresses again: the next first frame is retried until it goes, and arrives
+        assert a.offer(to_b, FrameHeader(1, 2, 1), b"y" * 100) is None
+        got: list[int] = []
+        while not got and time.monotonic() < deadline:
+            a.poll(0.001)
+            for frame in b.poll(0.001):
+                got.append(frame.seq)
+                frame.release()
+        assert got == [2]
+        final = a.stats()["peers"][to_b]
+        assert (final["drop_busy"], final["drop_no_credit"], final["tx_frames"]) == (1, 0, 1), final
+
+
 def test_bad_provider_names_and_limits_are_clear_errors() -> None:
     if reason := native.unavailable_reason():
         pytest.skip(reason)
@@ -433,6 +477,11 @@ def test_frames_from_a_removed_peer_are_dropped_and_counted(provider: str) -> No
     with FabricEndpoint(provider, address, 0, max_frame=4096, credits=4, max_peers=2) as receiver, \
             FabricEndpoint(provider, address, 0, max_frame=4096, credits=4, max_peers=2) as sender:
         assert _trade(sender, receiver, 2) == 2
+        deadline = time.monotonic() + 10
+        while sender.stats()["peers"][0]["credits"] < 4:   # the grants for the two frames are in
+            sender.poll(0.001)
+            receiver.poll(0.001)
+            assert time.monotonic() < deadline, sender.stats()
         from_sender = receiver.add_peer(sender.local_address())
         receiver.remove_peer(from_sender)
         assert receiver.stats()["peers"] == {}
