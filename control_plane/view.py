@@ -142,21 +142,25 @@ async def list_streams(planner: Planner) -> pb.ListStreamsResponse:
     return response
 
 
+def _unanswered(node: str, error: str) -> mpb.NodeMediaStats:
+    return mpb.NodeMediaStats(node=node, stats=mpb.ListGroupsReply(node=node), error=error)
+
+
 async def _node_media(placer: MediaPlacer, node: str, slots: asyncio.Semaphore) -> mpb.NodeMediaStats:
     port = placer.port_of(node)
     if port is None:
-        return mpb.NodeMediaStats(node=node, error="no proxy registered for this node")
+        return _unanswered(node, "no proxy registered for this node")
     try:
         async with slots, asyncio.timeout(PROXY_TIMEOUT):
             stats = await port.list_groups()
     except MsmError as exc:
-        return mpb.NodeMediaStats(node=node, error=exc.reason)
+        return _unanswered(node, exc.reason)
     except TimeoutError:
-        return mpb.NodeMediaStats(node=node, error=f"no answer within {PROXY_TIMEOUT:g} s")
+        return _unanswered(node, f"no answer within {PROXY_TIMEOUT:g} s")
     for endpoint in stats.endpoints:   # which providers it has is shown; the addresses are of no use to a reader
         endpoint.address = b""
     if stats.node != node:   # a proxy answers for its own node only (its certificate names it)
-        return mpb.NodeMediaStats(node=node, error=f"the proxy answered as node {stats.node!r}")
+        return _unanswered(node, f"the proxy answered as node {stats.node!r}")
     return mpb.NodeMediaStats(node=node, stats=stats)
 
 

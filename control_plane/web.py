@@ -19,7 +19,7 @@ Routes::
     GET /api/media    ListPlacements(with_stats) as JSON: every group's placement and every
                       node's groups, receivers, fabric links, bridges and app connections
                       (fabric addresses left out); one listing shared by the callers of
-                      the same half second.
+                      the same second.
     GET /metrics      Prometheus text of the given registry (404 without one)
     GET /healthz      liveness, with a few counts
 """
@@ -53,7 +53,7 @@ STATIC_DIR = Path(__file__).with_name("static")
 LIST_TIMEOUT = 5.0
 # Pages polling every second each would otherwise ask every proxy every second per browser:
 # a listing younger than this is answered again (one answer kept, whatever the callers).
-MEDIA_FRESH = 0.5
+MEDIA_FRESH = 1.0
 
 class StreamQuery(Protocol):
     """What the page asks of the control plane (``server.ControlPlane`` answers it)."""

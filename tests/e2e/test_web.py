@@ -32,12 +32,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from msm.control_plane.links import ProxyLink
+from msm.control_plane.media import MediaPlacer
 from msm.control_plane.resolver import Route, StaticResolver
 from msm.control_plane.server import ControlPlane
 from msm.control_plane.store import StreamRecord, ViewerRecord
 from msm.control_plane.upstream_state import UpstreamState
 from msm.control_plane.web import WebServer, create_app
 from msm.mesh import LocalMesh
+from msm.protos import media_pb2 as mpb
 from msm.protos import msm_pb2 as pb
 from msm.runtime.redact import session_tag
 from tests.peers import FfmpegViewer, GstRtspServer, free_port
@@ -115,6 +117,34 @@ async def test_api_streams_answers_503_when_a_proxy_link_is_broken() -> None:
         assert response.status == 503
         body = await response.json()
         assert body["status"] == 503 and "proxy" in body["error"]
+
+
+async def test_api_media_lists_placements_and_says_which_node_did_not_answer() -> None:
+    """Without proxies: the group placed on node n1 is listed, and n1 with why it has no counters; a node whose
+    link this control plane closed says so; a query with no placer lists nothing. Answers are shared for
+    MEDIA_FRESH seconds."""
+    control = ControlPlane(StaticResolver())
+    await control.media.join("urn:test:<g>", "n1", "memif:tx", sender=True)
+    await control.media.join("urn:test:<g>", "n1", "memif:rx", sender=False)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}")
+    await channel.close()
+    control.planner.proxies["n2"] = ProxyLink(pb.ProxyHello(node="n2"), channel)
+    await control.media.join("urn:test:other", "n2", "memif:rx", sender=False)
+    async with client_for(control) as client:
+        response = await client.get("/api/media")
+        assert response.status == 200 and response.headers["Cache-Control"] == "no-store"
+        body = await response.json()
+        await control.media.leave("urn:test:other", "n2", "memif:rx", sender=False)
+        assert await (await client.get("/api/media")).json() == body   # the same listing, within MEDIA_FRESH
+    (placed, other) = body["groups"]
+    assert placed["urn"] == "urn:test:<g>" and placed["sender_node"] == "n1" and placed["sender_member"] == "memif:tx"
+    assert placed["receivers"] == [{"node": "n1", "members": 1, "provider": "", "linked": True, "error": ""}]
+    assert other["urn"] == "urn:test:other" and other["sender_node"] == ""
+    nodes = {n["node"]: n for n in body["nodes"]}
+    assert nodes["n1"]["error"] == "no proxy registered for this node" and nodes["n1"]["stats"]["groups"] == []
+    assert "closed" in nodes["n2"]["error"]
+    async with client_for(FakeControl(pb.ListStreamsResponse())) as client:   # type: ignore[arg-type]
+        assert await (await client.get("/api/media")).json() == {"groups": [], "nodes": []}
 
 
 async def test_metrics_healthz_page_and_unknown_paths() -> None:
@@ -357,10 +387,11 @@ async def test_browser_draws_the_stream_graph_and_live_plots(
 
 # -- a multi-node mesh, drawn from a hand-built ListStreams answer (no peers, no proxies) ----------------
 class FakeControl:
-    """Just what the web app asks of the control plane: its query API."""
+    """Just what the web app asks of the control plane: its query API (and, when given, its group placer)."""
 
-    def __init__(self, response: pb.ListStreamsResponse) -> None:
+    def __init__(self, response: pb.ListStreamsResponse, media: MediaPlacer | None = None) -> None:
         self.response = response
+        self.media = media
 
     async def list_streams(self) -> pb.ListStreamsResponse:
         return self.response
@@ -411,6 +442,108 @@ def relayed_streams() -> pb.ListStreamsResponse:
     return response
 
 
+# -- media groups, drawn from a real placer whose nodes answer with hand-built counters --------------------
+HOSTILE_URN = 'urn:x:<img src=x onerror="document.body.dataset.pwned=1">&amp;'   # a URN is user input
+TCP = "tcp;ofi_rxm"
+
+
+class CannedNode:
+    """A node's MediaPlane as the placer sees it: links are taken, ListGroups answers ``stats``."""
+
+    def __init__(self, stats: mpb.ListGroupsReply) -> None:
+        self.stats = stats
+
+    async def open_link(self, *args: Any, **kwargs: Any) -> None: ...
+    async def close_link(self, *args: Any, **kwargs: Any) -> None: ...
+    async def expect(self, *args: Any, **kwargs: Any) -> None: ...
+    async def forget(self, *args: Any, **kwargs: Any) -> None: ...
+
+    async def list_groups(self) -> mpb.ListGroupsReply:
+        return self.stats
+
+
+def canned_media() -> dict[str, mpb.ListGroupsReply]:
+    """cam on node-a (sender, a local receiver, a link to node-b), node-b (a receiver and a paced ST 2110
+    egress), an app connection named with markup on node-a, and a group whose URN is markup."""
+    def receiver(name: str, frames: int, drops: dict[str, int] | None = None) -> mpb.GroupReceiverStats:
+        return mpb.GroupReceiverStats(name=name, frames=frames, bytes=frames * 5184000, drops=drops or {},
+                                      has_latency=True, latency_p50_us=180.0, latency_p99_us=2400.0)
+
+    a = mpb.ListGroupsReply(node="node-a", apps=1, endpoints=[mpb.FabricAddress(provider=TCP)])
+    a.groups.add(urn="urn:cam", sender="memif:c1", frames_in=300, bytes_in=300 * 5184000,
+                 receivers=[receiver("memif:c2", 297, {"no_space": 3}), receiver("node:node-b", 300)],
+                 links=[mpb.GroupLinkStats(peer_node="node-b", provider=TCP, outgoing=True, frames=300,
+                                           bytes=300 * 5184000, in_flight=2)])
+    a.groups.add(urn=HOSTILE_URN, sender="memif:</td><script>", frames_in=5, bytes_in=500,
+                 receivers=[receiver("memif:<b>x</b>", 5)])
+    a.connections.add(connection="c2", app="<i>studio</i>", direction="rx", target="urn:cam", pid=41, uid=1000,
+                      attached=True, frames=297, bytes=297 * 5184000, drops={"no_space": 3}, queue_depth=4,
+                      has_latency=True, latency_p50_us=210.0, latency_p99_us=2600.0)
+    b = mpb.ListGroupsReply(node="node-b", endpoints=[mpb.FabricAddress(provider=TCP)])
+    b.groups.add(urn="urn:cam", sender="node:node-a", frames_in=300, bytes_in=300 * 5184000,
+                 receivers=[receiver("memif:c7", 300), receiver("st2110:239.1.1.1:5004", 300)],
+                 links=[mpb.GroupLinkStats(peer_node="node-a", provider=TCP, outgoing=False, frames=300)])
+    b.bridges.add(name="<out>", direction="egress", group="urn:cam", address="239.1.1.1:5004", pacing="wide",
+                  pacing_class="narrow", frames=300, bytes=300 * 5184000, packets=1300000, queue_depth=1)
+    return {"node-a": a, "node-b": b}
+
+
+async def media_placer() -> MediaPlacer:
+    nodes = {name: CannedNode(stats) for name, stats in canned_media().items()}
+    placer = MediaPlacer(nodes.get)
+    for name in nodes:
+        await placer.announce(name, f"proxy-{name}", {TCP: name.encode()})
+    for urn, node, member, sender in (("urn:cam", "node-a", "memif:c1", True), ("urn:cam", "node-a", "memif:c2", False),
+                                      ("urn:cam", "node-b", "memif:c7", False),
+                                      (HOSTILE_URN, "node-a", "memif:</td><script>", True),
+                                      (HOSTILE_URN, "node-a", "memif:<b>x</b>", False)):
+        await placer.join(urn, node, member, sender=sender)
+    return placer
+
+
+MEDIA_DRAWN = """(() => {
+  const all = (sel) => [...document.querySelectorAll(sel)];
+  const media = document.getElementById("media");
+  if (!media || media.dataset.polls === "0") return null;
+  const rows = (sel) => all(sel).map((r) => [r.dataset.node, r.dataset.receiver || r.dataset.peer || "",
+                                             r.dataset.frames || ""]);
+  return {
+    hidden: media.hidden,
+    urns: all("#media .mgroup").map((g) => g.dataset.urn),
+    titles: all("#media .mgroup h3").map((h) => h.textContent),
+    senders: all('#media .mgroup [data-role="sender"]').map((b) => b.textContent),
+    placed: all('#media .mgroup [data-role="receivers"]').map((b) => b.textContent),
+    nodes: rows("#media .mgroup tr.mnode"),
+    receivers: rows("#media .mgroup tr.mreceiver"),
+    cells: Object.fromEntries(all("#media .mgroup tr.mreceiver").map((r) => [`${r.dataset.node} ${r.dataset.receiver}`,
+      [...r.children].map((c) => c.textContent)])),
+    links: all("#media tr.mlink").map((r) => [r.dataset.node, r.dataset.peer, r.lastChild.textContent]),
+    bridges: all("#media tr[data-bridge]").map((r) => [r.dataset.bridge, r.dataset.node,
+      r.querySelector('[data-role="pacing"]').textContent]),
+    apps: all("#media tr[data-connection]").map((r) => [...r.children].map((c) => c.textContent)),
+    nodeLines: all("#media .mnodes li").map((li) => li.textContent),
+    injected: all("#media img, #media script, #media i, #media b b").length + (document.body.dataset.pwned ? 100 : 0),
+  };
+})()"""
+
+
+def check_media_drawn(drawn: dict[str, Any]) -> None:
+    assert not drawn["hidden"] and drawn["urns"] == ["urn:cam", HOSTILE_URN] and drawn["titles"] == drawn["urns"]
+    assert drawn["injected"] == 0, drawn          # markup in names stayed text
+    assert drawn["senders"] == ["memif:c1 on node node-a", "memif:</td><script> on node node-a"]
+    assert drawn["placed"][0] == f"node-a (1 · local); node-b (1 · {TCP}, linked)"
+    assert drawn["nodes"] == [["node-a", "", "300"], ["node-b", "", "300"], ["node-a", "", "5"]]
+    assert ["node-a", "memif:<b>x</b>", "5"] in drawn["receivers"]
+    # node, member, frames, bytes, drops, queue (the app connection's), p50, p99
+    assert drawn["cells"]["node-a memif:c2"][1:8] == ["→ memif:c2", "297", "1.54 GB", "no_space 3", "4", "180 µs",
+                                                      "2.40 ms"]
+    assert drawn["links"] == [["node-a", "node-b", f"{TCP} · linked"], ["node-b", "node-a", f"{TCP} · linked"]]
+    assert drawn["bridges"] == [["<out>", "node-b", "wide: narrow"]]
+    (app,) = drawn["apps"]
+    assert app[:5] == ["node-a", "c2", "<i>studio</i>", "app receives", "urn:cam"] and app[-1] == "attached"
+    assert drawn["nodeLines"] == [f"node-a {TCP} · 2 groups · 1 app", f"node-b {TCP} · 1 group · 0 apps"]
+
+
 RELAYED = """(() => {
   const all = (sel) => [...document.querySelectorAll(sel)];
   if (!document.body || document.body.dataset.polls === "0") return null;
@@ -440,7 +573,8 @@ RELAYED = """(() => {
 
 @pytest.mark.timeout(60)
 async def test_browser_draws_relay_nodes_and_the_viewers_they_feed(chromium: str) -> None:
-    control = FakeControl(relayed_streams())
+    """...and the media groups below them (media.js), names full of markup drawn as text."""
+    control = FakeControl(relayed_streams(), await media_placer())
     web = WebServer(create_app(control))
     await web.start("127.0.0.1:0")
     browser: Chromium | None = None
@@ -461,6 +595,10 @@ async def test_browser_draws_relay_nodes_and_the_viewers_they_feed(chromium: str
             {"track": "0", "loss": 0.3, "jitter": 3.5, "bitrate": 2_300_000},
             {"track": "1", "loss": 0.3, "jitter": 3.5, "bitrate": 63_000}]
         assert drawn["overlaps"] == []
+        while not (media := await browser.evaluate(MEDIA_DRAWN)):
+            assert time.monotonic() < deadline, "the page drew no media section"
+            await asyncio.sleep(0.1)
+        check_media_drawn(media)
         if os.environ.get("MSM_WEB_SCREENSHOT"):   # written next to it, as <name>-relays.png
             await wait_drawn(browser, lambda d: d["polls"] >= MIN_POINTS, timeout=10)   # a few plot points
             shot = Path(os.environ["MSM_WEB_SCREENSHOT"])
