@@ -66,8 +66,12 @@ class PauseRequested(Generic[S]):
 
 @dataclass(frozen=True, slots=True)
 class TeardownRequested(Generic[S]):
+    """TEARDOWN of ``session``, or only of its ``track`` when the URL named one of several
+    (RFC 2326 10.7); ``None``: the whole session."""
+
     request: Request
     session: S
+    track: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

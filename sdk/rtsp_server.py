@@ -281,12 +281,30 @@ class ServerConnection(Generic[S]):
         session = self._session(request, required=True)
         assert session is not None
         self._pending_session = session
+        track = self._track_of(request, session)
         if method == "TEARDOWN":
-            return TeardownRequested(request, session)
+            return TeardownRequested(request, session, track)
+        if track is not None:
+            raise Refused(f"{method} controls the whole session: use the stream's URL", status=460)
         self._next_state = next_state(session.state, method)   # 455 before anything is asked of anyone
         if method == "PLAY":
             return PlayRequested(request, session)
         return PauseRequested(request, session)
+
+    @staticmethod
+    def _track_of(request: Request, session: RtspSession) -> int | None:
+        """The track a PLAY, PAUSE or TEARDOWN URL names apart from its session's others; ``None``:
+        the whole session (the stream's URL, or the URL of a session's only track).
+
+        A track URL of a session with several tracks is a per-track request (RFC 2326 1.3),
+        404 when the session has no such track.
+        """
+        _stream, track = split_url(request.uri)
+        if track is None or set(session.tracks) == {track}:
+            return None
+        if track not in session.tracks:
+            raise NotFound(f"track {track} is not set up in this session")
+        return track
 
     def _session(self, request: Request, *, required: bool) -> S | None:
         value = request.headers.get("Session")
@@ -438,6 +456,12 @@ class ServerConnection(Generic[S]):
         return [("CSeq", cseq or "0"), ("Server", self.server_name), ("Date", self._date())]
 
     # -- sessions and frames -------------------------------------------------------------
+    def release_track(self, session: RtspSession, track: int) -> None:
+        """Forget one track of ``session`` (a per-track TEARDOWN): its channels stop routing frames."""
+        session.tracks.pop(track, None)
+        for channel in [c for c, (s, t) in self.channels.items() if s is session and t == track]:
+            del self.channels[channel]
+
     def release(self, session: RtspSession) -> None:
         """Forget ``session`` here: its channels stop routing frames."""
         self.sessions.discard(session.session_id)

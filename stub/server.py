@@ -362,6 +362,8 @@ class ViewerConnection:
                 await self._reply(pause=self._session_request(event.session))
                 return self.rtsp.respond()
             if isinstance(event, TeardownRequested):
+                if event.track is not None:
+                    return await self._teardown_track(event.session, event.track)
                 await self.server.end_session(event.session, "teardown", teardown=True)
                 return self.rtsp.respond()
             raise AssertionError(f"unexpected event {event!r}")
@@ -374,6 +376,16 @@ class ViewerConnection:
                     log.exception("viewer %s: %s %s failed", self.peer_host, request.method,
                                   strip_userinfo(request.uri))
             return self.rtsp.fail(exc)
+
+    async def _teardown_track(self, session: ViewerSession, track: int) -> bytes:
+        """TEARDOWN of one track of several (RFC 2326 10.7): its leg and bridge go, the session stays."""
+        await self._reply(teardown=pb.SessionRequest(stream_id=session.stream_id, session_id=session.session_id,
+                                                     track_indexes=[track]))
+        setup = session.setups.pop(track, None)
+        if setup is not None and setup.bridge is not None:
+            setup.bridge.close()
+        (session.connection or self).rtsp.release_track(session, track)   # its channels are its owner's
+        return self.rtsp.respond(headers=[self.server.table.header(session)])
 
     @staticmethod
     def _session_request(session: ViewerSession) -> pb.SessionRequest:

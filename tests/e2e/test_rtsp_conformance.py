@@ -295,3 +295,47 @@ async def test_setup_without_describe_on_the_connection(target: Target) -> None:
     finally:
         client.close()
         pair.close()
+
+
+# -- Per-track control (RFC 2326 1.3, 10.5, 10.6, 10.7; 460) ----------------------------------------
+
+# What a per-track TEARDOWN of one of a session's two tracks gets: GStreamer refuses every
+# per-track request of an aggregate session (460); msm removes that track (RFC 2326 10.7).
+TRACK_TEARDOWN = {"msm": 200, "gst": 460}
+
+
+async def test_per_track_play_and_pause_of_an_aggregate_session(target: Target) -> None:
+    """RFC 2326 1.3 / 11.3.10: a server that controls a session's streams only together answers
+    PLAY or PAUSE on one stream's URL with 460 Only Aggregate Operation Allowed (never acts
+    on the whole session silently). GStreamer: 460 for PLAY, PAUSE and TEARDOWN on a track
+    URL. msm: 460 for PLAY and PAUSE when the session has several tracks (the URL of a
+    session's only track is the session: it acts); TEARDOWN of one track removes that
+    track only (its leg), the others keep playing."""
+    client, pairs = await Client.open(target), [UdpPair(), UdpPair()]
+    try:
+        described = await client.request("DESCRIBE", target.url)
+        base = described.headers.get("Content-Base") or target.url
+        session = ""
+        for index, pair in enumerate(pairs):
+            extra = {"Session": session} if session else {}
+            setup = await client.request("SETUP", target.track(index, base), Transport=pair.transport, **extra)
+            assert setup.status == 200, setup
+            session = session_id(setup)
+        for method in ("PLAY", "PAUSE"):
+            answer = await client.request(method, target.track(0, base), Session=session)
+            assert answer.status == 460, f"{target.name}: {method} of one track: {answer.status}"
+        assert (await client.request("PLAY", base, Session=session)).status == 200
+        await pairs[0].packet()
+        teardown = await client.request("TEARDOWN", target.track(0, base), Session=session)
+        assert teardown.status == TRACK_TEARDOWN[target.name], f"{target.name}: {teardown.status}"
+        if teardown.status == 200:
+            await asyncio.sleep(0.2)
+            pairs[0].drain()
+            await pairs[1].packet()   # the other track keeps flowing...
+            await asyncio.sleep(0.5)
+            assert pairs[0].drain() == 0, "...and the torn-down one stopped"
+        assert (await client.request("TEARDOWN", base, Session=session)).status == 200
+    finally:
+        client.close()
+        for pair in pairs:
+            pair.close()

@@ -376,3 +376,20 @@ def test_transport_answer_round_trips() -> None:
     assert TransportSpec(protocol="RTP/AVP/TCP", interleaved=(0, 1)) == TransportSpec(
         protocol="RTP/AVP/TCP", interleaved=(0, 1))
     assert "interleaved=0-1" in (response.headers.get("Transport") or "")
+
+
+def test_per_track_requests_of_a_session_with_several_tracks() -> None:
+    conn, _ = make()
+    first = setup(conn, track=0)
+    sid = session_id(first)
+    setup(conn, track=1, cseq=3, transport="RTP/AVP;unicast;client_port=5002-5003", Session=sid)
+    for cseq, method in enumerate(("PLAY", "PAUSE"), start=4):
+        assert reply(feed(conn, request(method, f"{URL}/track0", cseq, Session=sid))).status == 460
+    assert reply(feed(conn, request("TEARDOWN", f"{URL}/track7", 6, Session=sid))).status == 404
+    event = feed(conn, request("TEARDOWN", f"{URL}/track1", 7, Session=sid))
+    assert isinstance(event, TeardownRequested) and event.track == 1
+    conn.release_track(event.session, 1)
+    assert parse(conn.respond()).status == 200
+    # One track left: its URL is the session's.
+    event = feed(conn, request("PLAY", f"{URL}/track0", 8, Session=sid))
+    assert isinstance(event, PlayRequested)
