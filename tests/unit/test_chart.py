@@ -264,7 +264,12 @@ def test_proxy_daemonset_is_on_the_host_network(default: list[Obj]) -> None:
     variables = env(c)
     assert variables["MSM_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert variables["MSM_HOST_IP"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
-    assert container_ports(c) == {"grpc": 9001, "metrics": 9090}
+    assert container_ports(c) == {"grpc": 9001, "metrics": 9090, "fabric": 9003}
+    # Group frames between the proxies: libfabric at the node's IP on a fixed port.
+    assert flag(args, "--fabric-provider") == "tcp;ofi_rxm"
+    assert flag(args, "--fabric-address") == "$(MSM_HOST_IP):9003"
+    assert [flag(args, f"--fabric-{name}") for name in ("max-frame", "credits", "peers")] == ["8388608", "4", "4"]
+    assert "--media-config" not in args and all(v["name"] != "media-config" for v in pod["volumes"])
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
 
@@ -494,7 +499,7 @@ def test_values_flow_into_the_objects() -> None:
     args = container(proxy)["args"]
     assert flag(args, "--port-range") == "40000-40999"
     assert flag(args, "--listen") == "0.0.0.0:9101"
-    assert container_ports(container(proxy)) == {"grpc": 9101, "metrics": 9190}
+    assert container_ports(container(proxy)) == {"grpc": 9101, "metrics": 9190, "fabric": 9003}
     # Helm merges maps with the defaults (set a key to null to drop it).
     assert proxy["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux", "media": "true"}
 
@@ -636,6 +641,9 @@ def test_command_lines_parse_with_the_real_programs(default: list[Obj]) -> None:
         "/var/run/secrets/msm/token/token", "/etc/msm/trust/ca.pem", False, BOOTSTRAP)
     assert opts.media_dir == "/run/msm/media"
     proxy_main.check_tls_arguments(opts)
+    fabric = proxy_main.fabric_settings(proxy_main.parse_args(
+        [a.replace("$(MSM_HOST_IP)", "192.0.2.7") for a in commands["msm-proxy"]]))
+    assert fabric == proxy_main.FabricSettings(["tcp;ofi_rxm"], "192.0.2.7", 9003, 8 << 20, 4, 4)
     values = webhook_main.settings(webhook_main.build_parser().parse_args(commands["msm-webhook"]), {})
     config = InjectConfig(
         stub_image=values["stub_image"],
@@ -843,3 +851,90 @@ def test_memif_annotated_pods_reach_the_webhook(default: list[Obj]) -> None:
     assert f'{MEDIA_KEY}: "true"' in notes and "MSM_PROXY=unix:/run/msm/media/proxy.sock" in notes
     _, notes = render({"proxy": {"mediaSocket": {"enabled": False}}})
     assert MEDIA_KEY not in notes
+
+
+# --- group frames between proxies, groups and bridges on every proxy -----------------------------------------
+
+
+def _proxy_args(objects: list[Obj]) -> list[str]:
+    args: list[str] = container(find(objects, "DaemonSet", "msm-proxy"))["args"][1:]
+    return [a.replace("$(MSM_NODE_NAME)", "node-a").replace("$(MSM_HOST_IP)", "192.0.2.7") for a in args]
+
+
+def test_proxy_fabric_follows_the_values() -> None:
+    from msm.rtp_proxy import main as proxy_main
+
+    objects, _ = render({"proxy": {"fabric": {"provider": "tcp;ofi_rxm,shm", "address": "10.1.2.3", "port": 7000,
+                                              "maxFrame": 16 << 20, "credits": 8, "peers": 16}}})
+    validate_all(objects)
+    assert container_ports(container(find(objects, "DaemonSet", "msm-proxy")))["fabric"] == 7000
+    fabric = proxy_main.fabric_settings(proxy_main.parse_args(_proxy_args(objects)))
+    assert fabric == proxy_main.FabricSettings(["tcp;ofi_rxm", "shm"], "10.1.2.3", 7000, 16 << 20, 8, 16)
+    # No endpoint, or any port: no port to list.
+    for values in ({"provider": "none"}, {"port": 0}, {"provider": "shm"}):
+        objects, _ = render({"proxy": {"fabric": values}})
+        validate_all(objects)
+        assert "fabric" not in container_ports(container(find(objects, "DaemonSet", "msm-proxy")))
+        proxy_main.fabric_settings(proxy_main.parse_args(_proxy_args(objects)))
+    objects, _ = render({"proxy": {"fabric": {"provider": "none"}}})
+    assert proxy_main.fabric_settings(proxy_main.parse_args(_proxy_args(objects))).providers == []
+
+
+MIC_SDP = ("v=0\r\no=- 0 0 IN IP4 192.0.2.9\r\ns=mic\r\nt=0 0\r\nm=audio 5006 RTP/AVP 97\r\n"
+           "c=IN IP4 239.10.0.1/64\r\na=rtpmap:97 L24/48000/2\r\na=ptime:1\r\na=mediaclk:direct=0\r\n")
+MEDIA_VALUES = {
+    "groups": ["urn:studio:spare"],
+    "bridges": [
+        {"name": "mic1-in", "direction": "ingress", "group": "urn:studio:mic1", "nodes": ["node-a"],
+         "sdp": "/etc/msm/media/mic1.sdp"},
+        {"name": "mic1-out", "direction": "egress", "group": "urn:studio:mic1", "ipAddr": "239.10.0.2", "port": 5006,
+         "payload": {"audio": {"channels": 2, "sampleRate": 48000, "format": "L24", "packetTime": "1ms"}}},
+    ],
+}
+
+
+def test_proxy_media_config_is_a_config_map_passed_as_media_config(tmp_path: Path) -> None:
+    from msm.media_config import load_media_file
+    from msm.rtp_proxy import main as proxy_main
+
+    values = {"proxy": {"mediaConfig": MEDIA_VALUES, "mediaFiles": {"mic1.sdp": MIC_SDP}}}
+    report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSIONS[-1]}.0")
+    assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == []
+    objects, _ = render(values)
+    validate_all(objects)
+    config_map = find(objects, "ConfigMap", "msm-proxy-media")
+    assert config_map["metadata"]["namespace"] == NAMESPACE and set(config_map["data"]) == {"media.yaml", "mic1.sdp"}
+    daemonset = find(objects, "DaemonSet", "msm-proxy")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert {"name": "media-config", "configMap": {"name": "msm-proxy-media"}} in pod["volumes"]
+    assert {"name": "media-config", "mountPath": "/etc/msm/media", "readOnly": True} in container(daemonset)[
+        "volumeMounts"]
+    opts = proxy_main.parse_args(_proxy_args(objects))
+    assert opts.media_config == "/etc/msm/media/media.yaml" and opts.node == "node-a"
+    # What the proxy reads from the mount (here under tmp_path) is the section the values gave.
+    for name, text in config_map["data"].items():
+        (tmp_path / name).write_text(text.replace("/etc/msm/media/", f"{tmp_path}/"))
+    config = load_media_file(str(tmp_path / "media.yaml"))
+    assert config.groups == ["urn:studio:spare"] and [b.name for b in config.bridges] == ["mic1-in", "mic1-out"]
+    assert config.bridges[0].nodes == ("node-a",) and config.bridges[0].stream.address == "239.10.0.1"
+    assert config.bridges[1].transport == "st2110-30"
+    # A changed config rolls the DaemonSet (msm-proxy reads it at start).
+    checksum = daemonset["spec"]["template"]["metadata"]["annotations"]["checksum/media-config"]
+    objects, _ = render({"proxy": {"mediaConfig": {"groups": ["urn:studio:other"]}}})
+    changed = find(objects, "DaemonSet", "msm-proxy")["spec"]["template"]["metadata"]["annotations"]
+    assert changed["checksum/media-config"] != checksum
+
+
+@pytest.mark.parametrize(("values", "error"), [
+    ({"fabric": {"credits": 0}}, "HelmValuesError"),
+    ({"fabric": {"provider": "udp"}}, "HelmValuesError"),
+    ({"fabric": {"port": 70000}}, "HelmValuesError"),
+    ({"fabric": {"address": "10.0.0.1:7000"}}, "HelmValuesError"),   # the port is fabric.port
+    ({"mediaConfig": {"bridge": []}}, "HelmValuesError"),
+    ({"mediaConfig": {"bridges": [{"name": "x", "direction": "sideways", "group": "urn:a"}]}}, "HelmValuesError"),
+    ({"mediaFiles": {"media.yaml": "groups: []"}}, "HelmRenderError"),
+    ({"mediaFiles": {"../x": "x"}}, "HelmValuesError"),
+])
+def test_bad_fabric_and_media_values_are_refused(values: dict[str, Any], error: str) -> None:
+    with pytest.raises(getattr(helm, error)):
+        render({"proxy": values})
