@@ -95,6 +95,7 @@ class MediaNode:
         # Adds the proxy's bridges and app connections to ListGroups' reply (the proxy's MediaCollector
         # sets it: the same sources its /metrics reads). Called on the event loop, without the lock.
         self.extra_stats: Callable[[mpb.ListGroupsReply], None] | None = None
+        self.stats_errors = 0   # ListGroups answered without them because extra_stats failed
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self, registered: asyncio.Event | None = None, proxy_id: str = "") -> None:
@@ -352,7 +353,11 @@ class MediaNode:
                         reply.dropped[f"{provider}:{name}"] = stats[name]
             reply.left_out = sum(len(g.receiver_stats) for g in self.groups) - (MAX_LISTED_RECEIVERS - budget[0])
         if self.extra_stats is not None:   # outside the lock: a bridge's snapshot takes it
-            self.extra_stats(reply)
+            try:
+                self.extra_stats(reply)
+            except Exception as exc:   # the groups are still worth answering; the log says what broke
+                self.stats_errors += 1
+                log.warning("bridges and connections left out of ListGroups: %s: %s", type(exc).__name__, exc)
         return reply
 
     def _group_stats(self, group: Group, budget: list[int]) -> mpb.GroupStats:

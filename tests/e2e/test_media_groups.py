@@ -633,6 +633,31 @@ async def test_page_api_and_msm_streams_show_groups_of_every_node(mesh: Mesh) ->
         await server.stop()
 
 
+async def test_a_listing_is_bounded_and_survives_a_broken_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ListGroups lists at most MAX_LISTED_RECEIVERS receivers and MAX_LISTED_CONNECTIONS connections (the rest
+    counted in left_out); a source of bridges and connections that fails leaves them out, not the groups."""
+    from msm.rtp_proxy.media import metrics, plane
+    from msm.rtp_proxy.media.metrics import MediaCollector
+
+    monkeypatch.setattr(plane, "MAX_LISTED_RECEIVERS", 3)
+    monkeypatch.setattr(metrics, "MAX_LISTED_CONNECTIONS", 2)
+    node = plane.MediaNode("n")
+    for urn in ("urn:a", "urn:b"):
+        for i in range(2):
+            await node.join_receiver(urn, Collector(f"memif:{urn}-{i}"))
+    snapshot = {"apps": 3, "connections": [{"connection": f"c{i}", "frames": "7", "drops": {"x": None}}
+                                           for i in range(3)] + ["not a connection"]}
+    MediaCollector(node, agent=lambda: snapshot)
+    reply = node.list_groups()
+    assert [len(g.receivers) for g in reply.groups] == [2, 1] and reply.apps == 3
+    assert [(c.connection, c.frames, dict(c.drops)) for c in reply.connections] == [("c0", 7, {"x": 0}),
+                                                                                     ("c1", 7, {"x": 0})]
+    assert reply.left_out == 1 + 1   # one receiver, one connection
+    MediaCollector(node, agent=lambda: {"connections": 5})   # an agent's answer of the wrong shape
+    reply = node.list_groups()
+    assert len(reply.groups) == 2 and not reply.connections and node.stats_errors == 1
+
+
 async def test_only_the_expected_link_from_its_peer_gets_in() -> None:
     """In one process over loopback: a known peer on another link id, or another known peer on the
     right id, is dropped and counted; the expected link's frames get in."""
