@@ -563,14 +563,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     streams = sub.add_parser("streams", help="show live streams, viewers and their statistics",
                              description="Print a table of the mesh's streams: upstream, viewers "
-                             "(playing/all), packets, bitrate, loss and jitter per track.")
+                             "(playing/all), packets, bitrate, loss and jitter per track; then the media "
+                             "groups of every node (frames, bytes, drops, latency, fabric links), ST 2110 "
+                             "bridges and app connections, as the control plane has them.")
     streams.add_argument("--control", metavar="HOST:PORT", help="control plane gRPC (default 127.0.0.1:9000)")
     streams.add_argument("--watch", nargs="?", type=float, const=1.0, metavar="SECONDS",
                          help="refresh every SECONDS (default 1) until Ctrl+C")
     streams.add_argument("--json", action="store_true", help="print JSON instead of a table")
     streams.add_argument("--config", metavar="FILE", help="YAML file (its 'control' setting)")
     streams.add_argument("--metrics-listen", metavar="HOST:PORT", help="the proxy's /metrics, read for the "
-                         "media table of groups and bridges (default 127.0.0.1:9090)")
+                         "media tables when the control plane places no node's media (msm up's own proxy; "
+                         "default 127.0.0.1:9090)")
     _security_flags(streams, "where `msm up` keeps its certificates: the operator certificate is read "
                     "from it")
     streams.set_defaults(func=cmd_streams)
