@@ -260,3 +260,23 @@ def test_incomplete_reasons_are_a_small_set() -> None:
     assert incomplete_reason("lost 3 packets") == "lost_packets"
     assert incomplete_reason("no marker") == "no_marker"
     assert incomplete_reason("got 10 of 20 bytes") == "short_frame"
+
+
+async def test_a_bridge_runs_only_on_the_nodes_it_names() -> None:
+    from msm.rtp_proxy.media.bridges import BridgeSet
+    from msm.rtp_proxy.media.plane import MediaNode
+
+    audio = {"audio": {"channels": 2, "sampleRate": 48000, "format": "L24", "packetTime": "1ms"}}
+    config = read_media({"media": {"bridges": [
+        _egress(name="here", nodes=["n1", "n3"], payload=audio), _egress(name="there", nodes="n2", payload=audio),
+        _egress(name="everywhere", port=6001, payload=audio)]}}, "m")
+    media = MediaNode("n1")
+    bridges = BridgeSet(media)
+    try:
+        await bridges.start(config.bridges)
+        assert sorted(bridges.egresses) == ["everywhere", "here"] and bridges.elsewhere == ["there"]
+        assert {row["name"]: row["transport"] for row in bridges.snapshot()} == {"here": "st2110-30",
+                                                                                "everywhere": "st2110-30"}
+    finally:
+        await bridges.stop()
+        await media.stop()
