@@ -403,6 +403,9 @@ class ServerConnection(Generic[S]):
             session.last_seen = self.table.clock()
             self.table.sessions[session.session_id] = session
             self.sessions.add(session.session_id)
+        elif session.owner is None:   # its connection closed (a UDP session lives on): this one adopts it
+            session.owner = self
+            self.sessions.add(session.session_id)
         if plan.transport.interleaved is not None:
             for channel in plan.transport.interleaved:
                 self.channels[channel] = (session, plan.track)
@@ -463,10 +466,13 @@ class ServerConnection(Generic[S]):
             del self.channels[channel]
 
     def release(self, session: RtspSession) -> None:
-        """Forget ``session`` here: its channels stop routing frames."""
+        """Forget ``session`` here: its channels stop routing frames; a session this connection
+        owned is owned by none (another connection of its client may adopt it)."""
         self.sessions.discard(session.session_id)
         for channel in [c for c, (s, _) in self.channels.items() if s is session]:
             del self.channels[channel]
+        if session.owner is self:
+            session.owner = None
 
     @property
     def pending(self) -> Request | None:

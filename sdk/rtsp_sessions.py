@@ -59,7 +59,8 @@ class RtspSession:
     """One RTSP session: an id, the stream it aggregates and its state.
 
     ``owner`` is the :class:`ServerConnection` that set it up (only that connection
-    may add tracks to it) and ``client`` the identity it answers to (``None``
+    may add tracks to it; ``None`` once it closed and the session lives on, until
+    another connection of its client sets up a track and adopts it) and ``client`` the identity it answers to (``None``
     until the first SETUP is answered); ``tracks`` maps a set-up track to its
     transport.
     """

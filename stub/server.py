@@ -24,12 +24,11 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from urllib.parse import urlsplit
 
 from msm.protos import msm_pb2 as pb
 from msm.protos.status import error_of
 from msm.sdk.errors import MsmError, SdpError, UpstreamError
-from msm.sdk.rtsp import Headers, Response, TransportSpec
+from msm.sdk.rtsp import Headers, Response
 from msm.sdk.rtsp_server import (
     MAX_SESSIONS_PER_CONNECTION,
     Authenticator,
@@ -54,7 +53,7 @@ from msm.sdk.sdp import SessionDescription
 from .bridge import UdpPair
 from .control import ControlClient
 from .sockets import listen_backlog, original_destination, tls_context
-from .viewer import StreamInfo, TrackSetup, ViewerSession, rtp_info
+from .viewer import StreamInfo, TrackSetup, ViewerSession, content_base, detached, rtp_info
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +84,11 @@ REPLY_HIGH_WATER = 64 * 1024
 WRITE_TIMEOUT = 30.0
 # RTSPS (RTSP over TLS) port: 322 is rtsps' registered port, 8322 the unprivileged one.
 RTSPS_PORT = 8322
+# Sessions of one client address that outlive their connection (UDP viewers whose RTSP
+# connection closed: their media flows on until TEARDOWN or timeout). A player leaves
+# one per stream it plays; past this a closed connection's sessions end with it, so a
+# client opening and dropping connections cannot pile up sessions (and proxy legs).
+MAX_DETACHED_PER_CLIENT = 16
 # The longest pause between two reaper passes; shorter for short session timeouts.
 MAX_REAP_INTERVAL = 5.0
 
@@ -97,7 +101,8 @@ class StubServer:
     Every bound is a parameter with a secure default (see the constants above);
     a refusal at a bound is counted in ``limit_hits`` by name: ``connections``,
     ``connections_per_client``, ``sessions_per_connection``, ``header_timeout``,
-    ``idle_timeout``, ``write_backlog``, ``write_timeout``. ``auth`` (off by
+    ``idle_timeout``, ``write_backlog``, ``write_timeout``, ``detached_sessions`` (a
+    closed connection's UDP session ended past ``max_detached_per_client``). ``auth`` (off by
     default) makes every request but OPTIONS need credentials.
     """
 
@@ -109,6 +114,7 @@ class StubServer:
                  max_sessions_per_connection: int = MAX_SESSIONS_PER_CONNECTION,
                  header_timeout: float = HEADER_TIMEOUT, idle_timeout: float = IDLE_CONNECTION_TIMEOUT,
                  write_timeout: float = WRITE_TIMEOUT, auth: Authenticator | None = None,
+                 max_detached_per_client: int = MAX_DETACHED_PER_CLIENT,
                  tls: ssl.SSLContext | None = None, tls_host: str | None = None,
                  tls_port: int = RTSPS_PORT) -> None:
         self.control = control
@@ -118,6 +124,7 @@ class StubServer:
         self.max_connections = max_connections
         self.max_connections_per_client = max_connections_per_client
         self.max_sessions_per_connection = max_sessions_per_connection
+        self.max_detached_per_client = max_detached_per_client
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         self.write_timeout = write_timeout
@@ -237,6 +244,23 @@ class StubServer:
             log.info("session %s timed out", session_tag(session.session_id))
             await self.end_session(session, "timeout", teardown=False)
 
+    async def connection_closed(self, session: ViewerSession) -> None:
+        """The connection that set ``session`` up closed. A session whose media travels over UDP
+        outlives it (RFC 2326: sessions are not connections) until TEARDOWN from another
+        connection or its timeout; one with interleaved tracks ends with its connection.
+        """
+        conn = session.connection
+        if conn is None or session.interleaved:
+            await self.end_session(session, "connection closed", teardown=False)
+        elif detached(self.sessions.values(), session) >= self.max_detached_per_client:
+            self.limit_hits["detached_sessions"] += 1
+            await self.end_session(session, "connection closed", teardown=False)
+        else:
+            conn.rtsp.release(session)
+            session.connection = None
+            log.info("session %s outlives its connection (UDP media flows on until TEARDOWN or timeout)",
+                     session_tag(session.session_id))
+
     async def end_session(self, session: ViewerSession, reason: str, *, teardown: bool) -> None:
         if self.sessions.pop(session.session_id, None) is None:
             return
@@ -324,7 +348,7 @@ class ViewerConnection:
             for session_id in list(self.sessions):
                 session = self.server.sessions.get(session_id)
                 if session is not None:
-                    await self.server.end_session(session, "connection closed", teardown=False)
+                    await self.server.connection_closed(session)
             self.writer.close()
 
     async def _write(self, data: bytes) -> None:
@@ -399,22 +423,8 @@ class ViewerConnection:
         return reply
 
     def _base_url(self, uri: str, name: str) -> str:
-        """The stream's URL for ``Content-Base``: never the request's userinfo.
-
-        A redirected app keeps the host it asked for (``camera-svc:554``: the
-        redirect is invisible to it); any other viewer gets the address it
-        connected to, never a host it merely wrote in the URL.
-        """
-        scheme = "rtsps" if self.secure else "rtsp"
-        parts = urlsplit(uri)
-        if self.original_dst and parts.scheme in ("rtsp", "rtsps") and parts.hostname:
-            host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-            with contextlib.suppress(ValueError):    # a port that is no number: none
-                if parts.port is not None:
-                    host += f":{parts.port}"
-            return f"{parts.scheme}://{host}/{name}"
-        host = self.local_host if ":" not in self.local_host else f"[{self.local_host}]"
-        return f"{scheme}://{host}:{self.local_port}/{name}"
+        return content_base(uri, name, secure=self.secure, redirected=bool(self.original_dst),
+                            local=(self.local_host, self.local_port))
 
     async def _stream(self, uri: str, name: str) -> tuple[StreamInfo, SessionDescription]:
         reply = await self._reply(describe=pb.DescribeRequest(url=strip_userinfo(uri), viewer_host=self.peer_host,
@@ -441,6 +451,8 @@ class ViewerConnection:
         session = event.session or ViewerSession(
             self.server.table.new_id(), info.stream_id, base_url=self._base_url(request.uri, event.stream),
             connection=self)
+        if session.connection is None:   # a session whose connection closed, set up further here
+            session.connection = self
         spec = plan.transport
         setup = TrackSetup(plan.track, spec)
         if spec.interleaved is not None:
@@ -449,12 +461,7 @@ class ViewerConnection:
                 self.server.media_host,
                 lambda data: self._frame_to_viewer(rtp_channel, data),
                 lambda data: self._frame_to_viewer(rtcp_channel, data))
-            rtp_port, rtcp_port = setup.bridge.ports
-            destination = pb.Endpoint(host=self.server.media_host, rtp_port=rtp_port, rtcp_port=rtcp_port)
-        else:
-            assert spec.client_port is not None
-            destination = pb.Endpoint(host=self.peer_host, rtp_port=spec.client_port[0],
-                                      rtcp_port=spec.client_port[1])
+        destination = setup.destination(self.peer_host, self.server.media_host)
         try:
             reply = await self._reply(setup=pb.SetupRequest(
                 url=strip_userinfo(request.uri), original_dst=self.original_dst, stream_id=info.stream_id,
@@ -464,13 +471,7 @@ class ViewerConnection:
             if setup.bridge is not None:
                 setup.bridge.close()
             raise
-        source = reply.setup.source
-        if setup.bridge is not None:
-            setup.bridge.set_peer(source.host, source.rtp_port, source.rtcp_port)
-            answer = TransportSpec(protocol="RTP/AVP/TCP", interleaved=spec.interleaved)
-        else:
-            answer = TransportSpec(client_port=spec.client_port, server_port=(source.rtp_port, source.rtcp_port),
-                                   source=source.host if source.host not in ("0.0.0.0", "::") else None)
+        answer = setup.answer(reply.setup.source)
         old = session.setups.get(plan.track)
         if old is not None and old.bridge is not None:
             old.bridge.close()

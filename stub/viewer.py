@@ -5,9 +5,11 @@ Part of :mod:`msm.stub.server`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from msm.protos import msm_pb2 as pb
 from msm.sdk.rtsp import TransportSpec
@@ -18,7 +20,7 @@ from .bridge import UdpPair
 if TYPE_CHECKING:
     from .server import ViewerConnection
 
-__all__ = ["StreamInfo", "TrackSetup", "ViewerSession", "rtp_info"]
+__all__ = ["StreamInfo", "TrackSetup", "ViewerSession", "content_base", "detached", "rtp_info"]
 
 
 def rtp_info(base_url: str, tracks: Iterable[pb.RtpInfo]) -> str:
@@ -32,6 +34,23 @@ class TrackSetup:
     transport: TransportSpec
     bridge: UdpPair | None = None
 
+    def destination(self, viewer_host: str, media_host: str) -> pb.Endpoint:
+        """Where the proxy sends this track: the viewer's ports, or the bridge's for a TCP viewer."""
+        if self.bridge is not None:
+            rtp_port, rtcp_port = self.bridge.ports
+            return pb.Endpoint(host=media_host, rtp_port=rtp_port, rtcp_port=rtcp_port)
+        assert self.transport.client_port is not None
+        rtp_port, rtcp_port = self.transport.client_port
+        return pb.Endpoint(host=viewer_host, rtp_port=rtp_port, rtcp_port=rtcp_port)
+
+    def answer(self, source: pb.Endpoint) -> TransportSpec:
+        """The SETUP reply's transport, given where the proxy sends from (a bridge sends its RTCP there)."""
+        if self.bridge is not None:
+            self.bridge.set_peer(source.host, source.rtp_port, source.rtcp_port)
+            return TransportSpec(protocol="RTP/AVP/TCP", interleaved=self.transport.interleaved)
+        return TransportSpec(client_port=self.transport.client_port, server_port=(source.rtp_port, source.rtcp_port),
+                             source=source.host if source.host not in ("0.0.0.0", "::") else None)
+
 
 @dataclass(eq=False)
 class ViewerSession(RtspSession):
@@ -40,6 +59,11 @@ class ViewerSession(RtspSession):
     base_url: str = ""
     connection: ViewerConnection | None = None
     setups: dict[int, TrackSetup] = field(default_factory=dict)
+
+    @property
+    def interleaved(self) -> bool:
+        """A track's media travels over the RTSP connection (``$`` frames)."""
+        return any(setup.bridge is not None for setup in self.setups.values())
 
     def close_bridges(self) -> None:
         for track in self.setups.values():
@@ -51,3 +75,29 @@ class ViewerSession(RtspSession):
 class StreamInfo:
     stream_id: str
     tracks: int
+
+
+def detached(sessions: Iterable[ViewerSession], session: ViewerSession) -> int:
+    """How many ``sessions`` of ``session``'s client live on without a connection."""
+    client = session.client.host if session.client is not None else ""
+    return sum(1 for s in sessions if s.connection is None and s.client is not None and s.client.host == client)
+
+
+def content_base(uri: str, name: str, *, secure: bool, redirected: bool, local: tuple[str, int]) -> str:
+    """The stream's URL for ``Content-Base``: never the request's userinfo.
+
+    A ``redirected`` app keeps the host it asked for (``camera-svc:554``: the
+    redirect is invisible to it); any other viewer gets the address it
+    connected to (``local``), never a host it merely wrote in the URL.
+    """
+    scheme = "rtsps" if secure else "rtsp"
+    parts = urlsplit(uri)
+    if redirected and parts.scheme in ("rtsp", "rtsps") and parts.hostname:
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        with contextlib.suppress(ValueError):    # a port that is no number: none
+            if parts.port is not None:
+                host += f":{parts.port}"
+        return f"{parts.scheme}://{host}/{name}"
+    local_host, local_port = local
+    host = local_host if ":" not in local_host else f"[{local_host}]"
+    return f"{scheme}://{host}:{local_port}/{name}"

@@ -339,3 +339,50 @@ async def test_per_track_play_and_pause_of_an_aggregate_session(target: Target) 
         client.close()
         for pair in pairs:
             pair.close()
+
+
+# -- Sessions outlive their connection (RFC 2326 1.1, 12.37) ----------------------------------------
+
+# Whether a UDP session's media flows on once the connection that played it closes, and
+# what TEARDOWN from a new connection then gets: GStreamer keeps the session object (a new
+# connection's GET_PARAMETER naming it gets 200) but stops its media and answers that
+# TEARDOWN 404 (the session's media is gone); the session ends at its timeout.
+MEDIA_AFTER_CLOSE = {"msm": True, "gst": False}
+TEARDOWN_AFTER_CLOSE = {"msm": 200, "gst": 404}
+
+
+async def _flowing(pair: UdpPair, within: float = 1.5) -> bool:
+    try:
+        await pair.packet(timeout=within)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def test_udp_session_outlives_its_connection(target: Target) -> None:
+    """RFC 2326 1.1: an RTSP session is not tied to a transport-level connection; a client
+    may close it and come back on another (12.37: the session is kept alive by requests or
+    RTCP, not by the connection). GStreamer keeps the session but stops its media when the
+    connection that played it closes (see TEARDOWN_AFTER_CLOSE). msm: a session whose
+    tracks are all UDP lives on and its media flows until TEARDOWN or its timeout; one
+    with interleaved tracks ends with its connection (its media has nowhere else to go)."""
+    client, pair = await Client.open(target), UdpPair()
+    try:
+        session, _ = await play_track0(target, client, pair)
+        await pair.packet()
+        client.close()
+        await asyncio.sleep(0.6)
+        pair.drain()
+        assert await _flowing(pair) == MEDIA_AFTER_CLOSE[target.name], target.name
+        client = await Client.open(target)
+        assert (await client.request("GET_PARAMETER", target.url, Session=session)).status == 200
+        teardown = await client.request("TEARDOWN", target.url, Session=session)
+        assert teardown.status == TEARDOWN_AFTER_CLOSE[target.name], (target.name, teardown.status)
+        await asyncio.sleep(0.3)
+        pair.drain()
+        assert not await _flowing(pair, 0.5), f"{target.name}: media kept flowing after TEARDOWN"
+        if teardown.status == 200:
+            assert (await client.request("GET_PARAMETER", target.url, Session=session)).status == 454
+    finally:
+        client.close()
+        pair.close()

@@ -117,3 +117,18 @@ def test_strip_userinfo() -> None:
     assert strip_userinfo("rtsp://user:secret@host:554/cam") == "rtsp://host:554/cam"
     assert strip_userinfo("rtsp://host/cam") == "rtsp://host/cam"
     assert ClientIdentity("h") == ClientIdentity("h", "")
+
+
+def test_a_released_session_is_adopted_by_its_clients_next_setup_only() -> None:
+    table: SessionTable[RtspSession] = SessionTable(timeout=30, clock=FakeClock())
+    first = connection(table, "10.0.0.1")
+    sid = session_id(setup(first))
+    session = table.sessions[sid]
+    first.release(session)               # its connection closed; the session lives on
+    assert session.owner is None and sid in table.sessions
+    thief = connection(table, "10.0.0.2")
+    assert reply(feed(thief, request("SETUP", f"{URL}/track1", 3, Session=sid,
+                                     Transport="RTP/AVP;unicast;client_port=5002-5003"))).status == 454
+    second = connection(table, "10.0.0.1")
+    setup(second, track=1, cseq=4, transport="RTP/AVP;unicast;client_port=5002-5003", Session=sid)
+    assert session.owner is second and sid in second.sessions
