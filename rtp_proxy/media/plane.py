@@ -341,24 +341,42 @@ class MediaNode:
     def list_groups(self) -> mpb.ListGroupsReply:
         """Every group's counters, its receivers' (at most :data:`MAX_LISTED_RECEIVERS` in all) and links';
         with :attr:`extra_stats`, the proxy's bridges and app connections too."""
+        reply = self.group_stats()
+        self.add_extra_stats(reply)
+        return reply
+
+    def group_stats(self) -> mpb.ListGroupsReply:
+        """The groups' part of :meth:`list_groups`; any thread. The lock is taken one group at a time (a
+        group's percentiles sort its receivers' latency samples), so frames keep flowing meanwhile."""
+        reply = mpb.ListGroupsReply(node=self.node)
+        budget, receivers = [MAX_LISTED_RECEIVERS], 0
         with self.lock:
-            budget = [MAX_LISTED_RECEIVERS]
-            reply = mpb.ListGroupsReply(node=self.node, groups=[self._group_stats(g, budget) for g in self.groups],
-                                        dropped=dict(self.inbound.dropped))
+            groups = list(self.groups)
+        for group in groups:
+            with self.lock:
+                if self.groups.get(group.urn) is group:   # still there
+                    reply.groups.append(self._group_stats(group, budget))
+                    receivers += len(group.receiver_stats)
+        with self.lock:
+            reply.dropped.update(self.inbound.dropped)
             for provider, endpoint in self.endpoints.items():
                 reply.endpoints.append(mpb.FabricAddress(provider=provider, address=endpoint.local_address()))
                 stats = endpoint.stats()
                 for name in ("rx_unknown_peer", "ctrl_unknown_peer", "ctrl_bad"):
                     if stats[name]:
                         reply.dropped[f"{provider}:{name}"] = stats[name]
-            reply.left_out = sum(len(g.receiver_stats) for g in self.groups) - (MAX_LISTED_RECEIVERS - budget[0])
-        if self.extra_stats is not None:   # outside the lock: a bridge's snapshot takes it
-            try:
-                self.extra_stats(reply)
-            except Exception as exc:   # the groups are still worth answering; the log says what broke
-                self.stats_errors += 1
-                log.warning("bridges and connections left out of ListGroups: %s: %s", type(exc).__name__, exc)
+        reply.left_out = receivers - (MAX_LISTED_RECEIVERS - budget[0])
         return reply
+
+    def add_extra_stats(self, reply: mpb.ListGroupsReply) -> None:
+        """:attr:`extra_stats` into ``reply`` (on the event loop, where the agent's tables change)."""
+        if self.extra_stats is None:
+            return
+        try:
+            self.extra_stats(reply)
+        except Exception as exc:   # the groups are still worth answering; the log says what broke
+            self.stats_errors += 1
+            log.warning("bridges and connections left out of ListGroups: %s: %s", type(exc).__name__, exc)
 
     def _group_stats(self, group: Group, budget: list[int]) -> mpb.GroupStats:
         out = mpb.GroupStats(urn=group.urn, sender=group.sender or "", frames_in=group.frames_in,
@@ -414,7 +432,11 @@ class MediaPlaneService(mpb_grpc.MediaPlaneServicer):
         return await self._run(context, lambda: self.media.forget(request.urn, request.peer_node))
 
     async def ListGroups(self, request: mpb.ListGroupsRequest, context: Context) -> mpb.ListGroupsReply:
-        return self.media.list_groups()
+        # The groups' percentiles in a thread (hundreds of receivers take a while); bridges and connections
+        # here, on the loop that changes them.
+        reply = await asyncio.to_thread(self.media.group_stats)
+        self.media.add_extra_stats(reply)
+        return reply
 
 
 _add_media_plane: Callable[[mpb_grpc.MediaPlaneServicer, grpc.aio.Server], None] = (
