@@ -14,10 +14,12 @@ certificate must name that node, and its server lets only the control plane's ro
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from msm.protos import media_pb2 as mpb
 from msm.protos import media_pb2_grpc as mpb_grpc
@@ -32,7 +34,7 @@ from .view import list_media
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MediaControlService", "MediaLink", "add_media_control"]
+__all__ = ["MediaControlService", "MediaLink", "PlacementCollector", "add_media_control"]
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 T = TypeVar("T")
@@ -150,3 +152,29 @@ _add_media_control: Callable[[mpb_grpc.MediaControlServicer, grpc.aio.Server], N
 
 def add_media_control(service: MediaControlService, server: grpc.aio.Server) -> None:
     _add_media_control(service, server)
+
+
+class PlacementCollector(Collector):
+    """Prometheus families of the placements (read at scrape time; labels are URNs, node and member names,
+    as bounded as the placer's tables): where each group's members are and whether each link is up."""
+
+    def __init__(self, placer: MediaPlacer) -> None:
+        self.placer = placer
+
+    def collect(self) -> Iterator[Metric]:
+        groups = GaugeMetricFamily("msm_media_placed_groups", "Groups the control plane places")
+        members = GaugeMetricFamily("msm_media_placement_members", "A group's members on a node, by role",
+                                    labels=["group", "node", "role"])
+        linked = GaugeMetricFamily("msm_media_placement_linked", "1 while the fabric link from a group's sender "
+                                   "node to this receiving node is programmed at both ends, 0 while it is not",
+                                   labels=["group", "node", "provider"])
+        placements = self.placer.placements()
+        groups.add_metric([], len(placements))
+        for p in placements:
+            if p.sender_node:
+                members.add_metric([p.urn, p.sender_node, "sender"], 1)
+            for r in p.receivers:
+                members.add_metric([p.urn, r.node, "receiver"], r.members)
+                if r.node != p.sender_node:
+                    linked.add_metric([p.urn, r.node, r.provider], 1.0 if r.linked else 0.0)
+        yield from (groups, members, linked)

@@ -20,13 +20,15 @@ Routes::
                       node's groups, receivers, fabric links, bridges and app connections
                       (fabric addresses left out); one listing shared by the callers of
                       the same second.
-    GET /metrics      Prometheus text of the given registry (404 without one)
+    GET /metrics      Prometheus text of the given registry (404 without one), with the
+                      group placements' families (media_service.PlacementCollector) added
     GET /healthz      liveness, with a few counts
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,6 +45,7 @@ from msm.runtime.redact import redact_url, session_tag
 from msm.sdk.errors import MsmError
 
 from .media import MediaPlacer
+from .media_service import PlacementCollector
 from .view import list_media
 
 log = logging.getLogger(__name__)
@@ -100,7 +103,13 @@ def create_app(control: StreamQuery, *,
     app[CONTROL_KEY] = control
     app[REGISTRY_KEY] = registry
     placer = getattr(control, "media", None)   # ControlPlane's MediaPlacer; a query without one has no groups
-    app[MEDIA_KEY] = MediaListing(placer if isinstance(placer, MediaPlacer) else None)
+    if not isinstance(placer, MediaPlacer):
+        placer = None
+    app[MEDIA_KEY] = MediaListing(placer)
+    if registry is not None and placer is not None:
+        # /metrics shows the placements too; a second app on the same registry finds them there already.
+        with contextlib.suppress(ValueError):
+            registry.register(PlacementCollector(placer))
     app.router.add_get("/", _index)
     app.router.add_get("/api/streams", _streams)
     app.router.add_get("/api/media", _media)

@@ -503,6 +503,7 @@ async def test_page_api_and_msm_streams_show_groups_of_every_node(mesh: Mesh) ->
     checks the page draws such names as text)."""
     import aiohttp
 
+    from msm.control_plane.metrics import control_registry
     from msm.control_plane.resolver import StaticResolver
     from msm.control_plane.server import ControlPlaneServer
     from msm.control_plane.web import WebServer, create_app
@@ -518,7 +519,7 @@ async def test_page_api_and_msm_streams_show_groups_of_every_node(mesh: Mesh) ->
     server = ControlPlaneServer(StaticResolver(), listen="127.0.0.1:0",
                                 tls=TlsFiles(mesh.files("control-plane")))
     await server.start()
-    web = WebServer(create_app(server.control))
+    web = WebServer(create_app(server.control, registry=control_registry(server.control)))
     started: list[tuple[Any, Any]] = []
     cleanup: list[Callable[[], Awaitable[None] | None]] = []
     try:
@@ -572,6 +573,9 @@ async def test_page_api_and_msm_streams_show_groups_of_every_node(mesh: Mesh) ->
                 body = await response.json()
             async with session.get(web.url) as response:
                 html = await response.text()
+            async with session.get(web.url + "metrics") as response:
+                placed_metrics = (await response.text()).splitlines()
+        assert f'msm_media_placement_linked{{group="{URN}",node="node-b",provider="{TCP}"}} 1.0' in placed_metrics
         assert '<script src="/static/media.js">' in html and 'id="media"' in html
         placed = {p["urn"]: p for p in body["groups"]}
         assert placed[URN]["sender_node"] == "node-a" and placed[URN]["sender_member"] == "memif:camera"

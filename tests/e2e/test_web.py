@@ -33,6 +33,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from msm.control_plane.links import ProxyLink
 from msm.control_plane.media import MediaPlacer
+from msm.control_plane.metrics import control_registry
 from msm.control_plane.resolver import Route, StaticResolver
 from msm.control_plane.server import ControlPlane
 from msm.control_plane.store import StreamRecord, ViewerRecord
@@ -130,9 +131,14 @@ async def test_api_media_lists_placements_and_says_which_node_did_not_answer() -
     await channel.close()
     control.planner.proxies["n2"] = ProxyLink(pb.ProxyHello(node="n2"), channel)
     await control.media.join("urn:test:other", "n2", "memif:rx", sender=False)
-    async with client_for(control) as client:
+    async with client_for(control, registry=control_registry(control)) as client:
         response = await client.get("/api/media")
         assert response.status == 200 and response.headers["Cache-Control"] == "no-store"
+        metrics = await (await client.get("/metrics")).text()
+        for line in ("msm_media_placed_groups 2.0", 'msm_media_placement_members{group="urn:test:<g>",node="n1",'
+                     'role="sender"} 1.0', 'msm_media_placement_members{group="urn:test:other",node="n2",'
+                     'role="receiver"} 1.0'):
+            assert line in metrics.splitlines(), metrics
         body = await response.json()
         await control.media.leave("urn:test:other", "n2", "memif:rx", sender=False)
         assert await (await client.get("/api/media")).json() == body   # the same listing, within MEDIA_FRESH
