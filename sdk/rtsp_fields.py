@@ -5,6 +5,7 @@ Part of :mod:`msm.sdk.rtsp` (import from there).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -354,17 +355,41 @@ _TRACK = re.compile(r"^track(\d+)$")
 def split_url(uri: str) -> tuple[str, int | None]:
     """``rtsp://h/cam1/track1`` -> (``cam1``, 1); ``rtsp://h/cam1`` -> (``cam1``, None).
 
-    A URL that does not parse (``rtsp://[::1/cam``) is the client's fault: 400.
+    A control appended after a query (a client that joins ``trackN`` to a request URL
+    ``rtsp://h/cam1?x=1``) names the track too: ``rtsp://h/cam1?x=1/track0`` -> (``cam1``, 0).
+    A URL that does not parse (``rtsp://[::1/cam``), a bracketed host that is no IPv6
+    address (``rtsp://[::1]x/cam``, ``rtsp://[zz]/cam``) or a port that is no port is the
+    client's fault: 400.
     """
     try:
-        path = urlsplit(uri).path.strip("/")
+        parts = urlsplit(uri)
+        if parts.netloc:
+            _check_host(parts.netloc.rpartition("@")[2])
+            parts.port   # noqa: B018 - raises ValueError for a port that is no number or out of range
     except ValueError as exc:
         raise RtspError(f"bad request URL: {exc}", status=400) from exc
+    path = parts.path.strip("/")
     head, _, last = path.rpartition("/")
     match = _TRACK.match(last)
     if match and head:
         return head, int(match.group(1))
+    if parts.query and path:
+        match = _TRACK.match(parts.query.rstrip("/").rpartition("/")[2])
+        if match and "/" in parts.query:
+            return path, int(match.group(1))
     return path, None
+
+
+def _check_host(hostport: str) -> None:
+    """``ValueError`` unless ``hostport`` is ``host[:port]`` with a bracketed host an IPv6 address."""
+    if not hostport.startswith("["):
+        if "[" in hostport or "]" in hostport:
+            raise ValueError(f"brackets around no IPv6 address in {hostport!r}")
+        return
+    inside, _, rest = hostport[1:].partition("]")
+    if rest and not (rest.startswith(":") and rest[1:].isdigit()) and rest != ":":
+        raise ValueError(f"junk after the IPv6 address: {rest!r}")
+    ipaddress.IPv6Address(inside.partition("%")[0])
 
 
 def stream_url(uri: str) -> str:

@@ -386,3 +386,64 @@ async def test_udp_session_outlives_its_connection(target: Target) -> None:
     finally:
         client.close()
         pair.close()
+
+
+# -- URL handling (RFC 2326 3.2, 11.2; RFC 3986) --------------------------------------------------
+
+# SETUP of "<stream>?x=1/<track>" after DESCRIBE "<stream>?x=1" (a client that appends the
+# control to the request URL): msm reads the track after the query.
+QUERY_SETUP = {"msm": 200, "gst": 404}
+
+
+async def test_track_control_after_a_query(target: Target) -> None:
+    """RFC 2326 C.1.1: a relative control URL is resolved against the request URL when no
+    Content-Base is given; clients that append it textually to ``...stream?x=1`` send
+    ``...stream?x=1/track0``. GStreamer answers 404 (it matches the path only). msm takes
+    the track from the query's tail (it was 459: the track looked absent)."""
+    client, pair = await Client.open(target), UdpPair()
+    try:
+        assert (await client.request("DESCRIBE", target.url + "?x=1")).status == 200
+        setup = await client.request("SETUP", f"{target.url}?x=1/{target.track_prefix}0", Transport=pair.transport)
+        assert setup.status == QUERY_SETUP[target.name], (target.name, setup.status, setup.body)
+    finally:
+        client.close()
+        pair.close()
+
+
+# Bracketed hosts that are no IPv6 address: msm answers 400 to each; GStreamer only to the
+# unbalanced one (it ignores the host part otherwise: 200).
+BAD_HOSTS = {"[::1": 400, "[zz]": None, "[::1]x": None, "[v1.x]": None, "[::1]]": None, "[::1]:abc": None}
+
+
+@pytest.mark.parametrize("host", list(BAD_HOSTS))
+async def test_malformed_bracketed_host_is_400(target: Target, host: str) -> None:
+    """RFC 2326 3.2 (rtsp_URL = "rtsp:" "//" host [":" port] [abs_path]) with RFC 3986 3.2.2:
+    brackets hold an IPv6 (or IPvFuture) literal; a request whose URL breaks that is a
+    400 Bad Request, never a 500. GStreamer: 400 for the unbalanced bracket, else it
+    ignores the host (200). msm: 400 for each, with a one-line reason."""
+    client = await Client.open(target)
+    try:
+        answer = await client.request("DESCRIBE", f"rtsp://{host}{target.path}")
+        expected = 400 if target.name == "msm" else (BAD_HOSTS[host] or 200)
+        assert answer.status == expected, (target.name, host, answer.status, answer.body)
+    finally:
+        client.close()
+
+
+async def test_content_base_never_echoes_userinfo_or_a_foreign_host(target: Target) -> None:
+    """RFC 2326 12.11 / C.1.1: Content-Base is the base for the SDP's relative controls;
+    clients send their SETUPs there. Echoing the request's ``user:password@`` leaks the
+    credentials into logs and caches; echoing a host the client merely wrote sends its
+    SETUPs elsewhere. GStreamer drops the userinfo but echoes the host as written. msm
+    answers with the address the client connected to."""
+    client = await Client.open(target)
+    try:
+        with_user = await client.request("DESCRIBE", f"rtsp://user:secret@127.0.0.1:{target.port}{target.path}")
+        foreign = await client.request("DESCRIBE", f"rtsp://evil.example:554{target.path}")
+        bases = [a.headers.get("Content-Base") or "" for a in (with_user, foreign)]
+        if target.name == "msm":
+            assert bases == [f"rtsp://127.0.0.1:{target.port}{target.path}/"] * 2, bases
+        else:
+            assert "secret" not in bases[0] and "evil.example" in bases[1], bases
+    finally:
+        client.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from msm.sdk.errors import NotFound, Unavailable
+from msm.sdk.errors import NotFound, RtspError, Unavailable
 from msm.sdk.rtsp import InterleavedFrame, Response, RtspReader, TransportSpec
 from msm.sdk.rtsp_server import (
     DescribeRequested,
@@ -362,12 +362,26 @@ def test_split_url() -> None:
     assert split_url("rtsp://h/cam1") == ("cam1", None)
     assert split_url("rtsp://h/a/b/track0") == ("a/b", 0)
     assert split_url("rtsp://h/track3") == ("track3", None)
+    assert split_url("rtsp://h/cam1?x=1/track2") == ("cam1", 2)
+    assert split_url("rtsp://h/cam1?x=track2") == ("cam1", None)
+    assert split_url("rtsp://[fe80::1%eth0]:8554/cam1") == ("cam1", None)
+
+
+@pytest.mark.parametrize("url", ["rtsp://[::1/cam", "rtsp://[zz]/cam", "rtsp://[::1]x/cam", "rtsp://[v1.x]/cam",
+                                 "rtsp://[::1]]/cam", "rtsp://[::1]:abc/cam", "rtsp://a]b/cam", "rtsp://h:99999/cam"])
+def test_malformed_hosts_and_ports_are_400(url: str) -> None:
+    with pytest.raises(RtspError) as caught:
+        split_url(url)
+    assert caught.value.status == 400
+    conn, _ = make()
+    assert reply(feed(conn, request("DESCRIBE", url))).status == 400
 
 
 def test_stream_url_of_a_track_url_drops_the_track_and_userinfo() -> None:
     assert stream_url("rtsp://u:p@h:8554/cam/track0") == "rtsp://h:8554/cam"
     assert stream_url("rtsp://h/a/b/track1/") == "rtsp://h/a/b"
     assert stream_url("rtsp://h/cam") == "rtsp://h/cam"
+    assert stream_url("rtsp://h/cam?x=1/track0") == "rtsp://h/cam?x=1"
 
 
 def test_transport_answer_round_trips() -> None:
