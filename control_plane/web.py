@@ -19,7 +19,7 @@ Routes::
     GET /api/media    ListPlacements(with_stats) as JSON: every group's placement and every
                       node's groups, receivers, fabric links, bridges and app connections
                       (fabric addresses left out); one listing shared by the callers of
-                      the same second.
+                      the same second; listed_at_ms says when it was made.
     GET /metrics      Prometheus text of the given registry (404 without one), with the
                       group placements' families (media_service.PlacementCollector) added
     GET /healthz      liveness, with a few counts
@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -85,8 +86,9 @@ class MediaListing:
         async with self.lock:   # one listing at a time; the callers waiting get its answer
             loop = asyncio.get_running_loop()
             if loop.time() - self.at >= MEDIA_FRESH:
-                self.body = media_json(await list_media(self.placer))
-                self.at = loop.time()
+                body = media_json(await list_media(self.placer))
+                body["listed_at_ms"] = int(time.time() * 1000)   # the page's frames/s are timed by it
+                self.body, self.at = body, loop.time()
             return self.body
 
 

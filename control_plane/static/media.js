@@ -8,7 +8,25 @@
   const POLL_MS = Math.min(10000, Math.max(200, Number(params.get("interval")) || 1000));
   const FETCH_TIMEOUT_MS = 8000;
   let polls = 0;
-
+  // Frames per second between two listings, timed by the server's listed_at_ms (the control plane shares
+  // one listing for a second, so several polls may show the same one): key -> {frames, t} of the last
+  // listing, and the rates computed when a new one came. Keys not in a listing are dropped, so both maps
+  // hold at most one answer's rows.
+  let samples = new Map();
+  let rates = new Map();
+  let nextSamples = null;   // non-null while drawing a new listing
+  let nextRates = null;
+  let now = 0;
+  function rate(key, frames) {
+    if (nextSamples === null) return rates.get(key) || "–";
+    const value = num(frames);
+    const before = samples.get(key);
+    const shown = before && now > before.t && value >= before.frames
+      ? ((value - before.frames) * 1000 / (now - before.t)).toFixed(1) : "–";
+    nextSamples.set(key, { frames: value, t: now });
+    nextRates.set(key, shown);
+    return shown;
+  }
   const num = (v) => Number(v ?? 0) || 0;   // proto3 JSON gives 64-bit integers as strings
   const str = (v) => (v === undefined || v === null ? "" : String(v));
   const fmtInt = (v) => Math.round(num(v)).toLocaleString("en-US");
@@ -69,14 +87,16 @@
     for (const { node, group, queues } of entry.nodes.sort((a, b) => (a.node < b.node ? -1 : 1))) {
       rows.push(h("tr", { class: "mnode", "data-node": node, "data-frames": num(group.frames_in) },
         cell(node, { class: "strong" }), cell(group.sender ? `in from ${str(group.sender)}` : "no sender", { class: "muted" }),
-        cell(fmtInt(group.frames_in)), cell(fmtBytes(group.bytes_in)),
+        cell(fmtInt(group.frames_in)), cell(rate(`g\u0000${node}\u0000${entry.urn}`, group.frames_in)),
+        cell(fmtBytes(group.bytes_in)),
         cell(reasons(group.incomplete) ? `incomplete: ${reasons(group.incomplete)}` : "", { class: "bad" }),
         cell(""), cell(""), cell(""), cell("")));
       for (const r of group.receivers || []) {
         const name = str(r.name);
         const queue = queues.get(name);
         rows.push(h("tr", { class: "mreceiver", "data-node": node, "data-receiver": name, "data-frames": num(r.frames) },
-          cell(""), cell(`→ ${name}`), cell(fmtInt(r.frames)), cell(fmtBytes(r.bytes)),
+          cell(""), cell(`→ ${name}`), cell(fmtInt(r.frames)), cell(rate(`r\u0000${node}\u0000${entry.urn}\u0000${name}`, r.frames)),
+          cell(fmtBytes(r.bytes)),
           cell(reasons(r.drops), { class: total(r.drops) ? "bad" : "" }), cell(queue ? fmtInt(queue.queue_depth) : ""),
           cell(fmtUs(r.has_latency, r.latency_p50_us)), cell(fmtUs(r.has_latency, r.latency_p99_us)), cell("")));
       }
@@ -84,7 +104,8 @@
         const peer = str(l.peer_node);
         const state = l.outgoing ? linkState(entry.placement, peer) : "linked";
         rows.push(h("tr", { class: "mlink", "data-node": node, "data-peer": peer, "data-outgoing": String(!!l.outgoing) },
-          cell(""), cell(l.outgoing ? `⇒ node ${peer}` : `⇐ node ${peer}`), cell(fmtInt(l.frames)), cell(fmtBytes(l.bytes)),
+          cell(""), cell(l.outgoing ? `⇒ node ${peer}` : `⇐ node ${peer}`), cell(fmtInt(l.frames)),
+          cell(rate(`l\u0000${node}\u0000${entry.urn}\u0000${peer}\u0000${!!l.outgoing}`, l.frames)), cell(fmtBytes(l.bytes)),
           cell(""), cell(l.outgoing ? fmtInt(l.in_flight) : ""), cell(""), cell(""),
           cell(`${str(l.provider)} · ${state}`, { class: state === "linked" ? "ok" : "bad" })));
       }
@@ -105,7 +126,7 @@
       h("span", { class: "meta" }, "receiving nodes ", h("b", { "data-role": "receivers" }, receivers || (p ? "none" : "not placed (local)"))));
     const rows = groupRows(entry);
     const body = rows.length
-      ? table("groups", ["node", "member / link", "frames", "bytes", "dropped / incomplete", "queue", "latency p50", "p99", "fabric"], rows)
+      ? table("groups", ["node", "member / link", "frames", "frames/s", "bytes", "dropped / incomplete", "queue", "latency p50", "p99", "fabric"], rows)
       : h("p", { class: "muted" }, "no node reports counters for this group");
     return h("div", { class: "mgroup", "data-urn": entry.urn }, head, body);
   }
@@ -119,7 +140,7 @@
         const dropped = { ...(b.dropped || {}) };
         rows.push(h("tr", { "data-bridge": str(b.name), "data-node": str(n.node), "data-pacing-class": str(b.pacing_class) },
           cell(str(n.node)), cell(str(b.name), { class: "strong" }), cell(str(b.direction)), cell(str(b.group)), cell(str(b.address)),
-          cell(fmtInt(b.frames)), cell(fmtBytes(b.bytes)), cell(fmtInt(b.packets)), cell(egress ? "" : fmtInt(b.lost_packets)),
+          cell(fmtInt(b.frames)), cell(rate(`b\u0000${str(n.node)}\u0000${str(b.name)}`, b.frames)), cell(fmtBytes(b.bytes)), cell(fmtInt(b.packets)), cell(egress ? "" : fmtInt(b.lost_packets)),
           cell(egress ? "" : reasons(b.incomplete)), cell(reasons(dropped)), cell(fmtInt(b.queue_depth)),
           cell(egress ? `${str(b.pacing)}: ${str(b.pacing_class)}` : "", { "data-role": "pacing" }),
           cell(egress ? fmtInt(b.late_packets) : "")));
@@ -127,7 +148,7 @@
     }
     if (!rows.length) return null;
     return h("div", { class: "mblock" }, h("h3", {}, "ST 2110 bridges"),
-      table("bridges", ["node", "bridge", "dir", "group", "address", "frames", "bytes", "packets", "lost pkts", "incomplete",
+      table("bridges", ["node", "bridge", "dir", "group", "address", "frames", "frames/s", "bytes", "packets", "lost pkts", "incomplete",
         "dropped", "queue", "pacing: measured class", "late pkts"], rows));
   }
 
@@ -138,7 +159,8 @@
         rows.push(h("tr", { "data-connection": str(c.connection), "data-node": str(n.node) },
           cell(str(n.node)), cell(str(c.connection), { class: "strong" }), cell(str(c.app) || "–"),
           cell(c.direction === "tx" ? "app sends" : c.direction === "rx" ? "app receives" : str(c.direction)),
-          cell(str(c.target)), cell(`${num(c.pid)} / ${num(c.uid)}`), cell(fmtInt(c.frames)), cell(fmtBytes(c.bytes)),
+          cell(str(c.target)), cell(`${num(c.pid)} / ${num(c.uid)}`), cell(fmtInt(c.frames)),
+          cell(rate(`c\u0000${str(n.node)}\u0000${str(c.connection)}`, c.frames)), cell(fmtBytes(c.bytes)),
           cell(reasons(c.drops), { class: total(c.drops) ? "bad" : "" }), cell(fmtInt(c.queue_depth)),
           cell(fmtUs(c.has_latency, c.latency_p50_us)), cell(fmtUs(c.has_latency, c.latency_p99_us)),
           cell(c.attached ? "attached" : "waiting", { class: c.attached ? "ok" : "muted" })));
@@ -146,7 +168,7 @@
     }
     if (!rows.length) return null;
     return h("div", { class: "mblock" }, h("h3", {}, "app connections"),
-      table("connections", ["node", "connection", "app", "direction", "group / target", "pid / uid", "frames", "bytes",
+      table("connections", ["node", "connection", "app", "direction", "group / target", "pid / uid", "frames", "frames/s", "bytes",
         "dropped", "queue", "latency p50", "p99", "memif"], rows));
   }
 
@@ -164,6 +186,12 @@
   }
 
   function render(data) {
+    const listed = num(data.listed_at_ms) || Date.now();
+    if (listed !== now) {
+      now = listed;
+      nextSamples = new Map();
+      nextRates = new Map();
+    }
     const nodes = (data.nodes || []).slice().sort((a, b) => (str(a.node) < str(b.node) ? -1 : 1));
     const groups = byUrn(data);
     const section = document.getElementById("media");
@@ -172,6 +200,11 @@
     document.body.dataset.media = any ? "1" : "0";   // the "no streams" box makes room for the groups
     document.getElementById("media-body").replaceChildren(
       ...[drawNodes(nodes), ...groups.map(drawGroup), drawBridges(nodes), drawConnections(nodes)].filter(Boolean));
+    if (nextSamples !== null) {
+      samples = nextSamples;
+      rates = nextRates;
+      nextSamples = nextRates = null;
+    }
   }
 
   async function poll() {

@@ -454,7 +454,8 @@ TCP = "tcp;ofi_rxm"
 
 
 class CannedNode:
-    """A node's MediaPlane as the placer sees it: links are taken, ListGroups answers ``stats``."""
+    """A node's MediaPlane as the placer sees it: links are taken, ListGroups answers ``stats`` (where the
+    receiver memif:c7, if there, takes 30 frames between two answers)."""
 
     def __init__(self, stats: mpb.ListGroupsReply) -> None:
         self.stats = stats
@@ -465,7 +466,11 @@ class CannedNode:
     async def forget(self, *args: Any, **kwargs: Any) -> None: ...
 
     async def list_groups(self) -> mpb.ListGroupsReply:
-        return self.stats
+        for receiver in (r for g in self.stats.groups for r in g.receivers if r.name == "memif:c7"):
+            receiver.frames += 30
+        answer = mpb.ListGroupsReply()
+        answer.CopyFrom(self.stats)
+        return answer
 
 
 def canned_media() -> dict[str, mpb.ListGroupsReply]:
@@ -540,9 +545,11 @@ def check_media_drawn(drawn: dict[str, Any]) -> None:
     assert drawn["placed"][0] == f"node-a (1 · local); node-b (1 · {TCP}, linked)"
     assert drawn["nodes"] == [["node-a", "", "300"], ["node-b", "", "300"], ["node-a", "", "5"]]
     assert ["node-a", "memif:<b>x</b>", "5"] in drawn["receivers"]
-    # node, member, frames, bytes, drops, queue (the app connection's), p50, p99
-    assert drawn["cells"]["node-a memif:c2"][1:8] == ["→ memif:c2", "297", "1.54 GB", "no_space 3", "4", "180 µs",
-                                                      "2.40 ms"]
+    # node, member, frames, frames/s (none moved between polls), bytes, drops, queue (the app connection's),
+    # p50, p99
+    cells = drawn["cells"]["node-a memif:c2"]
+    assert cells[1:3] == ["→ memif:c2", "297"] and cells[3] in ("–", "0.0"), cells
+    assert cells[4:9] == ["1.54 GB", "no_space 3", "4", "180 µs", "2.40 ms"], cells
     assert drawn["links"] == [["node-a", "node-b", f"{TCP} · linked"], ["node-b", "node-a", f"{TCP} · linked"]]
     assert drawn["bridges"] == [["<out>", "node-b", "wide: narrow"]]
     (app,) = drawn["apps"]
@@ -605,6 +612,12 @@ async def test_browser_draws_relay_nodes_and_the_viewers_they_feed(chromium: str
             assert time.monotonic() < deadline, "the page drew no media section"
             await asyncio.sleep(0.1)
         check_media_drawn(media)
+        # frames/s, timed by the listings: 30 frames a listing, one listing a second at most (MEDIA_FRESH)
+        deadline = time.monotonic() + 10
+        while (fps := (await browser.evaluate(MEDIA_DRAWN))["cells"]["node-b memif:c7"][3]) == "–":
+            assert time.monotonic() < deadline, "no frames/s drawn"
+            await asyncio.sleep(0.1)
+        assert 0 < float(fps) <= 30.5, fps
         if os.environ.get("MSM_WEB_SCREENSHOT"):   # written next to it, as <name>-relays.png
             await wait_drawn(browser, lambda d: d["polls"] >= MIN_POINTS, timeout=10)   # a few plot points
             shot = Path(os.environ["MSM_WEB_SCREENSHOT"])
