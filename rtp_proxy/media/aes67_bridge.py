@@ -42,13 +42,18 @@ INGRESS_QUEUE = 1000
 #: Blocks waiting for the egress: 1000 one-packet blocks is 125 ms at 125 us packets, and besides
 #: the count the audio waiting is bounded by EGRESS_SECONDS; more only adds latency.
 EGRESS_QUEUE = 1000
-#: Seconds of audio that may wait for the egress (a bigger block is taken only into an empty queue).
-EGRESS_SECONDS = 0.25
+#: Seconds of audio that may wait for the egress (a bigger block is taken only into an empty queue):
+#: rides out a stall of the node's frames of half a second (measured: 250 ms was not enough on a 2-core
+#: host at load 8, frames from another node coming in bursts).
+EGRESS_SECONDS = 0.5
 #: The egress wakes once a millisecond at most (125 us packets go 8 at a time).
 TICK_NS = 1_000_000
-#: How far behind its packet clock the egress may fall and catch up by sending without sleeping; further
-#: (a pause in the blocks, a stalled thread) it starts its clock again from now.
+#: Behind its packet clock with blocks waiting (a stalled thread, a burst from another node), the egress
+#: catches up by sending without sleeping, so the latency it adds comes back down; after a pause in the
+#: blocks (none waiting) more than this behind, or ever more than MAX_CATCH_UP_NS, it starts its clock
+#: again from now.
 CATCH_UP_NS = 20_000_000
+MAX_CATCH_UP_NS = 1_000_000_000
 #: Largest block: 100 ms of the largest stream (64 channels of L24 at 96 kHz is 1.8 MB); a group frame
 #: of audio is normally 1 ms or less.
 MAX_BLOCK_BYTES = 2 << 20
@@ -278,12 +283,13 @@ class Aes67Egress:
         while (item := self._todo.get()) is not None:
             pcm, timestamp = item
             self._out_bytes += len(pcm)
+            waiting = self._in_bytes - self._out_bytes
             packets = packetize_audio(pcm, self.fmt, seq=self._seq, timestamp=timestamp, ssrc=self.ssrc,
                                       payload_type=self.stream.payload_type)
             self._seq = (self._seq + len(packets)) & 0xFFFF
-            now = time.monotonic_ns()
-            if now - due > CATCH_UP_NS:
-                due = now
+            behind = time.monotonic_ns() - due
+            if behind > MAX_CATCH_UP_NS or (behind > CATCH_UP_NS and not waiting):
+                due += behind
             for k in range(0, len(packets), per_tick):
                 wait = due - time.monotonic_ns()
                 if wait > 0:

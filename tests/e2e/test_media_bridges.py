@@ -6,10 +6,11 @@ run an egress goes to our analyser (``msm st2110 analyse``'s live capture), whic
 reports about itself. Frames and pixels are compared with the source pattern; the proxy's
 /metrics and `msm streams` must show the frames, the loss and the egress's class.
 
-ST 2110-30 (AES67 L24) through `msm-proxy --media-config`: GStreamer's rtpL24pay -> ingress (from an
-SDP file) -> group -> egress -> ffmpeg reading the SDP the egress wrote, and ffmpeg's RTP L24 ->
-ingress (MCM's fields) -> group -> egress at 125 us packets -> GStreamer's rtpL24depay; each
-receiver's samples must be a run of the sender's, byte for byte. The same through the SDK: an
+ST 2110-30 (AES67 L24) through two `msm-proxy --media-config` (nodes n1, n2, a control plane, frames between
+them over libfabric): GStreamer's rtpL24pay -> ingress on n1 (from an SDP file) -> group -> egress
+on n2 -> ffmpeg reading the SDP the egress wrote, and ffmpeg's RTP L24 -> ingress on n2 (MCM's
+fields) -> group -> egress on n1 at 125 us packets -> GStreamer's rtpL24depay; each receiver's
+samples must be a run of the sender's, byte for byte. The same through the SDK: an
 app's ``connection.st2110`` st2110-30 tx connection into GStreamer, ffmpeg into an app's rx one,
 and a video tx connection with ``pacing`` into the analyser.
 """
@@ -295,12 +296,24 @@ def _free_tcp_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _msm_proxy(config: Path, metrics: int) -> contextlib.AbstractAsyncContextManager[Any]:
-    """msm-proxy alone (no control plane answers: its groups stay on this node), its bridges from ``config``."""
-    return _spawn(str(VENV_BIN / "msm-proxy"), "--insecure", "--node", "n1", "--listen",
-                  f"127.0.0.1:{_free_tcp_port()}", "--control", f"127.0.0.1:{_free_tcp_port()}", "--metrics-listen",
-                  f"127.0.0.1:{metrics}", "--media-host", "127.0.0.1", "--port-range", "31200-31300",
-                  "--fabric-provider", "none", "--media-config", str(config))
+def _fabric_missing() -> str:
+    try:
+        from msm.ext import fabric
+
+        offered = fabric.providers()
+    except Exception as exc:  # noqa: BLE001 - the reason is the skip's
+        return f"msm.ext.fabric: {exc}"
+    return "" if "tcp;ofi_rxm" in offered else f"libfabric's tcp;ofi_rxm is needed (offered: {offered})"
+
+
+def _msm_proxy(node: str, config: Path, control: int, metrics: int) -> contextlib.AbstractAsyncContextManager[Any]:
+    """msm-proxy for ``node`` on this host, its bridges from ``config`` (the bridges whose nodes name it)."""
+    return _spawn(str(VENV_BIN / "msm-proxy"), "--insecure", "--node", node, "--listen",
+                  f"127.0.0.1:{_free_tcp_port()}", "--control", f"127.0.0.1:{control}", "--metrics-listen",
+                  f"127.0.0.1:{metrics}", "--media-host", "127.0.0.1", "--port-range",
+                  "31200-31300" if node == "n1" else "31300-31400", "--fabric-provider", "tcp;ofi_rxm",
+                  "--fabric-address", f"127.0.0.1:{_free_tcp_port()}", "--fabric-max-frame", "65536",
+                  "--fabric-credits", "16", "--media-config", str(config))
 
 
 def _run_of(got: bytes, sent: bytes, least: int) -> None:
@@ -311,17 +324,21 @@ def _run_of(got: bytes, sent: bytes, least: int) -> None:
 
 
 def _audio_config(tmp: Path, ports: dict[str, int]) -> Path:
+    """Group a: in on n1 (from an SDP file), out on n2 to ffmpeg; group b: in on n2 (MCM's fields), out on n1
+    to GStreamer at 125 us packets. Group frames of 10 ms (maxPayloadSize) cross between the nodes."""
     sdp_in = tmp / "a-in.sdp"
     sdp_in.write_text(audio_sdp(AudioStream("127.0.0.1", ports["a-in"], "L24", 48000, 2, 1000, 97)))
     audio = {"channels": 2, "sampleRate": 48000, "format": "L24", "packetTime": "1ms"}
     section = {"groups": ["urn:test:a"], "bridges": [
-        {"name": "a-in", "direction": "ingress", "group": "urn:test:a", "sdp": str(sdp_in)},
-        {"name": "a-to-ffmpeg", "direction": "egress", "group": "urn:test:a", "ipAddr": "127.0.0.1",
+        {"name": "a-in", "direction": "ingress", "group": "urn:test:a", "nodes": ["n1"], "sdp": str(sdp_in),
+         "maxPayloadSize": 2880},
+        {"name": "a-to-ffmpeg", "direction": "egress", "group": "urn:test:a", "nodes": ["n2"], "ipAddr": "127.0.0.1",
          "port": ports["a-to-ffmpeg"], "payloadType": 97, "payload": {"audio": audio},
          "writeSdp": str(tmp / "a-to-ffmpeg.sdp")},
-        {"name": "b-in", "direction": "ingress", "group": "urn:test:b", "ipAddr": "127.0.0.1", "port": ports["b-in"],
-         "payloadType": 97, "payload": {"audio": {**audio, "format": "pcm_s24be"}}},
-        {"name": "b-to-gst", "direction": "egress", "group": "urn:test:b", "transport": "st2110-30",
+        {"name": "b-in", "direction": "ingress", "group": "urn:test:b", "nodes": ["n2"], "ipAddr": "127.0.0.1",
+         "port": ports["b-in"], "payloadType": 97, "payload": {"audio": {**audio, "format": "pcm_s24be"}},
+         "maxPayloadSize": 2880},
+        {"name": "b-to-gst", "direction": "egress", "group": "urn:test:b", "nodes": ["n1"], "transport": "st2110-30",
          "ipAddr": "127.0.0.1", "port": ports["b-to-gst"], "payloadType": 97,
          "payload": {"audio": {**audio, "packetTime": "125us"}}}]}
     config = tmp / "media.json"   # the section itself, as JSON (YAML's subset)
@@ -338,43 +355,63 @@ def _audio_sent() -> tuple[bytes, bytes]:
     return gst.stdout, ffmpeg.stdout
 
 
-async def test_msm_proxy_audio_bridges_gst_and_ffmpeg_both_ways(tmp_path: Path) -> None:
+async def _audio_peers(tmp: Path, ports: dict[str, int]) -> None:
+    """ffmpeg and GStreamer receive from the egresses while GStreamer and ffmpeg send to the ingresses."""
+    ffmpeg = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file,udp,rtp", "-buffer_size",
+        "4194304", "-i", str(tmp / "a-to-ffmpeg.sdp"), "-t", "1", "-f", "s24be", "-c:a", "pcm_s24be", "-y",
+        str(tmp / "ffmpeg.raw"), stderr=asyncio.subprocess.PIPE)
+    gst = await asyncio.create_subprocess_exec(
+        # A large socket buffer: 8000 packets a second wait there while a loaded host runs something else.
+        "gst-launch-1.0", "-q", "-e", "udpsrc", f"port={ports['b-to-gst']}", "buffer-size=4194304",
+        "caps=application/x-rtp,media=audio,"
+        "clock-rate=48000,encoding-name=L24,channels=2,payload=97", "!", "rtpL24depay", "!", "filesink",
+        f"location={tmp / 'gst.raw'}", stderr=asyncio.subprocess.PIPE)
+    await asyncio.sleep(1.0)   # both bind their ports
+    senders = [await asyncio.create_subprocess_exec(
+        "gst-launch-1.0", "-q", "audiotestsrc", f"num-buffers={AUDIO_MS}", "samplesperbuffer=48", "wave=sine", "!",
+        L24, "!", "rtpL24pay", "pt=97", "min-ptime=1000000", "max-ptime=1000000", "!", "udpsink",
+        "host=127.0.0.1", f"port={ports['a-in']}", "sync=true"), await asyncio.create_subprocess_exec(
+        "ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i", FFMPEG_TONE, "-c:a",
+        "pcm_s24be", "-f", "rtp", "-pkt_size", "300", f"rtp://127.0.0.1:{ports['b-in']}")]
+    for sender in senders:
+        assert await asyncio.wait_for(sender.wait(), 20) == 0
+    await asyncio.sleep(0.5)   # the egresses send what they hold
+    for receiver in (ffmpeg, gst):
+        if receiver.returncode is None:
+            receiver.send_signal(2)
+        _, err = await asyncio.wait_for(receiver.communicate(), 15)
+        print("receiver:", err.decode(errors="replace")[-500:])
+
+
+async def test_msm_proxy_audio_bridges_across_two_nodes_gst_and_ffmpeg_both_ways(tmp_path: Path) -> None:
+    """Two msm-proxy (n1, n2) and a control plane on this host, one --media-config file for both (as the chart
+    gives every proxy the same); each stream enters on one node and leaves on the other over libfabric."""
+    if missing := _fabric_missing():
+        pytest.skip(missing)
     ports = {name: _free_udp_port() for name in ("a-in", "a-to-ffmpeg", "b-in", "b-to-gst")}
-    metrics = _free_tcp_port()
+    metrics, control = {"n1": _free_tcp_port(), "n2": _free_tcp_port()}, _free_tcp_port()
     gst_sent, ffmpeg_sent = _audio_sent()
-    async with _msm_proxy(_audio_config(tmp_path, ports), metrics) as proxy:
-        for name in ports:
-            await proxy.wait_line(rf"bridge {name}: \w+ st2110-30 127.0.0.1:{ports[name]}")
-        ffmpeg = await asyncio.create_subprocess_exec(
-            "ffmpeg", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file,udp,rtp", "-i",
-            str(tmp_path / "a-to-ffmpeg.sdp"), "-t", "1", "-f", "s24be", "-c:a", "pcm_s24be", "-y",
-            str(tmp_path / "ffmpeg.raw"), stderr=asyncio.subprocess.PIPE)
-        gst = await asyncio.create_subprocess_exec(
-            "gst-launch-1.0", "-q", "-e", "udpsrc", f"port={ports['b-to-gst']}", "caps=application/x-rtp,media=audio,"
-            "clock-rate=48000,encoding-name=L24,channels=2,payload=97", "!", "rtpL24depay", "!", "filesink",
-            f"location={tmp_path / 'gst.raw'}", stderr=asyncio.subprocess.PIPE)
-        await asyncio.sleep(1.0)   # both bind their ports
-        senders = [await asyncio.create_subprocess_exec(
-            "gst-launch-1.0", "-q", "audiotestsrc", f"num-buffers={AUDIO_MS}", "samplesperbuffer=48", "wave=sine", "!",
-            L24, "!", "rtpL24pay", "pt=97", "min-ptime=1000000", "max-ptime=1000000", "!", "udpsink",
-            "host=127.0.0.1", f"port={ports['a-in']}", "sync=true"), await asyncio.create_subprocess_exec(
-            "ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i", FFMPEG_TONE, "-c:a",
-            "pcm_s24be", "-f", "rtp", "-pkt_size", "300", f"rtp://127.0.0.1:{ports['b-in']}")]
-        for sender in senders:
-            assert await asyncio.wait_for(sender.wait(), 20) == 0
-        await asyncio.sleep(0.5)   # the egresses send what they hold
-        text = await _scrape(f"127.0.0.1:{metrics}")
-        for receiver in (ffmpeg, gst):
-            if receiver.returncode is None:
-                receiver.send_signal(2)
-            _, err = await asyncio.wait_for(receiver.communicate(), 15)
-            print("receiver:", err.decode(errors="replace")[-500:])
-    _show(text)
-    for name in ("a-in", "b-in"):
-        assert _metric(text, "msm_st2110_ingress_lost_packets_total", bridge=name) == 0
-    assert _metric(text, "msm_st2110_bridge_frames_total", bridge="a-in") == AUDIO_MS   # one 1 ms packet a frame
-    assert _metric(text, "msm_st2110_bridge_bytes_total", bridge="b-in") == len(ffmpeg_sent) // 288 * 288
-    assert _metric(text, "msm_st2110_bridge_dropped_frames_total", bridge="b-to-gst") == 0
+    config = _audio_config(tmp_path, ports)
+    async with _spawn(str(VENV_BIN / "msm-control-plane"), "--insecure", "--listen", f"127.0.0.1:{control}",
+                      "--web-listen", "", "--bootstrap-listen", "") as plane, \
+            _msm_proxy("n1", config, control, metrics["n1"]) as n1, \
+            _msm_proxy("n2", config, control, metrics["n2"]) as n2:
+        for proxy, here, there in ((n1, ("a-in", "b-to-gst"), ("a-to-ffmpeg", "b-in")),
+                                   (n2, ("a-to-ffmpeg", "b-in"), ("a-in", "b-to-gst"))):
+            for name in here:
+                await proxy.wait_line(rf"bridge {name}: \w+ st2110-30 127.0.0.1:{ports[name]}")
+            for name in there:
+                await proxy.wait_line(rf"bridge {name}: not for node")
+        await plane.wait_line(r"group urn:test:a: link n1 -> n2")
+        await plane.wait_line(r"group urn:test:b: link n2 -> n1")
+        await _audio_peers(tmp_path, ports)
+        text = {node: await _scrape(f"127.0.0.1:{port}") for node, port in metrics.items()}
+    _show(text["n1"] + "\n" + text["n2"])
+    assert _metric(text["n1"], "msm_st2110_ingress_lost_packets_total", bridge="a-in") == 0
+    assert _metric(text["n1"], "msm_st2110_bridge_frames_total", bridge="a-in") == AUDIO_MS // 10   # 10 ms frames
+    assert _metric(text["n2"], "msm_st2110_ingress_lost_packets_total", bridge="b-in") == 0
+    assert _metric(text["n2"], "msm_st2110_bridge_bytes_total", bridge="b-in") == len(ffmpeg_sent) // 2880 * 2880
     _run_of((tmp_path / "ffmpeg.raw").read_bytes(), gst_sent, SECOND * 9 // 10)
     _run_of((tmp_path / "gst.raw").read_bytes(), ffmpeg_sent, len(ffmpeg_sent) * 8 // 10)
 
