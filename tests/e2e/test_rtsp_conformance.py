@@ -16,7 +16,7 @@ import asyncio
 import re
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
@@ -27,7 +27,7 @@ from msm.mesh import LocalMesh
 from msm.sdk.rtp import ReceiverReport, ReportBlock, SdesChunk, SourceDescription, serialize_rtcp
 from msm.sdk.rtsp import Response, RtspReader, parse_transport
 from tests.e2e.conftest import _require_peers, mesh_config
-from tests.peers import GstRtspServer
+from tests.peers import GstRtspServer, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120), pytest.mark.asyncio(loop_scope="module")]
 
@@ -153,7 +153,8 @@ def session_id(response: Response) -> str:
 async def servers() -> AsyncIterator[tuple[GstRtspServer, LocalMesh]]:
     _require_peers()
     gst = await GstRtspServer.start(path="/test", extra_args=["--session-timeout", str(SESSION_TIMEOUT)])
-    mesh = LocalMesh(mesh_config(routes=[Route(name="cam", url=gst.url)], session_timeout=SESSION_TIMEOUT))
+    dead = Route(name="dead", url=f"rtsp://127.0.0.1:{free_port()}/nothing")   # nothing listens there
+    mesh = LocalMesh(mesh_config(routes=[Route(name="cam", url=gst.url), dead], session_timeout=SESSION_TIMEOUT))
     try:
         await mesh.start()
         yield gst, mesh
@@ -447,3 +448,101 @@ async def test_content_base_never_echoes_userinfo_or_a_foreign_host(target: Targ
             assert "secret" not in bases[0] and "evil.example" in bases[1], bases
     finally:
         client.close()
+
+
+
+# -- Every status msm answers a viewer, beside GStreamer's answer to the same request ---------------
+
+def _req(method: str, url: str, *headers: str, body: str = "") -> Callable[[Target], bytes]:
+    """A request with CSeq 1 and ``headers`` (``{url}`` and ``{track0}``/``{track9}`` filled in per target)."""
+    def build(target: Target) -> bytes:
+        fill = {"url": target.url, "track0": target.track(0), "track9": target.track(9),
+                "nope": f"rtsp://{target.host}:{target.port}/nope"}
+        lines = [f"{method} {url.format(**fill)} RTSP/1.0", "CSeq: 1", *headers]
+        if body:
+            lines.append(f"Content-Length: {len(body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+    return build
+
+
+UDP = "Transport: RTP/AVP;unicast;client_port=40000-40001"
+# (case, RFC 2326 section, request, {target: status}). Where the two differ, the docstring
+# of test_status_codes says why msm answers as it does.
+STATUS_CASES: list[tuple[str, str, Callable[[Target], bytes], dict[str, int]]] = [
+    ("options", "10.1", _req("OPTIONS", "*"), {"msm": 200, "gst": 200}),
+    ("get-parameter-keepalive", "10.8", _req("GET_PARAMETER", "{url}"), {"msm": 200, "gst": 200}),
+    ("missing-cseq", "12.17", lambda t: b"OPTIONS * RTSP/1.0\r\n\r\n", {"msm": 400, "gst": 400}),
+    ("garbage", "6.1", lambda t: b"HELLO\r\n\r\n", {"msm": 400, "gst": 400}),
+    ("malformed-transport", "12.39", _req("SETUP", "{track0}", "Transport: RTP/AVP;unicast;client_port=abc"),
+     {"msm": 400, "gst": 200}),
+    ("a-response-from-the-client", "6", lambda t: b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n", {"msm": 400}),
+    ("unknown-stream", "11.3.5", _req("DESCRIBE", "{nope}"), {"msm": 404, "gst": 404}),
+    ("unknown-track", "11.3.5", _req("SETUP", "{track9}", UDP), {"msm": 404, "gst": 404}),
+    ("announce", "11.4.1 (405 + Allow)", _req("ANNOUNCE", "{url}"), {"msm": 405, "gst": 400}),
+    ("record", "11.4.1", _req("RECORD", "{url}", "Session: abc"), {"msm": 405, "gst": 454}),
+    ("redirect", "11.4.1", _req("REDIRECT", "{url}"), {"msm": 405, "gst": 501}),
+    ("accept-no-sdp", "11.4.6 (HTTP 406)", _req("DESCRIBE", "{url}", "Accept: text/html"), {"msm": 406, "gst": 200}),
+    ("header-too-large", "11.4.12 (HTTP 413)", _req("OPTIONS", "*", "X-Pad: " + "a" * 20000),
+     {"msm": 413, "gst": 200}),
+    ("request-line-too-long", "11.4.13 (HTTP 414)", _req("OPTIONS", "rtsp://h/" + "a" * 20000),
+     {"msm": 414, "gst": 400}),
+    ("set-parameter", "11.3.1", _req("SET_PARAMETER", "{url}", "Content-Type: text/parameters", body="volume: 3\n"),
+     {"msm": 451, "gst": 451}),
+    ("unknown-session", "11.3.6", _req("PLAY", "{url}", "Session: nosuch"), {"msm": 454, "gst": 454}),
+    ("no-session", "11.3.6", _req("PLAY", "{url}"), {"msm": 454, "gst": 454}),
+    ("setup-of-aggregate-url", "11.3.8", _req("SETUP", "{url}", UDP), {"msm": 459, "gst": 404}),
+    ("unsupported-transport", "11.3.11", _req("SETUP", "{track0}", "Transport: RAW/RAW/UDP;unicast"),
+     {"msm": 461, "gst": 461}),
+    ("no-transport", "11.3.11", _req("SETUP", "{track0}"), {"msm": 461, "gst": 461}),
+    ("multicast", "11.3.11", _req("SETUP", "{track0}", "Transport: RTP/AVP;multicast"), {"msm": 461, "gst": 461}),
+    ("unknown-method", "11.4.2", _req("FROBNICATE", "{url}"), {"msm": 501, "gst": 400}),
+    ("rtsp-2.0", "11.4.5 (505)", lambda t: b"OPTIONS * RTSP/2.0\r\nCSeq: 1\r\n\r\n", {"msm": 505, "gst": 200}),
+    ("require", "11.3.14 (551 + Unsupported)", _req("OPTIONS", "{url}", "Require: com.example.magic"),
+     {"msm": 551, "gst": 551}),
+]
+
+
+async def _status(target: Target, data: bytes) -> int | None:
+    """The status of the first answer to ``data`` on a new connection (None: closed or silent)."""
+    reader, writer = await asyncio.open_connection(target.host, target.port)
+    writer.write(data)
+    head = b""
+    try:
+        async with asyncio.timeout(1.5):   # both answer at once; silence is an answer too
+            while b"\r\n" not in head:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    return None
+                head += chunk
+    except TimeoutError:
+        return None
+    finally:
+        writer.close()
+    match = re.match(rb"RTSP/\d\.\d (\d{3}) ", head)
+    return int(match.group(1)) if match else None
+
+
+@pytest.mark.parametrize(("case", "section", "build", "expected"), STATUS_CASES, ids=[c[0] for c in STATUS_CASES])
+async def test_status_codes(target: Target, case: str, section: str, build: Callable[[Target], bytes],
+                            expected: dict[str, int]) -> None:
+    """Each request's answer from msm and from GStreamer (RFC 2326 section in STATUS_CASES).
+
+    Where they differ msm is the stricter: it refuses what RFC 2326 says is refused (a
+    malformed Transport, ANNOUNCE/RECORD/REDIRECT with 405 and Allow as 11.4.1 asks of
+    a method the resource does not allow, an unacceptable Accept with 406, oversized heads
+    with 413/414, another protocol version with 505, an unknown method with 501), where
+    GStreamer ignores the fault or answers a generic 400. A response sent by a client is
+    a protocol error to msm (400, connection closed); GStreamer ignores it (no answer).
+    """
+    status = await _status(target, build(target))
+    assert status == expected.get(target.name), (target.name, case, section, status)
+
+
+async def test_unreachable_upstream_is_503(servers: tuple[GstRtspServer, LocalMesh]) -> None:
+    """RFC 2326 11.3.4 (503 Service Unavailable, HTTP semantics): msm answers a DESCRIBE of a
+    route whose upstream does not answer 503 (and 502 for one that answers nonsense, 504
+    for one too slow: tests/e2e/test_bad_input.py, test_upstream_auth.py). GStreamer serves
+    its own media and has no upstream, so it has no such answer."""
+    target = make_target("msm", servers)
+    status = await _status(target, _req("DESCRIBE", f"rtsp://{target.host}:{target.port}/dead")(target))
+    assert status == 503
