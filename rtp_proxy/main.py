@@ -163,10 +163,7 @@ async def start_bridges(media: MediaNode, config: MediaConfig, media_dir: str) -
     if not config.groups and not config.bridges:
         return None
     bridges = BridgeSet(media, media_dir=Path(media_dir) if media_dir else None)
-    await bridges.start(config.bridges, config.groups)
-    for row in bridges.snapshot():
-        log.info("bridge %s: %s %s %s:%d, group %s%s", row["name"], row["direction"], row["transport"],
-                 row["address"], row["port"], row["group"], f", SDP {row['sdp']}" if row.get("sdp") else "")
+    await bridges.start(config.bridges, config.groups)   # each bridge logs what it does, or that it is not for here
     return bridges
 
 

@@ -400,7 +400,7 @@ async def test_msm_proxy_audio_bridges_across_two_nodes_gst_and_ffmpeg_both_ways
         for proxy, here, there in ((n1, ("a-in", "b-to-gst"), ("a-to-ffmpeg", "b-in")),
                                    (n2, ("a-to-ffmpeg", "b-in"), ("a-in", "b-to-gst"))):
             for name in here:
-                await proxy.wait_line(rf"bridge {name}: \w+ st2110-30 127.0.0.1:{ports[name]}")
+                await proxy.wait_line(rf"bridge {name}: .*st2110-30 .*127.0.0.1:{ports[name]}")
             for name in there:
                 await proxy.wait_line(rf"bridge {name}: not for node")
         await plane.wait_line(r"group urn:test:a: link n1 -> n2")
