@@ -37,8 +37,8 @@ from tests.rtp_source import RtpSource
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 CLOCK_RATE = 90_000
-RATE = 400.0        # packets/s: 2400 packets in 6 s
-PACKETS = 2400
+RATE = 400.0        # packets/s: 1200 packets in 3 s (exact counts are checked, so more would only cost time)
+PACKETS = 1200
 LOSS_TOLERANCE = 0.005   # 0.5 percentage points
 JITTER_TOLERANCE = 0.20  # relative
 
@@ -116,7 +116,7 @@ async def run_stream(flow: Flow, impairment: Impairment, *, seed: int, packets: 
     errors_before = udp_receive_errors()
     async with ImpairRelay((host, port), (host, port + 1), impairment, seed=seed) as relay:
         async with RtpSource(relay.rtp_addr, relay.rtcp_addr, seed=seed, rate=RATE,
-                             clock_rate=CLOCK_RATE, first_seq=first_seq,
+                             clock_rate=CLOCK_RATE, first_seq=first_seq, sr_interval=0.5,  # 6 SRs a run
                              first_timestamp=first_timestamp) as source:
             await source.send(packets)
             await relay.drain()
@@ -397,7 +397,7 @@ async def test_relay_drops_exactly_its_schedule() -> None:
 
 @pytest.mark.parametrize(("loss", "seed", "first_seq", "reorder"), [
     (0.02, 2, None, False),
-    (0.10, 10, 65536 - 1200, False),  # the sequence number wraps mid-stream
+    (0.10, 10, 65536 - PACKETS // 2, False),  # the sequence number wraps mid-stream
     # Up to 8 ms of jitter at 2.5 ms spacing: packets overtake; with this seed
     # packet 1 is due 4 ms before packet 0, so the first to arrive is not the
     # oldest (see Run.before_base).
@@ -481,6 +481,10 @@ async def test_no_impairment_baseline(flow: Flow) -> None:
     if not run.loopback_drops:
         assert snap.packets_received == snap.packets_expected == PACKETS
     assert snap.packets_lost == 0
-    # Only the event loop's timer granularity (1 ms epoll ticks) is left.
-    assert snap.jitter_ms < 1.0
+    # Only the sender's own pacing error (event-loop timer ticks, a loaded machine's
+    # scheduling) is left: the jitter of the send times themselves, plus a margin
+    # for the relay's and the proxy's own hops on loopback.
+    sending = rfc3550_jitter_ms([(int(s.sent_at * 1e9), s.seq, s.timestamp) for s in source.sent], CLOCK_RATE)
+    print(f"jitter of the send times alone {sending:.3f} ms")
+    assert snap.jitter_ms < sending + 0.5
     assert source.rtcp_sent >= 5 and snap.rtcp_received == relay.rtcp_forwarded == source.rtcp_sent
