@@ -22,14 +22,11 @@ proxy's refusals passed through (:class:`~msm.sdk.media_agent.SenderBusy` when a
 sender already). :class:`AsyncClient` is the asyncio flavour (``await conn.get_buffer_async()``).
 A connection is used from one thread at a time.
 
-Zero copy: a received frame whose sender is an app on the same node is read
-where that sender wrote it (``buf.by_reference``): the proxy hands this app the
-sender's shared memory (sealed: mapped read-only here, and no process can
-write it but the sender), and the frame's buffer goes back to the sender when
-``put_buffer`` gives it back. Hold a frame briefly: a connection that holds
-one for more than the proxy's limit (0.2 s) is disconnected, so that it cannot
-stall its sender. Frames from anywhere else are copied into this app's own
-buffers by the proxy, as before.
+Zero copy: a frame whose sender is an app on this node is read where that sender
+wrote it (``buf.by_reference``; its memory sealed: read-only here, writable by the
+sender alone) and goes back to the sender on ``put_buffer``. Frames from anywhere
+else are copied into this app's buffers by the proxy. A connection whose held
+frames keep its sender out of slots for 0.1 s is disconnected (Unavailable).
 """
 
 from __future__ import annotations
@@ -67,7 +64,7 @@ __all__ = ["AsyncClient", "Buffer", "Client", "Connection", "RxConnection", "Sen
 
 REQUEST_TIMEOUT = 10.0  # seconds for the proxy to answer one agent request (a join may ask the control plane)
 _TX_POLL = 0.0002  # seconds between looks at a full tx ring: the proxy signals only the other direction
-_SERVICE_EVERY = 16  # frames read between looks at the agent socket when frames keep coming (region notices)
+_SERVICE_EVERY = 16  # frames read between looks at the agent socket (region notices) when frames keep coming
 _EARLY = 8  # region notices kept for a connection not registered yet (the proxy sends one or two at a time)
 
 
@@ -245,6 +242,8 @@ class RxConnection(Connection):
         self.memif.set_region(index, region)
 
     def try_get_buffer(self) -> Buffer | None:
+        if len(self.memif.regions) > 1:  # frames may be a sender's: after a cut-off they are not ours to read
+            self.memif.service()
         self._alive()
         if self._held is not None:
             raise Refused(f"connection {self.id}: put the buffer you hold before getting another")

@@ -45,8 +45,9 @@ from msm.sdk.media_agent import FLAG_INCOMPLETE, HEADER_SIZE, FrameHeader, Frame
 from msm.sdk.memif import MemifConfig, MemifConnection, MemifServer, PeerCred
 from msm.sdk.memif_proto import Init
 
+from . import memif_share
 from .groups import FrameInfo
-from .memif_share import HOLD_LIMIT, MAX_SHARED_HELD, NO_REGION, SHARED_POLL, Holds, SharedFrame, SharedRegion, seal
+from .memif_share import HOLD_LIMIT, MAX_SHARED_HELD, NO_REGION, SHARED_POLL, Holds, SharedFrame, SharedRegion
 
 log = logging.getLogger(__name__)
 
@@ -240,30 +241,35 @@ class RxPort(Port):
                     or len(info.metadata) > layout.metadata_size:
                 why = "layout"
             else:
-                why = self._send_reference(frame, index)
-        if why is not None:
-            if why not in _NO_ROOM:
-                self.copy_reasons[why] += 1
-            return why
-        self.frames += 1
-        self.bytes += size
-        self.shared_frames += 1
-        if info.arrived_ns:
-            self.latency_ns.append(time.monotonic_ns() - info.arrived_ns)
-        return None
+                why = self._send_reference(frame, index, size, info.arrived_ns)
+        if why is not None and why not in _NO_ROOM:
+            self.copy_reasons[why] += 1
+        return why
 
-    def _send_reference(self, frame: SharedFrame, index: int) -> str | None:
+    def _send_reference(self, frame: SharedFrame, index: int, size: int, arrived_ns: int) -> str | None:
         conn = self.conn
         if conn is None or not conn.connected:
             return "not_attached"
         self.reap()
-        if len(self.refs.held) >= MAX_SHARED_HELD:
-            return "held_cap"
         queue = conn.tx_queues[0]
-        if not queue.send_foreign(index, frame.offset, frame.length):
+        free = queue.free()
+        if free == 0:
             return "ring_full"
+        if queue.ring.size - free >= MAX_SHARED_HELD:
+            return "behind"
+        if self.refs.demoted_until_ns > time.monotonic_ns():
+            return "demoted"
+        self._count(size, arrived_ns)  # before the app can see the frame (and ask for the counts)
+        self.shared_frames += 1
+        queue.send_foreign(index, frame.offset, frame.length)
         self.refs.hold(queue.ring.tail, index, frame)
         return None
+
+    def _count(self, size: int, arrived_ns: int) -> None:
+        self.frames += 1
+        self.bytes += size
+        if arrived_ns:
+            self.latency_ns.append(time.monotonic_ns() - arrived_ns)
 
     def _write(self, payload: memoryview, info: FrameInfo) -> str | None:
         layout = self.layout
@@ -286,13 +292,10 @@ class RxPort(Port):
                         FLAG_INCOMPLETE if info.incomplete else 0).pack_into(view)
             view[HEADER_SIZE:HEADER_SIZE + len(info.metadata)] = info.metadata
             view[layout.payload_offset:] = payload  # the copy path's one copy of the payload on this hop
+            self._count(len(payload), info.arrived_ns)
+            self.copied_frames += 1
+            self.copied_bytes += len(payload)
             conn.commit(buf)
-        self.frames += 1
-        self.bytes += len(payload)
-        self.copied_frames += 1
-        self.copied_bytes += len(payload)
-        if info.arrived_ns:
-            self.latency_ns.append(time.monotonic_ns() - info.arrived_ns)
         return None
 
 
@@ -396,7 +399,7 @@ class MemifPlane:
         receivers get copies) if it cannot be sealed so (its app made it final without that seal)."""
         region = conn.regions[0]
         try:
-            fd = seal(region.fd)
+            fd = memif_share.seal(region.fd)
         except OSError as exc:
             port.drops["unsealable_region"] += 1
             log.info("media: %s: region cannot be sealed (%s): its receivers get copies", port.cid, exc)
@@ -417,13 +420,11 @@ class MemifPlane:
                         port.refs.want_retry = False
                         retry.add(port.target)
             for tx in list(self._tx_fds.values()):
-                oldest = tx.inflight[0] if tx.inflight and tx.conn is not None else None
-                if oldest is None or oldest.refs <= 0 or now - oldest.born < HOLD_LIMIT * 1e9 \
-                        or len(tx.inflight) < tx.conn.rx_queues[0].ring.size - 1:  # type: ignore[union-attr]
-                    continue
-                for port in holding:
-                    if port.conn is not None and port.refs.holds(oldest):
-                        self._evict(port, port.conn)
+                if tx.inflight and tx.conn is not None and tx.conn.connected:
+                    slots = tx.conn.rx_queues[0].ring.size
+                    for port in memif_share.judge(tx.inflight, slots, [(p, p.refs) for p in holding], now):
+                        if port.conn is not None:
+                            self._evict(port, port.conn)
         for urn in retry:
             if self.on_share is not None:
                 self.on_share(urn)
@@ -431,10 +432,11 @@ class MemifPlane:
 
     def _evict(self, port: RxPort, conn: MemifConnection) -> None:
         port.drops["held_too_long"] += 1
-        log.warning("media: %s held its sender's last slots over %s s: disconnected", port.cid, HOLD_LIMIT)
+        log.warning("media: %s held its sender's last free slots, giving nothing back for %s s: disconnected",
+                    port.cid, HOLD_LIMIT)
         self._unregister(port, conn)
         port.conn = None
-        conn.close(f"held its sender's last free slots over {HOLD_LIMIT} s")
+        conn.close(f"held its sender's last free slots, giving nothing back for {HOLD_LIMIT} s")
         if conn in self.server.connections:
             self.server._forget(conn)  # no public way to drop one connection
 

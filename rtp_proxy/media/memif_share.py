@@ -17,20 +17,23 @@ outstanding, and take copies until they have mapped it.
 
 What one receiver may pin, and for how long (a stalled receiver must not stall
 the sender or its siblings): slots go back to the sender in ring order, so one
-frame held for long holds every later slot too. Hence two bounds:
+frame held for long holds every later slot too. Hence:
 
-- at most :data:`MAX_SHARED_HELD` frames by reference per receiver at once
-  (given and not given back, read or not); beyond that its frames are copied
-  (counted ``copy_reasons.held_cap``), and its own ring bounds those;
-- a sender that is down to its last free slot while its oldest frame has been
-  held for more than :data:`HOLD_LIMIT` seconds: the receivers holding that
-  frame are disconnected (counted ``drops.held_too_long``; the app's next call
-  says why), which gives it back. A receiver that stops reading therefore
-  delays its sender by at most HOLD_LIMIT, once, and only when the sender has
-  run through its whole ring meanwhile (16 slots at 30 frames/s are half a
-  second: a paced sender never waits); a slow receiver that keeps up with its
-  ring is never disconnected, and its siblings are never held up (frames go to
-  each receiver on its own; a full ring is a drop for that receiver alone).
+- a receiver gets a frame by reference only while its ring holds fewer than
+  :data:`MAX_SHARED_HELD` frames (given and not given back, read or not): one
+  that is that far behind gets copies (``copy_reasons.behind``), which pin
+  nothing, so no receiver pins more than MAX_SHARED_HELD of its sender's slots;
+- when a sender is down to its last free slot and its oldest frame has been
+  held for :data:`DEMOTE_AFTER` seconds, the receivers holding it are judged:
+  one that gave nothing back for :data:`HOLD_LIMIT` seconds has stopped and is
+  disconnected (``drops.held_too_long``; the app's next call says why), which
+  gives its frames back; one that is reading, only slowly, gets copies for
+  :data:`DEMOTION` seconds (``copy_reasons.demoted``) and is not waited for
+  again. A receiver that stops therefore delays its sender at most HOLD_LIMIT
+  once, and only when the sender ran through its whole ring meanwhile (16
+  slots at 30 frames/s are half a second: a paced sender never waits); its
+  siblings are never held up (frames go to each receiver on its own; a full
+  ring is a drop for that receiver alone).
 
 Who may write the frames a receiver reads: the sender (it owns them) and this
 proxy, through the mappings they made before the seal. A receiver gets the fd
@@ -46,23 +49,27 @@ import collections
 import fcntl
 import os
 import time
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from msm.sdk.media_agent import FrameLayout
 from msm.sdk.memif_region import F_SEAL_FUTURE_WRITE
 
-__all__ = ["HOLD_LIMIT", "MAX_SHARED_HELD", "NO_REGION", "SHARED_INDICES", "SHARED_POLL", "Holds", "SharedFrame",
-           "SharedRegion", "seal"]
+__all__ = ["DEMOTE_AFTER", "DEMOTION", "HOLD_LIMIT", "MAX_SHARED_HELD", "NO_REGION", "SHARED_INDICES", "SHARED_POLL",
+           "Holds", "SharedFrame", "SharedRegion", "judge", "seal"]
 
 #: How often the data thread looks at receivers that hold frames by reference (they do not wake it when
 #: they give one back): a sender waiting for a slot waits at most this much longer.
 SHARED_POLL = 0.001
-#: Frames one receiver may hold by reference at once (given and not yet given back, read or not): what a
-#: receiver can pin of its sender's ring. More are copied to it (its ring bounds those).
+#: Frames a receiver's ring may hold for it to be given another by reference (more are copied): what one
+#: receiver can pin of its sender's ring.
 MAX_SHARED_HELD = 8
-#: Seconds a sender's oldest frame may be held while the sender is out of slots; past that its holders are
+#: Seconds without giving a frame back after which a receiver that holds a starved sender's oldest frame is
 #: disconnected (see the module's docstring for what that bounds).
-HOLD_LIMIT = 0.1
+HOLD_LIMIT = 0.2
+#: Seconds a starved sender's oldest frame may be held before its holders are judged.
+DEMOTE_AFTER = 0.02
+#: Seconds a slow receiver that held up its sender gets copies only.
+DEMOTION = 1.0
 #: The region indices a receiving app's memif connection knows senders' regions by: two, so a new sender
 #: can be mapped while frames of the old one are still held.
 SHARED_INDICES = (1, 2)
@@ -80,6 +87,9 @@ def seal(fd: int) -> int:
     if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & SEALS != SEALS:
         raise OSError("the seals did not take")
     return os.dup(fd)
+
+
+_P = TypeVar("_P")
 
 
 class _Sender(Protocol):
@@ -128,6 +138,8 @@ class Holds:
         self.offer: tuple[int, str] | None = None  # sent to the app, not acknowledged yet
         self.want_retry = False  # an offer waits for an index no held frame names
         self.known = 0  # the highest index the app has mapped: its regions are 0..known, the next is known + 1
+        self.progress_ns = 0  # when it last gave a frame back (or was given one holding none)
+        self.demoted_until_ns = 0  # copies only until then (it held up its sender)
         # (ring counter after the frame, region index, frame, when given): at most MAX_SHARED_HELD
         self.held: collections.deque[tuple[int, int, SharedFrame, int]] = collections.deque()
 
@@ -135,8 +147,11 @@ class Holds:
         return next((i for i, t in self.maps.items() if t == token), None)
 
     def hold(self, end: int, index: int, frame: SharedFrame) -> None:
+        now = time.monotonic_ns()
+        if not self.held:
+            self.progress_ns = now
         frame.refs += 1
-        self.held.append((end, index, frame, time.monotonic_ns()))
+        self.held.append((end, index, frame, now))
 
     def offer_index(self, token: str) -> int | None:
         """(Plane lock held.) The index to offer ``token``'s region at, or None: already mapped or offered,
@@ -173,8 +188,25 @@ class Holds:
 
     def reap(self, returned: int) -> None:
         """Gives back the frames before the app's ring counter ``returned`` (it releases in ring order)."""
+        if self.held and (returned - self.held[0][0]) & 0xFFFF < 0x8000:
+            self.progress_ns = time.monotonic_ns()
         while self.held and (returned - self.held[0][0]) & 0xFFFF < 0x8000:
             self.held.popleft()[2].release()
 
     def holds(self, frame: SharedFrame) -> bool:
         return any(held is frame for _, _, held, _ in self.held)
+
+
+def judge(inflight: collections.deque[SharedFrame], slots: int, holders: list[tuple[_P, Holds]],
+          now_ns: int) -> list[_P]:
+    """For a sender with ``slots`` ring slots and frames ``inflight``: the receivers to disconnect for holding
+    it up (see the module's docstring); slow ones are demoted here instead."""
+    oldest = inflight[0] if inflight else None
+    if oldest is None or oldest.refs <= 0 or len(inflight) < slots - 1 or now_ns - oldest.born < DEMOTE_AFTER * 1e9:
+        return []
+    holding = [(port, holds) for port, holds in holders if holds.holds(oldest)]
+    stopped = [port for port, holds in holding if now_ns - holds.progress_ns > HOLD_LIMIT * 1e9]
+    if not stopped:
+        for _, holds in holding:
+            holds.demoted_until_ns = now_ns + int(DEMOTION * 1e9)
+    return stopped

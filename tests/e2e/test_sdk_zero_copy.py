@@ -1,0 +1,167 @@
+"""Zero copy between apps on one node, through the proxy's own media agent (see test_sdk for the agent).
+
+The apps here are this test process (two or three mesh.Clients), so it can look at what it mapped:
+
+- a receiver that joined before its sender reads every frame where the sender wrote it: its frame memory
+  is the sender's memfd (same st_dev/st_ino), the proxy counts no payload byte copied, and neither
+  the mapping, the fd, nor the fd reopened through /proc can be written; a receiver with another frame
+  layout takes copies (the fallback, counted);
+- a receiver that stops reading and holds its frames is disconnected once the sender is down to its last
+  slots: the sender and the other receiver go on, every frame byte-exact;
+- a sender that goes and comes back (a new region) is shared again: the receiver maps it at its other index.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from msm.sdk import mesh
+from msm.sdk.errors import Unavailable
+from tests.e2e.test_sdk import Agent
+
+SIZE = 5_184_000  # 1080p 10-bit 4:2:2
+
+
+@pytest.fixture
+def agent() -> Iterator[Agent]:
+    with tempfile.TemporaryDirectory(prefix="msm-zc-") as tmp:
+        running = Agent(Path(tmp))
+        try:
+            yield running
+        finally:
+            running.stop()
+
+
+def _config(**extra: Any) -> dict[str, Any]:
+    return {"bufferQueueCapacity": 16, "maxMetadataSize": 16,
+            "connection": {"multipointGroup": {"urn": "urn:msm:test:zc"}},
+            "payload": {"video": {"width": 1920, "height": 1080, "pixelFormat": "yuv422p10rfc4175"}}, **extra}
+
+
+def _stats(client: mesh.Client, conn: mesh.Connection) -> dict[str, Any]:
+    return next(c for c in client.list_connections() if c["connection"] == conn.id)
+
+
+def _mapped(client: mesh.Client, rx: mesh.RxConnection, regions: int = 1) -> None:
+    """Waits until the proxy knows ``rx`` maps ``regions`` senders' regions (the app maps when it services)."""
+    deadline = time.monotonic() + 5
+    while _stats(client, rx)["shared_regions"] < regions:
+        assert time.monotonic() < deadline, _stats(client, rx)
+        client.service()
+        time.sleep(0.01)
+
+
+def _send(tx: mesh.TxConnection, i: int, timeout: float = 2.0) -> None:
+    buf = tx.get_buffer(timeout=timeout)
+    buf.payload[:8] = buf.payload[SIZE - 8:SIZE] = i.to_bytes(8, "little")
+    buf.payload[4096:8192] = bytes([i & 0xFF]) * 4096
+    buf.payload_len, buf.seq, buf.metadata = SIZE, i, f"m{i}".encode()
+    tx.put_buffer(buf)
+
+
+def _recv(rx: mesh.RxConnection, i: int) -> bool:
+    """Reads frame ``i`` byte-exact (the parts that differ per frame); whether it came by reference."""
+    buf = rx.get_buffer(timeout=5)
+    stamp = i.to_bytes(8, "little")
+    assert (buf.seq, buf.metadata, buf.payload_len) == (i, f"m{i}".encode(), SIZE)
+    assert bytes(buf.payload[:8]) == bytes(buf.payload[SIZE - 8:]) == stamp
+    assert bytes(buf.payload[4096:8192]) == bytes([i & 0xFF]) * 4096
+    shared = buf.by_reference
+    rx.put_buffer(buf)
+    return shared
+
+
+def _inode(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def test_a_receiver_reads_the_senders_memfd_and_cannot_write_it(agent: Agent) -> None:
+    proxy = f"unix:{agent.sock}"
+    with mesh.Client(proxy) as rc, mesh.Client(proxy) as tc:
+        rx = rc.create_rx_connection(_config())                           # before the sender exists
+        other = rc.create_rx_connection(_config(maxMetadataSize=100))     # another layout: copies
+        tx = tc.create_tx_connection(_config())
+        _mapped(rc, rx)
+        for i in range(20):
+            _send(tx, i)
+            assert _recv(rx, i) and not _recv(other, i)
+        zero, copied = _stats(rc, rx), _stats(rc, other)
+        assert zero["by_reference"] == 20 and zero["copied"] == 0 and zero["copied_bytes"] == 0, zero
+        assert copied["copied"] == 20 and copied["copied_bytes"] == 20 * SIZE, copied
+        shared = rx.memif.regions[1]
+        assert _inode(shared.fd) == _inode(tx.memif.regions[0].fd)  # the receiver's frames ARE the sender's memfd
+        # A receiver that tries to write what its siblings read: every way fails on the seal.
+        with pytest.raises(TypeError):
+            shared.mem[0:1] = b"x"                                              # its mapping is read-only
+        with pytest.raises(PermissionError):
+            mmap.mmap(shared.fd, shared.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        with pytest.raises(OSError) as err:
+            os.pwrite(shared.fd, b"x", 0)
+        assert err.value.errno in (errno.EPERM, errno.EBADF)
+        reopened = os.open(f"/proc/self/fd/{shared.fd}", os.O_RDWR)
+        try:
+            with pytest.raises(PermissionError):
+                mmap.mmap(reopened, shared.size, mmap.MAP_SHARED, mmap.PROT_WRITE)
+            with pytest.raises(PermissionError):
+                os.pwrite(reopened, b"x", 0)
+        finally:
+            os.close(reopened)
+
+
+def test_a_receiver_that_stops_is_cut_off_and_nobody_waits_for_it(agent: Agent) -> None:
+    proxy = f"unix:{agent.sock}"
+    with mesh.Client(proxy) as rc, mesh.Client(proxy) as sc, mesh.Client(proxy) as tc:
+        rx = rc.create_rx_connection(_config())
+        stuck = sc.create_rx_connection(_config())
+        tx = tc.create_tx_connection(_config())
+        _mapped(rc, rx)
+        _mapped(sc, stuck)
+        _send(tx, 0)
+        assert _recv(rx, 0)
+        held = stuck.get_buffer(timeout=5)  # and never given back; nor is anything read after it
+        assert held.by_reference
+        started, waited = time.monotonic(), 0.0
+        for i in range(1, 60):
+            before = time.monotonic()
+            _send(tx, i)  # the sender's ring is 16: past that it would wait on the stuck receiver
+            waited = max(waited, time.monotonic() - before)
+            assert _recv(rx, i)
+        assert waited < 1.5 and time.monotonic() - started < 10, waited  # 0.1 s held at most, plus a loaded host
+        stuck_stats = _stats(sc, stuck)
+        assert stuck_stats["drops"].get("held_too_long") == 1 and not stuck_stats["attached"], stuck_stats
+        assert _stats(rc, rx)["by_reference"] == 60
+        assert len(bytes(held.payload)) == SIZE  # still mapped after the cut: reading it never faults
+        stuck.put_buffer(held)
+        with pytest.raises(Unavailable, match="last free slots"):
+            stuck.get_buffer(timeout=1)
+
+
+def test_a_sender_that_comes_back_is_shared_again(agent: Agent) -> None:
+    proxy = f"unix:{agent.sock}"
+    with mesh.Client(proxy) as rc, mesh.Client(proxy) as tc:
+        rx = rc.create_rx_connection(_config())
+        first = tc.create_tx_connection(_config())
+        _mapped(rc, rx)
+        for i in range(5):
+            _send(first, i)
+            assert _recv(rx, i)
+        old = _inode(first.memif.regions[0].fd)
+        first.close()
+        second = tc.create_tx_connection(_config())  # a new memfd: the receiver maps it at its other index
+        _mapped(rc, rx, regions=2)
+        for i in range(5, 10):
+            _send(second, i)
+            assert _recv(rx, i)
+        assert _inode(rx.memif.regions[2].fd) == _inode(second.memif.regions[0].fd) != old
+        stats = _stats(rc, rx)
+        assert stats["by_reference"] == 10 and stats["copied_bytes"] == 0, stats
