@@ -676,12 +676,14 @@ class Planner:
         legs of those that have sent nothing yet."""
         legs = {i: leg for i, leg in viewer.legs.items() if not tracks or i in tracks}
         info: list[pb.RtpInfo] = []
+        waiting: dict[int, LegRef] = {}
         for index, stats in (await self._out_positions(legs)).items():
             if stats.HasField("last_out"):
                 last = stats.last_out
                 info.append(pb.RtpInfo(track_index=index, seq=(last.seq + 1) & 0xFFFF, rtptime=last.rtptime))
-                del legs[index]
-        return info, legs
+            elif stats.reports_out:   # (a proxy that never reports them is not waited for)
+                waiting[index] = legs[index]
+        return info, waiting
 
     async def _first_positions(self, legs: dict[int, LegRef]) -> list[pb.RtpInfo]:
         """RTP-Info from the first packet of flows that had sent nothing, waiting a moment

@@ -614,7 +614,7 @@ class LegStats(_message.Message):
     def __init__(self, leg_id: _Optional[str] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., enabled: _Optional[bool] = ..., packets_sent: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., rtcp_sent: _Optional[int] = ..., send_errors: _Optional[int] = ..., rtcp_received: _Optional[int] = ..., flow_id: _Optional[str] = ..., has_report: _Optional[bool] = ..., viewer_fraction_lost: _Optional[float] = ..., viewer_packets_lost: _Optional[int] = ..., viewer_jitter_ms: _Optional[float] = ..., rtt_ms: _Optional[float] = ..., dropped_backlog: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., srtp: _Optional[bool] = ...) -> None: ...
 
 class FlowStats(_message.Message):
-    __slots__ = ("flow_id", "ingress", "packets_received", "bytes_received", "packets_expected", "packets_lost", "jitter_ms", "ssrc", "rtcp_received", "dropped_invalid", "dropped_from_viewers", "source_changes", "bitrate_bps", "legs", "reordered", "duplicates", "fraction_lost", "rtcp_errors", "rtcp_bye_dropped", "dropped_backlog", "node", "labels", "clock_rate", "packets_forwarded", "dropped_wrong_source", "dropped_wrong_ssrc", "srtp_errors", "srtp", "first_out", "last_out")
+    __slots__ = ("flow_id", "ingress", "packets_received", "bytes_received", "packets_expected", "packets_lost", "jitter_ms", "ssrc", "rtcp_received", "dropped_invalid", "dropped_from_viewers", "source_changes", "bitrate_bps", "legs", "reordered", "duplicates", "fraction_lost", "rtcp_errors", "rtcp_bye_dropped", "dropped_backlog", "node", "labels", "clock_rate", "packets_forwarded", "dropped_wrong_source", "dropped_wrong_ssrc", "srtp_errors", "srtp", "first_out", "last_out", "reports_out")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -652,6 +652,7 @@ class FlowStats(_message.Message):
     SRTP_FIELD_NUMBER: _ClassVar[int]
     FIRST_OUT_FIELD_NUMBER: _ClassVar[int]
     LAST_OUT_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_OUT_FIELD_NUMBER: _ClassVar[int]
     flow_id: str
     ingress: Endpoint
     packets_received: int
@@ -682,7 +683,8 @@ class FlowStats(_message.Message):
     srtp: bool
     first_out: RtpPosition
     last_out: RtpPosition
-    def __init__(self, flow_id: _Optional[str] = ..., ingress: _Optional[_Union[Endpoint, _Mapping]] = ..., packets_received: _Optional[int] = ..., bytes_received: _Optional[int] = ..., packets_expected: _Optional[int] = ..., packets_lost: _Optional[int] = ..., jitter_ms: _Optional[float] = ..., ssrc: _Optional[int] = ..., rtcp_received: _Optional[int] = ..., dropped_invalid: _Optional[int] = ..., dropped_from_viewers: _Optional[int] = ..., source_changes: _Optional[int] = ..., bitrate_bps: _Optional[float] = ..., legs: _Optional[_Iterable[_Union[LegStats, _Mapping]]] = ..., reordered: _Optional[int] = ..., duplicates: _Optional[int] = ..., fraction_lost: _Optional[float] = ..., rtcp_errors: _Optional[int] = ..., rtcp_bye_dropped: _Optional[int] = ..., dropped_backlog: _Optional[int] = ..., node: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., clock_rate: _Optional[int] = ..., packets_forwarded: _Optional[int] = ..., dropped_wrong_source: _Optional[int] = ..., dropped_wrong_ssrc: _Optional[int] = ..., srtp_errors: _Optional[int] = ..., srtp: _Optional[bool] = ..., first_out: _Optional[_Union[RtpPosition, _Mapping]] = ..., last_out: _Optional[_Union[RtpPosition, _Mapping]] = ...) -> None: ...
+    reports_out: bool
+    def __init__(self, flow_id: _Optional[str] = ..., ingress: _Optional[_Union[Endpoint, _Mapping]] = ..., packets_received: _Optional[int] = ..., bytes_received: _Optional[int] = ..., packets_expected: _Optional[int] = ..., packets_lost: _Optional[int] = ..., jitter_ms: _Optional[float] = ..., ssrc: _Optional[int] = ..., rtcp_received: _Optional[int] = ..., dropped_invalid: _Optional[int] = ..., dropped_from_viewers: _Optional[int] = ..., source_changes: _Optional[int] = ..., bitrate_bps: _Optional[float] = ..., legs: _Optional[_Iterable[_Union[LegStats, _Mapping]]] = ..., reordered: _Optional[int] = ..., duplicates: _Optional[int] = ..., fraction_lost: _Optional[float] = ..., rtcp_errors: _Optional[int] = ..., rtcp_bye_dropped: _Optional[int] = ..., dropped_backlog: _Optional[int] = ..., node: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., clock_rate: _Optional[int] = ..., packets_forwarded: _Optional[int] = ..., dropped_wrong_source: _Optional[int] = ..., dropped_wrong_ssrc: _Optional[int] = ..., srtp_errors: _Optional[int] = ..., srtp: _Optional[bool] = ..., first_out: _Optional[_Union[RtpPosition, _Mapping]] = ..., last_out: _Optional[_Union[RtpPosition, _Mapping]] = ..., reports_out: _Optional[bool] = ...) -> None: ...
 
 class RtpPosition(_message.Message):
     __slots__ = ("seq", "rtptime")

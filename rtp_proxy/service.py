@@ -45,6 +45,7 @@ HEARD_INTERVAL = 1.0
 def flow_stats(flow: Flow, node: str = "") -> pb.FlowStats:
     """The DataPlane ``FlowStats`` of ``flow``, from one :meth:`Flow.snapshot`."""
     stats = snapshot_stats(flow.snapshot(), node)
+    stats.reports_out = True
     out = flow.out_info()
     if out is not None:
         stats.first_out.CopyFrom(pb.RtpPosition(seq=out.first_seq, rtptime=out.first_ts))
