@@ -333,14 +333,20 @@ class MediaAgent:
         from msm.sdk.mcm_values import AudioPayload
 
         from .aes67_bridge import Aes67Egress, Aes67Ingress, AudioBlock, audio_format, audio_stream
-        from .bridges import pacing_meter
+        from .bridges import paced_egress
         from .st2110_bridge import IngressFrame, St2110Egress, St2110Ingress
 
         assert self.plane is not None
         plane, payload = self.plane, config.payload
         egress: St2110Egress | Aes67Egress
         ingress: St2110Ingress | Aes67Ingress
-        rx = RxPort(cid, iid, secret, layout, peer, target, lock=plane.lock)   # a few attributes; tx drops it
+
+        def publish(frame: memoryview, info: FrameInfo) -> None:   # what the egress refuses is the app's drop
+            if (reason := egress.deliver(frame, info)) is not None:
+                tx.drops[reason] += 1
+
+        tx = TxPort(cid, iid, secret, layout, peer, target, publish=publish)   # a few attributes each; one is used
+        rx = RxPort(cid, iid, secret, layout, peer, target, lock=plane.lock)
         try:
             if isinstance(payload, AudioPayload):   # st2110-30: blocks of PCM, whole packets, as frames
                 audio = audio_stream(st, payload)
@@ -361,13 +367,8 @@ class MediaAgent:
                 video = VideoStream(st.ip_addr, st.port, VideoFormat("YCbCr-4:2:2", 10, payload.width, payload.height),
                                     rate=payload.frame_rate, payload_type=st.payload_type,
                                     source=st.multicast_source_ip_addr or None)
-                if config.direction == "tx":
-                    egress = St2110Egress(video)
-                    try:   # connection.st2110.pacing: the ST 2110-21 pacer (unset: spread evenly)
-                        egress.pacer = pacing_meter(egress, st.pacing) if st.pacing else None
-                    except BaseException:
-                        egress.close()
-                        raise
+                if config.direction == "tx":   # connection.st2110.pacing: the ST 2110-21 pacer (unset: even)
+                    egress = paced_egress(video, st.pacing)
                 else:
                     def arrived(view: memoryview, f: IngressFrame) -> None:
                         rx.deliver(view, FrameInfo(0, f.timestamp, b"", None if f.complete else f.reason, f.arrived_ns))
@@ -380,9 +381,8 @@ class MediaAgent:
             raise Refused(f"connection.st2110.pacing: {st.pacing} needs the C pacer ({exc}); without pacing "
                           "frames are spread evenly", status=501) from None
         if config.direction == "tx":
-            port: Port = TxPort(cid, iid, secret, layout, peer, target, publish=egress.deliver)
-            plane.add(port)
-            return _Conn(port, egress.close)
+            plane.add(tx)
+            return _Conn(tx, egress.close)
         plane.add(rx)
         ingress.start()
         return _Conn(rx, ingress.close)

@@ -55,7 +55,8 @@ from .st2110_timing import CLASSES, classify
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_BRIDGES", "PACINGS", "BridgeSet", "BridgeSpec", "PacingMeter", "incomplete_reason", "pacing_meter"]
+__all__ = ["MAX_BRIDGES", "PACINGS", "BridgeSet", "BridgeSpec", "PacingMeter", "incomplete_reason", "paced_egress",
+           "pacing_meter"]
 
 #: Bridges per proxy: each holds a socket, a thread and up to three frames of packet
 #: buffers (15 MB at 1080p 10-bit), and sends or receives 1.25 Gbit/s at 1080p30: 16 of
@@ -189,6 +190,19 @@ def pacing_meter(egress: St2110Egress, mode: str) -> PacingMeter:
                   lead=lead, max_group=group, gso=True)
     return PacingMeter(pacer, mode=mode, packets=packets, period_ns=period, height=fmt.height, lead=lead,
                        group=group)
+
+
+def paced_egress(stream: VideoStream, pacing: str) -> St2110Egress:
+    """An egress of ``stream`` through a :func:`pacing_meter` in ``pacing`` (narrow, wide, linear); "" or none:
+    each frame spread evenly over the frame period. ``NativeUnavailable`` when the C pacer is not built."""
+    egress = St2110Egress(stream, mtu=MTU)
+    try:
+        if pacing and pacing != "none":
+            egress.pacer = pacing_meter(egress, pacing)
+    except BaseException:
+        egress.close()
+        raise
+    return egress
 
 
 class _Ingress:

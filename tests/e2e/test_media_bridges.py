@@ -436,17 +436,21 @@ def _audio_connection(port: int, blocks: int) -> dict[str, Any]:
             "maxPayloadSize": 288 * blocks}
 
 
-def _app_sends_audio(proxy: str, port: int, pcm: bytes, block: int) -> None:
+def _app_sends_audio(proxy: str, port: int, pcm: bytes, block: int) -> dict[str, int]:
+    """The app sends ``pcm`` in buffers of ``block`` bytes, then one of 100 bytes (not whole packets): its
+    connection's drops."""
     from msm.sdk import mesh
 
     with mesh.Client(proxy) as client, client.create_tx_connection(_audio_connection(port, block // 288)) as tx:
-        for i in range(len(pcm) // block):
+        for i in range(len(pcm) // block + 1):
             buf = tx.get_buffer(timeout=2.0)
-            buf.payload[:block] = pcm[i * block:(i + 1) * block]
-            buf.payload_len, buf.timestamp = block, i * block // 6
+            buf.payload[:block] = pcm[i * block:(i + 1) * block].ljust(block, b"\0")
+            buf.payload_len, buf.timestamp = block if i < len(pcm) // block else 100, i * block // 6
             tx.put_buffer(buf)
             time.sleep(block / SECOND * 0.9)   # a little ahead of real time: the egress keeps the pace
         time.sleep(0.3)   # the last packets leave
+        (connection,) = client.list_connections()
+        return dict(connection["drops"])
 
 
 def _app_receives_audio(rx: Any, want: int) -> tuple[bytes, list[int], int]:
@@ -482,7 +486,8 @@ def test_sdk_st2110_30_tx_to_gstreamer_and_rx_from_ffmpeg(tmp_path: Path) -> Non
                                 "rtpL24depay", "!", "filesink", f"location={tmp_path / 'gst.raw'}"],
                                stderr=subprocess.PIPE)
         time.sleep(0.5)   # it binds its port
-        _app_sends_audio(f"unix:{agent.sock}", port, pcm, 2880)   # 10 ms buffers
+        drops = _app_sends_audio(f"unix:{agent.sock}", port, pcm, 2880)   # 10 ms buffers
+        assert drops == {"not_whole_packets": 1}   # the last buffer, refused by the egress and counted
         gst.send_signal(signal.SIGINT)
         gst.wait(timeout=10)
         assert (tmp_path / "gst.raw").read_bytes() == pcm   # every sample, in order, on loopback
