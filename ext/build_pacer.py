@@ -29,11 +29,20 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
+#: pacer.c's calls beyond pacer.h: the bucket mode of wide senders, and a frame sent in the
+#: frame form (headers apart, payloads as spans of the frame: nothing packed; pacer.c says how).
+EXTRA = """
+int msm_pacer_set_bucket(msm_pacer *pacer, uint32_t cmax, uint32_t ahead, int64_t wake_early_max_ns);
+int msm_pacer_send_parts(msm_pacer *pacer, unsigned char *heads, size_t head_stride, const uint32_t *head_lens,
+                         const unsigned char *frame, uint64_t frame_len, const uint32_t *pay_offs,
+                         const uint32_t *pay_lens, uint32_t n, int64_t frame_index, msm_pacer_stats *out);
+"""
+
 ffibuilder = FFI()
-ffibuilder.cdef(_cdef((HERE / "pacer.h").read_text()))
+ffibuilder.cdef(_cdef((HERE / "pacer.h").read_text()) + EXTRA)
 ffibuilder.set_source(
     "msm.ext._pacer",
-    '#include "pacer.h"',
+    '#include "pacer.h"\n' + EXTRA,
     sources=[_rel(HERE / "pacer.c")],
     include_dirs=[_rel(HERE)],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-parameter"],

@@ -34,7 +34,20 @@ struct msm_pacer {
     int64_t next_frame;      /* the grid frame after the last one sent (-1: none yet) */
     int gso_ok;              /* cfg.gso, until the kernel refuses a train */
     double trs_ns;
+    /* Bucket mode (msm_pacer_set_bucket; wide senders): trains leave when the network
+     * compatibility model's bucket has room for them, with no spinning. */
+    uint32_t cmax;           /* 0: the read-schedule loop instead */
+    uint32_t ahead;          /* packets a train may run ahead of the read schedule at most */
+    int64_t wake_early_max_ns;
+    double wake_early_ns;    /* how early a sleep ends before a train's time: the timer's usual lateness */
+    uint32_t bucket;         /* the model's content after the last train ... */
+    double bucket_ref;       /* ... and when its current drain started (the analyser's whole-packet drain) */
 };
+
+int msm_pacer_set_bucket(msm_pacer *p, uint32_t cmax, uint32_t ahead, int64_t wake_early_max_ns);
+int msm_pacer_send_parts(msm_pacer *p, unsigned char *heads, size_t head_stride, const uint32_t *head_lens,
+                         const unsigned char *frame, uint64_t frame_len, const uint32_t *pay_offs,
+                         const uint32_t *pay_lens, uint32_t n, int64_t frame_index, msm_pacer_stats *out);
 
 typedef __int128 i128;
 
@@ -105,6 +118,20 @@ msm_pacer *msm_pacer_new(int fd, int family, const unsigned char *addr, uint16_t
 
 void msm_pacer_free(msm_pacer *p) { free(p); }
 
+/* cmax: the bucket's bound for our own trains (a packet under CMAX leaves room for the capture's
+ * jitter); ahead: VRX at most about this, well under VRX_FULL (and at least the lead). */
+int msm_pacer_set_bucket(msm_pacer *p, uint32_t cmax, uint32_t ahead, int64_t wake_early_max_ns) {
+    if (cmax != 0 && (cmax < p->cfg.max_group || ahead < p->cfg.lead || wake_early_max_ns < 0)) {
+        errno = EINVAL;
+        return -1;
+    }
+    p->cmax = cmax;
+    p->ahead = ahead;
+    p->wake_early_max_ns = wake_early_max_ns;
+    p->wake_early_ns = 0;
+    return 0;
+}
+
 /* Sleeps (then spins) until the clock reads `when`; returns the time it read. */
 static int64_t wait_until(msm_pacer *p, int64_t when, int64_t spin_ns, msm_pacer_stats *out) {
     int64_t now = clock_ns(p->cfg.clock_id);
@@ -142,31 +169,64 @@ static int64_t choose_frame(msm_pacer *p, int64_t frame, int64_t now, msm_pacer_
     return n;
 }
 
+/* A frame's packets: back to back in buf (lengths), or (heads != NULL) the frame form,
+ * packet k its header at heads + k * head_stride then its payload, a span of the frame. */
+typedef struct {
+    const unsigned char *buf;
+    const uint32_t *lengths;
+    unsigned char *heads;   /* written: each header gets the frame's RTP timestamp in place */
+    size_t head_stride;
+    const uint32_t *head_lens;
+    const unsigned char *frame;
+    const uint32_t *pay_offs;
+    const uint32_t *pay_lens;
+} source;
+
+static uint32_t packet_len(const source *s, uint32_t k) {
+    return s->heads ? s->head_lens[k] + s->pay_lens[k] : s->lengths[k];
+}
+
+/* The iovecs of packets [i, i+g) (off: packet i's offset in buf), two a packet (one for back to
+ * back packets whose timestamp stays); heads: room for g RTP headers with the timestamp written. */
+static size_t gather(const msm_pacer *p, const source *s, uint32_t i, uint32_t g, uint64_t off, uint32_t ts_be,
+                     struct iovec *iov, unsigned char (*heads)[RTP_HEADER]) {
+    size_t n = 0;
+    for (uint32_t j = 0; j < g; j++) {
+        uint32_t k = i + j;
+        if (s->heads) {
+            unsigned char *h = s->heads + k * s->head_stride;
+            if (p->cfg.patch_timestamp)
+                memcpy(h + 4, &ts_be, 4);
+            iov[n++] = (struct iovec){.iov_base = h, .iov_len = s->head_lens[k]};
+            iov[n++] = (struct iovec){.iov_base = (void *)(s->frame + s->pay_offs[k]), .iov_len = s->pay_lens[k]};
+        } else if (p->cfg.patch_timestamp) {
+            const unsigned char *pkt = s->buf + off;
+            memcpy(heads[j], pkt, RTP_HEADER);
+            memcpy(heads[j] + 4, &ts_be, 4);
+            iov[n++] = (struct iovec){.iov_base = heads[j], .iov_len = RTP_HEADER};
+            iov[n++] = (struct iovec){.iov_base = (void *)(pkt + RTP_HEADER), .iov_len = s->lengths[k] - RTP_HEADER};
+        } else {
+            iov[n++] = (struct iovec){.iov_base = (void *)(s->buf + off), .iov_len = s->lengths[k]};
+        }
+        if (!s->heads)
+            off += s->lengths[k];
+    }
+    return n;
+}
+
 /* Sends packets [i, i+g) in one sendmmsg; returns how many the kernel took. */
-static int send_group(msm_pacer *p, const unsigned char *const *pkts, const uint32_t *lengths, uint32_t g,
-                      uint32_t ts_be) {
+static int send_group(msm_pacer *p, const source *s, uint32_t i, uint32_t g, uint64_t off, uint32_t ts_be) {
     struct mmsghdr msgs[MSM_PACER_MAX_GROUP];
-    struct iovec iov[MSM_PACER_MAX_GROUP][2];
+    struct iovec iov[2 * MSM_PACER_MAX_GROUP];
     unsigned char heads[MSM_PACER_MAX_GROUP][RTP_HEADER];
+    size_t n = gather(p, s, i, g, off, ts_be, iov, heads), per = n / g;
     memset(msgs, 0, sizeof(struct mmsghdr) * g);
     for (uint32_t j = 0; j < g; j++) {
         struct msghdr *h = &msgs[j].msg_hdr;
         h->msg_name = &p->dest;
         h->msg_namelen = p->dest_len;
-        h->msg_iov = iov[j];
-        if (p->cfg.patch_timestamp) {
-            memcpy(heads[j], pkts[j], RTP_HEADER);
-            memcpy(heads[j] + 4, &ts_be, 4);
-            iov[j][0].iov_base = heads[j];
-            iov[j][0].iov_len = RTP_HEADER;
-            iov[j][1].iov_base = (void *)(pkts[j] + RTP_HEADER);
-            iov[j][1].iov_len = lengths[j] - RTP_HEADER;
-            h->msg_iovlen = 2;
-        } else {
-            iov[j][0].iov_base = (void *)pkts[j];
-            iov[j][0].iov_len = lengths[j];
-            h->msg_iovlen = 1;
-        }
+        h->msg_iov = iov + j * per;
+        h->msg_iovlen = per;
     }
     int sent = sendmmsg(p->fd, msgs, g, 0);
     return sent < 0 ? 0 : sent;
@@ -176,52 +236,43 @@ static int send_group(msm_pacer *p, const unsigned char *const *pkts, const uint
 #define UDP_SEGMENT 103
 #endif
 
-/* Sends packets [0, g) as one UDP GSO train of lengths[0]-byte segments (the last may be
- * shorter): the caller checked the lengths. Returns g, or -1 with errno. */
-static int send_gso(msm_pacer *p, const unsigned char *const *pkts, const uint32_t *lengths, uint32_t g,
-                    uint32_t ts_be) {
+/* Sends packets [i, i+g) as one UDP GSO train of packet i's size (the last may be shorter):
+ * the caller checked the lengths. Returns g, or -1 with errno. */
+static int send_gso(msm_pacer *p, const source *s, uint32_t i, uint32_t g, uint64_t off, uint32_t ts_be) {
     struct iovec iov[2 * MSM_PACER_MAX_GROUP];
     unsigned char heads[MSM_PACER_MAX_GROUP][RTP_HEADER];
     union {
         char buf[CMSG_SPACE(sizeof(uint16_t))];
         struct cmsghdr align;
     } control;
-    size_t n = 0;
-    for (uint32_t j = 0; j < g; j++) {
-        if (p->cfg.patch_timestamp) {
-            memcpy(heads[j], pkts[j], RTP_HEADER);
-            memcpy(heads[j] + 4, &ts_be, 4);
-            iov[n++] = (struct iovec){.iov_base = heads[j], .iov_len = RTP_HEADER};
-            iov[n++] = (struct iovec){.iov_base = (void *)(pkts[j] + RTP_HEADER), .iov_len = lengths[j] - RTP_HEADER};
-        } else {
-            iov[n++] = (struct iovec){.iov_base = (void *)pkts[j], .iov_len = lengths[j]};
-        }
-    }
+    size_t n = gather(p, s, i, g, off, ts_be, iov, heads);
     struct msghdr h = {.msg_name = &p->dest, .msg_namelen = p->dest_len, .msg_iov = iov, .msg_iovlen = n,
                        .msg_control = control.buf, .msg_controllen = sizeof(control.buf)};
     struct cmsghdr *cm = CMSG_FIRSTHDR(&h);
     cm->cmsg_level = IPPROTO_UDP;
     cm->cmsg_type = UDP_SEGMENT;
     cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-    uint16_t seg = (uint16_t)lengths[0];
+    uint16_t seg = (uint16_t)packet_len(s, i);
     memcpy(CMSG_DATA(cm), &seg, sizeof(seg));
     return sendmsg(p->fd, &h, 0) < 0 ? -1 : (int)g;
 }
 
 /* Sends a group: a GSO train where it can be one (equal segments, the last no longer, under
  * 64 kB), else sendmmsg. The first refusal of a train turns GSO off for the pacer. */
-static int send_any(msm_pacer *p, const unsigned char *const *pkts, const uint32_t *lengths, uint32_t g,
-                    uint32_t ts_be, msm_pacer_stats *out) {
+static int send_any(msm_pacer *p, const source *s, uint32_t i, uint32_t g, uint64_t off, uint32_t ts_be,
+                    msm_pacer_stats *out) {
     if (p->gso_ok && g > 1) {
         uint64_t total = 0;
+        uint32_t first = packet_len(s, i);
         int equal = 1;
         for (uint32_t j = 0; j < g; j++) {
-            total += lengths[j];
-            if ((j + 1 < g && lengths[j] != lengths[0]) || lengths[j] > lengths[0])
+            uint32_t len = packet_len(s, i + j);
+            total += len;
+            if ((j + 1 < g && len != first) || len > first)
                 equal = 0;
         }
         if (equal && total <= 65000) {
-            int rc = send_gso(p, pkts, lengths, g, ts_be);
+            int rc = send_gso(p, s, i, g, off, ts_be);
             if (rc >= 0) {
                 out->gso_sends++;
                 return rc;
@@ -231,8 +282,12 @@ static int send_any(msm_pacer *p, const unsigned char *const *pkts, const uint32
             p->gso_ok = 0;   /* no GSO on this route or kernel: packets one by one from now on */
         }
     }
-    return send_group(p, pkts, lengths, g, ts_be);
+    return send_group(p, s, i, g, off, ts_be);
 }
+
+/* Packets [i, i+g) went at `now`: counted, and the offset of packet i+g in buf returned. */
+static uint64_t sent_group(msm_pacer *p, const source *s, int64_t f, uint32_t i, uint32_t g, uint64_t off,
+                           int sent, int64_t now, msm_pacer_stats *out);
 
 /* The packets fit the buffer, and each holds an RTP header if its timestamp is to be written. */
 static int lengths_fit(const msm_pacer *p, uint64_t buf_len, const uint32_t *lengths, uint32_t n) {
@@ -261,12 +316,133 @@ static void account(const msm_pacer *p, int64_t f, uint32_t i, uint32_t g, int64
     }
 }
 
-int msm_pacer_send_frame(msm_pacer *p, const unsigned char *buf, uint64_t buf_len, const uint32_t *lengths,
-                         uint32_t n, int64_t frame, msm_pacer_stats *out) {
-    if (!lengths_fit(p, buf_len, lengths, n)) {
-        errno = EINVAL;
-        return -1;
+static uint64_t sent_group(msm_pacer *p, const source *s, int64_t f, uint32_t i, uint32_t g, uint64_t off,
+                           int sent, int64_t now, msm_pacer_stats *out) {
+    out->send_ns += clock_ns(p->cfg.clock_id) - now;
+    out->packets_sent += (uint32_t)sent;
+    out->send_errors += g - (uint32_t)sent;
+    account(p, f, i, g, now, out);
+    if (!s->heads)
+        for (uint32_t j = 0; j < g; j++)
+            off += s->lengths[i + j];
+    return off;
+}
+
+/* ------------------------------------------------------------------ bucket mode
+ * A wide sender (msm_pacer_set_bucket) keeps the network compatibility model's bucket
+ * itself, as the analyser does (one packet in per packet sent, one out per TDRAIN = TRS / 1.1,
+ * whole packets, a drain starting when a packet enters the empty bucket), and sends each
+ * train of max_group packets as soon as the bucket has room for it, but no packet more than
+ * `ahead` packets before the read schedule and none before the frame's first packet time.
+ * So Cinst stays within cmax by construction, and a timer that wakes late costs no
+ * compliance: the bucket drained meanwhile, the train goes at once, and the sender runs up to
+ * 10% faster than the read schedule (BETA) until it is ahead again. The thread sleeps until a
+ * train's time less the timer's usual lateness (a running lower quartile) and spins only the
+ * rest of an early wake: a train every ~16 TRS costs one timer wake, no busy-wait. */
+
+static void drain(msm_pacer *p, int64_t now, double tdrain) {
+    if (p->bucket > 0) {
+        double d = ((double)now - p->bucket_ref) / tdrain;
+        uint32_t out = d <= 0 ? 0 : d >= (double)p->bucket ? p->bucket : (uint32_t)d;
+        p->bucket -= out;
+        p->bucket_ref += out * tdrain;
     }
+    if (p->bucket == 0)
+        p->bucket_ref = (double)now;
+}
+
+/* Sleeps until about `when` (the timer's usual lateness early), spins the rest; the time read. */
+static int64_t nap(msm_pacer *p, int64_t when, msm_pacer_stats *out) {
+    int64_t now = clock_ns(p->cfg.clock_id);
+    int64_t wake = when - (int64_t)p->wake_early_ns;
+    if (wake - now > p->cfg.spin_ns) {
+        struct timespec ts = {.tv_sec = wake / 1000000000LL, .tv_nsec = wake % 1000000000LL};
+        while (clock_nanosleep(p->cfg.clock_id, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+        }
+        out->sleeps++;
+        now = clock_ns(p->cfg.clock_id);
+        /* the lower quartile of the timer's lateness, in 2 us steps: a stall of
+         * milliseconds moves it by one step, not by the stall */
+        double e = p->wake_early_ns + (now - wake < p->wake_early_ns ? -1500.0 : 500.0);
+        p->wake_early_ns = e < 0 ? 0 : e > (double)p->wake_early_max_ns ? (double)p->wake_early_max_ns : e;
+    }
+    while (now < when) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        now = clock_ns(p->cfg.clock_id);
+    }
+    return now;
+}
+
+static void send_bucket(msm_pacer *p, int64_t f, const source *s, uint32_t n, uint32_t ts_be,
+                        msm_pacer_stats *out) {
+    const double tdrain = p->trs_ns / 1.1;
+    const uint32_t skip = p->ahead - p->cfg.lead;   /* packet_time is the read schedule less lead */
+    uint64_t off = 0;
+    uint32_t i = 0;
+    while (i < n) {
+        uint32_t g = n - i < p->cfg.max_group ? n - i : p->cfg.max_group;
+        uint32_t last = i + g - 1;
+        int64_t when = msm_pacer_packet_time(p, f, last > skip ? last - skip : 0);
+        int64_t now = clock_ns(p->cfg.clock_id);
+        drain(p, now, tdrain);
+        if (p->bucket + g > p->cmax) {
+            int64_t room = (int64_t)(p->bucket_ref + (p->bucket + g - p->cmax) * tdrain) + 1;
+            if (room > when)
+                when = room;
+        }
+        if (when > now) {
+            now = nap(p, when, out);
+            drain(p, now, tdrain);
+        }
+        int sent = send_any(p, s, i, g, off, ts_be, out);
+        off = sent_group(p, s, f, i, g, off, sent, now, out);
+        /* The train reached the wire between `now` and the send's return (`back`; on loopback
+         * the send also does the receiver's work). What the bucket held drains from `now` on as
+         * counted; if it would be empty by `back`, the train may have found it empty and started
+         * a drain of its own, as late as `back`: that is assumed, so the bucket never drains
+         * faster here than in a capture (a preempted send included). */
+        int64_t back = clock_ns(p->cfg.clock_id);
+        if (p->bucket == 0 || p->bucket_ref + p->bucket * tdrain <= (double)back) {
+            p->bucket = 0;
+            p->bucket_ref = (double)back;
+        }
+        p->bucket += g;
+        i += g;
+    }
+}
+
+/* The read-schedule sender (narrow, linear): each group when its first packet is due. */
+static void send_schedule(msm_pacer *p, int64_t f, const source *s, uint32_t n, uint32_t ts_be,
+                          msm_pacer_stats *out) {
+    uint64_t off = 0;
+    int64_t last_send = 0;
+    uint32_t last_group = 0;
+    uint32_t i = 0;
+    while (i < n) {
+        int64_t due = msm_pacer_packet_time(p, f, i);
+        int64_t when = due - p->cfg.tolerance_ns;
+        if (last_group) {
+            int64_t earliest = last_send + (int64_t)(last_group * p->trs_ns * p->cfg.catchup_permille / 1000.0);
+            if (earliest > when)
+                when = earliest;
+        }
+        /* A frame's first packet follows the longest sleep: wake earlier for it. */
+        int64_t now = wait_until(p, when, i == 0 ? p->cfg.frame_spin_ns : p->cfg.spin_ns, out);
+        uint32_t g = 1;
+        int64_t until = (now > due ? now : due) + (p->gso_ok ? p->cfg.group_window_ns : p->cfg.tolerance_ns);
+        while (i + g < n && g < p->cfg.max_group && msm_pacer_packet_time(p, f, i + g) <= until)
+            g++;
+        int sent = send_any(p, s, i, g, off, ts_be, out);
+        off = sent_group(p, s, f, i, g, off, sent, now, out);
+        last_send = now;
+        last_group = g;
+        i += g;
+    }
+}
+
+static int send_source(msm_pacer *p, const source *s, uint32_t n, int64_t frame, msm_pacer_stats *out) {
     memset(out, 0, sizeof(*out));
     if (n != p->cfg.packets) {   /* NPACKETS is the frame's: its TRS follows */
         p->cfg.packets = n;
@@ -283,40 +459,38 @@ int msm_pacer_send_frame(msm_pacer *p, const unsigned char *buf, uint64_t buf_le
     out->rtp_timestamp = msm_pacer_rtp_timestamp(p, f);
     out->first_due_ns = msm_pacer_packet_time(p, f, 0);
     uint32_t ts_be = htonl(out->rtp_timestamp);
-    const unsigned char *pkts[MSM_PACER_MAX_GROUP];
-    uint64_t offset = 0;
-    int64_t last_send = 0;
-    uint32_t last_group = 0;
-    uint32_t i = 0;
-    while (i < n) {
-        int64_t due = msm_pacer_packet_time(p, f, i);
-        int64_t when = due - p->cfg.tolerance_ns;
-        if (last_group) {
-            int64_t earliest = last_send + (int64_t)(last_group * p->trs_ns * p->cfg.catchup_permille / 1000.0);
-            if (earliest > when)
-                when = earliest;
-        }
-        /* A frame's first packet follows the longest sleep: wake earlier for it. */
-        now = wait_until(p, when, i == 0 ? p->cfg.frame_spin_ns : p->cfg.spin_ns, out);
-        uint32_t g = 0;
-        uint64_t off = offset;
-        int64_t until = (now > due ? now : due) + (p->gso_ok ? p->cfg.group_window_ns : p->cfg.tolerance_ns);
-        while (i + g < n && g < p->cfg.max_group && (g == 0 || msm_pacer_packet_time(p, f, i + g) <= until)) {
-            pkts[g] = buf + off;
-            off += lengths[i + g];
-            g++;
-        }
-        int sent = send_any(p, pkts, lengths + i, g, ts_be, out);
-        out->send_ns += clock_ns(p->cfg.clock_id) - now;
-        out->packets_sent += (uint32_t)sent;
-        out->send_errors += g - (uint32_t)sent;
-        account(p, f, i, g, now, out);
-        last_send = now;
-        last_group = g;
-        offset = off;
-        i += g;
-    }
+    if (p->cmax)
+        send_bucket(p, f, s, n, ts_be, out);
+    else
+        send_schedule(p, f, s, n, ts_be, out);
     prctl(PR_SET_TIMERSLACK, old_slack > 0 ? old_slack : 50000, 0, 0, 0);
     out->cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
     return 0;
+}
+
+int msm_pacer_send_frame(msm_pacer *p, const unsigned char *buf, uint64_t buf_len, const uint32_t *lengths,
+                         uint32_t n, int64_t frame, msm_pacer_stats *out) {
+    if (!lengths_fit(p, buf_len, lengths, n)) {
+        errno = EINVAL;
+        return -1;
+    }
+    source s = {.buf = buf, .lengths = lengths};
+    return send_source(p, &s, n, frame, out);
+}
+
+/* The frame form: packet k is heads[k * head_stride .. + head_lens[k]] (its RTP header first;
+ * the frame's timestamp is written into it) then frame[pay_offs[k] .. + pay_lens[k]]. */
+int msm_pacer_send_parts(msm_pacer *p, unsigned char *heads, size_t head_stride, const uint32_t *head_lens,
+                         const unsigned char *frame, uint64_t frame_len, const uint32_t *pay_offs,
+                         const uint32_t *pay_lens, uint32_t n, int64_t frame_index, msm_pacer_stats *out) {
+    for (uint32_t k = 0; k < n; k++) {
+        if (head_lens[k] < RTP_HEADER || head_lens[k] > head_stride
+            || (uint64_t)pay_offs[k] + pay_lens[k] > frame_len) {
+            errno = EINVAL;
+            return -1;
+        }
+    }
+    source s = {.heads = heads, .head_stride = head_stride, .head_lens = head_lens, .frame = frame,
+                .pay_offs = pay_offs, .pay_lens = pay_lens};
+    return send_source(p, &s, n, frame_index, out);
 }

@@ -24,12 +24,15 @@ __all__ = ["FrameStats", "NativeUnavailable", "Pacer", "load"]
 
 #: Packets per sendmmsg at most, per mode: back-to-back bursts stay well under
 #: ST 2110-21's CMAX (at least 4 narrow, 16 wide).
-MAX_GROUP = {"narrow": 2, "wide": 8, "linear": 2}
+MAX_GROUP = {"narrow": 2, "wide": 12, "linear": 2}
 #: With UDP GSO, packets per train: a train leaves as one burst when its first packet is
 #: due (the others up to a TRS early, so the narrow lead shrinks by one to keep VRX within
 #: VRX_FULL); narrow's is half its CMAX, so two trains that jitter together still fit
-#: (trains of 4 measured Cinst 7 on loopback).
-GSO_GROUP = {"narrow": 2, "wide": 8, "linear": 2}
+#: (trains of 4 measured Cinst 7 on loopback). Wide's leave by the bucket (pacer.c's bucket
+#: mode), which never holds more than CMAX less one (15 at 1080p): trains of 12 leave it
+#: 3 packets (24 us at 1080p30) still draining when the next train goes, more than the
+#: ~20 us a train's send takes on loopback (see pacer.c), so sends never wait for one another.
+GSO_GROUP = {"narrow": 2, "wide": 12, "linear": 2}
 #: Packets sent ahead of the read schedule: VRX then holds that margin (narrow
 #: VRX_FULL is at least 8; wide 720, where the first packet must still follow the
 #: frame's epoch: at most 80% of TROFFSET ahead).
@@ -39,8 +42,16 @@ WIDE_LEAD = 360
 #: packets' TRS: faster than the schedule (to catch up) but slower than the network
 #: compatibility model's drain (TRS / 1.1), so the bucket does not fill meanwhile.
 CATCHUP_PERMILLE = 950
-#: Busy-wait this long before a due time rather than trust a timer to wake on time.
+#: Busy-wait this long before a due time rather than trust a timer to wake on time
+#: (narrow and linear: their receiver's margin is a few TRS).
 SPIN_NS = 20_000
+#: Wide (bucket mode): a wait shorter than this is spun, a longer one slept; a sleep ends up
+#: to WAKE_EARLY_MAX_NS early (the timer's usual lateness, learnt) and spins the rest.
+BUCKET_SPIN_NS = 5_000
+WAKE_EARLY_MAX_NS = 100_000
+#: Wide (bucket mode): packets a train may run ahead of the read schedule at most: VRX
+#: stays under half of VRX_FULL (720 at 1080p), as WIDE_LEAD.
+WIDE_AHEAD = 360
 #: ... and this long before a frame's first packet: the thread slept through the vertical
 #: blanking, and a long sleep wakes later on a busy machine (0.6% of a 30 Hz frame).
 FRAME_SPIN_NS = 200_000
@@ -85,6 +96,19 @@ def _lines(height: int, mode: str) -> tuple[int, int, int]:
     return total, (total if mode == "linear" else active), tro
 
 
+def _cmax(mode: str, period: Fraction, packets: int, active: int, total: int) -> int:
+    """ST 2110-21's CMAX (as msm.rtp_proxy.media.pacing.limits): wide, else narrow."""
+    tframe = period / 10**9
+    if mode == "wide":
+        return max(16, int(packets / (21600 * tframe)))
+    return max(4, int(packets / (43200 * Fraction(active, total) * tframe)))
+
+
+def _vrx_full(mode: str, period: Fraction, packets: int) -> int:
+    tframe = period / 10**9
+    return max(720, int(packets / (300 * tframe))) if mode == "wide" else max(8, int(packets / (27000 * tframe)))
+
+
 def _dest(dest: tuple[str, int]) -> tuple[int, bytes, int]:
     host, port = dest
     try:
@@ -112,7 +136,7 @@ class Pacer:
     def __init__(self, fd: int, dest: tuple[str, int], frame_period_ns: int | Fraction, packets_per_frame: int,
                  mode: str = "narrow", *, height: int = 1080, clock: str = "tai", patch_timestamp: bool = True,
                  lead: int | None = None, max_group: int | None = None, tolerance_ns: int = TOLERANCE_NS,
-                 gso: bool = False) -> None:
+                 gso: bool = False, bucket: bool | None = None) -> None:
         if mode not in MAX_GROUP:
             raise ValueError(f"pacing mode must be narrow, wide or linear, not {mode!r}")
         if not 0 < packets_per_frame <= MAX_PACKETS:
@@ -138,7 +162,9 @@ class Pacer:
         trs = period * active / total / packets_per_frame
         cfg.group_window_ns = int(trs * (group - 1)) + max(0, tolerance_ns) if gso else max(0, tolerance_ns)
         cfg.catchup_permille = CATCHUP_PERMILLE
-        cfg.spin_ns, cfg.frame_spin_ns, cfg.tolerance_ns = SPIN_NS, FRAME_SPIN_NS, max(0, tolerance_ns)
+        bucket = mode == "wide" if bucket is None else bucket
+        cfg.spin_ns = BUCKET_SPIN_NS if bucket else SPIN_NS
+        cfg.frame_spin_ns, cfg.tolerance_ns = FRAME_SPIN_NS, max(0, tolerance_ns)
         cfg.clock_id = {"tai": CLOCK_TAI, "realtime": CLOCK_REALTIME}[clock]
         cfg.patch_timestamp = 1 if patch_timestamp else 0
         fam, packed, scope = _dest(dest)
@@ -146,6 +172,12 @@ class Pacer:
         if ptr == self.ffi.NULL:
             raise ValueError(f"the pacer refused its settings (errno {self.ffi.errno})")
         self._ptr: Any = self.ffi.gc(ptr, self.lib.msm_pacer_free)
+        if bucket:
+            cmax = _cmax(mode, period, packets_per_frame, active, total) - 1
+            ahead = max(cfg.lead, min(WIDE_AHEAD, _vrx_full(mode, period, packets_per_frame) // 2))
+            if self.lib.msm_pacer_set_bucket(self._ptr, cmax, ahead, WAKE_EARLY_MAX_NS):
+                raise ValueError(f"the pacer's bucket mode needs groups of at most {cmax} and a lead of at most "
+                                 f"{ahead}, not {group} and {cfg.lead}")
         self._out = self.ffi.new("msm_pacer_stats *")
         self.mode, self.packets_per_frame, self.frame_period_ns = mode, packets_per_frame, period
         self.clock_id = cfg.clock_id
@@ -171,6 +203,9 @@ class Pacer:
         ``patch_timestamp=False``). A frame of another packet count than the pacer's
         is spread over the same active period (its TRS follows its count).
         """
+        parts = getattr(buf, "pacer_parts", None)
+        if parts is not None and lengths is None:
+            return self._send_parts(parts(), frame)
         if lengths is None:
             packets = list(buf)
             lengths, buf = [len(p) for p in packets], b"".join(packets)
@@ -179,9 +214,29 @@ class Pacer:
             raise ValueError(f"a frame has 1..{MAX_PACKETS} packets, not {n}")
         data = self.ffi.from_buffer(buf)
         lens = self.ffi.new("uint32_t[]", list(lengths))
-        out = self._out
-        if self.lib.msm_pacer_send_frame(self._ptr, data, len(data), lens, n, -1 if frame is None else frame, out):
+        if self.lib.msm_pacer_send_frame(self._ptr, data, len(data), lens, n, -1 if frame is None else frame,
+                                         self._out):
             raise ValueError("the packets' lengths do not fit the buffer (or one is shorter than an RTP header)")
+        return self._stats(n)
+
+    def _send_parts(self, parts: tuple[Any, int, Any, Any, Any, Any, int], frame: int | None) -> FrameStats:
+        """The frame form (``msm.ext.st2110.FrameSlot``): headers apart, payloads as spans of the frame."""
+        heads, stride, head_lens, data, offs, lens, n = parts
+        if not 0 < n <= MAX_PACKETS:
+            raise ValueError(f"a frame has 1..{MAX_PACKETS} packets, not {n}")
+        if len(heads) < stride * n or min(len(head_lens), len(offs), len(lens)) < 4 * n:
+            raise ValueError(f"the frame form's arrays hold fewer than {n} packets")
+        ffi = self.ffi
+        if self.lib.msm_pacer_send_parts(
+                self._ptr, ffi.from_buffer("unsigned char[]", heads, require_writable=True), stride,
+                ffi.from_buffer("uint32_t[]", head_lens), ffi.from_buffer("unsigned char[]", data), len(data),
+                ffi.from_buffer("uint32_t[]", offs), ffi.from_buffer("uint32_t[]", lens), n,
+                -1 if frame is None else frame, self._out):
+            raise ValueError("a packet's header or payload does not fit its buffer")
+        return self._stats(n)
+
+    def _stats(self, n: int) -> FrameStats:
+        out = self._out
         return FrameStats(frame=int(out.frame), rtp_timestamp=int(out.rtp_timestamp),
                           packets_sent=int(out.packets_sent), send_errors=int(out.send_errors),
                           groups=int(out.groups), gso_sends=int(out.gso_sends), sleeps=int(out.sleeps),

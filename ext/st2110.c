@@ -352,10 +352,14 @@ static uint32_t line_split(uint32_t stride, uint32_t pg, uint32_t most) {
     return 0;
 }
 
-long msm_st2110_packetize(const uint8_t *frame, uint32_t width, uint32_t height, uint32_t pg_bytes,
-                          uint32_t pg_pixels, uint32_t mtu, int bpm, uint32_t seq, uint32_t timestamp,
-                          uint32_t ssrc, int payload_type, uint8_t *out, size_t out_cap,
-                          uint32_t *lens, size_t max_packets) {
+/* The walk of msm_st2110_packetize and msm_st2110_headers. heads == NULL: packets back to back
+ * in out, each its header and payload (lens: their sizes). Otherwise only headers, header k at
+ * out + k * head_stride (lens: header sizes), and the payload as its span of the frame
+ * (heads[k] = offset; pay_lens[k] = bytes): a packet's segments follow each other in the frame. */
+static long walk(const uint8_t *frame, uint32_t width, uint32_t height, uint32_t pg_bytes, uint32_t pg_pixels,
+                 uint32_t mtu, int bpm, uint32_t seq, uint32_t timestamp, uint32_t ssrc, int payload_type,
+                 uint8_t *out, size_t out_cap, uint32_t *lens, size_t max_packets, uint32_t *heads,
+                 uint32_t *pay_lens, size_t head_stride) {
     if (!pg_bytes || !pg_pixels || width % pg_pixels || mtu > MSM_ST2110_MAX_PACKET) return -1;
     uint32_t stride = width / pg_pixels * pg_bytes, room = mtu - HDR - 2;
     uint32_t limit = bpm == 1 ? MSM_ST2110_BPM_DATA : room;
@@ -364,7 +368,7 @@ long msm_st2110_packetize(const uint8_t *frame, uint32_t width, uint32_t height,
     size_t count = 0, at = 0;
     seg segs[MAX_SEGMENTS];
     while (line < height) {
-        if (count == max_packets || at + mtu > out_cap) return -1;
+        if (count == max_packets || at + (heads ? head_stride : mtu) > out_cap) return -1;
         int n = 1;
         if (split) {   /* one equal slice of the line per packet */
             segs[0].line = line; segs[0].off_bytes = off; segs[0].length = stride / split;
@@ -373,6 +377,7 @@ long msm_st2110_packetize(const uint8_t *frame, uint32_t width, uint32_t height,
         } else {
             n = plan_packet(&line, &off, height, stride, pg_bytes, room, limit, segs);
         }
+        if (heads && HDR + 2u + SRD * (uint32_t)n > head_stride) return -1;
         uint8_t *o = put_packet_header(out + at, line >= height, payload_type,
                                        seq + (uint32_t)count, timestamp, ssrc);
         for (int k = 0; k < n; k++, o += SRD) {
@@ -380,6 +385,16 @@ long msm_st2110_packetize(const uint8_t *frame, uint32_t width, uint32_t height,
             o[0] = (uint8_t)(segs[k].length >> 8); o[1] = (uint8_t)segs[k].length;
             o[2] = (uint8_t)(segs[k].line >> 8); o[3] = (uint8_t)segs[k].line;
             o[4] = (uint8_t)((k < n - 1 ? 0x80 : 0) | px >> 8); o[5] = (uint8_t)px;
+        }
+        if (heads) {
+            uint32_t bytes = 0;
+            for (int k = 0; k < n; k++) bytes += segs[k].length;
+            heads[count] = segs[0].line * stride + segs[0].off_bytes;
+            pay_lens[count] = bytes;
+            lens[count] = (uint32_t)(o - (out + at));
+            at += head_stride;
+            count++;
+            continue;
         }
         for (int k = 0; k < n; k++) {
             memcpy(o, frame + (size_t)segs[k].line * stride + segs[k].off_bytes, segs[k].length);
@@ -390,6 +405,22 @@ long msm_st2110_packetize(const uint8_t *frame, uint32_t width, uint32_t height,
         count++;
     }
     return (long)count;
+}
+
+long msm_st2110_packetize(const uint8_t *frame, uint32_t width, uint32_t height, uint32_t pg_bytes,
+                          uint32_t pg_pixels, uint32_t mtu, int bpm, uint32_t seq, uint32_t timestamp,
+                          uint32_t ssrc, int payload_type, uint8_t *out, size_t out_cap,
+                          uint32_t *lens, size_t max_packets) {
+    return walk(frame, width, height, pg_bytes, pg_pixels, mtu, bpm, seq, timestamp, ssrc, payload_type, out,
+                out_cap, lens, max_packets, NULL, NULL, 0);
+}
+
+long msm_st2110_headers(uint32_t width, uint32_t height, uint32_t pg_bytes, uint32_t pg_pixels, uint32_t mtu,
+                        int mode, uint32_t seq, uint32_t timestamp, uint32_t ssrc, int payload_type,
+                        uint8_t *heads, size_t head_stride, size_t max_packets, uint32_t *head_lens,
+                        uint32_t *pay_offs, uint32_t *pay_lens) {
+    return walk(NULL, width, height, pg_bytes, pg_pixels, mtu, mode, seq, timestamp, ssrc, payload_type, heads,
+                head_stride * max_packets, head_lens, max_packets, pay_offs, pay_lens, head_stride);
 }
 
 #ifndef SOL_UDP
@@ -403,6 +434,10 @@ long msm_st2110_packetize(const uint8_t *frame, uint32_t width, uint32_t height,
 #define GSO_SEGMENTS 64
 #define GSO_BYTES 63000
 
+/* iovecs a sendmmsg call carries at most (the kernel's UIO_MAXIOV is per message, 1024):
+ * a header and a payload iovec a packet in the frame form, 16 kB on the sending stack. */
+#define IOV_POOL 1024
+
 typedef struct {
     int fd;
     struct sockaddr_storage *dst;
@@ -411,26 +446,49 @@ typedef struct {
     const uint32_t *lens;
     size_t at;          /* byte offset of packet `from` in buf */
     int gso;            /* 1: equal-length runs go as one UDP_SEGMENT message */
+    /* the frame form (heads != NULL): packet k is its header at heads + k * head_stride
+     * (head_lens[k] bytes) then frame[pay_offs[k] .. + pay_lens[k]]; nothing is copied */
+    const uint8_t *heads;
+    size_t head_stride;
+    const uint32_t *head_lens;
+    const uint8_t *frame;
+    const uint32_t *pay_offs;
+    const uint32_t *pay_lens;
 } sender;
+
+static size_t plen(const sender *sd, size_t k) {
+    return sd->heads ? (size_t)sd->head_lens[k] + sd->pay_lens[k] : sd->lens[k];
+}
 
 /* Packets [from, to): one message each, or (GSO) one per run of equal lengths
  * (its last packet may be shorter, as UDP_SEGMENT allows). */
 static size_t build(sender *sd, size_t from, size_t to, struct mmsghdr *msgs, struct iovec *iov,
                     char (*ctl)[CMSG_SPACE(sizeof(uint16_t))], size_t *counts, size_t *nmsg) {
-    size_t m = 0, pos = sd->at, k = from;
-    while (k < to && m < BATCH) {
-        size_t n = 1, bytes = sd->lens[k];
+    size_t m = 0, pos = sd->at, k = from, used = 0;
+    size_t per = sd->heads ? 2 : 1;   /* iovecs a packet takes */
+    while (k < to && m < BATCH && used + per <= IOV_POOL) {
+        size_t n = 1, bytes = plen(sd, k), first = plen(sd, k);
         if (sd->gso)
-            while (k + n < to && n < GSO_SEGMENTS && sd->lens[k + n] <= sd->lens[k] && bytes + sd->lens[k + n] <= GSO_BYTES) {
-                bytes += sd->lens[k + n];
+            while (k + n < to && n < GSO_SEGMENTS && (used + per * (n + 1)) <= IOV_POOL
+                   && plen(sd, k + n) <= first && bytes + plen(sd, k + n) <= GSO_BYTES) {
+                bytes += plen(sd, k + n);
                 n++;
-                if (sd->lens[k + n - 1] < sd->lens[k]) break;
+                if (plen(sd, k + n - 1) < first) break;
             }
-        iov[m].iov_base = (void *)(sd->buf + pos);
-        iov[m].iov_len = bytes;
         memset(&msgs[m].msg_hdr, 0, sizeof msgs[m].msg_hdr);
-        msgs[m].msg_hdr.msg_iov = &iov[m];
-        msgs[m].msg_hdr.msg_iovlen = 1;
+        msgs[m].msg_hdr.msg_iov = &iov[used];
+        if (sd->heads) {
+            for (size_t q = k; q < k + n; q++) {
+                iov[used++] = (struct iovec){.iov_base = (void *)(sd->heads + q * sd->head_stride),
+                                             .iov_len = sd->head_lens[q]};
+                iov[used++] = (struct iovec){.iov_base = (void *)(sd->frame + sd->pay_offs[q]),
+                                             .iov_len = sd->pay_lens[q]};
+            }
+            msgs[m].msg_hdr.msg_iovlen = 2 * n;
+        } else {
+            iov[used++] = (struct iovec){.iov_base = (void *)(sd->buf + pos), .iov_len = bytes};
+            msgs[m].msg_hdr.msg_iovlen = 1;
+        }
         msgs[m].msg_hdr.msg_name = sd->dlen ? sd->dst : NULL;
         msgs[m].msg_hdr.msg_namelen = sd->dlen;
         if (n > 1) {
@@ -440,7 +498,7 @@ static size_t build(sender *sd, size_t from, size_t to, struct mmsghdr *msgs, st
             c->cmsg_level = SOL_UDP;
             c->cmsg_type = UDP_SEGMENT;
             c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-            uint16_t seg = (uint16_t)sd->lens[k];
+            uint16_t seg = (uint16_t)first;
             memcpy(CMSG_DATA(c), &seg, sizeof seg);
         }
         counts[m++] = n;
@@ -453,7 +511,7 @@ static size_t build(sender *sd, size_t from, size_t to, struct mmsghdr *msgs, st
 
 static void send_run(sender *sd, size_t from, size_t to, msm_st2110_tx_stats *st) {
     struct mmsghdr msgs[BATCH];
-    struct iovec iov[BATCH];
+    struct iovec iov[IOV_POOL];
     char ctl[BATCH][CMSG_SPACE(sizeof(uint16_t))];
     size_t counts[BATCH], m;
     while (from < to) {
@@ -472,14 +530,14 @@ static void send_run(sender *sd, size_t from, size_t to, msm_st2110_tx_stats *st
                 st->gso_disabled = 1;
                 continue;
             }
-            sd->at += sd->lens[from];
+            sd->at += plen(sd, from);
             from++;   /* e.g. ECONNREFUSED from an earlier datagram: skip one, go on */
             continue;
         }
         for (int j = 0; j < r; j++) {
             for (size_t q = 0; q < counts[j]; q++) {
-                st->bytes_sent += sd->lens[from];
-                sd->at += sd->lens[from];
+                st->bytes_sent += plen(sd, from);
+                sd->at += plen(sd, from);
                 from++;
             }
             st->packets_sent += counts[j];
@@ -492,33 +550,34 @@ static void send_run(sender *sd, size_t from, size_t to, msm_st2110_tx_stats *st
  * packets at 1080p30 10-bit while waking the thread 4000 times a second. */
 #define SLOT_NS 250000
 
-long msm_st2110_send(int fd, int family, const uint8_t *addr, uint16_t port, const uint8_t *buf,
-                     const uint32_t *lens, size_t count, uint64_t spread_ns, int gso, msm_st2110_tx_stats *st) {
-    struct sockaddr_storage dst;
-    sender sd = {.fd = fd, .dst = &dst, .buf = buf, .lens = lens, .gso = gso && !st->gso_disabled};
-    memset(&dst, 0, sizeof dst);
+static int set_dest(sender *sd, int family, const uint8_t *addr, uint16_t port) {
+    memset(sd->dst, 0, sizeof *sd->dst);
     if (family == AF_INET) {
-        struct sockaddr_in *a = (struct sockaddr_in *)&dst;
+        struct sockaddr_in *a = (struct sockaddr_in *)sd->dst;
         a->sin_family = AF_INET; a->sin_port = htons(port); memcpy(&a->sin_addr, addr, 4);
-        sd.dlen = sizeof *a;
+        sd->dlen = sizeof *a;
     } else if (family == AF_INET6) {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&dst;
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)sd->dst;
         a->sin6_family = AF_INET6; a->sin6_port = htons(port); memcpy(&a->sin6_addr, addr, 16);
-        sd.dlen = sizeof *a;
+        sd->dlen = sizeof *a;
     } else if (family != 0) {   /* 0: a connected socket, no address per datagram (no route lookup per packet) */
         errno = EAFNOSUPPORT;
         return -1;
     }
+    return 0;
+}
+
+static long spread(sender *sd, size_t count, uint64_t spread_ns, msm_st2110_tx_stats *st) {
     size_t slots = spread_ns / SLOT_NS;
     if (slots < 2 || count < 2) {
-        send_run(&sd, 0, count, st);
+        send_run(sd, 0, count, st);
         return (long)count;
     }
     int64_t start = now_ns();
     size_t sent = 0;
     for (size_t k = 1; k <= slots; k++) {
         size_t upto = count * k / slots;
-        send_run(&sd, sent, upto, st);
+        send_run(sd, sent, upto, st);
         sent = upto;
         int64_t at = start + (int64_t)(spread_ns * k / slots), now = now_ns();
         if (now > at) { st->late_ns += (uint64_t)(now - at); continue; }
@@ -526,4 +585,24 @@ long msm_st2110_send(int fd, int family, const uint8_t *addr, uint16_t port, con
         clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &t, NULL);
     }
     return (long)count;
+}
+
+long msm_st2110_send(int fd, int family, const uint8_t *addr, uint16_t port, const uint8_t *buf,
+                     const uint32_t *lens, size_t count, uint64_t spread_ns, int gso, msm_st2110_tx_stats *st) {
+    struct sockaddr_storage dst;
+    sender sd = {.fd = fd, .dst = &dst, .buf = buf, .lens = lens, .gso = gso && !st->gso_disabled};
+    if (set_dest(&sd, family, addr, port)) return -1;
+    return spread(&sd, count, spread_ns, st);
+}
+
+long msm_st2110_send_frame(int fd, int family, const uint8_t *addr, uint16_t port, const uint8_t *heads,
+                           size_t head_stride, const uint32_t *head_lens, const uint8_t *frame,
+                           const uint32_t *pay_offs, const uint32_t *pay_lens, size_t count, uint64_t spread_ns,
+                           int gso, msm_st2110_tx_stats *st) {
+    struct sockaddr_storage dst;
+    sender sd = {.fd = fd, .dst = &dst, .gso = gso && !st->gso_disabled, .heads = heads,
+                 .head_stride = head_stride, .head_lens = head_lens, .frame = frame, .pay_offs = pay_offs,
+                 .pay_lens = pay_lens};
+    if (set_dest(&sd, family, addr, port)) return -1;
+    return spread(&sd, count, spread_ns, st);
 }

@@ -16,7 +16,7 @@ from typing import Any
 
 from msm.ext import NativeModule, NativeUnavailable, _flag
 
-__all__ = ["FrameInfo", "NativeUnavailable", "Packetizer", "Receiver", "load", "packetize"]
+__all__ = ["FrameInfo", "FrameSlot", "NativeUnavailable", "Packetizer", "Receiver", "load", "packetize"]
 
 MAX_PACKET = 9000
 RX_COUNTERS = ("packets", "bad_rtp", "bad_pt", "bad_ssrc", "bad_source", "bad_segment", "late", "lost",
@@ -187,6 +187,87 @@ class Packetizer:
         family, packed = _packed(host) if host is not None else (0, b"\0" * 16)
         rc = self.lib.msm_st2110_send(fd, family, packed, port & 0xFFFF, self.buffer, self.lengths, count,
                                       max(0, spread_ns), 0 if _flag("MSM_NO_GSO") else 1, self.tx_stats)
+        if rc < 0:
+            raise OSError(self.ffi.errno, "sendmmsg failed")
+
+    def stats(self) -> dict[str, int]:
+        return {name: int(getattr(self.tx_stats, name)) for name in TX_COUNTERS}
+
+
+class FrameSlot:
+    """One frame to send in the frame form: the frame itself, each packet's header apart, and each
+    packet's payload as a span of the frame (a packet's segments follow each other in it).
+
+    Nothing is packed: a packet leaves as two iovecs, its header then its payload in the frame, so
+    the one copy a frame takes on its way out is :meth:`fill`'s (a plain copy of the whole frame)
+    and the kernel's. The packets are :class:`Packetizer`'s, byte for byte. A pacer takes the slot
+    as it is (``msm.ext.pacer.Pacer.send_frame``; :meth:`pacer_parts`).
+    """
+
+    def __init__(self, width: int, height: int, pg_bytes: int, pg_pixels: int, *, mtu: int, bpm: bool,
+                 payload_type: int, ssrc: int, aligned: bool = False) -> None:
+        mod = load()
+        self.ffi: Any = mod.ffi
+        self.lib: Any = mod.lib
+        self.geometry = (width, height, pg_bytes, pg_pixels)
+        self.mtu, self.payload_type, self.ssrc = mtu, payload_type, ssrc & 0xFFFFFFFF
+        self.mode = 1 if bpm else 2 if aligned else 0
+        stride = width // pg_pixels * pg_bytes
+        self.frame_bytes = stride * height
+        data = min(mtu - 12 - 2 - 6, 1260 if bpm else mtu) // pg_bytes * pg_bytes
+        split = _line_split(stride, pg_bytes, mtu - 12 - 2 - 6) if aligned and not bpm else 0
+        self.max_packets = split * height if split else max(1, self.frame_bytes // max(1, data) + height + 1)
+        # A header: RTP (12), extended sequence number (2), a segment header (6) per line the packet
+        # touches: one with line slices, else at most its data over a line and one more (8-byte aligned).
+        segments = 1 if split else min(64, max(1, mtu - 20) // max(1, stride) + 2)
+        self.head_stride = (14 + 6 * segments + 7) // 8 * 8
+        self.heads: Any = self.ffi.new("uint8_t[]", self.head_stride * self.max_packets)
+        self.head_lens: Any = self.ffi.new("uint32_t[]", self.max_packets)
+        self.pay_offs: Any = self.ffi.new("uint32_t[]", self.max_packets)
+        self.pay_lens: Any = self.ffi.new("uint32_t[]", self.max_packets)
+        self.frame = bytearray(self.frame_bytes)
+        self._frame_ptr: Any = self.ffi.from_buffer(self.frame)
+        self.count = 0
+        self.tx_stats: Any = self.ffi.new("msm_st2110_tx_stats *")
+
+    def fill(self, frame: bytes | bytearray | memoryview, seq: int, timestamp: int) -> int:
+        """Copy ``frame`` in and write its packets' headers; the number of packets."""
+        if len(frame) != self.frame_bytes:
+            raise ValueError(f"frame of {len(frame)} bytes, expected {self.frame_bytes}")
+        self.frame[:] = frame
+        count = int(self.lib.msm_st2110_headers(
+            *self.geometry, self.mtu, self.mode, seq & 0xFFFFFFFF, timestamp & 0xFFFFFFFF, self.ssrc,
+            self.payload_type, self.heads, self.head_stride, self.max_packets, self.head_lens, self.pay_offs,
+            self.pay_lens))
+        if count < 0:
+            raise ValueError("packetizer refused the format or mtu")
+        self.count = count
+        return count
+
+    def pacer_parts(self) -> tuple[memoryview, int, memoryview, memoryview, memoryview, memoryview, int]:
+        """What ``msm_pacer_send_parts`` takes: headers, their stride and sizes, the frame, the spans, the count."""
+        n = self.count
+        return (memoryview(self.ffi.buffer(self.heads, self.head_stride * n)), self.head_stride,
+                memoryview(self.ffi.buffer(self.head_lens, 4 * n)), memoryview(self.frame),
+                memoryview(self.ffi.buffer(self.pay_offs, 4 * n)), memoryview(self.ffi.buffer(self.pay_lens, 4 * n)),
+                n)
+
+    def packets(self) -> list[bytes]:
+        """The packets as bytes (tests)."""
+        heads = self.ffi.buffer(self.heads, self.head_stride * self.count)
+        out = []
+        for k in range(self.count):
+            at, off = k * self.head_stride, self.pay_offs[k]
+            out.append(bytes(heads[at:at + self.head_lens[k]]) + bytes(self.frame[off:off + self.pay_lens[k]]))
+        return out
+
+    def send(self, fd: int, host: str | None, port: int, spread_ns: int) -> None:
+        """Send the packets to ``host:port`` (``None``: ``fd`` is connected), evenly over ``spread_ns`` (0: at once)."""
+        family, packed = _packed(host) if host is not None else (0, b"\0" * 16)
+        rc = self.lib.msm_st2110_send_frame(fd, family, packed, port & 0xFFFF, self.heads, self.head_stride,
+                                            self.head_lens, self._frame_ptr, self.pay_offs, self.pay_lens,
+                                            self.count, max(0, spread_ns), 0 if _flag("MSM_NO_GSO") else 1,
+                                            self.tx_stats)
         if rc < 0:
             raise OSError(self.ffi.errno, "sendmmsg failed")
 

@@ -270,8 +270,8 @@ class St2110Ingress:
 class FramePacer(Protocol):
     """What the egress can send through instead of its even spread (``msm.ext.pacer.Pacer``).
 
-    Given the packets back to back and their lengths (C core), or a list of
-    packets and no lengths (twin).
+    Given a :class:`~msm.ext.st2110.FrameSlot` and no lengths (C core: the frame form, headers
+    apart and payloads as spans of the frame), or a list of packets and no lengths (twin).
     """
 
     def send_frame(self, buf: Any, lengths: Sequence[int] | None = None) -> object: ...
@@ -313,14 +313,15 @@ class St2110Egress:
             raise NativeUnavailable(reason)
         self.native = reason is None
         self.fallback_reason = reason
-        # Slots: a frame waiting or being sent. Native: a packetizer each (deliver packs the frame
-        # straight into its packet buffer, the one copy); twin: a frame buffer each.
+        # Slots: a frame waiting or being sent. Native: a FrameSlot each (deliver copies the frame in,
+        # the one copy, and writes the headers; each packet leaves as its header and its span of the
+        # frame, packed by no one); twin: a frame buffer each.
         # Unbounded queue types, bounded in fact: only these EGRESS_QUEUE_DEPTH + 1 slots circulate.
         self._slots: list[Any] = []
         for _ in range(EGRESS_QUEUE_DEPTH + 1):
             if self.native:
                 from msm.ext import st2110
-                self._slots.append(st2110.Packetizer(
+                self._slots.append(st2110.FrameSlot(
                     self.fmt.width, self.fmt.height, self.fmt.pgroup_bytes, self.fmt.pgroup_pixels, mtu=mtu,
                     bpm=stream.packing == BPM, payload_type=stream.payload_type, ssrc=self.ssrc, aligned=aligned))
             else:
@@ -368,7 +369,7 @@ class St2110Egress:
             self.counters["frames_busy"] += 1
             return "egress_busy"
         if self.native:
-            count = slot.packetize(payload, self._seq, info.timestamp)
+            count = slot.fill(payload, self._seq, info.timestamp)
             self._seq = (self._seq + count) & 0xFFFFFFFF
             self._todo.put((slot, count))
         else:
@@ -391,14 +392,14 @@ class St2110Egress:
             finally:
                 self._free.put(slot)
 
-    def _send_native(self, packetizer: Any, count: int) -> int:
+    def _send_native(self, slot: Any, count: int) -> int:
         if self.pacer is not None:
-            self.pacer.send_frame(*packetizer.frame_view(count))
+            self.pacer.send_frame(slot)   # the frame form: the C pacer takes the slot as it is
         else:
             # Behind (another frame already waits): catch up by sending this one in a quarter of
             # the usual spread rather than dropping frames later for want of a free slot.
             spread = self.spread_ns if self._todo.empty() else self.spread_ns // 4
-            packetizer.send(self.sock.fileno(), None, 0, count, spread)
+            slot.send(self.sock.fileno(), None, 0, spread)
         return count
 
     def _send_frame_twin(self, frame: bytearray, timestamp: int) -> int:
