@@ -478,3 +478,30 @@ def test_server_sending_into_bad_client_buffers_is_counted(running: Running) -> 
         _still_flows(client, conn, 5)  # the other direction is unaffected
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_server_names_a_region_the_client_mapped_read_only(running: Running, native: bool) -> None:
+    """The SDK's zero-copy hop: the server writes descriptors naming region 1, a memfd the client mapped
+    read-only after the handshake (set_region); the client reads it in place, a bad offset is dropped."""
+    client = MemifClient(str(running.path), MemifConfig(buffer_size=4096, log2_ring_size=3, native=native)).connect()
+    server = running.connection()
+    shared = Region.create(1 << 16, final=False)
+    shared.mem[8192:8192 + 5] = b"hello"
+    fd = os.dup(shared.fd)
+    client.set_region(1, Region.attach(fd, shared.size, index=1, writable=False))
+    queue = server.tx_queues[0]  # type: ignore[attr-defined]
+    assert queue.send_foreign(1, 8192, 5) and queue.send_foreign(1, 1 << 16, 5)  # the second: outside region 1
+    frame = _recv(client)
+    assert frame.region == 1 and bytes(frame.data) == b"hello" and frame.data.readonly  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        frame.data[0:1] = b"x"  # type: ignore[attr-defined]
+    before = queue.returned()
+    frame.release()  # type: ignore[attr-defined]
+    assert client.recv() is None and client.counters.drops["bad_descriptor"] == 1
+    assert (queue.returned() - before) & 0xFFFF >= 1  # the frame's slot is given back (the C walker keeps a
+    # dropped frame's slot until the next frame's release; the Python one gives it back at once)
+    with pytest.raises(MemifError):
+        client.set_region(3, Region.create(4096))  # indices stay contiguous: 2 is next
+    client.close()
+    shared.close()
