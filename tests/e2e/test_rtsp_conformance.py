@@ -298,7 +298,7 @@ async def test_setup_without_describe_on_the_connection(target: Target) -> None:
         pair.close()
 
 
-# -- Per-track control (RFC 2326 1.3, 10.5, 10.6, 10.7; 460) ----------------------------------------
+# -- Per-track control (RFC 2326 1.3, 10.5, 10.6, 10.7; 11.3.11 460) -----------------------------
 
 # What a per-track TEARDOWN of one of a session's two tracks gets: GStreamer refuses every
 # per-track request of an aggregate session (460); msm removes that track (RFC 2326 10.7).
@@ -306,7 +306,7 @@ TRACK_TEARDOWN = {"msm": 200, "gst": 460}
 
 
 async def test_per_track_play_and_pause_of_an_aggregate_session(target: Target) -> None:
-    """RFC 2326 1.3 / 11.3.10: a server that controls a session's streams only together answers
+    """RFC 2326 1.3 / 11.3.11 (460): a server that controls a session's streams only together answers
     PLAY or PAUSE on one stream's URL with 460 Only Aggregate Operation Allowed (never acts
     on the whole session silently). GStreamer: 460 for PLAY, PAUSE and TEARDOWN on a track
     URL. msm: 460 for PLAY and PAUSE when the session has several tracks (the URL of a
@@ -475,28 +475,28 @@ STATUS_CASES: list[tuple[str, str, Callable[[Target], bytes], dict[str, int]]] =
     ("garbage", "6.1", lambda t: b"HELLO\r\n\r\n", {"msm": 400, "gst": 400}),
     ("malformed-transport", "12.39", _req("SETUP", "{track0}", "Transport: RTP/AVP;unicast;client_port=abc"),
      {"msm": 400, "gst": 200}),
-    ("a-response-from-the-client", "6", lambda t: b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n", {"msm": 400}),
-    ("unknown-stream", "11.3.5", _req("DESCRIBE", "{nope}"), {"msm": 404, "gst": 404}),
-    ("unknown-track", "11.3.5", _req("SETUP", "{track9}", UDP), {"msm": 404, "gst": 404}),
-    ("announce", "11.4.1 (405 + Allow)", _req("ANNOUNCE", "{url}"), {"msm": 405, "gst": 400}),
-    ("record", "11.4.1", _req("RECORD", "{url}", "Session: abc"), {"msm": 405, "gst": 454}),
-    ("redirect", "11.4.1", _req("REDIRECT", "{url}"), {"msm": 405, "gst": 501}),
-    ("accept-no-sdp", "11.4.6 (HTTP 406)", _req("DESCRIBE", "{url}", "Accept: text/html"), {"msm": 406, "gst": 200}),
-    ("header-too-large", "11.4.12 (HTTP 413)", _req("OPTIONS", "*", "X-Pad: " + "a" * 20000),
+    ("a-response-from-the-client", "6, 7", lambda t: b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n", {"msm": 400}),
+    ("unknown-stream", "7.1.1 (HTTP 404)", _req("DESCRIBE", "{nope}"), {"msm": 404, "gst": 404}),
+    ("unknown-track", "7.1.1 (HTTP 404)", _req("SETUP", "{track9}", UDP), {"msm": 404, "gst": 404}),
+    ("announce", "11.3.1 (405 + Allow)", _req("ANNOUNCE", "{url}"), {"msm": 405, "gst": 400}),
+    ("record", "11.3.1", _req("RECORD", "{url}", "Session: abc"), {"msm": 405, "gst": 454}),
+    ("redirect", "11.3.1", _req("REDIRECT", "{url}"), {"msm": 405, "gst": 501}),
+    ("accept-no-sdp", "7.1.1 (HTTP 406)", _req("DESCRIBE", "{url}", "Accept: text/html"), {"msm": 406, "gst": 200}),
+    ("header-too-large", "7.1.1 (HTTP 413)", _req("OPTIONS", "*", "X-Pad: " + "a" * 20000),
      {"msm": 413, "gst": 200}),
-    ("request-line-too-long", "11.4.13 (HTTP 414)", _req("OPTIONS", "rtsp://h/" + "a" * 20000),
+    ("request-line-too-long", "7.1.1 (HTTP 414)", _req("OPTIONS", "rtsp://h/" + "a" * 20000),
      {"msm": 414, "gst": 400}),
-    ("set-parameter", "11.3.1", _req("SET_PARAMETER", "{url}", "Content-Type: text/parameters", body="volume: 3\n"),
-     {"msm": 451, "gst": 451}),
-    ("unknown-session", "11.3.6", _req("PLAY", "{url}", "Session: nosuch"), {"msm": 454, "gst": 454}),
-    ("no-session", "11.3.6", _req("PLAY", "{url}"), {"msm": 454, "gst": 454}),
-    ("setup-of-aggregate-url", "11.3.8", _req("SETUP", "{url}", UDP), {"msm": 459, "gst": 404}),
-    ("unsupported-transport", "11.3.11", _req("SETUP", "{track0}", "Transport: RAW/RAW/UDP;unicast"),
+    ("set-parameter", "11.3.2 (451)",
+     _req("SET_PARAMETER", "{url}", "Content-Type: text/parameters", body="volume: 3\n"), {"msm": 451, "gst": 451}),
+    ("unknown-session", "11.3.5 (454)", _req("PLAY", "{url}", "Session: nosuch"), {"msm": 454, "gst": 454}),
+    ("no-session", "11.3.5 (454)", _req("PLAY", "{url}"), {"msm": 454, "gst": 454}),
+    ("setup-of-aggregate-url", "11.3.10 (459)", _req("SETUP", "{url}", UDP), {"msm": 459, "gst": 404}),
+    ("unsupported-transport", "11.3.12 (461)", _req("SETUP", "{track0}", "Transport: RAW/RAW/UDP;unicast"),
      {"msm": 461, "gst": 461}),
-    ("no-transport", "11.3.11", _req("SETUP", "{track0}"), {"msm": 461, "gst": 461}),
-    ("multicast", "11.3.11", _req("SETUP", "{track0}", "Transport: RTP/AVP;multicast"), {"msm": 461, "gst": 461}),
-    ("unknown-method", "11.4.2", _req("FROBNICATE", "{url}"), {"msm": 501, "gst": 400}),
-    ("rtsp-2.0", "11.4.5 (505)", lambda t: b"OPTIONS * RTSP/2.0\r\nCSeq: 1\r\n\r\n", {"msm": 505, "gst": 200}),
+    ("no-transport", "11.3.12 (461)", _req("SETUP", "{track0}"), {"msm": 461, "gst": 461}),
+    ("multicast", "11.3.12 (461)", _req("SETUP", "{track0}", "Transport: RTP/AVP;multicast"), {"msm": 461, "gst": 461}),
+    ("unknown-method", "7.1.1 (HTTP 501)", _req("FROBNICATE", "{url}"), {"msm": 501, "gst": 400}),
+    ("rtsp-2.0", "7.1.1 (505)", lambda t: b"OPTIONS * RTSP/2.0\r\nCSeq: 1\r\n\r\n", {"msm": 505, "gst": 200}),
     ("require", "11.3.14 (551 + Unsupported)", _req("OPTIONS", "{url}", "Require: com.example.magic"),
      {"msm": 551, "gst": 551}),
 ]
@@ -528,7 +528,7 @@ async def test_status_codes(target: Target, case: str, section: str, build: Call
     """Each request's answer from msm and from GStreamer (RFC 2326 section in STATUS_CASES).
 
     Where they differ msm is the stricter: it refuses what RFC 2326 says is refused (a
-    malformed Transport, ANNOUNCE/RECORD/REDIRECT with 405 and Allow as 11.4.1 asks of
+    malformed Transport, ANNOUNCE/RECORD/REDIRECT with 405 and Allow as 11.3.1 asks of
     a method the resource does not allow, an unacceptable Accept with 406, oversized heads
     with 413/414, another protocol version with 505, an unknown method with 501), where
     GStreamer ignores the fault or answers a generic 400. A response sent by a client is
@@ -539,7 +539,7 @@ async def test_status_codes(target: Target, case: str, section: str, build: Call
 
 
 async def test_unreachable_upstream_is_503(servers: tuple[GstRtspServer, LocalMesh]) -> None:
-    """RFC 2326 11.3.4 (503 Service Unavailable, HTTP semantics): msm answers a DESCRIBE of a
+    """RFC 2326 7.1.1 (HTTP 503 Service Unavailable): msm answers a DESCRIBE of a
     route whose upstream does not answer 503 (and 502 for one that answers nonsense, 504
     for one too slow: tests/e2e/test_bad_input.py, test_upstream_auth.py). GStreamer serves
     its own media and has no upstream, so it has no such answer."""
