@@ -11,13 +11,17 @@ The sender fills each frame in place in its shared buffer (the app producing it:
 its one write of the payload) and puts it, stamping the send time into the
 frame's timestamp; it sends as fast as the proxy takes frames. The proxy reads
 the frame where the sender wrote it and publishes it to the group, whose one
-receiver copies it into the receiving app's shared buffer (the one copy of the
-payload in msm's code on this path; the Receiver contract of groups). The
-receiver reads seq, timestamp and the payload's last bytes in place and gives
-the buffer back. A frame the receiver is too slow for is dropped for it (never
-held up), so what counts is what it received: frames/s and bytes/s over the
-first to last arrival, CPU per received frame of the three processes (the
-proxy's from /proc), latency (arrival minus the sender's stamp) p50/p99.
+receiver, an app on this node that mapped the sender's sealed region, gets it
+**by reference**: a descriptor naming the sender's buffer, no payload byte
+copied (the proxy's ``by_reference``, ``copied`` and ``copied_bytes`` counts
+are printed: a frame that went before the receiver had mapped the region, or
+while it was behind, is copied into its own buffer, the fallback). The sender's
+buffer goes back once the receiver gave the frame back. The receiver reads seq,
+timestamp and the payload's last bytes in place and gives the buffer back. A
+frame the receiver is too slow for is dropped for it (never held up), so what
+counts is what it received: frames/s and bytes/s over the first to last
+arrival, CPU per received frame of the three processes (the proxy's from
+/proc), latency (arrival minus the sender's stamp) p50/p99.
 
 Reference: testpmd ``txonly`` -> testpmd ``rxonly`` over memif, 1400-byte
 packets, run before and after ours by :mod:`msm_bench.memif_bench`'s runner; the
@@ -181,10 +185,12 @@ def report(ref: dict[str, Any], rows: list[tuple[str, dict[str, Any]]], *, as_js
               f"{row['cpu_us_per_frame']:>13.1f}{row['p50_us']:>9.0f}{row['p99_us']:>9.0f}")
     for name, row in rows:
         if name.startswith("sdk"):
+            rx = row["proxy_rx"]
             print(f"  {name} {row['size']} B: {row['received']}/{row['frames']} frames received, {row['bad']} bad, "
                   f"dropped for the receiver {row['drops'] or 'none'}; CPU us/frame: sender "
                   f"{row['sender_cpu_us_per_frame']:.1f}, proxy {row['proxy_cpu_us_per_frame']:.1f}, receiver "
-                  f"{row['receiver_cpu_us_per_frame']:.1f}")
+                  f"{row['receiver_cpu_us_per_frame']:.1f}; by reference {rx.get('by_reference')}, copied "
+                  f"{rx.get('copied')} ({rx.get('copied_bytes')} bytes; why: {rx.get('copy_reasons') or 'none'})")
 
 
 def main() -> None:

@@ -145,7 +145,7 @@ class TxPort(Port):
             if frame is None:
                 return
             hold = SharedFrame(self, share, frame.offset, frame.length, frame.end) \
-                if share is not None and frame.region == 0 else None
+                if share is not None and frame.region == 0 and frame.length >= memif_share.SHARE_MIN_BYTES else None
             if isinstance(frame.data, list):
                 self.drops["chained_frame"] += 1
             else:

@@ -1,8 +1,7 @@
 """Zero-copy fan-out on one node: a local memif sender's frames go to local memif receivers by reference.
 
-When a group tx port
-attaches, its region 0 (rings and buffers) is sealed with F_SEAL_FUTURE_WRITE,
-F_SEAL_GROW and F_SEAL_SEAL: the sender's and this proxy's mappings, made
+When a group tx port attaches, its region 0 (rings and buffers) is sealed with
+F_SEAL_FUTURE_WRITE, F_SEAL_GROW and F_SEAL_SEAL: the sender's and this proxy's mappings, made
 before, stay writable; nobody can make a new writable mapping or write(2) to it,
 whatever fd they hold or reopen through /proc. The agent then hands that fd to
 the apps with rx connections of the same group (SCM_RIGHTS on their agent
@@ -13,7 +12,8 @@ slot goes back to the sender only once every receiver that got the frame gave
 it back (:class:`SharedFrame` counts them; slots go back in ring order). A
 new sender (or the same app reattaching) is a new token: receivers are offered
 the new region at the other index while frames of the old one may be
-outstanding, and take copies until they have mapped it.
+outstanding, and take copies until they have mapped it. Frames smaller than
+:data:`SHARE_MIN_BYTES` are copied anyway (that costs less).
 
 What one receiver may pin, and for how long (a stalled receiver must not stall
 the sender or its siblings): slots go back to the sender in ring order, so one
@@ -55,7 +55,7 @@ from msm.sdk.media_agent import FrameLayout
 from msm.sdk.memif_region import F_SEAL_FUTURE_WRITE
 
 __all__ = ["DEMOTE_AFTER", "DEMOTION", "HOLD_LIMIT", "MAX_SHARED_HELD", "NO_REGION", "SHARED_INDICES", "SHARED_POLL",
-           "Holds", "SharedFrame", "SharedRegion", "judge", "seal"]
+           "SHARE_MIN_BYTES", "Holds", "SharedFrame", "SharedRegion", "judge", "seal"]
 
 #: How often the data thread looks at receivers that hold frames by reference (they do not wake it when
 #: they give one back): a sender waiting for a slot waits at most this much longer.
@@ -63,6 +63,9 @@ SHARED_POLL = 0.001
 #: Frames a receiver's ring may hold for it to be given another by reference (more are copied): what one
 #: receiver can pin of its sender's ring.
 MAX_SHARED_HELD = 8
+#: Frames smaller than this are copied, not shared: copying a few KiB costs less than holding the sender's
+#: slot and taking it back (Python per frame), and a small frame's sender needs its ring turning fast.
+SHARE_MIN_BYTES = 64 * 1024
 #: Seconds without giving a frame back after which a receiver that holds a starved sender's oldest frame is
 #: disconnected (see the module's docstring for what that bounds).
 HOLD_LIMIT = 0.2
