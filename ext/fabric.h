@@ -54,10 +54,10 @@
 #define MSM_FAB_QUEUED 3 /* taken, the provider said "not now": retried by poll/send (MSM_FAB_RETRY_MS) */
 
 /* How long a send the provider refuses with -FI_EAGAIN is retried before it is
- * dropped: three frame periods at 60 frames/s. shm maps a new peer within the
- * peer's next progress (a few ms at most on a loaded host); a frame later than
+ * dropped: six frame periods at 60 frames/s. shm maps a new peer within the
+ * peer's next progress (a few ms; tens on a host loaded by busy-polling neighbours); a frame later than
  * this is better dropped than delivered. */
-#define MSM_FAB_RETRY_MS 50
+#define MSM_FAB_RETRY_MS 100
 
 /* Bytes of the frame header on the wire, before the metadata. */
 #define MSM_FAB_HEADER_BYTES 40

@@ -62,8 +62,8 @@ MAX_META = 64 * 1024
 #: Events taken from the C side per call of poll (a bounded array, reused).
 EVENT_BATCH = 64
 #: How long a send the provider refuses for the moment (-FI_EAGAIN) is retried
-#: before it is dropped (``MSM_FAB_RETRY_MS`` in ext/fabric.h: three frame periods at 60 frames/s).
-RETRY_SECONDS = 0.05
+#: before it is dropped (``MSM_FAB_RETRY_MS`` in ext/fabric.h: six frame periods at 60 frames/s).
+RETRY_SECONDS = 0.1
 
 
 class FabricUnavailable(Unavailable):

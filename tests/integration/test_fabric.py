@@ -286,6 +286,7 @@ def test_a_send_the_provider_refuses_for_now_is_retried_within_its_bound() -> No
     drop_busy, its credit and payload given back."""
     need("shm")
     from msm.rtp_proxy.media.fabric_link import RETRY_SECONDS
+    assert RETRY_SECONDS * 1000 == native.load().lib.MSM_FAB_RETRY_MS
     with FabricEndpoint("shm", max_frame=1024, credits=2, max_peers=2) as a, \
             FabricEndpoint("shm", max_frame=1024, credits=2, max_peers=2) as b:
         to_b = a.add_peer(b.local_address())
