@@ -242,8 +242,6 @@ class RxConnection(Connection):
         self.memif.set_region(index, region)
 
     def try_get_buffer(self) -> Buffer | None:
-        if len(self.memif.regions) > 1:  # frames may be a sender's: after a cut-off they are not ours to read
-            self.memif.service()
         self._alive()
         if self._held is not None:
             raise Refused(f"connection {self.id}: put the buffer you hold before getting another")
@@ -257,6 +255,9 @@ class RxConnection(Connection):
             if isinstance(frame.data, list):  # never from our proxy: its frames are one buffer each
                 frame.release()
                 continue
+            if frame.region:  # a sender's buffer: not ours to read once the proxy cut us off
+                self.memif.service()
+                self._alive()
             try:
                 header = FrameHeader.read(frame.data, frame.length, self.layout)
             except ProtocolError:
