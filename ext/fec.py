@@ -36,7 +36,7 @@ def load() -> ModuleType:
 
 def _check(columns: int, rows: int, max_packet: int) -> None:
     if not 1 <= columns <= MAX_COLUMNS or not 0 <= rows <= MAX_ROWS:
-        raise ValueError(f"FEC matrix {columns}x{rows}: columns 1..{MAX_COLUMNS}, rows 0..{MAX_ROWS} (0: row FEC only)")
+        raise ValueError(f"FEC matrix {columns}x{rows}: columns 1..{MAX_COLUMNS}, rows 0..{MAX_ROWS} (0: rows only)")
     if not 12 <= max_packet <= MAX_PACKET:
         raise ValueError(f"max_packet {max_packet}: 12..{MAX_PACKET}")
 

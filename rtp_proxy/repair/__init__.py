@@ -2,7 +2,7 @@
 
 The FEC codecs and the 2022-7 de-duplicator come in two identical twins: C
 (``msm.ext.fec``, for the native engine's packet rates) and pure Python (:mod:`.fec`,
-:mod:`.dedup`). :func:`fec_encoder`, :func:`fec_decoder` and :func:`dedup` give the C one
+:mod:`.seamless`). :func:`fec_encoder`, :func:`fec_decoder` and :func:`dedup` give the C one
 when it is built and the Python one otherwise (or when ``native=False``). NACK/RTX
 (:mod:`.rtx`) is Python only: its traffic is a few packets per loss.
 """
@@ -13,8 +13,9 @@ from typing import Protocol
 
 from msm.ext import NativeUnavailable
 from msm.ext import fec as native_fec
-from msm.rtp_proxy.repair import dedup as py_dedup
 from msm.rtp_proxy.repair import fec as py_fec
+from msm.rtp_proxy.repair import seamless as py_dedup
+from msm.sdk.errors import ConfigError
 
 __all__ = ["DedupLike", "FecDecoderLike", "FecEncoderLike", "dedup", "fec_decoder", "fec_encoder"]
 
@@ -40,10 +41,13 @@ class DedupLike(Protocol):
 
 def fec_encoder(columns: int, rows: int, *, payload_type: int = 96, ssrc: int = 0, max_packet: int = 1500,
                 native: bool | None = None) -> FecEncoderLike:
-    """A 2022-1 encoder: C when built (``native=None``), or as ``native`` says (True: C or raise)."""
+    """A 2022-1 encoder: C when built (``native=None``), or as ``native`` says (True: C or raise);
+    bad settings raise :class:`ConfigError`."""
     if native is not False:
         try:
             return native_fec.FecEncoder(columns, rows, payload_type=payload_type, ssrc=ssrc, max_packet=max_packet)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         except NativeUnavailable:
             if native:
                 raise
@@ -51,10 +55,13 @@ def fec_encoder(columns: int, rows: int, *, payload_type: int = 96, ssrc: int = 
 
 
 def fec_decoder(columns: int, rows: int, *, max_packet: int = 1500, native: bool | None = None) -> FecDecoderLike:
-    """A 2022-1 decoder: C when built (``native=None``), or as ``native`` says (True: C or raise)."""
+    """A 2022-1 decoder: C when built (``native=None``), or as ``native`` says (True: C or raise);
+    bad settings raise :class:`ConfigError`."""
     if native is not False:
         try:
             return native_fec.FecDecoder(columns, rows, max_packet=max_packet)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         except NativeUnavailable:
             if native:
                 raise
@@ -66,6 +73,8 @@ def dedup(window: int = 1024, *, native: bool | None = None) -> DedupLike:
     if native is not False:
         try:
             return native_fec.Dedup(window)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         except NativeUnavailable:
             if native:
                 raise

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import struct
 
+from msm.sdk.errors import ConfigError
+
 __all__ = ["FEC_HEADER", "FecDecoder", "FecEncoder", "window_for"]
 
 RTP_HEADER = 12
@@ -49,9 +51,9 @@ def window_for(columns: int, rows: int) -> int:
 
 def _check(columns: int, rows: int, max_packet: int) -> None:
     if not 1 <= columns <= MAX_COLUMNS or not 0 <= rows <= MAX_ROWS:
-        raise ValueError(f"FEC matrix {columns}x{rows}: columns 1..{MAX_COLUMNS}, rows 0..{MAX_ROWS} (0: row FEC only)")
+        raise ConfigError(f"FEC matrix {columns}x{rows}: columns 1..{MAX_COLUMNS}, rows 0..{MAX_ROWS} (0: rows only)")
     if not RTP_HEADER <= max_packet <= MAX_PACKET:
-        raise ValueError(f"max_packet {max_packet}: {RTP_HEADER}..{MAX_PACKET}")
+        raise ConfigError(f"max_packet {max_packet}: {RTP_HEADER}..{MAX_PACKET}")
 
 
 class _Sum:

@@ -7,6 +7,8 @@ Bounded: one sequence number per slot of a window of packets (a power of two, 16
 
 from __future__ import annotations
 
+from msm.sdk.errors import ConfigError
+
 __all__ = ["Dedup"]
 
 
@@ -21,7 +23,7 @@ class Dedup:
 
     def __init__(self, window: int = 1024) -> None:
         if not 16 <= window <= 32768:
-            raise ValueError(f"2022-7 window {window}: 16..32768 packets")
+            raise ConfigError(f"2022-7 window {window}: 16..32768 packets")
         w = 16
         while w < window:
             w <<= 1
