@@ -33,6 +33,7 @@ struct msm_pacer {
     msm_pacer_config cfg;
     int64_t next_frame;      /* the grid frame after the last one sent (-1: none yet) */
     int gso_ok;              /* cfg.gso, until the kernel refuses a train */
+    int connected;           /* fd is connected to dest: no address per send (no route lookup per send) */
     double trs_ns;
     /* Bucket mode (msm_pacer_set_bucket; wide senders): trains leave when the network
      * compatibility model's bucket has room for them, with no spinning. */
@@ -112,6 +113,19 @@ msm_pacer *msm_pacer_new(int fd, int family, const unsigned char *addr, uint16_t
         memcpy(&sin6->sin6_addr, addr, 16);
         sin6->sin6_scope_id = scope;
         p->dest_len = sizeof(*sin6);
+    }
+    struct sockaddr_storage peer;
+    socklen_t peer_len = sizeof(peer);
+    if (getpeername(fd, (struct sockaddr *)&peer, &peer_len) == 0 && peer_len == p->dest_len
+        && peer.ss_family == family) {
+        if (family == AF_INET) {
+            const struct sockaddr_in *a = (const struct sockaddr_in *)&peer, *b = (const struct sockaddr_in *)&p->dest;
+            p->connected = a->sin_port == b->sin_port && !memcmp(&a->sin_addr, &b->sin_addr, 4);
+        } else {
+            const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&peer;
+            const struct sockaddr_in6 *b = (const struct sockaddr_in6 *)&p->dest;
+            p->connected = a->sin6_port == b->sin6_port && !memcmp(&a->sin6_addr, &b->sin6_addr, 16);
+        }
     }
     return p;
 }
@@ -223,8 +237,8 @@ static int send_group(msm_pacer *p, const source *s, uint32_t i, uint32_t g, uin
     memset(msgs, 0, sizeof(struct mmsghdr) * g);
     for (uint32_t j = 0; j < g; j++) {
         struct msghdr *h = &msgs[j].msg_hdr;
-        h->msg_name = &p->dest;
-        h->msg_namelen = p->dest_len;
+        h->msg_name = p->connected ? NULL : &p->dest;
+        h->msg_namelen = p->connected ? 0 : p->dest_len;
         h->msg_iov = iov + j * per;
         h->msg_iovlen = per;
     }
@@ -246,7 +260,8 @@ static int send_gso(msm_pacer *p, const source *s, uint32_t i, uint32_t g, uint6
         struct cmsghdr align;
     } control;
     size_t n = gather(p, s, i, g, off, ts_be, iov, heads);
-    struct msghdr h = {.msg_name = &p->dest, .msg_namelen = p->dest_len, .msg_iov = iov, .msg_iovlen = n,
+    struct msghdr h = {.msg_name = p->connected ? NULL : &p->dest, .msg_namelen = p->connected ? 0 : p->dest_len,
+                       .msg_iov = iov, .msg_iovlen = n,
                        .msg_control = control.buf, .msg_controllen = sizeof(control.buf)};
     struct cmsghdr *cm = CMSG_FIRSTHDR(&h);
     cm->cmsg_level = IPPROTO_UDP;

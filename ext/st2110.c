@@ -251,8 +251,9 @@ static int receive(msm_st2110_rx *rx, int64_t deadline) {
             memset(&rx->msgs[k].msg_hdr, 0, sizeof rx->msgs[k].msg_hdr);
             rx->msgs[k].msg_hdr.msg_iov = &rx->iov[k];
             rx->msgs[k].msg_hdr.msg_iovlen = 1;
-            rx->msgs[k].msg_hdr.msg_name = &rx->from[k];
-            rx->msgs[k].msg_hdr.msg_namelen = sizeof rx->from[k];
+            /* the sender's address only when it is checked (one copy to user space less a packet) */
+            rx->msgs[k].msg_hdr.msg_name = rx->src_family ? &rx->from[k] : NULL;
+            rx->msgs[k].msg_hdr.msg_namelen = rx->src_family ? sizeof rx->from[k] : 0;
         }
         int n = recvmmsg(rx->fd, rx->msgs, BATCH, MSG_DONTWAIT, NULL);
         if (n > 0) { rx->n = n; rx->i = 0; rx->st.batches++; return 1; }

@@ -199,9 +199,9 @@ class FrameSlot:
     packet's payload as a span of the frame (a packet's segments follow each other in it).
 
     Nothing is packed: a packet leaves as two iovecs, its header then its payload in the frame, so
-    the one copy a frame takes on its way out is :meth:`fill`'s (a plain copy of the whole frame)
-    and the kernel's. The packets are :class:`Packetizer`'s, byte for byte. A pacer takes the slot
-    as it is (``msm.ext.pacer.Pacer.send_frame``; :meth:`pacer_parts`).
+    the copies a frame takes on its way out are :meth:`fill`'s (a plain copy of the whole frame,
+    none when it borrows the frame) and the kernel's. The packets are :class:`Packetizer`'s, byte
+    for byte. A pacer takes the slot as it is (``msm.ext.pacer.Pacer.send_frame``; :meth:`pacer_parts`).
     """
 
     def __init__(self, width: int, height: int, pg_bytes: int, pg_pixels: int, *, mtu: int, bpm: bool,
@@ -225,16 +225,25 @@ class FrameSlot:
         self.head_lens: Any = self.ffi.new("uint32_t[]", self.max_packets)
         self.pay_offs: Any = self.ffi.new("uint32_t[]", self.max_packets)
         self.pay_lens: Any = self.ffi.new("uint32_t[]", self.max_packets)
-        self.frame = bytearray(self.frame_bytes)
-        self._frame_ptr: Any = self.ffi.from_buffer(self.frame)
+        self._own: bytearray | None = None   # the slot's own copy of a frame, made on first need
+        self.frame: Any = memoryview(b"")      # what is sent: the own copy, or a borrowed frame
+        self._frame_ptr: Any = self.ffi.NULL
         self.count = 0
         self.tx_stats: Any = self.ffi.new("msm_st2110_tx_stats *")
 
-    def fill(self, frame: bytes | bytearray | memoryview, seq: int, timestamp: int) -> int:
-        """Copy ``frame`` in and write its packets' headers; the number of packets."""
+    def fill(self, frame: bytes | bytearray | memoryview, seq: int, timestamp: int, *, borrow: bool = False) -> int:
+        """Copy ``frame`` in (``borrow``: send from ``frame`` itself, which its owner leaves unchanged
+        until :meth:`release`) and write its packets' headers; the number of packets."""
         if len(frame) != self.frame_bytes:
             raise ValueError(f"frame of {len(frame)} bytes, expected {self.frame_bytes}")
-        self.frame[:] = frame
+        if borrow:
+            self.frame = memoryview(frame)
+        else:
+            if self._own is None:
+                self._own = bytearray(self.frame_bytes)
+            self._own[:] = frame
+            self.frame = memoryview(self._own)
+        self._frame_ptr = self.ffi.from_buffer(self.frame)
         count = int(self.lib.msm_st2110_headers(
             *self.geometry, self.mtu, self.mode, seq & 0xFFFFFFFF, timestamp & 0xFFFFFFFF, self.ssrc,
             self.payload_type, self.heads, self.head_stride, self.max_packets, self.head_lens, self.pay_offs,
@@ -244,11 +253,15 @@ class FrameSlot:
         self.count = count
         return count
 
+    def release(self) -> None:
+        """Let go of a borrowed frame (after it was sent)."""
+        self.frame, self._frame_ptr = memoryview(b""), self.ffi.NULL
+
     def pacer_parts(self) -> tuple[memoryview, int, memoryview, memoryview, memoryview, memoryview, int]:
         """What ``msm_pacer_send_parts`` takes: headers, their stride and sizes, the frame, the spans, the count."""
         n = self.count
         return (memoryview(self.ffi.buffer(self.heads, self.head_stride * n)), self.head_stride,
-                memoryview(self.ffi.buffer(self.head_lens, 4 * n)), memoryview(self.frame),
+                memoryview(self.ffi.buffer(self.head_lens, 4 * n)), self.frame,
                 memoryview(self.ffi.buffer(self.pay_offs, 4 * n)), memoryview(self.ffi.buffer(self.pay_lens, 4 * n)),
                 n)
 

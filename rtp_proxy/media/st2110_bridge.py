@@ -6,7 +6,8 @@ file, and a thread that depacketizes into frame buffers; each frame, complete
 or (unless told to drop them) incomplete with its reason, goes to a callback
 or a bounded queue. :class:`St2110Egress` is a group receiver: frames in,
 packets out to an address, spread evenly over the frame period (or through a
-pacer), and writes the stream's SDP.
+pacer), and writes the stream's SDP. An egress fed by an ingress sends from the
+ingress's own buffer (:class:`LentFrame`): no copy of the frame in between.
 
 Per-packet work is in C (``msm.ext.st2110``); without it both fall back to
 the pure-Python twin (``msm.sdk.rfc4175``), which manages about 30k packets/s
@@ -39,9 +40,8 @@ __all__ = ["IngressFrame", "St2110Egress", "St2110Ingress", "group_feeder", "nat
 #: Frames waiting in an ingress queue: at 30 frames/s, 4 is 133 ms of video
 #: (20 MB at 1080p 10-bit); a consumer further behind loses the newest frames, counted.
 DEFAULT_QUEUE_DEPTH = 4
-#: Frames waiting for an egress sender thread besides the one being sent:
-#: 3 (4 packet buffers of 6 MB at 1080p 10-bit) rides out a sender thread
-#: descheduled for 100 ms on a busy host; more would only add latency.
+#: Frames waiting for an egress sender thread besides the one being sent: 3 rides out
+#: a sender thread descheduled for 100 ms on a busy host; more would only add latency.
 EGRESS_QUEUE_DEPTH = 3
 #: Socket receive buffer asked for: 1080p30 10-bit bursts a whole 5 MB frame
 #: from GStreamer; 32 MB holds six of them while the thread is descheduled.
@@ -57,6 +57,9 @@ STALL_MS = 200
 COALESCE_US = 250
 #: The share of a frame period the egress spreads a frame's packets over.
 SPREAD = Fraction(8, 10)
+#: Frame buffers an ingress lends (LentFrame) at most: the one being written, the one handed on,
+#: what one egress keeps (EGRESS_QUEUE_DEPTH + 1); 31 MB at 1080p 10-bit. Then a spare, copied.
+LENT_FRAMES = EGRESS_QUEUE_DEPTH + 3
 
 
 def native_reason() -> str | None:
@@ -67,6 +70,53 @@ def native_reason() -> str | None:
     except NativeUnavailable as exc:
         return str(exc)
     return None
+
+
+class LentFrame(bytearray):
+    """A frame buffer an ingress lends: a receiver keeping the frame rather than copying it (an egress
+    sends from it) calls :meth:`hold` in ``deliver``, :meth:`release` once done; none holds it: reused."""
+
+    def __init__(self, size: int, pool: _Lender) -> None:
+        super().__init__(size)
+        self._pool, self._holds = pool, 1   # held by the ingress that writes it
+
+    def hold(self) -> None:
+        with self._pool.lock:
+            self._holds += 1
+
+    def release(self) -> None:
+        with self._pool.lock:
+            self._holds -= 1
+            if self._holds == 0:
+                self._pool.free.append(self)
+
+
+class _Lender:
+    """An ingress's buffers: ``most`` LentFrames, then a spare it does not lend (receivers copy it)."""
+
+    def __init__(self, size: int, most: int) -> None:
+        self.lock = threading.Lock()
+        self.free: list[LentFrame] = []   # bounded: only the `most` LentFrames made enter it
+        self.size, self.most, self.made = size, most, 0
+        self.spare: bytearray | None = None
+
+    def take(self) -> bytearray:
+        with self.lock:
+            if self.free:
+                buf = self.free.pop()
+                buf._holds = 1
+                return buf
+            if self.made < self.most:
+                self.made += 1
+                return LentFrame(self.size, self)
+            self.spare = self.spare or bytearray(self.size)
+            return self.spare
+
+
+def borrowable(payload: memoryview) -> LentFrame | None:
+    """The LentFrame ``payload`` shows whole (a receiver may keep it: hold, then release), else None."""
+    buf = payload.obj
+    return buf if isinstance(buf, LentFrame) and payload.nbytes == len(buf) and payload.contiguous else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,8 +227,7 @@ class St2110Ingress:
     @classmethod
     def from_sdp(cls, path: str | Path, **kwargs: Any) -> St2110Ingress:
         """An ingress declared by an SDP file (``ConfigError`` for a file that is not ST 2110-20)."""
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-        stream = parse_st2110(text)
+        stream = parse_st2110(Path(path).read_text(encoding="utf-8", errors="replace"))
         if not isinstance(stream, VideoStream):
             raise ConfigError(f"{path}: an audio description; the video ingress takes ST 2110-20")
         return cls(stream, **kwargs)
@@ -226,11 +275,11 @@ class St2110Ingress:
         self.counters["frames_delivered"] += 1
 
     def _run_native(self) -> None:
-        buffers = [bytearray(self.fmt.frame_bytes), bytearray(self.fmt.frame_bytes)]
-        current = 0
+        lender = _Lender(self.fmt.frame_bytes, LENT_FRAMES)
+        current = lender.take()
         idle_ms, seen = 0, 0
         while not self._stop.is_set():
-            info = self._rx.poll(buffers[current], 50)
+            info = self._rx.poll(current, 50)
             if info is None:
                 # A timeout ends no frame; only a stream that went quiet does.
                 packets = self._rx.stats()["packets"]
@@ -242,9 +291,11 @@ class St2110Ingress:
             reason = "" if info.complete else (f"lost {info.lost} packets" if info.lost else
                                                "no marker" if info.no_marker else
                                                f"got {info.bytes} of {self.fmt.frame_bytes} bytes")
-            self._emit(memoryview(buffers[current]), IngressFrame(info.timestamp, info.complete, reason,
-                                                                  info.packets, info.lost, time.monotonic_ns()))
-            current ^= 1
+            self._emit(memoryview(current), IngressFrame(info.timestamp, info.complete, reason,
+                                                         info.packets, info.lost, time.monotonic_ns()))
+            done, current = current, lender.take()
+            if isinstance(done, LentFrame):
+                done.release()
 
     def _run_twin(self) -> None:
         self.sock.settimeout(0.05)
@@ -329,7 +380,7 @@ class St2110Egress:
         self._free: queue.Queue[Any] = queue.Queue()
         for slot in self._slots:
             self._free.put(slot)
-        self._todo: queue.Queue[tuple[Any, int] | None] = queue.Queue()
+        self._todo: queue.Queue[tuple[Any, int, LentFrame | None] | None] = queue.Queue()
         self._seq = 0
         self._frames = 0
         if pacing is not None and pacer is None:
@@ -369,12 +420,15 @@ class St2110Egress:
             self.counters["frames_busy"] += 1
             return "egress_busy"
         if self.native:
-            count = slot.fill(payload, self._seq, info.timestamp)
+            lent = borrowable(payload)   # an ingress's frame: kept until sent, not copied
+            if lent is not None:
+                lent.hold()
+            count = slot.fill(payload, self._seq, info.timestamp, borrow=lent is not None)
             self._seq = (self._seq + count) & 0xFFFFFFFF
-            self._todo.put((slot, count))
+            self._todo.put((slot, count, lent))
         else:
             slot[:] = payload
-            self._todo.put((slot, info.timestamp))
+            self._todo.put((slot, info.timestamp, None))
         return None
 
     def send(self, payload: bytes | bytearray | memoryview, timestamp: int) -> str | None:
@@ -383,13 +437,16 @@ class St2110Egress:
 
     def _run(self) -> None:
         while (item := self._todo.get()) is not None:
-            slot, value = item
+            slot, value, lent = item
             try:
                 count = self._send_native(slot, value) if self.native else self._send_frame_twin(slot, value)
                 self._frames += 1
                 self.counters["frames_sent"] += 1
                 self.counters["packets_sent"] += count
             finally:
+                if lent is not None:
+                    slot.release()
+                    lent.release()
                 self._free.put(slot)
 
     def _send_native(self, slot: Any, count: int) -> int:
