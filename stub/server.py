@@ -451,8 +451,6 @@ class ViewerConnection:
         session = event.session or ViewerSession(
             self.server.table.new_id(), info.stream_id, base_url=self._base_url(request.uri, event.stream),
             connection=self)
-        if session.connection is None:   # a session whose connection closed, set up further here
-            session.connection = self
         spec = plan.transport
         setup = TrackSetup(plan.track, spec)
         if spec.interleaved is not None:
@@ -476,6 +474,8 @@ class ViewerConnection:
         if old is not None and old.bridge is not None:
             old.bridge.close()
         session.setups[plan.track] = setup
+        if session.connection is None:   # a session whose connection closed, set up further here
+            session.connection = self
         return self.rtsp.respond_setup(session, plan, answer)
 
     # -- interleaved media ----------------------------------------------------------------------

@@ -546,3 +546,28 @@ async def test_unreachable_upstream_is_503(servers: tuple[GstRtspServer, LocalMe
     target = make_target("msm", servers)
     status = await _status(target, _req("DESCRIBE", f"rtsp://{target.host}:{target.port}/dead")(target))
     assert status == 503
+
+
+# After the connection carrying an interleaved session closed, what a new connection's
+# GET_PARAMETER naming the session gets.
+INTERLEAVED_AFTER_CLOSE = {"msm": 454, "gst": 200}
+
+
+async def test_an_interleaved_session_ends_with_its_connection(target: Target) -> None:
+    """RFC 2326 10.12: interleaved media travels on the RTSP connection, so it cannot outlive
+    it. msm ends such a session (its leg and bridge) with the connection: the session is
+    gone (454). GStreamer keeps the session object until its timeout (200), its media
+    stopped."""
+    client = await Client.open(target)
+    try:
+        setup = await client.request("SETUP", target.track(0), Transport="RTP/AVP/TCP;unicast;interleaved=0-1")
+        assert setup.status == 200, setup
+        session = session_id(setup)
+        assert (await client.request("PLAY", target.url, Session=session)).status == 200
+        client.close()
+        await asyncio.sleep(0.5)
+        client = await Client.open(target)
+        answer = await client.request("GET_PARAMETER", target.url, Session=session)
+        assert answer.status == INTERLEAVED_AFTER_CLOSE[target.name], (target.name, answer.status)
+    finally:
+        client.close()
