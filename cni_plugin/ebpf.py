@@ -1,7 +1,7 @@
 """The eBPF alternative to the nftables redirect (``"redirectMode": "ebpf"``).
 
 Where the programs attach. A CNI ADD runs before the pod's containers exist, so
-there is no pod cgroup to attach to yet. Instead three cgroup programs are
+there is no pod cgroup to attach to yet. Instead four cgroup programs are
 attached ONCE to a cgroup that contains every pod (``cgroupPath``; default the
 root of the cgroup v2 hierarchy, or e.g. the kubelet's ``kubepods`` slice), and
 each decides per socket from the socket's network namespace: map
@@ -13,15 +13,23 @@ outside every injected pod's netns costs one hash lookup per ``connect()``.
   127.0.0.0/8 and not by the stub's UID (``proxyUid``, as the kernel sees it in
   the initial user namespace) is rewritten to ``127.0.0.1:<redirectPort>``. The
   original destination is kept under the socket's cookie.
+* ``cgroup/connect6``: the same for IPv6 sockets, except to ``::1`` and
+  ``::ffff:127.0.0.0/104``; rewritten to ``[::1]:<redirectPort>``, or to
+  ``[::ffff:127.0.0.1]:<redirectPort>`` (the stub's IPv4 listener) when the
+  destination is an IPv4-mapped address, as the nftables mode (which sees those
+  as IPv4 packets) does. The stub must listen on ``[::1]`` (or ``[::]``) for
+  the first: a stub on ``0.0.0.0`` alone refuses redirected IPv6 connections,
+  in either mode.
 * ``sockops`` (active side established): re-keys it by the client's address
-  (netns cookie, local IPv4, local port), the only thing the stub's accepted
+  (netns cookie, local address, local port), the only thing the stub's accepted
   socket knows about its peer.
-* ``cgroup/getsockopt``: answers ``getsockopt(SOL_IP, SO_ORIGINAL_DST)`` on that
-  accepted socket with it (``sockaddr_in``), so the stub's
-  ``original_destination()`` works unchanged in either mode. Any other socket
-  gets the kernel's own answer.
+* ``cgroup/getsockopt``: answers ``getsockopt(SOL_IP, SO_ORIGINAL_DST)``
+  (``sockaddr_in``, IPv4 destinations) and ``getsockopt(SOL_IPV6,
+  IP6T_SO_ORIGINAL_DST)`` (``sockaddr_in6``) on that accepted socket with it,
+  so the stub's ``original_destination()`` works unchanged in either mode. Any
+  other socket gets the kernel's own answer. A link-local destination's scope
+  id is not kept (``sin6_scope_id`` is 0).
 
-Only IPv4 is redirected (no ``connect6`` yet; the nftables mode also does IPv6).
 The stub must be in ``cgroupPath`` too (the getsockopt hook runs for sockets of
 processes in it), which it is when that covers the pods.
 
@@ -68,7 +76,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import DEFAULT_BPF_PIN_PATH, Settings
-from .ebpf_program import PROGRAM
+from .ebpf_program import MAP_SIZES, PROGRAM
 from .errors import CheckFailed, EbpfUnavailable, NetnsGone, RedirectFailed
 from .libbpf import RedirectKey, RedirectVal
 from .libbpf import get as _bpf
@@ -92,11 +100,13 @@ PROG_CGROUP_SOCK_ADDR = 18
 PROG_CGROUP_SOCKOPT = 25
 ATTACH_CGROUP_SOCK_OPS = 3
 ATTACH_CGROUP_INET4_CONNECT = 10
+ATTACH_CGROUP_INET6_CONNECT = 11
 ATTACH_CGROUP_GETSOCKOPT = 21
 
 #: (function, program type, attach type, name of its pinned link)
 PROGRAMS = (
     ("msm_connect4", PROG_CGROUP_SOCK_ADDR, ATTACH_CGROUP_INET4_CONNECT, "link_connect4"),
+    ("msm_connect6", PROG_CGROUP_SOCK_ADDR, ATTACH_CGROUP_INET6_CONNECT, "link_connect6"),
     ("msm_sockops", PROG_SOCK_OPS, ATTACH_CGROUP_SOCK_OPS, "link_sockops"),
     ("msm_getsockopt", PROG_CGROUP_SOCKOPT, ATTACH_CGROUP_GETSOCKOPT, "link_getsockopt"),
 )
@@ -222,7 +232,7 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 
 def _attached(pins: Path, cgroup_id: int) -> bool:
-    """Are all three links pinned and attached to the cgroup with this id?"""
+    """Are all the links pinned and attached to the cgroup with this id?"""
     bpf = _bpf()
     for *_, link in PROGRAMS:
         try:
@@ -249,6 +259,7 @@ def _ensure_attached(pins: Path, cgroup: Path) -> None:
             (pins / link).unlink()
     bcc = _import_bcc()
     bpf = _bpf()
+    _drop_other_layouts(pins)
     pins.mkdir(mode=0o700, parents=True, exist_ok=True)
     text = (
         PROGRAM.replace("@PINS@", str(pins))
@@ -277,6 +288,29 @@ def _ensure_attached(pins: Path, cgroup: Path) -> None:
         raise RedirectFailed("cannot load the eBPF redirect programs", f"{type(exc).__name__}: {exc}") from exc
     finally:
         os.close(cgroup_fd)
+
+
+def _drop_other_layouts(pins: Path) -> None:
+    """Unpin the maps an older msm-cni pinned with another layout (IPv4-only
+    pending maps before connect6): BCC would reuse them as they are. Only the
+    pending maps can differ; what they lose is connections between connect()
+    and the stub's accept() while the programs were being replaced."""
+    bpf = _bpf()
+    for name, sizes in MAP_SIZES.items():
+        try:
+            fd = bpf.obj_get(pins / name)
+        except OSError:
+            continue
+        try:
+            same = bpf.map_sizes(fd) == sizes
+        except OSError:
+            same = False
+        finally:
+            os.close(fd)
+        if not same:
+            if name == "redirect":  # its entries are the pods' redirects: never dropped silently
+                raise RedirectFailed("eBPF map redirect has another layout", f"{pins / name}: unpin it and re-add")
+            (pins / name).unlink(missing_ok=True)
 
 
 def _teardown(pins: Path) -> None:

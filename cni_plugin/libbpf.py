@@ -37,6 +37,19 @@ class _LinkInfo(ctypes.Structure):
     ]
 
 
+class _MapInfo(ctypes.Structure):
+    """The head of ``struct bpf_map_info``."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+    ]
+
+
 class Libbpf:
     """The few bpf() operations the plugin needs, through libbpf (returns -errno)."""
 
@@ -83,6 +96,13 @@ class Libbpf:
         size = ctypes.c_uint32(ctypes.sizeof(info))
         self._check(self.lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "link info")
         return int(info.cgroup_id)
+
+    def map_sizes(self, fd: int) -> tuple[int, int]:
+        """A map's (key size, value size)."""
+        info = _MapInfo()
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        self._check(self.lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "map info")
+        return int(info.key_size), int(info.value_size)
 
     def update(self, fd: int, key: ctypes.Structure, value: ctypes.Structure) -> None:
         self._check(self.lib.bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(value), 0), "map update")

@@ -9,7 +9,9 @@ namespace the test creates, so the machine's own network is never touched.
 
 What it checks is real traffic: a "stub" listening on 8554 inside the pod, a
 "server" on the bridge gateway, connections made from inside the pod as an
-app's UID and as the stub's UID 1337, and where each one lands.
+app's UID and as the stub's UID 1337, and where each one lands. The bridge is
+dual-stack (host-local gives the pod an IPv4 and an IPv6 address, DAD off in
+every namespace so neither waits), and the traffic goes over both families.
 
 The Kubernetes API is a small HTTP server on 127.0.0.1:0 serving the recorded
 pods in ``tests/data/k8s/cni_*.json`` with bearer-token auth; msm-cni reaches it
@@ -172,6 +174,7 @@ class Node:
     api: FakeApi
     kubeconfig: Path
     subnet: str
+    subnet6: str
     bridge: str
 
     def bridge_conf(self) -> dict[str, Any]:
@@ -182,8 +185,8 @@ class Node:
             "ipMasq": False,
             "ipam": {
                 "type": "host-local",
-                "ranges": [[{"subnet": self.subnet}]],
-                "routes": [{"dst": "0.0.0.0/0"}],
+                "ranges": [[{"subnet": self.subnet}], [{"subnet": self.subnet6}]],
+                "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
                 "dataDir": str(self.tmp / "ipam"),
             },
         }
@@ -274,7 +277,11 @@ class Sandbox:
 
     @property
     def gateway(self) -> str:
-        return str(self.result["ips"][0]["gateway"])
+        return str(next(ip for ip in self.result["ips"] if "." in ip["address"])["gateway"])
+
+    @property
+    def gateway6(self) -> str:
+        return str(next(ip for ip in self.result["ips"] if ":" in ip["address"])["gateway"])
 
 
 def sh(*argv: str, check: bool = True) -> str:
@@ -282,6 +289,20 @@ def sh(*argv: str, check: bool = True) -> str:
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(argv)}: {done.stderr}")
     return done.stdout
+
+
+def add_netns(name: str) -> None:
+    """``ip netns add`` with IPv6 duplicate address detection off, so the addresses
+    the bridge plugin gives are usable at once (it waits for DAD otherwise)."""
+    sh("ip", "netns", "add", name)
+    for scope in ("all", "default"):
+        sh("ip", "netns", "exec", name, "sysctl", "-qw", f"net.ipv6.conf.{scope}.accept_dad=0")
+
+
+def subnets() -> tuple[str, str]:
+    """A random IPv4 /24 and IPv6 (unique local) /64 for one test node's bridge."""
+    v4 = f"10.{secrets.randbelow(50) + 200}.{secrets.randbelow(250) + 1}.0/24"
+    return v4, f"fd6d:{secrets.randbelow(0xFFFF) + 1:x}:{secrets.randbelow(0xFFFF) + 1:x}::/64"
 
 
 def nft_in(sandbox: Sandbox, *args: str, check: bool = True) -> str:
@@ -317,16 +338,18 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     host_ns = f"msmhost-{suffix}"
     bin_dir = runtime_bin_dir(tmp)
     api = FakeApi()
-    sh("ip", "netns", "add", host_ns)
+    add_netns(host_ns)
     try:
         sh("ip", "-n", host_ns, "link", "set", "lo", "up")
+        subnet, subnet6 = subnets()
         yield Node(
             tmp=tmp,
             bin_dir=bin_dir,
             host_ns=host_ns,
             api=api,
             kubeconfig=write_kubeconfig(tmp / "kubeconfig", f"http://127.0.0.1:{api.port}"),
-            subnet=f"10.{secrets.randbelow(50) + 200}.{secrets.randbelow(250) + 1}.0/24",
+            subnet=subnet,
+            subnet6=subnet6,
             bridge=f"msmbr{suffix}",
         )
     finally:
@@ -337,7 +360,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 @pytest.fixture
 def sandbox(node: Node) -> Iterator[Sandbox]:
     box = Sandbox(name=f"msmtest-{secrets.token_hex(3)}", container_id=secrets.token_hex(16))
-    sh("ip", "netns", "add", box.name)
+    add_netns(box.name)
     try:
         yield box
     finally:
@@ -352,6 +375,23 @@ def sandbox(node: Node) -> Iterator[Sandbox]:
 
 # -- real traffic ----------------------------------------------------------------------------
 
+# The listeners' main: "ADDRESS:PORT" or "[IPV6]:PORT" arguments, an IPv6 one
+# IPv6-only so that [::]:8554 and 0.0.0.0:8554 are two listeners.
+LISTEN = r"""
+for spec in sys.argv[1:]:
+    host, port = spec.rsplit(":", 1)
+    family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
+    listener = socket.socket(family)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    listener.bind((host.strip("[]"), int(port)))
+    listener.listen(16)
+    threading.Thread(target=accept, args=(listener, spec), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
 SERVER = r"""
 import json, socket, struct, sys, threading
 
@@ -359,9 +399,13 @@ def accept(listener, label):
     while True:
         conn, peer = listener.accept()
         with conn:
-            try:  # SO_ORIGINAL_DST: only redirected connections have one
-                port, addr = struct.unpack("!2xH4s8x", conn.getsockopt(socket.SOL_IP, 80, 16))
-                orig = f"{socket.inet_ntoa(addr)}:{port}"
+            try:  # (IP6T_)SO_ORIGINAL_DST: only redirected connections have one
+                if listener.family == socket.AF_INET6:
+                    port, addr = struct.unpack("!2xH4x16s4x", conn.getsockopt(socket.IPPROTO_IPV6, 80, 28))
+                    orig = f"[{socket.inet_ntop(socket.AF_INET6, addr)}]:{port}"
+                else:
+                    port, addr = struct.unpack("!2xH4s8x", conn.getsockopt(socket.SOL_IP, 80, 16))
+                    orig = f"{socket.inet_ntoa(addr)}:{port}"
             except OSError:
                 orig = None
             data = b""
@@ -370,16 +414,8 @@ def accept(listener, label):
             conn.sendall(b"ok")
             print(json.dumps({"at": label, "data": data.decode(), "orig": orig}), flush=True)
 
-for spec in sys.argv[1:]:
-    host, port = spec.rsplit(":", 1)
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, int(port)))
-    listener.listen(16)
-    threading.Thread(target=accept, args=(listener, spec), daemon=True).start()
-print("ready", flush=True)
-threading.Event().wait()
-"""
+""" + LISTEN
+
 
 CLIENT = r"""
 import socket, sys
@@ -435,7 +471,9 @@ def test_version(node: Node) -> None:
     assert node.run(b"", "VERSION").out == {**answer.out, "cniVersion": "1.1.0"}
 
 
-def test_injected_pod_traffic_is_redirected_and_del_removes_exactly_it(node: Node, sandbox: Sandbox) -> None:
+def test_injected_pod_traffic_is_redirected_over_ipv4_and_ipv6_and_del_removes_exactly_it(
+    node: Node, sandbox: Sandbox
+) -> None:
     # Someone else's table in the pod: ADD and DEL must leave it as it is.
     subprocess.run(
         ["ip", "netns", "exec", sandbox.name, "nft", "-f", "-"],
@@ -450,9 +488,9 @@ def test_injected_pod_traffic_is_redirected_and_del_removes_exactly_it(node: Nod
     table = nft_in(sandbox, "list", "table", "inet", "msm")
     assert "redirect to :8554" in table and "skuid 1337" in table and 'oifname "lo"' in table, table
 
-    gw = sandbox.gateway
-    pod = Listeners(sandbox, sandbox.name, "0.0.0.0:8554", "127.0.0.1:554")
-    upstream = Listeners(sandbox, node.host_ns, f"{gw}:554", f"{gw}:8080")
+    gw, gw6 = sandbox.gateway, sandbox.gateway6
+    pod = Listeners(sandbox, sandbox.name, "0.0.0.0:8554", "127.0.0.1:554", "[::]:8554", "[::1]:554")
+    upstream = Listeners(sandbox, node.host_ns, f"{gw}:554", f"{gw}:8080", f"[{gw6}]:554", f"[{gw6}]:8080")
 
     connect(sandbox, APP_UID, gw, 554, "app")  # the app's RTSP goes to its stub
     assert pod.next() == {"at": "0.0.0.0:8554", "data": "app", "orig": f"{gw}:554"}
@@ -463,6 +501,18 @@ def test_injected_pod_traffic_is_redirected_and_del_removes_exactly_it(node: Nod
     assert pod.next()["at"] == "127.0.0.1:554"
     connect(sandbox, APP_UID, gw, 8080, "http")  # nor other ports
     assert upstream.next()["at"] == f"{gw}:8080"
+
+    # IPv6: the same, to [::1]:8554 (the stub must listen there too).
+    connect(sandbox, APP_UID, gw6, 554, "app6")
+    assert pod.next() == {"at": "[::]:8554", "data": "app6", "orig": f"[{gw6}]:554"}
+    connect(sandbox, STUB_UID, gw6, 554, "stub6")
+    assert upstream.next()["at"] == f"[{gw6}]:554"
+    connect(sandbox, APP_UID, "::1", 554, "loopback6")
+    assert pod.next()["at"] == "[::1]:554"
+    connect(sandbox, APP_UID, gw6, 8080, "http6")
+    assert upstream.next()["at"] == f"[{gw6}]:8080"
+    connect(sandbox, APP_UID, f"::ffff:{gw}", 554, "mapped")  # IPv4 packets from an IPv6 socket
+    assert pod.next() == {"at": "0.0.0.0:8554", "data": "mapped", "orig": f"{gw}:554"}
     assert pod.quiet() and upstream.quiet()
 
     requests = len(node.api.requests)

@@ -11,7 +11,9 @@ What it checks: an app's connect() to gateway:554 from the pod's netns and
 cgroup lands on the pod's 8554 listener, which reads the original destination
 with the stub's own ``original_destination()`` (SO_ORIGINAL_DST, answered by
 the getsockopt program); the stub's UID, loopback, other ports, other network
-namespaces and processes outside the cgroup are left alone; DEL detaches and
+namespaces and processes outside the cgroup are left alone; the same over IPv6
+(connect6, to the pod's [::]:8554 listener, IP6T_SO_ORIGINAL_DST) and from an
+IPv6 socket to an IPv4-mapped address (to the IPv4 listener); DEL detaches and
 unpins everything when the last pod goes (checked with BPF_PROG_QUERY on the
 cgroup and by program id), and DEL twice is fine.
 
@@ -35,18 +37,22 @@ from typing import Any
 
 import pytest
 
-from msm.cni_plugin import ebpf
+from msm.cni_plugin import ebpf, libbpf
+from msm.cni_plugin.ebpf_program import MAP_SIZES
 from msm.cni_plugin.errors import EbpfUnavailable
 from tests.integration.test_cni import (
     APP_UID,
     CLIENT,
+    LISTEN,
     STUB_UID,
     SYSTEM_PYTHON,
     FakeApi,
     Node,
     Sandbox,
+    add_netns,
     runtime_bin_dir,
     sh,
+    subnets,
     write_kubeconfig,
 )
 from tests.integration.test_cni import Listeners as CniListeners
@@ -55,6 +61,7 @@ from tests.integration.test_cni import _why_skip as _why_skip_cni
 REPO = Path(__file__).resolve().parents[2]
 ATTACH_TYPES = {
     "connect4": ebpf.ATTACH_CGROUP_INET4_CONNECT,
+    "connect6": ebpf.ATTACH_CGROUP_INET6_CONNECT,
     "sockops": ebpf.ATTACH_CGROUP_SOCK_OPS,
     "getsockopt": ebpf.ATTACH_CGROUP_GETSOCKOPT,
 }
@@ -130,6 +137,26 @@ def prog_exists(prog_id: int) -> bool:
     return bool(fd >= 0)
 
 
+def pin_map(path: Path, key_size: int, value_size: int) -> None:
+    """Pin a new LRU hash map at ``path`` (as an older msm-cni's would be)."""
+    lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    lib.bpf_map_create.argtypes = [ctypes.c_int, ctypes.c_char_p] + [ctypes.c_uint32] * 3 + [ctypes.c_void_p]
+    fd = lib.bpf_map_create(9, b"by_peer", key_size, value_size, 64, None)  # BPF_MAP_TYPE_LRU_HASH
+    assert fd >= 0, os.strerror(-fd)
+    try:
+        assert lib.bpf_obj_pin(fd, str(path).encode()) == 0
+    finally:
+        os.close(fd)
+
+
+def map_sizes(path: Path) -> tuple[int, int]:
+    fd = libbpf.get().obj_get(path)
+    try:
+        return libbpf.get().map_sizes(fd)
+    finally:
+        os.close(fd)
+
+
 def _clear_pins(pins: Path) -> None:
     if pins.is_dir():
         for entry in pins.iterdir():
@@ -146,17 +173,19 @@ def enode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EbpfNode]:
     cgroup = Path(ebpf._cgroup2_root()) / f"msmtest-{suffix}"
     pins = ebpf.BPFFS / f"msmtest-{suffix}"
     api = FakeApi()
-    sh("ip", "netns", "add", host_ns)
+    add_netns(host_ns)
     cgroup.mkdir()
     try:
         sh("ip", "-n", host_ns, "link", "set", "lo", "up")
+        subnet, subnet6 = subnets()
         node = Node(
             tmp=tmp,
             bin_dir=bin_dir,
             host_ns=host_ns,
             api=api,
             kubeconfig=write_kubeconfig(tmp / "kubeconfig", f"http://127.0.0.1:{api.port}"),
-            subnet=f"10.{secrets.randbelow(50) + 200}.{secrets.randbelow(250) + 1}.0/24",
+            subnet=subnet,
+            subnet6=subnet6,
             bridge=f"msmbe{suffix}",
         )
         yield EbpfNode(node=node, cgroup=cgroup, pins=pins)
@@ -186,7 +215,7 @@ def pods(enode: EbpfNode) -> Iterator[list[Sandbox]]:
 
 def new_pod(enode: EbpfNode, pods: list[Sandbox]) -> Sandbox:
     box = Sandbox(name=f"msmtest-{secrets.token_hex(3)}", container_id=secrets.token_hex(16))
-    sh("ip", "netns", "add", box.name)
+    add_netns(box.name)
     pods.append(box)
     enode.node.add_chain(box, **enode.conf())
     return box
@@ -218,17 +247,7 @@ def accept(listener, label):
                 data += chunk
             conn.sendall(b"ok")
             print(json.dumps({"at": label, "data": data.decode(), "orig": orig}), flush=True)
-
-for spec in sys.argv[1:]:
-    host, port = spec.rsplit(":", 1)
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, int(port)))
-    listener.listen(16)
-    threading.Thread(target=accept, args=(listener, spec), daemon=True).start()
-print("ready", flush=True)
-threading.Event().wait()
-"""
+""" + LISTEN
 
 
 class Listeners(CniListeners):
@@ -252,7 +271,9 @@ def connect(netns: str, cgroup: Path | None, uid: int, host: str, port: int, pay
 # -- the tests -------------------------------------------------------------------------------
 
 
-def test_pod_traffic_is_redirected_and_del_leaves_nothing(enode: EbpfNode, pods: list[Sandbox]) -> None:
+def test_pod_traffic_over_ipv4_and_ipv6_is_redirected_and_del_leaves_nothing(
+    enode: EbpfNode, pods: list[Sandbox]
+) -> None:
     node, cg = enode.node, enode.cgroup
     box = new_pod(enode, pods)
     assert box.result["ips"], box.result  # prevResult passed through
@@ -267,9 +288,9 @@ def test_pod_traffic_is_redirected_and_del_leaves_nothing(enode: EbpfNode, pods:
     check = node.msm("CHECK", box, **enode.conf())
     assert (check.code, check.out) == (0, None), check
 
-    gw = box.gateway
-    pod = Listeners(box, box.name, cg, "0.0.0.0:8554", "127.0.0.1:554")
-    upstream = Listeners(box, node.host_ns, None, f"{gw}:554", f"{gw}:8080")
+    gw, gw6 = box.gateway, box.gateway6
+    pod = Listeners(box, box.name, cg, "0.0.0.0:8554", "127.0.0.1:554", "[::]:8554", "[::1]:554")
+    upstream = Listeners(box, node.host_ns, None, f"{gw}:554", f"{gw}:8080", f"[{gw6}]:554", f"[{gw6}]:8080")
 
     connect(box.name, cg, APP_UID, gw, 554, "app")  # the app's RTSP goes to its stub
     assert pod.next() == {"at": "0.0.0.0:8554", "data": "app", "orig": f"{gw}:554"}
@@ -285,6 +306,24 @@ def test_pod_traffic_is_redirected_and_del_leaves_nothing(enode: EbpfNode, pods:
     assert upstream.next()["data"] == "outside-cgroup"
     connect(box.name, cg, APP_UID, gw, 554, "again")  # many connections: each its own original dst
     assert pod.next() == {"at": "0.0.0.0:8554", "data": "again", "orig": f"{gw}:554"}
+
+    # IPv6 (connect6): to the stub's [::1]:8554, with the same exemptions.
+    connect(box.name, cg, APP_UID, gw6, 554, "app6")
+    assert pod.next() == {"at": "[::]:8554", "data": "app6", "orig": f"[{gw6}]:554"}
+    connect(box.name, cg, STUB_UID, gw6, 554, "stub6")
+    assert upstream.next() == {"at": f"[{gw6}]:554", "data": "stub6", "orig": None}
+    connect(box.name, cg, APP_UID, "::1", 554, "loopback6")
+    assert pod.next() == {"at": "[::1]:554", "data": "loopback6", "orig": None}
+    connect(box.name, cg, APP_UID, gw6, 8080, "http6")
+    assert upstream.next()["data"] == "http6"
+    connect(box.name, None, APP_UID, gw6, 554, "outside-cgroup6")
+    assert upstream.next()["data"] == "outside-cgroup6"
+    # An IPv6 socket to an IPv4-mapped address: to the stub's IPv4 listener, as
+    # the nftables mode (which sees IPv4 packets) sends it; loopback is exempt.
+    connect(box.name, cg, APP_UID, f"::ffff:{gw}", 554, "mapped")
+    assert pod.next() == {"at": "0.0.0.0:8554", "data": "mapped", "orig": f"{gw}:554"}
+    connect(box.name, cg, APP_UID, "::ffff:127.0.0.1", 554, "mapped-loopback")
+    assert pod.next() == {"at": "127.0.0.1:554", "data": "mapped-loopback", "orig": None}
     assert pod.quiet() and upstream.quiet()
 
     requests = len(node.api.requests)
@@ -299,6 +338,8 @@ def test_pod_traffic_is_redirected_and_del_leaves_nothing(enode: EbpfNode, pods:
 
     connect(box.name, cg, APP_UID, gw, 554, "after")  # no redirect left
     assert upstream.next()["data"] == "after"
+    connect(box.name, cg, APP_UID, gw6, 554, "after6")
+    assert upstream.next()["data"] == "after6"
 
 
 def test_programs_stay_while_a_pod_needs_them_and_gc_removes_the_rest(enode: EbpfNode, pods: list[Sandbox]) -> None:
@@ -320,7 +361,13 @@ def test_programs_stay_while_a_pod_needs_them_and_gc_removes_the_rest(enode: Ebp
     assert detached(cg, progs)
     unattached = node.msm("CHECK", second, **enode.conf())
     assert unattached.code == 1 and unattached.error_code == 102, unattached
+    # ... with the pending map an IPv4-only msm-cni pinned (8-byte values) in place:
+    # the re-attaching ADD replaces it rather than load programs against it.
+    (enode.pins / "by_peer").unlink()
+    pin_map(enode.pins / "by_peer", key_size=16, value_size=8)
     assert node.msm("ADD", first, **enode.conf()).code == 0
+    assert map_sizes(enode.pins / "by_peer") == MAP_SIZES["by_peer"]
+    assert map_sizes(enode.pins / "redirect") == MAP_SIZES["redirect"]
     assert node.msm("CHECK", second, **enode.conf()).code == 0
 
     gc = node.run(
@@ -344,7 +391,7 @@ def test_programs_stay_while_a_pod_needs_them_and_gc_removes_the_rest(enode: Ebp
 
 def test_a_cgroup_path_that_is_not_a_cgroup_fails_the_add(enode: EbpfNode, pods: list[Sandbox], tmp_path: Path) -> None:
     box = Sandbox(name=f"msmtest-{secrets.token_hex(3)}", container_id=secrets.token_hex(16))
-    sh("ip", "netns", "add", box.name)
+    add_netns(box.name)
     pods.append(box)
     msm = enode.node.msm_conf(**{**enode.conf(), "cgroupPath": str(tmp_path)})
     conf = {"cniVersion": "1.0.0", "name": "msmtest", **msm, "prevResult": {"cniVersion": "1.0.0"}}
