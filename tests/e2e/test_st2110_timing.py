@@ -165,11 +165,12 @@ def test_gstreamer_rtpvrawpay_is_non_compliant() -> None:
 
 
 def test_wide_gso_trains_from_a_capture() -> None:
-    """1080p30 10-bit at 1,400-byte packets (3,700 a frame, 112k/s), wide, each group of 8 one UDP GSO train.
+    """1080p30 10-bit at 1,400-byte packets (3,700 a frame, 112k/s), wide: UDP GSO trains of 12 sent
+    when the pacer's own network compatibility bucket has room for them (bucket mode).
 
     dumpcap on loopback sees the trains whole; ``msm st2110 analyse --pcap`` cuts them back
-    into packets. Frames the pacer sent on time are wide at worst (trains of 8: Cinst within
-    16); how many ran late is printed.
+    into packets. Frames the pacer sent on time are wide at worst (its bucket stays under
+    CMAX 16 as the capture sees it); how many ran late is printed.
     """
     _pacer_or_skip()
     if shutil.which("dumpcap") is None:

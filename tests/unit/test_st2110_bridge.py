@@ -14,7 +14,15 @@ import pytest
 
 from msm.rtp_proxy.media.aes67_bridge import Aes67Egress, Aes67Ingress
 from msm.rtp_proxy.media.groups import Group
-from msm.rtp_proxy.media.st2110_bridge import St2110Egress, St2110Ingress, group_feeder, native_reason
+from msm.rtp_proxy.media.st2110_bridge import (
+    LentFrame,
+    St2110Egress,
+    St2110Ingress,
+    _Lender,
+    borrowable,
+    group_feeder,
+    native_reason,
+)
 from msm.sdk.aes67 import AudioFormat
 from msm.sdk.rfc4175 import VideoFormat, timestamp_for
 from msm.sdk.st2110_sdp import AudioStream, VideoStream
@@ -63,6 +71,37 @@ def test_chain_native() -> None:
 
 def test_chain_python_twin() -> None:
     _chain(False)
+
+
+@pytest.mark.skipif(native_reason() is not None, reason=f"C core not built: {native_reason()}")
+def test_frame_form_sends_the_packetizers_packets() -> None:
+    """The egress's FrameSlot (headers apart, payloads as spans of the frame) makes msm_st2110_packetize's packets."""
+    from msm.ext import st2110
+
+    frame = os.urandom(FMT.frame_bytes)
+    for aligned, bpm in ((True, False), (False, False), (False, True)):
+        kwargs = {"mtu": 1400, "bpm": bpm, "payload_type": 96, "ssrc": 7, "aligned": aligned}
+        packer, slot = st2110.Packetizer(320, 240, 5, 2, **kwargs), st2110.FrameSlot(320, 240, 5, 2, **kwargs)
+        count = packer.packetize(frame, 65530, 1234)
+        assert slot.fill(frame, 65530, 1234) == count and slot.packets() == packer.packets(count)
+        assert slot.fill(memoryview(bytearray(frame)), 65530, 1234, borrow=True) == count
+        assert slot.packets() == packer.packets(count)
+    with pytest.raises(ValueError, match="expected"):
+        slot.fill(frame[:-1], 0, 0)
+
+
+def test_an_ingress_lends_its_frames_and_reuses_them_once_released() -> None:
+    lender = _Lender(100, 2)
+    first, second, spare = lender.take(), lender.take(), lender.take()
+    assert isinstance(first, LentFrame) and isinstance(second, LentFrame) and not isinstance(spare, LentFrame)
+    assert lender.take() is spare            # all lent: the spare again (receivers copy it)
+    view = memoryview(first)
+    assert borrowable(view) is first and borrowable(view[1:]) is None and borrowable(memoryview(spare)) is None
+    first.hold()                             # an egress keeps it...
+    first.release()                          # ...the ingress is done with it...
+    assert lender.take() is spare            # ...still held: not reused
+    first.release()                          # the egress sent it
+    assert lender.take() is first
 
 
 def test_wrong_size_and_busy_are_refused_not_raised() -> None:
