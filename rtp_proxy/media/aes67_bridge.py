@@ -39,9 +39,10 @@ __all__ = ["Aes67Egress", "Aes67Ingress", "AudioBlock", "audio_format", "audio_s
 #: Packets' PCM waiting in an ingress queue: one second at 1 ms packets; a
 #: consumer further behind loses the newest, counted.
 INGRESS_QUEUE = 1000
-#: Blocks waiting for the egress: 1000 one-packet blocks is 125 ms at 125 us packets, and besides
-#: the count the audio waiting is bounded by EGRESS_SECONDS; more only adds latency.
-EGRESS_QUEUE = 1000
+#: Blocks waiting for the egress: 4000 one-packet blocks is EGRESS_SECONDS at 125 us packets (1000,
+#: 125 ms, overflowed at load 8 on two cores); besides the count the audio waiting is bounded by
+#: EGRESS_SECONDS. More only adds latency.
+EGRESS_QUEUE = 4000
 #: Seconds of audio that may wait for the egress (a bigger block is taken only into an empty queue):
 #: rides out a stall of the node's frames of half a second (measured: 250 ms was not enough on a 2-core
 #: host at load 8, frames from another node coming in bursts).
@@ -291,8 +292,10 @@ class Aes67Egress:
             if behind > MAX_CATCH_UP_NS or (behind > CATCH_UP_NS and not waiting):
                 due += behind
             for k in range(0, len(packets), per_tick):
+                # Packets may leave up to half a tick early: fed live (a block a packet time), the egress
+                # then sends as blocks come instead of sleeping a few microseconds 8000 times a second.
                 wait = due - time.monotonic_ns()
-                if wait > 0:
+                if wait > TICK_NS // 2:
                     time.sleep(wait / 1e9)
                 chunk = packets[k:k + per_tick]
                 for packet in chunk:
