@@ -176,7 +176,7 @@ def preflight() -> None:
             f"kernel's headers (the programs use only the stable UAPI), or use redirectMode nftables"
         )
     if not _cgroup2_root():
-        reasons.append("no cgroup v2 hierarchy is mounted (the connect4 hook attaches to one)")
+        reasons.append("no cgroup v2 hierarchy is mounted (the connect4 and connect6 hooks attach to one)")
     if not _mounts("bpf") and not BPFFS.is_dir():
         reasons.append(f"no bpffs is mounted and there is no {BPFFS} to mount it on (links and maps are pinned)")
     if reasons:
