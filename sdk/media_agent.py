@@ -31,6 +31,7 @@ in place before it knows its metadata, and the frame's memif length is
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -52,7 +53,7 @@ from msm.sdk.errors import (
 
 __all__ = ["DEFAULT_SOCKET", "FLAG_INCOMPLETE", "HEADER_SIZE", "MAX_MESSAGE", "PROTOCOL_VERSION", "AttachInfo",
            "FrameHeader", "FrameLayout", "SenderBusy", "decode_message", "encode_message", "error_from_reply",
-           "error_reply", "resolve_proxy", "user_socket"]
+           "error_reply", "pack_header", "resolve_proxy", "user_socket"]
 
 PROTOCOL_VERSION = 1
 #: One message: an MCM connection JSON (its reader caps it at 64 KiB, MAX_JSON_BYTES) plus a small
@@ -144,13 +145,21 @@ class FrameLayout:
     metadata_size: int  # the connection's maxMetadataSize
     payload_size: int   # the largest payload
 
-    @property
+    @functools.cached_property  # read per frame: computed once
     def payload_offset(self) -> int:
         return HEADER_SIZE + (self.metadata_size + 63) // 64 * 64
 
-    @property
+    @functools.cached_property
     def buffer_size(self) -> int:
         return self.payload_offset + self.payload_size
+
+
+def pack_header(view: memoryview, seq: int, timestamp: int, metadata_len: int, payload_len: int,
+                flags: int = 0) -> None:
+    """Writes a frame header at the start of ``view`` (what :meth:`FrameHeader.pack_into` does, per frame
+    without making a FrameHeader)."""
+    _HEADER.pack_into(view, 0, FRAME_MAGIC, flags, seq & 0xFFFFFFFF, 0, timestamp & 0xFFFFFFFFFFFFFFFF,
+                      metadata_len, payload_len)
 
 
 @dataclass(frozen=True)
@@ -162,8 +171,7 @@ class FrameHeader:
     flags: int = 0
 
     def pack_into(self, view: memoryview) -> None:
-        _HEADER.pack_into(view, 0, FRAME_MAGIC, self.flags, self.seq & 0xFFFFFFFF, 0,
-                          self.timestamp & 0xFFFFFFFFFFFFFFFF, self.metadata_len, self.payload_len)
+        pack_header(view, self.seq, self.timestamp, self.metadata_len, self.payload_len, self.flags)
 
     @classmethod
     def read(cls, view: memoryview, length: int, layout: FrameLayout) -> FrameHeader:

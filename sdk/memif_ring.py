@@ -351,6 +351,15 @@ class TxQueue:
             region, offset, _ = self.buffers[head & ring.mask]
             self._pending = TxBuffer([self.regions[region].mem[offset:offset + size]], head, [size])
             return self._pending
+        if not self.client and size > 0:  # the server's usual case: the next offered buffer holds the frame
+            ring = self.ring
+            tail = ring.tail
+            if 0 < (ring.head - tail) & 0xFFFF <= ring.size:
+                _, region, cap, offset = ring.read_desc(tail)
+                view = _view(self.regions, region, offset, size) if cap >= size else None
+                if view is not None:
+                    self._pending = TxBuffer([view], tail, [size])
+                    return self._pending
         free = self.free()
         if free > self.ring.size:
             self.counters.errors["ring_counter_out_of_range"] += 1
@@ -415,7 +424,7 @@ class TxQueue:
         self._publish(slot + 1, length)
         return True
 
-    def send_foreign(self, region: int, offset: int, length: int) -> bool:
+    def send_foreign(self, region: int, offset: int, length: int, signal: bool = True) -> bool:
         """Server only: fills the next offered slot with a descriptor naming ``region``, a region the client
         mapped from elsewhere (our SDK's shared sender regions), instead of the buffer it offered.
 
@@ -429,7 +438,7 @@ class TxQueue:
             return False
         slot = self.ring.tail
         self.ring.write_desc(slot, 0, region, length, offset)
-        self._publish(slot + 1, length)
+        self._publish(slot + 1, length, signal=signal)
         return True
 
     def _publish(self, end: int, nbytes: int, frames: int = 1, signal: bool = True) -> None:

@@ -1,28 +1,23 @@
 """The proxy's memif side of app connections: one MemifServer, one data thread, a port per connection.
 
-Every app connection attaches to ``<media dir>/memif.sock`` with its own
-interface id and random secret (checked in ``authorize``: the server has no
-secret of its own, so a client must name an interface the agent created and
-prove it with that interface's secret; the secret is never logged).
+Every app connection attaches to ``<media dir>/memif.sock`` with its own interface id and random
+secret (``authorize``: a client must name an interface the agent created and prove it with that
+interface's secret; the secret is never logged).
 
-- a :class:`TxPort` takes the app's frames: the data thread reads each frame in
-  place (a view into the app's shared memory), hands payload and metadata on
-  (to the group, or an ST 2110 egress), and gives the buffer back after;
-- an :class:`RxPort` is a group :class:`~.groups.Receiver`. A frame of a local
-  memif sender goes to it **by reference** once the app mapped that sender's
-  region (:mod:`.memif_share`: one descriptor naming the sender's buffer). Any
-  other frame (ST 2110 ingress, another node over libfabric, a receiver not
-  mapped yet or with another layout) is **copied**: header, metadata and payload
-  written into the next buffer the app offered, or ``ring_full`` when the app is
-  behind (the sender is never held up).
+- a :class:`TxPort` takes the app's frames: the data thread reads each frame in place (a view into the
+  app's shared memory), hands payload and metadata on (to the group, or an ST 2110 egress), and gives
+  the buffer back after;
+- an :class:`RxPort` is a group :class:`~.groups.Receiver`. A frame of a local memif sender goes to it
+  **by reference** once the app mapped that sender's region (:mod:`.memif_share`: one descriptor naming
+  the sender's buffer). Any other frame (ST 2110 ingress, another node over libfabric, a receiver not
+  mapped yet or with another layout) is **copied**: header, metadata and payload written into the next
+  buffer the app offered, or ``ring_full`` when the app is behind (the sender is never held up).
 
-Why a thread and not the event loop: a 1080p 10-bit frame is 5 MB, and a copy
-of it takes about half a millisecond; the gRPC services on the loop stay responsive.
+Why a thread and not the event loop: a 5 MB copy takes about half a millisecond; the loop stays free.
 
-Locks: ``deliver`` may run in any publishing thread (this one, the fabric
-reader, an ST 2110 ingress) while this thread may close connections, so one
-lock (``self.lock``) covers rx connections' lifecycle and writes. Callers of
-``deliver`` hold the media node's lock first; this thread never holds
+Locks: ``deliver`` may run in any publishing thread (this one, the fabric reader, an ST 2110 ingress)
+while this thread may close connections, so one lock (``self.lock``) covers rx connections' lifecycle
+and writes. Callers of ``deliver`` hold the media node's lock first; this thread never holds
 ``self.lock`` while publishing, so the order is always media lock, then this one.
 """
 
@@ -41,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from msm.sdk.errors import ProtocolError
-from msm.sdk.media_agent import FLAG_INCOMPLETE, HEADER_SIZE, FrameHeader, FrameLayout
+from msm.sdk.media_agent import FLAG_INCOMPLETE, HEADER_SIZE, FrameHeader, FrameLayout, pack_header
 from msm.sdk.memif import MemifConfig, MemifConnection, MemifServer, PeerCred
 from msm.sdk.memif_proto import Init
 
@@ -135,11 +130,10 @@ class TxPort(Port):
 
     def drain(self) -> None:
         """Publishes up to :data:`BURST` waiting frames (data thread only)."""
-        conn = self.conn
+        conn, share = self.conn, self.share
         if conn is None or not conn.connected:
             return
         conn.rx_queues[0].clear_interrupt()
-        share = self.share
         for _ in range(BURST):
             frame = conn.recv()
             if frame is None:
@@ -188,6 +182,9 @@ class RxPort(Port):
         super().__init__(*args, **kwargs)
         self.lock = lock
         self.refs = Holds()  # the senders' regions this app maps and the frames it holds by reference
+        # Frames written on the data thread wake the app once per burst: the plane's list and thread id.
+        self.burst: tuple[list[RxPort], int] | None = None
+        self.unsignalled = False
         self.shared_frames = 0
         self.copied_frames = 0
         self.copied_bytes = 0
@@ -261,7 +258,7 @@ class RxPort(Port):
             return "demoted"
         self._count(size, arrived_ns)  # before the app can see the frame (and ask for the counts)
         self.shared_frames += 1
-        queue.send_foreign(index, frame.offset, frame.length)
+        queue.send_foreign(index, frame.offset, frame.length, self._signal_now())
         self.refs.hold(queue.ring.tail, index, frame)
         return None
 
@@ -288,15 +285,24 @@ class RxPort(Port):
                 conn.tx_queues[0].abort()
                 return "short_buffer"
             view = buf.views[0]
-            FrameHeader(info.seq, info.timestamp, len(info.metadata), len(payload),
-                        FLAG_INCOMPLETE if info.incomplete else 0).pack_into(view)
+            pack_header(view, info.seq, info.timestamp, len(info.metadata), len(payload),
+                        FLAG_INCOMPLETE if info.incomplete else 0)
             view[HEADER_SIZE:HEADER_SIZE + len(info.metadata)] = info.metadata
             view[layout.payload_offset:] = payload  # the copy path's one copy of the payload on this hop
             self._count(len(payload), info.arrived_ns)
             self.copied_frames += 1
             self.copied_bytes += len(payload)
-            conn.commit(buf)
+            conn.commit(buf, signal=self._signal_now())
         return None
+
+    def _signal_now(self) -> bool:
+        """Wake the app now, unless on the data thread: then once after the burst (MemifPlane._flush)."""
+        if self.burst is None or threading.get_ident() != self.burst[1]:
+            return True
+        if not self.unsignalled:
+            self.unsignalled = True
+            self.burst[0].append(self)
+        return False
 
 
 _NO_ROOM = ("ring_full", "not_attached")  # by reference or copied, the frame cannot go now: a drop
@@ -316,6 +322,7 @@ class MemifPlane:
         self._epoll.register(self.server.fileno(), select.EPOLLIN)
         self._epoll.register(self._wake, select.EPOLLIN)
         self._tx_fds: dict[int, TxPort] = {}
+        self._unsignalled: list[RxPort] = []  # written to in this burst, not woken yet; at most every rx port
         self._tokens = itertools.count(1)
         # Called (data thread) with a group URN when its sender's region should be offered to its receivers:
         # a sender or a receiver attached, or an offer that waited for a free index can be made.
@@ -338,6 +345,8 @@ class MemifPlane:
     def add(self, port: Port) -> None:
         with self.lock:
             self.ports[port.interface_id] = port
+            if isinstance(port, RxPort) and self._thread.ident is not None:
+                port.burst = (self._unsignalled, self._thread.ident)
 
     def remove(self, port: Port) -> None:
         """Forgets ``port``; the data thread closes its memif connection (and the app's interface) soon."""
@@ -349,24 +358,10 @@ class MemifPlane:
     def offer(self, members: list[tuple[Port, Any]], send: Callable[[Any, dict[str, Any], int], bool]) -> int:
         """Offers the members' sender region to their rx ports that lack it (``send(sock, notice, fd)``, the
         agent's); how many offers went."""
-        sent = 0
         with self.lock:
             share = next((p.share for p, _ in members if isinstance(p, TxPort) and p.share is not None), None)
-            if share is None or share.fd < 0:
-                return 0
-            for port, sock in members:
-                if not isinstance(port, RxPort) or port.conn is None \
-                        or port.layout.payload_offset != share.layout.payload_offset:
-                    continue  # not attached yet (offered when it is), or its frames could not go by reference
-                index = port.refs.offer_index(share.token)
-                if index is None:
-                    continue
-                if send(sock, {"op": "region", "connection": port.cid, "index": index, "size": share.size,
-                               "token": share.token}, share.fd):
-                    sent += 1
-                else:
-                    port.refs.offer = None  # the app's socket is full: offered again on the next occasion
-        return sent
+            receivers = [(p, sock) for p, sock in members if isinstance(p, RxPort) and p.conn is not None]
+            return memif_share.offer(share, receivers, send) if share is not None and share.fd >= 0 else 0
 
     def _authorize(self, peer: PeerCred, init: Init) -> str | None:
         port = self.ports.get(init.id)
@@ -460,6 +455,11 @@ class MemifPlane:
                 port.drain()
                 if not port.queue_depth():
                     busy.discard(port)
+            for rx in self._unsignalled:  # one wakeup per app per burst, not one per frame
+                rx.unsignalled = False
+                if rx.conn is not None and rx.conn.connected:
+                    rx.conn.flush()
+            self._unsignalled.clear()
             holding = self._tend()
 
     def _close_pending(self) -> None:

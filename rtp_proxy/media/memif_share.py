@@ -49,13 +49,14 @@ import collections
 import fcntl
 import os
 import time
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from msm.sdk.media_agent import FrameLayout
 from msm.sdk.memif_region import F_SEAL_FUTURE_WRITE
 
 __all__ = ["DEMOTE_AFTER", "DEMOTION", "HOLD_LIMIT", "MAX_SHARED_HELD", "NO_REGION", "SHARED_INDICES", "SHARED_POLL",
-           "SHARE_MIN_BYTES", "Holds", "SharedFrame", "SharedRegion", "judge", "seal"]
+           "SHARE_MIN_BYTES", "Holds", "SharedFrame", "SharedRegion", "judge", "offer", "seal"]
 
 #: How often the data thread looks at receivers that hold frames by reference (they do not wake it when
 #: they give one back): a sender waiting for a slot waits at most this much longer.
@@ -213,3 +214,28 @@ def judge(inflight: collections.deque[SharedFrame], slots: int, holders: list[tu
         for _, holds in holding:
             holds.demoted_until_ns = now_ns + int(DEMOTION * 1e9)
     return stopped
+
+
+class _Receiver(Protocol):
+    cid: str
+    layout: FrameLayout
+    refs: Holds
+
+
+def offer(share: SharedRegion, receivers: Sequence[tuple[_Receiver, Any]],
+          send: Callable[[Any, dict[str, Any], int], bool]) -> int:
+    """(Plane lock held.) Offers ``share`` to each attached receiver (with its agent socket) that lacks it and
+    could take its frames by reference; how many offers went."""
+    sent = 0
+    for port, sock in receivers:
+        if port.layout.payload_offset != share.layout.payload_offset:
+            continue  # its frames could not go by reference
+        index = port.refs.offer_index(share.token)
+        if index is None:
+            continue
+        notice = {"op": "region", "connection": port.cid, "index": index, "size": share.size, "token": share.token}
+        if send(sock, notice, share.fd):
+            sent += 1
+        else:
+            port.refs.offer = None  # the app's socket is full: offered again on the next occasion
+    return sent
