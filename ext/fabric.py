@@ -7,11 +7,22 @@ provider offers what the link needs on this host, :func:`providers` lists
 those of :data:`KNOWN_PROVIDERS` that do. The frame protocol itself (header,
 credits, who may send) is described in ``ext/fabric.h``; the proxy-side API
 is :mod:`msm.rtp_proxy.media.fabric_link`.
+
+Loading libfabric (Debian's 1.17) loads libpsm2 and libpsm_infinipath with it,
+whose constructors put their own SIGINT and SIGTERM handlers in place: print
+nothing, ``exit(1)``. A proxy that had asked for a graceful stop on SIGTERM
+(asyncio's ``add_signal_handler``) would die on the spot instead. :func:`load`
+puts Python's handlers back (from the main thread; elsewhere it cannot, and
+says so once in the log).
 """
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
 from types import ModuleType
+from typing import Any
 
 from msm.ext import NativeModule, NativeUnavailable
 
@@ -22,13 +33,40 @@ __all__ = ["KNOWN_PROVIDERS", "load", "probe", "providers", "unavailable_reason"
 #: Others (udp, sockets...) may work but are not tested; ``sockets`` is slow.
 KNOWN_PROVIDERS = ("tcp;ofi_rxm", "shm")
 
+log = logging.getLogger(__name__)
+
+#: Signals whose handlers loading libfabric replaces and :func:`load` puts back.
+KEPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 _native = NativeModule("_fabric", "it needs libfabric's headers (apt-get install libfabric-dev) and a C compiler; "
                        "run python ext/build_fabric.py", disable_env="MSM_NO_FABRIC", what="libfabric link")
 
 
 def load() -> ModuleType:
     """The compiled ``msm.ext._fabric`` module, or :class:`NativeUnavailable` saying why not."""
-    return _native.load()
+    before = {sig: signal.getsignal(sig) for sig in KEPT_SIGNALS}
+    try:
+        return _native.load()
+    finally:
+        _put_back(before)
+
+
+_warned = False
+
+
+def _put_back(handlers: dict[signal.Signals, Any]) -> None:
+    """Re-install Python's handlers for ``handlers``' signals (same Python handler, so a no-op unless a
+    library replaced them underneath Python)."""
+    global _warned
+    if threading.current_thread() is not threading.main_thread():
+        if not _warned:
+            _warned = True
+            log.warning("libfabric loaded outside the main thread: its SIGINT/SIGTERM handlers (exit at once) "
+                        "stay in place; load msm.ext.fabric from the main thread first")
+        return
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 def unavailable_reason() -> str | None:

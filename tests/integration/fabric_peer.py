@@ -11,12 +11,16 @@
 - ``{"tick": S}``: just progresses the endpoint (grants, hellos) for S seconds -> ``{"ticked": S}``
 - ``{"release": true}``: releases the held frames -> ``{"released": N}``
 - ``{"stats": true}`` -> the endpoint's stats; ``{"quit": true}`` ends.
+
+SIGTERM (handled by Python, installed before libfabric is loaded) prints ``{"signal": 15}`` and goes on,
+as a proxy's graceful stop would begin.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import sys
 import time
 from typing import Any
@@ -60,8 +64,13 @@ def _recv(ep: FabricEndpoint, cmd: dict[str, Any], held: list[ReceivedFrame]) ->
     return {"frames": frames}
 
 
+def _on_signal(signum: int, _frame: object) -> None:
+    print(json.dumps({"signal": signum}), flush=True)
+
+
 def main() -> int:
     provider, address, max_frame, credits, max_peers = sys.argv[1:6]
+    signal.signal(signal.SIGTERM, _on_signal)
     held: list[ReceivedFrame] = []
     with FabricEndpoint(provider, address if address != "-" else None, 0, max_frame=int(max_frame),
                         credits=int(credits), max_peers=int(max_peers)) as ep:

@@ -459,6 +459,21 @@ def _trade(sender: FabricEndpoint, receiver: FabricEndpoint, frames: int) -> int
     return got
 
 
+@pytest.mark.parametrize("provider", ["tcp;ofi_rxm", "shm"])
+def test_sigterm_still_reaches_python_after_libfabric_is_loaded(provider: str) -> None:
+    """Loading libfabric loads libpsm2, whose constructor makes SIGTERM exit(1) at once: the proxy's
+    graceful stop (asyncio's signal handler) must still get it."""
+    need(provider)
+    peer = Peer(provider, "127.0.0.1" if provider != "shm" else None)
+    try:
+        peer.proc.send_signal(15)
+        assert peer.answer() == {"signal": 15}
+        assert peer.call(stats=True)["peers"] == {}     # still serving
+    finally:
+        peer.stop()
+    assert peer.proc.returncode == 0
+
+
 def test_a_peer_restarted_at_the_same_address_starts_with_fresh_credits() -> None:
     """Grants are cumulative; a restarted sender (same name) must not inherit its old self's total."""
     need("tcp;ofi_rxm")
