@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -571,3 +572,28 @@ async def test_an_interleaved_session_ends_with_its_connection(target: Target) -
         assert answer.status == INTERLEAVED_AFTER_CLOSE[target.name], (target.name, answer.status)
     finally:
         client.close()
+
+
+# -- A player reads RTP-Info --------------------------------------------------------------------------
+
+async def test_gstreamer_rtspsrc_takes_seqnum_and_clock_base_from_rtp_info(target: Target) -> None:
+    """What a player does with RTP-Info (RFC 2326 12.33): GStreamer's rtspsrc turns each
+    track's ``seq`` and ``rtptime`` into its caps' ``seqnum-base`` and ``clock-base`` (its
+    jitter buffer then drops packets from before the play point) and decodes on. From both
+    servers it shows the bases and decodes frames."""
+    if shutil.which("gst-launch-1.0") is None:
+        pytest.skip("gst-launch-1.0 not installed (run scripts/setup.sh)")
+    pipeline = (f"rtspsrc location={target.url} protocols=udp latency=100 ! rtph264depay ! "
+                "avdec_h264 ! fakesink name=sink silent=false num-buffers=15 sync=false")
+    proc = await asyncio.create_subprocess_exec(
+        "gst-launch-1.0", "-v", *pipeline.split(), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    except TimeoutError:
+        proc.kill()
+        out, _ = await proc.communicate()
+    text = out.decode(errors="replace")
+    assert re.search(r"seqnum-base=\(uint\)\d+", text) and re.search(r"clock-base=\(uint\)\d+", text), \
+        f"{target.name}: rtspsrc found no RTP-Info\n{text[-1500:]}"
+    assert len(re.findall(r"sink: last-message = chain", text)) >= 15, text[-1500:]
