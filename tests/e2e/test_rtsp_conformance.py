@@ -6,8 +6,10 @@ against both, so a difference between them is visible as a failure on one side.
 GStreamer names its tracks ``stream=N``, msm ``trackN``: each target says its own.
 
 The client is raw sockets (what is sent and answered is exactly what the test
-says); players (ffmpeg) are used where the behaviour is what a player does.
-One GStreamer server and one mesh serve the whole module.
+says); a player (GStreamer's rtspsrc) is used where the behaviour is what a player
+does with the answer (RTP-Info). One GStreamer server and one mesh serve the whole
+module (the mesh also has a route to a port where nothing listens, for 503).
+live555 is not used: Debian 12 has no package of it.
 """
 
 from __future__ import annotations
