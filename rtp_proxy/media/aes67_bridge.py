@@ -68,7 +68,6 @@ def audio_format(stream: AudioStream) -> AudioFormat:
     return AudioFormat(stream.encoding, stream.rate, stream.channels, stream.ptime_us)
 
 
-
 def audio_stream(st: St2110Connection, audio: AudioPayload, where: str = "payload.audio") -> AudioStream:
     """MCM's st2110-30 connection as the AES67 bridge's stream (``where``: the audio payload's path in errors)."""
     if audio.packet_time not in _PTIMES:
@@ -118,8 +117,9 @@ class _Blocks:
         self.buf += pcm
         self.lost += lost
         while len(self.buf) >= self.size:
-            self.emit(memoryview(self.buf)[:self.size], AudioBlock(self.start, self.lost, time.monotonic_ns()))
-            del self.buf[:self.size]
+            # New buffers rather than resizing this one: a view a consumer kept cannot stop the stream.
+            block, self.buf = self.buf[:self.size], self.buf[self.size:]
+            self.emit(memoryview(block), AudioBlock(self.start, self.lost, time.monotonic_ns()))
             self.start = (self.start + self.size // self.fmt.sample_bytes) & 0xFFFFFFFF
             self.lost = 0
 

@@ -328,11 +328,10 @@ class MediaAgent:
 
     def _open_st2110(self, config: ConnectionConfig, st: St2110Connection, cid: str, iid: int, secret: str,
                      layout: FrameLayout, peer: PeerCred, target: str) -> _Conn:
-        # Here: only ST 2110 connections need these.
-        from msm.ext import NativeUnavailable
+        from msm.ext import NativeUnavailable  # here: only ST 2110 connections need these
         from msm.sdk.mcm_values import AudioPayload
 
-        from .aes67_bridge import Aes67Egress, Aes67Ingress, AudioBlock, audio_format, audio_stream
+        from .aes67_bridge import MAX_BLOCK_BYTES, Aes67Egress, Aes67Ingress, AudioBlock, audio_format, audio_stream
         from .bridges import paced_egress
         from .st2110_bridge import IngressFrame, St2110Egress, St2110Ingress
 
@@ -357,8 +356,9 @@ class MediaAgent:
                         rx.deliver(view, FrameInfo(0, b.timestamp, b"", f"lost {b.lost} packets" if b.lost else None,
                                                    b.arrived_ns))
 
-                    packet = audio_format(audio).packet_bytes   # a buffer takes as many whole packets as fit
-                    ingress = Aes67Ingress(audio, on_block=block, block_bytes=layout.payload_size // packet * packet)
+                    packet = audio_format(audio).packet_bytes   # a buffer takes the whole packets that fit (2 MiB)
+                    size = min(layout.payload_size, MAX_BLOCK_BYTES)
+                    ingress = Aes67Ingress(audio, on_block=block, block_bytes=size // packet * packet)
             elif st.transport != "st2110-20" or not isinstance(payload, VideoPayload) \
                     or payload.pixel_format != "yuv422p10rfc4175":
                 raise Refused("connection.st2110: this proxy bridges st2110-20 video in pixelFormat yuv422p10rfc4175 "
