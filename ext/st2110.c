@@ -353,7 +353,35 @@ static uint32_t line_split(uint32_t stride, uint32_t pg, uint32_t most) {
     return 0;
 }
 
-/* The walk of msm_st2110_packetize and msm_st2110_headers. heads == NULL: packets back to back
+/* Mode 3, equal packets: `equal` bytes of the frame each (the last one what is left), always in
+ * two segments, so every packet but the last is the same size (UDP GSO sends them in runs as
+ * long as it likes) and the frame takes a seventh fewer packets than line slices. A packet that
+ * crosses a line ends one and starts the next; one inside a line gives it two segments of that
+ * line, one after the other (RFC 4175 lets a packet carry any segments; receivers copy each). */
+static int equal_packet(uint32_t *line, uint32_t *off, uint32_t height, uint32_t stride, uint32_t pg,
+                        uint32_t equal, seg *out) {
+    uint64_t rest = (uint64_t)(height - *line) * stride - *off;
+    uint32_t want = rest < equal ? (uint32_t)rest : equal, left = stride - *off;
+    int n;
+    if (want > left) {   /* the end of this line and the start of the next */
+        out[0] = (seg){*line, *off, left};
+        out[1] = (seg){*line + 1, 0, want - left};
+        n = 2;
+        (*line)++;
+        *off = want - left;
+    } else {
+        uint32_t half = want / 2 / pg * pg;
+        out[0] = (seg){*line, *off, half ? half : want};
+        out[1] = (seg){*line, *off + half, want - half};
+        n = half ? 2 : 1;
+        *off += want;
+    }
+    if (*off == stride) { (*line)++; *off = 0; }
+    return n;
+}
+
+/* The walk of msm_st2110_packetize and msm_st2110_headers (mode: 0 GPM, 1 BPM, 2 GPM line slices,
+ * 3 GPM equal packets). heads == NULL: packets back to back
  * in out, each its header and payload (lens: their sizes). Otherwise only headers, header k at
  * out + k * head_stride (lens: header sizes), and the payload as its span of the frame
  * (heads[k] = offset; pay_lens[k] = bytes): a packet's segments follow each other in the frame. */
@@ -366,6 +394,8 @@ static long walk(const uint8_t *frame, uint32_t width, uint32_t height, uint32_t
     uint32_t limit = bpm == 1 ? MSM_ST2110_BPM_DATA : room;
     if (mtu < HDR + 2 + SRD || room - SRD < (bpm == 1 ? MSM_ST2110_BPM_DATA : pg_bytes)) return -1;
     uint32_t line = 0, off = 0, split = bpm == 2 ? line_split(stride, pg_bytes, room - SRD) : 0;
+    uint32_t equal = bpm == 3 ? (room - 2 * SRD) / pg_bytes * pg_bytes : 0;
+    if (bpm == 3 && (equal < pg_bytes || equal > stride)) return -1;
     size_t count = 0, at = 0;
     seg segs[MAX_SEGMENTS];
     while (line < height) {
@@ -375,6 +405,8 @@ static long walk(const uint8_t *frame, uint32_t width, uint32_t height, uint32_t
             segs[0].line = line; segs[0].off_bytes = off; segs[0].length = stride / split;
             off += stride / split;
             if (off == stride) { line++; off = 0; }
+        } else if (equal) {
+            n = equal_packet(&line, &off, height, stride, pg_bytes, equal, segs);
         } else {
             n = plan_packet(&line, &off, height, stride, pg_bytes, room, limit, segs);
         }

@@ -16,7 +16,8 @@ from typing import Any
 
 from msm.ext import NativeModule, NativeUnavailable, _flag
 
-__all__ = ["FrameInfo", "FrameSlot", "NativeUnavailable", "Packetizer", "Receiver", "load", "packetize"]
+__all__ = ["FrameInfo", "FrameSlot", "NativeUnavailable", "Packetizer", "Receiver", "equal_share", "load",
+           "packetize"]
 
 MAX_PACKET = 9000
 RX_COUNTERS = ("packets", "bad_rtp", "bad_pt", "bad_ssrc", "bad_source", "bad_segment", "late", "lost",
@@ -118,6 +119,13 @@ class Receiver:
         return {name: int(getattr(self._stats, name)) for name in RX_COUNTERS}
 
 
+def equal_share(stride: int, pg_bytes: int, mtu: int) -> int:
+    """Frame bytes a packet carries in equal packets (mode 3: two segment headers each), 0 where
+    lines are too short for them (a packet would span three lines)."""
+    share = (mtu - 12 - 2 - 12) // pg_bytes * pg_bytes
+    return share if pg_bytes <= share <= stride else 0
+
+
 def _line_split(stride: int, pg_bytes: int, most: int) -> int:
     """Packets per line in equal slices (as st2110.c's line_split; 0: none)."""
     if most < pg_bytes:
@@ -137,19 +145,22 @@ class Packetizer:
     """
 
     def __init__(self, width: int, height: int, pg_bytes: int, pg_pixels: int, *, mtu: int, bpm: bool,
-                 payload_type: int, ssrc: int, aligned: bool = False) -> None:
+                 payload_type: int, ssrc: int, aligned: bool = False, equal: bool = False) -> None:
         mod = load()
         self.ffi: Any = mod.ffi
         self.lib: Any = mod.lib
         self.geometry = (width, height, pg_bytes, pg_pixels)
         self.mtu, self.bpm, self.payload_type, self.ssrc = mtu, bpm, payload_type, ssrc & 0xFFFFFFFF
-        self.mode = 1 if bpm else 2 if aligned else 0
-        self.frame_bytes = width // pg_pixels * pg_bytes * height
+        stride = width // pg_pixels * pg_bytes
+        share = equal_share(stride, pg_bytes, mtu) if equal and not bpm else 0
+        self.mode = 1 if bpm else 3 if share else 2 if aligned else 0
+        self.frame_bytes = stride * height
         # One slot per packet of the smallest packets the mode can make (bounded by the frame size).
         data = min(mtu - 12 - 2 - 6, 1260 if bpm else mtu) // pg_bytes * pg_bytes
-        split = _line_split(width // pg_pixels * pg_bytes, pg_bytes, mtu - 12 - 2 - 6) if aligned and not bpm else 0
+        split = _line_split(stride, pg_bytes, mtu - 12 - 2 - 6) if aligned and not bpm and not share else 0
         # Greedy packing: every packet full but one a line at most; line slices: exactly split a line.
-        self.max_packets = split * height if split else max(1, self.frame_bytes // max(1, data) + height + 1)
+        self.max_packets = (-(-self.frame_bytes // share) if share else split * height if split
+                            else max(1, self.frame_bytes // max(1, data) + height + 1))
         self.capacity = self.max_packets * mtu
         self.buffer: Any = self.ffi.new("uint8_t[]", self.capacity)
         self.lengths: Any = self.ffi.new("uint32_t[]", self.max_packets)
@@ -205,21 +216,24 @@ class FrameSlot:
     """
 
     def __init__(self, width: int, height: int, pg_bytes: int, pg_pixels: int, *, mtu: int, bpm: bool,
-                 payload_type: int, ssrc: int, aligned: bool = False) -> None:
+                 payload_type: int, ssrc: int, aligned: bool = False, equal: bool = False) -> None:
         mod = load()
         self.ffi: Any = mod.ffi
         self.lib: Any = mod.lib
         self.geometry = (width, height, pg_bytes, pg_pixels)
         self.mtu, self.payload_type, self.ssrc = mtu, payload_type, ssrc & 0xFFFFFFFF
-        self.mode = 1 if bpm else 2 if aligned else 0
         stride = width // pg_pixels * pg_bytes
         self.frame_bytes = stride * height
+        share = equal_share(stride, pg_bytes, mtu) if equal and not bpm else 0
+        self.mode = 1 if bpm else 3 if share else 2 if aligned else 0
         data = min(mtu - 12 - 2 - 6, 1260 if bpm else mtu) // pg_bytes * pg_bytes
-        split = _line_split(stride, pg_bytes, mtu - 12 - 2 - 6) if aligned and not bpm else 0
-        self.max_packets = split * height if split else max(1, self.frame_bytes // max(1, data) + height + 1)
+        split = _line_split(stride, pg_bytes, mtu - 12 - 2 - 6) if aligned and not bpm and not share else 0
+        self.max_packets = (-(-self.frame_bytes // share) if share else split * height if split
+                            else max(1, self.frame_bytes // max(1, data) + height + 1))
         # A header: RTP (12), extended sequence number (2), a segment header (6) per line the packet
-        # touches: one with line slices, else at most its data over a line and one more (8-byte aligned).
-        segments = 1 if split else min(64, max(1, mtu - 20) // max(1, stride) + 2)
+        # touches: one with line slices, two equal packets, else at most its data over a line and one
+        # more (8-byte aligned).
+        segments = 1 if split else 2 if share else min(64, max(1, mtu - 20) // max(1, stride) + 2)
         self.head_stride = (14 + 6 * segments + 7) // 8 * 8
         self.heads: Any = self.ffi.new("uint8_t[]", self.head_stride * self.max_packets)
         self.head_lens: Any = self.ffi.new("uint32_t[]", self.max_packets)

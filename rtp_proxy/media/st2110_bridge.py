@@ -341,13 +341,13 @@ class St2110Egress:
 
     def __init__(self, stream: VideoStream, *, mtu: int = 1400, ssrc: int = 0x2110_0001, native: bool | None = None,
                  pacer: FramePacer | None = None, pacing: str | None = None, spread: bool = True,
-                 aligned: bool = True) -> None:
+                 aligned: bool = True, equal: bool = True) -> None:
         self.stream = stream
         self.fmt = stream.fmt
         self.mtu, self.ssrc, self.pacer = mtu, ssrc & 0xFFFFFFFF, pacer
-        # GPM in equal line slices (rfc4175.line_split): every packet the same size, so the C
-        # sender hands runs of them to the kernel at once (UDP GSO).
-        self.aligned = aligned
+        # Every packet the same size, so runs go to the kernel at once (UDP GSO): the C core's equal
+        # packets (3,784 at 1080p 10-bit), else GPM in equal line slices (4,320, the twin's way).
+        self.aligned, self.equal = aligned, equal
         ip = ipaddress.ip_address(stream.address)
         self.sock = socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, socket.SOCK_DGRAM)
         for opt in (32, socket.SO_SNDBUF):   # SO_SNDBUFFORCE (32) when privileged
@@ -364,17 +364,16 @@ class St2110Egress:
             raise NativeUnavailable(reason)
         self.native = reason is None
         self.fallback_reason = reason
-        # Slots: a frame waiting or being sent. Native: a FrameSlot each (deliver copies the frame in,
-        # the one copy, and writes the headers; each packet leaves as its header and its span of the
-        # frame, packed by no one); twin: a frame buffer each.
-        # Unbounded queue types, bounded in fact: only these EGRESS_QUEUE_DEPTH + 1 slots circulate.
+        # Slots (a frame waiting or being sent; only these EGRESS_QUEUE_DEPTH + 1 circulate in the
+        # queues): native, a FrameSlot (headers + spans of a lent or copied frame); twin, a frame buffer.
         self._slots: list[Any] = []
         for _ in range(EGRESS_QUEUE_DEPTH + 1):
             if self.native:
                 from msm.ext import st2110
                 self._slots.append(st2110.FrameSlot(
                     self.fmt.width, self.fmt.height, self.fmt.pgroup_bytes, self.fmt.pgroup_pixels, mtu=mtu,
-                    bpm=stream.packing == BPM, payload_type=stream.payload_type, ssrc=self.ssrc, aligned=aligned))
+                    bpm=stream.packing == BPM, payload_type=stream.payload_type, ssrc=self.ssrc, aligned=aligned,
+                    equal=equal))
             else:
                 self._slots.append(bytearray(self.fmt.frame_bytes))
         self._free: queue.Queue[Any] = queue.Queue()
@@ -393,7 +392,8 @@ class St2110Egress:
         """``msm.ext.pacer``'s ST 2110-21 sender (``mode``: narrow, wide or linear) for this stream."""
         from msm.ext import pacer
 
-        packets = len(packet_plan(self.fmt, self.mtu, self.stream.packing, aligned=self.aligned))
+        packets = (self._slots[0].max_packets if self.native and self._slots[0].mode == 3 else
+                   len(packet_plan(self.fmt, self.mtu, self.stream.packing, aligned=self.aligned)))
         made: FramePacer = pacer.Pacer(self.sock.fileno(), (self.stream.address, self.stream.port),
                                        Fraction(10**9) / self.stream.rate, packets, mode, height=self.fmt.height)
         return made

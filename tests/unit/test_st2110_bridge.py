@@ -24,7 +24,7 @@ from msm.rtp_proxy.media.st2110_bridge import (
     native_reason,
 )
 from msm.sdk.aes67 import AudioFormat
-from msm.sdk.rfc4175 import VideoFormat, timestamp_for
+from msm.sdk.rfc4175 import Depacketizer, VideoFormat, timestamp_for
 from msm.sdk.st2110_sdp import AudioStream, VideoStream
 
 FMT = VideoFormat("YCbCr-4:2:2", 10, 320, 240)
@@ -88,6 +88,17 @@ def test_frame_form_sends_the_packetizers_packets() -> None:
         assert slot.packets() == packer.packets(count)
     with pytest.raises(ValueError, match="expected"):
         slot.fill(frame[:-1], 0, 0)
+    # Equal packets (the egress's at 640x480 and up): all one size but the last, two segments each,
+    # and what the twin depacketizer rebuilds is the frame.
+    fmt = VideoFormat("YCbCr-4:2:2", 10, 640, 480)
+    frame = os.urandom(fmt.frame_bytes)
+    slot = st2110.FrameSlot(640, 480, 5, 2, mtu=1400, bpm=False, payload_type=96, ssrc=7, aligned=True, equal=True)
+    assert slot.mode == 3 and slot.fill(frame, 0, 90) == slot.max_packets == 561
+    packets = slot.packets()
+    assert {len(p) for p in packets[:-1]} == {1396} and len(packets[-1]) <= 1396
+    twin = Depacketizer(fmt, payload_type=96)
+    done = [f for p in packets for f in twin.push(p)]
+    assert len(done) == 1 and done[0].complete and bytes(done[0].data) == frame
 
 
 def test_an_ingress_lends_its_frames_and_reuses_them_once_released() -> None:
