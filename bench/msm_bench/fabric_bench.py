@@ -13,6 +13,13 @@ credits and zero-copy receive views, driven from Python with busy polling
 fast as the credits allow (no comparison: ``fi_pingpong`` has no such mode).
 CPU per frame is both processes' CPU time over the frames moved.
 
+Both tools busy-poll, so on a shared 2-core host a run where the scheduler puts
+both sides on one CPU is several times slower than one where they run side by
+side. ``--cpus A,B`` (default ``0,1`` on hosts with two CPUs or more; ``""``
+for none) pins the two sides of BOTH tools to those CPUs, which takes that
+coin-toss out of the ratio; rounds alternate the tools and the report gives the
+median of the back-to-back pair ratios next to best against best, and the load.
+
 The child side of ours is this module with ``--echo`` (address exchange over
 its stdin/stdout, hex encoded).
 """
@@ -67,16 +74,22 @@ def _free_port() -> int:
 
 # ----------------------------------------------------------------------------- fi_pingpong
 
-def run_fi_pingpong(provider: str, size: int, iters: int) -> dict[str, Any]:
+def _pinned(cpu: int | None, argv: list[str]) -> list[str]:
+    return argv if cpu is None else ["taskset", "-c", str(cpu), *argv]
+
+
+def run_fi_pingpong(provider: str, size: int, iters: int, cpus: tuple[int, int] | None = None) -> dict[str, Any]:
     """One ``fi_pingpong`` run (the PEERS.md recipe); its own numbers and both processes' CPU."""
+    mine, theirs = cpus if cpus is not None else (None, None)
     for _attempt in range(3):
         port = _free_port()
         base = ["fi_pingpong", "-p", provider, "-e", "rdm", "-S", str(size), "-I", str(iters)]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        server = subprocess.Popen([*base, "-B", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True)
+        server = subprocess.Popen(_pinned(theirs, [*base, "-B", str(port)]), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
         time.sleep(0.3)
-        client = subprocess.run([*base, "-P", str(port), "127.0.0.1"], capture_output=True, text=True, timeout=120)
+        client = subprocess.run(_pinned(mine, [*base, "-P", str(port), "127.0.0.1"]), capture_output=True, text=True,
+                                timeout=120)
         server.wait(timeout=30)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         row = _parse_pingpong(client.stdout)
@@ -158,12 +171,17 @@ def _stream(ep: FabricEndpoint, peer: int, payload: mmap.mmap, frames: int) -> f
     return time.perf_counter() - start
 
 
-def run_ours(provider: str, size: int, iters: int, credits: int) -> dict[str, Any]:
-    child = subprocess.Popen([sys.executable, "-m", "msm_bench.fabric_bench", "--echo", "--provider", provider,
-                              "--size", str(size), "--credits", str(credits)],
+def run_ours(provider: str, size: int, iters: int, credits: int,
+             cpus: tuple[int, int] | None = None) -> dict[str, Any]:
+    mine, theirs = cpus if cpus is not None else (None, None)
+    child = subprocess.Popen(_pinned(theirs, [sys.executable, "-m", "msm_bench.fabric_bench", "--echo", "--provider",
+                                              provider, "--size", str(size), "--credits", str(credits)]),
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert child.stdin is not None and child.stdout is not None
     payload = _payload(size)
+    affinity = os.sched_getaffinity(0)
+    if mine is not None:
+        os.sched_setaffinity(0, {mine})
     try:
         with _endpoint(provider, size, credits) as ep:
             peer = ep.add_peer(bytes.fromhex(child.stdout.readline().strip()))
@@ -182,6 +200,7 @@ def run_ours(provider: str, size: int, iters: int, credits: int) -> dict[str, An
                 if child.poll() is not None:
                     break
     finally:
+        os.sched_setaffinity(0, affinity)
         out, _ = child.communicate(timeout=CHILD_TIMEOUT)
     elapsed = sum(rtts)
     xfer = elapsed / (2 * iters)
@@ -205,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--credits", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3, help="alternate runs of each; the best of each is compared")
+    parser.add_argument("--cpus", default="0,1" if (os.cpu_count() or 1) >= 2 else "",
+                        help="A,B: pin the two sides of both tools to CPUs A and B ('' for no pinning)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -216,13 +237,17 @@ def main(argv: list[str] | None = None) -> int:
     if reason := fabric.unavailable_reason() or fabric.probe(args.provider):
         print(f"the libfabric link cannot run here: {reason}", file=sys.stderr)
         return 2
+    cpus = _parse_cpus(args.cpus)
+    load = Path("/proc/loadavg").read_text().split()[:3]
     refs, ours = [], []
     for _ in range(args.rounds):
-        refs.append(run_fi_pingpong(args.provider, args.size, args.iters))
-        ours.append(run_ours(args.provider, args.size, args.iters, args.credits))
+        refs.append(run_fi_pingpong(args.provider, args.size, args.iters, cpus))
+        ours.append(run_ours(args.provider, args.size, args.iters, args.credits, cpus))
     ref = max(refs, key=lambda r: r["mb_per_s"])
     best = max(ours, key=lambda r: r["mb_per_s"])
     report = {"provider": args.provider, "size": args.size, "iters": args.iters, "mode": "ping-pong",
+              "cpus": list(cpus) if cpus else None, "load_before": load,
+              "load_after": Path("/proc/loadavg").read_text().split()[:3],
               "fi_pingpong": ref, "msm": best, "ratio": best["mb_per_s"] / ref["mb_per_s"],
               # Each run of ours against the fi_pingpong run just before it: load drifts less within a pair.
               "pair_ratio_median": statistics.median(
@@ -234,8 +259,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _parse_cpus(text: str) -> tuple[int, int] | None:
+    if not text:
+        return None
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise SystemExit(f"--cpus wants A,B (two CPU numbers), not {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def _print(r: dict[str, Any]) -> None:
-    print(f"provider {r['provider']}, {r['size']} bytes per message, ping-pong, {r['iters']} round trips")
+    print(f"provider {r['provider']}, {r['size']} bytes per message, ping-pong, {r['iters']} round trips, "
+          f"CPUs {r['cpus'] or 'not pinned'}, load {' '.join(r['load_before'])} -> {' '.join(r['load_after'])}")
     print(f"{'':12} {'MB/s':>8} {'Gbit/s':>7} {'frames/s':>9} {'us/xfer':>8} {'CPU ms/frame':>12}")
     for name in ("fi_pingpong", "msm"):
         x = r[name]
