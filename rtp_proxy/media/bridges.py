@@ -176,13 +176,23 @@ class PacingMeter:
         return max(recent, key=CLASSES.index) if recent else "unknown"
 
 
+def packets_per_frame(egress: St2110Egress) -> int:
+    """The packets the egress cuts a frame into: the C core's equal packets (mode 3: 3,784 at 1080p 10-bit),
+    else GPM in equal line slices (4,320), as its own ST 2110-21 pacer counts them. The schedule and the
+    measured class (CMAX, VRX) follow the count."""
+    slot = egress._slots[0] if egress.native and egress._slots else None   # st2110_bridge has no public count
+    if slot is not None and getattr(slot, "mode", 0) == 3:
+        return int(slot.max_packets)
+    return len(packet_plan(egress.fmt, egress.mtu, egress.stream.packing, aligned=egress.aligned))
+
+
 def pacing_meter(egress: St2110Egress, mode: str) -> PacingMeter:
     """A C pacer on the egress's socket, in ``mode``, with UDP GSO (measured: 1080p30 stays wide with it),
     wrapped to measure each frame's class (set it as the egress's ``pacer``)."""
     from msm.ext.pacer import GSO_GROUP, Pacer  # here: an unpaced egress does not need the C pacer
 
     stream, fmt = egress.stream, egress.fmt
-    packets = len(packet_plan(fmt, MTU, stream.packing, aligned=egress.aligned))
+    packets = packets_per_frame(egress)
     period = Fraction(1_000_000_000) / stream.rate
     group = GSO_GROUP[mode]
     lead = default_lead(mode, packets, fmt.height) - (group - 1 if mode != "wide" else 0)
