@@ -19,6 +19,15 @@ SO_PEERCRED). Each message is one JSON object in one packet of at most
 A connection lives as long as the app's agent socket stays open: when the app
 exits or dies, the proxy removes its connections and their memif interfaces.
 
+Unasked (no ``id``), the proxy may push a sender's region for an rx connection:
+the group's local memif sender's memfd, sealed so that nobody can write it
+anew, as one fd (SCM_RIGHTS). An app that maps it read-only as memif region
+``index`` (1 or 2: the next after those it has) and says so gets that sender's
+frames as descriptors naming it (zero copy); one that ignores it gets copies::
+
+    proxy {"op": "region", "connection": "c2", "index": 1, "size": 165894656, "token": "c1.1"}  + fd
+    app   {"op": "mapped", "connection": "c2", "index": 1, "token": "c1.1"}     (a notice: no reply)
+
 **A frame in a memif buffer.** Every SDK frame is one memif buffer laid out as
 ``header (64 bytes) | metadata (metadata_size, rounded up to 64) | payload``; the
 payload always starts at :attr:`FrameLayout.payload_offset`, so an app fills it
