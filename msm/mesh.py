@@ -32,6 +32,7 @@ from msm.rtp_proxy.media.metrics import MediaCollector
 from msm.rtp_proxy.media.plane import MediaNode
 from msm.rtp_proxy.service import RtpProxy
 from msm.runtime.grpcserver import ListenError
+from msm.runtime.hostport import format_host_port
 from msm.sdk.errors import MsmError, Unavailable
 from msm.sdk.rtsp_server import MAX_SESSIONS_PER_CONNECTION
 from msm.security.local import GATEWAY_POD, NAMESPACE, NODE, LocalPki
@@ -191,14 +192,14 @@ class LocalMesh:
     @property
     def rtsp_base(self) -> str:
         assert self.stub is not None
-        return f"rtsp://{self.config.rtsp_host}:{self.stub.port}"
+        return f"rtsp://{format_host_port(self.config.rtsp_host, self.stub.port)}"
 
     @property
     def rtsps_base(self) -> str | None:
         """``rtsps://host:port`` of the gateway stub, or None without RTSPS."""
         if self.stub is None or self.stub.server.tls_server is None:
             return None
-        return f"rtsps://{self.config.rtsp_host}:{self.stub.server.tls_port}"
+        return f"rtsps://{format_host_port(self.config.rtsp_host, self.stub.server.tls_port)}"
 
     def url(self, name: str) -> str:
         return f"{self.rtsp_base}/{name}"
@@ -251,9 +252,9 @@ class LocalMesh:
             if self.proxy.metrics is not None:
                 # The gateway stub's bounds on the proxy's /metrics: one endpoint for the one node.
                 self.proxy.metrics.registry.register(StubCollector(self.stub.server))
-            where = f"{cfg.rtsp_host}:{cfg.rtsp_port}"
+            where = format_host_port(cfg.rtsp_host, cfg.rtsp_port)
             if cfg.tls_cert:
-                where += f" (or RTSPS on {cfg.rtsp_host}:{cfg.rtsps_port})"
+                where += f" (or RTSPS on {format_host_port(cfg.rtsp_host, cfg.rtsps_port)})"
             await _listening(self.stub.start(), "RTSP", where)
             assert self.proxy.agent is not None
             await asyncio.wait_for(self.proxy.agent.registered.wait(), 10.0)

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
-from msm.runtime.hostport import parse_host_port
+from msm.runtime.hostport import format_host_port, parse_host_port
 from msm.runtime.process import setup_logging, stop_event
 from msm.sdk.errors import ConfigError, MsmError
 from msm.sdk.rtsp_server import MAX_SESSIONS_PER_CONNECTION
@@ -47,7 +47,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--control", default=_env("MSM_CONTROL_PLANE", "127.0.0.1:9000"),
                         help="control plane gRPC HOST:PORT (MSM_CONTROL_PLANE)")
     parser.add_argument("--listen", default=_env("MSM_STUB_LISTEN", "0.0.0.0:8554"),
-                        help="RTSP HOST:PORT (default 0.0.0.0:8554)")
+                        help="RTSP HOST:PORT (default 0.0.0.0:8554; 0.0.0.0 or [::]: IPv4 and IPv6)")
     parser.add_argument("--pod", default=_env("MSM_POD_NAME", ""), help="pod name (MSM_POD_NAME)")
     parser.add_argument("--namespace", default=_env("MSM_POD_NAMESPACE", ""), help="MSM_POD_NAMESPACE")
     parser.add_argument("--pod-ip", default=_env("MSM_POD_IP", ""), help="MSM_POD_IP")
@@ -119,7 +119,7 @@ def stub_config(opts: argparse.Namespace) -> StubConfig:
     # --control is a gRPC target (dns:///, unix: and the like are fine), so only
     # the address this stub binds is parsed here.
     listen = parse_host_port(opts.listen, what="--listen", default_host="0.0.0.0")
-    rtsps = parse_host_port(opts.rtsps_listen or f"{listen.host}:{RTSPS_PORT}", what="--rtsps-listen",
+    rtsps = parse_host_port(opts.rtsps_listen or format_host_port(listen.host, RTSPS_PORT), what="--rtsps-listen",
                             default_host=listen.host)
     metrics = "" if opts.metrics_listen in ("", "off") else opts.metrics_listen
     if metrics:
@@ -161,9 +161,9 @@ async def _run(config: StubConfig, opts: argparse.Namespace) -> int:
 
 def _listens(config: StubConfig) -> str:
     """The addresses the stub binds, for an error that cannot say which one failed."""
-    where = [f"{config.listen_host}:{config.listen_port} (RTSP)"]
+    where = [f"{format_host_port(config.listen_host, config.listen_port)} (RTSP)"]
     if config.tls_cert:
-        where.append(f"{config.rtsps_host}:{config.rtsps_port} (RTSPS)")
+        where.append(f"{format_host_port(config.rtsps_host or config.listen_host, config.rtsps_port)} (RTSPS)")
     if config.metrics_listen:
         where.append(f"{config.metrics_listen} (metrics)")
     return ", ".join(where)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 
 from msm.protos import msm_pb2 as pb
 from msm.protos.status import error_of
+from msm.runtime.hostport import format_host_port
 from msm.sdk.errors import MsmError, SdpError, UpstreamError
 from msm.sdk.rtsp import Headers, Response
 from msm.sdk.rtsp_server import (
@@ -52,7 +53,7 @@ from msm.sdk.sdp import SessionDescription
 
 from .bridge import UdpPair
 from .control import ControlClient
-from .sockets import listen_backlog, original_destination, tls_context
+from .sockets import listen_backlog, original_destination, serve, tls_context
 from .viewer import StreamInfo, TrackSetup, ViewerSession, content_base, detached, rtp_info
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,8 @@ class StubServer:
         self.limit_hits: Counter[str] = Counter()
         self.server: asyncio.Server | None = None
         self.tls_server: asyncio.Server | None = None
+        #: The IPv6 listeners beside ``server`` and ``tls_server`` of a wildcard host.
+        self.extra_listeners: list[asyncio.Server] = []
         self.frames_dropped = 0
         self.streams_down: set[str] = set()
         self._reaper: asyncio.Task[None] | None = None
@@ -174,35 +177,36 @@ class StubServer:
                 session.last_seen = now
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._accept, self.host, self.port,
-                                                 reuse_address=True, backlog=listen_backlog())
+        listeners = await serve(self._accept, self.host, self.port, backlog=listen_backlog())
+        self.server, self.extra_listeners = listeners[0], listeners[1:]
         self.port = self.server.sockets[0].getsockname()[1]
         if self.tls is not None:
             await self.start_tls(self.tls)
         self._reaper = asyncio.create_task(self._reap(), name="stub-session-reaper")
-        log.info("stub RTSP server on rtsp://%s:%d/", self.host, self.port)
+        log.info("stub RTSP server on %s", _urls("rtsp", listeners))
 
     async def start_tls(self, context: ssl.SSLContext, port: int | None = None) -> int:
         """Listen for RTSPS on ``tls_host``:``port`` (default ``tls_port``); the port bound."""
         self.tls = context
-        self.tls_server = await asyncio.start_server(
-            self._accept_tls, self.tls_host, self.tls_port if port is None else port, ssl=context,
-            reuse_address=True, backlog=listen_backlog(), ssl_handshake_timeout=self.header_timeout)
+        listeners = await serve(self._accept_tls, self.tls_host, self.tls_port if port is None else port,
+                                ssl=context, backlog=listen_backlog(), ssl_handshake_timeout=self.header_timeout)
+        self.tls_server = listeners[0]
+        self.extra_listeners += listeners[1:]
         self.tls_port = self.tls_server.sockets[0].getsockname()[1]
-        log.info("stub RTSPS server on rtsps://%s:%d/", self.tls_host, self.tls_port)
+        log.info("stub RTSPS server on %s", _urls("rtsps", listeners))
         return self.tls_port
 
     async def stop(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
-        for listener in (self.server, self.tls_server):
+        for listener in (self.server, self.tls_server, *self.extra_listeners):
             if listener is not None:
                 listener.close()
         for conn in list(self.connections):
             conn.abort()
         for session in list(self.sessions.values()):
             await self.end_session(session, "stub stopping", teardown=True)
-        for listener in (self.server, self.tls_server):
+        for listener in (self.server, self.tls_server, *self.extra_listeners):
             if listener is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(listener.wait_closed(), 2.0)
@@ -274,6 +278,12 @@ class StubServer:
         else:
             self.control.send(pb.StubMessage(viewer_gone=pb.ViewerGone(
                 session_id=session.session_id, reason=reason)))
+
+
+def _urls(scheme: str, listeners: list[asyncio.Server]) -> str:
+    """``rtsp://0.0.0.0:8554/ and rtsp://[::]:8554/``: where ``listeners`` accept."""
+    return " and ".join(f"{scheme}://{format_host_port(*sock.getsockname()[:2])}/"
+                        for server in listeners for sock in server.sockets)
 
 
 class ViewerConnection:

@@ -430,6 +430,8 @@ def stub_container(config: InjectConfig) -> Container:
         return {"fieldRef": {"fieldPath": path}}
 
     tls_args, tls_env, mounts = _stub_tls(config)
+    # A wildcard --listen serves IPv4 and IPv6 (0.0.0.0:8554 and [::]:8554, IPv4 only where the pod has
+    # no IPv6): the CNI redirects an app's IPv6 connections to [::1]:8554.
     container: Container = {
         "name": STUB_NAME,
         "image": config.stub_image,
