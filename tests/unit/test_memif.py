@@ -505,3 +505,36 @@ def test_server_names_a_region_the_client_mapped_read_only(running: Running, nat
         client.set_region(3, Region.create(4096))  # indices stay contiguous: 2 is next
     client.close()
     shared.close()
+
+
+def test_who_is_cut_off_for_holding_up_a_sender_and_which_index_a_new_sender_gets() -> None:
+    """memif_share's policy without processes: a stopped holder of a starved sender's oldest frame is cut
+    off, a slow one only demoted; a sender's region is offered at an index no held frame names."""
+    from collections import deque
+
+    from msm.rtp_proxy.media import memif_share as ms
+
+    class Sender:
+        share = None
+
+        def settle(self) -> None:
+            pass
+
+    region = ms.SharedRegion("c1.1", -1, 1 << 20, ms.NO_REGION.layout)
+    frames = deque(ms.SharedFrame(Sender(), region, i * 4096, 4096, i + 1) for i in range(16))
+    stopped, slow = ms.Holds(), ms.Holds()
+    for holds in (stopped, slow):
+        holds.hold(1, 1, frames[0])
+    now = frames[0].born + int(0.5e9)
+    stopped.progress_ns, slow.progress_ns = now - int(1e9), now - int(0.01e9)  # slow gave one back 10 ms ago
+    assert ms.judge(deque(list(frames)[:8]), 16, [("stopped", stopped), ("slow", slow)], now) == []  # not starved
+    assert ms.judge(frames, 16, [("stopped", stopped), ("slow", slow)], now) == ["stopped"]
+    assert ms.judge(frames, 16, [("slow", slow)], now) == [] and slow.demoted_until_ns > now
+    holds = ms.Holds()
+    assert holds.offer_index("c1.1") == 1 and holds.accept(1, "c1.1") and holds.offer_index("c1.1") is None
+    holds.hold(1, 1, frames[1])  # a frame of the first sender is still held: the next one goes to index 2
+    assert holds.offer_index("c3.2") == 2 and not holds.accept(2, "c9.9") and holds.accept(2, "c3.2")
+    holds.hold(2, 2, frames[2])
+    assert holds.offer_index("c5.3") is None and holds.want_retry  # both indices named by held frames
+    holds.reap(1)  # the app gave back the frame at index 1 (its slot 0), not the one at index 2
+    assert holds.offer_index("c5.3") == 1 and holds.maps == {2: "c3.2"} and len(holds.held) == 1
