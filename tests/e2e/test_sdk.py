@@ -9,10 +9,7 @@ runs them). What it shows, on one node unless said:
   metadata, sequence numbers and timestamps, while a third receiver that stops
   reading loses its frames (disconnected, or ``ring_full``) and the others keep
   everything;
-- zero copy on one node: a receiver reads the sender's own memfd (same inode),
-  the proxy copies no payload byte, and the mapping cannot be written through;
-  a receiver that stops reading is disconnected without holding up the sender or
-  its sibling; a sender that comes back is shared again (a new region);
+- (zero copy on one node, the receiver reading the sender's own memfd: test_sdk_zero_copy.py);
 - across nodes: a receiver on another node gets the same 300 frames byte-exact
   over libfabric (shm between two proxies' media sides on this host), one on the
   sender's node over memif;
