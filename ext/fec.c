@@ -189,6 +189,20 @@ int msm_fec_enc_push(msm_fec_enc *e, const uint8_t *pkt, size_t len, uint8_t *ou
 
 void msm_fec_enc_stats_get(const msm_fec_enc *e, msm_fec_enc_stats *out) { *out = e->stats; }
 
+/* A batch as a receive loop holds it: `count` packets `stride` bytes apart, lengths in `lens`. The
+ * FEC packets go to `out` as msm_fec_enc_push writes them (`out_max` slots, at least 2 * count);
+ * returns their number, or -1 if `out_max` is too small (nothing done). */
+long msm_fec_enc_push_batch(msm_fec_enc *e, const uint8_t *pkts, size_t stride, const uint32_t *lens, size_t count,
+                            uint8_t *out, size_t slot, uint32_t *out_lens, uint8_t *kinds, size_t out_max) {
+    if (out_max < 2 * count) return -1;
+    long n = 0;
+    for (size_t i = 0; i < count; i++) {
+        int k = msm_fec_enc_push(e, pkts + i * stride, lens[i], out + (size_t)n * slot, slot, out_lens + n, kinds + n);
+        if (k > 0) n += k;
+    }
+    return n;
+}
+
 /* ---- decoder ----------------------------------------------------------------------------- */
 
 typedef struct {
@@ -430,6 +444,15 @@ long msm_fec_dec_pop(msm_fec_dec *d, uint8_t *out, size_t cap) {
 }
 
 void msm_fec_dec_stats_get(const msm_fec_dec *d, msm_fec_dec_stats *out) { *out = d->stats; }
+
+/* A batch of media and FEC packets as they arrived (`is_fec[i]` tells which), `stride` bytes apart;
+ * `codes[i]` is what msm_fec_dec_media / msm_fec_dec_fec said. Recovered packets wait for pop. */
+void msm_fec_dec_push_batch(msm_fec_dec *d, const uint8_t *pkts, size_t stride, const uint32_t *lens,
+                            const uint8_t *is_fec, size_t count, int *codes) {
+    for (size_t i = 0; i < count; i++)
+        codes[i] = is_fec[i] ? msm_fec_dec_fec(d, pkts + i * stride, lens[i])
+                             : msm_fec_dec_media(d, pkts + i * stride, lens[i]);
+}
 
 /* ---- SMPTE 2022-7 de-duplication ----------------------------------------------------------- */
 

@@ -53,6 +53,8 @@ void msm_fec_enc_free(msm_fec_enc *enc);
 int msm_fec_enc_push(msm_fec_enc *enc, const uint8_t *pkt, size_t len, uint8_t *out, size_t slot, uint32_t *lens,
                      uint8_t *kinds);
 void msm_fec_enc_stats_get(const msm_fec_enc *enc, msm_fec_enc_stats *out);
+long msm_fec_enc_push_batch(msm_fec_enc *enc, const uint8_t *pkts, size_t stride, const uint32_t *lens, size_t count,
+                            uint8_t *out, size_t slot, uint32_t *out_lens, uint8_t *kinds, size_t out_max);
 
 msm_fec_dec *msm_fec_dec_new(uint32_t columns, uint32_t rows, uint32_t max_packet);
 void msm_fec_dec_free(msm_fec_dec *dec);
@@ -61,6 +63,8 @@ int msm_fec_dec_media(msm_fec_dec *dec, const uint8_t *pkt, size_t len);
 int msm_fec_dec_fec(msm_fec_dec *dec, const uint8_t *pkt, size_t len);
 long msm_fec_dec_pop(msm_fec_dec *dec, uint8_t *out, size_t cap);
 void msm_fec_dec_stats_get(const msm_fec_dec *dec, msm_fec_dec_stats *out);
+void msm_fec_dec_push_batch(msm_fec_dec *dec, const uint8_t *pkts, size_t stride, const uint32_t *lens,
+                            const uint8_t *is_fec, size_t count, int *codes);
 
 msm_dedup *msm_dedup_new(uint32_t window);
 void msm_dedup_free(msm_dedup *d);

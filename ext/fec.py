@@ -15,7 +15,7 @@ from typing import Any
 from msm.ext import NativeModule, NativeUnavailable
 
 __all__ = ["DEC_COUNTERS", "DEDUP_COUNTERS", "ENC_COUNTERS", "Dedup", "FecDecoder", "FecEncoder", "NativeUnavailable",
-           "load"]
+           "PacketBatch", "load"]
 
 MAX_COLUMNS = 20
 MAX_ROWS = 20
@@ -41,6 +41,27 @@ def _check(columns: int, rows: int, max_packet: int) -> None:
         raise ValueError(f"max_packet {max_packet}: 12..{MAX_PACKET}")
 
 
+class PacketBatch:
+    """Packets as a receive loop holds them: one buffer, ``stride`` bytes apart, their lengths
+    (and for a decoder, which are FEC). The batch calls take it as it is: one C call per batch."""
+
+    def __init__(self, packets: list[bytes], *, stride: int = 0, is_fec: list[bool] | None = None) -> None:
+        mod = load()
+        self.ffi: Any = mod.ffi
+        self.count = len(packets)
+        self.stride = stride or max((len(p) for p in packets), default=1)
+        self.buffer: Any = self.ffi.new("uint8_t[]", max(1, self.stride * self.count))
+        self.lens: Any = self.ffi.new("uint32_t[]", max(1, self.count))
+        self.is_fec: Any = self.ffi.new("uint8_t[]", max(1, self.count))
+        raw = self.ffi.buffer(self.buffer)
+        for k, p in enumerate(packets):
+            if len(p) > self.stride:
+                raise ValueError(f"packet of {len(p)} bytes in a batch of stride {self.stride}")
+            raw[k * self.stride:k * self.stride + len(p)] = p
+            self.lens[k] = len(p)
+            self.is_fec[k] = 1 if is_fec and is_fec[k] else 0
+
+
 class FecEncoder:
     """Media packets in (consecutive sequence numbers), FEC packets out: ``[(kind, packet)]``,
     kind 1 a row packet (2022-1 sends them on port + 4), 0 a column packet (port + 2)."""
@@ -60,6 +81,10 @@ class FecEncoder:
         self._lens: Any = self.ffi.new("uint32_t[2]")
         self._kinds: Any = self.ffi.new("uint8_t[2]")
         self._stats: Any = self.ffi.new("msm_fec_enc_stats *")
+        self._batch_max = 0
+        self._batch_out: Any = None
+        self._batch_lens: Any = None
+        self._batch_kinds: Any = None
 
     def push(self, packet: bytes) -> list[tuple[int, bytes]]:
         """Protect one media packet; the FEC packets it completed (none for bad input, counted)."""
@@ -68,6 +93,23 @@ class FecEncoder:
             return []
         raw = self.ffi.buffer(self._out, 2 * self.slot)
         return [(int(self._kinds[k]), bytes(raw[k * self.slot:k * self.slot + self._lens[k]])) for k in range(n)]
+
+    def push_batch(self, batch: PacketBatch) -> int:
+        """Protect a batch in one C call; the number of FEC packets (:meth:`batch_output` gives them)."""
+        if batch.count > self._batch_max:
+            self._batch_max = batch.count
+            self._batch_out = self.ffi.new("uint8_t[]", 2 * batch.count * self.slot)
+            self._batch_lens = self.ffi.new("uint32_t[]", 2 * batch.count)
+            self._batch_kinds = self.ffi.new("uint8_t[]", 2 * batch.count)
+        return int(self.lib.msm_fec_enc_push_batch(self._ptr, batch.buffer, batch.stride, batch.lens, batch.count,
+                                                   self._batch_out, self.slot, self._batch_lens, self._batch_kinds,
+                                                   2 * self._batch_max))
+
+    def batch_output(self, n: int) -> list[tuple[int, bytes]]:
+        """The ``n`` FEC packets of the last :meth:`push_batch`."""
+        raw = self.ffi.buffer(self._batch_out, n * self.slot)
+        return [(int(self._batch_kinds[k]), bytes(raw[k * self.slot:k * self.slot + self._batch_lens[k]]))
+                for k in range(n)]
 
     def stats(self) -> dict[str, int]:
         self.lib.msm_fec_enc_stats_get(self._ptr, self._stats)
@@ -101,6 +143,17 @@ class FecDecoder:
     def fec(self, packet: bytes) -> int:
         """A row or column FEC packet (its D bit tells): 0 taken, 1 a copy, 2 outside the window, -1 bad."""
         return int(self.lib.msm_fec_dec_fec(self._ptr, packet, len(packet)))
+
+    def push_batch(self, batch: PacketBatch) -> list[int]:
+        """Media and FEC packets in one C call (``batch.is_fec`` tells which); each one's code.
+
+        Take :meth:`recovered` after each batch: a recovered packet is held only while it is in the
+        window, so a batch longer than the window may recover packets it then pushes out.
+        """
+        codes = self.ffi.new("int[]", max(1, batch.count))
+        self.lib.msm_fec_dec_push_batch(self._ptr, batch.buffer, batch.stride, batch.lens, batch.is_fec, batch.count,
+                                        codes)
+        return [int(c) for c in self.ffi.unpack(codes, batch.count)]
 
     def recovered(self) -> list[bytes]:
         """The packets recovered since the last call, in the order they were recovered."""

@@ -113,6 +113,28 @@ def test_c_and_python_twins_agree(seed: int, columns: int, rows: int, count: int
     assert len({seq_of(r) for r in c_out}) == len(c_out) == c_dec.stats()["recovered"]
 
 
+@needs_native
+def test_batches_are_the_packet_calls_in_one() -> None:
+    rng = random.Random(7)
+    packets = stream(rng, 60000, 500, varied=True)
+    one, many = native.FecEncoder(6, 5), native.FecEncoder(6, 5)
+    singles = [f for p in packets for f in one.push(p)]
+    n = many.push_batch(native.PacketBatch(packets[:250]))
+    n2 = many.push_batch(native.PacketBatch(packets[250:], stride=1600))
+    assert many.batch_output(n2) == singles[n:] and n + n2 == len(singles)
+    events, _ = events_for(rng, packets, encode(native.FecEncoder(6, 5), packets), 0.1, 0.05, 3)
+    dec_one, dec_many = native.FecDecoder(6, 5), native.FecDecoder(6, 5)
+    codes, out = run_decoder(dec_one, events)
+    # In batches of 32, the recovered packets taken after each (they are held while in the window).
+    codes_many, out_many = [], []
+    for at in range(0, len(events), 32):
+        part = events[at:at + 32]
+        codes_many += dec_many.push_batch(native.PacketBatch([p for _, p in part], is_fec=[w == "f" for w, _ in part]))
+        out_many += dec_many.recovered()
+    assert codes_many == codes and out_many == out and len(out) > 20
+    assert dec_many.stats() == dec_one.stats()
+
+
 @pytest.mark.parametrize("native_kind", KINDS)
 def test_one_loss_per_row_is_always_recovered_with_rows_only(native_kind: bool) -> None:
     rng = random.Random(1)
