@@ -296,7 +296,7 @@ class RxPort(Port):
         return None
 
     def _signal_now(self) -> bool:
-        """Wake the app now, unless on the data thread: then once after the burst (MemifPlane._flush)."""
+        """Wake the app now, unless on the data thread: then once after the burst (MemifPlane._run)."""
         if self.burst is None or threading.get_ident() != self.burst[1]:
             return True
         if not self.unsignalled:
