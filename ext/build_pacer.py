@@ -35,7 +35,8 @@ EXTRA = """
 int msm_pacer_set_bucket(msm_pacer *pacer, uint32_t cmax, uint32_t ahead, int64_t wake_early_max_ns);
 int msm_pacer_send_parts(msm_pacer *pacer, unsigned char *heads, size_t head_stride, const uint32_t *head_lens,
                          const unsigned char *frame, uint64_t frame_len, const uint32_t *pay_offs,
-                         const uint32_t *pay_lens, uint32_t n, int64_t frame_index, msm_pacer_stats *out);
+                         const uint32_t *pay_lens, uint32_t n, int64_t frame_index, uint32_t hurry,
+                         msm_pacer_stats *out);
 """
 
 ffibuilder = FFI()

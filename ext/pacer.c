@@ -48,7 +48,8 @@ struct msm_pacer {
 int msm_pacer_set_bucket(msm_pacer *p, uint32_t cmax, uint32_t ahead, int64_t wake_early_max_ns);
 int msm_pacer_send_parts(msm_pacer *p, unsigned char *heads, size_t head_stride, const uint32_t *head_lens,
                          const unsigned char *frame, uint64_t frame_len, const uint32_t *pay_offs,
-                         const uint32_t *pay_lens, uint32_t n, int64_t frame_index, msm_pacer_stats *out);
+                         const uint32_t *pay_lens, uint32_t n, int64_t frame_index, uint32_t hurry,
+                         msm_pacer_stats *out);
 
 typedef __int128 i128;
 
@@ -390,20 +391,23 @@ static int64_t nap(msm_pacer *p, int64_t when, msm_pacer_stats *out) {
     return now;
 }
 
-static void send_bucket(msm_pacer *p, int64_t f, const source *s, uint32_t n, uint32_t ts_be,
+/* hurry > 1: a frame the sender is behind with goes now, the bucket drained that many times faster
+ * (see msm_pacer_send_parts). */
+static void send_bucket(msm_pacer *p, int64_t f, const source *s, uint32_t n, uint32_t ts_be, uint32_t hurry,
                         msm_pacer_stats *out) {
-    const double tdrain = p->trs_ns / 1.1;
-    const uint32_t skip = p->ahead - p->cfg.lead;   /* packet_time is the read schedule less lead */
+    const double tdrain = p->trs_ns / 1.1 / (hurry > 1 ? hurry : 1);
+    const uint32_t cmax = p->cmax ? p->cmax : p->cfg.max_group;
+    const uint32_t skip = hurry > 1 ? n : p->ahead - p->cfg.lead;   /* packet_time: the read schedule less lead */
     uint64_t off = 0;
     uint32_t i = 0;
     while (i < n) {
         uint32_t g = n - i < p->cfg.max_group ? n - i : p->cfg.max_group;
         uint32_t last = i + g - 1;
-        int64_t when = msm_pacer_packet_time(p, f, last > skip ? last - skip : 0);
         int64_t now = clock_ns(p->cfg.clock_id);
+        int64_t when = hurry > 1 ? now : msm_pacer_packet_time(p, f, last > skip ? last - skip : 0);
         drain(p, now, tdrain);
-        if (p->bucket + g > p->cmax) {
-            int64_t room = (int64_t)(p->bucket_ref + (p->bucket + g - p->cmax) * tdrain) + 1;
+        if (p->bucket + g > cmax) {
+            int64_t room = (int64_t)(p->bucket_ref + (p->bucket + g - cmax) * tdrain) + 1;
             if (room > when)
                 when = room;
         }
@@ -457,7 +461,8 @@ static void send_schedule(msm_pacer *p, int64_t f, const source *s, uint32_t n, 
     }
 }
 
-static int send_source(msm_pacer *p, const source *s, uint32_t n, int64_t frame, msm_pacer_stats *out) {
+static int send_source(msm_pacer *p, const source *s, uint32_t n, int64_t frame, uint32_t hurry,
+                       msm_pacer_stats *out) {
     memset(out, 0, sizeof(*out));
     if (n != p->cfg.packets) {   /* NPACKETS is the frame's: its TRS follows */
         p->cfg.packets = n;
@@ -474,10 +479,16 @@ static int send_source(msm_pacer *p, const source *s, uint32_t n, int64_t frame,
     out->rtp_timestamp = msm_pacer_rtp_timestamp(p, f);
     out->first_due_ns = msm_pacer_packet_time(p, f, 0);
     uint32_t ts_be = htonl(out->rtp_timestamp);
-    if (p->cmax)
-        send_bucket(p, f, s, n, ts_be, out);
+    if (p->cmax || hurry > 1)
+        send_bucket(p, f, s, n, ts_be, hurry, out);
     else
         send_schedule(p, f, s, n, ts_be, out);
+    if (hurry > 1) {   /* outside the receiver model: every packet counts as a frame period late */
+        int64_t period = (int64_t)(p->cfg.period_num / p->cfg.period_den);
+        out->late_packets = n;
+        if (out->max_late_ns < period)
+            out->max_late_ns = period;
+    }
     prctl(PR_SET_TIMERSLACK, old_slack > 0 ? old_slack : 50000, 0, 0, 0);
     out->cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
     return 0;
@@ -490,14 +501,18 @@ int msm_pacer_send_frame(msm_pacer *p, const unsigned char *buf, uint64_t buf_le
         return -1;
     }
     source s = {.buf = buf, .lengths = lengths};
-    return send_source(p, &s, n, frame, out);
+    return send_source(p, &s, n, frame, 0, out);
 }
 
 /* The frame form: packet k is heads[k * head_stride .. + head_lens[k]] (its RTP header first;
- * the frame's timestamp is written into it) then frame[pay_offs[k] .. + pay_lens[k]]. */
+ * the frame's timestamp is written into it) then frame[pay_offs[k] .. + pay_lens[k]].
+ * hurry > 1: the caller is frames behind (its queue fills): the frame goes at once, on the grid
+ * frame given, in trains of max_group under a bucket drained `hurry` times faster than the
+ * model's; it is outside the model, and its stats say so (every packet a frame period late). */
 int msm_pacer_send_parts(msm_pacer *p, unsigned char *heads, size_t head_stride, const uint32_t *head_lens,
                          const unsigned char *frame, uint64_t frame_len, const uint32_t *pay_offs,
-                         const uint32_t *pay_lens, uint32_t n, int64_t frame_index, msm_pacer_stats *out) {
+                         const uint32_t *pay_lens, uint32_t n, int64_t frame_index, uint32_t hurry,
+                         msm_pacer_stats *out) {
     for (uint32_t k = 0; k < n; k++) {
         if (head_lens[k] < RTP_HEADER || head_lens[k] > head_stride
             || (uint64_t)pay_offs[k] + pay_lens[k] > frame_len) {
@@ -507,5 +522,5 @@ int msm_pacer_send_parts(msm_pacer *p, unsigned char *heads, size_t head_stride,
     }
     source s = {.heads = heads, .head_stride = head_stride, .head_lens = head_lens, .frame = frame,
                 .pay_offs = pay_offs, .pay_lens = pay_lens};
-    return send_source(p, &s, n, frame_index, out);
+    return send_source(p, &s, n, frame_index, hurry, out);
 }

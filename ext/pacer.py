@@ -55,6 +55,9 @@ WIDE_AHEAD = 360
 #: ... and this long before a frame's first packet: the thread slept through the vertical
 #: blanking, and a long sleep wakes later on a busy machine (0.6% of a 30 Hz frame).
 FRAME_SPIN_NS = 200_000
+#: A frame its sender is behind with goes this many times faster than the model's drain: the frame
+#: in under a third of its period, so a queue of frames drains.
+HURRY = 4
 #: Packets due within this of now leave in the same group.
 TOLERANCE_NS = 1_000
 #: A frame has at most this many packets (8K 4:4:4 12-bit at 1400 bytes is about 62k).
@@ -219,9 +222,13 @@ class Pacer:
             raise ValueError("the packets' lengths do not fit the buffer (or one is shorter than an RTP header)")
         return self._stats(n)
 
-    def _send_parts(self, parts: tuple[Any, int, Any, Any, Any, Any, int], frame: int | None) -> FrameStats:
-        """The frame form (``msm.ext.st2110.FrameSlot``): headers apart, payloads as spans of the frame."""
-        heads, stride, head_lens, data, offs, lens, n = parts
+    def _send_parts(self, parts: tuple[Any, int, Any, Any, Any, Any, int, bool], frame: int | None) -> FrameStats:
+        """The frame form (``msm.ext.st2110.FrameSlot``): headers apart, payloads as spans of the frame.
+
+        A slot marked ``hurry`` (its sender is frames behind) goes at once, HURRY times the
+        model's rate, and comes back with every packet a frame period late (non-compliant).
+        """
+        heads, stride, head_lens, data, offs, lens, n, hurry = parts
         if not 0 < n <= MAX_PACKETS:
             raise ValueError(f"a frame has 1..{MAX_PACKETS} packets, not {n}")
         if len(heads) < stride * n or min(len(head_lens), len(offs), len(lens)) < 4 * n:
@@ -231,7 +238,7 @@ class Pacer:
                 self._ptr, ffi.from_buffer("unsigned char[]", heads, require_writable=True), stride,
                 ffi.from_buffer("uint32_t[]", head_lens), ffi.from_buffer("unsigned char[]", data), len(data),
                 ffi.from_buffer("uint32_t[]", offs), ffi.from_buffer("uint32_t[]", lens), n,
-                -1 if frame is None else frame, self._out):
+                -1 if frame is None else frame, HURRY if hurry else 0, self._out):
             raise ValueError("a packet's header or payload does not fit its buffer")
         return self._stats(n)
 

@@ -243,6 +243,7 @@ class FrameSlot:
         self.frame: Any = memoryview(b"")      # what is sent: the own copy, or a borrowed frame
         self._frame_ptr: Any = self.ffi.NULL
         self.count = 0
+        self.hurry = False
         self.tx_stats: Any = self.ffi.new("msm_st2110_tx_stats *")
 
     def fill(self, frame: bytes | bytearray | memoryview, seq: int, timestamp: int, *, borrow: bool = False) -> int:
@@ -271,13 +272,14 @@ class FrameSlot:
         """Let go of a borrowed frame (after it was sent)."""
         self.frame, self._frame_ptr = memoryview(b""), self.ffi.NULL
 
-    def pacer_parts(self) -> tuple[memoryview, int, memoryview, memoryview, memoryview, memoryview, int]:
-        """What ``msm_pacer_send_parts`` takes: headers, their stride and sizes, the frame, the spans, the count."""
+    def pacer_parts(self) -> tuple[memoryview, int, memoryview, memoryview, memoryview, memoryview, int, bool]:
+        """What ``msm_pacer_send_parts`` takes: headers, their stride and sizes, the frame, the spans, the
+        count, and :attr:`hurry` (the sender is frames behind: this one goes at once)."""
         n = self.count
         return (memoryview(self.ffi.buffer(self.heads, self.head_stride * n)), self.head_stride,
                 memoryview(self.ffi.buffer(self.head_lens, 4 * n)), self.frame,
                 memoryview(self.ffi.buffer(self.pay_offs, 4 * n)), memoryview(self.ffi.buffer(self.pay_lens, 4 * n)),
-                n)
+                n, self.hurry)
 
     def packets(self) -> list[bytes]:
         """The packets as bytes (tests)."""

@@ -57,6 +57,8 @@ STALL_MS = 200
 COALESCE_US = 250
 #: The share of a frame period the egress spreads a frame's packets over.
 SPREAD = Fraction(8, 10)
+#: Frames waiting that make a paced egress send the next one unpaced to catch up (2 of its 3).
+CATCH_UP = 2
 #: Frame buffers an ingress lends (LentFrame) at most: the one being written, the one handed on,
 #: what one egress keeps (EGRESS_QUEUE_DEPTH + 1); 31 MB at 1080p 10-bit. Then a spare, copied.
 LENT_FRAMES = EGRESS_QUEUE_DEPTH + 3
@@ -319,11 +321,8 @@ class St2110Ingress:
 
 
 class FramePacer(Protocol):
-    """What the egress can send through instead of its even spread (``msm.ext.pacer.Pacer``).
-
-    Given a :class:`~msm.ext.st2110.FrameSlot` and no lengths (C core: the frame form, headers
-    apart and payloads as spans of the frame), or a list of packets and no lengths (twin).
-    """
+    """What the egress can send through instead of its even spread (``msm.ext.pacer.Pacer``): given a
+    :class:`~msm.ext.st2110.FrameSlot` (C core), or a list of packets (twin), and no lengths."""
 
     def send_frame(self, buf: Any, lengths: Sequence[int] | None = None) -> object: ...
 
@@ -331,12 +330,10 @@ class FramePacer(Protocol):
 class St2110Egress:
     """Frames in (:meth:`deliver`, a group receiver) -> ST 2110-20 to ``stream.address:stream.port``.
 
-    :meth:`deliver` packetizes each frame into a free slot and a sender thread
-    sends it spread over :data:`SPREAD` of the frame period; ``pacing``
-    (``narrow``, ``wide`` or ``linear``) sends through ``msm.ext.pacer``'s
-    ST 2110-21 schedule instead (``pacer``: any object with its ``send_frame``).
-    At most :data:`EGRESS_QUEUE_DEPTH` frames wait; beyond that :meth:`deliver`
-    answers ``"egress_busy"`` and the group counts the drop.
+    :meth:`deliver` puts each frame in a free slot and a sender thread sends it spread over
+    :data:`SPREAD` of the frame period; ``pacing`` (narrow, wide, linear) through ``msm.ext.pacer``'s
+    ST 2110-21 schedule instead (``pacer``: any object with its ``send_frame``). At most
+    :data:`EGRESS_QUEUE_DEPTH` frames wait; beyond, :meth:`deliver` answers ``"egress_busy"``.
     """
 
     def __init__(self, stream: VideoStream, *, mtu: int = 1400, ssrc: int = 0x2110_0001, native: bool | None = None,
@@ -384,7 +381,8 @@ class St2110Egress:
         self._frames = 0
         if pacing is not None and pacer is None:
             self.pacer = self._st2110_21_pacer(pacing)
-        self.counters = {"frames_sent": 0, "packets_sent": 0, "frames_busy": 0, "frames_wrong_size": 0}
+        self.counters = {"frames_sent": 0, "packets_sent": 0, "frames_busy": 0, "frames_wrong_size": 0,
+                         "frames_catch_up": 0}
         self._thread = threading.Thread(target=self._run, name=f"st2110-out:{stream.port}", daemon=True)
         self._thread.start()
 
@@ -394,9 +392,8 @@ class St2110Egress:
 
         packets = (self._slots[0].max_packets if self.native and self._slots[0].mode == 3 else
                    len(packet_plan(self.fmt, self.mtu, self.stream.packing, aligned=self.aligned)))
-        made: FramePacer = pacer.Pacer(self.sock.fileno(), (self.stream.address, self.stream.port),
-                                       Fraction(10**9) / self.stream.rate, packets, mode, height=self.fmt.height)
-        return made
+        return pacer.Pacer(self.sock.fileno(), (self.stream.address, self.stream.port),
+                           Fraction(10**9) / self.stream.rate, packets, mode, height=self.fmt.height)
 
     @property
     def name(self) -> str:
@@ -406,9 +403,8 @@ class St2110Egress:
         return video_sdp(self.stream)
 
     def write_sdp(self, path: str | Path) -> Path:
-        out = Path(path)
-        out.write_text(self.sdp(), encoding="utf-8")
-        return out
+        Path(path).write_text(self.sdp(), encoding="utf-8")
+        return Path(path)
 
     def deliver(self, payload: memoryview, info: FrameInfo) -> str | None:
         if len(payload) != self.fmt.frame_bytes:
@@ -450,13 +446,15 @@ class St2110Egress:
                 self._free.put(slot)
 
     def _send_native(self, slot: Any, count: int) -> int:
+        # Behind (unpaced: a frame waits; paced: CATCH_UP do): this one goes fast rather than frames
+        # dropped later for want of a slot; the pacer's stats count it non-compliant (FrameSlot.hurry).
+        waiting = self._todo.qsize()
         if self.pacer is not None:
+            slot.hurry = waiting >= CATCH_UP
+            self.counters["frames_catch_up"] += slot.hurry
             self.pacer.send_frame(slot)   # the frame form: the C pacer takes the slot as it is
         else:
-            # Behind (another frame already waits): catch up by sending this one in a quarter of
-            # the usual spread rather than dropping frames later for want of a free slot.
-            spread = self.spread_ns if self._todo.empty() else self.spread_ns // 4
-            slot.send(self.sock.fileno(), None, 0, spread)
+            slot.send(self.sock.fileno(), None, 0, self.spread_ns // 4 if waiting else self.spread_ns)
         return count
 
     def _send_frame_twin(self, frame: bytearray, timestamp: int) -> int:

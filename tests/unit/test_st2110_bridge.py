@@ -225,3 +225,59 @@ def test_egress_through_the_st2110_21_pacer() -> None:
     # one before, in order; one period apart unless the machine held the sender back past a slot.
     steps = [(b - a) % (1 << 32) for a, b in zip(stamps, stamps[1:], strict=False)]
     assert all(step > 0 and step % 3000 == 0 for step in steps), steps
+
+
+@pytest.mark.skipif(native_reason() is not None, reason=f"C core not built: {native_reason()}")
+def test_a_paced_egress_behind_catches_up_instead_of_dropping() -> None:
+    """A pacer held up (a thread without its CPU for a while) leaves frames waiting: the one that finds
+    CATCH_UP waiting behind it goes to the pacer marked ``hurry`` (sent at once, counted non-compliant)."""
+    import threading
+
+    class Stalled:   # the egress's pacer, held on its first frame; records each slot's hurry
+        def __init__(self) -> None:
+            self.entered, self.go, self.hurry = threading.Event(), threading.Event(), []
+
+        def send_frame(self, buf: object, lengths: object = None) -> object:
+            self.entered.set()
+            self.go.wait(5)
+            self.hurry.append(getattr(buf, "hurry", None))
+            return None
+
+    sent, pacer = _frames(5), Stalled()
+    with St2110Egress(VideoStream("127.0.0.1", 9, FMT), pacer=pacer) as egress:
+        assert egress.send(sent[0], 0) is None
+        assert pacer.entered.wait(5)
+        assert [egress.send(frame, 3000 * k) for k, frame in enumerate(sent[1:4], 1)] == [None] * 3
+        assert egress.send(sent[4], 12000) == "egress_busy"   # the bounded queue is full
+        pacer.go.set()
+        deadline = time.monotonic() + 5
+        while len(pacer.hurry) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert pacer.hurry == [False, True, False, False] and egress.counters["frames_catch_up"] == 1
+
+
+@pytest.mark.skipif(_pacer_reason() is not None, reason=f"C pacer or ST 2110 core not built: {_pacer_reason()}")
+def test_a_hurried_frame_goes_at_once_and_says_it_is_outside_the_model() -> None:
+    import socket
+    from fractions import Fraction
+
+    from msm.ext import pacer as pacer_mod
+    from msm.ext import st2110
+
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    rx.bind(("127.0.0.1", 0))
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.connect(rx.getsockname())
+    slot = st2110.FrameSlot(640, 480, 5, 2, mtu=1400, bpm=False, payload_type=96, ssrc=7, aligned=True, equal=True)
+    n = slot.fill(os.urandom(slot.frame_bytes), 0, 0)
+    with rx, tx:
+        pacer = pacer_mod.Pacer(tx.fileno(), rx.getsockname(), Fraction(10**9, 30), n, "wide", gso=True)
+        slot.hurry = True
+        start = time.monotonic()
+        stats = pacer.send_frame(slot)
+        took = time.monotonic() - start
+        rx.settimeout(1)
+        got = sum(1 for _ in range(n) if rx.recv(2048))
+    assert stats.packets_sent == n == got and stats.late_packets == n and stats.max_late_ns >= 33_333_333
+    assert took < 0.03   # at once (the frame's slot may be up to a period ahead): under 8 ms of sending
