@@ -9,10 +9,14 @@ rtpvrawdepay ! rtpvrawpay ! udpsink``). Each relay runs in its own process; its 
 ``/proc/PID/stat``) is read just before the sender starts and once the
 stream has drained, so start-up is not counted. Loss is what the counting
 receiver found missing (sequence gaps), and the frames that did not arrive
-complete. (Our egress sends 4320 packets a frame, equal slices of each line,
-where rtpvrawpay sends 3765.)
+complete. Both relays' CPU is per frame sent into them and per frame the receiver got
+complete: a relay that drops frames spends less per frame sent and more per frame delivered.
+(Our egress sends 3,784 equal packets a frame, two segments each, where rtpvrawpay sends
+3,765; paced, it sends frames it is two behind with at once and counts them ``catch_up``.)
+``--repeat N`` runs the pair N times (the machine may be shared) and prints the spread.
 
     .venv/bin/python -m msm_bench.st2110_bench [--frames 150] [--width 1920 --height 1080] [--pacing wide]
+        [--repeat 3]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -150,6 +155,7 @@ def run_one(kind: str, w: int, h: int, frames: int, pacing: str = "wide") -> dic
             "relay_in_lost": inner.get("ingress", {}).get("lost"),
             "relay_in_incomplete": inner.get("ingress", {}).get("frames_incomplete"),
             "relay_out_busy": inner.get("egress", {}).get("frames_busy"),
+            "relay_out_catch_up": inner.get("egress", {}).get("frames_catch_up"),
             "egress_pacing": f"{pacing}: {inner['pacing_class']} {inner['pacing_frames']}" if inner else None,
             "cpu_s": round(cpu, 3), "cpu_ms_per_frame": round(cpu * 1000 / frames, 2),
             "cpu_ms_per_delivered_frame": round(cpu * 1000 / max(1, counted["frames_complete"]), 2)}
@@ -168,17 +174,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=1080)
     parser.add_argument("--pacing", default="wide", choices=("wide", "narrow", "linear", "none"),
                         help="our egress bridge's pacing (default wide, as msm up's)")
+    parser.add_argument("--repeat", type=int, default=1, help="run the pair this many times, print the spread")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    runs = [_pair(args) for _ in range(max(1, args.repeat))]
+    if len(runs) > 1:
+        sent = sorted(r["cpu_ratio"] for r in runs)
+        got = sorted(r["cpu_ratio_per_delivered_frame"] for r in runs)
+        spread = {"runs": len(runs), "cpu_ratio": [sent[0], statistics.median(sent), sent[-1]],
+                  "cpu_ratio_per_delivered_frame": [got[0], statistics.median(got), got[-1]]}
+        print(json.dumps(spread) if args.json else
+              f"{len(runs)} runs: CPU msm / GStreamer per frame sent {sent[0]:.2f} / {statistics.median(sent):.2f} / "
+              f"{sent[-1]:.2f} (min / median / max), per frame delivered {got[0]:.2f} / "
+              f"{statistics.median(got):.2f} / {got[-1]:.2f}")
+    return 0
+
+
+def _pair(args: argparse.Namespace) -> dict[str, Any]:
+    """Ours then GStreamer on the same input; printed (or one JSON line) and returned."""
     results = [run_one(kind, args.width, args.height, args.frames, args.pacing) for kind in ("msm", "gstreamer")]
     ours, theirs = results
     ratio = float(ours["cpu_s"]) / float(theirs["cpu_s"]) if theirs["cpu_s"] else float("nan")  # type: ignore[arg-type]
     per_delivered = (float(ours["cpu_ms_per_delivered_frame"])  # type: ignore[arg-type]
                      / float(theirs["cpu_ms_per_delivered_frame"]))  # type: ignore[arg-type]
+    pair = {"results": results, "cpu_ratio": ratio, "cpu_ratio_per_delivered_frame": per_delivered,
+            "load": os.getloadavg()[0]}
     if args.json:
-        print(json.dumps({"results": results, "cpu_ratio": ratio, "cpu_ratio_per_delivered_frame": per_delivered,
-                          "load": os.getloadavg()[0]}))
-        return 0
+        print(json.dumps(pair))
+        return pair
     print(f"ST 2110-20 {args.width}x{args.height} 10-bit 30 fps, {args.frames} frames "
           f"(load average {os.getloadavg()[0]:.1f})")
     for r in results:
@@ -188,9 +211,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['cpu_ms_per_delivered_frame']} ms/frame delivered complete")
         if r["relay_in_lost"] is not None:
             print(f"              relay ingress lost {r['relay_in_lost']} packets, {r['relay_in_incomplete']} "
-                  f"incomplete frames; egress busy {r['relay_out_busy']}; pacing {r['egress_pacing']}")
+                  f"incomplete frames; egress busy {r['relay_out_busy']}, catch-up {r['relay_out_catch_up']}; "
+                  f"pacing {r['egress_pacing']}")
     print(f"  CPU msm / GStreamer: {ratio:.2f} for the same frames sent, {per_delivered:.2f} per frame delivered")
-    return 0
+    return pair
 
 
 if __name__ == "__main__":
