@@ -4,7 +4,8 @@ The apps here are this test process (two or three mesh.Clients), so it can look 
 
 - a receiver that joined before its sender reads every frame where the sender wrote it: its frame memory
   is the sender's memfd (same st_dev/st_ino), the proxy counts no payload byte copied, and neither
-  the mapping, the fd, nor the fd reopened through /proc can be written; a receiver with another frame
+  the mapping (nor one made writable with mprotect), the fd, nor the fd reopened through /proc can be
+  written; a receiver with another frame
   layout takes copies (the fallback, counted);
 - a receiver that stops reading and holds its frames is disconnected once the sender is down to its last
   slots: the sender and the other receiver go on, every frame byte-exact;
@@ -13,6 +14,7 @@ The apps here are this test process (two or three mesh.Clients), so it can look 
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
@@ -80,6 +82,22 @@ def _recv(rx: mesh.RxConnection, i: int) -> bool:
     return shared
 
 
+def _mprotect_writable(fd: int, size: int) -> int:
+    """Maps ``fd`` read-only and shared through libc, then asks mprotect for write access: the errno (0 if
+    it was granted)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+    try:
+        return 0 if libc.mprotect(addr, size, mmap.PROT_READ | mmap.PROT_WRITE) == 0 else ctypes.get_errno()
+    finally:
+        libc.munmap(addr, size)
+
+
 def _inode(fd: int) -> tuple[int, int]:
     st = os.fstat(fd)
     return st.st_dev, st.st_ino
@@ -108,6 +126,7 @@ def test_a_receiver_reads_the_senders_memfd_and_cannot_write_it(agent: Agent) ->
         with pytest.raises(OSError) as err:
             os.pwrite(shared.fd, b"x", 0)
         assert err.value.errno in (errno.EPERM, errno.EBADF)
+        assert _mprotect_writable(shared.fd, shared.size) == errno.EACCES  # a read-only mapping made writable
         reopened = os.open(f"/proc/self/fd/{shared.fd}", os.O_RDWR)
         try:
             with pytest.raises(PermissionError):
