@@ -373,6 +373,9 @@ class St2110Egress:
                     equal=equal))
             else:
                 self._slots.append(bytearray(self.fmt.frame_bytes))
+        #: Packets a frame goes out as (a pacer's NPACKETS): the C core's equal packets, or line slices.
+        self.packets_per_frame = (self._slots[0].max_packets if self.native and self._slots[0].mode == 3 else
+                                  len(packet_plan(self.fmt, mtu, stream.packing, aligned=aligned)))
         self._free: queue.Queue[Any] = queue.Queue()
         for slot in self._slots:
             self._free.put(slot)
@@ -390,10 +393,8 @@ class St2110Egress:
         """``msm.ext.pacer``'s ST 2110-21 sender (``mode``: narrow, wide or linear) for this stream."""
         from msm.ext import pacer
 
-        packets = (self._slots[0].max_packets if self.native and self._slots[0].mode == 3 else
-                   len(packet_plan(self.fmt, self.mtu, self.stream.packing, aligned=self.aligned)))
         return pacer.Pacer(self.sock.fileno(), (self.stream.address, self.stream.port),
-                           Fraction(10**9) / self.stream.rate, packets, mode, height=self.fmt.height)
+                           Fraction(10**9) / self.stream.rate, self.packets_per_frame, mode, height=self.fmt.height)
 
     @property
     def name(self) -> str:

@@ -94,6 +94,8 @@ def test_frame_form_sends_the_packetizers_packets() -> None:
     frame = os.urandom(fmt.frame_bytes)
     slot = st2110.FrameSlot(640, 480, 5, 2, mtu=1400, bpm=False, payload_type=96, ssrc=7, aligned=True, equal=True)
     assert slot.mode == 3 and slot.fill(frame, 0, 90) == slot.max_packets == 561
+    with St2110Egress(VideoStream("127.0.0.1", 9, fmt)) as big, St2110Egress(VideoStream("127.0.0.1", 9, FMT)) as small:
+        assert big.packets_per_frame == 561 and small.packets_per_frame == 240   # 320x240: line slices
     packets = slot.packets()
     assert {len(p) for p in packets[:-1]} == {1396} and len(packets[-1]) <= 1396
     twin = Depacketizer(fmt, payload_type=96)
