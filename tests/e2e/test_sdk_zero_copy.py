@@ -9,7 +9,8 @@ The apps here are this test process (two or three mesh.Clients), so it can look 
   layout takes copies (the fallback, counted);
 - a receiver that stops reading and holds its frames is disconnected once the sender is down to its last
   slots: the sender and the other receiver go on, every frame byte-exact;
-- a sender that goes and comes back (a new region) is shared again: the receiver maps it at its other index.
+- a sender that goes and comes back (a new region) is shared again: the receiver maps it at its other index;
+- frames from a source that is not a memif sender on this node (an ST 2110 ingress) are copied.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 import pytest
 
 from msm.sdk import mesh
-from msm.sdk.errors import Unavailable
+from msm.sdk.errors import TimedOut, Unavailable
 from tests.e2e.test_sdk import Agent
 
 SIZE = 5_184_000  # 1080p 10-bit 4:2:2
@@ -184,3 +185,32 @@ def test_a_sender_that_comes_back_is_shared_again(agent: Agent) -> None:
         assert _inode(rx.memif.regions[2].fd) == _inode(second.memif.regions[0].fd) != old
         stats = _stats(rc, rx)
         assert stats["by_reference"] == 10 and stats["copied_bytes"] == 0, stats
+
+
+def test_frames_from_an_st2110_ingress_are_copied(agent: Agent) -> None:
+    """A source that is not a memif sender on this node (here ST 2110-20 over UDP, from another app's
+    egress) keeps the copy path: the receiver's frames are in its own memory, counted as copied."""
+    port = 21000 + os.getpid() % 9000
+    st2110 = {"st2110": {"transport": "st2110-20", "ipAddr": "127.0.0.1", "port": port,
+                         "transportPixelFormat": "yuv422p10rfc4175"}}
+    proxy = f"unix:{agent.sock}"
+    with mesh.Client(proxy) as rc, mesh.Client(proxy) as tc:
+        rx = rc.create_rx_connection(_config(connection=st2110, maxMetadataSize=0))
+        tx = tc.create_tx_connection(_config(connection=st2110, maxMetadataSize=0))
+        for i in range(10):  # 10 frames fit the receiver's ring of 16: it reads them after
+            buf = tx.get_buffer(timeout=2)
+            buf.payload[:8] = i.to_bytes(8, "little")
+            buf.payload_len = SIZE
+            tx.put_buffer(buf)
+            time.sleep(0.05)
+        got = 0
+        while True:  # UDP on a loaded host may lose some: what arrives is counted
+            try:
+                frame = rx.get_buffer(timeout=1.0)
+            except TimedOut:
+                break
+            assert not frame.by_reference and len(frame.payload) == SIZE
+            got += 1
+            rx.put_buffer(frame)
+        stats = _stats(rc, rx)
+        assert got >= 1 and stats["by_reference"] == 0 and stats["copied"] == stats["frames"] == got, stats
