@@ -34,8 +34,9 @@ from tests.e2e.test_sdk import Agent
 SIZE = 5_184_000  # 1080p 10-bit 4:2:2
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def agent() -> Iterator[Agent]:
+    """One agent for the module (each test its own group): starting one costs a second and a half."""
     with tempfile.TemporaryDirectory(prefix="msm-zc-") as tmp:
         running = Agent(Path(tmp))
         try:
@@ -44,9 +45,9 @@ def agent() -> Iterator[Agent]:
             running.stop()
 
 
-def _config(**extra: Any) -> dict[str, Any]:
+def _config(urn: str = "urn:msm:test:zc", **extra: Any) -> dict[str, Any]:
     return {"bufferQueueCapacity": 16, "maxMetadataSize": 16,
-            "connection": {"multipointGroup": {"urn": "urn:msm:test:zc"}},
+            "connection": {"multipointGroup": {"urn": urn}},
             "payload": {"video": {"width": 1920, "height": 1080, "pixelFormat": "yuv422p10rfc4175"}}, **extra}
 
 
@@ -141,9 +142,10 @@ def test_a_receiver_reads_the_senders_memfd_and_cannot_write_it(agent: Agent) ->
 def test_a_receiver_that_stops_is_cut_off_and_nobody_waits_for_it(agent: Agent) -> None:
     proxy = f"unix:{agent.sock}"
     with mesh.Client(proxy) as rc, mesh.Client(proxy) as sc, mesh.Client(proxy) as tc:
-        rx = rc.create_rx_connection(_config())
-        stuck = sc.create_rx_connection(_config())
-        tx = tc.create_tx_connection(_config())
+        urn = "urn:msm:test:zc-stuck"
+        rx = rc.create_rx_connection(_config(urn))
+        stuck = sc.create_rx_connection(_config(urn))
+        tx = tc.create_tx_connection(_config(urn))
         _mapped(rc, rx)
         _mapped(sc, stuck)
         _send(tx, 0)
@@ -169,15 +171,16 @@ def test_a_receiver_that_stops_is_cut_off_and_nobody_waits_for_it(agent: Agent) 
 def test_a_sender_that_comes_back_is_shared_again(agent: Agent) -> None:
     proxy = f"unix:{agent.sock}"
     with mesh.Client(proxy) as rc, mesh.Client(proxy) as tc:
-        rx = rc.create_rx_connection(_config())
-        first = tc.create_tx_connection(_config())
+        urn = "urn:msm:test:zc-again"
+        rx = rc.create_rx_connection(_config(urn))
+        first = tc.create_tx_connection(_config(urn))
         _mapped(rc, rx)
         for i in range(5):
             _send(first, i)
             assert _recv(rx, i)
         old = _inode(first.memif.regions[0].fd)
         first.close()
-        second = tc.create_tx_connection(_config())  # a new memfd: the receiver maps it at its other index
+        second = tc.create_tx_connection(_config(urn))  # a new memfd: the receiver maps it at its other index
         _mapped(rc, rx, regions=2)
         for i in range(5, 10):
             _send(second, i)
