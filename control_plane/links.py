@@ -231,10 +231,11 @@ class ProxyLink:
             raise error_from_rpc(exc, f"proxy on node {self.node}") from None
 
     async def add_flow(self, flow_id: str, clock_rate: int, labels: Mapping[str, str],
-                       source: pb.SourceFilter | None = None, srtp: pb.SrtpParams | None = None) -> pb.Endpoint:
+                       source: pb.SourceFilter | None = None, srtp: pb.SrtpParams | None = None,
+                       bind_host: str = "") -> pb.Endpoint:
         # SRTP keys travel only on this channel (mutual TLS) and are never logged.
         request = pb.AddFlowRequest(flow_id=flow_id, clock_rate=clock_rate, splice=True, labels=labels,
-                                    source=source, srtp=srtp)
+                                    source=source, srtp=srtp, bind_host=bind_host)
         reply: pb.AddFlowReply = await self._call(lambda: self.api.AddFlow(request, timeout=PROXY_TIMEOUT))
         return reply.ingress
 

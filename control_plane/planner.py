@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from msm.protos import msm_pb2 as pb
+from msm.runtime.hostport import other_family_host
 from msm.runtime.redact import redact_url, session_tag
 from msm.sdk.errors import (
     ConfigError,
@@ -345,10 +346,14 @@ class Planner:
         proxy = self._proxy_for(stub.info.node)
         flows: dict[int, FlowRef] = {}
         try:
+            bind_host = _ingress_host(record.route.url, proxy)
             for track in record.tracks:
                 flow_id = f"{record.stream_id}/{track.index}/{record.generation}"
-                ingress = await proxy.add_flow(flow_id, track.clock_rate, {
-                    "stream": record.stream_id, "track": str(track.index), "kind": track.kind})
+                labels = {"stream": record.stream_id, "track": str(track.index), "kind": track.kind}
+                if bind_host:
+                    ingress = await proxy.add_flow(flow_id, track.clock_rate, labels, bind_host=bind_host)
+                else:
+                    ingress = await proxy.add_flow(flow_id, track.clock_rate, labels)
                 flows[track.index] = FlowRef(proxy.node, proxy.proxy_id, flow_id, ingress)
             answered = await stub.setup(record.stream_id, list(flows), [f.ingress for f in flows.values()])
             sources = self._upstream_sources(record, list(flows), answered)
@@ -518,7 +523,8 @@ class Planner:
         log.info("stream %s: viewer %s (%s) set up track %d -> %s:%d", record.stream_id,
                  tag, request.viewer_host, request.track_index,
                  request.destination.host, request.destination.rtp_port)
-        return pb.SetupReply(stream_id=record.stream_id, track_index=request.track_index, source=ref.ingress)
+        return pb.SetupReply(stream_id=record.stream_id, track_index=request.track_index,
+                             source=_source_for(ref.ingress, request.destination.host))
 
     def _leg_tag(self, stream_id: str, session_id: str, index: int, ref: FlowRef) -> str:
         """The session's tag, or when another session's leg on the same flow already has it
@@ -837,3 +843,29 @@ class Planner:
             stub = self.stubs.get(stub_id)
             if stub is not None:
                 stub.stream_state(record.stream_id, up)
+
+
+def _ingress_host(url: str, proxy: DataPlane) -> str:
+    """Where the proxy binds a source's flows: its media address of the source's IP family when
+    the URL names an address of the other family than the media host's (an IPv6 camera, an IPv4
+    media host), else "" (the media host). The upstream sends to the stub's address of its own
+    family, on the ports the flow answers; the flow's other-family pair serves viewers."""
+    try:
+        source = ipaddress.ip_address(urlsplit(url).hostname or "")
+    except ValueError:
+        return ""
+    hello = getattr(proxy, "hello", None)
+    media = str(getattr(hello, "media_host", "") or "")
+    if not media or (source.version == 6) == (":" in media):
+        return ""
+    return other_family_host(media) or ""
+
+
+def _source_for(ingress: pb.Endpoint, viewer_host: str) -> pb.Endpoint:
+    """Where a viewer's media comes from: the flow's ingress or, for a viewer of the other IP
+    family, the flow's pair of that family (the same ports; a wildcard when its address cannot
+    be derived, and the viewer then takes the RTSP server's)."""
+    if not viewer_host or (":" in viewer_host) == (":" in ingress.host):
+        return ingress
+    host = other_family_host(ingress.host) or ("::" if ":" in viewer_host else "0.0.0.0")
+    return pb.Endpoint(host=host, rtp_port=ingress.rtp_port, rtcp_port=ingress.rtcp_port)

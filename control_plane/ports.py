@@ -47,10 +47,12 @@ class DataPlane(Protocol):
     def proxy_id(self) -> str: ...
 
     async def add_flow(self, flow_id: str, clock_rate: int, labels: Mapping[str, str],
-                       source: pb.SourceFilter | None = None, srtp: pb.SrtpParams | None = None) -> pb.Endpoint:
+                       source: pb.SourceFilter | None = None, srtp: pb.SrtpParams | None = None,
+                       bind_host: str = "") -> pb.Endpoint:
         """Create a flow; answers its ingress (where its RTP goes). It forwards nothing until its source is set.
 
-        ``srtp`` set: what arrives is SRTP under that key (a relay fed from another node).
+        ``srtp`` set: what arrives is SRTP under that key (a relay fed from another node);
+        ``bind_host``: the proxy's media address of the other IP family ("" the media host).
         """
         ...
 

@@ -10,6 +10,7 @@ and addresses.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import ipaddress
 import os
@@ -341,6 +342,15 @@ class FlowHandle:
         flags = ffi.new("uint8_t[]", [1 if on else 0 for on in enabled] or 1)
         if self.engine.lib.msm_flow_set_legs(self.engine.ptr, self.ptr, ptrs, flags, len(legs)) != 0:
             raise MemoryError("msm_flow_set_legs")
+
+    def set_alt_fd(self, fd: int) -> None:
+        """Legs of ``fd``'s IP family are sent from ``fd`` (the flow's socket of the other family),
+        which the engine owns from now on (closed with the flow); ``OSError`` leaves it open."""
+        if self._final is not None or self.engine.closed:
+            raise OSError(errno.ESHUTDOWN, "the flow is closed")
+        if self.engine.lib.msm_flow_set_alt_fd(self.engine.ptr, self.ptr, fd) != 0:
+            code = self.engine.ffi.errno
+            raise OSError(code, f"engine cannot send from the socket: {os.strerror(code)}")
 
     def set_source(self, host: str | None, port: int, family: int) -> None:
         """Forward only RTP from ``host`` (an IP address) and ``port`` (0: any port); ``None``: nothing."""

@@ -121,6 +121,9 @@ typedef struct flow_state {
 
 struct msm_flow {
     int fd;
+    /* The flow's socket of the other IP family (msm_flow_set_alt_fd): legs of
+     * alt_family (0: none yet) are sent from alt_fd. */
+    int alt_fd, alt_family;
     int dead;
     uint32_t clock_rate;
     int splice;
@@ -642,6 +645,8 @@ static void free_flow(msm_engine *e, void *p) {
     free(f->source);
     free_srtpkeys_all(f->srtp);
     close(f->fd);
+    if (f->alt_family)
+        close(f->alt_fd);
     free(f);
 }
 
@@ -911,6 +916,12 @@ static int gso_refused(int err) {
     return err == EIO || err == EINVAL || err == EMSGSIZE || err == ENOPROTOOPT || err == EOPNOTSUPP;
 }
 
+/* The socket a leg's packets leave from: the flow's own, or the one of the leg's family. */
+static int tx_fd(const msm_flow *f, const msm_leg *leg) {
+    int af = __atomic_load_n(&f->alt_family, __ATOMIC_ACQUIRE);
+    return af && leg->family == af ? f->alt_fd : f->fd;
+}
+
 static void send_each(msm_flow *f, struct msghdr *gso_msg, const txmeta *gm) {
     struct mmsghdr one[GSO_MAX_SEGS];
     uint32_t n = gm->npk, off = 0;
@@ -922,7 +933,7 @@ static void send_each(msm_flow *f, struct msghdr *gso_msg, const txmeta *gm) {
         one[k].msg_hdr.msg_iovlen = 1;
     }
     while (off < n) {
-        int r = sendmmsg(f->fd, one + off, n - off, MSG_DONTWAIT);
+        int r = sendmmsg(tx_fd(f, gm->leg), one + off, n - off, MSG_DONTWAIT);
         if (r > 0) {
             for (int k = 0; k < r; k++) {
                 txmeta m = {gm->leg, 1, (uint32_t)gso_msg->msg_iov[off + k].iov_len, 0};
@@ -946,7 +957,13 @@ static void send_each(msm_flow *f, struct msghdr *gso_msg, const txmeta *gm) {
 static void flush(msm_engine *e, msm_flow *f) {
     uint32_t off = 0, n = e->ntx;
     while (off < n) {
-        int r = sendmmsg(f->fd, e->tx + off, n - off, MSG_DONTWAIT);
+        /* One sendmmsg per run of messages leaving from the same socket (a leg's
+         * messages are consecutive, so a flow of one family makes one run). */
+        int fd = tx_fd(f, e->meta[off].leg);
+        uint32_t end = off + 1;
+        while (end < n && tx_fd(f, e->meta[end].leg) == fd)
+            end++;
+        int r = sendmmsg(fd, e->tx + off, end - off, MSG_DONTWAIT);
         if (r > 0) {
             for (uint32_t k = off; k < off + (uint32_t)r; k++)
                 tx_sent(f, &e->meta[k]);
@@ -956,11 +973,12 @@ static void flush(msm_engine *e, msm_flow *f) {
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0 && would_block(errno)) {
-            /* The socket's send buffer is full: the rest of this batch is
+            /* The socket's send buffer is full: the rest of this run is
              * dropped and counted, as a real-time stream cannot wait. */
-            for (uint32_t k = off; k < n; k++)
+            for (uint32_t k = off; k < end; k++)
                 tx_backlog(f, &e->meta[k]);
-            break;
+            off = end;
+            continue;
         }
         /* This one message failed (unreachable network, refused GSO...);
          * the others go on. */
@@ -1587,6 +1605,27 @@ static int quiesce(msm_engine *e, int timeout_ms) {
     }
     pthread_mutex_unlock(&e->mu);
     return passed;
+}
+
+int msm_flow_set_alt_fd(msm_engine *e, msm_flow *f, int fd) {
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    int size = SOCK_BUF;
+    (void)e;
+    if (__atomic_load_n(&f->alt_family, __ATOMIC_ACQUIRE)) {
+        errno = EEXIST;
+        return -1;
+    }
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+        return -1;
+    if (ss.ss_family != AF_INET && ss.ss_family != AF_INET6) {
+        errno = EAFNOSUPPORT;
+        return -1;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof size);
+    f->alt_fd = fd;
+    __atomic_store_n(&f->alt_family, (int)ss.ss_family, __ATOMIC_RELEASE);
+    return 0;
 }
 
 void msm_flow_close(msm_engine *e, msm_flow *f, int timeout_ms, msm_flow_stats *final) {

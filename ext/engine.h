@@ -119,6 +119,10 @@ void msm_engine_free(msm_engine *e);
  * source takes over only once the current one was silent for takeover_ms and
  * the new one sent two packets in sequence (RFC 3550 A.1 MIN_SEQUENTIAL). */
 msm_flow *msm_flow_new(msm_engine *e, int fd, uint32_t clock_rate, int splice, uint32_t takeover_ms);
+/* Legs of fd's family (the other IP family than the flow's socket) are sent
+ * from fd, which the flow owns from now on (closed with it). Once per flow: -1
+ * with errno EEXIST after the first, or another errno when fd is no socket. */
+int msm_flow_set_alt_fd(msm_engine *e, msm_flow *f, int fd);
 /* The one address RTP may come from (port 0: any port of that host); family 0:
  * none, nothing is forwarded. Everything else is dropped as wrong_source. */
 int msm_flow_set_source(msm_engine *e, msm_flow *f, int family, const uint8_t *addr, uint16_t port);

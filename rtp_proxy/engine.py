@@ -26,6 +26,7 @@ start).
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -148,6 +149,12 @@ class FlowEngine(Protocol):
 
         A leg object seen before keeps its counters; a new object (even under
         an old id) starts from zero.
+        """
+
+    async def add_sender(self, sock: socket.socket) -> None:
+        """Legs of ``sock``'s IP family leave from ``sock`` (the flow's RTP socket of the other
+        family, on the same port), which the engine owns from now on; what arrives there is
+        treated as on the flow's own socket (a viewer's packets are dropped and counted).
         """
 
     def set_source(self, source: Address | None) -> None:

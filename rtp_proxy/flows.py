@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import cast
 
 from msm import ext
+from msm.runtime.hostport import format_host_port, other_family_host
 from msm.sdk.errors import ConfigError, NotFound, Refused, RtcpError
 from msm.sdk.rtp import (
     Bye,
@@ -56,7 +57,7 @@ from .engine import (
     RtpState,
 )
 from .native import NativeEngine, start_core
-from .ports import PortRangeExhausted, bind_pair
+from .ports import PortRangeExhausted, bind_pairs
 from .pyengine import OutInfo, PythonEngine
 from .snapshot import FlowSnapshot, LegSnapshot
 from .srtp import Protector, SrtpKey, Unprotector
@@ -101,7 +102,9 @@ class Flow:
         self.clock = clock
         self.legs: dict[str, Leg] = {}
         self.rtcp_transport: DatagramSocket | None = None
+        self.alt_rtcp_transport: DatagramSocket | None = None   # the other IP family's (same port)
         self.ingress: Address = ("", 0)
+        self.alt_host = ""   # the other family's address the flow is also bound on (same ports); "": none
         # The RTCP side's view of the legs, rebuilt whenever they change.
         self._rtcp_targets: tuple[Leg, ...] = ()
         self._viewer_rtp: frozenset[Address] = frozenset()
@@ -180,6 +183,13 @@ class Flow:
         self.engine.set_leg_key(leg_id, key)
 
     # -- legs ---------------------------------------------------------------
+    def check_family(self, host: str) -> None:
+        """``Refused`` for a leg to an address of the other IP family when the flow has no socket there."""
+        if (":" in host) != (":" in self.ingress[0]) and not self.alt_host:
+            family = "IPv6" if ":" in host else "IPv4"
+            raise Refused(f"leg destination {host} is {family} and this proxy has no {family} media address "
+                          f"(its media host is {self.ingress[0]})")
+
     def set_leg(self, leg: Leg) -> None:
         self.legs[leg.leg_id] = leg
         self._leg_srtcp.pop(leg.leg_id, None)
@@ -449,10 +459,17 @@ class Flow:
                     continue
                 out = protected
             try:
-                transport.sendto(out, leg.rtcp_addr)
+                self._rtcp_out(leg, transport).sendto(out, leg.rtcp_addr)
                 leg.rtcp_sent += 1
             except OSError:
                 leg.rtcp_send_errors += 1
+
+    def _rtcp_out(self, leg: Leg, own: DatagramSocket) -> DatagramSocket:
+        """The RTCP socket of ``leg``'s family: the flow's own, or the other family's."""
+        alt = self.alt_rtcp_transport
+        if alt is not None and (":" in leg.rtcp_addr[0]) != (":" in self.ingress[0]):
+            return alt
+        return own
 
     def send_to_upstream(self, data: bytes) -> None:
         """Send RTCP (e.g. a receiver report) to the upstream source, if known."""
@@ -474,9 +491,10 @@ class Flow:
 
     def close(self) -> None:
         self.engine.close()
-        if self.rtcp_transport is not None:
-            self.rtcp_transport.close()
-        self.rtcp_transport = None
+        for transport in (self.rtcp_transport, self.alt_rtcp_transport):
+            if transport is not None:
+                transport.close()
+        self.rtcp_transport = self.alt_rtcp_transport = None
 
 
 def _jitter_ms(rtp: RtpState, clock_rate: int) -> float:
@@ -526,8 +544,11 @@ class FlowTable:
 
     def __init__(self, *, host: str = "127.0.0.1", port_range: tuple[int, int] = (30000, 39999),
                  clock: Callable[[], float] = time.monotonic, engine: str = "auto",
-                 ssrc_takeover: float = SSRC_TAKEOVER) -> None:
+                 ssrc_takeover: float = SSRC_TAKEOVER, alt_host: str | None = None) -> None:
         self.host = host
+        # Flows are bound on the other IP family too (same ports), for legs of that family:
+        # by default loopback for loopback and any for any (see other_family_host).
+        self.alt_host = other_family_host(host) if alt_host is None else alt_host or None
         self.port_range = port_range
         self.clock = clock
         # Default SSRC_TAKEOVER (0.5 s): a spoofer interleaving its SSRC with a
@@ -582,7 +603,8 @@ class FlowTable:
             self.check_srtp()
         host = bind_host or self.host
         low, high = self.port_range
-        rtp_sock, rtcp_sock = bind_pair(host, low, high, self._next, avoid=self._leg_ports_here())
+        alt_host = self.alt_host if host == self.host else other_family_host(host) if host == self.alt_host else None
+        (rtp_sock, rtcp_sock), alt = bind_pairs(host, alt_host, low, high, self._next, avoid=self._leg_ports_here())
         self._next = (rtp_sock.getsockname()[1] - ((low + 1) & ~1)) // 2 + 1
         ingress = (host, rtp_sock.getsockname()[1])
         loop = asyncio.get_running_loop()
@@ -592,19 +614,32 @@ class FlowTable:
             flow = Flow(flow_id, engine, clock_rate=clock_rate, splice=splice, labels=labels, clock=self.clock)
             rtcp_t, _ = await loop.create_datagram_endpoint(
                 lambda: Endpoint(flow.on_rtcp, flow.on_socket_error), sock=rtcp_sock)
+            if alt is not None:
+                await self._add_alt(flow, alt, alt_host or "")
         except BaseException:
             if engine is not None:
                 engine.close()
-            rtp_sock.close()    # (a no-op once an engine took it)
-            rtcp_sock.close()
+            for sock in (rtp_sock, rtcp_sock, *(alt or ())):
+                sock.close()    # (a no-op once an engine or a transport took it)
             raise
         flow.rtcp_transport = cast(DatagramSocket, rtcp_t)
         flow.ingress = ingress
         if srtp is not None:
             flow.set_ingress_key(srtp)
         self.flows[flow_id] = flow
-        log.info("flow %s: ingress %s:%d-%d (%s)", flow_id, host, flow.ingress[1], flow.ingress[1] + 1, self.engine)
+        log.info("flow %s: ingress %s-%d%s (%s)", flow_id, format_host_port(host, flow.ingress[1]),
+                 flow.ingress[1] + 1, f" and {flow.alt_host}" if flow.alt_host else "", self.engine)
         return flow
+
+    @staticmethod
+    async def _add_alt(flow: Flow, alt: tuple[socket.socket, socket.socket], alt_host: str) -> None:
+        """The flow's pair of the other family: RTP to the engine, RTCP to the flow."""
+        rtp, rtcp = alt
+        await flow.engine.add_sender(rtp)
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: Endpoint(flow.on_rtcp, flow.on_socket_error), sock=rtcp)
+        flow.alt_rtcp_transport = cast(DatagramSocket, transport)
+        flow.alt_host = alt_host
 
     # -- trust: where packets may come from and go to -----------------------------------
     async def set_source(self, flow_id: str, host: str, rtp_port: int = 0, rtcp_port: int = 0) -> Flow:

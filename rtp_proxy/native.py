@@ -15,17 +15,19 @@ translated here, at the proxy's boundary, into
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from msm import ext
 from msm.sdk.rtp import ReportBlock
 from msm.sdk.stats import reception_report
 
-from .engine import SSRC_TAKEOVER, Address, EngineUnavailable, Leg, LegCounters, RtpState
+from .engine import SSRC_TAKEOVER, Address, Endpoint, EngineUnavailable, Leg, LegCounters, RtpState
 from .pyengine import OutInfo
 from .srtp import REKEY_GRACE, SrtpKey, library_path
 
@@ -87,6 +89,8 @@ class NativeEngine:
             raise
         self._legs: dict[str, tuple[Leg, ext.LegHandle]] = {}
         self._priors = [-1, 0, 0]   # gen, expected_prior, received_prior (RFC 3550 A.3)
+        self._alt: asyncio.BaseTransport | None = None   # the other family's socket, drained here
+        self._alt_dropped = [0, 0]   # what arrived there, dropped: from viewers, from anyone else
 
     def set_legs(self, legs: Sequence[Leg]) -> None:
         old = self._legs
@@ -94,7 +98,8 @@ class NativeEngine:
         for leg in legs:
             known = old.get(leg.leg_id)
             if known is None or known[0] is not leg:
-                known = (leg, ext.LegHandle(self._core, leg.rtp_addr[0], leg.rtp_addr[1], self._family))
+                family = socket.AF_INET6 if ":" in leg.rtp_addr[0] else socket.AF_INET
+                known = (leg, ext.LegHandle(self._core, leg.rtp_addr[0], leg.rtp_addr[1], family))
                 if leg.srtp is not None:
                     known[1].set_srtp(leg.srtp.material, profile=leg.srtp.profile)   # before any leg set has it
             self._legs[leg.leg_id] = known
@@ -104,6 +109,24 @@ class NativeEngine:
         for _, handle in old.values():
             if id(handle) not in kept:
                 handle.retire()   # after the new leg set is published
+
+    async def add_sender(self, sock: socket.socket) -> None:
+        """The engine sends from a duplicate of ``sock``; this side drains ``sock`` (only viewers'
+        packets arrive there: the flow's source sends to the flow's own socket)."""
+        fd = os.dup(sock.fileno())
+        try:
+            self._handle.set_alt_fd(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: Endpoint(self._alt_datagram, lambda exc: None), sock=sock)
+        self._alt = transport
+
+    def _alt_datagram(self, data: bytes, addr: Address) -> None:
+        viewer = any(leg.rtp_addr == addr for leg, _ in self._legs.values())
+        self._alt_dropped[0 if viewer else 1] += 1
 
     def set_source(self, source: Address | None) -> None:
         if source is None:
@@ -121,7 +144,12 @@ class NativeEngine:
             known[1].set_srtp(key.material, profile=key.profile)
 
     def state(self) -> RtpState:
-        return _state(self._handle.stats())
+        state = _state(self._handle.stats())
+        viewers, others = self._alt_dropped
+        if viewers or others:
+            state = replace(state, dropped_from_viewers=state.dropped_from_viewers + viewers,
+                            dropped_wrong_source=state.dropped_wrong_source + others)
+        return state
 
     def out_info(self) -> OutInfo | None:
         """The first and the latest packet viewers were sent (after splicing); None before any."""
@@ -159,5 +187,7 @@ class NativeEngine:
 
     def close(self) -> None:
         self._handle.close()   # first: then no leg set is in use
+        if self._alt is not None:
+            self._alt.close()
         for _, handle in self._legs.values():
             handle.retire()

@@ -2,16 +2,60 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections.abc import Container
 
 from msm.sdk.errors import ResourceExhausted
 
-__all__ = ["PortRangeExhausted", "bind_pair"]
+__all__ = ["PortRangeExhausted", "bind_pair", "bind_pairs"]
 
 
 class PortRangeExhausted(ResourceExhausted):
     """No free even/odd port pair is left in the configured range."""
+
+    #: The last bind error (0: none was tried); EADDRINUSE: taken, anything else: the host cannot be bound.
+    errno_seen = 0
+
+
+# Ports free on the flow's host but taken on the other family's one: pairs tried before giving up.
+MAX_ALT_TRIES = 16
+
+
+Pair = tuple[socket.socket, socket.socket]
+
+
+def bind_pairs(host: str, alt_host: str | None, low: int, high: int, start: int,
+               avoid: Container[int] = ()) -> tuple[Pair, Pair | None]:
+    """:func:`bind_pair` on ``host``, and on ``alt_host`` (the other IP family) on the same two ports.
+
+    Legs of the other family are sent from the second pair, and viewers answer to the same
+    ``server_port`` in either family. Without ``alt_host``, or where it cannot be bound at all
+    (no IPv6 here), the second pair is ``None``.
+    """
+    if alt_host is None:
+        return bind_pair(host, low, high, start, avoid), None
+    taken: set[int] = set()     # free on host, not on alt_host
+    for _ in range(MAX_ALT_TRIES):
+        pair = bind_pair(host, low, high, start, _Either(avoid, taken))
+        port = pair[0].getsockname()[1]
+        try:
+            return pair, bind_pair(alt_host, port, port + 1, 0)
+        except PortRangeExhausted as exc:
+            for sock in pair:
+                sock.close()
+            if exc.errno_seen not in (0, errno.EADDRINUSE):
+                return bind_pair(host, low, high, start, avoid), None
+            taken.update((port, port + 1))
+    raise PortRangeExhausted(f"no RTP/RTCP port pair in {low}-{high} free on both {host} and {alt_host}")
+
+
+class _Either(Container[int]):
+    def __init__(self, *sets: Container[int]) -> None:
+        self.sets = sets
+
+    def __contains__(self, item: object) -> bool:
+        return any(item in s for s in self.sets)
 
 
 def bind_pair(host: str, low: int, high: int, start: int,
@@ -22,6 +66,7 @@ def bind_pair(host: str, low: int, high: int, start: int,
     bound there would receive its own or another flow's output, a loop.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    errno_seen = 0
     span = (high - low + 1) // 2
     if span <= 0:
         raise PortRangeExhausted(f"empty port range {low}-{high}")
@@ -33,9 +78,13 @@ def bind_pair(host: str, low: int, high: int, start: int,
         rtp = socket.socket(family, socket.SOCK_DGRAM)
         rtcp = socket.socket(family, socket.SOCK_DGRAM)
         try:
+            if family == socket.AF_INET6:
+                for s in (rtp, rtcp):
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             rtp.bind((host, port))
             rtcp.bind((host, port + 1))
-        except OSError:
+        except OSError as exc:
+            errno_seen = exc.errno or errno_seen
             rtp.close()
             rtcp.close()
             continue
@@ -45,4 +94,6 @@ def bind_pair(host: str, low: int, high: int, start: int,
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 21)
         return rtp, rtcp
-    raise PortRangeExhausted(f"no free RTP/RTCP port pair in {low}-{high} on {host}")
+    exhausted = PortRangeExhausted(f"no free RTP/RTCP port pair in {low}-{high} on {host}")
+    exhausted.errno_seen = errno_seen
+    raise exhausted

@@ -19,7 +19,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple, cast
 
 from msm.sdk.rtp import ReportBlock
@@ -78,11 +78,13 @@ def rtp_check(data: bytes) -> tuple[int, int, int] | None:
 class _Target:
     """One published leg as the hot path sees it, with what was sent to it."""
 
-    __slots__ = ("addr", "bytes_sent", "dropped_backlog", "leg", "packets_sent", "protector", "send_errors")
+    __slots__ = ("addr", "bytes_sent", "dropped_backlog", "leg", "out", "packets_sent", "protector",
+                 "send_errors")
 
     def __init__(self, leg: Leg) -> None:
         self.leg = leg
         self.addr = leg.rtp_addr
+        self.out: DatagramSocket | None = None   # the socket of the leg's family when not the flow's own
         self.protector = Protector(leg.srtp) if leg.srtp is not None else None
         self.packets_sent = 0
         self.bytes_sent = 0
@@ -115,6 +117,7 @@ class PythonEngine:
         self._source: Address | None = None
         self._candidate: tuple[int, int, int] | None = None   # another SSRC on probation: (ssrc, seq, count)
         self._transport: DatagramSocket | None = None
+        self._alt: tuple[bool, DatagramSocket] | None = None   # (IPv6?, the socket of the other family)
         # Forwarding state, rebuilt whenever legs change (the hot path reads only these).
         self._legs: dict[str, _Target] = {}
         self._targets: tuple[_Target, ...] = ()
@@ -152,6 +155,19 @@ class PythonEngine:
             lambda: Endpoint(self.on_rtp, self.on_socket_error), sock=sock)
         self._transport = cast(DatagramSocket, transport)
 
+    async def add_sender(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: Endpoint(self.on_rtp, self.on_socket_error), sock=sock)
+        self._alt = (sock.family == socket.AF_INET6, cast(DatagramSocket, transport))
+        self._route(self._legs.values())
+
+    def _route(self, targets: Iterable[_Target]) -> None:
+        """Each target's socket: the other family's for a leg of that family."""
+        alt = self._alt
+        for target in targets:
+            target.out = alt[1] if alt is not None and (":" in target.addr[0]) == alt[0] else None
+
     # -- the FlowEngine seam ---------------------------------------------------
     def set_legs(self, legs: Sequence[Leg]) -> None:
         old = self._legs
@@ -159,6 +175,7 @@ class PythonEngine:
         for leg in legs:
             target = old.get(leg.leg_id)
             self._legs[leg.leg_id] = target if target is not None and target.leg is leg else _Target(leg)
+        self._route(self._legs.values())
         self._targets = tuple(t for t in self._legs.values() if t.leg.enabled)
         self._viewer_rtp = frozenset(leg.rtp_addr for leg in legs)
 
@@ -223,6 +240,9 @@ class PythonEngine:
         if self._transport is not None:
             self._transport.close()
         self._transport = None
+        if self._alt is not None:
+            self._alt[1].close()
+        self._alt = None
 
     # -- data path -----------------------------------------------------------
     def on_rtp(self, data: bytes, addr: Address) -> None:
@@ -321,7 +341,7 @@ class PythonEngine:
                     continue
                 out = protected
             try:
-                transport.sendto(out, target.addr)
+                (target.out or transport).sendto(out, target.addr)
                 target.packets_sent += 1
                 target.bytes_sent += len(out)
                 self.packets_forwarded += 1

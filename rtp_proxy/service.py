@@ -154,9 +154,9 @@ class DataPlaneService(pb_grpc.DataPlaneServicer):
         try:
             if not request.flow_id:
                 raise Refused("flow_id is required")
-            if request.bind_host not in ("", self.table.host):
-                # The proxy serves its media address only: a caller must not open
-                # ports on other interfaces (or all of them) of a host-network pod.
+            if request.bind_host not in ("", self.table.host, self.table.alt_host):
+                # The proxy serves its media address only (of either IP family): a caller must
+                # not open ports on other interfaces (or all of them) of a host-network pod.
                 raise Refused(f"bind_host must be the media host {self.table.host} (or empty)")
             known = request.flow_id in self.table.flows
             key = srtp_key(request.srtp) if request.HasField("srtp") else None
@@ -203,6 +203,7 @@ class DataPlaneService(pb_grpc.DataPlaneServicer):
             flow = self._flow(request.flow_id)
             # Never towards this proxy itself (a loop) or a reflector's target.
             self.table.check_destination(dest.host, dest.rtp_port, dest.rtcp_port)
+            flow.check_family(dest.host)
             key = srtp_key(request.srtp) if request.HasField("srtp") else None
             if key is not None:
                 self.table.check_srtp()

@@ -81,3 +81,20 @@ def _port(text: str, bad: Callable[[str], ConfigError]) -> int:
     if not (text.isascii() and text.isdigit()) or not 0 <= int(text) <= 65535:
         raise bad("the port must be 0-65535")
     return int(text)
+
+
+def other_family_host(host: str) -> str | None:
+    """The address of the other IP family that stands for the same place as ``host``.
+
+    Loopback for loopback (``127.0.0.1`` and ``::1``), any for any (``0.0.0.0`` and ``::``);
+    ``None`` for anything else (a specific address has no counterpart one can derive).
+    """
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if ip.is_unspecified:
+        return "0.0.0.0" if ip.version == 6 else "::"
+    if ip.is_loopback:
+        return "127.0.0.1" if ip.version == 6 else "::1"
+    return None

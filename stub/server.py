@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterable
 
 from msm.protos import msm_pb2 as pb
 from msm.protos.status import error_of
-from msm.runtime.hostport import format_host_port
 from msm.sdk.errors import MsmError, SdpError, UpstreamError
 from msm.sdk.rtsp import Headers, Response
 from msm.sdk.rtsp_server import (
@@ -53,7 +52,7 @@ from msm.sdk.sdp import SessionDescription
 
 from .bridge import UdpPair
 from .control import ControlClient
-from .sockets import listen_backlog, original_destination, serve, tls_context
+from .sockets import listen_backlog, listening_urls, original_destination, serve, tls_context
 from .viewer import StreamInfo, TrackSetup, ViewerSession, content_base, detached, rtp_info
 
 log = logging.getLogger(__name__)
@@ -183,7 +182,7 @@ class StubServer:
         if self.tls is not None:
             await self.start_tls(self.tls)
         self._reaper = asyncio.create_task(self._reap(), name="stub-session-reaper")
-        log.info("stub RTSP server on %s", _urls("rtsp", listeners))
+        log.info("stub RTSP server on %s", listening_urls("rtsp", listeners))
 
     async def start_tls(self, context: ssl.SSLContext, port: int | None = None) -> int:
         """Listen for RTSPS on ``tls_host``:``port`` (default ``tls_port``); the port bound."""
@@ -193,7 +192,7 @@ class StubServer:
         self.tls_server = listeners[0]
         self.extra_listeners += listeners[1:]
         self.tls_port = self.tls_server.sockets[0].getsockname()[1]
-        log.info("stub RTSPS server on %s", _urls("rtsps", listeners))
+        log.info("stub RTSPS server on %s", listening_urls("rtsps", listeners))
         return self.tls_port
 
     async def stop(self) -> None:
@@ -278,12 +277,6 @@ class StubServer:
         else:
             self.control.send(pb.StubMessage(viewer_gone=pb.ViewerGone(
                 session_id=session.session_id, reason=reason)))
-
-
-def _urls(scheme: str, listeners: list[asyncio.Server]) -> str:
-    """``rtsp://0.0.0.0:8554/ and rtsp://[::]:8554/``: where ``listeners`` accept."""
-    return " and ".join(f"{scheme}://{format_host_port(*sock.getsockname()[:2])}/"
-                        for server in listeners for sock in server.sockets)
 
 
 class ViewerConnection:

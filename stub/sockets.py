@@ -14,9 +14,11 @@ import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from msm.runtime.hostport import format_host_port
 from msm.sdk.errors import ConfigError
 
-__all__ = ["SO_ORIGINAL_DST", "WILDCARD_HOSTS", "listen_backlog", "original_destination", "serve", "tls_context"]
+__all__ = ["SO_ORIGINAL_DST", "WILDCARD_HOSTS", "listen_backlog", "listening_urls", "original_destination", "serve",
+           "tls_context"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,12 @@ async def serve(accept: Accept, host: str, port: int, **kwargs: object) -> list[
             sock.close()
         raise
     return servers
+
+
+def listening_urls(scheme: str, listeners: list[asyncio.Server]) -> str:
+    """``rtsp://0.0.0.0:8554/ and rtsp://[::]:8554/``: where ``listeners`` accept."""
+    return " and ".join(f"{scheme}://{format_host_port(*sock.getsockname()[:2])}/"
+                        for server in listeners for sock in server.sockets)
 
 
 def _bound(family: socket.AddressFamily, host: str, port: int) -> socket.socket:

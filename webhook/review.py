@@ -425,13 +425,11 @@ def _stub_tls(config: InjectConfig) -> tuple[list[str], list[dict[str, Any]], li
 
 
 def stub_container(config: InjectConfig) -> Container:
-    """The sidecar: RTSP on 8554 as UID 1337, pod identity from the Downward API."""
+    """The sidecar: RTSP on 8554 (0.0.0.0 is both IPv4 and IPv6) as UID 1337, identity from the Downward API."""
     def field(path: str) -> dict[str, Any]:
         return {"fieldRef": {"fieldPath": path}}
 
     tls_args, tls_env, mounts = _stub_tls(config)
-    # A wildcard --listen serves IPv4 and IPv6 (0.0.0.0:8554 and [::]:8554, IPv4 only where the pod has
-    # no IPv6): the CNI redirects an app's IPv6 connections to [::1]:8554.
     container: Container = {
         "name": STUB_NAME,
         "image": config.stub_image,
