@@ -44,6 +44,15 @@
 /* A receive queue sized for every buffer rarely says EAGAIN; retry a few times, then leave the buffer idle. */
 #define POST_TRIES 100
 #define MAX_PEERS_LIMIT 1024 /* the address vector and the peer table are arrays of this many at most */
+/* Frame buffers posted at once on shm (the rest wait on a stack, the most recently
+ * released on top). shm copies a frame into the buffer it matches (CMA), and
+ * matches posted buffers in the order they were posted: with every buffer posted,
+ * a link cycles through credits x peers frame buffers, most of them out of the
+ * CPU's cache by their turn (4 x 5 MB per side for 1080p 10-bit). With one posted
+ * and the last released reposted first, frames land in cache-warm memory. A frame
+ * that finds none posted waits in shm's unexpected queue as a command (no copy)
+ * and is copied when the next buffer is posted: at the next msm_fab_poll or release. */
+#define RX_POSTED_SHM 1
 
 static int64_t now_ns(void);
 
@@ -114,6 +123,8 @@ struct msm_fab {
     ctrl_msg *ctrl_mem;
     slot *rx, *tx, *ctrl;
     uint32_t *tx_free, n_tx_free;
+    uint32_t *rx_free, n_rx_free; /* frame buffers neither posted nor held, last released on top */
+    uint32_t n_posted, rx_post_max; /* frame buffers posted now; most posted at once */
     /* Sends the provider refused for the moment, oldest first (at most n_tx). */
     uint32_t *tx_queue, n_queued;
     uint64_t retry_round; /* one pass of retry_queued: a peer refused in it is skipped for the rest of it */
@@ -170,16 +181,39 @@ static void *desc_of(struct fid_mr *mr) { return mr != NULL ? fi_mr_desc(mr) : N
 
 static int post_rx(msm_fab *f, uint32_t i) {
     slot *s = &f->rx[i];
-    s->state = 0;
     s->peer = -1;
     int rc = -FI_EAGAIN;
     for (int tries = 0; rc == -FI_EAGAIN && tries < POST_TRIES; tries++) {
         rc = (int)fi_trecv(f->ep, f->rx_mem + (size_t)i * f->rx_stride, f->rx_stride, desc_of(f->rx_mr),
                            FI_ADDR_UNSPEC, TAG_FRAME, 0, &s->ctx);
     }
-    if (rc != 0)
+    if (rc != 0) {
         s->state = 2;
+        f->rx_free[f->n_rx_free++] = i;
+        return rc;
+    }
+    s->state = 0;
+    f->n_posted++;
+    return 0;
+}
+
+/* Post frame buffers from the top of the stack until rx_post_max are posted (or none is left). */
+static int top_up_rx(msm_fab *f) {
+    int rc = 0;
+    while (rc == 0 && f->n_posted < f->rx_post_max && f->n_rx_free > 0)
+        rc = post_rx(f, f->rx_free[--f->n_rx_free]);
     return rc;
+}
+
+/* A frame buffer back from the caller or from a dropped frame: posted again at once if fewer than
+ * rx_post_max are, else on top of the stack (the next to be posted). */
+static int recycle_rx(msm_fab *f, uint32_t i) {
+    if (f->n_posted < f->rx_post_max)
+        return post_rx(f, i);
+    f->rx[i].state = 2;
+    f->rx[i].peer = -1;
+    f->rx_free[f->n_rx_free++] = i;
+    return 0;
 }
 
 static int post_ctrl(msm_fab *f, uint32_t i) {
@@ -194,7 +228,7 @@ static int post_ctrl(msm_fab *f, uint32_t i) {
 static int alloc_buffers(msm_fab *f) {
     f->rx_stride = (PAD(MSM_FAB_HEADER_BYTES + f->max_meta) + f->max_frame + 4095) & ~(size_t)4095;
     f->tx_stride = PAD(MSM_FAB_HEADER_BYTES + f->max_meta);
-    f->n_rx = f->credits * f->max_peers; /* every credit granted is a buffer posted or held, never more */
+    f->n_rx = f->credits * f->max_peers; /* every credit granted is a buffer posted, idle or held, never more */
     f->n_tx = f->credits * f->max_peers; /* in flight never exceeds the credits of all peers */
     f->n_ctrl = CTRL_RX_PER_PEER * f->max_peers + CTRL_RX_EXTRA;
     f->rx_bytes = f->rx_stride * f->n_rx;
@@ -203,15 +237,20 @@ static int alloc_buffers(msm_fab *f) {
     f->tx_mem = map(f->tx_bytes);
     f->ctrl_mem = calloc(f->n_ctrl, sizeof(ctrl_msg));
     f->rx = calloc(f->n_rx, sizeof(slot));
+    f->rx_free = calloc(f->n_rx, sizeof(uint32_t));
     f->tx = calloc(f->n_tx, sizeof(slot));
     f->ctrl = calloc(f->n_ctrl, sizeof(slot));
     f->tx_free = calloc(f->n_tx, sizeof(uint32_t));
     f->tx_queue = calloc(f->n_tx, sizeof(uint32_t));
     f->peers = calloc(f->max_peers, sizeof(peer));
-    if (!f->rx_mem || !f->tx_mem || !f->ctrl_mem || !f->rx || !f->tx || !f->ctrl || !f->tx_free || !f->tx_queue || !f->peers)
+    if (!f->rx_mem || !f->tx_mem || !f->ctrl_mem || !f->rx || !f->rx_free || !f->tx || !f->ctrl || !f->tx_free ||
+        !f->tx_queue || !f->peers)
         return -FI_ENOMEM;
-    for (uint32_t i = 0; i < f->n_rx; i++)
+    for (uint32_t i = 0; i < f->n_rx; i++) {
         f->rx[i] = (slot){.kind = SLOT_RX, .index = i, .peer = -1, .state = 2};
+        f->rx_free[i] = f->n_rx - 1 - i; /* buffer 0 on top */
+    }
+    f->n_rx_free = f->n_rx;
     for (uint32_t i = 0; i < f->n_tx; i++) {
         f->tx[i] = (slot){.kind = SLOT_TX, .index = i, .peer = -1};
         f->tx_free[i] = f->n_tx - 1 - i;
@@ -270,8 +309,8 @@ static int open_ep(msm_fab *f, char *err, size_t errlen) {
         rc = fi_enable(f->ep);
     if (rc != 0)
         return say(err, errlen, "%s: %s", "endpoint", rc), rc;
-    for (uint32_t i = 0; i < f->n_rx && rc == 0; i++)
-        rc = post_rx(f, i);
+    f->rx_post_max = f->per_peer_tx ? RX_POSTED_SHM : f->n_rx;
+    rc = top_up_rx(f);
     for (uint32_t i = 0; i < f->n_ctrl && rc == 0; i++)
         rc = post_ctrl(f, i);
     if (rc != 0)
@@ -614,7 +653,7 @@ static int on_frame(msm_fab *f, slot *s, fi_addr_t src, size_t len, msm_fab_even
         f->st.rx_unknown_peer++;
         if (pid >= 0)
             f->peers[pid].st.my_grant++; /* its credit, should it be added again */
-        post_rx(f, s->index);
+        recycle_rx(f, s->index);
         return 0;
     }
     peer *p = &f->peers[pid];
@@ -630,7 +669,7 @@ static int on_frame(msm_fab *f, slot *s, fi_addr_t src, size_t len, msm_fab_even
         p->st.rx_bad++;
         p->st.my_grant++; /* it used a credit: give it back */
         p->grant_pending = 1;
-        post_rx(f, s->index);
+        recycle_rx(f, s->index);
         return 0;
     }
     s->state = 1;
@@ -650,6 +689,7 @@ static int on_completion(msm_fab *f, struct fi_cq_tagged_entry *ce, fi_addr_t sr
         return 0;
     switch (s->kind) {
     case SLOT_RX:
+        f->n_posted--;
         return on_frame(f, s, src, ce->len, ev);
     case SLOT_CTRL:
         on_ctrl(f, s, src, ce->len);
@@ -681,10 +721,12 @@ static int on_error(msm_fab *f, msm_fab_event *ev) {
         tx_done(f, s);
         return 1;
     }
+    if (s->kind == SLOT_RX)
+        f->n_posted--;
     if (e.err == FI_ECANCELED)
         return 0;
     if (s->kind == SLOT_RX)
-        post_rx(f, s->index); /* truncated or failed: the buffer goes back */
+        recycle_rx(f, s->index); /* truncated or failed: the buffer goes back */
     else
         post_ctrl(f, s->index);
     return 0;
@@ -722,6 +764,9 @@ int msm_fab_poll(msm_fab *f, msm_fab_event *events, int max, int timeout_ms) {
     int64_t deadline = now_ns() + (int64_t)timeout_ms * 1000000, nap_ns = NAP_MIN_NS;
     struct fi_cq_tagged_entry ce[CQ_BATCH];
     fi_addr_t src[CQ_BATCH];
+    /* Once per call, not after each completion: a frame the caller releases before its next poll is
+     * reposted first (the same, warm buffer); one it holds makes this post the next from the stack. */
+    top_up_rx(f);
     while (n < max) {
         flush_ctrl(f);
         if (f->n_queued > 0)
@@ -752,7 +797,7 @@ int msm_fab_release(msm_fab *f, uint32_t i) {
     if (i >= f->n_rx || f->rx[i].state != 1)
         return -FI_EINVAL;
     int pid = f->rx[i].peer;
-    int rc = post_rx(f, i);
+    int rc = recycle_rx(f, i);
     if (pid >= 0) {
         peer *p = &f->peers[pid];
         p->st.rx_held--;
@@ -812,6 +857,7 @@ void msm_fab_close(msm_fab *f) {
         munmap(f->tx_mem, f->tx_bytes);
     free(f->ctrl_mem);
     free(f->rx);
+    free(f->rx_free);
     free(f->tx);
     free(f->ctrl);
     free(f->tx_free);

@@ -27,6 +27,7 @@ from msm.rtp_proxy.media.fabric_link import (
     FabricEndpoint,
     FabricUnavailable,
     FrameHeader,
+    ReceivedFrame,
 )
 from tests.integration.fabric_peer import payload
 
@@ -317,6 +318,47 @@ def test_a_send_the_provider_refuses_for_now_is_retried_within_its_bound() -> No
         assert got == [2]
         final = a.stats()["peers"][to_b]
         assert (final["drop_busy"], final["drop_no_credit"], final["tx_frames"]) == (1, 0, 1), final
+
+
+def test_shm_reuses_the_last_released_receive_buffer() -> None:
+    """shm copies a frame into the buffer it matches: frames released before the next comes all land in
+    one (cache-warm) buffer, not in each of credits x peers in turn; held ones make it post others."""
+    need("shm")
+    with FabricEndpoint("shm", max_frame=4096, credits=4, max_peers=2) as a, \
+            FabricEndpoint("shm", max_frame=4096, credits=4, max_peers=2) as b:
+        to_b = a.add_peer(b.local_address())
+        b.add_peer(a.local_address())
+        assert b.stats()["rx_posted"] == 1 and b.stats()["rx_buffers"] == 8
+
+        def one(seq: int) -> ReceivedFrame:
+            assert a.offer(to_b, FrameHeader(1, seq, 0), bytes([seq]) * 1000) is None
+            deadline = time.monotonic() + 10
+            while True:
+                a.poll(0.001)
+                got = b.poll(0.001)
+                if got:
+                    assert [f.seq for f in got] == [seq] and bytes(got[0].payload) == bytes([seq]) * 1000
+                    return got[0]
+                assert time.monotonic() < deadline, (a.stats(), b.stats())
+
+        deadline = time.monotonic() + 10
+        while a.stats()["peers"][to_b]["credits"] < 4:
+            a.poll(0.001)
+            b.poll(0.001)
+            assert time.monotonic() < deadline
+        slots = []
+        for seq in range(6):
+            frame = one(seq)
+            slots.append(frame.slot)
+            frame.release()
+            for _ in range(3):   # the grant back to a
+                a.poll(0.001)
+        assert len(set(slots)) == 1, slots
+        held = [one(10 + i) for i in range(3)]     # held: each next frame finds another buffer
+        assert len({f.slot for f in held}) == 3
+        for frame in held:
+            frame.release()
+        assert b.stats()["rx_posted"] == 1
 
 
 def test_bad_provider_names_and_limits_are_clear_errors() -> None:
