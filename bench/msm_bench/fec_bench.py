@@ -15,6 +15,13 @@ timestamps, tests/e2e/test_fec_gst.py).
   two runs' CPU (user + system of the child), over the media packets; the best of ``--repeat``.
 
     .venv/bin/python -m msm_bench.fec_bench [--packets 40000] [--columns 10 --rows 10] [--loss 0.05] [--json]
+
+``--veth`` (root, iproute2, nftables) measures residual loss instead: two network namespaces joined
+by a veth pair, nftables in the receiver's dropping ``--veth-loss`` percent of the UDP packets it
+gets (media and FEC alike: ``meta l4proto udp numgen random mod 100 < P drop``), msm's encoder
+sending media to port P and FEC to P + 2 / P + 4 at ``--rate`` packets/s, msm's decoder receiving.
+
+    .venv/bin/python -m msm_bench.fec_bench --veth [--veth-loss 1,5,10] [--packets 40000] [--rate 10000]
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import resource
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -145,6 +153,120 @@ def gstreamer(packets: list[bytes], events: list[tuple[bool, bytes]], columns: i
             "enc_pipeline_ns": cpu["enc"] / n, "dec_pipeline_ns": cpu["dec"] / n}
 
 
+RECEIVER = """
+import json, select, socket, struct, sys, time
+from msm.rtp_proxy import repair
+host, port, columns, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+SO_TIMESTAMPNS = 35
+socks = []
+for k in (0, 2, 4):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, 33, 32 << 20)   # SO_RCVBUFFORCE (root): a loaded machine must not add loss
+    s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    s.bind((host, port + k))
+    s.setblocking(False)
+    socks.append(s)
+dec = repair.fec_decoder(columns, rows)
+print("ready", flush=True)
+arrived, recovered, last, carry = set(), set(), None, []
+while last is None or time.monotonic() - last < 1.0:
+    # What the three sockets hold, in the order the kernel received it (its timestamps), up to the
+    # first moment every socket had been read to: a loaded machine must not reorder the streams past
+    # the decoder's window by reading one socket before the others.
+    got, ends = list(carry), []
+    ready = select.select(socks, [], [], 0.2)[0]
+    for k in range(3) if ready else ():
+        while True:
+            try:
+                pkt, anc, _, _ = socks[k].recvmsg(2048, socket.CMSG_SPACE(16))
+            except BlockingIOError:
+                break
+            sec, nsec = struct.unpack("qq", anc[0][2][:16]) if anc else (0, 0)
+            got.append((sec * 10**9 + nsec, k, pkt))
+        ends.append(time.time_ns())
+    if len(got) > len(carry):
+        last = time.monotonic()
+    cutoff = min(ends) if ends else float("inf")
+    got.sort(key=lambda g: g[0])
+    carry = [g for g in got if g[0] > cutoff]
+    for _, k, pkt in (g for g in got if g[0] <= cutoff):
+        if k == 0:
+            if dec.media(pkt) in (0, 1):
+                arrived.add(pkt[2:4])
+        else:
+            dec.fec(pkt)
+        recovered |= {p[2:4] for p in dec.recovered()}
+print(json.dumps({"arrived": len(arrived), "delivered": len(arrived | recovered), "stats": dec.stats()}), flush=True)
+"""
+
+SENDER = """
+import socket, struct, sys, time
+from msm.rtp_proxy import repair
+dst, port, columns, rows, count, rate = sys.argv[1], *(int(a) for a in sys.argv[2:7])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+enc = repair.fec_encoder(columns, rows)
+body = bytes(range(256)) * 6
+s.sendto(b"arp", (dst, port + 6))       # resolve the neighbour before the stream starts
+time.sleep(0.1)
+start = time.monotonic()
+for i in range(count):
+    p = struct.pack("!BBHII", 0x80, 33, i & 0xFFFF, i * 3003 & 0xFFFFFFFF, 0) + body[:1316]
+    s.sendto(p, (dst, port))
+    for kind, f in enc.push(p):
+        s.sendto(f, (dst, port + (2 if kind == 0 else 4)))
+    if i % 32 == 31 and (ahead := start + (i + 1) / rate - time.monotonic()) > 0:
+        time.sleep(ahead)
+"""
+
+
+def _sh(*argv: str, stdin: str | None = None) -> None:
+    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+
+
+def veth(losses: list[int], count: int, rate: int, columns: int, rows: int) -> list[dict[str, Any]]:
+    """Residual loss through nftables-dropped veth between two namespaces, per loss percentage."""
+    tag = os.getpid() % 100000
+    ns_a, ns_b, net = f"msmfecA-{tag}", f"msmfecB-{tag}", f"10.254.{tag % 250}"
+    results = []
+    try:
+        _sh("ip", "netns", "add", ns_a)
+        _sh("ip", "netns", "add", ns_b)
+        _sh("ip", "-n", ns_a, "link", "add", f"fa{tag}", "type", "veth", "peer", "name", f"fb{tag}", "netns", ns_b)
+        for ns, dev, addr in ((ns_a, f"fa{tag}", f"{net}.1/30"), (ns_b, f"fb{tag}", f"{net}.2/30")):
+            _sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
+            _sh("ip", "-n", ns, "link", "set", dev, "up")
+        for loss in losses:
+            _sh("ip", "netns", "exec", ns_b, "nft", "-f", "-", stdin=(
+                "flush ruleset\ntable inet msmfec {\n chain input {\n  type filter hook input priority 0;\n"
+                f"  meta l4proto udp numgen random mod 100 < {loss} drop\n }}\n}}\n"))
+            results.append(_veth_run(ns_a, ns_b, f"{net}.2", loss, count, rate, columns, rows))
+    finally:
+        for ns in (ns_a, ns_b):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+    return results
+
+
+def _veth_run(ns_a: str, ns_b: str, dst: str, loss: int, count: int, rate: int, columns: int,
+              rows: int) -> dict[str, Any]:
+    py = sys.executable
+    rx = subprocess.Popen(["ip", "netns", "exec", ns_b, py, "-c", RECEIVER, dst, "5004", str(columns), str(rows)],
+                          stdout=subprocess.PIPE, text=True)
+    try:
+        assert rx.stdout is not None
+        if rx.stdout.readline().strip() != "ready":
+            raise RuntimeError("the receiver did not start")
+        _sh("ip", "netns", "exec", ns_a, py, "-c", SENDER, dst, "5004", str(columns), str(rows), str(count),
+            str(rate))
+        out, _ = rx.communicate(timeout=60)
+    finally:
+        rx.kill()
+    got = json.loads(out.strip().splitlines()[-1])
+    return {"nft_loss_percent": loss, "media_loss": 1 - got["arrived"] / count,
+            "residual_loss": 1 - got["delivered"] / count, "decoder": got["stats"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--packets", type=int, default=40000)
@@ -153,8 +275,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loss", type=float, default=0.05, help="media dropped before the decoders (0..0.5)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--veth", action="store_true", help="residual loss through nftables on a veth (root)")
+    parser.add_argument("--veth-loss", default="1,5,10", help="percentages nftables drops, comma-separated")
+    parser.add_argument("--rate", type=int, default=10000, help="media packets/s with --veth")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
+    if args.veth:
+        if args.packets > 65536:
+            parser.error("--veth counts packets by sequence number: --packets 65536 at most")
+        rows = veth([int(x) for x in args.veth_loss.split(",")], args.packets, args.rate, args.columns, args.rows)
+        if args.json:
+            print(json.dumps({"veth": rows, "load": (load_before, os.getloadavg()[0])}))
+            return 0
+        print(f"SMPTE 2022-1 FEC {args.columns}x{args.rows} over a veth, nftables dropping UDP, {args.packets} "
+              f"packets at {args.rate}/s (load average {load_before:.1f} -> {os.getloadavg()[0]:.1f})")
+        for r in rows:
+            print(f"  nftables {r['nft_loss_percent']:>2}%: media lost {r['media_loss']:.3%}, after FEC "
+                  f"{r['residual_loss']:.3%} ({r['decoder']['recovered']} recovered, "
+                  f"{r['decoder']['unrecoverable']} unrecoverable, {r['decoder']['fec_late']} FEC packets too late)")
+        return 0
     packets = media_packets(args.packets)
     mine = ours(packets, args.columns, args.rows, min(max(args.loss, 0.0), 0.5), args.repeat)
     theirs = gstreamer(packets, mine.pop("events"), args.columns, args.rows, args.repeat)
