@@ -259,7 +259,7 @@ def _resolve(host: str, port: int, family: int) -> tuple[int, bytes, int]:
     return 0, b"", 0
 
 
-_LEG_FIELDS = ("packets_sent", "bytes_sent", "send_errors", "dropped_backlog", "gso_sends")
+_LEG_FIELDS = ("packets_sent", "bytes_sent", "send_errors", "dropped_backlog", "gso_sends", "mtu_exceeded")
 
 
 class LegHandle:

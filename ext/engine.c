@@ -86,6 +86,7 @@ struct msm_leg {
     int family; /* 0: unresolvable destination */
     srtpkeys *srtp; /* atomic pointer; NULL: plain RTP */
     uint64_t packets_sent, bytes_sent, send_errors, dropped_backlog, gso_sends;
+    uint64_t mtu_exceeded; /* packets over the path MTU (EMSGSIZE: the sockets never fragment) */
     uint32_t gso_disabled;
 };
 
@@ -916,6 +917,14 @@ static int gso_refused(int err) {
     return err == EIO || err == EINVAL || err == EMSGSIZE || err == ENOPROTOOPT || err == EOPNOTSUPP;
 }
 
+/* A send the kernel refused: over the path MTU (counted apart), or another error. */
+static void leg_error(msm_leg *leg, uint32_t npk) {
+    if (errno == EMSGSIZE)
+        BUMP(leg->mtu_exceeded, npk);
+    else
+        BUMP(leg->send_errors, npk);
+}
+
 /* The socket a leg's packets leave from: the flow's own, or the one of the leg's family. */
 static int tx_fd(const msm_flow *f, const msm_leg *leg) {
     int af = __atomic_load_n(&f->alt_family, __ATOMIC_ACQUIRE);
@@ -949,7 +958,7 @@ static void send_each(msm_flow *f, struct msghdr *gso_msg, const txmeta *gm) {
             tx_backlog(f, &m);
             return;
         }
-        BUMP(gm->leg->send_errors, 1);
+        leg_error(gm->leg, 1);
         off++;
     }
 }
@@ -986,7 +995,7 @@ static void flush(msm_engine *e, msm_flow *f) {
             __atomic_store_n(&e->meta[off].leg->gso_disabled, 1, __ATOMIC_RELAXED);
             send_each(f, &e->tx[off].msg_hdr, &e->meta[off]);
         } else {
-            BUMP(e->meta[off].leg->send_errors, e->meta[off].npk);
+            leg_error(e->meta[off].leg, e->meta[off].npk);
         }
         off++;
     }
@@ -1681,6 +1690,7 @@ void msm_leg_stats_get(msm_leg *l, msm_leg_stats *o) {
     o->send_errors = LOAD(l->send_errors);
     o->dropped_backlog = LOAD(l->dropped_backlog);
     o->gso_sends = LOAD(l->gso_sends);
+    o->mtu_exceeded = LOAD(l->mtu_exceeded);
     o->gso_disabled = LOAD(l->gso_disabled);
     o->resolved = l->family != 0;
 }

@@ -83,6 +83,7 @@ typedef struct msm_flow_stats {
 
 typedef struct msm_leg_stats {
     uint64_t packets_sent, bytes_sent, send_errors, dropped_backlog, gso_sends;
+    uint64_t mtu_exceeded; /* refused with EMSGSIZE: over the path MTU (never fragmented) */
     uint32_t gso_disabled, resolved;
 } msm_leg_stats;
 

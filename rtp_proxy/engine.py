@@ -77,6 +77,8 @@ class Leg:
     labels: Mapping[str, str] = field(default_factory=dict)
     #: Set: this leg sends SRTP/SRTCP with this key (a leg to another node's proxy).
     srtp: SrtpKey | None = None
+    #: The path MTU towards rtp_addr (the kernel's route and PMTU cache; 0: unknown), see ports.path_mtu.
+    path_mtu: int = 0
     # The RTCP side, kept by the flow.
     rtcp_sent: int = 0
     rtcp_send_errors: int = 0
@@ -136,6 +138,7 @@ class LegCounters:
     send_errors: int = 0
     dropped_backlog: int = 0
     gso_sends: int = 0     # sends that carried a run of packets (native engine, UDP GSO)
+    mtu_exceeded: int = 0  # packets over the leg's path MTU: refused, never fragmented
 
 
 class FlowEngine(Protocol):

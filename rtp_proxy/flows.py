@@ -57,7 +57,7 @@ from .engine import (
     RtpState,
 )
 from .native import NativeEngine, start_core
-from .ports import PortRangeExhausted, bind_pairs
+from .ports import PortRangeExhausted, bind_pairs, path_mtu
 from .pyengine import OutInfo, PythonEngine
 from .snapshot import FlowSnapshot, LegSnapshot
 from .srtp import Protector, SrtpKey, Unprotector
@@ -84,6 +84,10 @@ MAX_LEGS_HEARD = 4096
 class Flow:
     """An ingress port pair, its legs and its RTP engine. Created by :class:`FlowTable`."""
 
+    #: The other IP family's address the flow is also bound on (same ports; "": none), and its RTCP socket.
+    alt_host = ""
+    alt_rtcp_transport: DatagramSocket | None = None
+
     def __init__(
         self,
         flow_id: str,
@@ -102,9 +106,7 @@ class Flow:
         self.clock = clock
         self.legs: dict[str, Leg] = {}
         self.rtcp_transport: DatagramSocket | None = None
-        self.alt_rtcp_transport: DatagramSocket | None = None   # the other IP family's (same port)
         self.ingress: Address = ("", 0)
-        self.alt_host = ""   # the other family's address the flow is also bound on (same ports); "": none
         # The RTCP side's view of the legs, rebuilt whenever they change.
         self._rtcp_targets: tuple[Leg, ...] = ()
         self._viewer_rtp: frozenset[Address] = frozenset()
@@ -191,6 +193,7 @@ class Flow:
                           f"(its media host is {self.ingress[0]})")
 
     def set_leg(self, leg: Leg) -> None:
+        leg.path_mtu = path_mtu(leg.rtp_addr)
         self.legs[leg.leg_id] = leg
         self._leg_srtcp.pop(leg.leg_id, None)
         if leg.srtp is not None:
@@ -253,7 +256,7 @@ class Flow:
             dropped_backlog=rtp.dropped_backlog + leg.rtcp_dropped_backlog, rtcp_received=leg.rtcp_received,
             has_report=leg.has_report, viewer_fraction_lost=leg.viewer_fraction_lost,
             viewer_packets_lost=leg.viewer_packets_lost, viewer_jitter_ms=leg.viewer_jitter_ms,
-            rtt_ms=leg.rtt_ms, srtp=leg.srtp is not None)
+            rtt_ms=leg.rtt_ms, srtp=leg.srtp is not None, mtu_exceeded=rtp.mtu_exceeded, path_mtu=leg.path_mtu)
 
     # -- single counters, as the flow had them (each one reads the engine; snapshot() reads all at once)
     @property
@@ -419,6 +422,8 @@ class Flow:
         if now < self._next_report:
             return
         self._next_report = now + REPORT_INTERVAL
+        for leg in list(self.legs.values()):    # the path MTU may have changed (ICMP, routes)
+            leg.path_mtu = path_mtu(leg.rtp_addr)
         lsr = dlsr = 0
         if self.last_sr is not None:
             lsr = ntp_middle32(self.last_sr.ntp_timestamp)

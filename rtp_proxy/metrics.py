@@ -61,6 +61,8 @@ class _Families:
         self.leg_dropped = counter("msm_egress_dropped_packets", "Packets not sent to a leg, by reason",
                                    LEG_LABELS + ["reason"])
         self.enabled = gauge("msm_egress_leg_enabled", "1 while the leg is playing, 0 while paused", LEG_LABELS)
+        self.path_mtu = gauge("msm_egress_path_mtu_bytes", "Path MTU towards the leg (packets over it are "
+                              "dropped as reason=mtu_exceeded, never fragmented)", LEG_LABELS)
         self.v_reports = counter("msm_viewer_rtcp_reports", "RTCP reports received from the viewer", LEG_LABELS)
         self.v_fraction = gauge("msm_viewer_fraction_lost", "Fraction lost the viewer reports (last RTCP RR)",
                                 LEG_LABELS)
@@ -74,7 +76,7 @@ class _Families:
         return (self.received, self.octets, self.expected, self.lost, self.fraction, self.jitter, self.bitrate,
                 self.reordered, self.duplicates, self.dropped, self.rtcp, self.rtcp_errors, self.byes,
                 self.collisions, self.changes, self.sent, self.sent_bytes, self.leg_dropped, self.enabled,
-                self.v_reports, self.v_fraction, self.v_lost, self.v_jitter, self.v_rtt)
+                self.path_mtu, self.v_reports, self.v_fraction, self.v_lost, self.v_jitter, self.v_rtt)
 
     def add_flow(self, node: str, snap: FlowSnapshot) -> None:
         lab = snap.labels
@@ -109,6 +111,9 @@ class _Families:
         self.sent_bytes.add_metric(base, leg.bytes_sent)
         self.leg_dropped.add_metric(base + ["send_error"], leg.send_errors)
         self.leg_dropped.add_metric(base + ["backlog"], leg.dropped_backlog)
+        self.leg_dropped.add_metric(base + ["mtu_exceeded"], leg.mtu_exceeded)
+        if leg.path_mtu:
+            self.path_mtu.add_metric(base, leg.path_mtu)
         self.enabled.add_metric(base, 1.0 if leg.enabled else 0.0)
         self.v_reports.add_metric(base, leg.rtcp_received)
         if leg.has_report:

@@ -166,7 +166,7 @@ class NativeEngine:
         stats = known[1].stats()
         return LegCounters(packets_sent=stats["packets_sent"], bytes_sent=stats["bytes_sent"],
                            send_errors=stats["send_errors"], dropped_backlog=stats["dropped_backlog"],
-                           gso_sends=stats["gso_sends"])
+                           gso_sends=stats["gso_sends"], mtu_exceeded=stats["mtu_exceeded"])
 
     def report_block(self, *, lsr: int = 0, dlsr: int = 0) -> ReportBlock | None:
         snap = self._handle.stats()

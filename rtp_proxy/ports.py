@@ -8,7 +8,7 @@ from collections.abc import Container
 
 from msm.sdk.errors import ResourceExhausted
 
-__all__ = ["PortRangeExhausted", "bind_pair", "bind_pairs"]
+__all__ = ["PortRangeExhausted", "bind_pair", "bind_pairs", "never_fragment", "path_mtu"]
 
 
 class PortRangeExhausted(ResourceExhausted):
@@ -48,6 +48,32 @@ def bind_pairs(host: str, alt_host: str | None, low: int, high: int, start: int,
                 return bind_pair(host, low, high, start, avoid), None
             taken.update((port, port + 1))
     raise PortRangeExhausted(f"no RTP/RTCP port pair in {low}-{high} free on both {host} and {alt_host}")
+
+
+# linux/in.h and linux/in6.h (Python's socket module names none of them).
+IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14
+IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO, IPV6_MTU = 23, 2, 24
+
+
+def never_fragment(sock: socket.socket) -> None:
+    """Datagrams over the path MTU are refused (EMSGSIZE, counted per leg), never fragmented:
+    a fragment lost loses the whole packet, and a leg through a smaller MTU must show."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+
+
+def path_mtu(addr: tuple[str, int]) -> int:
+    """The path MTU towards ``addr`` as the kernel knows it now (its route, and what ICMP
+    "packet too big" taught it); 0 when there is no route."""
+    v6 = ":" in addr[0]
+    with socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(addr)     # a route lookup; nothing is sent
+            return int(probe.getsockopt(socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP, IPV6_MTU if v6 else IP_MTU))
+        except OSError:
+            return 0
 
 
 class _Either(Container[int]):
@@ -90,6 +116,7 @@ def bind_pair(host: str, low: int, high: int, start: int,
             continue
         for s in (rtp, rtcp):
             s.setblocking(False)
+            never_fragment(s)
             # Room for bursts (an I-frame is dozens of packets at once).
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 21)

@@ -78,13 +78,15 @@ def rtp_check(data: bytes) -> tuple[int, int, int] | None:
 class _Target:
     """One published leg as the hot path sees it, with what was sent to it."""
 
-    __slots__ = ("addr", "bytes_sent", "dropped_backlog", "leg", "out", "packets_sent", "protector",
-                 "send_errors")
+    __slots__ = ("addr", "bytes_sent", "dropped_backlog", "header", "leg", "mtu_exceeded", "out", "packets_sent",
+                 "protector", "send_errors")
 
     def __init__(self, leg: Leg) -> None:
         self.leg = leg
         self.addr = leg.rtp_addr
         self.out: DatagramSocket | None = None   # the socket of the leg's family when not the flow's own
+        self.header = 48 if ":" in leg.rtp_addr[0] else 28   # IP and UDP headers in the path MTU
+        self.mtu_exceeded = 0
         self.protector = Protector(leg.srtp) if leg.srtp is not None else None
         self.packets_sent = 0
         self.bytes_sent = 0
@@ -226,7 +228,8 @@ class PythonEngine:
         if target is None:
             return LegCounters()
         return LegCounters(packets_sent=target.packets_sent, bytes_sent=target.bytes_sent,
-                           send_errors=target.send_errors, dropped_backlog=target.dropped_backlog)
+                           send_errors=target.send_errors, dropped_backlog=target.dropped_backlog,
+                           mtu_exceeded=target.mtu_exceeded)
 
     def report_block(self, *, lsr: int = 0, dlsr: int = 0) -> ReportBlock | None:
         if self.stats is None or self.ssrc is None:
@@ -340,6 +343,12 @@ class PythonEngine:
                     target.send_errors += 1
                     continue
                 out = protected
+            mtu = target.leg.path_mtu
+            if mtu and len(out) + target.header > mtu:
+                # The sockets never fragment (ports.bind_pair): the kernel would refuse it too, but
+                # asyncio reports that to the socket, not the leg.
+                target.mtu_exceeded += 1
+                continue
             try:
                 (target.out or transport).sendto(out, target.addr)
                 target.packets_sent += 1

@@ -36,6 +36,8 @@ class LegSnapshot:
     viewer_jitter_ms: float
     rtt_ms: float | None
     srtp: bool = False        # this leg sends SRTP
+    mtu_exceeded: int = 0     # RTP packets over the path MTU: not sent (never fragmented)
+    path_mtu: int = 0         # towards the leg's RTP address (0: unknown)
 
 
 @dataclass(frozen=True, slots=True)
