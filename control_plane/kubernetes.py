@@ -18,6 +18,10 @@ cannot be probed. The viewer's path is normalised (:func:`~.resolver.normalise_p
 ``.`` and encoded separators are a 400) and its query string is dropped from the upstream
 URL unless the Service says ``media.mediastreamingmesh.io/allow-query: "true"``.
 
+Multicast: ``media.mediastreamingmesh.io/multicast: "true"`` on a Service lets its viewers ask
+``RTP/AVP;multicast`` (each node then sends the stream once to a group of the control plane's
+pool, and DESCRIBE announces that group); without it such a SETUP is answered 461.
+
 Camera credentials: ``media.mediastreamingmesh.io/credentials-secret: <name>`` on a Service names
 a Secret *in the Service's own namespace* (a name, never ``namespace/name``), of type ``Opaque``
 or ``kubernetes.io/basic-auth``, with keys ``username`` and ``password``. Both go, percent-encoded,
@@ -51,7 +55,7 @@ from msm.runtime.backoff import Backoff
 from msm.runtime.hostport import parse_host_port
 from msm.sdk.errors import ConfigError, KubeError, NotFound, Unavailable
 
-from .resolver import NO_ASKER, Asker, BadPath, Route, normalise_path
+from .resolver import NO_ASKER, Asker, BadPath, Route, RouteError, normalise_path, parse_switch
 
 __all__ = ["ALLOW_NAMESPACES", "ALLOW_QUERY", "CREDENTIALS_SECRET", "KubeClient", "KubeError", "KubernetesResolver"]
 
@@ -62,6 +66,7 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ALLOW_NAMESPACES = "media.mediastreamingmesh.io/allow-namespaces"
 ALLOW_QUERY = "media.mediastreamingmesh.io/allow-query"
 CREDENTIALS_SECRET = "media.mediastreamingmesh.io/credentials-secret"
+MULTICAST = "media.mediastreamingmesh.io/multicast"
 SECRET_TYPES = ("Opaque", "kubernetes.io/basic-auth")   # basic-auth's keys are username and password too
 _SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")   # a DNS subdomain: no '/', no namespace
 # One watch event is one JSON line; an EndpointSlice holds at most 1000
@@ -250,6 +255,16 @@ def _tls_context(cluster: dict[str, Any], user: dict[str, Any]) -> ssl.SSLContex
     if cert and key:
         context.load_cert_chain(cert, key)
     return context
+
+
+def _multicast(svc: dict[str, Any], namespace: str, name: str) -> bool:
+    """The Service's MULTICAST annotation; a value that is no switch: off, logged (never a failed route)."""
+    value = _annotations(svc).get(MULTICAST, "")
+    try:
+        return parse_switch(value, f"service {namespace}/{name}: annotation {MULTICAST}")
+    except RouteError as exc:
+        log.warning("%s", exc)
+        return False
 
 
 def _annotations(obj: dict[str, Any]) -> dict[str, str]:
@@ -453,7 +468,8 @@ class KubernetesResolver:
             return Route(name="/".join([namespace, name, *segments]),
                          url=f"{parts.scheme or 'rtsp'}://{userinfo}{host_part}:{endpoint_port}{path}{query}",
                          node=endpoint.get("nodeName", ""), namespace=target.get("namespace", namespace),
-                         pod=target.get("name", "") if target.get("kind", "Pod") == "Pod" else "")
+                         pod=target.get("name", "") if target.get("kind", "Pod") == "Pod" else "",
+                         multicast=_multicast(svc, namespace, name))
         raise NotFound(f"service {namespace}/{name} has no ready endpoint")
 
     def _may_use(self, key: tuple[str, str], asker: Asker) -> bool:

@@ -248,9 +248,10 @@ class ProxyLink:
         await self._call(lambda: self.api.RemoveFlow(request, timeout=PROXY_TIMEOUT))
 
     async def add_leg(self, flow_id: str, leg_id: str, destination: pb.Endpoint, *, enabled: bool,
-                      labels: Mapping[str, str], srtp: pb.SrtpParams | None = None) -> None:
+                      labels: Mapping[str, str], srtp: pb.SrtpParams | None = None,
+                      multicast_ttl: int = 0) -> None:
         request = pb.AddLegRequest(flow_id=flow_id, leg_id=leg_id, destination=destination, enabled=enabled,
-                                   labels=labels, srtp=srtp)
+                                   labels=labels, srtp=srtp, multicast_ttl=multicast_ttl)
         await self._call(lambda: self.api.AddLeg(request, timeout=PROXY_TIMEOUT))
 
     async def rekey(self, flow_id: str, leg_id: str, srtp: pb.SrtpParams) -> None:

@@ -21,6 +21,7 @@ from msm.security.tls import Rotator, TlsFiles
 
 from .kubernetes import KubeClient, KubeError, KubernetesResolver
 from .metrics import control_registry
+from .multicast import DEFAULT_POOL, DEFAULT_TTL, MAX_GROUPS
 from .planner import MAX_LEGS_PER_STUB, MAX_TRACKS, REKEY_INTERVAL, PlannerSettings
 from .resolver import ChainResolver, Resolver, RouteError, StaticResolver, parse_route
 from .server import ControlPlaneServer
@@ -73,6 +74,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         default=int(_env("MSM_MAX_LEGS_PER_STUB", str(MAX_LEGS_PER_STUB))),
                         help=f"legs one stub may hold across all streams; more SETUPs get 453 "
                         f"(MSM_MAX_LEGS_PER_STUB, default {MAX_LEGS_PER_STUB})")
+    _multicast_arguments(parser)
     parser.add_argument("--log-level", default=_env("MSM_LOG_LEVEL", "info"))
     add_tls_arguments(parser, bootstrap=False)
     parser.add_argument("--ca-dir", default=_env("MSM_CA_DIR", ""),
@@ -89,6 +91,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--service-account", default=_env("MSM_SERVICE_ACCOUNT", "msm-control-plane"),
                         help="this control plane's service account, in its own identity (MSM_SERVICE_ACCOUNT)")
     return parser.parse_args(argv)
+
+
+def _multicast_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where routes that allow multicast get their groups (see control_plane/multicast.py)."""
+    parser.add_argument("--multicast-pool", default=_env("MSM_MULTICAST_POOL", DEFAULT_POOL), metavar="CIDR",
+                        help=f"IPv4 multicast network the groups of multicast routes are leased from "
+                        f"(MSM_MULTICAST_POOL, default {DEFAULT_POOL})")
+    parser.add_argument("--multicast-ttl", type=int, default=int(_env("MSM_MULTICAST_TTL", str(DEFAULT_TTL))),
+                        help=f"TTL of multicast packets, 1-255 (MSM_MULTICAST_TTL, default {DEFAULT_TTL})")
+    parser.add_argument("--max-multicast-groups", type=int,
+                        default=int(_env("MSM_MAX_MULTICAST_GROUPS", str(MAX_GROUPS))),
+                        help=f"multicast groups leased at once; past it a multicast SETUP gets 453 "
+                        f"(MSM_MAX_MULTICAST_GROUPS, default {MAX_GROUPS})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,7 +131,9 @@ def planner_settings(opts: argparse.Namespace) -> PlannerSettings:
     """The planner's tunables from the flags (ConfigError names an impossible one)."""
     return PlannerSettings(linger=opts.linger, max_tracks=opts.max_tracks, max_legs_per_stub=opts.max_legs_per_stub,
                            srtp=opts.srtp,
-                           srtp_profile=opts.srtp_profile, rekey_interval=opts.srtp_rekey)
+                           srtp_profile=opts.srtp_profile, rekey_interval=opts.srtp_rekey,
+                           multicast_pool=opts.multicast_pool, multicast_ttl=opts.multicast_ttl,
+                           max_multicast_groups=opts.max_multicast_groups)
 
 
 def proxy_accounts(opts: argparse.Namespace) -> list[tuple[str, str]]:

@@ -48,6 +48,7 @@ from msm.sdk.errors import (
     UnsupportedTransport,
 )
 
+from .multicast import DEFAULT_POOL, DEFAULT_PORT, DEFAULT_TTL, MAX_GROUPS, Group, MulticastPool, group_leg
 from .ports import Clock, DataPlane, LoopClock, StubInfo, StubPort, Timer
 from .resolver import Asker, Resolver, Route
 from .store import FlowRef, LegRef, MemoryStore, Store, StreamRecord, ViewerRecord
@@ -128,6 +129,8 @@ class PlannerSettings:
     the same node stay plain RTP. ``srtp_profile``: the profile relay legs use when both
     proxies can do it (AEAD_AES_128_GCM; AES_CM_128_HMAC_SHA1_80 to never use GCM), else
     AES_CM_128_HMAC_SHA1_80. ``rekey_interval``: seconds between a relay's keys.
+    ``multicast_pool``, ``multicast_ttl``, ``multicast_port``, ``max_multicast_groups``: where the
+    groups of routes that allow multicast come from (see :mod:`.multicast`).
     """
 
     linger: float = 5.0
@@ -138,6 +141,10 @@ class PlannerSettings:
     srtp: bool = True
     srtp_profile: str = SRTP_GCM
     rekey_interval: float = REKEY_INTERVAL
+    multicast_pool: str = DEFAULT_POOL
+    multicast_ttl: int = DEFAULT_TTL
+    multicast_port: int = DEFAULT_PORT
+    max_multicast_groups: int = MAX_GROUPS
 
     def __post_init__(self) -> None:
         if self.linger < 0 or self.rekey_interval <= 0 or self.max_tracks < 1 or self.max_legs_per_stub < 1:
@@ -146,6 +153,8 @@ class PlannerSettings:
         if self.srtp_profile not in SRTP_SALT_LEN:
             raise ConfigError(f"planner settings: SRTP profile {self.srtp_profile!r} is not one of "
                               f"{', '.join(SRTP_SALT_LEN)}")
+        MulticastPool(self.multicast_pool, ttl=self.multicast_ttl, port=self.multicast_port,
+                      max_groups=self.max_multicast_groups)   # ConfigError for an impossible one
         if self.proxy_port_range is not None:
             low, high = self.proxy_port_range
             if not 0 < low <= high <= 65535:
@@ -170,6 +179,9 @@ class Planner:
         self.store: Store = store if store is not None else MemoryStore()
         self.clock: Clock = clock if clock is not None else LoopClock()
         self.linger = self.settings.linger
+        self.multicast = MulticastPool(self.settings.multicast_pool, ttl=self.settings.multicast_ttl,
+                                       port=self.settings.multicast_port,
+                                       max_groups=self.settings.max_multicast_groups)
         self.stubs: dict[str, StubPort] = {}
         self.proxies: dict[str, DataPlane] = {}   # node -> its proxy
         self._locks: dict[str, asyncio.Lock] = {}
@@ -447,6 +459,8 @@ class Planner:
         for ref in [*record.relays.values(), *record.flows.values()]:
             await self._remove_flow(ref)
         record.relays = {}
+        for group in self.multicast.of_stream(record.stream_id):
+            self.multicast.release(group.stream_id, group.node)
         record.sdp = None
         record.tracks = []
         record.flows = {}
@@ -473,7 +487,13 @@ class Planner:
             if not self.store.viewers(record.stream_id):
                 # A DESCRIBE that is never followed by SETUP must not pin the upstream.
                 self._schedule_linger(record.stream_id)
-            return pb.DescribeReply(stream_id=record.stream_id, sdp=record.sdp or "", tracks=record.tracks)
+            reply = pb.DescribeReply(stream_id=record.stream_id, sdp=record.sdp or "", tracks=record.tracks)
+            if route.multicast:
+                # Announced in the SDP (c=IN IP4 group/ttl); released with the stream if nobody joins.
+                group = self.multicast.lease(record.stream_id, stub.node)
+                reply.multicast_group.CopyFrom(group.endpoint())
+                reply.multicast_ttl = group.ttl
+            return reply
 
     async def _replace(self, record: StreamRecord) -> None:
         """The route of a known stream changed: the old upstream and its viewers go."""
@@ -485,9 +505,12 @@ class Planner:
         self.store.delete_stream(record.stream_id)
 
     async def setup(self, stub: StubInfo, request: pb.SetupRequest) -> pb.SetupReply:
-        self._check_destination(request.destination)   # before any flow or port is taken
+        if not request.multicast:
+            self._check_destination(request.destination)   # before any flow or port is taken
         async with self._lock(request.stream_id):
             record = self._stream(request.stream_id)
+            if request.multicast and not record.route.multicast:
+                raise UnsupportedTransport(f"stream {record.stream_id} is not offered over multicast")
             if record.sdp is None:
                 await self._open(record)
             if request.track_index >= len(record.tracks):
@@ -513,6 +536,9 @@ class Planner:
             raise Unavailable(f"the proxy on node {ref.node} restarted")
         # Legs are named by the session's tag, never its id: proxies publish leg ids and
         # labels in their metrics and ListFlows, and the id lets its holder control the session.
+        if request.multicast:
+            return await self._join_group(record, viewer, request, ref, proxy)
+        await self._leave_group(record, viewer, [request.track_index])   # a multicast track set up again
         tag = self._leg_tag(record.stream_id, request.session_id, request.track_index, ref)
         leg_id = f"{tag}/{request.track_index}"
         await proxy.add_leg(ref.flow_id, leg_id, request.destination, enabled=viewer.playing, labels={
@@ -525,6 +551,77 @@ class Planner:
                  request.destination.host, request.destination.rtp_port)
         return pb.SetupReply(stream_id=record.stream_id, track_index=request.track_index,
                              source=_source_for(ref.ingress, request.destination.host))
+
+    async def _join_group(self, record: StreamRecord, viewer: ViewerRecord, request: pb.SetupRequest,
+                          ref: FlowRef, proxy: DataPlane) -> pb.SetupReply:
+        """The viewer's track comes from its node's group: the group's one leg is added with its
+        first member (disabled until a member plays)."""
+        index = request.track_index
+        group = self.multicast.lease(record.stream_id, viewer.node)
+        members = group.members.setdefault(index, set())
+        leg_id = group_leg(group.node, index)
+        if not members:
+            try:
+                await proxy.add_leg(ref.flow_id, leg_id, group.endpoint(index), enabled=False, labels={
+                    "session": leg_id, "viewer": f"multicast {group.address}"}, multicast_ttl=group.ttl)
+            except BaseException:
+                if group.empty:
+                    self.multicast.release(group.stream_id, group.node)
+                raise
+        old = viewer.legs.get(index)
+        if old is not None and old.leg_id != leg_id:   # a unicast track set up again as multicast
+            with contextlib.suppress(Unavailable):
+                await proxy.remove_leg(old.flow.flow_id, old.leg_id)
+        members.add(viewer.session_id)
+        if viewer.playing:
+            await self._play_group(group, index, viewer.session_id, True, proxy, ref.flow_id)
+        viewer.legs[index] = LegRef(leg_id, ref)
+        self.store.put_viewer(viewer)
+        log.info("stream %s: viewer %s joined %s:%d (track %d, %d members)", record.stream_id,
+                 session_tag(viewer.session_id), group.address, group.endpoint(index).rtp_port, index, len(members))
+        return pb.SetupReply(stream_id=record.stream_id, track_index=index, source=ref.ingress,
+                             group=group.endpoint(index), ttl=group.ttl)
+
+    async def _play_group(self, group: Group, index: int, session_id: str, playing: bool,
+                          proxy: DataPlane, flow_id: str) -> None:
+        """A member plays or pauses: the group's leg sends while any member plays."""
+        players = group.playing.setdefault(index, set())
+        before = bool(players)
+        if playing:
+            players.add(session_id)
+        else:
+            players.discard(session_id)
+        if bool(players) != before:
+            with contextlib.suppress(Unavailable):
+                await proxy.update_leg(flow_id, group_leg(group.node, index), enabled=bool(players))
+
+    async def _leave_group(self, record: StreamRecord, viewer: ViewerRecord, tracks: list[int]) -> None:
+        """The viewer leaves its group on ``tracks`` (all: []); a track's last member takes its leg,
+        the group's last member releases the group."""
+        group = self.multicast.find(record.stream_id, viewer.node)
+        if group is None:
+            return
+        left = False
+        for index, leg in list(viewer.legs.items()):
+            if (tracks and index not in tracks) or leg.leg_id != group_leg(group.node, index):
+                continue
+            del viewer.legs[index]
+            left = True
+            members = group.members.get(index, set())
+            members.discard(viewer.session_id)
+            proxy = self._dataplane_of(leg.flow)
+            if proxy is None:
+                continue
+            if members:
+                await self._play_group(group, index, viewer.session_id, False, proxy, leg.flow.flow_id)
+            else:
+                group.playing.pop(index, None)
+                with contextlib.suppress(Unavailable):
+                    await proxy.remove_leg(leg.flow.flow_id, leg.leg_id)
+        if left and group.empty:
+            self.multicast.release(group.stream_id, group.node)
+            log.info("stream %s: multicast group %s on node %s released", record.stream_id, group.address,
+                     group.node or "-")
 
     def _leg_tag(self, stream_id: str, session_id: str, index: int, ref: FlowRef) -> str:
         """The session's tag, or when another session's leg on the same flow already has it
@@ -737,11 +834,16 @@ class Planner:
             return pb.SessionReply()
 
     async def _enable(self, viewer: ViewerRecord, tracks: list[int], enabled: bool) -> None:
+        group = self.multicast.find(viewer.stream_id, viewer.node)
         for index, leg in viewer.legs.items():
             if tracks and index not in tracks:
                 continue
             proxy = self._dataplane_of(leg.flow)
-            if proxy is not None:
+            if proxy is None:
+                continue
+            if group is not None and leg.leg_id == group_leg(group.node, index):
+                await self._play_group(group, index, viewer.session_id, enabled, proxy, leg.flow.flow_id)
+            else:
                 await proxy.update_leg(leg.flow.flow_id, leg.leg_id, enabled=enabled)
 
     # -- departures -------------------------------------------------------------------------------
@@ -749,6 +851,7 @@ class Planner:
                            reschedule: bool = True) -> None:
         """Remove ``viewer``'s legs (of ``tracks``, or all); the viewer goes with its last leg,
         relays nobody uses any more go too, and the last viewer starts the linger."""
+        await self._leave_group(record, viewer, tracks)
         for index in list(viewer.legs):
             if tracks and index not in tracks:
                 continue

@@ -63,8 +63,10 @@ class DataPlane(Protocol):
     async def remove_flow(self, flow_id: str) -> None: ...
 
     async def add_leg(self, flow_id: str, leg_id: str, destination: pb.Endpoint, *, enabled: bool,
-                      labels: Mapping[str, str], srtp: pb.SrtpParams | None = None) -> None:
-        """A destination of the flow; ``srtp`` set: the leg sends SRTP under that key (to another node)."""
+                      labels: Mapping[str, str], srtp: pb.SrtpParams | None = None,
+                      multicast_ttl: int = 0) -> None:
+        """A destination of the flow; ``srtp`` set: the leg sends SRTP under that key (to another node);
+        ``multicast_ttl`` > 0: the destination is a multicast group, sent with that TTL."""
         ...
 
     async def rekey(self, flow_id: str, leg_id: str, srtp: pb.SrtpParams) -> None:

@@ -17,7 +17,7 @@ from msm.runtime.redact import redact_url
 from msm.sdk.errors import ConfigError, NotFound, Refused
 
 __all__ = ["NO_ASKER", "Asker", "BadPath", "ChainResolver", "NotFound", "Resolver", "Route", "RouteError",
-           "StaticResolver", "normalise_path", "parse_route", "stream_name"]
+           "StaticResolver", "normalise_path", "parse_route", "parse_switch", "stream_name"]
 
 # A viewer's path goes to an upstream server on the viewer's behalf; anything that could
 # make it name something else there is refused. Longer paths than this are no stream's.
@@ -73,6 +73,9 @@ class Route:
     node: str = ""           # node the source lives on ("" = any)
     namespace: str = ""      # the source pod, when known: its stub opens the upstream
     pod: str = ""
+    # Viewers may ask RTP/AVP;multicast: each node sends the stream once to a group of the
+    # control plane's pool, and DESCRIBE announces it (c=IN IP4 group/ttl). Off: 461.
+    multicast: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -89,18 +92,35 @@ class Route:
 
 
 def parse_route(text: str) -> Route:
-    """Parse ``name=rtsp://host:port/path[#transport=tcp]`` (the CLI form)."""
+    """Parse ``name=rtsp://host:port/path[#transport=tcp][&multicast=on]`` (the CLI form)."""
     name, sep, url = text.partition("=")
     if not sep or not name or not url:
         raise RouteError(f"route must look like NAME=rtsp://host:port/path, got {text!r}")
     transport = ""
+    multicast = False
     if "#" in url:
         url, _, fragment = url.partition("#")
-        key, _, value = fragment.partition("=")
-        if key != "transport":
-            raise RouteError(f"route {name}: unknown option {fragment!r} (only transport=udp|tcp)")
-        transport = value
-    return Route(name=name.strip().strip("/"), url=url.strip(), transport=transport)
+        for option in fragment.split("&"):
+            key, _, value = option.partition("=")
+            if key == "transport":
+                transport = value
+            elif key == "multicast":
+                multicast = parse_switch(value, f"route {name}: multicast")
+            else:
+                raise RouteError(f"route {name}: unknown option {option!r} (transport=udp|tcp, multicast=on|off)")
+    return Route(name=name.strip().strip("/"), url=url.strip(), transport=transport, multicast=multicast)
+
+
+def parse_switch(value: object, what: str) -> bool:
+    """``on``/``true``/``yes``/``1`` or ``off``/``false``/``no``/``0`` (or a YAML bool); else RouteError."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("on", "true", "yes", "1"):
+        return True
+    if text in ("off", "false", "no", "0", ""):
+        return False
+    raise RouteError(f"{what} must be on or off, not {str(value)[:20]!r}")
 
 
 def stream_name(url: str) -> str:

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from msm.control_plane.multicast import DEFAULT_POOL, DEFAULT_TTL, MAX_GROUPS
 from msm.control_plane.planner import MAX_TRACKS
-from msm.control_plane.resolver import Route, RouteError, parse_route
+from msm.control_plane.resolver import Route, RouteError, parse_route, parse_switch
 from msm.rtp_proxy.media import st2110_analyse
 from msm.runtime.hostport import HostPort, parse_host_port
 from msm.runtime.process import setup_logging
@@ -47,7 +48,7 @@ from msm.stub.server import (
 
 from . import bench as bench_command
 from . import media_view
-from .mesh import LocalMesh, MeshConfig, gateway_stub_config
+from .mesh import LocalMesh, MeshConfig, check_multicast, gateway_stub_config
 
 log = logging.getLogger("msm")
 
@@ -76,13 +77,17 @@ DEFAULTS: dict[str, Any] = {
     "idle_timeout": IDLE_CONNECTION_TIMEOUT,
     "write_timeout": WRITE_TIMEOUT,
     "max_tracks": MAX_TRACKS,
+    # Multicast out (routes with multicast: on): the groups' pool, TTL and bound.
+    "multicast_pool": DEFAULT_POOL,
+    "multicast_ttl": DEFAULT_TTL,
+    "max_multicast_groups": MAX_GROUPS,
 }
 # Settings that are whole numbers; the other numeric ones are seconds (floats).
 INT_SETTINGS = ("session_timeout", "rtsps_port", "max_connections", "max_connections_per_client",
-                "max_sessions_per_connection", "max_tracks")
+                "max_sessions_per_connection", "max_tracks", "multicast_ttl", "max_multicast_groups")
 FLOAT_SETTINGS = ("linger", "header_timeout", "idle_timeout", "write_timeout")
 # What a route mapping in the config file may say.
-ROUTE_KEYS = ("url", "transport", "username", "password_file", "password_env")
+ROUTE_KEYS = ("url", "transport", "multicast", "username", "password_file", "password_env")
 
 
 class UsageError(ConfigError):
@@ -163,7 +168,8 @@ def _file_route(name: str, value: dict[str, Any]) -> Route:
     if unknown:
         hint = " (use password_file or password_env)" if "password" in unknown else ""
         raise UsageError(f"route {name}: unknown key {unknown[0]!r}{hint}; known: {', '.join(ROUTE_KEYS)}")
-    route = Route(name=name, url=str(value.get("url", "")), transport=str(value.get("transport", "") or ""))
+    route = Route(name=name, url=str(value.get("url", "")), transport=str(value.get("transport", "") or ""),
+                  multicast=parse_switch(value.get("multicast", False), f"route {name}: multicast"))
     if "username" not in value:
         if "password_file" in value or "password_env" in value:
             raise UsageError(f"route {name}: a password needs a username")
@@ -176,7 +182,7 @@ def _file_route(name: str, value: dict[str, Any]) -> Route:
     if password:
         userinfo += ":" + quote(password, safe="")
     url = urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc}"))
-    return Route(name=name, url=url, transport=route.transport)
+    return Route(name=name, url=url, transport=route.transport, multicast=route.multicast)
 
 
 def _routes(opts: argparse.Namespace, file_values: dict[str, Any]) -> list[Route]:
@@ -241,7 +247,7 @@ def _flag(opts: argparse.Namespace, file_values: dict[str, Any], key: str) -> bo
 
 
 UP_KEYS = ["rtsp_listen", "control_listen", "proxy_listen", "media_host", "port_range", "log_level",
-           "metrics_listen", "web_listen", "users_file", "auth_realm", "tls_cert", "tls_key",
+           "metrics_listen", "web_listen", "users_file", "auth_realm", "tls_cert", "tls_key", "multicast_pool",
            *INT_SETTINGS, *FLOAT_SETTINGS]
 
 
@@ -273,7 +279,7 @@ def up_config(opts: argparse.Namespace) -> MeshConfig:
         insecure=insecure, state_dir=None if insecure else _state_dir(opts, file_values),
         users_file=str(values["users_file"] or ""), auth_realm=str(values["auth_realm"]),
         allow_basic=_flag(opts, file_values, "allow_basic"), tls_cert=str(values["tls_cert"] or ""),
-        tls_key=str(values["tls_key"] or ""))
+        tls_key=str(values["tls_key"] or ""), multicast_pool=str(values["multicast_pool"]))
     for key, number in _numbers(values).items():   # linger, session_timeout, the bounds, max_tracks
         setattr(config, key, number)
     media_view.configure(config, file_values, opts.config)   # the media: section (groups, ST 2110 bridges)
@@ -283,6 +289,7 @@ def up_config(opts: argparse.Namespace) -> MeshConfig:
         raise UsageError(f"--rtsps-port must be 0-65535, got {config.rtsps_port}")
     if config.max_tracks < 1:
         raise UsageError(f"--max-tracks must be positive, got {config.max_tracks}")
+    check_multicast(config)
     gateway_stub_config(config)   # a users file or certificate it cannot read, a bound <= 0: exit 2 now
     return config
 
@@ -559,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     _security_flags(up, "keeps the mesh CA (created on first start) and each component's certificate; "
                     "`msm streams` reads its operator certificate there")
     _viewer_flags(up)
+    _multicast_flags(up)
     up.set_defaults(func=cmd_up)
 
     streams = sub.add_parser("streams", help="show live streams, viewers and their statistics",
@@ -580,6 +588,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench_command.add_parser(sub)
     st2110_analyse.add_parser(sub)
     return parser
+
+
+def _multicast_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "multicast", "for routes with multicast on (config file: a route's 'multicast: on'; flag: "
+        "--route NAME=URL#multicast=on): each node sends the stream once to a group of this pool. "
+        "Also MSM_MULTICAST_POOL, ... and the config file's multicast_pool:, ...")
+    group.add_argument("--multicast-pool", metavar="CIDR", help=f"IPv4 multicast network groups are leased "
+                       f"from (default {DEFAULT_POOL})")
+    group.add_argument("--multicast-ttl", metavar="TTL", help=f"TTL of multicast packets, 1-255 (default "
+                       f"{DEFAULT_TTL}: the node's link only)")
+    group.add_argument("--max-multicast-groups", metavar="N", help=f"groups leased at once (default {MAX_GROUPS})")
 
 
 def _viewer_flags(parser: argparse.ArgumentParser) -> None:

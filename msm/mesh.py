@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from msm.control_plane.metrics import control_registry
+from msm.control_plane.multicast import DEFAULT_POOL, DEFAULT_TTL, MAX_GROUPS, MulticastPool
 from msm.control_plane.planner import MAX_TRACKS, PlannerSettings
 from msm.control_plane.resolver import Route, StaticResolver
 from msm.control_plane.server import ControlPlaneServer
@@ -80,6 +81,10 @@ class MeshConfig:
     bridges: list[BridgeSpec] = field(default_factory=list)
     # The most tracks a source may have (the planner refuses more with 453).
     max_tracks: int = MAX_TRACKS
+    # Multicast out (routes with multicast on): the groups' pool, their TTL, how many at once.
+    multicast_pool: str = DEFAULT_POOL
+    multicast_ttl: int = DEFAULT_TTL
+    max_multicast_groups: int = MAX_GROUPS
     # Viewers of the gateway stub: Digest authentication from a users file (off without one),
     # RTSPS on rtsp_host:rtsps_port from a certificate and key (off without them), and the
     # server's bounds (defaults and reasons in stub/server.py).
@@ -95,6 +100,16 @@ class MeshConfig:
     header_timeout: float = HEADER_TIMEOUT
     idle_timeout: float = IDLE_CONNECTION_TIMEOUT
     write_timeout: float = WRITE_TIMEOUT
+
+
+def planner_settings(cfg: MeshConfig) -> PlannerSettings:
+    return PlannerSettings(linger=cfg.linger, max_tracks=cfg.max_tracks, multicast_pool=cfg.multicast_pool,
+                           multicast_ttl=cfg.multicast_ttl, max_multicast_groups=cfg.max_multicast_groups)
+
+
+def check_multicast(cfg: MeshConfig) -> None:
+    """A multicast pool, TTL or bound the planner could not use: ConfigError, one line, before anything starts."""
+    MulticastPool(cfg.multicast_pool, ttl=cfg.multicast_ttl, max_groups=cfg.max_multicast_groups)
 
 
 def gateway_stub_config(cfg: MeshConfig, control_address: str = "", tls: TlsFiles | None = None) -> StubConfig:
@@ -234,7 +249,7 @@ class LocalMesh:
             # One node: no relay legs, so SRTP (on by default for them) never applies here.
             self.control = ControlPlaneServer(
                 self.resolver, listen=cfg.control_listen, tls=pki["control-plane"] if pki else None,
-                settings=PlannerSettings(linger=cfg.linger, max_tracks=cfg.max_tracks))
+                settings=planner_settings(cfg))
             await _listening(self.control.start(), "control plane", cfg.control_listen)
             if cfg.web_listen:
                 self.web = WebServer(create_app(self.control.control,

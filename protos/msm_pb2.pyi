@@ -86,17 +86,21 @@ class DescribeRequest(_message.Message):
     def __init__(self, url: _Optional[str] = ..., viewer_host: _Optional[str] = ..., original_dst: _Optional[str] = ...) -> None: ...
 
 class DescribeReply(_message.Message):
-    __slots__ = ("stream_id", "sdp", "tracks")
+    __slots__ = ("stream_id", "sdp", "tracks", "multicast_group", "multicast_ttl")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     SDP_FIELD_NUMBER: _ClassVar[int]
     TRACKS_FIELD_NUMBER: _ClassVar[int]
+    MULTICAST_GROUP_FIELD_NUMBER: _ClassVar[int]
+    MULTICAST_TTL_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     sdp: str
     tracks: _containers.RepeatedCompositeFieldContainer[Track]
-    def __init__(self, stream_id: _Optional[str] = ..., sdp: _Optional[str] = ..., tracks: _Optional[_Iterable[_Union[Track, _Mapping]]] = ...) -> None: ...
+    multicast_group: Endpoint
+    multicast_ttl: int
+    def __init__(self, stream_id: _Optional[str] = ..., sdp: _Optional[str] = ..., tracks: _Optional[_Iterable[_Union[Track, _Mapping]]] = ..., multicast_group: _Optional[_Union[Endpoint, _Mapping]] = ..., multicast_ttl: _Optional[int] = ...) -> None: ...
 
 class SetupRequest(_message.Message):
-    __slots__ = ("original_dst", "url", "stream_id", "track_index", "session_id", "destination", "viewer_host")
+    __slots__ = ("original_dst", "url", "stream_id", "track_index", "session_id", "destination", "viewer_host", "multicast")
     ORIGINAL_DST_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +108,7 @@ class SetupRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
     VIEWER_HOST_FIELD_NUMBER: _ClassVar[int]
+    MULTICAST_FIELD_NUMBER: _ClassVar[int]
     original_dst: str
     url: str
     stream_id: str
@@ -111,19 +116,24 @@ class SetupRequest(_message.Message):
     session_id: str
     destination: Endpoint
     viewer_host: str
-    def __init__(self, original_dst: _Optional[str] = ..., url: _Optional[str] = ..., stream_id: _Optional[str] = ..., track_index: _Optional[int] = ..., session_id: _Optional[str] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., viewer_host: _Optional[str] = ...) -> None: ...
+    multicast: bool
+    def __init__(self, original_dst: _Optional[str] = ..., url: _Optional[str] = ..., stream_id: _Optional[str] = ..., track_index: _Optional[int] = ..., session_id: _Optional[str] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., viewer_host: _Optional[str] = ..., multicast: _Optional[bool] = ...) -> None: ...
 
 class SetupReply(_message.Message):
-    __slots__ = ("stream_id", "track_index", "source", "ssrc")
+    __slots__ = ("stream_id", "track_index", "source", "ssrc", "group", "ttl")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     TRACK_INDEX_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     SSRC_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     track_index: int
     source: Endpoint
     ssrc: int
-    def __init__(self, stream_id: _Optional[str] = ..., track_index: _Optional[int] = ..., source: _Optional[_Union[Endpoint, _Mapping]] = ..., ssrc: _Optional[int] = ...) -> None: ...
+    group: Endpoint
+    ttl: int
+    def __init__(self, stream_id: _Optional[str] = ..., track_index: _Optional[int] = ..., source: _Optional[_Union[Endpoint, _Mapping]] = ..., ssrc: _Optional[int] = ..., group: _Optional[_Union[Endpoint, _Mapping]] = ..., ttl: _Optional[int] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
     __slots__ = ("stream_id", "session_id", "track_indexes")
@@ -518,7 +528,7 @@ class RemoveFlowRequest(_message.Message):
     def __init__(self, flow_id: _Optional[str] = ...) -> None: ...
 
 class AddLegRequest(_message.Message):
-    __slots__ = ("flow_id", "leg_id", "destination", "enabled", "labels", "srtp")
+    __slots__ = ("flow_id", "leg_id", "destination", "enabled", "labels", "srtp", "multicast_ttl")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -532,13 +542,15 @@ class AddLegRequest(_message.Message):
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SRTP_FIELD_NUMBER: _ClassVar[int]
+    MULTICAST_TTL_FIELD_NUMBER: _ClassVar[int]
     flow_id: str
     leg_id: str
     destination: Endpoint
     enabled: bool
     labels: _containers.ScalarMap[str, str]
     srtp: SrtpParams
-    def __init__(self, flow_id: _Optional[str] = ..., leg_id: _Optional[str] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., enabled: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., srtp: _Optional[_Union[SrtpParams, _Mapping]] = ...) -> None: ...
+    multicast_ttl: int
+    def __init__(self, flow_id: _Optional[str] = ..., leg_id: _Optional[str] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., enabled: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., srtp: _Optional[_Union[SrtpParams, _Mapping]] = ..., multicast_ttl: _Optional[int] = ...) -> None: ...
 
 class UpdateLegRequest(_message.Message):
     __slots__ = ("flow_id", "leg_id", "enabled")

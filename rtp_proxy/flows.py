@@ -107,6 +107,9 @@ class Flow:
         self.legs: dict[str, Leg] = {}
         self.rtcp_transport: DatagramSocket | None = None
         self.ingress: Address = ("", 0)
+        # The RTP (whichever engine serves it) and RTCP sockets' descriptors: see set_multicast.
+        self.fds: tuple[int, ...] = ()
+        self.multicast_ttl = 0
         # The RTCP side's view of the legs, rebuilt whenever they change.
         self._rtcp_targets: tuple[Leg, ...] = ()
         self._viewer_rtp: frozenset[Address] = frozenset()
@@ -185,6 +188,27 @@ class Flow:
         self.engine.set_leg_key(leg_id, key)
 
     # -- legs ---------------------------------------------------------------
+    def set_multicast(self, ttl: int) -> None:
+        """Multicast legs leave with ``ttl`` from the ingress address's interface, looped back
+        to this host's listeners too (a viewer on the proxy's own node).
+
+        The options live on the flow's two sockets (one TTL per flow: every group of a flow
+        is the same stream's, configured once in the control plane).
+        """
+        if ttl == self.multicast_ttl or ":" in self.ingress[0]:
+            return
+        for fd in self.fds:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 0, fileno=fd)
+            try:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+                host = ipaddress.ip_address(self.ingress[0])
+                if not host.is_loopback and not host.is_unspecified:
+                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, host.packed)
+            finally:
+                sock.detach()   # the engine (or the RTCP transport) keeps owning it
+        self.multicast_ttl = ttl
+
     def check_family(self, host: str) -> None:
         """``Refused`` for a leg to an address of the other IP family when the flow has no socket there."""
         if (":" in host) != (":" in self.ingress[0]) and not self.alt_host:
@@ -515,6 +539,23 @@ ENGINES = ("auto", "native", "python")
 _warned_fallback = False
 
 
+# Link-local control groups (IGMP, OSPF, mDNS...): never a stream's.
+_LOCAL_CONTROL = ipaddress.ip_network("224.0.0.0/24")
+
+
+def check_group(host: str, rtp_port: int, rtcp_port: int) -> None:
+    """``Refused`` for a multicast leg's destination that is no IPv4 multicast group and ports."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise Refused(f"multicast leg destination must be an IP address, not {host!r}") from None
+    if ip.version != 4 or not ip.is_multicast or ip in _LOCAL_CONTROL:
+        raise Refused(f"multicast leg destination {host} is not an IPv4 multicast group outside 224.0.0.0/24")
+    for port in (rtp_port, rtcp_port):
+        if not 1024 <= port <= 65535:
+            raise Refused(f"multicast leg port {port} is outside 1024-65535")
+
+
 def choose_engine(requested: str = "auto") -> str:
     """``"native"`` or ``"python"`` for a requested engine.
 
@@ -612,6 +653,7 @@ class FlowTable:
         (rtp_sock, rtcp_sock), alt = bind_pairs(host, alt_host, low, high, self._next, avoid=self._leg_ports_here())
         self._next = (rtp_sock.getsockname()[1] - ((low + 1) & ~1)) // 2 + 1
         ingress = (host, rtp_sock.getsockname()[1])
+        fds = (rtp_sock.fileno(), rtcp_sock.fileno())
         loop = asyncio.get_running_loop()
         engine: FlowEngine | None = None
         try:
@@ -629,6 +671,7 @@ class FlowTable:
             raise
         flow.rtcp_transport = cast(DatagramSocket, rtcp_t)
         flow.ingress = ingress
+        flow.fds = fds
         if srtp is not None:
             flow.set_ingress_key(srtp)
         self.flows[flow_id] = flow
@@ -670,15 +713,20 @@ class FlowTable:
         log.info("flow %s: source %s rtp %s rtcp %s", flow_id, address, rtp_port or "any", rtcp_port or "any")
         return flow
 
-    def check_destination(self, host: str, rtp_port: int, rtcp_port: int) -> None:
+    def check_destination(self, host: str, rtp_port: int, rtcp_port: int, *, multicast: bool = False) -> None:
         """``Refused`` (counted) for a leg destination that could loop back into this proxy or reflect.
 
         Refused: anything but an IP address; multicast, broadcast and unspecified
         addresses; ports below 1024 or above 65535; and any ingress port of this
-        proxy on any address of this host (loopback, the media host, ...).
+        proxy on any address of this host (loopback, the media host, ...). A
+        ``multicast`` leg is the reverse: an IPv4 multicast group only (no loop: the
+        proxy's sockets join no group).
         """
         own = {p for flow in self.flows.values() for p in (flow.ingress[1], flow.ingress[1] + 1)}
         try:
+            if multicast:
+                check_group(host, rtp_port, rtcp_port)
+                return
             check_destination(host, rtp_port, rtcp_port, own, self._local)
         except Refused:
             self.legs_refused += 1

@@ -202,7 +202,10 @@ class DataPlaneService(pb_grpc.DataPlaneServicer):
                 raise Refused("destination host and ports are required")
             flow = self._flow(request.flow_id)
             # Never towards this proxy itself (a loop) or a reflector's target.
-            self.table.check_destination(dest.host, dest.rtp_port, dest.rtcp_port)
+            multicast = request.multicast_ttl > 0
+            if request.multicast_ttl > 255:
+                raise Refused(f"multicast TTL {request.multicast_ttl} is over 255")
+            self.table.check_destination(dest.host, dest.rtp_port, dest.rtcp_port, multicast=multicast)
             flow.check_family(dest.host)
             key = srtp_key(request.srtp) if request.HasField("srtp") else None
             if key is not None:
@@ -212,10 +215,13 @@ class DataPlaneService(pb_grpc.DataPlaneServicer):
             if isinstance(exc, Refused):
                 log.warning("flow %s: leg %s refused: %s", request.flow_id, request.leg_id, exc.reason)
             await abort(context, exc)
+        if multicast:
+            flow.set_multicast(request.multicast_ttl)
         flow.set_leg(Leg(request.leg_id, (dest.host, dest.rtp_port), (dest.host, dest.rtcp_port),
                          enabled=request.enabled, labels=dict(request.labels), srtp=key))
-        log.info("flow %s: leg %s -> %s:%d-%d (%s%s)", flow.flow_id, request.leg_id, dest.host,
+        log.info("flow %s: leg %s -> %s:%d-%d (%s%s%s)", flow.flow_id, request.leg_id, dest.host,
                  dest.rtp_port, dest.rtcp_port, "enabled" if request.enabled else "disabled",
+                 f", multicast ttl {request.multicast_ttl}" if multicast else "",
                  f", SRTP {key.profile} epoch {key.epoch}" if key is not None else "")
         return pb.Empty()
 

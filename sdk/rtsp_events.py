@@ -14,6 +14,7 @@ from msm.sdk.rtsp_sessions import S
 __all__ = [
     "DescribeRequested",
     "FrameReceived",
+    "MulticastGroup",
     "PauseRequested",
     "PlayRequested",
     "Reply",
@@ -22,6 +23,15 @@ __all__ = [
     "SetupRequested",
     "TeardownRequested",
 ]
+
+@dataclass(frozen=True, slots=True)
+class MulticastGroup:
+    """Where a stream is multicast: the group, track 0's RTP port (track n: port + 2n), the TTL."""
+
+    address: str
+    port: int
+    ttl: int
+
 
 @dataclass(frozen=True, slots=True)
 class Reply:

@@ -60,6 +60,7 @@ from msm.sdk.rtsp import (
 from msm.sdk.rtsp_events import (
     DescribeRequested,
     FrameReceived,
+    MulticastGroup,
     PauseRequested,
     PlayRequested,
     Reply,
@@ -78,6 +79,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "KNOWN_UNSUPPORTED",
     "MAX_SESSIONS_PER_CONNECTION",
+    "MulticastGroup",
     "SUPPORTED",
     "Authenticator",
     "ClientIdentity",
@@ -139,13 +141,17 @@ def error_response(exc: BaseException, headers: Iterable[tuple[str, str]] = ()) 
     return Response(status=exc.status, headers=Headers(fields), body=body)
 
 
-def viewer_sdp(sdp: SessionDescription, local_host: str) -> bytes:
-    """An upstream's description as viewers get it: ``trackN`` controls, no addresses."""
-    media = [m.with_control(f"track{i}").with_connection(None).with_port(0)
+def viewer_sdp(sdp: SessionDescription, local_host: str, group: MulticastGroup | None = None) -> bytes:
+    """An upstream's description as viewers get it: ``trackN`` controls, no addresses; with a
+    multicast ``group``, its ``c=IN IP4 group/ttl`` and track ``n`` on ``port + 2n`` (RFC 4566 5.7)."""
+    media = [m.with_control(f"track{i}").with_connection(None).with_port(group.port + 2 * i if group else 0)
              for i, m in enumerate(sdp.media)]
-    ipv6 = ":" in local_host
-    anywhere = Connection(addrtype="IP6" if ipv6 else "IP4", address="::" if ipv6 else "0.0.0.0")
-    return bytes(sdp.with_media(media).with_control("*").with_connection(anywhere))
+    if group is not None:
+        connection = Connection(addrtype="IP4", address=f"{group.address}/{group.ttl}")
+    else:
+        ipv6 = ":" in local_host
+        connection = Connection(addrtype="IP6" if ipv6 else "IP4", address="::" if ipv6 else "0.0.0.0")
+    return bytes(sdp.with_media(media).with_control("*").with_connection(connection))
 
 
 # --------------------------------------------------------------------------- connection
@@ -363,7 +369,12 @@ class ServerConnection(Generic[S]):
             raise UnsupportedTransport("Transport header required")
         used = set(self.channels)
         for spec in parse_transport(value):
-            if not spec.protocol.startswith("RTP/AVP") or not spec.unicast:
+            if not spec.protocol.startswith("RTP/AVP"):
+                continue
+            if not spec.unicast:
+                if spec.lower_transport == "UDP" and not self.secure:
+                    # The group is the mesh's choice (the reply says it); a destination asked is ignored.
+                    return TransportSpec(unicast=False)
                 continue
             if self.secure and spec.lower_transport != "TCP":
                 continue    # media over UDP would leave a TLS connection in clear
@@ -381,7 +392,7 @@ class ServerConnection(Generic[S]):
             raise UnsupportedTransport("RTSPS carries media interleaved only (RTP/AVP/TCP): "
                                        "over UDP it would travel in clear")
         raise UnsupportedTransport(
-            "only unicast RTP/AVP over UDP (client_port) or TCP (interleaved) is supported")
+            "only RTP/AVP over UDP (client_port, or multicast) or TCP (interleaved) is supported")
 
     def respond_setup(self, session: S, plan: SetupPlan, answer: TransportSpec) -> bytes:
         """Answer a SETUP that the application carried out for ``session``.
@@ -427,10 +438,11 @@ class ServerConnection(Generic[S]):
         fields += list(headers)
         return bytes(Response(status=status, headers=Headers(fields), body=body))
 
-    def respond_describe(self, sdp: SessionDescription, base_url: str, local_host: str) -> bytes:
+    def respond_describe(self, sdp: SessionDescription, base_url: str, local_host: str,
+                         group: MulticastGroup | None = None) -> bytes:
         """Answer a DESCRIBE with the viewer's view of ``sdp`` (see :func:`viewer_sdp`)."""
         return self.respond(headers=[("Content-Base", base_url + "/"), ("Content-Type", "application/sdp")],
-                            body=viewer_sdp(sdp, local_host))
+                            body=viewer_sdp(sdp, local_host, group))
 
     def fail(self, exc: BaseException) -> bytes:
         """Answer the pending request with the error ``exc`` (see :func:`error_response`).

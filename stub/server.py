@@ -53,7 +53,7 @@ from msm.sdk.sdp import SessionDescription
 from .bridge import UdpPair
 from .control import ControlClient
 from .sockets import listen_backlog, listening_urls, original_destination, serve, tls_context
-from .viewer import StreamInfo, TrackSetup, ViewerSession, content_base, detached, rtp_info
+from .viewer import Group, StreamInfo, TrackSetup, ViewerSession, announced_group, content_base, detached, rtp_info
 
 log = logging.getLogger(__name__)
 
@@ -429,7 +429,7 @@ class ViewerConnection:
         return content_base(uri, name, secure=self.secure, redirected=bool(self.original_dst),
                             local=(self.local_host, self.local_port))
 
-    async def _stream(self, uri: str, name: str) -> tuple[StreamInfo, SessionDescription]:
+    async def _stream(self, uri: str, name: str) -> tuple[StreamInfo, SessionDescription, Group]:
         reply = await self._reply(describe=pb.DescribeRequest(url=strip_userinfo(uri), viewer_host=self.peer_host,
                                                               original_dst=self.original_dst))
         try:
@@ -438,18 +438,18 @@ class ViewerConnection:
             raise UpstreamError(f"upstream SDP is malformed: {exc}") from exc
         info = StreamInfo(reply.describe.stream_id, len(sdp.media))
         self.streams[name] = info
-        return info, sdp
+        return info, sdp, announced_group(reply.describe)
 
     async def _describe(self, event: DescribeRequested) -> bytes:
-        _info, sdp = await self._stream(event.request.uri, event.stream)
+        _info, sdp, group = await self._stream(event.request.uri, event.stream)
         return self.rtsp.respond_describe(sdp, self._base_url(event.request.uri, event.stream),
-                                          self.local_host)
+                                          self.local_host, group)
 
     async def _setup(self, event: SetupRequested[ViewerSession]) -> bytes:
         request = event.request
         info = self.streams.get(event.stream)
         if info is None:   # no DESCRIBE on this connection: the route is the track URL's stream's
-            info, _ = await self._stream(stream_url(request.uri), event.stream)
+            info, _, _ = await self._stream(stream_url(request.uri), event.stream)
         plan = self.rtsp.plan_setup(event, info.stream_id, info.tracks)
         session = event.session or ViewerSession(
             self.server.table.new_id(), info.stream_id, base_url=self._base_url(request.uri, event.stream),
@@ -467,12 +467,12 @@ class ViewerConnection:
             reply = await self._reply(setup=pb.SetupRequest(
                 url=strip_userinfo(request.uri), original_dst=self.original_dst, stream_id=info.stream_id,
                 track_index=plan.track, session_id=session.session_id, destination=destination,
-                viewer_host=self.peer_host))
+                viewer_host=self.peer_host, multicast=not spec.unicast))
         except BaseException:
             if setup.bridge is not None:
                 setup.bridge.close()
             raise
-        answer = setup.answer(reply.setup.source)
+        answer = setup.answer(reply.setup)
         old = session.setups.get(plan.track)
         if old is not None and old.bridge is not None:
             old.bridge.close()

@@ -13,14 +13,24 @@ from urllib.parse import urlsplit
 
 from msm.protos import msm_pb2 as pb
 from msm.sdk.rtsp import TransportSpec
-from msm.sdk.rtsp_server import RtspSession
+from msm.sdk.rtsp_server import MulticastGroup, RtspSession
 
 from .bridge import UdpPair
 
 if TYPE_CHECKING:
     from .server import ViewerConnection
 
-__all__ = ["StreamInfo", "TrackSetup", "ViewerSession", "content_base", "detached", "rtp_info"]
+__all__ = ["Group", "StreamInfo", "TrackSetup", "ViewerSession", "announced_group", "content_base", "detached",
+           "rtp_info"]
+
+
+Group = MulticastGroup | None
+
+
+def announced_group(reply: pb.DescribeReply) -> Group:
+    """The multicast group a route that converts to multicast announces in the viewer's SDP."""
+    group = reply.multicast_group
+    return MulticastGroup(group.host, group.rtp_port, reply.multicast_ttl) if group.host else None
 
 
 def rtp_info(base_url: str, tracks: Iterable[pb.RtpInfo]) -> str:
@@ -39,12 +49,20 @@ class TrackSetup:
         if self.bridge is not None:
             rtp_port, rtcp_port = self.bridge.ports
             return pb.Endpoint(host=media_host, rtp_port=rtp_port, rtcp_port=rtcp_port)
+        if not self.transport.unicast:
+            return pb.Endpoint()    # a multicast viewer: the control plane names the group
         assert self.transport.client_port is not None
         rtp_port, rtcp_port = self.transport.client_port
         return pb.Endpoint(host=viewer_host, rtp_port=rtp_port, rtcp_port=rtcp_port)
 
-    def answer(self, source: pb.Endpoint) -> TransportSpec:
-        """The SETUP reply's transport, given where the proxy sends from (a bridge sends its RTCP there)."""
+    def answer(self, reply: pb.SetupReply) -> TransportSpec:
+        """The SETUP reply's transport, given where the proxy sends from (a bridge sends its RTCP there)
+        or, for a multicast viewer, the group it joins."""
+        source = reply.source
+        if not self.transport.unicast:
+            group = reply.group
+            return TransportSpec(unicast=False, destination=group.host, port=(group.rtp_port, group.rtcp_port),
+                                 ttl=reply.ttl)
         if self.bridge is not None:
             self.bridge.set_peer(source.host, source.rtp_port, source.rtcp_port)
             return TransportSpec(protocol="RTP/AVP/TCP", interleaved=self.transport.interleaved)

@@ -230,7 +230,7 @@ def test_released_session_stops_routing_frames() -> None:
     assert feed(conn, bytes(InterleavedFrame(channel=0, payload=b"rtp"))) is None
 
 
-@pytest.mark.parametrize("transport", ["RTP/AVP;multicast;port=5000-5001", "RAW/RAW/UDP;unicast", ""])
+@pytest.mark.parametrize("transport", ["RTP/AVP/TCP;multicast;interleaved=0-1", "RAW/RAW/UDP;unicast", ""])
 def test_unsupported_transport_is_461(transport: str) -> None:
     conn, _ = make()
     headers = {"Transport": transport} if transport else {}
@@ -239,6 +239,24 @@ def test_unsupported_transport_is_461(transport: str) -> None:
     with pytest.raises(Exception) as info:
         conn.plan_setup(event, "s1", 2)
     assert parse(conn.fail(info.value)).status == 461
+
+
+def test_multicast_setup_is_planned_and_the_route_decides() -> None:
+    """RTP/AVP;multicast is planned (the control plane refuses it, 461, for a route without multicast);
+    the group is the mesh's: a destination the client names is not kept. Over RTSPS: 461."""
+    conn, _ = make()
+    event = feed(conn, request("SETUP", URL + "/track0", 2,
+                               Transport="RTP/AVP;multicast;destination=224.1.2.3;port=5000-5001"))
+    assert isinstance(event, SetupRequested)
+    plan = conn.plan_setup(event, "s1", 2)
+    assert not plan.transport.unicast and plan.transport.destination is None
+    secure = ServerConnection(SessionTable(timeout=30, clock=FakeClock()), server_name="test/1",
+                              date=lambda: "today", secure=True)
+    event = feed(secure, request("SETUP", URL + "/track0", 2, Transport="RTP/AVP;multicast"))
+    assert isinstance(event, SetupRequested)
+    with pytest.raises(Exception) as info:
+        secure.plan_setup(event, "s1", 2)
+    assert parse(secure.fail(info.value)).status == 461
 
 
 def test_setup_refusals_404_and_459() -> None:

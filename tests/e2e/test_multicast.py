@@ -1,0 +1,262 @@
+"""Multicast out: viewers that ask ``RTP/AVP;multicast`` share one group the proxy sends once.
+
+Four network namespaces the test creates (and deletes): ``mcp-*`` runs ``msm up`` and the
+camera (GStreamer's RTSP server on its loopback); ``mca-*`` and ``mcb-*`` are viewer hosts;
+``mcs-*`` holds the bridge (the switch) the other three are joined to by veth pairs. The
+mesh's route ``cam`` allows multicast (``#multicast=on``), ``plain`` does not.
+
+What it shows: DESCRIBE of ``cam`` announces the group (``c=IN IP4 239.../1``); ffmpeg
+(``-rtsp_transport udp_multicast``) in one namespace and GStreamer's rtspsrc
+(``protocols=udp-mcast``) in the other both decode the stream from the same group; the
+proxy has ONE leg towards the group and sends each packet once (its leg counter equals
+what the bridge port of the proxy's namespace carried to the group, counted with an nft
+counter there); a multicast SETUP of ``plain`` is 461; the group's leg goes when the last
+viewer leaves.
+
+Needs root, ``ip``, ``nft``, ffmpeg and GStreamer (gst-launch-1.0 and the RTSP server for
+/usr/bin/python3); skips, saying which, without them. Nothing touches the machine's own
+network namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.peers import FfmpegViewer, GstRtspServer, ffmpeg_available, gst_available
+
+VENV_BIN = Path(sys.executable).parent
+SUBNET = "10.231.7"
+MESH_IP = f"{SUBNET}.1"
+POOL = "239.255.231.0/28"
+FRAMES = 10
+
+
+def _why_skip() -> str:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    for tool in ("ip", "nft", "gst-launch-1.0"):
+        if not shutil.which(tool):
+            return f"needs {tool} (apt-get install iproute2 nftables gstreamer1.0-tools)"
+    return ffmpeg_available() or gst_available() or ""
+
+
+pytestmark = pytest.mark.skipif(bool(_why_skip()), reason=_why_skip() or "ok")
+
+
+def _run(*cmd: str) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=10).stdout
+
+
+@dataclass
+class Net:
+    mesh: str
+    viewers: tuple[str, str]
+    switch: str
+
+    def exec(self, ns: str) -> list[str]:
+        return ["ip", "netns", "exec", ns]
+
+
+@pytest.fixture(scope="module")
+def net() -> Iterator[Net]:
+    tag = uuid.uuid4().hex[:6]
+    mesh, va, vb, switch = (f"mc{k}-{tag}" for k in "pabs")
+    names = [mesh, va, vb, switch]
+    try:
+        for ns in names:
+            _run("ip", "netns", "add", ns)
+            _run("ip", "-n", ns, "link", "set", "lo", "up")
+        _run("ip", "-n", switch, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+        _run("ip", "-n", switch, "link", "set", "br0", "up")
+        for i, ns in enumerate((mesh, va, vb), start=1):
+            _run("ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", f"p{i}", "netns", switch)
+            _run("ip", "-n", switch, "link", "set", f"p{i}", "master", "br0", "up")
+            _run("ip", "-n", ns, "addr", "add", f"{SUBNET}.{i}/24", "dev", "eth0")
+            _run("ip", "-n", ns, "link", "set", "eth0", "up")
+            # Multicast joins (INADDR_ANY) and sends pick the interface by route.
+            _run("ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
+        # Datagrams the proxy batches (UDP GSO) cross a veth as one frame; segmented here,
+        # each is its own frame, as on a NIC, and the bridge counts datagrams.
+        _run("ip", "-n", mesh, "link", "set", "eth0", "gso_max_segs", "1")
+        # Count what leaves the mesh's namespace towards the pool: the proxy's copies.
+        _run_input(["ip", "netns", "exec", switch, "nft", "-f", "-"],
+                   f'table bridge mc {{\n counter out {{\n}}\n chain pre {{\n type filter hook prerouting priority 0;\n'
+                   f' iifname "p1" ip daddr {POOL} udp dport 5004 counter name "out"\n }}\n}}\n')
+        yield Net(mesh, (va, vb), switch)
+    finally:
+        for ns in names:
+            subprocess.run(["ip", "netns", "pids", ns], capture_output=True, check=False)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def _run_input(cmd: list[str], text: str) -> None:
+    subprocess.run(cmd, input=text, check=True, capture_output=True, text=True, timeout=10)
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _write(path: Path, text: str | None) -> None:
+    """Write ``text`` to ``path``; None: remove it."""
+    if text is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_text(text)
+
+
+@dataclass
+class Mesh:
+    proc: asyncio.subprocess.Process
+    camera: GstRtspServer
+    net: Net
+
+    async def streams(self) -> list[dict[str, object]]:
+        proc = await asyncio.create_subprocess_exec(
+            *self.net.exec(self.net.mesh), str(VENV_BIN / "msm"), "streams", "--json", "--insecure",
+            "--control", "127.0.0.1:9000", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 10)
+        assert proc.returncode == 0, err.decode()
+        return list(json.loads(out))
+
+
+@contextlib.asynccontextmanager
+async def mesh_up(net: Net) -> AsyncIterator[Mesh]:
+    camera = await GstRtspServer.start(prefix=net.exec(net.mesh))
+    config = Path(f"/tmp/msm-mc-{net.mesh}.yaml")
+    log_path = Path(f"/tmp/msm-mc-{net.mesh}.log")
+    log = open(log_path, "w")   # noqa: SIM115, ASYNC230 - the mesh's log, shown on failure
+    _write(config, f"multicast_pool: {POOL}\nmulticast_ttl: 1\nroutes:\n"
+           f"  cam: {{url: '{camera.url}', multicast: on}}\n  plain: '{camera.url}'\n")
+    proc = await asyncio.create_subprocess_exec(
+        *net.exec(net.mesh), str(VENV_BIN / "msm"), "up", "--insecure", "--config", str(config),
+        "--rtsp-listen", f"{MESH_IP}:8554", "--media-host", MESH_IP,
+        stdout=asyncio.subprocess.DEVNULL, stderr=log)
+    try:
+        for _ in range(100):
+            probe = await asyncio.create_subprocess_exec(
+                *net.exec(net.mesh), "bash", "-c", f"exec 3<>/dev/tcp/{MESH_IP}/8554",
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            if await probe.wait() == 0:
+                break
+            if proc.returncode is not None:
+                raise AssertionError("msm up exited")
+            await asyncio.sleep(0.1)
+        yield Mesh(proc, camera, net)
+    except BaseException:
+        print("msm up's log:\n" + _tail(log_path))
+        raise
+    finally:
+        log.close()
+        _write(log_path, None)
+        proc.terminate()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 5)
+        if proc.returncode is None:
+            proc.kill()
+        await camera.stop()
+        _write(config, None)
+
+
+# One RTSP request from a viewer namespace, its answer (head and body) as text.
+_RAW_CLIENT = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], 8554), timeout=5)
+s.sendall(sys.argv[2].encode())
+data = b""
+while b"\\r\\n\\r\\n" not in data:
+    data += s.recv(4096) or sys.exit(data.decode())
+head, _, body = data.partition(b"\\r\\n\\r\\n")
+length = next((int(l.split(b":")[1]) for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length:")), 0)
+while len(body) < length:
+    body += s.recv(4096) or b"x" * length
+print((head + b"\\r\\n\\r\\n" + body).decode(), end="")
+"""
+
+
+async def _rtsp(net: Net, ns: str, request: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *net.exec(ns), sys.executable, "-c", _RAW_CLIENT, MESH_IP, request, stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 10)
+    return out.decode(errors="replace")
+
+
+def _sent(legs: list[dict[str, object]]) -> int:
+    assert len(legs) == 1, legs
+    return int(str(legs[0]["packets"]))
+
+
+def _nft_count(net: Net) -> int:
+    out = _run(*net.exec(net.switch), "nft", "-j", "list", "counter", "bridge", "mc", "out")
+    counters = [o["counter"] for o in json.loads(out)["nftables"] if "counter" in o]
+    return int(counters[0]["packets"])
+
+
+def _video_legs(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """The proxy's legs of the video track (``msm streams --json`` rows of hop ``viewer``)."""
+    return [r for r in rows if r["hop"] == "viewer" and str(r["track"]).startswith("0:") and r["stream"] == "cam"]
+
+
+async def test_multicast_viewers_share_one_copy(net: Net) -> None:
+    async with mesh_up(net) as mesh:
+        url = f"rtsp://{MESH_IP}:8554"
+        described = await _rtsp(net, net.viewers[0], f"DESCRIBE {url}/cam RTSP/1.0\r\nCSeq: 1\r\n\r\n")
+        assert re.search(r"c=IN IP4 239\.255\.231\.\d+/1", described), described
+        refused = await _rtsp(net, net.viewers[0],
+                              f"SETUP {url}/plain/track0 RTSP/1.0\r\nCSeq: 1\r\nTransport: RTP/AVP;multicast\r\n\r\n")
+        assert refused.startswith("RTSP/1.0 461"), refused
+
+        ffmpeg = await FfmpegViewer.start(f"{url}/cam", transport="udp_multicast", prefix=net.exec(net.viewers[0]))
+        gst = await asyncio.create_subprocess_exec(
+            *net.exec(net.viewers[1]), "gst-launch-1.0", "-e", "rtspsrc", f"location={url}/cam",
+            "protocols=udp-mcast", "latency=0", "!", "rtph264depay", "!", "h264parse", "!", "avdec_h264", "!",
+            "fakesink", "silent=false", "-v", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        try:
+            await ffmpeg.wait_frames(FRAMES, timeout=15)
+            assert gst.stdout is not None
+            decoded = 0
+            output: list[str] = []
+            while decoded < FRAMES:
+                line = (await asyncio.wait_for(gst.stdout.readline(), 10)).decode(errors="replace")
+                assert line, "gst-launch ended:\n" + "".join(output[-20:])
+                output.append(line)
+                decoded += "fakesink0: last-message = chain" in line
+            rows = await mesh.streams()
+            ingress = next(r for r in rows if r["hop"] == "ingress" and r["stream"] == "cam")
+            legs = _video_legs(rows)
+            assert ingress["viewers"] == 2 and len(legs) == 1, rows   # two viewers, one group, one leg
+            before = _sent(legs)
+            carried = _nft_count(net)
+            # One copy: every datagram the bridge carried to the group is one the leg counted (its
+            # count, read before and after, brackets the bridge's; a second copy would double it).
+            after = _sent(_video_legs(await mesh.streams()))
+            print(f"multicast: the group leg had sent {before} then {after} packets; the bridge carried "
+                  f"{carried} in between from the proxy to the group")
+            assert 0 < before <= carried <= after, (before, carried, after)
+        finally:
+            gst.send_signal(signal.SIGINT)   # gst-launch -e: EOS, then rtspsrc's TEARDOWN
+            try:
+                await asyncio.wait_for(gst.wait(), 5)
+            except TimeoutError:
+                gst.kill()
+                await gst.wait()
+            await ffmpeg.stop()
+        for _ in range(50):
+            if not _video_legs(await mesh.streams()):
+                break
+            await asyncio.sleep(0.2)
+        assert not _video_legs(await mesh.streams()), "the group's leg outlived its last viewer"
