@@ -34,6 +34,9 @@ def load() -> ModuleType:
     return _native.load()
 
 
+Packet = bytes | bytearray | memoryview
+
+
 def _check(columns: int, rows: int, max_packet: int) -> None:
     if not 1 <= columns <= MAX_COLUMNS or not 0 <= rows <= MAX_ROWS:
         raise ValueError(f"FEC matrix {columns}x{rows}: columns 1..{MAX_COLUMNS}, rows 0..{MAX_ROWS} (0: rows only)")
@@ -86,9 +89,13 @@ class FecEncoder:
         self._batch_lens: Any = None
         self._batch_kinds: Any = None
 
-    def push(self, packet: bytes) -> list[tuple[int, bytes]]:
+    def _c(self, packet: Packet) -> Any:
+        return packet if type(packet) is bytes else self.ffi.from_buffer(packet)
+
+    def push(self, packet: Packet) -> list[tuple[int, bytes]]:
         """Protect one media packet; the FEC packets it completed (none for bad input, counted)."""
-        n = self.lib.msm_fec_enc_push(self._ptr, packet, len(packet), self._out, self.slot, self._lens, self._kinds)
+        n = self.lib.msm_fec_enc_push(self._ptr, self._c(packet), len(packet), self._out, self.slot, self._lens,
+                                      self._kinds)
         if n <= 0:
             return []
         raw = self.ffi.buffer(self._out, 2 * self.slot)
@@ -137,12 +144,15 @@ class FecDecoder:
         self._out: Any = self.ffi.new("uint8_t[]", max_packet)
         self._stats: Any = self.ffi.new("msm_fec_dec_stats *")
 
-    def media(self, packet: bytes) -> int:
-        return int(self.lib.msm_fec_dec_media(self._ptr, packet, len(packet)))
+    def _c(self, packet: Packet) -> Any:
+        return packet if type(packet) is bytes else self.ffi.from_buffer(packet)
 
-    def fec(self, packet: bytes) -> int:
+    def media(self, packet: Packet) -> int:
+        return int(self.lib.msm_fec_dec_media(self._ptr, self._c(packet), len(packet)))
+
+    def fec(self, packet: Packet) -> int:
         """A row or column FEC packet (its D bit tells): 0 taken, 1 a copy, 2 outside the window, -1 bad."""
-        return int(self.lib.msm_fec_dec_fec(self._ptr, packet, len(packet)))
+        return int(self.lib.msm_fec_dec_fec(self._ptr, self._c(packet), len(packet)))
 
     def push_batch(self, batch: PacketBatch) -> list[int]:
         """Media and FEC packets in one C call (``batch.is_fec`` tells which); each one's code.

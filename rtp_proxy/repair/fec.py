@@ -20,7 +20,9 @@ import struct
 
 from msm.sdk.errors import ConfigError
 
-__all__ = ["FEC_HEADER", "FecDecoder", "FecEncoder", "window_for"]
+__all__ = ["FEC_HEADER", "FecDecoder", "FecEncoder", "Packet", "window_for"]
+
+Packet = bytes | bytearray | memoryview
 
 RTP_HEADER = 12
 FEC_HEADER = 16
@@ -123,8 +125,9 @@ class FecEncoder:
         self.counters["fec_packets"] += 1
         return head + fec + acc.sum
 
-    def push(self, packet: bytes) -> list[tuple[int, bytes]]:
+    def push(self, packet: Packet) -> list[tuple[int, bytes]]:
         """Protect one media packet; the FEC packets it completed (none for bad input, counted)."""
+        packet = bytes(packet)
         if len(packet) < RTP_HEADER or packet[0] >> 6 != 2 or len(packet) > self.max_packet:
             self.counters["bad_media"] += 1
             self.started = False
@@ -265,7 +268,8 @@ class FecDecoder:
             self.first = self.highest + 1
         return _extend(self.highest, seq)
 
-    def media(self, packet: bytes) -> int:
+    def media(self, packet: Packet) -> int:
+        packet = bytes(packet)
         if len(packet) < RTP_HEADER or packet[0] >> 6 != 2 or len(packet) > self.max_packet:
             self.counters["bad_media"] += 1
             return -1
@@ -295,8 +299,9 @@ class FecDecoder:
             return -1
         return row
 
-    def fec(self, packet: bytes) -> int:
+    def fec(self, packet: Packet) -> int:
         """A row or column FEC packet (its D bit tells): 0 taken, 1 a copy, 2 outside the window, -1 bad."""
+        packet = bytes(packet)
         row = self._valid_fec(packet)
         if row < 0:
             self.counters["bad_fec"] += 1
