@@ -109,22 +109,28 @@ sys.stdout.buffer.write(b"".join(out))
 '''
 
 
-def gst_filter(mode: str, columns: int, rows: int, frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+def run_gst(script: str, args: list[str], data: bytes) -> bytes:
+    """Run ``script`` in Debian's Python with GStreamer; its stdout. Skips (saying why) without them."""
     if not os.access(GST_PYTHON, os.X_OK):
         pytest.skip(f"{GST_PYTHON} (Debian's, with gi) not found: run scripts/setup.sh")
-    data = b"".join(struct.pack("!BH", tag, len(p)) + p for tag, p in frames)
-    proc = subprocess.run([GST_PYTHON, "-c", GST_FILTER, mode, str(columns), str(rows)], input=data,
-                          capture_output=True, timeout=30, check=False)
+    proc = subprocess.run([GST_PYTHON, "-c", script, *args], input=data, capture_output=True, timeout=30,
+                          check=False)
     err = proc.stderr.decode(errors="replace").strip()
     if proc.returncode != 0 and "SKIP:" in err:
         pytest.skip(err.split("SKIP:", 1)[1].strip())
     if proc.returncode != 0 and ("No module named 'gi'" in err or "Namespace Gst not available" in err):
         pytest.skip(f"GStreamer's Python bindings unavailable: {err.splitlines()[-1]} (run scripts/setup.sh)")
     assert proc.returncode == 0, err[-2000:]
+    return proc.stdout
+
+
+def gst_filter(mode: str, columns: int, rows: int, frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    data = b"".join(struct.pack("!BH", tag, len(p)) + p for tag, p in frames)
+    stdout = run_gst(GST_FILTER, [mode, str(columns), str(rows)], data)
     out, at = [], 0
-    while at < len(proc.stdout):
-        tag, n = struct.unpack_from("!BH", proc.stdout, at)
-        out.append((tag, proc.stdout[at + 3:at + 3 + n]))
+    while at < len(stdout):
+        tag, n = struct.unpack_from("!BH", stdout, at)
+        out.append((tag, stdout[at + 3:at + 3 + n]))
         at += 3 + n
     return out
 
@@ -380,21 +386,13 @@ def rtx_media() -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def gst_rtx() -> dict[str, list[str] | list[list[int]]]:
-    if not os.access(GST_PYTHON, os.X_OK):
-        pytest.skip(f"{GST_PYTHON} (Debian's, with gi) not found: run scripts/setup.sh")
     packets = rtx_media()
     rr = struct.pack("!BBHI", 0x80, 201, 1, RTX_SSRC)
     job = {"ssrc": SSRC, "rtx_ssrc": RTX_SSRC, "media": [p.hex() for p in packets], "rtx_requests": [65533, 0],
            "our_rtx": build_rtx(packets[3], rtx_ssrc=RTX_SSRC, rtx_payload_type=97, rtx_seq=4000).hex(),
            "our_rtcp": (rr + build_nack(RTX_SSRC, SSRC, [65531, 65533, 65535, 1])).hex(),
            "nack_requests": [65532, 65534, 0, 3]}
-    proc = subprocess.run([GST_PYTHON, "-c", GST_RTX], input=json.dumps(job).encode(), capture_output=True,
-                          timeout=30, check=False)
-    err = proc.stderr.decode(errors="replace").strip()
-    if proc.returncode != 0 and "SKIP:" in err:
-        pytest.skip(err.split("SKIP:", 1)[1].strip())
-    assert proc.returncode == 0, err[-2000:]
-    result: dict[str, list[str] | list[list[int]]] = json.loads(proc.stdout)
+    result: dict[str, list[str] | list[list[int]]] = json.loads(run_gst(GST_RTX, [], json.dumps(job).encode()))
     return result
 
 
