@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import sys
@@ -43,6 +44,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="DataPlane address the control plane dials (default MEDIA_HOST:PORT)")
     parser.add_argument("--media-host", default=_env("MSM_HOST_IP", "127.0.0.1"),
                         help="address RTP sockets bind to and are reached at (MSM_HOST_IP)")
+    parser.add_argument("--media-host-alt", default=_env("MSM_HOST_IP_ALT", ""), metavar="ADDR",
+                        help="the node's address of the other IP family: flows bind it too (same ports) for "
+                        "viewers of that family (MSM_HOST_IP_ALT; default: ::1 for 127.0.0.1, :: for 0.0.0.0 "
+                        "and the reverse, none for another address)")
     parser.add_argument("--control", default=_env("MSM_CONTROL_PLANE", "127.0.0.1:9000"),
                         help="control plane gRPC HOST:PORT (MSM_CONTROL_PLANE)")
     parser.add_argument("--metrics-listen", default=_env("MSM_METRICS_LISTEN", "0.0.0.0:9090"),
@@ -115,6 +120,20 @@ def check_addresses(opts: argparse.Namespace) -> None:
         parse_host_port(opts.advertise, what="--advertise")
     if opts.metrics_listen:
         parse_host_port(opts.metrics_listen, what="--metrics-listen", default_host="0.0.0.0")
+    alt_media_host(opts.media_host, opts.media_host_alt)
+
+
+def alt_media_host(media_host: str, alt: str) -> str | None:
+    """--media-host-alt checked: an address of the other IP family than --media-host's (None: derived)."""
+    if not alt:
+        return None
+    try:
+        ip, media = ipaddress.ip_address(alt), ipaddress.ip_address(media_host)
+    except ValueError:
+        raise ConfigError(f"--media-host-alt {alt!r} and --media-host {media_host!r} must be IP addresses") from None
+    if ip.version == media.version:
+        raise ConfigError(f"--media-host-alt {alt} must be of the other IP family than --media-host {media_host}")
+    return str(ip)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,7 +161,8 @@ async def start_proxy(opts: argparse.Namespace, ports: tuple[int, int],
     proxy = RtpProxy(node=opts.node, media_host=opts.media_host, grpc_listen=opts.listen,
                      control_address=opts.control, port_range=ports,
                      metrics_listen=opts.metrics_listen or None, advertise=opts.advertise, tls=tls,
-                     services=[lambda server: add_media_plane(media, server)])
+                     services=[lambda server: add_media_plane(media, server)],
+                     media_host_alt=alt_media_host(opts.media_host, opts.media_host_alt))
     try:
         await proxy.start()
         await proxy.start_metrics()

@@ -352,7 +352,7 @@ class RtpProxy:
                  grpc_listen: str = "127.0.0.1:9001", control_address: str | None = None,
                  port_range: tuple[int, int] = (30000, 39999), metrics_listen: str | None = None,
                  advertise: str = "", engine: str = "auto", tls: TlsFiles | None = None,
-                 services: Sequence[Callable[[grpc.aio.Server], None]] = ()) -> None:
+                 services: Sequence[Callable[[grpc.aio.Server], None]] = (), media_host_alt: str | None = None) -> None:
         self.node = node
         self.services = list(services)   # more servicers on the DataPlane port (same TLS and rules)
         # Mutual TLS on the DataPlane server and the registration link; None is plaintext,
@@ -364,7 +364,8 @@ class RtpProxy:
         self.media_host = media_host
         self.grpc_listen = grpc_listen
         self.control_address = control_address
-        self.table = FlowTable(host=media_host, port_range=port_range, engine=engine)  # native or python
+        # native or python; flows also bound on media_host_alt (the other IP family; None: derived)
+        self.table = FlowTable(host=media_host, port_range=port_range, engine=engine, alt_host=media_host_alt)
         self.service = DataPlaneService(self.table, node)
         self.server: GrpcServer | None = None
         self.address = ""

@@ -17,6 +17,9 @@ import pytest
 
 from msm.control_plane.resolver import Route
 from msm.mesh import LocalMesh
+from msm.rtp_proxy.flows import FlowTable
+from msm.rtp_proxy.main import alt_media_host
+from msm.sdk.errors import ConfigError, Refused
 from msm.stub.main import parse_args, stub_config
 from tests.e2e.conftest import _require_peers, mesh_config
 from tests.peers import FfmpegViewer, GstRtspServer, ffmpeg_frames
@@ -102,3 +105,19 @@ async def test_viewers_over_the_other_ip_family_than_the_camera_get_udp_and_inte
             assert result.frames >= FRAMES, (camera_bind, result.stderr_tail)
     finally:
         await camera.stop()
+
+
+async def test_a_leg_of_a_family_the_proxy_has_no_address_for_is_refused_and_the_alt_flag_is_checked() -> None:
+    table = FlowTable(host="127.0.0.1", port_range=(43100, 43199), engine="python", alt_host="")
+    try:
+        flow = await table.add_flow("v4only/0")
+        assert not flow.alt_host
+        with pytest.raises(Refused, match="is IPv6 and this proxy has no IPv6 media address"):
+            flow.check_family("::1")
+        flow.check_family("127.0.0.2")
+    finally:
+        table.close()
+    assert alt_media_host("10.0.0.1", "") is None
+    assert alt_media_host("10.0.0.1", "fd00::1") == "fd00::1"
+    with pytest.raises(ConfigError, match="other IP family"):
+        alt_media_host("10.0.0.1", "10.0.0.2")
