@@ -14,8 +14,9 @@
  * peer restarted at the same address starts afresh. A sender with no credit left for a peer refuses the frame for
  * that peer (counted as no_credit) rather than queueing it: a receiver that
  * stops reading costs its own frames, never the sender's memory or the other
- * peers' frames. Releasing a received frame reposts its buffer and returns its
- * credit.
+ * peers' frames. Releasing a received frame hands its buffer back and returns
+ * its credit. On shm one frame buffer is posted at a time, the last released
+ * first (see RX_POSTED_SHM in fabric.c); other providers have all posted.
  *
  * A send the provider refuses for the moment (-FI_EAGAIN: shm still mapping a
  * new peer, a full transmit queue) is not dropped: it keeps its credit and its
