@@ -15,24 +15,23 @@
         buf = rx.get_buffer(timeout=1.0)                  # buf.payload is read in place, buf.metadata is bytes
         ...; rx.put_buffer(buf)                           # gives the buffer back (this one and earlier ones)
 
-Every timeout is in **seconds** (a float). Errors are one line: :class:`~msm.sdk.errors.TimedOut`
-when a timeout passes, :class:`~msm.sdk.errors.Unavailable` when there is no proxy (or it went
-away), :class:`~msm.sdk.errors.ConfigError` naming the JSON path of a bad field, and the
-proxy's refusals passed through (:class:`~msm.sdk.media_agent.SenderBusy` when a group has a
-sender already). :class:`AsyncClient` is the asyncio flavour (``await conn.get_buffer_async()``).
-A connection is used from one thread at a time.
+Every timeout is in **seconds** (a float). Errors are one line: :class:`~msm.sdk.errors.TimedOut` when a
+timeout passes, :class:`~msm.sdk.errors.Unavailable` when there is no proxy (or it went away),
+:class:`~msm.sdk.errors.ConfigError` naming the JSON path of a bad field, and the proxy's refusals passed
+through (:class:`~msm.sdk.media_agent.SenderBusy` when a group has a sender already). :class:`AsyncClient`
+is the asyncio flavour (``await conn.get_buffer_async()``). A connection is used from one thread at a time.
 
-Zero copy: a frame whose sender is an app on this node is read where that sender
-wrote it (``buf.by_reference``; its memory sealed: read-only here, writable by the
-sender alone) and goes back to the sender on ``put_buffer``. Frames from anywhere
-else are copied into this app's buffers by the proxy. A connection whose held
-frames keep its sender out of slots for 0.1 s is disconnected (Unavailable).
+Zero copy: a frame whose sender is an app on this node is read where that sender wrote it
+(``buf.by_reference``; that memory is sealed: read-only here, writable by the sender alone) and goes back
+to the sender on ``put_buffer``; frames from anywhere else are copied into this app's buffers by the
+proxy. A connection that holds its sender's last free slots and gives nothing back for 0.2 s is cut off.
 """
 
 from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import os
 import select
 import socket
@@ -238,7 +237,8 @@ class RxConnection(Connection):
     def map_region(self, index: int, size: int, fd: int) -> None:
         """Maps a sender's region the proxy handed over (taking ``fd``), read-only, as memif region ``index``;
         MemifError if it cannot (then frames keep coming as copies)."""
-        region = Region.attach(fd, size, index=index, writable=False)  # sealed against shrinking, or refused
+        region = Region.attach(fd, size, index=index, writable=False) if fd >= 0 \
+            else Region.create(4096, "msm-gone")  # a placeholder where a gone sender's region was
         self.memif.set_region(index, region)
 
     def try_get_buffer(self) -> Buffer | None:
@@ -323,10 +323,8 @@ class RxConnection(Connection):
 
 def _close_all(fds: list[int]) -> None:
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -386,14 +384,16 @@ class Client:
         except ProtocolError:
             _close_all(fds)
             raise
-        if message.get("op") == "region" and "id" not in message and len(fds) == 1:
-            self._region(message, fds[0])
+        if message.get("op") in ("region", "unmap") and "id" not in message \
+                and len(fds) == (message["op"] == "region"):  # a region comes with its fd, an unmap without
+            self._region(message, fds[0] if fds else -1)
             return None
         _close_all(fds)
         return message
 
     def _region(self, notice: dict[str, Any], fd: int) -> None:
-        """Maps a sender's region for one of our rx connections and tells the proxy (or keeps it for later)."""
+        """Maps a sender's region for one of our rx connections and tells the proxy (or keeps it for later);
+        ``fd`` -1: unmaps it (its sender is gone)."""
         conn = self.connections.get(str(notice.get("connection")))
         if not isinstance(conn, RxConnection):
             self._early.append((notice, fd))
@@ -401,14 +401,13 @@ class Client:
                 _close_all([self._early.pop(0)[1]])
             return
         try:
-            conn.map_region(int(notice["index"]), int(notice["size"]), fd)
+            conn.map_region(int(notice["index"]), int(notice.get("size", 0)), fd)
         except (KeyError, TypeError, ValueError, MemifError):
             return  # not mapped: the proxy keeps copying to this connection
         ack = {"op": "mapped", "connection": conn.id, "index": notice["index"], "token": notice.get("token")}
-        try:
-            self.sock.send(encode_message(ack), socket.MSG_DONTWAIT)
-        except (OSError, MsmError):
-            pass  # not heard: the proxy keeps copying
+        with contextlib.suppress(OSError, MsmError):  # not heard: the proxy keeps copying
+            if fd >= 0:
+                self.sock.send(encode_message(ack), socket.MSG_DONTWAIT)
 
     def service(self) -> None:
         """Reads what the proxy sent unasked (region notices) without waiting; a no-op while another thread

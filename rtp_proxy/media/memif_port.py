@@ -81,8 +81,9 @@ class Port:
     def queue_depth(self) -> int:
         return 0
 
-    def detached(self) -> None:
-        """The memif connection went (data thread, plane lock held)."""
+    def detached(self) -> bool:
+        """The memif connection went (data thread, plane lock held); True if a shared region went with it."""
+        return False
 
     def snapshot(self) -> dict[str, Any]:
         lat = sorted(self.latency_ns)
@@ -110,11 +111,13 @@ class TxPort(Port):
         # frame stays in its slot until released, so no more can be read).
         self.inflight: collections.deque[SharedFrame] = collections.deque()
 
-    def detached(self) -> None:
+    def detached(self) -> bool:
         self.inflight.clear()
-        if self.share is not None:
-            self.share.close()
-            self.share = None
+        if self.share is None:
+            return False
+        self.share.close()
+        self.share = None
+        return True
 
     def settle(self) -> None:
         """Gives the sender back its slots, in order, up to the first frame a receiver still holds."""
@@ -125,8 +128,7 @@ class TxPort(Port):
                 conn.rx_queues[0].release(frame.end)
 
     def queue_depth(self) -> int:
-        conn = self.conn
-        return conn.rx_queues[0].pending() if conn is not None and conn.connected else 0
+        return self.conn.rx_queues[0].pending() if self.conn is not None and self.conn.connected else 0
 
     def drain(self) -> None:
         """Publishes up to :data:`BURST` waiting frames (data thread only)."""
@@ -192,10 +194,7 @@ class RxPort(Port):
 
     def queue_depth(self) -> int:
         conn = self.conn
-        if conn is None or not conn.connected:
-            return 0
-        queue = conn.tx_queues[0]
-        return max(0, queue.ring.size - queue.free())
+        return max(0, conn.tx_queues[0].ring.size - conn.tx_queues[0].free()) if conn and conn.connected else 0
 
     def snapshot(self) -> dict[str, Any]:
         snap = super().snapshot()
@@ -204,8 +203,9 @@ class RxPort(Port):
                      "held": len(self.refs.held), "shared_regions": len(self.refs.maps)})
         return snap
 
-    def detached(self) -> None:
+    def detached(self) -> bool:
         self.refs.clear()
+        return False
 
     def reap(self) -> None:
         """Gives back the frames the app has given back (plane lock held)."""
@@ -356,12 +356,11 @@ class MemifPlane:
         os.eventfd_write(self._wake, 1)
 
     def offer(self, members: list[tuple[Port, Any]], send: Callable[[Any, dict[str, Any], int], bool]) -> int:
-        """Offers the members' sender region to their rx ports that lack it (``send(sock, notice, fd)``, the
-        agent's); how many offers went."""
+        """memif_share.offer for one group's members (``send(sock, notice, fd)``: the agent's)."""
         with self.lock:
             share = next((p.share for p, _ in members if isinstance(p, TxPort) and p.share is not None), None)
             receivers = [(p, sock) for p, sock in members if isinstance(p, RxPort) and p.conn is not None]
-            return memif_share.offer(share, receivers, send) if share is not None and share.fd >= 0 else 0
+            return memif_share.offer(share if share is not None and share.fd >= 0 else None, receivers, send)
 
     def _authorize(self, peer: PeerCred, init: Init) -> str | None:
         port = self.ports.get(init.id)
@@ -487,7 +486,8 @@ class MemifPlane:
                 port.conn = None
 
     def _unregister(self, port: Port, conn: MemifConnection) -> None:
-        port.detached()
+        if port.detached() and self.on_share is not None:  # a sender's region went: its receivers drop it
+            self.on_share(port.target)
         for fd, owner in list(self._tx_fds.items()):
             if owner is port:
                 del self._tx_fds[fd]

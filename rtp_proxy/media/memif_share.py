@@ -222,18 +222,28 @@ class _Receiver(Protocol):
     refs: Holds
 
 
-def offer(share: SharedRegion, receivers: Sequence[tuple[_Receiver, Any]],
+def offer(share: SharedRegion | None, receivers: Sequence[tuple[_Receiver, Any]],
           send: Callable[[Any, dict[str, Any], int], bool]) -> int:
-    """(Plane lock held.) Offers ``share`` to each attached receiver (with its agent socket) that lacks it and
-    could take its frames by reference; how many offers went."""
+    """(Plane lock held.) Tells each attached receiver (with its agent socket) to drop the regions of senders
+    that are gone (``unmap``, once no frame it holds names them: their memory is freed when nobody maps it),
+    and offers it ``share`` (the group's sender now, if any) when it lacks it and could take its frames by
+    reference; how many offers went."""
     sent = 0
     for port, sock in receivers:
-        if port.layout.payload_offset != share.layout.payload_offset:
-            continue  # its frames could not go by reference
-        index = port.refs.offer_index(share.token)
-        if index is None:
+        busy = {index for _, index, _, _ in port.refs.held}
+        for index, token in list(port.refs.maps.items()):
+            if share is not None and token == share.token:
+                continue
+            if index in busy:
+                port.refs.want_retry = True  # again once the frames naming it are given back
+            elif send(sock, {"op": "unmap", "connection": port.cid, "index": index, "token": token}, -1):
+                del port.refs.maps[index]
+        if share is None or port.layout.payload_offset != share.layout.payload_offset:
+            continue  # no sender to share, or its frames could not go by reference
+        at = port.refs.offer_index(share.token)
+        if at is None:
             continue
-        notice = {"op": "region", "connection": port.cid, "index": index, "size": share.size, "token": share.token}
+        notice = {"op": "region", "connection": port.cid, "index": at, "size": share.size, "token": share.token}
         if send(sock, notice, share.fd):
             sent += 1
         else:

@@ -9,7 +9,8 @@ The apps here are this test process (two or three mesh.Clients), so it can look 
   layout takes copies (the fallback, counted);
 - a receiver that stops reading and holds its frames is disconnected once the sender is down to its last
   slots: the sender and the other receiver go on, every frame byte-exact;
-- a sender that goes and comes back (a new region) is shared again: the receiver maps it at its other index;
+- a sender that goes is unmapped by its receiver (its memory can be freed), and when it comes back (a new
+  region) it is shared again;
 - frames from a source that is not a memif sender on this node (an ST 2110 ingress) are copied.
 """
 
@@ -55,13 +56,18 @@ def _stats(client: mesh.Client, conn: mesh.Connection) -> dict[str, Any]:
     return next(c for c in client.list_connections() if c["connection"] == conn.id)
 
 
-def _mapped(client: mesh.Client, rx: mesh.RxConnection, regions: int = 1) -> None:
-    """Waits until the proxy knows ``rx`` maps ``regions`` senders' regions (the app maps when it services)."""
+def _mapped(client: mesh.Client, rx: mesh.RxConnection, tx: mesh.TxConnection | tuple[int, int],
+            mapped: bool = True) -> None:
+    """Waits until ``rx``'s app maps ``tx``'s region (or, ``mapped=False``, no longer maps the region of that
+    inode). The app maps and answers when it services its agent socket; the list request after the answer,
+    on the same socket, is served after it, so the proxy has taken it by then."""
+    inode = tx if isinstance(tx, tuple) else _inode(tx.memif.regions[0].fd)
     deadline = time.monotonic() + 5
-    while _stats(client, rx)["shared_regions"] < regions:
+    while any(_inode(r.fd) == inode for r in rx.memif.regions[1:]) != mapped:
         assert time.monotonic() < deadline, _stats(client, rx)
         client.service()
         time.sleep(0.01)
+    _stats(client, rx)
 
 
 def _send(tx: mesh.TxConnection, i: int, timeout: float = 2.0) -> None:
@@ -111,7 +117,7 @@ def test_a_receiver_reads_the_senders_memfd_and_cannot_write_it(agent: Agent) ->
         rx = rc.create_rx_connection(_config())                           # before the sender exists
         other = rc.create_rx_connection(_config(maxMetadataSize=100))     # another layout: copies
         tx = tc.create_tx_connection(_config())
-        _mapped(rc, rx)
+        _mapped(rc, rx, tx)
         for i in range(20):
             _send(tx, i)
             assert _recv(rx, i) and not _recv(other, i)
@@ -146,8 +152,8 @@ def test_a_receiver_that_stops_is_cut_off_and_nobody_waits_for_it(agent: Agent) 
         rx = rc.create_rx_connection(_config(urn))
         stuck = sc.create_rx_connection(_config(urn))
         tx = tc.create_tx_connection(_config(urn))
-        _mapped(rc, rx)
-        _mapped(sc, stuck)
+        _mapped(rc, rx, tx)
+        _mapped(sc, stuck, tx)
         _send(tx, 0)
         assert _recv(rx, 0)
         held = stuck.get_buffer(timeout=5)  # and never given back; nor is anything read after it
@@ -174,20 +180,21 @@ def test_a_sender_that_comes_back_is_shared_again(agent: Agent) -> None:
         urn = "urn:msm:test:zc-again"
         rx = rc.create_rx_connection(_config(urn))
         first = tc.create_tx_connection(_config(urn))
-        _mapped(rc, rx)
+        _mapped(rc, rx, first)
         for i in range(5):
             _send(first, i)
             assert _recv(rx, i)
         old = _inode(first.memif.regions[0].fd)
         first.close()
-        second = tc.create_tx_connection(_config(urn))  # a new memfd: the receiver maps it at its other index
-        _mapped(rc, rx, regions=2)
+        _mapped(rc, rx, old, mapped=False)  # the gone sender's region is unmapped (its memory can go)
+        second = tc.create_tx_connection(_config(urn))  # a new memfd, offered again
+        _mapped(rc, rx, second)
         for i in range(5, 10):
             _send(second, i)
             assert _recv(rx, i)
-        assert _inode(rx.memif.regions[2].fd) == _inode(second.memif.regions[0].fd) != old
+        assert old not in {_inode(r.fd) for r in rx.memif.regions}
         stats = _stats(rc, rx)
-        assert stats["by_reference"] == 10 and stats["copied_bytes"] == 0, stats
+        assert stats["by_reference"] == 10 and stats["copied_bytes"] == 0 and stats["shared_regions"] == 1, stats
 
 
 def test_frames_from_an_st2110_ingress_are_copied(agent: Agent) -> None:
