@@ -27,6 +27,7 @@ frames as descriptors naming it (zero copy); one that ignores it gets copies::
 
     proxy {"op": "region", "connection": "c2", "index": 1, "size": 165894656, "token": "c1.1"}  + fd
     app   {"op": "mapped", "connection": "c2", "index": 1, "token": "c1.1"}     (a notice: no reply)
+    proxy {"op": "unmap", "connection": "c2", "index": 1, "token": "c1.1"}      (that sender is gone; no fd)
 
 **A frame in a memif buffer.** Every SDK frame is one memif buffer laid out as
 ``header (64 bytes) | metadata (metadata_size, rounded up to 64) | payload``; the
