@@ -12,7 +12,9 @@ slot goes back to the sender only once every receiver that got the frame gave
 it back (:class:`SharedFrame` counts them; slots go back in ring order). A
 new sender (or the same app reattaching) is a new token: receivers are offered
 the new region at the other index while frames of the old one may be
-outstanding, and take copies until they have mapped it. Frames smaller than
+outstanding, and take copies until they have mapped it; the region of a sender
+that is gone is unmapped by its receivers (``unmap``) once none of its frames
+is held, so its memory is freed. Frames smaller than
 :data:`SHARE_MIN_BYTES` are copied anyway (that costs less).
 
 What one receiver may pin, and for how long (a stalled receiver must not stall
