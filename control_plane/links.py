@@ -232,10 +232,11 @@ class ProxyLink:
 
     async def add_flow(self, flow_id: str, clock_rate: int, labels: Mapping[str, str],
                        source: pb.SourceFilter | None = None, srtp: pb.SrtpParams | None = None,
-                       bind_host: str = "") -> pb.Endpoint:
+                       bind_host: str = "", listen: pb.Endpoint | None = None,
+                       ssm: bool = False) -> pb.Endpoint:
         # SRTP keys travel only on this channel (mutual TLS) and are never logged.
         request = pb.AddFlowRequest(flow_id=flow_id, clock_rate=clock_rate, splice=True, labels=labels,
-                                    source=source, srtp=srtp, bind_host=bind_host)
+                                    source=source, srtp=srtp, bind_host=bind_host, listen=listen, ssm=ssm)
         reply: pb.AddFlowReply = await self._call(lambda: self.api.AddFlow(request, timeout=PROXY_TIMEOUT))
         return reply.ingress
 

@@ -51,6 +51,7 @@ from msm.sdk.errors import (
 from .multicast import DEFAULT_POOL, DEFAULT_PORT, DEFAULT_TTL, MAX_GROUPS, Group, MulticastPool, group_leg
 from .ports import Clock, DataPlane, LoopClock, StubInfo, StubPort, Timer
 from .resolver import Asker, Resolver, Route
+from .sdp_source import is_sdp_file, read_sdp_source
 from .store import FlowRef, LegRef, MemoryStore, Store, StreamRecord, ViewerRecord
 from .upstream_state import Trigger, UpstreamState, next_state, trigger_of_event
 
@@ -328,6 +329,8 @@ class Planner:
 
     # -- the upstream ------------------------------------------------------------------------------
     async def _open(self, record: StreamRecord) -> None:
+        if is_sdp_file(record.route.url):
+            return self._open_sdp_file(record)
         stub = self._upstream_stub(record.route)
         self._move(record, Trigger.OPEN)
         self.store.put_stream(record)
@@ -353,7 +356,53 @@ class Planner:
         log.info("stream %s: upstream %s opened (%d tracks)", record.stream_id,
                  redact_url(record.route.url), len(record.tracks))
 
+    def _open_sdp_file(self, record: StreamRecord) -> None:
+        """An SDP file's stream (see :mod:`.sdp_source`): no stub and no RTSP, the file says it all."""
+        try:
+            source = read_sdp_source(record.route.url)
+            if len(source.tracks) > self.max_tracks:
+                raise ResourceExhausted(f"the source has {len(source.tracks)} tracks; at most "
+                                        f"{self.max_tracks} are served")
+        except MsmError:
+            self._move(record, Trigger.OPEN)
+            self._move(record, Trigger.OPEN_FAILED)
+            self.store.put_stream(record)
+            raise
+        self._move(record, Trigger.OPEN)
+        record.sdp, record.tracks = source.sdp, source.tracks
+        record.upstream_stub = None
+        record.opened += 1
+        record.generation += 1
+        self._move(record, Trigger.OPENED)
+        self.store.put_stream(record)
+        log.info("stream %s: SDP file %s read (%d tracks)", record.stream_id, record.route.url, len(record.tracks))
+
+    async def _listen_upstream(self, record: StreamRecord) -> None:
+        """The flows of an SDP file's stream: each receives its track once where the file says
+        (a group joined on the proxy of the route's node), from the declared source only."""
+        source = read_sdp_source(record.route.url)
+        proxy = self._proxy_for(record.route.node)
+        flows: dict[int, FlowRef] = {}
+        try:
+            for track in record.tracks:
+                flow_id = f"{record.stream_id}/{track.index}/{record.generation}"
+                ingress = await proxy.add_flow(
+                    flow_id, track.clock_rate, {"stream": record.stream_id, "track": str(track.index),
+                                                "kind": track.kind}, source=source.sources[track.index],
+                    listen=source.listen[track.index], ssm=source.ssm[track.index])
+                flows[track.index] = FlowRef(proxy.node, proxy.proxy_id, flow_id, ingress)
+        except BaseException:
+            for ref in flows.values():
+                await self._remove_flow(ref)
+            raise
+        record.flows = flows
+        record.sources = dict(enumerate(source.sources))
+        self._move(record, Trigger.SET_UP)
+        self.store.put_stream(record)
+
     async def _setup_upstream(self, record: StreamRecord) -> None:
+        if is_sdp_file(record.route.url):
+            return await self._listen_upstream(record)
         stub = self._holder(record)
         proxy = self._proxy_for(stub.info.node)
         flows: dict[int, FlowRef] = {}
@@ -744,7 +793,8 @@ class Planner:
             viewer.playing = True
             self.store.put_viewer(viewer)
             if not record.playing:
-                await self._holder(record).play(record.stream_id)
+                if not is_sdp_file(record.route.url):
+                    await self._holder(record).play(record.stream_id)
                 record.playing = True
                 self._move(record, Trigger.PLAY)
                 self.store.put_stream(record)

@@ -48,8 +48,12 @@ class DataPlane(Protocol):
 
     async def add_flow(self, flow_id: str, clock_rate: int, labels: Mapping[str, str],
                        source: pb.SourceFilter | None = None, srtp: pb.SrtpParams | None = None,
-                       bind_host: str = "") -> pb.Endpoint:
+                       bind_host: str = "", listen: pb.Endpoint | None = None,
+                       ssm: bool = False) -> pb.Endpoint:
         """Create a flow; answers its ingress (where its RTP goes). It forwards nothing until its source is set.
+
+        ``listen``: the flow receives there (an SDP file's stream; a multicast group is joined, for
+        ``source`` only when ``ssm``).
 
         ``srtp`` set: what arrives is SRTP under that key (a relay fed from another node);
         ``bind_host``: the proxy's media address of the other IP family ("" the media host).

@@ -81,6 +81,8 @@ class Route:
         if not _NAME.match(self.name):
             raise RouteError(f"invalid route name {self.name!r}")
         parts = urlsplit(self.url)
+        if parts.scheme == "file" and parts.path.endswith(".sdp") and not parts.netloc:
+            return    # an SDP file's stream (multicast in, control_plane/sdp_source.py)
         if parts.scheme not in ("rtsp", "rtsps") or not parts.hostname:
             raise RouteError(f"route {self.name}: not an rtsp:// URL: {redact_url(self.url)!r}")
         try:

@@ -473,7 +473,7 @@ class SrtpParams(_message.Message):
     def __init__(self, profile: _Optional[str] = ..., master_key: _Optional[bytes] = ..., master_salt: _Optional[bytes] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class AddFlowRequest(_message.Message):
-    __slots__ = ("flow_id", "clock_rate", "bind_host", "splice", "labels", "source", "srtp")
+    __slots__ = ("flow_id", "clock_rate", "bind_host", "splice", "labels", "source", "srtp", "listen", "ssm")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -488,6 +488,8 @@ class AddFlowRequest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     SRTP_FIELD_NUMBER: _ClassVar[int]
+    LISTEN_FIELD_NUMBER: _ClassVar[int]
+    SSM_FIELD_NUMBER: _ClassVar[int]
     flow_id: str
     clock_rate: int
     bind_host: str
@@ -495,7 +497,9 @@ class AddFlowRequest(_message.Message):
     labels: _containers.ScalarMap[str, str]
     source: SourceFilter
     srtp: SrtpParams
-    def __init__(self, flow_id: _Optional[str] = ..., clock_rate: _Optional[int] = ..., bind_host: _Optional[str] = ..., splice: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., source: _Optional[_Union[SourceFilter, _Mapping]] = ..., srtp: _Optional[_Union[SrtpParams, _Mapping]] = ...) -> None: ...
+    listen: Endpoint
+    ssm: bool
+    def __init__(self, flow_id: _Optional[str] = ..., clock_rate: _Optional[int] = ..., bind_host: _Optional[str] = ..., splice: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., source: _Optional[_Union[SourceFilter, _Mapping]] = ..., srtp: _Optional[_Union[SrtpParams, _Mapping]] = ..., listen: _Optional[_Union[Endpoint, _Mapping]] = ..., ssm: _Optional[bool] = ...) -> None: ...
 
 class SetFlowSourceRequest(_message.Message):
     __slots__ = ("flow_id", "source")

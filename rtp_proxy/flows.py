@@ -57,7 +57,7 @@ from .engine import (
     RtpState,
 )
 from .native import NativeEngine, start_core
-from .ports import PortRangeExhausted, bind_pairs, path_mtu
+from .ports import PortRangeExhausted, bind_listen, bind_pairs, path_mtu
 from .pyengine import OutInfo, PythonEngine
 from .snapshot import FlowSnapshot, LegSnapshot
 from .srtp import Protector, SrtpKey, Unprotector
@@ -540,7 +540,7 @@ _warned_fallback = False
 
 
 # Link-local control groups (IGMP, OSPF, mDNS...): never a stream's.
-_LOCAL_CONTROL = ipaddress.ip_network("224.0.0.0/24")
+LOCAL_CONTROL = ipaddress.ip_network("224.0.0.0/24")
 
 
 def check_group(host: str, rtp_port: int, rtcp_port: int) -> None:
@@ -549,7 +549,7 @@ def check_group(host: str, rtp_port: int, rtcp_port: int) -> None:
         ip = ipaddress.ip_address(host)
     except ValueError:
         raise Refused(f"multicast leg destination must be an IP address, not {host!r}") from None
-    if ip.version != 4 or not ip.is_multicast or ip in _LOCAL_CONTROL:
+    if ip.version != 4 or not ip.is_multicast or ip in LOCAL_CONTROL:
         raise Refused(f"multicast leg destination {host} is not an IPv4 multicast group outside 224.0.0.0/24")
     for port in (rtp_port, rtcp_port):
         if not 1024 <= port <= 65535:
@@ -639,7 +639,10 @@ class FlowTable:
 
     async def add_flow(self, flow_id: str, *, clock_rate: int = 0, splice: bool = True,
                        labels: Mapping[str, str] | None = None, bind_host: str = "",
-                       srtp: SrtpKey | None = None) -> Flow:
+                       srtp: SrtpKey | None = None, listen: tuple[str, int, str] | None = None) -> Flow:
+        """A flow on a free port pair of ``bind_host`` (default: the media host), or with ``listen``
+        (address, port, SSM source or ""), one receiving where an SDP file's stream is sent
+        (see :func:`bind_listen`); its ingress still names the media host."""
         existing = self.flows.get(flow_id)
         if existing is not None:
             if srtp is not None:
@@ -650,8 +653,12 @@ class FlowTable:
         host = bind_host or self.host
         low, high = self.port_range
         alt_host = self.alt_host if host == self.host else other_family_host(host) if host == self.alt_host else None
-        (rtp_sock, rtcp_sock), alt = bind_pairs(host, alt_host, low, high, self._next, avoid=self._leg_ports_here())
-        self._next = (rtp_sock.getsockname()[1] - ((low + 1) & ~1)) // 2 + 1
+        if listen is not None:
+            (rtp_sock, rtcp_sock), alt = bind_listen(listen[0], listen[1], host, listen[2]), None
+        else:
+            (rtp_sock, rtcp_sock), alt = bind_pairs(host, alt_host, low, high, self._next,
+                                                    avoid=self._leg_ports_here())
+            self._next = (rtp_sock.getsockname()[1] - ((low + 1) & ~1)) // 2 + 1
         ingress = (host, rtp_sock.getsockname()[1])
         fds = (rtp_sock.fileno(), rtcp_sock.fileno())
         loop = asyncio.get_running_loop()

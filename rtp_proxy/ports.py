@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 from collections.abc import Container
 
 from msm.sdk.errors import ResourceExhausted
 
-__all__ = ["PortRangeExhausted", "bind_pair", "bind_pairs", "never_fragment", "path_mtu"]
+__all__ = ["PortRangeExhausted", "bind_listen", "bind_pair", "bind_pairs", "never_fragment", "path_mtu"]
 
 
 class PortRangeExhausted(ResourceExhausted):
@@ -124,3 +125,49 @@ def bind_pair(host: str, low: int, high: int, start: int,
     exhausted = PortRangeExhausted(f"no free RTP/RTCP port pair in {low}-{high} on {host}")
     exhausted.errno_seen = errno_seen
     raise exhausted
+
+
+# linux/in.h: a socket bound to a port receives the groups IT joined only, not every
+# group any socket of the host joined on that port (Linux's default, IP_MULTICAST_ALL=1).
+IP_MULTICAST_ALL = 49
+IP_ADD_SOURCE_MEMBERSHIP = 39   # (typeshed lacks it)
+
+
+def bind_listen(address: str, port: int, interface: str, source: str = "") -> Pair:
+    """The RTP/RTCP pair of a flow whose upstream sends to a fixed ``address``:``port`` (and
+    ``port + 1``): an SDP file's stream. A multicast ``address`` is joined on ``interface``
+    (its address; loopback or unspecified: the kernel's choice), from ``source`` only when
+    given (SSM, RFC 4607) and from any sender otherwise; a unicast one is bound as it is.
+    IPv4 only.
+    """
+    group = ipaddress.IPv4Address(address)
+    pair: list[socket.socket] = []
+    try:
+        for p in (port, port + 1):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            pair.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # other receivers of the group
+            sock.bind((address, p))
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 21)
+            never_fragment(sock)
+            if group.is_multicast:
+                _join(sock, group, interface, source)
+        return pair[0], pair[1]
+    except (OSError, ValueError):
+        for sock in pair:
+            sock.close()
+        raise
+
+
+def _join(sock: socket.socket, group: ipaddress.IPv4Address, interface: str, source: str) -> None:
+    sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
+    local = ipaddress.IPv4Address(interface) if interface else ipaddress.IPv4Address(0)
+    if local.is_loopback:
+        local = ipaddress.IPv4Address(0)
+    if source:   # struct ip_mreq_source: group, interface, source
+        mreq = group.packed + local.packed + ipaddress.IPv4Address(source).packed
+        sock.setsockopt(socket.IPPROTO_IP, IP_ADD_SOURCE_MEMBERSHIP, mreq)
+    else:        # struct ip_mreq: group, interface
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group.packed + local.packed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -29,7 +30,7 @@ from msm.security.identity import Role
 from msm.security.tls import TlsFiles, secure_channel, server_credentials
 
 from .engine import EngineUnavailable
-from .flows import Flow, FlowTable, Leg
+from .flows import LOCAL_CONTROL, Flow, FlowTable, Leg
 from .metrics import proxy_registry
 from .snapshot import FlowSnapshot, LegSnapshot
 from .srtp import SrtpKey, SrtpKeyRefused, profiles
@@ -109,6 +110,19 @@ def _leg_stats(flow_id: str, leg: LegSnapshot) -> pb.LegStats:
     )
 
 
+def check_listen(listen: pb.Endpoint, media_host: str) -> None:
+    """``Refused`` unless a flow may listen there: an IPv4 multicast group (outside the link-local
+    control block) or the media host itself, on a port pair in 1024-65535."""
+    try:
+        ip = ipaddress.IPv4Address(listen.host)
+    except ValueError:
+        raise Refused(f"listen address must be an IPv4 address, not {listen.host[:64]!r}") from None
+    if not (ip.is_multicast and ip not in LOCAL_CONTROL) and listen.host != media_host:
+        raise Refused(f"a flow listens on a multicast group or the media host {media_host}, not {ip}")
+    if not 1024 <= listen.rtp_port < 65535:
+        raise Refused(f"listen port {listen.rtp_port} is outside 1024-65534")
+
+
 def srtp_key(params: pb.SrtpParams) -> SrtpKey:
     """The key in ``params`` (``SrtpKeyRefused``, a ``Refused``, for a profile or lengths we cannot use)."""
     return SrtpKey(master_key=params.master_key, master_salt=params.master_salt, epoch=params.epoch,
@@ -163,10 +177,14 @@ class DataPlaneService(pb_grpc.DataPlaneServicer):
             if key is not None:
                 self.table.check_srtp()
                 check_profile(self.table, key)
+            listen = None
+            if request.HasField("listen"):
+                check_listen(request.listen, self.table.host)
+                listen = (request.listen.host, request.listen.rtp_port, request.source.host if request.ssm else "")
             try:
                 flow = await self.table.add_flow(
                     request.flow_id, clock_rate=request.clock_rate, splice=request.splice,
-                    labels=dict(request.labels), bind_host=request.bind_host, srtp=key)
+                    labels=dict(request.labels), bind_host=request.bind_host, srtp=key, listen=listen)
             except OSError as exc:
                 raise Refused(f"cannot bind: {exc}") from exc
             if request.HasField("source") and request.source.host:

@@ -42,6 +42,9 @@ VENV_BIN = Path(sys.executable).parent
 SUBNET = "10.231.7"
 MESH_IP = f"{SUBNET}.1"
 POOL = "239.255.231.0/28"
+SOURCE_GROUP = "239.255.232.1"   # where the SDP file's sender multicasts
+SOURCE_PORT = 5100
+SENDER_IP = f"{SUBNET}.3"        # the second viewer namespace sends it
 FRAMES = 10
 
 
@@ -107,6 +110,19 @@ def _run_input(cmd: list[str], text: str) -> None:
     subprocess.run(cmd, input=text, check=True, capture_output=True, text=True, timeout=10)
 
 
+# The sender's stream: H.264 to a group, from the o= line's address (no source-filter: the group
+# is joined for any sender, and the flow drops every packet from another).
+SOURCE_SDP = f"""v=0
+o=- 1 1 IN IP4 {SENDER_IP}
+s=sender
+c=IN IP4 {SOURCE_GROUP}/1
+t=0 0
+m=video {SOURCE_PORT} RTP/AVP 96
+a=rtpmap:96 H264/90000
+a=fmtp:96 packetization-mode=1
+"""
+
+
 def _tail(path: Path, lines: int = 60) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
@@ -135,17 +151,22 @@ class Mesh:
 
 
 @contextlib.asynccontextmanager
-async def mesh_up(net: Net) -> AsyncIterator[Mesh]:
+async def mesh_up(net: Net, *, engine: str = "native") -> AsyncIterator[Mesh]:
+    """``msm up`` in the mesh's namespace; ``engine`` python: the proxy's Python data path (MSM_NO_NATIVE=1)."""
     camera = await GstRtspServer.start(prefix=net.exec(net.mesh))
     config = Path(f"/tmp/msm-mc-{net.mesh}.yaml")
     log_path = Path(f"/tmp/msm-mc-{net.mesh}.log")
     log = open(log_path, "w")   # noqa: SIM115, ASYNC230 - the mesh's log, shown on failure
+    sdp_file = Path(f"/tmp/msm-mc-{net.mesh}.sdp")
+    _write(sdp_file, SOURCE_SDP)
     _write(config, f"multicast_pool: {POOL}\nmulticast_ttl: 1\nroutes:\n"
-           f"  cam: {{url: '{camera.url}', multicast: on}}\n  plain: '{camera.url}'\n")
+           f"  cam: {{url: '{camera.url}', multicast: on}}\n  plain: '{camera.url}'\n"
+           f"  sdpcam: 'file://{sdp_file}'\n")
     proc = await asyncio.create_subprocess_exec(
         *net.exec(net.mesh), str(VENV_BIN / "msm"), "up", "--insecure", "--config", str(config),
         "--rtsp-listen", f"{MESH_IP}:8554", "--media-host", MESH_IP,
-        stdout=asyncio.subprocess.DEVNULL, stderr=log)
+        stdout=asyncio.subprocess.DEVNULL, stderr=log,
+        env={**os.environ, "MSM_NO_NATIVE": "1" if engine == "python" else ""})
     try:
         for _ in range(100):
             probe = await asyncio.create_subprocess_exec(
@@ -170,6 +191,7 @@ async def mesh_up(net: Net) -> AsyncIterator[Mesh]:
             proc.kill()
         await camera.stop()
         _write(config, None)
+        _write(sdp_file, None)
 
 
 # One RTSP request from a viewer namespace, its answer (head and body) as text.
@@ -212,7 +234,7 @@ def _video_legs(rows: list[dict[str, object]]) -> list[dict[str, object]]:
 
 
 async def test_multicast_viewers_share_one_copy(net: Net) -> None:
-    async with mesh_up(net) as mesh:
+    async with mesh_up(net, engine=os.environ.get("MSM_TEST_MULTICAST_OUT_ENGINE", "native")) as mesh:
         url = f"rtsp://{MESH_IP}:8554"
         described = await _rtsp(net, net.viewers[0], f"DESCRIBE {url}/cam RTSP/1.0\r\nCSeq: 1\r\n\r\n")
         assert re.search(r"c=IN IP4 239\.255\.231\.\d+/1", described), described
@@ -260,3 +282,58 @@ async def test_multicast_viewers_share_one_copy(net: Net) -> None:
                 break
             await asyncio.sleep(0.2)
         assert not _video_legs(await mesh.streams()), "the group's leg outlived its last viewer"
+
+
+async def test_sdp_file_multicast_is_received_once_and_fanned_out(net: Net) -> None:
+    """Multicast in: a GStreamer sender multicasts H.264 as the route's SDP file says; the proxy
+    joins the group and ffmpeg plays the route over unicast; packets another host sends to the
+    same group are dropped by the flow's source check (counted). The Python data path here, the
+    native one in the multicast-out test (MSM_TEST_MULTICAST_{IN,OUT}_ENGINE swap them)."""
+    async with mesh_up(net, engine=os.environ.get("MSM_TEST_MULTICAST_IN_ENGINE", "python")) as mesh:
+        sender = await asyncio.create_subprocess_exec(
+            *net.exec(net.viewers[1]), "gst-launch-1.0", "-q", "videotestsrc", "is-live=true", "!",
+            "video/x-raw,width=320,height=240,framerate=25/1", "!", "x264enc", "tune=zerolatency",
+            "speed-preset=ultrafast", "key-int-max=25", "bitrate=300", "!", "rtph264pay", "config-interval=1", "!",
+            "udpsink", f"host={SOURCE_GROUP}", f"port={SOURCE_PORT}", "ttl-mc=1", "auto-multicast=false",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        try:
+            async with FfmpegViewer(f"rtsp://{MESH_IP}:8554/sdpcam", transport="udp", frames=None,
+                                    prefix=net.exec(net.viewers[0])) as viewer:
+                await viewer.wait_frames(FRAMES, timeout=20)
+                # A spoofer on the group: the flow checks every packet's source.
+                await _spoof(net, net.viewers[0])
+                rows = await mesh.streams()
+                await asyncio.sleep(0.3)
+                assert await _dropped_wrong_source(net) >= SPOOFED
+                ingress = next(r for r in rows if r["hop"] == "ingress" and r["stream"] == "sdpcam")
+                legs = [r for r in rows if r["hop"] == "viewer" and r["stream"] == "sdpcam"]
+                assert int(str(ingress["packets"])) > 0 and len(legs) == 1, rows
+        finally:
+            sender.terminate()
+            await sender.wait()
+
+
+SPOOFED = 20
+
+
+async def _dropped_wrong_source(net: Net) -> int:
+    """The proxy's count of packets the flows of ``sdpcam`` dropped for their source (its /metrics)."""
+    script = ("import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9090/metrics', "
+              "timeout=5).read().decode())")
+    proc = await asyncio.create_subprocess_exec(*net.exec(net.mesh), sys.executable, "-c", script,
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    total = 0
+    for line in out.decode().splitlines():
+        if 'reason="wrong_source"' in line and 'stream="sdpcam"' in line and not line.startswith("#"):
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+async def _spoof(net: Net, ns: str) -> None:
+    """RTP-looking datagrams to the source group from ``ns`` (not the declared sender)."""
+    script = (f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+              f"[s.sendto(bytes([0x80, 96]) + bytes(10) + b'spoof', ('{SOURCE_GROUP}', {SOURCE_PORT})) "
+              f"for _ in range({SPOOFED})]")
+    proc = await asyncio.create_subprocess_exec(*net.exec(ns), sys.executable, "-c", script)
+    assert await proc.wait() == 0

@@ -1,0 +1,76 @@
+"""Multicast out's group pool and multicast in's SDP files (control_plane/multicast.py, sdp_source.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from msm.control_plane.multicast import MulticastPool
+from msm.control_plane.resolver import Route, RouteError, parse_route
+from msm.control_plane.sdp_source import read_sdp_source
+from msm.sdk.errors import ConfigError, ResourceExhausted, UpstreamError
+
+
+def test_pool_leases_one_group_per_stream_and_node_and_is_bounded() -> None:
+    pool = MulticastPool("239.1.2.0/30", ttl=4, max_groups=3)
+    a = pool.lease("cam", "n1")
+    assert pool.lease("cam", "n1") is a and a.ttl == 4 and a.endpoint(1).rtp_port == a.port + 2
+    b = pool.lease("cam", "n2")
+    assert a.address != b.address
+    with pytest.raises(ResourceExhausted):    # a /30 has two host addresses
+        pool.lease("other", "n1")
+    assert pool.refused == 1
+    pool.release("cam", "n1")
+    assert pool.lease("other", "n1").address == a.address   # released addresses are reused
+
+
+@pytest.mark.parametrize("network,ttl", [("10.0.0.0/24", 1), ("224.0.0.0/24", 1), ("239.0.0.0/24", 0),
+                                         ("nonsense", 1)])
+def test_pool_refuses_what_is_no_multicast_pool(network: str, ttl: int) -> None:
+    with pytest.raises(ConfigError):
+        MulticastPool(network, ttl=ttl)
+
+
+def test_route_multicast_switch_and_sdp_file_urls() -> None:
+    assert parse_route("cam=rtsp://h/x#transport=tcp&multicast=on").multicast
+    assert not parse_route("cam=rtsp://h/x").multicast
+    with pytest.raises(RouteError):
+        parse_route("cam=rtsp://h/x#multicast=maybe")
+    assert Route(name="s", url="file:///srv/s.sdp").url.startswith("file:")
+    with pytest.raises(RouteError):
+        Route(name="s", url="file:///etc/passwd")
+
+
+SDP = """v=0
+o=- 1 1 IN IP4 192.0.2.9
+s=x
+c=IN IP4 239.9.9.9/4
+t=0 0
+{filter}m=video 5000 RTP/AVP 96
+a=rtpmap:96 H264/90000
+m=audio 5002 RTP/AVP 0
+"""
+
+
+def test_sdp_file_tracks_ports_and_sources(tmp_path: Path) -> None:
+    path = tmp_path / "s.sdp"
+    path.write_text(SDP.format(filter=""))
+    src = read_sdp_source(f"file://{path}")
+    assert [t.encoding for t in src.tracks] == ["H264/90000", "PCMU/8000"]
+    assert [(e.host, e.rtp_port) for e in src.listen] == [("239.9.9.9", 5000), ("239.9.9.9", 5002)]
+    assert [s.host for s in src.sources] == ["192.0.2.9"] * 2 and src.ssm == [False, False]
+    path.write_text(SDP.format(filter="a=source-filter: incl IN IP4 239.9.9.9 198.51.100.7\n"))
+    src = read_sdp_source(f"file://{path}")
+    assert [s.host for s in src.sources] == ["198.51.100.7"] * 2 and src.ssm == [True, True]
+
+
+@pytest.mark.parametrize("text", [SDP.format(filter="").replace("192.0.2.9", "0.0.0.0"),
+                                  SDP.format(filter="").replace("5000", "80"), "not sdp"])
+def test_sdp_file_without_a_sender_or_a_usable_port_is_refused(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "s.sdp"
+    path.write_text(text)
+    with pytest.raises(UpstreamError):
+        read_sdp_source(f"file://{path}")
+    with pytest.raises(UpstreamError):
+        read_sdp_source(f"file://{tmp_path}/missing.sdp")
