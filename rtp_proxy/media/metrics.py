@@ -257,6 +257,14 @@ class MediaCollector(Collector):
         depth = out.gauge("msm_media_connection_queue_depth", "Frames waiting in an app's connection", c)
         latency = out.gauge("msm_media_connection_latency_seconds", "Per-frame latency of an app's receiving "
                             "connection", [*c, "quantile"])
+        shared = out.counter("msm_media_connection_by_reference_frames", "Frames a receiving connection got as a "
+                             "descriptor naming the sender's buffer (no copy)", c)
+        copied = out.counter("msm_media_connection_copied_frames", "Frames the proxy copied into a receiving "
+                             "connection's buffer (any source)", c)
+        why = out.counter("msm_media_connection_local_copies", "Frames of a local sender copied rather than shared, "
+                          "by reason", [*c, "reason"])
+        copied_bytes = out.counter("msm_media_connection_copied_bytes", "Payload bytes the proxy copied into a "
+                                   "receiving connection's buffers", c)
         apps = out.gauge("msm_media_apps", "Apps connected to the media agent", ["node"])
         snap = self.agent()
         apps.add_metric([node], snap.get("apps", 0))
@@ -268,6 +276,12 @@ class MediaCollector(Collector):
             depth.add_metric(labels, conn.get("queue_depth", 0))
             for reason, count in conn.get("drops", {}).items():
                 drops.add_metric([*labels, reason], count)
+            if "by_reference" in conn:   # receiving memif connections only
+                shared.add_metric(labels, conn["by_reference"])
+                copied.add_metric(labels, conn.get("copied", 0))
+                copied_bytes.add_metric(labels, conn.get("copied_bytes", 0))
+                for reason, count in conn.get("copy_reasons", {}).items():
+                    why.add_metric([*labels, reason], count)
             for q in QUANTILES:
                 value = conn.get(f"latency_p{round(q * 100)}_us")
                 if value is not None:

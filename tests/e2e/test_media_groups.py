@@ -609,6 +609,10 @@ async def test_page_api_and_msm_streams_show_groups_of_every_node(mesh: Mesh) ->
         assert samples[("msm_media_link_frames_total", URN, "node-b")] == SHOWN_FRAMES
         assert samples[("msm_media_link_in_flight_frames", URN, "node-b")] == 0
         assert samples[("msm_media_connection_queue_depth", None, None)] == int(conn["queue_depth"])
+        # Frames published in the proxy (no memif sender to share) reach the app as copies, counted.
+        assert samples[("msm_media_connection_copied_frames_total", None, None)] == SHOWN_FRAMES
+        assert samples[("msm_media_connection_copied_bytes_total", None, None)] == SHOWN_FRAMES * tiny.frame_bytes
+        assert samples[("msm_media_connection_by_reference_frames_total", None, None)] == 0
 
         state = _operator_state(mesh)
         table = await asyncio.to_thread(_msm_streams, server.address, state)
