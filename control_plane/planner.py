@@ -417,6 +417,7 @@ class Planner:
                     ingress = await proxy.add_flow(flow_id, track.clock_rate, labels)
                 flows[track.index] = FlowRef(proxy.node, proxy.proxy_id, flow_id, ingress)
             answered = await stub.setup(record.stream_id, list(flows), [f.ingress for f in flows.values()])
+            await self._join_upstream_groups(record, proxy, flows, answered)
             sources = self._upstream_sources(record, list(flows), answered)
             for index, source in sources.items():
                 await proxy.set_flow_source(flows[index].flow_id, source)
@@ -428,6 +429,24 @@ class Planner:
         record.sources = sources
         self._move(record, Trigger.SET_UP)
         self.store.put_stream(record)
+
+    async def _join_upstream_groups(self, record: StreamRecord, proxy: DataPlane, flows: dict[int, FlowRef],
+                                    answered: list[pb.SourceFilter]) -> None:
+        """Tracks the upstream multicasts (its answer names a group): their flows are replaced by
+        flows receiving in that group (joined for any sender; the flow accepts the answered one)."""
+        for index, source in zip(list(flows), answered, strict=False):
+            if not source.HasField("group"):
+                continue
+            old = flows[index]
+            await self._remove_flow(old)
+            group = source.group
+            check = pb.SourceFilter(host=source.host, rtp_port=source.rtp_port, rtcp_port=source.rtcp_port)
+            track = record.tracks[index]
+            ingress = await proxy.add_flow(old.flow_id, track.clock_rate, {
+                "stream": record.stream_id, "track": str(index), "kind": track.kind}, source=check, listen=group)
+            flows[index] = FlowRef(proxy.node, proxy.proxy_id, old.flow_id, ingress)
+            log.info("stream %s: track %d received in the upstream's group %s:%d", record.stream_id, index,
+                     group.host, group.rtp_port)
 
     @staticmethod
     def _upstream_sources(record: StreamRecord, indexes: list[int],

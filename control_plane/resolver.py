@@ -69,7 +69,7 @@ def normalise_path(path: str) -> str:
 class Route:
     name: str                # path viewers use: rtsp://<mesh>/<name>
     url: str                 # upstream RTSP URL
-    transport: str = ""      # "udp", "tcp" or "" (udp, falling back to tcp)
+    transport: str = ""      # "udp", "tcp", "multicast" (the server's group: multicast in) or "" (udp, then tcp)
     node: str = ""           # node the source lives on ("" = any)
     namespace: str = ""      # the source pod, when known: its stub opens the upstream
     pod: str = ""
@@ -89,8 +89,8 @@ class Route:
             parts.port  # noqa: B018 - validates the port
         except ValueError as exc:
             raise RouteError(f"route {self.name}: bad port in {redact_url(self.url)!r}") from exc
-        if self.transport not in ("", "udp", "tcp"):
-            raise RouteError(f"route {self.name}: transport must be udp or tcp, not {self.transport!r}")
+        if self.transport not in ("", "udp", "tcp", "multicast"):
+            raise RouteError(f"route {self.name}: transport must be udp, tcp or multicast, not {self.transport!r}")
 
 
 def parse_route(text: str) -> Route:

@@ -548,7 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="serve the built-in test source as 'demo' (H.264 test pattern + audio)")
     up.add_argument("--route", action="append", metavar="NAME=URL",
                     help="relay an upstream RTSP URL as NAME (repeatable); append #transport=tcp "
-                    "to force TCP towards the upstream")
+                    "to force TCP towards the upstream (#transport=multicast: receive the server's "
+                    "multicast group), #multicast=on to let viewers ask RTP/AVP;multicast; a "
+                    "file:///path.sdp URL receives the RTP stream that SDP file describes")
     up.add_argument("--config", metavar="FILE", help="YAML file with settings and a 'routes' mapping")
     up.add_argument("--rtsp-listen", metavar="HOST:PORT", help="viewer-facing RTSP (default 127.0.0.1:8554)")
     up.add_argument("--control-listen", metavar="HOST:PORT", help="control plane gRPC (default 127.0.0.1:9000)")

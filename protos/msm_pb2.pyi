@@ -451,14 +451,16 @@ class Empty(_message.Message):
     def __init__(self) -> None: ...
 
 class SourceFilter(_message.Message):
-    __slots__ = ("host", "rtp_port", "rtcp_port")
+    __slots__ = ("host", "rtp_port", "rtcp_port", "group")
     HOST_FIELD_NUMBER: _ClassVar[int]
     RTP_PORT_FIELD_NUMBER: _ClassVar[int]
     RTCP_PORT_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     host: str
     rtp_port: int
     rtcp_port: int
-    def __init__(self, host: _Optional[str] = ..., rtp_port: _Optional[int] = ..., rtcp_port: _Optional[int] = ...) -> None: ...
+    group: Endpoint
+    def __init__(self, host: _Optional[str] = ..., rtp_port: _Optional[int] = ..., rtcp_port: _Optional[int] = ..., group: _Optional[_Union[Endpoint, _Mapping]] = ...) -> None: ...
 
 class SrtpParams(_message.Message):
     __slots__ = ("profile", "master_key", "master_salt", "epoch")

@@ -180,7 +180,10 @@ class UpstreamSession:
         assert self.conn is not None
         track = self.tracks[index]
         dest = self.destinations[index]
-        if self.use_tcp:
+        if self.transport == "multicast":
+            # The server's group (RFC 2326 12.39: it chooses): the proxy joins it (multicast in).
+            spec = TransportSpec(unicast=False)
+        elif self.use_tcp:
             bridge = self.bridges.get(index)
             if bridge is None:
                 bridge = await UdpPair.open(
@@ -227,7 +230,13 @@ class UpstreamSession:
             return pb.SourceFilter(host=self.conn.local_host, rtp_port=local.ports[0], rtcp_port=local.ports[1])
         host = (chosen.source if chosen is not None and chosen.source else None) or self.conn.peer_host
         rtp, rtcp = (chosen.server_port if chosen is not None and chosen.server_port else (0, 0))
-        return pb.SourceFilter(host=host, rtp_port=rtp, rtcp_port=rtcp)
+        found = pb.SourceFilter(host=host, rtp_port=rtp, rtcp_port=rtcp)
+        if self.transport == "multicast":
+            if chosen is None or chosen.unicast or not chosen.destination or chosen.port is None:
+                raise UpstreamError("upstream answered a multicast SETUP without a group and ports", status=461)
+            found.group.CopyFrom(pb.Endpoint(host=chosen.destination, rtp_port=chosen.port[0],
+                                             rtcp_port=chosen.port[1]))
+        return found
 
     def _same_host(self, host: str) -> bool:
         """Loopback addresses all reach this host (local mode binds the proxy to 127.0.0.1)."""

@@ -45,6 +45,7 @@ POOL = "239.255.231.0/28"
 SOURCE_GROUP = "239.255.232.1"   # where the SDP file's sender multicasts
 SOURCE_PORT = 5100
 SENDER_IP = f"{SUBNET}.3"        # the second viewer namespace sends it
+MC_SERVER_PORT = 8555            # ... and serves RTSP with multicast only there
 FRAMES = 10
 
 
@@ -161,7 +162,8 @@ async def mesh_up(net: Net, *, engine: str = "native") -> AsyncIterator[Mesh]:
     _write(sdp_file, SOURCE_SDP)
     _write(config, f"multicast_pool: {POOL}\nmulticast_ttl: 1\nroutes:\n"
            f"  cam: {{url: '{camera.url}', multicast: on}}\n  plain: '{camera.url}'\n"
-           f"  sdpcam: 'file://{sdp_file}'\n")
+           f"  sdpcam: 'file://{sdp_file}'\n"
+           f"  mccam: {{url: 'rtsp://{SENDER_IP}:{MC_SERVER_PORT}/mc', transport: multicast}}\n")
     proc = await asyncio.create_subprocess_exec(
         *net.exec(net.mesh), str(VENV_BIN / "msm"), "up", "--insecure", "--config", str(config),
         "--rtsp-listen", f"{MESH_IP}:8554", "--media-host", MESH_IP,
@@ -337,3 +339,54 @@ async def _spoof(net: Net, ns: str) -> None:
               f"for _ in range({SPOOFED})]")
     proc = await asyncio.create_subprocess_exec(*net.exec(ns), sys.executable, "-c", script)
     assert await proc.wait() == 0
+
+
+# GStreamer's RTSP server offering its stream over multicast only (gst-rtsp-server's
+# set_protocols(UDP_MCAST) and an address pool): run by /usr/bin/python3 (GStreamer's gi).
+MC_SERVER = """
+import sys
+import gi
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtsp", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtsp, GstRtspServer
+Gst.init(None)
+server = GstRtspServer.RTSPServer()
+server.set_address(sys.argv[1])
+server.set_service(sys.argv[2])
+factory = GstRtspServer.RTSPMediaFactory()
+factory.set_launch("( videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=25/1 ! "
+                   "x264enc tune=zerolatency speed-preset=ultrafast key-int-max=25 bitrate=300 ! "
+                   "rtph264pay name=pay0 pt=96 config-interval=1 )")
+factory.set_shared(True)
+factory.set_protocols(GstRtsp.RTSPLowerTrans.UDP_MCAST)
+pool = GstRtspServer.RTSPAddressPool()
+pool.add_range("239.255.233.1", "239.255.233.9", 5200, 5298, 1)
+factory.set_address_pool(pool)
+server.get_mount_points().add_factory("/mc", factory)
+server.attach(None)
+print("ready", flush=True)
+GLib.MainLoop().run()
+"""
+
+
+async def test_rtsp_server_multicast_is_received_once_and_fanned_out(net: Net) -> None:
+    """Multicast in from an RTSP server: the route's transport is multicast, the stub SETUPs the
+    upstream RTP/AVP;multicast, the proxy joins the group the server answered and ffmpeg plays
+    the route over unicast."""
+    server = await asyncio.create_subprocess_exec(
+        *net.exec(net.viewers[1]), "/usr/bin/python3", "-c", MC_SERVER, SENDER_IP, str(MC_SERVER_PORT),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        assert server.stdout is not None
+        assert b"ready" in await asyncio.wait_for(server.stdout.readline(), 10)
+        async with mesh_up(net) as mesh:
+            async with FfmpegViewer(f"rtsp://{MESH_IP}:8554/mccam", transport="udp", frames=None,
+                                    prefix=net.exec(net.viewers[0])) as viewer:
+                await viewer.wait_frames(FRAMES, timeout=20)
+                rows = await mesh.streams()
+                ingress = next(r for r in rows if r["hop"] == "ingress" and r["stream"] == "mccam")
+                assert int(str(ingress["packets"])) > 0, rows
+    finally:
+        server.terminate()
+        await server.wait()

@@ -38,6 +38,7 @@ def test_route_multicast_switch_and_sdp_file_urls() -> None:
     with pytest.raises(RouteError):
         parse_route("cam=rtsp://h/x#multicast=maybe")
     assert Route(name="s", url="file:///srv/s.sdp").url.startswith("file:")
+    assert parse_route("cam=rtsp://h/x#transport=multicast").transport == "multicast"
     with pytest.raises(RouteError):
         Route(name="s", url="file:///etc/passwd")
 
