@@ -558,9 +558,14 @@ class Planner:
             reply = pb.DescribeReply(stream_id=record.stream_id, sdp=record.sdp or "", tracks=record.tracks)
             if route.multicast:
                 # Announced in the SDP (c=IN IP4 group/ttl); released with the stream if nobody joins.
-                group = self.multicast.lease(record.stream_id, stub.node)
-                reply.multicast_group.CopyFrom(group.endpoint())
-                reply.multicast_ttl = group.ttl
+                # With the pool full the SDP stays unicast: unicast viewers must still play.
+                try:
+                    group = self.multicast.lease(record.stream_id, stub.node)
+                except ResourceExhausted as exc:
+                    log.warning("stream %s: no multicast group announced: %s", record.stream_id, exc)
+                else:
+                    reply.multicast_group.CopyFrom(group.endpoint())
+                    reply.multicast_ttl = group.ttl
             return reply
 
     async def _replace(self, record: StreamRecord) -> None:

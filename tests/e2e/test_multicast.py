@@ -5,13 +5,18 @@ camera (GStreamer's RTSP server on its loopback); ``mca-*`` and ``mcb-*`` are vi
 ``mcs-*`` holds the bridge (the switch) the other three are joined to by veth pairs. The
 mesh's route ``cam`` allows multicast (``#multicast=on``), ``plain`` does not.
 
-What it shows: DESCRIBE of ``cam`` announces the group (``c=IN IP4 239.../1``); ffmpeg
+Multicast out. What it shows: DESCRIBE of ``cam`` announces the group (``c=IN IP4 239.../1``); ffmpeg
 (``-rtsp_transport udp_multicast``) in one namespace and GStreamer's rtspsrc
 (``protocols=udp-mcast``) in the other both decode the stream from the same group; the
 proxy has ONE leg towards the group and sends each packet once (its leg counter equals
 what the bridge port of the proxy's namespace carried to the group, counted with an nft
 counter there); a multicast SETUP of ``plain`` is 461; the group's leg goes when the last
 viewer leaves.
+
+Multicast in: a route whose upstream is an SDP file (a GStreamer sender multicasting from a
+viewer namespace) and one whose upstream is GStreamer's RTSP server offering multicast only;
+each is received once by the proxy (the group joined) and played by ffmpeg over unicast, and
+packets another host sends to the group are dropped by the flow's source check.
 
 Needs root, ``ip``, ``nft``, ffmpeg and GStreamer (gst-launch-1.0 and the RTSP server for
 /usr/bin/python3); skips, saying which, without them. Nothing touches the machine's own
@@ -58,7 +63,8 @@ def _why_skip() -> str:
     return ffmpeg_available() or gst_available() or ""
 
 
-pytestmark = pytest.mark.skipif(bool(_why_skip()), reason=_why_skip() or "ok")
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120),
+              pytest.mark.skipif(bool(_why_skip()), reason=_why_skip() or "ok")]
 
 
 def _run(*cmd: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,9 @@ import pytest
 from msm.control_plane.multicast import MulticastPool
 from msm.control_plane.resolver import Route, RouteError, parse_route
 from msm.control_plane.sdp_source import read_sdp_source
-from msm.sdk.errors import ConfigError, ResourceExhausted, UpstreamError
+from msm.protos import msm_pb2 as pb
+from msm.sdk.errors import ConfigError, ResourceExhausted, UnsupportedTransport, UpstreamError
+from tests.unit.test_planner import FakeProxy, FakeStub, Mesh
 
 
 def test_pool_leases_one_group_per_stream_and_node_and_is_bounded() -> None:
@@ -75,3 +78,59 @@ def test_sdp_file_without_a_sender_or_a_usable_port_is_refused(tmp_path: Path, t
         read_sdp_source(f"file://{path}")
     with pytest.raises(UpstreamError):
         read_sdp_source(f"file://{tmp_path}/missing.sdp")
+
+
+# -- the planner: one group leg per node and track, shared by its members ---------------------------
+class MulticastProxy(FakeProxy):
+    """The planner tests' fake proxy, also taking multicast legs (their TTL is remembered)."""
+
+    ttls: dict[str, int]
+
+    async def add_leg(self, flow_id: str, leg_id: str, destination: pb.Endpoint, *, enabled: bool,
+                      labels: Mapping[str, str], srtp: pb.SrtpParams | None = None,
+                      multicast_ttl: int = 0) -> None:
+        await super().add_leg(flow_id, leg_id, destination, enabled=enabled, labels=labels, srtp=srtp)
+        self.ttls[leg_id] = multicast_ttl
+
+
+def multicast_mesh(multicast: bool = True) -> Mesh:
+    mesh = Mesh(Route(name="cam", url="rtsp://192.0.2.1/live", node="a", multicast=multicast))
+    for proxy in (mesh.pa, mesh.pb):
+        proxy.__class__ = MulticastProxy
+        proxy.ttls = {}   # type: ignore[attr-defined]
+    return mesh
+
+
+async def setup_multicast(mesh: Mesh, stub: FakeStub, session: str) -> list[pb.SetupReply]:
+    return [await mesh.planner.setup(stub.info, pb.SetupRequest(
+        stream_id="cam", track_index=index, session_id=session, viewer_host=f"host-{session}", multicast=True))
+        for index in (0, 1)]
+
+
+async def test_multicast_viewers_share_one_leg_per_track_and_release_the_group() -> None:
+    mesh = multicast_mesh()
+    described = await mesh.describe(mesh.va)
+    group = described.multicast_group
+    assert group.host.startswith("239.255.77.") and described.multicast_ttl == 1
+    first = await setup_multicast(mesh, mesh.va, "s1")
+    second = await setup_multicast(mesh, mesh.va, "s2")
+    assert [r.group.rtp_port for r in first] == [group.rtp_port, group.rtp_port + 2]
+    assert [r.group for r in first] == [r.group for r in second]
+    assert mesh.pa.legs() == {"multicast@a/0": False, "multicast@a/1": False}   # one per track, not per viewer
+    assert set(mesh.pa.ttls.values()) == {1}   # type: ignore[attr-defined]
+    await mesh.play(mesh.va, "s1")
+    await mesh.play(mesh.va, "s2")
+    await mesh.pause(mesh.va, "s1")
+    assert mesh.pa.legs() == {"multicast@a/0": True, "multicast@a/1": True}   # s2 still plays
+    await mesh.teardown(mesh.va, "s2")
+    assert mesh.pa.legs() == {"multicast@a/0": False, "multicast@a/1": False}  # s1 paused: nobody plays
+    await mesh.teardown(mesh.va, "s1")
+    assert mesh.pa.legs() == {} and mesh.planner.multicast.groups == {}
+
+
+async def test_multicast_is_refused_461_where_the_route_does_not_allow_it() -> None:
+    mesh = multicast_mesh(multicast=False)
+    assert not (await mesh.describe(mesh.va)).HasField("multicast_group")
+    with pytest.raises(UnsupportedTransport):
+        await setup_multicast(mesh, mesh.va, "s1")
+    assert mesh.planner.multicast.groups == {}
