@@ -7,6 +7,8 @@ authenticate with certificates of a mesh CA (mutual TLS, SPIFFE IDs of proxies).
 from __future__ import annotations
 
 import asyncio
+import socket
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +93,12 @@ async def tunnel(pki: Pki) -> AsyncIterator[Tunnel]:
     for s in (rtp, rtcp):
         assert s.transport is not None
         s.transport.close()
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def sender_for(pki: Pki, tunnel: Tunnel, files: TlsFiles | None = None, node: str = "n2") -> QuicLegSender:
@@ -208,3 +216,39 @@ async def test_the_sender_reconnects_after_the_receiver_restarts(pki: Pki, tunne
     finally:
         out.transport.close()
         await sender.stop()
+
+
+async def test_python_m_runs_both_ends_as_processes(pki: Pki) -> None:
+    """``python -m msm.rtp_proxy.quic receive`` and ``send`` carry a packet between two processes
+    and log their counters when stopped."""
+    rtp, rtcp = await sink(), await sink()
+    out = await sink()
+    quic_port = free_udp_port()
+    entry = [sys.executable, "-m", "msm.rtp_proxy.quic", "--report", "60"]
+    recv = await asyncio.create_subprocess_exec(
+        *entry, "--tls-dir", str(pki.files(Role.PROXY, "n2").directory), "receive", "--listen",
+        f"127.0.0.1:{quic_port}", "--engine-rtp", f"127.0.0.1:{rtp.address[1]}", "--engine-rtcp",
+        f"127.0.0.1:{rtcp.address[1]}", stderr=asyncio.subprocess.PIPE)
+    send_port = free_udp_port()
+    send = await asyncio.create_subprocess_exec(
+        *entry, "--tls-dir", str(pki.files(Role.PROXY, "n1").directory), "send", "--peer", f"127.0.0.1:{quic_port}",
+        "--peer-node", "n2", "--source", f"127.0.0.1:{out.address[1]}", "--rtp-port", str(send_port),
+        "--rtcp-port", "0", stderr=asyncio.subprocess.PIPE)
+    good = bytes(RtpPacket(payload_type=96, sequence_number=9, timestamp=0, ssrc=7, marker=False, payload=b"y"))
+    assert out.transport is not None
+    try:
+        async def delivered() -> None:
+            while not rtp.packets:
+                out.transport.sendto(good, ("127.0.0.1", send_port))   # type: ignore[union-attr]
+                await asyncio.sleep(0.1)
+        await asyncio.wait_for(delivered(), 8)
+        assert rtp.packets[0] == good
+    finally:
+        for proc in (send, recv):
+            if proc.returncode is None:
+                proc.terminate()
+        logs = [(await p.communicate())[1].decode() for p in (send, recv)]
+        for s in (rtp, rtcp, out):
+            s.transport.close()  # type: ignore[union-attr]
+    assert "'connects': 1" in logs[0] and "'delivered_rtp': " in logs[1]
+    assert all(p.returncode == 0 for p in (send, recv)), logs
