@@ -11,6 +11,9 @@ step held ``--seconds``), sender and receiver in this process (the receiver on a
 
 Both ends of a relay run in ONE child (one event loop, one core at most); its CPU (user + system,
 from the moment both ends are up) over the packets it delivered is the relay's cost per packet.
+Loss counts packets that never arrived (the driver waits until nothing has come for 0.5 s: a
+starved relay delivers its backlog late, and late is not lost); ``late s`` is how long after the
+last send the last packet came, ``delivered/s`` the packets over the time until then.
 The machine is shared: compare the modes of one run, and mind the load printed with them.
 
     .venv/bin/python -m msm_bench.quic_bench [--rates 1000,2000,5000,10000] [--seconds 2] [--size 1200] [--json]
@@ -146,6 +149,18 @@ async def _child(mode: str, dest: int, source: int) -> None:
 
 
 # -- the driver ---------------------------------------------------------------------------------------------
+def drain(receiver: Receiver, quiet: float = 0.5, limit: float = 10.0) -> float:
+    """Wait until nothing more arrives for ``quiet`` seconds (a starved relay delivers its
+    backlog late; late is not lost); when the last packet came (monotonic clock)."""
+    last_count, last_at = receiver.count, time.monotonic()
+    end = last_at + limit
+    while time.monotonic() < end and time.monotonic() - last_at < quiet:
+        time.sleep(0.05)
+        if receiver.count != last_count:
+            last_count, last_at = receiver.count, time.monotonic()
+    return last_at
+
+
 def _ask(child: subprocess.Popen[str]) -> dict[str, Any]:
     """The relay child's CPU time and counters since the last question."""
     assert child.stdin is not None and child.stdout is not None
@@ -177,16 +192,17 @@ def run_mode(mode: str, rates: list[int], seconds: float, size: int) -> list[dic
             t0 = time.monotonic()
             sent = send(out, port, rate, seconds, size, first)
             elapsed = time.monotonic() - t0
-            time.sleep(0.3)   # the tail drains
+            drained = drain(receiver) - t0
             first += sent
             got = receiver.count - before
             row: dict[str, Any] = {"mode": mode, "offered_pps": rate, "sent": sent, "received": got,
-                                   "delivered_pps": round(got / elapsed),
+                                   "delivered_pps": round(got / max(elapsed, drained)),
+                                   "late_s": round(max(0.0, drained - elapsed), 2),
                                    "loss_pct": round(100 * (sent - got) / sent, 3)}
             if child is not None:
                 report = _ask(child)
                 row["relay_cpu_us_per_packet"] = round(1e6 * report["cpu"] / max(got, 1), 1)
-                row["relay_cpu_pct"] = round(100 * report["cpu"] / (elapsed + 0.3), 1)
+                row["relay_cpu_pct"] = round(100 * report["cpu"] / (time.monotonic() - t0), 1)
                 row["relay_counters"] = report["counters"]
             rows.append(row)
     finally:
@@ -219,10 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"RTP {opts.size} B/packet, {opts.seconds:g} s per rate; load before: {' '.join(load)}; "
           f"after: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
-    print(f"{'mode':6} {'offered/s':>10} {'delivered/s':>12} {'loss %':>8} {'relay CPU us/pkt':>17} "
+    print(f"{'mode':6} {'offered/s':>10} {'delivered/s':>12} {'loss %':>8} {'late s':>7} {'relay CPU us/pkt':>17} "
           f"{'relay CPU %':>12}")
     for r in rows:
-        print(f"{r['mode']:6} {r['offered_pps']:>10} {r['delivered_pps']:>12} {r['loss_pct']:>8} "
+        print(f"{r['mode']:6} {r['offered_pps']:>10} {r['delivered_pps']:>12} {r['loss_pct']:>8} {r['late_s']:>7} "
               f"{r.get('relay_cpu_us_per_packet', '-'):>17} {r.get('relay_cpu_pct', '-'):>12}")
     return 0
 
