@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from msm.control_plane.kubernetes import MULTICAST, KubernetesResolver
 from msm.control_plane.multicast import MulticastPool
 from msm.control_plane.resolver import Route, RouteError, parse_route
 from msm.control_plane.sdp_source import read_sdp_source
 from msm.protos import msm_pb2 as pb
 from msm.sdk.errors import ConfigError, ResourceExhausted, UnsupportedTransport, UpstreamError
+from tests.fake_kube import FakeKube
+from tests.unit.test_k8s_resolver import CAMERA, MEDIA, annotate, kube, resolver  # noqa: F401 - fixtures
 from tests.unit.test_planner import FakeProxy, FakeStub, Mesh
 
 
@@ -134,3 +138,23 @@ async def test_multicast_is_refused_461_where_the_route_does_not_allow_it() -> N
     with pytest.raises(UnsupportedTransport):
         await setup_multicast(mesh, mesh.va, "s1")
     assert mesh.planner.multicast.groups == {}
+
+
+# -- Kubernetes: the Service annotation ---------------------------------------------------------------
+async def test_the_multicast_annotation_allows_multicast_per_service(
+        kube: FakeKube, resolver: KubernetesResolver) -> None:  # noqa: F811 - test_k8s_resolver's fixtures
+    assert not (await resolver.resolve(CAMERA, MEDIA)).multicast
+    annotate(kube, {MULTICAST: "true"})
+    for _ in range(100):
+        if (await resolver.resolve(CAMERA, MEDIA)).multicast:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the multicast annotation never took effect")
+    annotate(kube, {MULTICAST: "sometimes"})    # not a switch: off (logged), the route still resolves
+    for _ in range(100):
+        if not (await resolver.resolve(CAMERA, MEDIA)).multicast:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("a malformed multicast annotation stayed on")
