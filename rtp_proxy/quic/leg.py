@@ -345,8 +345,9 @@ class QuicLegReceiver:
         self._trust_domain = self.files.identity().trust_domain
         self._config = tls.configuration(self.files, is_client=False, mtu=self.mtu, idle_timeout=self.idle_timeout)
         self._stamp = self.files.stamp()
-        for channel in (RTP, RTCP):
-            self._local.append(await _bind("127.0.0.1", 0, self._from_engine, channel))
+        for channel in (RTP, RTCP):   # loopback of the engine's address family
+            host = "::1" if ":" in self.engine[channel][0] else "127.0.0.1"
+            self._local.append(await _bind(host, 0, self._from_engine, channel))
 
         def create(quic: QuicConnection, *args: Any, **kwargs: Any) -> _ServerProtocol:
             self._stamp = tls.refresh(self._config, self.files, self._stamp)
