@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import socket
 from collections.abc import Container
 
@@ -18,6 +19,8 @@ class PortRangeExhausted(ResourceExhausted):
     #: The last bind error (0: none was tried); EADDRINUSE: taken, anything else: the host cannot be bound.
     errno_seen = 0
 
+
+log = logging.getLogger(__name__)
 
 # Ports free on the flow's host but taken on the other family's one: pairs tried before giving up.
 MAX_ALT_TRIES = 16
@@ -48,7 +51,10 @@ def bind_pairs(host: str, alt_host: str | None, low: int, high: int, start: int,
             if exc.errno_seen not in (0, errno.EADDRINUSE):
                 return bind_pair(host, low, high, start, avoid), None
             taken.update((port, port + 1))
-    raise PortRangeExhausted(f"no RTP/RTCP port pair in {low}-{high} free on both {host} and {alt_host}")
+    # Ports free on host keep being taken on alt_host: serve host's family rather than nothing.
+    log.warning("no RTP/RTCP port pair in %d-%d free on both %s and %s: a flow of %s only", low, high, host,
+                alt_host, host)
+    return bind_pair(host, low, high, start, avoid), None
 
 
 # linux/in.h and linux/in6.h (Python's socket module names none of them).
