@@ -158,3 +158,15 @@ async def test_the_multicast_annotation_allows_multicast_per_service(
         await asyncio.sleep(0.02)
     else:
         pytest.fail("a malformed multicast annotation stayed on")
+
+
+async def test_each_node_sends_its_own_group_from_its_relay() -> None:
+    mesh = multicast_mesh()
+    await mesh.describe(mesh.va)
+    a = await setup_multicast(mesh, mesh.va, "s1")
+    b = await setup_multicast(mesh, mesh.vb, "s2")
+    assert a[0].group.host != b[0].group.host   # one group per stream and node
+    assert set(mesh.pb.legs()) == {"multicast@b/0", "multicast@b/1"}   # on node b's relay flows
+    assert {"multicast@a/0", "multicast@a/1", "relay@b"} <= set(mesh.pa.legs())
+    await mesh.teardown(mesh.vb, "s2")
+    assert mesh.pb.legs() == {} and set(mesh.planner.multicast.groups) == {("cam", "a")}
