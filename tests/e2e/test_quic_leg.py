@@ -119,7 +119,7 @@ async def test_rtp_and_rtcp_cross_the_tunnel_in_order_both_ways(pki: Pki, tunnel
             engine = {source._rtp.get_extra_info("sockname")[:2], source._rtcp.get_extra_info("sockname")[:2]}
             sender.sources = set(engine)
             sent = await source.send(1000)
-            await poll(lambda: len(tunnel.rtp.packets) >= 1000 and len(tunnel.rtcp.packets) >= source.rtcp_sent)
+            await poll(lambda: len(tunnel.rtp.packets) >= 1000 and len(tunnel.rtcp.packets) >= source.rtcp_sent, 10)
             assert [RtpPacket.parse(p).sequence_number for p in tunnel.rtp.packets] == [s.seq for s in sent]
             assert len(tunnel.rtcp.packets) == source.rtcp_sent >= 5
             assert tunnel.rtcp.packets[0][1] == 200   # a sender report, unchanged
