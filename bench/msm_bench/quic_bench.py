@@ -17,6 +17,10 @@ last send the last packet came, ``delivered/s`` the packets over the time until 
 The machine is shared: compare the modes of one run, and mind the load printed with them.
 
     .venv/bin/python -m msm_bench.quic_bench [--rates 1000,2000,5000,10000] [--seconds 2] [--size 1200] [--json]
+
+``--loss P`` (root, unshare, nftables) re-runs the bench in a network namespace of its own whose
+loopback drops P% of the UDP packets sent to the far relay end (plain UDP) or the QUIC server, at
+random; ``congested`` is what the QUIC sender dropped because the congestion window was full.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -102,9 +107,9 @@ class _Relay(asyncio.DatagramProtocol):
         self.count += 1
 
 
-async def _udp_relay(dest: int) -> tuple[int, Any]:
+async def _udp_relay(dest: int, hop: int) -> tuple[int, Any]:
     loop = asyncio.get_running_loop()
-    _, far = await loop.create_datagram_endpoint(lambda: _Relay((LOOPBACK, dest)), local_addr=(LOOPBACK, 0))
+    _, far = await loop.create_datagram_endpoint(lambda: _Relay((LOOPBACK, dest)), local_addr=(LOOPBACK, hop))
     assert far.transport is not None
     far_port = far.transport.get_extra_info("sockname")[1]
     _, near = await loop.create_datagram_endpoint(lambda: _Relay((LOOPBACK, far_port)), local_addr=(LOOPBACK, 0))
@@ -112,7 +117,7 @@ async def _udp_relay(dest: int) -> tuple[int, Any]:
     return int(near.transport.get_extra_info("sockname")[1]), lambda: {"relayed": far.count}
 
 
-async def _quic_relay(dest: int, source: int) -> tuple[int, Any]:
+async def _quic_relay(dest: int, source: int, hop: int) -> tuple[int, Any]:
     from msm.rtp_proxy.quic import QuicLegReceiver, QuicLegSender
     from msm.security.ca import CertificateAuthority
     from msm.security.identity import Role
@@ -128,7 +133,7 @@ async def _quic_relay(dest: int, source: int) -> tuple[int, Any]:
         tls.write(ca_pem=ca.trust_bundle_pem, chain_pem=issued.chain_pem, key_pem=issued.key_pem)
         return tls
 
-    receiver = QuicLegReceiver(files("n2"), (LOOPBACK, 0), (LOOPBACK, dest), (LOOPBACK, dest + 1))
+    receiver = QuicLegReceiver(files("n2"), (LOOPBACK, hop), (LOOPBACK, dest), (LOOPBACK, dest + 1))
     await receiver.start()
     sender = QuicLegSender(files("n1"), (LOOPBACK, receiver.port), "n2", [(LOOPBACK, source)])
     await sender.start()
@@ -136,8 +141,8 @@ async def _quic_relay(dest: int, source: int) -> tuple[int, Any]:
     return sender.rtp_port, lambda: {"sender": sender.counters.as_dict(), "receiver": receiver.counters.as_dict()}
 
 
-async def _child(mode: str, dest: int, source: int) -> None:
-    port, counters = await (_quic_relay(dest, source) if mode == "quic" else _udp_relay(dest))
+async def _child(mode: str, dest: int, source: int, hop: int) -> None:
+    port, counters = await (_quic_relay(dest, source, hop) if mode == "quic" else _udp_relay(dest, hop))
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -149,6 +154,19 @@ async def _child(mode: str, dest: int, source: int) -> None:
 
 
 # -- the driver ---------------------------------------------------------------------------------------------
+NETNS_ENV = "MSM_QUIC_BENCH_NETNS"   # set in the re-run inside a network namespace of its own
+HOP_PORT = 47000                     # the far relay end's port there, where nftables drops
+
+
+def lossy_loopback(percent: int) -> None:
+    """Bring up this (private) namespace's loopback and drop ``percent`` of UDP to HOP_PORT."""
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    rules = (f"add table inet quicbench\n"
+             f"add chain inet quicbench in {{ type filter hook input priority 0; }}\n"
+             f"add rule inet quicbench in udp dport {HOP_PORT} numgen random mod 100 < {percent} drop\n")
+    subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
+
+
 def drain(receiver: Receiver, quiet: float = 0.5, limit: float = 10.0) -> float:
     """Wait until nothing more arrives for ``quiet`` seconds (a starved relay delivers its
     backlog late; late is not lost); when the last packet came (monotonic clock)."""
@@ -170,7 +188,7 @@ def _ask(child: subprocess.Popen[str]) -> dict[str, Any]:
     return answer
 
 
-def run_mode(mode: str, rates: list[int], seconds: float, size: int) -> list[dict[str, Any]]:
+def run_mode(mode: str, rates: list[int], seconds: float, size: int, hop: int = 0) -> list[dict[str, Any]]:
     receiver = Receiver()
     receiver.start()
     out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -179,7 +197,8 @@ def run_mode(mode: str, rates: list[int], seconds: float, size: int) -> list[dic
     port = receiver.port
     if mode != "direct":
         child = subprocess.Popen([sys.executable, "-m", "msm_bench.quic_bench", "--child", mode, str(receiver.port),
-                                  str(out.getsockname()[1])], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                  str(out.getsockname()[1]), str(hop)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert child.stdin is not None and child.stdout is not None
         port = json.loads(child.stdout.readline())["port"]
     rows = []
@@ -204,6 +223,7 @@ def run_mode(mode: str, rates: list[int], seconds: float, size: int) -> list[dic
                 row["relay_cpu_us_per_packet"] = round(1e6 * report["cpu"] / max(got, 1), 1)
                 row["relay_cpu_pct"] = round(100 * report["cpu"] / (time.monotonic() - t0), 1)
                 row["relay_counters"] = report["counters"]
+                row["congested"] = report["counters"].get("sender", {}).get("congested", "-")
             rows.append(row)
     finally:
         receiver.stopping.set()
@@ -222,24 +242,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=1200, help="RTP packet size in bytes (header included)")
     parser.add_argument("--modes", default="direct,udp,quic")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--child", nargs=3, metavar=("MODE", "DEST", "SOURCE"), help=argparse.SUPPRESS)
+    parser.add_argument("--loss", type=int, default=0,
+                        help="percent of the packets between the two relay ends dropped at random (root: runs in a "
+                             "network namespace of its own, nftables on its loopback; direct is not affected)")
+    parser.add_argument("--child", nargs=4, metavar=("MODE", "DEST", "SOURCE", "HOP"), help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.child:
-        asyncio.run(_child(opts.child[0], int(opts.child[1]), int(opts.child[2])))
+        asyncio.run(_child(opts.child[0], int(opts.child[1]), int(opts.child[2]), int(opts.child[3])))
         return 0
+    if opts.loss and not os.environ.get(NETNS_ENV):
+        return subprocess.call(["unshare", "--net", "--", sys.executable, "-m", "msm_bench.quic_bench",
+                                *(sys.argv[1:] if argv is None else argv)], env={**os.environ, NETNS_ENV: "1"})
+    hop = HOP_PORT if opts.loss else 0
+    if opts.loss:
+        lossy_loopback(opts.loss)
     rates = [int(r) for r in opts.rates.split(",")]
     load = Path("/proc/loadavg").read_text().split()[:3]
-    rows = [row for mode in opts.modes.split(",") for row in run_mode(mode, rates, opts.seconds, opts.size)]
+    rows = [row for mode in opts.modes.split(",") for row in run_mode(mode, rates, opts.seconds, opts.size, hop)]
     if opts.json:
         print(json.dumps({"load": load, "size": opts.size, "rows": rows}, indent=1))
         return 0
-    print(f"RTP {opts.size} B/packet, {opts.seconds:g} s per rate; load before: {' '.join(load)}; "
+    print(f"RTP {opts.size} B/packet, {opts.seconds:g} s per rate, {opts.loss}% loss between the ends; "
+          f"load before: {' '.join(load)}; "
           f"after: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     print(f"{'mode':6} {'offered/s':>10} {'delivered/s':>12} {'loss %':>8} {'late s':>7} {'relay CPU us/pkt':>17} "
-          f"{'relay CPU %':>12}")
+          f"{'relay CPU %':>12} {'congested':>10}")
     for r in rows:
         print(f"{r['mode']:6} {r['offered_pps']:>10} {r['delivered_pps']:>12} {r['loss_pct']:>8} {r['late_s']:>7} "
-              f"{r.get('relay_cpu_us_per_packet', '-'):>17} {r.get('relay_cpu_pct', '-'):>12}")
+              f"{r.get('relay_cpu_us_per_packet', '-'):>17} {r.get('relay_cpu_pct', '-'):>12} "
+              f"{r.get('congested', '-'):>10}")
     return 0
 
 
