@@ -587,7 +587,7 @@ class WatchStatsRequest(_message.Message):
     def __init__(self, interval_seconds: _Optional[float] = ...) -> None: ...
 
 class LegStats(_message.Message):
-    __slots__ = ("leg_id", "destination", "enabled", "packets_sent", "bytes_sent", "rtcp_sent", "send_errors", "rtcp_received", "flow_id", "has_report", "viewer_fraction_lost", "viewer_packets_lost", "viewer_jitter_ms", "rtt_ms", "dropped_backlog", "labels", "srtp")
+    __slots__ = ("leg_id", "destination", "enabled", "packets_sent", "bytes_sent", "rtcp_sent", "send_errors", "rtcp_received", "flow_id", "has_report", "viewer_fraction_lost", "viewer_packets_lost", "viewer_jitter_ms", "rtt_ms", "dropped_backlog", "labels", "srtp", "mtu_exceeded", "path_mtu")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -612,6 +612,8 @@ class LegStats(_message.Message):
     DROPPED_BACKLOG_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SRTP_FIELD_NUMBER: _ClassVar[int]
+    MTU_EXCEEDED_FIELD_NUMBER: _ClassVar[int]
+    PATH_MTU_FIELD_NUMBER: _ClassVar[int]
     leg_id: str
     destination: Endpoint
     enabled: bool
@@ -629,7 +631,9 @@ class LegStats(_message.Message):
     dropped_backlog: int
     labels: _containers.ScalarMap[str, str]
     srtp: bool
-    def __init__(self, leg_id: _Optional[str] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., enabled: _Optional[bool] = ..., packets_sent: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., rtcp_sent: _Optional[int] = ..., send_errors: _Optional[int] = ..., rtcp_received: _Optional[int] = ..., flow_id: _Optional[str] = ..., has_report: _Optional[bool] = ..., viewer_fraction_lost: _Optional[float] = ..., viewer_packets_lost: _Optional[int] = ..., viewer_jitter_ms: _Optional[float] = ..., rtt_ms: _Optional[float] = ..., dropped_backlog: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., srtp: _Optional[bool] = ...) -> None: ...
+    mtu_exceeded: int
+    path_mtu: int
+    def __init__(self, leg_id: _Optional[str] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., enabled: _Optional[bool] = ..., packets_sent: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., rtcp_sent: _Optional[int] = ..., send_errors: _Optional[int] = ..., rtcp_received: _Optional[int] = ..., flow_id: _Optional[str] = ..., has_report: _Optional[bool] = ..., viewer_fraction_lost: _Optional[float] = ..., viewer_packets_lost: _Optional[int] = ..., viewer_jitter_ms: _Optional[float] = ..., rtt_ms: _Optional[float] = ..., dropped_backlog: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., srtp: _Optional[bool] = ..., mtu_exceeded: _Optional[int] = ..., path_mtu: _Optional[int] = ...) -> None: ...
 
 class FlowStats(_message.Message):
     __slots__ = ("flow_id", "ingress", "packets_received", "bytes_received", "packets_expected", "packets_lost", "jitter_ms", "ssrc", "rtcp_received", "dropped_invalid", "dropped_from_viewers", "source_changes", "bitrate_bps", "legs", "reordered", "duplicates", "fraction_lost", "rtcp_errors", "rtcp_bye_dropped", "dropped_backlog", "node", "labels", "clock_rate", "packets_forwarded", "dropped_wrong_source", "dropped_wrong_ssrc", "srtp_errors", "srtp", "first_out", "last_out", "reports_out")

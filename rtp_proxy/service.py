@@ -107,6 +107,8 @@ def _leg_stats(flow_id: str, leg: LegSnapshot) -> pb.LegStats:
         dropped_backlog=leg.dropped_backlog,
         labels=leg.labels,
         srtp=leg.srtp,
+        mtu_exceeded=leg.mtu_exceeded,
+        path_mtu=leg.path_mtu,
     )
 
 

@@ -3,7 +3,7 @@
 A veth pair with MTU 1200 leads into a network namespace; the proxy's flow (bound on
 the host end) has a leg to the namespace end. 1316-byte RTP packets (7 MPEG-TS cells,
 what cameras and encoders send) do not fit: each is refused and counted as the leg's
-``mtu_exceeded``, with the leg's path MTU (1200) in its stats and metrics; 1000-byte
+``mtu_exceeded``, with the leg's path MTU (1200) in its stats, gRPC and metrics; 1000-byte
 packets fit and are sent. Both engines.
 """
 
@@ -23,6 +23,7 @@ from msm import ext
 from msm.rtp_proxy.engine import Leg
 from msm.rtp_proxy.flows import FlowTable
 from msm.rtp_proxy.metrics import ProxyCollector
+from msm.rtp_proxy.service import DataPlaneService
 
 NS = f"msm-mtu-{os.getpid()}"
 HOST_IF, NS_IF = f"mtu{os.getpid() % 100000}a", f"mtu{os.getpid() % 100000}b"
@@ -100,6 +101,8 @@ async def test_packets_over_a_legs_path_mtu_are_counted_not_fragmented(small_mtu
                    for m in ProxyCollector(table, "node").collect() for s in m.samples}
         assert samples[("msm_egress_dropped_packets", "small", "mtu_exceeded")] == big
         assert samples[("msm_egress_path_mtu_bytes", "small", None)] == MTU
+        grpc_legs = {leg.leg_id: leg for f in DataPlaneService(table, "node").snapshot().flows for leg in f.legs}
+        assert (grpc_legs["small"].mtu_exceeded, grpc_legs["small"].path_mtu) == (big, MTU)
     finally:
         sender.close()
         table.close()
