@@ -22,7 +22,6 @@ to them (``region`` in :mod:`msm.sdk.media_agent`).
 from __future__ import annotations
 
 import argparse
-import array
 import asyncio
 import contextlib
 import itertools
@@ -45,13 +44,13 @@ from msm.sdk.media_agent import (
     AttachInfo,
     FrameLayout,
     decode_message,
-    encode_message,
     error_reply,
 )
 from msm.sdk.memif import PeerCred
 from msm.sdk.rfc4175 import VideoFormat
 from msm.sdk.st2110_sdp import VideoStream
 
+from .agent_socket import app_name, listen_socket, send_message
 from .groups import FrameInfo
 from .memif_port import MemifPlane, Port, RxPort, TxPort
 from .plane import MediaNode
@@ -126,7 +125,7 @@ class MediaAgent:
             log.warning("media agent: %s belongs to group %d but the sockets will be group %d: apps that "
                         "carry only the directory's group get Permission denied", self.dir, group, os.getegid())
         self.plane = MemifPlane(self.memif_path, max_connections=self.max_total)
-        self._listener = _listen(self.socket_path)
+        self._listener = listen_socket(self.socket_path)
         self._loop = asyncio.get_running_loop()
         self.plane.on_share = self._share_soon
         self._loop.add_reader(self._listener, self._accept)
@@ -164,8 +163,8 @@ class MediaAgent:
             self.counters["refused_apps_per_uid"] += 1
             log.warning("media agent: refused app pid=%d uid=%d gid=%d: too many agent sockets open (at most %d "
                         "per uid, %d in all)", pid, uid, gid, MAX_APPS_PER_UID, MAX_APPS)
-            _send(sock, error_reply(ResourceExhausted(f"too many agent sockets open (at most {MAX_APPS_PER_UID} "
-                                                      f"per uid, {MAX_APPS} in all)")))
+            send_message(sock, error_reply(ResourceExhausted(f"too many agent sockets open (at most {MAX_APPS_PER_UID} "
+                                                             f"per uid, {MAX_APPS} in all)")))
             sock.close()
             return
         sock.setblocking(False)
@@ -187,7 +186,7 @@ class MediaAgent:
             return
         if app.pending >= MAX_PENDING:
             self.counters["refused_pending"] += 1
-            _send(app.sock, error_reply(ResourceExhausted(f"more than {MAX_PENDING} requests waiting")))
+            send_message(app.sock, error_reply(ResourceExhausted(f"more than {MAX_PENDING} requests waiting")))
             return
         app.pending += 1
         self._spawn(self._request(app, data))
@@ -219,7 +218,7 @@ class MediaAgent:
                 log.exception("media agent: app pid=%d: request failed", app.peer.pid)
                 reply = error_reply(MsmError("internal error in the proxy's media agent"), request_id)
             reply["id"] = request_id
-            _send(app.sock, reply)
+            send_message(app.sock, reply)
 
     async def _handle(self, app: _App, msg: dict[str, Any]) -> dict[str, Any]:
         op = msg.get("op")
@@ -229,7 +228,7 @@ class MediaAgent:
                 raise Refused(f"hello: this proxy speaks agent protocol version {PROTOCOL_VERSION}, "
                               f"the app offers {versions!r}", status=505)
             app.hello = True
-            app.name = str(msg.get("app") or "")[:64]
+            app.name = app_name(msg.get("app"))
             return {"ok": True, "op": "hello", "version": PROTOCOL_VERSION, "node": self.media.node,
                     "max_connections": self.max_per_app}
         if not app.hello:
@@ -284,7 +283,7 @@ class MediaAgent:
         """Pushes ``urn``'s local memif sender's region to each rx connection of that group that lacks it."""
         if self.plane is not None:
             members = [(c.port, a.sock) for a in self.apps.values() for c in a.ports.values() if c.port.target == urn]
-            self.counters["regions_offered"] += self.plane.offer(members, _send)
+            self.counters["regions_offered"] += self.plane.offer(members, send_message)
 
     def _mapped(self, app: _App, msg: dict[str, Any]) -> None:
         conn, plane, taken = app.ports.get(str(msg.get("connection"))), self.plane, False
@@ -417,36 +416,8 @@ class MediaAgent:
         """Counters for metrics: the agent's, the memif server's, and every connection's."""
         return {"agent": dict(self.counters), "apps": len(self.apps),
                 "memif": self.plane.snapshot() if self.plane is not None else {},
-                "connections": [c.port.snapshot() for a in self.apps.values() for c in a.ports.values()]}
-
-
-def _listen(path: str) -> socket.socket:
-    """Binds under a temporary name, sets 0660, then renames: never reachable with looser rights."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        for stale in (tmp, path):
-            if os.path.exists(stale):
-                os.unlink(stale)
-        sock.bind(tmp)
-        os.chmod(tmp, 0o660)
-        os.rename(tmp, path)
-        sock.listen(64)  # backlog: connects beyond this wait in the kernel, then are refused
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"media agent: cannot listen on {path}: {exc.strerror or exc}") from None
-    return sock
-
-
-def _send(sock: socket.socket, message: dict[str, Any], fd: int = -1) -> bool:
-    """Sends one message (with ``fd`` as SCM_RIGHTS when given); False if it could not go now."""
-    ancillary = [] if fd < 0 else [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
-    try:
-        sock.sendmsg([encode_message(message)], ancillary, socket.MSG_DONTWAIT)
-    except (OSError, MsmError):
-        return False  # an app that does not read its replies loses them; its socket's end cleans up
-    return True
+                "connections": [{**c.port.snapshot(), "app": a.name} for a in self.apps.values()
+                                for c in a.ports.values()]}
 
 
 def add_media_arguments(parser: argparse.ArgumentParser) -> None:
