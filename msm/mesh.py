@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -29,8 +30,8 @@ from msm.control_plane.server import ControlPlaneServer
 from msm.control_plane.web import WebServer, create_app
 from msm.rtp_proxy.media.agent import MediaAgent
 from msm.rtp_proxy.media.bridges import BridgeSet, BridgeSpec
-from msm.rtp_proxy.media.metrics import MediaCollector
-from msm.rtp_proxy.media.plane import MediaNode
+from msm.rtp_proxy.media.metrics import MediaCollector, fill_stats
+from msm.rtp_proxy.media.plane import MediaNode, add_media_plane
 from msm.rtp_proxy.service import RtpProxy
 from msm.runtime.grpcserver import ListenError
 from msm.runtime.hostport import format_host_port
@@ -255,9 +256,14 @@ class LocalMesh:
                 self.web = WebServer(create_app(self.control.control,
                                                 registry=control_registry(self.control.control)))
                 await _listening(self.web.start(cfg.web_listen), "web page", cfg.web_listen)
+            # The media side's groups go through the control plane (it lists them on the page and to
+            # `msm streams` over the MediaPlane beside the DataPlane); one node needs no fabric endpoint.
+            media = self.media = (MediaNode(NODE, control=self.control.address, tls=pki["proxy"] if pki else None)
+                                  if cfg.media else None)
             self.proxy = RtpProxy(node=NODE, media_host=cfg.media_host, grpc_listen=cfg.proxy_listen,
                                   control_address=self.control.address, port_range=cfg.port_range,
-                                  metrics_listen=cfg.metrics_listen, tls=pki["proxy"] if pki else None)
+                                  metrics_listen=cfg.metrics_listen, tls=pki["proxy"] if pki else None,
+                                  services=[lambda server: add_media_plane(media, server)] if media else [])
             await _listening(self.proxy.start(), "RTP proxy", cfg.proxy_listen)
             if cfg.metrics_listen:
                 await _listening(self.proxy.start_metrics(), "proxy metrics", cfg.metrics_listen)
@@ -286,12 +292,15 @@ class LocalMesh:
             if self._scratch is None:
                 self._scratch = tempfile.TemporaryDirectory(prefix="msm-state-")
             root = Path(self._scratch.name)
-        self.media = MediaNode(NODE)
+        assert self.media is not None and self.proxy is not None and self.proxy.agent is not None
+        self.media.start(self.proxy.agent.registered, self.proxy.agent.hello.proxy_id)
         self.media_agent = MediaAgent(root / "media", self.media)
         await _listening(self.media_agent.start(), "media apps", str(root / "media"))
-        self.bridges = BridgeSet(self.media, media_dir=root / "media")
-        if self.proxy is not None and self.proxy.metrics is not None:
+        self.bridges = bridges = BridgeSet(self.media, media_dir=root / "media")
+        if self.proxy.metrics is not None:
             self.proxy.metrics.registry.register(MediaCollector(self.media, self.bridges, self.media_agent.snapshot))
+        # The control plane's ListGroups carries the bridges and app connections, with or without /metrics.
+        self.media.extra_stats = functools.partial(fill_stats, bridges=bridges, agent=self.media_agent.snapshot)
         await self.bridges.start(self.config.bridges, self.config.media_groups)
 
     async def stop(self) -> None:
