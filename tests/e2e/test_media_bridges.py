@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -180,9 +181,11 @@ async def test_msm_up_bridges_gst_in_group_ffmpeg_and_gst_out(tmp_path: Path, si
             continue
         klass = re.search(rf'msm_st2110_egress_pacing\{{bridge="{name}",class="([^"]+)",node="local"\}} 1\.0', text)
         assert klass is not None and klass.group(1) in CLASSES   # which one: the analyser test below
-        assert re.search(rf"{name}\s+egress\s+urn:test:cam\s+127.0.0.1:\d+\s+\d+.*wide: (narrow|wide|non-compliant)",
-                         streams.stdout), streams.stdout
-    assert re.search(r"urn:test:cam\s+st2110-in:cam-in\s+40", streams.stdout), streams.stdout
+        assert re.search(rf"{name}\s+local\s+egress\s+urn:test:cam\s+127.0.0.1:\d+\s+\d+.*wide: "
+                         r"(narrow|wide|non-compliant)", streams.stdout), streams.stdout
+    # msm up's proxy answers the control plane: `msm streams` shows its groups from there, per node.
+    assert re.search(r"(?m)^urn:test:cam\s+st2110-in:cam-in on local$\n"
+                     rf"^\s+local\s+local\s+st2110-in:cam-in\s+{SENT}\s", streams.stdout), streams.stdout
 
 
 async def test_egress_class_agrees_with_the_analyser(tmp_path: Path) -> None:
@@ -247,7 +250,9 @@ def test_msm_up_ingress_port_in_use_is_one_line_exit_1(tmp_path: Path) -> None:
 
 async def test_an_apps_frames_go_out_through_an_egress_bridge(tmp_path: Path) -> None:
     """An app of msm.sdk.mesh sends into a group that an egress bridge sends out: the connection's and the
-    bridge's counters on the proxy's /metrics."""
+    bridge's counters on the proxy's /metrics, and the same through the control plane (msm up's proxy
+    answers its MediaPlane): the page's /api/media and `msm streams` list the group with its frames, the
+    bridge and the connection with the app's name (its markup kept as text, its escape sequence not)."""
     width, height = SIZES["480p"]
     config = tmp_path / "app.yaml"
     config.write_text(f"media: {{bridges: [{{name: app-out, direction: egress, group: 'urn:test:app', ipAddr: "
@@ -256,8 +261,19 @@ async def test_an_apps_frames_go_out_through_an_egress_bridge(tmp_path: Path) ->
     async with _msm_up("--config", str(config)) as up:
         proxy = (await up.wait_line(r"^\s+media\s+MSM_PROXY=(\S+)")).group(1)
         metrics = (await up.wait_line(r"^\s+metrics\s+http://(\S+)/metrics")).group(1)
-        text = await asyncio.to_thread(_app_sends, proxy, metrics, width, height, 30)
-    _show(text)
+        control = (await up.wait_line(r"^\s+control\s+(\S+) \(gRPC\)")).group(1)
+        web = (await up.wait_line(r"^\s+web\s+http://(\S+)/ ")).group(1)
+        text, api, table = await asyncio.to_thread(_app_sends, proxy, metrics, width, height, 30, (web, control))
+    _show(text, json.dumps(api), table)
+    stats = next(n["stats"] for n in api["nodes"] if n["node"] == "local")
+    group = next(g for g in stats["groups"] if g["urn"] == "urn:test:app")
+    assert int(group["frames_in"]) == 30 and group["sender"].startswith("memif:"), group
+    assert [(b["name"], int(b["frames"])) for b in stats["bridges"]] == [("app-out", 30)], stats["bridges"]
+    assert [(c["app"], c["direction"], int(c["frames"])) for c in stats["connections"]] == [
+        (APP_NAME_SHOWN, "tx", 30)], stats["connections"]
+    assert re.search(r"app-out\s+local\s+egress\s+urn:test:app\s+127.0.0.1:\d+\s+30\b", table), table
+    assert re.search(rf"\S+\s+local\s+{re.escape(APP_NAME_SHOWN)}\s+tx\s+urn:test:app\s+30\b", table), table
+    assert "\x1b" not in table
     assert re.search(r'msm_media_group_info\{group="urn:test:app",node="local",sender="memif:\w+"\} 1.0', text)
     assert _metric(text, "msm_media_connection_frames_total", direction="tx", target="urn:test:app") == 30
     assert _metric(text, "msm_media_apps") == 1
@@ -265,13 +281,20 @@ async def test_an_apps_frames_go_out_through_an_egress_bridge(tmp_path: Path) ->
     assert sent == 30 and _metric(text, "msm_st2110_bridge_dropped_frames_total", bridge="app-out") == 0
 
 
-def _app_sends(proxy: str, metrics: str, width: int, height: int, frames: int) -> str:
-    """Sends ``frames`` frames from an app; the proxy's /metrics while the app is still connected."""
+#: The app's name in its hello, and as the page and `msm streams` show it.
+APP_NAME = "<i>studio</i>\x1b[2J"
+APP_NAME_SHOWN = "<i>studio</i>?[2J"
+
+
+def _app_sends(proxy: str, metrics: str, width: int, height: int, frames: int,
+               control: tuple[str, str]) -> tuple[str, Any, str]:
+    """Sends ``frames`` frames from an app; while it is still connected, the proxy's /metrics, the page's
+    /api/media and `msm streams` (``control``: the page's and the control plane's addresses)."""
     from msm.sdk import mesh
 
     config = {"connection": {"multipointGroup": {"urn": "urn:test:app"}},
               "payload": {"video": {"width": width, "height": height, "fps": 30, "pixelFormat": "yuv422p10rfc4175"}}}
-    with mesh.Client(proxy) as client:
+    with mesh.Client(proxy, name=APP_NAME) as client:
         tx = client.create_tx_connection(config)
         for i in range(frames):
             buf = tx.get_buffer(timeout=2.0)
@@ -279,7 +302,23 @@ def _app_sends(proxy: str, metrics: str, width: int, height: int, frames: int) -
             tx.put_buffer(buf)
             time.sleep(1 / 30)
         time.sleep(0.5)   # the last frame sent
-        return asyncio.run(_scrape(metrics))
+        with urllib.request.urlopen(f"http://{control[0]}/api/media", timeout=5) as answer:  # noqa: S310
+            api = json.loads(answer.read())
+        return asyncio.run(_scrape(metrics)), api, _msm_streams(control[1])
+
+
+def _msm_streams(control: str) -> str:
+    """`msm streams` itself (its main, in this process: no second interpreter to start)."""
+    import io
+
+    from msm.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["streams", "--control", control, "--state-dir", str(STATE_DIR), "--metrics-listen",
+                     "127.0.0.1:1"])
+    assert code == 0, out.getvalue()
+    return out.getvalue()
 
 
 # -- ST 2110-30 through msm-proxy --media-config ------------------------------------------------------------
