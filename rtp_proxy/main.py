@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import ipaddress
 import logging
 import os
@@ -22,7 +23,7 @@ from msm.security.tls import TlsFiles
 
 from .media.agent import add_media_arguments, start_media_agent
 from .media.bridges import BridgeSet
-from .media.metrics import MediaCollector
+from .media.metrics import MediaCollector, fill_stats
 from .media.plane import MediaNode, add_media_plane, open_endpoints
 from .service import RtpProxy
 
@@ -200,9 +201,11 @@ async def _run(opts: argparse.Namespace, ports: tuple[int, int], media_config: M
         proxy, media = await start_proxy(opts, ports, tls)
         media_agent = await start_media_agent(opts, media)
         bridges = await start_bridges(media, media_config, opts.media_dir)
+        apps = media_agent.snapshot if media_agent is not None else None
         if proxy.metrics is not None:   # groups, fabric links, bridges and, with --media-dir, the agent's apps
-            proxy.metrics.registry.register(
-                MediaCollector(media, bridges, agent=media_agent.snapshot if media_agent is not None else None))
+            proxy.metrics.registry.register(MediaCollector(media, bridges, agent=apps))
+        # The control plane's ListGroups carries the bridges and app connections, with or without /metrics.
+        media.extra_stats = functools.partial(fill_stats, bridges=bridges, agent=apps)
     except (OSError, RuntimeError, MsmError) as exc:
         print(f"msm-proxy: error: {exc}", file=sys.stderr)
         if media_agent is not None:
