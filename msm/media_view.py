@@ -3,9 +3,10 @@
 ``msm streams`` asks the control plane for every node's media at once
 (``MediaControl.ListPlacements`` with ``with_stats``: each group's placement, and from
 each node's proxy its groups, receivers, fabric links, ST 2110 bridges and app
-connections): :func:`control_media`, :func:`media_rows`, :func:`render_media`. When the
-control plane knows no media node (``msm up``'s proxy is not placed through it) the table
-is read from the local proxy's Prometheus /metrics instead (the ``msm_media_*`` and
+connections; ``msm up``'s proxy too): :func:`control_media`, :func:`media_rows`,
+:func:`render_media`. When the control plane knows no media node (one older than its
+MediaControl, or a proxy not yet announced) the table is read from the local proxy's
+Prometheus /metrics instead (the ``msm_media_*`` and
 ``msm_st2110_*`` families of :mod:`msm.rtp_proxy.media.metrics`): :func:`media_table`.
 A source that does not answer leaves its table out (the streams table does not depend on it).
 """
@@ -44,13 +45,20 @@ def banner_lines(mesh: LocalMesh) -> list[str]:
     lines = []
     for row in mesh.bridges.snapshot():
         where = f"{row['address']}:{row['port']}"
+        kind = _transport(row)
         if row["direction"] == "ingress":
             source = f" from {row['source']}" if row["source"] else ""
-            lines.append(f"  bridge   {row['name']}: ST 2110-20 {where}{source} -> group {row['group']}")
+            lines.append(f"  bridge   {row['name']}: {kind} {where}{source} -> group {row['group']}")
         else:
-            lines.append(f"  bridge   {row['name']}: group {row['group']} -> ST 2110-20 {where} "
+            lines.append(f"  bridge   {row['name']}: group {row['group']} -> {kind} {where} "
                          f"(pacing {row['pacing']}), SDP {row['sdp']}")
     return lines
+
+
+def _transport(row: dict[str, Any]) -> str:
+    """A bridge's transport as the banner names it: ``st2110-30`` -> ``ST 2110-30`` (video without one)."""
+    transport = str(row.get("transport") or "st2110-20")
+    return "ST " + transport.removeprefix("st") if transport.startswith("st") else transport
 
 
 def _scrape(address: str) -> str | None:
