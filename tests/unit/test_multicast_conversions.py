@@ -14,6 +14,10 @@ from msm.control_plane.resolver import Route, RouteError, parse_route
 from msm.control_plane.sdp_source import read_sdp_source
 from msm.protos import msm_pb2 as pb
 from msm.sdk.errors import ConfigError, ResourceExhausted, UnsupportedTransport, UpstreamError
+from msm.sdk.rtsp import TransportSpec
+from msm.sdk.rtsp_server import MulticastGroup, viewer_sdp
+from msm.sdk.sdp import SessionDescription
+from msm.stub.viewer import TrackSetup
 from tests.fake_kube import FakeKube
 from tests.unit.test_k8s_resolver import CAMERA, MEDIA, annotate, kube, resolver  # noqa: F401 - fixtures
 from tests.unit.test_planner import FakeProxy, FakeStub, Mesh
@@ -170,3 +174,13 @@ async def test_each_node_sends_its_own_group_from_its_relay() -> None:
     assert {"multicast@a/0", "multicast@a/1", "relay@b"} <= set(mesh.pa.legs())
     await mesh.teardown(mesh.vb, "s2")
     assert mesh.pb.legs() == {} and set(mesh.planner.multicast.groups) == {("cam", "a")}
+
+
+def test_the_setup_reply_names_the_group_its_ports_and_ttl() -> None:
+    setup = TrackSetup(0, TransportSpec(unicast=False))
+    assert setup.destination("192.0.2.5", "127.0.0.1") == pb.Endpoint()   # the control plane chooses
+    reply = pb.SetupReply(group=pb.Endpoint(host="239.255.77.1", rtp_port=5004, rtcp_port=5005), ttl=3)
+    assert str(setup.answer(reply)) == "RTP/AVP;multicast;destination=239.255.77.1;port=5004-5005;ttl=3"
+    sdp = SessionDescription.parse(SDP.format(filter=""))
+    text = viewer_sdp(sdp, "10.0.0.1", MulticastGroup("239.255.77.1", 5004, 3)).decode()
+    assert "c=IN IP4 239.255.77.1/3" in text and "m=video 5004 " in text and "m=audio 5006 " in text
