@@ -252,13 +252,19 @@ async def test_an_apps_frames_go_out_through_an_egress_bridge(tmp_path: Path) ->
     """An app of msm.sdk.mesh sends into a group that an egress bridge sends out: the connection's and the
     bridge's counters on the proxy's /metrics, and the same through the control plane (msm up's proxy
     answers its MediaPlane): the page's /api/media and `msm streams` list the group with its frames, the
-    bridge and the connection with the app's name (its markup kept as text, its escape sequence not)."""
+    bridges and the connection with the app's name (its markup kept as text, its escape sequence not).
+    The banner names an audio bridge's transport."""
     width, height = SIZES["480p"]
-    config = tmp_path / "app.yaml"
-    config.write_text(f"media: {{bridges: [{{name: app-out, direction: egress, group: 'urn:test:app', ipAddr: "
-                      f"127.0.0.1, port: {_free_udp_port()}, pacing: none, payload: {{video: {{width: {width}, "
-                      f"height: {height}, fps: 30}}}}}}]}}\n")
+    config, tone = tmp_path / "app.yaml", _free_udp_port()
+    audio = {"channels": 2, "sampleRate": 48000, "format": "L24", "packetTime": "1ms"}
+    config.write_text(json.dumps({"media": {"bridges": [
+        {"name": "app-out", "direction": "egress", "group": "urn:test:app", "ipAddr": "127.0.0.1",
+         "port": _free_udp_port(), "pacing": "none",
+         "payload": {"video": {"width": width, "height": height, "fps": 30}}},
+        {"name": "tone-in", "direction": "ingress", "group": "urn:test:tone", "ipAddr": "127.0.0.1", "port": tone,
+         "payloadType": 97, "payload": {"audio": audio}, "maxPayloadSize": 2880}]}}))
     async with _msm_up("--config", str(config)) as up:
+        await up.wait_line(rf"^\s+bridge\s+tone-in: ST 2110-30 127.0.0.1:{tone} -> group urn:test:tone$")
         proxy = (await up.wait_line(r"^\s+media\s+MSM_PROXY=(\S+)")).group(1)
         metrics = (await up.wait_line(r"^\s+metrics\s+http://(\S+)/metrics")).group(1)
         control = (await up.wait_line(r"^\s+control\s+(\S+) \(gRPC\)")).group(1)
@@ -268,7 +274,7 @@ async def test_an_apps_frames_go_out_through_an_egress_bridge(tmp_path: Path) ->
     stats = next(n["stats"] for n in api["nodes"] if n["node"] == "local")
     group = next(g for g in stats["groups"] if g["urn"] == "urn:test:app")
     assert int(group["frames_in"]) == 30 and group["sender"].startswith("memif:"), group
-    assert [(b["name"], int(b["frames"])) for b in stats["bridges"]] == [("app-out", 30)], stats["bridges"]
+    assert sorted((b["name"], int(b["frames"])) for b in stats["bridges"]) == [("app-out", 30), ("tone-in", 0)]
     assert [(c["app"], c["direction"], int(c["frames"])) for c in stats["connections"]] == [
         (APP_NAME_SHOWN, "tx", 30)], stats["connections"]
     assert re.search(r"app-out\s+local\s+egress\s+urn:test:app\s+127.0.0.1:\d+\s+30\b", table), table
@@ -345,11 +351,13 @@ def _fabric_missing() -> str:
     return "" if "tcp;ofi_rxm" in offered else f"libfabric's tcp;ofi_rxm is needed (offered: {offered})"
 
 
-def _msm_proxy(node: str, config: Path, control: int, metrics: int) -> contextlib.AbstractAsyncContextManager[Any]:
-    """msm-proxy for ``node`` on this host, its bridges from ``config`` (the bridges whose nodes name it)."""
+def _msm_proxy(node: str, config: Path, control: int,
+               metrics: int | None) -> contextlib.AbstractAsyncContextManager[Any]:
+    """msm-proxy for ``node`` on this host, its bridges from ``config`` (the bridges whose nodes name it);
+    ``metrics`` None: no /metrics."""
     return _spawn(str(VENV_BIN / "msm-proxy"), "--insecure", "--node", node, "--listen",
                   f"127.0.0.1:{_free_tcp_port()}", "--control", f"127.0.0.1:{control}", "--metrics-listen",
-                  f"127.0.0.1:{metrics}", "--media-host", "127.0.0.1", "--port-range",
+                  f"127.0.0.1:{metrics}" if metrics else "", "--media-host", "127.0.0.1", "--port-range",
                   "31200-31300" if node == "n1" else "31300-31400", "--fabric-provider", "tcp;ofi_rxm",
                   "--fabric-address", f"127.0.0.1:{_free_tcp_port()}", "--fabric-max-frame", "65536",
                   "--fabric-credits", "16", "--media-config", str(config))
@@ -425,17 +433,18 @@ async def _audio_peers(tmp: Path, ports: dict[str, int]) -> None:
 
 async def test_msm_proxy_audio_bridges_across_two_nodes_gst_and_ffmpeg_both_ways(tmp_path: Path) -> None:
     """Two msm-proxy (n1, n2) and a control plane on this host, one --media-config file for both (as the chart
-    gives every proxy the same); each stream enters on one node and leaves on the other over libfabric."""
+    gives every proxy the same); each stream enters on one node and leaves on the other over libfabric.
+    n2 runs without /metrics: its bridges' counters come from the control plane (its ListGroups)."""
     if missing := _fabric_missing():
         pytest.skip(missing)
     ports = {name: _free_udp_port() for name in ("a-in", "a-to-ffmpeg", "b-in", "b-to-gst")}
-    metrics, control = {"n1": _free_tcp_port(), "n2": _free_tcp_port()}, _free_tcp_port()
+    metrics, control = {"n1": _free_tcp_port()}, _free_tcp_port()
     gst_sent, ffmpeg_sent = _audio_sent()
     config = _audio_config(tmp_path, ports)
     async with _spawn(str(VENV_BIN / "msm-control-plane"), "--insecure", "--listen", f"127.0.0.1:{control}",
                       "--web-listen", "", "--bootstrap-listen", "") as plane, \
             _msm_proxy("n1", config, control, metrics["n1"]) as n1, \
-            _msm_proxy("n2", config, control, metrics["n2"]) as n2:
+            _msm_proxy("n2", config, control, None) as n2:
         for proxy, here, there in ((n1, ("a-in", "b-to-gst"), ("a-to-ffmpeg", "b-in")),
                                    (n2, ("a-to-ffmpeg", "b-in"), ("a-in", "b-to-gst"))):
             for name in here:
@@ -445,14 +454,31 @@ async def test_msm_proxy_audio_bridges_across_two_nodes_gst_and_ffmpeg_both_ways
         await plane.wait_line(r"group urn:test:a: link n1 -> n2")
         await plane.wait_line(r"group urn:test:b: link n2 -> n1")
         await _audio_peers(tmp_path, ports)
-        text = {node: await _scrape(f"127.0.0.1:{port}") for node, port in metrics.items()}
-    _show(text["n1"] + "\n" + text["n2"])
-    assert _metric(text["n1"], "msm_st2110_ingress_lost_packets_total", bridge="a-in") == 0
-    assert _metric(text["n1"], "msm_st2110_bridge_frames_total", bridge="a-in") == AUDIO_MS // 10   # 10 ms frames
-    assert _metric(text["n2"], "msm_st2110_ingress_lost_packets_total", bridge="b-in") == 0
-    assert _metric(text["n2"], "msm_st2110_bridge_bytes_total", bridge="b-in") == len(ffmpeg_sent) // 2880 * 2880
+        text = await _scrape(f"127.0.0.1:{metrics['n1']}")
+        n2_bridges = await _bridges_of("n2", control)
+    _show(text, n2_bridges)
+    assert _metric(text, "msm_st2110_ingress_lost_packets_total", bridge="a-in") == 0
+    assert _metric(text, "msm_st2110_bridge_frames_total", bridge="a-in") == AUDIO_MS // 10   # 10 ms frames
+    assert set(n2_bridges) == {"b-in", "a-to-ffmpeg"}, n2_bridges
+    assert n2_bridges["b-in"].lost_packets == 0
+    assert n2_bridges["b-in"].bytes == len(ffmpeg_sent) // 2880 * 2880
     _run_of((tmp_path / "ffmpeg.raw").read_bytes(), gst_sent, SECOND * 9 // 10)
     _run_of((tmp_path / "gst.raw").read_bytes(), ffmpeg_sent, len(ffmpeg_sent) * 8 // 10)
+
+
+async def _bridges_of(node: str, control: int) -> dict[str, Any]:
+    """``node``'s bridges by name, as the control plane lists them (``ListPlacements`` with its counters)."""
+    import grpc
+
+    from msm.protos import media_pb2 as mpb
+    from msm.protos import media_pb2_grpc as mpb_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{control}") as channel:
+        reply = await mpb_grpc.MediaControlStub(channel).ListPlacements(  # type: ignore[no-untyped-call]
+            mpb.ListPlacementsRequest(with_stats=True), timeout=10)
+    stats = next(n for n in reply.nodes if n.node == node)
+    assert not stats.error, stats.error
+    return {b.name: b for b in stats.stats.bridges}
 
 
 def test_msm_proxy_bad_media_config_is_one_line_exit_2(tmp_path: Path) -> None:
