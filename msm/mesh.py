@@ -258,8 +258,7 @@ class LocalMesh:
                 await _listening(self.web.start(cfg.web_listen), "web page", cfg.web_listen)
             # The media side's groups go through the control plane (it lists them on the page and to
             # `msm streams` over the MediaPlane beside the DataPlane); one node needs no fabric endpoint.
-            media = self.media = (MediaNode(NODE, control=self.control.address, tls=pki["proxy"] if pki else None)
-                                  if cfg.media else None)
+            media = self.media = MediaNode(NODE, tls=pki["proxy"] if pki else None) if cfg.media else None
             self.proxy = RtpProxy(node=NODE, media_host=cfg.media_host, grpc_listen=cfg.proxy_listen,
                                   control_address=self.control.address, port_range=cfg.port_range,
                                   metrics_listen=cfg.metrics_listen, tls=pki["proxy"] if pki else None,
@@ -293,7 +292,6 @@ class LocalMesh:
                 self._scratch = tempfile.TemporaryDirectory(prefix="msm-state-")
             root = Path(self._scratch.name)
         assert self.media is not None and self.proxy is not None and self.proxy.agent is not None
-        self.media.start(self.proxy.agent.registered, self.proxy.agent.hello.proxy_id)
         self.media_agent = MediaAgent(root / "media", self.media)
         await _listening(self.media_agent.start(), "media apps", str(root / "media"))
         self.bridges = bridges = BridgeSet(self.media, media_dir=root / "media")
@@ -302,6 +300,11 @@ class LocalMesh:
         # The control plane's ListGroups carries the bridges and app connections, with or without /metrics.
         self.media.extra_stats = functools.partial(fill_stats, bridges=bridges, agent=self.media_agent.snapshot)
         await self.bridges.start(self.config.bridges, self.config.media_groups)
+        # The bridges joined locally (one node: no links to wait for); the control plane learns them with
+        # the node's announcement once the proxy has registered, not one call each before the banner.
+        assert self.control is not None
+        self.media.control = self.control.address
+        self.media.start(self.proxy.agent.registered, self.proxy.agent.hello.proxy_id)
 
     async def stop(self) -> None:
         if self.bridges is not None:
