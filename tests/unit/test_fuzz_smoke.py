@@ -1,7 +1,8 @@
 """Every fuzz harness under ``fuzz/`` runs briefly from its seeds without a crash.
 
 Each harness runs in its own process (libFuzzer owns the process) for a few
-seconds, starting from its seed corpus in a temporary directory.  Known parser
+seconds, starting from its seed corpus in a temporary directory; all of them are
+started together, so the smoke costs the suite one run's time.  Known parser
 bugs (each harness's ``KNOWN``) are stepped over here so that the short run keeps
 looking for new ones; every saved crash under ``fuzz/crashes/<harness>/`` is
 replayed without that leniency and is expected to fail while its bug stands.
@@ -12,6 +13,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -54,14 +57,42 @@ def test_every_parser_has_a_harness() -> None:
                               "admission_review", "cni_config"}
 
 
+@dataclass
+class _Launched:
+    proc: subprocess.Popen[str]
+    artifacts: Path
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, _Launched]]:
+    """Every harness's short run, all started at once: each fuzzes for SECONDS of wall time
+    whatever the others do, so running them side by side costs the suite one run, not one per harness."""
+    env = dict(os.environ, MSM_FUZZ_TOLERATE_KNOWN="1")
+    runs: dict[str, _Launched] = {}
+    for harness in HARNESSES:
+        root = tmp_path_factory.mktemp(f"fuzz-{harness}")
+        artifacts = root / "crashes"
+        artifacts.mkdir()
+        proc = subprocess.Popen(
+            [sys.executable, str(FUZZ / f"fuzz_{harness}.py"), f"-max_total_time={SECONDS}", "-seed=1",
+             "-timeout=10", "-rss_limit_mb=1024", f"-artifact_prefix={artifacts}/", str(root / "corpus")],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        runs[harness] = _Launched(proc, artifacts)
+    try:
+        yield runs
+    finally:
+        for run in runs.values():
+            if run.proc.poll() is None:
+                run.proc.kill()
+            run.proc.communicate()
+
+
 @pytest.mark.parametrize("harness", HARNESSES)
-def test_harness_runs_clean(harness: str, tmp_path: Path) -> None:
-    artifacts = tmp_path / "crashes"
-    artifacts.mkdir()
-    result = _run(harness, f"-max_total_time={SECONDS}", "-seed=1", "-timeout=10",
-                  "-rss_limit_mb=1024", f"-artifact_prefix={artifacts}/", str(tmp_path / "corpus"),
-                  tolerate_known=True)
-    assert result.returncode == 0 and not any(artifacts.iterdir()), _report(result, artifacts)
+def test_harness_runs_clean(harness: str, launched: dict[str, _Launched]) -> None:
+    run = launched[harness]
+    stdout, stderr = run.proc.communicate(timeout=SECONDS * 10 + 30)
+    result = subprocess.CompletedProcess(run.proc.args, run.proc.returncode, stdout, stderr)
+    assert result.returncode == 0 and not any(run.artifacts.iterdir()), _report(result, run.artifacts)
     assert "Done " in result.stderr, result.stderr[-2000:]
 
 
