@@ -9,4 +9,13 @@ cd "$(dirname "$0")/.."
 .venv/bin/lint-imports
 .venv/bin/mypy msm                       # strict (pyproject.toml), every package
 .venv/bin/mypy bench/msm_bench
-.venv/bin/python -m pytest -q -ra "$@"
+if [ "$#" -gt 0 ]; then
+    exec .venv/bin/python -m pytest -q -ra "$@"
+fi
+# Unit tests are CPU-bound and independent of each other: two workers. End-to-end and
+# integration tests time real peers, create namespaces and measure loss and jitter on a
+# shared machine: one at a time. Both run whatever the first gives; either failing fails.
+status=0
+.venv/bin/python -m pytest -q -ra -n 2 tests/unit || status=$?
+.venv/bin/python -m pytest -q -ra --durations=20 tests/e2e tests/integration || status=$?
+exit "$status"
