@@ -215,9 +215,13 @@ def paced_egress(stream: VideoStream, pacing: str) -> St2110Egress:
     return egress
 
 
-class _Ingress:
+class _Publisher:
+    """What a video and an audio ingress share: each frame (block) into the group, counted."""
+
+    io: Any
+    frame_bytes: int
+
     def __init__(self, spec: BridgeSpec, media: MediaNode) -> None:
-        assert isinstance(spec.stream, VideoStream)
         self.spec, self.media = spec, media
         self.member = f"st2110-in:{spec.name}"
         self.seq = 0
@@ -225,56 +229,15 @@ class _Ingress:
         self.unpublished = 0
         self.incomplete: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
-        self.io = St2110Ingress(spec.stream, on_frame=self._frame, hand_on_incomplete=True)
-        self.frame_bytes = self.io.fmt.frame_bytes
 
-    def _frame(self, data: memoryview, frame: IngressFrame) -> None:
-        reason = None if frame.complete else incomplete_reason(frame.reason)
-        if reason is not None:
-            self.incomplete[reason] += 1
+    def _publish(self, data: memoryview, timestamp: int, arrived_ns: int, key: str | None, reason: str | None) -> None:
+        """``key``: the incomplete frame's counter (None: complete); ``reason``: what receivers are told."""
+        if key is not None:
+            self.incomplete[key] += 1
             if self.spec.incomplete == "drop":
-                self.dropped[reason] += 1
+                self.dropped[key] += 1
                 return
-        info = FrameInfo(self.seq, frame.timestamp, b"", reason, frame.arrived_ns)
-        self.seq = (self.seq + 1) & 0xFFFFFFFF
-        try:
-            self.media.publish(self.spec.group, self.member, data, info)
-        except MsmError:   # left the group meanwhile (stopping)
-            self.unpublished += 1
-            return
-        self.published += 1
-
-    def snapshot(self) -> dict[str, Any]:
-        stats = self.io.stats()
-        return {"frames": self.published, "bytes": self.published * self.io.fmt.frame_bytes,
-                "packets": stats.get("packets", 0), "lost_packets": stats.get("lost", 0),
-                "incomplete": dict(self.incomplete), "dropped": dict(self.dropped), "queue_depth": 0,
-                "native": self.io.native, "stats": stats}
-
-
-class _AudioIngress:
-    """An AES67 stream into its group as blocks of ``spec.block_bytes``."""
-
-    def __init__(self, spec: BridgeSpec, media: MediaNode) -> None:
-        assert isinstance(spec.stream, AudioStream)
-        self.spec, self.media = spec, media
-        self.member = f"st2110-in:{spec.name}"
-        self.seq = 0
-        self.published = 0
-        self.unpublished = 0
-        self.incomplete: Counter[str] = Counter()
-        self.dropped: Counter[str] = Counter()
-        self.io = Aes67Ingress(spec.stream, on_block=self._block, block_bytes=spec.block_bytes)
-        self.frame_bytes = self.io.block_bytes
-
-    def _block(self, data: memoryview, block: AudioBlock) -> None:
-        reason = f"lost {block.lost} packets" if block.lost else None
-        if reason is not None:
-            self.incomplete["lost_packets"] += 1
-            if self.spec.incomplete == "drop":
-                self.dropped["lost_packets"] += 1
-                return
-        info = FrameInfo(self.seq, block.timestamp, b"", reason, block.arrived_ns)
+        info = FrameInfo(self.seq, timestamp, b"", reason, arrived_ns)
         self.seq = (self.seq + 1) & 0xFFFFFFFF
         try:
             self.media.publish(self.spec.group, self.member, data, info)
@@ -288,7 +251,34 @@ class _AudioIngress:
         return {"frames": self.published, "bytes": self.published * self.frame_bytes,
                 "packets": stats.get("packets", 0), "lost_packets": stats.get("lost", 0),
                 "incomplete": dict(self.incomplete), "dropped": dict(self.dropped), "queue_depth": 0,
-                "native": False, "stats": stats}
+                "native": bool(getattr(self.io, "native", False)), "stats": stats}
+
+
+class _Ingress(_Publisher):
+    def __init__(self, spec: BridgeSpec, media: MediaNode) -> None:
+        assert isinstance(spec.stream, VideoStream)
+        super().__init__(spec, media)
+        self.io = St2110Ingress(spec.stream, on_frame=self._frame, hand_on_incomplete=True)
+        self.frame_bytes = self.io.fmt.frame_bytes
+
+    def _frame(self, data: memoryview, frame: IngressFrame) -> None:
+        reason = None if frame.complete else incomplete_reason(frame.reason)
+        self._publish(data, frame.timestamp, frame.arrived_ns, reason, reason)
+
+
+class _AudioIngress(_Publisher):
+    """An AES67 stream into its group as blocks of ``spec.block_bytes``."""
+
+    def __init__(self, spec: BridgeSpec, media: MediaNode) -> None:
+        assert isinstance(spec.stream, AudioStream)
+        super().__init__(spec, media)
+        self.io = Aes67Ingress(spec.stream, on_block=self._block, block_bytes=spec.block_bytes)
+        self.frame_bytes = self.io.block_bytes
+
+    def _block(self, data: memoryview, block: AudioBlock) -> None:
+        lost = block.lost
+        self._publish(data, block.timestamp, block.arrived_ns, "lost_packets" if lost else None,
+                      f"lost {lost} packets" if lost else None)
 
 
 class _AudioEgress:
