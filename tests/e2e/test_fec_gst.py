@@ -27,26 +27,14 @@ GST_PYTHON = "/usr/bin/python3"
 # Tags of the framing on stdin/stdout: media, column FEC (fec_0, port + 2), row FEC (fec_1, port + 4).
 MEDIA, COLUMN, ROW = 0, 1, 2
 
-GST_FILTER = r'''
-import struct, sys
+# Both GStreamer scripts start with this: Gst initialised, and a pad that pushes buffers into an element.
+GST_PRELUDE = r'''
+import json, struct, sys, time
 import gi
 gi.require_version("Gst", "1.0")
 from gi.repository import Gst
 
 Gst.init(None)
-mode, columns, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-if Gst.ElementFactory.find("rtpst2022-1-fecenc") is None:
-    sys.exit("SKIP: GStreamer has no rtpst2022-1-fecenc (gst-plugins-good 1.20 or later)")
-MEDIA_CAPS = "application/x-rtp,media=video,clock-rate=90000,encoding-name=MP2T,payload=33"
-FEC_CAPS = "application/x-rtp,media=application,clock-rate=90000,encoding-name=parityfec,payload=96"
-
-
-def frames():
-    data, at = sys.stdin.buffer.read(), 0
-    while at < len(data):
-        tag, n = struct.unpack_from("!BH", data, at)
-        yield tag, data[at + 3:at + 3 + n]
-        at += 3 + n
 
 
 def feeder(name, target, caps):
@@ -60,6 +48,24 @@ def feeder(name, target, caps):
     segment.init(Gst.Format.TIME)
     pad.push_event(Gst.Event.new_segment(segment))
     return pad
+
+
+'''
+
+GST_FILTER = GST_PRELUDE + r'''
+mode, columns, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+if Gst.ElementFactory.find("rtpst2022-1-fecenc") is None:
+    sys.exit("SKIP: GStreamer has no rtpst2022-1-fecenc (gst-plugins-good 1.20 or later)")
+MEDIA_CAPS = "application/x-rtp,media=video,clock-rate=90000,encoding-name=MP2T,payload=33"
+FEC_CAPS = "application/x-rtp,media=application,clock-rate=90000,encoding-name=parityfec,payload=96"
+
+
+def frames():
+    data, at = sys.stdin.buffer.read(), 0
+    while at < len(data):
+        tag, n = struct.unpack_from("!BH", data, at)
+        yield tag, data[at + 3:at + 3 + n]
+        at += 3 + n
 
 
 def appsink(pipeline, name):
@@ -233,13 +239,7 @@ def test_gstreamer_encodes_ours_decodes(native: bool) -> None:
 # answering retransmission requests, rtprtxreceive taking msm's RTX, rtpsession taking msm's NACK
 # (it asks its sender for the packets: upstream GstRTPRetransmissionRequest events), and rtpsession
 # sending NACKs for what its jitter buffer would ask for.
-GST_RTX = r"""
-import json, struct, sys, time
-import gi
-gi.require_version("Gst", "1.0")
-from gi.repository import Gst
-
-Gst.init(None)
+GST_RTX = GST_PRELUDE + r"""
 for name in ("rtprtxsend", "rtprtxreceive", "rtpsession"):
     if Gst.ElementFactory.find(name) is None:
         sys.exit(f"SKIP: GStreamer has no {name}")
@@ -248,19 +248,6 @@ S, R = job["ssrc"], job["rtx_ssrc"]
 media = [bytes.fromhex(h) for h in job["media"]]
 CAPS = "application/x-rtp,media=video,clock-rate=90000,encoding-name=H264,payload=96"
 PT_MAP = "application/x-rtp-pt-map, 96=(uint)97"
-
-
-def feeder(name, target, caps):
-    pad = Gst.Pad.new(name, Gst.PadDirection.SRC)
-    pad.set_active(True)
-    if pad.link(target) != Gst.PadLinkReturn.OK:
-        sys.exit(f"cannot link {name}")
-    pad.push_event(Gst.Event.new_stream_start(name))
-    pad.push_event(Gst.Event.new_caps(Gst.Caps.from_string(caps)))
-    segment = Gst.Segment.new()
-    segment.init(Gst.Format.TIME)
-    pad.push_event(Gst.Event.new_segment(segment))
-    return pad
 
 
 def appsink(pipeline, source_pad):
